@@ -1,0 +1,46 @@
+# Clarion: `make run` starts everything on the embedded default, `make test` runs every check.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.DEFAULT_GOAL := help
+
+help: ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP) ## Create .venv and install Clarion with its dev tools
+
+run: $(STAMP) ## Migrate and start API + workers + scheduler + simulators on SQLite (./var/)
+	$(VENV)/bin/clarion dev
+
+test: $(STAMP) lint typecheck ## Lint, type-check and run the whole test suite (SQLite and PostgreSQL)
+	$(VENV)/bin/pytest -q
+
+lint: $(STAMP) ## ruff + import-linter architecture contracts
+	$(VENV)/bin/ruff check clarion tests bench
+	$(VENV)/bin/ruff format --check clarion tests bench
+	$(VENV)/bin/lint-imports
+
+fmt: $(STAMP) ## Format the code
+	$(VENV)/bin/ruff format clarion tests bench
+	$(VENV)/bin/ruff check --fix clarion tests bench
+
+typecheck: $(STAMP) ## mypy --strict
+	$(VENV)/bin/mypy clarion
+
+migrate: $(STAMP) ## Apply database migrations (CLARION_DATABASE_URL)
+	$(VENV)/bin/clarion migrate
+
+sim: $(STAMP) ## Start only the APNs / FCM / Web Push simulators
+	$(VENV)/bin/clarion sim
+
+bench: $(STAMP) ## Run the benchmarks under bench/
+	$(PY) bench/run_all.py
+
+.PHONY: help install run test lint fmt typecheck migrate sim bench

@@ -1,0 +1,71 @@
+"""Clarion's settings: one pydantic-settings class read from CLARION_* environment variables.
+
+Read once at the edges (app factory, worker start, CLI) and passed down; see docs/architecture.md.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class QueueBackend(StrEnum):
+    # In-process pgqueuer adapter: the embedded default, one process, no extra server.
+    MEMORY = "memory"
+    # pgqueuer on PostgreSQL: several `clarion serve` / `clarion worker` processes share it.
+    POSTGRES = "postgres"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="CLARION_", extra="forbid")
+
+    var_dir: Path = Path("var")
+    database_url: str = ""
+    # Empty: "memory" on SQLite, "postgres" on PostgreSQL.
+    queue: QueueBackend | None = None
+    # Fernet key for provider credentials at rest; generated into var/secret.key when unset.
+    secret_key: str = ""
+
+    # Provider endpoints: the real hosts by default; `make run` points them at `clarion sim`.
+    apns_production_url: str = "https://api.push.apple.com"
+    apns_sandbox_url: str = "https://api.sandbox.push.apple.com"
+    fcm_url: str = "https://fcm.googleapis.com"
+    # Extra CA bundle trusted for provider TLS (the simulators' CA); the system store otherwise.
+    provider_ca_file: str = ""
+
+    # Delivery pipeline
+    batch_size: int = Field(default=1000, ge=1, le=10_000)
+    worker_concurrency: int = Field(default=8, ge=1)
+    retry_base_seconds: float = 2.0
+    retry_max_seconds: float = 600.0
+    retry_max_attempts: int = 8
+    # A batch claimed by a worker that then died is taken over after this lease expires.
+    batch_lease_seconds: float = 60.0
+    # How often the outbox sweeper re-enqueues batches whose job was lost.
+    sweep_interval_seconds: float = 15.0
+
+    # Simulators (`clarion sim`)
+    sim_host: str = "127.0.0.1"
+    sim_port: int = 8443
+
+    # API
+    max_body_bytes: int = 1024 * 1024
+
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite+aiosqlite:///{(self.var_dir / 'clarion.db').as_posix()}"
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.resolved_database_url.startswith("sqlite")
+
+    @property
+    def resolved_queue(self) -> QueueBackend:
+        if self.queue is not None:
+            return self.queue
+        return QueueBackend.MEMORY if self.is_sqlite else QueueBackend.POSTGRES
