@@ -1,0 +1,44 @@
+"""The FastAPI application: routers, error handlers, and the runtime's lifespan."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from fastapi.responses import ORJSONResponse
+
+from clarion.apps.api import router as apps_router
+from clarion.config import Settings
+from clarion.devices.api import router as sdk_router
+from clarion.http import BodySizeLimit, install_error_handlers
+from clarion.runtime import Runtime
+from clarion.transactional.api import router as transactional_router
+
+
+def create_app(settings: Settings, *, workers: bool) -> FastAPI:
+    """`workers`: also run delivery workers and the outbox sweep in this process."""
+    runtime = Runtime(settings)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        await runtime.start(workers=workers)
+        try:
+            yield
+        finally:
+            await runtime.stop()
+
+    app = FastAPI(
+        title="Clarion",
+        version="0.1.0",
+        lifespan=lifespan,
+        default_response_class=ORJSONResponse,
+    )
+    app.state.runtime = runtime
+    install_error_handlers(app)
+    app.include_router(transactional_router)
+    app.include_router(sdk_router)
+    app.include_router(apps_router)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+
+    return app

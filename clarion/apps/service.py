@@ -1,0 +1,224 @@
+"""Companies, apps, API keys and provider credentials."""
+
+from __future__ import annotations
+
+import base64
+from dataclasses import dataclass
+
+import orjson
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from sqlalchemy import or_, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from clarion.apps.models import App, Company
+from clarion.apps.schemas import (
+    ApnsCredentialsIn,
+    AppCreate,
+    AppCreated,
+    AppKeys,
+    AppRead,
+    FcmCredentialsIn,
+    WebPushCredentialsIn,
+)
+from clarion.delivery.providers.base import ApnsCredentials, FcmCredentials, WebPushCredentials
+from clarion.errors import AuthenticationInvalidError, MalformedParameterError, NotFoundError
+from clarion.security import SecretBox, hash_key, new_dev_key, new_live_key, new_rest_key
+
+DEFAULT_VAPID_SUBJECT = "mailto:push@clarion.invalid"
+FCM_REQUIRED_FIELDS = ("project_id", "private_key", "client_email", "token_uri")
+
+
+@dataclass(frozen=True, slots=True)
+class AppAccess:
+    """An app reached through one of its keys; the Dev key limits a call to dev installs."""
+
+    app: App
+    is_dev: bool
+
+
+async def create_company(session: AsyncSession, *, name: str) -> tuple[Company, str]:
+    rest_key = new_rest_key()
+    company = Company(name=name, rest_key_hash=hash_key(rest_key))
+    session.add(company)
+    await session.flush()
+    return company, rest_key
+
+
+async def get_sole_company(session: AsyncSession) -> Company | None:
+    """The company of a single-tenant installation (the CLI's default)."""
+    companies = (await session.scalars(select(Company).limit(2))).all()
+    return companies[0] if len(companies) == 1 else None
+
+
+async def create_app(
+    session: AsyncSession, *, company: Company, app_in: AppCreate, box: SecretBox
+) -> tuple[App, AppKeys]:
+    keys = AppKeys(api_key=new_live_key(), dev_api_key=new_dev_key())
+    app = App(
+        company_id=company.id,
+        name=app_in.name,
+        platform=app_in.platform,
+        default_timezone=app_in.default_timezone,
+        live_key_hash=hash_key(keys.api_key),
+        dev_key_hash=hash_key(keys.dev_api_key),
+    )
+    if app_in.platform == "web":
+        _store_vapid_keys(app, ec.generate_private_key(ec.SECP256R1()), DEFAULT_VAPID_SUBJECT, box)
+    session.add(app)
+    await session.flush()
+    return app, keys
+
+
+async def rotate_app_keys(session: AsyncSession, *, app: App) -> AppKeys:
+    keys = AppKeys(api_key=new_live_key(), dev_api_key=new_dev_key())
+    app.live_key_hash = hash_key(keys.api_key)
+    app.dev_key_hash = hash_key(keys.dev_api_key)
+    await session.flush()
+    return keys
+
+
+def describe_app(app: App, keys: AppKeys | None = None, rest_key: str | None = None) -> AppRead:
+    fields = {
+        "id": app.id,
+        "name": app.name,
+        "platform": app.platform,
+        "default_timezone": app.default_timezone,
+        "vapid_public_key": app.vapid_public_key,
+        "has_apns_credentials": app.apns_credentials is not None,
+        "has_fcm_credentials": app.fcm_credentials is not None,
+        "has_webpush_credentials": app.webpush_credentials is not None,
+        "created_at": app.created_at,
+    }
+    if keys is None:
+        return AppRead(**fields)
+    return AppCreated(**fields, **keys.model_dump(), rest_api_key=rest_key)
+
+
+async def authenticate_company(session: AsyncSession, *, rest_key: str | None) -> Company:
+    if not rest_key:
+        raise AuthenticationInvalidError("missing X-Authorization header (the REST API key)")
+    company = await session.scalar(
+        select(Company).where(Company.rest_key_hash == hash_key(rest_key))
+    )
+    if company is None:
+        raise AuthenticationInvalidError("unknown REST API key")
+    return company
+
+
+async def authenticate_app(
+    session: AsyncSession, *, api_key: str, company: Company | None = None
+) -> AppAccess:
+    """Find the app whose Live or Dev key is `api_key`, within `company` when given.
+
+    An app of another company answers exactly like an unknown key, so keys cannot be probed.
+    """
+    digest = hash_key(api_key)
+    query = select(App).where(or_(App.live_key_hash == digest, App.dev_key_hash == digest))
+    if company is not None:
+        query = query.where(App.company_id == company.id)
+    app = await session.scalar(query)
+    if app is None:
+        raise AuthenticationInvalidError("unknown API key")
+    return AppAccess(app=app, is_dev=app.dev_key_hash == digest)
+
+
+async def get_company_app(session: AsyncSession, *, company: Company, app_id: int) -> App:
+    app = await session.scalar(select(App).where(App.id == app_id, App.company_id == company.id))
+    if app is None:
+        raise NotFoundError(f"no app {app_id}")
+    return app
+
+
+async def list_company_apps(session: AsyncSession, *, company: Company) -> list[App]:
+    return list(
+        await session.scalars(select(App).where(App.company_id == company.id).order_by(App.id))
+    )
+
+
+def set_apns_credentials(app: App, creds: ApnsCredentialsIn, box: SecretBox) -> None:
+    _require_platform(app, "ios")
+    key = _load_private_key(creds.private_key, "private_key")
+    if not isinstance(key, ec.EllipticCurvePrivateKey) or key.curve.name != "secp256r1":
+        raise MalformedParameterError("private_key must be an APNs .p8 key (EC P-256)")
+    app.apns_credentials = box.encrypt(orjson.dumps(creds.model_dump()))
+
+
+def set_fcm_credentials(app: App, creds: FcmCredentialsIn, box: SecretBox) -> None:
+    _require_platform(app, "android")
+    account = creds.service_account
+    missing = [f for f in FCM_REQUIRED_FIELDS if not isinstance(account.get(f), str)]
+    if missing:
+        raise MalformedParameterError(f"service_account lacks {', '.join(missing)}")
+    key = _load_private_key(account["private_key"], "service_account.private_key")
+    if not isinstance(key, rsa.RSAPrivateKey):
+        raise MalformedParameterError("service_account.private_key must be an RSA key")
+    app.fcm_credentials = box.encrypt(orjson.dumps(account))
+
+
+def set_webpush_credentials(app: App, creds: WebPushCredentialsIn, box: SecretBox) -> None:
+    _require_platform(app, "web")
+    if creds.private_key is not None:
+        key = _load_private_key(creds.private_key, "private_key")
+        if not isinstance(key, ec.EllipticCurvePrivateKey) or key.curve.name != "secp256r1":
+            raise MalformedParameterError("private_key must be a VAPID key (EC P-256)")
+    elif app.webpush_credentials is not None:
+        current = orjson.loads(box.decrypt(app.webpush_credentials))
+        key = _load_private_key(current["vapid_private_key_pem"], "private_key")
+    else:
+        key = ec.generate_private_key(ec.SECP256R1())
+    assert isinstance(key, ec.EllipticCurvePrivateKey)
+    _store_vapid_keys(app, key, creds.subject, box)
+
+
+def load_provider_credentials(
+    app: App, box: SecretBox
+) -> ApnsCredentials | FcmCredentials | WebPushCredentials | None:
+    """Decrypted credentials for the app's platform, or None when none were set."""
+    if app.platform == "ios" and app.apns_credentials:
+        data = orjson.loads(box.decrypt(app.apns_credentials))
+        return ApnsCredentials(
+            key_id=data["key_id"],
+            team_id=data["team_id"],
+            private_key_pem=data["private_key"],
+            topic=data["topic"],
+            sandbox=data["environment"] == "sandbox",
+        )
+    if app.platform == "android" and app.fcm_credentials:
+        return FcmCredentials(service_account=orjson.loads(box.decrypt(app.fcm_credentials)))
+    if app.platform == "web" and app.webpush_credentials:
+        data = orjson.loads(box.decrypt(app.webpush_credentials))
+        return WebPushCredentials(**data)
+    return None
+
+
+def _store_vapid_keys(
+    app: App, key: ec.EllipticCurvePrivateKey, subject: str, box: SecretBox
+) -> None:
+    public = key.public_key().public_bytes(
+        serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint
+    )
+    app.vapid_public_key = base64.urlsafe_b64encode(public).rstrip(b"=").decode()
+    pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ).decode()
+    creds = {
+        "vapid_private_key_pem": pem,
+        "vapid_public_key": app.vapid_public_key,
+        "subject": subject,
+    }
+    app.webpush_credentials = box.encrypt(orjson.dumps(creds))
+
+
+def _load_private_key(pem: str, field: str) -> object:
+    try:
+        return serialization.load_pem_private_key(pem.encode(), password=None)
+    except (ValueError, TypeError) as exc:
+        raise MalformedParameterError(f"{field} is not a PEM private key") from exc
+
+
+def _require_platform(app: App, platform: str) -> None:
+    if app.platform != platform:
+        raise MalformedParameterError(
+            f"these credentials are for {platform} apps; app {app.id} is {app.platform}"
+        )

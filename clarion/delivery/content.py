@@ -1,0 +1,55 @@
+"""From a send's stored content to the provider-neutral Notification, per language."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from clarion.delivery.models import Send
+from clarion.delivery.providers.base import Media, Notification, Priority, PushType
+
+
+def pick_message(content: dict[str, Any], language: str | None) -> dict[str, Any] | None:
+    """The message for a device's language: exact match, then "default", then the first one.
+
+    A device with an unknown language still gets a message rather than nothing; the order of
+    `messages` in the request decides which one when no "default" is given.
+    """
+    if "message" in content:
+        message: dict[str, Any] = content["message"]
+        return message
+    messages: dict[str, dict[str, Any]] | None = content.get("messages")
+    if not messages:
+        return None
+    lang = (language or "").split("-")[0].split("_")[0].lower()
+    return messages.get(lang) or messages.get("default") or next(iter(messages.values()))
+
+
+def language_key(content: dict[str, Any], language: str | None) -> str:
+    """Devices with the same key receive byte-identical payloads (rendered once per batch)."""
+    messages = content.get("messages")
+    if not messages:
+        return ""
+    lang = (language or "").split("-")[0].split("_")[0].lower()
+    return lang if lang in messages else "default"
+
+
+def build_notification(send: Send, language: str | None) -> Notification:
+    content = send.content
+    message = pick_message(content, language) or {}
+    media = content.get("media")
+    collapse = content.get("gcm_collapse_key") or {}
+    custom = content.get("custom_payload")
+    return Notification(
+        send_id=send.token,
+        title=message.get("title"),
+        body=message.get("body"),
+        deeplink=content.get("deeplink"),
+        custom_payload=orjson.loads(custom) if custom else {},
+        media=Media(**media) if media else None,
+        priority=Priority(content["priority"]) if content.get("priority") else None,
+        push_type=PushType(content.get("push_type", "alert")),
+        expires_at=send.expires_at,
+        collapse_key=collapse.get("key") if collapse.get("enabled") else None,
+    )

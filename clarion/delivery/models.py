@@ -1,0 +1,75 @@
+"""The durable outbox: a send (what to say, to whom) and its delivery batches.
+
+A send and all its batches are committed before anything is delivered. A batch holds up to
+CLARION_BATCH_SIZE recipients and moves pending -> sending (leased by one worker) -> done; a
+worker that dies leaves a lease that expires, and the batch is claimed again. Transient failures
+become a new pending batch with a later `not_before`.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import ForeignKey, Index, String
+from sqlalchemy.orm import Mapped, mapped_column
+
+from clarion.db import Base, BigIntPK, JsonValue, UtcDateTime, utcnow
+
+
+class SendKind(StrEnum):
+    TRANSACTIONAL = "transactional"
+    CAMPAIGN = "campaign"
+
+
+class BatchStatus(StrEnum):
+    PENDING = "pending"
+    SENDING = "sending"
+    DONE = "done"
+
+
+class Send(Base):
+    __tablename__ = "sends"
+
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True)
+    # The transactional token (a UUID) returned to the caller; `com.batch.i` in every payload.
+    token: Mapped[str] = mapped_column(String(64), unique=True)
+    app_id: Mapped[int] = mapped_column(ForeignKey("apps.id"), index=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    group_id: Mapped[str | None] = mapped_column(String(128))
+    campaign_token: Mapped[str | None] = mapped_column(String(64))
+    # Sent with the Dev key: reaches dev installs only.
+    dev_only: Mapped[bool] = mapped_column(default=False)
+    # Raw APNs tokens go through the sandbox environment (transactional `sandbox`).
+    sandbox: Mapped[bool] = mapped_column(default=False)
+    # The message as validated at the API: message/messages, deeplink, media, priority, ...
+    content: Mapped[dict[str, Any]] = mapped_column(JsonValue)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+    # No delivery (first try or retry) is attempted after this (time_to_live).
+    expires_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    # Progress, bumped once per batch: recipients found, accepted, failed, tokens removed.
+    targeted: Mapped[int] = mapped_column(default=0)
+    sent: Mapped[int] = mapped_column(default=0)
+    failed: Mapped[int] = mapped_column(default=0)
+    tokens_deleted: Mapped[int] = mapped_column(default=0)
+
+
+class DeliveryBatch(Base):
+    __tablename__ = "delivery_batches"
+    __table_args__ = (Index("ix_delivery_batches_status_not_before", "status", "not_before"),)
+
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True)
+    send_id: Mapped[int] = mapped_column(ForeignKey("sends.id"), index=True)
+    status: Mapped[str] = mapped_column(String(10), default=BatchStatus.PENDING.value)
+    attempt: Mapped[int] = mapped_column(default=0)
+    not_before: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+    lease_until: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    last_enqueued_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+    # Who to reach, as given ({"custom_ids": [...], "install_ids": [...], "tokens": [...]}) or,
+    # for retries, as resolved ({"installations": [pk, ...], "tokens": [...]}).
+    recipients: Mapped[dict[str, list[Any]]] = mapped_column(JsonValue)
+    # The reason of the last transient failure, reported if retries run out.
+    last_reason: Mapped[str | None] = mapped_column(String(1024))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(UtcDateTime)

@@ -1,0 +1,354 @@
+"""Delivering one batch: claim it, resolve its recipients, send, record every outcome in bulk.
+
+The only place that decides what an Outcome means: push_sent, token_deleted (and the token is
+removed), push_error (reason verbatim), or a retry batch after an exponential backoff that
+honours Retry-After and never goes past the send's time to live. See docs/architecture.md.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import or_, select, update
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from clarion.apps.models import App
+from clarion.config import Settings
+from clarion.db import transaction, utcnow
+from clarion.delivery.content import build_notification, language_key
+from clarion.delivery.models import BatchStatus, DeliveryBatch, Send
+from clarion.delivery.pool import ProviderPool
+from clarion.delivery.providers.base import DeliveryResult, Device, Outcome
+from clarion.devices.models import Installation
+from clarion.events.models import PushEventKind
+from clarion.events.service import PushEventRow, push_event_row, record_push_events
+from clarion.queue import BatchJob, JobQueue
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class Recipient:
+    token: str
+    installation_id: int | None = None
+    install_id: str | None = None
+    custom_id: str | None = None
+    advertising_id: str | None = None
+    language: str | None = None
+    p256dh: str | None = None
+    auth: str | None = None
+    sandbox: bool = False
+
+    def device(self) -> Device:
+        return Device(token=self.token, p256dh=self.p256dh, auth=self.auth)
+
+
+@dataclass(slots=True)
+class _Tally:
+    sent: int = 0
+    failed: int = 0
+    deleted: int = 0
+
+
+def retry_delay(attempt: int, retry_after: float | None, *, base: float, cap: float) -> float:
+    """Exponential backoff with jitter (half to full), never shorter than Retry-After."""
+    backoff = min(cap, base * 2**attempt) * (0.5 + random.random() / 2)
+    return max(backoff, retry_after or 0.0)
+
+
+class Deliverer:
+    def __init__(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        pool: ProviderPool,
+        queue: JobQueue,
+        settings: Settings,
+    ) -> None:
+        self._sessions = sessions
+        self._pool = pool
+        self._queue = queue
+        self._settings = settings
+
+    async def deliver_batch(self, batch_id: int) -> None:
+        lease = await self._claim(batch_id)
+        if lease is None:
+            return  # done already, held by a live worker, or not due yet
+        async with self._sessions() as session:
+            batch = await session.get(DeliveryBatch, batch_id)
+            assert batch is not None
+            send = await session.get(Send, batch.send_id)
+            assert send is not None
+            app = await session.get(App, send.app_id)
+            assert app is not None
+            recipients = await resolve_recipients(session, app=app, send=send, batch=batch)
+        now = utcnow()
+        if send.expires_at is not None and now >= send.expires_at:
+            results = [DeliveryResult(Outcome.FAILED, reason="Expired")] * len(recipients)
+        else:
+            results = await self._send(app, send, recipients)
+        retry = await self._record(batch, send, app, recipients, results)
+        if retry is not None:
+            await self._queue.enqueue([retry])
+
+    async def _claim(self, batch_id: int) -> datetime | None:
+        now = utcnow()
+        lease = now + timedelta(seconds=self._settings.batch_lease_seconds)
+        async with transaction(self._sessions) as session:
+            claimed = await session.execute(
+                update(DeliveryBatch)
+                .where(
+                    DeliveryBatch.id == batch_id,
+                    DeliveryBatch.not_before <= now,
+                    or_(
+                        DeliveryBatch.status == BatchStatus.PENDING.value,
+                        (DeliveryBatch.status == BatchStatus.SENDING.value)
+                        & (DeliveryBatch.lease_until < now),
+                    ),
+                )
+                .values(status=BatchStatus.SENDING.value, lease_until=lease)
+            )
+        return lease if claimed.rowcount == 1 else None  # type: ignore[attr-defined]
+
+    async def _send(
+        self, app: App, send: Send, recipients: Sequence[Recipient]
+    ) -> list[DeliveryResult]:
+        results: list[DeliveryResult | None] = [None] * len(recipients)
+        # Devices that share an environment and a language get one rendering of the payload.
+        groups: dict[tuple[bool, str], list[int]] = defaultdict(list)
+        for index, recipient in enumerate(recipients):
+            if app.platform == "web" and recipient.p256dh is None:
+                results[index] = DeliveryResult(Outcome.FAILED, reason="UnknownSubscription")
+                continue
+            groups[(recipient.sandbox, language_key(send.content, recipient.language))].append(
+                index
+            )
+        for (sandbox, _), indexes in groups.items():
+            provider = self._pool.provider_for(app, sandbox=sandbox)
+            if provider is None:
+                missing = DeliveryResult(
+                    Outcome.FAILED, reason=f"NotConfigured: no {app.platform} credentials"
+                )
+                for index in indexes:
+                    results[index] = missing
+                continue
+            notification = build_notification(send, recipients[indexes[0]].language)
+            answers = await provider.send(notification, [recipients[i].device() for i in indexes])
+            for index, answer in zip(indexes, answers, strict=True):
+                results[index] = answer
+        return [r if r is not None else DeliveryResult(Outcome.FAILED) for r in results]
+
+    async def _record(
+        self,
+        batch: DeliveryBatch,
+        send: Send,
+        app: App,
+        recipients: Sequence[Recipient],
+        results: Sequence[DeliveryResult],
+    ) -> BatchJob | None:
+        now = utcnow()
+        tally = _Tally()
+        events: list[PushEventRow] = []
+        dead_installations: list[int] = []
+        to_retry: list[tuple[Recipient, DeliveryResult]] = []
+        last_attempt = batch.attempt + 1 >= self._settings.retry_max_attempts
+
+        for recipient, result in zip(recipients, results, strict=True):
+            outcome = result.outcome
+            if outcome is Outcome.RETRY and not last_attempt:
+                to_retry.append((recipient, result))
+                continue
+            if outcome is Outcome.DELIVERED:
+                kind, tally.sent = PushEventKind.SENT, tally.sent + 1
+            elif outcome is Outcome.TOKEN_INVALID:
+                kind, tally.deleted = PushEventKind.TOKEN_DELETED, tally.deleted + 1
+                if recipient.installation_id is not None:
+                    dead_installations.append(recipient.installation_id)
+            else:  # FAILED, or RETRY with no attempt left
+                kind, tally.failed = PushEventKind.ERROR, tally.failed + 1
+            events.append(self._event(app, send, recipient, kind, now, result.reason))
+
+        retry_job: BatchJob | None = None
+        retry_batch: DeliveryBatch | None = None
+        if to_retry:
+            delay = max(
+                retry_delay(
+                    batch.attempt,
+                    r.retry_after,
+                    base=self._settings.retry_base_seconds,
+                    cap=self._settings.retry_max_seconds,
+                )
+                for _, r in to_retry
+            )
+            due = now + timedelta(seconds=delay)
+            reason = to_retry[0][1].reason
+            if send.expires_at is not None and due >= send.expires_at:
+                # Retrying would deliver after the time to live: give up now, reason verbatim.
+                for recipient, result in to_retry:
+                    tally.failed += 1
+                    events.append(
+                        self._event(app, send, recipient, PushEventKind.ERROR, now, result.reason)
+                    )
+            else:
+                retry_batch = DeliveryBatch(
+                    send_id=send.id,
+                    attempt=batch.attempt + 1,
+                    not_before=due,
+                    last_enqueued_at=now,
+                    recipients=_resolved_recipients(r for r, _ in to_retry),
+                    last_reason=reason[:1024] if reason else None,
+                )
+                retry_job = BatchJob(0, delay=timedelta(seconds=delay))
+
+        async with transaction(self._sessions) as session:
+            await record_push_events(session, events)
+            if dead_installations:
+                await session.execute(
+                    update(Installation)
+                    .where(Installation.id.in_(dead_installations))
+                    .values(push_token=None, webpush_p256dh=None, webpush_auth=None)
+                )
+            await session.execute(
+                update(Send)
+                .where(Send.id == send.id)
+                .values(
+                    targeted=Send.targeted + (len(recipients) if batch.attempt == 0 else 0),
+                    sent=Send.sent + tally.sent,
+                    failed=Send.failed + tally.failed,
+                    tokens_deleted=Send.tokens_deleted + tally.deleted,
+                )
+            )
+            await session.execute(
+                update(DeliveryBatch)
+                .where(DeliveryBatch.id == batch.id)
+                .values(status=BatchStatus.DONE.value, finished_at=now, lease_until=None)
+            )
+            if retry_batch is not None:
+                session.add(retry_batch)
+                await session.flush()
+                assert retry_job is not None
+                retry_job = BatchJob(retry_batch.id, delay=retry_job.delay)
+        return retry_job
+
+    @staticmethod
+    def _event(
+        app: App,
+        send: Send,
+        recipient: Recipient,
+        kind: PushEventKind,
+        at: datetime,
+        reason: str | None,
+    ) -> PushEventRow:
+        is_campaign = send.campaign_token is not None
+        return push_event_row(
+            app_id=app.id,
+            kind=kind,
+            occurred_at=at,
+            platform=app.platform,
+            install_id=recipient.install_id,
+            custom_id=recipient.custom_id,
+            advertising_id=recipient.advertising_id,
+            push_token=recipient.token,
+            send_token=None if is_campaign else send.token,
+            group_id=send.group_id,
+            campaign_token=send.campaign_token,
+            reason=None if kind in (PushEventKind.SENT,) else reason,
+        )
+
+    async def sweep_outbox(self, *, grace_seconds: float | None = None) -> int:
+        """Re-enqueue batches whose job was lost; returns how many. Safe to run anywhere, any
+        time: the per-batch dedupe key and the claim make extra enqueues harmless."""
+        now = utcnow()
+        grace = timedelta(
+            seconds=self._settings.sweep_interval_seconds
+            if grace_seconds is None
+            else grace_seconds
+        )
+        async with transaction(self._sessions) as session:
+            ids = list(
+                await session.scalars(
+                    select(DeliveryBatch.id)
+                    .where(
+                        or_(
+                            (DeliveryBatch.status == BatchStatus.PENDING.value)
+                            & (DeliveryBatch.not_before <= now)
+                            & (DeliveryBatch.last_enqueued_at <= now - grace),
+                            (DeliveryBatch.status == BatchStatus.SENDING.value)
+                            & (DeliveryBatch.lease_until < now),
+                        )
+                    )
+                    .order_by(DeliveryBatch.id)
+                    .limit(5000)
+                )
+            )
+            if ids:
+                await session.execute(
+                    update(DeliveryBatch)
+                    .where(DeliveryBatch.id.in_(ids))
+                    .values(last_enqueued_at=now)
+                )
+        await self._queue.enqueue([BatchJob(batch_id) for batch_id in ids])
+        if ids:
+            log.info("outbox sweep re-enqueued %d batches", len(ids))
+        return len(ids)
+
+
+def _resolved_recipients(recipients: Any) -> dict[str, list[Any]]:
+    installations: list[int] = []
+    tokens: list[str] = []
+    for recipient in recipients:
+        if recipient.installation_id is not None:
+            installations.append(recipient.installation_id)
+        else:
+            tokens.append(recipient.token)
+    return {"installations": installations, "tokens": tokens}
+
+
+async def resolve_recipients(
+    session: AsyncSession, *, app: App, send: Send, batch: DeliveryBatch
+) -> list[Recipient]:
+    """The devices a batch reaches, one per push token.
+
+    custom_ids and install_ids reach opted-in installations of the key's kind (Dev key: debug
+    builds only); raw tokens are explicit and reach their device whatever it reported.
+    """
+    wanted = batch.recipients
+    by_token: dict[str, Recipient] = {}
+    base = select(Installation).where(
+        Installation.app_id == app.id, Installation.push_token.is_not(None)
+    )
+    targeted = base.where(Installation.push_optin.is_(True), Installation.is_dev.is_(send.dev_only))
+    queries = []
+    if wanted.get("custom_ids"):
+        queries.append(targeted.where(Installation.custom_id.in_(wanted["custom_ids"])))
+    if wanted.get("install_ids"):
+        queries.append(targeted.where(Installation.install_id.in_(wanted["install_ids"])))
+    if wanted.get("installations"):
+        queries.append(base.where(Installation.id.in_(wanted["installations"])))
+    if wanted.get("tokens"):
+        queries.append(base.where(Installation.push_token.in_(wanted["tokens"])))
+    for query in queries:
+        for inst in await session.scalars(query):
+            assert inst.push_token is not None
+            by_token[inst.push_token] = Recipient(
+                token=inst.push_token,
+                installation_id=inst.id,
+                install_id=inst.install_id,
+                custom_id=inst.custom_id,
+                advertising_id=inst.advertising_id,
+                language=inst.language,
+                p256dh=inst.webpush_p256dh,
+                auth=inst.webpush_auth,
+                # Debug builds register with APNs' sandbox; so do raw tokens sent with sandbox.
+                sandbox=inst.is_dev
+                or (send.sandbox and inst.push_token in wanted.get("tokens", ())),
+            )
+    for token in wanted.get("tokens", ()):
+        if token not in by_token:
+            by_token[token] = Recipient(token=token, sandbox=send.sandbox)
+    return list(by_token.values())

@@ -1,0 +1,123 @@
+"""Wire format of the SDK API (what apps and web pages send). Reference: docs/sdk-api.md."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+from zoneinfo import available_timezones
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from clarion.events.models import InAppEventKind
+
+_TIMEZONES = frozenset(available_timezones())
+
+
+class WebPushKeys(BaseModel):
+    p256dh: str = Field(min_length=16, max_length=200)
+    auth: str = Field(min_length=8, max_length=100)
+
+
+class WebPushSubscription(BaseModel):
+    """The browser's PushSubscription.toJSON()."""
+
+    endpoint: str = Field(pattern=r"^https://", max_length=1024)
+    keys: WebPushKeys
+
+
+class InstallationUpsert(BaseModel):
+    """Every field is optional: an omitted field is left as it is, `null` clears it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    push_token: str | None = Field(default=None, min_length=8, max_length=1024)
+    webpush_subscription: WebPushSubscription | None = None
+    custom_id: str | None = Field(default=None, min_length=1, max_length=512)
+    advertising_id: str | None = Field(default=None, min_length=1, max_length=64)
+    language: str | None = Field(default=None, pattern=r"^[a-zA-Z]{2,3}([-_][A-Za-z0-9]{2,8})*$")
+    region: str | None = Field(default=None, pattern=r"^[A-Za-z]{2}$|^[0-9]{3}$")
+    timezone: str | None = Field(default=None, max_length=64)
+    app_version: str | None = Field(default=None, max_length=64)
+    os_version: str | None = Field(default=None, max_length=64)
+    device_model: str | None = Field(default=None, max_length=128)
+    push_optin: bool | None = None
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_timezone(cls, value: str | None) -> str | None:
+        if value is not None and value not in _TIMEZONES:
+            raise ValueError("not an IANA time zone name")
+        return value
+
+
+class InstallationRead(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    install_id: str
+    push_token: str | None
+    custom_id: str | None
+    advertising_id: str | None
+    language: str | None
+    region: str | None
+    timezone: str | None
+    app_version: str | None
+    os_version: str | None
+    device_model: str | None
+    push_optin: bool
+    created_at: datetime
+    last_seen_at: datetime
+
+
+class CustomIdSet(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    custom_id: str = Field(min_length=1, max_length=512)
+
+
+class TrackedEventIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=r"^[a-zA-Z0-9_]{1,30}$")
+    label: str | None = Field(default=None, max_length=200)
+    attributes: dict[str, Any] | None = None
+    tags: list[str] | None = Field(default=None, max_length=25)
+    occurred_at: datetime | None = None
+
+
+class TrackedEventsIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    events: list[TrackedEventIn] = Field(min_length=1, max_length=100)
+
+
+class PushOpenIn(BaseModel):
+    """Sent when the user opens a notification; `send_id` is `com.batch.i` from the payload."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    send_id: str = Field(min_length=1, max_length=64)
+    occurred_at: datetime | None = None
+
+
+class InAppEventIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    kind: InAppEventKind
+    campaign_id: str = Field(min_length=1, max_length=64)
+    cta_position: int | None = Field(default=None, ge=0, le=100)
+    cta_label: str | None = Field(default=None, max_length=255)
+    occurred_at: datetime | None = None
+
+
+class InAppEventsIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    events: list[InAppEventIn] = Field(min_length=1, max_length=100)
+
+
+class Accepted(BaseModel):
+    accepted: int
+
+
+class VapidKey(BaseModel):
+    application_server_key: str

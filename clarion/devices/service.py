@@ -1,0 +1,251 @@
+"""Installations as the SDK reports them, and the events the SDK sends."""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+
+from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from clarion.apps.service import AppAccess
+from clarion.db import utcnow
+from clarion.delivery.models import Send
+from clarion.devices.models import Installation
+from clarion.devices.schemas import (
+    InAppEventsIn,
+    InstallationUpsert,
+    PushOpenIn,
+    TrackedEventsIn,
+)
+from clarion.errors import MalformedParameterError, NotFoundError
+from clarion.events.models import PushEventKind
+from clarion.events.service import (
+    push_event_row,
+    record_inapp_events,
+    record_push_events,
+    record_tracked_events,
+)
+
+_INSTALL_ID = re.compile(r"^[A-Za-z0-9_\-.:]{1,128}$")
+_PROFILE_FIELDS = (
+    "custom_id",
+    "advertising_id",
+    "language",
+    "region",
+    "timezone",
+    "app_version",
+    "os_version",
+    "device_model",
+)
+
+
+def check_install_id(install_id: str) -> str:
+    if not _INSTALL_ID.match(install_id):
+        raise MalformedParameterError(
+            "install_id must be 1-128 characters of letters, digits, '_', '-', '.', ':'"
+        )
+    return install_id
+
+
+async def upsert_installation(
+    session: AsyncSession, *, access: AppAccess, install_id: str, data: InstallationUpsert
+) -> Installation:
+    """Create or update an installation; calling it twice with the same data changes nothing."""
+    check_install_id(install_id)
+    app = access.app
+    given = data.model_fields_set
+    if "push_token" in given and "webpush_subscription" in given:
+        raise MalformedParameterError("give push_token or webpush_subscription, not both")
+    if "webpush_subscription" in given and app.platform != "web":
+        raise MalformedParameterError("webpush_subscription is for web apps only")
+    if "push_token" in given and app.platform == "web":
+        raise MalformedParameterError("web apps register a webpush_subscription, not a push_token")
+
+    now = utcnow()
+    installation = await _get_or_create(session, app_id=app.id, install_id=install_id)
+    installation.is_dev = access.is_dev
+    installation.last_seen_at = now
+    for name in _PROFILE_FIELDS:
+        if name in given:
+            setattr(installation, name, getattr(data, name))
+
+    if "push_token" in given:
+        await _assign_token(session, installation, data.push_token, None, None)
+    if "webpush_subscription" in given:
+        sub = data.webpush_subscription
+        if sub is None:
+            await _assign_token(session, installation, None, None, None)
+        else:
+            await _assign_token(session, installation, sub.endpoint, sub.keys.p256dh, sub.keys.auth)
+
+    if data.push_optin is not None and (
+        installation.optin_changed_at is None or data.push_optin != installation.push_optin
+    ):
+        installation.push_optin = data.push_optin
+        installation.optin_changed_at = now
+        kind = PushEventKind.OPTIN if data.push_optin else PushEventKind.OPTOUT
+        await record_push_events(session, [_event_for(installation, app.platform, kind, now)])
+    await session.flush()
+    return installation
+
+
+async def set_custom_id(
+    session: AsyncSession, *, access: AppAccess, install_id: str, custom_id: str | None
+) -> Installation:
+    installation = await get_installation(session, access=access, install_id=install_id)
+    installation.custom_id = custom_id
+    installation.last_seen_at = utcnow()
+    await session.flush()
+    return installation
+
+
+async def get_installation(
+    session: AsyncSession, *, access: AppAccess, install_id: str
+) -> Installation:
+    installation = await session.scalar(
+        select(Installation).where(
+            Installation.app_id == access.app.id, Installation.install_id == install_id
+        )
+    )
+    if installation is None:
+        raise NotFoundError(f"no installation {install_id!r}")
+    return installation
+
+
+async def track_events(
+    session: AsyncSession, *, access: AppAccess, install_id: str, data: TrackedEventsIn
+) -> int:
+    installation = await get_installation(session, access=access, install_id=install_id)
+    now = utcnow()
+    rows = [
+        {
+            "app_id": access.app.id,
+            "occurred_at": _past_or_now(event.occurred_at, now),
+            "install_id": installation.install_id,
+            "custom_id": installation.custom_id,
+            "name": event.name.lower(),
+            "label": event.label,
+            "attributes": event.attributes,
+            "tags": event.tags,
+        }
+        for event in data.events
+    ]
+    await record_tracked_events(session, rows)
+    installation.last_seen_at = now
+    return len(rows)
+
+
+async def record_push_open(
+    session: AsyncSession, *, access: AppAccess, install_id: str, data: PushOpenIn
+) -> None:
+    """A notification was opened: attributed to its send through `com.batch.i`."""
+    installation = await get_installation(session, access=access, install_id=install_id)
+    send = await session.scalar(
+        select(Send).where(Send.token == data.send_id, Send.app_id == access.app.id)
+    )
+    now = utcnow()
+    row = _event_for(
+        installation, access.app.platform, PushEventKind.OPENED, _past_or_now(data.occurred_at, now)
+    )
+    if send is not None:
+        row |= {
+            "send_token": send.token if send.campaign_token is None else None,
+            "group_id": send.group_id,
+            "campaign_token": send.campaign_token,
+        }
+    else:
+        # Unknown send ids are still worth counting (a campaign of another system, say).
+        row["send_token"] = data.send_id
+    await record_push_events(session, [row])
+    installation.last_seen_at = now
+
+
+async def record_inapp(
+    session: AsyncSession, *, access: AppAccess, install_id: str, data: InAppEventsIn
+) -> int:
+    installation = await get_installation(session, access=access, install_id=install_id)
+    now = utcnow()
+    rows = [
+        {
+            "app_id": access.app.id,
+            "kind": event.kind.value,
+            "occurred_at": _past_or_now(event.occurred_at, now),
+            "platform": access.app.platform,
+            "install_id": installation.install_id,
+            "custom_id": installation.custom_id,
+            "advertising_id": installation.advertising_id,
+            "campaign_id": event.campaign_id,
+            "cta_position": event.cta_position,
+            "cta_label": event.cta_label,
+        }
+        for event in data.events
+    ]
+    await record_inapp_events(session, rows)
+    return len(rows)
+
+
+async def _get_or_create(session: AsyncSession, *, app_id: int, install_id: str) -> Installation:
+    query = select(Installation).where(
+        Installation.app_id == app_id, Installation.install_id == install_id
+    )
+    installation = await session.scalar(query)
+    if installation is not None:
+        return installation
+    installation = Installation(app_id=app_id, install_id=install_id)
+    try:
+        async with session.begin_nested():
+            session.add(installation)
+    except IntegrityError:
+        # Two first registrations raced; the other one won, so update that row.
+        found = await session.scalar(query)
+        assert found is not None
+        return found
+    return installation
+
+
+async def _assign_token(
+    session: AsyncSession,
+    installation: Installation,
+    token: str | None,
+    p256dh: str | None,
+    auth: str | None,
+) -> None:
+    if token is not None and token != installation.push_token:
+        # The token moved (app reinstalled, backup restored): detach it from its old owner.
+        await session.execute(
+            update(Installation)
+            .where(
+                Installation.app_id == installation.app_id,
+                Installation.push_token == token,
+                Installation.id != installation.id,
+            )
+            .values(push_token=None, webpush_p256dh=None, webpush_auth=None)
+        )
+    installation.push_token = token
+    installation.webpush_p256dh = p256dh
+    installation.webpush_auth = auth
+
+
+def _event_for(
+    installation: Installation, platform: str, kind: PushEventKind, at: datetime
+) -> dict[str, object]:
+    return push_event_row(
+        app_id=installation.app_id,
+        kind=kind,
+        occurred_at=at,
+        platform=platform,
+        install_id=installation.install_id,
+        custom_id=installation.custom_id,
+        advertising_id=installation.advertising_id,
+    )
+
+
+def _past_or_now(at: datetime | None, now: datetime) -> datetime:
+    # Device clocks drift; a timestamp from the future is taken as "now". Naive means UTC.
+    if at is None:
+        return now
+    if at.tzinfo is None:
+        at = at.replace(tzinfo=UTC)
+    return min(at, now)

@@ -1,0 +1,93 @@
+"""The event log: push events, in-app events and events tracked by the SDK.
+
+Exports and statistics read these by app and UTC day, hence the (app_id, occurred_at) indexes.
+Identity columns are copied onto each row (not joined) so that a row stays true after the
+installation changes or is deleted, as an export of that day must.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import Index, String
+from sqlalchemy.orm import Mapped, mapped_column
+
+from clarion.db import Base, BigIntPK, JsonValue, UtcDateTime
+
+
+class PushEventKind(StrEnum):
+    OPTIN = "push_optin"
+    OPTOUT = "push_optout"
+    SENT = "push_sent"
+    OPENED = "push_opened"
+    ERROR = "push_error"
+    TOKEN_DELETED = "token_deleted"
+
+
+class InAppEventKind(StrEnum):
+    SUPPLIED = "inapp_supplied"
+    SHOWN = "inapp_shown"
+    CLICKED = "inapp_clicked"
+    CLOSED = "inapp_closed"
+
+
+class PushEvent(Base):
+    __tablename__ = "push_events"
+    __table_args__ = (
+        Index("ix_push_events_app_time", "app_id", "occurred_at"),
+        Index("ix_push_events_send_token", "send_token"),
+        Index("ix_push_events_campaign_token", "campaign_token"),
+    )
+
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True)
+    app_id: Mapped[int] = mapped_column()
+    kind: Mapped[str] = mapped_column(String(20))
+    occurred_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    platform: Mapped[str] = mapped_column(String(10))
+    install_id: Mapped[str | None] = mapped_column(String(128))
+    custom_id: Mapped[str | None] = mapped_column(String(512))
+    advertising_id: Mapped[str | None] = mapped_column(String(64))
+    push_token: Mapped[str | None] = mapped_column(String(1024))
+    send_token: Mapped[str | None] = mapped_column(String(64))  # transactional token
+    group_id: Mapped[str | None] = mapped_column(String(128))
+    campaign_token: Mapped[str | None] = mapped_column(String(64))
+    reason: Mapped[str | None] = mapped_column(String(1024))  # provider's reason, verbatim
+
+
+class InAppEvent(Base):
+    __tablename__ = "inapp_events"
+    __table_args__ = (Index("ix_inapp_events_app_time", "app_id", "occurred_at"),)
+
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True)
+    app_id: Mapped[int] = mapped_column()
+    kind: Mapped[str] = mapped_column(String(20))
+    occurred_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    platform: Mapped[str] = mapped_column(String(10))
+    install_id: Mapped[str | None] = mapped_column(String(128))
+    custom_id: Mapped[str | None] = mapped_column(String(512))
+    advertising_id: Mapped[str | None] = mapped_column(String(64))
+    campaign_id: Mapped[str] = mapped_column(String(64))  # export's event_var_1
+    cta_position: Mapped[int | None] = mapped_column()  # event_var_2
+    cta_label: Mapped[str | None] = mapped_column(String(255))  # event_var_3
+
+
+class TrackedEvent(Base):
+    """A custom event tracked by the SDK (or, later, by the Trigger Events API)."""
+
+    __tablename__ = "tracked_events"
+    __table_args__ = (
+        Index("ix_tracked_events_app_time", "app_id", "occurred_at"),
+        Index("ix_tracked_events_app_install", "app_id", "install_id"),
+    )
+
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True)
+    app_id: Mapped[int] = mapped_column()
+    occurred_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    install_id: Mapped[str | None] = mapped_column(String(128))
+    custom_id: Mapped[str | None] = mapped_column(String(512))
+    name: Mapped[str] = mapped_column(String(64))
+    label: Mapped[str | None] = mapped_column(String(200))
+    attributes: Mapped[dict[str, Any] | None] = mapped_column(JsonValue)
+    tags: Mapped[list[str] | None] = mapped_column(JsonValue)

@@ -1,0 +1,171 @@
+"""HTTP plumbing shared by every API module: the unit of work, auth aliases, Batch-format errors.
+
+The session dependency runs with scope="function": it commits when the route function returns
+and before the response is sent, then enqueues the jobs the services deferred. A client that
+got a 201 can rely on its send being committed (see docs/decisions/0005-unit-of-work.md).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, Header, Path, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import ORJSONResponse
+from sqlalchemy.ext.asyncio import AsyncSession
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from clarion.apps.models import Company
+from clarion.apps.service import AppAccess, authenticate_app, authenticate_company
+from clarion.errors import (
+    ClarionError,
+    MalformedJsonError,
+    MalformedParameterError,
+    MissingParameterError,
+    NotFoundError,
+)
+from clarion.runtime import Runtime
+
+
+def get_runtime(request: Request) -> Runtime:
+    runtime: Runtime = request.app.state.runtime
+    return runtime
+
+
+RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
+
+
+async def get_session(runtime: RuntimeDep) -> AsyncIterator[AsyncSession]:
+    async with runtime.sessions() as session:
+        try:
+            yield session
+            await session.commit()
+        except BaseException:
+            await session.rollback()
+            raise
+        await runtime.queue.flush_deferred(session)
+
+
+SessionDep = Annotated[AsyncSession, Depends(get_session, scope="function")]
+
+
+async def rest_company(
+    session: SessionDep,
+    x_authorization: Annotated[str | None, Header()] = None,
+) -> Company:
+    return await authenticate_company(session, rest_key=x_authorization)
+
+
+RestCompany = Annotated[Company, Depends(rest_company)]
+
+
+async def rest_app(
+    session: SessionDep,
+    company: RestCompany,
+    api_key: Annotated[str, Path()],
+) -> AppAccess:
+    """Batch's server APIs: the REST key in X-Authorization, the app's key in the path."""
+    return await authenticate_app(session, api_key=api_key, company=company)
+
+
+RestApp = Annotated[AppAccess, Depends(rest_app)]
+
+
+async def sdk_app(session: SessionDep, api_key: Annotated[str, Path()]) -> AppAccess:
+    """The SDK API: only the app's key, which ships inside the app as with Batch."""
+    return await authenticate_app(session, api_key=api_key)
+
+
+SdkApp = Annotated[AppAccess, Depends(sdk_app)]
+
+
+def error_response(error: ClarionError) -> ORJSONResponse:
+    return ORJSONResponse({"code": error.code, "message": error.message}, status_code=error.status)
+
+
+def _field_path(loc: tuple[Any, ...]) -> str:
+    parts = [str(p) for p in loc if p != "body"]
+    return ".".join(parts) if parts else "body"
+
+
+def validation_error(exc: RequestValidationError) -> ClarionError:
+    """Map pydantic's first error onto Batch's codes: 32 bad JSON, 30 missing, 31 malformed."""
+    errors = exc.errors()
+    if not errors:
+        return MalformedParameterError("invalid request")
+    first = errors[0]
+    kind = first.get("type", "")
+    path = _field_path(tuple(first.get("loc", ())))
+    if kind == "json_invalid":
+        return MalformedJsonError("the body is not valid JSON")
+    if kind == "missing":
+        return MissingParameterError(f"{path} is required")
+    if kind == "missing_field":
+        return MissingParameterError(f"{first.get('ctx', {}).get('field', path)} is required")
+    if kind == "model_attributes_type" and path == "body":
+        return MalformedJsonError("the body must be a JSON object")
+    message = str(first.get("msg", "is invalid")).removeprefix("Value error, ")
+    return MalformedParameterError(f"{path}: {message}")
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ClarionError)
+    async def _clarion(_: Request, exc: ClarionError) -> ORJSONResponse:
+        return error_response(exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, exc: RequestValidationError) -> ORJSONResponse:
+        return error_response(validation_error(exc))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> ORJSONResponse:
+        if exc.status_code == 404:
+            return error_response(NotFoundError("no such route"))
+        if exc.status_code == 405:
+            return ORJSONResponse(
+                {"code": 20, "message": "ROUTE_NOT_FOUND: method not allowed"}, status_code=405
+            )
+        return ORJSONResponse({"code": 1, "message": str(exc.detail)}, status_code=exc.status_code)
+
+
+class BodySizeLimit:
+    """Refuses bodies over the limit with Batch's 400/31, before any of it is parsed."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope.get("headers", ()):
+            if name == b"content-length" and value.isdigit() and int(value) > self.max_bytes:
+                await self._refuse(scope, receive, send)
+                return
+        seen = 0
+
+        async def limited_receive() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_bytes:
+                    raise _BodyTooLarge
+            return message
+
+        try:
+            await self.app(scope, limited_receive, send)
+        except _BodyTooLarge:
+            await self._refuse(scope, receive, send)
+
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
+        limit = f"{self.max_bytes // 1024} KiB"
+        response = error_response(MalformedParameterError(f"body: larger than {limit}"))
+        await response(scope, receive, send)
+
+
+class _BodyTooLarge(Exception):
+    pass

@@ -1,0 +1,17 @@
+"""Imports every domain's models so that Base.metadata knows all tables (Alembic, tests)."""
+
+from clarion.apps.models import App, Company
+from clarion.delivery.models import DeliveryBatch, Send
+from clarion.devices.models import Installation
+from clarion.events.models import InAppEvent, PushEvent, TrackedEvent
+
+__all__ = [
+    "App",
+    "Company",
+    "DeliveryBatch",
+    "InAppEvent",
+    "Installation",
+    "PushEvent",
+    "Send",
+    "TrackedEvent",
+]

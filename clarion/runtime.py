@@ -1,0 +1,82 @@
+"""What a Clarion process holds for its lifetime: engine, sessions, queue, HTTP/2 client, workers.
+
+`clarion serve` on SQLite runs the API, the delivery workers and the outbox sweep in one process
+(the embedded default); `clarion worker` runs only the workers; `clarion serve` on PostgreSQL
+runs only the API unless told to run workers too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from clarion.config import Settings
+from clarion.db import create_engine, create_sessionmaker
+from clarion.delivery.pool import ProviderPool
+from clarion.delivery.service import Deliverer
+from clarion.http2 import Http2Client
+from clarion.queue import JobQueue
+from clarion.security import SecretBox
+
+log = logging.getLogger(__name__)
+
+
+class Runtime:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.engine: AsyncEngine = create_engine(settings.resolved_database_url)
+        self.sessions: async_sessionmaker[AsyncSession] = create_sessionmaker(self.engine)
+        self.box = SecretBox.from_settings(settings.secret_key, settings.var_dir)
+        self.queue = JobQueue(settings.resolved_queue, settings.resolved_database_url)
+        self._client: Http2Client | None = None
+        self._pool: ProviderPool | None = None
+        self.deliverer: Deliverer | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def start(self, *, workers: bool) -> None:
+        await self.queue.start()
+        if workers:
+            self._client = Http2Client(ca_file=self.settings.provider_ca_file or None)
+            self._pool = ProviderPool(self._client, self.settings, self.box)
+            self.deliverer = Deliverer(self.sessions, self._pool, self.queue, self.settings)
+            self.queue.register_worker(
+                self.deliverer.deliver_batch, concurrency=self.settings.worker_concurrency
+            )
+            # Batches committed before a crash (or whose in-memory job died with the process)
+            # are picked up at once.
+            await self.deliverer.sweep_outbox(grace_seconds=0)
+            self._tasks.append(asyncio.create_task(self.queue.run_worker(), name="worker"))
+            self._tasks.append(asyncio.create_task(self._sweep_forever(), name="outbox-sweep"))
+
+    async def _sweep_forever(self) -> None:
+        assert self.deliverer is not None
+        while True:
+            await asyncio.sleep(self.settings.sweep_interval_seconds)
+            try:
+                await self.deliverer.sweep_outbox()
+            except Exception:
+                # A database hiccup must not end the sweep for the life of the process.
+                log.exception("outbox sweep failed; trying again next interval")
+
+    async def wait(self) -> None:
+        """Until the workers stop (for `clarion worker`)."""
+        if self._tasks:
+            await asyncio.gather(*self._tasks)
+
+    async def stop(self) -> None:
+        self.queue.stop()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._tasks.clear()
+        if self._pool is not None:
+            await self._pool.aclose()
+        if self._client is not None:
+            await self._client.aclose()
+        await self.queue.aclose()
+        await self.engine.dispose()

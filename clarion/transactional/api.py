@@ -1,0 +1,28 @@
+"""Transactional API 1.1 (and the 1.0 alias older clients still call), spec §3."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from clarion.http import RestApp, RuntimeDep, SessionDep
+from clarion.transactional import service
+from clarion.transactional.schemas import SendRead, TransactionalAccepted, TransactionalSend
+
+router = APIRouter(tags=["transactional"])
+
+
+@router.post("/1.1/{api_key}/transactional/send", status_code=201)
+@router.post("/1.0/{api_key}/transactional/send", status_code=201, include_in_schema=False)
+async def send_transactional(
+    body: TransactionalSend, access: RestApp, session: SessionDep, runtime: RuntimeDep
+) -> TransactionalAccepted:
+    send = await service.send_transactional(
+        session, access=access, body=body, batch_size=runtime.settings.batch_size
+    )
+    return TransactionalAccepted(token=send.token)
+
+
+@router.get("/1.1/{api_key}/transactional/sends/{token}", response_model=SendRead)
+async def get_transactional_send(token: str, access: RestApp, session: SessionDep) -> SendRead:
+    """Clarion's addition: what one call targeted, sent and failed (Batch's debug tool)."""
+    return await service.describe_send(session, access=access, token=token)

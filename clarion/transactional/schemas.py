@@ -1,0 +1,139 @@
+"""Transactional API 1.1 wire format (spec §3), field for field.
+
+Unknown fields are ignored rather than refused: Batch clients send fields Clarion does not use
+(`wp_template`, `skip_media_check`), and an integration must work by changing only its host.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic_core import PydanticCustomError
+
+MAX_RECIPIENTS = 10_000
+MAX_TTL_SECONDS = 28 * 24 * 3600  # 2,419,200 s, spec §3.1
+
+
+class Recipients(BaseModel):
+    tokens: list[str] = Field(default_factory=list)
+    custom_ids: list[str] = Field(default_factory=list)
+    install_ids: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _count(self) -> Recipients:
+        total = len(self.tokens) + len(self.custom_ids) + len(self.install_ids)
+        if total == 0:
+            raise ValueError("give at least one of tokens, custom_ids, install_ids")
+        if total > MAX_RECIPIENTS:
+            raise ValueError(f"at most {MAX_RECIPIENTS:,} recipients in total, got {total:,}")
+        for name in ("tokens", "custom_ids", "install_ids"):
+            if any(not value or len(value) > 1024 for value in getattr(self, name)):
+                raise ValueError(f"{name} holds an empty or over-long identifier")
+        return self
+
+
+class Message(BaseModel):
+    title: str | None = Field(default=None, max_length=256)
+    body: str = Field(max_length=4096)
+
+
+class Media(BaseModel):
+    icon: str | None = Field(default=None, pattern=r"^https://", max_length=2048)
+    picture: str | None = Field(default=None, pattern=r"^https://", max_length=2048)
+    audio: str | None = Field(default=None, pattern=r"^https://", max_length=2048)
+    video: str | None = Field(default=None, pattern=r"^https://", max_length=2048)
+
+
+class CollapseKey(BaseModel):
+    enabled: bool = False
+    key: str = Field(default="default", min_length=1, max_length=64)
+
+
+class TransactionalSend(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    group_id: str = Field(pattern=r"^[A-Za-z0-9_\-]{1,128}$")
+    recipients: Recipients
+    message: Message | None = None
+    messages: dict[str, Message] | None = None
+    deeplink: str | None = Field(default=None, min_length=1, max_length=2048)
+    custom_payload: str | None = None
+    media: Media | None = None
+    priority: Literal["normal", "high"] | None = None
+    time_to_live: int | None = Field(default=None, gt=0, le=MAX_TTL_SECONDS)
+    push_type: Literal["alert", "background"] = "alert"
+    gcm_collapse_key: CollapseKey | None = None
+    labels: list[str] = Field(default_factory=list, max_length=3)
+    sandbox: bool = False
+
+    @field_validator("custom_payload")
+    @classmethod
+    def _payload_is_object(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        try:
+            parsed = orjson.loads(value)
+        except orjson.JSONDecodeError as exc:
+            raise ValueError("must be a string holding a JSON object") from exc
+        if not isinstance(parsed, dict):
+            raise ValueError("must be a string holding a JSON object")
+        if "com.batch" in parsed:
+            raise ValueError("the key 'com.batch' is reserved")
+        return value
+
+    @field_validator("messages")
+    @classmethod
+    def _languages(cls, value: dict[str, Message] | None) -> dict[str, Message] | None:
+        if value is not None:
+            if not value:
+                raise ValueError("must hold at least one language")
+            for lang in value:
+                if lang != "default" and not (2 <= len(lang) <= 3 and lang.isalpha()):
+                    raise ValueError(f"{lang!r} is not a language code (or 'default')")
+        return value
+
+    @model_validator(mode="after")
+    def _content(self) -> TransactionalSend:
+        if self.message is not None and self.messages is not None:
+            raise ValueError("message and messages are mutually exclusive")
+        if self.push_type == "background":
+            if self.media is not None:
+                raise ValueError("a background push carries no media")
+        elif self.message is None and self.messages is None:
+            # Reported as MISSING_PARAMETER (code 30), like any absent required field.
+            raise PydanticCustomError("missing_field", "message is required", {"field": "message"})
+        return self
+
+    @property
+    def custom_payload_object(self) -> dict[str, Any]:
+        return orjson.loads(self.custom_payload) if self.custom_payload else {}
+
+
+class TransactionalAccepted(BaseModel):
+    token: str
+
+
+class SendError(BaseModel):
+    kind: str
+    install_id: str | None
+    push_token: str | None
+    reason: str | None
+    occurred_at: datetime
+
+
+class SendRead(BaseModel):
+    """Clarion's debugging view of one transactional call (Batch's dashboard debug tool)."""
+
+    token: str
+    group_id: str | None
+    created_at: datetime
+    expires_at: datetime | None
+    targeted: int
+    sent: int
+    failed: int
+    tokens_deleted: int
+    pending_batches: int
+    last_errors: list[SendError]
