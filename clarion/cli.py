@@ -234,3 +234,7 @@ def devices_seed(
 
 def main() -> None:
     cli()
+
+
+if __name__ == "__main__":
+    main()
