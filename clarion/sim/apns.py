@@ -7,6 +7,7 @@ import math
 import re
 import secrets
 import string
+import time
 import uuid
 
 import jwt
@@ -75,9 +76,10 @@ def error(status: int, reason: str, now: float, retry_after: int | None = None) 
     return Reply(status, headers, orjson.dumps(document))
 
 
-def failure(status: int, reason: str | None, now: float, retry_after: int | None = None) -> Reply:
+def failure(status: int, reason: str | None, retry_after: int | None) -> Reply:
     """An injected fault (random or forced) in APNs's words."""
-    return error(status, reason or _DEFAULT_REASONS.get(status, "InternalServerError"), now, retry_after)
+    reason = reason or _DEFAULT_REASONS.get(status, "InternalServerError")
+    return error(status, reason, time.time(), retry_after)
 
 
 class ProviderTokens:
@@ -174,7 +176,7 @@ def handle_push(
     if service.forced:
         forced: ForcedFailure | None = service.take_forced(device_token)
         if forced is not None:
-            return failure(forced.status, forced.reason, now, forced.retry_after)
+            return failure(forced.status, forced.reason, forced.retry_after)
     if device_token in service.dead:
         return error(410, "Unregistered", service.dead[device_token] / 1000)
     service.record(device_token, headers, body, now)

@@ -31,7 +31,9 @@ def _json_object(body: bytes) -> dict[str, Any]:
     return document
 
 
-def _int_field(document: dict[str, Any], name: str, default: int | None, low: int, high: int) -> int:
+def _int_field(
+    document: dict[str, Any], name: str, default: int | None, low: int, high: int
+) -> int:
     value = document.get(name, default)
     # bool is an int subclass; `"count": true` is a mistake, not 1.
     if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
@@ -104,7 +106,9 @@ def _issue(sim: SimState, kind: str, document: dict[str, Any], origin: str) -> R
         raise BadRequest(f"application_server_key is not a P-256 public key: {exc}") from exc
 
 
-def _route(sim: SimState, method: str, parts: list[str], body: bytes, origin: str, now: float) -> Reply:
+def _route(
+    sim: SimState, method: str, parts: list[str], body: bytes, origin: str, now: float
+) -> Reply:
     match method, parts:
         case "POST", ["apns", "keys"]:
             return _issue(sim, "apns", _json_object(body), origin)

@@ -157,7 +157,9 @@ def handle_send(sim: SimState, project_id: str, headers: Headers, body: bytes, n
     return json_reply(200, {"name": f"projects/{project_id}/messages/{sim.next_id()}"})
 
 
-def issue_service_account(registry: Registry, project_id: str | None, origin: str) -> dict[str, str]:
+def issue_service_account(
+    registry: Registry, project_id: str | None, origin: str
+) -> dict[str, str]:
     """A new service-account JSON, as the Google Cloud console would hand it out."""
     project = project_id or f"sim-project-{secrets.token_hex(3)}"
     private_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)

@@ -1,0 +1,145 @@
+"""The simulators' RSGI application: routes each request by path to APNs, FCM, Web Push or `/_sim/`.
+
+See docs/simulators.md. Granian imports `create_app` by name in its worker process, so the state
+directory travels in the CLARION_SIM_STATE_DIR environment variable.
+"""
+
+import asyncio
+import ipaddress
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Protocol
+
+from granian.rsgi import Scope
+
+from clarion.sim import apns, control, fcm, webpush
+from clarion.sim.state import ServiceState, SimState
+from clarion.sim.wire import Reply, json_reply
+
+ENV_STATE_DIR = "CLARION_SIM_STATE_DIR"
+
+FailureRenderer = Callable[[int, str | None, int | None], Reply]
+
+
+class HTTPProtocol(Protocol):
+    """The part of granian's RSGIHTTPProtocol used here (granian does not re-export its type)."""
+
+    async def __call__(self) -> bytes: ...
+
+    def response_bytes(self, status: int, headers: list[tuple[str, str]], body: bytes) -> None: ...
+
+
+def _is_loopback(client: str) -> bool:
+    host = client.rsplit(":", 1)[0].strip("[]")
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _origin(scope: Scope) -> str:
+    # HTTP/2 carries :authority; HTTP/1.1 carries Host.
+    authority = scope.authority or scope.headers.get("host") or "127.0.0.1"
+    return f"https://{authority}"
+
+
+class SimulatorApp:
+    def __init__(self, sim: SimState) -> None:
+        self.sim = sim
+        self.provider_tokens = apns.ProviderTokens(sim.registry.apns_keys)
+
+    async def __rsgi__(self, scope: Scope, protocol: HTTPProtocol) -> None:
+        if scope.proto != "http":
+            return
+        path = scope.path
+        if path.startswith(apns.PATH_PREFIX):
+            reply = await self._apns(scope, protocol, path[len(apns.PATH_PREFIX) :])
+        elif path.startswith(fcm.SEND_PREFIX) and path.endswith(fcm.SEND_SUFFIX):
+            project_id = path[len(fcm.SEND_PREFIX) : -len(fcm.SEND_SUFFIX)]
+            reply = await self._fcm_send(scope, protocol, project_id)
+        elif path == fcm.TOKEN_PATH:
+            body = await protocol()
+            reply = (
+                fcm.handle_token(self.sim, body, _origin(scope), time.time())
+                if scope.method == "POST"
+                else fcm.error(405, "Method not allowed")
+            )
+        elif path.startswith(webpush.PATH_PREFIX):
+            reply = await self._webpush(scope, protocol, path[len(webpush.PATH_PREFIX) :])
+        elif path.startswith(control.PATH_PREFIX):
+            body = await protocol()
+            if _is_loopback(scope.client):
+                reply = control.handle(
+                    self.sim, scope.method, path, body, _origin(scope), time.time()
+                )
+            else:
+                reply = json_reply(403, {"error": "the control API answers loopback clients only"})
+        else:
+            reply = json_reply(404, {"error": f"nothing simulated at {path}"})
+        protocol.response_bytes(reply.status, reply.headers, reply.body)
+
+    async def _injected(self, service: ServiceState, render: FailureRenderer) -> Reply | None:
+        """A random fault, drawn before anything else, as an overloaded front end would."""
+        if service.delay_ms:
+            await asyncio.sleep(service.delay_ms / 1000)
+        status = service.pick_fault()
+        return None if status is None else render(status, None, None)
+
+    @staticmethod
+    def _count(service: ServiceState, reply: Reply) -> Reply:
+        service.requests += 1
+        if reply.status < 300:
+            service.accepted += 1
+        else:
+            service.rejected += 1
+        return reply
+
+    async def _apns(self, scope: Scope, protocol: HTTPProtocol, device_token: str) -> Reply:
+        service = self.sim.apns
+        body = await protocol()
+        reply = (
+            await self._injected(service, apns.failure)
+            if service.fault_thresholds or service.delay_ms
+            else None
+        )
+        if reply is None:
+            if scope.method != "POST":
+                reply = apns.error(405, "MethodNotAllowed", time.time())
+            else:
+                reply = apns.handle_push(
+                    service, self.provider_tokens, device_token, scope.headers, body, time.time()
+                )
+        return self._count(service, reply)
+
+    async def _fcm_send(self, scope: Scope, protocol: HTTPProtocol, project_id: str) -> Reply:
+        service = self.sim.fcm
+        body = await protocol()
+        reply = await self._injected(service, fcm.failure)
+        if reply is None:
+            if scope.method != "POST":
+                reply = fcm.error(405, "Method not allowed")
+            else:
+                reply = fcm.handle_send(self.sim, project_id, scope.headers, body, time.time())
+        return self._count(service, reply)
+
+    async def _webpush(self, scope: Scope, protocol: HTTPProtocol, subscription_id: str) -> Reply:
+        service = self.sim.webpush
+        body = await protocol()
+        reply = await self._injected(service, webpush.failure)
+        if reply is None:
+            if scope.method != "POST":
+                reply = webpush.error(405, "Method not allowed")
+            else:
+                reply = webpush.handle_push(
+                    self.sim, subscription_id, scope.headers, body, _origin(scope), time.time()
+                )
+        return self._count(service, reply)
+
+
+def create_app() -> SimulatorApp:
+    state_dir = os.environ.get(ENV_STATE_DIR)
+    if not state_dir:
+        raise RuntimeError(f"{ENV_STATE_DIR} must name the simulator's state directory")
+    return SimulatorApp(SimState(Path(state_dir)))
