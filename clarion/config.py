@@ -44,6 +44,8 @@ class Settings(BaseSettings):
     retry_max_attempts: int = 8
     # A batch claimed by a worker that then died is taken over after this lease expires.
     batch_lease_seconds: float = 60.0
+    # pgqueuer re-dispatches the job of a worker whose heartbeat stopped after this long.
+    job_heartbeat_seconds: float = 30.0
     # How often the outbox sweeper re-enqueues batches whose job was lost.
     sweep_interval_seconds: float = 15.0
 

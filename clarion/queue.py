@@ -59,8 +59,11 @@ BatchHandler = Callable[[int], Awaitable[None]]
 class JobQueue:
     """Enqueues batch jobs and runs workers over the configured backend."""
 
-    def __init__(self, backend: QueueBackend, database_url: str) -> None:
+    def __init__(
+        self, backend: QueueBackend, database_url: str, *, heartbeat_seconds: float = 30.0
+    ) -> None:
         self.backend = backend
+        self._heartbeat = timedelta(seconds=heartbeat_seconds)
         self._database_url = database_url
         self._pgq: PgQueuer | None = None
         self._connections: list[psycopg.AsyncConnection[Any]] = []
@@ -116,7 +119,7 @@ class JobQueue:
             max_concurrent_tasks=2 * concurrency,
             # A worker killed mid-batch stops sending heartbeats; its job is picked again
             # after this long (the batch's own lease guards against double claims).
-            heartbeat_timeout=timedelta(seconds=30),
+            heartbeat_timeout=self._heartbeat,
             dequeue_timeout=timedelta(seconds=5),
         )
 

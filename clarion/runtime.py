@@ -30,7 +30,11 @@ class Runtime:
         self.engine: AsyncEngine = create_engine(settings.resolved_database_url)
         self.sessions: async_sessionmaker[AsyncSession] = create_sessionmaker(self.engine)
         self.box = SecretBox.from_settings(settings.secret_key, settings.var_dir)
-        self.queue = JobQueue(settings.resolved_queue, settings.resolved_database_url)
+        self.queue = JobQueue(
+            settings.resolved_queue,
+            settings.resolved_database_url,
+            heartbeat_seconds=settings.job_heartbeat_seconds,
+        )
         self._client: Http2Client | None = None
         self._pool: ProviderPool | None = None
         self.deliverer: Deliverer | None = None

@@ -86,7 +86,7 @@ def make_settings(
         # Fast retries so that retry scenarios finish within a test.
         "retry_base_seconds": 0.05,
         "retry_max_seconds": 0.5,
-        "retry_max_attempts": 3,
+        "retry_max_attempts": 6,
         "sweep_interval_seconds": 1.0,
     }
     values.update(overrides)

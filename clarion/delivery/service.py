@@ -58,7 +58,7 @@ class _Tally:
 
 def retry_delay(attempt: int, retry_after: float | None, *, base: float, cap: float) -> float:
     """Exponential backoff with jitter (half to full), never shorter than Retry-After."""
-    backoff = min(cap, base * 2**attempt) * (0.5 + random.random() / 2)
+    backoff = min(cap, base * 2.0**attempt) * (0.5 + random.random() / 2)
     return max(backoff, retry_after or 0.0)
 
 

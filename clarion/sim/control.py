@@ -4,7 +4,6 @@ See docs/simulators.md (the table under "Control API").
 """
 
 from typing import Any
-from urllib.parse import unquote
 
 import orjson
 
@@ -134,7 +133,8 @@ def _route(
 
 
 def handle(sim: SimState, method: str, path: str, body: bytes, origin: str, now: float) -> Reply:
-    parts = [unquote(p) for p in path[len(PATH_PREFIX) :].split("/")]
+    # granian hands over the path already percent-decoded.
+    parts = path[len(PATH_PREFIX) :].split("/")
     try:
         return _route(sim, method, parts, body, origin, now)
     except BadRequest as exc:

@@ -1,0 +1,1 @@
+"""Helpers shared by Clarion's test suites."""

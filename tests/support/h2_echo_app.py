@@ -40,7 +40,9 @@ async def app(scope: Any, proto: Any) -> None:
     path: str = scope.path
     if path == "/_stats":
         stats = {"peak_in_flight": _peak_in_flight, "clients": sorted(_clients)}
-        proto.response_bytes(200, [("content-type", "application/json")], json.dumps(stats).encode())
+        proto.response_bytes(
+            200, [("content-type", "application/json")], json.dumps(stats).encode()
+        )
         return
     if path == "/_reset":
         _clients.clear()

@@ -1,0 +1,105 @@
+"""Shared pieces of the benchmarks: the simulator, cores, memory, h2load, fresh databases."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psycopg
+
+ROOT = Path(__file__).resolve().parent.parent
+PG_ADMIN = os.environ.get("CLARION_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
+SIM_PORT = int(os.environ.get("CLARION_BENCH_SIM_PORT", "18443"))
+
+
+def rss_mb(pid: int | None = None) -> float:
+    status = Path(f"/proc/{pid or 'self'}/status").read_text()
+    line = next(ln for ln in status.splitlines() if ln.startswith("VmRSS:"))
+    return int(line.split()[1]) / 1024
+
+
+def cpu_seconds(pid: int | None = None) -> float:
+    fields = Path(f"/proc/{pid or 'self'}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def pin(cpu: int, pid: int | None = None) -> None:
+    if (os.cpu_count() or 1) > 1:
+        os.sched_setaffinity(pid or 0, {cpu})
+
+
+@contextmanager
+def simulator(state_dir: Path, *, cpu: int | None = 1) -> Iterator[tuple[str, Path]]:
+    """The simulators in their own process (pinned to `cpu`); yields (base_url, ca_file)."""
+    proc = subprocess.Popen(  # noqa: S603
+        [sys.executable, "-m", "clarion.sim", "--port", str(SIM_PORT), "--state-dir", str(state_dir)],
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    base_url = f"https://127.0.0.1:{SIM_PORT}"
+    ca = state_dir / "ca.pem"
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            if ca.exists() and httpx.get(f"{base_url}/_sim/stats", verify=str(ca)).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            proc.kill()
+            raise RuntimeError("the simulator did not start")
+        time.sleep(0.2)
+    if cpu is not None:
+        for child in _process_tree(proc.pid):
+            pin(cpu, child)
+    try:
+        yield base_url, ca
+    finally:
+        os.killpg(proc.pid, 15)
+        proc.wait(timeout=10)
+
+
+def _process_tree(pid: int) -> list[int]:
+    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True)
+    children = [int(p) for p in out.stdout.split()]
+    return [pid, *[c for child in children for c in _process_tree(child)]]
+
+
+def h2load(args: list[str]) -> dict[str, Any]:
+    """Runs h2load (installing nghttp2-client when missing); returns req/s and the raw text."""
+    if shutil.which("h2load") is None:
+        subprocess.run(["apt-get", "install", "-y", "-q", "nghttp2-client"], check=True)
+    out = subprocess.run(["h2load", *args], capture_output=True, text=True, check=True).stdout
+    line = next(ln for ln in out.splitlines() if ln.startswith("finished in"))
+    req_s = float(line.split(",")[1].split()[0])
+    return {"req_per_s": req_s, "output": out}
+
+
+@contextmanager
+def pg_database() -> Iterator[str]:
+    name = f"clarion_bench_{secrets.token_hex(4)}"
+    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
+    finally:
+        with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def report(name: str, figures: dict[str, Any]) -> None:
+    results = ROOT / "bench" / "results"
+    results.mkdir(exist_ok=True)
+    (results / f"{name}.json").write_text(json.dumps(figures, indent=2))
+    print(json.dumps({name: figures}, indent=2))

@@ -1,0 +1,180 @@
+"""Delivery throughput from ONE worker process to the APNs simulator, outcomes logged.
+
+Seeds N opted-in iOS installations, commits one send split into batches of 1,000 installation
+ids (the shape campaign fan-out produces), starts the workers and times until every batch is
+done and every outcome is in the event log. Reports notifications/s, the worker's CPU and RSS
+over time, and h2load's ceiling against the same simulator, so the figure measures Clarion and
+not the sink. The simulator runs on CPU 1, Clarion on CPU 0.
+
+    .venv/bin/python -m bench.delivery_throughput --devices 200000 --db sqlite
+    .venv/bin/python -m bench.delivery_throughput --devices 1000000 --db postgres
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import secrets
+import tempfile
+import time
+import uuid
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+import httpx
+import jwt
+from cryptography.fernet import Fernet
+from sqlalchemy import func, insert, select
+
+from bench.common import cpu_seconds, h2load, pg_database, pin, report, rss_mb, simulator
+from clarion.apps import service as apps
+from clarion.apps.schemas import ApnsCredentialsIn, AppCreate
+from clarion.config import Settings
+from clarion.db import transaction, utcnow
+from clarion.delivery.models import BatchStatus, DeliveryBatch, Send
+from clarion.demo import seed_installations
+from clarion.devices.models import Installation
+from clarion.events.models import PushEvent
+from clarion.migrate import migrate
+from clarion.runtime import Runtime
+
+TOPIC = "com.example.bench"
+
+
+async def prepare(runtime: Runtime, key: dict[str, str], devices: int) -> int:
+    async with transaction(runtime.sessions) as session:
+        company, _ = await apps.create_company(session, name="Bench")
+        app, _keys = await apps.create_app(
+            session, company=company, app_in=AppCreate(name="bench", platform="ios"), box=runtime.box
+        )
+        apps.set_apns_credentials(
+            app,
+            ApnsCredentialsIn(
+                key_id=key["key_id"], team_id=key["team_id"],
+                private_key=key["private_key_pem"], topic=TOPIC,
+            ),
+            runtime.box,
+        )
+    started = time.monotonic()
+    await seed_installations(runtime.sessions, app_id=app.id, count=devices)
+    print(f"seeded {devices:,} installations in {time.monotonic() - started:.1f} s")
+
+    # One send, batches of installation ids read with keyset pagination (never all at once).
+    now = utcnow()
+    async with transaction(runtime.sessions) as session:
+        send = Send(
+            token=str(uuid.uuid4()), app_id=app.id, kind="transactional", group_id="bench",
+            content={"message": {"title": "Bench", "body": "Throughput"}}, created_at=now,
+        )
+        session.add(send)
+        await session.flush()
+        send_id = send.id
+    last_id = 0
+    batch_size = runtime.settings.batch_size
+    while True:
+        async with transaction(runtime.sessions) as session:
+            ids = list(
+                await session.scalars(
+                    select(Installation.id)
+                    .where(Installation.app_id == app.id, Installation.id > last_id)
+                    .order_by(Installation.id)
+                    .limit(batch_size * 20)
+                )
+            )
+            if not ids:
+                break
+            last_id = ids[-1]
+            await session.execute(
+                insert(DeliveryBatch),
+                [
+                    {"send_id": send_id, "recipients": {"installations": ids[i : i + batch_size]},
+                     "status": "pending", "attempt": 0, "not_before": now,
+                     "last_enqueued_at": now, "created_at": now}
+                    for i in range(0, len(ids), batch_size)
+                ],
+            )
+    return send_id
+
+
+async def run(devices: int, db: str, database_url: str, sim_url: str, ca: Path, var: Path) -> dict[str, Any]:
+    settings = Settings(
+        database_url=database_url, var_dir=var, secret_key=Fernet.generate_key().decode(),
+        apns_production_url=sim_url, apns_sandbox_url=sim_url, provider_ca_file=str(ca),
+    )
+    migrate(settings)
+    key = httpx.post(f"{sim_url}/_sim/apns/keys", json={"topics": [TOPIC]}, verify=str(ca)).json()
+    runtime = Runtime(settings)
+    await prepare(runtime, key, devices)
+    accepted_before = httpx.get(f"{sim_url}/_sim/stats", verify=str(ca)).json()["apns"]["accepted"]
+
+    rss: list[float] = [rss_mb()]
+    cpu0, t0 = cpu_seconds(), time.monotonic()
+    await runtime.start(workers=True)
+    while True:
+        await asyncio.sleep(0.5)
+        rss.append(rss_mb())
+        async with runtime.sessions() as session:
+            pending = await session.scalar(
+                select(func.count()).select_from(DeliveryBatch)
+                .where(DeliveryBatch.status != BatchStatus.DONE.value)
+            )
+        if pending == 0:
+            break
+    elapsed, cpu = time.monotonic() - t0, cpu_seconds() - cpu0
+    async with runtime.sessions() as session:
+        logged = await session.scalar(select(func.count()).select_from(PushEvent)) or 0
+    await runtime.stop()
+    accepted = httpx.get(f"{sim_url}/_sim/stats", verify=str(ca)).json()["apns"]["accepted"]
+
+    return {
+        "database": db,
+        "devices": devices,
+        "elapsed_s": round(elapsed, 2),
+        "notifications_per_s": round(devices / elapsed),
+        "outcomes_logged": logged,
+        "simulator_accepted": accepted - accepted_before,
+        "worker_cpu_us_per_notification": round(cpu / devices * 1e6, 1),
+        "worker_rss_mb": {"start": round(rss[0]), "max": round(max(rss)), "end": round(rss[-1]),
+                          "samples": [round(r) for r in rss[:: max(1, len(rss) // 20)]]},
+        "_key": key,
+    }
+
+
+def ceiling(sim_url: str, key: dict[str, str], tmp: Path) -> dict[str, float]:
+    token = jwt.encode({"iss": key["team_id"], "iat": int(time.time())}, key["private_key_pem"],
+                       algorithm="ES256", headers={"kid": key["key_id"]})
+    body = tmp / "body.json"
+    body.write_text('{"aps":{"alert":{"title":"Bench","body":"Throughput"},"sound":"default"},'
+                    '"com.batch":{"i":"' + str(uuid.uuid4()) + '"}}')
+    url = f"{sim_url}/3/device/{secrets.token_hex(32)}"
+    headers = ["-H", f"authorization: bearer {token}", "-H", f"apns-topic: {TOPIC}",
+               "-H", "apns-push-type: alert"]
+    return {
+        f"h2load_c{c}_m100": h2load(["-n", "200000", "-c", str(c), "-m", "100", "-d", str(body),
+                                     *headers, url])["req_per_s"]
+        for c in (1, 4)
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--devices", type=int, default=200_000)
+    parser.add_argument("--db", choices=["sqlite", "postgres"], default="sqlite")
+    args = parser.parse_args()
+    pin(0)
+    with ExitStack() as stack:
+        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory()))
+        sim_url, ca = stack.enter_context(simulator(tmp / "sim", cpu=1))
+        if args.db == "postgres":
+            url = stack.enter_context(pg_database())
+        else:
+            url = f"sqlite+aiosqlite:///{tmp / 'bench.db'}"
+        figures = asyncio.run(run(args.devices, args.db, url, sim_url, ca, tmp))
+        key = figures.pop("_key")
+        figures |= ceiling(sim_url, key, tmp)
+    report(f"delivery_{args.db}_{args.devices}", figures)
+
+
+if __name__ == "__main__":
+    main()

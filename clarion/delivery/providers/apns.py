@@ -1,0 +1,265 @@
+"""APNs provider: token-authenticated HTTP/2 pushes to `/3/device/{token}`, mapped onto Outcomes.
+
+See docs/simulators.md (APNs) and Appendix A of the Batch spec (the `com.batch` object).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable, Mapping, Sequence
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from typing import Any
+from urllib.parse import quote
+
+import jwt
+import orjson
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from clarion.delivery.providers.base import (
+    ApnsCredentials,
+    DeliveryResult,
+    Device,
+    Notification,
+    Outcome,
+    Platform,
+    Priority,
+    ProviderConfigError,
+    PushType,
+)
+from clarion.http2 import Http2Client, HttpRequest, HttpResponse, TransportError
+
+# Apple refuses a provider token refreshed more often than every 20 min (TooManyProviderToken-
+# Updates) and rejects one older than 60 min (ExpiredProviderToken); 40 min sits in the middle.
+TOKEN_REFRESH_AFTER = 40 * 60
+MAX_PAYLOAD = 4096  # bytes, for alert and background pushes (only VoIP gets 5120)
+MAX_COLLAPSE_ID = 64  # bytes; APNs answers BadCollapseId above it
+
+_RESERVED_KEYS = frozenset({"aps", "com.batch"})
+# UNNotificationAttachment needs a type hint: the Batch extension downloads to a temporary file
+# without the URL's extension, so `com.batch.at.t` must name the UTI. These are the types Apple
+# lists as supported attachments.
+_UTI_BY_EXTENSION = {
+    "jpg": "public.jpeg",
+    "jpeg": "public.jpeg",
+    "png": "public.png",
+    "gif": "com.compuserve.gif",
+    "mp3": "public.mp3",
+    "m4a": "public.mpeg-4-audio",
+    "aif": "public.aiff-audio",
+    "aiff": "public.aiff-audio",
+    "wav": "com.microsoft.waveform-audio",
+    "mp4": "public.mpeg-4",
+    "m4v": "public.mpeg-4",
+    "mpg": "public.mpeg",
+    "mpeg": "public.mpeg",
+    "avi": "public.avi",
+}
+_DELIVERED = DeliveryResult(Outcome.DELIVERED, status=200)
+
+
+class ApnsProvider:
+    platform = Platform.IOS
+
+    def __init__(
+        self,
+        credentials: ApnsCredentials,
+        client: Http2Client,
+        *,
+        production_url: str,
+        sandbox_url: str,
+        clock: Callable[[], float] = time.time,  # wall clock for `iat`; tests move it
+    ) -> None:
+        for name in ("key_id", "team_id", "topic"):
+            if not getattr(credentials, name):
+                raise ProviderConfigError(f"APNs credentials lack {name}")
+        self._key = _load_p8(credentials)
+        self._credentials = credentials
+        self._client = client
+        self._clock = clock
+        base = sandbox_url if credentials.sandbox else production_url
+        self._url_prefix = base.rstrip("/") + "/3/device/"
+        self._token = ""
+        self._token_iat = 0.0
+
+    async def send(
+        self, notification: Notification, devices: Sequence[Device]
+    ) -> list[DeliveryResult]:
+        if not devices:
+            return []
+        try:
+            payload = build_payload(notification)
+        except (TypeError, orjson.JSONEncodeError) as exc:
+            return [DeliveryResult(Outcome.FAILED, reason=f"InvalidPayload: {exc}")] * len(devices)
+        if len(payload) > MAX_PAYLOAD:
+            # Same reason APNs would give, without 2,000 round trips to hear it.
+            return [DeliveryResult(Outcome.FAILED, reason="PayloadTooLarge")] * len(devices)
+        token = self._provider_token()
+        headers = self._headers(notification, token)
+        prefix = self._url_prefix
+        requests = [
+            HttpRequest("POST", prefix + _path_token(d.token), headers, payload) for d in devices
+        ]
+        responses = await self._client.request_many(requests)
+        results: list[DeliveryResult] = []
+        expired = False
+        for response in responses:
+            if isinstance(response, HttpResponse) and response.status == 200:
+                results.append(_DELIVERED)
+                continue
+            result = _map(response)
+            expired = expired or result.reason == "ExpiredProviderToken"
+            results.append(result)
+        if expired and self._token == token:
+            self._token = ""  # the next send signs a fresh one
+        return results
+
+    async def aclose(self) -> None:
+        """The HTTP/2 client is shared and closed by its owner; only forget the token."""
+        self._token = ""
+
+    def _provider_token(self) -> str:
+        now = self._clock()
+        if not self._token or now - self._token_iat >= TOKEN_REFRESH_AFTER:
+            iat = int(now)
+            self._token = jwt.encode(
+                {"iss": self._credentials.team_id, "iat": iat},
+                self._key,
+                algorithm="ES256",
+                headers={"kid": self._credentials.key_id},
+            )
+            self._token_iat = float(iat)
+        return self._token
+
+    def _headers(self, notification: Notification, token: str) -> tuple[tuple[str, str], ...]:
+        background = notification.push_type is PushType.BACKGROUND
+        # Apple requires priority 5 for background pushes; alerts default to 10 (immediate).
+        priority = "5" if background or notification.priority is Priority.NORMAL else "10"
+        expires_at = notification.expires_at
+        headers = [
+            ("authorization", f"bearer {token}"),
+            ("apns-topic", self._credentials.topic),
+            ("apns-push-type", "background" if background else "alert"),
+            ("apns-priority", priority),
+            # 0: deliver now or never; otherwise APNs stores the push until then.
+            ("apns-expiration", str(int(expires_at.timestamp())) if expires_at else "0"),
+        ]
+        if notification.collapse_key:
+            headers.append(("apns-collapse-id", _collapse_id(notification.collapse_key)))
+        return tuple(headers)
+
+
+def build_payload(notification: Notification) -> bytes:
+    """The APNs JSON body, identical for every device of a send."""
+    aps: dict[str, Any] = {}
+    batch: dict[str, Any] = {"i": notification.send_id}
+    if notification.push_type is PushType.BACKGROUND:
+        aps["content-available"] = 1
+    else:
+        alert: dict[str, str] = {}
+        if notification.title is not None:
+            alert["title"] = notification.title
+        if notification.body is not None:
+            alert["body"] = notification.body
+        aps["alert"] = alert
+        aps["sound"] = "default"
+        attachment = _attachment(notification)
+        if attachment is not None:
+            aps["mutable-content"] = 1  # wakes the Batch notification service extension
+            batch["at"] = attachment
+    if notification.deeplink:
+        batch["l"] = notification.deeplink
+    if notification.open_data is not None:
+        batch["od"] = dict(notification.open_data)
+    payload = {k: v for k, v in notification.custom_payload.items() if k not in _RESERVED_KEYS}
+    payload["aps"] = aps
+    payload["com.batch"] = batch
+    return orjson.dumps(payload)
+
+
+def _attachment(notification: Notification) -> dict[str, str] | None:
+    """One rich attachment (the Batch extension shows one): picture, else video, else audio."""
+    media = notification.media
+    if media is None:
+        return None
+    for url, fallback in (
+        (media.picture, "public.jpeg"),
+        (media.video, "public.mpeg-4"),
+        (media.audio, "public.mp3"),
+    ):
+        if url:
+            extension = url.split("?", 1)[0].split("#", 1)[0].rsplit(".", 1)[-1].lower()
+            return {"u": url, "t": _UTI_BY_EXTENSION.get(extension, fallback)}
+    return None
+
+
+def _collapse_id(key: str) -> str:
+    """Long keys become their SHA-256 (64 hex characters): still one id per key, never rejected."""
+    if len(key.encode()) <= MAX_COLLAPSE_ID:
+        return key
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def _path_token(token: str) -> str:
+    """Real tokens are hex; anything else is quoted so APNs answers BadDeviceToken (not a
+    malformed URL that would fail as a transport error and be retried forever)."""
+    return token if token.isascii() and token.isalnum() else quote(token, safe="")
+
+
+def _map(response: HttpResponse | TransportError) -> DeliveryResult:
+    if isinstance(response, TransportError):
+        return DeliveryResult(Outcome.RETRY, reason=f"TransportError: {response}")
+    status = response.status
+    reason = _reason(response.body)
+    if status == 410 or (status == 400 and reason == "BadDeviceToken"):
+        return DeliveryResult(Outcome.TOKEN_INVALID, reason=reason or "Unregistered", status=status)
+    if status == 429 or status >= 500 or (status == 403 and reason == "ExpiredProviderToken"):
+        return DeliveryResult(
+            Outcome.RETRY,
+            reason=reason or f"HTTP {status}",
+            status=status,
+            retry_after=_retry_after(response.headers),
+        )
+    return DeliveryResult(Outcome.FAILED, reason=reason or f"HTTP {status}", status=status)
+
+
+def _reason(body: bytes) -> str | None:
+    if not body:
+        return None
+    try:
+        document = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    reason = document.get("reason") if isinstance(document, dict) else None
+    return reason if isinstance(reason, str) else None
+
+
+def _retry_after(headers: Mapping[str, str]) -> float | None:
+    """Retry-After in seconds: delta-seconds or an HTTP date (RFC 9110 §10.2.3)."""
+    value = headers.get("retry-after", "").strip()
+    if not value:
+        return None
+    if value.isdigit():
+        return float(value)
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - datetime.now(UTC)).total_seconds())
+
+
+def _load_p8(credentials: ApnsCredentials) -> ec.EllipticCurvePrivateKey:
+    try:
+        key = serialization.load_pem_private_key(
+            credentials.private_key_pem.encode(), password=None
+        )
+    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
+        raise ProviderConfigError(f"APNs key {credentials.key_id} is not a .p8 key: {exc}") from exc
+    if not isinstance(key, ec.EllipticCurvePrivateKey) or not isinstance(key.curve, ec.SECP256R1):
+        raise ProviderConfigError(f"APNs key {credentials.key_id} is not an EC P-256 key")
+    return key

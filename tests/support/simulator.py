@@ -1,0 +1,115 @@
+"""Start `python -m clarion.sim` in a subprocess for tests, over real TLS on a free loopback port.
+
+See docs/simulators.md for what the simulator answers.
+"""
+
+import contextlib
+import os
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+START_TIMEOUT = 15.0
+STOP_TIMEOUT = 5.0
+
+
+@dataclass(frozen=True)
+class SimulatorHandle:
+    base_url: str
+    ca_file: Path
+    state_dir: Path
+
+    def ssl_context(self) -> ssl.SSLContext:
+        return ssl.create_default_context(cafile=str(self.ca_file))
+
+    def control_client(self, *, http2: bool = False) -> httpx.Client:
+        """A client for the `/_sim/` control API (or any simulated service) trusting the CA."""
+        return httpx.Client(
+            base_url=self.base_url, verify=self.ssl_context(), http2=http2, timeout=10.0
+        )
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _answers(handle: SimulatorHandle) -> bool:
+    if not handle.ca_file.exists():
+        return False
+    try:
+        with handle.control_client() as client:
+            return client.get("/_sim/stats").status_code == 200
+    except (httpx.TransportError, ssl.SSLError, OSError):
+        return False
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    # The simulator runs in its own session: signal the whole group so granian's worker goes too.
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    try:
+        process.wait(STOP_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
+@contextmanager
+def running_simulator(
+    state_dir: Path, *, port: int | None = None, command_prefix: Sequence[str] = ()
+) -> Iterator[SimulatorHandle]:
+    """Yield a handle to a running simulator; stop it (and its worker) on exit.
+
+    `command_prefix` wraps the command, e.g. `("taskset", "-c", "0")` for benchmarks.
+    """
+    port = port or free_port()
+    handle = SimulatorHandle(f"https://127.0.0.1:{port}", state_dir / "ca.pem", state_dir)
+    command = [
+        *command_prefix,
+        sys.executable,
+        "-m",
+        "clarion.sim",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--state-dir",
+        str(state_dir),
+    ]
+    # A file, not a pipe: a chatty server must never block on a full pipe nobody reads.
+    with tempfile.TemporaryFile() as output:
+        process = subprocess.Popen(
+            command, cwd=REPO_ROOT, stdout=output, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        try:
+            deadline = time.monotonic() + START_TIMEOUT
+            while not _answers(handle):
+                if process.poll() is not None or time.monotonic() > deadline:
+                    _stop(process)
+                    output.seek(0)
+                    log = output.read().decode("utf-8", "replace")
+                    raise RuntimeError(
+                        f"simulator did not start on port {port} "
+                        f"(exit code {process.returncode}):\n{log}"
+                    )
+                time.sleep(0.1)
+            yield handle
+        finally:
+            _stop(process)
