@@ -41,8 +41,16 @@ def pin(cpu: int, pid: int | None = None) -> None:
 @contextmanager
 def simulator(state_dir: Path, *, cpu: int | None = 1) -> Iterator[tuple[str, Path]]:
     """The simulators in their own process (pinned to `cpu`); yields (base_url, ca_file)."""
-    proc = subprocess.Popen(  # noqa: S603
-        [sys.executable, "-m", "clarion.sim", "--port", str(SIM_PORT), "--state-dir", str(state_dir)],
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "clarion.sim",
+            "--port",
+            str(SIM_PORT),
+            "--state-dir",
+            str(state_dir),
+        ],
         start_new_session=True,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -52,7 +60,10 @@ def simulator(state_dir: Path, *, cpu: int | None = 1) -> Iterator[tuple[str, Pa
     deadline = time.monotonic() + 30
     while True:
         try:
-            if ca.exists() and httpx.get(f"{base_url}/_sim/stats", verify=str(ca)).status_code == 200:
+            if (
+                ca.exists()
+                and httpx.get(f"{base_url}/_sim/stats", verify=str(ca)).status_code == 200
+            ):
                 break
         except httpx.HTTPError:
             pass

@@ -46,13 +46,18 @@ async def prepare(runtime: Runtime, key: dict[str, str], devices: int) -> int:
     async with transaction(runtime.sessions) as session:
         company, _ = await apps.create_company(session, name="Bench")
         app, _keys = await apps.create_app(
-            session, company=company, app_in=AppCreate(name="bench", platform="ios"), box=runtime.box
+            session,
+            company=company,
+            app_in=AppCreate(name="bench", platform="ios"),
+            box=runtime.box,
         )
         apps.set_apns_credentials(
             app,
             ApnsCredentialsIn(
-                key_id=key["key_id"], team_id=key["team_id"],
-                private_key=key["private_key_pem"], topic=TOPIC,
+                key_id=key["key_id"],
+                team_id=key["team_id"],
+                private_key=key["private_key_pem"],
+                topic=TOPIC,
             ),
             runtime.box,
         )
@@ -64,8 +69,12 @@ async def prepare(runtime: Runtime, key: dict[str, str], devices: int) -> int:
     now = utcnow()
     async with transaction(runtime.sessions) as session:
         send = Send(
-            token=str(uuid.uuid4()), app_id=app.id, kind="transactional", group_id="bench",
-            content={"message": {"title": "Bench", "body": "Throughput"}}, created_at=now,
+            token=str(uuid.uuid4()),
+            app_id=app.id,
+            kind="transactional",
+            group_id="bench",
+            content={"message": {"title": "Bench", "body": "Throughput"}},
+            created_at=now,
         )
         session.add(send)
         await session.flush()
@@ -88,19 +97,31 @@ async def prepare(runtime: Runtime, key: dict[str, str], devices: int) -> int:
             await session.execute(
                 insert(DeliveryBatch),
                 [
-                    {"send_id": send_id, "recipients": {"installations": ids[i : i + batch_size]},
-                     "status": "pending", "attempt": 0, "not_before": now,
-                     "last_enqueued_at": now, "created_at": now}
+                    {
+                        "send_id": send_id,
+                        "recipients": {"installations": ids[i : i + batch_size]},
+                        "status": "pending",
+                        "attempt": 0,
+                        "not_before": now,
+                        "last_enqueued_at": now,
+                        "created_at": now,
+                    }
                     for i in range(0, len(ids), batch_size)
                 ],
             )
     return send_id
 
 
-async def run(devices: int, db: str, database_url: str, sim_url: str, ca: Path, var: Path) -> dict[str, Any]:
+async def run(
+    devices: int, db: str, database_url: str, sim_url: str, ca: Path, var: Path
+) -> dict[str, Any]:
     settings = Settings(
-        database_url=database_url, var_dir=var, secret_key=Fernet.generate_key().decode(),
-        apns_production_url=sim_url, apns_sandbox_url=sim_url, provider_ca_file=str(ca),
+        database_url=database_url,
+        var_dir=var,
+        secret_key=Fernet.generate_key().decode(),
+        apns_production_url=sim_url,
+        apns_sandbox_url=sim_url,
+        provider_ca_file=str(ca),
     )
     migrate(settings)
     key = httpx.post(f"{sim_url}/_sim/apns/keys", json={"topics": [TOPIC]}, verify=str(ca)).json()
@@ -116,7 +137,8 @@ async def run(devices: int, db: str, database_url: str, sim_url: str, ca: Path, 
         rss.append(rss_mb())
         async with runtime.sessions() as session:
             pending = await session.scalar(
-                select(func.count()).select_from(DeliveryBatch)
+                select(func.count())
+                .select_from(DeliveryBatch)
                 .where(DeliveryBatch.status != BatchStatus.DONE.value)
             )
         if pending == 0:
@@ -135,24 +157,41 @@ async def run(devices: int, db: str, database_url: str, sim_url: str, ca: Path, 
         "outcomes_logged": logged,
         "simulator_accepted": accepted - accepted_before,
         "worker_cpu_us_per_notification": round(cpu / devices * 1e6, 1),
-        "worker_rss_mb": {"start": round(rss[0]), "max": round(max(rss)), "end": round(rss[-1]),
-                          "samples": [round(r) for r in rss[:: max(1, len(rss) // 20)]]},
+        "worker_rss_mb": {
+            "start": round(rss[0]),
+            "max": round(max(rss)),
+            "end": round(rss[-1]),
+            "samples": [round(r) for r in rss[:: max(1, len(rss) // 20)]],
+        },
         "_key": key,
     }
 
 
 def ceiling(sim_url: str, key: dict[str, str], tmp: Path) -> dict[str, float]:
-    token = jwt.encode({"iss": key["team_id"], "iat": int(time.time())}, key["private_key_pem"],
-                       algorithm="ES256", headers={"kid": key["key_id"]})
+    token = jwt.encode(
+        {"iss": key["team_id"], "iat": int(time.time())},
+        key["private_key_pem"],
+        algorithm="ES256",
+        headers={"kid": key["key_id"]},
+    )
     body = tmp / "body.json"
-    body.write_text('{"aps":{"alert":{"title":"Bench","body":"Throughput"},"sound":"default"},'
-                    '"com.batch":{"i":"' + str(uuid.uuid4()) + '"}}')
+    body.write_text(
+        '{"aps":{"alert":{"title":"Bench","body":"Throughput"},"sound":"default"},'
+        '"com.batch":{"i":"' + str(uuid.uuid4()) + '"}}'
+    )
     url = f"{sim_url}/3/device/{secrets.token_hex(32)}"
-    headers = ["-H", f"authorization: bearer {token}", "-H", f"apns-topic: {TOPIC}",
-               "-H", "apns-push-type: alert"]
+    headers = [
+        "-H",
+        f"authorization: bearer {token}",
+        "-H",
+        f"apns-topic: {TOPIC}",
+        "-H",
+        "apns-push-type: alert",
+    ]
     return {
-        f"h2load_c{c}_m100": h2load(["-n", "200000", "-c", str(c), "-m", "100", "-d", str(body),
-                                     *headers, url])["req_per_s"]
+        f"h2load_c{c}_m100": h2load(
+            ["-n", "200000", "-c", str(c), "-m", "100", "-d", str(body), *headers, url]
+        )["req_per_s"]
         for c in (1, 4)
     }
 

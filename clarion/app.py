@@ -6,7 +6,6 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
-from fastapi.responses import ORJSONResponse
 
 from clarion.apps.api import router as apps_router
 from clarion.config import Settings
@@ -32,7 +31,6 @@ def create_app(settings: Settings, *, workers: bool) -> FastAPI:
         title="Clarion",
         version="0.1.0",
         lifespan=lifespan,
-        default_response_class=ORJSONResponse,
     )
     app.state.runtime = runtime
     install_error_handlers(app)

@@ -12,7 +12,7 @@ from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Header, Path, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import ORJSONResponse
+from fastapi.responses import JSONResponse
 from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -81,12 +81,12 @@ async def sdk_app(session: SessionDep, api_key: Annotated[str, Path()]) -> AppAc
 SdkApp = Annotated[AppAccess, Depends(sdk_app)]
 
 
-def error_response(error: ClarionError) -> ORJSONResponse:
-    return ORJSONResponse({"code": error.code, "message": error.message}, status_code=error.status)
+def error_response(error: ClarionError) -> JSONResponse:
+    return JSONResponse({"code": error.code, "message": error.message}, status_code=error.status)
 
 
 def _field_path(loc: tuple[Any, ...]) -> str:
-    parts = [str(p) for p in loc if p != "body"]
+    parts = [str(p) for p in (loc[1:] if loc[:1] == ("body",) else loc)]
     return ".".join(parts) if parts else "body"
 
 
@@ -112,22 +112,22 @@ def validation_error(exc: RequestValidationError) -> ClarionError:
 
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ClarionError)
-    async def _clarion(_: Request, exc: ClarionError) -> ORJSONResponse:
+    async def _clarion(_: Request, exc: ClarionError) -> JSONResponse:
         return error_response(exc)
 
     @app.exception_handler(RequestValidationError)
-    async def _validation(_: Request, exc: RequestValidationError) -> ORJSONResponse:
+    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
         return error_response(validation_error(exc))
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> ORJSONResponse:
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         if exc.status_code == 404:
             return error_response(NotFoundError("no such route"))
         if exc.status_code == 405:
-            return ORJSONResponse(
+            return JSONResponse(
                 {"code": 20, "message": "ROUTE_NOT_FOUND: method not allowed"}, status_code=405
             )
-        return ORJSONResponse({"code": 1, "message": str(exc.detail)}, status_code=exc.status_code)
+        return JSONResponse({"code": 1, "message": str(exc.detail)}, status_code=exc.status_code)
 
 
 class BodySizeLimit:

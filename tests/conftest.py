@@ -16,9 +16,9 @@ import pytest
 from cryptography.fernet import Fernet
 from fastapi import FastAPI
 
+from clarion.app import create_app
 from clarion.apps import service as apps_service
 from clarion.apps.schemas import ApnsCredentialsIn, AppCreate, FcmCredentialsIn
-from clarion.app import create_app
 from clarion.config import Settings
 from clarion.db import transaction
 from clarion.migrate import migrate
@@ -59,9 +59,7 @@ def backend(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture(scope="session")
-def database_url(
-    backend: str, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[str]:
+def database_url(backend: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     if backend == "sqlite":
         yield f"sqlite+aiosqlite:///{tmp_path_factory.mktemp('db') / 'clarion.db'}"
         return
@@ -123,7 +121,7 @@ async def api(clarion_app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
 
 
 @dataclass
-class TestApp:
+class ClientApp:
     """An app of a fresh company: its id, keys, and (when wired) the simulator's credentials."""
 
     app_id: int
@@ -143,7 +141,7 @@ async def new_app(
     *,
     topics: list[str] | None = None,
     configure: bool = True,
-) -> TestApp:
+) -> ClientApp:
     """A company with one app; `configure` wires it to the simulator's credentials."""
     async with transaction(runtime.sessions) as session:
         company, rest_key = await apps_service.create_company(session, name="Test Co")
@@ -170,19 +168,19 @@ async def new_app(
             apps_service.set_fcm_credentials(
                 app, FcmCredentialsIn(service_account=account), runtime.box
             )
-    return TestApp(app.id, platform, keys.api_key, keys.dev_api_key, rest_key)
+    return ClientApp(app.id, platform, keys.api_key, keys.dev_api_key, rest_key)
 
 
 @pytest.fixture
-async def ios_app(runtime: Runtime, sim_control: httpx.Client) -> TestApp:
+async def ios_app(runtime: Runtime, sim_control: httpx.Client) -> ClientApp:
     return await new_app(runtime, sim_control, "ios")
 
 
 @pytest.fixture
-async def android_app(runtime: Runtime, sim_control: httpx.Client) -> TestApp:
+async def android_app(runtime: Runtime, sim_control: httpx.Client) -> ClientApp:
     return await new_app(runtime, sim_control, "android")
 
 
 @pytest.fixture
-async def web_app(runtime: Runtime, sim_control: httpx.Client) -> TestApp:
+async def web_app(runtime: Runtime, sim_control: httpx.Client) -> ClientApp:
     return await new_app(runtime, sim_control, "web")

@@ -13,11 +13,11 @@ from sqlalchemy import select, text
 
 from clarion.apps.models import App
 from clarion.runtime import Runtime
-from tests.conftest import TestApp, new_app
+from tests.conftest import ClientApp, new_app
 
 
 def run_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(  # noqa: S603
+    return subprocess.run(
         [sys.executable, "-m", "clarion.cli", *args],
         env={**os.environ, **env},
         capture_output=True,
@@ -38,16 +38,19 @@ class TestCli:
         first = run_cli("apps", "create", "--name", "Shop", "--platform", "ios", env=env)
         assert first.returncode == 0, first.stderr
         created = json.loads(first.stdout)
-        assert len(created["rest_api_key"]) == 32 and created["rest_api_key"].islower()
+        assert len(created["rest_api_key"]) == 32
+        assert created["rest_api_key"].islower()
         assert len(created["api_key"]) == 32
-        assert created["dev_api_key"].startswith("DEV") and len(created["dev_api_key"]) == 30
+        assert created["dev_api_key"].startswith("DEV")
+        assert len(created["dev_api_key"]) == 30
         second = json.loads(
             run_cli("apps", "create", "--name", "Shop", "--platform", "web", env=env).stdout
         )
         assert second["rest_api_key"] is None  # the company exists already
         assert second["vapid_public_key"]
         listed = run_cli("apps", "list", env=env).stdout
-        assert created["api_key"] not in listed and "dev_api_key" not in listed
+        assert created["api_key"] not in listed
+        assert "dev_api_key" not in listed
         database = (tmp_path / "cli.db").read_bytes()
         assert created["api_key"].encode() not in database  # only hashes at rest
         assert created["rest_api_key"].encode() not in database
@@ -61,7 +64,7 @@ class TestCli:
 
 class TestAdminApi:
     async def test_create_list_and_rotate(
-        self, api: httpx.AsyncClient, ios_app: TestApp, runtime: Runtime
+        self, api: httpx.AsyncClient, ios_app: ClientApp, runtime: Runtime
     ) -> None:
         headers = ios_app.headers()
         created = await api.post(
@@ -69,12 +72,14 @@ class TestAdminApi:
         )
         assert created.status_code == 201
         body = created.json()
-        assert body["api_key"] and body["dev_api_key"] and body["rest_api_key"] is None
+        assert body["api_key"]
+        assert body["dev_api_key"]
+        assert body["rest_api_key"] is None
         listed = (await api.get("/admin/v1/apps", headers=headers)).json()
         assert {a["name"] for a in listed} == {"test ios", "Droid"}
         assert all("api_key" not in a for a in listed)
 
-        rotated = (await api.post(f"/admin/v1/apps/{body['id']}/keys/rotate", headers=headers))
+        rotated = await api.post(f"/admin/v1/apps/{body['id']}/keys/rotate", headers=headers)
         new_key = rotated.json()["api_key"]
         old = await api.put(f"/sdk/v1/{body['api_key']}/installations/i", json={})
         assert old.status_code == 401
@@ -100,7 +105,8 @@ class TestAdminApi:
         assert "BEGIN" not in response.text
         async with runtime.sessions() as session:
             stored = await session.scalar(select(App).where(App.id == app.app_id))
-            assert stored is not None and stored.apns_credentials is not None
+            assert stored is not None
+            assert stored.apns_credentials is not None
             assert "BEGIN PRIVATE KEY" not in stored.apns_credentials
 
         not_a_key = await api.put(
@@ -129,7 +135,7 @@ class TestAdminApi:
         assert (unauthenticated.status_code, unauthenticated.json()["code"]) == (401, 10)
 
     async def test_keys_are_hashed_in_the_database(
-        self, ios_app: TestApp, runtime: Runtime
+        self, ios_app: ClientApp, runtime: Runtime
     ) -> None:
         async with runtime.sessions() as session:
             dump = " ".join(

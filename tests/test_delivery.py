@@ -19,19 +19,26 @@ from clarion.delivery.models import BatchStatus, DeliveryBatch, Send
 from clarion.devices.models import Installation
 from clarion.events.models import PushEvent
 from clarion.runtime import Runtime
-from tests.conftest import TestApp, new_app
+from tests.conftest import ClientApp, new_app
 
 
 async def register(
-    api: httpx.AsyncClient, app: TestApp, install_id: str, *, key: str | None = None, **fields: Any
+    api: httpx.AsyncClient,
+    app: ClientApp,
+    install_id: str,
+    *,
+    key: str | None = None,
+    **fields: Any,
 ) -> None:
     fields.setdefault("push_optin", True)
-    response = await api.put(f"/sdk/v1/{key or app.api_key}/installations/{install_id}", json=fields)
+    response = await api.put(
+        f"/sdk/v1/{key or app.api_key}/installations/{install_id}", json=fields
+    )
     assert response.status_code == 200, response.text
 
 
 async def transactional(
-    api: httpx.AsyncClient, app: TestApp, *, key: str | None = None, **body: Any
+    api: httpx.AsyncClient, app: ClientApp, *, key: str | None = None, **body: Any
 ) -> str:
     body.setdefault("group_id", "tests")
     body.setdefault("message", {"title": "Hello", "body": "World"})
@@ -44,7 +51,7 @@ async def transactional(
 
 
 async def wait_for_send(
-    api: httpx.AsyncClient, app: TestApp, token: str, *, timeout: float = 20.0
+    api: httpx.AsyncClient, app: ClientApp, token: str, *, timeout: float = 20.0
 ) -> dict[str, Any]:
     """Until no batch of the send is pending any more; returns the send's lookup."""
     deadline = time.monotonic() + timeout
@@ -81,13 +88,17 @@ def apns_token() -> str:
 
 class TestApns:
     async def test_success_reaches_the_device_with_batch_metadata(
-        self, api: httpx.AsyncClient, ios_app: TestApp, sim_control: httpx.Client,
+        self,
+        api: httpx.AsyncClient,
+        ios_app: ClientApp,
+        sim_control: httpx.Client,
         runtime: Runtime,
     ) -> None:
         token = apns_token()
         await register(api, ios_app, "ios-1", push_token=token, custom_id="alice")
         send_token = await transactional(
-            api, ios_app,
+            api,
+            ios_app,
             recipients={"custom_ids": ["alice"]},
             deeplink="myapp://inbox",
             custom_payload='{"thread": 7}',
@@ -116,7 +127,10 @@ class TestApns:
         ]
 
     async def test_dead_token_is_removed_and_logged(
-        self, api: httpx.AsyncClient, ios_app: TestApp, sim_control: httpx.Client,
+        self,
+        api: httpx.AsyncClient,
+        ios_app: ClientApp,
+        sim_control: httpx.Client,
         runtime: Runtime,
     ) -> None:
         token = apns_token()
@@ -129,13 +143,15 @@ class TestApns:
         assert [(e.kind, e.reason) for e in events] == [("token_deleted", "Unregistered")]
         async with runtime.sessions() as session:
             inst = await session.scalar(
-                select(Installation).where(Installation.install_id == "ios-dead",
-                                           Installation.app_id == ios_app.app_id)
+                select(Installation).where(
+                    Installation.install_id == "ios-dead", Installation.app_id == ios_app.app_id
+                )
             )
-        assert inst is not None and inst.push_token is None
+        assert inst is not None
+        assert inst.push_token is None
 
     async def test_malformed_token_is_removed(
-        self, api: httpx.AsyncClient, ios_app: TestApp, runtime: Runtime
+        self, api: httpx.AsyncClient, ios_app: ClientApp, runtime: Runtime
     ) -> None:
         send_token = await transactional(api, ios_app, recipients={"tokens": ["not-hex-at-all"]})
         await wait_for_send(api, ios_app, send_token)
@@ -157,14 +173,15 @@ class TestApns:
         ]
 
     async def test_transient_error_is_retried_then_delivered(
-        self, api: httpx.AsyncClient, ios_app: TestApp, sim_control: httpx.Client,
+        self,
+        api: httpx.AsyncClient,
+        ios_app: ClientApp,
+        sim_control: httpx.Client,
         runtime: Runtime,
     ) -> None:
         token = apns_token()
         await register(api, ios_app, "ios-flaky", push_token=token, custom_id="dave")
-        sim_control.post(
-            f"/_sim/apns/tokens/{token}/fail", json={"status": 503, "count": 1}
-        )
+        sim_control.post(f"/_sim/apns/tokens/{token}/fail", json={"status": 503, "count": 1})
         send_token = await transactional(api, ios_app, recipients={"custom_ids": ["dave"]})
         state = await wait_for_send(api, ios_app, send_token)
         assert (state["sent"], state["failed"]) == (1, 0)
@@ -174,7 +191,8 @@ class TestApns:
             assert send is not None
             batches = (
                 await session.scalars(
-                    select(DeliveryBatch).where(DeliveryBatch.send_id == send.id)
+                    select(DeliveryBatch)
+                    .where(DeliveryBatch.send_id == send.id)
                     .order_by(DeliveryBatch.id)
                 )
             ).all()
@@ -183,7 +201,7 @@ class TestApns:
         assert all(b.status == BatchStatus.DONE.value for b in batches)
 
     async def test_retries_exhausted_becomes_push_error(
-        self, api: httpx.AsyncClient, ios_app: TestApp, sim_control: httpx.Client
+        self, api: httpx.AsyncClient, ios_app: ClientApp, sim_control: httpx.Client
     ) -> None:
         token = apns_token()
         await register(api, ios_app, "ios-down", push_token=token, custom_id="erin")
@@ -193,9 +211,7 @@ class TestApns:
         assert (state["sent"], state["failed"]) == (0, 1)
         assert state["last_errors"][0]["reason"] == "InternalServerError"
 
-    async def test_app_without_credentials(
-        self, api: httpx.AsyncClient, runtime: Runtime
-    ) -> None:
+    async def test_app_without_credentials(self, api: httpx.AsyncClient, runtime: Runtime) -> None:
         app = await new_app(runtime, None, "ios", configure=False)
         await register(api, app, "ios-unconfigured", push_token=apns_token(), custom_id="fay")
         send_token = await transactional(api, app, recipients={"custom_ids": ["fay"]})
@@ -204,7 +220,7 @@ class TestApns:
         assert state["last_errors"][0]["reason"].startswith("NotConfigured")
 
     async def test_dev_key_reaches_only_debug_builds_and_live_only_release_builds(
-        self, api: httpx.AsyncClient, ios_app: TestApp, sim_control: httpx.Client
+        self, api: httpx.AsyncClient, ios_app: ClientApp, sim_control: httpx.Client
     ) -> None:
         live_token, dev_token = apns_token(), apns_token()
         await register(api, ios_app, "release", push_token=live_token, custom_id="gus")
@@ -224,7 +240,7 @@ class TestApns:
         assert dev_payload["com.batch"]["i"] == dev
 
     async def test_opted_out_users_are_skipped(
-        self, api: httpx.AsyncClient, ios_app: TestApp, sim_control: httpx.Client
+        self, api: httpx.AsyncClient, ios_app: ClientApp, sim_control: httpx.Client
     ) -> None:
         token = apns_token()
         await register(api, ios_app, "quiet", push_token=token, custom_id="hal", push_optin=False)
@@ -234,21 +250,25 @@ class TestApns:
         assert received(sim_control, "apns", token)["count"] == 0
 
     async def test_languages_pick_their_message(
-        self, api: httpx.AsyncClient, ios_app: TestApp, sim_control: httpx.Client
+        self, api: httpx.AsyncClient, ios_app: ClientApp, sim_control: httpx.Client
     ) -> None:
         tokens = {lang: apns_token() for lang in ("fr", "en", "de")}
         for lang, token in tokens.items():
-            await register(api, ios_app, f"lang-{lang}", push_token=token, custom_id="ivy",
-                            language=lang)
+            await register(
+                api, ios_app, f"lang-{lang}", push_token=token, custom_id="ivy", language=lang
+            )
         send_token = await transactional(
-            api, ios_app,
+            api,
+            ios_app,
             message=None,
             messages={"fr": {"body": "Bonjour"}, "default": {"body": "Hello"}},
             recipients={"custom_ids": ["ivy"]},
         )
         await wait_for_send(api, ios_app, send_token)
         bodies = {
-            lang: received(sim_control, "apns", t)["messages"][-1]["payload"]["aps"]["alert"]["body"]
+            lang: received(sim_control, "apns", t)["messages"][-1]["payload"]["aps"]["alert"][
+                "body"
+            ]
             for lang, t in tokens.items()
         }
         assert bodies == {"fr": "Bonjour", "en": "Hello", "de": "Hello"}
@@ -256,14 +276,21 @@ class TestApns:
 
 class TestFcm:
     async def test_success_is_a_batch_data_message(
-        self, api: httpx.AsyncClient, android_app: TestApp, sim_control: httpx.Client,
+        self,
+        api: httpx.AsyncClient,
+        android_app: ClientApp,
+        sim_control: httpx.Client,
         runtime: Runtime,
     ) -> None:
         token = "fcm-" + secrets.token_urlsafe(40)
         await register(api, android_app, "droid-1", push_token=token, custom_id="jo")
         send_token = await transactional(
-            api, android_app, recipients={"custom_ids": ["jo"]}, deeplink="myapp://x",
-            custom_payload='{"n": 1}', gcm_collapse_key={"enabled": True, "key": "news"},
+            api,
+            android_app,
+            recipients={"custom_ids": ["jo"]},
+            deeplink="myapp://x",
+            custom_payload='{"n": 1}',
+            gcm_collapse_key={"enabled": True, "key": "news"},
             time_to_live=120,
         )
         state = await wait_for_send(api, android_app, send_token)
@@ -278,7 +305,10 @@ class TestFcm:
         assert message["android"]["ttl"].endswith("s")
 
     async def test_unregistered_token_is_removed(
-        self, api: httpx.AsyncClient, android_app: TestApp, sim_control: httpx.Client,
+        self,
+        api: httpx.AsyncClient,
+        android_app: ClientApp,
+        sim_control: httpx.Client,
         runtime: Runtime,
     ) -> None:
         token = "fcm-" + secrets.token_urlsafe(40)
@@ -292,7 +322,10 @@ class TestFcm:
         ]
 
     async def test_quota_exceeded_waits_at_least_a_minute(
-        self, api: httpx.AsyncClient, android_app: TestApp, sim_control: httpx.Client,
+        self,
+        api: httpx.AsyncClient,
+        android_app: ClientApp,
+        sim_control: httpx.Client,
         runtime: Runtime,
     ) -> None:
         token = "fcm-" + secrets.token_urlsafe(40)
@@ -322,7 +355,10 @@ class TestFcm:
 
 class TestWebPush:
     async def test_encrypted_payload_reaches_the_browser(
-        self, api: httpx.AsyncClient, web_app: TestApp, sim_control: httpx.Client,
+        self,
+        api: httpx.AsyncClient,
+        web_app: ClientApp,
+        sim_control: httpx.Client,
         runtime: Runtime,
     ) -> None:
         vapid = (await api.get(f"/sdk/v1/{web_app.api_key}/webpush/vapid-key")).json()
@@ -342,7 +378,10 @@ class TestWebPush:
         assert payload["com.batch"]["i"] == send_token
 
     async def test_gone_subscription_is_removed(
-        self, api: httpx.AsyncClient, web_app: TestApp, sim_control: httpx.Client,
+        self,
+        api: httpx.AsyncClient,
+        web_app: ClientApp,
+        sim_control: httpx.Client,
         runtime: Runtime,
     ) -> None:
         vapid = (await api.get(f"/sdk/v1/{web_app.api_key}/webpush/vapid-key")).json()
@@ -359,7 +398,10 @@ class TestWebPush:
 
 class TestProviderDown:
     async def test_unreachable_provider_neither_blocks_the_api_nor_loses_the_send(
-        self, api: httpx.AsyncClient, ios_app: TestApp, sim_control: httpx.Client,
+        self,
+        api: httpx.AsyncClient,
+        ios_app: ClientApp,
+        sim_control: httpx.Client,
         runtime: Runtime,
     ) -> None:
         token = apns_token()

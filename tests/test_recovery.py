@@ -66,7 +66,7 @@ def start_worker(settings: Settings) -> subprocess.Popen[bytes]:
     for field, value in settings.model_dump().items():
         if value is not None:
             env[f"CLARION_{field.upper()}"] = str(value)
-    return subprocess.Popen(  # noqa: S603
+    return subprocess.Popen(
         [sys.executable, "-m", "clarion.cli", "worker"],
         env=env,
         stdout=subprocess.DEVNULL,
@@ -85,12 +85,12 @@ async def count_sent(runtime: Runtime) -> int:
 
 
 @pytest.mark.postgres
-async def test_kill_9_mid_send_loses_nothing(
-    api_only: FastAPI, sim_control: httpx.Client
-) -> None:
+async def test_kill_9_mid_send_loses_nothing(api_only: FastAPI, sim_control: httpx.Client) -> None:
     runtime: Runtime = api_only.state.runtime
     app = await new_app(runtime, sim_control, "ios")
-    await seed_installations(runtime.sessions, app_id=app.app_id, count=DEVICES, custom_id_prefix="k")
+    await seed_installations(
+        runtime.sessions, app_id=app.app_id, count=DEVICES, custom_id_prefix="k"
+    )
     accepted_before = sim_control.get("/_sim/stats").json()["apns"]["accepted"]
 
     # Slow the simulated APNs so that the first worker is mid-send when it is killed.

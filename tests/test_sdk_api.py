@@ -11,18 +11,21 @@ from sqlalchemy import select
 from clarion.devices.models import Installation
 from clarion.events.models import InAppEvent, PushEvent, TrackedEvent
 from clarion.runtime import Runtime
-from tests.conftest import TestApp
+from tests.conftest import ClientApp
 
 
 async def register(
-    api: httpx.AsyncClient, app: TestApp, install_id: str, *, key: str | None = None, **fields: Any
+    api: httpx.AsyncClient,
+    app: ClientApp,
+    install_id: str,
+    *,
+    key: str | None = None,
+    **fields: Any,
 ) -> httpx.Response:
-    return await api.put(
-        f"/sdk/v1/{key or app.api_key}/installations/{install_id}", json=fields
-    )
+    return await api.put(f"/sdk/v1/{key or app.api_key}/installations/{install_id}", json=fields)
 
 
-async def installation(runtime: Runtime, app: TestApp, install_id: str) -> Installation | None:
+async def installation(runtime: Runtime, app: ClientApp, install_id: str) -> Installation | None:
     async with runtime.sessions() as session:
         return await session.scalar(
             select(Installation).where(
@@ -31,7 +34,7 @@ async def installation(runtime: Runtime, app: TestApp, install_id: str) -> Insta
         )
 
 
-async def push_events(runtime: Runtime, app: TestApp) -> list[PushEvent]:
+async def push_events(runtime: Runtime, app: ClientApp) -> list[PushEvent]:
     async with runtime.sessions() as session:
         rows = await session.scalars(
             select(PushEvent).where(PushEvent.app_id == app.app_id).order_by(PushEvent.id)
@@ -41,14 +44,23 @@ async def push_events(runtime: Runtime, app: TestApp) -> list[PushEvent]:
 
 class TestInstallations:
     async def test_register_with_every_field(
-        self, api: httpx.AsyncClient, ios_app: TestApp, runtime: Runtime
+        self, api: httpx.AsyncClient, ios_app: ClientApp, runtime: Runtime
     ) -> None:
         token = secrets.token_hex(32)
         response = await register(
-            api, ios_app, "inst-1", push_token=token, custom_id="user-1",
-            advertising_id="6D92078A-8246-4BA4-AE5B-76104861E7DC", language="fr", region="FR",
-            timezone="Europe/Paris", app_version="2.3.1", os_version="17.4",
-            device_model="iPhone15,2", push_optin=True,
+            api,
+            ios_app,
+            "inst-1",
+            push_token=token,
+            custom_id="user-1",
+            advertising_id="6D92078A-8246-4BA4-AE5B-76104861E7DC",
+            language="fr",
+            region="FR",
+            timezone="Europe/Paris",
+            app_version="2.3.1",
+            os_version="17.4",
+            device_model="iPhone15,2",
+            push_optin=True,
         )
         assert response.status_code == 200
         body = response.json()
@@ -56,10 +68,12 @@ class TestInstallations:
         assert body["custom_id"] == "user-1"
         assert body["timezone"] == "Europe/Paris"
         stored = await installation(runtime, ios_app, "inst-1")
-        assert stored is not None and stored.push_optin and not stored.is_dev
+        assert stored is not None
+        assert stored.push_optin
+        assert not stored.is_dev
 
     async def test_reregistering_is_idempotent(
-        self, api: httpx.AsyncClient, ios_app: TestApp, runtime: Runtime
+        self, api: httpx.AsyncClient, ios_app: ClientApp, runtime: Runtime
     ) -> None:
         fields = {"push_token": secrets.token_hex(32), "push_optin": True, "language": "en"}
         first = await register(api, ios_app, "inst-2", **fields)
@@ -76,27 +90,30 @@ class TestInstallations:
         assert kinds == ["push_optin"]  # not twice
 
     async def test_omitted_fields_are_kept_and_null_clears(
-        self, api: httpx.AsyncClient, ios_app: TestApp
+        self, api: httpx.AsyncClient, ios_app: ClientApp
     ) -> None:
         await register(api, ios_app, "inst-3", custom_id="u", language="en")
         kept = (await register(api, ios_app, "inst-3", region="GB")).json()
         assert (kept["custom_id"], kept["language"], kept["region"]) == ("u", "en", "GB")
         cleared = (await register(api, ios_app, "inst-3", language=None)).json()
-        assert cleared["language"] is None and cleared["custom_id"] == "u"
+        assert cleared["language"] is None
+        assert cleared["custom_id"] == "u"
 
     async def test_a_token_that_moves_is_detached_from_the_old_installation(
-        self, api: httpx.AsyncClient, ios_app: TestApp, runtime: Runtime
+        self, api: httpx.AsyncClient, ios_app: ClientApp, runtime: Runtime
     ) -> None:
         token = secrets.token_hex(32)
         await register(api, ios_app, "old", push_token=token)
         await register(api, ios_app, "new", push_token=token)
         old = await installation(runtime, ios_app, "old")
         new = await installation(runtime, ios_app, "new")
-        assert old is not None and old.push_token is None
-        assert new is not None and new.push_token == token
+        assert old is not None
+        assert old.push_token is None
+        assert new is not None
+        assert new.push_token == token
 
     async def test_optin_changes_produce_events(
-        self, api: httpx.AsyncClient, ios_app: TestApp, runtime: Runtime
+        self, api: httpx.AsyncClient, ios_app: ClientApp, runtime: Runtime
     ) -> None:
         await register(api, ios_app, "opt", push_optin=True, custom_id="opt-user")
         await register(api, ios_app, "opt", push_optin=False)
@@ -107,14 +124,15 @@ class TestInstallations:
         assert all(e.platform == "ios" for e in events)
 
     async def test_dev_key_marks_a_dev_installation(
-        self, api: httpx.AsyncClient, ios_app: TestApp, runtime: Runtime
+        self, api: httpx.AsyncClient, ios_app: ClientApp, runtime: Runtime
     ) -> None:
         await register(api, ios_app, "debug-build", key=ios_app.dev_api_key)
         stored = await installation(runtime, ios_app, "debug-build")
-        assert stored is not None and stored.is_dev
+        assert stored is not None
+        assert stored.is_dev
 
     async def test_web_subscription(
-        self, api: httpx.AsyncClient, web_app: TestApp, runtime: Runtime
+        self, api: httpx.AsyncClient, web_app: ClientApp, runtime: Runtime
     ) -> None:
         vapid = await api.get(f"/sdk/v1/{web_app.api_key}/webpush/vapid-key")
         assert vapid.status_code == 200
@@ -131,7 +149,7 @@ class TestInstallations:
         assert stored.webpush_auth == "A" * 22
 
     async def test_bad_input_is_refused_in_batch_format(
-        self, api: httpx.AsyncClient, ios_app: TestApp, web_app: TestApp
+        self, api: httpx.AsyncClient, ios_app: ClientApp, web_app: ClientApp
     ) -> None:
         bad_tz = await register(api, ios_app, "x", timezone="Mars/Olympus")
         assert (bad_tz.status_code, bad_tz.json()["code"]) == (400, 31)
@@ -146,7 +164,7 @@ class TestInstallations:
 
 class TestCustomIds:
     async def test_attach_and_detach(
-        self, api: httpx.AsyncClient, ios_app: TestApp, runtime: Runtime
+        self, api: httpx.AsyncClient, ios_app: ClientApp, runtime: Runtime
     ) -> None:
         await register(api, ios_app, "cid")
         base = f"/sdk/v1/{ios_app.api_key}/installations/cid/custom_id"
@@ -162,18 +180,26 @@ class TestCustomIds:
 
 class TestEvents:
     async def test_tracked_events_are_stored(
-        self, api: httpx.AsyncClient, ios_app: TestApp, runtime: Runtime
+        self, api: httpx.AsyncClient, ios_app: ClientApp, runtime: Runtime
     ) -> None:
         await register(api, ios_app, "ev", custom_id="ev-user")
         response = await api.post(
             f"/sdk/v1/{ios_app.api_key}/installations/ev/events",
-            json={"events": [
-                {"name": "add_to_cart", "label": "shoes", "attributes": {"price": 59.9},
-                 "tags": ["sale"], "occurred_at": "2026-01-02T03:04:05Z"},
-                {"name": "Checkout"},
-            ]},
+            json={
+                "events": [
+                    {
+                        "name": "add_to_cart",
+                        "label": "shoes",
+                        "attributes": {"price": 59.9},
+                        "tags": ["sale"],
+                        "occurred_at": "2026-01-02T03:04:05Z",
+                    },
+                    {"name": "Checkout"},
+                ]
+            },
         )
-        assert response.status_code == 202 and response.json() == {"accepted": 2}
+        assert response.status_code == 202
+        assert response.json() == {"accepted": 2}
         async with runtime.sessions() as session:
             rows = (
                 await session.scalars(
@@ -183,10 +209,11 @@ class TestEvents:
                 )
             ).all()
         assert [r.name for r in rows] == ["add_to_cart", "checkout"]
-        assert rows[0].attributes == {"price": 59.9} and rows[0].custom_id == "ev-user"
+        assert rows[0].attributes == {"price": 59.9}
+        assert rows[0].custom_id == "ev-user"
         assert rows[0].occurred_at.year == 2026
 
-    async def test_bad_event_name(self, api: httpx.AsyncClient, ios_app: TestApp) -> None:
+    async def test_bad_event_name(self, api: httpx.AsyncClient, ios_app: ClientApp) -> None:
         await register(api, ios_app, "ev2")
         response = await api.post(
             f"/sdk/v1/{ios_app.api_key}/installations/ev2/events",
@@ -196,14 +223,17 @@ class TestEvents:
         assert "events.0.name" in response.json()["message"]
 
     async def test_push_open_is_attributed_to_its_send(
-        self, api: httpx.AsyncClient, ios_app: TestApp, runtime: Runtime
+        self, api: httpx.AsyncClient, ios_app: ClientApp, runtime: Runtime
     ) -> None:
         await register(api, ios_app, "opener", custom_id="reader")
         sent = await api.post(
             f"/1.1/{ios_app.api_key}/transactional/send",
             headers=ios_app.headers(),
-            json={"group_id": "news", "recipients": {"custom_ids": ["nobody"]},
-                  "message": {"body": "hi"}},
+            json={
+                "group_id": "news",
+                "recipients": {"custom_ids": ["nobody"]},
+                "message": {"body": "hi"},
+            },
         )
         token = sent.json()["token"]
         response = await api.post(
@@ -216,23 +246,27 @@ class TestEvents:
         assert opened[0].custom_id == "reader"
 
     async def test_inapp_events(
-        self, api: httpx.AsyncClient, ios_app: TestApp, runtime: Runtime
+        self, api: httpx.AsyncClient, ios_app: ClientApp, runtime: Runtime
     ) -> None:
         await register(api, ios_app, "ia")
         response = await api.post(
             f"/sdk/v1/{ios_app.api_key}/installations/ia/inapp-events",
-            json={"events": [
-                {"kind": "inapp_shown", "campaign_id": "c1"},
-                {"kind": "inapp_clicked", "campaign_id": "c1", "cta_position": 1,
-                 "cta_label": "Buy"},
-            ]},
+            json={
+                "events": [
+                    {"kind": "inapp_shown", "campaign_id": "c1"},
+                    {
+                        "kind": "inapp_clicked",
+                        "campaign_id": "c1",
+                        "cta_position": 1,
+                        "cta_label": "Buy",
+                    },
+                ]
+            },
         )
         assert response.status_code == 202
         async with runtime.sessions() as session:
             rows = (
-                await session.scalars(
-                    select(InAppEvent).where(InAppEvent.app_id == ios_app.app_id)
-                )
+                await session.scalars(select(InAppEvent).where(InAppEvent.app_id == ios_app.app_id))
             ).all()
         assert sorted(r.kind for r in rows) == ["inapp_clicked", "inapp_shown"]
         clicked = next(r for r in rows if r.kind == "inapp_clicked")

@@ -12,7 +12,7 @@ from sqlalchemy import func, select
 
 from clarion.delivery.models import DeliveryBatch, Send
 from clarion.runtime import Runtime
-from tests.conftest import TestApp
+from tests.conftest import ClientApp
 
 MINIMAL = {
     "group_id": "welcome",
@@ -22,7 +22,7 @@ MINIMAL = {
 
 
 async def send(
-    api: httpx.AsyncClient, app: TestApp, body: Any, *, version: str = "1.1", **kwargs: Any
+    api: httpx.AsyncClient, app: ClientApp, body: Any, *, version: str = "1.1", **kwargs: Any
 ) -> httpx.Response:
     return await api.post(
         f"/{version}/{app.api_key}/transactional/send",
@@ -41,7 +41,7 @@ async def stored_counts(runtime: Runtime) -> tuple[int, int]:
 
 class TestAccepted:
     async def test_minimal_request_answers_201_with_a_uuid_token(
-        self, api: httpx.AsyncClient, ios_app: TestApp
+        self, api: httpx.AsyncClient, ios_app: ClientApp
     ) -> None:
         response = await send(api, ios_app, MINIMAL)
         assert response.status_code == 201
@@ -49,23 +49,30 @@ class TestAccepted:
         assert set(body) == {"token"}
         assert uuid.UUID(body["token"]).version == 4
 
-    async def test_version_1_0_alias(self, api: httpx.AsyncClient, ios_app: TestApp) -> None:
+    async def test_version_1_0_alias(self, api: httpx.AsyncClient, ios_app: ClientApp) -> None:
         response = await send(api, ios_app, MINIMAL, version="1.0")
         assert response.status_code == 201
 
     async def test_every_documented_field_is_accepted_and_stored(
-        self, api: httpx.AsyncClient, android_app: TestApp, runtime: Runtime
+        self, api: httpx.AsyncClient, android_app: ClientApp, runtime: Runtime
     ) -> None:
         body = {
             "group_id": "order-shipped_2",
-            "recipients": {"tokens": ["tok-aaaaaaaaaaaaaaaa"], "custom_ids": ["u1"],
-                           "install_ids": ["i1"]},
-            "messages": {"en": {"title": "Shipped", "body": "On its way"},
-                         "fr": {"body": "En route"}},
+            "recipients": {
+                "tokens": ["tok-aaaaaaaaaaaaaaaa"],
+                "custom_ids": ["u1"],
+                "install_ids": ["i1"],
+            },
+            "messages": {
+                "en": {"title": "Shipped", "body": "On its way"},
+                "fr": {"body": "En route"},
+            },
             "deeplink": "myapp://orders/42",
             "custom_payload": '{"order": 42, "tags": ["a"]}',
-            "media": {"icon": "https://cdn.example.com/i.png",
-                      "picture": "https://cdn.example.com/p.jpg"},
+            "media": {
+                "icon": "https://cdn.example.com/i.png",
+                "picture": "https://cdn.example.com/p.jpg",
+            },
             "priority": "high",
             "time_to_live": 3600,
             "push_type": "alert",
@@ -77,7 +84,9 @@ class TestAccepted:
         response = await send(api, android_app, body)
         assert response.status_code == 201
         async with runtime.sessions() as session:
-            stored = await session.scalar(select(Send).where(Send.token == response.json()["token"]))
+            stored = await session.scalar(
+                select(Send).where(Send.token == response.json()["token"])
+            )
         assert stored is not None
         assert stored.group_id == "order-shipped_2"
         assert stored.content["messages"]["fr"] == {"body": "En route"}
@@ -86,14 +95,16 @@ class TestAccepted:
         assert "wp_template" not in stored.content
 
     async def test_recipients_are_split_into_batches(
-        self, api: httpx.AsyncClient, ios_app: TestApp, runtime: Runtime
+        self, api: httpx.AsyncClient, ios_app: ClientApp, runtime: Runtime
     ) -> None:
         ids = [f"user-{n}" for n in range(2500)]
         body = {**MINIMAL, "recipients": {"custom_ids": ids}}
         response = await send(api, ios_app, body)
         assert response.status_code == 201
         async with runtime.sessions() as session:
-            stored = await session.scalar(select(Send).where(Send.token == response.json()["token"]))
+            stored = await session.scalar(
+                select(Send).where(Send.token == response.json()["token"])
+            )
             assert stored is not None
             batches = (
                 await session.scalars(
@@ -104,7 +115,7 @@ class TestAccepted:
         assert sizes == [500, 1000, 1000]
 
     async def test_background_push_needs_no_message(
-        self, api: httpx.AsyncClient, ios_app: TestApp
+        self, api: httpx.AsyncClient, ios_app: ClientApp
     ) -> None:
         body = {"group_id": "sync", "recipients": {"install_ids": ["x"]}, "push_type": "background"}
         assert (await send(api, ios_app, body)).status_code == 201
@@ -130,17 +141,25 @@ class TestRejected:
             (lambda b: b.update(time_to_live=2419201), 400, 31, "time_to_live"),
             (lambda b: b.update(labels=["a", "b", "c", "d"]), 400, 31, "labels"),
             (lambda b: b.update(recipients={}), 400, 31, "recipients"),
-            (lambda b: b.update(recipients={"custom_ids": [f"u{n}" for n in range(11000)]}),
-             400, 31, "recipients"),
-            (lambda b: b.update(media={"picture": "http://insecure.example.com/p.png"}),
-             400, 31, "media.picture"),
+            (
+                lambda b: b.update(recipients={"custom_ids": [f"u{n}" for n in range(11000)]}),
+                400,
+                31,
+                "recipients",
+            ),
+            (
+                lambda b: b.update(media={"picture": "http://insecure.example.com/p.png"}),
+                400,
+                31,
+                "media.picture",
+            ),
             (lambda b: b.update(messages={"en": {"body": "x"}}), 400, 31, "mutually exclusive"),
         ],
     )
     async def test_bad_field(
         self,
         api: httpx.AsyncClient,
-        ios_app: TestApp,
+        ios_app: ClientApp,
         runtime: Runtime,
         mutate: Any,
         status: int,
@@ -157,7 +176,7 @@ class TestRejected:
         assert field in error["message"]
         assert await stored_counts(runtime) == before
 
-    async def test_malformed_json(self, api: httpx.AsyncClient, ios_app: TestApp) -> None:
+    async def test_malformed_json(self, api: httpx.AsyncClient, ios_app: ClientApp) -> None:
         response = await api.post(
             f"/1.1/{ios_app.api_key}/transactional/send",
             headers={**ios_app.headers(), "Content-Type": "application/json"},
@@ -167,13 +186,13 @@ class TestRejected:
         assert response.json()["code"] == 32
 
     async def test_body_that_is_not_an_object(
-        self, api: httpx.AsyncClient, ios_app: TestApp
+        self, api: httpx.AsyncClient, ios_app: ClientApp
     ) -> None:
         response = await send(api, ios_app, [1, 2, 3])
         assert (response.status_code, response.json()["code"]) == (400, 32)
 
     async def test_body_over_one_mebibyte(
-        self, api: httpx.AsyncClient, ios_app: TestApp, runtime: Runtime
+        self, api: httpx.AsyncClient, ios_app: ClientApp, runtime: Runtime
     ) -> None:
         before = await stored_counts(runtime)
         body = {**MINIMAL, "message": {"body": "x" * (1024 * 1024 + 10)}}
@@ -183,15 +202,15 @@ class TestRejected:
         assert "body" in response.json()["message"]
         assert await stored_counts(runtime) == before
 
-    async def test_missing_rest_key(self, api: httpx.AsyncClient, ios_app: TestApp) -> None:
+    async def test_missing_rest_key(self, api: httpx.AsyncClient, ios_app: ClientApp) -> None:
         response = await send(api, ios_app, MINIMAL, headers={})
         assert (response.status_code, response.json()["code"]) == (401, 10)
 
-    async def test_unknown_rest_key(self, api: httpx.AsyncClient, ios_app: TestApp) -> None:
+    async def test_unknown_rest_key(self, api: httpx.AsyncClient, ios_app: ClientApp) -> None:
         response = await send(api, ios_app, MINIMAL, headers={"X-Authorization": "0" * 32})
         assert (response.status_code, response.json()["code"]) == (401, 10)
 
-    async def test_unknown_app_key(self, api: httpx.AsyncClient, ios_app: TestApp) -> None:
+    async def test_unknown_app_key(self, api: httpx.AsyncClient, ios_app: ClientApp) -> None:
         response = await api.post(
             "/1.1/DEADBEEF00000000000000000000BEEF/transactional/send",
             headers=ios_app.headers(),

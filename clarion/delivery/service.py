@@ -24,7 +24,12 @@ from clarion.db import transaction, utcnow
 from clarion.delivery.content import build_notification, language_key
 from clarion.delivery.models import BatchStatus, DeliveryBatch, Send
 from clarion.delivery.pool import ProviderPool
-from clarion.delivery.providers.base import DeliveryResult, Device, Outcome
+from clarion.delivery.providers.base import (
+    DeliveryResult,
+    Device,
+    Outcome,
+    ProviderConfigError,
+)
 from clarion.devices.models import Installation
 from clarion.events.models import PushEventKind
 from clarion.events.service import PushEventRow, push_event_row, record_push_events
@@ -129,19 +134,39 @@ class Deliverer:
                 index
             )
         for (sandbox, _), indexes in groups.items():
-            provider = self._pool.provider_for(app, sandbox=sandbox)
-            if provider is None:
-                missing = DeliveryResult(
-                    Outcome.FAILED, reason=f"NotConfigured: no {app.platform} credentials"
-                )
-                for index in indexes:
-                    results[index] = missing
-                continue
-            notification = build_notification(send, recipients[indexes[0]].language)
-            answers = await provider.send(notification, [recipients[i].device() for i in indexes])
-            for index, answer in zip(indexes, answers, strict=True):
+            for index, answer in zip(
+                indexes,
+                await self._send_group(app, send, recipients, indexes, sandbox),
+                strict=True,
+            ):
                 results[index] = answer
         return [r if r is not None else DeliveryResult(Outcome.FAILED) for r in results]
+
+    async def _send_group(
+        self,
+        app: App,
+        send: Send,
+        recipients: Sequence[Recipient],
+        indexes: list[int],
+        sandbox: bool,
+    ) -> list[DeliveryResult]:
+        try:
+            provider = self._pool.provider_for(app, sandbox=sandbox)
+        except ProviderConfigError as exc:
+            return [DeliveryResult(Outcome.FAILED, reason=f"InvalidCredentials: {exc}")] * len(
+                indexes
+            )
+        if provider is None:
+            reason = f"NotConfigured: no {app.platform} credentials"
+            return [DeliveryResult(Outcome.FAILED, reason=reason)] * len(indexes)
+        notification = build_notification(send, recipients[indexes[0]].language)
+        try:
+            return await provider.send(notification, [recipients[i].device() for i in indexes])
+        except Exception as exc:
+            # A provider bug must not wedge the batch: retry it, and after the last attempt the
+            # devices get push_error with this reason instead of looping forever.
+            log.exception("provider %s failed on send %s", app.platform, send.token)
+            return [DeliveryResult(Outcome.RETRY, reason=f"InternalError: {exc!r}")] * len(indexes)
 
     async def _record(
         self,

@@ -76,7 +76,11 @@ def _messages(service: ServiceState, token: str) -> Reply:
     if log is None:
         return json_reply(200, {"count": 0, "messages": []})
     messages = [
-        {"headers": m.headers, "payload": decode_payload(m.body), "received_at": m.received_at}
+        {
+            "headers": {k: v for k, v in m.headers if v is not None},
+            "payload": decode_payload(m.body),
+            "received_at": m.received_at,
+        }
         for m in log.messages
     ]
     return json_reply(200, {"count": log.count, "messages": messages})

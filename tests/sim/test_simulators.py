@@ -3,7 +3,9 @@
 import base64
 import socket
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import h2.connection
 import h2.events
@@ -12,7 +14,8 @@ import http_ece
 import httpx
 import jwt
 import pytest
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from py_vapid import Vapid02
 
 from tests.support.simulator import SimulatorHandle, running_simulator
@@ -199,7 +202,9 @@ class TestApns:
         assert h2.post(apns_path(), headers=headers, json=APNS_BODY).headers["apns-id"] == apns_id
 
     def test_rejects_a_bad_signature(self, h2: httpx.Client, apns_key: ApnsKey) -> None:
-        forged = ApnsKey(apns_key.key_id, apns_key.team_id, _other_ec_pem())
+        forged = ApnsKey(
+            apns_key.key_id, apns_key.team_id, private_pem(ec.generate_private_key(ec.SECP256R1()))
+        )
         headers = apns_key.headers() | {"authorization": f"bearer {forged.token()}"}
         answer = h2.post(apns_path(), headers=headers, json=APNS_BODY)
         assert (answer.status_code, answer.json()) == (403, {"reason": "InvalidProviderToken"})
@@ -305,20 +310,6 @@ class TestApns:
         ]
 
 
-def _other_ec_pem() -> str:
-    from cryptography.hazmat.primitives import serialization
-
-    return (
-        ec.generate_private_key(ec.SECP256R1())
-        .private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-        .decode()
-    )
-
-
 def _fcm_error(answer: httpx.Response) -> tuple[int, str, str | None]:
     error = answer.json()["error"]
     details = error.get("details") or [{}]
@@ -347,7 +338,14 @@ class TestFcm:
             service_account_assertion(account, scope="https://www.googleapis.com/auth/email"),
             service_account_assertion(account, aud="https://elsewhere.example/token"),
             service_account_assertion(account, iat=now, exp=now + 7200),
-            service_account_assertion(account | {"private_key": _other_rsa_pem()}),
+            service_account_assertion(
+                account
+                | {
+                    "private_key": private_pem(
+                        rsa.generate_private_key(public_exponent=65537, key_size=2048)
+                    )
+                }
+            ),
         ]:
             answer = h2.post("/token", data={"grant_type": JWT_BEARER, "assertion": assertion})
             assert (answer.status_code, answer.json()["error"]) == (400, "invalid_grant")
@@ -408,25 +406,6 @@ class TestFcm:
         assert again.status_code == 200
 
 
-def _other_rsa_pem() -> str:
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric import rsa
-
-    return (
-        rsa.generate_private_key(public_exponent=65537, key_size=2048)
-        .private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-        .decode()
-    )
-
-
-def _b64url_decode(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-
-
 def _origin(endpoint: str) -> str:
     url = httpx.URL(endpoint)
     return f"{url.scheme}://{url.host}:{url.port}"
@@ -436,8 +415,8 @@ def _encrypt(sender: WebPushSender, payload: bytes) -> bytes:
     encrypted: bytes = http_ece.encrypt(
         payload,
         private_key=ec.generate_private_key(ec.SECP256R1()),
-        dh=_b64url_decode(sender.p256dh),
-        auth_secret=_b64url_decode(sender.auth),
+        dh=b64url_decode(sender.p256dh),
+        auth_secret=b64url_decode(sender.auth),
         version="aes128gcm",
     )
     return encrypted
@@ -447,7 +426,11 @@ def _vapid_headers(sender: WebPushSender, **extra: str) -> dict[str, str]:
     vapid = Vapid02.from_pem(sender.vapid_private_pem)
     claims = {"aud": _origin(sender.endpoint), "sub": "mailto:ops@example.com"}
     signed: dict[str, str] = vapid.sign(claims)
-    headers = {"authorization": signed["Authorization"], "ttl": "60", "content-encoding": "aes128gcm"}
+    headers = {
+        "authorization": signed["Authorization"],
+        "ttl": "60",
+        "content-encoding": "aes128gcm",
+    }
     return headers | extra
 
 

@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Callable, Mapping, Sequence
-from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
+from collections.abc import Callable, Sequence
 from typing import Any
 from urllib.parse import quote
 
@@ -29,6 +27,7 @@ from clarion.delivery.providers.base import (
     Priority,
     ProviderConfigError,
     PushType,
+    parse_retry_after,
 )
 from clarion.http2 import Http2Client, HttpRequest, HttpResponse, TransportError
 
@@ -221,7 +220,7 @@ def _map(response: HttpResponse | TransportError) -> DeliveryResult:
             Outcome.RETRY,
             reason=reason or f"HTTP {status}",
             status=status,
-            retry_after=_retry_after(response.headers),
+            retry_after=parse_retry_after(response.headers),
         )
     return DeliveryResult(Outcome.FAILED, reason=reason or f"HTTP {status}", status=status)
 
@@ -235,22 +234,6 @@ def _reason(body: bytes) -> str | None:
         return None
     reason = document.get("reason") if isinstance(document, dict) else None
     return reason if isinstance(reason, str) else None
-
-
-def _retry_after(headers: Mapping[str, str]) -> float | None:
-    """Retry-After in seconds: delta-seconds or an HTTP date (RFC 9110 §10.2.3)."""
-    value = headers.get("retry-after", "").strip()
-    if not value:
-        return None
-    if value.isdigit():
-        return float(value)
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, (when - datetime.now(UTC)).total_seconds())
 
 
 def _load_p8(credentials: ApnsCredentials) -> ec.EllipticCurvePrivateKey:

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from enum import StrEnum
 from typing import Any, Protocol
 
@@ -99,6 +100,22 @@ class WebPushCredentials:
     vapid_private_key_pem: str  # PKCS#8 EC P-256
     vapid_public_key: str  # base64url uncompressed point: the applicationServerKey
     subject: str  # "mailto:..." or "https://..." (RFC 8292 `sub`)
+
+
+def parse_retry_after(headers: Mapping[str, str]) -> float | None:
+    """Retry-After in seconds: delta-seconds or an HTTP date (RFC 9110 §10.2.3)."""
+    value = headers.get("retry-after", "").strip()
+    if not value:
+        return None
+    if value.isdigit():
+        return float(value)
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - datetime.now(UTC)).total_seconds())
 
 
 class ProviderConfigError(Exception):

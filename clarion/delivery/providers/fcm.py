@@ -8,9 +8,8 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import quote, urlencode
 
@@ -30,6 +29,7 @@ from clarion.delivery.providers.base import (
     Priority,
     ProviderConfigError,
     PushType,
+    parse_retry_after,
 )
 from clarion.http2 import Http2Client, HttpRequest, HttpResponse, TransportError
 
@@ -187,7 +187,7 @@ class FcmProvider:
         error = document.get("error")
         reason = error if isinstance(error, str) else f"HTTP {status}"
         if status == 429 or status >= 500:
-            retry_after = _retry_after(response.headers)
+            retry_after = parse_retry_after(response.headers)
             raise _TokenExchangeError(
                 DeliveryResult(Outcome.RETRY, reason=reason, status=status, retry_after=retry_after)
             )
@@ -247,10 +247,10 @@ def _map(response: HttpResponse | TransportError) -> DeliveryResult:
     if status == 401 and error_code != "THIRD_PARTY_AUTH_ERROR":
         return DeliveryResult(Outcome.RETRY, reason=reason, status=status)
     if status == 429 or error_code == "QUOTA_EXCEEDED":
-        wait = max(_retry_after(response.headers) or 0.0, QUOTA_RETRY_MIN)
+        wait = max(parse_retry_after(response.headers) or 0.0, QUOTA_RETRY_MIN)
         return DeliveryResult(Outcome.RETRY, reason=reason, status=status, retry_after=wait)
     if status >= 500 or error_code in _RETRY_CODES:
-        retry_after = _retry_after(response.headers)
+        retry_after = parse_retry_after(response.headers)
         return DeliveryResult(Outcome.RETRY, reason=reason, status=status, retry_after=retry_after)
     return DeliveryResult(Outcome.FAILED, reason=reason, status=status)
 
@@ -280,22 +280,6 @@ def _json_object(body: bytes) -> dict[str, Any]:
     except orjson.JSONDecodeError:
         return {}
     return document if isinstance(document, dict) else {}
-
-
-def _retry_after(headers: Mapping[str, str]) -> float | None:
-    """Retry-After in seconds: delta-seconds or an HTTP date (RFC 9110 §10.2.3)."""
-    value = headers.get("retry-after", "").strip()
-    if not value:
-        return None
-    if value.isdigit():
-        return float(value)
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, (when - datetime.now(UTC)).total_seconds())
 
 
 def _load_rsa_key(pem: str, client_email: str) -> rsa.RSAPrivateKey:

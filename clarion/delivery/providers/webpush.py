@@ -10,9 +10,8 @@ import binascii
 import math
 import re
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -32,6 +31,7 @@ from clarion.delivery.providers.base import (
     Priority,
     ProviderConfigError,
     WebPushCredentials,
+    parse_retry_after,
 )
 from clarion.http2 import Http2Client, HttpRequest, HttpResponse, TransportError
 
@@ -209,9 +209,11 @@ def _origin(endpoint: str) -> str | None:
         parts = urlsplit(endpoint)
     except ValueError:
         return None
-    if parts.scheme != "https" or not parts.netloc:
+    host = parts.netloc.rpartition("@")[2].lower()
+    if parts.scheme != "https" or not host:
         return None
-    return f"https://{parts.netloc}"
+    # RFC 6454 origins leave the default port out, as push services do when they check `aud`.
+    return f"https://{host.removesuffix(':443')}"
 
 
 def _map(response: HttpResponse | TransportError) -> DeliveryResult:
@@ -224,25 +226,9 @@ def _map(response: HttpResponse | TransportError) -> DeliveryResult:
     if status in (404, 410):
         return DeliveryResult(Outcome.TOKEN_INVALID, reason=reason, status=status)
     if status == 429 or status >= 500:
-        retry_after = _retry_after(response.headers)
+        retry_after = parse_retry_after(response.headers)
         return DeliveryResult(Outcome.RETRY, reason=reason, status=status, retry_after=retry_after)
     return DeliveryResult(Outcome.FAILED, reason=reason, status=status)
-
-
-def _retry_after(headers: Mapping[str, str]) -> float | None:
-    """Retry-After in seconds: delta-seconds or an HTTP date (RFC 9110 §10.2.3)."""
-    value = headers.get("retry-after", "").strip()
-    if not value:
-        return None
-    if value.isdigit():
-        return float(value)
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, (when - datetime.now(UTC)).total_seconds())
 
 
 def _b64url_decode(text: str) -> bytes:

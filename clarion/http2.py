@@ -1,0 +1,413 @@
+"""The shared HTTP/2 client of a worker process: libcurl's multi interface driven by asyncio.
+
+Why libcurl, and why on the event loop rather than in a thread: docs/decisions/0002-http2-client.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+from collections import deque
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import pycurl
+
+__all__ = ["Http2Client", "HttpRequest", "HttpResponse", "TransportError"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class HttpRequest:
+    method: str
+    url: str
+    # Passing the same tuple object to many requests (one per batch) is the fast path: a pooled
+    # handle skips rebuilding its header list when the headers equal the previous request's.
+    headers: Sequence[tuple[str, str]]
+    body: bytes = b""
+
+
+@dataclass(frozen=True, slots=True)
+class HttpResponse:
+    status: int
+    headers: Mapping[str, str]  # lower-case names; repeated headers joined with ", "
+    body: bytes
+
+
+class TransportError(Exception):
+    """No HTTP answer: connection refused or reset, TLS failure, timeout, GOAWAY, client closed."""
+
+    def __init__(self, message: str, *, curl_code: int = 0) -> None:
+        super().__init__(message)
+        self.curl_code = curl_code  # libcurl's CURLE_* code, 0 when the error is not libcurl's
+
+
+# libcurl error codes grouped by what a caller may want to know; the message keeps libcurl's text.
+_ERROR_KINDS: dict[int, str] = {
+    1: "unsupported protocol",
+    3: "malformed URL",
+    6: "DNS resolution failed",
+    7: "connection failed (refused or unreachable)",
+    16: "HTTP/2 protocol error",
+    18: "connection closed mid-response",
+    28: "timeout",
+    35: "TLS handshake failed",
+    52: "connection closed without an answer (GOAWAY or restart)",
+    55: "connection lost while sending (reset)",
+    56: "connection lost while receiving (reset)",
+    58: "TLS client certificate problem",
+    60: "TLS certificate not trusted",
+    77: "TLS CA file unreadable",
+    90: "TLS pinned public key mismatch",
+    92: "HTTP/2 stream reset or refused (GOAWAY)",
+}
+
+# Sent first in every header list: an empty value removes libcurl's default header, and a caller's
+# own header of the same name still wins. libcurl would otherwise add `Accept: */*`, a form
+# content type to every POST, and `Expect: 100-continue` to large HTTP/1.1 bodies (a 1 s stall).
+_DEFAULT_HEADERS_OFF = ("Accept:", "Content-Type:", "Expect:")
+
+_POLL_IN = pycurl.POLL_IN
+_POLL_OUT = pycurl.POLL_OUT
+_POLL_REMOVE = pycurl.POLL_REMOVE
+
+
+def _system_ca_options() -> list[tuple[int, str]]:
+    # The pycurl wheel's libcurl looks for /etc/pki/tls/certs/ca-bundle.crt (where it was built);
+    # on Debian that file does not exist and every certificate would be rejected. Python's OpenSSL
+    # knows this system's store (and honours SSL_CERT_FILE / SSL_CERT_DIR).
+    paths = ssl.get_default_verify_paths()
+    options = []
+    if paths.cafile:
+        options.append((pycurl.CAINFO, paths.cafile))
+    if paths.capath:
+        options.append((pycurl.CAPATH, paths.capath))
+    return options
+
+
+def _parse_headers(lines: list[bytes]) -> dict[str, str]:
+    headers: dict[str, str] = {}
+    for line in lines:
+        name, colon, value = line.partition(b":")
+        if colon:
+            key = name.strip().lower().decode("latin-1")
+            text = value.strip().decode("latin-1")
+            previous = headers.get(key)
+            headers[key] = text if previous is None else f"{previous}, {text}"
+        elif line.startswith(b"HTTP/"):
+            headers = {}  # a new response begins (after a 1xx): keep the final one only
+    return headers
+
+
+class _Batch:
+    """The requests of one request_many call: one future for all, not one per request."""
+
+    __slots__ = ("future", "remaining", "results")
+
+    def __init__(self, future: asyncio.Future[list[HttpResponse | TransportError]], n: int) -> None:
+        self.future = future
+        self.remaining = n
+        self.results: list[Any] = [None] * n
+
+    def settle(self, index: int, result: HttpResponse | TransportError) -> None:
+        self.results[index] = result
+        self.remaining -= 1
+        if not self.remaining and not self.future.done():
+            self.future.set_result(self.results)
+
+
+class _Transfer:
+    """A pooled easy handle with its response buffers (a new handle costs ~30 setopt calls)."""
+
+    __slots__ = ("batch", "body_chunks", "curl", "header_lines", "headers", "index", "odd_method")
+
+    def __init__(self, options: Sequence[tuple[int, Any]]) -> None:
+        self.curl = pycurl.Curl()
+        self.header_lines: list[bytes] = []
+        self.body_chunks: list[bytes] = []
+        # Bound list.append as callbacks: no Python frame per header line or body chunk.
+        self.curl.setopt(pycurl.HEADERFUNCTION, self.header_lines.append)
+        self.curl.setopt(pycurl.WRITEFUNCTION, self.body_chunks.append)
+        for option, value in options:
+            self.curl.setopt(option, value)
+        self.headers: tuple[tuple[str, str], ...] | None = None  # what HTTPHEADER holds now
+        self.odd_method = False  # CUSTOMREQUEST or NOBODY set by the previous request
+        self.batch: _Batch | None = None
+        self.index = 0
+
+    def prepare(self, request: HttpRequest) -> None:
+        curl = self.curl
+        curl.setopt(pycurl.URL, request.url)
+        headers = request.headers
+        if type(headers) is not tuple:
+            headers = tuple(headers)
+        if headers != self.headers:
+            self.headers = None  # stays unknown if a header is rejected below
+            lines = [*_DEFAULT_HEADERS_OFF, *[f"{name}: {value}" for name, value in headers]]
+            if any("\n" in line or "\r" in line for line in lines):
+                raise ValueError("header names and values must not contain line breaks")
+            curl.setopt(pycurl.HTTPHEADER, lines)
+            self.headers = headers
+        if self.odd_method:
+            curl.unsetopt(pycurl.CUSTOMREQUEST)
+            curl.setopt(pycurl.NOBODY, 0)
+            self.odd_method = False
+        method = request.method
+        body = request.body
+        if method == "POST":
+            curl.setopt(pycurl.POSTFIELDS, body)  # pycurl keeps a reference, no copy
+        elif method == "GET" and not body:
+            curl.setopt(pycurl.HTTPGET, 1)
+        else:
+            self.odd_method = True
+            if method == "HEAD":
+                curl.setopt(pycurl.NOBODY, 1)
+                return
+            curl.setopt(pycurl.CUSTOMREQUEST, method)
+            if body:
+                curl.setopt(pycurl.POSTFIELDS, body)
+            else:
+                curl.setopt(pycurl.HTTPGET, 1)
+
+
+class Http2Client:
+    """One per worker process, shared by every provider, open as long as the process runs.
+
+    Requests to one host multiplex as streams over at most max_connections_per_host connections
+    (HTTP/2 over TLS; HTTP/1.1 for http:// URLs and servers whose ALPN refuses h2). libcurl follows
+    the server's SETTINGS_MAX_CONCURRENT_STREAMS, and re-connects after GOAWAY or a reset.
+    The client binds to the event loop of its first request.
+    """
+
+    def __init__(
+        self,
+        *,
+        ca_file: str | None = None,
+        max_connections_per_host: int = 2,
+        max_concurrent_streams: int = 1000,
+        connect_timeout: float = 10.0,
+        request_timeout: float = 30.0,
+    ) -> None:
+        ca_options = [(pycurl.CAINFO, ca_file)] if ca_file else _system_ca_options()
+        self._handle_options: list[tuple[int, Any]] = [
+            (pycurl.HTTP_VERSION, pycurl.CURL_HTTP_VERSION_2TLS),
+            # Wait for a connection being set up to say whether it multiplexes rather than open
+            # one per request: without it 1,000 requests at start open up to 1,000 connections.
+            (pycurl.PIPEWAIT, 1),
+            (pycurl.NOSIGNAL, 1),
+            (pycurl.PROTOCOLS, pycurl.PROTO_HTTP | pycurl.PROTO_HTTPS),  # no file://, gopher://…
+            (pycurl.CONNECTTIMEOUT_MS, round(connect_timeout * 1000)),
+            # Counted from the moment the request is handed to libcurl, including any wait for a
+            # free stream slot on a connection.
+            (pycurl.TIMEOUT_MS, round(request_timeout * 1000)),
+            *ca_options,
+            (pycurl.USERAGENT, "clarion"),
+            # libcurl gives each transfer a 64 KiB send buffer by default: 55 KiB of RSS per request
+            # in flight, 1.2 GB for 20,000. The 16 KiB minimum holds any push payload (APNs 4 KiB,
+            # FCM and Web Push 4 KiB) and cuts that to ~22 KiB at no measurable speed cost.
+            (pycurl.UPLOAD_BUFFERSIZE, 16384),
+            # Connections live long (APNs asks senders to keep them open); keepalive probes after
+            # 60 s idle find a peer that vanished, and an idle connection is kept 10 minutes
+            # (libcurl's default of 118 s would re-handshake after every pause between campaigns).
+            (pycurl.TCP_KEEPALIVE, 1),
+            (pycurl.TCP_KEEPIDLE, 60),
+            (pycurl.TCP_KEEPINTVL, 15),
+            (pycurl.MAXAGE_CONN, 600),
+        ]
+        multi = pycurl.CurlMulti()
+        multi.setopt(pycurl.M_PIPELINING, pycurl.PIPE_MULTIPLEX)
+        multi.setopt(pycurl.M_MAX_HOST_CONNECTIONS, max_connections_per_host)
+        # libcurl caps streams per connection at 100 unless told otherwise; the server's own
+        # SETTINGS_MAX_CONCURRENT_STREAMS still applies when it is lower.
+        multi.setopt(pycurl.M_MAX_CONCURRENT_STREAMS, max_concurrent_streams)
+        multi.setopt(pycurl.M_SOCKETFUNCTION, self._on_socket)
+        multi.setopt(pycurl.M_TIMERFUNCTION, self._on_timer)
+        self._multi = multi
+        # Requests beyond this wait in _backlog, not inside libcurl: each transfer handed to
+        # libcurl holds ~22 KiB and its timeout clock starts. Twice one host's capacity lets two
+        # hosts (APNs and FCM in one worker) run at full speed.
+        self._max_in_flight = 2 * max_connections_per_host * max_concurrent_streams
+        self._backlog: deque[tuple[_Batch, int, HttpRequest]] = deque()
+        self._idle: list[_Transfer] = []
+        self._active: dict[Any, _Transfer] = {}  # pycurl.Curl -> its transfer
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._watched: dict[int, int] = {}  # socket -> POLL_* events registered with the loop
+        self._closed = False
+
+    async def request(self, request: HttpRequest) -> HttpResponse:
+        (result,) = await self.request_many((request,))
+        if isinstance(result, TransportError):
+            raise result
+        return result
+
+    async def request_many(
+        self, requests: Sequence[HttpRequest]
+    ) -> list[HttpResponse | TransportError]:
+        """All requests concurrently; results in the same order. Never raises per request."""
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop:
+            if self._loop is not None:
+                raise RuntimeError("Http2Client is bound to another event loop")
+            self._loop = loop
+        if self._closed:
+            return [TransportError("client closed") for _ in requests]
+        if not requests:
+            return []
+        batch = _Batch(loop.create_future(), len(requests))
+        for index, request in enumerate(requests):
+            if len(self._active) < self._max_in_flight:
+                self._start(batch, index, request)
+            else:
+                self._backlog.append((batch, index, request))
+        try:
+            return await batch.future
+        except asyncio.CancelledError:
+            self._abandon(batch)
+            raise
+
+    async def aclose(self) -> None:
+        """Fail pending requests with TransportError, close connections. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        multi = self._multi
+        error = TransportError("client closed before an answer came")
+        for curl, transfer in list(self._active.items()):
+            multi.remove_handle(curl)
+            if transfer.batch is not None:
+                transfer.batch.settle(transfer.index, error)
+        while self._backlog:
+            batch, index, _ = self._backlog.popleft()
+            batch.settle(index, error)
+        for transfer in [*self._active.values(), *self._idle]:
+            transfer.curl.close()
+        self._active.clear()
+        self._idle.clear()
+        multi.close()  # closes the connections; their sockets leave the loop via _on_socket
+        for fd in list(self._watched):
+            self._on_socket(_POLL_REMOVE, fd, None, None)
+
+    def _start(self, batch: _Batch, index: int, request: HttpRequest) -> None:
+        transfer = self._idle.pop() if self._idle else _Transfer(self._handle_options)
+        try:
+            transfer.prepare(request)
+            self._multi.add_handle(transfer.curl)
+        except (pycurl.error, TypeError, ValueError) as exc:
+            self._idle.append(transfer)
+            batch.settle(index, TransportError(f"invalid request ({request.url}): {exc}"))
+            return
+        transfer.batch = batch
+        transfer.index = index
+        self._active[transfer.curl] = transfer
+
+    def _abandon(self, batch: _Batch) -> None:
+        # The caller was cancelled: stop its transfers so they hold no stream slot.
+        for curl, transfer in list(self._active.items()):
+            if transfer.batch is batch:
+                self._release(curl, transfer)
+        if any(queued[0] is batch for queued in self._backlog):
+            self._backlog = deque(queued for queued in self._backlog if queued[0] is not batch)
+
+    def _release(self, curl: Any, transfer: _Transfer) -> None:
+        del self._active[curl]
+        self._multi.remove_handle(curl)
+        transfer.header_lines.clear()
+        transfer.body_chunks.clear()
+        transfer.batch = None
+        self._idle.append(transfer)
+
+    # --- libcurl <-> asyncio: libcurl says which sockets and when to wake it, the loop does it.
+
+    def _on_socket(self, what: int, fd: int, multi: Any, socketp: Any) -> None:
+        loop = self._loop
+        assert loop is not None
+        old = self._watched.get(fd, 0)
+        new = 0 if what == _POLL_REMOVE else what
+        if (old ^ new) & _POLL_IN:
+            if new & _POLL_IN:
+                loop.add_reader(fd, self._act, fd, pycurl.CSELECT_IN)
+            else:
+                loop.remove_reader(fd)
+        if (old ^ new) & _POLL_OUT:
+            if new & _POLL_OUT:
+                loop.add_writer(fd, self._act, fd, pycurl.CSELECT_OUT)
+            else:
+                loop.remove_writer(fd)
+        if new:
+            self._watched[fd] = new
+        else:
+            self._watched.pop(fd, None)
+
+    def _on_timer(self, timeout_ms: int) -> None:
+        # libcurl calls this about once per request (every add_handle moves its next deadline).
+        # Re-arming only when the deadline moves earlier saves a cancel + call_at (~2 µs) per
+        # request; an armed timer that fires early is harmless (see _on_timeout), and -1
+        # ("no timer") can be ignored for the same reason.
+        if timeout_ms < 0 or self._closed:
+            return
+        loop = self._loop
+        assert loop is not None
+        when = loop.time() + timeout_ms / 1000
+        timer = self._timer
+        if timer is None or when < timer.when():
+            if timer is not None:
+                timer.cancel()
+            self._timer = loop.call_at(when, self._on_timeout)
+
+    def _on_timeout(self) -> None:
+        self._timer = None
+        self._act(pycurl.SOCKET_TIMEOUT, 0)
+        if self._timer is None and not self._closed:
+            # libcurl only calls _on_timer when its next deadline changes; after an early wake-up
+            # it does not, so ask it.
+            timeout_ms = self._multi.timeout()
+            if timeout_ms >= 0:
+                self._on_timer(timeout_ms)
+
+    def _act(self, fd: int, event: int) -> None:
+        if self._closed:
+            return
+        try:
+            self._multi.socket_action(fd, event)
+        except pycurl.error:
+            logger.exception("libcurl socket_action failed")
+        self._collect()
+
+    def _collect(self) -> None:
+        multi = self._multi
+        active = self._active
+        while True:
+            queued, succeeded, failed = multi.info_read()
+            for curl in succeeded:
+                transfer = active[curl]
+                batch = transfer.batch
+                index = transfer.index
+                body = b"".join(transfer.body_chunks)
+                response = HttpResponse(
+                    curl.getinfo(pycurl.RESPONSE_CODE), _parse_headers(transfer.header_lines), body
+                )
+                self._release(curl, transfer)
+                if batch is not None:
+                    batch.settle(index, response)
+            for curl, code, message in failed:
+                transfer = active[curl]
+                batch = transfer.batch
+                index = transfer.index
+                kind = _ERROR_KINDS.get(code, "transport error")
+                url = curl.getinfo(pycurl.EFFECTIVE_URL)
+                error = TransportError(f"{kind}: {message} ({url})", curl_code=code)
+                self._release(curl, transfer)
+                if batch is not None:
+                    batch.settle(index, error)
+            if not queued:
+                break
+        backlog = self._backlog
+        while backlog and len(active) < self._max_in_flight:
+            self._start(*backlog.popleft())

@@ -1,0 +1,348 @@
+"""clarion.http2 against a real granian server over real TLS (tests/support/h2_echo_app.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trustme
+
+from clarion.http2 import Http2Client, HttpRequest, HttpResponse, TransportError
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    ca: Path
+    cert: Path
+    key: Path
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class EchoServer:
+    """granian serving the echo app in its own process group, restartable on the same port."""
+
+    def __init__(self, tls: TlsFiles | None, *extra_args: str) -> None:
+        self.tls = tls
+        self.port = _free_port()
+        self.extra_args = extra_args
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        tls_args = (
+            ["--ssl-certificate", str(self.tls.cert), "--ssl-keyfile", str(self.tls.key)]
+            if self.tls
+            else []
+        )
+        self.process = subprocess.Popen(
+            [
+                *(sys.executable, "-m", "granian", "--interface", "rsgi", "--no-ws"),
+                *("--host", "127.0.0.1", "--port", str(self.port), "--log-level", "warning"),
+                *tls_args,
+                *self.extra_args,
+                "tests.support.h2_echo_app:app",
+            ],
+            cwd=REPO_ROOT,
+            start_new_session=True,  # one killpg stops granian and its worker process
+        )
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"granian exited with {self.process.returncode}")
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
+                return
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError("granian did not start listening within 15 s")
+
+    def stop(self, sig: signal.Signals = signal.SIGTERM) -> None:
+        if self.process is None:
+            return
+        process, self.process = self.process, None
+        try:
+            os.killpg(process.pid, sig)
+            process.wait(5)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(5)
+        except ProcessLookupError:
+            process.wait(5)
+
+
+@contextmanager
+def _running(server: EchoServer) -> Iterator[EchoServer]:
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def tls(tmp_path_factory: pytest.TempPathFactory) -> TlsFiles:
+    directory = tmp_path_factory.mktemp("tls")
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1", "localhost")
+    files = TlsFiles(directory / "ca.pem", directory / "cert.pem", directory / "key.pem")
+    ca.cert_pem.write_to_path(files.ca)
+    cert.cert_chain_pems[0].write_to_path(files.cert)
+    cert.private_key_pem.write_to_path(files.key)
+    return files
+
+
+@pytest.fixture(scope="session")
+def echo(tls: TlsFiles) -> Iterator[EchoServer]:
+    with _running(EchoServer(tls, "--http2-max-concurrent-streams", "1000")) as server:
+        yield server
+
+
+@pytest.fixture
+def own_echo(tls: TlsFiles) -> Iterator[EchoServer]:
+    """A server of the test's own, which it may restart."""
+    with _running(EchoServer(tls)) as server:
+        yield server
+
+
+@pytest.fixture
+def ten_stream_echo(tls: TlsFiles) -> Iterator[EchoServer]:
+    with _running(EchoServer(tls, "--http2-max-concurrent-streams", "10")) as server:
+        yield server
+
+
+@pytest.fixture
+def plain_echo() -> Iterator[EchoServer]:
+    with _running(EchoServer(None)) as server:
+        yield server
+
+
+@pytest.fixture
+async def client(tls: TlsFiles) -> AsyncIterator[Http2Client]:
+    client = Http2Client(ca_file=str(tls.ca))
+    yield client
+    await client.aclose()
+
+
+def _echoed(response: HttpResponse | TransportError) -> dict[str, Any]:
+    assert isinstance(response, HttpResponse), response
+    assert response.status == 200, response
+    echoed: dict[str, Any] = json.loads(response.body)
+    return echoed
+
+
+async def _stats(client: Http2Client, server: EchoServer) -> dict[str, Any]:
+    response = await client.request(HttpRequest("GET", f"{server.base_url}/_stats", ()))
+    stats: dict[str, Any] = json.loads(response.body)
+    return stats
+
+
+async def test_request_goes_over_http2_with_its_headers_and_body(
+    client: Http2Client, echo: EchoServer
+) -> None:
+    headers = (("authorization", "bearer abc"), ("content-type", "application/json"))
+    request = HttpRequest("POST", f"{echo.base_url}/3/device/ab12?x=1", headers, b'{"aps": {}}')
+
+    response = await client.request(request)
+
+    echoed = _echoed(response)
+    assert echoed["http_version"] == "2"
+    assert (echoed["method"], echoed["path"], echoed["query"]) == ("POST", "/3/device/ab12", "x=1")
+    sent = dict(echoed["headers"])
+    assert sent["authorization"] == "bearer abc"
+    assert sent["content-type"] == "application/json"
+    assert "accept" not in sent  # libcurl's defaults are switched off
+    assert echoed["body"] == '{"aps": {}}'
+    assert response.headers["content-type"] == "application/json"
+    assert response.headers["x-app"] == "echo"
+
+
+async def test_status_and_response_headers_come_back(client: Http2Client, echo: EchoServer) -> None:
+    response = await client.request(HttpRequest("POST", f"{echo.base_url}/status/429", (), b"{}"))
+
+    assert response.status == 429
+    assert response.headers["retry-after"] == "7"
+    assert json.loads(response.headers["x-echo"])["path"] == "/status/429"
+    assert response.body == b""
+
+
+async def test_pooled_handles_switch_methods_cleanly(client: Http2Client, echo: EchoServer) -> None:
+    # One handle at a time, so each request reuses the handle the previous method left behind.
+    for method, body in [
+        ("HEAD", b""),
+        ("POST", b"a"),
+        ("PUT", b"b"),
+        ("GET", b""),
+        ("DELETE", b""),
+        ("POST", b""),
+        ("PATCH", b"c"),
+        ("GET", b""),
+    ]:
+        response = await client.request(HttpRequest(method, f"{echo.base_url}/m", (), body))
+        if method == "HEAD":
+            assert (response.status, response.body) == (200, b"")
+            continue
+        echoed = _echoed(response)
+        assert (echoed["method"], echoed["body"]) == (method, body.decode())
+
+
+async def test_5000_concurrent_requests_share_at_most_two_connections(
+    client: Http2Client, echo: EchoServer
+) -> None:
+    await client.request(HttpRequest("GET", f"{echo.base_url}/_reset", ()))
+    headers = (("apns-topic", "com.example"),)
+    requests = [
+        HttpRequest("POST", f"{echo.base_url}/3/device/{i:064x}", headers, b"%d" % i)
+        for i in range(5000)
+    ]
+
+    results = await client.request_many(requests)
+
+    assert [_echoed(r)["body"] for r in results] == [str(i) for i in range(5000)]
+    assert 1 <= len((await _stats(client, echo))["clients"]) <= 2
+
+
+async def test_request_many_reports_failures_in_place(
+    client: Http2Client, echo: EchoServer
+) -> None:
+    refused = f"https://127.0.0.1:{_free_port()}/"
+    requests = [
+        HttpRequest("GET", f"{echo.base_url}/a", ()),
+        HttpRequest("GET", refused, ()),
+        HttpRequest("GET", f"{echo.base_url}/b", ()),
+        HttpRequest("GET", f"{echo.base_url}/c", (("x-bad", "a\r\nb"),)),
+    ]
+
+    results = await client.request_many(requests)
+
+    assert isinstance(results[0], HttpResponse)
+    assert _echoed(results[0])["path"] == "/a"
+    assert isinstance(results[1], TransportError)
+    assert isinstance(results[2], HttpResponse)
+    assert _echoed(results[2])["path"] == "/b"
+    assert isinstance(results[3], TransportError)
+    assert "line breaks" in str(results[3])
+
+
+async def test_follows_the_servers_max_concurrent_streams(
+    tls: TlsFiles, ten_stream_echo: EchoServer
+) -> None:
+    client = Http2Client(ca_file=str(tls.ca), max_connections_per_host=1)
+    try:
+        url = f"{ten_stream_echo.base_url}/slow/20"
+        results = await client.request_many([HttpRequest("GET", url, ())] * 200)
+
+        assert all(isinstance(r, HttpResponse) and r.status == 200 for r in results)
+        stats = await _stats(client, ten_stream_echo)
+        assert 2 <= stats["peak_in_flight"] <= 10
+        assert len(stats["clients"]) == 1
+    finally:
+        await client.aclose()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["goaway", "killed"])
+async def test_survives_a_server_restart(
+    tls: TlsFiles, own_echo: EchoServer, sig: signal.Signals
+) -> None:
+    client = Http2Client(ca_file=str(tls.ca))
+    try:
+        assert _echoed(await client.request(HttpRequest("GET", f"{own_echo.base_url}/", ())))
+        slow = [HttpRequest("GET", f"{own_echo.base_url}/slow/300", ())] * 50
+        in_flight = asyncio.ensure_future(client.request_many(slow))
+        await asyncio.sleep(0.1)
+
+        await asyncio.to_thread(own_echo.stop, sig)
+        await asyncio.to_thread(own_echo.start)
+
+        # Whatever was in flight ends, one way or the other, and never hangs.
+        for result in await asyncio.wait_for(in_flight, 10):
+            assert isinstance(result, HttpResponse | TransportError)
+        after = [HttpRequest("GET", f"{own_echo.base_url}/after/{i}", ()) for i in range(100)]
+        results = await client.request_many(after)
+        assert [_echoed(r)["path"] for r in results] == [f"/after/{i}" for i in range(100)]
+    finally:
+        await client.aclose()
+
+
+async def test_plain_http_falls_back_to_http1(plain_echo: EchoServer) -> None:
+    client = Http2Client()
+    try:
+        response = await client.request(HttpRequest("POST", f"{plain_echo.base_url}/x", (), b"hi"))
+
+        echoed = _echoed(response)
+        assert (echoed["http_version"], echoed["body"]) == ("1.1", "hi")
+    finally:
+        await client.aclose()
+
+
+async def test_refused_connection_raises_transport_error(client: Http2Client) -> None:
+    with pytest.raises(TransportError, match="connection failed") as caught:
+        await client.request(HttpRequest("GET", f"https://127.0.0.1:{_free_port()}/", ()))
+    assert caught.value.curl_code == 7
+
+
+async def test_untrusted_certificate_raises_transport_error(echo: EchoServer) -> None:
+    client = Http2Client()  # the system store does not know the test CA
+    try:
+        with pytest.raises(TransportError, match="TLS"):
+            await client.request(HttpRequest("GET", f"{echo.base_url}/", ()))
+    finally:
+        await client.aclose()
+
+
+async def test_slow_answer_raises_timeout(tls: TlsFiles, echo: EchoServer) -> None:
+    client = Http2Client(ca_file=str(tls.ca), request_timeout=0.2)
+    try:
+        with pytest.raises(TransportError, match="timeout") as caught:
+            await client.request(HttpRequest("GET", f"{echo.base_url}/slow/2000", ()))
+        assert caught.value.curl_code == 28
+    finally:
+        await client.aclose()
+
+
+async def test_cancelled_caller_frees_its_streams(client: Http2Client, echo: EchoServer) -> None:
+    slow = client.request_many([HttpRequest("GET", f"{echo.base_url}/slow/2000", ())] * 20)
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(slow, 0.2)
+
+    assert _echoed(await client.request(HttpRequest("GET", f"{echo.base_url}/next", ())))
+    assert len(client._active) == 0
+
+
+async def test_aclose_fails_pending_requests_and_is_idempotent(
+    tls: TlsFiles, echo: EchoServer
+) -> None:
+    client = Http2Client(ca_file=str(tls.ca))
+    slow = [HttpRequest("GET", f"{echo.base_url}/slow/5000", ())] * 20
+    pending = asyncio.ensure_future(client.request_many(slow))
+    await asyncio.sleep(0.2)
+
+    await client.aclose()
+    await client.aclose()
+
+    results = await asyncio.wait_for(pending, 1)
+    assert all(isinstance(r, TransportError) and "closed" in str(r) for r in results)
+    with pytest.raises(TransportError, match="closed"):
+        await client.request(HttpRequest("GET", f"{echo.base_url}/", ()))
