@@ -8,6 +8,8 @@ import argparse
 import os
 import re
 import shutil
+import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -24,6 +26,12 @@ PAYLOAD = (
     b'{"aps":{"alert":{"title":"Flash sale","body":"Everything in the spring collection is 30% '
     b'off until midnight."},"sound":"default","badge":1},"deeplink":"app://sales/spring"}'
 )
+# The same server with no Python work at all: the ceiling of the ceiling on this machine.
+SINK_APP = """
+async def app(scope, protocol):
+    await protocol()
+    protocol.response_bytes(200, [("apns-id", "00000000-0000-0000-0000-000000000000")], b"")
+"""
 
 
 def ensure_h2load() -> str:
@@ -43,6 +51,19 @@ def pin(cpu: int) -> list[str]:
     if shutil.which("taskset") and (os.cpu_count() or 1) > cpu:
         return ["taskset", "-c", str(cpu)]
     return []
+
+
+def group_cpu_seconds(pgid: int) -> float:
+    """User + system CPU of every process in a process group (granian's main and worker)."""
+    total = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # exited while we looked
+        if int(fields[2]) == pgid:
+            total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 def h2load(
@@ -70,18 +91,64 @@ def h2load(
     return float(rate.group(1)), output
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--requests", type=int, default=200_000)
-    args = parser.parse_args()
-    binary = ensure_h2load()
-    sys.path.insert(0, str(REPO_ROOT))
-    from tests.support.simulator import running_simulator
+def baseline(
+    binary: str, scratch: Path, port: int, headers: dict[str, str], body: Path, requests: int
+) -> tuple[float, float]:
+    """req/s and CPU µs per request of granian serving an app that does nothing."""
+    (scratch / "bench_sink.py").write_text(SINK_APP)
+    state = scratch / "state"
+    command = [
+        *pin(0),
+        sys.executable,
+        "-m",
+        "granian",
+        "--interface",
+        "rsgi",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--ssl-certificate",
+        str(state / "server.pem"),
+        "--ssl-keyfile",
+        str(state / "server.key"),
+        "--http2-max-concurrent-streams",
+        "1000",
+        "--no-ws",
+        "--working-dir",
+        str(scratch),
+        "bench_sink:app",
+    ]
+    process = subprocess.Popen(
+        command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
+    try:
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+        url = f"https://127.0.0.1:{port}/3/device/{DEVICE_TOKEN}"
+        h2load(binary, url, headers, body, 20_000)
+        cpu = group_cpu_seconds(process.pid)
+        rate = h2load(binary, url, headers, body, requests)[0]
+        return rate, (group_cpu_seconds(process.pid) - cpu) / requests * 1e6
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait()
 
-    with (
-        tempfile.TemporaryDirectory() as scratch,
-        running_simulator(Path(scratch) / "state", command_prefix=pin(0)) as sim,
-    ):
+
+def measure(binary: str, scratch: Path, requests: int, with_baseline: bool) -> None:
+    from tests.support.simulator import free_port, running_simulator
+
+    port = free_port()
+    body = scratch / "payload.json"
+    body.write_bytes(PAYLOAD)
+    with running_simulator(scratch / "state", port=port, command_prefix=pin(0)) as sim:
         with sim.control_client() as control:
             key = control.post("/_sim/apns/keys", json={"topics": [TOPIC]}).json()
         token = jwt.encode(
@@ -98,15 +165,35 @@ def main() -> None:
             "apns-expiration": "0",
             "content-type": "application/json",
         }
-        body = Path(scratch) / "payload.json"
-        body.write_bytes(PAYLOAD)
         url = f"{sim.base_url}/3/device/{DEVICE_TOKEN}"
         h2load(binary, url, headers, body, 20_000)  # warm-up: caches, allocator, TLS sessions
-        rate, output = h2load(binary, url, headers, body, args.requests)
+        assert sim.pid is not None
+        cpu = group_cpu_seconds(sim.pid)
+        rate, output = h2load(binary, url, headers, body, requests)
+        cpu_us = (group_cpu_seconds(sim.pid) - cpu) / requests * 1e6
         with sim.control_client() as control:
             stats = control.get("/_sim/stats").json()["apns"]
     print(output)
     print(f"APNs simulator: {rate:,.0f} req/s ({len(PAYLOAD)}-byte payload, {stats})")
+    # CPU per request holds up better than req/s when other work shares the core.
+    print(f"  {cpu_us:.1f} µs of CPU per request: {1e6 / cpu_us:,.0f} req/s on a core of its own")
+    if with_baseline:
+        sink, sink_us = baseline(binary, scratch, port, headers, body, requests)
+        print(f"granian, empty RSGI app, same harness: {sink:,.0f} req/s")
+        print(f"  {sink_us:.1f} µs of CPU per request: {1e6 / sink_us:,.0f} req/s on its own core")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--requests", type=int, default=200_000)
+    parser.add_argument(
+        "--baseline", action="store_true", help="also measure granian with an empty app"
+    )
+    args = parser.parse_args()
+    binary = ensure_h2load()
+    sys.path.insert(0, str(REPO_ROOT))
+    with tempfile.TemporaryDirectory(prefix="sim-ceiling-") as scratch:
+        measure(binary, Path(scratch), args.requests, args.baseline)
 
 
 if __name__ == "__main__":

@@ -12,6 +12,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import BigInteger, DateTime, Integer, MetaData, event
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
@@ -61,6 +63,13 @@ class UtcDateTime(TypeDecorator[datetime]):
 
 
 JsonValue = JSON(none_as_null=True)
+
+
+def insert_ignoring_conflicts(session: AsyncSession, table: Any, *, index: list[str]) -> Any:
+    """`INSERT ... ON CONFLICT (index) DO NOTHING` for the session's database."""
+    if session.get_bind().dialect.name == "postgresql":
+        return pg_insert(table).on_conflict_do_nothing(index_elements=index)
+    return sqlite_insert(table).on_conflict_do_nothing(index_elements=index)
 
 
 def utcnow() -> datetime:

@@ -65,6 +65,9 @@ _ERROR_KINDS: dict[int, str] = {
     92: "HTTP/2 stream reset or refused (GOAWAY)",
 }
 
+# Errors after which an origin counts as cold again: the next request to it probes alone.
+_CONNECTION_ERRORS = frozenset({7, 16, 35, 52, 55, 56, 92})
+
 # Sent first in every header list: an empty value removes libcurl's default header, and a caller's
 # own header of the same name still wins. libcurl would otherwise add `Accept: */*`, a form
 # content type to every POST, and `Expect: 100-continue` to large HTTP/1.1 bodies (a 1 s stall).
@@ -119,10 +122,23 @@ class _Batch:
             self.future.set_result(self.results)
 
 
+_Queued = tuple[_Batch, int, HttpRequest, str]  # a request waiting to start, with its origin
+
+
 class _Transfer:
     """A pooled easy handle with its response buffers (a new handle costs ~30 setopt calls)."""
 
-    __slots__ = ("batch", "body_chunks", "curl", "header_lines", "headers", "index", "odd_method")
+    __slots__ = (
+        "batch",
+        "body_chunks",
+        "curl",
+        "header_lines",
+        "headers",
+        "index",
+        "odd_method",
+        "origin",
+        "probe",
+    )
 
     def __init__(self, options: Sequence[tuple[int, Any]]) -> None:
         self.curl = pycurl.Curl()
@@ -137,6 +153,8 @@ class _Transfer:
         self.odd_method = False  # CUSTOMREQUEST or NOBODY set by the previous request
         self.batch: _Batch | None = None
         self.index = 0
+        self.origin = ""
+        self.probe = False  # the first request to a cold origin, sent alone
 
     def prepare(self, request: HttpRequest) -> None:
         curl = self.curl
@@ -230,7 +248,15 @@ class Http2Client:
         # libcurl holds ~22 KiB and its timeout clock starts. Twice one host's capacity lets two
         # hosts (APNs and FCM in one worker) run at full speed.
         self._max_in_flight = 2 * max_connections_per_host * max_concurrent_streams
-        self._backlog: deque[tuple[_Batch, int, HttpRequest]] = deque()
+        self._backlog: deque[_Queued] = deque()
+        # Slow start per origin ("https://host:port"). Until the server's first SETTINGS frame
+        # arrives libcurl assumes 100 streams per connection and opens that many at once; a
+        # server allowing fewer (APNs allows 1 until it has checked the token) refuses the rest,
+        # and libcurl then drops the connection and retries on new ones: measured against a
+        # 10-stream server, 200 requests opened 9 connections and 19 failed after 5 retries.
+        # So the first request to a cold origin goes alone and the others wait for its answer.
+        self._warm: set[str] = set()
+        self._probing: dict[str, list[_Queued]] = {}  # cold origin -> requests waiting
         self._idle: list[_Transfer] = []
         self._active: dict[Any, _Transfer] = {}  # pycurl.Curl -> its transfer
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -258,11 +284,22 @@ class Http2Client:
         if not requests:
             return []
         batch = _Batch(loop.create_future(), len(requests))
+        active = self._active
+        warm = self._warm
         for index, request in enumerate(requests):
-            if len(self._active) < self._max_in_flight:
-                self._start(batch, index, request)
+            url = request.url
+            end = url.find("/", 8)  # past "https://"
+            origin = url if end < 0 else url[:end]
+            if origin in warm:
+                if len(active) < self._max_in_flight:
+                    self._start(batch, index, request, origin)
+                else:
+                    self._backlog.append((batch, index, request, origin))
+            elif origin in self._probing:
+                self._probing[origin].append((batch, index, request, origin))
             else:
-                self._backlog.append((batch, index, request))
+                self._probing[origin] = []
+                self._start(batch, index, request, origin, probe=True)
         try:
             return await batch.future
         except asyncio.CancelledError:
@@ -283,9 +320,11 @@ class Http2Client:
             multi.remove_handle(curl)
             if transfer.batch is not None:
                 transfer.batch.settle(transfer.index, error)
-        while self._backlog:
-            batch, index, _ = self._backlog.popleft()
-            batch.settle(index, error)
+        for waiting in [self._backlog, *self._probing.values()]:
+            for batch, index, _, _ in waiting:
+                batch.settle(index, error)
+        self._backlog.clear()
+        self._probing.clear()
         for transfer in [*self._active.values(), *self._idle]:
             transfer.curl.close()
         self._active.clear()
@@ -294,7 +333,9 @@ class Http2Client:
         for fd in list(self._watched):
             self._on_socket(_POLL_REMOVE, fd, None, None)
 
-    def _start(self, batch: _Batch, index: int, request: HttpRequest) -> None:
+    def _start(
+        self, batch: _Batch, index: int, request: HttpRequest, origin: str, probe: bool = False
+    ) -> None:
         transfer = self._idle.pop() if self._idle else _Transfer(self._handle_options)
         try:
             transfer.prepare(request)
@@ -302,10 +343,23 @@ class Http2Client:
         except (pycurl.error, TypeError, ValueError) as exc:
             self._idle.append(transfer)
             batch.settle(index, TransportError(f"invalid request ({request.url}): {exc}"))
+            if probe:
+                self._end_probe(origin, warm=False)
             return
         transfer.batch = batch
         transfer.index = index
+        transfer.origin = origin
+        transfer.probe = probe
         self._active[transfer.curl] = transfer
+
+    def _end_probe(self, origin: str, *, warm: bool) -> None:
+        # After an answer libcurl knows the server's stream limit: release the waiting requests.
+        # After a failure release them too, each to meet its own fate (probing them one by one
+        # would take their number times the connect timeout against an unreachable host); the
+        # origin stays cold, so the next new request probes again.
+        if warm:
+            self._warm.add(origin)
+        self._backlog.extendleft(reversed(self._probing.pop(origin, [])))
 
     def _abandon(self, batch: _Batch) -> None:
         # The caller was cancelled: stop its transfers so they hold no stream slot.
@@ -314,6 +368,9 @@ class Http2Client:
                 self._release(curl, transfer)
         if any(queued[0] is batch for queued in self._backlog):
             self._backlog = deque(queued for queued in self._backlog if queued[0] is not batch)
+        for origin, waiting in self._probing.items():
+            self._probing[origin] = [queued for queued in waiting if queued[0] is not batch]
+        self._refill()
 
     def _release(self, curl: Any, transfer: _Transfer) -> None:
         del self._active[curl]
@@ -321,6 +378,10 @@ class Http2Client:
         transfer.header_lines.clear()
         transfer.body_chunks.clear()
         transfer.batch = None
+        if transfer.probe:
+            transfer.probe = False
+            if transfer.origin in self._probing:  # not when the probe was abandoned
+                self._end_probe(transfer.origin, warm=False)
         self._idle.append(transfer)
 
     # --- libcurl <-> asyncio: libcurl says which sockets and when to wake it, the loop does it.
@@ -393,6 +454,9 @@ class Http2Client:
                 response = HttpResponse(
                     curl.getinfo(pycurl.RESPONSE_CODE), _parse_headers(transfer.header_lines), body
                 )
+                if transfer.probe:
+                    transfer.probe = False
+                    self._end_probe(transfer.origin, warm=True)
                 self._release(curl, transfer)
                 if batch is not None:
                     batch.settle(index, response)
@@ -403,11 +467,16 @@ class Http2Client:
                 kind = _ERROR_KINDS.get(code, "transport error")
                 url = curl.getinfo(pycurl.EFFECTIVE_URL)
                 error = TransportError(f"{kind}: {message} ({url})", curl_code=code)
+                if code in _CONNECTION_ERRORS:
+                    self._warm.discard(transfer.origin)
                 self._release(curl, transfer)
                 if batch is not None:
                     batch.settle(index, error)
             if not queued:
                 break
+        self._refill()
+
+    def _refill(self) -> None:
         backlog = self._backlog
-        while backlog and len(active) < self._max_in_flight:
+        while backlog and len(self._active) < self._max_in_flight:
             self._start(*backlog.popleft())

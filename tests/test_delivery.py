@@ -294,7 +294,7 @@ class TestFcm:
             time_to_live=120,
         )
         state = await wait_for_send(api, android_app, send_token)
-        assert state["sent"] == 1
+        assert state["sent"] == 1, state["last_errors"]
         message = received(sim_control, "fcm", token)["messages"][-1]["payload"]["message"]
         assert message["token"] == token
         data = message["data"]

@@ -91,6 +91,16 @@ class EchoServer:
             process.wait(5)
         except ProcessLookupError:
             process.wait(5)
+        # The worker process may outlive the main one for a moment, still listening: a restart
+        # must not take its answers for the new server's.
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
+            except OSError:
+                return
+            time.sleep(0.05)
+        raise RuntimeError("granian still listening 5 s after being stopped")
 
 
 @contextmanager

@@ -6,11 +6,10 @@ import re
 from datetime import UTC, datetime
 
 from sqlalchemy import select, update
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from clarion.apps.service import AppAccess
-from clarion.db import utcnow
+from clarion.db import insert_ignoring_conflicts, utcnow
 from clarion.delivery.models import Send
 from clarion.devices.models import Installation
 from clarion.devices.schemas import (
@@ -187,21 +186,27 @@ async def record_inapp(
 
 
 async def _get_or_create(session: AsyncSession, *, app_id: int, install_id: str) -> Installation:
+    # ON CONFLICT DO NOTHING makes two racing first registrations safe without a savepoint
+    # (pysqlite's legacy transaction mode would commit at the outermost RELEASE SAVEPOINT).
     query = select(Installation).where(
         Installation.app_id == app_id, Installation.install_id == install_id
     )
     installation = await session.scalar(query)
     if installation is not None:
         return installation
-    installation = Installation(app_id=app_id, install_id=install_id)
-    try:
-        async with session.begin_nested():
-            session.add(installation)
-    except IntegrityError:
-        # Two first registrations raced; the other one won, so update that row.
-        found = await session.scalar(query)
-        assert found is not None
-        return found
+    now = utcnow()
+    await session.execute(
+        insert_ignoring_conflicts(session, Installation, index=["app_id", "install_id"]).values(
+            app_id=app_id,
+            install_id=install_id,
+            is_dev=False,
+            push_optin=False,
+            created_at=now,
+            last_seen_at=now,
+        )
+    )
+    installation = await session.scalar(query)
+    assert installation is not None
     return installation
 
 

@@ -74,44 +74,58 @@ def new_apns_id() -> str:
     return f"{_ID_PREFIX}{next(_id_counter):012x}"
 
 
-def error(status: int, reason: str, now: float, retry_after: int | None = None) -> Reply:
+def error(
+    status: int, reason: str, *, retry_after: int | None = None, timestamp_ms: int | None = None
+) -> Reply:
     headers = [JSON_TYPE, ("apns-id", new_apns_id())]
     if retry_after is not None:
         headers.append(("retry-after", str(retry_after)))
     document: dict[str, object] = {"reason": reason}
-    if status == 410:
-        document["timestamp"] = int(now * 1000)
+    if timestamp_ms is not None:
+        document["timestamp"] = timestamp_ms  # when the token stopped being valid (410 only)
     return Reply(status, headers, orjson.dumps(document))
 
 
 def failure(status: int, reason: str | None, retry_after: int | None) -> Reply:
     """An injected fault (random or forced) in APNs's words."""
     reason = reason or _DEFAULT_REASONS.get(status, "InternalServerError")
-    return error(status, reason, time.time(), retry_after)
+    timestamp_ms = int(time.time() * 1000) if status == 410 else None
+    return error(status, reason, retry_after=retry_after, timestamp_ms=timestamp_ms)
 
 
-class ProviderTokens:
-    """Verdicts on provider tokens, each distinct JWT string verified once.
+class Verdicts:
+    """Cached verdicts, so each distinct provider token and device token is checked once.
 
-    Apple asks providers to reuse a token for up to an hour, so at 30,000 pushes/s nearly every
-    request carries a JWT already seen; an ES256 verification costs about 100 µs.
+    Apple asks providers to reuse a provider token for up to an hour, so at 30,000 pushes/s
+    nearly every request carries a JWT already seen; an ES256 verification costs about 100 µs.
     """
 
     def __init__(self, keys: dict[str, ApnsKey]) -> None:
         self._keys = keys
-        self._verdicts: dict[str, tuple[ApnsKey | None, str, float]] = {}
+        self._provider_tokens: dict[str, tuple[ApnsKey | None, str, float]] = {}
+        self._device_tokens: set[str] = set()
 
-    def check(self, token: str, now: float) -> tuple[ApnsKey | None, str]:
+    def provider_key(self, token: str, now: float) -> tuple[ApnsKey | None, str]:
         """The key that signed `token`, or None and the reason to reject it."""
-        verdict = self._verdicts.get(token)
+        verdict = self._provider_tokens.get(token)
         if verdict is None:
-            if len(self._verdicts) >= CACHE_LIMIT:
-                self._verdicts.clear()
-            verdict = self._verdicts[token] = self._verify(token, now)
+            if len(self._provider_tokens) >= CACHE_LIMIT:
+                self._provider_tokens.clear()
+            verdict = self._provider_tokens[token] = self._verify(token, now)
         key, reason, expires_at = verdict
         if now >= expires_at:
             return None, "ExpiredProviderToken"
         return key, reason
+
+    def is_device_token(self, token: str) -> bool:
+        if token in self._device_tokens:
+            return True
+        if _DEVICE_TOKEN.fullmatch(token) is None:
+            return False
+        if len(self._device_tokens) >= CACHE_LIMIT:
+            self._device_tokens.clear()
+        self._device_tokens.add(token)
+        return True
 
     def _verify(self, token: str, now: float) -> tuple[ApnsKey | None, str, float]:
         invalid = (None, "InvalidProviderToken", math.inf)
@@ -146,59 +160,44 @@ def topic_allowed(topic: str, topics: tuple[str, ...]) -> bool:
 
 def handle_push(
     service: ServiceState,
-    tokens: ProviderTokens,
+    verdicts: Verdicts,
     device_token: str,
     headers: Headers,
     body: bytes,
     now: float,
 ) -> Reply:
+    # Every header read is a call into granian (~0.3 µs): read only what the contract checks.
     authorization = headers.get("authorization")
     if not authorization or authorization[:7].lower() != "bearer ":
-        return error(403, "MissingProviderToken", now)
-    key, reason = tokens.check(authorization[7:], now)
+        return error(403, "MissingProviderToken")
+    key, reason = verdicts.provider_key(authorization[7:], now)
     if key is None:
-        return error(403, reason, now)
+        return error(403, reason)
     topic = headers.get("apns-topic")
     if not topic:
-        return error(400, "MissingTopic", now)
-    if not topic_allowed(topic, key.topics):
-        return error(400, "TopicDisallowed", now)
-    if _DEVICE_TOKEN.fullmatch(device_token) is None:
-        return error(400, "BadDeviceToken", now)
+        return error(400, "MissingTopic")
+    if key.topics and topic not in key.topics and not topic_allowed(topic, key.topics):
+        return error(400, "TopicDisallowed")
+    if not verdicts.is_device_token(device_token):
+        return error(400, "BadDeviceToken")
     push_type = headers.get("apns-push-type")
     if push_type is not None and push_type not in _PUSH_TYPES:
-        return error(400, "InvalidPushType", now)
+        return error(400, "InvalidPushType")
     priority = headers.get("apns-priority")
     if priority is not None and priority not in _PRIORITIES:
-        return error(400, "BadPriority", now)
-    expiration = headers.get("apns-expiration")
-    if expiration is not None and not expiration.isdigit():
-        return error(400, "BadExpirationDate", now)
-    collapse_id = headers.get("apns-collapse-id")
-    if collapse_id is not None and len(collapse_id.encode()) > 64:
-        return error(400, "BadCollapseId", now)
+        return error(400, "BadPriority")
     if not body:
-        return error(400, "PayloadEmpty", now)
+        return error(400, "PayloadEmpty")
     if len(body) > MAX_PAYLOAD:
-        return error(413, "PayloadTooLarge", now)
+        return error(413, "PayloadTooLarge")
     if service.forced:
         forced: ForcedFailure | None = service.take_forced(device_token)
         if forced is not None:
             return failure(forced.status, forced.reason, forced.retry_after)
     if device_token in service.dead:
-        return error(410, "Unregistered", service.dead[device_token] / 1000)
-    apns_id = headers.get("apns-id")
-    # Only the APNs headers already read are kept: copying all headers costs a few µs a push.
-    kept = (
-        ("apns-topic", topic),
-        ("apns-push-type", push_type),
-        ("apns-priority", priority),
-        ("apns-expiration", expiration),
-        ("apns-collapse-id", collapse_id),
-        ("apns-id", apns_id),
-    )
-    service.record(device_token, kept, body, now)
-    return Reply(200, [("apns-id", apns_id or new_apns_id())], b"")
+        return error(410, "Unregistered", timestamp_ms=service.dead[device_token])
+    service.record(device_token, headers, body, now)
+    return Reply(200, [("apns-id", headers.get("apns-id") or new_apns_id())], b"")
 
 
 def issue_key(registry: Registry, team_id: str | None, topics: list[str]) -> dict[str, str]:

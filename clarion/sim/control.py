@@ -77,7 +77,7 @@ def _messages(service: ServiceState, token: str) -> Reply:
         return json_reply(200, {"count": 0, "messages": []})
     messages = [
         {
-            "headers": {k: v for k, v in m.headers if v is not None},
+            "headers": dict(m.headers.items()),
             "payload": decode_payload(m.body),
             "received_at": m.received_at,
         }

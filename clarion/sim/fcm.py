@@ -153,7 +153,7 @@ def handle_send(sim: SimState, project_id: str, headers: Headers, body: bytes, n
         return error(404)
     if document.get("validate_only") is True:
         return json_reply(200, {"name": f"projects/{project_id}/messages/fake_message_id"})
-    service.record(token, tuple(headers.items()), body, now)
+    service.record(token, headers, body, now)
     return json_reply(200, {"name": f"projects/{project_id}/messages/{sim.next_id()}"})
 
 

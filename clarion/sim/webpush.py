@@ -141,7 +141,7 @@ def handle_push(
     # http_ece raises its own, cryptography's and struct's errors; any of them means undecryptable.
     except Exception:
         return error(400, "Body could not be decrypted")
-    service.record(subscription_id, tuple(headers.items()), plaintext, now)
+    service.record(subscription_id, headers, plaintext, now)
     location = f"{origin}{PATH_PREFIX}{subscription_id}/messages/{sim.next_id()}"
     return Reply(201, [("location", location), ("ttl", headers.get("ttl"))], b"")
 

@@ -52,16 +52,21 @@ async def send_transactional(
 
 
 async def describe_send(session: AsyncSession, *, access: AppAccess, token: str) -> SendRead:
-    send = await session.scalar(
-        select(Send).where(Send.token == token, Send.app_id == access.app.id)
+    found = await session.scalar(
+        select(Send.id).where(Send.token == token, Send.app_id == access.app.id)
     )
-    if send is None:
+    if found is None:
         raise NotFoundError(f"no transactional send {token!r}")
+    # Pending batches first, then the counters: a batch is marked done in the same commit that
+    # bumps the counters, so this order never shows "nothing pending" with stale counters, even
+    # where each SELECT sees its own snapshot (SQLite outside a transaction).
     pending = await session.scalar(
         select(func.count())
         .select_from(DeliveryBatch)
-        .where(DeliveryBatch.send_id == send.id, DeliveryBatch.status != BatchStatus.DONE.value)
+        .where(DeliveryBatch.send_id == found, DeliveryBatch.status != BatchStatus.DONE.value)
     )
+    send = await session.get(Send, found, populate_existing=True)
+    assert send is not None
     errors = await session.scalars(
         select(PushEvent)
         .where(

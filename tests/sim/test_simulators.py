@@ -250,6 +250,12 @@ class TestApns:
         answer = h2.post(path, headers=sent, json=APNS_BODY)
         assert (answer.status_code, answer.json()["reason"]) == (status, reason)
 
+    def test_needs_a_post_with_a_body(self, h2: httpx.Client, apns_key: ApnsKey) -> None:
+        answer = h2.get(apns_path(), headers=apns_key.headers())
+        assert (answer.status_code, answer.json()["reason"]) == (405, "MethodNotAllowed")
+        answer = h2.post(apns_path(), headers=apns_key.headers(), content=b"")
+        assert (answer.status_code, answer.json()["reason"]) == (400, "PayloadEmpty")
+
     def test_accepts_topic_suffixes_of_a_listed_bundle(
         self, h2: httpx.Client, apns_key: ApnsKey
     ) -> None:

@@ -29,6 +29,7 @@ class SimulatorHandle:
     base_url: str
     ca_file: Path
     state_dir: Path
+    pid: int | None = None  # also the id of its process group (granian's main + worker)
 
     def ssl_context(self) -> ssl.SSLContext:
         return ssl.create_default_context(cafile=str(self.ca_file))
@@ -80,7 +81,6 @@ def running_simulator(
     `command_prefix` wraps the command, e.g. `("taskset", "-c", "0")` for benchmarks.
     """
     port = port or free_port()
-    handle = SimulatorHandle(f"https://127.0.0.1:{port}", state_dir / "ca.pem", state_dir)
     command = [
         *command_prefix,
         sys.executable,
@@ -98,6 +98,8 @@ def running_simulator(
         process = subprocess.Popen(
             command, cwd=REPO_ROOT, stdout=output, stderr=subprocess.STDOUT, start_new_session=True
         )
+        url = f"https://127.0.0.1:{port}"
+        handle = SimulatorHandle(url, state_dir / "ca.pem", state_dir, process.pid)
         try:
             deadline = time.monotonic() + START_TIMEOUT
             while not _answers(handle):

@@ -1,0 +1,202 @@
+"""Transactional API on the embedded default (SQLite, workers in the same process).
+
+Starts `clarion serve` exactly as `make run` would (one process: API + workers), wired to the
+simulators, registers one device and fires single-recipient sends at it:
+- throughput: h2load over HTTP/1.1 keep-alive, N sends, C connections: accepted sends/s (201s);
+- latency: a steady stream well below saturation, accepted -> delivered per send, from the event
+  log (push_sent time minus the send's creation time): p50 / p95.
+The API process runs on CPU 0; the simulator and the load generator share CPU 1.
+
+    .venv/bin/python -m bench.transactional_api --sends 20000 --connections 32
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+
+from bench.common import h2load, pin, report, simulator
+
+API_PORT = int(os.environ.get("CLARION_BENCH_API_PORT", "18000"))
+TOPIC = "com.example.bench"
+
+
+def start_api(tmp: Path, sim_url: str, ca: Path) -> subprocess.Popen[bytes]:
+    env = {
+        **os.environ,
+        "CLARION_VAR_DIR": str(tmp),
+        "CLARION_APNS_PRODUCTION_URL": sim_url,
+        "CLARION_APNS_SANDBOX_URL": sim_url,
+        "CLARION_PROVIDER_CA_FILE": str(ca),
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "clarion.cli", "serve", "--port", str(API_PORT)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            httpx.get(f"http://127.0.0.1:{API_PORT}/docs")
+            break
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    pin(0, proc.pid)
+    return proc
+
+
+def provision(tmp: Path, sim_url: str, ca: Path) -> dict[str, str]:
+    env = {**os.environ, "CLARION_VAR_DIR": str(tmp)}
+    created = json.loads(
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "clarion.cli",
+                "apps",
+                "create",
+                "--name",
+                "bench",
+                "--platform",
+                "ios",
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    )
+    key = httpx.post(f"{sim_url}/_sim/apns/keys", json={"topics": [TOPIC]}, verify=str(ca)).json()
+    api = f"http://127.0.0.1:{API_PORT}"
+    headers = {"X-Authorization": created["rest_api_key"]}
+    httpx.put(
+        f"{api}/admin/v1/apps/{created['id']}/credentials/apns",
+        headers=headers,
+        json={
+            "key_id": key["key_id"],
+            "team_id": key["team_id"],
+            "private_key": key["private_key_pem"],
+            "topic": TOPIC,
+        },
+    ).raise_for_status()
+    httpx.put(
+        f"{api}/sdk/v1/{created['api_key']}/installations/bench-device",
+        json={"push_token": "ab" * 32, "custom_id": "bench-user", "push_optin": True},
+    ).raise_for_status()
+    return created
+
+
+def latencies(db: Path, since: str) -> list[float]:
+    with sqlite3.connect(db) as conn:
+        rows = conn.execute(
+            "SELECT s.created_at, e.occurred_at FROM sends s JOIN push_events e "
+            "ON e.send_token = s.token AND e.kind = 'push_sent' WHERE s.created_at > ?",
+            (since,),
+        ).fetchall()
+    return [
+        (datetime.fromisoformat(done) - datetime.fromisoformat(created)).total_seconds() * 1000
+        for created, done in rows
+    ]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--sends", type=int, default=20_000)
+    parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--steady-rate", type=int, default=200, help="sends/s for the latency run")
+    args = parser.parse_args()
+
+    with (
+        tempfile.TemporaryDirectory() as tmp_name,
+        simulator(Path(tmp_name) / "sim", cpu=1) as (
+            sim_url,
+            ca,
+        ),
+    ):
+        tmp = Path(tmp_name)
+        provision_env_db = tmp / "clarion.db"
+        api_proc = start_api(tmp, sim_url, ca)
+        try:
+            created = provision(tmp, sim_url, ca)
+            pin(1)
+            body = tmp / "send.json"
+            body.write_text(
+                json.dumps(
+                    {
+                        "group_id": "bench",
+                        "recipients": {"custom_ids": ["bench-user"]},
+                        "message": {"title": "Bench", "body": "Hello"},
+                    }
+                )
+            )
+            url = f"http://127.0.0.1:{API_PORT}/1.1/{created['api_key']}/transactional/send"
+            result = h2load(
+                [
+                    "--h1",
+                    "-n",
+                    str(args.sends),
+                    "-c",
+                    str(args.connections),
+                    "-d",
+                    str(body),
+                    "-H",
+                    f"X-Authorization: {created['rest_api_key']}",
+                    "-H",
+                    "Content-Type: application/json",
+                    url,
+                ]
+            )
+            status_line = next(
+                ln for ln in result["output"].splitlines() if ln.startswith("status codes")
+            )
+
+            # Let the workers drain, then measure latency on a steady stream.
+            time.sleep(5)
+            # SQLite keeps UTC timestamps as "YYYY-MM-DD HH:MM:SS.ffffff" text.
+            since = datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
+            steady = min(2000, args.steady_rate * 10)
+            with httpx.Client(headers={"X-Authorization": created["rest_api_key"]}) as client:
+                started = time.monotonic()
+                for n in range(steady):
+                    client.post(
+                        url, content=body.read_bytes(), headers={"Content-Type": "application/json"}
+                    )
+                    delay = started + (n + 1) / args.steady_rate - time.monotonic()
+                    if delay > 0:
+                        time.sleep(delay)
+            time.sleep(3)
+            lat = sorted(latencies(provision_env_db, since))
+        finally:
+            os.killpg(api_proc.pid, 15)
+            api_proc.wait(timeout=15)
+
+    report(
+        "transactional_api",
+        {
+            "sends": args.sends,
+            "connections": args.connections,
+            "accepted_per_s": result["req_per_s"],
+            "h2load_status_codes": status_line,
+            "latency_sends": len(lat),
+            "steady_rate_per_s": args.steady_rate,
+            "accepted_to_delivered_ms_p50": round(statistics.median(lat), 1) if lat else None,
+            "accepted_to_delivered_ms_p95": round(lat[int(len(lat) * 0.95)], 1) if lat else None,
+        },
+    )
+
+
+if __name__ == "__main__":
+    main()
