@@ -19,7 +19,7 @@ import psycopg
 
 ROOT = Path(__file__).resolve().parent.parent
 PG_ADMIN = os.environ.get("CLARION_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
-SIM_PORT = int(os.environ.get("CLARION_BENCH_SIM_PORT", "18443"))
+SIM_PORT = int(os.environ.get("CLARION_BENCH_SIM_PORT", "18643"))
 
 
 def rss_mb(pid: int | None = None) -> float:

@@ -9,7 +9,7 @@ import asyncio
 import logging
 import ssl
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -94,15 +94,46 @@ def _system_ca_options() -> list[tuple[int, str]]:
 def _parse_headers(lines: list[bytes]) -> dict[str, str]:
     headers: dict[str, str] = {}
     for line in lines:
-        name, colon, value = line.partition(b":")
+        name, colon, value = line.decode("latin-1").partition(":")
         if colon:
-            key = name.strip().lower().decode("latin-1")
-            text = value.strip().decode("latin-1")
-            previous = headers.get(key)
-            headers[key] = text if previous is None else f"{previous}, {text}"
+            key = name.strip().lower()
+            value = value.strip()
+            if key in headers:
+                headers[key] += ", " + value
+            else:
+                headers[key] = value
         elif line.startswith(b"HTTP/"):
             headers = {}  # a new response begins (after a 1xx): keep the final one only
     return headers
+
+
+class _Headers(Mapping[str, str]):
+    """Response headers, parsed on first use: ~2 µs a response that most callers never spend
+    (an APNs 200 is read for its status alone)."""
+
+    __slots__ = ("_lines", "_parsed")
+
+    def __init__(self, lines: list[bytes]) -> None:
+        self._lines = lines
+        self._parsed: dict[str, str] | None = None
+
+    def _dict(self) -> dict[str, str]:
+        if self._parsed is None:
+            self._parsed = _parse_headers(self._lines)
+            self._lines = []
+        return self._parsed
+
+    def __getitem__(self, name: str) -> str:
+        return self._dict()[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._dict())
+
+    def __len__(self) -> int:
+        return len(self._dict())
+
+    def __repr__(self) -> str:
+        return repr(self._dict())
 
 
 class _Batch:
@@ -450,9 +481,10 @@ class Http2Client:
                 transfer = active[curl]
                 batch = transfer.batch
                 index = transfer.index
-                body = b"".join(transfer.body_chunks)
                 response = HttpResponse(
-                    curl.getinfo(pycurl.RESPONSE_CODE), _parse_headers(transfer.header_lines), body
+                    curl.getinfo(pycurl.RESPONSE_CODE),
+                    _Headers(transfer.header_lines[:]),  # the list is cleared for the next request
+                    b"".join(transfer.body_chunks),
                 )
                 if transfer.probe:
                     transfer.probe = False

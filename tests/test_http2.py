@@ -308,9 +308,14 @@ async def test_plain_http_falls_back_to_http1(plain_echo: EchoServer) -> None:
 
 
 async def test_refused_connection_raises_transport_error(client: Http2Client) -> None:
+    url = f"https://127.0.0.1:{_free_port()}/"
     with pytest.raises(TransportError, match="connection failed") as caught:
-        await client.request(HttpRequest("GET", f"https://127.0.0.1:{_free_port()}/", ()))
+        await client.request(HttpRequest("GET", url, ()))
     assert caught.value.curl_code == 7
+
+    # The requests held back while the first one probed the origin fail too, not hang.
+    results = await asyncio.wait_for(client.request_many([HttpRequest("GET", url, ())] * 50), 5)
+    assert all(isinstance(r, TransportError) and r.curl_code == 7 for r in results)
 
 
 async def test_untrusted_certificate_raises_transport_error(echo: EchoServer) -> None:

@@ -344,7 +344,19 @@ async def resolve_recipients(
     """
     wanted = batch.recipients
     by_token: dict[str, Recipient] = {}
-    base = select(Installation).where(
+    # Plain column rows, not ORM objects: ~10x cheaper per row, and a batch has 1,000 of them.
+    columns = (
+        Installation.id,
+        Installation.push_token,
+        Installation.install_id,
+        Installation.custom_id,
+        Installation.advertising_id,
+        Installation.language,
+        Installation.webpush_p256dh,
+        Installation.webpush_auth,
+        Installation.is_dev,
+    )
+    base = select(*columns).where(
         Installation.app_id == app.id, Installation.push_token.is_not(None)
     )
     targeted = base.where(Installation.push_optin.is_(True), Installation.is_dev.is_(send.dev_only))
@@ -355,25 +367,36 @@ async def resolve_recipients(
         queries.append(targeted.where(Installation.install_id.in_(wanted["install_ids"])))
     if wanted.get("installations"):
         queries.append(base.where(Installation.id.in_(wanted["installations"])))
-    if wanted.get("tokens"):
-        queries.append(base.where(Installation.push_token.in_(wanted["tokens"])))
+    raw_tokens = set(wanted.get("tokens", ()))
+    if raw_tokens:
+        queries.append(base.where(Installation.push_token.in_(raw_tokens)))
+    ios = app.platform == "ios"
     for query in queries:
-        for inst in await session.scalars(query):
-            assert inst.push_token is not None
-            by_token[inst.push_token] = Recipient(
-                token=inst.push_token,
-                installation_id=inst.id,
-                install_id=inst.install_id,
-                custom_id=inst.custom_id,
-                advertising_id=inst.advertising_id,
-                language=inst.language,
-                p256dh=inst.webpush_p256dh,
-                auth=inst.webpush_auth,
+        for (
+            pk,
+            token,
+            install_id,
+            custom_id,
+            ad_id,
+            lang,
+            p256dh,
+            auth,
+            is_dev,
+        ) in await session.execute(query):
+            assert token is not None  # the queries select installations with a token
+            by_token[token] = Recipient(
+                token=token,
+                installation_id=pk,
+                install_id=install_id,
+                custom_id=custom_id,
+                advertising_id=ad_id,
+                language=lang,
+                p256dh=p256dh,
+                auth=auth,
                 # Debug builds register with APNs' sandbox; so do raw tokens sent with sandbox.
-                sandbox=inst.is_dev
-                or (send.sandbox and inst.push_token in wanted.get("tokens", ())),
+                sandbox=ios and (is_dev or (send.sandbox and token in raw_tokens)),
             )
-    for token in wanted.get("tokens", ()):
+    for token in raw_tokens:
         if token not in by_token:
-            by_token[token] = Recipient(token=token, sandbox=send.sandbox)
+            by_token[token] = Recipient(token=token, sandbox=ios and send.sandbox)
     return list(by_token.values())

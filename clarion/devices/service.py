@@ -21,6 +21,7 @@ from clarion.devices.schemas import (
 from clarion.errors import MalformedParameterError, NotFoundError
 from clarion.events.models import PushEventKind
 from clarion.events.service import (
+    PushEventRow,
     push_event_row,
     record_inapp_events,
     record_push_events,
@@ -145,18 +146,24 @@ async def record_push_open(
         select(Send).where(Send.token == data.send_id, Send.app_id == access.app.id)
     )
     now = utcnow()
-    row = _event_for(
-        installation, access.app.platform, PushEventKind.OPENED, _past_or_now(data.occurred_at, now)
-    )
-    if send is not None:
-        row |= {
-            "send_token": send.token if send.campaign_token is None else None,
-            "group_id": send.group_id,
-            "campaign_token": send.campaign_token,
-        }
-    else:
+    attribution: dict[str, str | None]
+    if send is None:
         # Unknown send ids are still worth counting (a campaign of another system, say).
-        row["send_token"] = data.send_id
+        attribution = {"send_token": data.send_id}
+    elif send.campaign_token is not None:
+        attribution = {"campaign_token": send.campaign_token, "group_id": send.group_id}
+    else:
+        attribution = {"send_token": send.token, "group_id": send.group_id}
+    row = push_event_row(
+        app_id=installation.app_id,
+        kind=PushEventKind.OPENED,
+        occurred_at=_past_or_now(data.occurred_at, now),
+        platform=access.app.platform,
+        install_id=installation.install_id,
+        custom_id=installation.custom_id,
+        advertising_id=installation.advertising_id,
+        **attribution,
+    )
     await record_push_events(session, [row])
     installation.last_seen_at = now
 
@@ -235,7 +242,7 @@ async def _assign_token(
 
 def _event_for(
     installation: Installation, platform: str, kind: PushEventKind, at: datetime
-) -> dict[str, object]:
+) -> PushEventRow:
     return push_event_row(
         app_id=installation.app_id,
         kind=kind,

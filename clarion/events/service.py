@@ -9,9 +9,24 @@ from typing import Any
 from sqlalchemy import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from clarion.db import bulk_insert
 from clarion.events.models import InAppEvent, PushEvent, PushEventKind, TrackedEvent
 
-PushEventRow = dict[str, Any]
+PUSH_EVENT_COLUMNS = (
+    "app_id",
+    "kind",
+    "occurred_at",
+    "platform",
+    "install_id",
+    "custom_id",
+    "advertising_id",
+    "push_token",
+    "send_token",
+    "group_id",
+    "campaign_token",
+    "reason",
+)
+PushEventRow = tuple[Any, ...]  # in PUSH_EVENT_COLUMNS order
 
 
 def push_event_row(
@@ -29,25 +44,24 @@ def push_event_row(
     campaign_token: str | None = None,
     reason: str | None = None,
 ) -> PushEventRow:
-    return {
-        "app_id": app_id,
-        "kind": kind.value,
-        "occurred_at": occurred_at,
-        "platform": platform,
-        "install_id": install_id,
-        "custom_id": custom_id,
-        "advertising_id": advertising_id,
-        "push_token": push_token,
-        "send_token": send_token,
-        "group_id": group_id,
-        "campaign_token": campaign_token,
-        "reason": reason[:1024] if reason else reason,
-    }
+    return (
+        app_id,
+        kind.value,
+        occurred_at,
+        platform,
+        install_id,
+        custom_id,
+        advertising_id,
+        push_token,
+        send_token,
+        group_id,
+        campaign_token,
+        reason[:1024] if reason else reason,
+    )
 
 
 async def record_push_events(session: AsyncSession, rows: Sequence[PushEventRow]) -> None:
-    if rows:
-        await session.execute(insert(PushEvent), list(rows))
+    await bulk_insert(session, PushEvent.__tablename__, PUSH_EVENT_COLUMNS, rows)
 
 
 async def record_inapp_events(session: AsyncSession, rows: Sequence[dict[str, Any]]) -> None:

@@ -20,7 +20,7 @@ def control(simulator: SimulatorHandle) -> Iterator[httpx.Client]:
 
 
 @pytest.fixture(scope="session")
-def h2(simulator: SimulatorHandle) -> Iterator[httpx.Client]:
+def h2_client(simulator: SimulatorHandle) -> Iterator[httpx.Client]:
     with simulator.control_client(http2=True) as client:
         yield client
 

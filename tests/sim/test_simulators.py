@@ -3,7 +3,7 @@
 import base64
 import socket
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -103,9 +103,9 @@ class FcmProject:
 
 
 @pytest.fixture
-def fcm_project(control: httpx.Client, h2: httpx.Client) -> FcmProject:
+def fcm_project(control: httpx.Client, h2_client: httpx.Client) -> FcmProject:
     account = control.post("/_sim/fcm/service-accounts", json={}).json()
-    answer = h2.post(
+    answer = h2_client.post(
         "/token",
         data={"grant_type": JWT_BEARER, "assertion": service_account_assertion(account)},
     )
@@ -135,8 +135,7 @@ class WebPushSender:
         )
 
 
-@pytest.fixture
-def webpush_sender(control: httpx.Client) -> WebPushSender:
+def subscribe(control: httpx.Client) -> WebPushSender:
     vapid_key = ec.generate_private_key(ec.SECP256R1())
     public = vapid_key.public_key().public_bytes(
         serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint
@@ -147,6 +146,11 @@ def webpush_sender(control: httpx.Client) -> WebPushSender:
     assert answer.status_code == 201, answer.text
     body = answer.json()
     return WebPushSender(vapid_key, body["endpoint"], body["keys"]["p256dh"], body["keys"]["auth"])
+
+
+@pytest.fixture
+def webpush_sender(control: httpx.Client) -> WebPushSender:
+    return subscribe(control)
 
 
 def apns_path(token: str = DEVICE_TOKEN) -> str:
@@ -182,9 +186,9 @@ class TestTransport:
 
 class TestApns:
     def test_accepts_a_signed_push(
-        self, h2: httpx.Client, control: httpx.Client, apns_key: ApnsKey
+        self, h2_client: httpx.Client, control: httpx.Client, apns_key: ApnsKey
     ) -> None:
-        answer = h2.post(apns_path(), headers=apns_key.headers(), json=APNS_BODY)
+        answer = h2_client.post(apns_path(), headers=apns_key.headers(), json=APNS_BODY)
         assert answer.http_version == "HTTP/2"
         assert answer.status_code == 200
         assert answer.headers["apns-id"]
@@ -196,33 +200,38 @@ class TestApns:
         stats = control.get("/_sim/stats").json()["apns"]
         assert stats == {"requests": 1, "accepted": 1, "rejected": 0}
 
-    def test_echoes_the_callers_apns_id(self, h2: httpx.Client, apns_key: ApnsKey) -> None:
+    def test_echoes_the_callers_apns_id(self, h2_client: httpx.Client, apns_key: ApnsKey) -> None:
         apns_id = "3a8e7c4e-6b1f-4f0e-9a3b-0c2d7e5f1a2b"
         headers = apns_key.headers(**{"apns-id": apns_id})
-        assert h2.post(apns_path(), headers=headers, json=APNS_BODY).headers["apns-id"] == apns_id
+        assert (
+            h2_client.post(apns_path(), headers=headers, json=APNS_BODY).headers["apns-id"]
+            == apns_id
+        )
 
-    def test_rejects_a_bad_signature(self, h2: httpx.Client, apns_key: ApnsKey) -> None:
+    def test_rejects_a_bad_signature(self, h2_client: httpx.Client, apns_key: ApnsKey) -> None:
         forged = ApnsKey(
             apns_key.key_id, apns_key.team_id, private_pem(ec.generate_private_key(ec.SECP256R1()))
         )
         headers = apns_key.headers() | {"authorization": f"bearer {forged.token()}"}
-        answer = h2.post(apns_path(), headers=headers, json=APNS_BODY)
+        answer = h2_client.post(apns_path(), headers=headers, json=APNS_BODY)
         assert (answer.status_code, answer.json()) == (403, {"reason": "InvalidProviderToken"})
 
-    def test_rejects_an_unknown_key(self, h2: httpx.Client, apns_key: ApnsKey) -> None:
+    def test_rejects_an_unknown_key(self, h2_client: httpx.Client, apns_key: ApnsKey) -> None:
         token = apns_key.token(kid="UNKNOWN123")
         headers = apns_key.headers() | {"authorization": f"bearer {token}"}
-        answer = h2.post(apns_path(), headers=headers, json=APNS_BODY)
+        answer = h2_client.post(apns_path(), headers=headers, json=APNS_BODY)
         assert (answer.status_code, answer.json()) == (403, {"reason": "InvalidProviderToken"})
 
-    def test_rejects_a_stale_token(self, h2: httpx.Client, apns_key: ApnsKey) -> None:
+    def test_rejects_a_stale_token(self, h2_client: httpx.Client, apns_key: ApnsKey) -> None:
         token = apns_key.token(iat=int(time.time()) - 3601)
         headers = apns_key.headers() | {"authorization": f"bearer {token}"}
-        answer = h2.post(apns_path(), headers=headers, json=APNS_BODY)
+        answer = h2_client.post(apns_path(), headers=headers, json=APNS_BODY)
         assert (answer.status_code, answer.json()) == (403, {"reason": "ExpiredProviderToken"})
 
-    def test_requires_a_provider_token(self, h2: httpx.Client) -> None:
-        answer = h2.post(apns_path(), headers={"apns-topic": "com.example.app"}, json=APNS_BODY)
+    def test_requires_a_provider_token(self, h2_client: httpx.Client) -> None:
+        answer = h2_client.post(
+            apns_path(), headers={"apns-topic": "com.example.app"}, json=APNS_BODY
+        )
         assert (answer.status_code, answer.json()) == (403, {"reason": "MissingProviderToken"})
 
     @pytest.mark.parametrize(
@@ -238,7 +247,7 @@ class TestApns:
     )
     def test_rejects_malformed_requests(
         self,
-        h2: httpx.Client,
+        h2_client: httpx.Client,
         apns_key: ApnsKey,
         path: str,
         headers: dict[str, str | None],
@@ -247,44 +256,45 @@ class TestApns:
     ) -> None:
         merged = apns_key.headers() | headers
         sent = {k: v for k, v in merged.items() if v is not None}
-        answer = h2.post(path, headers=sent, json=APNS_BODY)
+        answer = h2_client.post(path, headers=sent, json=APNS_BODY)
         assert (answer.status_code, answer.json()["reason"]) == (status, reason)
 
-    def test_needs_a_post_with_a_body(self, h2: httpx.Client, apns_key: ApnsKey) -> None:
-        answer = h2.get(apns_path(), headers=apns_key.headers())
+    def test_needs_a_post_with_a_body(self, h2_client: httpx.Client, apns_key: ApnsKey) -> None:
+        answer = h2_client.get(apns_path(), headers=apns_key.headers())
         assert (answer.status_code, answer.json()["reason"]) == (405, "MethodNotAllowed")
-        answer = h2.post(apns_path(), headers=apns_key.headers(), content=b"")
+        answer = h2_client.post(apns_path(), headers=apns_key.headers(), content=b"")
         assert (answer.status_code, answer.json()["reason"]) == (400, "PayloadEmpty")
 
     def test_accepts_topic_suffixes_of_a_listed_bundle(
-        self, h2: httpx.Client, apns_key: ApnsKey
+        self, h2_client: httpx.Client, apns_key: ApnsKey
     ) -> None:
         headers = apns_key.headers("com.example.app.voip", **{"apns-push-type": "voip"})
-        assert h2.post(apns_path(), headers=headers, json=APNS_BODY).status_code == 200
+        assert h2_client.post(apns_path(), headers=headers, json=APNS_BODY).status_code == 200
 
-    def test_rejects_oversized_payloads(self, h2: httpx.Client, apns_key: ApnsKey) -> None:
+    def test_rejects_oversized_payloads(self, h2_client: httpx.Client, apns_key: ApnsKey) -> None:
         body = {"aps": {"alert": "x" * 4100}}
-        answer = h2.post(apns_path(), headers=apns_key.headers(), json=body)
+        answer = h2_client.post(apns_path(), headers=apns_key.headers(), json=body)
         assert (answer.status_code, answer.json()["reason"]) == (413, "PayloadTooLarge")
 
     def test_uninstalled_token_is_unregistered(
-        self, h2: httpx.Client, control: httpx.Client, apns_key: ApnsKey
+        self, h2_client: httpx.Client, control: httpx.Client, apns_key: ApnsKey
     ) -> None:
         before = int(time.time() * 1000)
         control.post(f"/_sim/apns/tokens/{DEVICE_TOKEN}/uninstall").raise_for_status()
-        answer = h2.post(apns_path(), headers=apns_key.headers(), json=APNS_BODY)
+        answer = h2_client.post(apns_path(), headers=apns_key.headers(), json=APNS_BODY)
         assert answer.status_code == 410
         assert answer.json()["reason"] == "Unregistered"
         assert before <= answer.json()["timestamp"] <= int(time.time() * 1000)
 
     def test_forced_failures_then_success(
-        self, h2: httpx.Client, control: httpx.Client, apns_key: ApnsKey
+        self, h2_client: httpx.Client, control: httpx.Client, apns_key: ApnsKey
     ) -> None:
         control.post(
             f"/_sim/apns/tokens/{DEVICE_TOKEN}/fail", json={"status": 503, "count": 2}
         ).raise_for_status()
         statuses = [
-            h2.post(apns_path(), headers=apns_key.headers(), json=APNS_BODY) for _ in range(3)
+            h2_client.post(apns_path(), headers=apns_key.headers(), json=APNS_BODY)
+            for _ in range(3)
         ]
         assert [a.status_code for a in statuses] == [503, 503, 200]
         assert statuses[0].json() == {"reason": "ServiceUnavailable"}
@@ -295,20 +305,31 @@ class TestApns:
         [(429, "TooManyRequests"), (500, "InternalServerError"), (503, "ServiceUnavailable")],
     )
     def test_random_faults(
-        self, h2: httpx.Client, control: httpx.Client, apns_key: ApnsKey, status: int, reason: str
+        self,
+        h2_client: httpx.Client,
+        control: httpx.Client,
+        apns_key: ApnsKey,
+        status: int,
+        reason: str,
     ) -> None:
         control.put("/_sim/apns/faults", json={"rates": {str(status): 1.0}}).raise_for_status()
-        answer = h2.post(apns_path(), headers=apns_key.headers(), json=APNS_BODY)
+        answer = h2_client.post(apns_path(), headers=apns_key.headers(), json=APNS_BODY)
         assert (answer.status_code, answer.json()) == (status, {"reason": reason})
         control.put("/_sim/apns/faults", json={"rates": {}}).raise_for_status()
-        assert h2.post(apns_path(), headers=apns_key.headers(), json=APNS_BODY).status_code == 200
+        assert (
+            h2_client.post(apns_path(), headers=apns_key.headers(), json=APNS_BODY).status_code
+            == 200
+        )
 
     def test_keeps_the_last_ten_messages(
-        self, h2: httpx.Client, control: httpx.Client, apns_key: ApnsKey
+        self, h2_client: httpx.Client, control: httpx.Client, apns_key: ApnsKey
     ) -> None:
         for n in range(12):
             body = {"aps": {"alert": str(n)}}
-            assert h2.post(apns_path(), headers=apns_key.headers(), json=body).status_code == 200
+            assert (
+                h2_client.post(apns_path(), headers=apns_key.headers(), json=body).status_code
+                == 200
+            )
         received = control.get(f"/_sim/apns/tokens/{DEVICE_TOKEN}").json()
         assert received["count"] == 12
         assert [m["payload"]["aps"]["alert"] for m in received["messages"]] == [
@@ -324,10 +345,10 @@ def _fcm_error(answer: httpx.Response) -> tuple[int, str, str | None]:
 
 class TestFcm:
     def test_sends_with_an_access_token(
-        self, h2: httpx.Client, control: httpx.Client, fcm_project: FcmProject
+        self, h2_client: httpx.Client, control: httpx.Client, fcm_project: FcmProject
     ) -> None:
         message = {"message": {"token": "fcm-token-1", "notification": {"title": "Hi"}}}
-        answer = h2.post(fcm_project.send_path, headers=fcm_project.auth, json=message)
+        answer = h2_client.post(fcm_project.send_path, headers=fcm_project.auth, json=message)
         assert answer.status_code == 200
         project_id = fcm_project.account["project_id"]
         assert answer.json()["name"].startswith(f"projects/{project_id}/messages/")
@@ -336,7 +357,7 @@ class TestFcm:
         assert received["messages"][0]["payload"] == message
 
     def test_token_endpoint_refuses_bad_assertions(
-        self, h2: httpx.Client, fcm_project: FcmProject
+        self, h2_client: httpx.Client, fcm_project: FcmProject
     ) -> None:
         account = fcm_project.account
         now = int(time.time())
@@ -353,62 +374,64 @@ class TestFcm:
                 }
             ),
         ]:
-            answer = h2.post("/token", data={"grant_type": JWT_BEARER, "assertion": assertion})
+            answer = h2_client.post(
+                "/token", data={"grant_type": JWT_BEARER, "assertion": assertion}
+            )
             assert (answer.status_code, answer.json()["error"]) == (400, "invalid_grant")
 
     def test_unregistered_after_uninstall(
-        self, h2: httpx.Client, control: httpx.Client, fcm_project: FcmProject
+        self, h2_client: httpx.Client, control: httpx.Client, fcm_project: FcmProject
     ) -> None:
         control.post("/_sim/fcm/tokens/gone-token/uninstall").raise_for_status()
         message = {"message": {"token": "gone-token", "data": {"k": "v"}}}
-        answer = h2.post(fcm_project.send_path, headers=fcm_project.auth, json=message)
+        answer = h2_client.post(fcm_project.send_path, headers=fcm_project.auth, json=message)
         assert _fcm_error(answer) == (404, "NOT_FOUND", "UNREGISTERED")
 
     def test_unknown_access_token_is_unauthenticated(
-        self, h2: httpx.Client, fcm_project: FcmProject
+        self, h2_client: httpx.Client, fcm_project: FcmProject
     ) -> None:
         message = {"message": {"token": "fcm-token-1"}}
         headers = {"authorization": "Bearer ya29.not-issued"}
-        answer = h2.post(fcm_project.send_path, headers=headers, json=message)
+        answer = h2_client.post(fcm_project.send_path, headers=headers, json=message)
         assert _fcm_error(answer)[:2] == (401, "UNAUTHENTICATED")
 
     def test_other_project_is_a_sender_id_mismatch(
-        self, h2: httpx.Client, fcm_project: FcmProject
+        self, h2_client: httpx.Client, fcm_project: FcmProject
     ) -> None:
         message = {"message": {"token": "fcm-token-1"}}
         path = "/v1/projects/someone-else/messages:send"
-        answer = h2.post(path, headers=fcm_project.auth, json=message)
+        answer = h2_client.post(path, headers=fcm_project.auth, json=message)
         assert _fcm_error(answer) == (403, "PERMISSION_DENIED", "SENDER_ID_MISMATCH")
 
     @pytest.mark.parametrize(
         "body", [{"message": {}}, {"message": {"token": "has spaces"}}, {"nothing": 1}]
     )
     def test_malformed_message_is_invalid_argument(
-        self, h2: httpx.Client, fcm_project: FcmProject, body: dict[str, object]
+        self, h2_client: httpx.Client, fcm_project: FcmProject, body: dict[str, object]
     ) -> None:
-        answer = h2.post(fcm_project.send_path, headers=fcm_project.auth, json=body)
+        answer = h2_client.post(fcm_project.send_path, headers=fcm_project.auth, json=body)
         assert _fcm_error(answer) == (400, "INVALID_ARGUMENT", "INVALID_ARGUMENT")
 
     def test_quota_exceeded_says_when_to_retry(
-        self, h2: httpx.Client, control: httpx.Client, fcm_project: FcmProject
+        self, h2_client: httpx.Client, control: httpx.Client, fcm_project: FcmProject
     ) -> None:
         control.put("/_sim/fcm/faults", json={"rates": {"429": 1.0}}).raise_for_status()
         message = {"message": {"token": "fcm-token-1"}}
-        answer = h2.post(fcm_project.send_path, headers=fcm_project.auth, json=message)
+        answer = h2_client.post(fcm_project.send_path, headers=fcm_project.auth, json=message)
         assert _fcm_error(answer) == (429, "RESOURCE_EXHAUSTED", "QUOTA_EXCEEDED")
         assert answer.headers["retry-after"] == "1"
 
     def test_forced_failure_carries_its_retry_after(
-        self, h2: httpx.Client, control: httpx.Client, fcm_project: FcmProject
+        self, h2_client: httpx.Client, control: httpx.Client, fcm_project: FcmProject
     ) -> None:
         control.post(
             "/_sim/fcm/tokens/fcm-token-2/fail", json={"status": 503, "retry_after": 7}
         ).raise_for_status()
         message = {"message": {"token": "fcm-token-2"}}
-        answer = h2.post(fcm_project.send_path, headers=fcm_project.auth, json=message)
+        answer = h2_client.post(fcm_project.send_path, headers=fcm_project.auth, json=message)
         assert _fcm_error(answer) == (503, "UNAVAILABLE", "UNAVAILABLE")
         assert answer.headers["retry-after"] == "7"
-        again = h2.post(fcm_project.send_path, headers=fcm_project.auth, json=message)
+        again = h2_client.post(fcm_project.send_path, headers=fcm_project.auth, json=message)
         assert again.status_code == 200
 
 
@@ -428,24 +451,19 @@ def _encrypt(sender: WebPushSender, payload: bytes) -> bytes:
     return encrypted
 
 
-def _vapid_headers(sender: WebPushSender, **extra: str) -> dict[str, str]:
+def _vapid_headers(sender: WebPushSender) -> dict[str, str]:
     vapid = Vapid02.from_pem(sender.vapid_private_pem)
     claims = {"aud": _origin(sender.endpoint), "sub": "mailto:ops@example.com"}
     signed: dict[str, str] = vapid.sign(claims)
-    headers = {
-        "authorization": signed["Authorization"],
-        "ttl": "60",
-        "content-encoding": "aes128gcm",
-    }
-    return headers | extra
+    return {"authorization": signed["Authorization"], "ttl": "60", "content-encoding": "aes128gcm"}
 
 
 class TestWebPush:
     def test_decrypts_what_it_receives(
-        self, h2: httpx.Client, control: httpx.Client, webpush_sender: WebPushSender
+        self, h2_client: httpx.Client, control: httpx.Client, webpush_sender: WebPushSender
     ) -> None:
         body = _encrypt(webpush_sender, b'{"title": "Hello", "body": "from Clarion"}')
-        answer = h2.post(
+        answer = h2_client.post(
             webpush_sender.endpoint,
             headers=_vapid_headers(webpush_sender) | {"urgency": "high", "topic": "news"},
             content=body,
@@ -457,7 +475,7 @@ class TestWebPush:
         assert received["messages"][0]["payload"] == {"title": "Hello", "body": "from Clarion"}
 
     def test_rejects_another_vapid_key(
-        self, h2: httpx.Client, webpush_sender: WebPushSender
+        self, h2_client: httpx.Client, webpush_sender: WebPushSender
     ) -> None:
         stranger = WebPushSender(
             ec.generate_private_key(ec.SECP256R1()),
@@ -466,11 +484,13 @@ class TestWebPush:
             webpush_sender.auth,
         )
         body = _encrypt(webpush_sender, b"{}")
-        answer = h2.post(webpush_sender.endpoint, headers=_vapid_headers(stranger), content=body)
+        answer = h2_client.post(
+            webpush_sender.endpoint, headers=_vapid_headers(stranger), content=body
+        )
         assert answer.status_code == 403
 
     def test_rejects_a_vapid_token_for_another_origin(
-        self, h2: httpx.Client, webpush_sender: WebPushSender
+        self, h2_client: httpx.Client, webpush_sender: WebPushSender
     ) -> None:
         token = jwt.encode(
             {"aud": "https://push.example", "exp": int(time.time()) + 600, "sub": "mailto:a@b.c"},
@@ -479,7 +499,7 @@ class TestWebPush:
         )
         key = _vapid_headers(webpush_sender)["authorization"].rsplit("k=", 1)[1]
         headers = _vapid_headers(webpush_sender) | {"authorization": f"vapid t={token}, k={key}"}
-        answer = h2.post(webpush_sender.endpoint, headers=headers, content=b"x")
+        answer = h2_client.post(webpush_sender.endpoint, headers=headers, content=b"x")
         assert answer.status_code == 403
 
     @pytest.mark.parametrize(
@@ -494,7 +514,7 @@ class TestWebPush:
     )
     def test_header_rules(
         self,
-        h2: httpx.Client,
+        h2_client: httpx.Client,
         webpush_sender: WebPushSender,
         change: dict[str, str | None],
         status: int,
@@ -502,37 +522,42 @@ class TestWebPush:
         merged = _vapid_headers(webpush_sender) | change
         headers = {k: v for k, v in merged.items() if v is not None}
         body = _encrypt(webpush_sender, b"{}")
-        assert h2.post(webpush_sender.endpoint, headers=headers, content=body).status_code == status
+        assert (
+            h2_client.post(webpush_sender.endpoint, headers=headers, content=body).status_code
+            == status
+        )
 
     def test_undecryptable_and_oversized_bodies(
-        self, h2: httpx.Client, webpush_sender: WebPushSender
+        self, h2_client: httpx.Client, webpush_sender: WebPushSender
     ) -> None:
         headers = _vapid_headers(webpush_sender)
-        garbage = h2.post(webpush_sender.endpoint, headers=headers, content=b"\x00" * 100)
+        garbage = h2_client.post(webpush_sender.endpoint, headers=headers, content=b"\x00" * 100)
         assert garbage.status_code == 400
-        big = h2.post(webpush_sender.endpoint, headers=headers, content=b"\x00" * 4097)
+        big = h2_client.post(webpush_sender.endpoint, headers=headers, content=b"\x00" * 4097)
         assert big.status_code == 413
 
     def test_gone_after_uninstall(
-        self, h2: httpx.Client, control: httpx.Client, webpush_sender: WebPushSender
+        self, h2_client: httpx.Client, control: httpx.Client, webpush_sender: WebPushSender
     ) -> None:
         subscription = webpush_sender.subscription_id
         control.post(f"/_sim/webpush/tokens/{subscription}/uninstall").raise_for_status()
         body = _encrypt(webpush_sender, b"{}")
-        answer = h2.post(
+        answer = h2_client.post(
             webpush_sender.endpoint, headers=_vapid_headers(webpush_sender), content=body
         )
         assert answer.status_code == 410
 
-    def test_unknown_subscription(self, h2: httpx.Client, simulator: SimulatorHandle) -> None:
-        assert h2.post("/wp/nobody", content=b"x").status_code == 404
+    def test_unknown_subscription(
+        self, h2_client: httpx.Client, simulator: SimulatorHandle
+    ) -> None:
+        assert h2_client.post("/wp/nobody", content=b"x").status_code == 404
 
     def test_random_429_says_when_to_retry(
-        self, h2: httpx.Client, control: httpx.Client, webpush_sender: WebPushSender
+        self, h2_client: httpx.Client, control: httpx.Client, webpush_sender: WebPushSender
     ) -> None:
         control.put("/_sim/webpush/faults", json={"rates": {"429": 1.0}}).raise_for_status()
         body = _encrypt(webpush_sender, b"{}")
-        answer = h2.post(
+        answer = h2_client.post(
             webpush_sender.endpoint, headers=_vapid_headers(webpush_sender), content=body
         )
         assert answer.status_code == 429
@@ -548,36 +573,40 @@ class TestControlApi:
         assert control.get("/_sim/nothing-here").status_code == 404
 
     def test_reset_forgets_messages_and_dead_tokens(
-        self, h2: httpx.Client, control: httpx.Client, apns_key: ApnsKey
+        self, h2_client: httpx.Client, control: httpx.Client, apns_key: ApnsKey
     ) -> None:
-        h2.post(apns_path(), headers=apns_key.headers(), json=APNS_BODY)
+        h2_client.post(apns_path(), headers=apns_key.headers(), json=APNS_BODY)
         control.post(f"/_sim/apns/tokens/{DEVICE_TOKEN}/uninstall").raise_for_status()
         control.post("/_sim/reset").raise_for_status()
         assert control.get(f"/_sim/apns/tokens/{DEVICE_TOKEN}").json() == {
             "count": 0,
             "messages": [],
         }
-        assert h2.post(apns_path(), headers=apns_key.headers(), json=APNS_BODY).status_code == 200
+        assert (
+            h2_client.post(apns_path(), headers=apns_key.headers(), json=APNS_BODY).status_code
+            == 200
+        )
 
 
 def test_registry_survives_a_restart(tmp_path: Path) -> None:
     with running_simulator(tmp_path) as first, first.control_client() as control:
         body = control.post("/_sim/apns/keys", json={}).json()
         account = control.post("/_sim/fcm/service-accounts", json={}).json()
+        sender = subscribe(control)
     ca = (tmp_path / "ca.pem").read_bytes()
     key = ApnsKey(body["key_id"], body["team_id"], body["private_key_pem"])
     with running_simulator(tmp_path) as second, second.control_client(http2=True) as client:
         assert (tmp_path / "ca.pem").read_bytes() == ca
         answer = client.post(apns_path(), headers=key.headers("any.topic"), json=APNS_BODY)
         assert answer.status_code == 200, answer.text
-        grant = client.post(
-            "/token",
-            data={
-                "grant_type": JWT_BEARER,
-                # The account's token_uri names the first run's port; the new origin is accepted.
-                "assertion": service_account_assertion(
-                    account, aud=f"{second.base_url}/token", scope=FIREBASE_SCOPE
-                ),
-            },
-        )
+        # The account's token_uri names the first run's port; the new origin is accepted.
+        assertion = service_account_assertion(account, aud=f"{second.base_url}/token")
+        grant = client.post("/token", data={"grant_type": JWT_BEARER, "assertion": assertion})
         assert grant.status_code == 200, grant.text
+        moved = replace(sender, endpoint=f"{second.base_url}/wp/{sender.subscription_id}")
+        pushed = client.post(
+            moved.endpoint, headers=_vapid_headers(moved), content=_encrypt(moved, b'"hi"')
+        )
+        assert pushed.status_code == 201, pushed.text
+        received = client.get(f"/_sim/webpush/tokens/{sender.subscription_id}").json()
+        assert received["messages"][0]["payload"] == "hi"
