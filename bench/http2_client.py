@@ -72,7 +72,15 @@ def _start_sink(port: int, cert: Path, key: Path) -> subprocess.Popen[bytes]:
     process = subprocess.Popen(
         [
             *("taskset", "-c", str(SINK_CORE), sys.executable, "-m", "granian"),
-            *("--interface", "rsgi", "--http", "2", "--no-ws", "--log-level", "warning"),
+            *(
+                "--interface",
+                "rsgi",
+                "--http",
+                os.environ.get("SINK_HTTP", "2"),
+                "--no-ws",
+                "--log-level",
+                "warning",
+            ),
             *("--host", "127.0.0.1", "--port", str(port)),
             *("--http2-max-concurrent-streams", "1000"),
             *("--ssl-certificate", str(cert), "--ssl-keyfile", str(key)),

@@ -232,6 +232,7 @@ class TestApns:
             api, ios_app, key=ios_app.dev_api_key, recipients={"custom_ids": ["gus"]}
         )
         await wait_for_send(api, ios_app, live)
+        await wait_for_send(api, ios_app, dev)
         assert received(sim_control, "apns", live_token)["count"] == 1
         assert received(sim_control, "apns", dev_token)["count"] == 1
         live_payload = received(sim_control, "apns", live_token)["messages"][-1]["payload"]
