@@ -1,0 +1,30 @@
+"""Runs every benchmark with the sizes the issues name; results land in bench/results/*.json.
+
+make bench            (or .venv/bin/python bench/run_all.py)
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RUNS = [
+    ["-m", "bench.delivery_throughput", "--devices", "200000", "--db", "sqlite"],
+    ["-m", "bench.delivery_throughput", "--devices", "200000", "--db", "postgres"],
+    ["-m", "bench.delivery_throughput", "--devices", "1000000", "--db", "postgres"],
+    ["-m", "bench.transactional_api", "--sends", "20000", "--connections", "32"],
+    ["bench/sim_ceiling.py", "--baseline"],
+    ["bench/http2_client.py", "--requests", "200000"],
+]
+
+
+def main() -> None:
+    for args in RUNS:
+        print("==>", " ".join(args), flush=True)
+        subprocess.run([sys.executable, *args], cwd=ROOT, check=True)
+
+
+if __name__ == "__main__":
+    main()
