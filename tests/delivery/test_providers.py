@@ -307,7 +307,7 @@ class TestApns:
         http_client: Http2Client,
         sim: SimulatorHandle,
     ) -> None:
-        # The simulator keeps no authorization header, so the test reads which token was sent
+        # Rather than compare header strings, the test reads which token was sent
         # from Apple's verdict: a token signed "in the future" (iat > now + 5 min) is refused.
         clock = ShiftedClock(0)
         provider = ApnsProvider(
