@@ -14,7 +14,7 @@ RUNS = [
     ["-m", "bench.delivery_throughput", "--devices", "200000", "--db", "sqlite"],
     ["-m", "bench.delivery_throughput", "--devices", "200000", "--db", "postgres"],
     ["-m", "bench.delivery_throughput", "--devices", "1000000", "--db", "postgres"],
-    ["-m", "bench.transactional_api", "--sends", "20000", "--connections", "32"],
+    ["-m", "bench.transactional_api", "--sends", "3000", "--connections", "32"],
     ["bench/sim_ceiling.py", "--baseline"],
     ["bench/http2_client.py", "--requests", "200000"],
 ]

@@ -125,8 +125,15 @@ def create_engine(url: str, **kwargs: Any) -> AsyncEngine:
         # One connection makes sessions queue in-process instead, with no sleeping. WAL still
         # lets other processes (the CLI) read meanwhile, and synchronous=NORMAL drops the fsync
         # per commit (~615k rows/s vs ~5k, see shared notes).
+        # Waiting for that connection is the normal state under load, so the pool's timeout is
+        # long: at its default 30 s, 32 concurrent API calls starved a worker into a timeout.
         engine = create_async_engine(
-            url, connect_args={"timeout": 30}, pool_size=1, max_overflow=0, **kwargs
+            url,
+            connect_args={"timeout": 30},
+            pool_size=1,
+            max_overflow=0,
+            pool_timeout=300,
+            **kwargs,
         )
 
         @event.listens_for(engine.sync_engine, "connect")

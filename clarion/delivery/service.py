@@ -84,6 +84,32 @@ class Deliverer:
         lease = await self._claim(batch_id)
         if lease is None:
             return  # done already, held by a live worker, or not due yet
+        try:
+            await self._deliver_claimed(batch_id)
+        except Exception:
+            # Not a provider outcome (those are results): the database or a bug. Hand the batch
+            # back now rather than leave it leased, and count the attempt so it cannot loop.
+            log.exception("delivery of batch %s failed; releasing it for a retry", batch_id)
+            await self._release(batch_id)
+            raise
+
+    async def _release(self, batch_id: int) -> None:
+        async with transaction(self._sessions) as session:
+            await session.execute(
+                update(DeliveryBatch)
+                .where(
+                    DeliveryBatch.id == batch_id,
+                    DeliveryBatch.status == BatchStatus.SENDING.value,
+                )
+                .values(
+                    status=BatchStatus.PENDING.value,
+                    lease_until=None,
+                    attempt=DeliveryBatch.attempt + 1,
+                    not_before=utcnow() + timedelta(seconds=self._settings.retry_base_seconds),
+                )
+            )
+
+    async def _deliver_claimed(self, batch_id: int) -> None:
         async with self._sessions() as session:
             batch = await session.get(DeliveryBatch, batch_id)
             assert batch is not None
