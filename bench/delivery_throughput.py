@@ -123,7 +123,7 @@ async def run(
         apns_sandbox_url=sim_url,
         provider_ca_file=str(ca),
     )
-    migrate(settings)
+    await asyncio.to_thread(migrate, settings)  # on PostgreSQL it runs its own event loop
     key = httpx.post(f"{sim_url}/_sim/apns/keys", json={"topics": [TOPIC]}, verify=str(ca)).json()
     runtime = Runtime(settings)
     await prepare(runtime, key, devices)
