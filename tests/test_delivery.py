@@ -354,6 +354,18 @@ class TestFcm:
         assert (retry.not_before - retry.created_at).total_seconds() >= 59
 
 
+async def subscribe_browser(
+    api: httpx.AsyncClient, web_app: ClientApp, sim_control: httpx.Client
+) -> dict[str, Any]:
+    """A simulated browser subscribes with the app's VAPID key, as pushManager.subscribe does."""
+    vapid = (await api.get(f"/sdk/v1/{web_app.api_key}/webpush/vapid-key")).json()
+    subscription: dict[str, Any] = sim_control.post(
+        "/_sim/webpush/subscriptions",
+        json={"application_server_key": vapid["application_server_key"]},
+    ).json()
+    return subscription
+
+
 class TestWebPush:
     async def test_encrypted_payload_reaches_the_browser(
         self,
@@ -362,11 +374,7 @@ class TestWebPush:
         sim_control: httpx.Client,
         runtime: Runtime,
     ) -> None:
-        vapid = (await api.get(f"/sdk/v1/{web_app.api_key}/webpush/vapid-key")).json()
-        sub = sim_control.post(
-            "/_sim/webpush/subscriptions",
-            json={"application_server_key": vapid["application_server_key"]},
-        ).json()
+        sub = await subscribe_browser(api, web_app, sim_control)
         await register(api, web_app, "browser", webpush_subscription=sub, custom_id="max")
         send_token = await transactional(
             api, web_app, recipients={"custom_ids": ["max"]}, deeplink="https://shop.example/x"
@@ -385,11 +393,7 @@ class TestWebPush:
         sim_control: httpx.Client,
         runtime: Runtime,
     ) -> None:
-        vapid = (await api.get(f"/sdk/v1/{web_app.api_key}/webpush/vapid-key")).json()
-        sub = sim_control.post(
-            "/_sim/webpush/subscriptions",
-            json={"application_server_key": vapid["application_server_key"]},
-        ).json()
+        sub = await subscribe_browser(api, web_app, sim_control)
         await register(api, web_app, "gone", webpush_subscription=sub, custom_id="ned")
         sim_control.post(f"/_sim/webpush/tokens/{sub['endpoint'].rsplit('/', 1)[1]}/uninstall")
         send_token = await transactional(api, web_app, recipients={"custom_ids": ["ned"]})
