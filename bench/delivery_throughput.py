@@ -29,11 +29,11 @@ from sqlalchemy import func, insert, select
 
 from bench.common import cpu_seconds, h2load, pg_database, pin, report, rss_mb, simulator
 from clarion.apps import service as apps
-from clarion.apps.schemas import ApnsCredentialsIn, AppCreate
+from clarion.apps.schemas import AppCreate
 from clarion.config import Settings
 from clarion.db import transaction, utcnow
 from clarion.delivery.models import BatchStatus, DeliveryBatch, Send
-from clarion.demo import seed_installations
+from clarion.demo import apns_credentials_from_sim, seed_installations
 from clarion.devices.models import Installation
 from clarion.events.models import PushEvent
 from clarion.migrate import migrate
@@ -51,16 +51,7 @@ async def prepare(runtime: Runtime, key: dict[str, str], devices: int) -> int:
             app_in=AppCreate(name="bench", platform="ios"),
             box=runtime.box,
         )
-        apps.set_apns_credentials(
-            app,
-            ApnsCredentialsIn(
-                key_id=key["key_id"],
-                team_id=key["team_id"],
-                private_key=key["private_key_pem"],
-                topic=TOPIC,
-            ),
-            runtime.box,
-        )
+        apps.set_apns_credentials(app, apns_credentials_from_sim(key, TOPIC), runtime.box)
     started = time.monotonic()
     await seed_installations(runtime.sessions, app_id=app.id, count=devices)
     print(f"seeded {devices:,} installations in {time.monotonic() - started:.1f} s")

@@ -114,16 +114,7 @@ async def _wire_to_simulator(
     """Give the app credentials issued by the simulator; return a device token for it."""
     if app.platform == "ios":
         key = (await control.post("/_sim/apns/keys", json={"topics": [DEMO_TOPIC]})).json()
-        apps.set_apns_credentials(
-            app,
-            ApnsCredentialsIn(
-                key_id=key["key_id"],
-                team_id=key["team_id"],
-                private_key=key["private_key_pem"],
-                topic=DEMO_TOPIC,
-            ),
-            runtime.box,
-        )
+        apps.set_apns_credentials(app, apns_credentials_from_sim(key, DEMO_TOPIC), runtime.box)
         return secrets.token_hex(32), {}
     if app.platform == "android":
         account = (await control.post("/_sim/fcm/service-accounts", json={})).json()
@@ -136,6 +127,16 @@ async def _wire_to_simulator(
         )
     ).json()
     return subscription["endpoint"], subscription["keys"]
+
+
+def apns_credentials_from_sim(key: dict[str, str], topic: str) -> ApnsCredentialsIn:
+    """Credentials for a key the APNs simulator issued (`POST /_sim/apns/keys`)."""
+    return ApnsCredentialsIn(
+        key_id=key["key_id"],
+        team_id=key["team_id"],
+        private_key=key["private_key_pem"],
+        topic=topic,
+    )
 
 
 def simulated_token(platform: str) -> str:

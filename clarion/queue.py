@@ -68,6 +68,7 @@ class JobQueue:
         self._pgq: PgQueuer | None = None
         self._connections: list[psycopg.AsyncConnection[Any]] = []
         self._enqueue_lock = asyncio.Lock()
+        self._worker_concurrency = 8
 
     async def start(self) -> None:
         if self.backend is QueueBackend.MEMORY:
@@ -113,7 +114,7 @@ class JobQueue:
 
     async def run_worker(self) -> None:
         """Process jobs until stop() is called (or the task is cancelled)."""
-        concurrency = getattr(self, "_worker_concurrency", 8)
+        concurrency = self._worker_concurrency
         await self.pgq.run(
             batch_size=concurrency,
             max_concurrent_tasks=2 * concurrency,

@@ -18,9 +18,10 @@ from fastapi import FastAPI
 
 from clarion.app import create_app
 from clarion.apps import service as apps_service
-from clarion.apps.schemas import ApnsCredentialsIn, AppCreate, FcmCredentialsIn
+from clarion.apps.schemas import AppCreate, FcmCredentialsIn
 from clarion.config import Settings
 from clarion.db import transaction
+from clarion.demo import apns_credentials_from_sim
 from clarion.migrate import migrate
 from clarion.runtime import Runtime
 from tests.support.simulator import SimulatorHandle, running_simulator
@@ -154,14 +155,7 @@ async def new_app(
         if configure and sim_control is not None and platform == "ios":
             key = sim_control.post("/_sim/apns/keys", json={"topics": topics or [TOPIC]}).json()
             apps_service.set_apns_credentials(
-                app,
-                ApnsCredentialsIn(
-                    key_id=key["key_id"],
-                    team_id=key["team_id"],
-                    private_key=key["private_key_pem"],
-                    topic=TOPIC,
-                ),
-                runtime.box,
+                app, apns_credentials_from_sim(key, TOPIC), runtime.box
             )
         if configure and sim_control is not None and platform == "android":
             account = sim_control.post("/_sim/fcm/service-accounts", json={}).json()

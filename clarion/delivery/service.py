@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import random
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -349,7 +349,7 @@ class Deliverer:
         return len(ids)
 
 
-def _resolved_recipients(recipients: Any) -> dict[str, list[Any]]:
+def _resolved_recipients(recipients: Iterable[Recipient]) -> dict[str, list[Any]]:
     installations: list[int] = []
     tokens: list[str] = []
     for recipient in recipients:
