@@ -47,7 +47,7 @@ async def prepare(runtime: Runtime, key: dict[str, str], devices: int) -> int:
         company, _ = await apps.create_company(session, name="Bench")
         app, _keys = await apps.create_app(
             session,
-            company=company,
+            company_id=company.id,
             app_in=AppCreate(name="bench", platform="ios"),
             box=runtime.box,
         )
@@ -199,7 +199,7 @@ def main() -> None:
         if args.db == "postgres":
             url = stack.enter_context(pg_database())
         else:
-            url = f"sqlite+aiosqlite:///{tmp / 'bench.db'}"
+            url = f"sqlite:///{tmp / 'bench.db'}"
         figures = asyncio.run(run(args.devices, args.db, url, sim_url, ca, tmp))
         key = figures.pop("_key")
         figures |= ceiling(sim_url, key, tmp)

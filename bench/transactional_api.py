@@ -30,9 +30,11 @@ from bench.common import h2load, pin, report, simulator
 
 API_PORT = int(os.environ.get("CLARION_BENCH_API_PORT", "18000"))
 TOPIC = "com.example.bench"
+LOG = Path(__file__).parent / "results" / "transactional_api.log"  # the API process's stderr
 
 
-def start_api(tmp: Path, sim_url: str, ca: Path) -> subprocess.Popen[bytes]:
+def start_api(tmp: Path, sim_url: str, ca: Path, *, workers: bool) -> subprocess.Popen[bytes]:
+    LOG.parent.mkdir(exist_ok=True)
     env = {
         **os.environ,
         "CLARION_VAR_DIR": str(tmp),
@@ -41,10 +43,13 @@ def start_api(tmp: Path, sim_url: str, ca: Path) -> subprocess.Popen[bytes]:
         "CLARION_PROVIDER_CA_FILE": str(ca),
     }
     proc = subprocess.Popen(
-        [sys.executable, "-m", "clarion.cli", "serve", "--port", str(API_PORT)],
+        [
+            *[sys.executable, "-m", "clarion.cli", "serve", "--port", str(API_PORT)],
+            "--workers" if workers else "--no-workers",
+        ],
         env=env,
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stderr=LOG.open("wb"),
         start_new_session=True,
     )
     deadline = time.monotonic() + 30
@@ -120,11 +125,37 @@ def latencies(db: Path, since: str) -> list[float]:
     ]
 
 
+def drain_then_time_steady_sends(
+    db: Path, url: str, body: bytes, rest_key: str, rate: int
+) -> tuple[float, list[float]]:
+    """Let the workers drain the backlog, then send 10 s of sends at `rate`/s: latencies (ms)."""
+    drain_started = time.monotonic()
+    while pending_batches(db) and time.monotonic() - drain_started < 600:
+        time.sleep(0.5)
+    drain_s = time.monotonic() - drain_started
+    since = datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
+    with httpx.Client(headers={"X-Authorization": rest_key}) as client:
+        started = time.monotonic()
+        for n in range(rate * 10):
+            client.post(url, content=body, headers={"Content-Type": "application/json"})
+            delay = started + (n + 1) / rate - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+    while pending_batches(db) and time.monotonic() - started < 600:
+        time.sleep(0.2)
+    return drain_s, sorted(latencies(db, since))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--sends", type=int, default=3_000)
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--steady-rate", type=int, default=20, help="sends/s for the latency run")
+    parser.add_argument(
+        "--api-only",
+        action="store_true",
+        help="no workers in the API process: measures intake alone, skips delivery and latency",
+    )
     args = parser.parse_args()
 
     with (
@@ -136,7 +167,7 @@ def main() -> None:
     ):
         tmp = Path(tmp_name)
         provision_env_db = tmp / "clarion.db"
-        api_proc = start_api(tmp, sim_url, ca)
+        api_proc = start_api(tmp, sim_url, ca, workers=not args.api_only)
         try:
             created = provision(tmp, sim_url, ca)
             pin(1)
@@ -171,25 +202,17 @@ def main() -> None:
                 ln for ln in result["output"].splitlines() if ln.startswith("status codes")
             )
 
-            # Let the workers drain the backlog, then measure latency on a steady stream.
-            drain_started = time.monotonic()
-            while pending_batches(provision_env_db) and time.monotonic() - drain_started < 600:
-                time.sleep(0.5)
-            drain_s = time.monotonic() - drain_started
-            since = datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
-            steady = args.steady_rate * 10
-            with httpx.Client(headers={"X-Authorization": created["rest_api_key"]}) as client:
-                started = time.monotonic()
-                for n in range(steady):
-                    client.post(
-                        url, content=body.read_bytes(), headers={"Content-Type": "application/json"}
-                    )
-                    delay = started + (n + 1) / args.steady_rate - time.monotonic()
-                    if delay > 0:
-                        time.sleep(delay)
-            while pending_batches(provision_env_db) and time.monotonic() - started < 600:
-                time.sleep(0.2)
-            lat = sorted(latencies(provision_env_db, since))
+            drain_s, lat = (
+                (None, [])
+                if args.api_only
+                else drain_then_time_steady_sends(
+                    provision_env_db,
+                    url,
+                    body.read_bytes(),
+                    created["rest_api_key"],
+                    args.steady_rate,
+                )
+            )
         finally:
             os.killpg(api_proc.pid, 15)
             api_proc.wait(timeout=15)
@@ -200,7 +223,8 @@ def main() -> None:
             "sends": args.sends,
             "connections": args.connections,
             "accepted_per_s": result["req_per_s"],
-            "backlog_drained_in_s": round(drain_s, 1),
+            "workers_in_api_process": not args.api_only,
+            "backlog_drained_in_s": round(drain_s, 1) if drain_s is not None else None,
             "h2load_status_codes": status_line,
             "latency_sends": len(lat),
             "steady_rate_per_s": args.steady_rate,

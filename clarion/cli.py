@@ -168,7 +168,7 @@ def apps_create(
                     company, rest_key = await service.create_company(session, name=company_name)
                 app, keys = await service.create_app(
                     session,
-                    company=company,
+                    company_id=company.id,
                     app_in=AppCreate(name=name, platform=platform.value),
                     box=runtime.box,
                 )

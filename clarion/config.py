@@ -55,12 +55,15 @@ class Settings(BaseSettings):
 
     # API
     max_body_bytes: int = 1024 * 1024
+    # How long a process keeps a successful API key lookup: a key rotated elsewhere keeps
+    # working here for at most this long. 0 looks every key up on every call.
+    auth_cache_seconds: float = Field(default=5.0, ge=0)
 
     @property
     def resolved_database_url(self) -> str:
         if self.database_url:
             return self.database_url
-        return f"sqlite+aiosqlite:///{(self.var_dir / 'clarion.db').as_posix()}"
+        return f"sqlite:///{(self.var_dir / 'clarion.db').as_posix()}"
 
     @property
     def is_sqlite(self) -> bool:

@@ -84,7 +84,7 @@ async def _create_demo(settings: Settings, sim_url: str) -> dict[str, Any]:
             for platform in ("ios", "android", "web"):
                 app, keys = await apps.create_app(
                     session,
-                    company=company,
+                    company_id=company.id,
                     app_in=AppCreate(name=f"Demo {platform}", platform=platform),
                     box=runtime.box,
                 )

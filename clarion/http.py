@@ -17,8 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from clarion.apps.models import Company
-from clarion.apps.service import AppAccess, authenticate_app, authenticate_company
+from clarion.apps.service import AppAccess, CompanyAccess, authenticate_app, authenticate_company
 from clarion.errors import (
     ClarionError,
     MalformedJsonError,
@@ -55,29 +54,35 @@ SessionDep = Annotated[AsyncSession, Depends(get_session, scope="function")]
 
 async def rest_company(
     session: SessionDep,
+    runtime: RuntimeDep,
     x_authorization: Annotated[str | None, Header()] = None,
-) -> Company:
-    return await authenticate_company(session, rest_key=x_authorization)
+) -> CompanyAccess:
+    return await authenticate_company(session, rest_key=x_authorization, cache=runtime.key_cache)
 
 
-RestCompany = Annotated[Company, Depends(rest_company)]
+RestCompany = Annotated[CompanyAccess, Depends(rest_company)]
 
 
 async def rest_app(
     session: SessionDep,
+    runtime: RuntimeDep,
     company: RestCompany,
     api_key: Annotated[str, Path()],
 ) -> AppAccess:
     """Batch's server APIs: the REST key in X-Authorization, the app's key in the path."""
-    return await authenticate_app(session, api_key=api_key, company=company)
+    return await authenticate_app(
+        session, api_key=api_key, company=company, cache=runtime.key_cache
+    )
 
 
 RestApp = Annotated[AppAccess, Depends(rest_app)]
 
 
-async def sdk_app(session: SessionDep, api_key: Annotated[str, Path()]) -> AppAccess:
+async def sdk_app(
+    session: SessionDep, runtime: RuntimeDep, api_key: Annotated[str, Path()]
+) -> AppAccess:
     """The SDK API: only the app's key, which ships inside the app as with Batch."""
-    return await authenticate_app(session, api_key=api_key)
+    return await authenticate_app(session, api_key=api_key, cache=runtime.key_cache)
 
 
 SdkApp = Annotated[AppAccess, Depends(sdk_app)]

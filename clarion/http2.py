@@ -291,7 +291,9 @@ class Http2Client:
         self._idle: list[_Transfer] = []
         self._active: dict[Any, _Transfer] = {}  # pycurl.Curl -> its transfer
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._timer: asyncio.TimerHandle | None = None
+        # uvloop's call_at returns a handle without .when(), so the deadline is kept beside it.
+        self._timer: asyncio.Handle | None = None
+        self._timer_when = 0.0
         self._watched: dict[int, int] = {}  # socket -> POLL_* events registered with the loop
         self._closed = False
 
@@ -448,10 +450,11 @@ class Http2Client:
         assert loop is not None
         when = loop.time() + timeout_ms / 1000
         timer = self._timer
-        if timer is None or when < timer.when():
+        if timer is None or when < self._timer_when:
             if timer is not None:
                 timer.cancel()
             self._timer = loop.call_at(when, self._on_timeout)
+            self._timer_when = when
 
     def _on_timeout(self) -> None:
         self._timer = None

@@ -1,6 +1,8 @@
 """The job engine: pgqueuer, on PostgreSQL when scaled out, in memory when embedded.
 
-Jobs carry one delivery batch id each (500-1,000 recipients), never single notifications.
+Jobs carry delivery batch ids, never single notifications: a full batch (up to batch_size
+recipients) rides alone, while small ones enqueued together (a burst of transactional sends to
+one user each) share a job, so a worker pays its per-job costs once for all of them.
 The batch rows are the durable outbox: a job is only a wake-up call, so a job lost with an
 in-memory queue (or between commit and enqueue) is found again by the outbox sweep in
 clarion.delivery.service. Services never enqueue directly: they defer batch ids on the session,
@@ -34,6 +36,8 @@ _DEFERRED = "clarion.deferred_batches"
 class BatchJob:
     batch_id: int
     delay: timedelta | None = None
+    # How many recipients the batch holds, when known: small batches share a job.
+    recipients: int | None = None
 
 
 def defer_batches(session: AsyncSession, jobs: Iterable[BatchJob]) -> None:
@@ -53,21 +57,50 @@ def libpq_url(database_url: str) -> str:
     )
 
 
-BatchHandler = Callable[[int], Awaitable[None]]
+BatchHandler = Callable[[list[int]], Awaitable[None]]
+
+
+def pack_jobs(jobs: Iterable[BatchJob], *, budget: int) -> list[tuple[list[int], timedelta | None]]:
+    """Group due batches into jobs of at most `budget` recipients; delayed or unsized ones
+    (retries, the sweep) go alone. Returns (batch ids, delay) per job."""
+    packed: list[tuple[list[int], timedelta | None]] = []
+    open_ids: list[int] = []
+    open_size = 0
+    for job in jobs:
+        if job.delay is not None or job.recipients is None or job.recipients >= budget:
+            packed.append(([job.batch_id], job.delay))
+            continue
+        if open_size + job.recipients > budget:
+            packed.append((open_ids, None))
+            open_ids, open_size = [], 0
+        open_ids.append(job.batch_id)
+        open_size += job.recipients
+    if open_ids:
+        packed.append((open_ids, None))
+    return packed
 
 
 class JobQueue:
     """Enqueues batch jobs and runs workers over the configured backend."""
 
     def __init__(
-        self, backend: QueueBackend, database_url: str, *, heartbeat_seconds: float = 30.0
+        self,
+        backend: QueueBackend,
+        database_url: str,
+        *,
+        heartbeat_seconds: float = 30.0,
+        job_recipients: int = 1000,
     ) -> None:
         self.backend = backend
+        self._job_recipients = job_recipients
         self._heartbeat = timedelta(seconds=heartbeat_seconds)
         self._database_url = database_url
         self._pgq: PgQueuer | None = None
         self._connections: list[psycopg.AsyncConnection[Any]] = []
         self._enqueue_lock = asyncio.Lock()
+        # Jobs handed to enqueue() in the same turn of the event loop are packed together.
+        self._pending: list[BatchJob] = []
+        self._flush: asyncio.Future[None] | None = None
         self._worker_concurrency = 8
 
     async def start(self) -> None:
@@ -86,17 +119,28 @@ class JobQueue:
         return self._pgq
 
     async def enqueue(self, jobs: list[BatchJob]) -> None:
+        """Returns once the jobs are in the queue (for PostgreSQL: committed)."""
         if not jobs:
             return
-        # A dedupe key per batch makes a second enqueue of a queued or running batch a no-op,
-        # so the sweep may re-enqueue freely.
+        self._pending.extend(jobs)
+        if self._flush is None:
+            self._flush = asyncio.ensure_future(self._enqueue_pending())
+        await asyncio.shield(self._flush)
+
+    async def _enqueue_pending(self) -> None:
+        # One turn of the loop lets the other requests being served right now add theirs.
+        await asyncio.sleep(0)
+        jobs, self._pending, self._flush = self._pending, [], None
+        packed = pack_jobs(jobs, budget=self._job_recipients)
+        # A dedupe key per job (its first batch) makes a second enqueue of a queued or running
+        # job a no-op, so the sweep may re-enqueue freely; the batch claim guards the rest.
         async with self._enqueue_lock:
             await self.pgq.qm.queries.enqueue(
-                [SEND_BATCH] * len(jobs),
-                [str(job.batch_id).encode() for job in jobs],
-                [0] * len(jobs),
-                execute_after=[job.delay for job in jobs],
-                dedupe_key=[f"batch:{job.batch_id}" for job in jobs],
+                [SEND_BATCH] * len(packed),
+                [",".join(map(str, ids)).encode() for ids, _ in packed],
+                [0] * len(packed),
+                execute_after=[delay for _, delay in packed],
+                dedupe_key=[f"batch:{ids[0]}" for ids, _ in packed],
                 on_conflict="skip",
             )
 
@@ -107,7 +151,7 @@ class JobQueue:
         async def send_batch(job: Job) -> None:
             if job.payload is None:
                 return
-            await handler(int(job.payload))
+            await handler([int(batch_id) for batch_id in job.payload.split(b",")])
 
         self.pgq.entrypoint(SEND_BATCH, concurrency_limit=0)(send_batch)
         self._worker_concurrency = concurrency

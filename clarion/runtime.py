@@ -13,6 +13,7 @@ import logging
 
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from clarion.apps.service import KeyCache
 from clarion.config import Settings
 from clarion.db import create_engine, create_sessionmaker
 from clarion.delivery.pool import ProviderPool
@@ -30,10 +31,12 @@ class Runtime:
         self.engine: AsyncEngine = create_engine(settings.resolved_database_url)
         self.sessions: async_sessionmaker[AsyncSession] = create_sessionmaker(self.engine)
         self.box = SecretBox.from_settings(settings.secret_key, settings.var_dir)
+        self.key_cache = KeyCache(settings.auth_cache_seconds)
         self.queue = JobQueue(
             settings.resolved_queue,
             settings.resolved_database_url,
             heartbeat_seconds=settings.job_heartbeat_seconds,
+            job_recipients=settings.batch_size,
         )
         self._client: Http2Client | None = None
         self._pool: ProviderPool | None = None
@@ -47,7 +50,7 @@ class Runtime:
             self._pool = ProviderPool(self._client, self.settings, self.box)
             self.deliverer = Deliverer(self.sessions, self._pool, self.queue, self.settings)
             self.queue.register_worker(
-                self.deliverer.deliver_batch, concurrency=self.settings.worker_concurrency
+                self.deliverer.deliver_batches, concurrency=self.settings.worker_concurrency
             )
             # Batches committed before a crash (or whose in-memory job died with the process)
             # are picked up at once.

@@ -62,7 +62,7 @@ def backend(request: pytest.FixtureRequest) -> str:
 @pytest.fixture(scope="session")
 def database_url(backend: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     if backend == "sqlite":
-        yield f"sqlite+aiosqlite:///{tmp_path_factory.mktemp('db') / 'clarion.db'}"
+        yield f"sqlite:///{tmp_path_factory.mktemp('db') / 'clarion.db'}"
         return
     name = _create_pg_database()
     try:
@@ -148,7 +148,7 @@ async def new_app(
         company, rest_key = await apps_service.create_company(session, name="Test Co")
         app, keys = await apps_service.create_app(
             session,
-            company=company,
+            company_id=company.id,
             app_in=AppCreate(name=f"test {platform}", platform=platform),
             box=runtime.box,
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -9,9 +10,13 @@ import sys
 from pathlib import Path
 
 import httpx
-from sqlalchemy import select, text
+import pytest
+from sqlalchemy import select, text, update
 
 from clarion.apps.models import App
+from clarion.apps.service import KeyCache, authenticate_app, authenticate_company
+from clarion.db import transaction
+from clarion.errors import AuthenticationInvalidError
 from clarion.runtime import Runtime
 from tests.conftest import ClientApp, new_app
 
@@ -32,7 +37,7 @@ class TestCli:
         self, tmp_path: Path
     ) -> None:
         env = {
-            "CLARION_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'cli.db'}",
+            "CLARION_DATABASE_URL": f"sqlite:///{tmp_path / 'cli.db'}",
             "CLARION_VAR_DIR": str(tmp_path),
         }
         first = run_cli("apps", "create", "--name", "Shop", "--platform", "ios", env=env)
@@ -56,7 +61,7 @@ class TestCli:
         assert created["rest_api_key"].encode() not in database
 
     def test_bad_platform_is_a_clear_error(self, tmp_path: Path) -> None:
-        env = {"CLARION_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'x.db'}"}
+        env = {"CLARION_DATABASE_URL": f"sqlite:///{tmp_path / 'x.db'}"}
         result = run_cli("apps", "create", "--name", "X", "--platform", "symbian", env=env)
         assert result.returncode != 0
         assert "symbian" in result.stderr
@@ -79,6 +84,8 @@ class TestAdminApi:
         assert {a["name"] for a in listed} == {"test ios", "Droid"}
         assert all("api_key" not in a for a in listed)
 
+        before = await api.put(f"/sdk/v1/{body['api_key']}/installations/i", json={})
+        assert before.status_code == 200  # and the key's lookup is now cached
         rotated = await api.post(f"/admin/v1/apps/{body['id']}/keys/rotate", headers=headers)
         new_key = rotated.json()["api_key"]
         old = await api.put(f"/sdk/v1/{body['api_key']}/installations/i", json={})
@@ -146,3 +153,40 @@ class TestAdminApi:
         assert ios_app.api_key not in dump
         assert ios_app.dev_api_key not in dump
         assert ios_app.rest_key not in dump
+
+
+class TestKeyCache:
+    async def test_a_key_changed_elsewhere_stops_working_once_its_entry_expires(
+        self, runtime: Runtime, ios_app: ClientApp
+    ) -> None:
+        # As when another process rotates the key: this process's cache is not told.
+        cache = KeyCache(ttl=0.3)
+        async with runtime.sessions() as session:
+            access = await authenticate_app(session, api_key=ios_app.api_key, cache=cache)
+            assert (access.app_id, access.is_dev) == (ios_app.app_id, False)
+        async with transaction(runtime.sessions) as session:
+            await session.execute(
+                update(App).where(App.id == ios_app.app_id).values(live_key_hash="rotated")
+            )
+        async with runtime.sessions() as session:
+            cached = await authenticate_app(session, api_key=ios_app.api_key, cache=cache)
+            assert cached == access
+            await asyncio.sleep(0.35)
+            with pytest.raises(AuthenticationInvalidError):
+                await authenticate_app(session, api_key=ios_app.api_key, cache=cache)
+
+    async def test_a_cached_key_still_answers_only_within_its_company(
+        self, runtime: Runtime, ios_app: ClientApp, sim_control: httpx.Client
+    ) -> None:
+        other = await new_app(runtime, sim_control, "ios")
+        cache = KeyCache(ttl=60)
+        async with runtime.sessions() as session:
+            own = await authenticate_company(session, rest_key=ios_app.rest_key, cache=cache)
+            foreign = await authenticate_company(session, rest_key=other.rest_key, cache=cache)
+            assert (
+                await authenticate_app(session, api_key=ios_app.api_key, cache=cache, company=own)
+            ).app_id == ios_app.app_id
+            with pytest.raises(AuthenticationInvalidError):  # now served from the cache
+                await authenticate_app(
+                    session, api_key=ios_app.api_key, cache=cache, company=foreign
+                )

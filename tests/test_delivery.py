@@ -401,6 +401,40 @@ class TestWebPush:
         assert state["tokens_deleted"] == 1
 
 
+class TestSharedJobs:
+    async def test_concurrent_small_sends_are_each_delivered_and_counted_once(
+        self, api: httpx.AsyncClient, ios_app: ClientApp, sim_control: httpx.Client
+    ) -> None:
+        # Sends committed together are packed into shared jobs: each keeps its own counters,
+        # events and payload.
+        tokens = {f"user-{n}": apns_token() for n in range(24)}
+        for user, token in tokens.items():
+            await register(api, ios_app, f"install-{user}", push_token=token, custom_id=user)
+        users = list(tokens)
+        send_tokens = await asyncio.gather(
+            *(
+                transactional(
+                    api,
+                    ios_app,
+                    recipients={"custom_ids": [user]},
+                    message={"title": "Hi", "body": user},
+                )
+                for user in users
+            )
+        )
+
+        for user, send_token in zip(users, send_tokens, strict=True):
+            state = await wait_for_send(api, ios_app, send_token)
+            assert (state["targeted"], state["sent"], state["failed"]) == (1, 1, 0)
+            got = received(sim_control, "apns", tokens[user])
+            assert got["count"] == 1
+            payload = got["messages"][-1]["payload"]
+            assert (payload["aps"]["alert"]["body"], payload["com.batch"]["i"]) == (
+                user,
+                send_token,
+            )
+
+
 class TestProviderDown:
     async def test_unreachable_provider_neither_blocks_the_api_nor_loses_the_send(
         self,

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -232,6 +233,32 @@ async def test_5000_concurrent_requests_share_at_most_two_connections(
 
     assert [_echoed(r)["body"] for r in results] == [str(i) for i in range(5000)]
     assert 1 <= len((await _stats(client, echo))["clients"]) <= 2
+
+
+def test_runs_on_uvloop_the_loop_uvicorn_serves_on(tls: TlsFiles, echo: EchoServer) -> None:
+    # uvicorn[standard] runs the API and its in-process workers on uvloop, whose timer handles
+    # differ from asyncio's; several rounds make libcurl re-arm a pending timer.
+    uvloop = pytest.importorskip("uvloop")
+
+    async def rounds() -> list[str]:
+        client = Http2Client(ca_file=str(tls.ca))
+        bodies: list[str] = []
+        try:
+            for round_ in range(5):
+                requests = [
+                    HttpRequest("POST", f"{echo.base_url}/r", (), b"%d-%d" % (round_, i))
+                    for i in range(200)
+                ]
+                bodies += [_echoed(r)["body"] for r in await client.request_many(requests)]
+        finally:
+            await client.aclose()
+        return bodies
+
+    # In a thread of its own: the test session's asyncio loop runs in this one.
+    with ThreadPoolExecutor(1) as thread:
+        bodies = thread.submit(uvloop.run, rounds()).result(timeout=60)
+
+    assert bodies == [f"{r}-{i}" for r in range(5) for i in range(200)]
 
 
 async def test_request_many_reports_failures_in_place(

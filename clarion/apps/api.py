@@ -23,7 +23,9 @@ router = APIRouter(prefix="/admin/v1/apps", tags=["admin"])
 async def create_app(
     body: AppCreate, company: RestCompany, session: SessionDep, runtime: RuntimeDep
 ) -> AppRead:
-    app, keys = await service.create_app(session, company=company, app_in=body, box=runtime.box)
+    app, keys = await service.create_app(
+        session, company_id=company.id, app_in=body, box=runtime.box
+    )
     return service.describe_app(app, keys)
 
 
@@ -31,21 +33,23 @@ async def create_app(
 async def list_apps(company: RestCompany, session: SessionDep) -> list[AppRead]:
     return [
         service.describe_app(app)
-        for app in await service.list_company_apps(session, company=company)
+        for app in await service.list_company_apps(session, company_id=company.id)
     ]
 
 
 @router.get("/{app_id}", response_model=AppRead)
 async def get_app(app_id: int, company: RestCompany, session: SessionDep) -> AppRead:
     return service.describe_app(
-        await service.get_company_app(session, company=company, app_id=app_id)
+        await service.get_company_app(session, company_id=company.id, app_id=app_id)
     )
 
 
 @router.post("/{app_id}/keys/rotate", response_model=AppKeys)
-async def rotate_keys(app_id: int, company: RestCompany, session: SessionDep) -> AppKeys:
-    app = await service.get_company_app(session, company=company, app_id=app_id)
-    return await service.rotate_app_keys(session, app=app)
+async def rotate_keys(
+    app_id: int, company: RestCompany, session: SessionDep, runtime: RuntimeDep
+) -> AppKeys:
+    app = await service.get_company_app(session, company_id=company.id, app_id=app_id)
+    return await service.rotate_app_keys(session, app=app, cache=runtime.key_cache)
 
 
 @router.put("/{app_id}/credentials/apns", response_model=AppRead)
@@ -56,7 +60,7 @@ async def set_apns(
     session: SessionDep,
     runtime: RuntimeDep,
 ) -> AppRead:
-    app = await service.get_company_app(session, company=company, app_id=app_id)
+    app = await service.get_company_app(session, company_id=company.id, app_id=app_id)
     service.set_apns_credentials(app, body, runtime.box)
     return service.describe_app(app)
 
@@ -69,7 +73,7 @@ async def set_fcm(
     session: SessionDep,
     runtime: RuntimeDep,
 ) -> AppRead:
-    app = await service.get_company_app(session, company=company, app_id=app_id)
+    app = await service.get_company_app(session, company_id=company.id, app_id=app_id)
     service.set_fcm_credentials(app, body, runtime.box)
     return service.describe_app(app)
 
@@ -82,6 +86,6 @@ async def set_webpush(
     session: SessionDep,
     runtime: RuntimeDep,
 ) -> AppRead:
-    app = await service.get_company_app(session, company=company, app_id=app_id)
+    app = await service.get_company_app(session, company_id=company.id, app_id=app_id)
     service.set_webpush_credentials(app, body, runtime.box)
     return service.describe_app(app)

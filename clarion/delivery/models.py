@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import ForeignKey, Index, String
+from sqlalchemy import ForeignKey, Index, String, Table
 from sqlalchemy.orm import Mapped, mapped_column
 
 from clarion.db import Base, BigIntPK, JsonValue, UtcDateTime, utcnow
@@ -73,3 +73,8 @@ class DeliveryBatch(Base):
     last_reason: Mapped[str | None] = mapped_column(String(1024))
     created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+
+
+# The tables themselves, for Core statements on hot paths (no ORM unit of work or identity map).
+SENDS = cast(Table, Send.__table__)
+BATCHES = cast(Table, DeliveryBatch.__table__)

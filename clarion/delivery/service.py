@@ -1,4 +1,4 @@
-"""Delivering one batch: claim it, resolve its recipients, send, record every outcome in bulk.
+"""Delivering a job's batches: claim them, resolve recipients, send, record outcomes in bulk.
 
 The only place that decides what an Outcome means: push_sent, token_deleted (and the token is
 removed), push_error (reason verbatim), or a retry batch after an exponential backoff that
@@ -7,6 +7,7 @@ honours Retry-After and never goes past the send's time to live. See docs/archit
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
 from collections import defaultdict
@@ -15,14 +16,14 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import bindparam, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from clarion.apps.models import App
 from clarion.config import Settings
 from clarion.db import transaction, utcnow
 from clarion.delivery.content import build_notification, language_key
-from clarion.delivery.models import BatchStatus, DeliveryBatch, Send
+from clarion.delivery.models import BATCHES, SENDS, BatchStatus, DeliveryBatch, Send
 from clarion.delivery.pool import ProviderPool
 from clarion.delivery.providers.base import (
     DeliveryResult,
@@ -54,6 +55,30 @@ class Recipient:
         return Device(token=self.token, p256dh=self.p256dh, auth=self.auth)
 
 
+@dataclass(frozen=True, slots=True)
+class _Delivered:
+    """One batch of a job, after sending: what each of its recipients' requests gave."""
+
+    batch: DeliveryBatch
+    send: Send
+    app: App
+    recipients: Sequence[Recipient]
+    results: Sequence[DeliveryResult]
+
+
+# Counters of one send, bumped by what one batch did (executemany: one row per batch).
+_ADD_TO_SEND_COUNTERS = (
+    update(SENDS)
+    .where(SENDS.c.id == bindparam("send_id"))
+    .values(
+        targeted=SENDS.c.targeted + bindparam("add_targeted"),
+        sent=SENDS.c.sent + bindparam("add_sent"),
+        failed=SENDS.c.failed + bindparam("add_failed"),
+        tokens_deleted=SENDS.c.tokens_deleted + bindparam("add_deleted"),
+    )
+)
+
+
 @dataclass(slots=True)
 class _Tally:
     sent: int = 0
@@ -80,75 +105,102 @@ class Deliverer:
         self._queue = queue
         self._settings = settings
 
-    async def deliver_batch(self, batch_id: int) -> None:
-        lease = await self._claim(batch_id)
-        if lease is None:
-            return  # done already, held by a live worker, or not due yet
+    async def deliver_batches(self, batch_ids: list[int]) -> None:
+        """Deliver the batches of one job: those already done, held by a live worker or not
+        due yet are skipped; the others are claimed, sent together and recorded together."""
+        claimed = await self._claim(batch_ids)
+        if not claimed:
+            return
         try:
-            await self._deliver_claimed(batch_id)
+            await self._deliver_claimed(claimed)
         except Exception:
-            # Not a provider outcome (those are results): the database or a bug. Hand the batch
-            # back now rather than leave it leased, and count the attempt so it cannot loop.
-            log.exception("delivery of batch %s failed; releasing it for a retry", batch_id)
-            await self._release(batch_id)
+            # Not a provider outcome (those are results): the database or a bug. Hand the
+            # batches back now rather than leave them leased, and count the attempt so they
+            # cannot loop.
+            log.exception("delivery of batches %s failed; releasing them for a retry", claimed)
+            await self._release(claimed)
             raise
 
-    async def _release(self, batch_id: int) -> None:
+    async def _claim(self, batch_ids: list[int]) -> list[int]:
+        now = utcnow()
+        lease = now + timedelta(seconds=self._settings.batch_lease_seconds)
+        async with transaction(self._sessions) as session:
+            claimed = await session.scalars(
+                update(BATCHES)
+                .where(
+                    BATCHES.c.id.in_(batch_ids),
+                    BATCHES.c.not_before <= now,
+                    or_(
+                        BATCHES.c.status == BatchStatus.PENDING.value,
+                        (BATCHES.c.status == BatchStatus.SENDING.value)
+                        & (BATCHES.c.lease_until < now),
+                    ),
+                )
+                .values(status=BatchStatus.SENDING.value, lease_until=lease)
+                .returning(BATCHES.c.id)
+            )
+            return sorted(claimed)
+
+    async def _release(self, batch_ids: list[int]) -> None:
         async with transaction(self._sessions) as session:
             await session.execute(
-                update(DeliveryBatch)
+                update(BATCHES)
                 .where(
-                    DeliveryBatch.id == batch_id,
-                    DeliveryBatch.status == BatchStatus.SENDING.value,
+                    BATCHES.c.id.in_(batch_ids),
+                    BATCHES.c.status == BatchStatus.SENDING.value,
                 )
                 .values(
                     status=BatchStatus.PENDING.value,
                     lease_until=None,
-                    attempt=DeliveryBatch.attempt + 1,
+                    attempt=BATCHES.c.attempt + 1,
                     not_before=utcnow() + timedelta(seconds=self._settings.retry_base_seconds),
                 )
             )
 
-    async def _deliver_claimed(self, batch_id: int) -> None:
+    async def _deliver_claimed(self, batch_ids: list[int]) -> None:
         async with self._sessions() as session:
-            batch = await session.get(DeliveryBatch, batch_id)
-            assert batch is not None
-            send = await session.get(Send, batch.send_id)
-            assert send is not None
-            app = await session.get(App, send.app_id)
-            assert app is not None
-            recipients = await resolve_recipients(session, app=app, send=send, batch=batch)
-        now = utcnow()
-        if send.expires_at is not None and now >= send.expires_at:
-            results = [DeliveryResult(Outcome.FAILED, reason="Expired")] * len(recipients)
-        else:
-            results = await self._send(app, send, recipients)
-        retry = await self._record(batch, send, app, recipients, results)
-        if retry is not None:
-            await self._queue.enqueue([retry])
-
-    async def _claim(self, batch_id: int) -> datetime | None:
-        now = utcnow()
-        lease = now + timedelta(seconds=self._settings.batch_lease_seconds)
-        async with transaction(self._sessions) as session:
-            claimed = await session.execute(
-                update(DeliveryBatch)
-                .where(
-                    DeliveryBatch.id == batch_id,
-                    DeliveryBatch.not_before <= now,
-                    or_(
-                        DeliveryBatch.status == BatchStatus.PENDING.value,
-                        (DeliveryBatch.status == BatchStatus.SENDING.value)
-                        & (DeliveryBatch.lease_until < now),
-                    ),
+            batches = (
+                await session.scalars(
+                    select(DeliveryBatch)
+                    .where(DeliveryBatch.id.in_(batch_ids))
+                    .order_by(DeliveryBatch.id)
                 )
-                .values(status=BatchStatus.SENDING.value, lease_until=lease)
-            )
-        return lease if claimed.rowcount == 1 else None  # type: ignore[attr-defined]
+            ).all()
+            sends = {
+                send.id: send
+                for send in await session.scalars(
+                    select(Send).where(Send.id.in_({batch.send_id for batch in batches}))
+                )
+            }
+            apps = {
+                app.id: app
+                for app in await session.scalars(
+                    select(App).where(App.id.in_({send.app_id for send in sends.values()}))
+                )
+            }
+            work = []
+            for batch in batches:
+                send = sends[batch.send_id]
+                app = apps[send.app_id]
+                recipients = await resolve_recipients(session, app=app, send=send, batch=batch)
+                work.append((batch, send, app, recipients))
+        now = utcnow()
+        answers = await asyncio.gather(
+            *(self._send(app, send, recipients, now) for _, send, app, recipients in work)
+        )
+        retries = await self._record(
+            [
+                _Delivered(batch, send, app, recipients, results)
+                for (batch, send, app, recipients), results in zip(work, answers, strict=True)
+            ]
+        )
+        await self._queue.enqueue(retries)
 
     async def _send(
-        self, app: App, send: Send, recipients: Sequence[Recipient]
+        self, app: App, send: Send, recipients: Sequence[Recipient], now: datetime
     ) -> list[DeliveryResult]:
+        if send.expires_at is not None and now >= send.expires_at:
+            return [DeliveryResult(Outcome.FAILED, reason="Expired")] * len(recipients)
         results: list[DeliveryResult | None] = [None] * len(recipients)
         # Devices that share an environment and a language get one rendering of the payload.
         groups: dict[tuple[bool, str], list[int]] = defaultdict(list)
@@ -194,22 +246,63 @@ class Deliverer:
             log.exception("provider %s failed on send %s", app.platform, send.token)
             return [DeliveryResult(Outcome.RETRY, reason=f"InternalError: {exc!r}")] * len(indexes)
 
-    async def _record(
-        self,
-        batch: DeliveryBatch,
-        send: Send,
-        app: App,
-        recipients: Sequence[Recipient],
-        results: Sequence[DeliveryResult],
-    ) -> BatchJob | None:
+    async def _record(self, delivered: Sequence[_Delivered]) -> list[BatchJob]:
+        """Every outcome of one job in one transaction; returns the retry jobs to enqueue."""
         now = utcnow()
-        tally = _Tally()
         events: list[PushEventRow] = []
         dead_installations: list[int] = []
+        counters: list[dict[str, int]] = []
+        retry_batches: list[DeliveryBatch] = []
+        for item in delivered:
+            tally, retry_batch = self._outcomes(item, now, events, dead_installations)
+            counters.append(
+                {
+                    "send_id": item.send.id,
+                    "add_targeted": len(item.recipients) if item.batch.attempt == 0 else 0,
+                    "add_sent": tally.sent,
+                    "add_failed": tally.failed,
+                    "add_deleted": tally.deleted,
+                }
+            )
+            if retry_batch is not None:
+                retry_batches.append(retry_batch)
+
+        async with transaction(self._sessions) as session:
+            await record_push_events(session, events)
+            if dead_installations:
+                await session.execute(
+                    update(Installation)
+                    .where(Installation.id.in_(dead_installations))
+                    .values(push_token=None, webpush_p256dh=None, webpush_auth=None)
+                )
+            await session.execute(_ADD_TO_SEND_COUNTERS, counters)
+            await session.execute(
+                update(BATCHES)
+                .where(BATCHES.c.id.in_([item.batch.id for item in delivered]))
+                .values(status=BatchStatus.DONE.value, finished_at=now, lease_until=None)
+            )
+            session.add_all(retry_batches)
+            await session.flush()
+        return [
+            BatchJob(batch.id, delay=batch.not_before - now, recipients=None)
+            for batch in retry_batches
+        ]
+
+    def _outcomes(
+        self,
+        item: _Delivered,
+        now: datetime,
+        events: list[PushEventRow],
+        dead_installations: list[int],
+    ) -> tuple[_Tally, DeliveryBatch | None]:
+        """One batch's results as events (appended), dead installations (appended), counters,
+        and the batch of recipients to retry later, if any."""
+        batch, send, app = item.batch, item.send, item.app
+        tally = _Tally()
         to_retry: list[tuple[Recipient, DeliveryResult]] = []
         last_attempt = batch.attempt + 1 >= self._settings.retry_max_attempts
 
-        for recipient, result in zip(recipients, results, strict=True):
+        for recipient, result in zip(item.recipients, item.results, strict=True):
             outcome = result.outcome
             if outcome is Outcome.RETRY and not last_attempt:
                 to_retry.append((recipient, result))
@@ -224,67 +317,35 @@ class Deliverer:
                 kind, tally.failed = PushEventKind.ERROR, tally.failed + 1
             events.append(self._event(app, send, recipient, kind, now, result.reason))
 
-        retry_job: BatchJob | None = None
-        retry_batch: DeliveryBatch | None = None
-        if to_retry:
-            delay = max(
-                retry_delay(
-                    batch.attempt,
-                    r.retry_after,
-                    base=self._settings.retry_base_seconds,
-                    cap=self._settings.retry_max_seconds,
-                )
-                for _, r in to_retry
+        if not to_retry:
+            return tally, None
+        delay = max(
+            retry_delay(
+                batch.attempt,
+                r.retry_after,
+                base=self._settings.retry_base_seconds,
+                cap=self._settings.retry_max_seconds,
             )
-            due = now + timedelta(seconds=delay)
-            reason = to_retry[0][1].reason
-            if send.expires_at is not None and due >= send.expires_at:
-                # Retrying would deliver after the time to live: give up now, reason verbatim.
-                for recipient, result in to_retry:
-                    tally.failed += 1
-                    events.append(
-                        self._event(app, send, recipient, PushEventKind.ERROR, now, result.reason)
-                    )
-            else:
-                retry_batch = DeliveryBatch(
-                    send_id=send.id,
-                    attempt=batch.attempt + 1,
-                    not_before=due,
-                    last_enqueued_at=now,
-                    recipients=_resolved_recipients(r for r, _ in to_retry),
-                    last_reason=reason[:1024] if reason else None,
+            for _, r in to_retry
+        )
+        due = now + timedelta(seconds=delay)
+        if send.expires_at is not None and due >= send.expires_at:
+            # Retrying would deliver after the time to live: give up now, reason verbatim.
+            for recipient, result in to_retry:
+                tally.failed += 1
+                events.append(
+                    self._event(app, send, recipient, PushEventKind.ERROR, now, result.reason)
                 )
-                retry_job = BatchJob(0, delay=timedelta(seconds=delay))
-
-        async with transaction(self._sessions) as session:
-            await record_push_events(session, events)
-            if dead_installations:
-                await session.execute(
-                    update(Installation)
-                    .where(Installation.id.in_(dead_installations))
-                    .values(push_token=None, webpush_p256dh=None, webpush_auth=None)
-                )
-            await session.execute(
-                update(Send)
-                .where(Send.id == send.id)
-                .values(
-                    targeted=Send.targeted + (len(recipients) if batch.attempt == 0 else 0),
-                    sent=Send.sent + tally.sent,
-                    failed=Send.failed + tally.failed,
-                    tokens_deleted=Send.tokens_deleted + tally.deleted,
-                )
-            )
-            await session.execute(
-                update(DeliveryBatch)
-                .where(DeliveryBatch.id == batch.id)
-                .values(status=BatchStatus.DONE.value, finished_at=now, lease_until=None)
-            )
-            if retry_batch is not None:
-                session.add(retry_batch)
-                await session.flush()
-                assert retry_job is not None
-                retry_job = BatchJob(retry_batch.id, delay=retry_job.delay)
-        return retry_job
+            return tally, None
+        reason = to_retry[0][1].reason
+        return tally, DeliveryBatch(
+            send_id=send.id,
+            attempt=batch.attempt + 1,
+            not_before=due,
+            last_enqueued_at=now,
+            recipients=_resolved_recipients(r for r, _ in to_retry),
+            last_reason=reason[:1024] if reason else None,
+        )
 
     @staticmethod
     def _event(

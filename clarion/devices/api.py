@@ -77,6 +77,6 @@ async def report_inapp_events(
 
 @router.get("/webpush/vapid-key", response_model=VapidKey)
 async def get_vapid_key(access: SdkApp) -> VapidKey:
-    if access.app.vapid_public_key is None:
+    if access.vapid_public_key is None:
         raise NotFoundError("this app has no Web Push key")
-    return VapidKey(application_server_key=access.app.vapid_public_key)
+    return VapidKey(application_server_key=access.vapid_public_key)

@@ -54,17 +54,16 @@ async def upsert_installation(
 ) -> Installation:
     """Create or update an installation; calling it twice with the same data changes nothing."""
     check_install_id(install_id)
-    app = access.app
     given = data.model_fields_set
     if "push_token" in given and "webpush_subscription" in given:
         raise MalformedParameterError("give push_token or webpush_subscription, not both")
-    if "webpush_subscription" in given and app.platform != "web":
+    if "webpush_subscription" in given and access.platform != "web":
         raise MalformedParameterError("webpush_subscription is for web apps only")
-    if "push_token" in given and app.platform == "web":
+    if "push_token" in given and access.platform == "web":
         raise MalformedParameterError("web apps register a webpush_subscription, not a push_token")
 
     now = utcnow()
-    installation = await _get_or_create(session, app_id=app.id, install_id=install_id)
+    installation = await _get_or_create(session, app_id=access.app_id, install_id=install_id)
     installation.is_dev = access.is_dev
     installation.last_seen_at = now
     for name in _PROFILE_FIELDS:
@@ -86,7 +85,7 @@ async def upsert_installation(
         installation.push_optin = data.push_optin
         installation.optin_changed_at = now
         kind = PushEventKind.OPTIN if data.push_optin else PushEventKind.OPTOUT
-        await record_push_events(session, [_event_for(installation, app.platform, kind, now)])
+        await record_push_events(session, [_event_for(installation, access.platform, kind, now)])
     await session.flush()
     return installation
 
@@ -106,7 +105,7 @@ async def get_installation(
 ) -> Installation:
     installation = await session.scalar(
         select(Installation).where(
-            Installation.app_id == access.app.id, Installation.install_id == install_id
+            Installation.app_id == access.app_id, Installation.install_id == install_id
         )
     )
     if installation is None:
@@ -121,7 +120,7 @@ async def track_events(
     now = utcnow()
     rows = [
         {
-            "app_id": access.app.id,
+            "app_id": access.app_id,
             "occurred_at": _past_or_now(event.occurred_at, now),
             "install_id": installation.install_id,
             "custom_id": installation.custom_id,
@@ -143,7 +142,7 @@ async def record_push_open(
     """A notification was opened: attributed to its send through `com.batch.i`."""
     installation = await get_installation(session, access=access, install_id=install_id)
     send = await session.scalar(
-        select(Send).where(Send.token == data.send_id, Send.app_id == access.app.id)
+        select(Send).where(Send.token == data.send_id, Send.app_id == access.app_id)
     )
     now = utcnow()
     attribution: dict[str, str | None]
@@ -158,7 +157,7 @@ async def record_push_open(
         app_id=installation.app_id,
         kind=PushEventKind.OPENED,
         occurred_at=_past_or_now(data.occurred_at, now),
-        platform=access.app.platform,
+        platform=access.platform,
         install_id=installation.install_id,
         custom_id=installation.custom_id,
         advertising_id=installation.advertising_id,
@@ -175,10 +174,10 @@ async def record_inapp(
     now = utcnow()
     rows = [
         {
-            "app_id": access.app.id,
+            "app_id": access.app_id,
             "kind": event.kind.value,
             "occurred_at": _past_or_now(event.occurred_at, now),
-            "platform": access.app.platform,
+            "platform": access.platform,
             "install_id": installation.install_id,
             "custom_id": installation.custom_id,
             "advertising_id": installation.advertising_id,

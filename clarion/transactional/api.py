@@ -16,10 +16,10 @@ router = APIRouter(tags=["transactional"])
 async def send_transactional(
     body: TransactionalSend, access: RestApp, session: SessionDep, runtime: RuntimeDep
 ) -> TransactionalAccepted:
-    send = await service.send_transactional(
+    token = await service.send_transactional(
         session, access=access, body=body, batch_size=runtime.settings.batch_size
     )
-    return TransactionalAccepted(token=send.token)
+    return TransactionalAccepted(token=token)
 
 
 @router.get("/1.1/{api_key}/transactional/sends/{token}", response_model=SendRead)
