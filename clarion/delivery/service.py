@@ -442,6 +442,7 @@ async def resolve_recipients(
         Installation.webpush_p256dh,
         Installation.webpush_auth,
         Installation.is_dev,
+        Installation.app_id,
     )
     base = select(*columns).where(
         Installation.app_id == app.id, Installation.push_token.is_not(None)
@@ -453,7 +454,11 @@ async def resolve_recipients(
     if wanted.get("install_ids"):
         queries.append(targeted.where(Installation.install_id.in_(wanted["install_ids"])))
     if wanted.get("installations"):
-        queries.append(base.where(Installation.id.in_(wanted["installations"])))
+        # By primary key alone, app and token checked below: with `app_id = ? AND push_token
+        # IS NOT NULL` beside it, SQLite walks the (app_id, push_token) index over every
+        # installation of the app, once per batch (measured: a quarter of the worker's time at
+        # 200,000 devices, and growing with the audience).
+        queries.append(select(*columns).where(Installation.id.in_(wanted["installations"])))
     raw_tokens = set(wanted.get("tokens", ()))
     if raw_tokens:
         queries.append(base.where(Installation.push_token.in_(raw_tokens)))
@@ -469,8 +474,10 @@ async def resolve_recipients(
             p256dh,
             auth,
             is_dev,
+            app_id,
         ) in await session.execute(query):
-            assert token is not None  # the queries select installations with a token
+            if token is None or app_id != app.id:
+                continue  # removed since the batch was written (or not this app's: never)
             by_token[token] = Recipient(
                 token=token,
                 installation_id=pk,
