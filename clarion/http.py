@@ -53,36 +53,34 @@ SessionDep = Annotated[AsyncSession, Depends(get_session, scope="function")]
 
 
 async def rest_company(
-    session: SessionDep,
     runtime: RuntimeDep,
     x_authorization: Annotated[str | None, Header()] = None,
 ) -> CompanyAccess:
-    return await authenticate_company(session, rest_key=x_authorization, cache=runtime.key_cache)
+    return await authenticate_company(
+        runtime.sessions, rest_key=x_authorization, cache=runtime.key_cache
+    )
 
 
 RestCompany = Annotated[CompanyAccess, Depends(rest_company)]
 
 
 async def rest_app(
-    session: SessionDep,
     runtime: RuntimeDep,
     company: RestCompany,
     api_key: Annotated[str, Path()],
 ) -> AppAccess:
     """Batch's server APIs: the REST key in X-Authorization, the app's key in the path."""
     return await authenticate_app(
-        session, api_key=api_key, company=company, cache=runtime.key_cache
+        runtime.sessions, api_key=api_key, company=company, cache=runtime.key_cache
     )
 
 
 RestApp = Annotated[AppAccess, Depends(rest_app)]
 
 
-async def sdk_app(
-    session: SessionDep, runtime: RuntimeDep, api_key: Annotated[str, Path()]
-) -> AppAccess:
+async def sdk_app(runtime: RuntimeDep, api_key: Annotated[str, Path()]) -> AppAccess:
     """The SDK API: only the app's key, which ships inside the app as with Batch."""
-    return await authenticate_app(session, api_key=api_key, cache=runtime.key_cache)
+    return await authenticate_app(runtime.sessions, api_key=api_key, cache=runtime.key_cache)
 
 
 SdkApp = Annotated[AppAccess, Depends(sdk_app)]

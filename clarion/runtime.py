@@ -21,6 +21,7 @@ from clarion.delivery.service import Deliverer
 from clarion.http2 import Http2Client
 from clarion.queue import JobQueue
 from clarion.security import SecretBox
+from clarion.transactional.service import SendIntake
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +39,7 @@ class Runtime:
             heartbeat_seconds=settings.job_heartbeat_seconds,
             job_recipients=settings.batch_size,
         )
+        self.send_intake = SendIntake(self.sessions, self.queue, batch_size=settings.batch_size)
         self._client: Http2Client | None = None
         self._pool: ProviderPool | None = None
         self.deliverer: Deliverer | None = None

@@ -161,32 +161,27 @@ class TestKeyCache:
     ) -> None:
         # As when another process rotates the key: this process's cache is not told.
         cache = KeyCache(ttl=0.3)
-        async with runtime.sessions() as session:
-            access = await authenticate_app(session, api_key=ios_app.api_key, cache=cache)
-            assert (access.app_id, access.is_dev) == (ios_app.app_id, False)
+        access = await authenticate_app(runtime.sessions, api_key=ios_app.api_key, cache=cache)
+        assert (access.app_id, access.is_dev) == (ios_app.app_id, False)
         async with transaction(runtime.sessions) as session:
             await session.execute(
                 update(App).where(App.id == ios_app.app_id).values(live_key_hash="rotated")
             )
-        async with runtime.sessions() as session:
-            cached = await authenticate_app(session, api_key=ios_app.api_key, cache=cache)
-            assert cached == access
-            await asyncio.sleep(0.35)
-            with pytest.raises(AuthenticationInvalidError):
-                await authenticate_app(session, api_key=ios_app.api_key, cache=cache)
+        cached = await authenticate_app(runtime.sessions, api_key=ios_app.api_key, cache=cache)
+        assert cached == access
+        await asyncio.sleep(0.35)
+        with pytest.raises(AuthenticationInvalidError):
+            await authenticate_app(runtime.sessions, api_key=ios_app.api_key, cache=cache)
 
     async def test_a_cached_key_still_answers_only_within_its_company(
         self, runtime: Runtime, ios_app: ClientApp, sim_control: httpx.Client
     ) -> None:
         other = await new_app(runtime, sim_control, "ios")
         cache = KeyCache(ttl=60)
-        async with runtime.sessions() as session:
-            own = await authenticate_company(session, rest_key=ios_app.rest_key, cache=cache)
-            foreign = await authenticate_company(session, rest_key=other.rest_key, cache=cache)
-            assert (
-                await authenticate_app(session, api_key=ios_app.api_key, cache=cache, company=own)
-            ).app_id == ios_app.app_id
-            with pytest.raises(AuthenticationInvalidError):  # now served from the cache
-                await authenticate_app(
-                    session, api_key=ios_app.api_key, cache=cache, company=foreign
-                )
+        sessions = runtime.sessions
+        own = await authenticate_company(sessions, rest_key=ios_app.rest_key, cache=cache)
+        foreign = await authenticate_company(sessions, rest_key=other.rest_key, cache=cache)
+        access = await authenticate_app(sessions, api_key=ios_app.api_key, cache=cache, company=own)
+        assert access.app_id == ios_app.app_id
+        with pytest.raises(AuthenticationInvalidError):  # now served from the cache
+            await authenticate_app(sessions, api_key=ios_app.api_key, cache=cache, company=foreign)

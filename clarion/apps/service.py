@@ -10,7 +10,7 @@ import orjson
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from sqlalchemy import or_, select
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from clarion.apps.models import App, Company
 from clarion.apps.schemas import (
@@ -142,7 +142,7 @@ def describe_app(app: App, keys: AppKeys | None = None, rest_key: str | None = N
 
 
 async def authenticate_company(
-    session: AsyncSession, *, rest_key: str | None, cache: KeyCache
+    sessions: async_sessionmaker[AsyncSession], *, rest_key: str | None, cache: KeyCache
 ) -> CompanyAccess:
     if not rest_key:
         raise AuthenticationInvalidError("missing X-Authorization header (the REST API key)")
@@ -150,7 +150,8 @@ async def authenticate_company(
     cached = cache.get(digest)
     if isinstance(cached, CompanyAccess):
         return cached
-    company_id = await session.scalar(select(Company.id).where(Company.rest_key_hash == digest))
+    async with sessions() as session:
+        company_id = await session.scalar(select(Company.id).where(Company.rest_key_hash == digest))
     if company_id is None:
         raise AuthenticationInvalidError("unknown REST API key")
     company = CompanyAccess(id=company_id)
@@ -159,7 +160,7 @@ async def authenticate_company(
 
 
 async def authenticate_app(
-    session: AsyncSession,
+    sessions: async_sessionmaker[AsyncSession],
     *,
     api_key: str,
     cache: KeyCache,
@@ -168,12 +169,15 @@ async def authenticate_app(
     """Find the app whose Live or Dev key is `api_key`, within `company` when given.
 
     An app of another company answers exactly like an unknown key, so keys cannot be probed.
+    Lookups use a short session of their own, never the request's: on SQLite's single
+    connection, a request session kept open by its lookup would block the send intake's
+    group commit.
     """
     digest = hash_key(api_key)
     access = cache.get(digest)
     if not isinstance(access, AppAccess):
-        row = (
-            await session.execute(
+        async with sessions() as session:
+            result = await session.execute(
                 select(
                     App.id,
                     App.company_id,
@@ -182,7 +186,7 @@ async def authenticate_app(
                     App.dev_key_hash,
                 ).where(or_(App.live_key_hash == digest, App.dev_key_hash == digest))
             )
-        ).first()
+            row = result.first()
         if row is None:
             raise AuthenticationInvalidError("unknown API key")
         access = AppAccess(

@@ -14,12 +14,10 @@ router = APIRouter(tags=["transactional"])
 @router.post("/1.1/{api_key}/transactional/send", status_code=201)
 @router.post("/1.0/{api_key}/transactional/send", status_code=201, include_in_schema=False)
 async def send_transactional(
-    body: TransactionalSend, access: RestApp, session: SessionDep, runtime: RuntimeDep
+    body: TransactionalSend, access: RestApp, runtime: RuntimeDep
 ) -> TransactionalAccepted:
-    token = await service.send_transactional(
-        session, access=access, body=body, batch_size=runtime.settings.batch_size
-    )
-    return TransactionalAccepted(token=token)
+    # Stored by the intake's group commit (not this request's session): committed on return.
+    return TransactionalAccepted(token=await runtime.send_intake.submit(access=access, body=body))
 
 
 @router.get("/1.1/{api_key}/transactional/sends/{token}", response_model=SendRead)
