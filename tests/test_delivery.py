@@ -13,8 +13,10 @@ from typing import Any
 
 import httpx
 import orjson
-from sqlalchemy import select
+import pytest
+from sqlalchemy import select, update
 
+from clarion.db import transaction
 from clarion.delivery.models import BatchStatus, DeliveryBatch, Send
 from clarion.devices.models import Installation
 from clarion.events.models import PushEvent
@@ -433,6 +435,48 @@ class TestSharedJobs:
                 user,
                 send_token,
             )
+
+
+class TestUnexpectedFailure:
+    async def test_a_batch_that_breaks_the_worker_is_released_then_given_up(
+        self, runtime: Runtime, ios_app: ClientApp
+    ) -> None:
+        # Not a provider outcome but a bug or bad data: here a batch whose recipients cannot be
+        # read. It must not stay leased, and must not be retried for ever.
+        deliverer = runtime.deliverer
+        assert deliverer is not None
+        last = runtime.settings.retry_max_attempts - 1
+        async with transaction(runtime.sessions) as session:
+            send = Send(
+                token=secrets.token_hex(16), app_id=ios_app.app_id, kind="transactional", content={}
+            )
+            session.add(send)
+            await session.flush()
+            batch = DeliveryBatch(send_id=send.id, recipients={"custom_ids": 7}, attempt=last - 1)
+            session.add(batch)
+
+        async def attempt() -> DeliveryBatch:
+            with pytest.raises(TypeError):
+                await deliverer.deliver_batches([batch.id])
+            async with runtime.sessions() as session:
+                found = await session.get(DeliveryBatch, batch.id)
+                assert found is not None
+                return found
+
+        released = await attempt()
+        assert (released.status, released.attempt) == (BatchStatus.PENDING.value, last)
+        assert released.lease_until is None
+        assert "TypeError" in (released.last_reason or "")
+
+        async with transaction(runtime.sessions) as session:  # due again now
+            await session.execute(
+                update(DeliveryBatch)
+                .where(DeliveryBatch.id == batch.id)
+                .values(not_before=released.created_at)
+            )
+        given_up = await attempt()
+        assert (given_up.status, given_up.attempt) == (BatchStatus.DONE.value, last + 1)
+        assert given_up.finished_at is not None
 
 
 class TestProviderDown:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import bindparam, or_, select, update
+from sqlalchemy import bindparam, case, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from clarion.apps.models import App
@@ -113,12 +113,12 @@ class Deliverer:
             return
         try:
             await self._deliver_claimed(claimed)
-        except Exception:
+        except Exception as exc:
             # Not a provider outcome (those are results): the database or a bug. Hand the
             # batches back now rather than leave them leased, and count the attempt so they
             # cannot loop.
             log.exception("delivery of batches %s failed; releasing them for a retry", claimed)
-            await self._release(claimed)
+            await self._release(claimed, exc)
             raise
 
     async def _claim(self, batch_ids: list[int]) -> list[int]:
@@ -141,7 +141,11 @@ class Deliverer:
             )
             return sorted(claimed)
 
-    async def _release(self, batch_ids: list[int]) -> None:
+    async def _release(self, batch_ids: list[int], error: Exception) -> None:
+        """Hand failed batches back for a later attempt; at the last attempt, give them up
+        (done, the error kept as the batch's last_reason) so that a poison batch cannot loop."""
+        now = utcnow()
+        give_up = BATCHES.c.attempt + 1 >= self._settings.retry_max_attempts
         async with transaction(self._sessions) as session:
             await session.execute(
                 update(BATCHES)
@@ -150,10 +154,12 @@ class Deliverer:
                     BATCHES.c.status == BatchStatus.SENDING.value,
                 )
                 .values(
-                    status=BatchStatus.PENDING.value,
+                    status=case((give_up, BatchStatus.DONE.value), else_=BatchStatus.PENDING.value),
+                    finished_at=case((give_up, now), else_=None),
                     lease_until=None,
                     attempt=BATCHES.c.attempt + 1,
-                    not_before=utcnow() + timedelta(seconds=self._settings.retry_base_seconds),
+                    not_before=now + timedelta(seconds=self._settings.retry_base_seconds),
+                    last_reason=f"InternalError: {error!r}"[:1024],
                 )
             )
 
