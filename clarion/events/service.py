@@ -1,7 +1,10 @@
-"""Writing the event log, always in bulk (one executemany per batch of rows)."""
+"""Writing the event log, always in bulk (one executemany per batch of rows), and the
+Trigger Events API's server-side events."""
 
 from __future__ import annotations
 
+import logging
+import uuid
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
@@ -9,8 +12,11 @@ from typing import Any
 from sqlalchemy import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from clarion.db import bulk_insert
+from clarion.db import bulk_insert, utcnow
 from clarion.events.models import InAppEvent, PushEvent, PushEventKind, TrackedEvent
+from clarion.events.schemas import ServerEventIn
+
+log = logging.getLogger(__name__)
 
 PUSH_EVENT_COLUMNS = (
     "app_id",
@@ -72,3 +78,30 @@ async def record_inapp_events(session: AsyncSession, rows: Sequence[dict[str, An
 async def record_tracked_events(session: AsyncSession, rows: Sequence[dict[str, Any]]) -> None:
     if rows:
         await session.execute(insert(TrackedEvent), list(rows))
+
+
+async def track_user_events(
+    session: AsyncSession, *, app_id: int, users: Sequence[tuple[str, Sequence[ServerEventIn]]]
+) -> str:
+    """Store server-side events (Trigger Events API) on custom user ids, beside the SDK's events
+    (same table, `ue.` names), whether or not an installation carries the id yet. Returns a token
+    naming the call, as Batch does; it is logged, not stored."""
+    now = utcnow()
+    rows = [
+        {
+            "app_id": app_id,
+            "occurred_at": event.time or now,
+            "install_id": None,
+            "custom_id": custom_id,
+            "name": event.name,
+            "label": event.label,
+            "attributes": event.attributes,
+            "tags": event.tags,
+        }
+        for custom_id, events in users
+        for event in events
+    ]
+    await record_tracked_events(session, rows)
+    token = str(uuid.uuid4())
+    log.info("trigger events call %s stored %d events for app %d", token, len(rows), app_id)
+    return token
