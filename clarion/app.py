@@ -12,6 +12,7 @@ from clarion.config import Settings
 from clarion.devices.api import router as sdk_router
 from clarion.events.api import router as trigger_events_router
 from clarion.http import BodySizeLimit, install_error_handlers
+from clarion.profiles.api import router as custom_data_router
 from clarion.runtime import Runtime
 from clarion.transactional.api import router as transactional_router
 
@@ -38,6 +39,7 @@ def create_app(settings: Settings, *, workers: bool) -> FastAPI:
     app.include_router(transactional_router)
     app.include_router(sdk_router)
     app.include_router(trigger_events_router)
+    app.include_router(custom_data_router)
     app.include_router(apps_router)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
 

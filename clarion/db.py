@@ -75,6 +75,16 @@ def insert_ignoring_conflicts(session: AsyncSession, table: Any, *, index: list[
     return sqlite_insert(table).on_conflict_do_nothing(index_elements=index)
 
 
+def upsert(session: AsyncSession, table: Any, *, index: list[str], update: list[str]) -> Any:
+    """`INSERT ... ON CONFLICT (index) DO UPDATE SET <update> = excluded.<update>` for the
+    session's database."""
+    postgres = session.get_bind().dialect.name == "postgresql"
+    statement = pg_insert(table) if postgres else sqlite_insert(table)
+    return statement.on_conflict_do_update(
+        index_elements=index, set_={column: statement.excluded[column] for column in update}
+    )
+
+
 async def bulk_insert(
     session: AsyncSession, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]
 ) -> None:

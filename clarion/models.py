@@ -4,6 +4,7 @@ from clarion.apps.models import App, Company
 from clarion.delivery.models import DeliveryBatch, Send
 from clarion.devices.models import Installation
 from clarion.events.models import InAppEvent, PushEvent, TrackedEvent
+from clarion.profiles.models import ProfileAttribute, ProfileTag
 
 __all__ = [
     "App",
@@ -11,6 +12,8 @@ __all__ = [
     "DeliveryBatch",
     "InAppEvent",
     "Installation",
+    "ProfileAttribute",
+    "ProfileTag",
     "PushEvent",
     "Send",
     "TrackedEvent",

@@ -8,15 +8,15 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, RootModel, field_validator, model_validator
 
+from clarion.formats import NAME, parse_batch_date
+
 MAX_EVENTS_PER_CALL = 1000
 MAX_ATTRIBUTES = 15
 # Batch refuses times in the future; a minute of tolerance absorbs the sender's clock skew.
 FUTURE_TOLERANCE = timedelta(minutes=1)
 MAX_AGE = timedelta(hours=24)
 
-_ATTRIBUTE_NAME = re.compile(r"[a-z0-9_]{1,30}")
 _DATE_ATTRIBUTE = re.compile(r"date\(([a-z0-9_]{1,30})\)")
-_DATE_TEXT = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,3})?")
 
 
 class ServerEventIn(BaseModel):
@@ -60,7 +60,7 @@ class ServerEventIn(BaseModel):
         for name, value in attributes.items():
             if _DATE_ATTRIBUTE.fullmatch(name):
                 normalised[name] = _date_value(name, value)
-            elif not _ATTRIBUTE_NAME.fullmatch(name):
+            elif not NAME.fullmatch(name):
                 raise ValueError(f"attribute name {name!r}: use a-z, 0-9 and _, at most 30")
             elif isinstance(value, str):
                 if len(value) > 64:
@@ -74,15 +74,10 @@ class ServerEventIn(BaseModel):
 
 
 def _date_value(name: str, value: Any) -> str:
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        at = datetime.fromtimestamp(value, UTC)
-    elif isinstance(value, str) and _DATE_TEXT.fullmatch(value):
-        at = datetime.fromisoformat(value).replace(tzinfo=UTC)
-    else:
-        raise ValueError(
-            f"attribute {name!r}: a Unix time in seconds or YYYY-MM-DDTHH:MM:SS[.SSS] (UTC)"
-        )
-    return at.isoformat()
+    try:
+        return parse_batch_date(value).isoformat()
+    except ValueError as exc:
+        raise ValueError(f"attribute {name!r}: {exc}") from None
 
 
 class UserEventsIn(BaseModel):

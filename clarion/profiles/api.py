@@ -1,0 +1,53 @@
+"""Custom Data API 1.0 (spec §7): a company's systems set what they know about its users."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Path
+
+from clarion.http import RestApp, SessionDep
+from clarion.profiles import service
+from clarion.profiles.schemas import (
+    DataAccepted,
+    ProfileDeletesIn,
+    ProfileUpdateIn,
+    ProfileUpdatesIn,
+)
+
+router = APIRouter(prefix="/1.0/{api_key}/data/users", tags=["custom data"])
+CustomId = Annotated[str, Path(min_length=1, max_length=512)]
+
+
+@router.post("/{custom_id}")
+async def update_user(
+    custom_id: CustomId, body: ProfileUpdateIn, access: RestApp, session: SessionDep
+) -> DataAccepted:
+    updates = [(custom_id, body.overwrite, body.operations())]
+    token = await service.update_profiles(session, app_id=access.app_id, updates=updates)
+    return DataAccepted(token=token)
+
+
+# Batch's docs write the bulk route without a trailing slash; some clients add one.
+@router.post("")
+@router.post("/", include_in_schema=False)
+async def update_users(
+    body: ProfileUpdatesIn, access: RestApp, session: SessionDep
+) -> DataAccepted:
+    updates = [(item.id, item.update.overwrite, item.update.operations()) for item in body.root]
+    token = await service.update_profiles(session, app_id=access.app_id, updates=updates)
+    return DataAccepted(token=token)
+
+
+@router.delete("/{custom_id}")
+async def delete_user(custom_id: CustomId, access: RestApp, session: SessionDep) -> DataAccepted:
+    token = await service.delete_profiles(session, app_id=access.app_id, custom_ids=[custom_id])
+    return DataAccepted(token=token)
+
+
+@router.delete("")
+async def delete_users(
+    body: ProfileDeletesIn, access: RestApp, session: SessionDep
+) -> DataAccepted:
+    token = await service.delete_profiles(session, app_id=access.app_id, custom_ids=body.root)
+    return DataAccepted(token=token)

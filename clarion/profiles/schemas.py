@@ -1,0 +1,144 @@
+"""Custom Data API 1.0 (spec §7): the wire format, and its validation into plain operations."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, RootModel, field_validator
+
+from clarion.formats import NAME, parse_batch_date
+from clarion.profiles.models import AttributeKind
+
+MAX_USERS_PER_CALL = 10_000
+MAX_TAGS_PER_COLLECTION = 25
+_KEY = re.compile(r"(u|ut)\.(.+)|(date|url)\(u\.(.+)\)")
+_URL = re.compile(r"[a-zA-Z][a-zA-Z0-9+.-]*://\S*")
+
+
+@dataclass(frozen=True, slots=True)
+class SetAttribute:
+    name: str
+    kind: AttributeKind
+    text: str | None
+    number: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class DeleteAttribute:
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class ReplaceTags:
+    collection: str
+    tags: tuple[str, ...]  # empty: the collection is deleted
+
+
+@dataclass(frozen=True, slots=True)
+class ChangeTags:
+    collection: str
+    add: tuple[str, ...]
+    remove: tuple[str, ...]
+
+
+Operation = SetAttribute | DeleteAttribute | ReplaceTags | ChangeTags
+
+
+def parse_value(key: str, value: Any) -> Operation:
+    """One `values` entry as an operation; ValueError (naming the key) if Batch would refuse it."""
+    match = _KEY.fullmatch(key)
+    if match is None:
+        raise ValueError(f"{key}: keys are u.<name>, ut.<name>, date(u.<name>) or url(u.<name>)")
+    prefix, name = (match[1], match[2]) if match[1] else (match[3], match[4])
+    if not NAME.fullmatch(name):
+        raise ValueError(f"{key}: names use a-z, 0-9 and _, at most 30 characters")
+    if value is None:
+        return ReplaceTags(name, ()) if prefix == "ut" else DeleteAttribute(name)
+    if prefix == "ut":
+        return _tags(key, name, value)
+    if prefix == "date":
+        try:
+            at = parse_batch_date(value)
+        except ValueError as exc:
+            raise ValueError(f"{key}: {exc}") from None
+        return SetAttribute(name, AttributeKind.DATE, at.isoformat(), at.timestamp())
+    if prefix == "url":
+        if not isinstance(value, str) or len(value) > 2048 or not _URL.fullmatch(value):
+            raise ValueError(f"{key}: a URL scheme://…, at most 2048 characters")
+        return SetAttribute(name, AttributeKind.URL, value, None)
+    if isinstance(value, bool):
+        return SetAttribute(name, AttributeKind.BOOLEAN, None, float(value))
+    if isinstance(value, int):
+        return SetAttribute(name, AttributeKind.INTEGER, None, float(value))
+    if isinstance(value, float):
+        return SetAttribute(name, AttributeKind.FLOAT, None, value)
+    if isinstance(value, str):
+        if len(value) > 64:
+            raise ValueError(f"{key}: strings have at most 64 characters")
+        return SetAttribute(name, AttributeKind.STRING, value, None)
+    raise ValueError(f"{key}: a string, number, boolean or null")
+
+
+def _tags(key: str, name: str, value: Any) -> Operation:
+    if isinstance(value, list):
+        if not value:
+            raise ValueError(f"{key}: a tag collection cannot be an empty list (use null)")
+        return ReplaceTags(name, _tag_list(key, value))
+    if isinstance(value, dict) and value and set(value) <= {"$add", "$remove"}:
+        return ChangeTags(
+            name, _tag_list(key, value.get("$add", [])), _tag_list(key, value.get("$remove", []))
+        )
+    raise ValueError(f'{key}: a list of tags or {{"$add": [...], "$remove": [...]}}')
+
+
+def _tag_list(key: str, tags: Any) -> tuple[str, ...]:
+    if not isinstance(tags, list) or len(tags) > MAX_TAGS_PER_COLLECTION:
+        raise ValueError(f"{key}: at most {MAX_TAGS_PER_COLLECTION} tags")
+    if not all(isinstance(tag, str) and 1 <= len(tag) <= 64 for tag in tags):
+        raise ValueError(f"{key}: tags are non-empty strings of at most 64 characters")
+    return tuple(dict.fromkeys(tags))
+
+
+class ProfileUpdateIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    overwrite: bool = False
+    values: dict[str, Any] = Field(min_length=1)
+
+    @field_validator("values")
+    @classmethod
+    def _valid_values(cls, values: dict[str, Any]) -> dict[str, Any]:
+        for key, value in values.items():
+            parse_value(key, value)
+        return values
+
+    def operations(self) -> list[Operation]:
+        return [parse_value(key, value) for key, value in self.values.items()]
+
+
+class ProfileUpdateItem(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    id: str = Field(min_length=1, max_length=512)
+    update: ProfileUpdateIn
+
+
+class ProfileUpdatesIn(RootModel[list[ProfileUpdateItem]]):
+    root: list[ProfileUpdateItem] = Field(min_length=1, max_length=MAX_USERS_PER_CALL)
+
+
+class ProfileDeletesIn(RootModel[list[str]]):
+    root: list[str] = Field(min_length=1, max_length=MAX_USERS_PER_CALL)
+
+    @field_validator("root")
+    @classmethod
+    def _custom_ids(cls, ids: list[str]) -> list[str]:
+        if not all(1 <= len(custom_id) <= 512 for custom_id in ids):
+            raise ValueError("custom user ids have 1 to 512 characters")
+        return ids
+
+
+class DataAccepted(BaseModel):
+    token: str
