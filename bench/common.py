@@ -78,6 +78,31 @@ def simulator(state_dir: Path, *, cpu: int | None = 1) -> Iterator[tuple[str, Pa
         proc.wait(timeout=10)
 
 
+def serve_clarion(
+    port: int, env: dict[str, str], *, workers: bool, stderr: Any = subprocess.DEVNULL
+) -> subprocess.Popen[bytes]:
+    """`clarion serve` in its own process group, pinned to core 0 once it answers."""
+    proc = subprocess.Popen(
+        [
+            *[sys.executable, "-m", "clarion.cli", "serve", "--port", str(port)],
+            "--workers" if workers else "--no-workers",
+        ],
+        env={**os.environ, **env},
+        stdout=subprocess.DEVNULL,
+        stderr=stderr,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            httpx.get(f"http://127.0.0.1:{port}/docs")
+            break
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    pin(0, proc.pid)
+    return proc
+
+
 def _process_tree(pid: int) -> list[int]:
     out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True)
     children = [int(p) for p in out.stdout.split()]

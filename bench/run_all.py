@@ -14,7 +14,9 @@ RUNS = [
     ["-m", "bench.delivery_throughput", "--devices", "200000", "--db", "sqlite"],
     ["-m", "bench.delivery_throughput", "--devices", "200000", "--db", "postgres"],
     ["-m", "bench.delivery_throughput", "--devices", "1000000", "--db", "postgres"],
-    ["-m", "bench.transactional_api", "--sends", "3000", "--connections", "32"],
+    ["-m", "bench.transactional_api", "--sends", "10000", "--connections", "32"],
+    ["-m", "bench.transactional_api", "--sends", "10000", "--connections", "32", "--api-only"],
+    ["-m", "bench.custom_data", "--db", "postgres", "--calls", "20"],
     ["bench/sim_ceiling.py", "--baseline"],
     ["bench/http2_client.py", "--requests", "200000"],
 ]

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import httpx
 
-from bench.common import h2load, pin, report, simulator
+from bench.common import h2load, pin, report, serve_clarion, simulator
 
 API_PORT = int(os.environ.get("CLARION_BENCH_API_PORT", "18000"))
 TOPIC = "com.example.bench"
@@ -36,31 +36,12 @@ LOG = Path(__file__).parent / "results" / "transactional_api.log"  # the API pro
 def start_api(tmp: Path, sim_url: str, ca: Path, *, workers: bool) -> subprocess.Popen[bytes]:
     LOG.parent.mkdir(exist_ok=True)
     env = {
-        **os.environ,
         "CLARION_VAR_DIR": str(tmp),
         "CLARION_APNS_PRODUCTION_URL": sim_url,
         "CLARION_APNS_SANDBOX_URL": sim_url,
         "CLARION_PROVIDER_CA_FILE": str(ca),
     }
-    proc = subprocess.Popen(
-        [
-            *[sys.executable, "-m", "clarion.cli", "serve", "--port", str(API_PORT)],
-            "--workers" if workers else "--no-workers",
-        ],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=LOG.open("wb"),
-        start_new_session=True,
-    )
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            httpx.get(f"http://127.0.0.1:{API_PORT}/docs")
-            break
-        except httpx.HTTPError:
-            time.sleep(0.2)
-    pin(0, proc.pid)
-    return proc
+    return serve_clarion(API_PORT, env, workers=workers, stderr=LOG.open("wb"))
 
 
 def provision(tmp: Path, sim_url: str, ca: Path) -> dict[str, str]:

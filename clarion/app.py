@@ -41,6 +41,10 @@ def create_app(settings: Settings, *, workers: bool) -> FastAPI:
     app.include_router(trigger_events_router)
     app.include_router(custom_data_router)
     app.include_router(apps_router)
-    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        BodySizeLimit,
+        max_bytes=settings.max_body_bytes,
+        bulk_max_bytes=settings.max_bulk_body_bytes,
+    )
 
     return app

@@ -7,6 +7,7 @@ got a 201 can rely on its send being committed (see docs/decisions/0005-unit-of-
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
@@ -135,20 +136,27 @@ def install_error_handlers(app: FastAPI) -> None:
         return JSONResponse({"code": 1, "message": str(exc.detail)}, status_code=exc.status_code)
 
 
+# Bulk routes of Batch's data APIs carry up to 10,000 users or 1,000 events per call, which
+# does not fit in the 1 MiB that every other route allows.
+BULK_ROUTES = re.compile(r"/1\.[01]/[^/]+/(data/users|events/users)/?")
+
+
 class BodySizeLimit:
     """Refuses bodies over the limit with Batch's 400/31, before any of it is parsed."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, bulk_max_bytes: int) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.bulk_max_bytes = bulk_max_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        limit = self.bulk_max_bytes if BULK_ROUTES.fullmatch(scope["path"]) else self.max_bytes
         for name, value in scope.get("headers", ()):
-            if name == b"content-length" and value.isdigit() and int(value) > self.max_bytes:
-                await self._refuse(scope, receive, send)
+            if name == b"content-length" and value.isdigit() and int(value) > limit:
+                await self._refuse(limit, scope, receive, send)
                 return
         seen = 0
 
@@ -157,19 +165,19 @@ class BodySizeLimit:
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
-                if seen > self.max_bytes:
+                if seen > limit:
                     raise _BodyTooLarge
             return message
 
         try:
             await self.app(scope, limited_receive, send)
         except _BodyTooLarge:
-            await self._refuse(scope, receive, send)
+            await self._refuse(limit, scope, receive, send)
 
-    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
-        limit = f"{self.max_bytes // 1024} KiB"
-        response = error_response(MalformedParameterError(f"body: larger than {limit}"))
-        await response(scope, receive, send)
+    @staticmethod
+    async def _refuse(limit: int, scope: Scope, receive: Receive, send: Send) -> None:
+        message = f"body: larger than {limit // 1024} KiB"
+        await error_response(MalformedParameterError(message))(scope, receive, send)
 
 
 class _BodyTooLarge(Exception):

@@ -7,12 +7,14 @@ number of users (up to 10,000): all of it or none of it.
 from __future__ import annotations
 
 import uuid
+from collections import defaultdict
 from collections.abc import Sequence
+from typing import Any
 
-from sqlalchemy import and_, bindparam, delete
+from sqlalchemy import bindparam, delete
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from clarion.db import insert_ignoring_conflicts, upsert, utcnow
+from clarion.db import bulk_insert, utcnow
 from clarion.errors import MalformedParameterError
 from clarion.profiles.models import PROFILE_ATTRIBUTES, PROFILE_TAGS
 from clarion.profiles.schemas import (
@@ -23,26 +25,37 @@ from clarion.profiles.schemas import (
     SetAttribute,
 )
 
+_ATTRIBUTE_COLUMNS = (
+    "app_id",
+    "custom_id",
+    "name",
+    "kind",
+    "text_value",
+    "number_value",
+    "updated_at",
+)
 # Users per IN (...) list: well under SQLite's limit on bound parameters.
 _CHUNK = 5_000
 
+# Deletes are grouped by what they remove (an attribute name, a collection, a tag) and run as
+# `custom_id IN (...)` over chunks of users: one statement per group and chunk. Per-row
+# executemany deletes were planned once by PostgreSQL (psycopg prepares repeated statements) as a
+# sequential scan while the table was small, and then took minutes once it had grown.
 _DELETE_ATTRIBUTE = delete(PROFILE_ATTRIBUTES).where(
-    PROFILE_ATTRIBUTES.c.app_id == bindparam("a"),
-    PROFILE_ATTRIBUTES.c.custom_id == bindparam("c"),
-    PROFILE_ATTRIBUTES.c.name == bindparam("n"),
+    PROFILE_ATTRIBUTES.c.app_id == bindparam("app_id"),
+    PROFILE_ATTRIBUTES.c.name == bindparam("name"),
+    PROFILE_ATTRIBUTES.c.custom_id.in_(bindparam("users", expanding=True)),
 )
 _CLEAR_COLLECTION = delete(PROFILE_TAGS).where(
-    PROFILE_TAGS.c.app_id == bindparam("a"),
-    PROFILE_TAGS.c.custom_id == bindparam("c"),
-    PROFILE_TAGS.c.collection == bindparam("n"),
+    PROFILE_TAGS.c.app_id == bindparam("app_id"),
+    PROFILE_TAGS.c.collection == bindparam("collection"),
+    PROFILE_TAGS.c.custom_id.in_(bindparam("users", expanding=True)),
 )
 _REMOVE_TAG = delete(PROFILE_TAGS).where(
-    and_(
-        PROFILE_TAGS.c.app_id == bindparam("a"),
-        PROFILE_TAGS.c.custom_id == bindparam("c"),
-        PROFILE_TAGS.c.collection == bindparam("n"),
-        PROFILE_TAGS.c.tag == bindparam("t"),
-    )
+    PROFILE_TAGS.c.app_id == bindparam("app_id"),
+    PROFILE_TAGS.c.collection == bindparam("collection"),
+    PROFILE_TAGS.c.tag == bindparam("tag"),
+    PROFILE_TAGS.c.custom_id.in_(bindparam("users", expanding=True)),
 )
 
 
@@ -58,54 +71,53 @@ async def update_profiles(
     now = utcnow()
     await delete_profiles(session, app_id=app_id, custom_ids=[c for c, o, _ in updates if o])
 
-    removed: list[dict[str, object]] = []
-    attributes: list[dict[str, object]] = []
-    cleared: list[dict[str, object]] = []
-    untagged: list[dict[str, object]] = []
-    tagged: list[dict[str, object]] = []
+    removed: dict[str, list[str]] = defaultdict(list)  # attribute name -> users
+    attributes: list[tuple[object, ...]] = []
+    cleared: dict[str, list[str]] = defaultdict(list)  # collection -> users
+    untagged: dict[tuple[str, str], list[str]] = defaultdict(list)  # (collection, tag) -> users
+    tagged: list[tuple[object, ...]] = []
     for custom_id, _, operations in updates:
-        key = {"a": app_id, "c": custom_id}
         for op in operations:
             if isinstance(op, DeleteAttribute):
-                removed.append({**key, "n": op.name})
+                removed[op.name].append(custom_id)
             elif isinstance(op, SetAttribute):
                 attributes.append(
-                    {
-                        "app_id": app_id,
-                        "custom_id": custom_id,
-                        "name": op.name,
-                        "kind": op.kind.value,
-                        "text_value": op.text,
-                        "number_value": op.number,
-                        "updated_at": now,
-                    }
+                    (app_id, custom_id, op.name, op.kind.value, op.text, op.number, now)
                 )
             elif isinstance(op, ReplaceTags):
-                cleared.append({**key, "n": op.collection})
-                tagged += [_tag(app_id, custom_id, op.collection, tag) for tag in op.tags]
+                cleared[op.collection].append(custom_id)
+                tagged += [(app_id, custom_id, op.collection, tag) for tag in op.tags]
             elif isinstance(op, ChangeTags):
-                untagged += [{**key, "n": op.collection, "t": tag} for tag in op.remove]
-                tagged += [_tag(app_id, custom_id, op.collection, tag) for tag in op.add]
+                for tag in op.remove:
+                    untagged[(op.collection, tag)].append(custom_id)
+                tagged += [(app_id, custom_id, op.collection, tag) for tag in op.add]
 
-    if removed:
-        await session.execute(_DELETE_ATTRIBUTE, removed)
-    if attributes:
-        statement = upsert(
-            session,
-            PROFILE_ATTRIBUTES,
-            index=["app_id", "custom_id", "name"],
-            update=["kind", "text_value", "number_value", "updated_at"],
+    for name, users in removed.items():
+        await _delete_for_users(session, _DELETE_ATTRIBUTE, users, app_id=app_id, name=name)
+    for collection, users in cleared.items():
+        await _delete_for_users(
+            session, _CLEAR_COLLECTION, users, app_id=app_id, collection=collection
         )
-        await session.execute(statement, attributes)
-    if cleared:
-        await session.execute(_CLEAR_COLLECTION, cleared)
-    if untagged:
-        await session.execute(_REMOVE_TAG, untagged)
-    if tagged:
-        statement = insert_ignoring_conflicts(
-            session, PROFILE_TAGS, index=["app_id", "custom_id", "collection", "tag"]
+    for (collection, tag), users in untagged.items():
+        await _delete_for_users(
+            session, _REMOVE_TAG, users, app_id=app_id, collection=collection, tag=tag
         )
-        await session.execute(statement, tagged)
+    # Set after the deletes above, so that a collection replaced by a call keeps the new tags.
+    await bulk_insert(
+        session,
+        PROFILE_ATTRIBUTES.name,
+        _ATTRIBUTE_COLUMNS,
+        attributes,
+        conflict=("app_id", "custom_id", "name"),
+        update=("kind", "text_value", "number_value", "updated_at"),
+    )
+    await bulk_insert(
+        session,
+        PROFILE_TAGS.name,
+        ("app_id", "custom_id", "collection", "tag"),
+        tagged,
+        conflict=("app_id", "custom_id", "collection", "tag"),
+    )
     return str(uuid.uuid4())
 
 
@@ -120,5 +132,8 @@ async def delete_profiles(session: AsyncSession, *, app_id: int, custom_ids: Seq
     return str(uuid.uuid4())
 
 
-def _tag(app_id: int, custom_id: str, collection: str, tag: str) -> dict[str, object]:
-    return {"app_id": app_id, "custom_id": custom_id, "collection": collection, "tag": tag}
+async def _delete_for_users(
+    session: AsyncSession, statement: Any, users: list[str], **params: object
+) -> None:
+    for start in range(0, len(users), _CHUNK):
+        await session.execute(statement, {**params, "users": users[start : start + _CHUNK]})
