@@ -155,6 +155,22 @@ class TestSet:
         assert await _rows(runtime, ios_app) == 2_000
         assert await _profile(runtime, ios_app, "user-0") == {"attributes": {}, "tags": {}}
 
+    async def test_a_full_bulk_call_of_10000_users_fits_in_its_body_limit(
+        self, api: httpx.AsyncClient, ios_app: ClientApp, runtime: Runtime
+    ) -> None:
+        # ~2 MB: over the 1 MiB that other routes allow, under the bulk routes' 32 MiB.
+        body = [
+            {"id": f"member-{n:05d}", "update": {"values": {"u.city": "x" * 60, "u.rank": n}}}
+            for n in range(10_000)
+        ]
+
+        response = await api.post(
+            f"/1.0/{ios_app.api_key}/data/users", headers=ios_app.headers(), json=body
+        )
+
+        assert response.status_code == 200, response.text
+        assert await _rows(runtime, ios_app) == 20_000
+
     async def test_apps_do_not_share_profiles(
         self, api: httpx.AsyncClient, ios_app: ClientApp, runtime: Runtime
     ) -> None:
