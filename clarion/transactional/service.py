@@ -90,13 +90,15 @@ class SendIntake:
         group, self._pending, self._writing = self._pending, [], None
         try:
             jobs = await self._store(group)
-        except BaseException as exc:
+        except Exception as exc:
             for pending in group:
                 if not pending.stored.done():
                     pending.stored.set_exception(exc)
-            if not isinstance(exc, Exception):
-                raise
             return
+        except BaseException:  # cancelled (shutdown): so are the calls waiting on it
+            for pending in group:
+                pending.stored.cancel()
+            raise
         for pending in group:
             if not pending.stored.done():  # the caller may have gone (client disconnected)
                 pending.stored.set_result(None)
