@@ -24,6 +24,7 @@ from pgqueuer import Job, PgQueuer, PsycopgDriver
 from pgqueuer.queries import Queries
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from clarion.batching import TurnBatcher
 from clarion.config import QueueBackend
 
 log = logging.getLogger(__name__)
@@ -99,8 +100,7 @@ class JobQueue:
         self._connections: list[psycopg.AsyncConnection[Any]] = []
         self._enqueue_lock = asyncio.Lock()
         # Jobs handed to enqueue() in the same turn of the event loop are packed together.
-        self._pending: list[BatchJob] = []
-        self._flush: asyncio.Future[None] | None = None
+        self._batcher = TurnBatcher(self._enqueue_now)
         self._worker_concurrency = 8
 
     async def start(self) -> None:
@@ -120,17 +120,10 @@ class JobQueue:
 
     async def enqueue(self, jobs: list[BatchJob]) -> None:
         """Returns once the jobs are in the queue (for PostgreSQL: committed)."""
-        if not jobs:
-            return
-        self._pending.extend(jobs)
-        if self._flush is None:
-            self._flush = asyncio.ensure_future(self._enqueue_pending())
-        await asyncio.shield(self._flush)
+        if jobs:
+            await self._batcher.submit(*jobs)
 
-    async def _enqueue_pending(self) -> None:
-        # One turn of the loop lets the other requests being served right now add theirs.
-        await asyncio.sleep(0)
-        jobs, self._pending, self._flush = self._pending, [], None
+    async def _enqueue_now(self, jobs: list[BatchJob]) -> None:
         packed = pack_jobs(jobs, budget=self._job_recipients)
         # A dedupe key per job (its first batch) makes a second enqueue of a queued or running
         # job a no-op, so the sweep may re-enqueue freely; the batch claim guards the rest.

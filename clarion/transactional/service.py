@@ -18,6 +18,7 @@ from sqlalchemy import func, insert, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from clarion.apps.service import AppAccess
+from clarion.batching import TurnBatcher
 from clarion.db import transaction, utcnow
 from clarion.delivery.models import BATCHES, SENDS, BatchStatus, DeliveryBatch, Send, SendKind
 from clarion.errors import NotFoundError
@@ -33,17 +34,17 @@ _INSERT_SENDS = insert(SENDS).returning(SENDS.c.id, sort_by_parameter_order=True
 _INSERT_BATCHES = insert(BATCHES).returning(BATCHES.c.id, sort_by_parameter_order=True)
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class _PendingSend:
     row: dict[str, Any]
     chunks: list[dict[str, list[str]]]
-    stored: asyncio.Future[None]
 
 
 class SendIntake:
-    """Stores transactional sends with a group commit: the sends of the calls being served in
-    the same turn of the event loop share one transaction, one multi-row INSERT per table and
-    one enqueue, and each call returns once that transaction has committed.
+    """Stores transactional sends with a group commit (clarion.batching): the sends of the calls
+    being served in the same turn of the event loop share one transaction, one multi-row INSERT
+    per table and one enqueue, and each call returns once that transaction has committed (its
+    jobs are enqueued right after).
 
     This is the API's hottest path. A transaction per call (begin, two INSERTs, commit through
     the session machinery) cost more than all the rest of the call; grouped, it is paid once per
@@ -57,8 +58,8 @@ class SendIntake:
         self._sessions = sessions
         self._queue = queue
         self._batch_size = batch_size
-        self._pending: list[_PendingSend] = []
-        self._writing: asyncio.Future[None] | None = None
+        self._batcher = TurnBatcher(self._store_group)
+        self._enqueuing: set[asyncio.Future[None]] = set()  # referenced until done
 
     async def submit(self, *, access: AppAccess, body: TransactionalSend) -> str:
         """Store the send and its batches (the outbox), enqueue their jobs; returns the token."""
@@ -77,31 +78,18 @@ class SendIntake:
             "created_at": now,
             "expires_at": now + timedelta(seconds=body.time_to_live) if body.time_to_live else None,
         }
-        stored = asyncio.get_running_loop().create_future()
-        self._pending.append(_PendingSend(row, _chunk_recipients(body, self._batch_size), stored))
-        if self._writing is None:
-            self._writing = asyncio.ensure_future(self._write_pending())
-        await stored
+        await self._batcher.submit(_PendingSend(row, _chunk_recipients(body, self._batch_size)))
         return token
 
-    async def _write_pending(self) -> None:
-        # One turn of the loop lets the other calls being served right now join this group.
-        await asyncio.sleep(0)
-        group, self._pending, self._writing = self._pending, [], None
-        try:
-            jobs = await self._store(group)
-        except Exception as exc:
-            for pending in group:
-                if not pending.stored.done():
-                    pending.stored.set_exception(exc)
-            return
-        except BaseException:  # cancelled (shutdown): so are the calls waiting on it
-            for pending in group:
-                pending.stored.cancel()
-            raise
-        for pending in group:
-            if not pending.stored.done():  # the caller may have gone (client disconnected)
-                pending.stored.set_result(None)
+    async def _store_group(self, group: list[_PendingSend]) -> None:
+        jobs = await self._store(group)
+        # The calls answer as soon as their sends are committed; the jobs follow on their own
+        # (waiting for them too measured 700-820 accepted/s against 780-930, workers in process).
+        enqueue = asyncio.ensure_future(self._enqueue(jobs))
+        self._enqueuing.add(enqueue)
+        enqueue.add_done_callback(self._enqueuing.discard)
+
+    async def _enqueue(self, jobs: list[BatchJob]) -> None:
         try:
             await self._queue.enqueue(jobs)
         except Exception:
