@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import secrets
@@ -10,16 +11,59 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
 import httpx
 import psycopg
+from cryptography.fernet import Fernet
+
+from clarion.apps import service as apps
+from clarion.apps.models import App
+from clarion.apps.schemas import AppCreate
+from clarion.config import Settings
+from clarion.db import transaction
+from clarion.demo import apns_credentials_from_sim
+from clarion.migrate import migrate
+from clarion.runtime import Runtime
 
 ROOT = Path(__file__).resolve().parent.parent
 PG_ADMIN = os.environ.get("CLARION_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 SIM_PORT = int(os.environ.get("CLARION_BENCH_SIM_PORT", "18643"))
+TOPIC = "com.example.bench"
+
+
+async def simulated_runtime(
+    database_url: str, sim_url: str, ca: Path, var: Path
+) -> tuple[Runtime, dict[str, str]]:
+    """A Clarion runtime on a freshly migrated database, its providers pointed at the
+    simulator, and an APNs signing key the simulator trusts (not started)."""
+    settings = Settings(
+        database_url=database_url,
+        var_dir=var,
+        secret_key=Fernet.generate_key().decode(),
+        apns_production_url=sim_url,
+        apns_sandbox_url=sim_url,
+        provider_ca_file=str(ca),
+    )
+    await asyncio.to_thread(migrate, settings)  # on PostgreSQL it runs its own event loop
+    key = httpx.post(f"{sim_url}/_sim/apns/keys", json={"topics": [TOPIC]}, verify=str(ca)).json()
+    return Runtime(settings), key
+
+
+async def create_ios_app(runtime: Runtime, key: dict[str, str]) -> App:
+    """A company with one iOS app whose APNs credentials are the simulator's key."""
+    async with transaction(runtime.sessions) as session:
+        company, _ = await apps.create_company(session, name="Bench")
+        app, _keys = await apps.create_app(
+            session,
+            company_id=company.id,
+            app_in=AppCreate(name="bench", platform="ios"),
+            box=runtime.box,
+        )
+        apps.set_apns_credentials(app, apns_credentials_from_sim(key, TOPIC), runtime.box)
+    return app
 
 
 def rss_mb(pid: int | None = None) -> float:
@@ -129,6 +173,13 @@ def pg_database() -> Iterator[str]:
     finally:
         with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def fresh_database(stack: ExitStack, db: str, tmp: Path) -> str:
+    """The URL of a new, empty database of the kind asked for, dropped when `stack` closes."""
+    if db == "postgres":
+        return stack.enter_context(pg_database())
+    return f"sqlite:///{tmp / 'bench.db'}"
 
 
 def report(name: str, figures: dict[str, Any]) -> None:

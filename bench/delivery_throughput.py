@@ -24,34 +24,30 @@ from typing import Any
 
 import httpx
 import jwt
-from cryptography.fernet import Fernet
 from sqlalchemy import func, insert, select
 
-from bench.common import cpu_seconds, h2load, pg_database, pin, report, rss_mb, simulator
-from clarion.apps import service as apps
-from clarion.apps.schemas import AppCreate
-from clarion.config import Settings
+from bench.common import (
+    TOPIC,
+    cpu_seconds,
+    create_ios_app,
+    fresh_database,
+    h2load,
+    pin,
+    report,
+    rss_mb,
+    simulated_runtime,
+    simulator,
+)
 from clarion.db import transaction, utcnow
 from clarion.delivery.models import BatchStatus, DeliveryBatch, Send
-from clarion.demo import apns_credentials_from_sim, seed_installations
+from clarion.demo import seed_installations
 from clarion.devices.models import Installation
 from clarion.events.models import PushEvent
-from clarion.migrate import migrate
 from clarion.runtime import Runtime
-
-TOPIC = "com.example.bench"
 
 
 async def prepare(runtime: Runtime, key: dict[str, str], devices: int) -> int:
-    async with transaction(runtime.sessions) as session:
-        company, _ = await apps.create_company(session, name="Bench")
-        app, _keys = await apps.create_app(
-            session,
-            company_id=company.id,
-            app_in=AppCreate(name="bench", platform="ios"),
-            box=runtime.box,
-        )
-        apps.set_apns_credentials(app, apns_credentials_from_sim(key, TOPIC), runtime.box)
+    app = await create_ios_app(runtime, key)
     started = time.monotonic()
     await seed_installations(runtime.sessions, app_id=app.id, count=devices)
     print(f"seeded {devices:,} installations in {time.monotonic() - started:.1f} s")
@@ -106,17 +102,7 @@ async def prepare(runtime: Runtime, key: dict[str, str], devices: int) -> int:
 async def run(
     devices: int, db: str, database_url: str, sim_url: str, ca: Path, var: Path
 ) -> dict[str, Any]:
-    settings = Settings(
-        database_url=database_url,
-        var_dir=var,
-        secret_key=Fernet.generate_key().decode(),
-        apns_production_url=sim_url,
-        apns_sandbox_url=sim_url,
-        provider_ca_file=str(ca),
-    )
-    await asyncio.to_thread(migrate, settings)  # on PostgreSQL it runs its own event loop
-    key = httpx.post(f"{sim_url}/_sim/apns/keys", json={"topics": [TOPIC]}, verify=str(ca)).json()
-    runtime = Runtime(settings)
+    runtime, key = await simulated_runtime(database_url, sim_url, ca, var)
     await prepare(runtime, key, devices)
     accepted_before = httpx.get(f"{sim_url}/_sim/stats", verify=str(ca)).json()["apns"]["accepted"]
 
@@ -196,10 +182,7 @@ def main() -> None:
     with ExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory()))
         sim_url, ca = stack.enter_context(simulator(tmp / "sim", cpu=1))
-        if args.db == "postgres":
-            url = stack.enter_context(pg_database())
-        else:
-            url = f"sqlite:///{tmp / 'bench.db'}"
+        url = fresh_database(stack, args.db, tmp)
         figures = asyncio.run(run(args.devices, args.db, url, sim_url, ca, tmp))
         key = figures.pop("_key")
         figures |= ceiling(sim_url, key, tmp)

@@ -17,6 +17,8 @@ RUNS = [
     ["-m", "bench.transactional_api", "--sends", "10000", "--connections", "32"],
     ["-m", "bench.transactional_api", "--sends", "10000", "--connections", "32", "--api-only"],
     ["-m", "bench.custom_data", "--db", "postgres", "--calls", "20"],
+    ["-m", "bench.campaign_fanout", "--devices", "1000000", "--db", "postgres"],
+    ["-m", "bench.campaign_fanout", "--devices", "1000000", "--db", "postgres", "--workers", "2"],
     ["bench/sim_ceiling.py", "--baseline"],
     ["bench/http2_client.py", "--requests", "200000"],
 ]

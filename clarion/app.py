@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from clarion.apps.api import router as apps_router
+from clarion.campaigns.api import router as campaigns_router
 from clarion.config import Settings
 from clarion.devices.api import router as sdk_router
 from clarion.events.api import router as trigger_events_router
@@ -37,6 +38,7 @@ def create_app(settings: Settings, *, workers: bool) -> FastAPI:
     app.state.runtime = runtime
     install_error_handlers(app)
     app.include_router(transactional_router)
+    app.include_router(campaigns_router)
     app.include_router(sdk_router)
     app.include_router(trigger_events_router)
     app.include_router(custom_data_router)

@@ -68,7 +68,7 @@ def serve(
 
 @cli.command()
 def worker() -> None:
-    """Run delivery workers only (scaled out: PostgreSQL + pgqueuer)."""
+    """Run delivery workers and the campaign scheduler (scaled out: PostgreSQL + pgqueuer)."""
     from clarion.runtime import Runtime
 
     settings = _settings()

@@ -51,6 +51,8 @@ class Settings(BaseSettings):
     job_heartbeat_seconds: float = 30.0
     # How often the outbox sweeper re-enqueues batches whose job was lost.
     sweep_interval_seconds: float = 15.0
+    # How often the campaign scheduler looks for due campaigns (a campaign starts this late).
+    scheduler_interval_seconds: float = Field(default=1.0, gt=0)
 
     # Simulators (`clarion sim`)
     sim_host: str = "127.0.0.1"

@@ -12,7 +12,7 @@ from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, DateTime, Integer, MetaData, event, pool
+from sqlalchemy import BigInteger, DateTime, Integer, MetaData, String, event, pool
 from sqlalchemy.dialects import registry
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
@@ -24,7 +24,9 @@ from sqlalchemy.ext.asyncio import (
     async_sessionmaker,
     create_async_engine,
 )
+from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import DeclarativeBase
+from sqlalchemy.sql.functions import FunctionElement
 from sqlalchemy.types import JSON, TypeDecorator
 
 # Explicit constraint names: stable across SQLite and PostgreSQL, and needed by Alembic's batch
@@ -68,11 +70,17 @@ class UtcDateTime(TypeDecorator[datetime]):
 JsonValue = JSON(none_as_null=True)
 
 
+def upsert_insert(session: AsyncSession, table: Any) -> Any:
+    """The session's dialect's INSERT, which takes `.on_conflict_do_nothing/_do_update(...)`
+    (the same API on SQLite and PostgreSQL)."""
+    if session.get_bind().dialect.name == "postgresql":
+        return pg_insert(table)
+    return sqlite_insert(table)
+
+
 def insert_ignoring_conflicts(session: AsyncSession, table: Any, *, index: list[str]) -> Any:
     """`INSERT ... ON CONFLICT (index) DO NOTHING` for the session's database."""
-    if session.get_bind().dialect.name == "postgresql":
-        return pg_insert(table).on_conflict_do_nothing(index_elements=index)
-    return sqlite_insert(table).on_conflict_do_nothing(index_elements=index)
+    return upsert_insert(session, table).on_conflict_do_nothing(index_elements=index)
 
 
 async def bulk_insert(
@@ -135,6 +143,25 @@ def _sqlite_value(value: Any) -> Any:
     if isinstance(value, datetime):
         return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
     return value
+
+
+class utc_day(FunctionElement[str]):
+    """The UTC calendar day ("YYYY-MM-DD") of a UtcDateTime column, for per-day statistics."""
+
+    type = String()
+    inherit_cache = True
+
+
+@compiles(utc_day, "postgresql")
+def _utc_day_postgresql(element: utc_day, compiler: Any, **kw: Any) -> str:
+    column = compiler.process(next(iter(element.clauses)), **kw)
+    return f"to_char({column} AT TIME ZONE 'UTC', 'YYYY-MM-DD')"
+
+
+@compiles(utc_day, "sqlite")
+def _utc_day_sqlite(element: utc_day, compiler: Any, **kw: Any) -> str:
+    # Stored as "YYYY-MM-DD HH:MM:SS.ffffff" in UTC (UtcDateTime, _sqlite_value).
+    return f"substr({compiler.process(next(iter(element.clauses)), **kw)}, 1, 10)"
 
 
 def utcnow() -> datetime:

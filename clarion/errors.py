@@ -6,6 +6,9 @@ The symbolic name leads the message, which every Batch client seen tolerates (sp
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 
 class ClarionError(Exception):
     status: int = 500
@@ -51,3 +54,30 @@ class TooManyRequestsError(ClarionError):
 
 class MaintenanceError(ClarionError):
     status, code, name = 503, 2, "MAINTENANCE_ERROR"
+
+
+def _field_path(loc: tuple[Any, ...]) -> str:
+    parts = [str(p) for p in (loc[1:] if loc[:1] == ("body",) else loc)]
+    return ".".join(parts) if parts else "body"
+
+
+def from_validation_errors(errors: Sequence[Any]) -> ClarionError:
+    """Pydantic's first error as Batch's codes: 32 bad JSON, 30 missing, 31 malformed.
+
+    Shared by request validation (clarion.http) and services that validate a merged document
+    themselves (a campaign update is validated once merged with what was stored)."""
+    if not errors:
+        return MalformedParameterError("invalid request")
+    first = errors[0]
+    kind = first.get("type", "")
+    path = _field_path(tuple(first.get("loc", ())))
+    if kind == "json_invalid":
+        return MalformedJsonError("the body is not valid JSON")
+    if kind == "missing":
+        return MissingParameterError(f"{path} is required")
+    if kind == "missing_field":
+        return MissingParameterError(f"{first.get('ctx', {}).get('field', path)} is required")
+    if kind == "model_attributes_type" and path == "body":
+        return MalformedJsonError("the body must be a JSON object")
+    message = str(first.get("msg", "is invalid")).removeprefix("Value error, ")
+    return MalformedParameterError(f"{path}: {message}")

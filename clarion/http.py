@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import AsyncIterator
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import Depends, FastAPI, Header, Path, Request
 from fastapi.exceptions import RequestValidationError
@@ -21,10 +21,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from clarion.apps.service import AppAccess, CompanyAccess, authenticate_app, authenticate_company
 from clarion.errors import (
     ClarionError,
-    MalformedJsonError,
     MalformedParameterError,
-    MissingParameterError,
     NotFoundError,
+    from_validation_errors,
 )
 from clarion.runtime import Runtime
 
@@ -91,29 +90,8 @@ def error_response(error: ClarionError) -> JSONResponse:
     return JSONResponse({"code": error.code, "message": error.message}, status_code=error.status)
 
 
-def _field_path(loc: tuple[Any, ...]) -> str:
-    parts = [str(p) for p in (loc[1:] if loc[:1] == ("body",) else loc)]
-    return ".".join(parts) if parts else "body"
-
-
 def validation_error(exc: RequestValidationError) -> ClarionError:
-    """Map pydantic's first error onto Batch's codes: 32 bad JSON, 30 missing, 31 malformed."""
-    errors = exc.errors()
-    if not errors:
-        return MalformedParameterError("invalid request")
-    first = errors[0]
-    kind = first.get("type", "")
-    path = _field_path(tuple(first.get("loc", ())))
-    if kind == "json_invalid":
-        return MalformedJsonError("the body is not valid JSON")
-    if kind == "missing":
-        return MissingParameterError(f"{path} is required")
-    if kind == "missing_field":
-        return MissingParameterError(f"{first.get('ctx', {}).get('field', path)} is required")
-    if kind == "model_attributes_type" and path == "body":
-        return MalformedJsonError("the body must be a JSON object")
-    message = str(first.get("msg", "is invalid")).removeprefix("Value error, ")
-    return MalformedParameterError(f"{path}: {message}")
+    return from_validation_errors(exc.errors())
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -1,6 +1,7 @@
 """Imports every domain's models so that Base.metadata knows all tables (Alembic, tests)."""
 
 from clarion.apps.models import App, Company
+from clarion.campaigns.models import Campaign, CampaignReceipt, CampaignRun
 from clarion.delivery.models import DeliveryBatch, Send
 from clarion.devices.models import Installation
 from clarion.events.models import InAppEvent, PushEvent, TrackedEvent
@@ -8,6 +9,9 @@ from clarion.profiles.models import ProfileAttribute, ProfileTag
 
 __all__ = [
     "App",
+    "Campaign",
+    "CampaignReceipt",
+    "CampaignRun",
     "Company",
     "DeliveryBatch",
     "InAppEvent",

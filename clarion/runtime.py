@@ -1,6 +1,7 @@
 """What a Clarion process holds for its lifetime: engine, sessions, queue, HTTP/2 client, workers.
 
-`clarion serve` on SQLite runs the API, the delivery workers and the outbox sweep in one process
+`clarion serve` on SQLite runs the API, the delivery workers, the outbox sweep and the campaign
+scheduler in one process
 (the embedded default); `clarion worker` runs only the workers; `clarion serve` on PostgreSQL
 runs only the API unless told to run workers too.
 """
@@ -14,6 +15,7 @@ import logging
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from clarion.apps.service import KeyCache
+from clarion.campaigns.scheduler import CampaignScheduler
 from clarion.config import Settings
 from clarion.db import create_engine, create_sessionmaker
 from clarion.delivery.pool import ProviderPool
@@ -43,6 +45,7 @@ class Runtime:
         self._client: Http2Client | None = None
         self._pool: ProviderPool | None = None
         self.deliverer: Deliverer | None = None
+        self.scheduler: CampaignScheduler | None = None
         self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self, *, workers: bool) -> None:
@@ -59,6 +62,10 @@ class Runtime:
             await self.deliverer.sweep_outbox(grace_seconds=0)
             self._tasks.append(asyncio.create_task(self.queue.run_worker(), name="worker"))
             self._tasks.append(asyncio.create_task(self._sweep_forever(), name="outbox-sweep"))
+            self.scheduler = CampaignScheduler(self.sessions, self.queue, self.settings)
+            self._tasks.append(
+                asyncio.create_task(self.scheduler.run_forever(), name="campaign-scheduler")
+            )
 
     async def _sweep_forever(self) -> None:
         assert self.deliverer is not None
@@ -83,6 +90,8 @@ class Runtime:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self._tasks.clear()
+        if self.scheduler is not None:
+            await self.scheduler.aclose()
         if self._pool is not None:
             await self._pool.aclose()
         if self._client is not None:

@@ -87,6 +87,8 @@ def make_settings(
         "retry_max_seconds": 0.5,
         "retry_max_attempts": 6,
         "sweep_interval_seconds": 1.0,
+        # Campaign tests drive their own schedulers, with a clock they control.
+        "scheduler_interval_seconds": 3600.0,
     }
     values.update(overrides)
     return Settings(**values)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import orjson
 
 from clarion.delivery.models import Send
+from clarion.delivery.personalisation import PERSONALISED_FIELDS, render
 from clarion.delivery.providers.base import Media, Notification, Priority, PushType
 
 
@@ -35,9 +37,27 @@ def language_key(content: dict[str, Any], language: str | None) -> str:
     return lang if lang in messages else "default"
 
 
-def build_notification(send: Send, language: str | None) -> Notification:
+def personalised_fields(
+    content: dict[str, Any], language: str | None, attributes: Mapping[str, Any]
+) -> tuple[str | None, ...]:
+    """A personalised send's title, body and deeplink as rendered for one user."""
+    message = pick_message(content, language) or {}
+    return tuple(
+        render(message.get(name) if name != "deeplink" else content.get(name), attributes)
+        for name in PERSONALISED_FIELDS
+    )
+
+
+def build_notification(
+    send: Send, language: str | None, rendered: tuple[str | None, ...] | None = None
+) -> Notification:
+    """`rendered`: the personalised fields (personalised_fields) for the devices at hand."""
     content = send.content
     message = pick_message(content, language) or {}
+    if rendered is not None:
+        texts = dict(zip(PERSONALISED_FIELDS, rendered, strict=True))
+        message = {**message, "title": texts["title"], "body": texts["body"]}
+        content = {**content, "deeplink": texts["deeplink"]}
     media = content.get("media")
     collapse = content.get("gcm_collapse_key") or {}
     custom = content.get("custom_payload")

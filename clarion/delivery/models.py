@@ -39,6 +39,9 @@ class Send(Base):
     kind: Mapped[str] = mapped_column(String(16))
     group_id: Mapped[str | None] = mapped_column(String(128))
     campaign_token: Mapped[str | None] = mapped_column(String(64))
+    # Campaign sends: the run (occurrence) they belong to and their A/B version.
+    run_id: Mapped[int | None] = mapped_column(ForeignKey("campaign_runs.id"), index=True)
+    version: Mapped[str | None] = mapped_column(String(8))
     # Sent with the Dev key: reaches dev installs only.
     dev_only: Mapped[bool] = mapped_column(default=False)
     # Raw APNs tokens go through the sandbox environment (transactional `sandbox`).

@@ -22,7 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from clarion.apps.models import App
 from clarion.config import Settings
 from clarion.db import transaction, utcnow
-from clarion.delivery.content import build_notification, language_key
+from clarion.delivery.content import build_notification, language_key, personalised_fields
 from clarion.delivery.models import BATCHES, SENDS, BatchStatus, DeliveryBatch, Send
 from clarion.delivery.pool import ProviderPool
 from clarion.delivery.providers.base import (
@@ -34,6 +34,7 @@ from clarion.delivery.providers.base import (
 from clarion.devices.models import Installation
 from clarion.events.models import PushEventKind
 from clarion.events.service import PushEventRow, push_event_row, record_push_events
+from clarion.profiles.service import attributes_of
 from clarion.queue import BatchJob, JobQueue
 
 log = logging.getLogger(__name__)
@@ -194,9 +195,21 @@ class Deliverer:
                     targets, await resolve_recipients(session, targets), strict=True
                 )
             ]
+            # Personalised sends need their users' attributes: one query per such batch.
+            attributes: dict[int, dict[str, dict[str, Any]]] = {}
+            for batch, send, app, recipients in work:
+                if send.content.get("personalised"):
+                    attributes[batch.id] = await attributes_of(
+                        session,
+                        app_id=app.id,
+                        custom_ids=[r.custom_id for r in recipients if r.custom_id],
+                    )
         now = utcnow()
         answers = await asyncio.gather(
-            *(self._send(app, send, recipients, now) for _, send, app, recipients in work)
+            *(
+                self._send(app, send, recipients, now, attributes.get(batch.id))
+                for batch, send, app, recipients in work
+            )
         )
         retries = await self._record(
             [
@@ -207,24 +220,35 @@ class Deliverer:
         await self._queue.enqueue(retries)
 
     async def _send(
-        self, app: App, send: Send, recipients: Sequence[Recipient], now: datetime
+        self,
+        app: App,
+        send: Send,
+        recipients: Sequence[Recipient],
+        now: datetime,
+        attributes: dict[str, dict[str, Any]] | None = None,
     ) -> list[DeliveryResult]:
+        """`attributes`: for a personalised send, each custom user id's attributes."""
         if send.expires_at is not None and now >= send.expires_at:
             return [DeliveryResult(Outcome.FAILED, reason="Expired")] * len(recipients)
         results: list[DeliveryResult | None] = [None] * len(recipients)
-        # Devices that share an environment and a language get one rendering of the payload.
-        groups: dict[tuple[bool, str], list[int]] = defaultdict(list)
+        # Devices that share an environment, a language and (personalised sends) the same
+        # rendered texts get one rendering of the payload.
+        groups: dict[tuple[bool, str, tuple[str | None, ...] | None], list[int]] = defaultdict(list)
         for index, recipient in enumerate(recipients):
             if app.platform == "web" and recipient.p256dh is None:
                 results[index] = DeliveryResult(Outcome.FAILED, reason="UnknownSubscription")
                 continue
-            groups[(recipient.sandbox, language_key(send.content, recipient.language))].append(
-                index
-            )
-        for (sandbox, _), indexes in groups.items():
+            rendered = None
+            if attributes is not None:
+                rendered = personalised_fields(
+                    send.content, recipient.language, attributes.get(recipient.custom_id or "", {})
+                )
+            language = language_key(send.content, recipient.language)
+            groups[(recipient.sandbox, language, rendered)].append(index)
+        for (sandbox, _, rendered), indexes in groups.items():
             for index, answer in zip(
                 indexes,
-                await self._send_group(app, send, recipients, indexes, sandbox),
+                await self._send_group(app, send, recipients, indexes, sandbox, rendered),
                 strict=True,
             ):
                 results[index] = answer
@@ -237,6 +261,7 @@ class Deliverer:
         recipients: Sequence[Recipient],
         indexes: list[int],
         sandbox: bool,
+        rendered: tuple[str | None, ...] | None,
     ) -> list[DeliveryResult]:
         try:
             provider = self._pool.provider_for(app, sandbox=sandbox)
@@ -247,7 +272,7 @@ class Deliverer:
         if provider is None:
             reason = f"NotConfigured: no {app.platform} credentials"
             return [DeliveryResult(Outcome.FAILED, reason=reason)] * len(indexes)
-        notification = build_notification(send, recipients[indexes[0]].language)
+        notification = build_notification(send, recipients[indexes[0]].language, rendered)
         try:
             return await provider.send(notification, [recipients[i].device() for i in indexes])
         except Exception as exc:
@@ -366,7 +391,7 @@ class Deliverer:
         at: datetime,
         reason: str | None,
     ) -> PushEventRow:
-        is_campaign = send.campaign_token is not None
+        # The send token rides on campaign events too: it names the A/B version of the send.
         return push_event_row(
             app_id=app.id,
             kind=kind,
@@ -376,7 +401,7 @@ class Deliverer:
             custom_id=recipient.custom_id,
             advertising_id=recipient.advertising_id,
             push_token=recipient.token,
-            send_token=None if is_campaign else send.token,
+            send_token=send.token,
             group_id=send.group_id,
             campaign_token=send.campaign_token,
             reason=None if kind in (PushEventKind.SENT,) else reason,

@@ -150,7 +150,11 @@ async def record_push_open(
         # Unknown send ids are still worth counting (a campaign of another system, say).
         attribution = {"send_token": data.send_id}
     elif send.campaign_token is not None:
-        attribution = {"campaign_token": send.campaign_token, "group_id": send.group_id}
+        attribution = {
+            "campaign_token": send.campaign_token,
+            "send_token": send.token,
+            "group_id": send.group_id,
+        }
     else:
         attribution = {"send_token": send.token, "group_id": send.group_id}
     row = push_event_row(

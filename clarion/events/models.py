@@ -50,7 +50,8 @@ class PushEvent(Base):
     custom_id: Mapped[str | None] = mapped_column(String(512))
     advertising_id: Mapped[str | None] = mapped_column(String(64))
     push_token: Mapped[str | None] = mapped_column(String(1024))
-    send_token: Mapped[str | None] = mapped_column(String(64))  # transactional token
+    # The send (`com.batch.i`): the transactional token, or a campaign send (one per A/B version).
+    send_token: Mapped[str | None] = mapped_column(String(64))
     group_id: Mapped[str | None] = mapped_column(String(128))
     campaign_token: Mapped[str | None] = mapped_column(String(64))
     reason: Mapped[str | None] = mapped_column(String(1024))  # provider's reason, verbatim
@@ -80,6 +81,10 @@ class TrackedEvent(Base):
     __table_args__ = (
         Index("ix_tracked_events_app_time", "app_id", "occurred_at"),
         Index("ix_tracked_events_app_install", "app_id", "install_id"),
+        # Targeting's `e.` (SDK events, by installation) and `ue.` (server events, by custom
+        # user id) queries: $count, $first and $last read these indexes only.
+        Index("ix_tracked_events_app_name_install", "app_id", "name", "install_id", "occurred_at"),
+        Index("ix_tracked_events_app_name_custom", "app_id", "name", "custom_id", "occurred_at"),
     )
 
     id: Mapped[int] = mapped_column(BigIntPK, primary_key=True)

@@ -11,12 +11,12 @@ from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import bindparam, delete
+from sqlalchemy import bindparam, delete, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from clarion.db import bulk_insert, utcnow
 from clarion.errors import MalformedParameterError
-from clarion.profiles.models import PROFILE_ATTRIBUTES, PROFILE_TAGS
+from clarion.profiles.models import PROFILE_ATTRIBUTES, PROFILE_TAGS, AttributeKind
 from clarion.profiles.schemas import (
     ChangeTags,
     DeleteAttribute,
@@ -137,3 +137,31 @@ async def _delete_for_users(
 ) -> None:
     for start in range(0, len(users), _CHUNK):
         await session.execute(statement, {**params, "users": users[start : start + _CHUNK]})
+
+
+async def attributes_of(
+    session: AsyncSession, *, app_id: int, custom_ids: Sequence[str]
+) -> dict[str, dict[str, Any]]:
+    """Each user's attributes as typed values ({custom_id: {name: value}}), for templates."""
+    found: dict[str, dict[str, Any]] = defaultdict(dict)
+    table = PROFILE_ATTRIBUTES.c
+    unique = list(dict.fromkeys(custom_ids))
+    for start in range(0, len(unique), _CHUNK):
+        rows = await session.execute(
+            select(
+                table.custom_id, table.name, table.kind, table.text_value, table.number_value
+            ).where(table.app_id == app_id, table.custom_id.in_(unique[start : start + _CHUNK]))
+        )
+        for custom_id, name, kind, text, number in rows:
+            found[custom_id][name] = _typed(kind, text, number)
+    return found
+
+
+def _typed(kind: str, text: str | None, number: float | None) -> Any:
+    if kind == AttributeKind.BOOLEAN:
+        return bool(number)
+    if kind == AttributeKind.INTEGER and number is not None:
+        return int(number)
+    if kind == AttributeKind.FLOAT:
+        return number
+    return text  # strings, URLs, and dates as ISO 8601

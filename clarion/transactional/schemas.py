@@ -7,14 +7,13 @@ Unknown fields are ignored rather than refused: Batch clients send fields Clario
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
 
-import orjson
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
+from clarion.delivery.schemas import CollapseKey, PushOptions
+
 MAX_RECIPIENTS = 10_000
-MAX_TTL_SECONDS = 28 * 24 * 3600  # 2,419,200 s, spec §3.1
 
 
 class Recipients(BaseModel):
@@ -40,49 +39,19 @@ class Message(BaseModel):
     body: str = Field(max_length=4096)
 
 
-class Media(BaseModel):
-    icon: str | None = Field(default=None, pattern=r"^https://", max_length=2048)
-    picture: str | None = Field(default=None, pattern=r"^https://", max_length=2048)
-    audio: str | None = Field(default=None, pattern=r"^https://", max_length=2048)
-    video: str | None = Field(default=None, pattern=r"^https://", max_length=2048)
-
-
-class CollapseKey(BaseModel):
-    enabled: bool = False
-    key: str = Field(default="default", min_length=1, max_length=64)
-
-
-class TransactionalSend(BaseModel):
+class TransactionalSend(PushOptions):
     model_config = ConfigDict(extra="ignore")
 
-    group_id: str = Field(pattern=r"^[A-Za-z0-9_\-]{1,128}$")
+    # Required, except with a template, whose token then stands in for it.
+    group_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_\-]{1,128}$")
     recipients: Recipients
+    # Partners Transactional API: the token of a saved campaign whose content is sent; any
+    # content field given here overrides the campaign's (seed 000, spec §3.4).
+    template_id: str | None = Field(default=None, min_length=1, max_length=64)
     message: Message | None = None
     messages: dict[str, Message] | None = None
-    deeplink: str | None = Field(default=None, min_length=1, max_length=2048)
-    custom_payload: str | None = None
-    media: Media | None = None
-    priority: Literal["normal", "high"] | None = None
-    time_to_live: int | None = Field(default=None, gt=0, le=MAX_TTL_SECONDS)
-    push_type: Literal["alert", "background"] = "alert"
     gcm_collapse_key: CollapseKey | None = None
-    labels: list[str] = Field(default_factory=list, max_length=3)
     sandbox: bool = False
-
-    @field_validator("custom_payload")
-    @classmethod
-    def _payload_is_object(cls, value: str | None) -> str | None:
-        if value is None:
-            return None
-        try:
-            parsed = orjson.loads(value)
-        except orjson.JSONDecodeError as exc:
-            raise ValueError("must be a string holding a JSON object") from exc
-        if not isinstance(parsed, dict):
-            raise ValueError("must be a string holding a JSON object")
-        if "com.batch" in parsed:
-            raise ValueError("the key 'com.batch' is reserved")
-        return value
 
     @field_validator("messages")
     @classmethod
@@ -99,17 +68,18 @@ class TransactionalSend(BaseModel):
     def _content(self) -> TransactionalSend:
         if self.message is not None and self.messages is not None:
             raise ValueError("message and messages are mutually exclusive")
-        if self.push_type == "background":
-            if self.media is not None:
-                raise ValueError("a background push carries no media")
-        elif self.message is None and self.messages is None:
+        if self.push_type == "background" and self.media is not None:
+            raise ValueError("a background push carries no media")
+        if self.template_id is not None:
+            return self  # the template supplies the rest
+        if self.group_id is None:
+            raise PydanticCustomError(
+                "missing_field", "group_id is required", {"field": "group_id"}
+            )
+        if self.push_type != "background" and self.message is None and self.messages is None:
             # Reported as MISSING_PARAMETER (code 30), like any absent required field.
             raise PydanticCustomError("missing_field", "message is required", {"field": "message"})
         return self
-
-    @property
-    def custom_payload_object(self) -> dict[str, Any]:
-        return orjson.loads(self.custom_payload) if self.custom_payload else {}
 
 
 class TransactionalAccepted(BaseModel):

@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from clarion.apps.service import AppAccess
 from clarion.batching import TurnBatcher
+from clarion.campaigns.service import template_content
 from clarion.db import transaction, utcnow
 from clarion.delivery.models import BATCHES, SENDS, BatchStatus, DeliveryBatch, Send, SendKind
 from clarion.errors import NotFoundError
@@ -63,20 +64,32 @@ class SendIntake:
 
     async def submit(self, *, access: AppAccess, body: TransactionalSend) -> str:
         """Store the send and its batches (the outbox), enqueue their jobs; returns the token."""
+        envelope = {"recipients", "group_id", "sandbox", "template_id"}
+        if body.template_id is None:
+            content = body.model_dump(exclude=envelope, exclude_none=True)
+        else:
+            async with self._sessions() as session:
+                content = await template_content(
+                    session, app_id=access.app_id, token=body.template_id
+                )
+            # The fields the caller gave override the template's; a message replaces them all.
+            given = body.model_dump(exclude=envelope, exclude_unset=True, exclude_none=True)
+            if "message" in given or "messages" in given:
+                content.pop("messages", None)
+            content.update(given)
         now = utcnow()
         token = str(uuid.uuid4())
+        ttl = content.get("time_to_live")
         row = {
             "token": token,
             "app_id": access.app_id,
             "kind": SendKind.TRANSACTIONAL.value,
-            "group_id": body.group_id,
+            "group_id": body.group_id or body.template_id,
             "dev_only": access.is_dev,
             "sandbox": body.sandbox,
-            "content": body.model_dump(
-                exclude={"recipients", "group_id", "sandbox"}, exclude_none=True
-            ),
+            "content": content,
             "created_at": now,
-            "expires_at": now + timedelta(seconds=body.time_to_live) if body.time_to_live else None,
+            "expires_at": now + timedelta(seconds=ttl) if ttl else None,
         }
         await self._batcher.submit(_PendingSend(row, _chunk_recipients(body, self._batch_size)))
         return token

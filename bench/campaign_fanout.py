@@ -1,0 +1,247 @@
+"""Campaign fan-out end to end: scheduler -> targeting -> outbox -> worker(s) -> APNs simulator.
+
+Seeds N opted-in iOS installations (with regions, a custom attribute and a tag collection on
+every user), then measures, on the same database:
+
+1. the audience estimate of a 3-clause query (`c.` attribute, `t.` tags, `b.region`);
+2. a campaign scheduled for T: how late its run starts after T;
+3. the fan-out to all N installs, from T until every batch is delivered and every outcome is
+   in the event log: notifications/s, this process's CPU per notification and its RSS;
+4. that the simulator accepted exactly N pushes and no installation got two.
+
+`--workers 2` adds a `clarion worker` process (its own scheduler and workers, sharing the
+PostgreSQL job queue). The simulator runs on CPU 1, Clarion's processes on CPU 0.
+
+    .venv/bin/python -m bench.campaign_fanout --devices 1000000 --db postgres
+    .venv/bin/python -m bench.campaign_fanout --devices 1000000 --db postgres --workers 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import ExitStack
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+from sqlalchemy import func, select, text
+
+from bench.common import (
+    cpu_seconds,
+    create_ios_app,
+    fresh_database,
+    pin,
+    report,
+    rss_mb,
+    simulated_runtime,
+    simulator,
+)
+from clarion.apps.service import AppAccess
+from clarion.campaigns import service as campaigns
+from clarion.campaigns.models import Campaign, CampaignRun
+from clarion.campaigns.schemas import CampaignBody, wire_date
+from clarion.config import Settings
+from clarion.db import bulk_insert, transaction, utcnow
+from clarion.demo import seed_installations
+from clarion.events.models import PushEvent
+from clarion.runtime import Runtime
+from clarion.targeting.schemas import Targeting
+
+ESTIMATE_QUERY = {
+    "c.plan": "premium",
+    "t.interests": {"$contains": ["sport"]},
+    "b.region": "FR",
+}
+
+
+async def prepare(runtime: Runtime, key: dict[str, str], devices: int) -> AppAccess:
+    app = await create_ios_app(runtime, key)
+    started = time.monotonic()
+    await seed_installations(runtime.sessions, app_id=app.id, count=devices)
+    now = utcnow()
+    async with transaction(runtime.sessions) as session:
+        await session.execute(
+            text(
+                "UPDATE installations SET region = CASE id % 3 WHEN 0 THEN 'FR' "
+                "WHEN 1 THEN 'US' ELSE 'DE' END WHERE app_id = :app"
+            ),
+            {"app": app.id},
+        )
+        await bulk_insert(
+            session,
+            "profile_attributes",
+            ("app_id", "custom_id", "name", "kind", "text_value", "updated_at"),
+            [
+                (app.id, f"user-{n}", "plan", "string", "premium" if n % 4 == 0 else "free", now)
+                for n in range(devices)
+            ],
+        )
+        await bulk_insert(
+            session,
+            "profile_tags",
+            ("app_id", "custom_id", "collection", "tag"),
+            [
+                (app.id, f"user-{n}", "interests", "sport" if n % 2 == 0 else "music")
+                for n in range(devices)
+            ],
+        )
+    if runtime.engine.dialect.name == "postgresql":
+        autocommit = runtime.engine.execution_options(isolation_level="AUTOCOMMIT")
+        async with autocommit.connect() as connection:
+            await connection.execute(text("VACUUM ANALYZE"))
+    print(f"seeded {devices:,} installations and profiles in {time.monotonic() - started:.1f} s")
+    return AppAccess(
+        app_id=app.id,
+        company_id=app.company_id,
+        is_dev=False,
+        platform="ios",
+        vapid_public_key=None,
+    )
+
+
+async def time_estimate(runtime: Runtime, access: AppAccess) -> dict[str, Any]:
+    targeting = Targeting.model_validate({"query": ESTIMATE_QUERY})
+    timings, result = [], None
+    for _ in range(5):
+        started = time.monotonic()
+        async with runtime.sessions() as session:
+            result = await campaigns.estimate_audience(
+                session, access=access, targeting=targeting, now=utcnow()
+            )
+        timings.append(time.monotonic() - started)
+    assert result is not None
+    return {
+        "query": ESTIMATE_QUERY,
+        "matched": result.matched,
+        "seconds_median": round(statistics.median(timings), 3),
+        "seconds_all": [round(t, 3) for t in timings],
+    }
+
+
+def second_worker(settings: Settings) -> subprocess.Popen[bytes]:
+    env = {
+        **os.environ,
+        "CLARION_DATABASE_URL": settings.database_url,
+        "CLARION_VAR_DIR": str(settings.var_dir),
+        "CLARION_SECRET_KEY": settings.secret_key,
+        "CLARION_APNS_PRODUCTION_URL": settings.apns_production_url,
+        "CLARION_APNS_SANDBOX_URL": settings.apns_sandbox_url,
+        "CLARION_PROVIDER_CA_FILE": settings.provider_ca_file,
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "clarion.cli", "worker"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    pin(0, proc.pid)
+    return proc
+
+
+async def run(
+    devices: int, workers: int, database_url: str, sim_url: str, ca: Path, var: Path
+) -> dict[str, Any]:
+    runtime, key = await simulated_runtime(database_url, sim_url, ca, var)
+    access = await prepare(runtime, key, devices)
+    estimate = await time_estimate(runtime, access)
+    print(f"estimate: {estimate}")
+
+    extra = second_worker(runtime.settings) if workers == 2 else None
+    await runtime.start(workers=True)
+    await asyncio.sleep(2)  # let the second process start its workers too
+    accepted_before = httpx.get(f"{sim_url}/_sim/stats", verify=str(ca)).json()["apns"]["accepted"]
+    due = (utcnow() + timedelta(seconds=3)).replace(microsecond=0)
+    body = CampaignBody.model_validate(
+        {
+            "name": "Bench fan-out",
+            "live": True,
+            "push_time": wire_date(due),
+            "targeting": {"languages": ["en"]},
+            "messages": [{"language": "en", "title": "Bench", "body": "Fan-out"}],
+        }
+    )
+    async with transaction(runtime.sessions) as session:
+        campaign = await campaigns.create_campaign(session, access=access, body=body, now=utcnow())
+        campaign_id = campaign.id
+
+    rss: list[float] = [rss_mb()]
+    cpu0 = cpu_seconds()
+    while True:
+        await asyncio.sleep(0.5)
+        rss.append(rss_mb())
+        async with runtime.sessions() as session:
+            state = await session.scalar(select(Campaign.state).where(Campaign.id == campaign_id))
+        if state == "completed":
+            break
+    done = utcnow()
+    cpu = cpu_seconds() - cpu0
+    async with runtime.sessions() as session:
+        run_row = await session.scalar(
+            select(CampaignRun).where(CampaignRun.campaign_id == campaign_id)
+        )
+        assert run_row is not None
+        sent = await session.scalar(
+            select(func.count()).select_from(PushEvent).where(PushEvent.kind == "push_sent")
+        )
+        duplicates = await session.scalar(
+            select(func.count()).select_from(
+                select(PushEvent.install_id)
+                .where(PushEvent.kind == "push_sent")
+                .group_by(PushEvent.install_id)
+                .having(func.count() > 1)
+                .subquery()
+            )
+        )
+    await runtime.stop()
+    if extra is not None:
+        extra.terminate()
+        extra.wait(timeout=30)
+    accepted = httpx.get(f"{sim_url}/_sim/stats", verify=str(ca)).json()["apns"]["accepted"]
+    elapsed = (done - due).total_seconds()
+    return {
+        "devices": devices,
+        "worker_processes": workers,
+        "estimate_3_clauses": estimate,
+        "start_delay_s": round((run_row.started_at - due).total_seconds(), 2),
+        "fan_out_to_done_s": round(elapsed, 2),
+        "notifications_per_s": round(devices / elapsed),
+        "events_sent": sent,
+        "installs_sent_twice": duplicates,
+        "simulator_accepted": accepted - accepted_before,
+        "this_process_cpu_us_per_notification": round(cpu / devices * 1e6, 1),
+        "this_process_rss_mb": {
+            "start": round(rss[0]),
+            "max": round(max(rss)),
+            "end": round(rss[-1]),
+            "samples": [round(r) for r in rss[:: max(1, len(rss) // 20)]],
+        },
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--devices", type=int, default=1_000_000)
+    parser.add_argument("--db", choices=["sqlite", "postgres"], default="postgres")
+    parser.add_argument("--workers", type=int, choices=[1, 2], default=1)
+    args = parser.parse_args()
+    if args.workers == 2 and args.db == "sqlite":
+        parser.error("two worker processes need PostgreSQL")
+    pin(0)
+    with ExitStack() as stack:
+        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory()))
+        sim_url, ca = stack.enter_context(simulator(tmp / "sim", cpu=1))
+        url = fresh_database(stack, args.db, tmp)
+        figures = asyncio.run(run(args.devices, args.workers, url, sim_url, ca, tmp))
+    report(f"campaign_fanout_{args.db}_{args.devices}_w{args.workers}", figures)
+
+
+if __name__ == "__main__":
+    main()

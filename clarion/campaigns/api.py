@@ -1,0 +1,85 @@
+"""Campaigns API 1.1 (spec §4), plus Clarion's audience estimate."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, Query
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+
+from clarion.campaigns import service
+from clarion.campaigns.schemas import (
+    CampaignBody,
+    CampaignCreated,
+    CampaignStats,
+    CampaignSummary,
+)
+from clarion.db import utcnow
+from clarion.http import RestApp, SessionDep
+from clarion.targeting.schemas import Estimate, Targeting
+
+router = APIRouter(prefix="/1.1/{api_key}/campaigns", tags=["campaigns"])
+
+
+@router.post("/create", status_code=201)
+async def create_campaign(
+    body: CampaignBody, access: RestApp, session: SessionDep
+) -> CampaignCreated:
+    campaign = await service.create_campaign(session, access=access, body=body, now=utcnow())
+    return CampaignCreated(campaign_token=campaign.token)
+
+
+@router.post("/update/{token}")
+async def update_campaign(
+    token: str,
+    changes: Annotated[dict[str, Any], Body()],
+    access: RestApp,
+    session: SessionDep,
+) -> JSONResponse:
+    await service.update_campaign(
+        session, access=access, token=token, changes=changes, now=utcnow()
+    )
+    return JSONResponse({"campaign_token": token})
+
+
+@router.post("/delete/{token}")
+async def delete_campaign(token: str, access: RestApp, session: SessionDep) -> JSONResponse:
+    await service.delete_campaign(session, access=access, token=token, now=utcnow())
+    return JSONResponse({"campaign_token": token})
+
+
+@router.get("/list")
+async def list_campaigns(
+    access: RestApp,
+    session: SessionDep,
+    from_: Annotated[int, Query(alias="from", ge=0)] = 0,
+    limit: Annotated[int, Query(ge=1, le=100)] = 10,
+    live: bool | None = None,
+    from_api: bool | None = None,
+) -> list[CampaignSummary]:
+    return await service.list_campaigns(
+        session, access=access, offset=from_, limit=limit, live=live, from_api=from_api
+    )
+
+
+@router.get("/stats/{token}", response_model_exclude_none=True)
+async def campaign_stats(token: str, access: RestApp, session: SessionDep) -> CampaignStats:
+    return await service.campaign_stats(session, access=access, token=token)
+
+
+class EstimateIn(BaseModel):
+    targeting: Targeting | None = None
+
+
+@router.post("/estimate")
+async def estimate_audience(body: EstimateIn, access: RestApp, session: SessionDep) -> Estimate:
+    """Clarion's addition: how many installs a targeting reaches, without creating anything."""
+    return await service.estimate_audience(
+        session, access=access, targeting=body.targeting or Targeting(), now=utcnow()
+    )
+
+
+@router.get("/{token}")
+async def get_campaign(token: str, access: RestApp, session: SessionDep) -> dict[str, Any]:
+    return await service.describe_campaign(session, access=access, token=token)

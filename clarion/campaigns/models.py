@@ -1,0 +1,96 @@
+"""Campaigns: a push to a targeted segment, scheduled once, in local time or recurring.
+
+A campaign keeps its API body as accepted (merged across updates): `GET campaigns/{token}`
+answers with it, and each run reads its content and targeting from it. Every occurrence is a
+CampaignRun; a run streams its audience into the delivery outbox (clarion.delivery) through
+one Send per A/B version, remembering how far it got so that a restarted process goes on
+where the last one stopped, without sending to anyone twice.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import BigInteger, ForeignKey, Index, String, UniqueConstraint
+from sqlalchemy.orm import Mapped, mapped_column
+
+from clarion.db import Base, BigIntPK, JsonValue, UtcDateTime, utcnow
+
+
+class CampaignState(StrEnum):
+    DRAFT = "draft"  # live: false, never started
+    SCHEDULED = "scheduled"  # live, waiting for next_run_at
+    RUNNING = "running"  # a run is fanning out or its batches are being delivered
+    COMPLETED = "completed"  # every occurrence delivered
+    STOPPED = "stopped"  # set to live: false (or deleted) after it had started
+
+
+class RunState(StrEnum):
+    FANNING_OUT = "fanning_out"  # writing the audience into delivery batches
+    DELIVERING = "delivering"  # every batch written; waiting for them to be delivered
+    DONE = "done"
+    STOPPED = "stopped"
+    EXPIRED = "expired"  # due while Clarion was down, and past its time to live when it came back
+
+
+class Campaign(Base):
+    __tablename__ = "campaigns"
+    __table_args__ = (
+        Index("ix_campaigns_state_next_run_at", "state", "next_run_at"),
+        Index("ix_campaigns_app_created", "app_id", "created_at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True)
+    token: Mapped[str] = mapped_column(String(32), unique=True)
+    app_id: Mapped[int] = mapped_column(ForeignKey("apps.id"))
+    name: Mapped[str] = mapped_column(String(256))
+    # Created with the Dev key: reaches dev installations only.
+    dev_only: Mapped[bool] = mapped_column(default=False)
+    from_api: Mapped[bool] = mapped_column(default=True)
+    state: Mapped[str] = mapped_column(String(10))
+    # The create body as accepted, updates merged in (the wire format of GET).
+    body: Mapped[dict[str, Any]] = mapped_column(JsonValue)
+    # When the scheduler starts the next run; None when nothing more is due.
+    next_run_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    occurrences: Mapped[int] = mapped_column(default=0)  # runs started
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+    deleted_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+
+
+class CampaignRun(Base):
+    __tablename__ = "campaign_runs"
+    # One row per occurrence: a second scheduler racing for the same occurrence fails here.
+    __table_args__ = (
+        UniqueConstraint("campaign_id", "occurrence"),
+        Index("ix_campaign_runs_state", "state"),
+    )
+
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True)
+    campaign_id: Mapped[int] = mapped_column(ForeignKey("campaigns.id"))
+    occurrence: Mapped[int] = mapped_column()
+    scheduled_for: Mapped[datetime] = mapped_column(UtcDateTime)
+    state: Mapped[str] = mapped_column(String(12))
+    # Keyset position of the fan-out: the last installation id written into a batch.
+    cursor: Mapped[int] = mapped_column(BigInteger, default=0)
+    # The process fanning out holds the run until then; a dead one's run is taken over.
+    lease_until: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    targeted: Mapped[int] = mapped_column(default=0)
+    # Local-time runs go out in waves, one per group of time zones whose wall clock has
+    # reached the campaign's time: the zones of the wave being written, and those done.
+    wave: Mapped[list[str] | None] = mapped_column(JsonValue)
+    zones_done: Mapped[list[str] | None] = mapped_column(JsonValue)
+    started_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+
+
+class CampaignReceipt(Base):
+    """How many occurrences of a capped recurring campaign each installation was sent."""
+
+    __tablename__ = "campaign_receipts"
+
+    campaign_id: Mapped[int] = mapped_column(ForeignKey("campaigns.id"), primary_key=True)
+    installation_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    count: Mapped[int] = mapped_column(default=0)

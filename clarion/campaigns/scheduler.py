@@ -1,0 +1,464 @@
+"""The campaign scheduler: starts due runs, streams their audience into the delivery outbox,
+and closes runs once delivered. Runs in every process that runs delivery workers.
+
+Exactly once, across processes and restarts:
+- a run starts under a row lock on its campaign, and (campaign, occurrence) is unique;
+- the fan-out walks installations in primary-key order (keyset pagination, one page per
+  transaction); each page's batches commit together with the run's new cursor, and only if the
+  cursor is still where this process read it, so a page is never written twice;
+- a process holds a run through a lease it renews every page; a dead process's run is taken
+  over where its cursor stopped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import ColumnElement, insert, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from clarion.apps.models import App
+from clarion.campaigns.models import (
+    Campaign,
+    CampaignReceipt,
+    CampaignRun,
+    CampaignState,
+    RunState,
+)
+from clarion.campaigns.schemas import CampaignBody
+from clarion.campaigns.service import EARLIEST_UTC_OFFSET, LATEST_UTC_OFFSET, occurrence_time
+from clarion.config import Settings
+from clarion.db import transaction, upsert_insert, utcnow
+from clarion.delivery.models import BATCHES, SENDS, BatchStatus, Send, SendKind
+from clarion.devices.models import Installation
+from clarion.queue import BatchJob, JobQueue
+from clarion.targeting import service as targeting
+
+log = logging.getLogger(__name__)
+
+Clock = Callable[[], datetime]
+
+_INSERT_BATCHES = insert(BATCHES).returning(BATCHES.c.id, sort_by_parameter_order=True)
+
+
+def version_of(
+    installation_id: int, seed: int, shares: Sequence[tuple[str | None, int]]
+) -> str | None:
+    """The A/B version of an installation: a multiplicative hash of its id (Knuth's constant)
+    spreads consecutive ids evenly over 0-99, so the split holds within a fraction of a percent
+    on any large audience; the seed (from the campaign token) varies it between campaigns."""
+    bucket = (((installation_id ^ seed) * 2654435761) & 0xFFFFFFFF) * 100 >> 32
+    for version, share in shares:
+        if bucket < share:
+            return version
+        bucket -= share
+    return shares[-1][0]
+
+
+class CampaignScheduler:
+    def __init__(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        queue: JobQueue,
+        settings: Settings,
+        *,
+        clock: Clock = utcnow,
+    ) -> None:
+        self._sessions = sessions
+        self._queue = queue
+        self._settings = settings
+        self._clock = clock
+        self._lease = timedelta(seconds=settings.batch_lease_seconds)
+        self._page = settings.batch_size * 10
+        self._fan_outs: dict[int, asyncio.Task[None]] = {}  # run id -> task, in this process
+
+    async def run_forever(self) -> None:
+        while True:
+            try:
+                await self.tick(wait=False)
+            except Exception:
+                # A database hiccup must not end scheduling for the life of the process.
+                log.exception("campaign scheduler tick failed; trying again")
+            await asyncio.sleep(self._settings.scheduler_interval_seconds)
+
+    async def tick(self, *, wait: bool = True) -> None:
+        """Start what is due, fan out what can be, close what is delivered. `wait`: return
+        once this tick's fan-outs are done (tests); otherwise they go on in the background."""
+        now = self._clock()
+        await self._start_due_runs(now)
+        started = await self._spawn_fan_outs(now)
+        if wait and started:
+            await asyncio.gather(*started)
+        await self._finish_delivered_runs(self._clock())
+
+    async def aclose(self) -> None:
+        for task in list(self._fan_outs.values()):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+    # -- starting runs -------------------------------------------------------------------
+
+    async def _start_due_runs(self, now: datetime) -> None:
+        async with self._sessions() as session:
+            due = list(
+                await session.scalars(
+                    select(Campaign.id)
+                    .where(
+                        Campaign.state == CampaignState.SCHEDULED.value,
+                        Campaign.next_run_at <= now,
+                        Campaign.deleted_at.is_(None),
+                    )
+                    .order_by(Campaign.next_run_at)
+                    .limit(100)
+                )
+            )
+        for campaign_id in due:
+            await self._start_run(campaign_id, now)
+
+    async def _start_run(self, campaign_id: int, now: datetime) -> None:
+        async with transaction(self._sessions) as session:
+            campaign = await session.get(Campaign, campaign_id, with_for_update=True)
+            if (
+                campaign is None
+                or campaign.state != CampaignState.SCHEDULED.value
+                or campaign.next_run_at is None
+                or campaign.next_run_at > now
+            ):
+                return  # another process started it, or it changed meanwhile
+            body = CampaignBody.model_validate(campaign.body)
+            scheduled_for = campaign.next_run_at
+            index = campaign.occurrences
+            campaign.occurrences = index + 1
+            campaign.next_run_at = None
+            campaign.state = CampaignState.RUNNING.value
+            campaign.updated_at = now
+            last_due = scheduled_for
+            if body.local_push_time is not None:
+                last_due += EARLIEST_UTC_OFFSET + LATEST_UTC_OFFSET
+            ttl = timedelta(seconds=body.time_to_live) if body.time_to_live else None
+            # Due while Clarion was down and past its time to live: not sent at all.
+            expired = ttl is not None and now > last_due + ttl
+            run = CampaignRun(
+                campaign_id=campaign.id,
+                occurrence=index + 1,
+                scheduled_for=scheduled_for,
+                state=RunState.EXPIRED.value if expired else RunState.FANNING_OUT.value,
+                cursor=0,
+                zones_done=[] if body.local_push_time is not None else None,
+                started_at=now,
+                finished_at=now if expired else None,
+            )
+            session.add(run)
+            await session.flush()
+            if expired:
+                log.warning("campaign %s occurrence %d expired unsent", campaign.token, index + 1)
+                advance(campaign, body, now=now)
+                return
+            for version in body.versions:
+                session.add(
+                    Send(
+                        token=str(uuid.uuid4()),
+                        app_id=campaign.app_id,
+                        kind=SendKind.CAMPAIGN.value,
+                        campaign_token=campaign.token,
+                        dev_only=campaign.dev_only,
+                        content=body.send_content(version),
+                        created_at=now,
+                        expires_at=last_due + ttl if ttl else None,
+                        run_id=run.id,
+                        version=version,
+                    )
+                )
+
+    # -- fan-out -------------------------------------------------------------------------
+
+    async def _spawn_fan_outs(self, now: datetime) -> list[asyncio.Task[None]]:
+        async with self._sessions() as session:
+            runs = list(
+                await session.scalars(
+                    select(CampaignRun.id).where(
+                        CampaignRun.state == RunState.FANNING_OUT.value,
+                        or_(CampaignRun.lease_until.is_(None), CampaignRun.lease_until < now),
+                    )
+                )
+            )
+        started: list[asyncio.Task[None]] = []
+        for run_id in runs:
+            if run_id in self._fan_outs:
+                continue
+            task = asyncio.create_task(self._fan_out(run_id), name=f"fan-out-{run_id}")
+            self._fan_outs[run_id] = task
+            task.add_done_callback(self._forget_fan_out)
+            started.append(task)
+        return started
+
+    def _forget_fan_out(self, task: asyncio.Task[None]) -> None:
+        for run_id, running in list(self._fan_outs.items()):
+            if running is task:
+                del self._fan_outs[run_id]
+
+    async def _fan_out(self, run_id: int) -> None:
+        try:
+            if await self._take_lease(run_id):
+                try:
+                    await self._fan_out_leased(run_id)
+                finally:
+                    await self._drop_lease(run_id)
+        except Exception:
+            log.exception("fan-out of campaign run %d failed; it resumes at the next tick", run_id)
+
+    async def _take_lease(self, run_id: int) -> bool:
+        now = self._clock()
+        async with transaction(self._sessions) as session:
+            taken = await session.execute(
+                update(CampaignRun)
+                .where(
+                    CampaignRun.id == run_id,
+                    CampaignRun.state == RunState.FANNING_OUT.value,
+                    or_(CampaignRun.lease_until.is_(None), CampaignRun.lease_until < now),
+                )
+                .values(lease_until=now + self._lease)
+            )
+            return bool(taken.rowcount)  # type: ignore[attr-defined]
+
+    async def _drop_lease(self, run_id: int) -> None:
+        async with transaction(self._sessions) as session:
+            await session.execute(
+                update(CampaignRun).where(CampaignRun.id == run_id).values(lease_until=None)
+            )
+
+    async def _fan_out_leased(self, run_id: int) -> None:
+        async with self._sessions() as session:
+            run = await session.get(CampaignRun, run_id)
+            assert run is not None
+            campaign = await session.get(Campaign, run.campaign_id)
+            assert campaign is not None
+            app = await session.get(App, campaign.app_id)
+            assert app is not None
+            sends = {
+                send.version: send.id
+                for send in await session.scalars(select(Send).where(Send.run_id == run.id))
+            }
+            cursor, wave, zones_done = run.cursor, run.wave, run.zones_done
+            scheduled_for = run.scheduled_for
+        body = CampaignBody.model_validate(campaign.body)
+        audience = targeting.reachable(app_id=app.id, dev_only=campaign.dev_only)
+        if body.targeting is not None:
+            audience = audience & targeting.installation_filter(
+                body.targeting, app_id=app.id, now=scheduled_for
+            )
+        if body.capping is not None:
+            # Capping: installs sent `capping` occurrences already are left out.
+            audience = audience & ~(
+                select(CampaignReceipt.installation_id)
+                .where(
+                    CampaignReceipt.campaign_id == campaign.id,
+                    CampaignReceipt.installation_id == Installation.id,
+                    CampaignReceipt.count >= body.capping,
+                )
+                .exists()
+            )
+        capped = campaign.id if body.capping is not None else None
+        shares = list(body.versions.items())
+        seed = int(campaign.token[:8], 16)
+        local = body.local_push_time is not None
+        wall_time = (scheduled_for + EARLIEST_UTC_OFFSET).replace(tzinfo=None)
+
+        while True:
+            now = self._clock()
+            zone_filter: ColumnElement[bool] | None = None
+            if local:
+                assert zones_done is not None
+                if wave is None:
+                    wave = await self._due_zones(app, wall_time, set(zones_done), now)
+                    if not wave:
+                        if now >= scheduled_for + EARLIEST_UTC_OFFSET + LATEST_UTC_OFFSET:
+                            await self._close_fan_out(run_id)  # every zone has had its turn
+                        return  # the next zones are not due yet
+                zone_filter = _zone_filter(wave, app.default_timezone)
+            page = await self._next_page(audience, zone_filter, cursor)
+            if not page:
+                if not local:
+                    await self._close_fan_out(run_id)
+                    return
+                assert wave is not None
+                assert zones_done is not None
+                zones_done = [*zones_done, *wave]
+                wave, new_cursor = None, 0
+            else:
+                new_cursor = page[-1]
+            if not await self._write_page(
+                run_id,
+                sends,
+                shares,
+                seed,
+                page,
+                cursor,
+                new_cursor,
+                wave,
+                zones_done,
+                now,
+                capped_campaign=capped,
+            ):
+                return  # stopped, or another process took the run over
+            cursor = new_cursor
+
+    async def _due_zones(
+        self, app: App, wall_time: datetime, done: set[str], now: datetime
+    ) -> list[str]:
+        """Time zones of the app's installs whose wall clock has reached the campaign's time
+        and which have not had their wave yet (installs with no zone use the app's)."""
+        async with self._sessions() as session:
+            zones = {
+                zone or app.default_timezone
+                for zone in await session.scalars(
+                    select(Installation.timezone).where(Installation.app_id == app.id).distinct()
+                )
+            }
+        return sorted(
+            zone
+            for zone in zones - done
+            if wall_time.replace(tzinfo=ZoneInfo(zone)).astimezone(UTC) <= now
+        )
+
+    async def _next_page(
+        self, audience: ColumnElement[bool], zone_filter: ColumnElement[bool] | None, cursor: int
+    ) -> list[int]:
+        query = select(Installation.id).where(audience, Installation.id > cursor)
+        if zone_filter is not None:
+            query = query.where(zone_filter)
+        async with self._sessions() as session:
+            return list(await session.scalars(query.order_by(Installation.id).limit(self._page)))
+
+    async def _write_page(
+        self,
+        run_id: int,
+        sends: dict[str | None, int],
+        shares: list[tuple[str | None, int]],
+        seed: int,
+        page: list[int],
+        cursor: int,
+        new_cursor: int,
+        wave: list[str] | None,
+        zones_done: list[str] | None,
+        now: datetime,
+        *,
+        capped_campaign: int | None,
+    ) -> bool:
+        """One page's batches and the run's new position, in one transaction; False when the
+        run is no longer this process's to write (stopped, or taken over)."""
+        by_version: dict[str | None, list[int]] = {version: [] for version, _ in shares}
+        if len(shares) == 1:
+            by_version[shares[0][0]] = page
+        else:
+            for installation_id in page:
+                by_version[version_of(installation_id, seed, shares)].append(installation_id)
+        size = self._settings.batch_size
+        chunks = [
+            (sends[version], ids[start : start + size])
+            for version, ids in by_version.items()
+            for start in range(0, len(ids), size)
+        ]
+        # Due at once: not_before and last_enqueued_at take their defaults, the delivery clock.
+        rows = [
+            {"send_id": send_id, "recipients": {"installations": chunk}}
+            for send_id, chunk in chunks
+        ]
+        sizes = [len(chunk) for _, chunk in chunks]
+        async with transaction(self._sessions) as session:
+            moved = await session.execute(
+                update(CampaignRun)
+                .where(
+                    CampaignRun.id == run_id,
+                    CampaignRun.cursor == cursor,
+                    CampaignRun.state == RunState.FANNING_OUT.value,
+                )
+                .values(
+                    cursor=new_cursor,
+                    targeted=CampaignRun.targeted + len(page),
+                    wave=wave,
+                    zones_done=zones_done,
+                    lease_until=now + self._lease,
+                )
+            )
+            if not moved.rowcount:  # type: ignore[attr-defined]
+                return False
+            if capped_campaign is not None and page:
+                await session.execute(
+                    upsert_insert(session, CampaignReceipt).on_conflict_do_update(
+                        index_elements=["campaign_id", "installation_id"],
+                        set_={"count": CampaignReceipt.count + 1},
+                    ),
+                    [
+                        {"campaign_id": capped_campaign, "installation_id": i, "count": 1}
+                        for i in page
+                    ],
+                )
+            batch_ids = (
+                list((await session.execute(_INSERT_BATCHES, rows)).scalars()) if rows else []
+            )
+        await self._queue.enqueue(
+            [
+                BatchJob(batch_id, recipients=size)
+                for batch_id, size in zip(batch_ids, sizes, strict=True)
+            ]
+        )
+        return True
+
+    async def _close_fan_out(self, run_id: int) -> None:
+        async with transaction(self._sessions) as session:
+            await session.execute(
+                update(CampaignRun)
+                .where(CampaignRun.id == run_id, CampaignRun.state == RunState.FANNING_OUT.value)
+                .values(state=RunState.DELIVERING.value, wave=None)
+            )
+
+    # -- closing runs --------------------------------------------------------------------
+
+    async def _finish_delivered_runs(self, now: datetime) -> None:
+        unfinished = (
+            select(BATCHES.c.id)
+            .join(SENDS, SENDS.c.id == BATCHES.c.send_id)
+            .where(SENDS.c.run_id == CampaignRun.id, BATCHES.c.status != BatchStatus.DONE.value)
+            .exists()
+        )
+        async with transaction(self._sessions) as session:
+            runs = list(
+                await session.scalars(
+                    select(CampaignRun).where(
+                        CampaignRun.state == RunState.DELIVERING.value, ~unfinished
+                    )
+                )
+            )
+            for run in runs:
+                run.state = RunState.DONE.value
+                run.finished_at = now
+                campaign = await session.get(Campaign, run.campaign_id, with_for_update=True)
+                if campaign is not None and campaign.state == CampaignState.RUNNING.value:
+                    advance(campaign, CampaignBody.model_validate(campaign.body), now=now)
+
+
+def advance(campaign: Campaign, body: CampaignBody, *, now: datetime) -> None:
+    """After an occurrence: schedule the next one, or complete the campaign."""
+    due = occurrence_time(body, campaign.occurrences, now=now)
+    if due is None:
+        campaign.state = CampaignState.COMPLETED.value
+        campaign.next_run_at = None
+    else:
+        campaign.state = CampaignState.SCHEDULED.value
+        campaign.next_run_at = due
+    campaign.updated_at = now
+
+
+def _zone_filter(wave: list[str], default_zone: str) -> ColumnElement[bool]:
+    in_wave = Installation.timezone.in_(wave)
+    if default_zone in wave:
+        return or_(in_wave, Installation.timezone.is_(None))
+    return in_wave

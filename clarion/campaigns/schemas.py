@@ -1,0 +1,232 @@
+"""Campaigns API 1.1 wire format (spec §4), and Clarion's documented choices where Batch is
+silent: recurrence fields, A/B versions, the fallback language (docs/campaigns.md).
+
+Unknown fields are ignored, as on the Transactional API: a Batch integration keeps working when
+it sends fields Clarion does not use.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic_core import PydanticCustomError
+
+from clarion.delivery.personalisation import check_template, is_template
+from clarion.delivery.schemas import CollapseKey, PushOptions
+from clarion.targeting.schemas import Targeting
+
+_DATE = r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}$"  # yyyy-MM-ddTHH:mm:ss, no zone (spec §4.1)
+_DATE_FORMAT = "%Y-%m-%dT%H:%M:%S"
+
+
+def parse_wire_date(value: str) -> datetime:
+    """A spec §4.1 date as a naive datetime (UTC for push_time, wall clock for local times)."""
+    return datetime.strptime(value, _DATE_FORMAT)  # noqa: DTZ007 (zone applied by the caller)
+
+
+def wire_date(value: datetime) -> str:
+    """A UTC datetime in the wire's format (created_date, push_time)."""
+    return value.astimezone(UTC).strftime(_DATE_FORMAT)
+
+
+class RepeatUnit(StrEnum):
+    DAILY = "DAILY"
+    WEEKLY = "WEEKLY"
+    MONTHLY = "MONTHLY"
+
+
+class Recurrence(BaseModel):
+    """Every `repeat_frequency` `repeat_unit`s from the first push time, until `end_date`
+    (inclusive, same clock as the first push time) or `occurrences` runs, whichever is first."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    repeat_unit: RepeatUnit
+    repeat_frequency: int = Field(default=1, ge=1, le=366)
+    end_date: str | None = Field(default=None, pattern=_DATE)
+    occurrences: int | None = Field(default=None, ge=1, le=10_000)
+
+    @field_validator("end_date")
+    @classmethod
+    def _real_date(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_wire_date(value)
+        return value
+
+
+class CampaignMessage(BaseModel):
+    language: str
+    # A/B testing: the version this message belongs to ("a", "b", ...); absent without A/B.
+    version: str | None = Field(default=None, pattern=r"^[a-z]$")
+    title: str | None = Field(default=None, max_length=256)
+    body: str = Field(min_length=1, max_length=4096)
+
+    @field_validator("title", "body")
+    @classmethod
+    def _template(cls, value: str | None) -> str | None:
+        return None if value is None else check_template(value)
+
+    @field_validator("language")
+    @classmethod
+    def _language(cls, value: str) -> str:
+        value = value.lower()
+        if value != "default" and not (2 <= len(value) <= 3 and value.isalpha()):
+            raise ValueError(f"{value!r} is not a language code (or 'default')")
+        return value
+
+
+class CampaignBody(PushOptions):
+    """The create body, and what an update must add up to once merged with the stored one."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    name: str = Field(min_length=3, max_length=256)
+    live: bool
+    push_time: str | None = None
+    local_push_time: str | None = Field(default=None, pattern=_DATE)
+    recurrence: Recurrence | None = None
+    # How many times one installation may receive a recurring campaign, in all.
+    capping: int | None = Field(default=None, ge=1)
+    targeting: Targeting | None = None
+    messages: list[CampaignMessage] = Field(min_length=1, max_length=200)
+    # A/B: the share of the audience (percent, summing to 100) each version reaches; without
+    # it the versions share the audience equally.
+    version_split: dict[str, int] | None = None
+    # Batch's get output shows it as a plain string; the create body documents the object.
+    gcm_collapse_key: CollapseKey | str | None = None
+
+    @field_validator("deeplink")
+    @classmethod
+    def _deeplink_template(cls, value: str | None) -> str | None:
+        return None if value is None else check_template(value)
+
+    @field_validator("push_time")
+    @classmethod
+    def _push_time(cls, value: str | None) -> str | None:
+        if value is not None and value != "now":
+            try:
+                parse_wire_date(value)
+            except ValueError as exc:
+                raise ValueError("must be 'now' or a UTC date yyyy-MM-ddTHH:mm:ss") from exc
+        return value
+
+    @field_validator("local_push_time")
+    @classmethod
+    def _local_push_time(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_wire_date(value)
+        return value
+
+    @model_validator(mode="after")
+    def _rules(self) -> CampaignBody:
+        if self.push_time is not None and self.local_push_time is not None:
+            raise ValueError("push_time and local_push_time are mutually exclusive")
+        if self.push_time is None and self.local_push_time is None:
+            raise PydanticCustomError(
+                "missing_field", "push_time is required", {"field": "push_time"}
+            )
+        if self.capping is not None and self.recurrence is None:
+            raise ValueError("capping applies to recurring campaigns only")
+        if self.recurrence is not None and self.push_time == "now":
+            raise ValueError("a recurring campaign needs a date as push_time, not 'now'")
+        self._check_versions()
+        return self
+
+    def _check_versions(self) -> None:
+        versions = [message.version for message in self.messages]
+        if any(versions) and not all(versions):
+            raise ValueError("with A/B versions, every message names its version")
+        seen: set[tuple[str | None, str]] = set()
+        for message in self.messages:
+            key = (message.version, message.language)
+            if key in seen:
+                raise ValueError(f"two messages for language {message.language!r}")
+            seen.add(key)
+        names = set(filter(None, versions))
+        if self.version_split is not None:
+            if set(self.version_split) != names:
+                raise ValueError("version_split must name exactly the messages' versions")
+            if any(share <= 0 for share in self.version_split.values()):
+                raise ValueError("version_split: every share must be positive")
+            if sum(self.version_split.values()) != 100:
+                raise ValueError("version_split: the shares must add up to 100")
+        if len(names) == 1:
+            raise ValueError("A/B testing needs at least two versions")
+
+    @property
+    def versions(self) -> dict[str | None, int]:
+        """Each version and its share of the audience (percent); {None: 100} without A/B."""
+        names = sorted({message.version for message in self.messages if message.version})
+        if not names:
+            return {None: 100}
+        if self.version_split is not None:
+            return {name: self.version_split[name] for name in names}
+        share, rest = divmod(100, len(names))
+        return {name: share + (1 if i < rest else 0) for i, name in enumerate(names)}
+
+    def send_content(self, version: str | None) -> dict[str, Any]:
+        """What a Send of this version carries (clarion.delivery.content reads it).
+
+        Messages keep their order: the first one is the fallback for installs whose language
+        has no message, unless a message has the language "default"."""
+        collapse = self.gcm_collapse_key
+        if isinstance(collapse, str):
+            collapse = CollapseKey(enabled=True, key=collapse)
+        content = self.model_dump(
+            include={"deeplink", "custom_payload", "priority", "time_to_live", "push_type"},
+            exclude_none=True,
+        )
+        if self.media is not None:
+            content["media"] = self.media.model_dump(exclude_none=True)
+        if collapse is not None:
+            content["gcm_collapse_key"] = collapse.model_dump()
+        messages = [message for message in self.messages if message.version == version]
+        content["messages"] = {
+            message.language: message.model_dump(include={"title", "body"}, exclude_none=True)
+            for message in messages
+        }
+        if is_template(self.deeplink) or any(
+            is_template(message.title) or is_template(message.body) for message in messages
+        ):
+            content["personalised"] = True
+        return content
+
+
+class CampaignCreated(BaseModel):
+    campaign_token: str
+
+
+class CampaignSummary(BaseModel):
+    """An item of `campaigns/list`: the basic fields only, as Batch answers (spec §4.4)."""
+
+    campaign_token: str
+    from_api: bool
+    dev_only: bool
+    created_date: str
+    name: str
+    live: bool
+    push_time: str | None = None
+    local_push_time: str | None = None
+    state: str  # Clarion's addition: draft, scheduled, running, completed, stopped
+
+
+class VersionStats(BaseModel):
+    sent: int = 0
+    sent_optins: int = 0
+    direct_open: int = 0
+    influenced_open: int = 0
+    reengaged: int = 0
+    errors: int = 0
+
+
+class DayStats(VersionStats):
+    date: str
+    versions: dict[str, VersionStats] | None = None
+
+
+class CampaignStats(BaseModel):
+    campaign_token: str
+    detail: list[DayStats]

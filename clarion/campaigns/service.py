@@ -1,0 +1,385 @@
+"""Campaigns: create, update, read, list, delete, stop, statistics. No HTTP here.
+
+The life of a campaign (docs/campaigns.md): draft (live: false) -> scheduled -> running ->
+completed, or stopped when set to live: false (or deleted) after it started. The scheduler
+(clarion.campaigns.scheduler) moves scheduled campaigns to running at their time.
+"""
+
+from __future__ import annotations
+
+import secrets
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from dateutil.relativedelta import relativedelta
+from pydantic import ValidationError
+from sqlalchemy import func, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from clarion.apps.service import AppAccess
+from clarion.campaigns.models import Campaign, CampaignRun, CampaignState, RunState
+from clarion.campaigns.schemas import (
+    CampaignBody,
+    CampaignStats,
+    CampaignSummary,
+    DayStats,
+    RepeatUnit,
+    VersionStats,
+    parse_wire_date,
+    wire_date,
+)
+from clarion.db import utc_day
+from clarion.delivery.models import BATCHES, SENDS, BatchStatus, Send
+from clarion.errors import (
+    ApiMisuseError,
+    MalformedParameterError,
+    NotFoundError,
+    from_validation_errors,
+)
+from clarion.events.models import PushEvent, PushEventKind
+from clarion.targeting import service as targeting_service
+from clarion.targeting.schemas import Estimate, Targeting
+
+# Zones run from UTC-12 to UTC+14: a local-time campaign starts 14 h before its wall-clock
+# time in UTC and has reached every zone 12 h after it.
+EARLIEST_UTC_OFFSET = timedelta(hours=14)
+LATEST_UTC_OFFSET = timedelta(hours=12)
+
+_LIVE_STATES = (CampaignState.SCHEDULED, CampaignState.RUNNING, CampaignState.COMPLETED)
+
+
+def validate_body(document: dict[str, Any]) -> CampaignBody:
+    """A campaign document (a create body, or a stored body with an update merged in)."""
+    try:
+        return CampaignBody.model_validate(document)
+    except ValidationError as exc:
+        raise from_validation_errors(exc.errors()) from None
+
+
+def occurrence_time(body: CampaignBody, index: int, *, now: datetime) -> datetime | None:
+    """When occurrence `index` (0 for the first) is due, in UTC; None when the recurrence has
+    ended. A local-time campaign's occurrence is due when its first time zone reaches it."""
+    if body.push_time == "now":
+        return now if index == 0 else None
+    if body.push_time is not None:
+        first = parse_wire_date(body.push_time).replace(tzinfo=UTC)
+    else:
+        assert body.local_push_time is not None
+        first = parse_wire_date(body.local_push_time).replace(tzinfo=UTC) - EARLIEST_UTC_OFFSET
+    recurrence = body.recurrence
+    if recurrence is None:
+        return first if index == 0 else None
+    if recurrence.occurrences is not None and index >= recurrence.occurrences:
+        return None
+    step = recurrence.repeat_frequency * index
+    # Always from the first time, never from the previous one: monthly on the 31st stays on
+    # the last day of shorter months instead of drifting to the 28th for good.
+    delta = {
+        RepeatUnit.DAILY: relativedelta(days=step),
+        RepeatUnit.WEEKLY: relativedelta(weeks=step),
+        RepeatUnit.MONTHLY: relativedelta(months=step),
+    }[recurrence.repeat_unit]
+    due = first + delta
+    if recurrence.end_date is not None:
+        end = parse_wire_date(recurrence.end_date).replace(tzinfo=UTC)
+        if body.local_push_time is not None:
+            end -= EARLIEST_UTC_OFFSET
+        if due > end:
+            return None
+    return due
+
+
+def new_campaign_token() -> str:
+    return secrets.token_hex(16)
+
+
+async def create_campaign(
+    session: AsyncSession, *, access: AppAccess, body: CampaignBody, now: datetime
+) -> Campaign:
+    await _check_targeting(session, access, body)
+    campaign = Campaign(
+        token=new_campaign_token(),
+        app_id=access.app_id,
+        name=body.name,
+        dev_only=access.is_dev,
+        from_api=True,
+        state=CampaignState.SCHEDULED.value if body.live else CampaignState.DRAFT.value,
+        body=_stored(body),
+        next_run_at=occurrence_time(body, 0, now=now) if body.live else None,
+        created_at=now,
+        updated_at=now,
+    )
+    session.add(campaign)
+    await session.flush()
+    return campaign
+
+
+async def update_campaign(
+    session: AsyncSession,
+    *,
+    access: AppAccess,
+    token: str,
+    changes: dict[str, Any],
+    now: datetime,
+) -> None:
+    """Batch's update rules (spec §4.2): fields merge into the stored campaign; a field once
+    set cannot be removed; a recurring campaign stays recurring; a completed campaign cannot
+    go live again. `live` moves the campaign between its states."""
+    campaign = await _find(session, access, token, for_update=True)
+    stored = campaign.body
+    for key, value in changes.items():
+        if value is None and stored.get(key) is not None:
+            raise MalformedParameterError(f"{key}: a parameter once set cannot be removed")
+    body = validate_body({**stored, **changes})
+    await _check_targeting(session, access, body)
+    state = CampaignState(campaign.state)
+    schedule_changed = any(
+        changes.get(key, stored.get(key)) != stored.get(key)
+        for key in ("push_time", "local_push_time", "recurrence")
+    )
+
+    if body.live:
+        if state is CampaignState.COMPLETED and changes.get("live") is True:
+            raise MalformedParameterError("live: a completed campaign cannot be set live again")
+        if state is CampaignState.DRAFT:
+            campaign.state = CampaignState.SCHEDULED.value
+            campaign.next_run_at = occurrence_time(body, 0, now=now)
+        elif state is CampaignState.SCHEDULED and schedule_changed:
+            campaign.next_run_at = occurrence_time(body, campaign.occurrences, now=now)
+        elif state is CampaignState.STOPPED:
+            # A stopped one-time campaign has reached part of its audience: sending it again
+            # would reach them twice. A recurring one resumes at its next occurrence.
+            upcoming = _next_occurrence_after(body, campaign.occurrences, now)
+            if body.recurrence is None or upcoming is None:
+                raise MalformedParameterError(
+                    "live: a stopped campaign has started sending and cannot be set live again"
+                )
+            campaign.state = CampaignState.SCHEDULED.value
+            campaign.occurrences, campaign.next_run_at = upcoming
+    elif state is CampaignState.SCHEDULED:
+        campaign.state = CampaignState.DRAFT.value
+        campaign.next_run_at = None
+    elif state is CampaignState.RUNNING:
+        await stop_campaign(session, campaign, now=now)
+
+    campaign.body = _stored(body)
+    campaign.name = body.name
+    campaign.updated_at = now
+
+
+async def delete_campaign(
+    session: AsyncSession, *, access: AppAccess, token: str, now: datetime
+) -> None:
+    campaign = await _find(session, access, token, for_update=True)
+    if campaign.state == CampaignState.RUNNING.value:
+        await stop_campaign(session, campaign, now=now)
+    campaign.deleted_at = now
+    campaign.next_run_at = None
+
+
+async def stop_campaign(session: AsyncSession, campaign: Campaign, *, now: datetime) -> None:
+    """Stop mid-send: the fan-out ends at its next page, and batches not yet delivered are
+    closed unsent (batches being delivered at this moment finish)."""
+    campaign.state = CampaignState.STOPPED.value
+    campaign.next_run_at = None
+    runs = select(CampaignRun.id).where(
+        CampaignRun.campaign_id == campaign.id,
+        CampaignRun.state.in_([RunState.FANNING_OUT.value, RunState.DELIVERING.value]),
+    )
+    sends = select(SENDS.c.id).where(SENDS.c.run_id.in_(runs.scalar_subquery()))
+    await session.execute(
+        update(BATCHES)
+        .where(
+            BATCHES.c.send_id.in_(sends.scalar_subquery()),
+            BATCHES.c.status == BatchStatus.PENDING.value,
+        )
+        .values(status=BatchStatus.DONE.value, finished_at=now, last_reason="Stopped")
+    )
+    await session.execute(
+        update(CampaignRun)
+        .where(CampaignRun.id.in_(runs.scalar_subquery()))
+        .values(state=RunState.STOPPED.value, finished_at=now, lease_until=None)
+    )
+
+
+async def describe_campaign(
+    session: AsyncSession, *, access: AppAccess, token: str
+) -> dict[str, Any]:
+    """The create body plus campaign_token, from_api, dev_only, created_date (spec §4.3), and
+    Clarion's additions: its state and its progress (targeted, sent, errors) so far."""
+    _require_live_key(access)
+    campaign = await _find(session, access, token)
+    progress = (
+        await session.execute(
+            select(
+                func.coalesce(func.sum(Send.targeted), 0),
+                func.coalesce(func.sum(Send.sent), 0),
+                func.coalesce(func.sum(Send.failed + Send.tokens_deleted), 0),
+            )
+            .join(CampaignRun, CampaignRun.id == Send.run_id)
+            .where(CampaignRun.campaign_id == campaign.id)
+        )
+    ).one()
+    return {
+        "campaign_token": campaign.token,
+        "from_api": campaign.from_api,
+        "dev_only": campaign.dev_only,
+        "created_date": wire_date(campaign.created_at),
+        **campaign.body,
+        "state": campaign.state,
+        "progress": {"targeted": progress[0], "sent": progress[1], "errors": progress[2]},
+    }
+
+
+async def list_campaigns(
+    session: AsyncSession,
+    *,
+    access: AppAccess,
+    offset: int,
+    limit: int,
+    live: bool | None,
+    from_api: bool | None,
+) -> list[CampaignSummary]:
+    """Newest first. `live`: true gives scheduled, running or completed campaigns, false
+    drafts and stopped ones (spec §4.4)."""
+    _require_live_key(access)
+    query = select(Campaign).where(Campaign.app_id == access.app_id, Campaign.deleted_at.is_(None))
+    if live is not None:
+        live_states = [state.value for state in _LIVE_STATES]
+        query = query.where(
+            Campaign.state.in_(live_states) if live else Campaign.state.not_in(live_states)
+        )
+    if from_api is not None:
+        query = query.where(Campaign.from_api.is_(from_api))
+    campaigns = await session.scalars(
+        query.order_by(Campaign.created_at.desc(), Campaign.id.desc()).offset(offset).limit(limit)
+    )
+    return [
+        CampaignSummary(
+            campaign_token=c.token,
+            from_api=c.from_api,
+            dev_only=c.dev_only,
+            created_date=wire_date(c.created_at),
+            name=c.name,
+            live=bool(c.body.get("live")),
+            push_time=c.body.get("push_time"),
+            local_push_time=c.body.get("local_push_time"),
+            state=c.state,
+        )
+        for c in campaigns
+    ]
+
+
+async def campaign_stats(session: AsyncSession, *, access: AppAccess, token: str) -> CampaignStats:
+    """Per UTC day: sent (all to opted-in installs, so sent_optins is the same), direct opens
+    (open reports carrying the send id), errors (push_error and token_deleted); per version for
+    A/B campaigns. influenced_open and reengaged are not measured yet and stay 0."""
+    _require_live_key(access)
+    campaign = await _find(session, access, token)
+    day = utc_day(PushEvent.occurred_at)
+    rows = await session.execute(
+        select(day, Send.version, PushEvent.kind, func.count())
+        .outerjoin(Send, Send.token == PushEvent.send_token)
+        .where(
+            PushEvent.app_id == access.app_id,
+            PushEvent.campaign_token == campaign.token,
+            PushEvent.kind.in_(list(_STAT_OF_KIND)),
+        )
+        .group_by(day, Send.version, PushEvent.kind)
+        .order_by(day)
+    )
+    days: dict[str, DayStats] = {}
+    ab = len(CampaignBody.model_validate(campaign.body).versions) > 1
+    for date, version, kind, count in rows:
+        entry = days.setdefault(date, DayStats(date=date, versions={} if ab else None))
+        targets: list[VersionStats] = [entry]
+        if ab and version is not None and entry.versions is not None:
+            targets.append(entry.versions.setdefault(version, VersionStats()))
+        for target in targets:
+            for field in _STAT_OF_KIND[kind]:
+                setattr(target, field, getattr(target, field) + count)
+    return CampaignStats(campaign_token=campaign.token, detail=list(days.values()))
+
+
+_STAT_OF_KIND: dict[str, tuple[str, ...]] = {
+    PushEventKind.SENT.value: ("sent", "sent_optins"),
+    PushEventKind.OPENED.value: ("direct_open",),
+    PushEventKind.ERROR.value: ("errors",),
+    PushEventKind.TOKEN_DELETED.value: ("errors",),
+}
+
+
+async def template_content(session: AsyncSession, *, app_id: int, token: str) -> dict[str, Any]:
+    """A saved campaign's push content, for the Partners Transactional API's `template_id`
+    (any campaign of the app, drafts included; an A/B campaign lends its first version)."""
+    stored = await session.scalar(
+        select(Campaign.body).where(
+            Campaign.token == token, Campaign.app_id == app_id, Campaign.deleted_at.is_(None)
+        )
+    )
+    if stored is None:
+        raise MalformedParameterError(f"template_id: no campaign {token!r} in this app")
+    body = CampaignBody.model_validate(stored)
+    return body.send_content(next(iter(body.versions)))
+
+
+async def estimate_audience(
+    session: AsyncSession, *, access: AppAccess, targeting: Targeting, now: datetime
+) -> Estimate:
+    """How many installs a campaign with this targeting would reach now, sending nothing."""
+    if targeting.custom_audiences:
+        await targeting_service.check_audiences(
+            session, app_id=access.app_id, names=targeting.custom_audiences
+        )
+    return await targeting_service.estimate(
+        session,
+        app_id=access.app_id,
+        platform=access.platform,
+        dev_only=access.is_dev,
+        targeting=targeting,
+        now=now,
+    )
+
+
+def _next_occurrence_after(
+    body: CampaignBody, start_index: int, now: datetime
+) -> tuple[int, datetime] | None:
+    """The first occurrence from `start_index` on that is not in the past: (index, time)."""
+    index = start_index
+    while (due := occurrence_time(body, index, now=now)) is not None:
+        if due >= now:
+            return index, due
+        index += 1
+    return None
+
+
+def _stored(body: CampaignBody) -> dict[str, Any]:
+    return body.model_dump(mode="json", exclude_unset=True)
+
+
+def _require_live_key(access: AppAccess) -> None:
+    if access.is_dev:
+        raise ApiMisuseError("this route takes the app's Live API key")
+
+
+async def _check_targeting(session: AsyncSession, access: AppAccess, body: CampaignBody) -> None:
+    if body.targeting is not None and body.targeting.custom_audiences:
+        await targeting_service.check_audiences(
+            session, app_id=access.app_id, names=body.targeting.custom_audiences
+        )
+
+
+async def _find(
+    session: AsyncSession, access: AppAccess, token: str, *, for_update: bool = False
+) -> Campaign:
+    query = select(Campaign).where(
+        Campaign.token == token,
+        Campaign.app_id == access.app_id,
+        Campaign.deleted_at.is_(None),
+    )
+    if for_update:
+        query = query.with_for_update()
+    campaign = await session.scalar(query)
+    if campaign is None:
+        raise NotFoundError(f"no campaign {token!r}")
+    return campaign

@@ -1,0 +1,51 @@
+"""Push options on the wire, shared by the Transactional (spec §3.1) and Campaigns (§4.1) APIs.
+
+Both APIs describe the push itself with the same fields and the same rules; each adds its own
+recipients, messages and scheduling on top.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import orjson
+from pydantic import BaseModel, Field, field_validator
+
+MAX_TTL_SECONDS = 28 * 24 * 3600  # 2,419,200 s, spec §3.1
+
+
+class Media(BaseModel):
+    icon: str | None = Field(default=None, pattern=r"^https://", max_length=2048)
+    picture: str | None = Field(default=None, pattern=r"^https://", max_length=2048)
+    audio: str | None = Field(default=None, pattern=r"^https://", max_length=2048)
+    video: str | None = Field(default=None, pattern=r"^https://", max_length=2048)
+
+
+class CollapseKey(BaseModel):
+    enabled: bool = False
+    key: str = Field(default="default", min_length=1, max_length=64)
+
+
+class PushOptions(BaseModel):
+    deeplink: str | None = Field(default=None, min_length=1, max_length=2048)
+    custom_payload: str | None = None
+    media: Media | None = None
+    priority: Literal["normal", "high"] | None = None
+    time_to_live: int | None = Field(default=None, gt=0, le=MAX_TTL_SECONDS)
+    push_type: Literal["alert", "background"] = "alert"
+    labels: list[str] = Field(default_factory=list, max_length=3)
+
+    @field_validator("custom_payload")
+    @classmethod
+    def _payload_is_object(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        try:
+            parsed = orjson.loads(value)
+        except orjson.JSONDecodeError as exc:
+            raise ValueError("must be a string holding a JSON object") from exc
+        if not isinstance(parsed, dict):
+            raise ValueError("must be a string holding a JSON object")
+        if "com.batch" in parsed:
+            raise ValueError("the key 'com.batch' is reserved")
+        return value
