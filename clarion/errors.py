@@ -77,7 +77,7 @@ def from_validation_errors(errors: Sequence[Any]) -> ClarionError:
         return MissingParameterError(f"{path} is required")
     if kind == "missing_field":
         return MissingParameterError(f"{first.get('ctx', {}).get('field', path)} is required")
-    if kind == "model_attributes_type" and path == "body":
+    if kind in ("model_attributes_type", "dict_type") and path == "body":
         return MalformedJsonError("the body must be a JSON object")
     message = str(first.get("msg", "is invalid")).removeprefix("Value error, ")
     return MalformedParameterError(f"{path}: {message}")

@@ -18,9 +18,9 @@ import pytest
 from sqlalchemy import delete, select, update
 
 from clarion.campaigns.models import Campaign, CampaignRun
+from clarion.campaigns.schedule import occurrence_time
 from clarion.campaigns.scheduler import CampaignScheduler, version_of
 from clarion.campaigns.schemas import CampaignBody
-from clarion.campaigns.service import occurrence_time
 from clarion.config import QueueBackend, Settings
 from clarion.db import transaction
 from clarion.delivery.models import BatchStatus, DeliveryBatch, Send
@@ -148,7 +148,7 @@ class TestSchedule:
         assert await runs_of(runtime, token) == []
         clock.now = T
         await scheduler(runtime, clock).tick()
-        assert [r.occurrence for r in await runs_of(runtime, token)] == [1]
+        assert [r.occurrence for r in await runs_of(runtime, token)] == [0]
         assert await reached(runtime, token) == Counter({i.id: 1 for i in installs})
         assert (await campaign_state(runtime, token)).state == "running"
 
@@ -378,7 +378,7 @@ class TestRecurrence:
                 # Not again before the next occurrence.
                 await scheduler(runtime, Clock(T + timedelta(days=day + 1))).tick()
         assert campaign.state == "completed"
-        assert [run.occurrence for run in await runs_of(runtime, token)] == [1, 2, 3]
+        assert [run.occurrence for run in await runs_of(runtime, token)] == [0, 1, 2]
         for install in installs:
             assert sim_control.get(f"/_sim/apns/tokens/{install.push_token}").json()["count"] == 3
 
@@ -404,6 +404,68 @@ class TestRecurrence:
         expected = Counter({i.id: 2 for i in early}) + Counter({i.id: 1 for i in late})
         assert await reached(runtime, token) == expected
         assert (await campaign_state(runtime, token)).state == "completed"
+
+    async def test_occurrences_missed_while_down_are_sent_once(
+        self, api: httpx.AsyncClient, ios_app: ClientApp, runtime: Runtime
+    ) -> None:
+        installs = await add_installs(runtime, ios_app, 2)
+        token = await created(
+            api,
+            ios_app,
+            push_time="2030-06-01T10:00:00",
+            recurrence={"repeat_unit": "DAILY"},
+        )
+        # Back three days and an hour late: only the latest occurrence due goes out.
+        clock = Clock(T + timedelta(days=3, hours=1))
+        await scheduler(runtime, clock).tick()
+        assert [run.occurrence for run in await runs_of(runtime, token)] == [3]
+        assert await reached(runtime, token) == Counter({i.id: 1 for i in installs})
+        assert (await campaign_state(runtime, token)).next_run_at == T + timedelta(days=4)
+
+    async def test_daily_local_time_runs_overlap_instead_of_starting_late(
+        self, api: httpx.AsyncClient, ios_app: ClientApp, runtime: Runtime
+    ) -> None:
+        await add_installs(runtime, ios_app, 1, timezone="Pacific/Kiritimati")  # UTC+14
+        await add_installs(runtime, ios_app, 1, timezone="Pacific/Pago_Pago")  # UTC-11
+        token = await created(
+            api,
+            ios_app,
+            push_time=None,
+            local_push_time="2030-06-01T09:00:00",
+            recurrence={"repeat_unit": "DAILY", "occurrences": 2},
+        )
+        first_start = datetime(2030, 5, 31, 19, 0, tzinfo=UTC)  # 09:00 on Kiritimati
+        await scheduler(runtime, Clock(first_start)).tick()
+        campaign = await campaign_state(runtime, token)
+        assert campaign.next_run_at == first_start + timedelta(days=1)
+        # A day later the first run still waits for Pago Pago (09:00 there is 20:00 UTC)...
+        await scheduler(runtime, Clock(first_start + timedelta(days=1))).tick()
+        runs = await runs_of(runtime, token)
+        # ...and the second has started on time anyway.
+        assert [(r.occurrence, r.state) for r in runs] == [(0, "fanning_out"), (1, "fanning_out")]
+
+    async def test_an_update_while_a_run_goes_on_applies_to_the_next_occurrence(
+        self, api: httpx.AsyncClient, ios_app: ClientApp, runtime: Runtime
+    ) -> None:
+        tokyo = await add_installs(runtime, ios_app, 1, timezone="Asia/Tokyo")
+        paris = await add_installs(runtime, ios_app, 1, timezone="Europe/Paris")
+        token = await created(api, ios_app, push_time=None, local_push_time="2030-06-01T09:00:00")
+        await scheduler(runtime, Clock(datetime(2030, 6, 1, 0, 0, tzinfo=UTC))).tick()
+        response = await api.post(
+            f"/1.1/{ios_app.api_key}/campaigns/update/{token}",
+            headers=ios_app.headers(),
+            json={
+                "messages": [
+                    {"language": "en", "body": "A", "version": "a"},
+                    {"language": "en", "body": "B", "version": "b"},
+                ],
+                "targeting": {"regions": ["JP"]},
+            },
+        )
+        assert response.status_code == 200, response.text
+        await scheduler(runtime, Clock(datetime(2030, 6, 1, 7, 0, tzinfo=UTC))).tick()
+        assert await reached(runtime, token) == Counter({tokyo[0].id: 1, paris[0].id: 1})
+        assert {send.version for _, send in await batches_of(runtime, token)} == {None}
 
     def test_monthly_keeps_the_end_of_month(self) -> None:
         body = CampaignBody.model_validate(

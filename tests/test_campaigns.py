@@ -283,6 +283,13 @@ class TestBadInput:
                 "100",
             ),
             ({"targeting": {"query": {"c.age": {"$foo": 3}}}}, 400, 31, "targeting.query"),
+            (
+                {"recurrence": {"repeat_unit": "DAILY", "end_date": "2029-12-31T10:00:00"}},
+                400,
+                31,
+                "end_date",
+            ),
+            ({"messages": [{"language": "en", "body": "{{ 'x' * 9 }}"}]}, 400, 31, "template"),
             ({"targeting": {"custom_audiences": ["nobody"]}}, 400, 31, "nobody"),
         ],
     )
@@ -311,6 +318,17 @@ class TestBadInput:
         error(await api.get(f"{base}/stats/{missing}", headers=headers), 404, 20)
         error(await update(api, ios_app, missing, {"live": True}), 404, 20)
         error(await api.post(f"{base}/delete/{missing}", headers=headers), 404, 20)
+
+    async def test_an_update_body_that_is_not_an_object(
+        self, api: httpx.AsyncClient, ios_app: ClientApp
+    ) -> None:
+        token = await created(api, ios_app)
+        response = await api.post(
+            f"/1.1/{ios_app.api_key}/campaigns/update/{token}",
+            headers=ios_app.headers(),
+            json=["live", True],
+        )
+        error(response, 400, 32)
 
     async def test_malformed_json(self, api: httpx.AsyncClient, ios_app: ClientApp) -> None:
         response = await api.post(

@@ -94,3 +94,44 @@ async def test_without_a_template_group_id_and_message_stay_required(
     assert "group_id" in error(response, 400, 30)
     response = await send(api, ios_app, {"recipients": {"custom_ids": ["x"]}, "group_id": "g"})
     assert "message" in error(response, 400, 30)
+
+
+async def test_an_override_of_a_personalised_template_is_sent_as_given(
+    api: httpx.AsyncClient, ios_app: ClientApp, sim_control: httpx.Client
+) -> None:
+    personalised = {
+        **TEMPLATE,
+        "messages": [{"language": "en", "body": "Hi {{ c.name | default('you') }}"}],
+    }
+    template = await created(api, ios_app, personalised)
+    token = apns_token()
+    await register(api, ios_app, "ios-p", push_token=token, custom_id="paul", language="en")
+    response = await send(
+        api,
+        ios_app,
+        {
+            "recipients": {"custom_ids": ["paul"]},
+            "template_id": template,
+            "message": {"body": "Plain text, 100% literal"},
+        },
+    )
+    assert response.status_code == 201, response.text
+    await wait_for_send(api, ios_app, response.json()["token"])
+    payload = received(sim_control, "apns", token)["messages"][-1]["payload"]
+    assert payload["aps"]["alert"]["body"] == "Plain text, 100% literal"
+
+
+async def test_an_override_that_is_a_broken_template_is_refused(
+    api: httpx.AsyncClient, ios_app: ClientApp
+) -> None:
+    template = await created(api, ios_app, TEMPLATE)
+    response = await send(
+        api,
+        ios_app,
+        {
+            "recipients": {"custom_ids": ["x"]},
+            "template_id": template,
+            "message": {"body": "50% off {{ today"},
+        },
+    )
+    assert "template" in error(response, 400, 31)

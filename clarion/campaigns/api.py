@@ -6,7 +6,6 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Query
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel
 
 from clarion.campaigns import service
 from clarion.campaigns.schemas import (
@@ -14,6 +13,7 @@ from clarion.campaigns.schemas import (
     CampaignCreated,
     CampaignStats,
     CampaignSummary,
+    EstimateIn,
 )
 from clarion.db import utcnow
 from clarion.http import RestApp, SessionDep
@@ -66,10 +66,6 @@ async def list_campaigns(
 @router.get("/stats/{token}", response_model_exclude_none=True)
 async def campaign_stats(token: str, access: RestApp, session: SessionDep) -> CampaignStats:
     return await service.campaign_stats(session, access=access, token=token)
-
-
-class EstimateIn(BaseModel):
-    targeting: Targeting | None = None
 
 
 @router.post("/estimate")

@@ -52,9 +52,10 @@ class Campaign(Base):
     state: Mapped[str] = mapped_column(String(10))
     # The create body as accepted, updates merged in (the wire format of GET).
     body: Mapped[dict[str, Any]] = mapped_column(JsonValue)
-    # When the scheduler starts the next run; None when nothing more is due.
+    # The occurrence to run next (numbered from 0) and when it is due; next_run_at is None
+    # when nothing more is due (or the campaign is a draft or stopped).
+    next_occurrence: Mapped[int] = mapped_column(default=0)
     next_run_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
-    occurrences: Mapped[int] = mapped_column(default=0)  # runs started
     created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
     deleted_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
@@ -70,12 +71,21 @@ class CampaignRun(Base):
 
     id: Mapped[int] = mapped_column(BigIntPK, primary_key=True)
     campaign_id: Mapped[int] = mapped_column(ForeignKey("campaigns.id"))
-    occurrence: Mapped[int] = mapped_column()
+    occurrence: Mapped[int] = mapped_column()  # numbered from 0
     scheduled_for: Mapped[datetime] = mapped_column(UtcDateTime)
     state: Mapped[str] = mapped_column(String(12))
-    # Keyset position of the fan-out: the last installation id written into a batch.
+    # The campaign body when the run started: an update made while it runs (new targeting,
+    # A/B versions, capping) applies to the next occurrence, not halfway through this one.
+    body: Mapped[dict[str, Any]] = mapped_column(JsonValue)
+    # Keyset position of the fan-out: the last installation id written into a batch (0 at
+    # the start of each local-time wave).
     cursor: Mapped[int] = mapped_column(BigInteger, default=0)
-    # The process fanning out holds the run until then; a dead one's run is taken over.
+    # Pages written so far. Only ever grows: a page is written only if this is still what the
+    # writer read, which the cursor alone cannot promise once waves reset it.
+    pages: Mapped[int] = mapped_column(default=0)
+    # The process fanning out (its scheduler's id) holds the run until lease_until; a dead
+    # one's run is taken over, and a process that lost its lease can no longer write.
+    lease_owner: Mapped[str | None] = mapped_column(String(32))
     lease_until: Mapped[datetime | None] = mapped_column(UtcDateTime)
     targeted: Mapped[int] = mapped_column(default=0)
     # Local-time runs go out in waves, one per group of time zones whose wall clock has

@@ -1,13 +1,13 @@
 """The campaign scheduler: starts due runs, streams their audience into the delivery outbox,
 and closes runs once delivered. Runs in every process that runs delivery workers.
 
-Exactly once, across processes and restarts:
+Exactly once, across processes and restarts (docs/decisions/0010-campaign-fan-out.md):
 - a run starts under a row lock on its campaign, and (campaign, occurrence) is unique;
 - the fan-out walks installations in primary-key order (keyset pagination, one page per
-  transaction); each page's batches commit together with the run's new cursor, and only if the
-  cursor is still where this process read it, so a page is never written twice;
-- a process holds a run through a lease it renews every page; a dead process's run is taken
-  over where its cursor stopped.
+  transaction); each page's batches commit together with the run's new position, and only if
+  this process still holds the run's lease and the run has not moved since it read it, so a
+  page is never written twice;
+- a dead process's run is taken over, once its lease has run out, where it stopped.
 """
 
 from __future__ import annotations
@@ -15,8 +15,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 import uuid
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
@@ -31,8 +33,9 @@ from clarion.campaigns.models import (
     CampaignState,
     RunState,
 )
+from clarion.campaigns.schedule import EARLIEST_UTC_OFFSET, next_to_run, occurrence_end
 from clarion.campaigns.schemas import CampaignBody
-from clarion.campaigns.service import EARLIEST_UTC_OFFSET, LATEST_UTC_OFFSET, occurrence_time
+from clarion.campaigns.service import send_content, settle
 from clarion.config import Settings
 from clarion.db import transaction, upsert_insert, utcnow
 from clarion.delivery.models import BATCHES, SENDS, BatchStatus, Send, SendKind
@@ -45,6 +48,9 @@ log = logging.getLogger(__name__)
 Clock = Callable[[], datetime]
 
 _INSERT_BATCHES = insert(BATCHES).returning(BATCHES.c.id, sort_by_parameter_order=True)
+_ACTIVE_RUN_STATES = (RunState.FANNING_OUT.value, RunState.DELIVERING.value)
+# How long the time zones of an app's installs are trusted (local-time waves).
+_ZONES_TTL_SECONDS = 300.0
 
 
 def version_of(
@@ -61,6 +67,34 @@ def version_of(
     return shares[-1][0]
 
 
+@dataclass(slots=True)
+class _Position:
+    """Where a run's fan-out stands, as this process last read or wrote it."""
+
+    pages: int
+    cursor: int
+    wave: list[str] | None
+    zones_done: list[str] | None
+
+
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    """What a run writes, fixed when it starts (the body snapshot)."""
+
+    run_id: int
+    campaign_id: int
+    app: App
+    body: CampaignBody
+    audience: ColumnElement[bool]
+    sends: dict[str | None, int]  # A/B version -> send id
+    seed: int
+    scheduled_for: datetime
+
+    @property
+    def shares(self) -> list[tuple[str | None, int]]:
+        return list(self.body.versions.items())
+
+
 class CampaignScheduler:
     def __init__(
         self,
@@ -74,9 +108,11 @@ class CampaignScheduler:
         self._queue = queue
         self._settings = settings
         self._clock = clock
+        self._owner = uuid.uuid4().hex  # this scheduler, as a lease holder
         self._lease = timedelta(seconds=settings.batch_lease_seconds)
         self._page = settings.batch_size * 10
         self._fan_outs: dict[int, asyncio.Task[None]] = {}  # run id -> task, in this process
+        self._zones: dict[int, tuple[float, set[str]]] = {}  # app id -> (read at, zones)
 
     async def run_forever(self) -> None:
         while True:
@@ -111,7 +147,9 @@ class CampaignScheduler:
                 await session.scalars(
                     select(Campaign.id)
                     .where(
-                        Campaign.state == CampaignState.SCHEDULED.value,
+                        Campaign.state.in_(
+                            [CampaignState.SCHEDULED.value, CampaignState.RUNNING.value]
+                        ),
                         Campaign.next_run_at <= now,
                         Campaign.deleted_at.is_(None),
                     )
@@ -127,30 +165,32 @@ class CampaignScheduler:
             campaign = await session.get(Campaign, campaign_id, with_for_update=True)
             if (
                 campaign is None
-                or campaign.state != CampaignState.SCHEDULED.value
+                or campaign.state not in (CampaignState.SCHEDULED, CampaignState.RUNNING)
                 or campaign.next_run_at is None
                 or campaign.next_run_at > now
             ):
                 return  # another process started it, or it changed meanwhile
             body = CampaignBody.model_validate(campaign.body)
-            scheduled_for = campaign.next_run_at
-            index = campaign.occurrences
-            campaign.occurrences = index + 1
-            campaign.next_run_at = None
-            campaign.state = CampaignState.RUNNING.value
-            campaign.updated_at = now
-            last_due = scheduled_for
-            if body.local_push_time is not None:
-                last_due += EARLIEST_UTC_OFFSET + LATEST_UTC_OFFSET
+            # If later occurrences fell due too while Clarion was down, only the latest goes.
+            index, scheduled_for = next_to_run(body, campaign.next_occurrence, now=now) or (
+                campaign.next_occurrence,
+                campaign.next_run_at,
+            )
+            # The next occurrence is scheduled now, not when this run ends: a daily local-time
+            # campaign's runs last 26 h and overlap.
+            upcoming = next_to_run(body, index + 1, now=now)
+            campaign.next_occurrence, campaign.next_run_at = upcoming or (index + 1, None)
             ttl = timedelta(seconds=body.time_to_live) if body.time_to_live else None
             # Due while Clarion was down and past its time to live: not sent at all.
-            expired = ttl is not None and now > last_due + ttl
+            expired = ttl is not None and now > occurrence_end(body, scheduled_for) + ttl
             run = CampaignRun(
                 campaign_id=campaign.id,
-                occurrence=index + 1,
+                occurrence=index,
                 scheduled_for=scheduled_for,
                 state=RunState.EXPIRED.value if expired else RunState.FANNING_OUT.value,
+                body=campaign.body,
                 cursor=0,
+                pages=0,
                 zones_done=[] if body.local_push_time is not None else None,
                 started_at=now,
                 finished_at=now if expired else None,
@@ -158,24 +198,24 @@ class CampaignScheduler:
             session.add(run)
             await session.flush()
             if expired:
-                log.warning("campaign %s occurrence %d expired unsent", campaign.token, index + 1)
-                advance(campaign, body, now=now)
-                return
-            for version in body.versions:
-                session.add(
-                    Send(
-                        token=str(uuid.uuid4()),
-                        app_id=campaign.app_id,
-                        kind=SendKind.CAMPAIGN.value,
-                        campaign_token=campaign.token,
-                        dev_only=campaign.dev_only,
-                        content=body.send_content(version),
-                        created_at=now,
-                        expires_at=last_due + ttl if ttl else None,
-                        run_id=run.id,
-                        version=version,
+                log.warning("campaign %s occurrence %d expired unsent", campaign.token, index)
+            else:
+                for version in body.versions:
+                    session.add(
+                        Send(
+                            token=str(uuid.uuid4()),
+                            app_id=campaign.app_id,
+                            kind=SendKind.CAMPAIGN.value,
+                            campaign_token=campaign.token,
+                            dev_only=campaign.dev_only,
+                            content=send_content(body, version),
+                            created_at=now,
+                            expires_at=occurrence_end(body, scheduled_for) + ttl if ttl else None,
+                            run_id=run.id,
+                            version=version,
+                        )
                     )
-                )
+            settle(campaign, active_runs=await _has_active_runs(session, campaign.id), now=now)
 
     # -- fan-out -------------------------------------------------------------------------
 
@@ -206,35 +246,48 @@ class CampaignScheduler:
 
     async def _fan_out(self, run_id: int) -> None:
         try:
-            if await self._take_lease(run_id):
+            position = await self._take_lease(run_id)
+            if position is not None:
                 try:
-                    await self._fan_out_leased(run_id)
+                    await self._fan_out_leased(run_id, position)
                 finally:
                     await self._drop_lease(run_id)
         except Exception:
             log.exception("fan-out of campaign run %d failed; it resumes at the next tick", run_id)
 
-    async def _take_lease(self, run_id: int) -> bool:
+    async def _take_lease(self, run_id: int) -> _Position | None:
         now = self._clock()
         async with transaction(self._sessions) as session:
-            taken = await session.execute(
-                update(CampaignRun)
-                .where(
-                    CampaignRun.id == run_id,
-                    CampaignRun.state == RunState.FANNING_OUT.value,
-                    or_(CampaignRun.lease_until.is_(None), CampaignRun.lease_until < now),
+            taken = (
+                await session.execute(
+                    update(CampaignRun)
+                    .where(
+                        CampaignRun.id == run_id,
+                        CampaignRun.state == RunState.FANNING_OUT.value,
+                        or_(CampaignRun.lease_until.is_(None), CampaignRun.lease_until < now),
+                    )
+                    .values(lease_owner=self._owner, lease_until=now + self._lease)
+                    .returning(
+                        CampaignRun.pages,
+                        CampaignRun.cursor,
+                        CampaignRun.wave,
+                        CampaignRun.zones_done,
+                    )
                 )
-                .values(lease_until=now + self._lease)
-            )
-            return bool(taken.rowcount)  # type: ignore[attr-defined]
+            ).one_or_none()
+        if taken is None:
+            return None
+        return _Position(taken.pages, taken.cursor, taken.wave, taken.zones_done)
 
     async def _drop_lease(self, run_id: int) -> None:
         async with transaction(self._sessions) as session:
             await session.execute(
-                update(CampaignRun).where(CampaignRun.id == run_id).values(lease_until=None)
+                update(CampaignRun)
+                .where(CampaignRun.id == run_id, CampaignRun.lease_owner == self._owner)
+                .values(lease_owner=None, lease_until=None)
             )
 
-    async def _fan_out_leased(self, run_id: int) -> None:
+    async def _plan(self, run_id: int) -> _Plan:
         async with self._sessions() as session:
             run = await session.get(CampaignRun, run_id)
             assert run is not None
@@ -246,13 +299,11 @@ class CampaignScheduler:
                 send.version: send.id
                 for send in await session.scalars(select(Send).where(Send.run_id == run.id))
             }
-            cursor, wave, zones_done = run.cursor, run.wave, run.zones_done
-            scheduled_for = run.scheduled_for
-        body = CampaignBody.model_validate(campaign.body)
+        body = CampaignBody.model_validate(run.body)
         audience = targeting.reachable(app_id=app.id, dev_only=campaign.dev_only)
         if body.targeting is not None:
             audience = audience & targeting.installation_filter(
-                body.targeting, app_id=app.id, now=scheduled_for
+                body.targeting, app_id=app.id, now=run.scheduled_for
             )
         if body.capping is not None:
             # Capping: installs sent `capping` occurrences already are left out.
@@ -265,63 +316,64 @@ class CampaignScheduler:
                 )
                 .exists()
             )
-        capped = campaign.id if body.capping is not None else None
-        shares = list(body.versions.items())
-        seed = int(campaign.token[:8], 16)
-        local = body.local_push_time is not None
-        wall_time = (scheduled_for + EARLIEST_UTC_OFFSET).replace(tzinfo=None)
+        return _Plan(
+            run_id=run.id,
+            campaign_id=campaign.id,
+            app=app,
+            body=body,
+            audience=audience,
+            sends=sends,
+            seed=int(campaign.token[:8], 16),
+            scheduled_for=run.scheduled_for,
+        )
 
+    async def _fan_out_leased(self, run_id: int, position: _Position) -> None:
+        plan = await self._plan(run_id)
+        local = plan.body.local_push_time is not None
+        wall_time = (plan.scheduled_for + EARLIEST_UTC_OFFSET).replace(tzinfo=None)
         while True:
             now = self._clock()
             zone_filter: ColumnElement[bool] | None = None
+            wave = position.wave
             if local:
-                assert zones_done is not None
                 if wave is None:
-                    wave = await self._due_zones(app, wall_time, set(zones_done), now)
+                    done = set(position.zones_done or ())
+                    wave = await self._due_zones(plan.app, wall_time, done, now)
                     if not wave:
-                        if now >= scheduled_for + EARLIEST_UTC_OFFSET + LATEST_UTC_OFFSET:
+                        if now >= occurrence_end(plan.body, plan.scheduled_for):
                             await self._close_fan_out(run_id)  # every zone has had its turn
                         return  # the next zones are not due yet
-                zone_filter = _zone_filter(wave, app.default_timezone)
-            page = await self._next_page(audience, zone_filter, cursor)
-            if not page:
-                if not local:
-                    await self._close_fan_out(run_id)
-                    return
-                assert wave is not None
-                assert zones_done is not None
-                zones_done = [*zones_done, *wave]
-                wave, new_cursor = None, 0
-            else:
-                new_cursor = page[-1]
-            if not await self._write_page(
-                run_id,
-                sends,
-                shares,
-                seed,
-                page,
-                cursor,
-                new_cursor,
-                wave,
-                zones_done,
-                now,
-                capped_campaign=capped,
-            ):
+                zone_filter = _zone_filter(wave, plan.app.default_timezone)
+            page = await self._next_page(plan.audience, zone_filter, position.cursor)
+            if not page and not local:
+                await self._close_fan_out(run_id)
+                return
+            if page:
+                after = _Position(position.pages + 1, page[-1], wave, position.zones_done)
+            else:  # this wave is done: the next one starts from the first installation again
+                done_zones = [*(position.zones_done or ()), *(wave or ())]
+                after = _Position(position.pages + 1, 0, None, done_zones)
+            if not await self._write_page(plan, page, position, after, now):
                 return  # stopped, or another process took the run over
-            cursor = new_cursor
+            position = after
 
     async def _due_zones(
         self, app: App, wall_time: datetime, done: set[str], now: datetime
     ) -> list[str]:
         """Time zones of the app's installs whose wall clock has reached the campaign's time
         and which have not had their wave yet (installs with no zone use the app's)."""
-        async with self._sessions() as session:
-            zones = {
-                zone or app.default_timezone
-                for zone in await session.scalars(
-                    select(Installation.timezone).where(Installation.app_id == app.id).distinct()
-                )
-            }
+        read_at, zones = self._zones.get(app.id, (0.0, set()))
+        if time.monotonic() - read_at > _ZONES_TTL_SECONDS:
+            async with self._sessions() as session:
+                zones = {
+                    zone or app.default_timezone
+                    for zone in await session.scalars(
+                        select(Installation.timezone)
+                        .where(Installation.app_id == app.id)
+                        .distinct()
+                    )
+                }
+            self._zones[app.id] = (time.monotonic(), zones)
         return sorted(
             zone
             for zone in zones - done
@@ -339,75 +391,79 @@ class CampaignScheduler:
 
     async def _write_page(
         self,
-        run_id: int,
-        sends: dict[str | None, int],
-        shares: list[tuple[str | None, int]],
-        seed: int,
+        plan: _Plan,
         page: list[int],
-        cursor: int,
-        new_cursor: int,
-        wave: list[str] | None,
-        zones_done: list[str] | None,
+        before: _Position,
+        after: _Position,
         now: datetime,
-        *,
-        capped_campaign: int | None,
     ) -> bool:
         """One page's batches and the run's new position, in one transaction; False when the
         run is no longer this process's to write (stopped, or taken over)."""
+        shares = plan.shares
         by_version: dict[str | None, list[int]] = {version: [] for version, _ in shares}
         if len(shares) == 1:
             by_version[shares[0][0]] = page
         else:
             for installation_id in page:
-                by_version[version_of(installation_id, seed, shares)].append(installation_id)
+                by_version[version_of(installation_id, plan.seed, shares)].append(installation_id)
         size = self._settings.batch_size
         chunks = [
-            (sends[version], ids[start : start + size])
+            (plan.sends[version], ids[start : start + size])
             for version, ids in by_version.items()
             for start in range(0, len(ids), size)
         ]
-        # Due at once: not_before and last_enqueued_at take their defaults, the delivery clock.
-        rows = [
-            {"send_id": send_id, "recipients": {"installations": chunk}}
-            for send_id, chunk in chunks
-        ]
-        sizes = [len(chunk) for _, chunk in chunks]
         async with transaction(self._sessions) as session:
             moved = await session.execute(
                 update(CampaignRun)
                 .where(
-                    CampaignRun.id == run_id,
-                    CampaignRun.cursor == cursor,
+                    CampaignRun.id == plan.run_id,
+                    CampaignRun.pages == before.pages,
+                    CampaignRun.lease_owner == self._owner,
                     CampaignRun.state == RunState.FANNING_OUT.value,
                 )
                 .values(
-                    cursor=new_cursor,
+                    pages=after.pages,
+                    cursor=after.cursor,
                     targeted=CampaignRun.targeted + len(page),
-                    wave=wave,
-                    zones_done=zones_done,
+                    wave=after.wave,
+                    zones_done=after.zones_done,
                     lease_until=now + self._lease,
                 )
             )
             if not moved.rowcount:  # type: ignore[attr-defined]
                 return False
-            if capped_campaign is not None and page:
+            if plan.body.capping is not None and page:
                 await session.execute(
                     upsert_insert(session, CampaignReceipt).on_conflict_do_update(
                         index_elements=["campaign_id", "installation_id"],
                         set_={"count": CampaignReceipt.count + 1},
                     ),
                     [
-                        {"campaign_id": capped_campaign, "installation_id": i, "count": 1}
+                        {"campaign_id": plan.campaign_id, "installation_id": i, "count": 1}
                         for i in page
                     ],
                 )
+            # Due at once: not_before and last_enqueued_at take their defaults (the delivery
+            # clock, not the scheduler's).
             batch_ids = (
-                list((await session.execute(_INSERT_BATCHES, rows)).scalars()) if rows else []
+                list(
+                    (
+                        await session.execute(
+                            _INSERT_BATCHES,
+                            [
+                                {"send_id": send_id, "recipients": {"installations": chunk}}
+                                for send_id, chunk in chunks
+                            ],
+                        )
+                    ).scalars()
+                )
+                if chunks
+                else []
             )
         await self._queue.enqueue(
             [
-                BatchJob(batch_id, recipients=size)
-                for batch_id, size in zip(batch_ids, sizes, strict=True)
+                BatchJob(batch_id, recipients=len(chunk))
+                for batch_id, (_, chunk) in zip(batch_ids, chunks, strict=True)
             ]
         )
         return True
@@ -429,32 +485,42 @@ class CampaignScheduler:
             .where(SENDS.c.run_id == CampaignRun.id, BATCHES.c.status != BatchStatus.DONE.value)
             .exists()
         )
-        async with transaction(self._sessions) as session:
-            runs = list(
-                await session.scalars(
-                    select(CampaignRun).where(
+        async with self._sessions() as session:
+            delivered = list(
+                await session.execute(
+                    select(CampaignRun.id, CampaignRun.campaign_id).where(
                         CampaignRun.state == RunState.DELIVERING.value, ~unfinished
                     )
                 )
             )
-            for run in runs:
-                run.state = RunState.DONE.value
-                run.finished_at = now
-                campaign = await session.get(Campaign, run.campaign_id, with_for_update=True)
+        for run_id, campaign_id in delivered:
+            async with transaction(self._sessions) as session:
+                campaign = await session.get(Campaign, campaign_id, with_for_update=True)
+                closed = await session.execute(
+                    update(CampaignRun)
+                    .where(
+                        CampaignRun.id == run_id,
+                        CampaignRun.state == RunState.DELIVERING.value,
+                    )
+                    .values(state=RunState.DONE.value, finished_at=now)
+                )
+                if not closed.rowcount:  # type: ignore[attr-defined]
+                    continue  # another process closed it
                 if campaign is not None and campaign.state == CampaignState.RUNNING.value:
-                    advance(campaign, CampaignBody.model_validate(campaign.body), now=now)
+                    active = await _has_active_runs(session, campaign_id)
+                    settle(campaign, active_runs=active, now=now)
 
 
-def advance(campaign: Campaign, body: CampaignBody, *, now: datetime) -> None:
-    """After an occurrence: schedule the next one, or complete the campaign."""
-    due = occurrence_time(body, campaign.occurrences, now=now)
-    if due is None:
-        campaign.state = CampaignState.COMPLETED.value
-        campaign.next_run_at = None
-    else:
-        campaign.state = CampaignState.SCHEDULED.value
-        campaign.next_run_at = due
-    campaign.updated_at = now
+async def _has_active_runs(session: AsyncSession, campaign_id: int) -> bool:
+    found = await session.scalar(
+        select(CampaignRun.id)
+        .where(
+            CampaignRun.campaign_id == campaign_id,
+            CampaignRun.state.in_(_ACTIVE_RUN_STATES),
+        )
+        .limit(1)
+    )
+    return found is not None
 
 
 def _zone_filter(wave: list[str], default_zone: str) -> ColumnElement[bool]:

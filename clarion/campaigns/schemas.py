@@ -9,12 +9,11 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
-from clarion.delivery.personalisation import check_template, is_template
+from clarion.delivery.personalisation import check_template
 from clarion.delivery.schemas import CollapseKey, PushOptions
 from clarion.targeting.schemas import Targeting
 
@@ -132,6 +131,10 @@ class CampaignBody(PushOptions):
             raise ValueError("capping applies to recurring campaigns only")
         if self.recurrence is not None and self.push_time == "now":
             raise ValueError("a recurring campaign needs a date as push_time, not 'now'")
+        first = self.push_time or self.local_push_time
+        end = self.recurrence.end_date if self.recurrence is not None else None
+        if end is not None and first is not None and end < first:
+            raise ValueError("recurrence.end_date is before the first push time")
         self._check_versions()
         return self
 
@@ -167,32 +170,9 @@ class CampaignBody(PushOptions):
         share, rest = divmod(100, len(names))
         return {name: share + (1 if i < rest else 0) for i, name in enumerate(names)}
 
-    def send_content(self, version: str | None) -> dict[str, Any]:
-        """What a Send of this version carries (clarion.delivery.content reads it).
 
-        Messages keep their order: the first one is the fallback for installs whose language
-        has no message, unless a message has the language "default"."""
-        collapse = self.gcm_collapse_key
-        if isinstance(collapse, str):
-            collapse = CollapseKey(enabled=True, key=collapse)
-        content = self.model_dump(
-            include={"deeplink", "custom_payload", "priority", "time_to_live", "push_type"},
-            exclude_none=True,
-        )
-        if self.media is not None:
-            content["media"] = self.media.model_dump(exclude_none=True)
-        if collapse is not None:
-            content["gcm_collapse_key"] = collapse.model_dump()
-        messages = [message for message in self.messages if message.version == version]
-        content["messages"] = {
-            message.language: message.model_dump(include={"title", "body"}, exclude_none=True)
-            for message in messages
-        }
-        if is_template(self.deeplink) or any(
-            is_template(message.title) or is_template(message.body) for message in messages
-        ):
-            content["personalised"] = True
-        return content
+class EstimateIn(BaseModel):
+    targeting: Targeting | None = None
 
 
 class CampaignCreated(BaseModel):

@@ -8,28 +8,29 @@ completed, or stopped when set to live: false (or deleted) after it started. The
 from __future__ import annotations
 
 import secrets
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from typing import Any
 
-from dateutil.relativedelta import relativedelta
 from pydantic import ValidationError
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from clarion.apps.service import AppAccess
 from clarion.campaigns.models import Campaign, CampaignRun, CampaignState, RunState
+from clarion.campaigns.schedule import first_ahead, next_to_run, occurrence_time
 from clarion.campaigns.schemas import (
     CampaignBody,
     CampaignStats,
     CampaignSummary,
     DayStats,
-    RepeatUnit,
     VersionStats,
-    parse_wire_date,
     wire_date,
 )
 from clarion.db import utc_day
-from clarion.delivery.models import BATCHES, SENDS, BatchStatus, Send
+from clarion.delivery.content import has_templates
+from clarion.delivery.models import SENDS, Send
+from clarion.delivery.schemas import CollapseKey
+from clarion.delivery.service import cancel_sends
 from clarion.errors import (
     ApiMisuseError,
     MalformedParameterError,
@@ -39,11 +40,6 @@ from clarion.errors import (
 from clarion.events.models import PushEvent, PushEventKind
 from clarion.targeting import service as targeting_service
 from clarion.targeting.schemas import Estimate, Targeting
-
-# Zones run from UTC-12 to UTC+14: a local-time campaign starts 14 h before its wall-clock
-# time in UTC and has reached every zone 12 h after it.
-EARLIEST_UTC_OFFSET = timedelta(hours=14)
-LATEST_UTC_OFFSET = timedelta(hours=12)
 
 _LIVE_STATES = (CampaignState.SCHEDULED, CampaignState.RUNNING, CampaignState.COMPLETED)
 
@@ -56,37 +52,30 @@ def validate_body(document: dict[str, Any]) -> CampaignBody:
         raise from_validation_errors(exc.errors()) from None
 
 
-def occurrence_time(body: CampaignBody, index: int, *, now: datetime) -> datetime | None:
-    """When occurrence `index` (0 for the first) is due, in UTC; None when the recurrence has
-    ended. A local-time campaign's occurrence is due when its first time zone reaches it."""
-    if body.push_time == "now":
-        return now if index == 0 else None
-    if body.push_time is not None:
-        first = parse_wire_date(body.push_time).replace(tzinfo=UTC)
-    else:
-        assert body.local_push_time is not None
-        first = parse_wire_date(body.local_push_time).replace(tzinfo=UTC) - EARLIEST_UTC_OFFSET
-    recurrence = body.recurrence
-    if recurrence is None:
-        return first if index == 0 else None
-    if recurrence.occurrences is not None and index >= recurrence.occurrences:
-        return None
-    step = recurrence.repeat_frequency * index
-    # Always from the first time, never from the previous one: monthly on the 31st stays on
-    # the last day of shorter months instead of drifting to the 28th for good.
-    delta = {
-        RepeatUnit.DAILY: relativedelta(days=step),
-        RepeatUnit.WEEKLY: relativedelta(weeks=step),
-        RepeatUnit.MONTHLY: relativedelta(months=step),
-    }[recurrence.repeat_unit]
-    due = first + delta
-    if recurrence.end_date is not None:
-        end = parse_wire_date(recurrence.end_date).replace(tzinfo=UTC)
-        if body.local_push_time is not None:
-            end -= EARLIEST_UTC_OFFSET
-        if due > end:
-            return None
-    return due
+def send_content(body: CampaignBody, version: str | None) -> dict[str, Any]:
+    """What a Send of this version carries (clarion.delivery.content reads it).
+
+    Messages keep their order: the first one is the fallback for installs whose language has
+    no message, unless a message has the language "default"."""
+    collapse = body.gcm_collapse_key
+    if isinstance(collapse, str):
+        collapse = CollapseKey(enabled=True, key=collapse)
+    content = body.model_dump(
+        include={"deeplink", "custom_payload", "priority", "time_to_live", "push_type"},
+        exclude_none=True,
+    )
+    if body.media is not None:
+        content["media"] = body.media.model_dump(exclude_none=True)
+    if collapse is not None:
+        content["gcm_collapse_key"] = collapse.model_dump()
+    content["messages"] = {
+        message.language: message.model_dump(include={"title", "body"}, exclude_none=True)
+        for message in body.messages
+        if message.version == version
+    }
+    if has_templates(content):
+        content["personalised"] = True
+    return content
 
 
 def new_campaign_token() -> str:
@@ -103,12 +92,13 @@ async def create_campaign(
         name=body.name,
         dev_only=access.is_dev,
         from_api=True,
-        state=CampaignState.SCHEDULED.value if body.live else CampaignState.DRAFT.value,
+        state=CampaignState.DRAFT.value,
         body=_stored(body),
-        next_run_at=occurrence_time(body, 0, now=now) if body.live else None,
         created_at=now,
         updated_at=now,
     )
+    if body.live:
+        _schedule(campaign, next_to_run(body, 0, now=now))
     session.add(campaign)
     await session.flush()
     return campaign
@@ -142,20 +132,33 @@ async def update_campaign(
         if state is CampaignState.COMPLETED and changes.get("live") is True:
             raise MalformedParameterError("live: a completed campaign cannot be set live again")
         if state is CampaignState.DRAFT:
-            campaign.state = CampaignState.SCHEDULED.value
-            campaign.next_run_at = occurrence_time(body, 0, now=now)
-        elif state is CampaignState.SCHEDULED and schedule_changed:
-            campaign.next_run_at = occurrence_time(body, campaign.occurrences, now=now)
+            # A draft that never ran starts at its first occurrence; one that was live before
+            # resumes at the next occurrence still ahead.
+            first = campaign.next_occurrence == 0
+            _schedule(
+                campaign,
+                next_to_run(body, 0, now=now)
+                if first
+                else first_ahead(body, campaign.next_occurrence, now=now),
+            )
+        elif state in (CampaignState.SCHEDULED, CampaignState.RUNNING) and schedule_changed:
+            due = occurrence_time(body, campaign.next_occurrence, now=now)
+            campaign.next_run_at = due
+            if due is None and state is CampaignState.SCHEDULED:
+                campaign.state = CampaignState.COMPLETED.value
         elif state is CampaignState.STOPPED:
             # A stopped one-time campaign has reached part of its audience: sending it again
-            # would reach them twice. A recurring one resumes at its next occurrence.
-            upcoming = _next_occurrence_after(body, campaign.occurrences, now)
-            if body.recurrence is None or upcoming is None:
+            # would reach them twice. A recurring one resumes at its next occurrence ahead.
+            upcoming = (
+                first_ahead(body, campaign.next_occurrence, now=now)
+                if body.recurrence is not None
+                else None
+            )
+            if upcoming is None:
                 raise MalformedParameterError(
                     "live: a stopped campaign has started sending and cannot be set live again"
                 )
-            campaign.state = CampaignState.SCHEDULED.value
-            campaign.occurrences, campaign.next_run_at = upcoming
+            _schedule(campaign, upcoming)
     elif state is CampaignState.SCHEDULED:
         campaign.state = CampaignState.DRAFT.value
         campaign.next_run_at = None
@@ -178,27 +181,27 @@ async def delete_campaign(
 
 
 async def stop_campaign(session: AsyncSession, campaign: Campaign, *, now: datetime) -> None:
-    """Stop mid-send: the fan-out ends at its next page, and batches not yet delivered are
-    closed unsent (batches being delivered at this moment finish)."""
+    """Stop mid-send: the fan-out ends at its next page, and batches not yet delivered close
+    unsent (those being delivered at this moment finish)."""
     campaign.state = CampaignState.STOPPED.value
     campaign.next_run_at = None
-    runs = select(CampaignRun.id).where(
-        CampaignRun.campaign_id == campaign.id,
-        CampaignRun.state.in_([RunState.FANNING_OUT.value, RunState.DELIVERING.value]),
-    )
-    sends = select(SENDS.c.id).where(SENDS.c.run_id.in_(runs.scalar_subquery()))
-    await session.execute(
-        update(BATCHES)
-        .where(
-            BATCHES.c.send_id.in_(sends.scalar_subquery()),
-            BATCHES.c.status == BatchStatus.PENDING.value,
-        )
-        .values(status=BatchStatus.DONE.value, finished_at=now, last_reason="Stopped")
-    )
+    # The runs first: on PostgreSQL this waits for a fan-out page being written to commit, so
+    # that the page's batches are among those cancelled below.
     await session.execute(
         update(CampaignRun)
-        .where(CampaignRun.id.in_(runs.scalar_subquery()))
+        .where(
+            CampaignRun.campaign_id == campaign.id,
+            CampaignRun.state.in_([RunState.FANNING_OUT.value, RunState.DELIVERING.value]),
+        )
         .values(state=RunState.STOPPED.value, finished_at=now, lease_until=None)
+    )
+    runs = select(CampaignRun.id).where(CampaignRun.campaign_id == campaign.id)
+    await cancel_sends(
+        session,
+        select(SENDS.c.id).where(
+            SENDS.c.run_id.in_(runs.scalar_subquery()), SENDS.c.cancelled_at.is_(None)
+        ),
+        now=now,
     )
 
 
@@ -320,7 +323,7 @@ async def template_content(session: AsyncSession, *, app_id: int, token: str) ->
     if stored is None:
         raise MalformedParameterError(f"template_id: no campaign {token!r} in this app")
     body = CampaignBody.model_validate(stored)
-    return body.send_content(next(iter(body.versions)))
+    return send_content(body, next(iter(body.versions)))
 
 
 async def estimate_audience(
@@ -341,16 +344,25 @@ async def estimate_audience(
     )
 
 
-def _next_occurrence_after(
-    body: CampaignBody, start_index: int, now: datetime
-) -> tuple[int, datetime] | None:
-    """The first occurrence from `start_index` on that is not in the past: (index, time)."""
-    index = start_index
-    while (due := occurrence_time(body, index, now=now)) is not None:
-        if due >= now:
-            return index, due
-        index += 1
-    return None
+def settle(campaign: Campaign, *, active_runs: bool, now: datetime) -> None:
+    """A live campaign's state from what is going on: running while a run is, else scheduled
+    for its next occurrence, else completed."""
+    if active_runs:
+        campaign.state = CampaignState.RUNNING.value
+    elif campaign.next_run_at is not None:
+        campaign.state = CampaignState.SCHEDULED.value
+    else:
+        campaign.state = CampaignState.COMPLETED.value
+    campaign.updated_at = now
+
+
+def _schedule(campaign: Campaign, upcoming: tuple[int, datetime] | None) -> None:
+    if upcoming is None:
+        campaign.state = CampaignState.COMPLETED.value
+        campaign.next_run_at = None
+        return
+    campaign.state = CampaignState.SCHEDULED.value
+    campaign.next_occurrence, campaign.next_run_at = upcoming
 
 
 def _stored(body: CampaignBody) -> dict[str, Any]:

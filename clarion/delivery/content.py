@@ -8,7 +8,7 @@ from typing import Any
 import orjson
 
 from clarion.delivery.models import Send
-from clarion.delivery.personalisation import PERSONALISED_FIELDS, render
+from clarion.delivery.personalisation import PERSONALISED_FIELDS, is_template, render
 from clarion.delivery.providers.base import Media, Notification, Priority, PushType
 
 
@@ -35,6 +35,15 @@ def language_key(content: dict[str, Any], language: str | None) -> str:
         return ""
     lang = (language or "").split("-")[0].split("_")[0].lower()
     return lang if lang in messages else "default"
+
+
+def has_templates(content: dict[str, Any]) -> bool:
+    """Whether a send's texts use templates (its content is then marked `personalised`)."""
+    messages = [content["message"]] if "message" in content else []
+    messages += list((content.get("messages") or {}).values())
+    return is_template(content.get("deeplink")) or any(
+        is_template(message.get(name)) for message in messages for name in ("title", "body")
+    )
 
 
 def personalised_fields(

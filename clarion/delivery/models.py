@@ -42,6 +42,8 @@ class Send(Base):
     # Campaign sends: the run (occurrence) they belong to and their A/B version.
     run_id: Mapped[int | None] = mapped_column(ForeignKey("campaign_runs.id"), index=True)
     version: Mapped[str | None] = mapped_column(String(8))
+    # Set when the send is stopped (a campaign stopped mid-send): its batches are not sent.
+    cancelled_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
     # Sent with the Dev key: reaches dev installs only.
     dev_only: Mapped[bool] = mapped_column(default=False)
     # Raw APNs tokens go through the sandbox environment (transactional `sandbox`).

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import bindparam, case, or_, select, update
+from sqlalchemy import Select, bindparam, case, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from clarion.apps.models import App
@@ -38,6 +38,8 @@ from clarion.profiles.service import attributes_of
 from clarion.queue import BatchJob, JobQueue
 
 log = logging.getLogger(__name__)
+
+STOPPED = "Stopped"  # last_reason of the batches of a stopped send
 
 
 @dataclass(slots=True)
@@ -142,6 +144,19 @@ class Deliverer:
             )
             return sorted(claimed)
 
+    async def _close_cancelled(self, batch_ids: list[int]) -> None:
+        async with transaction(self._sessions) as session:
+            await session.execute(
+                update(BATCHES)
+                .where(BATCHES.c.id.in_(batch_ids))
+                .values(
+                    status=BatchStatus.DONE.value,
+                    finished_at=utcnow(),
+                    lease_until=None,
+                    last_reason=STOPPED,
+                )
+            )
+
     async def _release(self, batch_ids: list[int], error: Exception) -> None:
         """Hand failed batches back for a later attempt; at the last attempt, give them up
         (done, the error kept as the batch's last_reason) so that a poison batch cannot loop."""
@@ -179,6 +194,15 @@ class Deliverer:
                     select(Send).where(Send.id.in_({batch.send_id for batch in batches}))
                 )
             }
+            # Batches of a send stopped after they were claimed (or retries written after the
+            # stop) close unsent.
+            cancelled = [b.id for b in batches if sends[b.send_id].cancelled_at is not None]
+            if cancelled:
+                await self._close_cancelled(cancelled)
+                closed = set(cancelled)
+                batches = [b for b in batches if b.id not in closed]
+                if not batches:
+                    return
             apps = {
                 app.id: app
                 for app in await session.scalars(
@@ -443,6 +467,22 @@ class Deliverer:
         if ids:
             log.info("outbox sweep re-enqueued %d batches", len(ids))
         return len(ids)
+
+
+async def cancel_sends(
+    session: AsyncSession, send_ids: Select[tuple[int]], *, now: datetime
+) -> None:
+    """Stop these sends: batches not yet claimed close unsent, and a worker that claimed one
+    (or retries one) closes it unsent too. Batches being sent at this moment finish."""
+    ids = list(await session.scalars(send_ids))
+    if not ids:
+        return
+    await session.execute(update(SENDS).where(SENDS.c.id.in_(ids)).values(cancelled_at=now))
+    await session.execute(
+        update(BATCHES)
+        .where(BATCHES.c.send_id.in_(ids), BATCHES.c.status == BatchStatus.PENDING.value)
+        .values(status=BatchStatus.DONE.value, finished_at=now, last_reason=STOPPED)
+    )
 
 
 def _resolved_recipients(recipients: Iterable[Recipient]) -> dict[str, list[Any]]:

@@ -18,8 +18,10 @@ class Installation(Base):
         UniqueConstraint("app_id", "push_token"),
         Index("ix_installations_app_custom_id", "app_id", "custom_id"),
         Index("ix_installations_app_advertising_id", "app_id", "advertising_id"),
-        # The time zones of an app's installs, for local-time campaigns' waves.
-        Index("ix_installations_app_timezone", "app_id", "timezone"),
+        # Campaign fan-out pages through an app's installations in id order; local-time waves
+        # do so within time zones.
+        Index("ix_installations_app_id", "app_id", "id"),
+        Index("ix_installations_app_timezone", "app_id", "timezone", "id"),
     )
 
     id: Mapped[int] = mapped_column(BigIntPK, primary_key=True)

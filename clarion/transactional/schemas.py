@@ -11,6 +11,7 @@ from datetime import datetime
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
+from clarion.delivery.personalisation import check_template
 from clarion.delivery.schemas import CollapseKey, PushOptions
 
 MAX_RECIPIENTS = 10_000
@@ -71,7 +72,10 @@ class TransactionalSend(PushOptions):
         if self.push_type == "background" and self.media is not None:
             raise ValueError("a background push carries no media")
         if self.template_id is not None:
-            return self  # the template supplies the rest
+            # The template supplies the rest. Its texts may be templates (personalisation), so
+            # the texts that override them must be valid templates too.
+            self._check_templates()
+            return self
         if self.group_id is None:
             raise PydanticCustomError(
                 "missing_field", "group_id is required", {"field": "group_id"}
@@ -80,6 +84,13 @@ class TransactionalSend(PushOptions):
             # Reported as MISSING_PARAMETER (code 30), like any absent required field.
             raise PydanticCustomError("missing_field", "message is required", {"field": "message"})
         return self
+
+    def _check_templates(self) -> None:
+        messages = [self.message] if self.message is not None else []
+        messages += list((self.messages or {}).values())
+        for text in (self.deeplink, *(m.title for m in messages), *(m.body for m in messages)):
+            if text is not None:
+                check_template(text)
 
 
 class TransactionalAccepted(BaseModel):

@@ -21,6 +21,7 @@ from clarion.apps.service import AppAccess
 from clarion.batching import TurnBatcher
 from clarion.campaigns.service import template_content
 from clarion.db import transaction, utcnow
+from clarion.delivery.content import has_templates
 from clarion.delivery.models import BATCHES, SENDS, BatchStatus, DeliveryBatch, Send, SendKind
 from clarion.errors import NotFoundError
 from clarion.events.models import PushEvent, PushEventKind
@@ -77,6 +78,9 @@ class SendIntake:
             if "message" in given or "messages" in given:
                 content.pop("messages", None)
             content.update(given)
+            content.pop("personalised", None)
+            if has_templates(content):
+                content["personalised"] = True
         now = utcnow()
         token = str(uuid.uuid4())
         ttl = content.get("time_to_live")

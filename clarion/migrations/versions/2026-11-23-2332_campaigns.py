@@ -29,8 +29,8 @@ def upgrade() -> None:
     sa.Column('from_api', sa.Boolean(), nullable=False),
     sa.Column('state', sa.String(length=10), nullable=False),
     sa.Column('body', sa.JSON(none_as_null=True), nullable=False),
+    sa.Column('next_occurrence', sa.Integer(), nullable=False),
     sa.Column('next_run_at', sa.DateTime(timezone=True), nullable=True),
-    sa.Column('occurrences', sa.Integer(), nullable=False),
     sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
     sa.Column('updated_at', sa.DateTime(timezone=True), nullable=False),
     sa.Column('deleted_at', sa.DateTime(timezone=True), nullable=True),
@@ -48,7 +48,10 @@ def upgrade() -> None:
     sa.Column('occurrence', sa.Integer(), nullable=False),
     sa.Column('scheduled_for', sa.DateTime(timezone=True), nullable=False),
     sa.Column('state', sa.String(length=12), nullable=False),
+    sa.Column('body', sa.JSON(none_as_null=True), nullable=False),
     sa.Column('cursor', sa.BigInteger(), nullable=False),
+    sa.Column('pages', sa.Integer(), nullable=False),
+    sa.Column('lease_owner', sa.String(length=32), nullable=True),
     sa.Column('lease_until', sa.DateTime(timezone=True), nullable=True),
     sa.Column('targeted', sa.Integer(), nullable=False),
     sa.Column('wave', sa.JSON(none_as_null=True), nullable=True),
@@ -70,7 +73,8 @@ def upgrade() -> None:
     sa.PrimaryKeyConstraint('campaign_id', 'installation_id', name=op.f('pk_campaign_receipts'))
     )
     with op.batch_alter_table('installations', schema=None) as batch_op:
-        batch_op.create_index('ix_installations_app_timezone', ['app_id', 'timezone'], unique=False)
+        batch_op.create_index('ix_installations_app_id', ['app_id', 'id'], unique=False)
+        batch_op.create_index('ix_installations_app_timezone', ['app_id', 'timezone', 'id'], unique=False)
 
     with op.batch_alter_table('tracked_events', schema=None) as batch_op:
         batch_op.create_index('ix_tracked_events_app_name_install', ['app_id', 'name', 'install_id', 'occurred_at'], unique=False)
@@ -79,6 +83,7 @@ def upgrade() -> None:
     with op.batch_alter_table('sends', schema=None) as batch_op:
         batch_op.add_column(sa.Column('run_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=True))
         batch_op.add_column(sa.Column('version', sa.String(length=8), nullable=True))
+        batch_op.add_column(sa.Column('cancelled_at', sa.DateTime(timezone=True), nullable=True))
         batch_op.create_index(batch_op.f('ix_sends_run_id'), ['run_id'], unique=False)
         batch_op.create_foreign_key(batch_op.f('fk_sends_run_id_campaign_runs'), 'campaign_runs', ['run_id'], ['id'])
 
@@ -89,6 +94,7 @@ def downgrade() -> None:
     with op.batch_alter_table('sends', schema=None) as batch_op:
         batch_op.drop_constraint(batch_op.f('fk_sends_run_id_campaign_runs'), type_='foreignkey')
         batch_op.drop_index(batch_op.f('ix_sends_run_id'))
+        batch_op.drop_column('cancelled_at')
         batch_op.drop_column('version')
         batch_op.drop_column('run_id')
 
@@ -98,6 +104,7 @@ def downgrade() -> None:
 
     with op.batch_alter_table('installations', schema=None) as batch_op:
         batch_op.drop_index('ix_installations_app_timezone')
+        batch_op.drop_index('ix_installations_app_id')
 
     with op.batch_alter_table('campaign_runs', schema=None) as batch_op:
         batch_op.drop_index('ix_campaign_runs_state')
