@@ -12,7 +12,7 @@ from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, DateTime, Integer, MetaData, String, event, pool
+from sqlalchemy import BigInteger, DateTime, Float, Integer, MetaData, String, event, pool
 from sqlalchemy.dialects import registry
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
@@ -164,6 +164,28 @@ def _utc_day_sqlite(element: utc_day, compiler: Any, **kw: Any) -> str:
     return f"substr({compiler.process(next(iter(element.clauses)), **kw)}, 1, 10)"
 
 
+class elapsed_seconds(FunctionElement[float]):
+    """`elapsed_seconds(start, end)`: seconds from one UtcDateTime column to another.
+
+    Date arithmetic between columns is what the dialects spell differently: SQLite stores
+    datetimes as text and needs julianday()."""
+
+    type = Float()
+    inherit_cache = True
+
+
+@compiles(elapsed_seconds, "postgresql")
+def _elapsed_seconds_postgresql(element: elapsed_seconds, compiler: Any, **kw: Any) -> str:
+    start, end = (compiler.process(clause, **kw) for clause in element.clauses)
+    return f"EXTRACT(EPOCH FROM ({end} - {start}))"
+
+
+@compiles(elapsed_seconds, "sqlite")
+def _elapsed_seconds_sqlite(element: elapsed_seconds, compiler: Any, **kw: Any) -> str:
+    start, end = (compiler.process(clause, **kw) for clause in element.clauses)
+    return f"((julianday({end}) - julianday({start})) * 86400.0)"
+
+
 def utcnow() -> datetime:
     return datetime.now(UTC)
 
@@ -248,7 +270,15 @@ def create_engine(url: str, **kwargs: Any) -> AsyncEngine:
             cursor.close()
 
         return engine
-    return create_async_engine(url, pool_size=10, max_overflow=10, **kwargs)
+    # PostgreSQL's JIT compiles large counting queries (audience estimates over millions of
+    # installs) for 0.3-0.4 s, a third of the whole query here; Clarion's queries gain nothing.
+    return create_async_engine(
+        url,
+        pool_size=10,
+        max_overflow=10,
+        connect_args={"options": "-c jit=off"},
+        **kwargs,
+    )
 
 
 def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:

@@ -15,7 +15,7 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, insert, select, update
 
 from clarion.campaigns.models import Campaign, CampaignRun
 from clarion.campaigns.schedule import occurrence_time
@@ -500,6 +500,45 @@ class TestAbVersions:
             for version, share in shares:
                 assert abs(counts[version] / 100_000 - share / 100) < 0.01, (seed, counts)
 
+    async def test_the_fan_out_splits_100000_installs_within_one_percent(
+        self, api: httpx.AsyncClient, ios_app: ClientApp, runtime: Runtime, held_queue: JobQueue
+    ) -> None:
+        async with transaction(runtime.sessions) as session:
+            await session.execute(
+                insert(Installation),
+                [
+                    {
+                        "app_id": ios_app.app_id,
+                        "install_id": f"ab-{n}",
+                        "push_token": f"{n:064x}",
+                        "push_optin": True,
+                    }
+                    for n in range(100_000)
+                ],
+            )
+        token = await created(
+            api,
+            ios_app,
+            messages=[
+                {"language": "en", "body": "A", "version": "a"},
+                {"language": "en", "body": "B", "version": "b"},
+            ],
+            version_split={"a": 30, "b": 70},
+        )
+        await scheduler(runtime, Clock(T), queue=held_queue).tick()
+        by_version: Counter[str | None] = Counter()
+        for batch, send in await batches_of(runtime, token):
+            by_version[send.version] += len(batch.recipients["installations"])
+        assert sum(by_version.values()) == 100_000
+        assert abs(by_version["a"] / 100_000 - 0.30) < 0.01, by_version
+        # Stopped rather than left for the session's workers to deliver 100,000 pushes.
+        response = await api.post(
+            f"/1.1/{ios_app.api_key}/campaigns/update/{token}",
+            headers=ios_app.headers(),
+            json={"live": False},
+        )
+        assert response.status_code == 200
+
     async def test_each_version_has_its_send_and_its_stats(
         self, api: httpx.AsyncClient, ios_app: ClientApp, runtime: Runtime
     ) -> None:
@@ -583,3 +622,38 @@ class TestPersonalisation:
             },
         )
         assert "messages.0.body" in error(response, 400, 31)
+
+
+class TestOpens:
+    async def test_direct_and_influenced_opens_are_counted_apart(
+        self,
+        api: httpx.AsyncClient,
+        ios_app: ClientApp,
+        runtime: Runtime,
+        sim_control: httpx.Client,
+    ) -> None:
+        tapped, influenced, earlier = await add_installs(runtime, ios_app, 3)
+        before = (datetime.now(UTC) - timedelta(hours=1)).isoformat()
+        sdk = f"/sdk/v1/{ios_app.api_key}/installations"
+        response = await api.post(
+            f"{sdk}/{earlier.install_id}/app-opens", json={"occurred_at": before}
+        )
+        assert response.status_code == 202, response.text
+        token = await send_now(api, ios_app, runtime)
+
+        payload = sim_control.get(f"/_sim/apns/tokens/{tapped.push_token}").json()
+        send_id = payload["messages"][-1]["payload"]["com.batch"]["i"]
+        assert await api.post(f"{sdk}/{tapped.install_id}/opens", json={"send_id": send_id})
+        for install in (tapped, influenced):
+            response = await api.post(f"{sdk}/{install.install_id}/app-opens", json={})
+            assert response.status_code == 202, response.text
+
+        stats = await api.get(
+            f"/1.1/{ios_app.api_key}/campaigns/stats/{token}", headers=ios_app.headers()
+        )
+        detail = stats.json()["detail"]
+        totals = {
+            field: sum(day[field] for day in detail)
+            for field in ("sent", "direct_open", "influenced_open")
+        }
+        assert totals == {"sent": 3, "direct_open": 1, "influenced_open": 1}

@@ -6,6 +6,7 @@ import secrets
 from typing import Any
 
 import httpx
+import pytest
 from sqlalchemy import select
 
 from clarion.devices.models import Installation
@@ -213,11 +214,15 @@ class TestEvents:
         assert rows[0].custom_id == "ev-user"
         assert rows[0].occurred_at.year == 2026
 
-    async def test_bad_event_name(self, api: httpx.AsyncClient, ios_app: ClientApp) -> None:
+    @pytest.mark.parametrize("name", ["has space", "_open"])
+    async def test_bad_event_name(
+        self, api: httpx.AsyncClient, ios_app: ClientApp, name: str
+    ) -> None:
+        """Names with a leading underscore are Clarion's own (app opens are `_open`)."""
         await register(api, ios_app, "ev2")
         response = await api.post(
             f"/sdk/v1/{ios_app.api_key}/installations/ev2/events",
-            json={"events": [{"name": "has space"}]},
+            json={"events": [{"name": name}]},
         )
         assert (response.status_code, response.json()["code"]) == (400, 31)
         assert "events.0.name" in response.json()["message"]

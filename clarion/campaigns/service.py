@@ -8,12 +8,13 @@ completed, or stopped when set to live: false (or deleted) after it started. The
 from __future__ import annotations
 
 import secrets
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from pydantic import ValidationError
-from sqlalchemy import func, select, update
+from sqlalchemy import distinct, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import aliased
 
 from clarion.apps.service import AppAccess
 from clarion.campaigns.models import Campaign, CampaignRun, CampaignState, RunState
@@ -26,7 +27,7 @@ from clarion.campaigns.schemas import (
     VersionStats,
     wire_date,
 )
-from clarion.db import utc_day
+from clarion.db import elapsed_seconds, utc_day
 from clarion.delivery.content import has_templates
 from clarion.delivery.models import SENDS, Send
 from clarion.delivery.schemas import CollapseKey
@@ -37,9 +38,12 @@ from clarion.errors import (
     NotFoundError,
     from_validation_errors,
 )
-from clarion.events.models import PushEvent, PushEventKind
+from clarion.events.models import APP_OPEN_EVENT, PushEvent, PushEventKind, TrackedEvent
 from clarion.targeting import service as targeting_service
 from clarion.targeting.schemas import Estimate, Targeting
+
+# An app opened this long after a campaign reached it counts as an influenced open.
+INFLUENCE_WINDOW = timedelta(hours=3)
 
 _LIVE_STATES = (CampaignState.SCHEDULED, CampaignState.RUNNING, CampaignState.COMPLETED)
 
@@ -274,13 +278,14 @@ async def list_campaigns(
 
 
 async def campaign_stats(session: AsyncSession, *, access: AppAccess, token: str) -> CampaignStats:
-    """Per UTC day: sent (all to opted-in installs, so sent_optins is the same), direct opens
-    (open reports carrying the send id), errors (push_error and token_deleted); per version for
-    A/B campaigns. influenced_open and reengaged are not measured yet and stay 0."""
+    """Per UTC day, and per version for A/B campaigns: sent (campaigns reach opted-in installs
+    only, so sent_optins is the same), direct opens (open reports carrying the send id),
+    influenced opens (see influenced_opens), errors (push_error and token_deleted).
+    reengaged is not measured yet and stays 0."""
     _require_live_key(access)
     campaign = await _find(session, access, token)
     day = utc_day(PushEvent.occurred_at)
-    rows = await session.execute(
+    counted = await session.execute(
         select(day, Send.version, PushEvent.kind, func.count())
         .outerjoin(Send, Send.token == PushEvent.send_token)
         .where(
@@ -289,19 +294,66 @@ async def campaign_stats(session: AsyncSession, *, access: AppAccess, token: str
             PushEvent.kind.in_(list(_STAT_OF_KIND)),
         )
         .group_by(day, Send.version, PushEvent.kind)
-        .order_by(day)
     )
+    rows = [
+        (date, version, field, count)
+        for date, version, kind, count in counted
+        for field in _STAT_OF_KIND[kind]
+    ]
+    rows += [
+        (date, version, "influenced_open", count)
+        for date, version, count in await influenced_opens(session, access.app_id, campaign.token)
+    ]
     days: dict[str, DayStats] = {}
     ab = len(CampaignBody.model_validate(campaign.body).versions) > 1
-    for date, version, kind, count in rows:
+    for date, version, field, count in sorted(rows, key=lambda row: row[0]):
         entry = days.setdefault(date, DayStats(date=date, versions={} if ab else None))
         targets: list[VersionStats] = [entry]
         if ab and version is not None and entry.versions is not None:
             targets.append(entry.versions.setdefault(version, VersionStats()))
         for target in targets:
-            for field in _STAT_OF_KIND[kind]:
-                setattr(target, field, getattr(target, field) + count)
+            setattr(target, field, getattr(target, field) + count)
     return CampaignStats(campaign_token=campaign.token, detail=list(days.values()))
+
+
+async def influenced_opens(
+    session: AsyncSession, app_id: int, campaign_token: str
+) -> list[tuple[str, str | None, int]]:
+    """(UTC day of the app open, version, installs): installs that opened the app (an SDK app
+    open) within INFLUENCE_WINDOW after the campaign was sent to them, without opening the
+    notification itself."""
+    app_open = TrackedEvent
+    direct = aliased(PushEvent)
+    after_send = elapsed_seconds(PushEvent.occurred_at, app_open.occurred_at)
+    day = utc_day(app_open.occurred_at)
+    rows = await session.execute(
+        select(day, Send.version, func.count(distinct(app_open.install_id)))
+        .select_from(PushEvent)
+        .join(
+            app_open,
+            (app_open.app_id == PushEvent.app_id)
+            & (app_open.name == APP_OPEN_EVENT)
+            & (app_open.install_id == PushEvent.install_id)
+            & (after_send > 0)
+            & (after_send <= INFLUENCE_WINDOW.total_seconds()),
+        )
+        .outerjoin(Send, Send.token == PushEvent.send_token)
+        .where(
+            PushEvent.app_id == app_id,
+            PushEvent.campaign_token == campaign_token,
+            PushEvent.kind == PushEventKind.SENT.value,
+            ~select(direct.id)
+            .where(
+                direct.app_id == app_id,
+                direct.campaign_token == campaign_token,
+                direct.kind == PushEventKind.OPENED.value,
+                direct.install_id == PushEvent.install_id,
+            )
+            .exists(),
+        )
+        .group_by(day, Send.version)
+    )
+    return [(date, version, count) for date, version, count in rows]
 
 
 _STAT_OF_KIND: dict[str, tuple[str, ...]] = {

@@ -7,6 +7,7 @@ from fastapi import APIRouter
 from clarion.devices import service
 from clarion.devices.schemas import (
     Accepted,
+    AppOpenIn,
     CustomIdSet,
     InAppEventsIn,
     InstallationRead,
@@ -57,6 +58,14 @@ async def track_events(
 ) -> Accepted:
     count = await service.track_events(session, access=access, install_id=install_id, data=body)
     return Accepted(accepted=count)
+
+
+@router.post("/installations/{install_id}/app-opens", response_model=Accepted, status_code=202)
+async def report_app_open(
+    install_id: str, body: AppOpenIn, access: SdkApp, session: SessionDep
+) -> Accepted:
+    await service.record_app_open(session, access=access, install_id=install_id, data=body)
+    return Accepted(accepted=1)
 
 
 @router.post("/installations/{install_id}/opens", response_model=Accepted, status_code=202)

@@ -77,7 +77,8 @@ class CustomIdSet(BaseModel):
 class TrackedEventIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(pattern=r"^[a-zA-Z0-9_]{1,30}$")
+    # A leading "_" is Clarion's own (app opens are tracked as "_open").
+    name: str = Field(pattern=r"^[a-zA-Z0-9][a-zA-Z0-9_]{0,29}$")
     label: str | None = Field(default=None, max_length=200)
     attributes: dict[str, Any] | None = None
     tags: list[str] | None = Field(default=None, max_length=25)
@@ -88,6 +89,14 @@ class TrackedEventsIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     events: list[TrackedEventIn] = Field(min_length=1, max_length=100)
+
+
+class AppOpenIn(BaseModel):
+    """Sent when the app comes to the foreground (influenced opens, last visit)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    occurred_at: datetime | None = None
 
 
 class PushOpenIn(BaseModel):

@@ -13,13 +13,14 @@ from clarion.db import insert_ignoring_conflicts, utcnow
 from clarion.delivery.models import Send
 from clarion.devices.models import Installation
 from clarion.devices.schemas import (
+    AppOpenIn,
     InAppEventsIn,
     InstallationUpsert,
     PushOpenIn,
     TrackedEventsIn,
 )
 from clarion.errors import MalformedParameterError, NotFoundError
-from clarion.events.models import PushEventKind
+from clarion.events.models import APP_OPEN_EVENT, PushEventKind
 from clarion.events.service import (
     PushEventRow,
     push_event_row,
@@ -134,6 +135,26 @@ async def track_events(
     await record_tracked_events(session, rows)
     installation.last_seen_at = now
     return len(rows)
+
+
+async def record_app_open(
+    session: AsyncSession, *, access: AppAccess, install_id: str, data: AppOpenIn
+) -> None:
+    """The app was opened: its last visit, and an `_open` event (influenced opens)."""
+    installation = await get_installation(session, access=access, install_id=install_id)
+    now = utcnow()
+    row = {
+        "app_id": access.app_id,
+        "occurred_at": _past_or_now(data.occurred_at, now),
+        "install_id": installation.install_id,
+        "custom_id": installation.custom_id,
+        "name": APP_OPEN_EVENT,
+        "label": None,
+        "attributes": None,
+        "tags": None,
+    }
+    await record_tracked_events(session, [row])
+    installation.last_seen_at = now
 
 
 async def record_push_open(

@@ -16,6 +16,9 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from clarion.db import Base, BigIntPK, JsonValue, UtcDateTime
 
+# The tracked event an SDK app open is stored as; SDK event names cannot start with "_".
+APP_OPEN_EVENT = "_open"
+
 
 class PushEventKind(StrEnum):
     OPTIN = "push_optin"

@@ -12,7 +12,6 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
-    Boolean,
     ColumnElement,
     SQLColumnExpression,
     String,
@@ -66,29 +65,6 @@ def _bytewise_sqlite(element: Bytewise, compiler: SQLCompiler, **kw: Any) -> str
 @compiles(Bytewise, "postgresql")
 def _bytewise_postgresql(element: Bytewise, compiler: SQLCompiler, **kw: Any) -> str:
     return f'({compiler.process(element.clauses, **kw)} COLLATE "C")'
-
-
-class CameBack(FunctionElement[bool]):
-    """`CameBack(installed, last_seen)`: seen again at least a day after installing.
-
-    Date arithmetic between two columns is the one thing the dialects spell differently:
-    SQLite stores datetimes as text (clarion.db.UtcDateTime) and needs julianday()."""
-
-    type = Boolean()
-    inherit_cache = True
-    name = "came_back"
-
-
-@compiles(CameBack)
-def _came_back_sqlite(element: CameBack, compiler: SQLCompiler, **kw: Any) -> str:
-    installed, last_seen = (compiler.process(c, **kw) for c in element.clauses)
-    return f"(julianday({last_seen}) >= julianday({installed}) + 1)"
-
-
-@compiles(CameBack, "postgresql")
-def _came_back_postgresql(element: CameBack, compiler: SQLCompiler, **kw: Any) -> str:
-    installed, last_seen = (compiler.process(c, **kw) for c in element.clauses)
-    return f"({last_seen} >= {installed} + INTERVAL '1 day')"
 
 
 def compare(op: Op, left: SQLColumnExpression[Any], right: Any) -> ColumnElement[bool]:

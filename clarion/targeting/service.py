@@ -10,9 +10,10 @@ from datetime import datetime, timedelta
 from sqlalchemy import ColumnElement, and_, case, false, func, or_, select, true
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from clarion.db import elapsed_seconds
 from clarion.devices.models import Installation
 from clarion.errors import MalformedParameterError
-from clarion.targeting.compile import CameBack, QueryCompiler
+from clarion.targeting.compile import QueryCompiler
 from clarion.targeting.schemas import Estimate, Segment, Targeting
 
 # An installation is NEW for a week after it was created; after that it is ONE_TIME if it was
@@ -20,6 +21,7 @@ from clarion.targeting.schemas import Estimate, Segment, Targeting
 # days, else DORMANT.
 NEW_FOR = timedelta(days=7)
 ENGAGED_WITHIN = timedelta(days=30)
+CAME_BACK_AFTER = timedelta(days=1)
 
 
 def reachable(*, app_id: int, dev_only: bool) -> ColumnElement[bool]:
@@ -41,7 +43,7 @@ def segment_filter(segment: Segment, *, now: datetime) -> ColumnElement[bool]:
         # Installations not created by the SDK (token imports): Clarion has no import path yet.
         return false()
     settled = installed < now - NEW_FOR
-    came_back = CameBack(installed, last_seen)
+    came_back = elapsed_seconds(installed, last_seen) >= CAME_BACK_AFTER.total_seconds()
     if segment is Segment.ONE_TIME:
         return settled & ~came_back
     recent = last_seen >= now - ENGAGED_WITHIN
