@@ -47,11 +47,12 @@ from bench.common import (
 from clarion.apps.service import AppAccess
 from clarion.campaigns import service as campaigns
 from clarion.campaigns.models import Campaign, CampaignRun
-from clarion.campaigns.schemas import CampaignBody, wire_date
+from clarion.campaigns.schemas import CampaignBody
 from clarion.config import Settings
 from clarion.db import bulk_insert, transaction, utcnow
 from clarion.demo import seed_installations
 from clarion.events.models import PushEvent
+from clarion.formats import wire_date
 from clarion.runtime import Runtime
 from clarion.targeting.schemas import Targeting
 

@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from clarion.apps.api import router as apps_router
+from clarion.audiences.api import router as audiences_router
 from clarion.campaigns.api import router as campaigns_router
 from clarion.config import Settings
 from clarion.devices.api import router as sdk_router
@@ -42,6 +43,7 @@ def create_app(settings: Settings, *, workers: bool) -> FastAPI:
     app.include_router(sdk_router)
     app.include_router(trigger_events_router)
     app.include_router(custom_data_router)
+    app.include_router(audiences_router)
     app.include_router(apps_router)
     app.add_middleware(
         BodySizeLimit,

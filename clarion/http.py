@@ -114,9 +114,9 @@ def install_error_handlers(app: FastAPI) -> None:
         return JSONResponse({"code": 1, "message": str(exc.detail)}, status_code=exc.status_code)
 
 
-# Bulk routes of Batch's data APIs carry up to 10,000 users or 1,000 events per call, which
+# Bulk routes of Batch's data APIs carry up to 10,000 users, ids or 1,000 events per call, which
 # does not fit in the 1 MiB that every other route allows.
-BULK_ROUTES = re.compile(r"/1\.[01]/[^/]+/(data/users|events/users)/?")
+BULK_ROUTES = re.compile(r"/1\.[01]/[^/]+/(data/users|events/users|custom-audience/[^/]+)/?")
 
 
 class BodySizeLimit:

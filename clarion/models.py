@@ -1,6 +1,7 @@
 """Imports every domain's models so that Base.metadata knows all tables (Alembic, tests)."""
 
 from clarion.apps.models import App, Company
+from clarion.audiences.models import Audience, AudienceIndexing, AudienceMember
 from clarion.campaigns.models import Campaign, CampaignReceipt, CampaignRun
 from clarion.delivery.models import DeliveryBatch, Send
 from clarion.devices.models import Installation
@@ -9,6 +10,9 @@ from clarion.profiles.models import ProfileAttribute, ProfileTag
 
 __all__ = [
     "App",
+    "Audience",
+    "AudienceIndexing",
+    "AudienceMember",
     "Campaign",
     "CampaignReceipt",
     "CampaignRun",

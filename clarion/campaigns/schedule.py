@@ -12,7 +12,8 @@ from datetime import UTC, datetime, timedelta
 
 from dateutil.relativedelta import relativedelta
 
-from clarion.campaigns.schemas import CampaignBody, RepeatUnit, parse_wire_date
+from clarion.campaigns.schemas import CampaignBody, RepeatUnit
+from clarion.formats import parse_wire_date
 
 # Zones run from UTC-12 to UTC+14: a local-time occurrence starts 14 h before its wall-clock
 # time in UTC and has reached every zone 12 h after it.

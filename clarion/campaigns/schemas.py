@@ -7,7 +7,6 @@ it sends fields Clarion does not use.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -15,20 +14,10 @@ from pydantic_core import PydanticCustomError
 
 from clarion.delivery.personalisation import check_template
 from clarion.delivery.schemas import CollapseKey, PushOptions
+from clarion.formats import parse_wire_date
 from clarion.targeting.schemas import Targeting
 
 _DATE = r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}$"  # yyyy-MM-ddTHH:mm:ss, no zone (spec §4.1)
-_DATE_FORMAT = "%Y-%m-%dT%H:%M:%S"
-
-
-def parse_wire_date(value: str) -> datetime:
-    """A spec §4.1 date as a naive datetime (UTC for push_time, wall clock for local times)."""
-    return datetime.strptime(value, _DATE_FORMAT)  # noqa: DTZ007 (zone applied by the caller)
-
-
-def wire_date(value: datetime) -> str:
-    """A UTC datetime in the wire's format (created_date, push_time)."""
-    return value.astimezone(UTC).strftime(_DATE_FORMAT)
 
 
 class RepeatUnit(StrEnum):

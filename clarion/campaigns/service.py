@@ -25,7 +25,6 @@ from clarion.campaigns.schemas import (
     CampaignSummary,
     DayStats,
     VersionStats,
-    wire_date,
 )
 from clarion.db import elapsed_seconds, utc_day
 from clarion.delivery.content import has_templates
@@ -39,6 +38,7 @@ from clarion.errors import (
     from_validation_errors,
 )
 from clarion.events.models import APP_OPEN_EVENT, PushEvent, PushEventKind, TrackedEvent
+from clarion.formats import wire_date
 from clarion.targeting import service as targeting_service
 from clarion.targeting.schemas import Estimate, Targeting
 

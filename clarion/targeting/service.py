@@ -10,6 +10,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import ColumnElement, and_, case, false, func, or_, select, true
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from clarion.audiences.service import member_of_any, missing_audiences
 from clarion.db import elapsed_seconds
 from clarion.devices.models import Installation
 from clarion.errors import MalformedParameterError
@@ -85,9 +86,8 @@ def installation_filter(targeting: Targeting, *, app_id: int, now: datetime) -> 
     if targeting.regions:
         clauses.append(_regions(targeting.regions))
     if targeting.custom_audiences:
-        # No audience table yet (a later issue): an audience has no members. check_audiences
-        # refuses such a targeting before it is ever saved.
-        clauses.append(false())
+        # Members of any of them. An audience deleted after the campaign was saved has none.
+        clauses.append(member_of_any(app_id=app_id, names=targeting.custom_audiences))
     tree = targeting.query_tree()
     if tree is not None:
         clauses.append(QueryCompiler(app_id=app_id, now=now).node(tree))
@@ -95,13 +95,11 @@ def installation_filter(targeting: Targeting, *, app_id: int, now: datetime) -> 
 
 
 async def check_audiences(session: AsyncSession, *, app_id: int, names: list[str]) -> None:
-    """Raise MalformedParameterError (400/31) naming the first audience that does not exist.
-
-    Custom audiences are not stored yet (the Custom Audience API comes with a later issue), so
-    for now every named audience is missing and any name is refused; an empty list passes."""
-    if names:
+    """Raise MalformedParameterError (400/31) naming the first audience that does not exist."""
+    missing = await missing_audiences(session, app_id=app_id, names=names) if names else []
+    if missing:
         raise MalformedParameterError(
-            f"targeting.custom_audiences: no custom audience named {names[0]!r}"
+            f"targeting.custom_audiences: no custom audience named {missing[0]!r}"
         )
 
 

@@ -1,0 +1,120 @@
+"""Custom Audience API (spec §8): 1.0 by custom or advertising ids, 1.1 by install ids."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Query
+from fastapi.responses import JSONResponse
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from clarion.apps.service import AppAccess
+from clarion.audiences import service
+from clarion.audiences.schemas import (
+    AudienceList,
+    AudienceRead,
+    IndexingAccepted,
+    ReplaceV10,
+    ReplaceV11,
+    UpdateV10,
+    UpdateV11,
+)
+from clarion.db import utcnow
+from clarion.http import RestApp, SessionDep
+
+router = APIRouter(tags=["custom audiences"])
+Name = Annotated[str, Path(min_length=1, max_length=255)]
+_ONE = "/{version}/{api_key}/custom-audience/{name}"
+Version = Annotated[str, Path(pattern=r"^1\.[01]$")]
+
+
+@router.put("/1.0/{api_key}/custom-audience/{name}", status_code=202)
+async def replace_v10(
+    name: Name, body: ReplaceV10, access: RestApp, session: SessionDep
+) -> IndexingAccepted:
+    return await _replace(name, body, access, session)
+
+
+@router.put("/1.1/{api_key}/custom-audience/{name}", status_code=202)
+async def replace_v11(
+    name: Name, body: ReplaceV11, access: RestApp, session: SessionDep
+) -> IndexingAccepted:
+    return await _replace(name, body, access, session)
+
+
+@router.patch("/1.0/{api_key}/custom-audience/{name}", status_code=202)
+async def update_v10(
+    name: Name, body: UpdateV10, access: RestApp, session: SessionDep
+) -> IndexingAccepted:
+    return await _update(name, body, access, session)
+
+
+@router.patch("/1.1/{api_key}/custom-audience/{name}", status_code=202)
+async def update_v11(
+    name: Name, body: UpdateV11, access: RestApp, session: SessionDep
+) -> IndexingAccepted:
+    return await _update(name, body, access, session)
+
+
+async def _replace(
+    name: str, body: ReplaceV10 | ReplaceV11, access: AppAccess, session: AsyncSession
+) -> IndexingAccepted:
+    token = await service.replace_audience(
+        session,
+        app_id=access.app_id,
+        name=name,
+        kind=body.kind,
+        description=body.description,
+        members=body.members(),
+        now=utcnow(),
+    )
+    return IndexingAccepted(indexing_token=token)
+
+
+async def _update(
+    name: str, body: UpdateV10 | UpdateV11, access: AppAccess, session: AsyncSession
+) -> IndexingAccepted:
+    token = await service.update_audience(
+        session,
+        app_id=access.app_id,
+        name=name,
+        kind=body.kind,
+        changes=body.changes(),
+        now=utcnow(),
+    )
+    return IndexingAccepted(indexing_token=token)
+
+
+@router.get("/{version}/{api_key}/custom-audience")
+async def list_audiences(
+    version: Version,
+    access: RestApp,
+    session: SessionDep,
+    from_: Annotated[int, Query(alias="from", ge=0)] = 0,
+    limit: Annotated[int, Query(ge=1, le=100)] = 10,
+) -> AudienceList:
+    audiences = await service.list_audiences(
+        session, app_id=access.app_id, offset=from_, limit=limit
+    )
+    return AudienceList(custom_audiences=audiences)
+
+
+@router.get(_ONE, response_model_exclude_none=True)
+async def view_audience(
+    version: Version,
+    name: Name,
+    access: RestApp,
+    session: SessionDep,
+    indexing_token: str | None = None,
+) -> AudienceRead:
+    return await service.describe_audience(
+        session, app_id=access.app_id, name=name, indexing_token=indexing_token
+    )
+
+
+@router.delete(_ONE)
+async def delete_audience(
+    version: Version, name: Name, access: RestApp, session: SessionDep
+) -> JSONResponse:
+    await service.delete_audience(session, app_id=access.app_id, name=name)
+    return JSONResponse({"name": name})

@@ -1,0 +1,72 @@
+"""Custom audiences: named lists of ids (custom user ids, advertising ids or install ids).
+
+An audience's members belong to a generation. A replace writes the new members as the next
+generation and switches the audience to it in the same transaction, so targeting sees the old
+members or the new ones, never a mix; the previous generation is then deleted.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Any, cast
+
+from sqlalchemy import ForeignKey, String, Table, UniqueConstraint
+from sqlalchemy.orm import Mapped, mapped_column
+
+from clarion.db import Base, BigIntPK, JsonValue, UtcDateTime, utcnow
+
+
+class AudienceKind(StrEnum):
+    CUSTOM_IDS = "custom_ids"  # API 1.0
+    ADVERTISING_IDS = "advertising_ids"  # API 1.0 (IDFA / GAID)
+    INSTALL_IDS = "install_ids"  # API 1.1
+
+
+class IndexingState(StrEnum):
+    IN_PROGRESS = "IN_PROGRESS"
+    APPLIED = "APPLIED"
+    REPLACED = "REPLACED"  # a later replace has superseded what this write did
+
+
+class Audience(Base):
+    __tablename__ = "audiences"
+    __table_args__ = (UniqueConstraint("app_id", "name"),)
+
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True)
+    app_id: Mapped[int] = mapped_column(ForeignKey("apps.id"))
+    name: Mapped[str] = mapped_column(String(255))
+    kind: Mapped[str] = mapped_column(String(16))
+    description: Mapped[str | None] = mapped_column(String(1024))
+    generation: Mapped[int] = mapped_column(default=0)  # the members targeting sees
+    nb_ids: Mapped[int] = mapped_column(default=0)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+
+
+class AudienceMember(Base):
+    """The primary key serves targeting: (audience, generation, id) is one index probe per
+    installation."""
+
+    __tablename__ = "audience_members"
+
+    audience_id: Mapped[int] = mapped_column(ForeignKey("audiences.id"), primary_key=True)
+    generation: Mapped[int] = mapped_column(primary_key=True)
+    member_id: Mapped[str] = mapped_column(String(512), primary_key=True)
+    # API 1.1: attributes and tags given with the member (kept, not yet targetable).
+    attributes: Mapped[dict[str, Any] | None] = mapped_column(JsonValue)
+    tags: Mapped[list[str] | None] = mapped_column(JsonValue)
+
+
+class AudienceIndexing(Base):
+    """One write (replace or update) and what became of it, for `?indexing_token=`."""
+
+    __tablename__ = "audience_indexings"
+
+    token: Mapped[str] = mapped_column(String(36), primary_key=True)
+    audience_id: Mapped[int] = mapped_column(ForeignKey("audiences.id", ondelete="CASCADE"))
+    generation: Mapped[int] = mapped_column()  # the generation the write applied to
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+
+
+AUDIENCE_MEMBERS = cast(Table, AudienceMember.__table__)
