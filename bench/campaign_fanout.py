@@ -35,6 +35,7 @@ import httpx
 from sqlalchemy import func, select, text
 
 from bench.common import (
+    analyze,
     cpu_seconds,
     create_ios_app,
     fresh_database,
@@ -94,10 +95,7 @@ async def prepare(runtime: Runtime, key: dict[str, str], devices: int) -> AppAcc
                 for n in range(devices)
             ],
         )
-    if runtime.engine.dialect.name == "postgresql":
-        autocommit = runtime.engine.execution_options(isolation_level="AUTOCOMMIT")
-        async with autocommit.connect() as connection:
-            await connection.execute(text("VACUUM ANALYZE"))
+    await analyze(runtime)
     print(f"seeded {devices:,} installations and profiles in {time.monotonic() - started:.1f} s")
     return AppAccess(
         app_id=app.id,

@@ -18,10 +18,12 @@ from typing import Any
 import httpx
 import psycopg
 from cryptography.fernet import Fernet
+from sqlalchemy import text
 
 from clarion.apps import service as apps
 from clarion.apps.models import App
 from clarion.apps.schemas import AppCreate
+from clarion.apps.service import AppAccess
 from clarion.config import Settings
 from clarion.db import transaction
 from clarion.demo import apns_credentials_from_sim
@@ -173,6 +175,25 @@ def pg_database() -> Iterator[str]:
     finally:
         with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+async def analyze(runtime: Runtime) -> None:
+    """VACUUM ANALYZE after seeding (PostgreSQL): plans as a long-running database has them."""
+    if runtime.engine.dialect.name == "postgresql":
+        autocommit = runtime.engine.execution_options(isolation_level="AUTOCOMMIT")
+        async with autocommit.connect() as connection:
+            await connection.execute(text("VACUUM ANALYZE"))
+
+
+def live_access(app: App) -> AppAccess:
+    """What an API call with the app's Live key is given, for calling services directly."""
+    return AppAccess(
+        app_id=app.id,
+        company_id=app.company_id,
+        is_dev=False,
+        platform=app.platform,
+        vapid_public_key=None,
+    )
 
 
 def fresh_database(stack: ExitStack, db: str, tmp: Path) -> str:

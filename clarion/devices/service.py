@@ -19,7 +19,7 @@ from clarion.devices.schemas import (
     PushOpenIn,
     TrackedEventsIn,
 )
-from clarion.errors import MalformedParameterError, NotFoundError
+from clarion.errors import ApiMisuseError, MalformedParameterError, NotFoundError
 from clarion.events.models import APP_OPEN_EVENT, PushEventKind
 from clarion.events.service import (
     PushEventRow,
@@ -28,6 +28,8 @@ from clarion.events.service import (
     record_push_events,
     record_tracked_events,
 )
+from clarion.gdpr.models import IdType
+from clarion.gdpr.service import blocked_identities
 
 _INSTALL_ID = re.compile(r"^[A-Za-z0-9_\-.:]{1,128}$")
 _PROFILE_FIELDS = (
@@ -50,6 +52,9 @@ def check_install_id(install_id: str) -> str:
     return install_id
 
 
+_BLOCKABLE_FIELDS = {"custom_id": IdType.CUSTOM_ID, "advertising_id": IdType.ADVERTISING_ID}
+
+
 async def upsert_installation(
     session: AsyncSession, *, access: AppAccess, install_id: str, data: InstallationUpsert
 ) -> Installation:
@@ -64,6 +69,20 @@ async def upsert_installation(
         raise MalformedParameterError("web apps register a webpush_subscription, not a push_token")
 
     now = utcnow()
+    blocked = await blocked_identities(
+        session,
+        app_id=access.app_id,
+        ids={
+            IdType.INSTALL_ID: install_id,
+            IdType.CUSTOM_ID: data.custom_id if "custom_id" in given else None,
+            IdType.ADVERTISING_ID: data.advertising_id if "advertising_id" in given else None,
+        },
+        now=now,
+    )
+    if IdType.INSTALL_ID in blocked:
+        raise ApiMisuseError("this installation was removed by a GDPR request; its data is ignored")
+    # A user id or advertising id removed by a GDPR request is not attached again for a while.
+    given = given - {field for field, kind in _BLOCKABLE_FIELDS.items() if kind in blocked}
     installation = await _get_or_create(session, app_id=access.app_id, install_id=install_id)
     installation.is_dev = access.is_dev
     installation.last_seen_at = now
@@ -95,8 +114,13 @@ async def set_custom_id(
     session: AsyncSession, *, access: AppAccess, install_id: str, custom_id: str | None
 ) -> Installation:
     installation = await get_installation(session, access=access, install_id=install_id)
-    installation.custom_id = custom_id
-    installation.last_seen_at = utcnow()
+    now = utcnow()
+    blocked = await blocked_identities(
+        session, app_id=access.app_id, ids={IdType.CUSTOM_ID: custom_id}, now=now
+    )
+    if not blocked:  # a user id removed by a GDPR request is not attached again for a while
+        installation.custom_id = custom_id
+    installation.last_seen_at = now
     await session.flush()
     return installation
 

@@ -15,6 +15,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from clarion.db import bulk_insert, utcnow
 from clarion.events.models import InAppEvent, PushEvent, PushEventKind, TrackedEvent
 from clarion.events.schemas import ServerEventIn
+from clarion.gdpr.models import IdType
+from clarion.gdpr.service import blocked_values
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +89,14 @@ async def track_user_events(
     (same table, `ue.` names), whether or not an installation carries the id yet. Returns a token
     naming the call, as Batch does; it is logged, not stored."""
     now = utcnow()
+    # Users removed by a GDPR request: their events are ignored for a while.
+    blocked = await blocked_values(
+        session,
+        app_id=app_id,
+        id_type=IdType.CUSTOM_ID,
+        values=(custom_id for custom_id, _ in users),
+        now=now,
+    )
     rows = [
         {
             "app_id": app_id,
@@ -99,6 +109,7 @@ async def track_user_events(
             "tags": event.tags,
         }
         for custom_id, events in users
+        if custom_id not in blocked
         for event in events
     ]
     await record_tracked_events(session, rows)

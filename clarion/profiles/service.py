@@ -16,6 +16,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from clarion.db import bulk_insert, utcnow
 from clarion.errors import MalformedParameterError
+from clarion.gdpr.models import IdType
+from clarion.gdpr.service import blocked_values
 from clarion.profiles.models import PROFILE_ATTRIBUTES, PROFILE_TAGS, AttributeKind
 from clarion.profiles.schemas import (
     ChangeTags,
@@ -69,6 +71,12 @@ async def update_profiles(
             raise MalformedParameterError(f"id: {custom_id!r} appears more than once")
         seen.add(custom_id)
     now = utcnow()
+    # Users removed by a GDPR request: what arrives for them is ignored for a while.
+    blocked = await blocked_values(
+        session, app_id=app_id, id_type=IdType.CUSTOM_ID, values=seen, now=now
+    )
+    if blocked:
+        updates = [update for update in updates if update[0] not in blocked]
     await delete_profiles(session, app_id=app_id, custom_ids=[c for c, o, _ in updates if o])
 
     removed: dict[str, list[str]] = defaultdict(list)  # attribute name -> users

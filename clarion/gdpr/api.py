@@ -1,0 +1,70 @@
+"""GDPR API 1.0 (spec §10), plus the download of a review's archive (its `data_url`)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from fastapi.responses import FileResponse
+
+from clarion.db import utcnow
+from clarion.errors import NotFoundError
+from clarion.gdpr import service
+from clarion.gdpr.models import GdprRequest
+from clarion.gdpr.schemas import GdprCreated, GdprId, GdprRequestIn, GdprRequestRead
+from clarion.http import RestApp, RuntimeDep, SessionDep
+
+router = APIRouter(prefix="/1.0/{api_key}/gdpr", tags=["gdpr"])
+
+
+@router.post("/request", status_code=201)
+async def create_request(body: GdprRequestIn, access: RestApp, session: SessionDep) -> GdprCreated:
+    request_id = await service.create_request(
+        session, app_id=access.app_id, body=body, now=utcnow()
+    )
+    return GdprCreated(request_id=request_id)
+
+
+@router.get("/requests")
+async def list_requests(
+    request: Request, access: RestApp, session: SessionDep
+) -> list[GdprRequestRead]:
+    found = await service.list_requests(session, app_id=access.app_id, now=utcnow())
+    return [_read(request, item) for item in found]
+
+
+@router.get("/request/{request_id}", response_model_exclude_none=True)
+async def get_request(
+    request_id: str, request: Request, access: RestApp, session: SessionDep
+) -> GdprRequestRead:
+    found = await service.get_request(session, app_id=access.app_id, request_id=request_id)
+    return _read(request, found)
+
+
+@router.get("/request/{request_id}/data", name="gdpr_archive")
+async def download_archive(
+    request_id: str, access: RestApp, session: SessionDep, runtime: RuntimeDep
+) -> FileResponse:
+    found = await service.get_request(session, app_id=access.app_id, request_id=request_id)
+    path = service.archive_path(runtime.settings.var_dir, found)
+    if path is None or not path.exists():
+        raise NotFoundError(f"no archive for GDPR request {request_id!r}")
+    return FileResponse(path, media_type="application/zip", filename=f"gdpr-{request_id}.zip")
+
+
+def _read(request: Request, found: GdprRequest) -> GdprRequestRead:
+    data_url = None
+    if found.archive is not None:
+        data_url = str(
+            request.url_for(
+                "gdpr_archive", api_key=request.path_params["api_key"], request_id=found.id
+            )
+        )
+    return GdprRequestRead(
+        request_id=found.id,
+        request_date=found.created_at.strftime("%Y-%m-%dT%H:%M:%S.")
+        + f"{found.created_at.microsecond // 1000:03d}",
+        status=found.status,
+        request_type=found.request_type,
+        error=found.error,
+        data_url=data_url,
+        id=GdprId.model_validate({"type": found.id_type, "value": found.id_value}),
+    )

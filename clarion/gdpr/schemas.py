@@ -1,0 +1,35 @@
+"""GDPR API 1.0 wire format (spec §10): one user per request, reviewed or removed."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from clarion.gdpr.models import IdType, RequestType
+
+
+class GdprId(BaseModel):
+    type: IdType
+    value: str = Field(min_length=1, max_length=512)
+
+
+class GdprRequestIn(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    request_type: RequestType
+    callback_url: str | None = Field(default=None, pattern=r"^https?://", max_length=2048)
+    id: GdprId
+
+
+class GdprCreated(BaseModel):
+    request_id: str
+
+
+class GdprRequestRead(BaseModel):
+    request_id: str
+    request_date: str  # UTC, milliseconds: 2021-01-03T16:52:16.051
+    status: str
+    request_type: str
+    trigger_type: str = "api"
+    error: str | None = None
+    data_url: str | None = None  # reviews, once done: the archive
+    id: GdprId

@@ -1,0 +1,303 @@
+"""GDPR requests: review (an archive of everything held on one id) and remove (delete it, and
+ignore new data for that id for 30 days). Requests are answered at once and processed by the
+worker processes (`process_pending`), which then call the request's callback URL."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+import zipfile
+from collections.abc import Iterable
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+from sqlalchemy import ColumnElement, Select, delete, func, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from clarion.audiences.models import Audience, AudienceKind, AudienceMember
+from clarion.db import Base, transaction, upsert_insert, utcnow
+from clarion.devices.models import Installation
+from clarion.errors import NotFoundError
+from clarion.events.models import InAppEvent, PushEvent, TrackedEvent
+from clarion.gdpr.models import BlockedId, GdprRequest, IdType, RequestStatus, RequestType
+from clarion.gdpr.schemas import GdprRequestIn
+from clarion.profiles.models import ProfileAttribute, ProfileTag
+
+log = logging.getLogger(__name__)
+
+BLOCKED_FOR = timedelta(days=30)  # new data for a removed id is ignored this long
+KEPT_FOR = timedelta(days=30)  # done requests are listed (and archives kept) this long
+USER_NOT_FOUND = "user not found"
+_AUDIENCE_KIND = {
+    IdType.CUSTOM_ID: AudienceKind.CUSTOM_IDS,
+    IdType.INSTALL_ID: AudienceKind.INSTALL_IDS,
+    IdType.ADVERTISING_ID: AudienceKind.ADVERTISING_IDS,
+}
+
+
+async def create_request(
+    session: AsyncSession, *, app_id: int, body: GdprRequestIn, now: datetime
+) -> str:
+    request = GdprRequest(
+        id=str(uuid.uuid4()),
+        app_id=app_id,
+        request_type=body.request_type.value,
+        id_type=body.id.type.value,
+        id_value=body.id.value,
+        callback_url=body.callback_url,
+        status=RequestStatus.PENDING.value,
+        created_at=now,
+    )
+    session.add(request)
+    return request.id
+
+
+async def get_request(session: AsyncSession, *, app_id: int, request_id: str) -> GdprRequest:
+    request = await session.get(GdprRequest, request_id)
+    if request is None or request.app_id != app_id:
+        raise NotFoundError(f"no GDPR request {request_id!r}")
+    return request
+
+
+async def list_requests(session: AsyncSession, *, app_id: int, now: datetime) -> list[GdprRequest]:
+    """Newest first; done requests older than KEPT_FOR are left out, pending ones never."""
+    return list(
+        await session.scalars(
+            select(GdprRequest)
+            .where(
+                GdprRequest.app_id == app_id,
+                or_(
+                    GdprRequest.status == RequestStatus.PENDING.value,
+                    GdprRequest.created_at >= now - KEPT_FOR,
+                ),
+            )
+            .order_by(GdprRequest.created_at.desc())
+        )
+    )
+
+
+def archive_path(var_dir: Path, request: GdprRequest) -> Path | None:
+    if request.archive is None:
+        return None
+    return var_dir / "gdpr" / request.archive
+
+
+async def blocked_identities(
+    session: AsyncSession, *, app_id: int, ids: dict[IdType, str | None], now: datetime
+) -> set[IdType]:
+    """Which of one device's identities (install id, custom id, advertising id) a GDPR removal
+    blocks now, in one query."""
+    given = [(kind, value) for kind, value in ids.items() if value is not None]
+    if not given:
+        return set()
+    found = await session.scalars(
+        select(BlockedId.id_type).where(
+            BlockedId.app_id == app_id,
+            BlockedId.until > now,
+            or_(
+                *(
+                    (BlockedId.id_type == kind.value) & (BlockedId.id_value == value)
+                    for kind, value in given
+                )
+            ),
+        )
+    )
+    return {IdType(kind) for kind in found}
+
+
+async def blocked_values(
+    session: AsyncSession, *, app_id: int, id_type: IdType, values: Iterable[str], now: datetime
+) -> set[str]:
+    """Those of `values` a GDPR removal blocks now: data arriving for them is ignored."""
+    wanted = list(set(values))
+    if not wanted:
+        return set()
+    return set(
+        await session.scalars(
+            select(BlockedId.id_value).where(
+                BlockedId.app_id == app_id,
+                BlockedId.id_type == id_type.value,
+                BlockedId.id_value.in_(wanted),
+                BlockedId.until > now,
+            )
+        )
+    )
+
+
+async def process_pending(
+    sessions: async_sessionmaker[AsyncSession],
+    *,
+    var_dir: Path,
+    client: httpx.AsyncClient,
+    limit: int = 10,
+) -> int:
+    """Process pending requests (each in its own transaction, rows locked so that several
+    processes share the work); returns how many were done. Callbacks follow each commit."""
+    done = 0
+    while done < limit:
+        async with transaction(sessions) as session:
+            request = await session.scalar(
+                select(GdprRequest)
+                .where(GdprRequest.status == RequestStatus.PENDING.value)
+                .order_by(GdprRequest.created_at)
+                .limit(1)
+                .with_for_update(skip_locked=True)
+            )
+            if request is None:
+                return done
+            now = utcnow()
+            found = await _holdings(session, request)
+            if not any(found.values()):
+                request.error = USER_NOT_FOUND
+            elif request.request_type == RequestType.REVIEW.value:
+                request.archive = _write_archive(var_dir, request, found)
+            else:
+                await _remove(session, request, now)
+            request.status = RequestStatus.DONE.value
+            request.done_at = now
+            callback = request.callback_url
+            payload = {
+                "request_id": request.id,
+                "request_type": request.request_type,
+                "status": request.status,
+                "error": request.error,
+                "id": {"type": request.id_type, "value": request.id_value},
+            }
+        done += 1
+        if callback:
+            await _call_back(client, callback, payload)
+    return done
+
+
+def _matches(request: GdprRequest) -> dict[str, ColumnElement[bool]]:
+    """Per table, the rows that belong to the request's id."""
+    app_id, value = request.app_id, request.id_value
+    column = {
+        IdType.CUSTOM_ID: "custom_id",
+        IdType.INSTALL_ID: "install_id",
+        IdType.ADVERTISING_ID: "advertising_id",
+    }[IdType(request.id_type)]
+    matches: dict[str, ColumnElement[bool]] = {}
+    model: type[Any]
+    for model in (Installation, PushEvent, InAppEvent, TrackedEvent):
+        if hasattr(model, column):
+            matches[model.__tablename__] = (model.app_id == app_id) & (
+                getattr(model, column) == value
+            )
+    if request.id_type == IdType.CUSTOM_ID:
+        for model in (ProfileAttribute, ProfileTag):
+            matches[model.__tablename__] = (model.app_id == app_id) & (model.custom_id == value)
+    kind = _AUDIENCE_KIND[IdType(request.id_type)]
+    audiences = select(Audience.id).where(Audience.app_id == app_id, Audience.kind == kind.value)
+    matches[AudienceMember.__tablename__] = AudienceMember.audience_id.in_(
+        audiences.scalar_subquery()
+    ) & (AudienceMember.member_id == value)
+    return matches
+
+
+_MODELS: dict[str, type[Base]] = {
+    model.__tablename__: model
+    for model in (
+        Installation,
+        PushEvent,
+        InAppEvent,
+        TrackedEvent,
+        ProfileAttribute,
+        ProfileTag,
+        AudienceMember,
+    )
+}
+
+
+async def _holdings(session: AsyncSession, request: GdprRequest) -> dict[str, list[dict[str, Any]]]:
+    """Every row held on the request's id, per table, as plain values."""
+    found: dict[str, list[dict[str, Any]]] = {}
+    for table, condition in _matches(request).items():
+        model = _MODELS[table]
+        statement: Select[Any] = select(model).where(condition)
+        found[table] = [_plain(row) for row in await session.scalars(statement)]
+    return found
+
+
+async def _remove(session: AsyncSession, request: GdprRequest, now: datetime) -> None:
+    matches = _matches(request)
+    if request.id_type == IdType.CUSTOM_ID:
+        # The installs stay (they are devices, not the user); their link to the user goes.
+        await session.execute(
+            update(Installation)
+            .where(matches.pop(Installation.__tablename__))
+            .values(custom_id=None)
+        )
+    elif request.id_type == IdType.ADVERTISING_ID:
+        await session.execute(
+            update(Installation)
+            .where(matches.pop(Installation.__tablename__))
+            .values(advertising_id=None)
+        )
+    member_of = matches[AudienceMember.__tablename__]
+    affected = list(
+        await session.scalars(select(AudienceMember.audience_id).where(member_of).distinct())
+    )
+    for table, condition in matches.items():
+        await session.execute(delete(_MODELS[table]).where(condition))
+    for audience_id in affected:
+        members = (
+            select(func.count())
+            .select_from(AudienceMember)
+            .where(
+                AudienceMember.audience_id == audience_id,
+                AudienceMember.generation == Audience.generation,
+            )
+            .scalar_subquery()
+        )
+        await session.execute(
+            update(Audience).where(Audience.id == audience_id).values(nb_ids=members)
+        )
+    insert = upsert_insert(session, BlockedId)
+    await session.execute(
+        insert.values(
+            app_id=request.app_id,
+            id_type=request.id_type,
+            id_value=request.id_value,
+            until=now + BLOCKED_FOR,
+        ).on_conflict_do_update(
+            index_elements=["app_id", "id_type", "id_value"], set_={"until": now + BLOCKED_FOR}
+        )
+    )
+
+
+def _write_archive(
+    var_dir: Path, request: GdprRequest, found: dict[str, list[dict[str, Any]]]
+) -> str:
+    """A zip of one JSON file per table holding rows on the id; returns its file name."""
+    folder = var_dir / "gdpr"
+    folder.mkdir(parents=True, exist_ok=True)
+    name = f"{request.id}.zip"
+    with zipfile.ZipFile(folder / name, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr(
+            "request.json",
+            orjson.dumps(
+                {"id": {"type": request.id_type, "value": request.id_value}},
+                option=orjson.OPT_INDENT_2,
+            ),
+        )
+        for table, rows in found.items():
+            if rows:
+                archive.writestr(f"{table}.json", orjson.dumps(rows, option=orjson.OPT_INDENT_2))
+    return name
+
+
+def _plain(row: Base) -> dict[str, Any]:
+    return {column.key: getattr(row, column.key) for column in row.__mapper__.column_attrs}
+
+
+async def _call_back(client: httpx.AsyncClient, url: str, payload: dict[str, Any]) -> None:
+    try:
+        response = await client.post(url, json=payload, timeout=10)
+        response.raise_for_status()
+    except httpx.HTTPError as exc:
+        # The request stays readable by id: a lost callback loses no data.
+        log.warning("GDPR callback to %s failed: %s", url, exc)
