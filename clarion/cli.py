@@ -68,7 +68,7 @@ def serve(
 
 @cli.command()
 def worker() -> None:
-    """Run delivery workers and the campaign scheduler (scaled out: PostgreSQL + pgqueuer)."""
+    """Run delivery workers, the campaign scheduler and GDPR processing (scaled out)."""
     from clarion.runtime import Runtime
 
     settings = _settings()

@@ -94,7 +94,7 @@ class TestInstallations:
         self, api: httpx.AsyncClient, ios_app: ClientApp
     ) -> None:
         await register(api, ios_app, "inst-3", custom_id="u", language="en")
-        kept = (await register(api, ios_app, "inst-3", region="GB")).json()
+        kept = (await register(api, ios_app, "inst-3", region="gb")).json()  # stored upper-case
         assert (kept["custom_id"], kept["language"], kept["region"]) == ("u", "en", "GB")
         cleared = (await register(api, ios_app, "inst-3", language=None)).json()
         assert cleared["language"] is None

@@ -393,7 +393,7 @@ class TestNativeFields:
         await base.install(
             "a",
             language="en-US",
-            region="us",
+            region="US",  # the SDK API stores regions upper-case
             app_version="2.10.0",
             os_version="17.1",
             timezone="America/New_York",

@@ -42,6 +42,13 @@ class InstallationUpsert(BaseModel):
     device_model: str | None = Field(default=None, max_length=128)
     push_optin: bool | None = None
 
+    @field_validator("region")
+    @classmethod
+    def _upper_region(cls, value: str | None) -> str | None:
+        # Stored upper-case: targeting compares regions as they are, which keeps indexes and
+        # the planner's statistics usable.
+        return None if value is None else value.upper()
+
     @field_validator("timezone")
     @classmethod
     def _known_timezone(cls, value: str | None) -> str | None:

@@ -233,7 +233,7 @@ class QueryCompiler:
         if kind is NativeKind.LANGUAGE:
             return None if value.text is None else value.text.lower().replace("_", "-")
         if kind is NativeKind.REGION:
-            return None if value.text is None else value.text.lower()
+            return None if value.text is None else value.text.upper()
         if kind is NativeKind.DATE:
             return None if value.date is None else value.date.resolve(self.now)
         return value.flag
@@ -243,8 +243,8 @@ class QueryCompiler:
         expression = column
         if test.kind is NativeKind.LANGUAGE:
             expression = func.lower(func.replace(column, "_", "-"))
-        elif test.kind is NativeKind.REGION:
-            expression = func.lower(column)
+        # Regions are stored upper-case (the SDK API normalises them): compared as they are,
+        # the planner knows how many installations a region holds.
         clauses: list[ColumnElement[bool]] = []
         for comparison in test.comparisons:
             op = comparison.op

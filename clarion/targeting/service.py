@@ -67,9 +67,10 @@ def _languages(codes: list[str]) -> ColumnElement[bool]:
 
 
 def _regions(codes: list[str]) -> ColumnElement[bool]:
-    return Installation.region.is_not(None) & func.lower(Installation.region).in_(
-        [code.lower() for code in codes]
-    )
+    # Stored upper-case (the SDK API normalises them), so compared without a function: the
+    # planner then knows how many installations a region holds (with lower() it guessed 0.2 %
+    # for a third of them, and chose a nested loop for audiences: 0.73 s instead of 0.41 s).
+    return Installation.region.in_([code.upper() for code in codes])
 
 
 def installation_filter(
