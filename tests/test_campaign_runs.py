@@ -625,28 +625,32 @@ class TestPersonalisation:
 
 
 class TestOpens:
-    async def test_direct_and_influenced_opens_are_counted_apart(
+    async def test_direct_influenced_and_reengaged_opens(
         self,
         api: httpx.AsyncClient,
         ios_app: ClientApp,
         runtime: Runtime,
         sim_control: httpx.Client,
     ) -> None:
-        tapped, influenced, earlier = await add_installs(runtime, ios_app, 3)
-        before = (datetime.now(UTC) - timedelta(hours=1)).isoformat()
+        tapped, influenced, earlier, regular, lapsed = await add_installs(runtime, ios_app, 5)
         sdk = f"/sdk/v1/{ios_app.api_key}/installations"
-        response = await api.post(
-            f"{sdk}/{earlier.install_id}/app-opens", json={"occurred_at": before}
-        )
-        assert response.status_code == 202, response.text
+
+        async def app_open(install: Installation, ago: timedelta | None = None) -> None:
+            body = {} if ago is None else {"occurred_at": (datetime.now(UTC) - ago).isoformat()}
+            response = await api.post(f"{sdk}/{install.install_id}/app-opens", json=body)
+            assert response.status_code == 202, response.text
+
+        await app_open(earlier, timedelta(hours=1))  # before the send only: not influenced
+        await app_open(regular, timedelta(days=1))  # a regular user: not re-engaged
+        await app_open(lapsed, timedelta(days=40))  # inactive for 40 days: re-engaged
         token = await send_now(api, ios_app, runtime)
 
         payload = sim_control.get(f"/_sim/apns/tokens/{tapped.push_token}").json()
         send_id = payload["messages"][-1]["payload"]["com.batch"]["i"]
-        assert await api.post(f"{sdk}/{tapped.install_id}/opens", json={"send_id": send_id})
-        for install in (tapped, influenced):
-            response = await api.post(f"{sdk}/{install.install_id}/app-opens", json={})
-            assert response.status_code == 202, response.text
+        response = await api.post(f"{sdk}/{tapped.install_id}/opens", json={"send_id": send_id})
+        assert response.status_code == 202
+        for install in (tapped, influenced, regular, lapsed):
+            await app_open(install)
 
         stats = await api.get(
             f"/1.1/{ios_app.api_key}/campaigns/stats/{token}", headers=ios_app.headers()
@@ -654,6 +658,6 @@ class TestOpens:
         detail = stats.json()["detail"]
         totals = {
             field: sum(day[field] for day in detail)
-            for field in ("sent", "direct_open", "influenced_open")
+            for field in ("sent", "direct_open", "influenced_open", "reengaged")
         }
-        assert totals == {"sent": 3, "direct_open": 1, "influenced_open": 1}
+        assert totals == {"sent": 5, "direct_open": 1, "influenced_open": 3, "reengaged": 3}

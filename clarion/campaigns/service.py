@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import secrets
 from datetime import datetime, timedelta
+from functools import partial
 from typing import Any
 
 from pydantic import ValidationError
-from sqlalchemy import distinct, func, select, update
+from sqlalchemy import ColumnElement, distinct, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 
@@ -44,6 +45,8 @@ from clarion.targeting.schemas import Estimate, Targeting
 
 # An app opened this long after a campaign reached it counts as an influenced open.
 INFLUENCE_WINDOW = timedelta(hours=3)
+# An install that opens after a send is re-engaged if it had not opened the app for this long.
+REENGAGED_AFTER = timedelta(days=30)
 
 _LIVE_STATES = (CampaignState.SCHEDULED, CampaignState.RUNNING, CampaignState.COMPLETED)
 
@@ -280,8 +283,8 @@ async def list_campaigns(
 async def campaign_stats(session: AsyncSession, *, access: AppAccess, token: str) -> CampaignStats:
     """Per UTC day, and per version for A/B campaigns: sent (campaigns reach opted-in installs
     only, so sent_optins is the same), direct opens (open reports carrying the send id),
-    influenced opens (see influenced_opens), errors (push_error and token_deleted).
-    reengaged is not measured yet and stays 0."""
+    influenced opens and reengaged installs (see opens_after_sends), errors (push_error and
+    token_deleted)."""
     _require_live_key(access)
     campaign = await _find(session, access, token)
     day = utc_day(PushEvent.occurred_at)
@@ -300,10 +303,11 @@ async def campaign_stats(session: AsyncSession, *, access: AppAccess, token: str
         for date, version, kind, count in counted
         for field in _STAT_OF_KIND[kind]
     ]
-    rows += [
-        (date, version, "influenced_open", count)
-        for date, version, count in await influenced_opens(session, access.app_id, campaign.token)
-    ]
+    opens = partial(opens_after_sends, session, access.app_id, campaign.token)
+    rows += [(d, v, "influenced_open", n) for d, v, n in await opens(influenced=True)]
+    for influenced in (False, True):
+        found = await opens(influenced=influenced, reengaged_only=True)
+        rows += [(d, v, "reengaged", n) for d, v, n in found]
     days: dict[str, DayStats] = {}
     ab = len(CampaignBody.model_validate(campaign.body).versions) > 1
     for date, version, field, count in sorted(rows, key=lambda row: row[0]):
@@ -316,40 +320,78 @@ async def campaign_stats(session: AsyncSession, *, access: AppAccess, token: str
     return CampaignStats(campaign_token=campaign.token, detail=list(days.values()))
 
 
-async def influenced_opens(
-    session: AsyncSession, app_id: int, campaign_token: str
+async def opens_after_sends(
+    session: AsyncSession,
+    app_id: int,
+    campaign_token: str,
+    *,
+    influenced: bool,
+    reengaged_only: bool = False,
 ) -> list[tuple[str, str | None, int]]:
-    """(UTC day of the app open, version, installs): installs that opened the app (an SDK app
-    open) within INFLUENCE_WINDOW after the campaign was sent to them, without opening the
-    notification itself."""
-    app_open = TrackedEvent
-    direct = aliased(PushEvent)
-    after_send = elapsed_seconds(PushEvent.occurred_at, app_open.occurred_at)
-    day = utc_day(app_open.occurred_at)
-    rows = await session.execute(
-        select(day, Send.version, func.count(distinct(app_open.install_id)))
-        .select_from(PushEvent)
-        .join(
+    """(UTC day of the open, version, installs) for the campaign's sends.
+
+    `influenced`: installs that opened the app (an SDK app open) within INFLUENCE_WINDOW after
+    the campaign reached them, without opening the notification; otherwise installs that opened
+    the notification (direct opens). `reengaged_only`: only installs that had not opened the app
+    for REENGAGED_AFTER before the send reached them."""
+    sent = PushEvent
+    day: ColumnElement[str]
+    if influenced:
+        app_open = aliased(TrackedEvent)
+        direct = aliased(PushEvent)
+        after_send = elapsed_seconds(sent.occurred_at, app_open.occurred_at)
+        day = utc_day(app_open.occurred_at)
+        opener = app_open.install_id
+        query = select(day, Send.version, func.count(distinct(opener))).join(
             app_open,
-            (app_open.app_id == PushEvent.app_id)
+            (app_open.app_id == sent.app_id)
             & (app_open.name == APP_OPEN_EVENT)
-            & (app_open.install_id == PushEvent.install_id)
+            & (app_open.install_id == sent.install_id)
             & (after_send > 0)
             & (after_send <= INFLUENCE_WINDOW.total_seconds()),
         )
-        .outerjoin(Send, Send.token == PushEvent.send_token)
-        .where(
-            PushEvent.app_id == app_id,
-            PushEvent.campaign_token == campaign_token,
-            PushEvent.kind == PushEventKind.SENT.value,
+        query = query.where(
             ~select(direct.id)
             .where(
                 direct.app_id == app_id,
                 direct.campaign_token == campaign_token,
                 direct.kind == PushEventKind.OPENED.value,
-                direct.install_id == PushEvent.install_id,
+                direct.install_id == sent.install_id,
             )
-            .exists(),
+            .exists()
+        )
+    else:
+        opened = aliased(PushEvent)
+        day = utc_day(opened.occurred_at)
+        opener = opened.install_id
+        query = select(day, Send.version, func.count(distinct(opener))).join(
+            opened,
+            (opened.app_id == sent.app_id)
+            & (opened.kind == PushEventKind.OPENED.value)
+            & (opened.send_token == sent.send_token)
+            & (opened.install_id == sent.install_id),
+        )
+    if reengaged_only:
+        earlier = aliased(TrackedEvent)
+        before_send = elapsed_seconds(earlier.occurred_at, sent.occurred_at)
+        query = query.where(
+            ~select(earlier.id)
+            .where(
+                earlier.app_id == sent.app_id,
+                earlier.name == APP_OPEN_EVENT,
+                earlier.install_id == sent.install_id,
+                before_send >= 0,
+                before_send <= REENGAGED_AFTER.total_seconds(),
+            )
+            .exists()
+        )
+    rows = await session.execute(
+        query.select_from(sent)
+        .outerjoin(Send, Send.token == sent.send_token)
+        .where(
+            sent.app_id == app_id,
+            sent.campaign_token == campaign_token,
+            sent.kind == PushEventKind.SENT.value,
         )
         .group_by(day, Send.version)
     )
