@@ -11,7 +11,7 @@ import asyncio
 import logging
 import random
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -21,20 +21,19 @@ from sqlalchemy import (
     ColumnElement,
     Select,
     String,
-    any_,
     bindparam,
     case,
     or_,
     select,
     update,
 )
-from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.sql import Executable
+from sqlalchemy.types import TypeEngine
 
 from clarion.apps.models import App
 from clarion.config import Settings
-from clarion.db import transaction, utcnow
+from clarion.db import in_values, transaction, uses_arrays, utcnow
 from clarion.delivery.content import build_notification, language_key, personalised_fields
 from clarion.delivery.models import BATCHES, SENDS, BatchStatus, DeliveryBatch, Send
 from clarion.delivery.pool import ProviderPool
@@ -542,7 +541,10 @@ class _Lookups:
     by_token: Executable
 
 
-def _lookups(one_of: Callable[[Any, Any], ColumnElement[bool]]) -> _Lookups:
+def _lookups(*, array: bool) -> _Lookups:
+    def one_of(column: Any, item_type: TypeEngine[Any]) -> ColumnElement[bool]:
+        return in_values(column, "values", item_type, array=array)
+
     return _Lookups(
         by_custom_id=_TARGETED.where(one_of(Installation.custom_id, String())),
         by_install_id=_TARGETED.where(one_of(Installation.install_id, String())),
@@ -558,13 +560,7 @@ def _lookups(one_of: Callable[[Any, Any], ColumnElement[bool]]) -> _Lookups:
     )
 
 
-# SQLite: an expanding `IN (?, ?, ...)`. PostgreSQL: `= ANY(%s)` with one array parameter; a
-# statement with a thousand placeholders is re-rendered by SQLAlchemy and re-parsed by psycopg
-# (too long for its cache) at every execution, ~10 % of the worker's CPU per notification.
-_SQLITE_LOOKUPS = _lookups(lambda column, _: column.in_(bindparam("values", expanding=True)))
-_POSTGRES_LOOKUPS = _lookups(
-    lambda column, item: column == any_(bindparam("values", type_=ARRAY(item)))
-)
+_LOOKUPS = {array: _lookups(array=array) for array in (False, True)}
 
 
 async def resolve_recipients(
@@ -592,9 +588,7 @@ async def resolve_recipients(
     by_install_id: dict[tuple[int, bool, str], Any] = {}
     by_id: dict[int, Any] = {}
     by_token: dict[tuple[int, str], Any] = {}
-    lookups = (
-        _POSTGRES_LOOKUPS if session.get_bind().dialect.name == "postgresql" else _SQLITE_LOOKUPS
-    )
+    lookups = _LOOKUPS[uses_arrays(session)]
     for (app_id, is_dev), values in custom_ids.items():
         if values:
             params = {"app_id": app_id, "is_dev": is_dev, "values": list(values)}

@@ -9,12 +9,13 @@ from __future__ import annotations
 import uuid
 from collections import defaultdict
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import bindparam, delete, select
+from sqlalchemy import ColumnElement, Delete, String, Table, bindparam, delete, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from clarion.db import bulk_insert, utcnow
+from clarion.db import bulk_insert, in_values, uses_arrays, utcnow
 from clarion.errors import MalformedParameterError
 from clarion.gdpr.models import IdType
 from clarion.gdpr.service import blocked_values
@@ -39,26 +40,43 @@ _ATTRIBUTE_COLUMNS = (
 # Users per IN (...) list: well under SQLite's limit on bound parameters.
 _CHUNK = 5_000
 
+
 # Deletes are grouped by what they remove (an attribute name, a collection, a tag) and run as
 # `custom_id IN (...)` over chunks of users: one statement per group and chunk. Per-row
 # executemany deletes were planned once by PostgreSQL (psycopg prepares repeated statements) as a
 # sequential scan while the table was small, and then took minutes once it had grown.
-_DELETE_ATTRIBUTE = delete(PROFILE_ATTRIBUTES).where(
-    PROFILE_ATTRIBUTES.c.app_id == bindparam("app_id"),
-    PROFILE_ATTRIBUTES.c.name == bindparam("name"),
-    PROFILE_ATTRIBUTES.c.custom_id.in_(bindparam("users", expanding=True)),
-)
-_CLEAR_COLLECTION = delete(PROFILE_TAGS).where(
-    PROFILE_TAGS.c.app_id == bindparam("app_id"),
-    PROFILE_TAGS.c.collection == bindparam("collection"),
-    PROFILE_TAGS.c.custom_id.in_(bindparam("users", expanding=True)),
-)
-_REMOVE_TAG = delete(PROFILE_TAGS).where(
-    PROFILE_TAGS.c.app_id == bindparam("app_id"),
-    PROFILE_TAGS.c.collection == bindparam("collection"),
-    PROFILE_TAGS.c.tag == bindparam("tag"),
-    PROFILE_TAGS.c.custom_id.in_(bindparam("users", expanding=True)),
-)
+
+
+@dataclass(frozen=True, slots=True)
+class _Deletes:
+    attribute: Delete
+    collection: Delete
+    tag: Delete
+    users: tuple[Delete, Delete]  # everything of a user: attributes, then tags
+
+
+def _deletes(*, array: bool) -> _Deletes:
+    def of_users(table: Table) -> ColumnElement[bool]:
+        return (table.c.app_id == bindparam("app_id")) & in_values(
+            table.c.custom_id, "users", String(), array=array
+        )
+
+    attributes, tags = PROFILE_ATTRIBUTES, PROFILE_TAGS
+    return _Deletes(
+        attribute=delete(attributes).where(
+            of_users(attributes), attributes.c.name == bindparam("name")
+        ),
+        collection=delete(tags).where(of_users(tags), tags.c.collection == bindparam("collection")),
+        tag=delete(tags).where(
+            of_users(tags),
+            tags.c.collection == bindparam("collection"),
+            tags.c.tag == bindparam("tag"),
+        ),
+        users=(delete(attributes).where(of_users(attributes)), delete(tags).where(of_users(tags))),
+    )
+
+
+_DELETES = {array: _deletes(array=array) for array in (False, True)}
 
 
 async def update_profiles(
@@ -100,15 +118,16 @@ async def update_profiles(
                     untagged[(op.collection, tag)].append(custom_id)
                 tagged += [(app_id, custom_id, op.collection, tag) for tag in op.add]
 
+    deletes = _DELETES[uses_arrays(session)]
     for name, users in removed.items():
-        await _delete_for_users(session, _DELETE_ATTRIBUTE, users, app_id=app_id, name=name)
+        await _delete_for_users(session, deletes.attribute, users, app_id=app_id, name=name)
     for collection, users in cleared.items():
         await _delete_for_users(
-            session, _CLEAR_COLLECTION, users, app_id=app_id, collection=collection
+            session, deletes.collection, users, app_id=app_id, collection=collection
         )
     for (collection, tag), users in untagged.items():
         await _delete_for_users(
-            session, _REMOVE_TAG, users, app_id=app_id, collection=collection, tag=tag
+            session, deletes.tag, users, app_id=app_id, collection=collection, tag=tag
         )
     # Set after the deletes above, so that a collection replaced by a call keeps the new tags.
     await bulk_insert(
@@ -131,12 +150,8 @@ async def update_profiles(
 
 async def delete_profiles(session: AsyncSession, *, app_id: int, custom_ids: Sequence[str]) -> str:
     """Forget everything known about these users; returns the call's token."""
-    for start in range(0, len(custom_ids), _CHUNK):
-        chunk = list(custom_ids[start : start + _CHUNK])
-        for table in (PROFILE_ATTRIBUTES, PROFILE_TAGS):
-            await session.execute(
-                delete(table).where(table.c.app_id == app_id, table.c.custom_id.in_(chunk))
-            )
+    for statement in _DELETES[uses_arrays(session)].users:
+        await _delete_for_users(session, statement, list(custom_ids), app_id=app_id)
     return str(uuid.uuid4())
 
 
