@@ -31,17 +31,18 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-import httpx
 from sqlalchemy import func, select, text
 
 from bench.common import (
     analyze,
+    apns_accepted,
     cpu_seconds,
     create_ios_app,
     fresh_database,
     pin,
     report,
     rss_mb,
+    rss_summary,
     simulated_runtime,
     simulator,
 )
@@ -156,7 +157,7 @@ async def run(
     extra = second_worker(runtime.settings) if workers == 2 else None
     await runtime.start(workers=True)
     await asyncio.sleep(2)  # let the second process start its workers too
-    accepted_before = httpx.get(f"{sim_url}/_sim/stats", verify=str(ca)).json()["apns"]["accepted"]
+    accepted_before = apns_accepted(sim_url, ca)
     due = (utcnow() + timedelta(seconds=3)).replace(microsecond=0)
     body = CampaignBody.model_validate(
         {
@@ -203,7 +204,7 @@ async def run(
     if extra is not None:
         extra.terminate()
         extra.wait(timeout=30)
-    accepted = httpx.get(f"{sim_url}/_sim/stats", verify=str(ca)).json()["apns"]["accepted"]
+    accepted = apns_accepted(sim_url, ca)
     elapsed = (done - due).total_seconds()
     return {
         "devices": devices,
@@ -216,12 +217,7 @@ async def run(
         "installs_sent_twice": duplicates,
         "simulator_accepted": accepted - accepted_before,
         "this_process_cpu_us_per_notification": round(cpu / devices * 1e6, 1),
-        "this_process_rss_mb": {
-            "start": round(rss[0]),
-            "max": round(max(rss)),
-            "end": round(rss[-1]),
-            "samples": [round(r) for r in rss[:: max(1, len(rss) // 20)]],
-        },
+        "this_process_rss_mb": rss_summary(rss),
     }
 
 

@@ -196,6 +196,22 @@ def live_access(app: App) -> AppAccess:
     )
 
 
+def rss_summary(samples: list[float]) -> dict[str, Any]:
+    """A process's RSS over a run (MB): start, max, end, and about 20 samples in between."""
+    return {
+        "start": round(samples[0]),
+        "max": round(max(samples)),
+        "end": round(samples[-1]),
+        "samples": [round(r) for r in samples[:: max(1, len(samples) // 20)]],
+    }
+
+
+def apns_accepted(sim_url: str, ca: Path) -> int:
+    """How many pushes the simulator's APNs has accepted since it started."""
+    accepted: int = httpx.get(f"{sim_url}/_sim/stats", verify=str(ca)).json()["apns"]["accepted"]
+    return accepted
+
+
 def fresh_database(stack: ExitStack, db: str, tmp: Path) -> str:
     """The URL of a new, empty database of the kind asked for, dropped when `stack` closes."""
     if db == "postgres":

@@ -22,12 +22,12 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-import httpx
 import jwt
 from sqlalchemy import func, insert, select
 
 from bench.common import (
     TOPIC,
+    apns_accepted,
     cpu_seconds,
     create_ios_app,
     fresh_database,
@@ -35,6 +35,7 @@ from bench.common import (
     pin,
     report,
     rss_mb,
+    rss_summary,
     simulated_runtime,
     simulator,
 )
@@ -104,7 +105,7 @@ async def run(
 ) -> dict[str, Any]:
     runtime, key = await simulated_runtime(database_url, sim_url, ca, var)
     await prepare(runtime, key, devices)
-    accepted_before = httpx.get(f"{sim_url}/_sim/stats", verify=str(ca)).json()["apns"]["accepted"]
+    accepted_before = apns_accepted(sim_url, ca)
 
     rss: list[float] = [rss_mb()]
     cpu0, t0 = cpu_seconds(), time.monotonic()
@@ -124,7 +125,7 @@ async def run(
     async with runtime.sessions() as session:
         logged = await session.scalar(select(func.count()).select_from(PushEvent)) or 0
     await runtime.stop()
-    accepted = httpx.get(f"{sim_url}/_sim/stats", verify=str(ca)).json()["apns"]["accepted"]
+    accepted = apns_accepted(sim_url, ca)
 
     return {
         "database": db,
@@ -134,12 +135,7 @@ async def run(
         "outcomes_logged": logged,
         "simulator_accepted": accepted - accepted_before,
         "worker_cpu_us_per_notification": round(cpu / devices * 1e6, 1),
-        "worker_rss_mb": {
-            "start": round(rss[0]),
-            "max": round(max(rss)),
-            "end": round(rss[-1]),
-            "samples": [round(r) for r in rss[:: max(1, len(rss) // 20)]],
-        },
+        "worker_rss_mb": rss_summary(rss),
         "_key": key,
     }
 
