@@ -11,6 +11,7 @@ from clarion.apps.api import router as apps_router
 from clarion.audiences.api import router as audiences_router
 from clarion.campaigns.api import router as campaigns_router
 from clarion.config import Settings
+from clarion.connectors.api import router as imports_router
 from clarion.devices.api import router as sdk_router
 from clarion.events.api import router as trigger_events_router
 from clarion.gdpr.api import router as gdpr_router
@@ -45,12 +46,14 @@ def create_app(settings: Settings, *, workers: bool) -> FastAPI:
     app.include_router(trigger_events_router)
     app.include_router(custom_data_router)
     app.include_router(audiences_router)
+    app.include_router(imports_router)
     app.include_router(gdpr_router)
     app.include_router(apps_router)
     app.add_middleware(
         BodySizeLimit,
         max_bytes=settings.max_body_bytes,
         bulk_max_bytes=settings.max_bulk_body_bytes,
+        upload_max_bytes=settings.max_upload_bytes,
     )
 
     return app

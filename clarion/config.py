@@ -62,6 +62,17 @@ class Settings(BaseSettings):
     max_body_bytes: int = 1024 * 1024
     # The bulk routes of the Custom Data and Trigger Events APIs (10,000 users a call).
     max_bulk_body_bytes: int = 32 * 1024 * 1024
+    # Audience files uploaded to `custom-audience/{name}/file`: streamed to disk, not memory.
+    max_upload_bytes: int = 1024 * 1024 * 1024
+
+    # Flat-file imports (docs/imports.md)
+    # How often a worker process looks for import sources due for a poll.
+    import_check_seconds: float = Field(default=30.0, gt=0)
+    # file:// sources may only read under these folders (default: <var_dir>/imports).
+    import_local_roots: list[Path] = Field(default_factory=list)
+    # Extra CA certificates (PEM) trusted for FTPS, HTTPS and S3 endpoints with private CAs.
+    connector_ca_file: str = ""
+
     # How long a process keeps a successful API key lookup: a key rotated elsewhere keeps
     # working here for at most this long. 0 looks every key up on every call.
     auth_cache_seconds: float = Field(default=5.0, ge=0)
@@ -71,6 +82,10 @@ class Settings(BaseSettings):
         if self.database_url:
             return self.database_url
         return f"sqlite:///{(self.var_dir / 'clarion.db').as_posix()}"
+
+    @property
+    def resolved_import_local_roots(self) -> tuple[Path, ...]:
+        return tuple(self.import_local_roots) or (self.var_dir / "imports",)
 
     @property
     def is_sqlite(self) -> bool:

@@ -117,21 +117,31 @@ def install_error_handlers(app: FastAPI) -> None:
 # Bulk routes of Batch's data APIs carry up to 10,000 users, ids or 1,000 events per call, which
 # does not fit in the 1 MiB that every other route allows.
 BULK_ROUTES = re.compile(r"/1\.[01]/[^/]+/(data/users|events/users|custom-audience/[^/]+)/?")
+# Audience files: streamed to disk as they arrive, so only disk bounds them.
+UPLOAD_ROUTES = re.compile(r"/1\.[01]/[^/]+/custom-audience/[^/]+/file")
 
 
 class BodySizeLimit:
     """Refuses bodies over the limit with Batch's 400/31, before any of it is parsed."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int, bulk_max_bytes: int) -> None:
+    def __init__(
+        self, app: ASGIApp, max_bytes: int, bulk_max_bytes: int, upload_max_bytes: int
+    ) -> None:
         self.app = app
         self.max_bytes = max_bytes
         self.bulk_max_bytes = bulk_max_bytes
+        self.upload_max_bytes = upload_max_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        limit = self.bulk_max_bytes if BULK_ROUTES.fullmatch(scope["path"]) else self.max_bytes
+        path = scope["path"]
+        limit = self.max_bytes
+        if BULK_ROUTES.fullmatch(path):
+            limit = self.bulk_max_bytes
+        elif UPLOAD_ROUTES.fullmatch(path):
+            limit = self.upload_max_bytes
         for name, value in scope.get("headers", ()):
             if name == b"content-length" and value.isdigit() and int(value) > limit:
                 await self._refuse(limit, scope, receive, send)

@@ -3,6 +3,7 @@
 from clarion.apps.models import App, Company
 from clarion.audiences.models import Audience, AudienceIndexing, AudienceMember
 from clarion.campaigns.models import Campaign, CampaignReceipt, CampaignRun
+from clarion.connectors.models import ImportFile, ImportFileMember, ImportRun, ImportSource
 from clarion.delivery.models import DeliveryBatch, Send
 from clarion.devices.models import Installation
 from clarion.events.models import InAppEvent, PushEvent, TrackedEvent
@@ -21,6 +22,10 @@ __all__ = [
     "Company",
     "DeliveryBatch",
     "GdprRequest",
+    "ImportFile",
+    "ImportFileMember",
+    "ImportRun",
+    "ImportSource",
     "InAppEvent",
     "Installation",
     "ProfileAttribute",

@@ -1,7 +1,7 @@
 """What a Clarion process holds for its lifetime: engine, sessions, queue, HTTP/2 client, workers.
 
-`clarion serve` on SQLite runs the API, the delivery workers, the outbox sweep and the campaign
-scheduler in one process
+`clarion serve` on SQLite runs the API, the delivery workers, the outbox sweep, the campaign
+scheduler, GDPR requests and flat-file import polling in one process
 (the embedded default); `clarion worker` runs only the workers; `clarion serve` on PostgreSQL
 runs only the API unless told to run workers too.
 """
@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from clarion.apps.service import KeyCache
 from clarion.campaigns.scheduler import CampaignScheduler
 from clarion.config import Settings
+from clarion.connectors.service import ImportRunner
 from clarion.db import create_engine, create_sessionmaker
 from clarion.delivery.pool import ProviderPool
 from clarion.delivery.service import Deliverer
@@ -65,6 +66,7 @@ class Runtime:
             self._tasks.append(asyncio.create_task(self.queue.run_worker(), name="worker"))
             self._tasks.append(asyncio.create_task(self._sweep_forever(), name="outbox-sweep"))
             self._tasks.append(asyncio.create_task(self._gdpr_forever(), name="gdpr"))
+            self._tasks.append(asyncio.create_task(self._imports_forever(), name="imports"))
             self.scheduler = CampaignScheduler(self.sessions, self.queue, self.settings)
             self._tasks.append(
                 asyncio.create_task(self.scheduler.run_forever(), name="campaign-scheduler")
@@ -90,6 +92,15 @@ class Runtime:
                 except Exception:
                     log.exception("GDPR request processing failed; trying again")
                 await asyncio.sleep(self.settings.scheduler_interval_seconds)
+
+    async def _imports_forever(self) -> None:
+        runner = ImportRunner(self.sessions, self.settings, self.box)
+        while True:
+            try:
+                await runner.poll_due()
+            except Exception:
+                log.exception("flat-file import polling failed; trying again")
+            await asyncio.sleep(self.settings.import_check_seconds)
 
     async def wait(self) -> None:
         """Until the workers stop (for `clarion worker`)."""

@@ -26,6 +26,9 @@ from clarion.migrate import migrate
 from clarion.runtime import Runtime
 from tests.support.simulator import SimulatorHandle, running_simulator
 
+# Local S3 / SFTP / FTP / FTPS / HTTPS servers for the flat-file connector tests.
+pytest_plugins = ["tests.support.storage_servers"]
+
 PG_ADMIN_URL = os.environ.get("CLARION_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 TOPIC = "com.example.tests"
 
@@ -89,6 +92,8 @@ def make_settings(
         "sweep_interval_seconds": 1.0,
         # Campaign tests drive their own schedulers, with a clock they control.
         "scheduler_interval_seconds": 3600.0,
+        # Import tests poll their sources themselves.
+        "import_check_seconds": 3600.0,
     }
     values.update(overrides)
     return Settings(**values)

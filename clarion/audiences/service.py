@@ -9,9 +9,10 @@ from __future__ import annotations
 import uuid
 from collections.abc import Collection, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
-from sqlalchemy import ColumnElement, delete, false, func, or_, select
+from sqlalchemy import ColumnElement, Select, delete, false, func, literal, or_, select, true
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from clarion.audiences.models import (
@@ -23,6 +24,7 @@ from clarion.audiences.models import (
     IndexingState,
 )
 from clarion.audiences.schemas import AudienceRead
+from clarion.audiences.staging import STAGING
 from clarion.db import insert_ignoring_conflicts, upsert_insert
 from clarion.devices.models import Installation
 from clarion.errors import MalformedParameterError, NotFoundError
@@ -33,6 +35,16 @@ Member = tuple[str, dict[str, Any] | None, list[str] | None]
 # One change of an update: "add" or "remove", then the member.
 Change = tuple[str, str, dict[str, Any] | None, list[str] | None]
 
+
+class MembersChanged(NamedTuple):
+    indexing_token: str
+    added: int
+    removed: int
+    nb_ids: int  # the audience's size after the change
+
+
+# An INSERT ... SELECT reports its row count only when asked (psycopg answers -1 otherwise).
+_COUNTED = {"preserve_rowcount": True}
 _CHUNK = 5_000  # ids per IN (...) list, well under SQLite's bound-parameter limit
 
 
@@ -47,12 +59,7 @@ async def replace_audience(
     now: datetime,
 ) -> str:
     """Create the audience, or replace all its members, atomically; returns the token."""
-    await session.execute(
-        insert_ignoring_conflicts(session, Audience, index=["app_id", "name"]).values(
-            app_id=app_id, name=name, kind=kind.value, generation=-1, created_at=now
-        )
-    )
-    audience = await _find(session, app_id, name, for_update=True)
+    audience = await _create_or_lock(session, app_id, name, kind, now)
     generation = audience.generation + 1
     unique = {member_id: (attributes, tags) for member_id, attributes, tags in members}
     if unique:
@@ -69,18 +76,81 @@ async def replace_audience(
                 for member_id, (attributes, tags) in unique.items()
             ],
         )
-    await session.execute(
-        delete(AudienceMember).where(
-            AudienceMember.audience_id == audience.id, AudienceMember.generation < generation
-        )
-    )
-    audience.generation = generation
-    audience.kind = kind.value
+    await _switch(session, audience, generation, kind, nb_ids=len(unique), now=now)
     if description is not None:
         audience.description = description
-    audience.nb_ids = len(unique)
-    audience.updated_at = now
     return _indexing(session, audience, now)
+
+
+async def replace_from_staging(
+    session: AsyncSession, *, app_id: int, name: str, kind: AudienceKind, now: datetime
+) -> tuple[str, int]:
+    """Replace the audience's members by the ids of the staging table (clarion.audiences
+    .staging), atomically; returns the indexing token and the number of distinct ids."""
+    audience = await _create_or_lock(session, app_id, name, kind, now)
+    generation = audience.generation + 1
+    rows = select(literal(audience.id), literal(generation), STAGING.c.member_id).where(true())
+    columns = ["audience_id", "generation", "member_id"]
+    try:
+        # A plain insert costs less than half of one that checks each row for a conflict
+        # (measured on PostgreSQL: 4 vs 9.6 µs a row); files rarely repeat an id.
+        async with session.begin_nested():
+            inserted = await session.execute(
+                AUDIENCE_MEMBERS.insert().from_select(columns, rows), execution_options=_COUNTED
+            )
+    except IntegrityError:
+        inserted = await session.execute(
+            insert_ignoring_conflicts(session, AUDIENCE_MEMBERS, index=columns).from_select(
+                columns, rows
+            ),
+            execution_options=_COUNTED,
+        )
+    nb_ids = _rowcount(inserted)
+    await _switch(session, audience, generation, kind, nb_ids=nb_ids, now=now)
+    return _indexing(session, audience, now), nb_ids
+
+
+async def change_members(
+    session: AsyncSession,
+    *,
+    app_id: int,
+    name: str,
+    kind: AudienceKind,
+    added: Select[Any],
+    removed: Select[Any],
+    now: datetime,
+) -> MembersChanged:
+    """Add the ids `added` selects and remove those `removed` selects, creating the audience if
+    need be."""
+    audience = await _create_or_lock(session, app_id, name, kind, now)
+    if audience.generation < 0:
+        audience.generation = 0
+    elif audience.kind != kind.value:
+        raise MalformedParameterError(f"audience {name!r} holds {audience.kind}, not {kind.value}")
+    columns = ["audience_id", "generation", "member_id"]
+    rows = select(literal(audience.id), literal(audience.generation), added.subquery().c[0])
+    inserted = await session.execute(
+        insert_ignoring_conflicts(session, AUDIENCE_MEMBERS, index=columns).from_select(
+            columns, rows.where(true())
+        ),
+        execution_options=_COUNTED,
+    )
+    deleted = await session.execute(
+        delete(AudienceMember).where(
+            AudienceMember.audience_id == audience.id,
+            AudienceMember.generation == audience.generation,
+            AudienceMember.member_id.in_(removed),
+        )
+    )
+    audience.kind = kind.value
+    audience.nb_ids = await _count(session, audience)
+    audience.updated_at = now
+    return MembersChanged(
+        indexing_token=_indexing(session, audience, now),
+        added=_rowcount(inserted),
+        removed=_rowcount(deleted),
+        nb_ids=audience.nb_ids,
+    )
 
 
 async def update_audience(
@@ -128,17 +198,7 @@ async def update_audience(
                 AudienceMember.member_id.in_(removed[start : start + _CHUNK]),
             )
         )
-    audience.nb_ids = (
-        await session.scalar(
-            select(func.count())
-            .select_from(AudienceMember)
-            .where(
-                AudienceMember.audience_id == audience.id,
-                AudienceMember.generation == audience.generation,
-            )
-        )
-        or 0
-    )
+    audience.nb_ids = await _count(session, audience)
     audience.updated_at = now
     return _indexing(session, audience, now)
 
@@ -254,6 +314,55 @@ def _read(audience: Audience) -> AudienceRead:
         created=wire_date(audience.created_at),
         updated=wire_date(audience.updated_at),
     )
+
+
+async def _create_or_lock(
+    session: AsyncSession, app_id: int, name: str, kind: AudienceKind, now: datetime
+) -> Audience:
+    """The audience, locked for this transaction; created empty (generation -1) if new."""
+    await session.execute(
+        insert_ignoring_conflicts(session, Audience, index=["app_id", "name"]).values(
+            app_id=app_id, name=name, kind=kind.value, generation=-1, created_at=now
+        )
+    )
+    return await _find(session, app_id, name, for_update=True)
+
+
+async def _switch(
+    session: AsyncSession,
+    audience: Audience,
+    generation: int,
+    kind: AudienceKind,
+    *,
+    nb_ids: int,
+    now: datetime,
+) -> None:
+    """Make `generation` the members targeting sees, and drop the ones before it."""
+    await session.execute(
+        delete(AudienceMember).where(
+            AudienceMember.audience_id == audience.id, AudienceMember.generation < generation
+        )
+    )
+    audience.generation = generation
+    audience.kind = kind.value
+    audience.nb_ids = nb_ids
+    audience.updated_at = now
+
+
+async def _count(session: AsyncSession, audience: Audience) -> int:
+    members = await session.scalar(
+        select(func.count())
+        .select_from(AudienceMember)
+        .where(
+            AudienceMember.audience_id == audience.id,
+            AudienceMember.generation == audience.generation,
+        )
+    )
+    return members or 0
+
+
+def _rowcount(result: Any) -> int:
+    return max(int(getattr(result, "rowcount", 0) or 0), 0)
 
 
 async def _find(

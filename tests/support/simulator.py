@@ -58,7 +58,7 @@ def _answers(handle: SimulatorHandle) -> bool:
         return False
 
 
-def _stop(process: subprocess.Popen[bytes]) -> None:
+def stop_process_group(process: subprocess.Popen[bytes]) -> None:
     # The simulator runs in its own session: signal the whole group so granian's worker goes too.
     try:
         os.killpg(process.pid, signal.SIGTERM)
@@ -104,7 +104,7 @@ def running_simulator(
             deadline = time.monotonic() + START_TIMEOUT
             while not _answers(handle):
                 if process.poll() is not None or time.monotonic() > deadline:
-                    _stop(process)
+                    stop_process_group(process)
                     output.seek(0)
                     log = output.read().decode("utf-8", "replace")
                     raise RuntimeError(
@@ -114,4 +114,4 @@ def running_simulator(
                 time.sleep(0.1)
             yield handle
         finally:
-            _stop(process)
+            stop_process_group(process)

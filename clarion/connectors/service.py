@@ -1,0 +1,659 @@
+"""Flat-file audience imports: import sources (CRUD), polling them, ingesting their files, and
+the CSV upload of the Custom Audience API.
+
+A file goes through two steps. Reading (in a thread: the protocols block, and parsing ten
+million lines would stall the event loop) streams it through the id parser into a local
+spool, hashing it on the way; a file that is malformed stops here and nothing is applied.
+Applying loads the spool into a staging table and replaces the audience or applies the file's
+changes in one transaction, together with the record that the file was ingested, so a crash
+leaves either both or neither. See docs/imports.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import hashlib
+import json
+import logging
+import lzma
+import re
+import uuid
+import zlib
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import IO
+
+from sqlalchemy import delete, exists, literal, select, true, update
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from clarion.audiences import service as audiences
+from clarion.audiences.models import AudienceKind
+from clarion.audiences.staging import STAGING, IdSpool, drop_staging, load_staging
+from clarion.config import Settings
+from clarion.connectors.idfile import IdFileError, IdFileFormat, IdFileParser
+from clarion.connectors.models import (
+    ImportFile,
+    ImportFileMember,
+    ImportRun,
+    ImportSource,
+    OnChange,
+    RunStatus,
+)
+from clarion.connectors.schemas import (
+    CredentialsIn,
+    ImportRunRead,
+    ImportSourceIn,
+    ImportSourceRead,
+    ImportSourceUpdate,
+    RejectionRead,
+    UploadResult,
+)
+from clarion.connectors.storage import RemoteFile, Storage, StorageCredentials, StorageError
+from clarion.db import insert_ignoring_conflicts, transaction, utcnow
+from clarion.errors import MalformedParameterError, NotFoundError
+from clarion.formats import wire_date
+from clarion.security import SecretBox
+
+log = logging.getLogger(__name__)
+
+READ_CHUNK = 1024 * 1024
+LEASE = timedelta(minutes=30)  # longer than any one poll; renewed per file
+# Reading errors that mean the file itself is broken (a truncated or corrupt archive), not
+# that the storage failed: the file is not read again until it changes.
+_BROKEN_FILE = (EOFError, zlib.error, gzip.BadGzipFile, lzma.LZMAError)
+Progress = Callable[[str, int, int | None], None]  # file name, bytes just read, file size
+
+
+# Sources ---------------------------------------------------------------------------------------
+
+
+async def create_source(
+    session: AsyncSession, *, app_id: int, body: ImportSourceIn, box: SecretBox, now: datetime
+) -> ImportSource:
+    if await _find(session, app_id, body.name) is not None:
+        raise MalformedParameterError(f"name: an import source named {body.name!r} exists")
+    source = ImportSource(
+        app_id=app_id,
+        name=body.name,
+        credentials=_seal(body.credentials, box),
+        next_poll_at=now,
+        created_at=now,
+        updated_at=now,
+        **_settable(body.model_dump(exclude={"name", "credentials"})),
+    )
+    session.add(source)
+    await session.flush()
+    return source
+
+
+async def update_source(
+    session: AsyncSession,
+    *,
+    app_id: int,
+    name: str,
+    body: ImportSourceUpdate,
+    box: SecretBox,
+    now: datetime,
+) -> ImportSource:
+    source = await _get(session, app_id, name)
+    changes = body.model_dump(exclude_unset=True, exclude={"credentials"})
+    # Naming the audience one way forgets the other way.
+    if changes.get("audience_name") is not None:
+        changes["audience_pattern"] = None
+    if changes.get("audience_pattern") is not None:
+        changes["audience_name"] = None
+    for column, value in _settable(changes).items():
+        if value is None and column not in ("audience_name", "audience_pattern"):
+            continue  # null for a required setting: left as it is
+        setattr(source, column, value)
+    if source.audience_name is None and source.audience_pattern is None:
+        raise MalformedParameterError("audience_name: give audience_name or audience_pattern")
+    if "credentials" in body.model_fields_set:
+        source.credentials = _seal(body.credentials, box)
+    source.updated_at = now
+    return source
+
+
+async def delete_source(session: AsyncSession, *, app_id: int, name: str) -> None:
+    """The source and its history; the audiences it filled stay."""
+    source = await _get(session, app_id, name)
+    files = select(ImportFile.id).where(ImportFile.source_id == source.id)
+    await session.execute(delete(ImportFileMember).where(ImportFileMember.file_id.in_(files)))
+    await session.execute(delete(ImportFile).where(ImportFile.source_id == source.id))
+    await session.execute(delete(ImportRun).where(ImportRun.source_id == source.id))
+    await session.delete(source)
+
+
+async def describe_source(session: AsyncSession, *, app_id: int, name: str) -> ImportSourceRead:
+    return read_source(await _get(session, app_id, name))
+
+
+async def list_sources(session: AsyncSession, *, app_id: int | None) -> list[ImportSourceRead]:
+    query = select(ImportSource).order_by(ImportSource.app_id, ImportSource.name)
+    if app_id is not None:
+        query = query.where(ImportSource.app_id == app_id)
+    return [read_source(source) for source in await session.scalars(query)]
+
+
+async def request_run(
+    session: AsyncSession, *, app_id: int, name: str, now: datetime
+) -> ImportSource:
+    """Poll the source at the next check of a worker, whatever its interval."""
+    source = await _get(session, app_id, name)
+    source.next_poll_at = now
+    return source
+
+
+async def list_runs(
+    session: AsyncSession, *, app_id: int, name: str, limit: int
+) -> list[ImportRunRead]:
+    """Newest first."""
+    source = await _get(session, app_id, name)
+    runs = await session.scalars(
+        select(ImportRun)
+        .where(ImportRun.source_id == source.id)
+        .order_by(ImportRun.started_at.desc(), ImportRun.id.desc())
+        .limit(limit)
+    )
+    return [read_run(run) for run in runs]
+
+
+def read_source(source: ImportSource) -> ImportSourceRead:
+    return ImportSourceRead(
+        name=source.name,
+        url=source.url,
+        has_credentials=source.credentials is not None,
+        pattern=source.pattern,
+        audience_name=source.audience_name,
+        audience_pattern=source.audience_pattern,
+        id_type=source.id_kind,
+        header=source.header,
+        delimiter=source.delimiter,
+        id_column=source.id_column,
+        encoding=source.encoding,
+        on_change=source.on_change,
+        delete_after=source.delete_after,
+        poll_interval_seconds=source.poll_interval_seconds,
+        enabled=source.enabled,
+        next_poll=wire_date(source.next_poll_at),
+        created=wire_date(source.created_at),
+        updated=wire_date(source.updated_at),
+    )
+
+
+def read_run(run: ImportRun) -> ImportRunRead:
+    return ImportRunRead(
+        id=run.id,
+        file=run.path,
+        audience=run.audience_name,
+        status=run.status,
+        lines_read=run.lines_read,
+        ids_accepted=run.ids_accepted,
+        ids_rejected=run.ids_rejected,
+        first_rejections=[RejectionRead(**item) for item in run.first_rejections or []],
+        nb_ids=run.nb_ids,
+        added=run.added,
+        removed=run.removed,
+        error=run.error,
+        indexing_token=run.indexing_token,
+        started=wire_date(run.started_at),
+        finished=wire_date(run.finished_at) if run.finished_at else None,
+    )
+
+
+# Reading a file --------------------------------------------------------------------------------
+
+
+@dataclass
+class IdReader:
+    """Bytes in, valid ids out to the spool, the content hashed on the way."""
+
+    format: IdFileFormat
+    spool: IdSpool
+    parser: IdFileParser = field(init=False)
+    _digest: hashlib._Hash = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.parser = IdFileParser(self.format)
+        self._digest = hashlib.sha256()
+
+    def feed(self, chunk: bytes) -> None:
+        self._digest.update(chunk)
+        self.spool.write(self.parser.feed(chunk))
+
+    def close(self) -> str:
+        """Ends the file; returns its SHA-256. Fails if no line held a valid id."""
+        self.spool.write(self.parser.close())
+        if self.parser.accepted == 0 and self.parser.rejected > 0:
+            first = self.parser.first_rejections[0]
+            raise IdFileError(first.line, f"no valid id in the file ({first.reason})")
+        return self._digest.hexdigest()
+
+    def rejections(self) -> list[dict[str, int | str]]:
+        return [{"line": r.line, "reason": r.reason} for r in self.parser.first_rejections]
+
+
+def read_into(stream: IO[bytes], reader: IdReader, on_bytes: Callable[[int], None]) -> str:
+    """Blocking: the whole stream through the reader; returns the content's SHA-256."""
+    while chunk := stream.read(READ_CHUNK):
+        reader.feed(chunk)
+        on_bytes(len(chunk))
+    return reader.close()
+
+
+async def upload_audience(
+    session: AsyncSession,
+    *,
+    app_id: int,
+    name: str,
+    format: IdFileFormat,
+    chunks: AsyncIterator[bytes],
+    spool_dir: Path,
+    now: datetime,
+) -> UploadResult:
+    """Create or replace an audience from an uploaded file of ids (the dashboard's path)."""
+    with IdSpool(spool_dir) as spool:
+        reader = IdReader(format, spool)
+        try:
+            async for chunk in chunks:
+                reader.feed(chunk)
+            reader.close()
+        except IdFileError as exc:
+            raise MalformedParameterError(f"file: {exc}") from None
+        await load_staging(session, spool)
+        token, nb_ids = await audiences.replace_from_staging(
+            session, app_id=app_id, name=name, kind=format.kind, now=now
+        )
+        await drop_staging(session)
+    return UploadResult(
+        indexing_token=token,
+        nb_ids=nb_ids,
+        lines_read=reader.parser.lines_read,
+        ids_rejected=reader.parser.rejected,
+        first_rejections=[RejectionRead(**item) for item in reader.rejections()],
+    )
+
+
+# Polling sources -------------------------------------------------------------------------------
+
+
+class ImportRunner:
+    """Polls due import sources (a worker's loop) or one source on demand (`clarion imports
+    run`). A source is leased while polled, so two processes never poll it at once."""
+
+    def __init__(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        settings: Settings,
+        box: SecretBox,
+        *,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self._sessions = sessions
+        self._settings = settings
+        self._box = box
+        self._clock = clock
+        self._owner = uuid.uuid4().hex
+        self._spool_dir = settings.var_dir / "spool"
+
+    async def poll_due(self, *, limit: int = 10) -> list[ImportRun]:
+        """Poll the sources whose time has come; returns the runs they made."""
+        now = self._clock()
+        async with self._sessions() as session:
+            due = list(
+                await session.scalars(
+                    select(ImportSource.id)
+                    .where(ImportSource.enabled == true(), ImportSource.next_poll_at <= now)
+                    .order_by(ImportSource.next_poll_at)
+                    .limit(limit)
+                )
+            )
+        runs: list[ImportRun] = []
+        for source_id in due:
+            runs.extend(await self._poll_leased(source_id, due_only=True))
+        return runs
+
+    async def run_source(
+        self, *, app_id: int, name: str, on_progress: Progress | None = None
+    ) -> list[ImportRun]:
+        """Poll one source now (unless another process is polling it)."""
+        async with self._sessions() as session:
+            source = await _get(session, app_id, name)
+        return await self._poll_leased(source.id, due_only=False, on_progress=on_progress)
+
+    async def _poll_leased(
+        self, source_id: int, *, due_only: bool, on_progress: Progress | None = None
+    ) -> list[ImportRun]:
+        source = await self._claim(source_id, due_only=due_only)
+        if source is None:
+            return []
+        try:
+            return await self._poll(source, on_progress)
+        finally:
+            async with transaction(self._sessions) as session:
+                await session.execute(
+                    update(ImportSource)
+                    .where(ImportSource.id == source.id, ImportSource.lease_owner == self._owner)
+                    .values(
+                        lease_owner=None,
+                        lease_until=None,
+                        next_poll_at=self._clock()
+                        + timedelta(seconds=source.poll_interval_seconds),
+                    )
+                )
+
+    async def _claim(self, source_id: int, *, due_only: bool) -> ImportSource | None:
+        now = self._clock()
+        claim = (
+            update(ImportSource)
+            .where(
+                ImportSource.id == source_id,
+                (ImportSource.lease_until.is_(None)) | (ImportSource.lease_until < now),
+            )
+            .values(lease_owner=self._owner, lease_until=now + LEASE)
+        )
+        if due_only:
+            claim = claim.where(ImportSource.next_poll_at <= now, ImportSource.enabled == true())
+        async with transaction(self._sessions) as session:
+            if _rowcount(await session.execute(claim)) != 1:
+                return None
+            return await session.get(ImportSource, source_id)
+
+    async def _poll(self, source: ImportSource, on_progress: Progress | None) -> list[ImportRun]:
+        try:
+            storage = Storage(
+                source.url,
+                self._credentials(source),
+                ca_file=self._settings.connector_ca_file or None,
+                local_roots=self._settings.resolved_import_local_roots,
+            )
+        except StorageError as exc:
+            return [await self._record_failure(source, None, None, str(exc))]
+        try:
+            try:
+                remote_files = await asyncio.to_thread(storage.list, source.pattern)
+            except StorageError as exc:
+                # Unreachable, refused, missing folder: reported, and tried again next poll.
+                return [await self._record_failure(source, None, None, str(exc))]
+            async with self._sessions() as session:
+                known = {
+                    file.path: file
+                    for file in await session.scalars(
+                        select(ImportFile).where(ImportFile.source_id == source.id)
+                    )
+                }
+            runs = []
+            for remote in remote_files:
+                seen = known.get(remote.path)
+                if seen is not None and remote.fingerprint in (
+                    seen.fingerprint if seen.ingested_at else None,
+                    seen.failed_fingerprint,
+                ):
+                    continue  # ingested (or found broken) as it is now: never twice
+                runs.append(await self._ingest(source, storage, remote, on_progress))
+            return runs
+        finally:
+            await asyncio.to_thread(storage.close)
+
+    async def _ingest(
+        self,
+        source: ImportSource,
+        storage: Storage,
+        remote: RemoteFile,
+        on_progress: Progress | None,
+    ) -> ImportRun:
+        audience_name = _audience_for(source, remote.name)
+        if audience_name is None:
+            reason = f"the file name does not match audience_pattern {source.audience_pattern!r}"
+            return await self._record_failure(source, remote, None, reason, broken=True)
+        run = await self._start_run(source, remote, audience_name)
+        file_format = IdFileFormat(
+            kind=AudienceKind(source.id_kind),
+            header=source.header,
+            delimiter=source.delimiter,
+            column=source.id_column,
+            encoding=source.encoding,
+        )
+        with IdSpool(self._spool_dir) as spool:
+            reader = IdReader(file_format, spool)
+
+            def read() -> str:
+                def advance(count: int) -> None:
+                    if on_progress is not None:
+                        on_progress(remote.name, count, remote.size)
+
+                with storage.open_read(remote.path) as stream:
+                    return read_into(stream, reader, advance)
+
+            try:
+                sha256 = await asyncio.to_thread(read)
+            except IdFileError as exc:
+                return await self._finish(run, reader, error=str(exc), broken=remote)
+            except StorageError as exc:
+                return await self._finish(run, reader, error=str(exc))
+            except _BROKEN_FILE as exc:
+                error = f"the file is truncated or corrupt ({type(exc).__name__}: {exc})"
+                return await self._finish(run, reader, error=error, broken=remote)
+            except Exception as exc:
+                # A connection lost mid-file and the like: reported, retried next poll.
+                error = f"reading failed ({type(exc).__name__}: {exc})"
+                return await self._finish(run, reader, error=error)
+            try:
+                await self._apply(source, remote, audience_name, run, spool, sha256)
+            except Exception as exc:
+                log.exception("import run %s could not be applied", run.id)
+                return await self._finish(run, reader, error=f"could not apply: {exc}")
+        if source.delete_after:
+            try:
+                await asyncio.to_thread(storage.delete, remote.path)
+            except StorageError as exc:
+                run.error = f"ingested, but not deleted: {exc}"
+        return await self._finish(run, reader)
+
+    async def _apply(
+        self,
+        source: ImportSource,
+        remote: RemoteFile,
+        audience_name: str,
+        run: ImportRun,
+        spool: IdSpool,
+        sha256: str,
+    ) -> None:
+        """One transaction: the audience change and the record that the file was ingested."""
+        kind = AudienceKind(source.id_kind)
+        async with transaction(self._sessions) as session:
+            file = await _file_row(session, source.id, remote.path)
+            now = self._clock()
+            if file.sha256 == sha256 and file.ingested_at is not None:
+                run.status = RunStatus.UNCHANGED.value  # re-uploaded as it was
+            else:
+                await load_staging(session, spool)
+                if source.on_change == OnChange.APPLY_CHANGES.value:
+                    changed = await _apply_changes(session, source, file, audience_name, kind, now)
+                    run.indexing_token, run.nb_ids = changed.indexing_token, changed.nb_ids
+                    run.added, run.removed = changed.added, changed.removed
+                else:
+                    run.indexing_token, run.nb_ids = await audiences.replace_from_staging(
+                        session, app_id=source.app_id, name=audience_name, kind=kind, now=now
+                    )
+                await drop_staging(session)
+                run.status = RunStatus.SUCCEEDED.value
+            file.fingerprint = remote.fingerprint
+            file.sha256 = sha256
+            file.audience_name = audience_name
+            file.ingested_at = now
+            file.failed_fingerprint = None
+
+    async def _start_run(
+        self, source: ImportSource, remote: RemoteFile, audience_name: str
+    ) -> ImportRun:
+        async with transaction(self._sessions) as session:
+            run = ImportRun(
+                source_id=source.id,
+                path=remote.path,
+                audience_name=audience_name,
+                status=RunStatus.RUNNING.value,
+                started_at=self._clock(),
+            )
+            session.add(run)
+            # Renew the lease: a source with many large files outlasts one lease.
+            await session.execute(
+                update(ImportSource)
+                .where(ImportSource.id == source.id, ImportSource.lease_owner == self._owner)
+                .values(lease_until=self._clock() + LEASE)
+            )
+        return run
+
+    async def _finish(
+        self,
+        run: ImportRun,
+        reader: IdReader,
+        *,
+        error: str | None = None,
+        broken: RemoteFile | None = None,
+    ) -> ImportRun:
+        run.lines_read = reader.parser.lines_read
+        run.ids_accepted = reader.parser.accepted
+        run.ids_rejected = reader.parser.rejected
+        run.first_rejections = reader.rejections()
+        if error is not None:
+            run.status = RunStatus.FAILED.value
+            run.error = error[:1024]
+        run.finished_at = self._clock()
+        async with transaction(self._sessions) as session:
+            await session.merge(run)
+            if broken is not None:
+                await _mark_broken(session, run.source_id, broken)
+        return run
+
+    async def _record_failure(
+        self,
+        source: ImportSource,
+        remote: RemoteFile | None,
+        audience_name: str | None,
+        error: str,
+        *,
+        broken: bool = False,
+    ) -> ImportRun:
+        now = self._clock()
+        run = ImportRun(
+            source_id=source.id,
+            path=remote.path if remote else None,
+            audience_name=audience_name,
+            status=RunStatus.FAILED.value,
+            error=error[:1024],
+            started_at=now,
+            finished_at=now,
+            first_rejections=[],
+        )
+        async with transaction(self._sessions) as session:
+            session.add(run)
+            if broken and remote is not None:
+                await _mark_broken(session, source.id, remote)
+        return run
+
+    def _credentials(self, source: ImportSource) -> StorageCredentials:
+        if source.credentials is None:
+            return StorageCredentials()
+        return StorageCredentials(**json.loads(self._box.decrypt(source.credentials)))
+
+
+async def _apply_changes(
+    session: AsyncSession,
+    source: ImportSource,
+    file: ImportFile,
+    audience_name: str,
+    kind: AudienceKind,
+    now: datetime,
+) -> audiences.MembersChanged:
+    """Ids new to the file are added to the audience, ids gone from it removed; the file's
+    content is then remembered for its next change."""
+    previous = ImportFileMember
+    in_previous = exists().where(
+        previous.file_id == file.id, previous.member_id == STAGING.c.member_id
+    )
+    in_file = exists().where(STAGING.c.member_id == previous.member_id)
+    result = await audiences.change_members(
+        session,
+        app_id=source.app_id,
+        name=audience_name,
+        kind=kind,
+        added=select(STAGING.c.member_id).where(~in_previous),
+        removed=select(previous.member_id).where(previous.file_id == file.id, ~in_file),
+        now=now,
+    )
+    await session.execute(delete(ImportFileMember).where(ImportFileMember.file_id == file.id))
+    await session.execute(
+        insert_ignoring_conflicts(
+            session, ImportFileMember, index=["file_id", "member_id"]
+        ).from_select(
+            ["file_id", "member_id"],
+            select(literal(file.id), STAGING.c.member_id).where(true()),
+        )
+    )
+    return result
+
+
+async def _file_row(session: AsyncSession, source_id: int, path: str) -> ImportFile:
+    await session.execute(
+        insert_ignoring_conflicts(session, ImportFile, index=["source_id", "path"]).values(
+            source_id=source_id, path=path
+        )
+    )
+    file = await session.scalar(
+        select(ImportFile)
+        .where(ImportFile.source_id == source_id, ImportFile.path == path)
+        .with_for_update()
+    )
+    assert file is not None
+    return file
+
+
+async def _mark_broken(session: AsyncSession, source_id: int, remote: RemoteFile) -> None:
+    file = await _file_row(session, source_id, remote.path)
+    file.failed_fingerprint = remote.fingerprint
+
+
+def _audience_for(source: ImportSource, file_name: str) -> str | None:
+    if source.audience_name is not None:
+        return source.audience_name
+    assert source.audience_pattern is not None
+    match = re.fullmatch(source.audience_pattern, file_name)
+    if match is None:
+        return None
+    name = match.group("name") if "name" in match.re.groupindex else match.group(1)
+    return name or None
+
+
+def _seal(credentials: CredentialsIn | None, box: SecretBox) -> str | None:
+    if credentials is None:
+        return None
+    values = credentials.model_dump(exclude_none=True)
+    return box.encrypt(json.dumps(values).encode()) if values else None
+
+
+def _settable(values: dict[str, object]) -> dict[str, object]:
+    """Wire names to column names."""
+    if "id_type" in values:
+        values["id_kind"] = values.pop("id_type")
+    return values
+
+
+def _rowcount(result: object) -> int:
+    return int(getattr(result, "rowcount", 0) or 0)
+
+
+async def _find(session: AsyncSession, app_id: int, name: str) -> ImportSource | None:
+    return await session.scalar(
+        select(ImportSource).where(ImportSource.app_id == app_id, ImportSource.name == name)
+    )
+
+
+async def _get(session: AsyncSession, app_id: int, name: str) -> ImportSource:
+    source = await _find(session, app_id, name)
+    if source is None:
+        raise NotFoundError(f"no import source {name!r}")
+    return source

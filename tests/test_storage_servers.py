@@ -1,0 +1,120 @@
+"""Smoke test of the local storage servers: each lists, reads, writes and deletes through fsspec,
+the way the flat-file connectors will use them."""
+
+from __future__ import annotations
+
+import ftplib
+import ssl
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import aiohttp
+import fsspec
+import pytest
+
+if TYPE_CHECKING:  # importing the plugin before pytest registers it would skip its rewriting
+    from tests.support.storage_servers import (
+        FtpServer,
+        FtpsServer,
+        HttpsServer,
+        S3Server,
+        SftpServer,
+    )
+
+CSV = b"token,name\nabc,Ada\n"
+
+
+def _seed(root: Path, folder: str) -> None:
+    (root / folder).mkdir()
+    (root / folder / "a.csv").write_bytes(CSV)
+
+
+def test_s3(s3_server: S3Server) -> None:
+    bucket = s3_server.bucket
+    s3_server.put_bytes("s3/a.csv", CSV)
+    fs = fsspec.filesystem("s3", skip_instance_cache=True, **s3_server.storage_options())
+
+    assert fs.ls(f"{bucket}/s3", detail=False) == [f"{bucket}/s3/a.csv"]
+    assert fs.cat_file(f"{bucket}/s3/a.csv") == CSV
+    fs.pipe_file(f"{bucket}/s3/b.csv", b"written")
+    assert s3_server.client.get_object(Bucket=bucket, Key="s3/b.csv")["Body"].read() == b"written"
+    fs.rm_file(f"{bucket}/s3/b.csv")
+    s3_server.delete("s3/a.csv")
+    fs.invalidate_cache()
+    assert not fs.exists(f"{bucket}/s3/b.csv")
+    assert not fs.exists(f"{bucket}/s3/a.csv")
+
+
+def test_sftp(sftp_server: SftpServer) -> None:
+    _seed(sftp_server.root, "sftp")
+    fs = fsspec.filesystem("sftp", skip_instance_cache=True, **sftp_server.storage_options())
+
+    assert fs.ls("/sftp", detail=False) == ["/sftp/a.csv"]
+    assert fs.cat_file("/sftp/a.csv") == CSV
+    fs.pipe_file("/sftp/b.csv", b"written")
+    assert (sftp_server.root / "sftp" / "b.csv").read_bytes() == b"written"
+    fs.rm_file("/sftp/b.csv")
+    assert not (sftp_server.root / "sftp" / "b.csv").exists()
+
+
+def test_sftp_refuses_a_wrong_password(sftp_server: SftpServer) -> None:
+    options = {**sftp_server.storage_options(), "password": "wrong"}
+    with pytest.raises(PermissionError):  # sshfs's translation of asyncssh.PermissionDenied
+        fsspec.filesystem("sftp", skip_instance_cache=True, **options)
+
+
+def _ftp_round_trip(server: FtpServer, folder: str) -> None:
+    _seed(server.root, folder)
+    fs = fsspec.filesystem("ftp", **server.storage_options())
+
+    # fsspec's FTP ls(detail=False) gives bare names; detail=True gives full paths.
+    assert [entry["name"] for entry in fs.ls(f"/{folder}")] == [f"/{folder}/a.csv"]
+    assert fs.cat_file(f"/{folder}/a.csv") == CSV
+    fs.pipe_file(f"/{folder}/b.csv", b"written")
+    assert (server.root / folder / "b.csv").read_bytes() == b"written"
+    fs.rm_file(f"/{folder}/b.csv")
+    assert not (server.root / folder / "b.csv").exists()
+
+
+def test_ftp(ftp_server: FtpServer) -> None:
+    _ftp_round_trip(ftp_server, "ftp")
+
+
+def test_ftps(ftps_server: FtpsServer) -> None:
+    _ftp_round_trip(ftps_server, "ftps")  # fsspec's tls=True does not verify the certificate
+
+    # What the product does: a verifying context trusting the test CA.
+    with ftplib.FTP_TLS(context=ftps_server.ssl_context(), timeout=10) as ftp:
+        ftp.connect(ftps_server.host, ftps_server.port)
+        ftp.login(ftps_server.username, ftps_server.password)
+        ftp.prot_p()
+        assert ftp.nlst("/ftps") == ["a.csv"]
+    with ftplib.FTP_TLS(context=ssl.create_default_context(), timeout=10) as ftp:
+        ftp.connect(ftps_server.host, ftps_server.port)
+        with pytest.raises(ssl.SSLCertVerificationError):
+            ftp.auth()  # the system CAs do not know the test CA: verification is real
+
+
+def test_https(https_server: HttpsServer) -> None:
+    _seed(https_server.root, "https")
+    fs = fsspec.filesystem("https", skip_instance_cache=True, **https_server.storage_options())
+    url = https_server.url("https/a.csv")
+
+    assert fs.ls(https_server.url("https/"), detail=False) == [url]
+    assert fs.cat_file(url) == CSV
+    assert fs.cat_file(url, start=6, end=10) == CSV[6:10]  # a real 206 range answer
+    info = fs.info(url)
+    assert info["size"] == len(CSV)
+    assert info["ETag"]
+    assert info["Last-Modified"]
+    # A static server: "writing" and "deleting" happen in its directory, seen through HTTP.
+    (https_server.root / "https" / "b.csv").write_bytes(b"written")
+    assert fs.cat_file(https_server.url("https/b.csv")) == b"written"
+    (https_server.root / "https" / "b.csv").unlink()
+    with pytest.raises(FileNotFoundError):
+        fs.cat_file(https_server.url("https/b.csv"))
+
+    anonymous = fsspec.filesystem("https", skip_instance_cache=True, ssl=https_server.ssl_context())
+    with pytest.raises(aiohttp.ClientResponseError) as refused:
+        anonymous.cat_file(url)
+    assert refused.value.status == 401
