@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import resource
@@ -25,7 +26,7 @@ from typing import Any
 from cryptography.fernet import Fernet
 from sqlalchemy import select
 
-from bench.common import ROOT, fresh_database, report
+from bench.common import ROOT, fresh_database, report, rss_mb, rss_summary
 from clarion.apps import service as apps
 from clarion.apps.schemas import AppCreate
 from clarion.audiences.models import Audience
@@ -111,16 +112,27 @@ def run(lines: int, database_url: str, tmp: Path) -> dict[str, Any]:
         command = [str(ROOT / ".venv/bin/clarion"), "imports", "run"]
         command += ["--app-id", str(app_id), "--name", "crm"]
         started = time.monotonic()
-        done = subprocess.run(command, env=env, capture_output=True, text=True, check=True)
-        seconds = time.monotonic() - started
+        with tempfile.TemporaryFile("w+") as out:
+            process = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.DEVNULL)
+            samples = []
+            while process.poll() is None:
+                with contextlib.suppress(OSError, StopIteration):  # it may just have ended
+                    samples.append(rss_mb(process.pid))
+                time.sleep(0.5)
+            seconds = time.monotonic() - started
+            if process.returncode != 0:
+                raise SystemExit(f"clarion imports run failed ({process.returncode})")
+            out.seek(0)
+            stdout = out.read()
         peak_rss_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-    ingested = json.loads(done.stdout.strip().splitlines()[-1])
+    ingested = json.loads(stdout.strip().splitlines()[-1])
     return {
         "lines": lines,
         "file_mb": round(size / 1e6),
         "seconds": round(seconds, 1),
         "lines_per_s": round(lines / seconds),
         "peak_rss_mb": round(peak_rss_mb),
+        "rss_mb_every_0_5_s": rss_summary([s for s in samples if s > 0] or [0.0]),
         "status": ingested["status"],
         "ids_accepted": ingested["ids_accepted"],
         "audience_nb_ids": asyncio.run(audience_size(settings)),

@@ -12,7 +12,6 @@ from datetime import datetime
 from typing import Any, NamedTuple
 
 from sqlalchemy import ColumnElement, Select, delete, false, func, literal, or_, select, true
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from clarion.audiences.models import (
@@ -24,7 +23,7 @@ from clarion.audiences.models import (
     IndexingState,
 )
 from clarion.audiences.schemas import AudienceRead
-from clarion.audiences.staging import STAGING
+from clarion.audiences.staging import IdSpool, copy_members, drop_staging, load_staging
 from clarion.db import insert_ignoring_conflicts, upsert_insert
 from clarion.devices.models import Installation
 from clarion.errors import MalformedParameterError, NotFoundError
@@ -82,30 +81,34 @@ async def replace_audience(
     return _indexing(session, audience, now)
 
 
-async def replace_from_staging(
-    session: AsyncSession, *, app_id: int, name: str, kind: AudienceKind, now: datetime
+async def replace_from_spool(
+    session: AsyncSession,
+    *,
+    app_id: int,
+    name: str,
+    kind: AudienceKind,
+    spool: IdSpool,
+    now: datetime,
 ) -> tuple[str, int]:
-    """Replace the audience's members by the ids of the staging table (clarion.audiences
-    .staging), atomically; returns the indexing token and the number of distinct ids."""
+    """Replace the audience's members by the spooled ids (clarion.audiences.staging),
+    atomically; returns the indexing token and the number of distinct ids."""
     audience = await _create_or_lock(session, app_id, name, kind, now)
     generation = audience.generation + 1
-    rows = select(literal(audience.id), literal(generation), STAGING.c.member_id).where(true())
-    columns = ["audience_id", "generation", "member_id"]
-    try:
-        # A plain insert costs less than half of one that checks each row for a conflict
-        # (measured on PostgreSQL: 4 vs 9.6 µs a row); files rarely repeat an id.
-        async with session.begin_nested():
-            inserted = await session.execute(
-                AUDIENCE_MEMBERS.insert().from_select(columns, rows), execution_options=_COUNTED
-            )
-    except IntegrityError:
+    nb_ids = await copy_members(
+        session, audience_id=audience.id, generation=generation, spool=spool
+    )
+    if nb_ids is None:  # SQLite, or ids repeated: through the staging table, without repeats
+        staging = await load_staging(session, spool)
+        columns = ["audience_id", "generation", "member_id"]
+        rows = select(literal(audience.id), literal(generation), staging.c.member_id)
         inserted = await session.execute(
             insert_ignoring_conflicts(session, AUDIENCE_MEMBERS, index=columns).from_select(
-                columns, rows
+                columns, rows.where(true())
             ),
             execution_options=_COUNTED,
         )
-    nb_ids = _rowcount(inserted)
+        await drop_staging(session)
+        nb_ids = _rowcount(inserted)
     await _switch(session, audience, generation, kind, nb_ids=nb_ids, now=now)
     return _indexing(session, audience, now), nb_ids
 

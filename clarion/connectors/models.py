@@ -81,13 +81,12 @@ class ImportFile(Base):
 
 class ImportFileMember(Base):
     """The ids of a file as last ingested (sources in apply_changes mode): what a changed file
-    is compared with."""
+    is compared with. No foreign key, for the reason AudienceMember has none; deleted with
+    their source by clarion.connectors.service."""
 
     __tablename__ = "import_file_members"
 
-    file_id: Mapped[int] = mapped_column(
-        ForeignKey("import_files.id", ondelete="CASCADE"), primary_key=True
-    )
+    file_id: Mapped[int] = mapped_column(primary_key=True)
     member_id: Mapped[str] = mapped_column(String(512), primary_key=True)
 
 

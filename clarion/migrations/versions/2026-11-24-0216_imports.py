@@ -88,7 +88,6 @@ def upgrade() -> None:
     op.create_table('import_file_members',
     sa.Column('file_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
     sa.Column('member_id', sa.String(length=512), nullable=False),
-    sa.ForeignKeyConstraint(['file_id'], ['import_files.id'], name=op.f('fk_import_file_members_file_id_import_files'), ondelete='CASCADE'),
     sa.PrimaryKeyConstraint('file_id', 'member_id', name=op.f('pk_import_file_members'))
     )
 
