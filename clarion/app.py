@@ -14,6 +14,7 @@ from clarion.config import Settings
 from clarion.connectors.api import router as imports_router
 from clarion.devices.api import router as sdk_router
 from clarion.events.api import router as trigger_events_router
+from clarion.exports.api import router as exports_router
 from clarion.gdpr.api import router as gdpr_router
 from clarion.http import BodySizeLimit, install_error_handlers
 from clarion.profiles.api import router as custom_data_router
@@ -47,6 +48,7 @@ def create_app(settings: Settings, *, workers: bool) -> FastAPI:
     app.include_router(custom_data_router)
     app.include_router(audiences_router)
     app.include_router(imports_router)
+    app.include_router(exports_router)
     app.include_router(gdpr_router)
     app.include_router(apps_router)
     app.add_middleware(

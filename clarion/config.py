@@ -70,6 +70,10 @@ class Settings(BaseSettings):
     import_check_seconds: float = Field(default=30.0, gt=0)
     # file:// sources may only read under these folders (default: <var_dir>/imports).
     import_local_roots: list[Path] = Field(default_factory=list)
+    # Daily exports (docs/exports.md): how often a worker looks for days due, and the folders
+    # file:// destinations may write under (default: <var_dir>/exports).
+    export_check_seconds: float = Field(default=60.0, gt=0)
+    export_local_roots: list[Path] = Field(default_factory=list)
     # Extra CA certificates (PEM) trusted for FTPS, HTTPS and S3 endpoints with private CAs.
     connector_ca_file: str = ""
 
@@ -86,6 +90,10 @@ class Settings(BaseSettings):
     @property
     def resolved_import_local_roots(self) -> tuple[Path, ...]:
         return tuple(self.import_local_roots) or (self.var_dir / "imports",)
+
+    @property
+    def resolved_export_local_roots(self) -> tuple[Path, ...]:
+        return tuple(self.export_local_roots) or (self.var_dir / "exports",)
 
     @property
     def is_sqlite(self) -> bool:

@@ -198,6 +198,24 @@ def _utc_day_sqlite(element: utc_day, compiler: Any, **kw: Any) -> str:
     return f"substr({compiler.process(next(iter(element.clauses)), **kw)}, 1, 10)"
 
 
+class utc_iso_second(FunctionElement[str]):
+    """A UtcDateTime column as "YYYY-MM-DDTHH:MM:SSZ" (UTC, to the second), for exports."""
+
+    type = String()
+    inherit_cache = True
+
+
+@compiles(utc_iso_second, "postgresql")
+def _utc_iso_second_postgresql(element: utc_iso_second, compiler: Any, **kw: Any) -> str:
+    column = compiler.process(next(iter(element.clauses)), **kw)
+    return f"""to_char({column} AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"')"""
+
+
+@compiles(utc_iso_second, "sqlite")
+def _utc_iso_second_sqlite(element: utc_iso_second, compiler: Any, **kw: Any) -> str:
+    return f"strftime('%Y-%m-%dT%H:%M:%SZ', {compiler.process(next(iter(element.clauses)), **kw)})"
+
+
 class elapsed_seconds(FunctionElement[float]):
     """`elapsed_seconds(start, end)`: seconds from one UtcDateTime column to another.
 
@@ -218,6 +236,11 @@ def _elapsed_seconds_postgresql(element: elapsed_seconds, compiler: Any, **kw: A
 def _elapsed_seconds_sqlite(element: elapsed_seconds, compiler: Any, **kw: Any) -> str:
     start, end = (compiler.process(clause, **kw) for clause in element.clauses)
     return f"((julianday({end}) - julianday({start})) * 86400.0)"
+
+
+def rowcount(result: Any) -> int:
+    """Rows a statement changed (0 where the driver cannot tell: it reports -1)."""
+    return max(int(getattr(result, "rowcount", 0) or 0), 0)
 
 
 def utcnow() -> datetime:

@@ -7,6 +7,7 @@ from clarion.connectors.models import ImportFile, ImportFileMember, ImportRun, I
 from clarion.delivery.models import DeliveryBatch, Send
 from clarion.devices.models import Installation
 from clarion.events.models import InAppEvent, PushEvent, TrackedEvent
+from clarion.exports.models import ExportDestination, ExportRun
 from clarion.gdpr.models import BlockedId, GdprRequest
 from clarion.profiles.models import ProfileAttribute, ProfileTag
 
@@ -21,6 +22,8 @@ __all__ = [
     "CampaignRun",
     "Company",
     "DeliveryBatch",
+    "ExportDestination",
+    "ExportRun",
     "GdprRequest",
     "ImportFile",
     "ImportFileMember",

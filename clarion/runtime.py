@@ -1,7 +1,7 @@
 """What a Clarion process holds for its lifetime: engine, sessions, queue, HTTP/2 client, workers.
 
 `clarion serve` on SQLite runs the API, the delivery workers, the outbox sweep, the campaign
-scheduler, GDPR requests and flat-file import polling in one process
+scheduler, GDPR requests, flat-file imports and daily exports in one process
 (the embedded default); `clarion worker` runs only the workers; `clarion serve` on PostgreSQL
 runs only the API unless told to run workers too.
 """
@@ -22,6 +22,7 @@ from clarion.connectors.service import ImportRunner
 from clarion.db import create_engine, create_sessionmaker
 from clarion.delivery.pool import ProviderPool
 from clarion.delivery.service import Deliverer
+from clarion.exports.service import ExportRunner
 from clarion.gdpr.service import process_pending as process_gdpr_requests
 from clarion.http2 import Http2Client
 from clarion.queue import JobQueue
@@ -67,6 +68,7 @@ class Runtime:
             self._tasks.append(asyncio.create_task(self._sweep_forever(), name="outbox-sweep"))
             self._tasks.append(asyncio.create_task(self._gdpr_forever(), name="gdpr"))
             self._tasks.append(asyncio.create_task(self._imports_forever(), name="imports"))
+            self._tasks.append(asyncio.create_task(self._exports_forever(), name="exports"))
             self.scheduler = CampaignScheduler(self.sessions, self.queue, self.settings)
             self._tasks.append(
                 asyncio.create_task(self.scheduler.run_forever(), name="campaign-scheduler")
@@ -101,6 +103,15 @@ class Runtime:
             except Exception:
                 log.exception("flat-file import polling failed; trying again")
             await asyncio.sleep(self.settings.import_check_seconds)
+
+    async def _exports_forever(self) -> None:
+        runner = ExportRunner(self.sessions, self.settings, self.box)
+        while True:
+            try:
+                await runner.run_due()
+            except Exception:
+                log.exception("daily exports failed; trying again")
+            await asyncio.sleep(self.settings.export_check_seconds)
 
     async def wait(self) -> None:
         """Until the workers stop (for `clarion worker`)."""

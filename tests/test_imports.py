@@ -111,7 +111,7 @@ def folder_on(protocol: str, request: pytest.FixtureRequest, local_root: Path) -
         assert server.username is not None
         assert server.password is not None
         credentials = {"username": server.username, "password": server.password}
-    root.mkdir()
+    root.mkdir(parents=True)
 
     def put(name: str, data: bytes) -> None:
         # Written aside and renamed, as an uploader should: a poll never sees half a file.
@@ -163,7 +163,7 @@ async def test_a_dropped_file_becomes_an_audience_a_campaign_targets(
 ) -> None:
     for custom_id in ("ada", "bob", "cy"):
         await add_installs(runtime, ios_app, 1, custom_id=custom_id)
-    drop = folder_on(protocol, request, local_root)
+    drop = folder_on(protocol, request, local_root / str(ios_app.app_id))
     drop.put("audience.csv", b"custom_id,score\r\nada,3\r\nbob,5\r\nnobody,1\r\n")
     await create_source(api, ios_app, drop, id_column="custom_id", pattern="*.csv")
 
@@ -184,7 +184,7 @@ async def test_replace_mode_makes_a_changed_file_the_whole_audience(
     runner: ImportRunner,
     local_root: Path,
 ) -> None:
-    drop = folder_on("sftp", request, local_root)
+    drop = folder_on("sftp", request, local_root / str(ios_app.app_id))
     drop.put("ids.csv", b"a\nb\nc\n")
     await create_source(api, ios_app, drop, header=False)
     one(await runner.run_source(app_id=ios_app.app_id, name="crm"))
@@ -210,7 +210,7 @@ async def test_apply_changes_mode_adds_new_lines_and_removes_deleted_ones(
 ) -> None:
     for custom_id in ("a", "b", "c", "dd", "z"):
         await add_installs(runtime, ios_app, 1, custom_id=custom_id)
-    drop = folder_on("ftp", request, local_root)
+    drop = folder_on("ftp", request, local_root / str(ios_app.app_id))
     drop.put("ids.csv", b"id\na\nb\nc\n")
     await create_source(api, ios_app, drop, on_change="apply_changes")
     first = one(await runner.run_source(app_id=ios_app.app_id, name="crm"))
@@ -234,7 +234,7 @@ async def test_a_file_is_never_ingested_twice(
     runner: ImportRunner,
     local_root: Path,
 ) -> None:
-    drop = folder_on("file", request, local_root)
+    drop = folder_on("file", request, local_root / str(ios_app.app_id))
     drop.put("ids.csv", b"a\nb\n")
     await create_source(api, ios_app, drop, header=False)
     one(await runner.run_source(app_id=ios_app.app_id, name="crm"))
@@ -242,7 +242,7 @@ async def test_a_file_is_never_ingested_twice(
     assert await runner.run_source(app_id=ios_app.app_id, name="crm") == []  # not read again
 
     drop.put("ids.csv", b"a\nb\n")  # uploaded again, same content: read, but not applied
-    path = local_root / drop.url.rsplit("/", 1)[1] / "ids.csv"
+    path = local_root / str(ios_app.app_id) / drop.url.rsplit("/", 1)[1] / "ids.csv"
     os.utime(path, (1_000_000_000, 1_000_000_000))
     again = one(await runner.run_source(app_id=ios_app.app_id, name="crm"))
     assert (again.status, again.indexing_token) == ("unchanged", None)
@@ -256,7 +256,7 @@ async def test_delete_after_removes_the_file_once_ingested(
     runner: ImportRunner,
     local_root: Path,
 ) -> None:
-    drop = folder_on("s3", request, local_root)
+    drop = folder_on("s3", request, local_root / str(ios_app.app_id))
     drop.put("ids.csv.gz", gzip.compress(b"id\na\nb\n"))  # inflated on the way
     drop.put("keep.txt", b"not matched by the pattern")
     await create_source(api, ios_app, drop, delete_after=True, pattern="*.csv.gz")
@@ -290,7 +290,7 @@ async def test_a_bad_file_fails_with_its_line_and_leaves_the_audience_as_it_was(
     runner: ImportRunner,
     local_root: Path,
 ) -> None:
-    drop = folder_on("file", request, local_root)
+    drop = folder_on("file", request, local_root / str(ios_app.app_id))
     drop.put("ids.csv.gz", gzip.compress(b"id\nkept-1\nkept-2\n"))
     await create_source(api, ios_app, drop, id_column="id", pattern="ids.csv*")
     one(await runner.run_source(app_id=ios_app.app_id, name="crm"))
@@ -316,7 +316,7 @@ async def test_rejected_ids_are_counted_with_their_lines_and_the_rest_applied(
     runner: ImportRunner,
     local_root: Path,
 ) -> None:
-    drop = folder_on("file", request, local_root)
+    drop = folder_on("file", request, local_root / str(ios_app.app_id))
     good = "6f1c1c4e-2b44-4c09-9a53-0d8e5e7b1f10"
     drop.put("ids.csv", f"idfa\n{good}\nnot-a-uuid\n{'0' * 8}\n".encode())
     await create_source(api, ios_app, drop, id_type="advertising_ids")
@@ -338,7 +338,7 @@ async def test_the_audience_can_be_named_after_the_file(
     runner: ImportRunner,
     local_root: Path,
 ) -> None:
-    drop = folder_on("ftps", request, local_root)
+    drop = folder_on("ftps", request, local_root / str(ios_app.app_id))
     drop.put("segment_gold.csv", b"id\na\nb\n")
     drop.put("segment_silver.csv", b"id\nc\n")
     drop.put("segment-bad name.csv", b"id\nd\n")
@@ -368,7 +368,7 @@ async def test_wrong_credentials_are_reported_and_tried_again_next_poll(
     runner: ImportRunner,
     local_root: Path,
 ) -> None:
-    drop = folder_on("sftp", request, local_root)
+    drop = folder_on("sftp", request, local_root / str(ios_app.app_id))
     drop.put("ids.csv", b"id\na\n")
     drop.credentials["password"] = "wrong"
     await create_source(api, ios_app, drop)
@@ -391,7 +391,7 @@ async def test_an_unreachable_server_and_an_unpinned_host_key_are_clear_errors(
     local_root: Path,
     sftp_server: SftpServer,
 ) -> None:
-    drop = folder_on("sftp", request, local_root)
+    drop = folder_on("sftp", request, local_root / str(ios_app.app_id))
     drop.put("ids.csv", b"id\na\n")
     other_key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl"
     drop.credentials["host_key"] = other_key
@@ -425,7 +425,7 @@ async def test_sources_are_polled_on_their_interval_by_one_process_at_a_time(
     local_root: Path,
 ) -> None:
     clock = Clock(datetime.now(UTC) + timedelta(days=365))  # every other test's source is due
-    drop = folder_on("file", request, local_root)
+    drop = folder_on("file", request, local_root / str(ios_app.app_id))
     drop.put("a.csv", b"id\na\n")
     await create_source(api, ios_app, drop, poll_interval_seconds=600)
     first, second = (make_runner(runtime, ca_bundle, local_root, clock) for _ in range(2))
@@ -587,3 +587,162 @@ class TestUpload:
             == "MALFORMED_PARAMETER: file: line 2: mixed delimiters: '|' in a file delimited by ','"
         )
         assert await members(api, ios_app, "kept") == 2
+
+
+class TestRecovery:
+    async def test_a_run_left_running_by_a_stopped_process_is_closed_at_the_next_poll(
+        self,
+        request: pytest.FixtureRequest,
+        api: httpx.AsyncClient,
+        ios_app: ClientApp,
+        runtime: Runtime,
+        runner: ImportRunner,
+        local_root: Path,
+    ) -> None:
+        drop = folder_on("file", request, local_root / str(ios_app.app_id))
+        source = await create_source(api, ios_app, drop)
+        async with transaction(runtime.sessions) as session:
+            source_id = await session.scalar(
+                select(ImportSource.id).where(
+                    ImportSource.app_id == ios_app.app_id, ImportSource.name == source["name"]
+                )
+            )
+            session.add(ImportRun(source_id=source_id, path="/gone.csv", status="running"))
+
+        await runner.run_source(app_id=ios_app.app_id, name="crm")
+
+        async with runtime.sessions() as session:
+            stale = await session.scalar(select(ImportRun).where(ImportRun.path == "/gone.csv"))
+        assert stale is not None
+        assert stale.status == "failed"
+        assert "interrupted" in (stale.error or "")
+
+    async def test_a_file_that_failed_is_read_again_once_the_settings_change(
+        self,
+        request: pytest.FixtureRequest,
+        api: httpx.AsyncClient,
+        ios_app: ClientApp,
+        runner: ImportRunner,
+        local_root: Path,
+    ) -> None:
+        drop = folder_on("file", request, local_root / str(ios_app.app_id))
+        drop.put("ids.csv", b"user\na\nb\n")
+        await create_source(api, ios_app, drop, id_column="id")
+        assert one(await runner.run_source(app_id=ios_app.app_id, name="crm")).status == "failed"
+        assert await runner.run_source(app_id=ios_app.app_id, name="crm") == []
+
+        await api.patch(
+            f"/1.0/{ios_app.api_key}/imports/crm",
+            headers=ios_app.headers(),
+            json={"id_column": "user"},
+        )
+
+        assert one(await runner.run_source(app_id=ios_app.app_id, name="crm")).status == (
+            "succeeded"
+        )
+        assert await members(api, ios_app) == 2
+
+    async def test_apply_changes_starts_over_when_the_audience_was_deleted(
+        self,
+        request: pytest.FixtureRequest,
+        api: httpx.AsyncClient,
+        ios_app: ClientApp,
+        runner: ImportRunner,
+        local_root: Path,
+    ) -> None:
+        drop = folder_on("file", request, local_root / str(ios_app.app_id))
+        drop.put("ids.csv", b"id\na\nb\n")
+        await create_source(api, ios_app, drop, on_change="apply_changes")
+        one(await runner.run_source(app_id=ios_app.app_id, name="crm"))
+        deleted = await api.delete(
+            f"/1.0/{ios_app.api_key}/custom-audience/from-file", headers=ios_app.headers()
+        )
+        assert deleted.status_code == 200
+
+        drop.put("ids.csv", b"id\nb\nc\nd\n")
+        run = one(await runner.run_source(app_id=ios_app.app_id, name="crm"))
+
+        assert (run.added, run.removed, run.nb_ids) == (3, 0, 3)  # b, c, d: not only c and d
+
+    async def test_a_header_only_file_does_not_empty_the_audience(
+        self,
+        request: pytest.FixtureRequest,
+        api: httpx.AsyncClient,
+        ios_app: ClientApp,
+        runner: ImportRunner,
+        local_root: Path,
+    ) -> None:
+        drop = folder_on("file", request, local_root / str(ios_app.app_id))
+        drop.put("ids.csv", b"id\na\n")
+        await create_source(api, ios_app, drop)
+        one(await runner.run_source(app_id=ios_app.app_id, name="crm"))
+        drop.put("ids.csv", b"id\r\n")
+
+        run = one(await runner.run_source(app_id=ios_app.app_id, name="crm"))
+
+        assert (run.status, run.error) == ("failed", "line 1: no id in the file")
+        assert await members(api, ios_app) == 1
+
+
+class TestConfinement:
+    async def test_a_symbolic_link_out_of_the_allowed_folder_is_not_read(
+        self,
+        request: pytest.FixtureRequest,
+        api: httpx.AsyncClient,
+        ios_app: ClientApp,
+        runner: ImportRunner,
+        local_root: Path,
+        tmp_path: Path,
+    ) -> None:
+        secret = tmp_path / "elsewhere.csv"
+        secret.write_bytes(b"id\nsecret-1\n")
+        drop = folder_on("file", request, local_root / str(ios_app.app_id))
+        drop.put("ids.csv", b"id\na\n")
+        folder = local_root / str(ios_app.app_id) / drop.url.rsplit("/", 1)[1]
+        (folder / "link.csv").symlink_to(secret)
+        await create_source(api, ios_app, drop)
+
+        runs = await runner.run_source(app_id=ios_app.app_id, name="crm")
+
+        assert [(run.path or "").rsplit("/", 1)[1] for run in runs] == ["ids.csv"]
+
+    async def test_another_apps_folder_is_out_of_reach(
+        self,
+        request: pytest.FixtureRequest,
+        api: httpx.AsyncClient,
+        ios_app: ClientApp,
+        android_app: ClientApp,
+        runner: ImportRunner,
+        local_root: Path,
+    ) -> None:
+        theirs = folder_on("file", request, local_root / str(android_app.app_id))
+        theirs.put("ids.csv", b"id\nsomeone\n")
+        await create_source(api, ios_app, theirs)
+
+        run = one(await runner.run_source(app_id=ios_app.app_id, name="crm"))
+
+        assert run.status == "failed"
+        assert "allowed folders" in (run.error or "")
+
+    async def test_moving_a_source_to_another_host_needs_the_credentials_again(
+        self, api: httpx.AsyncClient, ios_app: ClientApp
+    ) -> None:
+        body = {
+            "name": "crm",
+            "url": "sftp://files.example.com/out",
+            "credentials": {"username": "u", "password": "pw"},
+            "id_type": "custom_ids",
+            "audience_name": "a",
+        }
+        await api.post(f"/1.0/{ios_app.api_key}/imports", headers=ios_app.headers(), json=body)
+        url = f"/1.0/{ios_app.api_key}/imports/crm"
+
+        moved = await api.patch(
+            url, headers=ios_app.headers(), json={"url": "sftp://attacker.example.net/x"}
+        )
+        same_host = await api.patch(
+            url, headers=ios_app.headers(), json={"url": "sftp://files.example.com/other"}
+        )
+
+        assert "credentials" in error(moved, 400, 31)
+        assert same_host.status_code == 200

@@ -24,7 +24,7 @@ from clarion.audiences.models import (
 )
 from clarion.audiences.schemas import AudienceRead
 from clarion.audiences.staging import IdSpool, copy_members, drop_staging, load_staging
-from clarion.db import insert_ignoring_conflicts, upsert_insert
+from clarion.db import insert_ignoring_conflicts, rowcount, upsert_insert
 from clarion.devices.models import Installation
 from clarion.errors import MalformedParameterError, NotFoundError
 from clarion.formats import wire_date
@@ -108,7 +108,7 @@ async def replace_from_spool(
             execution_options=_COUNTED,
         )
         await drop_staging(session)
-        nb_ids = _rowcount(inserted)
+        nb_ids = rowcount(inserted)
     await _switch(session, audience, generation, kind, nb_ids=nb_ids, now=now)
     return _indexing(session, audience, now), nb_ids
 
@@ -150,8 +150,8 @@ async def change_members(
     audience.updated_at = now
     return MembersChanged(
         indexing_token=_indexing(session, audience, now),
-        added=_rowcount(inserted),
-        removed=_rowcount(deleted),
+        added=rowcount(inserted),
+        removed=rowcount(deleted),
         nb_ids=audience.nb_ids,
     )
 
@@ -241,6 +241,15 @@ async def delete_audience(session: AsyncSession, *, app_id: int, name: str) -> N
         delete(AudienceIndexing).where(AudienceIndexing.audience_id == audience.id)
     )
     await session.delete(audience)
+
+
+async def identity(session: AsyncSession, *, app_id: int, name: str) -> tuple[int, int] | None:
+    """The audience's id and current generation (as this session has them, changes not yet
+    flushed included), None if there is no such audience."""
+    audience = await session.scalar(
+        select(Audience).where(Audience.app_id == app_id, Audience.name == name)
+    )
+    return None if audience is None else (audience.id, audience.generation)
 
 
 async def missing_audiences(session: AsyncSession, *, app_id: int, names: list[str]) -> list[str]:
@@ -362,10 +371,6 @@ async def _count(session: AsyncSession, audience: Audience) -> int:
         )
     )
     return members or 0
-
-
-def _rowcount(result: Any) -> int:
-    return max(int(getattr(result, "rowcount", 0) or 0), 0)
 
 
 async def _find(

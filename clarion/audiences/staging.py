@@ -1,5 +1,6 @@
 """Audiences written from files: ids spooled to local disk while the file is read and checked,
-then loaded into a temporary table of the transaction that applies them.
+then COPYed into the audience's new generation, or loaded into a temporary staging table when
+the set operations of a diff (or repeated ids) need one.
 
 Reading a whole file before touching the database means a bad file changes nothing and a
 10-million-line file holds a database transaction only for the load itself, not for the

@@ -74,6 +74,10 @@ class ImportFile(Base):
     fingerprint: Mapped[str | None] = mapped_column(String(256))
     sha256: Mapped[str | None] = mapped_column(String(64))
     audience_name: Mapped[str | None] = mapped_column(String(255))
+    # apply_changes: the audience (id, generation) the file's ids were applied to; if it has
+    # been deleted or replaced since, the file's previous content no longer stands in it.
+    audience_id: Mapped[int | None] = mapped_column()
+    audience_generation: Mapped[int | None] = mapped_column()
     ingested_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
     # A file whose content failed is not read again until its fingerprint changes.
     failed_fingerprint: Mapped[str | None] = mapped_column(String(256))

@@ -38,6 +38,20 @@ class CredentialsIn(BaseModel):
     endpoint_url: str | None = Field(default=None, max_length=2048)
     private_key: str | None = Field(default=None, max_length=16384)
     host_key: str | None = Field(default=None, max_length=8192)
+    service_account: str | None = Field(default=None, max_length=16384)  # GCS, JSON key
+
+
+def location_url(value: str, schemes: tuple[str, ...]) -> str:
+    """A storage URL (import source, export destination): a known scheme, a host or bucket,
+    and no password (credentials are stored apart, encrypted)."""
+    parts = urlsplit(value)
+    if parts.scheme.lower() not in schemes:
+        raise ValueError(f"the scheme must be one of {', '.join(schemes)}")
+    if parts.password:
+        raise ValueError("put the password in credentials, not in the URL")
+    if parts.scheme.lower() != "file" and not parts.netloc:
+        raise ValueError("no host (or bucket) in the URL")
+    return value
 
 
 class _SourceFields(BaseModel):
@@ -46,16 +60,7 @@ class _SourceFields(BaseModel):
     @field_validator("url", check_fields=False)
     @classmethod
     def _url(cls, value: str | None) -> str | None:
-        if value is None:
-            return value
-        parts = urlsplit(value)
-        if parts.scheme.lower() not in SCHEMES:
-            raise ValueError(f"the scheme must be one of {', '.join(SCHEMES)}")
-        if parts.password:
-            raise ValueError("put the password in credentials, not in the URL")
-        if parts.scheme.lower() != "file" and not parts.netloc:
-            raise ValueError("no host (or bucket) in the URL")
-        return value
+        return None if value is None else location_url(value, SCHEMES)
 
     @field_validator("audience_pattern", check_fields=False)
     @classmethod

@@ -4,9 +4,10 @@ the CSV upload of the Custom Audience API.
 A file goes through two steps. Reading (in a thread: the protocols block, and parsing ten
 million lines would stall the event loop) streams it through the id parser into a local
 spool, hashing it on the way; a file that is malformed stops here and nothing is applied.
-Applying loads the spool into a staging table and replaces the audience or applies the file's
-changes in one transaction, together with the record that the file was ingested, so a crash
-leaves either both or neither. See docs/imports.md.
+Applying replaces the audience from the spool (clarion.audiences.staging) or applies the
+file's changes, in one transaction with the record that the file was ingested and the run's
+outcome, so a crash leaves all or none. The CSV upload of the API parses on the event loop as
+the body arrives (chunks of a request are small). See docs/imports.md.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import IO
+from urllib.parse import urlsplit
 
 from sqlalchemy import delete, exists, literal, select, true, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -52,7 +54,7 @@ from clarion.connectors.schemas import (
     UploadResult,
 )
 from clarion.connectors.storage import RemoteFile, Storage, StorageCredentials, StorageError
-from clarion.db import insert_ignoring_conflicts, transaction, utcnow
+from clarion.db import insert_ignoring_conflicts, rowcount, transaction, utcnow
 from clarion.errors import MalformedParameterError, NotFoundError
 from clarion.formats import wire_date
 from clarion.security import SecretBox
@@ -80,7 +82,7 @@ async def create_source(
     source = ImportSource(
         app_id=app_id,
         name=body.name,
-        credentials=_seal(body.credentials, box),
+        credentials=seal_credentials(body.credentials, box),
         next_poll_at=now,
         created_at=now,
         updated_at=now,
@@ -102,6 +104,9 @@ async def update_source(
 ) -> ImportSource:
     source = await _get(session, app_id, name)
     changes = body.model_dump(exclude_unset=True, exclude={"credentials"})
+    if body.url is not None and source.credentials is not None:
+        given = "credentials" in body.model_fields_set
+        require_credentials_for_new_host(source.url, body.url, given)
     # Naming the audience one way forgets the other way.
     if changes.get("audience_name") is not None:
         changes["audience_pattern"] = None
@@ -114,9 +119,24 @@ async def update_source(
     if source.audience_name is None and source.audience_pattern is None:
         raise MalformedParameterError("audience_name: give audience_name or audience_pattern")
     if "credentials" in body.model_fields_set:
-        source.credentials = _seal(body.credentials, box)
+        source.credentials = seal_credentials(body.credentials, box)
     source.updated_at = now
+    # New settings may read a file that failed with the old ones: give those files a chance.
+    await session.execute(
+        update(ImportFile).where(ImportFile.source_id == source.id).values(failed_fingerprint=None)
+    )
     return source
+
+
+def require_credentials_for_new_host(old_url: str, new_url: str, given: bool) -> None:
+    """Stored credentials are never sent to a host they were not given for: moving a source
+    (or destination) to another scheme or host needs them again."""
+    old, new = urlsplit(old_url), urlsplit(new_url)
+    moved = (old.scheme, old.hostname, old.port) != (new.scheme, new.hostname, new.port)
+    if moved and not given:
+        raise MalformedParameterError(
+            "credentials: give the credentials again to move to another scheme or host"
+        )
 
 
 async def delete_source(session: AsyncSession, *, app_id: int, name: str) -> None:
@@ -227,11 +247,14 @@ class IdReader:
         self.spool.write(self.parser.feed(chunk))
 
     def close(self) -> str:
-        """Ends the file; returns its SHA-256. Fails if no line held a valid id."""
+        """Ends the file; returns its SHA-256. Fails if no line held a valid id: an export gone
+        wrong must not empty an audience (delete the audience to empty it)."""
         self.spool.write(self.parser.close())
-        if self.parser.accepted == 0 and self.parser.rejected > 0:
-            first = self.parser.first_rejections[0]
-            raise IdFileError(first.line, f"no valid id in the file ({first.reason})")
+        if self.parser.accepted == 0:
+            if self.parser.first_rejections:
+                first = self.parser.first_rejections[0]
+                raise IdFileError(first.line, f"no valid id in the file ({first.reason})")
+            raise IdFileError(self.parser.lines_read, "no id in the file")
         return self._digest.hexdigest()
 
     def rejections(self) -> list[dict[str, int | str]]:
@@ -331,7 +354,12 @@ class ImportRunner:
         if source is None:
             return []
         try:
+            await self._close_interrupted_runs(source)
             return await self._poll(source, on_progress)
+        except Exception as exc:
+            # Whatever went wrong, the history says so and the loop goes on to other sources.
+            log.exception("import source %s failed", source.id)
+            return [await self._record_failure(source, None, None, f"internal error: {exc}")]
         finally:
             async with transaction(self._sessions) as session:
                 await session.execute(
@@ -344,6 +372,23 @@ class ImportRunner:
                         + timedelta(seconds=source.poll_interval_seconds),
                     )
                 )
+
+    async def _close_interrupted_runs(self, source: ImportSource) -> None:
+        """Runs left "running" by a process that stopped mid-file: holding the lease proves
+        no one is running them any more."""
+        async with transaction(self._sessions) as session:
+            await session.execute(
+                update(ImportRun)
+                .where(
+                    ImportRun.source_id == source.id,
+                    ImportRun.status == RunStatus.RUNNING.value,
+                )
+                .values(
+                    status=RunStatus.FAILED.value,
+                    error="interrupted (the process stopped); tried again at this poll",
+                    finished_at=self._clock(),
+                )
+            )
 
     async def _claim(self, source_id: int, *, due_only: bool) -> ImportSource | None:
         now = self._clock()
@@ -358,7 +403,7 @@ class ImportRunner:
         if due_only:
             claim = claim.where(ImportSource.next_poll_at <= now, ImportSource.enabled == true())
         async with transaction(self._sessions) as session:
-            if _rowcount(await session.execute(claim)) != 1:
+            if rowcount(await session.execute(claim)) != 1:
                 return None
             return await session.get(ImportSource, source_id)
 
@@ -366,9 +411,11 @@ class ImportRunner:
         try:
             storage = Storage(
                 source.url,
-                self._credentials(source),
+                open_credentials(source.credentials, self._box),
                 ca_file=self._settings.connector_ca_file or None,
-                local_roots=self._settings.resolved_import_local_roots,
+                local_roots=tuple(
+                    root / str(source.app_id) for root in self._settings.resolved_import_local_roots
+                ),
             )
         except StorageError as exc:
             return [await self._record_failure(source, None, None, str(exc))]
@@ -426,7 +473,13 @@ class ImportRunner:
                         on_progress(remote.name, count, remote.size)
 
                 with storage.open_read(remote.path) as stream:
-                    return read_into(stream, reader, advance)
+                    digest = read_into(stream, reader, advance)
+                if storage.fingerprint(remote.path) != remote.fingerprint:
+                    raise StorageError(
+                        f"{remote.path} changed while it was read (still being uploaded?); "
+                        "read again at the next poll"
+                    )
+                return digest
 
             try:
                 sha256 = await asyncio.to_thread(read)
@@ -441,6 +494,7 @@ class ImportRunner:
                 # A connection lost mid-file and the like: reported, retried next poll.
                 error = f"reading failed ({type(exc).__name__}: {exc})"
                 return await self._finish(run, reader, error=error)
+            _count(run, reader)
             try:
                 await self._apply(source, remote, audience_name, run, spool, sha256)
             except Exception as exc:
@@ -491,6 +545,8 @@ class ImportRunner:
             file.audience_name = audience_name
             file.ingested_at = now
             file.failed_fingerprint = None
+            # The run's outcome commits with the change itself: never one without the other.
+            await session.merge(run)
 
     async def _start_run(
         self, source: ImportSource, remote: RemoteFile, audience_name: str
@@ -520,10 +576,7 @@ class ImportRunner:
         error: str | None = None,
         broken: RemoteFile | None = None,
     ) -> ImportRun:
-        run.lines_read = reader.parser.lines_read
-        run.ids_accepted = reader.parser.accepted
-        run.ids_rejected = reader.parser.rejected
-        run.first_rejections = reader.rejections()
+        _count(run, reader)
         if error is not None:
             run.status = RunStatus.FAILED.value
             run.error = error[:1024]
@@ -560,11 +613,6 @@ class ImportRunner:
                 await _mark_broken(session, source.id, remote)
         return run
 
-    def _credentials(self, source: ImportSource) -> StorageCredentials:
-        if source.credentials is None:
-            return StorageCredentials()
-        return StorageCredentials(**json.loads(self._box.decrypt(source.credentials)))
-
 
 async def _apply_changes(
     session: AsyncSession,
@@ -576,6 +624,10 @@ async def _apply_changes(
 ) -> audiences.MembersChanged:
     """Ids new to the file are added to the audience, ids gone from it removed; the file's
     content is then remembered for its next change."""
+    stands = await audiences.identity(session, app_id=source.app_id, name=audience_name)
+    if stands is None or stands != (file.audience_id, file.audience_generation):
+        # The audience was deleted, replaced or renamed since: nothing of the file is in it.
+        await session.execute(delete(ImportFileMember).where(ImportFileMember.file_id == file.id))
     previous = ImportFileMember
     in_previous = exists().where(
         previous.file_id == file.id, previous.member_id == STAGING.c.member_id
@@ -599,7 +651,17 @@ async def _apply_changes(
             select(literal(file.id), STAGING.c.member_id).where(true()),
         )
     )
+    file.audience_id, file.audience_generation = await audiences.identity(
+        session, app_id=source.app_id, name=audience_name
+    ) or (None, None)
     return result
+
+
+def _count(run: ImportRun, reader: IdReader) -> None:
+    run.lines_read = reader.parser.lines_read
+    run.ids_accepted = reader.parser.accepted
+    run.ids_rejected = reader.parser.rejected
+    run.first_rejections = reader.rejections()
 
 
 async def _file_row(session: AsyncSession, source_id: int, path: str) -> ImportFile:
@@ -633,11 +695,18 @@ def _audience_for(source: ImportSource, file_name: str) -> str | None:
     return name or None
 
 
-def _seal(credentials: CredentialsIn | None, box: SecretBox) -> str | None:
+def seal_credentials(credentials: CredentialsIn | None, box: SecretBox) -> str | None:
+    """Storage credentials as stored: encrypted JSON (import sources, export destinations)."""
     if credentials is None:
         return None
     values = credentials.model_dump(exclude_none=True)
     return box.encrypt(json.dumps(values).encode()) if values else None
+
+
+def open_credentials(sealed: str | None, box: SecretBox) -> StorageCredentials:
+    if sealed is None:
+        return StorageCredentials()
+    return StorageCredentials(**json.loads(box.decrypt(sealed)))
 
 
 def _settable(values: dict[str, object]) -> dict[str, object]:
@@ -645,10 +714,6 @@ def _settable(values: dict[str, object]) -> dict[str, object]:
     if "id_type" in values:
         values["id_kind"] = values.pop("id_type")
     return values
-
-
-def _rowcount(result: object) -> int:
-    return int(getattr(result, "rowcount", 0) or 0)
 
 
 async def _find(session: AsyncSession, app_id: int, name: str) -> ImportSource | None:

@@ -14,8 +14,13 @@ import base64
 import contextlib
 import fnmatch
 import ftplib
+import hashlib
+import json
+import os
 import posixpath
+import socket
 import ssl
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -26,8 +31,10 @@ from urllib.parse import unquote, urlsplit
 import fsspec
 from fsspec.implementations.ftp import FTPFileSystem
 
-SCHEMES = ("s3", "sftp", "ftp", "ftps", "https", "http", "file")
+SCHEMES = ("s3", "gs", "sftp", "ftp", "ftps", "https", "http", "file")
+OBJECT_STORES = ("s3", "gs")  # an object appears only once fully written
 READ_BLOCK = 4 * 1024 * 1024  # per request: FTP and S3 ranged reads, HTTP streaming
+WRITE_BLOCK = 8 * 1024 * 1024  # S3 multipart parts must be at least 5 MiB
 
 
 class StorageError(Exception):
@@ -48,6 +55,7 @@ class StorageCredentials:
     endpoint_url: str | None = None
     private_key: str | None = None
     host_key: str | None = None  # "ssh-ed25519 AAAA…": the SFTP server's key, checked if set
+    service_account: str | None = None  # GCS: a service account's JSON key
 
 
 @dataclass(frozen=True)
@@ -78,6 +86,7 @@ class Storage:
             raise StorageError(f"unsupported URL scheme {parts.scheme!r} (use {supported})")
         self._credentials = credentials
         self._ca_file = ca_file
+        self._local_roots = tuple(root.resolve() for root in local_roots)
         self._fs: fsspec.AbstractFileSystem | None = None
         self._root = self._root_path(parts, local_roots)
 
@@ -103,6 +112,8 @@ class Storage:
             name = posixpath.basename(str(entry["name"]).rstrip("/")) or self._root
             if self.scheme not in ("http", "https") and not fnmatch.fnmatchcase(name, pattern):
                 continue
+            if self.scheme == "file" and not self._allowed(str(entry["name"])):
+                continue  # a symbolic link out of the allowed folders
             files.append(
                 RemoteFile(
                     path=str(entry["name"]),
@@ -116,6 +127,8 @@ class Storage:
     def open_read(self, path: str) -> IO[bytes]:
         """The file's bytes, streamed; compressed files (.gz, .bz2, .xz, .zst) are inflated."""
         fs = self._filesystem()
+        if self.scheme == "file" and not self._allowed(path):
+            raise StorageError(f"{path} lies outside the allowed folders")
         try:
             return fs.open(path, "rb", block_size=READ_BLOCK, compression="infer")  # type: ignore[no-any-return]
         except FileNotFoundError as exc:
@@ -123,15 +136,33 @@ class Storage:
         except Exception as exc:
             raise StorageError(_describe(exc, path)) from exc
 
+    def fingerprint(self, path: str) -> str:
+        """The file's fingerprint now (to tell whether it changed while it was read)."""
+        try:
+            return _fingerprint(self._filesystem().info(path))
+        except Exception as exc:
+            raise StorageError(_describe(exc, path)) from exc
+
     def write(self, name: str, chunks: Iterator[bytes]) -> str:
-        """Write a file named `name` into the folder from `chunks`; returns its path. The file
-        appears under its name only once complete where the protocol allows (local files)."""
+        """Write a file named `name` into the folder from `chunks`; returns its path. A reader
+        never sees it half written: object stores publish an object once whole, elsewhere it
+        is written as `.{name}.part` and renamed."""
         fs = self._filesystem()
         path = posixpath.join(self._root, name)
+        staged = (
+            path if self.scheme in OBJECT_STORES else posixpath.join(self._root, f".{name}.part")
+        )
         try:
-            with fs.open(path, "wb") as out:
+            with fs.open(staged, "wb", block_size=WRITE_BLOCK) as out:
                 for chunk in chunks:
                     out.write(chunk)
+            if staged != path:
+                try:
+                    fs.mv(staged, path)
+                except Exception:
+                    # Servers whose rename refuses an existing target (plain SFTP v3, some FTP).
+                    fs.rm_file(path)
+                    fs.mv(staged, path)
         except Exception as exc:
             raise StorageError(_describe(exc, path)) from exc
         return path
@@ -164,18 +195,23 @@ class Storage:
     # Building the fsspec file system ---------------------------------------------------------
 
     def _root_path(self, parts: Any, local_roots: tuple[Path, ...]) -> str:
-        if self.scheme == "s3":
+        if self.scheme in OBJECT_STORES:
             return f"{parts.netloc}{parts.path}".rstrip("/")
         if self.scheme in ("http", "https"):
             return self.url
         if self.scheme == "file":
-            # Only under the folders the operator allowed (CLARION_IMPORT_LOCAL_ROOTS): an API
-            # key must not read the server's own files.
+            # Only under the folders the operator allowed (one per app, see the runners): an
+            # API key must not reach the server's own files, nor another app's.
             path = Path(unquote(parts.path)).resolve()
-            if not any(path.is_relative_to(root.resolve()) for root in local_roots):
-                raise StorageError(f"file:// URLs must lie under {[str(r) for r in local_roots]}")
+            if not self._allowed(str(path)):
+                roots = ", ".join(str(root) for root in self._local_roots) or "none"
+                raise StorageError(f"file:// URLs must lie under the allowed folders ({roots})")
             return str(path)
         return unquote(parts.path).rstrip("/") or "/"
+
+    def _allowed(self, path: str) -> bool:
+        real = Path(os.path.realpath(path))
+        return any(real.is_relative_to(root) for root in self._local_roots)
 
     def _filesystem(self) -> fsspec.AbstractFileSystem:
         if self._fs is None:
@@ -195,7 +231,7 @@ class Storage:
             if creds.region:
                 client["region_name"] = creds.region
             if self._ca_file:
-                client["verify"] = self._ca_file
+                client["verify"] = _bundle_with_system_cas(self._ca_file)
             return fsspec.filesystem(
                 "s3",
                 key=creds.access_key,
@@ -206,6 +242,18 @@ class Storage:
                 default_block_size=READ_BLOCK,
                 skip_instance_cache=True,
             )
+        if self.scheme == "gs":
+            # gcsfs otherwise first probes the bucket over gRPC for "hierarchical namespace"
+            # support, waiting on timeouts wherever Google is not reachable.
+            os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
+            token: Any = None  # the environment's Google credentials
+            if creds.service_account:
+                token = json.loads(creds.service_account)
+            elif creds.endpoint_url:
+                token = "anon"  # a private endpoint (an emulator) without credentials
+            return fsspec.filesystem(
+                "gs", token=token, endpoint_url=creds.endpoint_url, skip_instance_cache=True
+            )
         if self.scheme == "sftp":
             options: dict[str, Any] = {
                 "port": parts.port or 22,
@@ -213,7 +261,7 @@ class Storage:
                 "timeout": 30,
                 # Without a pinned key the server is not authenticated (documented in
                 # docs/imports.md); with one, any other key is refused.
-                "known_hosts": _known_hosts(parts.hostname or "", parts.port, creds.host_key),
+                "known_hosts": _known_hosts(creds.host_key),
             }
             if creds.password:
                 options["password"] = creds.password
@@ -243,7 +291,7 @@ class Storage:
             options = {}
             if self._ca_file:
                 # Passed on to every aiohttp request (a connector cannot be built off the loop).
-                options["ssl"] = ssl.create_default_context(cafile=self._ca_file)
+                options["ssl"] = _tls_context(self._ca_file)
             return fsspec.filesystem(
                 self.scheme,
                 client_kwargs={"headers": headers},
@@ -255,9 +303,8 @@ class Storage:
 
     def _display(self) -> str:
         parts = urlsplit(self.url)
-        host = parts.hostname or ""
-        port = f":{parts.port}" if parts.port else ""
-        return f"{parts.scheme}://{host}{port}{parts.path}"  # never the credentials
+        where = parts.netloc.rpartition("@")[2]  # never the user name or credentials
+        return f"{parts.scheme}://{where}{parts.path}"
 
 
 class VerifiedFTPFileSystem(FTPFileSystem):
@@ -273,7 +320,7 @@ class VerifiedFTPFileSystem(FTPFileSystem):
         if not self.tls:
             super()._connect()
             return
-        context = ssl.create_default_context(cafile=self._ca_file)
+        context = _tls_context(self._ca_file)
         self.ftp = _SessionReusingFTP(context=context, timeout=self.timeout, encoding=self.encoding)
         self.ftp.connect(self.host, self.port)
         self.ftp.login(*self.cred)  # FTP_TLS.login sends AUTH TLS first
@@ -291,7 +338,30 @@ class _SessionReusingFTP(ftplib.FTP_TLS):
         return conn, size
 
 
-def _known_hosts(host: str, port: int | None, host_key: str | None) -> Any:
+def _tls_context(ca_file: str | None) -> ssl.SSLContext:
+    """The system's CAs, plus the operator's (CLARION_CONNECTOR_CA_FILE) if any."""
+    context = ssl.create_default_context()
+    if ca_file:
+        context.load_verify_locations(cafile=ca_file)
+    return context
+
+
+def _bundle_with_system_cas(ca_file: str) -> str:
+    """botocore takes one bundle file, which replaces its own: the system's CAs and the
+    operator's, concatenated once into the temporary folder."""
+    system = ssl.get_default_verify_paths().cafile
+    extra = Path(ca_file).read_bytes()
+    bundle = (
+        Path(tempfile.gettempdir()) / f"clarion-ca-{hashlib.sha256(extra).hexdigest()[:16]}.pem"
+    )
+    if not bundle.exists():
+        staged = bundle.with_suffix(f".{os.getpid()}.tmp")
+        staged.write_bytes((Path(system).read_bytes() if system else b"") + b"\n" + extra)
+        staged.replace(bundle)
+    return str(bundle)
+
+
+def _known_hosts(host_key: str | None) -> Any:
     if not host_key:
         return None
     import asyncssh
@@ -306,6 +376,7 @@ def _fingerprint(entry: dict[str, Any]) -> str:
             return f"etag:{str(entry[field]).strip(chr(34))}"
     modified = (
         entry.get("LastModified")
+        or entry.get("Last-Modified")  # HTTP
         or entry.get("modify")  # FTP MLSD: YYYYMMDDHHMMSS
         or entry.get("mtime")
         or entry.get("last_modified")
@@ -322,8 +393,6 @@ def _describe(exc: BaseException, where: str) -> str:
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else kind
     if isinstance(exc, PermissionError | ftplib.error_perm):
         return f"{where}: refused ({text})"
-    if isinstance(exc, ConnectionError | TimeoutError | OSError) and not isinstance(
-        exc, FileNotFoundError
-    ):
+    if isinstance(exc, ConnectionError | TimeoutError | socket.gaierror):
         return f"{where}: cannot connect ({text})"
     return f"{where}: {kind}: {text}"

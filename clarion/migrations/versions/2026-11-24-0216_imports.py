@@ -56,6 +56,8 @@ def upgrade() -> None:
     sa.Column('fingerprint', sa.String(length=256), nullable=True),
     sa.Column('sha256', sa.String(length=64), nullable=True),
     sa.Column('audience_name', sa.String(length=255), nullable=True),
+    sa.Column('audience_id', sa.Integer(), nullable=True),
+    sa.Column('audience_generation', sa.Integer(), nullable=True),
     sa.Column('ingested_at', sa.DateTime(timezone=True), nullable=True),
     sa.Column('failed_fingerprint', sa.String(length=256), nullable=True),
     sa.ForeignKeyConstraint(['source_id'], ['import_sources.id'], name=op.f('fk_import_files_source_id_import_sources'), ondelete='CASCADE'),

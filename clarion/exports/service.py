@@ -1,0 +1,443 @@
+"""Daily exports: destinations (CRUD), and producing each (destination, day) exactly once.
+
+A day D is due for a destination once D has ended and the destination's delay has passed.
+Producing it: claim the (destination, day) run (a lease, so two processes never both produce
+it), write the file locally from one streamed query, upload it under a temporary name and
+rename it (connectors.storage), then record the run as succeeded. A failure is recorded with
+its reason and the day is due again after a growing delay; a crash leaves a lease that runs out,
+and the day is produced again, from the same events, under the same name. docs/exports.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import Callable, Iterator
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+
+from sqlalchemy import select, true, update
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from clarion.apps.models import App
+from clarion.config import Settings
+from clarion.connectors.service import (
+    open_credentials,
+    require_credentials_for_new_host,
+    seal_credentials,
+)
+from clarion.connectors.storage import Storage, StorageError
+from clarion.db import insert_ignoring_conflicts, rowcount, transaction, utcnow
+from clarion.errors import MalformedParameterError, NotFoundError
+from clarion.exports.files import export_query, write_export
+from clarion.exports.models import ExportDestination, ExportKind, ExportRun, ExportStatus
+from clarion.exports.schemas import (
+    DestinationIn,
+    DestinationRead,
+    DestinationUpdate,
+    ExportRunRead,
+)
+from clarion.formats import wire_date
+from clarion.security import SecretBox
+
+log = logging.getLogger(__name__)
+
+LEASE = timedelta(minutes=30)
+BACKFILL_DAYS = 31  # how far back missed days are produced without being asked
+RETRY_FIRST = timedelta(minutes=1)
+RETRY_MAX = timedelta(hours=1)
+_UPLOAD_CHUNK = 256 * 1024
+
+
+# Destinations ----------------------------------------------------------------------------------
+
+
+async def create_destination(
+    session: AsyncSession, *, app_id: int, body: DestinationIn, box: SecretBox, now: datetime
+) -> ExportDestination:
+    if await _find(session, app_id, body.name) is not None:
+        raise MalformedParameterError(f"name: an export destination named {body.name!r} exists")
+    destination = ExportDestination(
+        app_id=app_id,
+        credentials=seal_credentials(body.credentials, box),
+        first_day=now.astimezone(UTC).date(),
+        created_at=now,
+        updated_at=now,
+        **body.model_dump(exclude={"credentials"}),
+    )
+    session.add(destination)
+    await session.flush()
+    return destination
+
+
+async def update_destination(
+    session: AsyncSession,
+    *,
+    app_id: int,
+    name: str,
+    body: DestinationUpdate,
+    box: SecretBox,
+    now: datetime,
+) -> ExportDestination:
+    destination = await _get(session, app_id, name)
+    if body.url is not None and destination.credentials is not None:
+        given = "credentials" in body.model_fields_set
+        require_credentials_for_new_host(destination.url, body.url, given)
+    for column, value in body.model_dump(exclude_unset=True, exclude={"credentials"}).items():
+        if value is not None:
+            setattr(destination, column, value)
+    if "credentials" in body.model_fields_set:
+        destination.credentials = seal_credentials(body.credentials, box)
+    destination.updated_at = now
+    return destination
+
+
+async def delete_destination(session: AsyncSession, *, app_id: int, name: str) -> None:
+    destination = await _get(session, app_id, name)
+    await session.delete(destination)
+
+
+async def list_destinations(session: AsyncSession, *, app_id: int | None) -> list[DestinationRead]:
+    query = select(ExportDestination).order_by(ExportDestination.app_id, ExportDestination.name)
+    if app_id is not None:
+        query = query.where(ExportDestination.app_id == app_id)
+    return [read_destination(d) for d in await session.scalars(query)]
+
+
+async def describe_destination(session: AsyncSession, *, app_id: int, name: str) -> DestinationRead:
+    return read_destination(await _get(session, app_id, name))
+
+
+async def list_runs(
+    session: AsyncSession, *, app_id: int, name: str, limit: int
+) -> list[ExportRunRead]:
+    """Newest day first."""
+    destination = await _get(session, app_id, name)
+    runs = await session.scalars(
+        select(ExportRun)
+        .where(ExportRun.destination_id == destination.id)
+        .order_by(ExportRun.day.desc())
+        .limit(limit)
+    )
+    return [read_run(run) for run in runs]
+
+
+def read_destination(destination: ExportDestination) -> DestinationRead:
+    return DestinationRead(
+        name=destination.name,
+        kind=destination.kind,
+        url=destination.url,
+        has_credentials=destination.credentials is not None,
+        file_name=destination.file_name,
+        gzip=destination.gzip,
+        id_columns=destination.id_columns,
+        delay_minutes=destination.delay_minutes,
+        first_day=destination.first_day.isoformat(),
+        enabled=destination.enabled,
+        created=wire_date(destination.created_at),
+        updated=wire_date(destination.updated_at),
+    )
+
+
+def read_run(run: ExportRun) -> ExportRunRead:
+    return ExportRunRead(
+        day=run.day.isoformat(),
+        status=run.status,
+        attempts=run.attempts,
+        rows=run.rows,
+        bytes=run.bytes,
+        file=run.path,
+        error=run.error,
+        next_attempt=wire_date(run.next_attempt_at) if run.next_attempt_at else None,
+        history=run.history or [],
+        started=wire_date(run.started_at) if run.started_at else None,
+        finished=wire_date(run.finished_at) if run.finished_at else None,
+    )
+
+
+async def pending_days(session: AsyncSession, *, app_id: int, name: str) -> list[date]:
+    """The destination's due days not produced yet, oldest first (what a backfill runs)."""
+    destination = await _get(session, app_id, name)
+    done = set(
+        await session.scalars(
+            select(ExportRun.day).where(
+                ExportRun.destination_id == destination.id,
+                ExportRun.status == ExportStatus.SUCCEEDED.value,
+            )
+        )
+    )
+    return [day for day in due_days(destination, utcnow()) if day not in done]
+
+
+def file_name(destination: ExportDestination, day: date) -> str:
+    name = destination.file_name.format(
+        app_id=destination.app_id,
+        kind=destination.kind,
+        date=day.strftime("%Y%m%d"),
+        destination=destination.name,
+    )
+    return name + ".gz" if destination.gzip else name
+
+
+def due_days(destination: ExportDestination, now: datetime) -> list[date]:
+    """The days whose file is due by now: ended, delay passed, not before the first day, and
+    at most BACKFILL_DAYS back."""
+    latest = last_complete_day(now, destination.delay_minutes)
+    earliest = max(destination.first_day, latest - timedelta(days=BACKFILL_DAYS - 1))
+    return [earliest + timedelta(days=n) for n in range((latest - earliest).days + 1)]
+
+
+def last_complete_day(now: datetime, delay_minutes: int) -> date:
+    """The last UTC day D such that D's end plus the delay is not after `now`."""
+    return (now.astimezone(UTC) - timedelta(minutes=delay_minutes)).date() - timedelta(days=1)
+
+
+# Producing files -------------------------------------------------------------------------------
+
+
+class ExportRunner:
+    """Produces due days (a worker's loop) or chosen days (`clarion exports run --day`)."""
+
+    def __init__(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        settings: Settings,
+        box: SecretBox,
+        *,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self._sessions = sessions
+        self._settings = settings
+        self._box = box
+        self._clock = clock
+        self._owner = uuid.uuid4().hex
+        self._spool_dir = settings.var_dir / "spool"
+
+    async def run_due(self) -> list[ExportRun]:
+        """Every due day of every enabled destination not produced yet (and not waiting for
+        its next attempt); returns the runs it made."""
+        now = self._clock()
+        async with self._sessions() as session:
+            destinations = list(
+                await session.scalars(
+                    select(ExportDestination).where(ExportDestination.enabled.is_(true()))
+                )
+            )
+            done = {
+                (run.destination_id, run.day): run
+                for run in await session.scalars(
+                    select(ExportRun).where(
+                        ExportRun.day >= last_complete_day(now, 0) - timedelta(BACKFILL_DAYS + 1)
+                    )
+                )
+            }
+        runs = []
+        for destination in destinations:
+            for day in due_days(destination, now):
+                run = done.get((destination.id, day))
+                if run is not None and not _may_start(run, now):
+                    continue
+                produced = await self.run_day(destination, day, force=False)
+                if produced is not None:
+                    runs.append(produced)
+        return runs
+
+    async def run_days(
+        self,
+        *,
+        app_id: int,
+        name: str,
+        days: list[date],
+        on_progress: Callable[[date], None] | None = None,
+    ) -> list[ExportRun]:
+        """Produce these days again, on purpose (they must have ended)."""
+        latest = last_complete_day(self._clock(), 0)
+        future = [day for day in days if day > latest]
+        if future:
+            raise MalformedParameterError(f"day: {future[0].isoformat()} has not ended yet")
+        async with self._sessions() as session:
+            destination = await _get(session, app_id, name)
+        runs = []
+        for day in days:
+            run = await self.run_day(destination, day, force=True)
+            if run is not None:
+                runs.append(run)
+            if on_progress is not None:
+                on_progress(day)
+        return runs
+
+    async def run_day(
+        self, destination: ExportDestination, day: date, *, force: bool
+    ) -> ExportRun | None:
+        """Produce one day's file; None when another process holds it (or, without `force`,
+        when it is done or waiting for its next attempt)."""
+        run = await self._claim(destination, day, force=force)
+        if run is None:
+            return None
+        path = self._spool_dir / f"export-{run.id}-{uuid.uuid4().hex}"
+        self._spool_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            rows = await self._write(destination, day, path)
+            name = file_name(destination, day)
+            uploaded = await asyncio.to_thread(self._upload, destination, name, path)
+        except StorageError as exc:
+            return await self._failed(run, str(exc))
+        except Exception as exc:
+            log.exception("export of %s for %s failed", destination.name, day)
+            return await self._failed(run, f"{type(exc).__name__}: {exc}")
+        else:
+            return await self._succeeded(run, rows=rows, size=path.stat().st_size, path=uploaded)
+        finally:
+            path.unlink(missing_ok=True)
+
+    async def _write(self, destination: ExportDestination, day: date, path: Path) -> int:
+        async with self._sessions() as session:
+            platform = await session.scalar(
+                select(App.platform).where(App.id == destination.app_id)
+            )
+            query = export_query(
+                ExportKind(destination.kind),
+                app_id=destination.app_id,
+                platform=platform or "",
+                day=day,
+                id_columns=destination.id_columns,
+            )
+            return await write_export(session, query, path, compress=destination.gzip)
+
+    def _upload(self, destination: ExportDestination, name: str, path: Path) -> str:
+        with Storage(
+            destination.url,
+            open_credentials(destination.credentials, self._box),
+            ca_file=self._settings.connector_ca_file or None,
+            local_roots=tuple(
+                root / str(destination.app_id)
+                for root in self._settings.resolved_export_local_roots
+            ),
+        ) as storage:
+            return storage.write(name, _chunks(path))
+
+    async def _claim(
+        self, destination: ExportDestination, day: date, *, force: bool
+    ) -> ExportRun | None:
+        now = self._clock()
+        async with transaction(self._sessions) as session:
+            await session.execute(
+                insert_ignoring_conflicts(
+                    session, ExportRun, index=["destination_id", "day"]
+                ).values(
+                    destination_id=destination.id,
+                    day=day,
+                    status=ExportStatus.PENDING.value,
+                    attempts=0,
+                    next_attempt_at=now,
+                )
+            )
+            waiting = ExportRun.status.in_([ExportStatus.PENDING.value, ExportStatus.FAILED.value])
+            startable = (waiting & (ExportRun.next_attempt_at <= now)) | (
+                (ExportRun.status == ExportStatus.RUNNING.value) & (ExportRun.lease_until < now)
+            )
+            if force:
+                startable = startable | (ExportRun.status == ExportStatus.SUCCEEDED.value)
+            claimed = await session.execute(
+                update(ExportRun)
+                .where(ExportRun.destination_id == destination.id, ExportRun.day == day, startable)
+                .values(
+                    status=ExportStatus.RUNNING.value,
+                    lease_owner=self._owner,
+                    lease_until=now + LEASE,
+                    attempts=ExportRun.attempts + 1,
+                    started_at=now,
+                )
+            )
+            if rowcount(claimed) != 1:
+                return None
+            return await session.scalar(
+                select(ExportRun).where(
+                    ExportRun.destination_id == destination.id, ExportRun.day == day
+                )
+            )
+
+    async def _succeeded(self, run: ExportRun, *, rows: int, size: int, path: str) -> ExportRun:
+        return await self._finish(
+            run,
+            status=ExportStatus.SUCCEEDED,
+            rows=rows,
+            bytes=size,
+            path=path,
+            error=None,
+            next_attempt_at=None,
+        )
+
+    async def _failed(self, run: ExportRun, error: str) -> ExportRun:
+        delay = min(RETRY_FIRST * 2 ** max(run.attempts - 1, 0), RETRY_MAX)
+        return await self._finish(
+            run,
+            status=ExportStatus.FAILED,
+            error=error[:1024],
+            next_attempt_at=self._clock() + delay,
+        )
+
+    async def _finish(self, run: ExportRun, *, status: ExportStatus, **values: object) -> ExportRun:
+        now = self._clock()
+        history = [
+            *(run.history or [])[-19:],
+            {
+                "attempt": run.attempts,
+                "status": status.value,
+                "at": wire_date(now),
+                "error": values.get("error"),
+            },
+        ]
+        async with transaction(self._sessions) as session:
+            await session.execute(
+                update(ExportRun)
+                .where(ExportRun.id == run.id, ExportRun.lease_owner == self._owner)
+                .values(
+                    status=status.value,
+                    lease_owner=None,
+                    lease_until=None,
+                    finished_at=now,
+                    history=history,
+                    **values,
+                )
+            )
+            refreshed = await session.get(ExportRun, run.id)
+        assert refreshed is not None
+        return refreshed
+
+
+def _may_start(run: ExportRun, now: datetime) -> bool:
+    if run.status == ExportStatus.SUCCEEDED.value:
+        return False
+    if run.status == ExportStatus.RUNNING.value:
+        return run.lease_until is not None and run.lease_until < now
+    return run.next_attempt_at is None or run.next_attempt_at <= now
+
+
+def _chunks(path: Path) -> Iterator[bytes]:
+    with path.open("rb") as file:
+        while chunk := file.read(_UPLOAD_CHUNK):
+            yield chunk
+
+
+def parse_day(value: str) -> date:
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        raise MalformedParameterError(f"day: {value!r} is not a date (YYYY-MM-DD)") from None
+
+
+async def _find(session: AsyncSession, app_id: int, name: str) -> ExportDestination | None:
+    return await session.scalar(
+        select(ExportDestination).where(
+            ExportDestination.app_id == app_id, ExportDestination.name == name
+        )
+    )
+
+
+async def _get(session: AsyncSession, app_id: int, name: str) -> ExportDestination:
+    destination = await _find(session, app_id, name)
+    if destination is None:
+        raise NotFoundError(f"no export destination {name!r}")
+    return destination
