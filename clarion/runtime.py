@@ -23,6 +23,7 @@ from clarion.db import create_engine, create_sessionmaker
 from clarion.delivery.pool import ProviderPool
 from clarion.delivery.service import Deliverer
 from clarion.exports.service import ExportRunner
+from clarion.exports.service import process_requests as process_export_requests
 from clarion.gdpr.service import process_pending as process_gdpr_requests
 from clarion.http2 import Http2Client
 from clarion.queue import JobQueue
@@ -69,6 +70,9 @@ class Runtime:
             self._tasks.append(asyncio.create_task(self._gdpr_forever(), name="gdpr"))
             self._tasks.append(asyncio.create_task(self._imports_forever(), name="imports"))
             self._tasks.append(asyncio.create_task(self._exports_forever(), name="exports"))
+            self._tasks.append(
+                asyncio.create_task(self._export_requests_forever(), name="export-requests")
+            )
             self.scheduler = CampaignScheduler(self.sessions, self.queue, self.settings)
             self._tasks.append(
                 asyncio.create_task(self.scheduler.run_forever(), name="campaign-scheduler")
@@ -112,6 +116,14 @@ class Runtime:
             except Exception:
                 log.exception("daily exports failed; trying again")
             await asyncio.sleep(self.settings.export_check_seconds)
+
+    async def _export_requests_forever(self) -> None:
+        while True:
+            try:
+                await process_export_requests(self.sessions, var_dir=self.settings.var_dir)
+            except Exception:
+                log.exception("export requests failed; trying again")
+            await asyncio.sleep(self.settings.scheduler_interval_seconds)
 
     async def wait(self) -> None:
         """Until the workers stop (for `clarion worker`)."""

@@ -499,3 +499,75 @@ def test_the_cli_refuses_a_day_in_the_future_or_not_a_date(
     )
     assert done.returncode == 2, done.stderr
     assert message in done.stderr
+
+
+class TestExportApi:
+    """Export API 1.0 (spec §11.1): request, poll, download behind X-Authorization."""
+
+    async def test_a_campaigns_ids_are_exported_on_request(
+        self, api: httpx.AsyncClient, ios_app: ClientApp, runtime: Runtime
+    ) -> None:
+        from clarion.exports.service import process_requests
+
+        await seed_events(runtime, ios_app)
+        base = f"/1.0/{ios_app.api_key}/export"
+        created = await api.post(
+            f"{base}/campaign/c1/ids",
+            headers=ios_app.headers(),
+            json={"from": "2026-11-01", "to": "now", "events": ["push_open", "push_sent"]},
+        )
+        assert created.status_code == 201, created.text
+        request_id = created.json()["id"]
+        waiting = await api.get(f"{base}/request/{request_id}", headers=ios_app.headers())
+        assert (waiting.json()["status"], waiting.json().get("file_url")) == ("CREATED", None)
+
+        assert await process_requests(runtime.sessions, var_dir=runtime.settings.var_dir) >= 1
+
+        status = (await api.get(f"{base}/request/{request_id}", headers=ios_app.headers())).json()
+        assert status["status"] == "SUCCESS"
+        assert status["uri"] == f"{base}/campaign/c1/ids"
+        assert status["request"] == {
+            "from": "2026-11-01",
+            "to": "now",
+            "events": ["push_open", "push_sent"],
+        }
+        file_url = status["file_url"].replace("http://clarion.test", "")
+        refused = await api.get(file_url)
+        assert refused.status_code == 401
+        csv_file = await api.get(file_url, headers=ios_app.headers())
+        assert csv_file.status_code == 200
+        assert parse(csv_file.content) == [
+            {
+                "install_id": "install-1",
+                "custom_id": 'user;"1"',
+                "advertising_id": "",
+                "event_type": "push_opened",
+            }
+        ]
+
+    @pytest.mark.parametrize(
+        ("body", "message"),
+        [
+            ({"from": "2026-11-20", "to": "2026-11-10"}, "from: after to"),
+            ({"from": "last week", "to": "now"}, "from:"),
+            ({"from": "now", "to": "now", "events": ["push_clicked"]}, "events:"),
+            ({"from": "now", "to": "now", "ids": ["email"]}, "ids"),
+        ],
+    )
+    async def test_bad_requests_are_400_31(
+        self, body: dict[str, Any], message: str, api: httpx.AsyncClient, ios_app: ClientApp
+    ) -> None:
+        response = await api.post(
+            f"/1.0/{ios_app.api_key}/export/campaign/c1/events",
+            headers=ios_app.headers(),
+            json=body,
+        )
+        assert message in error(response, 400, 31)
+
+    async def test_the_status_takes_the_live_key(
+        self, api: httpx.AsyncClient, ios_app: ClientApp
+    ) -> None:
+        response = await api.get(
+            f"/1.0/{ios_app.dev_api_key}/export/request/nope", headers=ios_app.headers()
+        )
+        error(response, 403, 12)

@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from clarion.db import utc_iso_second
 from clarion.devices.models import Installation
 from clarion.events.models import InAppEvent, PushEvent
-from clarion.exports.models import ID_COLUMNS, ExportKind
+from clarion.exports.models import ID_COLUMNS, ExportKind, RequestKind
 
 DELIMITER = ";"
 _WRITE_BUFFER = 256 * 1024
@@ -99,7 +99,10 @@ async def write_export(
 
 async def _copy_csv(session: AsyncSession, query: Select[Any], out: IO[bytes]) -> int:
     connection = await session.connection()
-    compiled = query.compile(dialect=connection.dialect)
+    # IN lists expand into one parameter each here (SQLAlchemy leaves them for execute time).
+    compiled = query.compile(
+        dialect=connection.dialect, compile_kwargs={"render_postcompile": True}
+    )
     raw = (await connection.get_raw_connection()).driver_connection
     assert raw is not None
     statement = (
@@ -134,3 +137,58 @@ def _ids(table: Any, id_columns: list[str]) -> list[Any]:
         for name in ID_COLUMNS
         if name in id_columns
     ]
+
+
+def request_query(
+    kind: RequestKind,
+    *,
+    app_id: int,
+    target: str,
+    start: datetime,
+    end: datetime,
+    events: list[str],
+    ids: list[str],
+) -> Select[Any]:
+    """The rows of an Export API request (spec §11.1): a campaign's ids (ids, then the event,
+    as Batch's sample), a campaign's events, or an in-app campaign's events."""
+    if kind is RequestKind.INAPP_CAMPAIGN_EVENTS:
+        columns = [
+            utc_iso_second(InAppEvent.occurred_at).label("date"),
+            InAppEvent.kind.label("event_type"),
+            *_ids(InAppEvent, ids),
+            InAppEvent.platform.label("platform"),
+            InAppEvent.cta_position.label("event_var_2"),
+            func.nullif(InAppEvent.cta_label, "").label("event_var_3"),
+        ]
+        return (
+            select(*columns)
+            .where(
+                InAppEvent.app_id == app_id,
+                InAppEvent.campaign_id == target,
+                InAppEvent.kind.in_(events),
+                InAppEvent.occurred_at >= start,
+                InAppEvent.occurred_at <= end,
+            )
+            .order_by(InAppEvent.occurred_at, InAppEvent.id)
+        )
+    if kind is RequestKind.CAMPAIGN_IDS:
+        columns = [*_ids(PushEvent, ids), PushEvent.kind.label("event_type")]
+    else:
+        columns = [
+            utc_iso_second(PushEvent.occurred_at).label("date"),
+            PushEvent.kind.label("event_type"),
+            *_ids(PushEvent, ids),
+            PushEvent.platform.label("platform"),
+            func.nullif(PushEvent.reason, "").label("error"),
+        ]
+    return (
+        select(*columns)
+        .where(
+            PushEvent.app_id == app_id,
+            PushEvent.campaign_token == target,
+            PushEvent.kind.in_(events),
+            PushEvent.occurred_at >= start,
+            PushEvent.occurred_at <= end,
+        )
+        .order_by(PushEvent.occurred_at, PushEvent.id)
+    )

@@ -76,3 +76,43 @@ class ExportRun(Base):
     history: Mapped[list[dict[str, Any]] | None] = mapped_column(JsonValue)  # past attempts
     started_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
     finished_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+
+
+class RequestStatus(StrEnum):
+    """Export API 1.0 (spec §11.1)."""
+
+    CREATED = "CREATED"
+    PENDING = "PENDING"
+    ERROR = "ERROR"
+    SUCCESS = "SUCCESS"
+    EXPIRED = "EXPIRED"  # the file lives a month
+
+
+class RequestKind(StrEnum):
+    CAMPAIGN_IDS = "campaign_ids"  # export/campaign/{token}/ids
+    CAMPAIGN_EVENTS = "campaign_events"  # export/campaign/{token}/events
+    INAPP_CAMPAIGN_EVENTS = "inapp_campaign_events"  # export/inapp-campaign/{id}/events
+
+
+class ExportRequest(Base):
+    """An on-demand export (Export API 1.0): created by a call, produced by a worker."""
+
+    __tablename__ = "export_requests"
+    __table_args__ = (Index("ix_export_requests_status", "status"),)
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    app_id: Mapped[int] = mapped_column(ForeignKey("apps.id"))
+    kind: Mapped[str] = mapped_column(String(32))
+    target: Mapped[str] = mapped_column(String(64))  # the campaign token or in-app campaign id
+    uri: Mapped[str] = mapped_column(String(512))
+    date_from: Mapped[datetime] = mapped_column(UtcDateTime)
+    date_to: Mapped[datetime] = mapped_column(UtcDateTime)
+    request: Mapped[dict[str, Any]] = mapped_column(JsonValue)  # as given, for the status
+    events: Mapped[list[str]] = mapped_column(JsonValue)
+    ids: Mapped[list[str]] = mapped_column(JsonValue)
+    status: Mapped[str] = mapped_column(String(8), default=RequestStatus.CREATED.value)
+    file_name: Mapped[str | None] = mapped_column(String(255))
+    error: Mapped[str | None] = mapped_column(String(1024))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    completed_at: Mapped[datetime | None] = mapped_column(UtcDateTime)

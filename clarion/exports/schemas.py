@@ -98,3 +98,42 @@ class ExportRunRead(BaseModel):
     history: list[dict[str, str | int | None]] = Field(default_factory=list)
     started: str | None = None
     finished: str | None = None
+
+
+# Export API 1.0 (spec §11.1) -------------------------------------------------------------------
+
+# Batch's requests say push_open, its files push_opened: both are taken.
+CAMPAIGN_EVENTS = {
+    "push_sent": "push_sent",
+    "push_open": "push_opened",
+    "push_opened": "push_opened",
+    "push_error": "push_error",
+}
+INAPP_EVENTS = {name: name for name in ("inapp_supplied", "inapp_shown", "inapp_clicked")} | {
+    "inapp_closed": "inapp_closed"
+}
+ExportDate = Annotated[str, Field(min_length=3, max_length=32)]
+
+
+class ExportRequestIn(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    from_: ExportDate = Field(alias="from")
+    to: ExportDate
+    events: list[str] | None = Field(default=None, max_length=8)
+    ids: IdColumns | None = None
+
+
+class ExportRequestCreated(BaseModel):
+    id: str
+
+
+class ExportRequestRead(BaseModel):
+    id: str
+    uri: str
+    request_date: str
+    file_url: str | None = None
+    status: str
+    completion_date: str | None = None
+    error: str | None = None
+    request: dict[str, object]

@@ -30,12 +30,24 @@ from clarion.connectors.service import (
 from clarion.connectors.storage import Storage, StorageError
 from clarion.db import insert_ignoring_conflicts, rowcount, transaction, utcnow
 from clarion.errors import MalformedParameterError, NotFoundError
-from clarion.exports.files import export_query, write_export
-from clarion.exports.models import ExportDestination, ExportKind, ExportRun, ExportStatus
+from clarion.exports.files import export_query, request_query, write_export
+from clarion.exports.models import (
+    ID_COLUMNS,
+    ExportDestination,
+    ExportKind,
+    ExportRequest,
+    ExportRun,
+    ExportStatus,
+    RequestKind,
+    RequestStatus,
+)
 from clarion.exports.schemas import (
+    CAMPAIGN_EVENTS,
+    INAPP_EVENTS,
     DestinationIn,
     DestinationRead,
     DestinationUpdate,
+    ExportRequestIn,
     ExportRunRead,
 )
 from clarion.formats import wire_date
@@ -441,3 +453,154 @@ async def _get(session: AsyncSession, app_id: int, name: str) -> ExportDestinati
     if destination is None:
         raise NotFoundError(f"no export destination {name!r}")
     return destination
+
+
+# Export API 1.0 (spec §11.1) -------------------------------------------------------------------
+
+FILE_LIFETIME = timedelta(days=30)  # Batch: "files live for one month"
+STALE_PENDING = timedelta(minutes=30)  # a request PENDING this long lost its worker
+
+
+async def create_request(
+    session: AsyncSession,
+    *,
+    app_id: int,
+    kind: RequestKind,
+    target: str,
+    uri: str,
+    body: ExportRequestIn,
+    now: datetime,
+) -> str:
+    start = _export_date(body.from_, "from", now)
+    end = _export_date(body.to, "to", now)
+    if start > end:
+        raise MalformedParameterError("from: after to")
+    names = INAPP_EVENTS if kind is RequestKind.INAPP_CAMPAIGN_EVENTS else CAMPAIGN_EVENTS
+    asked = body.events or list(dict.fromkeys(names.values()))
+    unknown = [name for name in asked if name not in names]
+    if unknown:
+        raise MalformedParameterError(
+            f"events: unknown event {unknown[0]!r} (use {', '.join(names)})"
+        )
+    request = ExportRequest(
+        id=str(uuid.uuid4()),
+        app_id=app_id,
+        kind=kind.value,
+        target=target,
+        uri=uri,
+        date_from=start,
+        date_to=end,
+        request=body.model_dump(by_alias=True, exclude_none=True),
+        events=sorted({names[name] for name in asked}),
+        ids=body.ids or list(ID_COLUMNS),
+        status=RequestStatus.CREATED.value,
+        created_at=now,
+    )
+    session.add(request)
+    return request.id
+
+
+async def get_request(
+    session: AsyncSession, *, app_id: int, request_id: str, var_dir: Path, now: datetime
+) -> ExportRequest:
+    request = await session.get(ExportRequest, request_id)
+    if request is None or request.app_id != app_id:
+        raise NotFoundError(f"no export request {request_id!r}")
+    if request.status == RequestStatus.SUCCESS.value and now - request.created_at > FILE_LIFETIME:
+        request.status = RequestStatus.EXPIRED.value
+        path = request_file(var_dir, request)
+        if path is not None:
+            path.unlink(missing_ok=True)
+    return request
+
+
+def request_file(var_dir: Path, request: ExportRequest) -> Path | None:
+    if request.file_name is None:
+        return None
+    return var_dir / "export-requests" / request.file_name
+
+
+async def process_requests(
+    sessions: async_sessionmaker[AsyncSession], *, var_dir: Path, now: datetime | None = None
+) -> int:
+    """Produce the files of waiting requests (a worker's loop); returns how many were done."""
+    now = now or utcnow()
+    async with sessions() as session:
+        waiting = list(
+            await session.scalars(
+                select(ExportRequest.id)
+                .where(
+                    (ExportRequest.status == RequestStatus.CREATED.value)
+                    | (
+                        (ExportRequest.status == RequestStatus.PENDING.value)
+                        & (ExportRequest.started_at < now - STALE_PENDING)
+                    )
+                )
+                .order_by(ExportRequest.created_at)
+                .limit(10)
+            )
+        )
+    done = 0
+    for request_id in waiting:
+        async with transaction(sessions) as session:
+            claimed = await session.execute(
+                update(ExportRequest)
+                .where(
+                    ExportRequest.id == request_id,
+                    ExportRequest.status.in_(
+                        [RequestStatus.CREATED.value, RequestStatus.PENDING.value]
+                    ),
+                    (ExportRequest.started_at.is_(None))
+                    | (ExportRequest.started_at < now - STALE_PENDING),
+                )
+                .values(status=RequestStatus.PENDING.value, started_at=now)
+            )
+            if rowcount(claimed) != 1:
+                continue
+        await _produce_request(sessions, request_id, var_dir)
+        done += 1
+    return done
+
+
+async def _produce_request(
+    sessions: async_sessionmaker[AsyncSession], request_id: str, var_dir: Path
+) -> None:
+    folder = var_dir / "export-requests"
+    folder.mkdir(parents=True, exist_ok=True)
+    async with sessions() as session:
+        request = await session.get(ExportRequest, request_id)
+        assert request is not None
+        name = f"{request.kind}-{request.target}-{request.id}.csv"
+        query = request_query(
+            RequestKind(request.kind),
+            app_id=request.app_id,
+            target=request.target,
+            start=request.date_from,
+            end=request.date_to,
+            events=request.events,
+            ids=request.ids,
+        )
+        try:
+            await write_export(session, query, folder / name, compress=False)
+            values: dict[str, object] = {"status": RequestStatus.SUCCESS.value, "file_name": name}
+        except Exception as exc:
+            log.exception("export request %s failed", request_id)
+            (folder / name).unlink(missing_ok=True)
+            values = {"status": RequestStatus.ERROR.value, "error": f"{type(exc).__name__}"}
+    async with transaction(sessions) as session:
+        await session.execute(
+            update(ExportRequest)
+            .where(ExportRequest.id == request_id)
+            .values(completed_at=utcnow(), **values)
+        )
+
+
+def _export_date(value: str, field: str, now: datetime) -> datetime:
+    if value == "now":
+        return now
+    for layout in ("%Y-%m-%dT%H:%M:%S", "%Y-%m-%d"):
+        try:
+            return datetime.strptime(value, layout).replace(tzinfo=UTC)
+        except ValueError:
+            continue
+    raise MalformedParameterError(f'{field}: {value!r} is not "now" or a UTC date')
