@@ -31,7 +31,7 @@ from tests.test_campaign_runs import Clock, add_installs
 from tests.test_campaigns import error
 
 if TYPE_CHECKING:
-    from tests.support.storage_servers import FtpServer, S3Server, SftpServer
+    from tests.support.storage_servers import FtpServer, GcsServer, S3Server, SftpServer
 
 DAY = date(2026, 11, 23)
 MIDNIGHT = datetime(2026, 11, 24, tzinfo=UTC)  # DAY's end
@@ -73,6 +73,21 @@ def place_on(protocol: str, request: pytest.FixtureRequest, local_root: Path) ->
             },
             read=s3_read,
             names=s3_names,
+        )
+    if protocol == "gs":
+        gcs: GcsServer = request.getfixturevalue("gcs_server")
+
+        def gcs_names() -> list[str]:
+            from gcsfs.core import GCSFileSystem
+
+            fs = GCSFileSystem(**gcs.storage_options(), skip_instance_cache=True)
+            return sorted(path.rsplit("/", 1)[1] for path in fs.ls(f"{gcs.bucket}/{folder}"))
+
+        return Place(
+            url=f"gs://{gcs.bucket}/{folder}",
+            credentials={"endpoint_url": gcs.endpoint_url},
+            read=lambda name: gcs.read_bytes(f"{folder}/{name}"),
+            names=gcs_names,
         )
     if protocol == "file":
         root = local_root / folder
@@ -207,7 +222,7 @@ async def logged_push_events(runtime: Runtime, app: ClientApp) -> list[dict[str,
         ]
 
 
-@pytest.mark.parametrize("protocol", ["s3", "sftp", "ftp", "ftps", "file"])
+@pytest.mark.parametrize("protocol", ["s3", "gs", "sftp", "ftp", "ftps", "file"])
 async def test_a_day_of_push_events_lands_as_the_event_log_says(
     protocol: str,
     request: pytest.FixtureRequest,

@@ -1,5 +1,5 @@
 """Smoke test of the local storage servers: each lists, reads, writes and deletes through fsspec,
-the way the flat-file connectors will use them."""
+the way the flat-file connectors and daily exports will use them."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ if TYPE_CHECKING:  # importing the plugin before pytest registers it would skip 
     from tests.support.storage_servers import (
         FtpServer,
         FtpsServer,
+        GcsServer,
         HttpsServer,
         S3Server,
         SftpServer,
@@ -43,6 +44,41 @@ def test_s3(s3_server: S3Server) -> None:
     fs.invalidate_cache()
     assert not fs.exists(f"{bucket}/s3/b.csv")
     assert not fs.exists(f"{bucket}/s3/a.csv")
+
+
+def test_gcs(gcs_server: GcsServer) -> None:
+    bucket = gcs_server.bucket
+    gcs_server.put_bytes("gcs/a.csv", CSV)
+    fs = fsspec.filesystem("gs", skip_instance_cache=True, **gcs_server.storage_options())
+    assert type(fs).__module__ == "gcsfs.core"  # not the experimental one, which probes gRPC
+    folder = f"gs://{bucket}/gcs"
+
+    assert fs.ls(folder, detail=False) == [f"{bucket}/gcs/a.csv"]
+    assert fs.cat_file(f"{folder}/a.csv") == CSV
+    with fs.open(f"{folder}/.b.csv.part", "wb") as out:
+        out.write(b"written")
+    fs.mv(f"{folder}/.b.csv.part", f"{folder}/b.csv")  # objects.move: one server-side rename
+    assert gcs_server.read_bytes("gcs/b.csv") == b"written"
+    assert not gcs_server.exists("gcs/.b.csv.part")
+    fs.rm_file(f"{folder}/b.csv")
+    gcs_server.delete("gcs/a.csv")
+    fs.invalidate_cache()
+    assert not fs.exists(f"{folder}/b.csv")
+    assert not fs.exists(f"{folder}/a.csv")
+
+
+def test_gcs_refuses_an_upload_to_a_missing_bucket(gcs_server: GcsServer) -> None:
+    fs = fsspec.filesystem("gs", skip_instance_cache=True, **gcs_server.storage_options())
+
+    # gcsfs turns GCS's 404 into FileNotFoundError naming the upload URL, hence the bucket.
+    with pytest.raises(FileNotFoundError, match="/b/no-such-bucket/o"):
+        fs.pipe_file("gs://no-such-bucket/a.csv", b"written")
+    with (
+        pytest.raises(FileNotFoundError, match="/b/no-such-bucket/o"),
+        fs.open("gs://no-such-bucket/a.csv", "wb") as out,
+    ):
+        out.write(b"written")  # nothing is sent before the file is closed
+    assert not fs.exists("gs://no-such-bucket")  # and no bucket was made on the way
 
 
 def test_sftp(sftp_server: SftpServer) -> None:

@@ -243,16 +243,19 @@ class Storage:
                 skip_instance_cache=True,
             )
         if self.scheme == "gs":
-            # gcsfs otherwise first probes the bucket over gRPC for "hierarchical namespace"
-            # support, waiting on timeouts wherever Google is not reachable.
-            os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
+            # The plain GCS file system, built directly: what fsspec's "gs" resolves to depends
+            # on GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT at gcsfs's first import, and the other class
+            # probes every bucket over gRPC first, waiting 30-60 s per call wherever Google
+            # cannot be reached (measured against the emulator).
+            from gcsfs.core import GCSFileSystem
+
             token: Any = None  # the environment's Google credentials
             if creds.service_account:
                 token = json.loads(creds.service_account)
             elif creds.endpoint_url:
                 token = "anon"  # a private endpoint (an emulator) without credentials
-            return fsspec.filesystem(
-                "gs", token=token, endpoint_url=creds.endpoint_url, skip_instance_cache=True
+            return GCSFileSystem(
+                token=token, endpoint_url=creds.endpoint_url, skip_instance_cache=True
             )
         if self.scheme == "sftp":
             options: dict[str, Any] = {

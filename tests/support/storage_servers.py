@@ -1,9 +1,10 @@
-"""Real file-storage servers (S3, SFTP, FTP, FTPS, HTTPS) on free loopback ports, for the tests
-and benchmarks of the flat-file connectors: they must speak the real protocols, never mocks.
+"""Real file-storage servers (S3, GCS, SFTP, FTP, FTPS, HTTPS) on free loopback ports, for the
+tests and benchmarks of the flat-file connectors: they must speak the real protocols, never mocks.
 
 Each server is this very module run as `python -m tests.support.storage_servers KIND CONFIG`
-(S3 is moto's own server, started from there) in its own session: it never shares an event loop
-with pytest, a stop kills its whole process group, and it exits by itself if the test run dies.
+(S3 is moto's own server, GCS gcp-storage-emulator's, started from there) in its own session: it
+never shares an event loop with pytest, a stop kills its whole process group, and it exits by
+itself if the test run dies.
 Register the fixtures at the end with `pytest_plugins = ["tests.support.storage_servers"]`.
 """
 
@@ -27,6 +28,7 @@ import tempfile
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -90,6 +92,62 @@ class S3Server:
 
     def delete(self, key: str) -> None:
         self.client.delete_object(Bucket=self.bucket, Key=key)
+
+
+@dataclass(frozen=True)
+class GcsServer:
+    """A gcp-storage-emulator endpoint (the JSON API, in memory) with one bucket; no auth."""
+
+    endpoint_url: str
+    bucket: str
+    pid: int
+
+    def storage_options(self) -> dict[str, Any]:
+        """Keyword arguments for `gcsfs.GCSFileSystem` / `fsspec.filesystem("gs", ...)`.
+
+        Only with the plain file system, which `running_gcs` makes sure of: see `_plain_gcsfs`.
+        """
+        return {"endpoint_url": self.endpoint_url, "token": "anon"}
+
+    def _object_url(self, key: str) -> str:
+        quoted = urllib.parse.quote(key, safe="")
+        return f"{self.endpoint_url}/storage/v1/b/{self.bucket}/o/{quoted}"
+
+    def _call(self, method: str, url: str, data: bytes | None = None) -> bytes:
+        request = urllib.request.Request(url, data=data, method=method)
+        if data is not None:
+            request.add_header("Content-Type", "application/octet-stream")
+        with urllib.request.urlopen(request, timeout=10) as response:
+            body: bytes = response.read()
+            return body
+
+    def put_bytes(self, key: str, data: bytes) -> None:
+        query = urllib.parse.urlencode({"uploadType": "media", "name": key})
+        self._call("POST", f"{self.endpoint_url}/upload/storage/v1/b/{self.bucket}/o?{query}", data)
+
+    def put_file(self, key: str, path: Path) -> None:
+        self.put_bytes(key, path.read_bytes())
+
+    def read_bytes(self, key: str) -> bytes:
+        """The object's bytes; `FileNotFoundError` if there is none."""
+        try:
+            return self._call("GET", self._object_url(key) + "?alt=media")
+        except urllib.error.HTTPError as exc:
+            if exc.code == 404:
+                raise FileNotFoundError(key) from exc
+            raise
+
+    def exists(self, key: str) -> bool:
+        try:
+            self._call("GET", self._object_url(key))
+        except urllib.error.HTTPError as exc:
+            if exc.code == 404:
+                return False
+            raise
+        return True
+
+    def delete(self, key: str) -> None:
+        self._call("DELETE", self._object_url(key))
 
 
 @dataclass(frozen=True)
@@ -242,6 +300,28 @@ def _issue_tls(directory: Path) -> tuple[Path, Path]:
     return ca_file, chain_file
 
 
+GCSFS_HNS = "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT"
+
+
+def _plain_gcsfs() -> None:
+    """Make `fsspec.filesystem("gs")` the plain `gcsfs.core.GCSFileSystem`, or fail now.
+
+    gcsfs reads GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT once, when `gcsfs` is first imported in the
+    process: unless it is "false" then, `gcsfs.GCSFileSystem` (what fsspec's "gs" names) is the
+    experimental file system, which asks for the bucket's layout over gRPC before nearly every
+    call, and asks again after each failure. The emulator speaks no gRPC: each call would then
+    wait out gcsfs's 60 s retry budget. No constructor option turns the asking off.
+    """
+    os.environ.setdefault(GCSFS_HNS, "false")
+    gcsfs = sys.modules.get("gcsfs")
+    imported_experimental = gcsfs is not None and gcsfs.GCSFileSystem.__name__ != "GCSFileSystem"
+    if imported_experimental or os.environ[GCSFS_HNS].lower() in ("true", "1"):
+        raise RuntimeError(
+            f"gcsfs would probe the GCS emulator over gRPC (60 s a call): set {GCSFS_HNS}=false"
+            " before anything imports gcsfs (fsspec imports it on the first gs:// use)"
+        )
+
+
 def _credentials(tmp: Path, user: str) -> tuple[Path, str, str]:
     root = tmp / "root"
     root.mkdir(parents=True, exist_ok=True)
@@ -275,6 +355,28 @@ def running_s3(tmp: Path, *, bucket: str = "clarion-test") -> Iterator[S3Server]
         server.client.create_bucket(
             Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": server.region}
         )
+        yield server
+
+
+@contextmanager
+def running_gcs(tmp: Path, *, bucket: str = "clarion-test") -> Iterator[GcsServer]:
+    """gcp-storage-emulator's JSON API with `bucket` created at start; everything in memory."""
+    del tmp  # in memory; on disk the emulator would default to ./.cloudstorage in the cwd
+    _plain_gcsfs()
+    port = free_port()
+    url = f"http://{HOST}:{port}"
+
+    def answers() -> bool:
+        try:
+            with urllib.request.urlopen(f"{url}/", timeout=PROBE_TIMEOUT) as response:
+                return response.status == 200  # the emulator's health check
+        except OSError:  # includes urllib.error.HTTPError
+            return False
+
+    command = _module_command("gcs", {"port": port, "bucket": bucket})
+    with _serving("GCS (gcp-storage-emulator)", command, answers) as pid:
+        server = GcsServer(url, bucket, pid)
+        server._call("GET", f"{url}/storage/v1/b/{bucket}")  # the bucket is there
         yield server
 
 
@@ -369,6 +471,12 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
 
 
 @pytest.fixture(scope="session")
+def gcs_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GcsServer]:
+    with running_gcs(tmp_path_factory.mktemp("gcs")) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
 def sftp_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SftpServer]:
     with running_sftp(tmp_path_factory.mktemp("sftp")) as server:
         yield server
@@ -438,6 +546,35 @@ def _serve_s3(config: dict[str, Any]) -> None:
     from moto.server import main
 
     main(["--host", HOST, "--port", str(config["port"])])
+
+
+def _serve_gcs(config: dict[str, Any]) -> None:
+    from gcp_storage_emulator import server, settings
+    from gcp_storage_emulator.exceptions import NotFound
+    from gcp_storage_emulator.handlers import objects
+
+    def move(request: Any, response: Any, storage: Any, *args: Any, **kwargs: Any) -> None:
+        """`objects.move`, which gcsfs's `mv` calls first and the emulator lacks: it answers 501,
+        which gcsfs retries for ~30 s before it copies and deletes. The emulator serves one
+        request at a time, so copying then deleting here is atomic to its clients, as on GCS."""
+        bucket, source = request.params["bucket_name"], request.params["object_id"]
+        target = request.params["dest_object_id"]
+        try:
+            moved = objects._copy(request.base_url, storage, bucket, source, bucket, target)
+            storage.delete_file(bucket, source)
+        except NotFound:
+            response.status = 404
+            return
+        response.json(moved)
+
+    api = re.escape(settings.API_ENDPOINT)
+    moves = (
+        rf"^{api}/b/(?P<bucket_name>[-.\w]+)/o/(?P<object_id>.*[^/]+)"
+        r"/moveTo/o/(?P<dest_object_id>.*[^/]+)$"
+    )
+    server.HANDLERS = ((moves, {"POST": move}), *server.HANDLERS)  # the router reads the global
+    # In memory, and quiet: the emulator's own CLI logs every request at DEBUG.
+    server.create_server(HOST, config["port"], True, config["bucket"]).run()
 
 
 def _serve_ftp(config: dict[str, Any]) -> None:
@@ -613,6 +750,7 @@ if __name__ == "__main__":
     kind, raw_config = sys.argv[1:]
     servers: dict[str, Callable[[dict[str, Any]], None]] = {
         "s3": _serve_s3,
+        "gcs": _serve_gcs,
         "sftp": _serve_sftp,
         "ftp": _serve_ftp,
         "https": _serve_https,
