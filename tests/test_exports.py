@@ -586,3 +586,26 @@ class TestExportApi:
             f"/1.0/{ios_app.dev_api_key}/export/request/nope", headers=ios_app.headers()
         )
         error(response, 403, 12)
+
+
+async def test_a_missing_bucket_fails_the_day_with_its_reason_and_nothing_is_marked_done(
+    request: pytest.FixtureRequest,
+    api: httpx.AsyncClient,
+    ios_app: ClientApp,
+    runtime: Runtime,
+    local_root: Path,
+    ca_bundle: Path,
+) -> None:
+    place = place_on("s3", request, local_root / str(ios_app.app_id))
+    place.url = place.url.replace("s3://clarion-test/", "s3://no-such-bucket/")
+    await create_destination(api, ios_app, place)
+    await _first_day(runtime, ios_app)
+    clock = Clock(MIDNIGHT + timedelta(hours=2))
+
+    runs = [
+        r for r in await runner(runtime, clock, local_root, ca_bundle).run_due() if r.day == DAY
+    ]
+    mine = [r for r in runs if r.error and "no-such-bucket" in r.error]
+
+    assert [(r.status, r.rows, r.path) for r in mine] == [("failed", None, None)]
+    assert mine[0].next_attempt_at is not None
