@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import os
 import resource
 import subprocess
@@ -105,16 +106,24 @@ def timed_export(env: dict[str, str], app_id: int, name: str) -> dict[str, Any]:
     command = [str(ROOT / ".venv/bin/clarion"), "exports", "run", "--app-id", str(app_id)]
     command += ["--name", name, "--day", DAY.isoformat()]
     started = time.monotonic()
-    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL)
-    samples = []
-    while process.poll() is None:
-        with contextlib.suppress(OSError, StopIteration):  # it may just have ended
-            samples.append(rss_mb(process.pid))
-        time.sleep(0.2)
-    seconds = time.monotonic() - started
-    if process.returncode != 0:
-        raise SystemExit(f"clarion exports run failed ({process.returncode})")
-    return {"seconds": round(seconds, 1), "sampled_max_rss_mb": round(max(samples or [0.0]))}
+    with tempfile.TemporaryFile("w+") as out:
+        process = subprocess.Popen(command, env=env, stdout=out)
+        samples = []
+        while process.poll() is None:
+            with contextlib.suppress(OSError, StopIteration):  # it may just have ended
+                samples.append(rss_mb(process.pid))
+            time.sleep(0.2)
+        seconds = time.monotonic() - started
+        if process.returncode != 0:
+            raise SystemExit(f"clarion exports run failed ({process.returncode})")
+        out.seek(0)
+        last_attempt = json.loads(out.read().strip().splitlines()[-1])["history"][-1]
+    return {
+        "seconds": round(seconds, 1),
+        "query_and_file_seconds": last_attempt["write_seconds"],
+        "upload_seconds": last_attempt["upload_seconds"],
+        "sampled_max_rss_mb": round(max(samples or [0.0])),
+    }
 
 
 def run(events: int, installs: int, database_url: str, tmp: Path) -> dict[str, Any]:

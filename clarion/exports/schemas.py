@@ -95,7 +95,7 @@ class ExportRunRead(BaseModel):
     file: str | None = None
     error: str | None = None
     next_attempt: str | None = None
-    history: list[dict[str, str | int | None]] = Field(default_factory=list)
+    history: list[dict[str, str | int | float | None]] = Field(default_factory=list)
     started: str | None = None
     finished: str | None = None
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, date, datetime, timedelta
@@ -290,16 +291,23 @@ class ExportRunner:
         path = self._spool_dir / f"export-{run.id}-{uuid.uuid4().hex}"
         self._spool_dir.mkdir(parents=True, exist_ok=True)
         try:
+            started = time.monotonic()
             rows = await self._write(destination, day, path)
+            written = time.monotonic()
             name = file_name(destination, day)
             uploaded = await asyncio.to_thread(self._upload, destination, name, path)
+            timings = {
+                "write_seconds": round(written - started, 1),
+                "upload_seconds": round(time.monotonic() - written, 1),
+            }
         except StorageError as exc:
             return await self._failed(run, str(exc))
         except Exception as exc:
             log.exception("export of %s for %s failed", destination.name, day)
             return await self._failed(run, f"{type(exc).__name__}: {exc}")
         else:
-            return await self._succeeded(run, rows=rows, size=path.stat().st_size, path=uploaded)
+            size = path.stat().st_size
+            return await self._succeeded(run, rows=rows, size=size, path=uploaded, timings=timings)
         finally:
             path.unlink(missing_ok=True)
 
@@ -370,9 +378,12 @@ class ExportRunner:
                 )
             )
 
-    async def _succeeded(self, run: ExportRun, *, rows: int, size: int, path: str) -> ExportRun:
+    async def _succeeded(
+        self, run: ExportRun, *, rows: int, size: int, path: str, timings: dict[str, float]
+    ) -> ExportRun:
         return await self._finish(
             run,
+            timings=timings,
             status=ExportStatus.SUCCEEDED,
             rows=rows,
             bytes=size,
@@ -390,17 +401,23 @@ class ExportRunner:
             next_attempt_at=self._clock() + delay,
         )
 
-    async def _finish(self, run: ExportRun, *, status: ExportStatus, **values: object) -> ExportRun:
+    async def _finish(
+        self,
+        run: ExportRun,
+        *,
+        status: ExportStatus,
+        timings: dict[str, float] | None = None,
+        **values: object,
+    ) -> ExportRun:
         now = self._clock()
-        history = [
-            *(run.history or [])[-19:],
-            {
-                "attempt": run.attempts,
-                "status": status.value,
-                "at": wire_date(now),
-                "error": values.get("error"),
-            },
-        ]
+        attempt = {
+            "attempt": run.attempts,
+            "status": status.value,
+            "at": wire_date(now),
+            "error": values.get("error"),
+            **(timings or {}),  # where the time went: the query and the upload
+        }
+        history = [*(run.history or [])[-19:], attempt]
         async with transaction(self._sessions) as session:
             await session.execute(
                 update(ExportRun)
