@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ftplib
 import ssl
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -154,3 +155,44 @@ def test_https(https_server: HttpsServer) -> None:
     with pytest.raises(aiohttp.ClientResponseError) as refused:
         anonymous.cat_file(url)
     assert refused.value.status == 401
+
+
+@pytest.mark.parametrize("kind", ["s3", "sftp", "file"])
+def test_a_write_that_fails_midway_publishes_nothing(
+    kind: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """Clarion's Storage.write: a failing source of chunks leaves no file, whole or partial."""
+    from clarion.connectors.storage import Storage, StorageCredentials, StorageError
+
+    folder = f"w{tmp_path.name[-6:]}"
+    if kind == "s3":
+        s3 = request.getfixturevalue("s3_server")
+        url = f"s3://{s3.bucket}/{folder}"
+        credentials = StorageCredentials(
+            access_key=s3.access_key,
+            secret_key=s3.secret_key,
+            region=s3.region,
+            endpoint_url=s3.endpoint_url,
+        )
+        roots: tuple[Path, ...] = ()
+    elif kind == "sftp":
+        sftp = request.getfixturevalue("sftp_server")
+        (sftp.root / folder).mkdir()
+        url = f"sftp://{sftp.host}:{sftp.port}/{folder}"
+        credentials = StorageCredentials(username=sftp.username, password=sftp.password)
+        roots = ()
+    else:
+        (tmp_path / folder).mkdir()
+        url, credentials, roots = f"file://{tmp_path / folder}", StorageCredentials(), (tmp_path,)
+
+    def chunks() -> Iterator[bytes]:
+        for _ in range(6):  # past one S3 part
+            yield b"x" * (1024 * 1024)
+        raise RuntimeError("the query failed")
+
+    with Storage(url, credentials, local_roots=roots) as storage:
+        with pytest.raises(StorageError, match="the query failed"):
+            storage.write("day.csv", chunks())
+        assert storage.list() == []
+        storage.write("day.csv", iter([b"whole\n"]))
+        assert [remote.name for remote in storage.list()] == ["day.csv"]

@@ -102,6 +102,8 @@ class Storage:
             else:
                 entries = fs.ls(self._root, detail=True)
         except FileNotFoundError as exc:
+            if self.scheme in OBJECT_STORES and self._bucket_exists():
+                return []  # a prefix with no object yet: object stores have no folders
             raise StorageError(f"{self._display()} does not exist") from exc
         except Exception as exc:
             raise StorageError(_describe(exc, self._display())) from exc
@@ -153,9 +155,24 @@ class Storage:
             path if self.scheme in OBJECT_STORES else posixpath.join(self._root, f".{name}.part")
         )
         try:
-            with fs.open(staged, "wb", block_size=WRITE_BLOCK) as out:
+            out = fs.open(staged, "wb", block_size=WRITE_BLOCK)
+            try:
                 for chunk in chunks:
                     out.write(chunk)
+            except BaseException:
+                # Not close(): fsspec's close() would publish what was written so far. An
+                # object store's discard() aborts the upload; elsewhere the .part file goes.
+                with contextlib.suppress(Exception):
+                    out.discard()
+                    if staged == path:
+                        out.closed = True  # discarded: nothing left to flush at garbage time
+                if staged != path:
+                    with contextlib.suppress(Exception):
+                        out.close()
+                    with contextlib.suppress(Exception):
+                        fs.rm_file(staged)
+                raise
+            out.close()
             if staged != path:
                 try:
                     fs.mv(staged, path)
@@ -208,6 +225,12 @@ class Storage:
                 raise StorageError(f"file:// URLs must lie under the allowed folders ({roots})")
             return str(path)
         return unquote(parts.path).rstrip("/") or "/"
+
+    def _bucket_exists(self) -> bool:
+        try:
+            return bool(self._filesystem().exists(self._root.split("/", 1)[0]))
+        except Exception:
+            return False
 
     def _allowed(self, path: str) -> bool:
         real = Path(os.path.realpath(path))
