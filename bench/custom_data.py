@@ -3,9 +3,12 @@
 Starts `clarion serve --no-workers` on a fresh PostgreSQL database (or SQLite), then posts bulk
 calls of 10,000 users, each with five scalar attributes and a tag collection, from a client on the
 other core, a few calls in flight. Reports users/s over the whole run (HTTP, validation and the
-database writes included).
+database writes included), and the CPU time per user update of the server process and, on
+PostgreSQL, of the server's database backends: on a shared machine, wall-clock figures move with
+other people's load while CPU per update mostly does not.
 
     .venv/bin/python -m bench.custom_data --db postgres --calls 20
+    .venv/bin/python bench/custom_data.py --db postgres --calls 20
 """
 
 from __future__ import annotations
@@ -23,8 +26,11 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psycopg
 
-from bench.common import pg_database, pin, report, serve_clarion
+if not __package__:  # run as a file (python bench/custom_data.py) rather than with -m
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.common import PG_ADMIN, cpu_seconds, pg_database, pin, report, serve_clarion
 
 API_PORT = int(os.environ.get("CLARION_BENCH_API_PORT", "18001"))
 USERS_PER_CALL = 10_000
@@ -68,6 +74,24 @@ def _body(call: int) -> list[dict[str, Any]]:
     ]
 
 
+def _backends_cpu(database_url: str) -> dict[int, float]:
+    """CPU seconds so far of each PostgreSQL backend connected to the database (its server's
+    connection pool): PostgreSQL runs on this machine, its processes readable in /proc."""
+    name = database_url.rsplit("/", 1)[1]
+    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+        pids = [
+            row[0]
+            for row in conn.execute("SELECT pid FROM pg_stat_activity WHERE datname = %s", (name,))
+        ]
+    found = {}
+    for pid in pids:
+        try:
+            found[pid] = cpu_seconds(pid)
+        except OSError:  # gone meanwhile
+            continue
+    return found
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--db", choices=["sqlite", "postgres"], default="postgres")
@@ -96,10 +120,19 @@ def main() -> None:
                         raise RuntimeError(f"{response.status_code}: {response.text[:300]}")
                     return response.status_code
 
+                postgres = args.db == "postgres"
+                backends_before = _backends_cpu(url) if postgres else {}
+                server_before = cpu_seconds(proc.pid)
                 started = time.monotonic()
                 with concurrent.futures.ThreadPoolExecutor(args.in_flight) as pool:
                     statuses = list(pool.map(post, bodies))
                 elapsed = time.monotonic() - started
+                server_cpu = cpu_seconds(proc.pid) - server_before
+                # Backends opened during the run started from zero.
+                backends_cpu = sum(
+                    cpu - backends_before.get(pid, 0.0)
+                    for pid, cpu in (_backends_cpu(url) if postgres else {}).items()
+                )
         finally:
             os.killpg(proc.pid, 15)
             proc.wait(timeout=15)
@@ -114,6 +147,12 @@ def main() -> None:
             "statuses": sorted(set(statuses)),
             "elapsed_s": round(elapsed, 2),
             "user_updates_per_s": round(users / elapsed),
+            "server_cpu_us_per_update": round(server_cpu / users * 1e6, 1),
+            **(
+                {"postgres_cpu_us_per_update": round(backends_cpu / users * 1e6, 1)}
+                if args.db == "postgres"
+                else {}
+            ),
         },
     )
 

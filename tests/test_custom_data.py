@@ -198,6 +198,7 @@ class TestRejected:
             ({"ut.bad": {"$put": ["a"]}}, "ut.bad"),
             ({"date(u.when)": "last tuesday"}, "date(u.when)"),
             ({"url(u.site)": "not a url"}, "url(u.site)"),
+            ({"u.when": "soon", "date(u.when)": "2026-11-23T10:00:00"}, "'when'"),
         ],
     )
     async def test_bad_values_are_400_31_naming_the_key_and_nothing_is_stored(

@@ -23,7 +23,7 @@ CustomId = Annotated[str, Path(min_length=1, max_length=512)]
 async def update_user(
     custom_id: CustomId, body: ProfileUpdateIn, access: RestApp, session: SessionDep
 ) -> DataAccepted:
-    updates = [(custom_id, body.overwrite, body.operations())]
+    updates = [(custom_id, body.overwrite, body.operations)]
     token = await service.update_profiles(session, app_id=access.app_id, updates=updates)
     return DataAccepted(token=token)
 
@@ -34,7 +34,7 @@ async def update_user(
 async def update_users(
     body: ProfileUpdatesIn, access: RestApp, session: SessionDep
 ) -> DataAccepted:
-    updates = [(item.id, item.update.overwrite, item.update.operations()) for item in body.root]
+    updates = [(item.id, item.update.overwrite, item.update.operations) for item in body.root]
     token = await service.update_profiles(session, app_id=access.app_id, updates=updates)
     return DataAccepted(token=token)
 

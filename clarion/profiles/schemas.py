@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import cached_property, lru_cache
 from typing import Any
 
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    PrivateAttr,
     RootModel,
     field_validator,
     model_validator,
@@ -54,14 +54,25 @@ class ChangeTags:
 Operation = SetAttribute | DeleteAttribute | ReplaceTags | ChangeTags
 
 
-def parse_value(key: str, value: Any) -> Operation:
-    """One `values` entry as an operation; ValueError (naming the key) if Batch would refuse it."""
+# Bounded: keys come from clients, and a name may be any of 37^30.
+@lru_cache(maxsize=4096)
+def _parse_key(key: str) -> tuple[str, str]:
+    """A `values` key as (prefix, name): u, ut, date or url, and the attribute's name.
+
+    Cached because a bulk call repeats the same few keys for each of its 10,000 users: the two
+    regular expressions were ~1/3 of parsing a value. A refused key raises, and is not cached."""
     match = _KEY.fullmatch(key)
     if match is None:
         raise ValueError(f"{key}: keys are u.<name>, ut.<name>, date(u.<name>) or url(u.<name>)")
     prefix, name = (match[1], match[2]) if match[1] else (match[3], match[4])
     if not NAME.fullmatch(name):
         raise ValueError(f"{key}: names use a-z, 0-9 and _, at most 30 characters")
+    return prefix, name
+
+
+def parse_value(key: str, value: Any) -> Operation:
+    """One `values` entry as an operation; ValueError (naming the key) if Batch would refuse it."""
+    prefix, name = _parse_key(key)
     if value is None:
         return ReplaceTags(name, ()) if prefix == "ut" else DeleteAttribute(name)
     if prefix == "ut":
@@ -114,20 +125,30 @@ class ProfileUpdateIn(BaseModel):
 
     overwrite: bool = False
     values: dict[str, Any] = Field(min_length=1)
-    # Parsed once, while validating (a bulk call parses 60,000 values).
-    _operations: list[Operation] = PrivateAttr(default_factory=list)
 
-    @model_validator(mode="after")
-    def _parse_values(self) -> ProfileUpdateIn:
+    @cached_property
+    def operations(self) -> list[Operation]:
+        """The values as operations, parsed once, while validating (a bulk call has 60,000).
+
+        A cached property lives in the instance's __dict__ and is read as a plain attribute. A
+        pydantic private attribute went through Python-level __setattr__/__getattr__ and a
+        per-instance set-up: ~80 ms of the ~700 ms that validating a 10,000-user call took."""
         try:
-            self._operations = [parse_value(key, value) for key, value in self.values.items()]
+            operations = [parse_value(key, value) for key, value in self.values.items()]
         except ValueError as exc:
             # A model-level error has no field in its location: the message names it.
             raise ValueError(f"values: {exc}") from None
-        return self
+        # `u.x` with `date(u.x)` or `url(u.x)` would set one attribute twice.
+        names = [op.name for op in operations if isinstance(op, SetAttribute | DeleteAttribute)]
+        if len(set(names)) != len(names):
+            twice = next(name for name in names if names.count(name) > 1)
+            raise ValueError(f"values: the attribute {twice!r} is given more than once")
+        return operations
 
-    def operations(self) -> list[Operation]:
-        return self._operations
+    @model_validator(mode="after")
+    def _parse_values(self) -> ProfileUpdateIn:
+        self.operations  # noqa: B018 (parsed now, so that a refused value fails validation)
+        return self
 
 
 class ProfileUpdateItem(BaseModel):
