@@ -92,8 +92,9 @@ def make_settings(
         "sweep_interval_seconds": 1.0,
         # Campaign tests drive their own schedulers, with a clock they control.
         "scheduler_interval_seconds": 3600.0,
-        # Import tests poll their sources themselves.
+        # Import and export tests poll their sources and destinations themselves.
         "import_check_seconds": 3600.0,
+        "export_check_seconds": 3600.0,
     }
     values.update(overrides)
     return Settings(**values)
