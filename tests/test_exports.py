@@ -188,6 +188,20 @@ def parse(data: bytes) -> list[dict[str, str]]:
     return list(csv.DictReader(io.StringIO(data.decode("utf-8"), newline=""), delimiter=";"))
 
 
+def sniffed(data: bytes, request: pytest.FixtureRequest) -> list[dict[str, str]]:
+    """The file as a spreadsheet-style reader takes it: DuckDB's CSV sniffer, told nothing of
+    the delimiter, quoting or header."""
+    import duckdb
+
+    path = Path(request.getfixturevalue("tmp_path")) / "sniffed.csv"
+    path.write_bytes(data)
+    relation = duckdb.read_csv(str(path), all_varchar=True)
+    return [
+        {column: value or "" for column, value in zip(relation.columns, row, strict=True)}
+        for row in relation.fetchall()
+    ]
+
+
 def iso(value: datetime) -> str:
     return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -250,6 +264,7 @@ async def test_a_day_of_push_events_lands_as_the_event_log_says(
         b"custom_id;advertising_id;platform;error\n"
     )
     assert parse(data) == await logged_push_events(runtime, ios_app)
+    assert sniffed(data, request) == parse(data)
     assert mine[0].rows == 20
     assert created["has_credentials"] is bool(place.credentials)
 
