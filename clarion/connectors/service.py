@@ -19,6 +19,7 @@ import json
 import logging
 import lzma
 import re
+import time
 import uuid
 import zlib
 from collections.abc import AsyncIterator, Callable
@@ -64,7 +65,8 @@ log = logging.getLogger(__name__)
 # Small enough that its buffers do not fragment the heap: 1 MiB reads left a 10M-line import
 # at 204 MB of RSS, 256 KiB at 171 MB, for the same time.
 READ_CHUNK = 256 * 1024
-LEASE = timedelta(minutes=30)  # longer than any one poll; renewed per file
+LEASE = timedelta(minutes=30)  # renewed per file, and every minute while a file is read
+LEASE_RENEWAL_SECONDS = 60.0
 # Reading errors that mean the file itself is broken (a truncated or corrupt archive), not
 # that the storage failed: the file is not read again until it changes.
 _BROKEN_FILE = (EOFError, zlib.error, gzip.BadGzipFile, lzma.LZMAError)
@@ -464,6 +466,8 @@ class ImportRunner:
             column=source.id_column,
             encoding=source.encoding,
         )
+        loop = asyncio.get_running_loop()
+        renewed = [time.monotonic()]
         with IdSpool(self._spool_dir) as spool:
             reader = IdReader(file_format, spool)
 
@@ -471,6 +475,10 @@ class ImportRunner:
                 def advance(count: int) -> None:
                     if on_progress is not None:
                         on_progress(remote.name, count, remote.size)
+                    if time.monotonic() - renewed[0] > LEASE_RENEWAL_SECONDS:
+                        # A long read keeps the source: renewed from this thread, on the loop.
+                        renewed[0] = time.monotonic()
+                        asyncio.run_coroutine_threadsafe(self._renew_lease(source), loop)
 
                 with storage.open_read(remote.path) as stream:
                     digest = read_into(stream, reader, advance)
@@ -548,6 +556,14 @@ class ImportRunner:
             # The run's outcome commits with the change itself: never one without the other.
             await session.merge(run)
 
+    async def _renew_lease(self, source: ImportSource) -> None:
+        async with transaction(self._sessions) as session:
+            await session.execute(
+                update(ImportSource)
+                .where(ImportSource.id == source.id, ImportSource.lease_owner == self._owner)
+                .values(lease_until=self._clock() + LEASE)
+            )
+
     async def _start_run(
         self, source: ImportSource, remote: RemoteFile, audience_name: str
     ) -> ImportRun:
@@ -560,12 +576,7 @@ class ImportRunner:
                 started_at=self._clock(),
             )
             session.add(run)
-            # Renew the lease: a source with many large files outlasts one lease.
-            await session.execute(
-                update(ImportSource)
-                .where(ImportSource.id == source.id, ImportSource.lease_owner == self._owner)
-                .values(lease_until=self._clock() + LEASE)
-            )
+        await self._renew_lease(source)  # a source with many large files outlasts one lease
         return run
 
     async def _finish(
