@@ -121,7 +121,7 @@ def timed_export(env: dict[str, str], app_id: int, name: str) -> dict[str, Any]:
     return {
         "seconds": round(seconds, 1),
         "query_and_file_seconds": last_attempt["write_seconds"],
-        "upload_seconds": last_attempt["upload_seconds"],
+        "uploaded_after_seconds": last_attempt["upload_done_seconds"],
         "sampled_max_rss_mb": round(max(samples or [0.0])),
     }
 

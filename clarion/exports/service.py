@@ -11,7 +11,9 @@ and the day is produced again, from the same events, under the same name. docs/e
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -290,15 +292,27 @@ class ExportRunner:
             return None
         path = self._spool_dir / f"export-{run.id}-{uuid.uuid4().hex}"
         self._spool_dir.mkdir(parents=True, exist_ok=True)
+        path.touch()
+        # The upload follows the file as it is written (FileTail), so that the query and the
+        # upload overlap: each took about half of a 10M-event day when they ran in turn.
+        tail = FileTail(path)
+        name = file_name(destination, day)
+        upload = asyncio.create_task(asyncio.to_thread(self._upload, destination, name, iter(tail)))
         try:
             started = time.monotonic()
-            rows = await self._write(destination, day, path)
+            try:
+                rows = await self._write(destination, day, path)
+            except BaseException:
+                tail.abandon()
+                with contextlib.suppress(Exception):
+                    await upload
+                raise
             written = time.monotonic()
-            name = file_name(destination, day)
-            uploaded = await asyncio.to_thread(self._upload, destination, name, path)
+            tail.finish()
+            uploaded = await upload
             timings = {
                 "write_seconds": round(written - started, 1),
-                "upload_seconds": round(time.monotonic() - written, 1),
+                "upload_done_seconds": round(time.monotonic() - started, 1),
             }
         except StorageError as exc:
             return await self._failed(run, str(exc))
@@ -325,7 +339,7 @@ class ExportRunner:
             )
             return await write_export(session, query, path, compress=destination.gzip)
 
-    def _upload(self, destination: ExportDestination, name: str, path: Path) -> str:
+    def _upload(self, destination: ExportDestination, name: str, chunks: Iterator[bytes]) -> str:
         with Storage(
             destination.url,
             open_credentials(destination.credentials, self._box),
@@ -335,7 +349,7 @@ class ExportRunner:
                 for root in self._settings.resolved_export_local_roots
             ),
         ) as storage:
-            return storage.write(name, _chunks(path))
+            return storage.write(name, chunks)
 
     async def _claim(
         self, destination: ExportDestination, day: date, *, force: bool
@@ -444,10 +458,38 @@ def _may_start(run: ExportRun, now: datetime) -> bool:
     return run.next_attempt_at is None or run.next_attempt_at <= now
 
 
-def _chunks(path: Path) -> Iterator[bytes]:
-    with path.open("rb") as file:
-        while chunk := file.read(_UPLOAD_CHUNK):
-            yield chunk
+class FileTail:
+    """The bytes of a file another task is writing, as they arrive (like `tail -f`), until the
+    writer says it has finished; if it gives up instead, iterating raises, so the upload
+    publishes nothing (connectors.storage.Storage.write)."""
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._finished = threading.Event()
+        self._abandoned = False
+
+    def finish(self) -> None:
+        self._finished.set()
+
+    def abandon(self) -> None:
+        self._abandoned = True
+        self._finished.set()
+
+    def __iter__(self) -> Iterator[bytes]:
+        with self._path.open("rb") as file:
+            while True:
+                chunk = file.read(_UPLOAD_CHUNK)
+                if chunk:
+                    yield chunk
+                    continue
+                if self._abandoned:
+                    raise RuntimeError("the export file could not be written")
+                if self._finished.is_set():
+                    # Finished after this read came back empty: what is left is the end.
+                    while chunk := file.read(_UPLOAD_CHUNK):
+                        yield chunk
+                    return
+                self._finished.wait(0.05)
 
 
 def parse_day(value: str) -> date:
