@@ -465,6 +465,8 @@ class TestDestinationsApi:
             ({"file_name": "export.csv"}, "file_name"),
             ({"file_name": "{app}_{date}.csv"}, "file_name"),
             ({"file_name": "../{date}.csv"}, "file_name"),
+            ({"file_name": "x}_{date}.csv"}, "file_name"),
+            ({"file_name": "{{date}}.csv"}, "file_name"),
             ({"id_columns": ["email"]}, "id_columns"),
             ({"delay_minutes": -1}, "delay_minutes"),
         ],
@@ -624,3 +626,32 @@ async def test_a_missing_bucket_fails_the_day_with_its_reason_and_nothing_is_mar
 
     assert [(r.status, r.rows, r.path) for r in mine] == [("failed", None, None)]
     assert mine[0].next_attempt_at is not None
+
+
+async def test_a_forced_run_produces_a_failed_day_at_once(
+    request: pytest.FixtureRequest,
+    api: httpx.AsyncClient,
+    ios_app: ClientApp,
+    runtime: Runtime,
+    local_root: Path,
+    ca_bundle: Path,
+) -> None:
+    place = place_on("ftp", request, local_root / str(ios_app.app_id))
+    good_password = place.credentials["password"]
+    place.credentials["password"] = "wrong"
+    await create_destination(api, ios_app, place)
+    await _first_day(runtime, ios_app)
+    export = runner(runtime, Clock(MIDNIGHT + timedelta(hours=2)), local_root, ca_bundle)
+    assert [r.status for r in await export.run_due() if r.error and "refused" in r.error] == [
+        "failed"
+    ]
+    await api.patch(
+        f"/1.0/{ios_app.api_key}/exports/destinations/crm",
+        headers=ios_app.headers(),
+        json={"credentials": {**place.credentials, "password": good_password}},
+    )
+
+    (run,) = await export.run_days(app_id=ios_app.app_id, name="crm", days=[DAY])
+
+    assert (run.status, run.attempts) == ("succeeded", 2)  # without waiting for the backoff
+    assert place.names() == [f"clarion_{ios_app.app_id}_push_events_20261123.csv"]

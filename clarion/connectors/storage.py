@@ -162,10 +162,12 @@ class Storage:
             except BaseException:
                 # Not close(): fsspec's close() would publish what was written so far. An
                 # object store's discard() aborts the upload; elsewhere the .part file goes.
-                with contextlib.suppress(Exception):
-                    out.discard()
+                try:
+                    with contextlib.suppress(Exception):
+                        out.discard()
+                finally:
                     if staged == path:
-                        out.closed = True  # discarded: nothing left to flush at garbage time
+                        out.closed = True  # never flushed at garbage time, even if discard failed
                 if staged != path:
                     with contextlib.suppress(Exception):
                         out.close()

@@ -153,6 +153,8 @@ async def export_request_file(
     session: SessionDep,
     runtime: RuntimeDep,
 ) -> FileResponse:
+    if access.is_dev:
+        raise ApiMisuseError("this route takes the app's Live API key")
     found = await service.get_request(
         session,
         app_id=access.app_id,

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import IO, Any, cast
 
 import psycopg
+from psycopg.conninfo import conninfo_to_dict
 from sqlalchemy import Select, case, func, literal, select, true
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -40,7 +41,7 @@ def export_query(
         reachable = Installation.push_optin.is_(true()) & Installation.push_token.is_not(None)
         columns = [
             *_ids(Installation, id_columns),
-            literal(platform).label("platform"),
+            func.nullif(literal(platform), "").label("platform"),
             case((reachable, literal("1")), else_=literal("0")).label("push_optin"),
             utc_iso_second(Installation.optin_changed_at).label("optin_date"),
         ]
@@ -55,12 +56,12 @@ def export_query(
             utc_iso_second(PushEvent.occurred_at).label("date"),
             PushEvent.kind.label("event_type"),
             func.nullif(PushEvent.campaign_token, "").label("campaign_token"),
-            case((PushEvent.campaign_token.is_(None), PushEvent.send_token)).label(
+            case((PushEvent.campaign_token.is_(None), func.nullif(PushEvent.send_token, ""))).label(
                 "transactional_token"
             ),
             func.nullif(PushEvent.group_id, "").label("group_id"),
             *_ids(PushEvent, id_columns),
-            PushEvent.platform.label("platform"),
+            func.nullif(PushEvent.platform, "").label("platform"),
             func.nullif(PushEvent.reason, "").label("error"),
         ]
     else:
@@ -119,7 +120,9 @@ def _copy_out(conninfo: str, statement: str, params: dict[str, Any], out: IO[byt
     """COPY TO on a connection of its own, in a thread: psycopg hands COPY data over one row at
     a time, and its blocking form does so twice as fast as its asyncio one (7.6 s against
     17 s for 2M rows here), while the event loop stays free."""
-    with psycopg.connect(conninfo, options="-c jit=off") as conn, conn.cursor() as cursor:
+    # The URL's own options (a search_path, say) are kept; JIT is turned off, as create_engine does.
+    options = f"{conninfo_to_dict(conninfo).get('options', '')} -c jit=off".strip()
+    with psycopg.connect(conninfo, options=options) as conn, conn.cursor() as cursor:
         with cursor.copy(statement, params) as copy:
             for data in copy:
                 out.write(data)

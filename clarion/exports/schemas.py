@@ -26,6 +26,12 @@ def _file_name(value: str) -> str:
         raise ValueError("must contain {date}: one file per day")
     if "/" in value or value.startswith("."):
         raise ValueError("a file name, without folders, not starting with '.'")
+    try:
+        sample = value.format(app_id=1, kind="kind", date="20000101", destination="d")
+    except (ValueError, IndexError, KeyError):
+        raise ValueError("braces must enclose a placeholder: {app_id} {kind} {date}") from None
+    if "20000101" not in sample:
+        raise ValueError("must contain {date}: one file per day")
     return value
 
 

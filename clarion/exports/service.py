@@ -287,6 +287,7 @@ class ExportRunner:
     ) -> ExportRun | None:
         """Produce one day's file; None when another process holds it (or, without `force`,
         when it is done or waiting for its next attempt)."""
+        name = file_name(destination, day)
         run = await self._claim(destination, day, force=force)
         if run is None:
             return None
@@ -296,8 +297,8 @@ class ExportRunner:
         # The upload follows the file as it is written (FileTail), so that the query and the
         # upload overlap: each took about half of a 10M-event day when they ran in turn.
         tail = FileTail(path)
-        name = file_name(destination, day)
         upload = asyncio.create_task(asyncio.to_thread(self._upload, destination, name, iter(tail)))
+        renewing = asyncio.create_task(self._keep_lease(run))
         try:
             started = time.monotonic()
             try:
@@ -323,7 +324,20 @@ class ExportRunner:
             size = path.stat().st_size
             return await self._succeeded(run, rows=rows, size=size, path=uploaded, timings=timings)
         finally:
+            renewing.cancel()
             path.unlink(missing_ok=True)
+
+    async def _keep_lease(self, run: ExportRun) -> None:
+        """Renew the run's lease every minute while the file is produced: a slow upload must
+        not let another process take the same day."""
+        while True:
+            await asyncio.sleep(60)
+            async with transaction(self._sessions) as session:
+                await session.execute(
+                    update(ExportRun)
+                    .where(ExportRun.id == run.id, ExportRun.lease_owner == self._owner)
+                    .values(lease_until=self._clock() + LEASE)
+                )
 
     async def _write(self, destination: ExportDestination, day: date, path: Path) -> int:
         async with self._sessions() as session:
@@ -371,8 +385,14 @@ class ExportRunner:
             startable = (waiting & (ExportRun.next_attempt_at <= now)) | (
                 (ExportRun.status == ExportStatus.RUNNING.value) & (ExportRun.lease_until < now)
             )
-            if force:
-                startable = startable | (ExportRun.status == ExportStatus.SUCCEEDED.value)
+            if force:  # on purpose: done, failed (backoff or not) or pending, unless held
+                startable = startable | ExportRun.status.in_(
+                    [
+                        ExportStatus.SUCCEEDED.value,
+                        ExportStatus.FAILED.value,
+                        ExportStatus.PENDING.value,
+                    ]
+                )
             claimed = await session.execute(
                 update(ExportRun)
                 .where(ExportRun.destination_id == destination.id, ExportRun.day == day, startable)
@@ -488,6 +508,8 @@ class FileTail:
                     # Finished after this read came back empty: what is left is the end.
                     while chunk := file.read(_UPLOAD_CHUNK):
                         yield chunk
+                    if self._abandoned:  # given up in between: publish nothing
+                        raise RuntimeError("the export file could not be written")
                     return
                 self._finished.wait(0.05)
 
@@ -612,7 +634,7 @@ async def process_requests(
                     (ExportRequest.started_at.is_(None))
                     | (ExportRequest.started_at < now - STALE_PENDING),
                 )
-                .values(status=RequestStatus.PENDING.value, started_at=now)
+                .values(status=RequestStatus.PENDING.value, started_at=utcnow())
             )
             if rowcount(claimed) != 1:
                 continue
