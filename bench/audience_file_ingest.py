@@ -26,9 +26,7 @@ from typing import Any
 from cryptography.fernet import Fernet
 from sqlalchemy import select
 
-from bench.common import ROOT, fresh_database, report, rss_mb, rss_summary
-from clarion.apps import service as apps
-from clarion.apps.schemas import AppCreate
+from bench.common import ROOT, create_bench_app, fresh_database, report, rss_mb, rss_summary
 from clarion.audiences.models import Audience
 from clarion.config import Settings
 from clarion.connectors import service as imports
@@ -52,13 +50,7 @@ async def create_source(settings: Settings, s3: Any) -> int:
     runtime = Runtime(settings)
     try:
         async with transaction(runtime.sessions) as session:
-            company, _ = await apps.create_company(session, name="Bench")
-            app, _keys = await apps.create_app(
-                session,
-                company_id=company.id,
-                app_in=AppCreate(name="bench", platform="ios"),
-                box=runtime.box,
-            )
+            app = await create_bench_app(session, runtime.box, "ios")
             body = ImportSourceIn.model_validate(
                 {
                     "name": "crm",

@@ -21,9 +21,7 @@ from typing import Any
 from cryptography.fernet import Fernet
 from sqlalchemy import text
 
-from bench.common import analyze, fresh_database, live_access, report
-from clarion.apps import service as apps
-from clarion.apps.schemas import AppCreate
+from bench.common import analyze, create_bench_app, fresh_database, live_access, report
 from clarion.apps.service import AppAccess
 from clarion.audiences.models import AUDIENCE_MEMBERS, Audience
 from clarion.campaigns import service as campaigns
@@ -39,13 +37,7 @@ QUERY = {"b.region": "FR"}
 
 async def seed(runtime: Runtime, devices: int) -> AppAccess:
     async with transaction(runtime.sessions) as session:
-        company, _ = await apps.create_company(session, name="Bench")
-        app, _keys = await apps.create_app(
-            session,
-            company_id=company.id,
-            app_in=AppCreate(name="bench", platform="android"),
-            box=runtime.box,
-        )
+        app = await create_bench_app(session, runtime.box, "android")
     started = time.monotonic()
     await seed_installations(runtime.sessions, app_id=app.id, count=devices)
     async with transaction(runtime.sessions) as session:

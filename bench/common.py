@@ -19,6 +19,7 @@ import httpx
 import psycopg
 from cryptography.fernet import Fernet
 from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from clarion.apps import service as apps
 from clarion.apps.models import App
@@ -29,6 +30,7 @@ from clarion.db import transaction
 from clarion.demo import apns_credentials_from_sim
 from clarion.migrate import migrate
 from clarion.runtime import Runtime
+from clarion.security import SecretBox
 
 ROOT = Path(__file__).resolve().parent.parent
 PG_ADMIN = os.environ.get("CLARION_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -54,16 +56,19 @@ async def simulated_runtime(
     return Runtime(settings), key
 
 
+async def create_bench_app(session: AsyncSession, box: SecretBox, platform: str) -> App:
+    """A company with one app (keys unused: the benchmarks call services or the CLI)."""
+    company, _ = await apps.create_company(session, name="Bench")
+    app, _keys = await apps.create_app(
+        session, company_id=company.id, app_in=AppCreate(name="bench", platform=platform), box=box
+    )
+    return app
+
+
 async def create_ios_app(runtime: Runtime, key: dict[str, str]) -> App:
     """A company with one iOS app whose APNs credentials are the simulator's key."""
     async with transaction(runtime.sessions) as session:
-        company, _ = await apps.create_company(session, name="Bench")
-        app, _keys = await apps.create_app(
-            session,
-            company_id=company.id,
-            app_in=AppCreate(name="bench", platform="ios"),
-            box=runtime.box,
-        )
+        app = await create_bench_app(session, runtime.box, "ios")
         apps.set_apns_credentials(app, apns_credentials_from_sim(key, TOPIC), runtime.box)
     return app
 

@@ -28,9 +28,7 @@ from typing import Any
 from cryptography.fernet import Fernet
 from sqlalchemy import text
 
-from bench.common import ROOT, analyze, pg_database, report, rss_mb
-from clarion.apps import service as apps
-from clarion.apps.schemas import AppCreate
+from bench.common import ROOT, analyze, create_bench_app, pg_database, report, rss_mb
 from clarion.config import Settings
 from clarion.db import transaction, utcnow
 from clarion.exports import service as exports
@@ -46,13 +44,7 @@ async def seed(settings: Settings, s3: Any, events: int, installs: int) -> int:
     runtime = Runtime(settings)
     try:
         async with transaction(runtime.sessions) as session:
-            company, _ = await apps.create_company(session, name="Bench")
-            app, _keys = await apps.create_app(
-                session,
-                company_id=company.id,
-                app_in=AppCreate(name="bench", platform="ios"),
-                box=runtime.box,
-            )
+            app = await create_bench_app(session, runtime.box, "ios")
             for kind in ("push_events", "optin_users"):
                 body = DestinationIn.model_validate(
                     {

@@ -23,7 +23,12 @@ from clarion.apps.schemas import (
     WebPushCredentialsIn,
 )
 from clarion.delivery.providers.base import ApnsCredentials, FcmCredentials, WebPushCredentials
-from clarion.errors import AuthenticationInvalidError, MalformedParameterError, NotFoundError
+from clarion.errors import (
+    ApiMisuseError,
+    AuthenticationInvalidError,
+    MalformedParameterError,
+    NotFoundError,
+)
 from clarion.security import SecretBox, hash_key, new_dev_key, new_live_key, new_rest_key
 
 DEFAULT_VAPID_SUBJECT = "mailto:push@clarion.invalid"
@@ -49,6 +54,12 @@ class AppAccess:
     platform: str
     vapid_public_key: str | None
     is_dev: bool
+
+
+def require_live_key(access: AppAccess) -> None:
+    """Routes Batch serves to the Live key only (campaign stats and reads, export status)."""
+    if access.is_dev:
+        raise ApiMisuseError("this route takes the app's Live API key")
 
 
 class KeyCache:

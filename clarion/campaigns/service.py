@@ -17,7 +17,7 @@ from sqlalchemy import ColumnElement, distinct, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 
-from clarion.apps.service import AppAccess
+from clarion.apps.service import AppAccess, require_live_key
 from clarion.campaigns.models import Campaign, CampaignRun, CampaignState, RunState
 from clarion.campaigns.schedule import first_ahead, next_to_run, occurrence_time
 from clarion.campaigns.schemas import (
@@ -33,7 +33,6 @@ from clarion.delivery.models import SENDS, Send
 from clarion.delivery.schemas import CollapseKey
 from clarion.delivery.service import cancel_sends
 from clarion.errors import (
-    ApiMisuseError,
     MalformedParameterError,
     NotFoundError,
     from_validation_errors,
@@ -217,7 +216,7 @@ async def describe_campaign(
 ) -> dict[str, Any]:
     """The create body plus campaign_token, from_api, dev_only, created_date (spec §4.3), and
     Clarion's additions: its state and its progress (targeted, sent, errors) so far."""
-    _require_live_key(access)
+    require_live_key(access)
     campaign = await _find(session, access, token)
     progress = (
         await session.execute(
@@ -252,7 +251,7 @@ async def list_campaigns(
 ) -> list[CampaignSummary]:
     """Newest first. `live`: true gives scheduled, running or completed campaigns, false
     drafts and stopped ones (spec §4.4)."""
-    _require_live_key(access)
+    require_live_key(access)
     query = select(Campaign).where(Campaign.app_id == access.app_id, Campaign.deleted_at.is_(None))
     if live is not None:
         live_states = [state.value for state in _LIVE_STATES]
@@ -285,7 +284,7 @@ async def campaign_stats(session: AsyncSession, *, access: AppAccess, token: str
     only, so sent_optins is the same), direct opens (open reports carrying the send id),
     influenced opens and reengaged installs (see opens_after_sends), errors (push_error and
     token_deleted)."""
-    _require_live_key(access)
+    require_live_key(access)
     campaign = await _find(session, access, token)
     day = utc_day(PushEvent.occurred_at)
     counted = await session.execute(
@@ -461,11 +460,6 @@ def _schedule(campaign: Campaign, upcoming: tuple[int, datetime] | None) -> None
 
 def _stored(body: CampaignBody) -> dict[str, Any]:
     return body.model_dump(mode="json", exclude_unset=True)
-
-
-def _require_live_key(access: AppAccess) -> None:
-    if access.is_dev:
-        raise ApiMisuseError("this route takes the app's Live API key")
 
 
 async def _check_targeting(session: AsyncSession, access: AppAccess, body: CampaignBody) -> None:

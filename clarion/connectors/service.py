@@ -26,7 +26,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import IO
+from typing import IO, Protocol
 from urllib.parse import urlsplit
 
 from sqlalchemy import delete, exists, literal, select, true, update
@@ -105,10 +105,8 @@ async def update_source(
     now: datetime,
 ) -> ImportSource:
     source = await _get(session, app_id, name)
+    change_credentials(source, body, box)
     changes = body.model_dump(exclude_unset=True, exclude={"credentials"})
-    if body.url is not None and source.credentials is not None:
-        given = "credentials" in body.model_fields_set
-        require_credentials_for_new_host(source.url, body.url, given)
     # Naming the audience one way forgets the other way.
     if changes.get("audience_name") is not None:
         changes["audience_pattern"] = None
@@ -120,8 +118,6 @@ async def update_source(
         setattr(source, column, value)
     if source.audience_name is None and source.audience_pattern is None:
         raise MalformedParameterError("audience_name: give audience_name or audience_pattern")
-    if "credentials" in body.model_fields_set:
-        source.credentials = seal_credentials(body.credentials, box)
     source.updated_at = now
     # New settings may read a file that failed with the old ones: give those files a chance.
     await session.execute(
@@ -130,15 +126,34 @@ async def update_source(
     return source
 
 
-def require_credentials_for_new_host(old_url: str, new_url: str, given: bool) -> None:
-    """Stored credentials are never sent to a host they were not given for: moving a source
-    (or destination) to another scheme or host needs them again."""
-    old, new = urlsplit(old_url), urlsplit(new_url)
-    moved = (old.scheme, old.hostname, old.port) != (new.scheme, new.hostname, new.port)
-    if moved and not given:
-        raise MalformedParameterError(
-            "credentials: give the credentials again to move to another scheme or host"
-        )
+class Located(Protocol):
+    """An import source or an export destination: a URL and its sealed credentials."""
+
+    url: str
+    credentials: str | None
+
+
+class LocationUpdate(Protocol):
+    @property
+    def url(self) -> str | None: ...
+    @property
+    def credentials(self) -> CredentialsIn | None: ...
+    @property
+    def model_fields_set(self) -> set[str]: ...
+
+
+def change_credentials(target: Located, body: LocationUpdate, box: SecretBox) -> None:
+    """Apply an update's credentials, if it gives any. Stored credentials are never sent to a
+    host they were not given for: moving to another scheme or host needs them again."""
+    given = "credentials" in body.model_fields_set
+    if body.url is not None and target.credentials is not None and not given:
+        old, new = urlsplit(target.url), urlsplit(body.url)
+        if (old.scheme, old.hostname, old.port) != (new.scheme, new.hostname, new.port):
+            raise MalformedParameterError(
+                "credentials: give the credentials again to move to another scheme or host"
+            )
+    if given:
+        target.credentials = seal_credentials(body.credentials, box)
 
 
 async def delete_source(session: AsyncSession, *, app_id: int, name: str) -> None:

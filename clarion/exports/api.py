@@ -12,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from clarion.apps.service import AppAccess
 from clarion.db import utcnow
-from clarion.errors import ApiMisuseError, NotFoundError
+from clarion.errors import NotFoundError
 from clarion.exports import service
 from clarion.exports.models import RequestKind
 from clarion.exports.schemas import (
@@ -112,11 +112,9 @@ async def export_inapp_campaign_events(
 async def export_request_status(
     request_id: str, request: Request, access: RestApp, session: SessionDep, runtime: RuntimeDep
 ) -> ExportRequestRead:
-    if access.is_dev:
-        raise ApiMisuseError("this route takes the app's Live API key")
     found = await service.get_request(
         session,
-        app_id=access.app_id,
+        access=access,
         request_id=request_id,
         var_dir=runtime.settings.var_dir,
         now=utcnow(),
@@ -153,11 +151,9 @@ async def export_request_file(
     session: SessionDep,
     runtime: RuntimeDep,
 ) -> FileResponse:
-    if access.is_dev:
-        raise ApiMisuseError("this route takes the app's Live API key")
     found = await service.get_request(
         session,
-        app_id=access.app_id,
+        access=access,
         request_id=request_id,
         var_dir=runtime.settings.var_dir,
         now=utcnow(),

@@ -24,10 +24,11 @@ from sqlalchemy import select, true, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from clarion.apps.models import App
+from clarion.apps.service import AppAccess, require_live_key
 from clarion.config import Settings
 from clarion.connectors.service import (
+    change_credentials,
     open_credentials,
-    require_credentials_for_new_host,
     seal_credentials,
 )
 from clarion.connectors.storage import Storage, StorageError
@@ -96,14 +97,10 @@ async def update_destination(
     now: datetime,
 ) -> ExportDestination:
     destination = await _get(session, app_id, name)
-    if body.url is not None and destination.credentials is not None:
-        given = "credentials" in body.model_fields_set
-        require_credentials_for_new_host(destination.url, body.url, given)
+    change_credentials(destination, body, box)
     for column, value in body.model_dump(exclude_unset=True, exclude={"credentials"}).items():
         if value is not None:
             setattr(destination, column, value)
-    if "credentials" in body.model_fields_set:
-        destination.credentials = seal_credentials(body.credentials, box)
     destination.updated_at = now
     return destination
 
@@ -582,10 +579,12 @@ async def create_request(
 
 
 async def get_request(
-    session: AsyncSession, *, app_id: int, request_id: str, var_dir: Path, now: datetime
+    session: AsyncSession, *, access: AppAccess, request_id: str, var_dir: Path, now: datetime
 ) -> ExportRequest:
+    """A request of the app (Live key only, as Batch's status route); expired if a month old."""
+    require_live_key(access)
     request = await session.get(ExportRequest, request_id)
-    if request is None or request.app_id != app_id:
+    if request is None or request.app_id != access.app_id:
         raise NotFoundError(f"no export request {request_id!r}")
     if request.status == RequestStatus.SUCCESS.value and now - request.created_at > FILE_LIFETIME:
         request.status = RequestStatus.EXPIRED.value
