@@ -12,11 +12,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
-import json
 import os
 import resource
-import subprocess
 import tempfile
 import time
 from contextlib import ExitStack
@@ -26,7 +23,14 @@ from typing import Any
 from cryptography.fernet import Fernet
 from sqlalchemy import select
 
-from bench.common import ROOT, create_bench_app, fresh_database, report, rss_mb, rss_summary
+from bench.common import (
+    ROOT,
+    create_bench_app,
+    fresh_database,
+    report,
+    rss_summary,
+    run_measured,
+)
 from clarion.audiences.models import Audience
 from clarion.config import Settings
 from clarion.connectors import service as imports
@@ -103,28 +107,17 @@ def run(lines: int, database_url: str, tmp: Path) -> dict[str, Any]:
         }
         command = [str(ROOT / ".venv/bin/clarion"), "imports", "run"]
         command += ["--app-id", str(app_id), "--name", "crm"]
-        started = time.monotonic()
-        with tempfile.TemporaryFile("w+") as out:
-            process = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.DEVNULL)
-            samples = []
-            while process.poll() is None:
-                with contextlib.suppress(OSError, StopIteration):  # it may just have ended
-                    samples.append(rss_mb(process.pid))
-                time.sleep(0.5)
-            seconds = time.monotonic() - started
-            if process.returncode != 0:
-                raise SystemExit(f"clarion imports run failed ({process.returncode})")
-            out.seek(0)
-            stdout = out.read()
+        measured = run_measured(command, env, every=0.5)
+        seconds = measured.seconds
         peak_rss_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-    ingested = json.loads(stdout.strip().splitlines()[-1])
+    ingested = measured.last_line
     return {
         "lines": lines,
         "file_mb": round(size / 1e6),
         "seconds": round(seconds, 1),
         "lines_per_s": round(lines / seconds),
         "peak_rss_mb": round(peak_rss_mb),
-        "rss_mb_every_0_5_s": rss_summary([s for s in samples if s > 0] or [0.0]),
+        "rss_mb_every_0_5_s": rss_summary([s for s in measured.rss_samples_mb if s > 0] or [0.0]),
         "status": ingested["status"],
         "ids_accepted": ingested["ids_accepted"],
         "audience_nb_ids": asyncio.run(audience_size(settings)),

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import secrets
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -199,6 +202,31 @@ def live_access(app: App) -> AppAccess:
         platform=app.platform,
         vapid_public_key=None,
     )
+
+
+@dataclass
+class MeasuredCommand:
+    seconds: float
+    rss_samples_mb: list[float]
+    last_line: dict[str, Any]  # the command's last line of output, as JSON
+
+
+def run_measured(command: list[str], env: dict[str, str], every: float = 0.2) -> MeasuredCommand:
+    """Run a `clarion` command in its own process, sampling its RSS; fails if it fails."""
+    started = time.monotonic()
+    with tempfile.TemporaryFile("w+") as out:
+        process = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.DEVNULL)
+        samples = []
+        while process.poll() is None:
+            with contextlib.suppress(OSError, StopIteration):  # it may just have ended
+                samples.append(rss_mb(process.pid))
+            time.sleep(every)
+        seconds = time.monotonic() - started
+        if process.returncode != 0:
+            raise SystemExit(f"{' '.join(command[1:3])} failed ({process.returncode})")
+        out.seek(0)
+        last_line = json.loads(out.read().strip().splitlines()[-1])
+    return MeasuredCommand(seconds, samples, last_line)
 
 
 def rss_summary(samples: list[float]) -> dict[str, Any]:

@@ -13,11 +13,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
-import json
 import os
 import resource
-import subprocess
 import tempfile
 import time
 from contextlib import ExitStack
@@ -28,7 +25,7 @@ from typing import Any
 from cryptography.fernet import Fernet
 from sqlalchemy import text
 
-from bench.common import ROOT, analyze, create_bench_app, pg_database, report, rss_mb
+from bench.common import ROOT, analyze, create_bench_app, pg_database, report, run_measured
 from clarion.config import Settings
 from clarion.db import transaction, utcnow
 from clarion.exports import service as exports
@@ -97,24 +94,13 @@ async def seed(settings: Settings, s3: Any, events: int, installs: int) -> int:
 def timed_export(env: dict[str, str], app_id: int, name: str) -> dict[str, Any]:
     command = [str(ROOT / ".venv/bin/clarion"), "exports", "run", "--app-id", str(app_id)]
     command += ["--name", name, "--day", DAY.isoformat()]
-    started = time.monotonic()
-    with tempfile.TemporaryFile("w+") as out:
-        process = subprocess.Popen(command, env=env, stdout=out)
-        samples = []
-        while process.poll() is None:
-            with contextlib.suppress(OSError, StopIteration):  # it may just have ended
-                samples.append(rss_mb(process.pid))
-            time.sleep(0.2)
-        seconds = time.monotonic() - started
-        if process.returncode != 0:
-            raise SystemExit(f"clarion exports run failed ({process.returncode})")
-        out.seek(0)
-        last_attempt = json.loads(out.read().strip().splitlines()[-1])["history"][-1]
+    measured = run_measured(command, env)
+    last_attempt = measured.last_line["history"][-1]
     return {
-        "seconds": round(seconds, 1),
+        "seconds": round(measured.seconds, 1),
         "query_and_file_seconds": last_attempt["write_seconds"],
         "uploaded_after_seconds": last_attempt["upload_done_seconds"],
-        "sampled_max_rss_mb": round(max(samples or [0.0])),
+        "sampled_max_rss_mb": round(max(measured.rss_samples_mb or [0.0])),
     }
 
 
