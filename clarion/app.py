@@ -6,12 +6,15 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi.staticfiles import StaticFiles
 
 from clarion.apps.api import router as apps_router
 from clarion.audiences.api import router as audiences_router
 from clarion.campaigns.api import router as campaigns_router
 from clarion.config import Settings
 from clarion.connectors.api import router as imports_router
+from clarion.dashboard.api import router as dashboard_router
+from clarion.dashboard.web import STATIC_DIR
 from clarion.devices.api import router as sdk_router
 from clarion.events.api import router as trigger_events_router
 from clarion.exports.api import router as exports_router
@@ -51,6 +54,8 @@ def create_app(settings: Settings, *, workers: bool) -> FastAPI:
     app.include_router(exports_router)
     app.include_router(gdpr_router)
     app.include_router(apps_router)
+    app.include_router(dashboard_router)
+    app.mount("/dashboard/static", StaticFiles(directory=STATIC_DIR), name="dashboard-static")
     app.add_middleware(
         BodySizeLimit,
         max_bytes=settings.max_body_bytes,

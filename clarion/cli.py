@@ -1,4 +1,5 @@
-"""The `clarion` command: serve, worker, migrate, sim, dev, apps, devices, imports, exports."""
+"""The `clarion` command: serve, worker, migrate, sim, dev, apps, devices, imports, exports,
+users."""
 
 from __future__ import annotations
 
@@ -32,10 +33,12 @@ apps_cli = typer.Typer(help="Apps and their keys.")
 devices_cli = typer.Typer(help="Installations (test and demo data).")
 imports_cli = typer.Typer(help="Flat-file audience imports (docs/imports.md).")
 exports_cli = typer.Typer(help="Daily flat-file exports (docs/exports.md).")
+users_cli = typer.Typer(help="Dashboard accounts (docs/dashboard.md).")
 cli.add_typer(apps_cli, name="apps")
 cli.add_typer(devices_cli, name="devices")
 cli.add_typer(imports_cli, name="imports")
 cli.add_typer(exports_cli, name="exports")
+cli.add_typer(users_cli, name="users")
 
 
 class PlatformChoice(StrEnum):
@@ -555,6 +558,72 @@ def exports_runs(
 
     for line in _with_database(history):
         typer.echo(line)
+
+
+class RoleChoice(StrEnum):
+    admin = "admin"
+    editor = "editor"
+    viewer = "viewer"
+
+
+@users_cli.command("create")
+def users_create(
+    email: Annotated[str, typer.Option(help="The sign-in e-mail.")],
+    role: Annotated[RoleChoice, typer.Option(help="admin, editor or viewer.")] = RoleChoice.admin,
+    name: Annotated[str, typer.Option(help="The person's name.")] = "",
+    password_stdin: Annotated[
+        bool, typer.Option(help="Read the password from standard input (scripts).")
+    ] = False,
+    company_id: Annotated[
+        int | None, typer.Option(help="The company, when the database holds several.")
+    ] = None,
+    company_name: Annotated[
+        str, typer.Option(help="Name of the company if one is created.")
+    ] = "Default",
+) -> None:
+    """Create a dashboard account (the first admin, typically). With no company yet, one is
+    created and its REST API key printed, this once."""
+    from clarion.apps import service as apps_service
+    from clarion.dashboard import service
+    from clarion.dashboard.schemas import UserCreate
+    from clarion.db import transaction, utcnow
+    from clarion.migrate import migrate as run_migrations
+
+    settings = _settings()
+    if settings.is_sqlite:
+        run_migrations(settings)
+    if password_stdin:
+        password = sys.stdin.readline().rstrip("\n")
+    else:
+        password = typer.prompt("Password", hide_input=True, confirmation_prompt=True)
+    try:
+        user_in = UserCreate.model_validate(
+            {"email": email, "name": name, "password": password, "role": role.value}
+        )
+    except ValueError as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(2) from None
+
+    async def create(db: Database) -> str:
+        async with transaction(db.sessions) as session:
+            rest_key = None
+            chosen = company_id
+            if chosen is None:
+                company = await apps_service.get_sole_company(session)
+                if company is None:
+                    company, rest_key = await apps_service.create_company(
+                        session, name=company_name
+                    )
+                chosen = company.id
+            user = await service.create_user(
+                session, company_id=chosen, user_in=user_in, now=utcnow()
+            )
+            created = {"id": user.id, "email": user.email, "role": user.role, "company_id": chosen}
+            if rest_key is not None:
+                created["rest_api_key"] = rest_key
+            return json.dumps(created, indent=2)
+
+    typer.echo(_with_database(create))
 
 
 @dataclass(frozen=True)

@@ -117,8 +117,10 @@ def install_error_handlers(app: FastAPI) -> None:
 # Bulk routes of Batch's data APIs carry up to 10,000 users, ids or 1,000 events per call, which
 # does not fit in the 1 MiB that every other route allows.
 BULK_ROUTES = re.compile(r"/1\.[01]/[^/]+/(data/users|events/users|custom-audience/[^/]+)/?")
-# Audience files: streamed to disk as they arrive, so only disk bounds them.
-UPLOAD_ROUTES = re.compile(r"/1\.[01]/[^/]+/custom-audience/[^/]+/file")
+# Audience files (API and dashboard): streamed to disk as they arrive, so only disk bounds them.
+UPLOAD_ROUTES = re.compile(
+    r"/1\.[01]/[^/]+/custom-audience/[^/]+/file|/dashboard/apps/\d+/audiences/upload"
+)
 
 
 class BodySizeLimit:

@@ -4,6 +4,7 @@ from clarion.apps.models import App, Company
 from clarion.audiences.models import Audience, AudienceIndexing, AudienceMember
 from clarion.campaigns.models import Campaign, CampaignReceipt, CampaignRun
 from clarion.connectors.models import ImportFile, ImportFileMember, ImportRun, ImportSource
+from clarion.dashboard.models import DashboardSession, DashboardUser
 from clarion.delivery.models import DeliveryBatch, Send
 from clarion.devices.models import Installation
 from clarion.events.models import InAppEvent, PushEvent, TrackedEvent
@@ -21,6 +22,8 @@ __all__ = [
     "CampaignReceipt",
     "CampaignRun",
     "Company",
+    "DashboardSession",
+    "DashboardUser",
     "DeliveryBatch",
     "ExportDestination",
     "ExportRun",

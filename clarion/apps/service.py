@@ -135,6 +135,16 @@ async def rotate_app_keys(session: AsyncSession, *, app: App, cache: KeyCache) -
     return keys
 
 
+async def rotate_rest_key(session: AsyncSession, *, company_id: int, cache: KeyCache) -> str:
+    """A new REST API key for the company (shown once); the old one stops working."""
+    company = await session.get_one(Company, company_id)
+    rest_key = new_rest_key()
+    cache.forget(company.rest_key_hash)
+    company.rest_key_hash = hash_key(rest_key)
+    await session.flush()
+    return rest_key
+
+
 def describe_app(app: App, keys: AppKeys | None = None, rest_key: str | None = None) -> AppRead:
     fields = {
         "id": app.id,

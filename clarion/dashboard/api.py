@@ -1,0 +1,296 @@
+"""The dashboard's routes for signing in, apps, keys, provider credentials and the team.
+
+Thin, like every api.py: each route checks the role, calls a service and renders a page. The
+other pages live beside it (campaign_pages, audience_pages, people_pages) and are mounted here.
+"""
+
+from __future__ import annotations
+
+import secrets
+from typing import Annotated, Any
+
+import orjson
+from fastapi import APIRouter, Form, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from pydantic import ValidationError
+
+from clarion.apps import service as apps_service
+from clarion.apps.schemas import (
+    ApnsCredentialsIn,
+    AppCreate,
+    FcmCredentialsIn,
+    WebPushCredentialsIn,
+)
+from clarion.dashboard import service
+from clarion.dashboard.models import Role
+from clarion.dashboard.schemas import UserCreate
+from clarion.dashboard.web import (
+    SESSION_COOKIE,
+    TEMPLATES,
+    PageRoute,
+    ViewerDep,
+    redirect,
+    render,
+)
+from clarion.db import utcnow
+from clarion.errors import ClarionError, MalformedParameterError, from_validation_errors
+from clarion.http import RuntimeDep, SessionDep
+
+router = APIRouter(prefix="/dashboard", route_class=PageRoute, include_in_schema=False)
+
+# Sign-in is protected from cross-site posting by a double-submit cookie: there is no session
+# (and so no session CSRF token) yet.
+_LOGIN_CSRF_COOKIE = "clarion_login_csrf"
+
+
+def _validated(model: type[Any], data: dict[str, Any]) -> Any:
+    """A form read with the API's schema: the same rules, the same 400/31 messages."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise from_validation_errors(exc.errors()) from None
+
+
+def _safe_next(path: str) -> str:
+    # Only a path of this dashboard: never an open redirect to another site.
+    return path if path.startswith("/dashboard/") and not path.startswith("//") else "/dashboard/"
+
+
+@router.get("/login")
+async def login_page(request: Request, next: str = "/dashboard/") -> HTMLResponse:
+    return _login(request, next_path=next)
+
+
+def _login(request: Request, *, next_path: str, error: str = "", email: str = "") -> HTMLResponse:
+    token = secrets.token_urlsafe(24)
+    response = TEMPLATES.TemplateResponse(
+        request,
+        "login.html",
+        {
+            "login_csrf": token,
+            "next": _safe_next(next_path),
+            "error": error,
+            "email": email,
+            "viewer": None,
+            "apps": [],
+        },
+        status_code=401 if error else 200,
+    )
+    response.set_cookie(
+        _LOGIN_CSRF_COOKIE,
+        token,
+        httponly=True,
+        samesite="strict",
+        secure=request.url.scheme == "https",
+        path="/dashboard/login",
+    )
+    return response
+
+
+@router.post("/login")
+async def login(
+    request: Request,
+    session: SessionDep,
+    email: Annotated[str, Form()],
+    password: Annotated[str, Form()],
+    csrf_token: Annotated[str, Form()] = "",
+    next: Annotated[str, Form()] = "/dashboard/",
+) -> Response:
+    expected = request.cookies.get(_LOGIN_CSRF_COOKIE, "")
+    if not expected or not secrets.compare_digest(expected, csrf_token):
+        return _login(
+            request,
+            next_path=next,
+            email=email,
+            error="The sign-in form expired: please try again.",
+        )
+    try:
+        token, _ = await service.sign_in(session, email=email, password=password, now=utcnow())
+    except ClarionError as exc:
+        return _login(request, next_path=next, email=email, error=exc.message.capitalize() + ".")
+    response = RedirectResponse(_safe_next(next), status_code=303)
+    response.set_cookie(
+        SESSION_COOKIE,
+        token,
+        httponly=True,
+        samesite="lax",
+        secure=request.url.scheme == "https",
+        max_age=int(service.SESSION_LIFETIME.total_seconds()),
+        path="/dashboard",
+    )
+    response.delete_cookie(_LOGIN_CSRF_COOKIE, path="/dashboard/login")
+    return response
+
+
+@router.post("/logout")
+async def logout(request: Request, viewer: ViewerDep, session: SessionDep) -> Response:
+    await service.sign_out(session, token=request.cookies.get(SESSION_COOKIE, ""))
+    response = redirect("/dashboard/login")
+    response.delete_cookie(SESSION_COOKIE, path="/dashboard")
+    return response
+
+
+@router.get("/")
+async def home(request: Request, viewer: ViewerDep, session: SessionDep) -> HTMLResponse:
+    return await render(request, session, viewer, "apps.html")
+
+
+@router.get("/switch")
+async def switch_app(viewer: ViewerDep, session: SessionDep, app_id: int) -> Response:
+    await service.company_app(session, viewer, app_id)
+    return redirect(f"/dashboard/apps/{app_id}/campaigns")
+
+
+@router.post("/apps")
+async def create_app(
+    request: Request,
+    viewer: ViewerDep,
+    session: SessionDep,
+    runtime: RuntimeDep,
+    name: Annotated[str, Form()] = "",
+    platform: Annotated[str, Form()] = "",
+    default_timezone: Annotated[str, Form()] = "UTC",
+) -> HTMLResponse:
+    service.require_admin(viewer)
+    fields = {"name": name, "platform": platform, "default_timezone": default_timezone or "UTC"}
+    try:
+        app_in = _validated(AppCreate, fields)
+    except ClarionError as exc:
+        return await render(
+            request, session, viewer, "apps.html", status=400, error=exc.message, form=fields
+        )
+    app, keys = await apps_service.create_app(
+        session, company_id=viewer.company_id, app_in=app_in, box=runtime.box
+    )
+    return await render(
+        request, session, viewer, "settings.html", app=app, new_keys=keys, status=201
+    )
+
+
+@router.get("/apps/{app_id}/settings")
+async def settings_page(
+    request: Request, app_id: int, viewer: ViewerDep, session: SessionDep
+) -> HTMLResponse:
+    app, _ = await service.company_app(session, viewer, app_id)
+    return await render(request, session, viewer, "settings.html", app=app)
+
+
+@router.post("/apps/{app_id}/keys/rotate")
+async def rotate_keys(
+    request: Request, app_id: int, viewer: ViewerDep, session: SessionDep, runtime: RuntimeDep
+) -> HTMLResponse:
+    service.require_admin(viewer)
+    app, _ = await service.company_app(session, viewer, app_id)
+    keys = await apps_service.rotate_app_keys(session, app=app, cache=runtime.key_cache)
+    return await render(request, session, viewer, "settings.html", app=app, new_keys=keys)
+
+
+@router.post("/apps/{app_id}/rest-key/rotate")
+async def rotate_rest_key(
+    request: Request, app_id: int, viewer: ViewerDep, session: SessionDep, runtime: RuntimeDep
+) -> HTMLResponse:
+    service.require_admin(viewer)
+    app, _ = await service.company_app(session, viewer, app_id)
+    rest_key = await apps_service.rotate_rest_key(
+        session, company_id=viewer.company_id, cache=runtime.key_cache
+    )
+    return await render(request, session, viewer, "settings.html", app=app, new_rest_key=rest_key)
+
+
+@router.post("/apps/{app_id}/credentials")
+async def set_credentials(
+    request: Request, app_id: int, viewer: ViewerDep, session: SessionDep, runtime: RuntimeDep
+) -> HTMLResponse:
+    """The platform's credentials: an APNs .p8 key, an FCM service account or a VAPID key."""
+    service.require_admin(viewer)
+    app, _ = await service.company_app(session, viewer, app_id)
+    form = await request.form()
+    fields = {k: v for k, v in form.items() if isinstance(v, str) and k != "csrf_token"}
+    try:
+        if app.platform == "ios":
+            apps_service.set_apns_credentials(
+                app, _validated(ApnsCredentialsIn, fields), runtime.box
+            )
+        elif app.platform == "android":
+            account = _json_object(fields.get("service_account", ""), "service_account")
+            apps_service.set_fcm_credentials(
+                app, _validated(FcmCredentialsIn, {"service_account": account}), runtime.box
+            )
+        else:
+            apps_service.set_webpush_credentials(
+                app, _validated(WebPushCredentialsIn, fields), runtime.box
+            )
+    except ClarionError as exc:
+        return await render(
+            request,
+            session,
+            viewer,
+            "settings.html",
+            app=app,
+            status=exc.status,
+            credentials_error=exc.message,
+        )
+    return await render(
+        request, session, viewer, "settings.html", app=app, notice="Credentials saved."
+    )
+
+
+def _json_object(text: str, field: str) -> dict[str, Any]:
+    try:
+        value = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        raise MalformedParameterError(f"{field}: not valid JSON") from None
+    if not isinstance(value, dict):
+        raise MalformedParameterError(f"{field}: must be a JSON object")
+    return value
+
+
+@router.get("/team")
+async def team_page(request: Request, viewer: ViewerDep, session: SessionDep) -> HTMLResponse:
+    service.require_admin(viewer)
+    users = await service.list_users(session, company_id=viewer.company_id)
+    return await render(request, session, viewer, "team.html", users=users, roles=list(Role))
+
+
+@router.post("/team")
+async def add_user(
+    request: Request,
+    viewer: ViewerDep,
+    session: SessionDep,
+    email: Annotated[str, Form()] = "",
+    name: Annotated[str, Form()] = "",
+    password: Annotated[str, Form()] = "",
+    role: Annotated[str, Form()] = "viewer",
+) -> HTMLResponse:
+    service.require_admin(viewer)
+    fields = {"email": email, "name": name, "password": password, "role": role}
+    try:
+        await service.create_user(
+            session,
+            company_id=viewer.company_id,
+            user_in=_validated(UserCreate, fields),
+            now=utcnow(),
+        )
+    except ClarionError as exc:
+        users = await service.list_users(session, company_id=viewer.company_id)
+        return await render(
+            request,
+            session,
+            viewer,
+            "team.html",
+            users=users,
+            roles=list(Role),
+            error=exc.message,
+            form=fields,
+            status=exc.status,
+        )
+    users = await service.list_users(session, company_id=viewer.company_id)
+    return await render(
+        request,
+        session,
+        viewer,
+        "team.html",
+        users=users,
+        roles=list(Role),
+        notice=f"{email.lower()} can now sign in.",
+    )

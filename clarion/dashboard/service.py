@@ -1,0 +1,182 @@
+"""Dashboard accounts and sessions: sign-in, roles, CSRF tokens. No HTTP here.
+
+Passwords are hashed with Argon2id (argon2-cffi's defaults, RFC 9106's second recommended
+profile); sessions are random tokens stored as SHA-256, like API keys (docs/decisions/0014).
+"""
+
+from __future__ import annotations
+
+import hmac
+import secrets
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+from sqlalchemy import delete, func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from clarion.apps.models import App
+from clarion.apps.service import AppAccess, get_company_app
+from clarion.dashboard.models import DashboardSession, DashboardUser, Role
+from clarion.dashboard.schemas import UserCreate
+from clarion.errors import ApiMisuseError, AuthenticationInvalidError, MalformedParameterError
+from clarion.security import hash_key
+
+# A session lasts this long from sign-in, however active: a stolen cookie has a bounded life.
+SESSION_LIFETIME = timedelta(hours=12)
+
+_hasher = PasswordHasher()
+# Verified against when the e-mail is unknown, so that a wrong e-mail costs as much time as a
+# wrong password and sign-in does not reveal which accounts exist.
+_DUMMY_HASH = _hasher.hash(secrets.token_urlsafe(16))
+
+
+@dataclass(frozen=True, slots=True)
+class Viewer:
+    """The signed-in person a page is rendered for."""
+
+    user_id: int
+    company_id: int
+    email: str
+    role: Role
+    csrf_token: str
+
+    @property
+    def can_edit(self) -> bool:
+        return self.role in (Role.ADMIN, Role.EDITOR)
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role is Role.ADMIN
+
+
+def require_editor(viewer: Viewer) -> None:
+    if not viewer.can_edit:
+        raise ApiMisuseError("your role (viewer) cannot change anything")
+
+
+def require_admin(viewer: Viewer) -> None:
+    if not viewer.is_admin:
+        raise ApiMisuseError(f"only an admin can do this (your role: {viewer.role.value})")
+
+
+async def create_user(
+    session: AsyncSession, *, company_id: int, user_in: UserCreate, now: datetime
+) -> DashboardUser:
+    email = user_in.email.lower()
+    taken = await session.scalar(select(DashboardUser.id).where(DashboardUser.email == email))
+    if taken is not None:
+        raise MalformedParameterError(f"email: an account for {email!r} exists already")
+    user = DashboardUser(
+        company_id=company_id,
+        email=email,
+        name=user_in.name,
+        password_hash=_hasher.hash(user_in.password.get_secret_value()),
+        role=user_in.role.value,
+        created_at=now,
+    )
+    session.add(user)
+    await session.flush()
+    return user
+
+
+async def list_users(session: AsyncSession, *, company_id: int) -> list[DashboardUser]:
+    users = await session.scalars(
+        select(DashboardUser)
+        .where(DashboardUser.company_id == company_id)
+        .order_by(DashboardUser.email)
+    )
+    return list(users)
+
+
+async def sign_in(
+    session: AsyncSession, *, email: str, password: str, now: datetime
+) -> tuple[str, Viewer]:
+    """Check the password and open a session; returns the cookie's token (shown once)."""
+    user = await session.scalar(select(DashboardUser).where(DashboardUser.email == email.lower()))
+    if user is None or user.disabled:
+        _verify(_DUMMY_HASH, password)
+        raise AuthenticationInvalidError("wrong e-mail or password")
+    if not _verify(user.password_hash, password):
+        raise AuthenticationInvalidError("wrong e-mail or password")
+    if _hasher.check_needs_rehash(user.password_hash):
+        user.password_hash = _hasher.hash(password)
+    user.last_sign_in_at = now
+    token = secrets.token_urlsafe(32)
+    record = DashboardSession(
+        token_hash=hash_key(token),
+        user_id=user.id,
+        csrf_token=secrets.token_urlsafe(32),
+        created_at=now,
+        expires_at=now + SESSION_LIFETIME,
+    )
+    session.add(record)
+    # Sessions that ran out are removed here rather than by a periodic job.
+    await session.execute(delete(DashboardSession).where(DashboardSession.expires_at < now))
+    await session.flush()
+    return token, _viewer(user, record)
+
+
+async def viewer_of(session: AsyncSession, *, token: str | None, now: datetime) -> Viewer | None:
+    """The person behind a session cookie, or None when it is missing, unknown or expired."""
+    if not token:
+        return None
+    row = (
+        await session.execute(
+            select(DashboardUser, DashboardSession)
+            .join(DashboardSession, DashboardSession.user_id == DashboardUser.id)
+            .where(DashboardSession.token_hash == hash_key(token))
+        )
+    ).one_or_none()
+    if row is None:
+        return None
+    user, record = row
+    if record.expires_at <= now or user.disabled:
+        return None
+    return _viewer(user, record)
+
+
+async def sign_out(session: AsyncSession, *, token: str) -> None:
+    await session.execute(
+        delete(DashboardSession).where(DashboardSession.token_hash == hash_key(token))
+    )
+
+
+def csrf_matches(viewer: Viewer, sent: str | None) -> bool:
+    return sent is not None and hmac.compare_digest(viewer.csrf_token, sent)
+
+
+async def count_users(session: AsyncSession) -> int:
+    return int(await session.scalar(select(func.count()).select_from(DashboardUser)) or 0)
+
+
+async def company_app(session: AsyncSession, viewer: Viewer, app_id: int) -> tuple[App, AppAccess]:
+    """An app of the viewer's company (404 otherwise), and the Live access the services take:
+    the dashboard acts with the app's full rights, as Batch's dashboard does."""
+    app = await get_company_app(session, company_id=viewer.company_id, app_id=app_id)
+    access = AppAccess(
+        app_id=app.id,
+        company_id=app.company_id,
+        platform=app.platform,
+        vapid_public_key=app.vapid_public_key,
+        is_dev=False,
+    )
+    return app, access
+
+
+def _verify(password_hash: str, password: str) -> bool:
+    try:
+        return _hasher.verify(password_hash, password)
+    except (VerificationError, InvalidHashError):
+        return False
+
+
+def _viewer(user: DashboardUser, record: DashboardSession) -> Viewer:
+    return Viewer(
+        user_id=user.id,
+        company_id=user.company_id,
+        email=user.email,
+        role=Role(user.role),
+        csrf_token=record.csrf_token,
+    )

@@ -1,0 +1,139 @@
+// Clarion dashboard: progressive enhancement only. Every page works without this file; it adds
+// copy buttons, confirmations, the query builder's rows, the live audience estimate and
+// notification preview, drag-and-drop audience upload with progress, and live campaign progress.
+"use strict";
+
+const csrfToken = () => document.body.dataset.csrf || "";
+
+function debounce(fn, ms) {
+  let timer;
+  return (...args) => { clearTimeout(timer); timer = setTimeout(() => fn(...args), ms); };
+}
+
+async function postForm(url, form) {
+  const body = new URLSearchParams(new FormData(form));
+  const response = await fetch(url, {
+    method: "POST", body, headers: { "X-CSRF-Token": csrfToken() }, credentials: "same-origin",
+  });
+  return response.text();
+}
+
+document.addEventListener("click", (event) => {
+  const copy = event.target.closest("[data-copy]");
+  if (copy) {
+    const source = document.querySelector(copy.dataset.copy);
+    const text = source.value !== undefined ? source.value : source.textContent;
+    navigator.clipboard.writeText(text.trim()).then(() => {
+      const label = copy.textContent;
+      copy.textContent = "Copied";
+      setTimeout(() => { copy.textContent = label; }, 1500);
+    });
+  }
+  const add = event.target.closest("[data-add-row]");
+  if (add) {
+    const template = document.getElementById(add.dataset.addRow);
+    const target = document.getElementById(add.dataset.target);
+    target.appendChild(template.content.cloneNode(true));
+    target.lastElementChild.querySelector("input, select")?.focus();
+  }
+  const remove = event.target.closest("[data-remove-row]");
+  if (remove) {
+    const row = remove.closest(".condition, .message");
+    const form = row.closest("form");
+    row.remove();
+    form?.dispatchEvent(new Event("input", { bubbles: true }));
+  }
+});
+
+document.addEventListener("submit", (event) => {
+  const form = event.target;
+  if (form.dataset.confirm && !window.confirm(form.dataset.confirm)) event.preventDefault();
+});
+
+document.addEventListener("change", (event) => {
+  if (event.target.matches("[data-autosubmit]") && event.target.value) event.target.form.submit();
+});
+
+// Live audience estimate: the server answers with a fragment, rules and messages as the API's.
+for (const form of document.querySelectorAll("form[data-estimate-url]")) {
+  const output = document.getElementById("estimate");
+  const refresh = debounce(async () => {
+    output.setAttribute("aria-busy", "true");
+    output.innerHTML = await postForm(form.dataset.estimateUrl, form);
+    output.removeAttribute("aria-busy");
+  }, 300);
+  form.addEventListener("input", (event) => {
+    if (event.target.closest("[data-targeting]")) refresh();
+  });
+  form.addEventListener("change", (event) => {
+    if (event.target.closest("[data-targeting]")) refresh();
+  });
+}
+
+// Notification preview: the first message's title and body, as each platform shows them.
+function updatePreview() {
+  const title = document.querySelector(".message [name=message_title]");
+  const body = document.querySelector(".message [name=message_body]");
+  for (const node of document.querySelectorAll("[data-preview=title]")) {
+    node.textContent = title ? title.value : "";
+  }
+  for (const node of document.querySelectorAll("[data-preview=body]")) {
+    node.textContent = body ? body.value : "";
+  }
+}
+document.addEventListener("input", (event) => {
+  if (event.target.matches("[name=message_title], [name=message_body]")) updatePreview();
+});
+
+// Audience upload: drag and drop, or pick a file; the body streams to the server with progress.
+for (const form of document.querySelectorAll("form[data-upload]")) {
+  const zone = form.querySelector(".dropzone");
+  const input = form.querySelector("input[type=file]");
+  const bar = form.querySelector("progress");
+  const result = document.getElementById(form.dataset.result);
+  ["dragenter", "dragover"].forEach((name) => zone.addEventListener(name, (event) => {
+    event.preventDefault(); zone.classList.add("over");
+  }));
+  ["dragleave", "drop"].forEach((name) => zone.addEventListener(name, () => zone.classList.remove("over")));
+  zone.addEventListener("drop", (event) => {
+    event.preventDefault();
+    input.files = event.dataTransfer.files;
+    zone.querySelector("[data-file-name]").textContent = input.files[0]?.name || "";
+  });
+  input.addEventListener("change", () => {
+    zone.querySelector("[data-file-name]").textContent = input.files[0]?.name || "";
+  });
+  form.addEventListener("submit", (event) => {
+    event.preventDefault();
+    const file = input.files[0];
+    if (!file) { result.innerHTML = '<p class="error" role="alert">Choose a file first.</p>'; return; }
+    const params = new URLSearchParams();
+    for (const [key, value] of new FormData(form)) {
+      if (typeof value === "string" && key !== "csrf_token") params.append(key, value);
+    }
+    const request = new XMLHttpRequest();
+    request.open("POST", form.dataset.upload + "?" + params.toString());
+    request.setRequestHeader("X-CSRF-Token", csrfToken());
+    request.setRequestHeader("Content-Type", "text/csv");
+    bar.hidden = false; bar.value = 0;
+    request.upload.addEventListener("progress", (progress) => {
+      if (progress.lengthComputable) bar.value = progress.loaded / progress.total;
+    });
+    request.addEventListener("load", () => { bar.value = 1; result.innerHTML = request.responseText; });
+    request.addEventListener("error", () => {
+      result.innerHTML = '<p class="error" role="alert">The upload failed: the connection was lost.</p>';
+    });
+    request.send(file);
+  });
+}
+
+// Live progress while a campaign sends: the fragment says when there is nothing more to watch.
+for (const node of document.querySelectorAll("[data-refresh]")) {
+  const poll = async () => {
+    if (node.querySelector("[data-final]")) return;
+    const response = await fetch(node.dataset.refresh, { credentials: "same-origin" });
+    if (response.ok) node.innerHTML = await response.text();
+    setTimeout(poll, 2000);
+  };
+  setTimeout(poll, 2000);
+}
