@@ -20,12 +20,15 @@ from clarion.apps import service as apps
 from clarion.apps.models import App
 from clarion.apps.schemas import ApnsCredentialsIn, AppCreate, FcmCredentialsIn
 from clarion.config import Settings
+from clarion.dashboard import service as dashboard
+from clarion.dashboard.schemas import UserCreate
 from clarion.db import transaction, utcnow
 from clarion.devices.models import Installation
 from clarion.runtime import Runtime
 
 DEMO_TOPIC = "com.example.clarion-demo"
 DEMO_CUSTOM_ID = "demo-user"
+DEMO_ADMIN = "admin@clarion.demo"
 
 
 def wait_for_port(host: str, port: int, *, timeout: float) -> None:
@@ -53,6 +56,7 @@ async def provision_demo(settings: Settings, *, sim_url: str, api_url: str) -> s
         [
             "",
             f"Clarion API      {api_url}   (OpenAPI: {api_url}/docs)",
+            f"Dashboard        {api_url}/dashboard/   {_dashboard_login(demo)}",
             f"Simulators       {sim_url}   (APNs, FCM, Web Push; CA {settings.provider_ca_file})",
             f"Demo keys        {demo_file}",
             f"REST API key     {demo['rest_api_key']}",
@@ -71,6 +75,13 @@ async def provision_demo(settings: Settings, *, sim_url: str, api_url: str) -> s
     )
 
 
+def _dashboard_login(demo: dict[str, Any]) -> str:
+    account = demo.get("dashboard")
+    if account is None:  # a demo made before the dashboard existed
+        return "(create an account: clarion users create --email you@example.com)"
+    return f"sign in as {account['email']} / {account['password']}"
+
+
 async def _create_demo(settings: Settings, sim_url: str) -> dict[str, Any]:
     ca = settings.provider_ca_file or True
     runtime = Runtime(settings)
@@ -81,6 +92,14 @@ async def _create_demo(settings: Settings, sim_url: str) -> dict[str, Any]:
             transaction(runtime.sessions) as session,
         ):
             company, demo["rest_api_key"] = await apps.create_company(session, name="Demo")
+            # The demo's dashboard admin; the password is random, kept in demo.json (0600).
+            demo["dashboard"] = {"email": DEMO_ADMIN, "password": secrets.token_urlsafe(12)}
+            await dashboard.create_user(
+                session,
+                company_id=company.id,
+                user_in=UserCreate.model_validate({**demo["dashboard"], "role": "admin"}),
+                now=utcnow(),
+            )
             for platform in ("ios", "android", "web"):
                 app, keys = await apps.create_app(
                     session,

@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import httpx
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
@@ -77,6 +79,21 @@ class Runtime:
             self._tasks.append(
                 asyncio.create_task(self.scheduler.run_forever(), name="campaign-scheduler")
             )
+
+    @asynccontextmanager
+    async def provider_pool(self) -> AsyncIterator[ProviderPool]:
+        """The workers' providers, or in a process without workers (an API-only `serve`) a
+        short-lived pool, for a one-off push such as the dashboard's credentials test."""
+        if self._pool is not None:
+            yield self._pool
+            return
+        client = Http2Client(ca_file=self.settings.provider_ca_file or None)
+        pool = ProviderPool(client, self.settings, self.box)
+        try:
+            yield pool
+        finally:
+            await pool.aclose()
+            await client.aclose()
 
     async def _sweep_forever(self) -> None:
         assert self.deliverer is not None

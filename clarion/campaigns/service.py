@@ -89,15 +89,21 @@ def new_campaign_token() -> str:
 
 
 async def create_campaign(
-    session: AsyncSession, *, access: AppAccess, body: CampaignBody, now: datetime
+    session: AsyncSession,
+    *,
+    access: AppAccess,
+    body: CampaignBody,
+    now: datetime,
+    from_api: bool = True,
 ) -> Campaign:
+    """`from_api`: false for campaigns composed in the dashboard (Batch's list filter)."""
     await _check_targeting(session, access, body)
     campaign = Campaign(
         token=new_campaign_token(),
         app_id=access.app_id,
         name=body.name,
         dev_only=access.is_dev,
-        from_api=True,
+        from_api=from_api,
         state=CampaignState.DRAFT.value,
         body=_stored(body),
         created_at=now,
@@ -117,20 +123,28 @@ async def update_campaign(
     token: str,
     changes: dict[str, Any],
     now: datetime,
+    replace: bool = False,
 ) -> None:
     """Batch's update rules (spec §4.2): fields merge into the stored campaign; a field once
-    set cannot be removed; a recurring campaign stays recurring; a completed campaign cannot
-    go live again. `live` moves the campaign between its states."""
+    set cannot be removed; a completed campaign cannot go live again. `live` moves the
+    campaign between its states.
+
+    `replace`: `changes` is the whole campaign (the dashboard's editor), so a field it leaves
+    out is removed; the rules on states hold all the same."""
     campaign = await _find(session, access, token, for_update=True)
     stored = campaign.body
-    for key, value in changes.items():
-        if value is None and stored.get(key) is not None:
-            raise MalformedParameterError(f"{key}: a parameter once set cannot be removed")
-    body = validate_body({**stored, **changes})
+    if replace:
+        document = changes
+    else:
+        for key, value in changes.items():
+            if value is None and stored.get(key) is not None:
+                raise MalformedParameterError(f"{key}: a parameter once set cannot be removed")
+        document = {**stored, **changes}
+    body = validate_body(document)
     await _check_targeting(session, access, body)
     state = CampaignState(campaign.state)
     schedule_changed = any(
-        changes.get(key, stored.get(key)) != stored.get(key)
+        document.get(key) != stored.get(key)
         for key in ("push_time", "local_push_time", "recurrence")
     )
 
@@ -248,11 +262,17 @@ async def list_campaigns(
     limit: int,
     live: bool | None,
     from_api: bool | None,
+    name_contains: str = "",
 ) -> list[CampaignSummary]:
     """Newest first. `live`: true gives scheduled, running or completed campaigns, false
-    drafts and stopped ones (spec §4.4)."""
+    drafts and stopped ones (spec §4.4). `name_contains`: the dashboard's search, ignoring
+    case."""
     require_live_key(access)
     query = select(Campaign).where(Campaign.app_id == access.app_id, Campaign.deleted_at.is_(None))
+    if name_contains:
+        query = query.where(
+            func.lower(Campaign.name).contains(name_contains.lower(), autoescape=True)
+        )
     if live is not None:
         live_states = [state.value for state in _LIVE_STATES]
         query = query.where(

@@ -12,7 +12,6 @@ from typing import Annotated, Any
 import orjson
 from fastapi import APIRouter, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
-from pydantic import ValidationError
 
 from clarion.apps import service as apps_service
 from clarion.apps.schemas import (
@@ -21,7 +20,7 @@ from clarion.apps.schemas import (
     FcmCredentialsIn,
     WebPushCredentialsIn,
 )
-from clarion.dashboard import service
+from clarion.dashboard import audience_pages, campaign_pages, people_pages, service
 from clarion.dashboard.models import Role
 from clarion.dashboard.schemas import UserCreate
 from clarion.dashboard.web import (
@@ -31,9 +30,11 @@ from clarion.dashboard.web import (
     ViewerDep,
     redirect,
     render,
+    validated,
 )
 from clarion.db import utcnow
-from clarion.errors import ClarionError, MalformedParameterError, from_validation_errors
+from clarion.delivery.service import send_test_push
+from clarion.errors import ClarionError, MalformedParameterError
 from clarion.http import RuntimeDep, SessionDep
 
 router = APIRouter(prefix="/dashboard", route_class=PageRoute, include_in_schema=False)
@@ -41,14 +42,6 @@ router = APIRouter(prefix="/dashboard", route_class=PageRoute, include_in_schema
 # Sign-in is protected from cross-site posting by a double-submit cookie: there is no session
 # (and so no session CSRF token) yet.
 _LOGIN_CSRF_COOKIE = "clarion_login_csrf"
-
-
-def _validated(model: type[Any], data: dict[str, Any]) -> Any:
-    """A form read with the API's schema: the same rules, the same 400/31 messages."""
-    try:
-        return model.model_validate(data)
-    except ValidationError as exc:
-        raise from_validation_errors(exc.errors()) from None
 
 
 def _safe_next(path: str) -> str:
@@ -107,7 +100,7 @@ async def login(
     try:
         token, _ = await service.sign_in(session, email=email, password=password, now=utcnow())
     except ClarionError as exc:
-        return _login(request, next_path=next, email=email, error=exc.message.capitalize() + ".")
+        return _login(request, next_path=next, email=email, error=exc.detail.capitalize() + ".")
     response = RedirectResponse(_safe_next(next), status_code=303)
     response.set_cookie(
         SESSION_COOKIE,
@@ -154,7 +147,7 @@ async def create_app(
     service.require_admin(viewer)
     fields = {"name": name, "platform": platform, "default_timezone": default_timezone or "UTC"}
     try:
-        app_in = _validated(AppCreate, fields)
+        app_in = validated(AppCreate, fields)
     except ClarionError as exc:
         return await render(
             request, session, viewer, "apps.html", status=400, error=exc.message, form=fields
@@ -209,18 +202,19 @@ async def set_credentials(
     try:
         if app.platform == "ios":
             apps_service.set_apns_credentials(
-                app, _validated(ApnsCredentialsIn, fields), runtime.box
+                app, validated(ApnsCredentialsIn, fields), runtime.box
             )
         elif app.platform == "android":
             account = _json_object(fields.get("service_account", ""), "service_account")
             apps_service.set_fcm_credentials(
-                app, _validated(FcmCredentialsIn, {"service_account": account}), runtime.box
+                app, validated(FcmCredentialsIn, {"service_account": account}), runtime.box
             )
         else:
             apps_service.set_webpush_credentials(
-                app, _validated(WebPushCredentialsIn, fields), runtime.box
+                app, validated(WebPushCredentialsIn, fields), runtime.box
             )
     except ClarionError as exc:
+        await session.rollback()  # a refused change leaves nothing behind
         return await render(
             request,
             session,
@@ -233,6 +227,45 @@ async def set_credentials(
     return await render(
         request, session, viewer, "settings.html", app=app, notice="Credentials saved."
     )
+
+
+@router.post("/apps/{app_id}/test-push")
+async def try_credentials(
+    request: Request,
+    app_id: int,
+    viewer: ViewerDep,
+    session: SessionDep,
+    runtime: RuntimeDep,
+    install_id: Annotated[str, Form(max_length=128)] = "",
+    push_token: Annotated[str, Form(max_length=1024)] = "",
+    title: Annotated[str, Form(max_length=256)] = "",
+    body: Annotated[str, Form(max_length=4096)] = "",
+) -> HTMLResponse:
+    """Send one push with the stored credentials and show the provider's answer."""
+    service.require_admin(viewer)
+    app, _ = await service.company_app(session, viewer, app_id)
+    try:
+        async with runtime.provider_pool() as pool:
+            result = await send_test_push(
+                session,
+                pool,
+                app=app,
+                install_id=install_id.strip(),
+                push_token=push_token.strip(),
+                title=title or "Clarion test",
+                body=body or "Your push credentials work.",
+            )
+    except ClarionError as exc:
+        return await render(
+            request,
+            session,
+            viewer,
+            "settings.html",
+            app=app,
+            status=exc.status,
+            test_error=exc.message,
+        )
+    return await render(request, session, viewer, "settings.html", app=app, test_result=result)
 
 
 def _json_object(text: str, field: str) -> dict[str, Any]:
@@ -268,10 +301,11 @@ async def add_user(
         await service.create_user(
             session,
             company_id=viewer.company_id,
-            user_in=_validated(UserCreate, fields),
+            user_in=validated(UserCreate, fields),
             now=utcnow(),
         )
     except ClarionError as exc:
+        await session.rollback()  # a refused change leaves nothing behind
         users = await service.list_users(session, company_id=viewer.company_id)
         return await render(
             request,
@@ -294,3 +328,8 @@ async def add_user(
         roles=list(Role),
         notice=f"{email.lower()} can now sign in.",
     )
+
+
+router.include_router(campaign_pages.router)
+router.include_router(audience_pages.router)
+router.include_router(people_pages.router)

@@ -4,10 +4,13 @@ the same messages (a campaign form becomes a Campaigns API document, see `campai
 from __future__ import annotations
 
 import re
+from typing import Any, Protocol
 
+import orjson
 from pydantic import BaseModel, Field, SecretStr, field_validator
 
 from clarion.dashboard.models import Role
+from clarion.errors import MalformedParameterError
 
 _EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
 
@@ -26,3 +29,237 @@ class UserCreate(BaseModel):
         if not _EMAIL.fullmatch(value):
             raise ValueError(f"{value!r} is not an e-mail address")
         return value.lower()
+
+
+class FormFields(Protocol):
+    """A submitted form (Starlette's FormData): one value per name, or all of them."""
+
+    def get(self, key: str, /) -> Any: ...
+
+    def getlist(self, key: str, /) -> list[Any]: ...
+
+
+# The campaign editor's operators, in the order the query builder offers them.
+QUERY_OPERATORS = (
+    ("$eq", "equals"),
+    ("$neq", "does not equal"),
+    ("$gt", "greater than"),
+    ("$gte", "at least"),
+    ("$lt", "less than"),
+    ("$lte", "at most"),
+    ("$in", "is one of (comma-separated)"),
+    ("$notIn", "is none of (comma-separated)"),
+    ("$exists", "is set (true / false)"),
+    ("$contains", "tags contain all of"),
+    ("$containsAny", "tags contain any of"),
+)
+_LIST_OPERATORS = frozenset({"$in", "$notIn", "$contains", "$containsAny"})
+# Fields of the query builder's suggestions; any c., t., e., ue. field may be typed.
+QUERY_FIELD_SUGGESTIONS = (
+    "b.language",
+    "b.region",
+    "b.app_version",
+    "b.os_version",
+    "b.device_model",
+    "b.timezone",
+    "b.custom_id",
+    "b.install_date",
+    "b.last_visit_date",
+    "b.is_push_optin",
+)
+SEGMENTS = ("NEW", "ONE_TIME", "ENGAGED", "DORMANT", "IMPORTED")
+
+
+def _text(form: FormFields, name: str) -> str:
+    value = form.get(name)
+    return value.strip() if isinstance(value, str) else ""
+
+
+def _texts(form: FormFields, name: str) -> list[str]:
+    return [value.strip() if isinstance(value, str) else "" for value in form.getlist(name)]
+
+
+def _codes(text: str) -> list[str] | None:
+    codes = [code.strip() for code in text.replace(";", ",").split(",") if code.strip()]
+    return codes or None
+
+
+def _wire_time(value: str) -> str | None:
+    """An <input type=datetime-local> value (yyyy-MM-ddTHH:mm[:ss]) as the API's date."""
+    if not value:
+        return None
+    return value if len(value) == 19 else f"{value[:16]}:00"
+
+
+def _number(text: str) -> int | str | None:
+    """An integer field: the API's validation reports a non-number with its own message."""
+    if not text:
+        return None
+    return int(text) if text.lstrip("-").isdigit() else text
+
+
+def _query_value(op: str, text: str) -> Any:
+    """What a query builder row's value means: JSON when it reads as JSON (18, true, "18"),
+    else the text itself; a comma-separated list for the list operators."""
+    if op in _LIST_OPERATORS:
+        return [_scalar(part.strip()) for part in text.split(",") if part.strip()]
+    return _scalar(text)
+
+
+def _scalar(text: str) -> Any:
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return text
+
+
+def targeting_document(form: FormFields) -> dict[str, Any] | None:
+    """The targeting part of the editor: segments, languages, regions, custom audiences, the
+    query builder's rows (all of them, or any of them), and an optional raw JSON query that
+    must hold as well (the form is read as the API reads a body: no rule is checked here)."""
+    targeting: dict[str, Any] = {}
+    segments = [s for s in _texts(form, "segments") if s]
+    if segments:
+        targeting["segments"] = segments
+    for key in ("languages", "regions"):
+        codes = _codes(_text(form, key))
+        if codes:
+            targeting[key] = codes
+    audiences = [name for name in _texts(form, "custom_audiences") if name]
+    if audiences:
+        targeting["custom_audiences"] = audiences
+    conditions: list[dict[str, Any]] = []
+    rows = zip(_texts(form, "q_field"), _texts(form, "q_op"), _texts(form, "q_value"), strict=False)
+    for field, op, value in rows:
+        if not field:
+            continue
+        conditions.append({field: {op or "$eq": _query_value(op, value)}})
+    parts = []
+    if conditions:
+        join = "$or" if _text(form, "q_join") == "or" else "$and"
+        parts.append(conditions[0] if len(conditions) == 1 else {join: conditions})
+    raw = _text(form, "query_json")
+    if raw:
+        try:
+            parts.append(orjson.loads(raw))
+        except orjson.JSONDecodeError:
+            raise MalformedParameterError(
+                "targeting.query: the advanced query is not JSON"
+            ) from None
+    if parts:
+        # The builder's rows, and the advanced query on top of them.
+        targeting["query"] = parts[0] if len(parts) == 1 else {"$and": parts}
+    return targeting or None
+
+
+def campaign_document(form: FormFields, *, live: bool) -> dict[str, Any]:
+    """The editor's fields as a Campaigns API create body; CampaignBody validates it."""
+    document: dict[str, Any] = {"name": _text(form, "name"), "live": live}
+    when = _text(form, "when") or "now"
+    if when == "now":
+        document["push_time"] = "now"
+    elif when == "local":
+        document["local_push_time"] = _wire_time(_text(form, "local_push_time")) or ""
+    else:
+        document["push_time"] = _wire_time(_text(form, "push_time")) or ""
+    repeat_unit = _text(form, "repeat_unit")
+    if repeat_unit:
+        recurrence: dict[str, Any] = {"repeat_unit": repeat_unit}
+        for key in ("repeat_frequency", "occurrences"):
+            number = _number(_text(form, key))
+            if number is not None:
+                recurrence[key] = number
+        end = _wire_time(_text(form, "end_date"))
+        if end:
+            recurrence["end_date"] = end
+        document["recurrence"] = recurrence
+        capping = _number(_text(form, "capping"))
+        if capping is not None:
+            document["capping"] = capping
+    messages = []
+    rows = zip(
+        _texts(form, "message_version"),
+        _texts(form, "message_language"),
+        _texts(form, "message_title"),
+        _texts(form, "message_body"),
+        strict=False,
+    )
+    for version, language, title, body in rows:
+        if not (title or body):
+            continue
+        message: dict[str, Any] = {"language": language or "default", "body": body}
+        if title:
+            message["title"] = title
+        if version:
+            message["version"] = version.lower()
+        messages.append(message)
+    document["messages"] = messages
+    split = _text(form, "version_split")
+    if split:
+        document["version_split"] = _version_split(split)
+    for key in ("deeplink", "custom_payload", "priority"):
+        value = _text(form, key)
+        if value:
+            document[key] = value
+    ttl = _number(_text(form, "time_to_live"))
+    if ttl is not None:
+        document["time_to_live"] = ttl
+    document["push_type"] = _text(form, "push_type") or "alert"
+    media = {
+        kind: _text(form, f"media_{kind}")
+        for kind in ("picture", "icon", "audio", "video")
+        if _text(form, f"media_{kind}")
+    }
+    if media:
+        document["media"] = media
+    targeting = targeting_document(form)
+    if targeting is not None:
+        document["targeting"] = targeting
+    return document
+
+
+def _version_split(text: str) -> dict[str, Any]:
+    """ "a=60, b=40" (or "a:60 b:40") as {"a": 60, "b": 40}."""
+    split: dict[str, Any] = {}
+    for part in re.split(r"[,\s]+", text):
+        if not part:
+            continue
+        name, _, share = part.replace(":", "=").partition("=")
+        split[name.strip().lower()] = _number(share.strip()) if share.strip() else share
+    return split
+
+
+def campaign_form(document: dict[str, Any]) -> dict[str, Any]:
+    """A stored campaign as the editor's field values (the inverse of campaign_document)."""
+    recurrence = document.get("recurrence") or {}
+    targeting = document.get("targeting") or {}
+    media = document.get("media") or {}
+    push_time = document.get("push_time")
+    when = "local" if document.get("local_push_time") else ("now" if push_time == "now" else "date")
+    query = targeting.get("query")
+    split = document.get("version_split") or {}
+    return {
+        "name": document.get("name", ""),
+        "when": when,
+        "push_time": push_time if push_time and push_time != "now" else "",
+        "local_push_time": document.get("local_push_time") or "",
+        "repeat_unit": recurrence.get("repeat_unit", ""),
+        "repeat_frequency": recurrence.get("repeat_frequency", ""),
+        "end_date": recurrence.get("end_date") or "",
+        "occurrences": recurrence.get("occurrences") or "",
+        "capping": document.get("capping") or "",
+        "messages": document.get("messages") or [],
+        "version_split": ", ".join(f"{name}={share}" for name, share in split.items()),
+        "deeplink": document.get("deeplink") or "",
+        "custom_payload": document.get("custom_payload") or "",
+        "priority": document.get("priority") or "",
+        "time_to_live": document.get("time_to_live") or "",
+        "push_type": document.get("push_type") or "alert",
+        "media": media,
+        "segments": targeting.get("segments") or [],
+        "languages": ", ".join(targeting.get("languages") or []),
+        "regions": ", ".join(targeting.get("regions") or []),
+        "custom_audiences": targeting.get("custom_audiences") or [],
+        # A stored query is shown as JSON: the builder's rows are for composing new ones.
+        "query_json": orjson.dumps(query, option=orjson.OPT_INDENT_2).decode() if query else "",
+    }

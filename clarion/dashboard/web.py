@@ -7,16 +7,17 @@ a POST carrying the session's CSRF token, in a form field or the X-CSRF-Token he
 
 from __future__ import annotations
 
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 from urllib.parse import quote
 
-from fastapi import Depends, Request, Response
+from fastapi import Depends, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, RedirectResponse
 from fastapi.routing import APIRoute
 from fastapi.templating import Jinja2Templates
+from pydantic import BaseModel, ValidationError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from clarion.apps.models import App
@@ -24,9 +25,11 @@ from clarion.apps.service import list_company_apps
 from clarion.dashboard import service
 from clarion.dashboard.service import Viewer
 from clarion.db import utcnow
-from clarion.errors import ApiMisuseError, ClarionError
+from clarion.errors import ApiMisuseError, ClarionError, from_validation_errors
 from clarion.formats import wire_date
 from clarion.http import SessionDep, validation_error
+
+M = TypeVar("M", bound=BaseModel)
 
 TEMPLATES = Jinja2Templates(directory=Path(__file__).parent / "templates")
 TEMPLATES.env.filters["wire_date"] = wire_date
@@ -128,9 +131,34 @@ def error_page(request: Request, error: ClarionError) -> HTMLResponse:
     return TEMPLATES.TemplateResponse(
         request,
         "error.html",
-        {"error": error, "viewer": None, "apps": []},
+        {"failure": error, "viewer": None, "apps": []},
         status_code=error.status,
     )
+
+
+PAGE_SIZE = 25  # rows of every paginated list
+PageNumber = Annotated[int, Query(ge=1, le=10_000)]
+
+
+def page_window(page: int) -> dict[str, int]:
+    """The offset and limit of a page (numbered from 1), asking one row more than is shown:
+    that row says whether a next page exists, without counting the whole list."""
+    return {"offset": (page - 1) * PAGE_SIZE, "limit": PAGE_SIZE + 1}
+
+
+def paged(name: str, rows: Sequence[Any], page: int) -> dict[str, Any]:
+    """A page's rows under `name`, with `page` and `has_next`, for the template."""
+    return {name: rows[:PAGE_SIZE], "page": page, "has_next": len(rows) > PAGE_SIZE}
+
+
+def validated(model: type[M], data: Any, *, location: tuple[str, ...] = ()) -> M:
+    """A form or query read with the API's schema: the same rules, the same 400/31 messages
+    (`location` prefixes the field paths, e.g. ("query",))."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        errors = [{**error, "loc": (*location, *error["loc"])} for error in exc.errors()]
+        raise from_validation_errors(errors) from None
 
 
 def redirect(path: str) -> RedirectResponse:

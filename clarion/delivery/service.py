@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import secrets
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -40,10 +41,12 @@ from clarion.delivery.pool import ProviderPool
 from clarion.delivery.providers.base import (
     DeliveryResult,
     Device,
+    Notification,
     Outcome,
     ProviderConfigError,
 )
 from clarion.devices.models import Installation
+from clarion.errors import MalformedParameterError, MissingParameterError, NotFoundError
 from clarion.events.models import PushEventKind
 from clarion.events.service import PushEventRow, push_event_row, record_push_events
 from clarion.profiles.service import attributes_of
@@ -479,6 +482,49 @@ class Deliverer:
         if ids:
             log.info("outbox sweep re-enqueued %d batches", len(ids))
         return len(ids)
+
+
+async def send_test_push(
+    session: AsyncSession,
+    pool: ProviderPool,
+    *,
+    app: App,
+    install_id: str = "",
+    push_token: str = "",
+    title: str,
+    body: str,
+) -> DeliveryResult:
+    """One notification to one installation (or raw push token), now, outside the pipeline:
+    the dashboard's credentials test. The provider's answer is returned as it is; nothing is
+    recorded, retried or cleaned up, so a test never deletes a token."""
+    installation = None
+    if install_id:
+        installation = await session.scalar(
+            select(Installation).where(
+                Installation.app_id == app.id, Installation.install_id == install_id
+            )
+        )
+        if installation is None:
+            raise NotFoundError(f"install_id: no installation {install_id!r} in this app")
+        if installation.push_token is None:
+            raise MalformedParameterError(f"install_id: {install_id!r} has no push token")
+        push_token = installation.push_token
+    if not push_token:
+        raise MissingParameterError("install_id or push_token: one of them is needed")
+    device = Device(
+        token=push_token,
+        p256dh=installation.webpush_p256dh if installation else None,
+        auth=installation.webpush_auth if installation else None,
+    )
+    notification = Notification(send_id=f"test-{secrets.token_hex(8)}", title=title, body=body)
+    try:
+        # Debug builds get their APNs pushes from the sandbox; a raw token goes to production.
+        provider = pool.provider_for(app, sandbox=bool(installation and installation.is_dev))
+        if provider is None:
+            raise MalformedParameterError("credentials: none are set for this app's platform")
+        return (await provider.send(notification, [device]))[0]
+    except ProviderConfigError as exc:
+        return DeliveryResult(Outcome.FAILED, reason=f"unusable credentials: {exc}")
 
 
 async def cancel_sends(

@@ -42,6 +42,8 @@ class PushEvent(Base):
         Index("ix_push_events_app_time", "app_id", "occurred_at"),
         Index("ix_push_events_send_token", "send_token"),
         Index("ix_push_events_campaign_token", "campaign_token"),
+        # A user's pushes, for the dashboard's user lookup (support).
+        Index("ix_push_events_app_install", "app_id", "install_id", "occurred_at"),
     )
 
     id: Mapped[int] = mapped_column(BigIntPK, primary_key=True)

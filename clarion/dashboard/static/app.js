@@ -68,6 +68,7 @@ for (const form of document.querySelectorAll("form[data-estimate-url]")) {
   form.addEventListener("change", (event) => {
     if (event.target.closest("[data-targeting]")) refresh();
   });
+  refresh();
 }
 
 // Notification preview: the first message's title and body, as each platform shows them.

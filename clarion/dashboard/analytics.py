@@ -1,0 +1,198 @@
+"""What the analytics pages show: campaign statistics as totals, rates and chart points;
+transactional sends by group_id; the last errors with the provider's reasons. No HTTP here.
+
+Campaign figures come from campaigns.service.campaign_stats (the Campaigns API's own numbers);
+group_id figures are counted from push events of a bounded period, over the (app_id,
+occurred_at) index.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from clarion.campaigns.schemas import CampaignStats, VersionStats
+from clarion.db import utc_day
+from clarion.events.models import PushEvent, PushEventKind
+
+_ERROR_KINDS = (PushEventKind.ERROR.value, PushEventKind.TOKEN_DELETED.value)
+# Errors older than this are not looked for when a page lists the last ones of a group.
+_ERROR_WINDOW = timedelta(days=30)
+
+
+@dataclass
+class Totals:
+    sent: int = 0
+    direct_open: int = 0
+    influenced_open: int = 0
+    errors: int = 0
+
+    @property
+    def open_rate(self) -> float:
+        """Direct opens per notification sent, in percent."""
+        return 100.0 * self.direct_open / self.sent if self.sent else 0.0
+
+    def add(self, stats: VersionStats) -> None:
+        self.sent += stats.sent
+        self.direct_open += stats.direct_open
+        self.influenced_open += stats.influenced_open
+        self.errors += stats.errors
+
+
+@dataclass
+class Bar:
+    """One day of a chart: its label and bar heights, scaled to the chart's height."""
+
+    label: str
+    x: float
+    sent_height: float
+    opened_height: float
+    rate_y: float  # the open rate's point on the line
+
+
+@dataclass
+class Chart:
+    width: int
+    height: int
+    bar_width: float
+    bars: list[Bar]
+    peak: int  # the largest daily sent count, the top of the scale
+    rate_points: str  # SVG polyline points of the daily open rate (0-100 % over the height)
+
+
+@dataclass
+class Report:
+    totals: Totals
+    days: list[tuple[str, Totals]]
+    versions: dict[str, Totals] = field(default_factory=dict)
+    chart: Chart | None = None
+
+
+@dataclass
+class ErrorRow:
+    occurred_at: datetime
+    kind: str
+    reason: str | None
+    install_id: str | None
+    platform: str
+
+
+@dataclass
+class GroupRow:
+    group_id: str
+    totals: Totals
+
+
+def campaign_report(stats: CampaignStats) -> Report:
+    totals = Totals()
+    days: list[tuple[str, Totals]] = []
+    versions: dict[str, Totals] = {}
+    for day in stats.detail:
+        day_totals = Totals()
+        day_totals.add(day)
+        totals.add(day)
+        days.append((day.date, day_totals))
+        for name, version in (day.versions or {}).items():
+            versions.setdefault(name, Totals()).add(version)
+    return Report(totals, days, dict(sorted(versions.items())), _chart(days))
+
+
+async def recent_errors(
+    session: AsyncSession,
+    *,
+    app_id: int,
+    campaign_token: str | None = None,
+    group_id: str | None = None,
+    now: datetime | None = None,
+    limit: int = 20,
+) -> list[ErrorRow]:
+    """The last push_error / token_deleted events of a campaign or of a group_id."""
+    query = select(PushEvent).where(PushEvent.app_id == app_id, PushEvent.kind.in_(_ERROR_KINDS))
+    if campaign_token is not None:
+        query = query.where(PushEvent.campaign_token == campaign_token)
+    if group_id is not None:
+        query = query.where(PushEvent.group_id == group_id)
+        if now is not None:
+            query = query.where(PushEvent.occurred_at >= now - _ERROR_WINDOW)
+    events = await session.scalars(query.order_by(PushEvent.occurred_at.desc()).limit(limit))
+    return [ErrorRow(e.occurred_at, e.kind, e.reason, e.install_id, e.platform) for e in events]
+
+
+async def group_stats(
+    session: AsyncSession, *, app_id: int, days: int, now: datetime
+) -> list[GroupRow]:
+    """Transactional sends of the last `days` days by group_id, most sent first."""
+    counted = await session.execute(
+        select(PushEvent.group_id, PushEvent.kind, func.count())
+        .where(
+            PushEvent.app_id == app_id,
+            PushEvent.occurred_at >= now - timedelta(days=days),
+            PushEvent.group_id.is_not(None),
+            PushEvent.campaign_token.is_(None),
+        )
+        .group_by(PushEvent.group_id, PushEvent.kind)
+    )
+    groups: dict[str, Totals] = {}
+    for group_id, kind, count in counted:
+        _count(groups.setdefault(str(group_id), Totals()), kind, count)
+    rows = [GroupRow(group_id, totals) for group_id, totals in groups.items()]
+    return sorted(rows, key=lambda row: (-row.totals.sent, row.group_id))
+
+
+async def group_report(
+    session: AsyncSession, *, app_id: int, group_id: str, days: int, now: datetime
+) -> Report:
+    day = utc_day(PushEvent.occurred_at)
+    counted = await session.execute(
+        select(day, PushEvent.kind, func.count())
+        .where(
+            PushEvent.app_id == app_id,
+            PushEvent.occurred_at >= now - timedelta(days=days),
+            PushEvent.group_id == group_id,
+        )
+        .group_by(day, PushEvent.kind)
+    )
+    by_day: dict[str, Totals] = {}
+    totals = Totals()
+    for date, kind, count in counted:
+        _count(by_day.setdefault(date, Totals()), kind, count)
+        _count(totals, kind, count)
+    ordered = sorted(by_day.items())
+    return Report(totals, ordered, chart=_chart(ordered))
+
+
+def _count(totals: Totals, kind: str, count: int) -> None:
+    if kind == PushEventKind.SENT.value:
+        totals.sent += count
+    elif kind == PushEventKind.OPENED.value:
+        totals.direct_open += count
+    elif kind in _ERROR_KINDS:
+        totals.errors += count
+
+
+def _chart(days: list[tuple[str, Totals]], *, width: int = 720, height: int = 200) -> Chart | None:
+    """Daily sent (bars), direct opens (inner bars) and open rate (line), drawn by the
+    template as SVG: no chart library, no script."""
+    if not days:
+        return None
+    peak = max(max(totals.sent, totals.direct_open) for _, totals in days) or 1
+    slot = width / len(days)
+    bar_width = max(2.0, slot * 0.7)
+    bars = []
+    for index, (label, totals) in enumerate(days):
+        x = index * slot + (slot - bar_width) / 2
+        rate_y = height - height * min(totals.open_rate, 100.0) / 100.0
+        bars.append(
+            Bar(
+                label=label,
+                x=round(x, 1),
+                sent_height=round(height * totals.sent / peak, 1),
+                opened_height=round(height * totals.direct_open / peak, 1),
+                rate_y=round(rate_y, 1),
+            )
+        )
+    points = " ".join(f"{bar.x + bar_width / 2:.1f},{bar.rate_y}" for bar in bars)
+    return Chart(width, height, round(bar_width, 1), bars, peak, points)

@@ -1,0 +1,388 @@
+"""The dashboard over HTTP (no browser): sign-in, sessions, CSRF, roles, tenancy, and the
+campaign editor's forms read with the Campaigns API's rules. The browser tests are in
+test_dashboard_e2e.py."""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import select, update
+
+from clarion.apps.models import App
+from clarion.campaigns.models import Campaign
+from clarion.dashboard.models import DashboardSession, Role
+from clarion.dashboard.web import SESSION_COOKIE
+from clarion.db import utcnow
+from clarion.runtime import Runtime
+from clarion.security import hash_key
+from tests.conftest import ClientApp
+from tests.support.dashboard import PASSWORD, create_account, sign_in_as
+
+pytestmark = pytest.mark.usefixtures("api")
+
+
+def hidden(page: str, name: str) -> str:
+    found = re.search(rf'name="{name}" value="([^"]*)"', page)
+    assert found is not None, f"no {name} field"
+    return found.group(1)
+
+
+def campaign_fields(**changes: Any) -> dict[str, Any]:
+    fields: dict[str, Any] = {
+        "name": "Spring sale",
+        "when": "date",
+        "push_time": "2031-03-01T09:00",
+        "message_version": [""],
+        "message_language": ["default"],
+        "message_title": ["Spring"],
+        "message_body": ["Everything -20 %"],
+        "action": "draft",
+    }
+    fields.update(changes)
+    return fields
+
+
+async def stored_campaign(runtime: Runtime, app: ClientApp) -> Campaign:
+    async with runtime.sessions() as session:
+        campaign = await session.scalar(
+            select(Campaign).where(Campaign.app_id == app.app_id).order_by(Campaign.id.desc())
+        )
+    assert campaign is not None
+    return campaign
+
+
+class TestSignIn:
+    async def test_the_sign_in_form_opens_a_session(
+        self, api: httpx.AsyncClient, ios_app: ClientApp, runtime: Runtime
+    ) -> None:
+        async with runtime.sessions() as session:
+            company_id = await session.scalar(
+                select(App.company_id).where(App.id == ios_app.app_id)
+            )
+        assert company_id is not None
+        email = await create_account(runtime, company_id=company_id, role=Role.EDITOR)
+        form = await api.get("/dashboard/login?next=/dashboard/apps/1/campaigns")
+        assert form.status_code == 200
+        signed = await api.post(
+            "/dashboard/login",
+            data={
+                "email": email.upper(),  # e-mails are case-insensitive
+                "password": PASSWORD,
+                "csrf_token": hidden(form.text, "csrf_token"),
+                "next": "/dashboard/apps/1/campaigns",
+            },
+        )
+        assert signed.status_code == 303
+        assert signed.headers["location"] == "/dashboard/apps/1/campaigns"
+        cookie = signed.headers["set-cookie"]
+        assert "HttpOnly" in cookie
+        assert "SameSite=lax" in cookie.replace("samesite", "SameSite")
+        home = await api.get("/dashboard/")
+        assert home.status_code == 200
+        assert email in home.text
+        # Only the token's hash is stored.
+        token = api.cookies[SESSION_COOKIE]
+        async with runtime.sessions() as session:
+            stored = await session.scalar(
+                select(DashboardSession.token_hash).where(
+                    DashboardSession.token_hash == hash_key(token)
+                )
+            )
+        assert stored is not None
+
+    async def test_a_post_from_another_site_cannot_sign_in(
+        self, api: httpx.AsyncClient, ios_app: ClientApp, runtime: Runtime
+    ) -> None:
+        login = await sign_in_as(runtime, app_id=ios_app.app_id, role=Role.ADMIN)
+        api.cookies.clear()
+        forged = await api.post(
+            "/dashboard/login",
+            data={"email": login.email, "password": PASSWORD, "csrf_token": "guessed"},
+        )
+        assert forged.status_code == 401
+        assert "expired" in forged.text
+        assert SESSION_COOKIE not in forged.headers.get("set-cookie", "")
+
+    async def test_wrong_password_and_unknown_email_read_the_same(
+        self, api: httpx.AsyncClient, ios_app: ClientApp, runtime: Runtime
+    ) -> None:
+        login = await sign_in_as(runtime, app_id=ios_app.app_id, role=Role.ADMIN)
+        answers = []
+        for email in (login.email, "nobody@example.com"):
+            api.cookies.clear()
+            form = await api.get("/dashboard/login")
+            answer = await api.post(
+                "/dashboard/login",
+                data={
+                    "email": email,
+                    "password": "wrong password!",
+                    "csrf_token": hidden(form.text, "csrf_token"),
+                },
+            )
+            answers.append((answer.status_code, "Wrong e-mail or password." in answer.text))
+        assert answers == [(401, True), (401, True)]
+
+    async def test_only_dashboard_paths_are_followed_after_sign_in(
+        self, api: httpx.AsyncClient
+    ) -> None:
+        form = await api.get("/dashboard/login?next=https://evil.example/")
+        assert hidden(form.text, "next") == "/dashboard/"
+
+    async def test_expired_and_signed_out_sessions_lead_back_to_sign_in(
+        self, api: httpx.AsyncClient, ios_app: ClientApp, runtime: Runtime
+    ) -> None:
+        login = await sign_in_as(runtime, app_id=ios_app.app_id, role=Role.VIEWER)
+        login.use(api)
+        assert (await api.get("/dashboard/")).status_code == 200
+        async with runtime.sessions() as session, session.begin():
+            await session.execute(
+                update(DashboardSession)
+                .where(DashboardSession.token_hash == hash_key(login.token))
+                .values(expires_at=utcnow() - timedelta(seconds=1))
+            )
+        expired = await api.get("/dashboard/")
+        assert expired.status_code == 303
+        assert expired.headers["location"].startswith("/dashboard/login")
+
+        other = await sign_in_as(runtime, app_id=ios_app.app_id, role=Role.VIEWER)
+        other.use(api)
+        out = await api.post("/dashboard/logout", data={"csrf_token": other.csrf})
+        assert out.status_code == 303
+        api.cookies.set(SESSION_COOKIE, other.token)  # a copy of the cookie kept elsewhere
+        assert (await api.get("/dashboard/")).status_code == 303
+
+
+class TestProtections:
+    async def test_posts_need_the_session_csrf_token(
+        self, api: httpx.AsyncClient, ios_app: ClientApp, runtime: Runtime
+    ) -> None:
+        login = await sign_in_as(runtime, app_id=ios_app.app_id, role=Role.ADMIN)
+        login.use(api)
+        refused = await api.post(
+            f"/dashboard/apps/{ios_app.app_id}/keys/rotate", data={"csrf_token": "nope"}
+        )
+        assert refused.status_code == 403
+        assert "reload the page" in refused.text
+        # The keys still work.
+        assert (await api.get(f"/sdk/v1/{ios_app.api_key}/installations/x")).status_code != 401
+
+    async def test_pages_carry_a_strict_content_security_policy(
+        self, api: httpx.AsyncClient, ios_app: ClientApp, runtime: Runtime
+    ) -> None:
+        (await sign_in_as(runtime, app_id=ios_app.app_id, role=Role.VIEWER)).use(api)
+        page = await api.get(f"/dashboard/apps/{ios_app.app_id}/campaigns")
+        policy = page.headers["content-security-policy"]
+        assert "script-src 'self'" in policy
+        assert "unsafe-inline" not in policy
+        assert page.headers["x-content-type-options"] == "nosniff"
+
+    async def test_another_companys_app_is_not_found(
+        self, api: httpx.AsyncClient, ios_app: ClientApp, android_app: ClientApp, runtime: Runtime
+    ) -> None:
+        (await sign_in_as(runtime, app_id=ios_app.app_id, role=Role.ADMIN)).use(api)
+        for path in ("campaigns", "settings", "campaigns/new"):
+            page = await api.get(f"/dashboard/apps/{android_app.app_id}/{path}")
+            assert page.status_code == 404, path
+        assert "Shop" not in (await api.get("/dashboard/")).text
+
+    async def test_editors_neither_see_nor_rotate_keys(
+        self, api: httpx.AsyncClient, ios_app: ClientApp, runtime: Runtime
+    ) -> None:
+        login = await sign_in_as(runtime, app_id=ios_app.app_id, role=Role.EDITOR)
+        login.use(api)
+        settings = await api.get(f"/dashboard/apps/{ios_app.app_id}/settings")
+        assert "Only admins see and rotate API keys." in settings.text
+        assert "keys/rotate" not in settings.text
+        for path in ("keys/rotate", "rest-key/rotate", "credentials", "test-push"):
+            refused = await api.post(
+                f"/dashboard/apps/{ios_app.app_id}/{path}", data={"csrf_token": login.csrf}
+            )
+            assert refused.status_code == 403, path
+        answer = await api.get(f"/1.1/{ios_app.api_key}/campaigns/list", headers=ios_app.headers())
+        assert answer.status_code == 200  # the REST and Live keys were not rotated
+
+    async def test_an_admin_rotates_keys_and_the_old_ones_stop(
+        self, api: httpx.AsyncClient, ios_app: ClientApp, runtime: Runtime
+    ) -> None:
+        login = await sign_in_as(runtime, app_id=ios_app.app_id, role=Role.ADMIN)
+        login.use(api)
+        page = await api.post(
+            f"/dashboard/apps/{ios_app.app_id}/rest-key/rotate", data={"csrf_token": login.csrf}
+        )
+        new_rest_key = re.search(r'id="rest-key">([0-9a-f]{32})<', page.text)
+        assert new_rest_key is not None
+        runtime.key_cache.forget(hash_key(ios_app.rest_key))
+        url = f"/1.1/{ios_app.api_key}/campaigns/list"
+        assert (await api.get(url, headers=ios_app.headers())).status_code == 401
+        fresh = {"X-Authorization": new_rest_key.group(1)}
+        assert (await api.get(url, headers=fresh)).status_code == 200
+
+
+class TestTeam:
+    async def test_an_admin_adds_people_with_the_api_rules(
+        self, api: httpx.AsyncClient, ios_app: ClientApp, runtime: Runtime
+    ) -> None:
+        login = await sign_in_as(runtime, app_id=ios_app.app_id, role=Role.ADMIN)
+        login.use(api)
+        short = await api.post(
+            "/dashboard/team",
+            data={
+                "csrf_token": login.csrf,
+                "email": "x@example.com",
+                "password": "short",
+                "role": "editor",
+            },
+        )
+        assert short.status_code == 400
+        assert "password" in short.text
+        added = await api.post(
+            "/dashboard/team",
+            data={
+                "csrf_token": login.csrf,
+                "email": "Ed@Example.com",
+                "password": "a long enough password",
+                "role": "editor",
+            },
+        )
+        assert added.status_code == 200
+        assert "ed@example.com can now sign in." in added.text
+        again = await api.post(
+            "/dashboard/team",
+            data={
+                "csrf_token": login.csrf,
+                "email": "ed@example.com",
+                "password": "a long enough password",
+                "role": "viewer",
+            },
+        )
+        assert "exists already" in again.text
+
+
+class TestCampaignEditor:
+    async def test_a_draft_from_the_form_is_what_the_api_reads(
+        self, api: httpx.AsyncClient, ios_app: ClientApp, runtime: Runtime
+    ) -> None:
+        login = await sign_in_as(runtime, app_id=ios_app.app_id, role=Role.EDITOR)
+        login.use(api)
+        fields = campaign_fields(
+            q_field=["c.plan", "b.language"],
+            q_op=["$eq", "$in"],
+            q_value=["premium", "fr, en"],
+            q_join="and",
+            segments=["ENGAGED"],
+            deeplink="shop://spring",
+            custom_payload='{"sale": 20}',
+        )
+        saved = await api.post(
+            f"/dashboard/apps/{ios_app.app_id}/campaigns", data={**fields, "csrf_token": login.csrf}
+        )
+        assert saved.status_code == 303, saved.text
+        token = saved.headers["location"].split("/")[-1].split("?")[0]
+        read = await api.get(f"/1.1/{ios_app.api_key}/campaigns/{token}", headers=ios_app.headers())
+        body = read.json()
+        assert body["from_api"] is False
+        assert body["live"] is False
+        assert body["push_time"] == "2031-03-01T09:00:00"
+        assert body["messages"] == [
+            {"language": "default", "title": "Spring", "body": "Everything -20 %"}
+        ]
+        assert body["targeting"] == {
+            "segments": ["ENGAGED"],
+            "query": {
+                "$and": [{"c.plan": {"$eq": "premium"}}, {"b.language": {"$in": ["fr", "en"]}}]
+            },
+        }
+        assert body["deeplink"] == "shop://spring"
+        listed = await api.get(
+            f"/dashboard/apps/{ios_app.app_id}/campaigns?origin=dashboard&q=SPRING"
+        )
+        assert "Spring sale" in listed.text
+        none = await api.get(f"/dashboard/apps/{ios_app.app_id}/campaigns?origin=api")
+        assert "Spring sale" not in none.text
+
+    async def test_bad_input_gets_the_api_message_and_nothing_is_saved(
+        self, api: httpx.AsyncClient, ios_app: ClientApp, runtime: Runtime
+    ) -> None:
+        login = await sign_in_as(runtime, app_id=ios_app.app_id, role=Role.EDITOR)
+        login.use(api)
+        page = await api.post(
+            f"/dashboard/apps/{ios_app.app_id}/campaigns",
+            data={
+                **campaign_fields(q_field=["c.age"], q_op=["$foo"], q_value=["3"]),
+                "csrf_token": login.csrf,
+            },
+        )
+        assert page.status_code == 400
+        api_answer = await api.post(
+            f"/1.1/{ios_app.api_key}/campaigns/create",
+            headers=ios_app.headers(),
+            json={
+                "name": "Spring sale",
+                "live": False,
+                "push_time": "2031-03-01T09:00:00",
+                "messages": [{"language": "default", "body": "x"}],
+                "targeting": {"query": {"c.age": {"$foo": 3}}},
+            },
+        )
+        message = api_answer.json()["message"]
+        assert message in page.text.replace("&#39;", "'")
+        async with runtime.sessions() as session:
+            count = await session.scalar(
+                select(Campaign.id).where(Campaign.app_id == ios_app.app_id)
+            )
+        assert count is None  # neither the form nor the API saved anything
+        # The form comes back with what was typed.
+        assert 'value="Spring sale"' in page.text
+
+    async def test_editing_replaces_the_draft_and_live_then_stop(
+        self, api: httpx.AsyncClient, ios_app: ClientApp, runtime: Runtime
+    ) -> None:
+        login = await sign_in_as(runtime, app_id=ios_app.app_id, role=Role.EDITOR)
+        login.use(api)
+        fields = {**campaign_fields(deeplink="shop://one"), "csrf_token": login.csrf}
+        saved = await api.post(f"/dashboard/apps/{ios_app.app_id}/campaigns", data=fields)
+        path = saved.headers["location"].split("?")[0]
+        # The deeplink is cleared and the campaign goes live: the editor sends the whole
+        # campaign, so a cleared field is removed (the API's merge would refuse that).
+        fields.update(deeplink="", action="live")
+        live = await api.post(path, data=fields)
+        assert live.status_code == 303
+        assert live.headers["location"].endswith("notice=live")
+        campaign = await stored_campaign(runtime, ios_app)
+        assert campaign.state == "scheduled"
+        assert "deeplink" not in campaign.body
+        stop = await api.post(path, data={"csrf_token": login.csrf, "action": "stop"})
+        assert stop.headers["location"].endswith("notice=stopped")
+        campaign = await stored_campaign(runtime, ios_app)
+        assert campaign.state == "draft"  # scheduled, never sent: back to draft
+        editor = await api.get(path)
+        assert campaign.token in editor.text
+        assert "Copy token" in editor.text
+
+    async def test_the_estimate_follows_the_targeting(
+        self, api: httpx.AsyncClient, ios_app: ClientApp, runtime: Runtime
+    ) -> None:
+        for number, language in enumerate(["fr", "fr", "en"]):
+            response = await api.put(
+                f"/sdk/v1/{ios_app.api_key}/installations/est-{number}",
+                json={"push_token": f"{number:064x}", "push_optin": True, "language": language},
+            )
+            assert response.status_code in (200, 201)
+        login = await sign_in_as(runtime, app_id=ios_app.app_id, role=Role.VIEWER)
+        login.use(api)
+        url = f"/dashboard/apps/{ios_app.app_id}/estimate"
+        headers = {"X-CSRF-Token": login.csrf}
+        everyone = await api.post(url, headers=headers, data={})
+        assert "<strong>3</strong>" in everyone.text
+        french = await api.post(
+            url, headers=headers, data={"q_field": "b.language", "q_op": "$eq", "q_value": "fr"}
+        )
+        assert "<strong>2</strong>" in french.text
+        broken = await api.post(url, headers=headers, data={"query_json": '{"c.a": {"$foo": 1}}'})
+        assert "targeting.query.c.a: unknown operator" in broken.text.replace("&#39;", "'")
+        missing = await api.post(url, headers=headers, data={"custom_audiences": "ghost"})
+        assert "no custom audience named" in missing.text.replace("&#39;", "'")

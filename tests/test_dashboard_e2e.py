@@ -1,0 +1,302 @@
+"""The dashboard end to end, in a real headless Chromium driven by Playwright, against a real
+`clarion serve` (SQLite, in-process workers) wired to the real simulators.
+
+Chromium is Debian's (/usr/bin/chromium, installed by .ci/run): browsers cannot be downloaded
+here. Screenshots of the main pages go to CLARION_SCREENSHOT_DIR when it is set (the README's
+come from `CLARION_SCREENSHOT_DIR=docs/screenshots pytest tests/test_dashboard_e2e.py`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+from cryptography.fernet import Fernet
+from playwright.sync_api import Browser, Page, expect, sync_playwright
+
+from clarion.demo import wait_for_port
+from tests.support.simulator import REPO_ROOT, SimulatorHandle, free_port, stop_process_group
+
+CHROMIUM = Path("/usr/bin/chromium")
+pytestmark = pytest.mark.skipif(
+    not CHROMIUM.exists(), reason="Debian's chromium package is not installed (see .ci/run)"
+)
+# Chromium's own background traffic is refused by this machine's closed network.
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+TOPIC = "com.example.dashboard"
+ADMIN = ("admin@example.com", "an admin's long passphrase")
+VIEWER = ("viewer@example.com", "a viewer's long passphrase")
+
+
+@dataclass(frozen=True)
+class Server:
+    url: str
+    env: dict[str, str]
+
+
+def _clarion(env: dict[str, str], *args: str, stdin: str = "") -> str:
+    done = subprocess.run(
+        [sys.executable, "-m", "clarion.cli", *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=REPO_ROOT,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+@pytest.fixture(scope="module")
+def server(sim: SimulatorHandle, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    var_dir = tmp_path_factory.mktemp("dashboard-var")
+    env = {
+        **os.environ,
+        "CLARION_VAR_DIR": str(var_dir),
+        "CLARION_DATABASE_URL": "",
+        "CLARION_SECRET_KEY": Fernet.generate_key().decode(),
+        "CLARION_APNS_PRODUCTION_URL": sim.base_url,
+        "CLARION_APNS_SANDBOX_URL": sim.base_url,
+        "CLARION_FCM_URL": sim.base_url,
+        "CLARION_PROVIDER_CA_FILE": str(sim.ca_file),
+        "CLARION_SCHEDULER_INTERVAL_SECONDS": "0.5",
+    }
+    _clarion(env, "users", "create", "--email", ADMIN[0], "--password-stdin", stdin=ADMIN[1])
+    _clarion(
+        env,
+        "users",
+        "create",
+        "--email",
+        VIEWER[0],
+        "--role",
+        "viewer",
+        "--password-stdin",
+        stdin=VIEWER[1],
+    )
+    port = free_port()
+    with tempfile.TemporaryFile() as output:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "clarion.cli", "serve", "--port", str(port)],
+            env=env,
+            cwd=REPO_ROOT,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        try:
+            wait_for_port("127.0.0.1", port, timeout=30)
+            yield Server(f"http://127.0.0.1:{port}", env)
+        finally:
+            stop_process_group(process)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+def _shot(page: Page, name: str) -> None:
+    folder = os.environ.get("CLARION_SCREENSHOT_DIR")
+    if folder:
+        page.screenshot(path=str(Path(folder) / f"{name}.png"), full_page=True)
+
+
+def _sign_in(browser: Browser, server: Server, who: tuple[str, str]) -> Page:
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    page.goto(f"{server.url}/dashboard/")
+    expect(page).to_have_url(re.compile(r"/dashboard/login"))
+    page.get_by_label("E-mail").fill(who[0])
+    page.get_by_label("Password").fill(who[1])
+    page.get_by_role("button", name="Sign in").click()
+    expect(page).to_have_url(f"{server.url}/dashboard/")
+    return page
+
+
+def test_wrong_password_is_refused(browser: Browser, server: Server) -> None:
+    page = browser.new_page()
+    page.goto(f"{server.url}/dashboard/login")
+    page.get_by_label("E-mail").fill(ADMIN[0])
+    page.get_by_label("Password").fill("not the passphrase")
+    page.get_by_role("button", name="Sign in").click()
+    expect(page.get_by_role("alert")).to_have_text("Wrong e-mail or password.")
+    page.goto(f"{server.url}/dashboard/")
+    expect(page).to_have_url(re.compile(r"/dashboard/login"))
+    page.close()
+
+
+def test_an_admin_creates_an_app_composes_a_campaign_and_watches_it_send(
+    browser: Browser, server: Server, sim_control: httpx.Client
+) -> None:
+    page = _sign_in(browser, server, ADMIN)
+
+    # An app; its keys appear once.
+    page.get_by_label("Name").fill("Shop iOS")
+    page.get_by_label("Platform").select_option("ios")
+    page.get_by_role("button", name="Create app").click()
+    live_key = page.locator("#live-key").inner_text().strip()
+    assert re.fullmatch(r"[0-9A-F]{32}", live_key)
+    app_id = re.search(r"app (\d+)", page.locator("h1").inner_text()).group(1)  # type: ignore[union-attr]
+    base = f"{server.url}/dashboard/apps/{app_id}"
+
+    # APNs credentials: a key the simulator issued, which it will verify on every push.
+    key = sim_control.post("/_sim/apns/keys", json={"topics": [TOPIC]}).json()
+    page.get_by_label("Key ID").fill(key["key_id"])
+    page.get_by_label("Team ID").fill(key["team_id"])
+    page.get_by_label("Bundle ID (topic)").fill(TOPIC)
+    page.get_by_label(".p8 key (PEM)").fill(key["private_key_pem"])
+    page.get_by_role("button", name="Save credentials").click()
+    expect(page.get_by_role("status")).to_have_text("Credentials saved.")
+    _shot(page, "settings")
+
+    # Three opted-in devices through the SDK API: two French, one English.
+    tokens = {}
+    with httpx.Client(base_url=server.url) as sdk:
+        for number, language in enumerate(["fr", "fr", "en"]):
+            tokens[number] = secrets.token_hex(32)
+            response = sdk.put(
+                f"/sdk/v1/{live_key}/installations/install-{number}",
+                json={
+                    "push_token": tokens[number],
+                    "push_optin": True,
+                    "language": language,
+                    "custom_id": f"user-{number}",
+                },
+            )
+            assert response.status_code in (200, 201), response.text
+
+    # The credentials test shows the provider's answer, good or bad.
+    page.get_by_label("Install ID").fill("install-2")
+    page.get_by_role("button", name="Send the test push").click()
+    expect(page.locator("#test-result")).to_contain_text("delivered")
+    page.get_by_label("or push token / endpoint").fill("0badc0de")
+    page.get_by_role("button", name="Send the test push").click()
+    expect(page.locator("#test-result")).to_contain_text("BadDeviceToken")
+
+    # Compose: the estimate follows the query as it is typed.
+    page.goto(f"{base}/campaigns/new")
+    estimate = page.locator("#estimate strong")
+    expect(estimate).to_have_text("3")
+    page.get_by_label("Field").fill("b.language")
+    page.get_by_label("Value").fill("fr")
+    expect(estimate).to_have_text("2")
+    page.get_by_label("Name").fill("Winter sale")
+    page.get_by_label("Title").fill("Winter sale")
+    page.get_by_label("Message", exact=True).fill("Up to 50 % off, today only")
+    expect(page.locator(".preview.android [data-preview=body]")).to_have_text(
+        "Up to 50 % off, today only"
+    )
+    _shot(page, "campaign-editor")
+    page.get_by_role("button", name="Save and go live").click()
+    expect(page.get_by_role("status")).to_have_text("Campaign saved and live.")
+    token = page.locator("#campaign-token").inner_text().strip()
+    assert re.fullmatch(r"[0-9a-f]{32}", token)
+
+    # The statistics page polls the progress while the campaign sends.
+    page.get_by_role("link", name="Statistics").click()
+    expect(page.locator("[data-figure=sent]")).to_have_text("2", timeout=30_000)
+    page.reload()
+    expect(page.locator(".figure", has_text="sent").first).to_contain_text("2")
+    _shot(page, "campaign-stats")
+    received = {
+        number: sim_control.get(f"/_sim/apns/tokens/{tokens[number]}").json()["messages"]
+        for number in tokens
+    }
+    # The English device got the credentials test only.
+    assert [len(received[number]) for number in (0, 1, 2)] == [1, 1, 1]
+    assert received[2][0]["payload"]["aps"]["alert"]["title"] == "Clarion test"
+    alert = received[0][0]["payload"]["aps"]["alert"]
+    assert alert == {"title": "Winter sale", "body": "Up to 50 % off, today only"}
+
+    # A one-column CSV audience, uploaded with the page's drop zone; a bad line is shown.
+    page.goto(f"{base}/audiences")
+    page.get_by_label("Audience name").fill("newsletter")
+    page.locator("#upload-file").set_input_files(
+        files=[
+            {
+                "name": "newsletter.csv",
+                "mimeType": "text/csv",
+                "buffer": b"user-0\nuser-1\nnot valid\nuser-1\n",
+            }
+        ]
+    )
+    page.get_by_role("button", name="Upload").click()
+    result = page.locator("#upload-result")
+    expect(result).to_contain_text("now holds 2 ids")
+    expect(result.locator("tbody tr")).to_have_text(re.compile(r"3\s*not a valid custom id"))
+    page.reload()
+    expect(page.locator("tr", has_text="newsletter")).to_contain_text("2")
+    _shot(page, "audiences")
+
+    # Support looks the user up: installs, audiences, the pushes received.
+    page.goto(f"{base}/people?q=user-0&by=custom_id")
+    expect(page.locator("main")).to_contain_text("install-0")
+    expect(page.locator("main")).to_contain_text("newsletter")
+    expect(page.locator("tr", has_text=f"campaign {token}")).to_contain_text("sent")
+    _shot(page, "user-lookup")
+
+    # The list shows it, live and from the dashboard.
+    page.goto(f"{base}/campaigns")
+    row = page.locator("tr", has_text="Winter sale")
+    expect(row).to_contain_text("dashboard")
+    _shot(page, "campaigns")
+
+
+def test_a_viewer_cannot_change_anything(
+    browser: Browser, server: Server, sim_control: httpx.Client
+) -> None:
+    created = json.loads(
+        _clarion(server.env, "apps", "create", "--name", "Viewer check", "--platform", "android")
+    )
+    base = f"{server.url}/dashboard/apps/{created['id']}"
+    page = _sign_in(browser, server, VIEWER)
+
+    page.goto(f"{base}/campaigns/new")
+    expect(page.get_by_label("Name")).to_be_disabled()
+    expect(page.get_by_role("button", name="Save and go live")).to_have_count(0)
+    page.goto(f"{base}/settings")
+    expect(page.get_by_text("Only admins see and rotate API keys.")).to_be_visible()
+    expect(page.get_by_role("button", name="Save credentials")).to_have_count(0)
+    expect(page.get_by_role("link", name="Team")).to_have_count(0)
+
+    # The server refuses what the page does not offer, even with the session's CSRF token.
+    answer = page.evaluate(
+        """async (url) => {
+            const response = await fetch(url, {
+                method: "POST",
+                headers: {"X-CSRF-Token": document.body.dataset.csrf,
+                          "Content-Type": "application/x-www-form-urlencoded"},
+                body: "name=Sneaky&action=live&message_body=hello",
+            });
+            return [response.status, await response.text()];
+        }""",
+        f"{base}/campaigns",
+    )
+    assert answer[0] == 403
+    assert "cannot change anything" in answer[1]
+    page.goto(f"{base}/campaigns")
+    expect(page.get_by_text("No campaign")).to_be_visible()
+    page.goto(f"{server.url}/dashboard/team")
+    expect(page.get_by_role("alert")).to_contain_text("only an admin")
+    page.close()
