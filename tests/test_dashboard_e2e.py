@@ -245,9 +245,9 @@ def test_an_admin_creates_an_app_composes_a_campaign_and_watches_it_send(
     result = page.locator("#upload-result")
     expect(result).to_contain_text("now holds 2 ids")
     expect(result.locator("tbody tr")).to_have_text(re.compile(r"3\s*not a valid custom id"))
+    _shot(page, "audiences")
     page.reload()
     expect(page.locator("tr", has_text="newsletter")).to_contain_text("2")
-    _shot(page, "audiences")
 
     # Support looks the user up: installs, audiences, the pushes received.
     page.goto(f"{base}/people?q=user-0&by=custom_id")
@@ -261,6 +261,14 @@ def test_an_admin_creates_an_app_composes_a_campaign_and_watches_it_send(
     row = page.locator("tr", has_text="Winter sale")
     expect(row).to_contain_text("dashboard")
     _shot(page, "campaigns")
+
+    # Readable on a phone: the pages reflow rather than scroll sideways (tables scroll alone).
+    page.set_viewport_size({"width": 390, "height": 844})
+    for path in ("campaigns", f"campaigns/{token}", f"campaigns/{token}/stats", "audiences"):
+        page.goto(f"{base}/{path}")
+        overflow = page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
+        assert overflow <= 0, f"{path} is {overflow} px too wide on a phone"
+    _shot(page, "campaign-stats-phone")
 
 
 def test_a_viewer_cannot_change_anything(
