@@ -276,6 +276,7 @@ class TestCampaignEditor:
             segments=["ENGAGED"],
             deeplink="shop://spring",
             custom_payload='{"sale": 20}',
+            gcm_collapse_key="spring",
         )
         saved = await api.post(
             f"/dashboard/apps/{ios_app.app_id}/campaigns", data={**fields, "csrf_token": login.csrf}
@@ -297,6 +298,10 @@ class TestCampaignEditor:
             },
         }
         assert body["deeplink"] == "shop://spring"
+        assert body["gcm_collapse_key"] == "spring"
+        editor = await api.get(f"/dashboard/apps/{ios_app.app_id}/campaigns/{token}")
+        assert 'name="gcm_collapse_key" value="spring"' in editor.text
+        assert 'value="ENGAGED" checked' in editor.text
         listed = await api.get(
             f"/dashboard/apps/{ios_app.app_id}/campaigns?origin=dashboard&q=SPRING"
         )
@@ -386,3 +391,48 @@ class TestCampaignEditor:
         assert "targeting.query.c.a: unknown operator" in broken.text.replace("&#39;", "'")
         missing = await api.post(url, headers=headers, data={"custom_audiences": "ghost"})
         assert "no custom audience named" in missing.text.replace("&#39;", "'")
+
+    async def test_ab_versions_local_time_and_recurrence_round_trip(
+        self, api: httpx.AsyncClient, ios_app: ClientApp, runtime: Runtime
+    ) -> None:
+        login = await sign_in_as(runtime, app_id=ios_app.app_id, role=Role.EDITOR)
+        login.use(api)
+        fields = campaign_fields(
+            when="local",
+            local_push_time="2031-03-01T09:30:00",
+            push_time="",
+            message_version=["a", "b", "a"],
+            message_language=["en", "en", "fr"],
+            message_title=["", "", ""],
+            message_body=["Version A", "Version B", "Version A en français"],
+            version_split="a=70, b=30",
+            repeat_unit="WEEKLY",
+            repeat_frequency="2",
+            occurrences="5",
+            capping="3",
+        )
+        saved = await api.post(
+            f"/dashboard/apps/{ios_app.app_id}/campaigns", data={**fields, "csrf_token": login.csrf}
+        )
+        assert saved.status_code == 303, saved.text
+        campaign = await stored_campaign(runtime, ios_app)
+        assert campaign.body["local_push_time"] == "2031-03-01T09:30:00"
+        assert campaign.body["version_split"] == {"a": 70, "b": 30}
+        assert campaign.body["recurrence"] == {
+            "repeat_unit": "WEEKLY",
+            "repeat_frequency": 2,
+            "occurrences": 5,
+        }
+        assert campaign.body["capping"] == 3
+        assert [m["version"] for m in campaign.body["messages"]] == ["a", "b", "a"]
+        editor = (await api.get(saved.headers["location"])).text
+        assert 'value="a=70, b=30"' in editor
+        assert 'value="local" checked' in editor
+        assert '<option value="WEEKLY" selected>' in editor
+        # A split that does not add up is refused with the API's message.
+        fields["version_split"] = "a=70, b=20"
+        refused = await api.post(
+            saved.headers["location"].split("?")[0], data={**fields, "csrf_token": login.csrf}
+        )
+        assert refused.status_code == 400
+        assert "version_split: the shares must add up to 100" in refused.text

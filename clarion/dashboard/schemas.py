@@ -197,7 +197,7 @@ def campaign_document(form: FormFields, *, live: bool) -> dict[str, Any]:
     split = _text(form, "version_split")
     if split:
         document["version_split"] = _version_split(split)
-    for key in ("deeplink", "custom_payload", "priority"):
+    for key in ("deeplink", "custom_payload", "priority", "gcm_collapse_key"):
         value = _text(form, key)
         if value:
             document[key] = value
@@ -253,6 +253,7 @@ def campaign_form(document: dict[str, Any]) -> dict[str, Any]:
         "deeplink": document.get("deeplink") or "",
         "custom_payload": document.get("custom_payload") or "",
         "priority": document.get("priority") or "",
+        "gcm_collapse_key": _collapse_key(document.get("gcm_collapse_key")),
         "time_to_live": document.get("time_to_live") or "",
         "push_type": document.get("push_type") or "alert",
         "media": media,
@@ -263,3 +264,10 @@ def campaign_form(document: dict[str, Any]) -> dict[str, Any]:
         # A stored query is shown as JSON: the builder's rows are for composing new ones.
         "query_json": orjson.dumps(query, option=orjson.OPT_INDENT_2).decode() if query else "",
     }
+
+
+def _collapse_key(value: Any) -> str:
+    """The stored collapse key (a string, or the API's {"enabled", "key"} object) as text."""
+    if isinstance(value, dict):
+        return str(value.get("key", "")) if value.get("enabled") else ""
+    return value if isinstance(value, str) else ""
