@@ -54,8 +54,9 @@ def create_app(settings: Settings, *, workers: bool) -> FastAPI:
     app.include_router(exports_router)
     app.include_router(gdpr_router)
     app.include_router(apps_router)
-    app.include_router(dashboard_router)
+    # The static files first: the dashboard answers every other /dashboard path.
     app.mount("/dashboard/static", StaticFiles(directory=STATIC_DIR), name="dashboard-static")
+    app.include_router(dashboard_router)
     app.add_middleware(
         BodySizeLimit,
         max_bytes=settings.max_body_bytes,

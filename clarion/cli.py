@@ -587,6 +587,7 @@ def users_create(
     from clarion.dashboard import service
     from clarion.dashboard.schemas import UserCreate
     from clarion.db import transaction, utcnow
+    from clarion.errors import MissingParameterError
     from clarion.migrate import migrate as run_migrations
 
     settings = _settings()
@@ -611,6 +612,8 @@ def users_create(
             if chosen is None:
                 company = await apps_service.get_sole_company(session)
                 if company is None:
+                    if await apps_service.any_company(session):
+                        raise MissingParameterError("several companies: pass --company-id")
                     company, rest_key = await apps_service.create_company(
                         session, name=company_name
                     )

@@ -77,6 +77,10 @@ class Settings(BaseSettings):
     # Extra CA certificates (PEM) trusted for FTPS, HTTPS and S3 endpoints with private CAs.
     connector_ca_file: str = ""
 
+    # Dashboard session cookies carry the Secure flag: unset, when the request came over HTTPS
+    # (as uvicorn sees it: behind a TLS proxy, set this to true, or FORWARDED_ALLOW_IPS).
+    dashboard_secure_cookies: bool | None = None
+
     # How long a process keeps a successful API key lookup: a key rotated elsewhere keeps
     # working here for at most this long. 0 looks every key up on every call.
     auth_cache_seconds: float = Field(default=5.0, ge=0)

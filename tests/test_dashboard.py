@@ -436,3 +436,136 @@ class TestCampaignEditor:
         )
         assert refused.status_code == 400
         assert "version_split: the shares must add up to 100" in refused.text
+
+
+class TestReviewFindings:
+    async def test_non_ascii_csrf_tokens_are_refused_not_crashed(
+        self, api: httpx.AsyncClient, ios_app: ClientApp, runtime: Runtime
+    ) -> None:
+        login = await sign_in_as(runtime, app_id=ios_app.app_id, role=Role.ADMIN)
+        login.use(api)
+        refused = await api.post(
+            f"/dashboard/apps/{ios_app.app_id}/keys/rotate", data={"csrf_token": "é"}
+        )
+        assert refused.status_code == 403
+        api.cookies.clear()
+        form = await api.get("/dashboard/login")
+        assert form.status_code == 200
+        signed = await api.post(
+            "/dashboard/login", data={"email": login.email, "password": PASSWORD, "csrf_token": "é"}
+        )
+        assert signed.status_code == 401
+
+    async def test_repeated_failures_lock_the_email_for_a_while(
+        self, api: httpx.AsyncClient, ios_app: ClientApp, runtime: Runtime
+    ) -> None:
+        login = await sign_in_as(runtime, app_id=ios_app.app_id, role=Role.VIEWER)
+        api.cookies.clear()
+        statuses = []
+        for password in ["wrong password!"] * 10 + [PASSWORD]:
+            form = await api.get("/dashboard/login")
+            answer = await api.post(
+                "/dashboard/login",
+                data={
+                    "email": login.email,
+                    "password": password,
+                    "csrf_token": hidden(form.text, "csrf_token"),
+                },
+            )
+            statuses.append(answer.status_code)
+        # Ten failures, then even the right password waits.
+        assert statuses == [401] * 10 + [429]
+        assert "Too many failed sign-ins" in answer.text
+
+    async def test_stop_works_when_the_audience_was_deleted_since(
+        self, api: httpx.AsyncClient, ios_app: ClientApp, runtime: Runtime
+    ) -> None:
+        put = await api.put(
+            f"/1.0/{ios_app.api_key}/custom-audience/soon-gone",
+            headers=ios_app.headers(),
+            json={"type": "custom_ids", "ids": ["u1"]},
+        )
+        assert put.status_code in (200, 201, 202), put.text
+        login = await sign_in_as(runtime, app_id=ios_app.app_id, role=Role.EDITOR)
+        login.use(api)
+        fields = {
+            **campaign_fields(custom_audiences="soon-gone", action="live"),
+            "csrf_token": login.csrf,
+        }
+        saved = await api.post(f"/dashboard/apps/{ios_app.app_id}/campaigns", data=fields)
+        path = saved.headers["location"].split("?")[0]
+        assert (await stored_campaign(runtime, ios_app)).state == "scheduled"
+        gone = await api.delete(
+            f"/1.0/{ios_app.api_key}/custom-audience/soon-gone", headers=ios_app.headers()
+        )
+        assert gone.status_code in (200, 202, 204)
+        stop = await api.post(path, data={"csrf_token": login.csrf, "action": "stop"})
+        assert stop.status_code == 303
+        campaign = await stored_campaign(runtime, ios_app)
+        assert campaign.state == "draft"
+        assert campaign.body["live"] is False
+
+    async def test_save_changes_keeps_a_live_campaign_live_and_keeps_hidden_fields(
+        self, api: httpx.AsyncClient, ios_app: ClientApp, runtime: Runtime
+    ) -> None:
+        created = await api.post(
+            f"/1.1/{ios_app.api_key}/campaigns/create",
+            headers=ios_app.headers(),
+            json={
+                "name": "From the API",
+                "live": True,
+                "push_time": "2031-03-01T09:00:00",
+                "messages": [{"language": "en", "body": "Hi"}],
+                "labels": ["crm"],
+            },
+        )
+        token = created.json()["campaign_token"]
+        login = await sign_in_as(runtime, app_id=ios_app.app_id, role=Role.EDITOR)
+        login.use(api)
+        path = f"/dashboard/apps/{ios_app.app_id}/campaigns/{token}"
+        editor = (await api.get(path)).text
+        # On a live campaign, the first button (what Enter does) keeps it live.
+        assert editor.index('value="keep"') < editor.index('value="stop"')
+        assert 'value="draft"' not in editor
+        fields = {**campaign_fields(name="Renamed", action="keep"), "csrf_token": login.csrf}
+        saved = await api.post(path, data=fields)
+        assert saved.status_code == 303
+        campaign = await stored_campaign(runtime, ios_app)
+        assert (campaign.name, campaign.state) == ("Renamed", "scheduled")
+        assert campaign.body["live"] is True
+        assert campaign.body["labels"] == ["crm"]  # not in the editor, kept as stored
+
+    async def test_an_empty_vapid_key_field_keeps_the_key(
+        self, api: httpx.AsyncClient, web_app: ClientApp, runtime: Runtime
+    ) -> None:
+        login = await sign_in_as(runtime, app_id=web_app.app_id, role=Role.ADMIN)
+        login.use(api)
+        before = (await api.get(f"/sdk/v1/{web_app.api_key}/webpush/vapid-key")).json()
+        page = await api.post(
+            f"/dashboard/apps/{web_app.app_id}/credentials",
+            data={"csrf_token": login.csrf, "subject": "mailto:ops@example.com", "private_key": ""},
+        )
+        assert page.status_code == 200, page.text
+        assert "Credentials saved." in page.text
+        after = (await api.get(f"/sdk/v1/{web_app.api_key}/webpush/vapid-key")).json()
+        assert after == before
+
+    async def test_unknown_pages_are_html_and_static_files_still_load(
+        self, api: httpx.AsyncClient, ios_app: ClientApp, runtime: Runtime
+    ) -> None:
+        (await sign_in_as(runtime, app_id=ios_app.app_id, role=Role.VIEWER)).use(api)
+        missing = await api.get("/dashboard/nope")
+        assert missing.status_code == 404
+        assert missing.headers["content-type"].startswith("text/html")
+        assert "no page /dashboard/nope" in missing.text
+        script = await api.get("/dashboard/static/app.js")
+        assert script.status_code == 200
+        assert "fetchFragment" in script.text
+
+    async def test_a_post_after_the_session_expired_returns_home_after_sign_in(
+        self, api: httpx.AsyncClient, ios_app: ClientApp
+    ) -> None:
+        api.cookies.clear()
+        answer = await api.post(f"/dashboard/apps/{ios_app.app_id}/keys/rotate")
+        assert answer.status_code == 303
+        assert answer.headers["location"] == "/dashboard/login?next=/dashboard/"

@@ -190,7 +190,7 @@ def test_an_admin_creates_an_app_composes_a_campaign_and_watches_it_send(
     page.get_by_label("Install ID").fill("install-2")
     page.get_by_role("button", name="Send the test push").click()
     expect(page.locator("#test-result")).to_contain_text("delivered")
-    page.get_by_label("or push token / endpoint").fill("0badc0de")
+    page.get_by_label("or push token").fill("0badc0de")
     page.get_by_role("button", name="Send the test push").click()
     expect(page.locator("#test-result")).to_contain_text("BadDeviceToken")
 

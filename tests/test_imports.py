@@ -479,7 +479,9 @@ class TestSourcesApi:
         assert viewed.json()["has_credentials"] is True
         assert [source["name"] for source in listed.json()] == ["vault"]
         async with runtime.sessions() as session:
-            stored = await session.scalar(select(ImportSource.credentials))
+            stored = await session.scalar(
+                select(ImportSource.credentials).where(ImportSource.app_id == ios_app.app_id)
+            )
         assert stored is not None
         assert "s3cret" not in stored
 

@@ -107,6 +107,10 @@ async def get_sole_company(session: AsyncSession) -> Company | None:
     return companies[0] if len(companies) == 1 else None
 
 
+async def any_company(session: AsyncSession) -> bool:
+    return await session.scalar(select(Company.id).limit(1)) is not None
+
+
 async def create_app(
     session: AsyncSession, *, company_id: int, app_in: AppCreate, box: SecretBox
 ) -> tuple[App, AppKeys]:

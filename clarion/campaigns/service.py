@@ -179,15 +179,32 @@ async def update_campaign(
                     "live: a stopped campaign has started sending and cannot be set live again"
                 )
             _schedule(campaign, upcoming)
-    elif state is CampaignState.SCHEDULED:
-        campaign.state = CampaignState.DRAFT.value
-        campaign.next_run_at = None
-    elif state is CampaignState.RUNNING:
-        await stop_campaign(session, campaign, now=now)
+    else:
+        await _take_offline(session, campaign, now=now)
 
     campaign.body = _stored(body)
     campaign.name = body.name
     campaign.updated_at = now
+
+
+async def set_offline(
+    session: AsyncSession, *, access: AppAccess, token: str, now: datetime
+) -> None:
+    """`live: false` and nothing else (the dashboard's Stop). The stored body is not checked
+    again: a campaign whose audience was deleted since it went live must still be stoppable."""
+    campaign = await _find(session, access, token, for_update=True)
+    await _take_offline(session, campaign, now=now)
+    campaign.body = {**campaign.body, "live": False}
+    campaign.updated_at = now
+
+
+async def _take_offline(session: AsyncSession, campaign: Campaign, *, now: datetime) -> None:
+    """A scheduled campaign goes back to draft; a running one stops mid-send."""
+    if campaign.state == CampaignState.SCHEDULED.value:
+        campaign.state = CampaignState.DRAFT.value
+        campaign.next_run_at = None
+    elif campaign.state == CampaignState.RUNNING.value:
+        await stop_campaign(session, campaign, now=now)
 
 
 async def delete_campaign(

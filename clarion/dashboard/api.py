@@ -30,11 +30,12 @@ from clarion.dashboard.web import (
     ViewerDep,
     redirect,
     render,
+    secure_cookies,
     validated,
 )
 from clarion.db import utcnow
 from clarion.delivery.service import send_test_push
-from clarion.errors import ClarionError, MalformedParameterError
+from clarion.errors import ClarionError, MalformedParameterError, NotFoundError
 from clarion.http import RuntimeDep, SessionDep
 
 router = APIRouter(prefix="/dashboard", route_class=PageRoute, include_in_schema=False)
@@ -54,7 +55,9 @@ async def login_page(request: Request, next: str = "/dashboard/") -> HTMLRespons
     return _login(request, next_path=next)
 
 
-def _login(request: Request, *, next_path: str, error: str = "", email: str = "") -> HTMLResponse:
+def _login(
+    request: Request, *, next_path: str, error: str = "", email: str = "", status: int = 0
+) -> HTMLResponse:
     token = secrets.token_urlsafe(24)
     response = TEMPLATES.TemplateResponse(
         request,
@@ -67,14 +70,14 @@ def _login(request: Request, *, next_path: str, error: str = "", email: str = ""
             "viewer": None,
             "apps": [],
         },
-        status_code=401 if error else 200,
+        status_code=status or (401 if error else 200),
     )
     response.set_cookie(
         _LOGIN_CSRF_COOKIE,
         token,
         httponly=True,
         samesite="strict",
-        secure=request.url.scheme == "https",
+        secure=secure_cookies(request),
         path="/dashboard/login",
     )
     return response
@@ -90,7 +93,7 @@ async def login(
     next: Annotated[str, Form()] = "/dashboard/",
 ) -> Response:
     expected = request.cookies.get(_LOGIN_CSRF_COOKIE, "")
-    if not expected or not secrets.compare_digest(expected, csrf_token):
+    if not service.tokens_match(expected, csrf_token):
         return _login(
             request,
             next_path=next,
@@ -100,14 +103,20 @@ async def login(
     try:
         token, _ = await service.sign_in(session, email=email, password=password, now=utcnow())
     except ClarionError as exc:
-        return _login(request, next_path=next, email=email, error=exc.detail.capitalize() + ".")
+        return _login(
+            request,
+            next_path=next,
+            email=email,
+            error=exc.detail.capitalize() + ".",
+            status=exc.status,
+        )
     response = RedirectResponse(_safe_next(next), status_code=303)
     response.set_cookie(
         SESSION_COOKIE,
         token,
         httponly=True,
         samesite="lax",
-        secure=request.url.scheme == "https",
+        secure=secure_cookies(request),
         max_age=int(service.SESSION_LIFETIME.total_seconds()),
         path="/dashboard",
     )
@@ -198,7 +207,8 @@ async def set_credentials(
     service.require_admin(viewer)
     app, _ = await service.company_app(session, viewer, app_id)
     form = await request.form()
-    fields = {k: v for k, v in form.items() if isinstance(v, str) and k != "csrf_token"}
+    # An empty field is a field not given ("empty keeps the current VAPID key").
+    fields = {k: v for k, v in form.items() if isinstance(v, str) and v and k != "csrf_token"}
     try:
         if app.platform == "ios":
             apps_service.set_apns_credentials(
@@ -333,3 +343,14 @@ async def add_user(
 router.include_router(campaign_pages.router)
 router.include_router(audience_pages.router)
 router.include_router(people_pages.router)
+
+# Last: any other /dashboard path is a page that does not exist (HTML, not the API's JSON).
+_unknown = APIRouter(route_class=PageRoute)
+
+
+@_unknown.api_route("/{path:path}", methods=["GET", "POST"])
+async def unknown_page(path: str) -> Response:
+    raise NotFoundError(f"no page /dashboard/{path}")
+
+
+router.include_router(_unknown)

@@ -24,6 +24,7 @@ from clarion.dashboard.schemas import (
     SEGMENTS,
     campaign_document,
     campaign_form,
+    carry_hidden_fields,
     targeting_document,
 )
 from clarion.dashboard.service import Viewer
@@ -158,24 +159,24 @@ async def edit_campaign(
 async def save_campaign(
     request: Request, app_id: int, token: str, viewer: ViewerDep, session: SessionDep
 ) -> Response:
-    """Save the editor (action draft or live), or stop the campaign (action stop)."""
+    """Save the editor (action draft, live or keep), or stop the campaign (action stop)."""
     service.require_editor(viewer)
     app, access = await service.company_app(session, viewer, app_id)
     form = await request.form()
     action = form.get("action")
     if action == "stop":
-        await campaigns.update_campaign(
-            session, access=access, token=token, changes={"live": False}, now=utcnow()
-        )
+        await campaigns.set_offline(session, access=access, token=token, now=utcnow())
         return redirect(f"/dashboard/apps/{app_id}/campaigns/{token}?notice=stopped")
-    document = campaign_document(form, live=action == "live")
+    stored = await campaigns.describe_campaign(session, access=access, token=token)
+    # "keep" (the editor's default button on a live campaign, and Enter): stays as it is.
+    live = bool(stored.get("live")) if action == "keep" else action == "live"
+    document = carry_hidden_fields(stored, campaign_document(form, live=live))
     try:
         await campaigns.update_campaign(
             session, access=access, token=token, changes=document, now=utcnow(), replace=True
         )
     except ClarionError as exc:
         await session.rollback()  # a refused change leaves nothing behind
-        stored = await campaigns.describe_campaign(session, access=access, token=token)
         return await _editor(
             request,
             session,
@@ -285,7 +286,7 @@ async def group_page(
     report = await analytics.group_report(
         session, app_id=app.id, group_id=group_id, days=days, now=utcnow()
     )
-    errors = await analytics.recent_errors(session, app_id=app.id, group_id=group_id)
+    errors = await analytics.recent_errors(session, app_id=app.id, group_id=group_id, now=utcnow())
     return await render(
         request,
         session,

@@ -229,6 +229,27 @@ def _version_split(text: str) -> dict[str, Any]:
     return split
 
 
+# The Campaigns API fields the editor shows. The others (labels, say) are kept as stored when
+# the editor saves, since it sends the whole campaign (update_campaign(replace=True)).
+EDITOR_FIELDS = frozenset(
+    {
+        "name", "live", "push_time", "local_push_time", "recurrence", "capping", "targeting",
+        "messages", "version_split", "deeplink", "custom_payload", "media", "priority",
+        "time_to_live", "push_type", "gcm_collapse_key",
+    }
+)  # fmt: skip
+# What campaigns.service.describe_campaign adds to the stored body.
+_DESCRIBED = frozenset(
+    {"campaign_token", "from_api", "dev_only", "created_date", "state", "progress"}
+)
+
+
+def carry_hidden_fields(stored: dict[str, Any], document: dict[str, Any]) -> dict[str, Any]:
+    """The editor's document, plus the stored fields the editor does not show."""
+    kept = {k: v for k, v in stored.items() if k not in EDITOR_FIELDS and k not in _DESCRIBED}
+    return {**kept, **document}
+
+
 def campaign_form(document: dict[str, Any]) -> dict[str, Any]:
     """A stored campaign as the editor's field values (the inverse of campaign_document)."""
     recurrence = document.get("recurrence") or {}

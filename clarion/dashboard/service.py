@@ -6,8 +6,11 @@ profile); sessions are random tokens stored as SHA-256, like API keys (docs/deci
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import secrets
+import time
+from collections import deque
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -20,7 +23,12 @@ from clarion.apps.models import App
 from clarion.apps.service import AppAccess, get_company_app
 from clarion.dashboard.models import DashboardSession, DashboardUser, Role
 from clarion.dashboard.schemas import UserCreate
-from clarion.errors import ApiMisuseError, AuthenticationInvalidError, MalformedParameterError
+from clarion.errors import (
+    ApiMisuseError,
+    AuthenticationInvalidError,
+    MalformedParameterError,
+    TooManyRequestsError,
+)
 from clarion.security import hash_key
 
 # A session lasts this long from sign-in, however active: a stolen cookie has a bounded life.
@@ -30,6 +38,56 @@ _hasher = PasswordHasher()
 # Verified against when the e-mail is unknown, so that a wrong e-mail costs as much time as a
 # wrong password and sign-in does not reveal which accounts exist.
 _DUMMY_HASH = _hasher.hash(secrets.token_urlsafe(16))
+# An Argon2 hash or check takes ~100 ms of CPU and 64 MiB: it runs in a thread, so the event
+# loop keeps serving the APIs, and at most two run at once, so sign-ins cannot exhaust memory.
+_ARGON2_SLOTS = asyncio.Semaphore(2)
+
+
+class SignInThrottle:
+    """Failed sign-ins per e-mail, in this process: after `limit` failures within `window`
+    seconds, that e-mail is refused (429) until the oldest failure ages out. A password
+    guesser is slowed to `limit` tries per window per account and per process."""
+
+    def __init__(self, limit: int = 10, window: float = 900.0) -> None:
+        self.limit = limit
+        self.window = window
+        self._failures: dict[str, deque[float]] = {}
+
+    def check(self, email: str) -> None:
+        failures = self._failures.get(email)
+        if failures is None:
+            return
+        while failures and failures[0] < time.monotonic() - self.window:
+            failures.popleft()
+        if not failures:
+            del self._failures[email]
+        elif len(failures) >= self.limit:
+            raise TooManyRequestsError("too many failed sign-ins for this e-mail: wait and retry")
+
+    def failed(self, email: str) -> None:
+        self._failures.setdefault(email, deque()).append(time.monotonic())
+
+    def succeeded(self, email: str) -> None:
+        self._failures.pop(email, None)
+
+
+SIGN_IN_THROTTLE = SignInThrottle()
+
+
+async def _hash(password: str) -> str:
+    async with _ARGON2_SLOTS:
+        return await asyncio.to_thread(_hasher.hash, password)
+
+
+async def _verify(password_hash: str, password: str) -> bool:
+    def verify() -> bool:
+        try:
+            return _hasher.verify(password_hash, password)
+        except (VerificationError, InvalidHashError):
+            return False
+
+    async with _ARGON2_SLOTS:
+        return await asyncio.to_thread(verify)
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,7 +130,7 @@ async def create_user(
         company_id=company_id,
         email=email,
         name=user_in.name,
-        password_hash=_hasher.hash(user_in.password.get_secret_value()),
+        password_hash=await _hash(user_in.password.get_secret_value()),
         role=user_in.role.value,
         created_at=now,
     )
@@ -94,14 +152,16 @@ async def sign_in(
     session: AsyncSession, *, email: str, password: str, now: datetime
 ) -> tuple[str, Viewer]:
     """Check the password and open a session; returns the cookie's token (shown once)."""
-    user = await session.scalar(select(DashboardUser).where(DashboardUser.email == email.lower()))
-    if user is None or user.disabled:
-        _verify(_DUMMY_HASH, password)
+    email = email.strip().lower()
+    SIGN_IN_THROTTLE.check(email)
+    user = await session.scalar(select(DashboardUser).where(DashboardUser.email == email))
+    valid = await _verify(user.password_hash if user else _DUMMY_HASH, password)
+    if user is None or user.disabled or not valid:
+        SIGN_IN_THROTTLE.failed(email)
         raise AuthenticationInvalidError("wrong e-mail or password")
-    if not _verify(user.password_hash, password):
-        raise AuthenticationInvalidError("wrong e-mail or password")
+    SIGN_IN_THROTTLE.succeeded(email)
     if _hasher.check_needs_rehash(user.password_hash):
-        user.password_hash = _hasher.hash(password)
+        user.password_hash = await _hash(password)
     user.last_sign_in_at = now
     token = secrets.token_urlsafe(32)
     record = DashboardSession(
@@ -144,7 +204,16 @@ async def sign_out(session: AsyncSession, *, token: str) -> None:
 
 
 def csrf_matches(viewer: Viewer, sent: str | None) -> bool:
-    return sent is not None and hmac.compare_digest(viewer.csrf_token, sent)
+    return tokens_match(viewer.csrf_token, sent)
+
+
+def tokens_match(expected: str, sent: str | None) -> bool:
+    """Constant-time comparison that takes any text (compare_digest refuses non-ASCII str)."""
+    return (
+        bool(expected)
+        and sent is not None
+        and hmac.compare_digest(expected.encode(), sent.encode())
+    )
 
 
 async def count_users(session: AsyncSession) -> int:
@@ -163,13 +232,6 @@ async def company_app(session: AsyncSession, viewer: Viewer, app_id: int) -> tup
         is_dev=False,
     )
     return app, access
-
-
-def _verify(password_hash: str, password: str) -> bool:
-    try:
-        return _hasher.verify(password_hash, password)
-    except (VerificationError, InvalidHashError):
-        return False
 
 
 def _viewer(user: DashboardUser, record: DashboardSession) -> Viewer:

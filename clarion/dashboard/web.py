@@ -84,7 +84,8 @@ async def signed_in(request: Request, session: SessionDep) -> Viewer:
         session, token=request.cookies.get(SESSION_COOKIE), now=utcnow()
     )
     if viewer is None:
-        raise SignInRequired(request.url.path)
+        # Back to the page after signing in; a POST cannot be replayed, so its page is home.
+        raise SignInRequired(request.url.path if request.method == "GET" else "/dashboard/")
     if request.method not in ("GET", "HEAD"):
         sent = request.headers.get("x-csrf-token")
         if sent is None and request.headers.get("content-type", "").startswith(
@@ -100,6 +101,11 @@ async def signed_in(request: Request, session: SessionDep) -> Viewer:
 
 
 ViewerDep = Annotated[Viewer, Depends(signed_in)]
+
+
+def secure_cookies(request: Request) -> bool:
+    configured: bool | None = request.app.state.runtime.settings.dashboard_secure_cookies
+    return request.url.scheme == "https" if configured is None else configured
 
 
 async def render(
@@ -163,13 +169,3 @@ def validated(model: type[M], data: Any, *, location: tuple[str, ...] = ()) -> M
 
 def redirect(path: str) -> RedirectResponse:
     return RedirectResponse(path, status_code=303)
-
-
-def form_text(form: Any, name: str) -> str:
-    """A text field of a submitted form ('' when absent); files are not text fields."""
-    value = form.get(name)
-    return value.strip() if isinstance(value, str) else ""
-
-
-def form_list(form: Any, name: str) -> list[str]:
-    return [value for value in form.getlist(name) if isinstance(value, str)]

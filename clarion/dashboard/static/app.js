@@ -10,12 +10,32 @@ function debounce(fn, ms) {
   return (...args) => { clearTimeout(timer); timer = setTimeout(() => fn(...args), ms); };
 }
 
-async function postForm(url, form) {
-  const body = new URLSearchParams(new FormData(form));
-  const response = await fetch(url, {
-    method: "POST", body, headers: { "X-CSRF-Token": csrfToken() }, credentials: "same-origin",
-  });
+// A fragment from the server; a session that expired meanwhile is sent to the sign-in page
+// (the server redirected the request there) rather than shown inside the page.
+async function fetchFragment(url, options = {}) {
+  const response = await fetch(url, { credentials: "same-origin", ...options });
+  if (response.redirected && new URL(response.url).pathname === "/dashboard/login") {
+    window.location.assign(response.url);
+    return null;
+  }
   return response.text();
+}
+
+function postForm(url, form) {
+  const body = new URLSearchParams(new FormData(form));
+  return fetchFragment(url, { method: "POST", body, headers: { "X-CSRF-Token": csrfToken() } });
+}
+
+function copyText(text) {
+  // navigator.clipboard exists on secure origins only (HTTPS, localhost).
+  if (navigator.clipboard) return navigator.clipboard.writeText(text);
+  const field = document.createElement("textarea");
+  field.value = text;
+  document.body.appendChild(field);
+  field.select();
+  document.execCommand("copy");
+  field.remove();
+  return Promise.resolve();
 }
 
 document.addEventListener("click", (event) => {
@@ -23,7 +43,7 @@ document.addEventListener("click", (event) => {
   if (copy) {
     const source = document.querySelector(copy.dataset.copy);
     const text = source.value !== undefined ? source.value : source.textContent;
-    navigator.clipboard.writeText(text.trim()).then(() => {
+    copyText(text.trim()).then(() => {
       const label = copy.textContent;
       copy.textContent = "Copied";
       setTimeout(() => { copy.textContent = label; }, 1500);
@@ -57,9 +77,13 @@ document.addEventListener("change", (event) => {
 // Live audience estimate: the server answers with a fragment, rules and messages as the API's.
 for (const form of document.querySelectorAll("form[data-estimate-url]")) {
   const output = document.getElementById("estimate");
+  let asked = 0;  // answers can arrive out of order: only the latest question's is shown
   const refresh = debounce(async () => {
+    const question = ++asked;
     output.setAttribute("aria-busy", "true");
-    output.innerHTML = await postForm(form.dataset.estimateUrl, form);
+    const answer = await postForm(form.dataset.estimateUrl, form);
+    if (answer === null || question !== asked) return;
+    output.innerHTML = answer;
     output.removeAttribute("aria-busy");
   }, 300);
   form.addEventListener("input", (event) => {
@@ -132,8 +156,13 @@ for (const form of document.querySelectorAll("form[data-upload]")) {
 for (const node of document.querySelectorAll("[data-refresh]")) {
   const poll = async () => {
     if (node.querySelector("[data-final]")) return;
-    const response = await fetch(node.dataset.refresh, { credentials: "same-origin" });
-    if (response.ok) node.innerHTML = await response.text();
+    try {
+      const fragment = await fetchFragment(node.dataset.refresh);
+      if (fragment === null) return;
+      node.innerHTML = fragment;
+    } catch (error) {
+      // A lost connection: keep the last figures and ask again.
+    }
     setTimeout(poll, 2000);
   };
   setTimeout(poll, 2000);
