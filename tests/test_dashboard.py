@@ -16,7 +16,9 @@ from clarion.apps.models import App
 from clarion.campaigns.models import Campaign
 from clarion.dashboard.models import DashboardSession, Role
 from clarion.dashboard.web import SESSION_COOKIE
-from clarion.db import utcnow
+from clarion.db import transaction, utcnow
+from clarion.events.models import PushEventKind
+from clarion.events.service import push_event_row, record_push_events
 from clarion.runtime import Runtime
 from clarion.security import hash_key
 from tests.conftest import ClientApp
@@ -569,3 +571,48 @@ class TestReviewFindings:
         answer = await api.post(f"/dashboard/apps/{ios_app.app_id}/keys/rotate")
         assert answer.status_code == 303
         assert answer.headers["location"] == "/dashboard/login?next=/dashboard/"
+
+
+class TestAnalytics:
+    async def test_last_errors_and_group_reports_come_from_the_push_log(
+        self, api: httpx.AsyncClient, ios_app: ClientApp, runtime: Runtime
+    ) -> None:
+        now = utcnow()
+
+        def event(kind: PushEventKind, minutes_ago: int, **fields: Any) -> Any:
+            return push_event_row(
+                app_id=ios_app.app_id,
+                kind=kind,
+                platform="ios",
+                occurred_at=now - timedelta(minutes=minutes_ago),
+                **fields,
+            )
+
+        rows = [
+            event(PushEventKind.SENT, 60 + n, group_id="welcome", install_id=f"i{n}")
+            for n in range(30)
+        ]
+        rows += [
+            event(PushEventKind.ERROR, 50, group_id="welcome", reason="TopicDisallowed"),
+            event(PushEventKind.TOKEN_DELETED, 40, group_id="welcome", reason="Unregistered"),
+            event(PushEventKind.OPENED, 30, group_id="welcome"),
+            # Older than the 30 days the error list looks back: not shown.
+            event(PushEventKind.ERROR, 60 * 24 * 40, group_id="welcome", reason="TooOld"),
+            event(PushEventKind.SENT, 10, group_id="other"),
+        ]
+        async with transaction(runtime.sessions) as session:
+            await record_push_events(session, rows)
+        (await sign_in_as(runtime, app_id=ios_app.app_id, role=Role.VIEWER)).use(api)
+
+        table = await api.get(f"/dashboard/apps/{ios_app.app_id}/analytics?days=7")
+        welcome = re.search(r">welcome</a></td>(.*?)</tr>", table.text)
+        assert welcome is not None
+        cells = re.findall(r'<td class="num">([^<]*)</td>', welcome.group(1))
+        assert cells == ["30", "1", "3.3 %", "2"]  # sent, direct opens, open rate, errors
+        assert table.text.index(">welcome<") < table.text.index(">other<")  # most sent first
+
+        group = await api.get(f"/dashboard/apps/{ios_app.app_id}/analytics/groups/welcome")
+        assert group.status_code == 200
+        reasons = re.findall(r"<td>(TopicDisallowed|Unregistered|TooOld)</td>", group.text)
+        assert reasons == ["Unregistered", "TopicDisallowed"]  # newest first, within 30 days
+        assert "Influenced opens" not in group.text  # not computed for groups

@@ -12,6 +12,7 @@ import pytest
 
 from clarion.dashboard import people
 from clarion.dashboard.models import Role
+from clarion.delivery.providers.webpush import endpoint_origin
 from clarion.runtime import Runtime
 from tests.conftest import ClientApp, new_app
 from tests.support.dashboard import sign_in_as
@@ -311,6 +312,6 @@ class TestSafety:
 def test_push_addresses_are_shortened() -> None:
     assert people._shortened("0123456789abcdef0123456789") == "01234567…456789"
     assert people._shortened("short") == "short"
-    assert people._origin("https://fcm.googleapis.com/fcm/send/abc:def") == (
+    assert endpoint_origin("https://fcm.googleapis.com/fcm/send/abc:def") == (
         "https://fcm.googleapis.com"
     )

@@ -323,17 +323,22 @@ async def campaign_stats(session: AsyncSession, *, access: AppAccess, token: str
     token_deleted)."""
     require_live_key(access)
     campaign = await _find(session, access, token)
+    ab = len(CampaignBody.model_validate(campaign.body).versions) > 1
     day = utc_day(PushEvent.occurred_at)
-    counted = await session.execute(
-        select(day, Send.version, PushEvent.kind, func.count())
-        .outerjoin(Send, Send.token == PushEvent.send_token)
-        .where(
-            PushEvent.app_id == access.app_id,
-            PushEvent.campaign_token == campaign.token,
-            PushEvent.kind.in_(list(_STAT_OF_KIND)),
-        )
-        .group_by(day, Send.version, PushEvent.kind)
+    # Only an A/B campaign needs each event's send (for its version). Without it, and with the
+    # campaign token alone (the campaign was found in this app), the counts come from the
+    # (campaign_token, kind, occurred_at) index without reading the events themselves.
+    by = [day, Send.version, PushEvent.kind] if ab else [day, PushEvent.kind]
+    query = select(*by, func.count()).where(
+        PushEvent.campaign_token == campaign.token,
+        PushEvent.kind.in_(list(_STAT_OF_KIND)),
     )
+    if ab:
+        query = query.outerjoin(Send, Send.token == PushEvent.send_token)
+    counted = [
+        (row[0], row[1], row[2], row[3]) if ab else (row[0], None, row[1], row[2])
+        for row in await session.execute(query.group_by(*by))
+    ]
     rows = [
         (date, version, field, count)
         for date, version, kind, count in counted
@@ -345,7 +350,6 @@ async def campaign_stats(session: AsyncSession, *, access: AppAccess, token: str
         found = await opens(influenced=influenced, reengaged_only=True)
         rows += [(d, v, "reengaged", n) for d, v, n in found]
     days: dict[str, DayStats] = {}
-    ab = len(CampaignBody.model_validate(campaign.body).versions) > 1
     for date, version, field, count in sorted(rows, key=lambda row: row[0]):
         entry = days.setdefault(date, DayStats(date=date, versions={} if ab else None))
         targets: list[VersionStats] = [entry]
@@ -402,7 +406,9 @@ async def opens_after_sends(
         opener = opened.install_id
         query = select(day, Send.version, func.count(distinct(opener))).join(
             opened,
-            (opened.app_id == sent.app_id)
+            # The campaign's token too (opens of its sends carry it): the opens are then
+            # found through the campaign's index, not among every open of the app.
+            (opened.campaign_token == campaign_token)
             & (opened.kind == PushEventKind.OPENED.value)
             & (opened.send_token == sent.send_token)
             & (opened.install_id == sent.install_id),

@@ -11,11 +11,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from sqlalchemy import func, select
+from sqlalchemy import ColumnElement, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from clarion.campaigns.schemas import CampaignStats, VersionStats
-from clarion.db import utc_day
+from clarion.db import utc_day, utcnow
 from clarion.events.models import PushEvent, PushEventKind
 
 _ERROR_KINDS = (PushEventKind.ERROR.value, PushEventKind.TOKEN_DELETED.value)
@@ -109,15 +109,27 @@ async def recent_errors(
     now: datetime | None = None,
     limit: int = 20,
 ) -> list[ErrorRow]:
-    """The last push_error / token_deleted events of a campaign or of a group_id."""
-    query = select(PushEvent).where(PushEvent.app_id == app_id, PushEvent.kind.in_(_ERROR_KINDS))
+    """The last push_error / token_deleted events of a campaign, or of a group_id within
+    _ERROR_WINDOW before `now` (the current time by default).
+
+    One query per kind, each a range of an index ordered by time, (campaign_token, kind,
+    occurred_at) or (app_id, group_id, kind, occurred_at): a single ORDER BY over both kinds
+    let PostgreSQL walk the app's whole event log backwards when there was no error."""
+    scope: list[ColumnElement[bool]] = [PushEvent.app_id == app_id]
     if campaign_token is not None:
-        query = query.where(PushEvent.campaign_token == campaign_token)
+        scope.append(PushEvent.campaign_token == campaign_token)
     if group_id is not None:
-        query = query.where(PushEvent.group_id == group_id)
-        if now is not None:
-            query = query.where(PushEvent.occurred_at >= now - _ERROR_WINDOW)
-    events = await session.scalars(query.order_by(PushEvent.occurred_at.desc()).limit(limit))
+        scope.append(PushEvent.group_id == group_id)
+        scope.append(PushEvent.occurred_at >= (now or utcnow()) - _ERROR_WINDOW)
+    events: list[PushEvent] = []
+    for kind in _ERROR_KINDS:
+        events += await session.scalars(
+            select(PushEvent)
+            .where(*scope, PushEvent.kind == kind)
+            .order_by(PushEvent.occurred_at.desc())
+            .limit(limit)
+        )
+    events = sorted(events, key=lambda event: event.occurred_at, reverse=True)[:limit]
     return [ErrorRow(e.occurred_at, e.kind, e.reason, e.install_id, e.platform) for e in events]
 
 

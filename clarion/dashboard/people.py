@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
-from urllib.parse import urlsplit
 
 import orjson
 from sqlalchemy import Select, select, union_all
@@ -20,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 
 from clarion.audiences.models import Audience, AudienceKind, AudienceMember
+from clarion.delivery.providers.webpush import endpoint_origin
 from clarion.devices.models import Installation
 from clarion.events.models import PushEvent, TrackedEvent
 from clarion.profiles.models import ProfileTag
@@ -296,13 +296,24 @@ async def _push_events(
     session: AsyncSession, app_id: int, install_ids: list[str]
 ) -> list[PushView]:
     """The latest RECENT push events (opt-ins, sends, opens, errors) of these installs, newest
-    first, over ix_push_events_app_install (app_id, install_id, occurred_at). Every push event
-    of a delivery names its install, so the user's installs find them all."""
+    first. Every push event of a delivery names its install, so the user's installs find them
+    all. Each install's latest are a range of ix_push_events_app_install (app_id, install_id,
+    occurred_at), taken apart and then merged: one ORDER BY over all the installs let the
+    databases walk the app's whole push log backwards for a user with no recent push."""
     if not install_ids:
         return []
+    latest_of_each = [
+        select(PushEvent.id)
+        .where(PushEvent.app_id == app_id, PushEvent.install_id == install_id)
+        .order_by(PushEvent.occurred_at.desc())
+        .limit(RECENT)
+        .subquery()
+        for install_id in install_ids
+    ]
+    candidates = union_all(*(select(part.c.id) for part in latest_of_each))
     rows = await session.scalars(
         select(PushEvent)
-        .where(PushEvent.app_id == app_id, PushEvent.install_id.in_(install_ids))
+        .where(PushEvent.id.in_(candidates))
         .order_by(PushEvent.occurred_at.desc(), PushEvent.id.desc())
         .limit(RECENT)
     )
@@ -323,11 +334,13 @@ async def _push_events(
 def _install_view(install: Installation) -> InstallView:
     token = install.push_token
     is_webpush = bool(token and token.startswith(("https://", "http://")))
+    # A Web Push endpoint shows which push service it is; a device token, its two ends.
+    address = (endpoint_origin(token) or token) if token and is_webpush else _shortened(token)
     return InstallView(
         install_id=install.install_id,
         custom_id=install.custom_id,
         is_dev=install.is_dev,
-        push_address=_origin(token) if token and is_webpush else _shortened(token),
+        push_address=address,
         is_webpush=is_webpush,
         push_optin=install.push_optin,
         language=install.language,
@@ -346,12 +359,6 @@ def _shortened(token: str | None) -> str | None:
     if token is None or len(token) <= 16:
         return token
     return f"{token[:8]}…{token[-6:]}"
-
-
-def _origin(endpoint: str) -> str:
-    """A Web Push endpoint's origin (https://fcm.googleapis.com): which push service."""
-    parts = urlsplit(endpoint)
-    return f"{parts.scheme}://{parts.netloc}"
 
 
 def _details(attributes: dict[str, Any] | None, tags: list[str] | None) -> str:

@@ -11,7 +11,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import Index, String
+from sqlalchemy import Index, String, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from clarion.db import Base, BigIntPK, JsonValue, UtcDateTime
@@ -41,7 +41,28 @@ class PushEvent(Base):
     __table_args__ = (
         Index("ix_push_events_app_time", "app_id", "occurred_at"),
         Index("ix_push_events_send_token", "send_token"),
-        Index("ix_push_events_campaign_token", "campaign_token"),
+        # A campaign's events (statistics), and its last errors in time order.
+        Index("ix_push_events_campaign_kind", "campaign_token", "kind", "occurred_at"),
+        # Transactional sends only (partial): a group_id's report and last errors, and the
+        # dashboard's table of groups over a period.
+        Index(
+            "ix_push_events_group_kind",
+            "app_id",
+            "group_id",
+            "kind",
+            "occurred_at",
+            postgresql_where=text("group_id IS NOT NULL"),
+            sqlite_where=text("group_id IS NOT NULL"),
+        ),
+        Index(
+            "ix_push_events_groups_time",
+            "app_id",
+            "occurred_at",
+            "group_id",
+            "kind",
+            postgresql_where=text("group_id IS NOT NULL AND campaign_token IS NULL"),
+            sqlite_where=text("group_id IS NOT NULL AND campaign_token IS NULL"),
+        ),
         # A user's pushes, for the dashboard's user lookup (support).
         Index("ix_push_events_app_install", "app_id", "install_id", "occurred_at"),
     )

@@ -91,7 +91,7 @@ class WebPushProvider:
         positions: list[int] = []
         origins: list[str] = []
         for index, device in enumerate(devices):
-            origin = _origin(device.token)
+            origin = endpoint_origin(device.token)
             if origin is None:
                 results[index] = DeliveryResult(Outcome.FAILED, reason="InvalidEndpoint")
                 continue
@@ -203,7 +203,7 @@ def _encrypt(payload: bytes, device: Device) -> bytes:
     return body
 
 
-def _origin(endpoint: str) -> str | None:
+def endpoint_origin(endpoint: str) -> str | None:
     """The endpoint's origin (the VAPID `aud`), or None when it is no HTTPS URL."""
     try:
         parts = urlsplit(endpoint)
