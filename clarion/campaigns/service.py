@@ -390,13 +390,15 @@ async def opens_after_sends(
             & (after_send > 0)
             & (after_send <= INFLUENCE_WINDOW.total_seconds()),
         )
+        # Looked up by install (ix_push_events_app_install), the send standing for the
+        # campaign: a lookup by campaign token would read all the campaign's opens per send.
         query = query.where(
             ~select(direct.id)
             .where(
                 direct.app_id == app_id,
-                direct.campaign_token == campaign_token,
-                direct.kind == PushEventKind.OPENED.value,
                 direct.install_id == sent.install_id,
+                direct.send_token == sent.send_token,
+                direct.kind == PushEventKind.OPENED.value,
             )
             .exists()
         )
@@ -406,12 +408,10 @@ async def opens_after_sends(
         opener = opened.install_id
         query = select(day, Send.version, func.count(distinct(opener))).join(
             opened,
-            # The campaign's token too (opens of its sends carry it): the opens are then
-            # found through the campaign's index, not among every open of the app.
-            (opened.campaign_token == campaign_token)
-            & (opened.kind == PushEventKind.OPENED.value)
+            (opened.app_id == sent.app_id)
+            & (opened.install_id == sent.install_id)
             & (opened.send_token == sent.send_token)
-            & (opened.install_id == sent.install_id),
+            & (opened.kind == PushEventKind.OPENED.value),
         )
     if reengaged_only:
         earlier = aliased(TrackedEvent)
