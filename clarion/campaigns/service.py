@@ -390,8 +390,8 @@ async def opens_after_sends(
             & (after_send > 0)
             & (after_send <= INFLUENCE_WINDOW.total_seconds()),
         )
-        # Looked up by install (ix_push_events_app_install), the send standing for the
-        # campaign: a lookup by campaign token would read all the campaign's opens per send.
+        # The open looked up by install (ix_push_events_app_install): given the campaign token
+        # as well, SQLite would read all the campaign's opens for each send.
         query = query.where(
             ~select(direct.id)
             .where(
@@ -411,7 +411,10 @@ async def opens_after_sends(
             (opened.app_id == sent.app_id)
             & (opened.install_id == sent.install_id)
             & (opened.send_token == sent.send_token)
-            & (opened.kind == PushEventKind.OPENED.value),
+            & (opened.kind == PushEventKind.OPENED.value)
+            # With the token, PostgreSQL reads the campaign's opens once and hashes them;
+            # SQLite still looks each up by install.
+            & (opened.campaign_token == campaign_token),
         )
     if reengaged_only:
         earlier = aliased(TrackedEvent)
