@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi.responses import RedirectResponse
 from fastapi.staticfiles import StaticFiles
 
 from clarion.apps.api import router as apps_router
@@ -54,6 +55,11 @@ def create_app(settings: Settings, *, workers: bool) -> FastAPI:
     app.include_router(exports_router)
     app.include_router(gdpr_router)
     app.include_router(apps_router)
+
+    @app.get("/dashboard", include_in_schema=False)
+    async def dashboard_home() -> RedirectResponse:
+        return RedirectResponse("/dashboard/", status_code=308)
+
     # The static files first: the dashboard answers every other /dashboard path.
     app.mount("/dashboard/static", StaticFiles(directory=STATIC_DIR), name="dashboard-static")
     app.include_router(dashboard_router)

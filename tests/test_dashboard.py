@@ -560,6 +560,8 @@ class TestReviewFindings:
         assert missing.status_code == 404
         assert missing.headers["content-type"].startswith("text/html")
         assert "no page /dashboard/nope" in missing.text
+        bare = await api.get("/dashboard")
+        assert (bare.status_code, bare.headers["location"]) == (308, "/dashboard/")
         script = await api.get("/dashboard/static/app.js")
         assert script.status_code == 200
         assert "fetchFragment" in script.text
