@@ -270,6 +270,17 @@ def test_an_admin_creates_an_app_composes_a_campaign_and_watches_it_send(
         assert overflow <= 0, f"{path} is {overflow} px too wide on a phone"
     _shot(page, "campaign-stats-phone")
 
+    # A session that ends while a page is open: the upload leads to the sign-in page.
+    page.set_viewport_size({"width": 1280, "height": 900})
+    page.goto(f"{base}/audiences")
+    page.context.clear_cookies()
+    page.get_by_label("Audience name").fill("late")
+    page.locator("#upload-file").set_input_files(
+        files=[{"name": "late.csv", "mimeType": "text/csv", "buffer": b"user-0\n"}]
+    )
+    page.get_by_role("button", name="Upload").click()
+    expect(page).to_have_url(re.compile(r"/dashboard/login"))
+
 
 def test_a_viewer_cannot_change_anything(
     browser: Browser, server: Server, sim_control: httpx.Client

@@ -144,7 +144,14 @@ for (const form of document.querySelectorAll("form[data-upload]")) {
     request.upload.addEventListener("progress", (progress) => {
       if (progress.lengthComputable) bar.value = progress.loaded / progress.total;
     });
-    request.addEventListener("load", () => { bar.value = 1; result.innerHTML = request.responseText; });
+    request.addEventListener("load", () => {
+      if (new URL(request.responseURL).pathname === "/dashboard/login") {
+        window.location.assign(request.responseURL);  // the session expired meanwhile
+        return;
+      }
+      bar.value = 1;
+      result.innerHTML = request.responseText;
+    });
     request.addEventListener("error", () => {
       result.innerHTML = '<p class="error" role="alert">The upload failed: the connection was lost.</p>';
     });
