@@ -21,8 +21,8 @@ from typing import Any
 from cryptography.fernet import Fernet
 from sqlalchemy import text
 
-from bench.common import analyze, create_bench_app, fresh_database, live_access, report
-from clarion.apps.service import AppAccess
+from bench.common import analyze, create_bench_app, fresh_database, report
+from clarion.apps.service import AppAccess, live_access
 from clarion.audiences.models import AUDIENCE_MEMBERS, Audience
 from clarion.campaigns import service as campaigns
 from clarion.config import Settings

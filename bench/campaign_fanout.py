@@ -46,7 +46,7 @@ from bench.common import (
     simulated_runtime,
     simulator,
 )
-from clarion.apps.service import AppAccess
+from clarion.apps.service import AppAccess, live_access
 from clarion.campaigns import service as campaigns
 from clarion.campaigns.models import Campaign, CampaignRun
 from clarion.campaigns.schemas import CampaignBody
@@ -98,13 +98,7 @@ async def prepare(runtime: Runtime, key: dict[str, str], devices: int) -> AppAcc
         )
     await analyze(runtime)
     print(f"seeded {devices:,} installations and profiles in {time.monotonic() - started:.1f} s")
-    return AppAccess(
-        app_id=app.id,
-        company_id=app.company_id,
-        is_dev=False,
-        platform="ios",
-        vapid_public_key=None,
-    )
+    return live_access(app)
 
 
 async def time_estimate(runtime: Runtime, access: AppAccess) -> dict[str, Any]:

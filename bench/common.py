@@ -27,7 +27,6 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from clarion.apps import service as apps
 from clarion.apps.models import App
 from clarion.apps.schemas import AppCreate
-from clarion.apps.service import AppAccess
 from clarion.config import Settings
 from clarion.db import transaction
 from clarion.demo import apns_credentials_from_sim
@@ -191,17 +190,6 @@ async def analyze(runtime: Runtime) -> None:
         autocommit = runtime.engine.execution_options(isolation_level="AUTOCOMMIT")
         async with autocommit.connect() as connection:
             await connection.execute(text("VACUUM ANALYZE"))
-
-
-def live_access(app: App) -> AppAccess:
-    """What an API call with the app's Live key is given, for calling services directly."""
-    return AppAccess(
-        app_id=app.id,
-        company_id=app.company_id,
-        is_dev=False,
-        platform=app.platform,
-        vapid_public_key=None,
-    )
 
 
 @dataclass

@@ -58,7 +58,6 @@ from bench.common import (
     PG_ADMIN,
     analyze,
     create_bench_app,
-    live_access,
     pg_database,
     pin,
     report,
@@ -66,7 +65,7 @@ from bench.common import (
 )
 from clarion.app import create_app
 from clarion.apps.models import App
-from clarion.apps.service import AppAccess
+from clarion.apps.service import AppAccess, live_access
 from clarion.audiences import service as audiences
 from clarion.audiences.models import AudienceKind
 from clarion.campaigns import service as campaigns

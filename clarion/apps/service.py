@@ -56,6 +56,18 @@ class AppAccess:
     is_dev: bool
 
 
+def live_access(app: App) -> AppAccess:
+    """What a call with the app's Live key is given, for callers that hold the app itself (the
+    dashboard, which acts with the app's full rights; benchmarks)."""
+    return AppAccess(
+        app_id=app.id,
+        company_id=app.company_id,
+        platform=app.platform,
+        vapid_public_key=app.vapid_public_key,
+        is_dev=False,
+    )
+
+
 def require_live_key(access: AppAccess) -> None:
     """Routes Batch serves to the Live key only (campaign stats and reads, export status)."""
     if access.is_dev:

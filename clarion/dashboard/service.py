@@ -20,7 +20,7 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from clarion.apps.models import App
-from clarion.apps.service import AppAccess, get_company_app
+from clarion.apps.service import AppAccess, get_company_app, live_access
 from clarion.dashboard.models import DashboardSession, DashboardUser, Role
 from clarion.dashboard.schemas import UserCreate
 from clarion.errors import (
@@ -224,14 +224,7 @@ async def company_app(session: AsyncSession, viewer: Viewer, app_id: int) -> tup
     """An app of the viewer's company (404 otherwise), and the Live access the services take:
     the dashboard acts with the app's full rights, as Batch's dashboard does."""
     app = await get_company_app(session, company_id=viewer.company_id, app_id=app_id)
-    access = AppAccess(
-        app_id=app.id,
-        company_id=app.company_id,
-        platform=app.platform,
-        vapid_public_key=app.vapid_public_key,
-        is_dev=False,
-    )
-    return app, access
+    return app, live_access(app)
 
 
 def _viewer(user: DashboardUser, record: DashboardSession) -> Viewer:
