@@ -35,9 +35,6 @@ from clarion.security import hash_key
 SESSION_LIFETIME = timedelta(hours=12)
 
 _hasher = PasswordHasher()
-# Verified against when the e-mail is unknown, so that a wrong e-mail costs as much time as a
-# wrong password and sign-in does not reveal which accounts exist.
-_DUMMY_HASH = _hasher.hash(secrets.token_urlsafe(16))
 # An Argon2 hash or check takes ~100 ms of CPU and 64 MiB: it runs in a thread, so the event
 # loop keeps serving the APIs, and at most two run at once, so sign-ins cannot exhaust memory.
 _ARGON2_SLOTS = asyncio.Semaphore(2)
@@ -72,6 +69,18 @@ class SignInThrottle:
 
 
 SIGN_IN_THROTTLE = SignInThrottle()
+
+
+_dummy: list[str] = []
+
+
+async def _dummy_hash() -> str:
+    """Verified against when the e-mail is unknown, so that a wrong e-mail costs as much time
+    as a wrong password and sign-in does not reveal which accounts exist. Made at the first
+    such sign-in, not at import: an Argon2 hash is ~100 ms that every process start would pay."""
+    if not _dummy:
+        _dummy.append(await _hash(secrets.token_urlsafe(16)))
+    return _dummy[0]
 
 
 async def _hash(password: str) -> str:
@@ -155,7 +164,7 @@ async def sign_in(
     email = email.strip().lower()
     SIGN_IN_THROTTLE.check(email)
     user = await session.scalar(select(DashboardUser).where(DashboardUser.email == email))
-    valid = await _verify(user.password_hash if user else _DUMMY_HASH, password)
+    valid = await _verify(user.password_hash if user else await _dummy_hash(), password)
     if user is None or user.disabled or not valid:
         SIGN_IN_THROTTLE.failed(email)
         raise AuthenticationInvalidError("wrong e-mail or password")
