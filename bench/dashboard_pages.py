@@ -70,6 +70,7 @@ from clarion.audiences import service as audiences
 from clarion.audiences.models import AudienceKind
 from clarion.campaigns import service as campaigns
 from clarion.campaigns.models import Campaign, CampaignRun, CampaignState, RunState
+from clarion.campaigns.stats import attribute_finished_days
 from clarion.config import Settings
 from clarion.connectors import service as connectors
 from clarion.connectors.schemas import ImportSourceIn
@@ -80,6 +81,7 @@ from clarion.db import transaction
 from clarion.delivery.models import Send, SendKind
 from clarion.devices.models import Installation
 from clarion.events.models import PushEvent
+from clarion.events.service import recount_campaign_events
 from clarion.exports import service as exports
 from clarion.exports.schemas import DestinationIn
 from clarion.migrate import migrate
@@ -284,6 +286,17 @@ async def seed(settings: Settings, args: argparse.Namespace) -> Seeded:
             await _the_rest(runtime, app, now)
         with timed(setup, "analyze_s"):
             await analyze(runtime)
+        # The events went in by SQL, around the event writer: count them as it would have, then
+        # store the finished days' influenced and re-engaged opens as the workers do each minute.
+        with timed(setup, "event_counts_s"):
+            async with transaction(runtime.sessions) as session:
+                await recount_campaign_events(session)
+        with timed(setup, "finished_days_s"):
+            stored = 1
+            while stored:
+                async with transaction(runtime.sessions) as session:
+                    stored = await attribute_finished_days(session, limit=100)
+                    setup["finished_days_stored"] = setup.get("finished_days_stored", 0) + stored
         return Seeded(app.id, tokens, setup)
     finally:
         await runtime.engine.dispose()

@@ -73,6 +73,9 @@ class Settings(BaseSettings):
     # Daily exports (docs/exports.md): how often a worker looks for days due, and the folders
     # file:// destinations may write under (default: <var_dir>/exports).
     export_check_seconds: float = Field(default=60.0, gt=0)
+    # How often a worker folds campaign event counts and stores finished days' influenced and
+    # re-engaged opens (campaigns.stats.keep_up).
+    stats_interval_seconds: float = Field(default=60.0, gt=0)
     export_local_roots: list[Path] = Field(default_factory=list)
     # Extra CA certificates (PEM) trusted for FTPS, HTTPS and S3 endpoints with private CAs.
     connector_ca_file: str = ""

@@ -18,6 +18,7 @@ import httpx
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from clarion.apps.service import KeyCache
+from clarion.campaigns import stats
 from clarion.campaigns.scheduler import CampaignScheduler
 from clarion.config import Settings
 from clarion.connectors.service import ImportRunner
@@ -75,6 +76,7 @@ class Runtime:
             self._tasks.append(
                 asyncio.create_task(self._export_requests_forever(), name="export-requests")
             )
+            self._tasks.append(asyncio.create_task(self._stats_forever(), name="statistics"))
             self.scheduler = CampaignScheduler(self.sessions, self.queue, self.settings)
             self._tasks.append(
                 asyncio.create_task(self.scheduler.run_forever(), name="campaign-scheduler")
@@ -141,6 +143,14 @@ class Runtime:
             except Exception:
                 log.exception("export requests failed; trying again")
             await asyncio.sleep(self.settings.scheduler_interval_seconds)
+
+    async def _stats_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.stats_interval_seconds)
+            try:
+                await stats.keep_up(self.sessions)
+            except Exception:
+                log.exception("campaign statistics upkeep failed; trying again")
 
     async def wait(self) -> None:
         """Until the workers stop (for `clarion worker`)."""

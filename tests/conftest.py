@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import secrets
 from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -62,16 +63,24 @@ def backend(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
-@pytest.fixture(scope="session")
-def database_url(backend: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+@contextmanager
+def empty_database(backend: str, folder: Path) -> Iterator[str]:
+    """The URL of a new, empty database: a SQLite file in `folder`, or a PostgreSQL database
+    dropped afterwards."""
     if backend == "sqlite":
-        yield f"sqlite:///{tmp_path_factory.mktemp('db') / 'clarion.db'}"
+        yield f"sqlite:///{folder / 'clarion.db'}"
         return
     name = _create_pg_database()
     try:
         yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
     finally:
         _drop_pg_database(name)
+
+
+@pytest.fixture(scope="session")
+def database_url(backend: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    with empty_database(backend, tmp_path_factory.mktemp("db")) as url:
+        yield url
 
 
 def make_settings(
@@ -95,6 +104,8 @@ def make_settings(
         # Import and export tests poll their sources and destinations themselves.
         "import_check_seconds": 3600.0,
         "export_check_seconds": 3600.0,
+        # Statistics tests fold counts and store finished days themselves.
+        "stats_interval_seconds": 3600.0,
     }
     values.update(overrides)
     return Settings(**values)

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, Query
 from fastapi.responses import JSONResponse
 
-from clarion.campaigns import service
+from clarion.campaigns import service, stats
 from clarion.campaigns.schemas import (
     CampaignBody,
     CampaignCreated,
@@ -65,7 +65,7 @@ async def list_campaigns(
 
 @router.get("/stats/{token}", response_model_exclude_none=True)
 async def campaign_stats(token: str, access: RestApp, session: SessionDep) -> CampaignStats:
-    return await service.campaign_stats(session, access=access, token=token)
+    return await stats.campaign_stats(session, access=access, token=token)
 
 
 @router.post("/estimate")

@@ -104,3 +104,19 @@ class CampaignReceipt(Base):
     campaign_id: Mapped[int] = mapped_column(ForeignKey("campaigns.id"), primary_key=True)
     installation_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
     count: Mapped[int] = mapped_column(default=0)
+
+
+class CampaignOpenDay(Base):
+    """A campaign's influenced opens and re-engaged installs of one finished UTC day, per A/B
+    version ("" for none): stored once the day is over (campaigns.stats.attribute_finished_days),
+    as matching a big campaign's sends with the app's opens takes too long for every read.
+    A day with nothing found still has a row ("" with zeros): it marks the day as done."""
+
+    __tablename__ = "campaign_open_days"
+
+    campaign_token: Mapped[str] = mapped_column(String(32), primary_key=True)
+    day: Mapped[str] = mapped_column(String(10), primary_key=True)  # "YYYY-MM-DD", UTC
+    version: Mapped[str] = mapped_column(String(8), primary_key=True)
+    influenced_open: Mapped[int] = mapped_column(default=0)
+    reengaged: Mapped[int] = mapped_column(default=0)
+    computed_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)

@@ -1,4 +1,4 @@
-"""Campaigns: create, update, read, list, delete, stop, statistics. No HTTP here.
+"""Campaigns: create, update, read, list, delete, stop (statistics: campaigns.stats). No HTTP here.
 
 The life of a campaign (docs/campaigns.md): draft (live: false) -> scheduled -> running ->
 completed, or stopped when set to live: false (or deleted) after it started. The scheduler
@@ -8,26 +8,20 @@ completed, or stopped when set to live: false (or deleted) after it started. The
 from __future__ import annotations
 
 import secrets
-from datetime import datetime, timedelta
-from functools import partial
+from datetime import datetime
 from typing import Any
 
 from pydantic import ValidationError
-from sqlalchemy import ColumnElement, distinct, func, select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import aliased
 
 from clarion.apps.service import AppAccess, require_live_key
 from clarion.campaigns.models import Campaign, CampaignRun, CampaignState, RunState
 from clarion.campaigns.schedule import first_ahead, next_to_run, occurrence_time
 from clarion.campaigns.schemas import (
     CampaignBody,
-    CampaignStats,
     CampaignSummary,
-    DayStats,
-    VersionStats,
 )
-from clarion.db import elapsed_seconds, utc_day
 from clarion.delivery.content import has_templates
 from clarion.delivery.models import SENDS, Send
 from clarion.delivery.schemas import CollapseKey
@@ -37,15 +31,9 @@ from clarion.errors import (
     NotFoundError,
     from_validation_errors,
 )
-from clarion.events.models import APP_OPEN_EVENT, PushEvent, PushEventKind, TrackedEvent
 from clarion.formats import wire_date
 from clarion.targeting import service as targeting_service
 from clarion.targeting.schemas import Estimate, Targeting
-
-# An app opened this long after a campaign reached it counts as an influenced open.
-INFLUENCE_WINDOW = timedelta(hours=3)
-# An install that opens after a send is re-engaged if it had not opened the app for this long.
-REENGAGED_AFTER = timedelta(days=30)
 
 _LIVE_STATES = (CampaignState.SCHEDULED, CampaignState.RUNNING, CampaignState.COMPLETED)
 
@@ -131,7 +119,7 @@ async def update_campaign(
 
     `replace`: `changes` is the whole campaign (the dashboard's editor), so a field it leaves
     out is removed; the rules on states hold all the same."""
-    campaign = await _find(session, access, token, for_update=True)
+    campaign = await find_campaign(session, access, token, for_update=True)
     stored = campaign.body
     if replace:
         document = changes
@@ -192,7 +180,7 @@ async def set_offline(
 ) -> None:
     """`live: false` and nothing else (the dashboard's Stop). The stored body is not checked
     again: a campaign whose audience was deleted since it went live must still be stoppable."""
-    campaign = await _find(session, access, token, for_update=True)
+    campaign = await find_campaign(session, access, token, for_update=True)
     await _take_offline(session, campaign, now=now)
     campaign.body = {**campaign.body, "live": False}
     campaign.updated_at = now
@@ -210,7 +198,7 @@ async def _take_offline(session: AsyncSession, campaign: Campaign, *, now: datet
 async def delete_campaign(
     session: AsyncSession, *, access: AppAccess, token: str, now: datetime
 ) -> None:
-    campaign = await _find(session, access, token, for_update=True)
+    campaign = await find_campaign(session, access, token, for_update=True)
     if campaign.state == CampaignState.RUNNING.value:
         await stop_campaign(session, campaign, now=now)
     campaign.deleted_at = now
@@ -248,7 +236,7 @@ async def describe_campaign(
     """The create body plus campaign_token, from_api, dev_only, created_date (spec §4.3), and
     Clarion's additions: its state and its progress (targeted, sent, errors) so far."""
     require_live_key(access)
-    campaign = await _find(session, access, token)
+    campaign = await find_campaign(session, access, token)
     progress = (
         await session.execute(
             select(
@@ -316,141 +304,6 @@ async def list_campaigns(
     ]
 
 
-async def campaign_stats(session: AsyncSession, *, access: AppAccess, token: str) -> CampaignStats:
-    """Per UTC day, and per version for A/B campaigns: sent (campaigns reach opted-in installs
-    only, so sent_optins is the same), direct opens (open reports carrying the send id),
-    influenced opens and reengaged installs (see opens_after_sends), errors (push_error and
-    token_deleted)."""
-    require_live_key(access)
-    campaign = await _find(session, access, token)
-    ab = len(CampaignBody.model_validate(campaign.body).versions) > 1
-    day = utc_day(PushEvent.occurred_at)
-    # Only an A/B campaign needs each event's send (for its version). Without it, and with the
-    # campaign token alone (the campaign was found in this app), the counts come from the
-    # (campaign_token, kind, occurred_at) index without reading the events themselves.
-    by = [day, Send.version, PushEvent.kind] if ab else [day, PushEvent.kind]
-    query = select(*by, func.count()).where(
-        PushEvent.campaign_token == campaign.token,
-        PushEvent.kind.in_(list(_STAT_OF_KIND)),
-    )
-    if ab:
-        query = query.outerjoin(Send, Send.token == PushEvent.send_token)
-    counted = [
-        (row[0], row[1], row[2], row[3]) if ab else (row[0], None, row[1], row[2])
-        for row in await session.execute(query.group_by(*by))
-    ]
-    rows = [
-        (date, version, field, count)
-        for date, version, kind, count in counted
-        for field in _STAT_OF_KIND[kind]
-    ]
-    opens = partial(opens_after_sends, session, access.app_id, campaign.token)
-    rows += [(d, v, "influenced_open", n) for d, v, n in await opens(influenced=True)]
-    for influenced in (False, True):
-        found = await opens(influenced=influenced, reengaged_only=True)
-        rows += [(d, v, "reengaged", n) for d, v, n in found]
-    days: dict[str, DayStats] = {}
-    for date, version, field, count in sorted(rows, key=lambda row: row[0]):
-        entry = days.setdefault(date, DayStats(date=date, versions={} if ab else None))
-        targets: list[VersionStats] = [entry]
-        if ab and version is not None and entry.versions is not None:
-            targets.append(entry.versions.setdefault(version, VersionStats()))
-        for target in targets:
-            setattr(target, field, getattr(target, field) + count)
-    return CampaignStats(campaign_token=campaign.token, detail=list(days.values()))
-
-
-async def opens_after_sends(
-    session: AsyncSession,
-    app_id: int,
-    campaign_token: str,
-    *,
-    influenced: bool,
-    reengaged_only: bool = False,
-) -> list[tuple[str, str | None, int]]:
-    """(UTC day of the open, version, installs) for the campaign's sends.
-
-    `influenced`: installs that opened the app (an SDK app open) within INFLUENCE_WINDOW after
-    the campaign reached them, without opening the notification; otherwise installs that opened
-    the notification (direct opens). `reengaged_only`: only installs that had not opened the app
-    for REENGAGED_AFTER before the send reached them."""
-    sent = PushEvent
-    day: ColumnElement[str]
-    if influenced:
-        app_open = aliased(TrackedEvent)
-        direct = aliased(PushEvent)
-        after_send = elapsed_seconds(sent.occurred_at, app_open.occurred_at)
-        day = utc_day(app_open.occurred_at)
-        opener = app_open.install_id
-        query = select(day, Send.version, func.count(distinct(opener))).join(
-            app_open,
-            (app_open.app_id == sent.app_id)
-            & (app_open.name == APP_OPEN_EVENT)
-            & (app_open.install_id == sent.install_id)
-            & (after_send > 0)
-            & (after_send <= INFLUENCE_WINDOW.total_seconds()),
-        )
-        # The open looked up by install (ix_push_events_app_install): given the campaign token
-        # as well, SQLite would read all the campaign's opens for each send.
-        query = query.where(
-            ~select(direct.id)
-            .where(
-                direct.app_id == app_id,
-                direct.install_id == sent.install_id,
-                direct.send_token == sent.send_token,
-                direct.kind == PushEventKind.OPENED.value,
-            )
-            .exists()
-        )
-    else:
-        opened = aliased(PushEvent)
-        day = utc_day(opened.occurred_at)
-        opener = opened.install_id
-        query = select(day, Send.version, func.count(distinct(opener))).join(
-            opened,
-            (opened.app_id == sent.app_id)
-            & (opened.install_id == sent.install_id)
-            & (opened.send_token == sent.send_token)
-            & (opened.kind == PushEventKind.OPENED.value)
-            # With the token, PostgreSQL reads the campaign's opens once and hashes them;
-            # SQLite still looks each up by install.
-            & (opened.campaign_token == campaign_token),
-        )
-    if reengaged_only:
-        earlier = aliased(TrackedEvent)
-        before_send = elapsed_seconds(earlier.occurred_at, sent.occurred_at)
-        query = query.where(
-            ~select(earlier.id)
-            .where(
-                earlier.app_id == sent.app_id,
-                earlier.name == APP_OPEN_EVENT,
-                earlier.install_id == sent.install_id,
-                before_send >= 0,
-                before_send <= REENGAGED_AFTER.total_seconds(),
-            )
-            .exists()
-        )
-    rows = await session.execute(
-        query.select_from(sent)
-        .outerjoin(Send, Send.token == sent.send_token)
-        .where(
-            sent.app_id == app_id,
-            sent.campaign_token == campaign_token,
-            sent.kind == PushEventKind.SENT.value,
-        )
-        .group_by(day, Send.version)
-    )
-    return [(date, version, count) for date, version, count in rows]
-
-
-_STAT_OF_KIND: dict[str, tuple[str, ...]] = {
-    PushEventKind.SENT.value: ("sent", "sent_optins"),
-    PushEventKind.OPENED.value: ("direct_open",),
-    PushEventKind.ERROR.value: ("errors",),
-    PushEventKind.TOKEN_DELETED.value: ("errors",),
-}
-
-
 async def template_content(session: AsyncSession, *, app_id: int, token: str) -> dict[str, Any]:
     """A saved campaign's push content, for the Partners Transactional API's `template_id`
     (any campaign of the app, drafts included; an A/B campaign lends its first version)."""
@@ -515,7 +368,7 @@ async def _check_targeting(session: AsyncSession, access: AppAccess, body: Campa
         )
 
 
-async def _find(
+async def find_campaign(
     session: AsyncSession, access: AppAccess, token: str, *, for_update: bool = False
 ) -> Campaign:
     query = select(Campaign).where(

@@ -1,7 +1,7 @@
 """What the analytics pages show: campaign statistics as totals, rates and chart points;
 transactional sends by group_id; the last errors with the provider's reasons. No HTTP here.
 
-Campaign figures come from campaigns.service.campaign_stats (the Campaigns API's own numbers);
+Campaign figures come from campaigns.stats.campaign_stats (the Campaigns API's own numbers);
 group_id figures are counted from push events of a bounded period, over the (app_id,
 occurred_at) index.
 """

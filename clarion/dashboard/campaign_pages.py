@@ -16,6 +16,7 @@ from clarion.apps.models import App
 from clarion.apps.service import AppAccess
 from clarion.audiences import service as audiences_service
 from clarion.campaigns import service as campaigns
+from clarion.campaigns import stats as campaign_statistics
 from clarion.campaigns.schemas import EstimateIn
 from clarion.dashboard import analytics, service
 from clarion.dashboard.schemas import (
@@ -225,7 +226,7 @@ async def campaign_stats(
 ) -> HTMLResponse:
     app, access = await service.company_app(session, viewer, app_id)
     stored = await campaigns.describe_campaign(session, access=access, token=token)
-    stats = await campaigns.campaign_stats(session, access=access, token=token)
+    stats = await campaign_statistics.campaign_stats(session, access=access, token=token)
     errors = await analytics.recent_errors(session, app_id=app.id, campaign_token=token)
     return await render(
         request,

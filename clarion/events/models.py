@@ -83,6 +83,42 @@ class PushEvent(Base):
     reason: Mapped[str | None] = mapped_column(String(1024))  # provider's reason, verbatim
 
 
+# The kinds of a campaign's push events that its statistics count (CampaignEventCount).
+COUNTED_KINDS = frozenset(
+    {PushEventKind.SENT, PushEventKind.OPENED, PushEventKind.ERROR, PushEventKind.TOKEN_DELETED}
+)
+
+
+class CampaignEventCount(Base):
+    """A campaign's push events counted by UTC day, send (its A/B version) and kind, written
+    in the transaction that writes the events: statistics read these few rows, not the
+    hundreds of thousands of events of a big campaign.
+
+    Append-only, so that concurrent writers never wait on one hot counter row: each batch of
+    events adds its rows (`folded` false), and fold_event_counts later replaces a campaign's
+    rows by one per (day, send, kind) holding their sum."""
+
+    __tablename__ = "campaign_event_counts"
+    __table_args__ = (
+        Index("ix_campaign_event_counts_campaign", "campaign_token", "day"),
+        Index("ix_campaign_event_counts_day", "day", "campaign_token"),
+        Index(
+            "ix_campaign_event_counts_unfolded",
+            "campaign_token",
+            postgresql_where=text("NOT folded"),
+            sqlite_where=text("NOT folded"),
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True)
+    campaign_token: Mapped[str] = mapped_column(String(64))
+    day: Mapped[str] = mapped_column(String(10))  # "YYYY-MM-DD", UTC
+    send_token: Mapped[str] = mapped_column(String(64))  # "" when the event named none
+    kind: Mapped[str] = mapped_column(String(20))
+    count: Mapped[int] = mapped_column()
+    folded: Mapped[bool] = mapped_column(default=False)
+
+
 class InAppEvent(Base):
     __tablename__ = "inapp_events"
     __table_args__ = (Index("ix_inapp_events_app_time", "app_id", "occurred_at"),)

@@ -5,15 +5,23 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections import Counter
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import insert
+from sqlalchemy import delete, func, insert, literal, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from clarion.db import bulk_insert, utcnow
-from clarion.events.models import InAppEvent, PushEvent, PushEventKind, TrackedEvent
+from clarion.db import bulk_insert, utc_day, utcnow
+from clarion.events.models import (
+    COUNTED_KINDS,
+    CampaignEventCount,
+    InAppEvent,
+    PushEvent,
+    PushEventKind,
+    TrackedEvent,
+)
 from clarion.events.schemas import ServerEventIn
 from clarion.gdpr.models import IdType
 from clarion.gdpr.service import blocked_values
@@ -68,8 +76,92 @@ def push_event_row(
     )
 
 
+_COUNT_COLUMNS = ("campaign_token", "day", "send_token", "kind", "count", "folded")
+_KIND, _OCCURRED_AT, _SEND_TOKEN, _CAMPAIGN_TOKEN = (
+    PUSH_EVENT_COLUMNS.index(name)
+    for name in ("kind", "occurred_at", "send_token", "campaign_token")
+)
+_COUNTED = frozenset(kind.value for kind in COUNTED_KINDS)
+
+
 async def record_push_events(session: AsyncSession, rows: Sequence[PushEventRow]) -> None:
+    """Appends the events, and the counts of their campaigns' events (see CampaignEventCount),
+    in the session's transaction: the counts never disagree with the log."""
     await bulk_insert(session, PushEvent.__tablename__, PUSH_EVENT_COLUMNS, rows)
+    counts: Counter[tuple[str, str, str, str]] = Counter()
+    for row in rows:
+        if row[_CAMPAIGN_TOKEN] and row[_KIND] in _COUNTED:
+            day = row[_OCCURRED_AT].astimezone(UTC).date().isoformat()
+            counts[(row[_CAMPAIGN_TOKEN], day, row[_SEND_TOKEN] or "", row[_KIND])] += 1
+    await bulk_insert(
+        session,
+        CampaignEventCount.__tablename__,
+        _COUNT_COLUMNS,
+        [(*key, count, False) for key, count in counts.items()],
+    )
+
+
+async def fold_event_counts(session: AsyncSession, *, campaigns: int = 100) -> int:
+    """Replaces the count rows of up to `campaigns` campaigns written since the last fold by
+    one row per (campaign, day, send, kind); returns how many campaigns were folded.
+
+    Only what this transaction deleted is summed (DELETE ... RETURNING): a row that a
+    concurrent fold deleted first is not counted twice, and one written meanwhile is not
+    seen by the DELETE and waits for the next fold."""
+    tokens = list(
+        await session.scalars(
+            select(CampaignEventCount.campaign_token)
+            .where(CampaignEventCount.folded.is_(False))
+            .distinct()
+            .limit(campaigns)
+        )
+    )
+    if not tokens:
+        return 0
+    deleted = await session.execute(
+        delete(CampaignEventCount)
+        .where(CampaignEventCount.campaign_token.in_(tokens))
+        .returning(
+            CampaignEventCount.campaign_token,
+            CampaignEventCount.day,
+            CampaignEventCount.send_token,
+            CampaignEventCount.kind,
+            CampaignEventCount.count,
+        )
+    )
+    sums: Counter[tuple[str, str, str, str]] = Counter()
+    for token, day, send_token, kind, count in deleted:
+        sums[(token, day, send_token, kind)] += count
+    await bulk_insert(
+        session,
+        CampaignEventCount.__tablename__,
+        _COUNT_COLUMNS,
+        [(*key, count, True) for key, count in sums.items()],
+    )
+    return len(tokens)
+
+
+async def recount_campaign_events(session: AsyncSession) -> None:
+    """Rebuilds every campaign's counts from the event log, for events that were written
+    around record_push_events (loaded in bulk, say): the log is the truth, the counts a copy."""
+    await session.execute(delete(CampaignEventCount))
+    day = utc_day(PushEvent.occurred_at)
+    send_token = func.coalesce(PushEvent.send_token, "")
+    await session.execute(
+        insert(CampaignEventCount).from_select(
+            list(_COUNT_COLUMNS),
+            select(
+                PushEvent.campaign_token,
+                day,
+                send_token,
+                PushEvent.kind,
+                func.count(),
+                literal(True),
+            )
+            .where(PushEvent.campaign_token.is_not(None), PushEvent.kind.in_(_COUNTED))
+            .group_by(PushEvent.campaign_token, day, send_token, PushEvent.kind),
+        )
+    )
 
 
 async def record_inapp_events(session: AsyncSession, rows: Sequence[dict[str, Any]]) -> None:

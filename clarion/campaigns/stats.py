@@ -1,0 +1,322 @@
+"""Campaign statistics (`GET campaigns/stats/{token}`, the dashboard's statistics page). No HTTP.
+
+Two kinds of figures, read two ways so that a campaign of millions of events reads in
+milliseconds:
+- counted figures (sent, direct opens, errors) are summed from campaign_event_counts, which
+  the event log's writer keeps (clarion.events.service.record_push_events): live and exact;
+- attributed figures (influenced opens, re-engaged installs) match the campaign's sends with
+  the app's opens. A finished UTC day's are stored once (attribute_finished_days, every
+  minute in the workers, SETTLE after the day ends); a day not stored yet, today's say, is
+  matched on read, over that day's opens only.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from datetime import UTC, date, datetime, timedelta
+from functools import partial
+
+from sqlalchemy import distinct, func, select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.orm import aliased
+
+from clarion.apps.service import AppAccess, require_live_key
+from clarion.campaigns.models import Campaign, CampaignOpenDay
+from clarion.campaigns.schemas import CampaignBody, CampaignStats, DayStats, VersionStats
+from clarion.campaigns.service import find_campaign
+from clarion.db import bulk_insert, elapsed_seconds, transaction, utcnow
+from clarion.delivery.models import Send
+from clarion.events.models import (
+    APP_OPEN_EVENT,
+    CampaignEventCount,
+    PushEvent,
+    PushEventKind,
+    TrackedEvent,
+)
+from clarion.events.service import fold_event_counts
+
+# An app opened this long after a campaign reached it counts as an influenced open.
+INFLUENCE_WINDOW = timedelta(hours=3)
+# An install that opens after a send is re-engaged if it had not opened the app for this long.
+REENGAGED_AFTER = timedelta(days=30)
+# A day's attributed opens are stored this long after it ends: SDKs report opens late (an
+# app offline), as the daily exports allow for too.
+SETTLE = timedelta(hours=2)
+# attribute_finished_days looks back this far; older days not stored are matched on read.
+LOOKBACK_DAYS = 31
+
+_STAT_OF_KIND: dict[str, tuple[str, ...]] = {
+    PushEventKind.SENT.value: ("sent", "sent_optins"),
+    PushEventKind.OPENED.value: ("direct_open",),
+    PushEventKind.ERROR.value: ("errors",),
+    PushEventKind.TOKEN_DELETED.value: ("errors",),
+}
+
+# (UTC day, A/B version or None, a field of VersionStats, count)
+StatRow = tuple[str, str | None, str, int]
+
+
+async def campaign_stats(
+    session: AsyncSession, *, access: AppAccess, token: str, now: datetime | None = None
+) -> CampaignStats:
+    """Per UTC day, and per version for A/B campaigns: sent (campaigns reach opted-in installs
+    only, so sent_optins is the same), direct opens (open reports carrying the send id),
+    influenced opens and reengaged installs (see opens_after_sends), errors (push_error and
+    token_deleted)."""
+    require_live_key(access)
+    campaign = await find_campaign(session, access, token)
+    ab = len(CampaignBody.model_validate(campaign.body).versions) > 1
+    counted = (
+        await session.execute(
+            select(
+                CampaignEventCount.day,
+                CampaignEventCount.send_token,
+                CampaignEventCount.kind,
+                func.sum(CampaignEventCount.count),
+            )
+            .where(CampaignEventCount.campaign_token == campaign.token)
+            .group_by(
+                CampaignEventCount.day, CampaignEventCount.send_token, CampaignEventCount.kind
+            )
+        )
+    ).all()
+    version_of: dict[str, str | None] = {}
+    if ab:
+        sends = {send_token for _, send_token, _, _ in counted}
+        found = await session.execute(select(Send.token, Send.version).where(Send.token.in_(sends)))
+        version_of = dict(found.all())
+    rows: list[StatRow] = [
+        (day, version_of.get(send_token), field, int(count))
+        for day, send_token, kind, count in counted
+        for field in _STAT_OF_KIND[kind]
+    ]
+    # Influenced opens fall on the day of a send or, within INFLUENCE_WINDOW, the next one;
+    # re-engaged installs on a day of direct or influenced opens.
+    sent_days = {day for day, _, kind, _ in counted if kind == PushEventKind.SENT.value}
+    days = {day for day, _, _, _ in counted} | {_next_day(day) for day in sent_days}
+    rows += await _attributed(session, campaign, days, now or utcnow())
+    by_day: dict[str, DayStats] = {}
+    for day, version, field, count in sorted(rows, key=lambda row: row[0]):
+        entry = by_day.setdefault(day, DayStats(date=day, versions={} if ab else None))
+        targets: list[VersionStats] = [entry]
+        if ab and version is not None and entry.versions is not None:
+            targets.append(entry.versions.setdefault(version, VersionStats()))
+        for target in targets:
+            setattr(target, field, getattr(target, field) + count)
+    return CampaignStats(campaign_token=campaign.token, detail=list(by_day.values()))
+
+
+async def _attributed(
+    session: AsyncSession, campaign: Campaign, days: set[str], now: datetime
+) -> list[StatRow]:
+    """Influenced opens and re-engaged installs on `days`: stored, or matched now."""
+    stored: dict[str, list[StatRow]] = defaultdict(list)
+    for row in await session.scalars(
+        select(CampaignOpenDay).where(CampaignOpenDay.campaign_token == campaign.token)
+    ):
+        version = row.version or None
+        stored[row.day].append((row.day, version, "influenced_open", row.influenced_open))
+        stored[row.day].append((row.day, version, "reengaged", row.reengaged))
+    today = now.date().isoformat()
+    rows: list[StatRow] = []
+    for day in sorted(days | set(stored)):
+        if day in stored:
+            rows += stored[day]
+        elif day <= today:
+            rows += await attributed_opens(session, campaign.app_id, campaign.token, day)
+    return [row for row in rows if row[3]]
+
+
+async def attributed_opens(
+    session: AsyncSession, app_id: int, campaign_token: str, day: str
+) -> list[StatRow]:
+    """The campaign's influenced opens and re-engaged installs on one UTC day, matched from
+    the event log."""
+    start = datetime.combine(date.fromisoformat(day), datetime.min.time(), tzinfo=UTC)
+    opens = partial(opens_after_sends, session, app_id, campaign_token, start=start)
+    rows: list[StatRow] = [
+        (day, version, "influenced_open", count) for version, count in await opens(influenced=True)
+    ]
+    for influenced in (False, True):
+        found = await opens(influenced=influenced, reengaged_only=True)
+        rows += [(day, version, "reengaged", count) for version, count in found]
+    return rows
+
+
+async def opens_after_sends(
+    session: AsyncSession,
+    app_id: int,
+    campaign_token: str,
+    *,
+    start: datetime,
+    influenced: bool,
+    reengaged_only: bool = False,
+) -> list[tuple[str | None, int]]:
+    """(version, installs) that opened on the UTC day beginning at `start`, after a send of
+    the campaign.
+
+    `influenced`: installs that opened the app (an SDK app open) within INFLUENCE_WINDOW after
+    the campaign reached them, without opening the notification; otherwise installs that opened
+    the notification (direct opens). `reengaged_only`: only installs that had not opened the app
+    for REENGAGED_AFTER before the send reached them."""
+    end = start + timedelta(days=1)
+    sent = PushEvent
+    if influenced:
+        app_open = aliased(TrackedEvent)
+        direct = aliased(PushEvent)
+        after_send = elapsed_seconds(sent.occurred_at, app_open.occurred_at)
+        opener = app_open.install_id
+        query = select(Send.version, func.count(distinct(opener))).join(
+            app_open,
+            (app_open.app_id == sent.app_id)
+            & (app_open.name == APP_OPEN_EVENT)
+            & (app_open.install_id == sent.install_id)
+            & (app_open.occurred_at >= start)
+            & (app_open.occurred_at < end)
+            & (after_send > 0)
+            & (after_send <= INFLUENCE_WINDOW.total_seconds()),
+        )
+        # Only sends that can have influenced an open of the day.
+        query = query.where(
+            sent.occurred_at >= start - INFLUENCE_WINDOW,
+            sent.occurred_at < end,
+            # The open looked up by install (ix_push_events_app_install): given the campaign
+            # token as well, SQLite would read all the campaign's opens for each send.
+            ~select(direct.id)
+            .where(
+                direct.app_id == app_id,
+                direct.install_id == sent.install_id,
+                direct.send_token == sent.send_token,
+                direct.kind == PushEventKind.OPENED.value,
+            )
+            .exists(),
+        )
+    else:
+        opened = aliased(PushEvent)
+        opener = opened.install_id
+        query = select(Send.version, func.count(distinct(opener))).join(
+            opened,
+            (opened.app_id == sent.app_id)
+            & (opened.install_id == sent.install_id)
+            & (opened.send_token == sent.send_token)
+            & (opened.kind == PushEventKind.OPENED.value)
+            & (opened.campaign_token == campaign_token)
+            & (opened.occurred_at >= start)
+            & (opened.occurred_at < end),
+        )
+        query = query.where(sent.occurred_at < end)
+    if reengaged_only:
+        earlier = aliased(TrackedEvent)
+        before_send = elapsed_seconds(earlier.occurred_at, sent.occurred_at)
+        query = query.where(
+            ~select(earlier.id)
+            .where(
+                earlier.app_id == sent.app_id,
+                earlier.name == APP_OPEN_EVENT,
+                earlier.install_id == sent.install_id,
+                before_send >= 0,
+                before_send <= REENGAGED_AFTER.total_seconds(),
+            )
+            .exists()
+        )
+    rows = await session.execute(
+        query.select_from(sent)
+        .outerjoin(Send, Send.token == sent.send_token)
+        .where(
+            sent.app_id == app_id,
+            sent.campaign_token == campaign_token,
+            sent.kind == PushEventKind.SENT.value,
+        )
+        .group_by(Send.version)
+    )
+    return [(version, count) for version, count in rows]
+
+
+async def keep_up(
+    sessions: async_sessionmaker[AsyncSession], *, budget_seconds: float = 10.0
+) -> None:
+    """The workers' statistics upkeep, every stats_interval_seconds: folds the counts written
+    since the last round, then stores finished days' attributed opens, in short transactions
+    for at most about `budget_seconds` (a backlog, after an upgrade say, takes a few rounds)."""
+    deadline = time.monotonic() + budget_seconds
+    while time.monotonic() < deadline:
+        async with transaction(sessions) as session:
+            if not await fold_event_counts(session):
+                break
+    while time.monotonic() < deadline:
+        async with transaction(sessions) as session:
+            if not await attribute_finished_days(session):
+                break
+
+
+async def attribute_finished_days(
+    session: AsyncSession, *, now: datetime | None = None, limit: int = 20
+) -> int:
+    """Stores the attributed opens of up to `limit` (campaign, day) pairs whose day ended
+    SETTLE ago, within LOOKBACK_DAYS, and not stored yet; returns how many it stored.
+
+    Two processes storing the same day store it once (the second insert does nothing)."""
+    now = now or utcnow()
+    last = (now - SETTLE).date() - timedelta(days=1)
+    first = last - timedelta(days=LOOKBACK_DAYS)
+    seen = await session.execute(
+        select(
+            CampaignEventCount.campaign_token,
+            CampaignEventCount.day,
+            CampaignEventCount.kind == PushEventKind.SENT.value,
+        )
+        .where(
+            CampaignEventCount.day >= (first - timedelta(days=1)).isoformat(),
+            CampaignEventCount.day <= last.isoformat(),
+        )
+        .distinct()
+    )
+    due: set[tuple[str, str]] = set()
+    for token, day, sent in seen:
+        due.add((token, day))
+        if sent:
+            due.add((token, _next_day(day)))
+    done = await session.execute(
+        select(CampaignOpenDay.campaign_token, CampaignOpenDay.day)
+        .where(CampaignOpenDay.day >= first.isoformat(), CampaignOpenDay.day <= last.isoformat())
+        .distinct()
+    )
+    due -= {(token, day) for token, day in done}
+    pending = sorted(
+        (token, day) for token, day in due if first.isoformat() <= day <= last.isoformat()
+    )[:limit]
+    if not pending:
+        return 0
+    apps = await session.execute(
+        select(Campaign.token, Campaign.app_id).where(
+            Campaign.token.in_({token for token, _ in pending})
+        )
+    )
+    app_of = dict(apps.all())
+    stored_at = utcnow()
+    records = []
+    for token, day in pending:
+        totals: dict[str, list[int]] = {"": [0, 0]}  # the marker row, at least
+        # (Counted events of a campaign that no longer exists at all get the marker only.)
+        if token in app_of:
+            for _, version, field, count in await attributed_opens(
+                session, app_of[token], token, day
+            ):
+                totals.setdefault(version or "", [0, 0])[field == "reengaged"] += count
+        records += [
+            (token, day, version, influenced, reengaged, stored_at)
+            for version, (influenced, reengaged) in totals.items()
+        ]
+    await bulk_insert(
+        session,
+        CampaignOpenDay.__tablename__,
+        ("campaign_token", "day", "version", "influenced_open", "reengaged", "computed_at"),
+        records,
+        conflict=("campaign_token", "day", "version"),
+    )
+    return len(pending)
+
+
+def _next_day(day: str) -> str:
+    return (date.fromisoformat(day) + timedelta(days=1)).isoformat()

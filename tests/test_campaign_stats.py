@@ -1,0 +1,319 @@
+"""Campaign statistics from the counts written with the events, and from the influenced and
+re-engaged opens stored per finished day (clarion.campaigns.stats)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+from sqlalchemy import select
+
+from clarion.apps.models import App
+from clarion.apps.service import live_access
+from clarion.campaigns.models import CampaignOpenDay
+from clarion.campaigns.schemas import CampaignStats
+from clarion.campaigns.stats import SETTLE, attribute_finished_days, campaign_stats
+from clarion.db import transaction
+from clarion.delivery.models import Send, SendKind
+from clarion.events.models import APP_OPEN_EVENT, CampaignEventCount, PushEventKind
+from clarion.events.service import (
+    fold_event_counts,
+    push_event_row,
+    record_push_events,
+    record_tracked_events,
+    recount_campaign_events,
+)
+from clarion.runtime import Runtime
+from tests.conftest import ClientApp
+from tests.test_campaigns import created
+
+SENT, OPENED, ERROR = PushEventKind.SENT, PushEventKind.OPENED, PushEventKind.ERROR
+# Midday, so that an hour either way stays on the same UTC day.
+DAY = datetime(2026, 3, 10, 12, 0, tzinfo=UTC)
+
+
+async def draft(api: httpx.AsyncClient, app: ClientApp) -> str:
+    return await created(api, app, live=False)
+
+
+async def record(
+    runtime: Runtime,
+    app: ClientApp,
+    token: str | None,
+    events: list[tuple[PushEventKind, datetime, str]],
+    *,
+    send: str = "send-a",
+) -> None:
+    """Push events of the campaign through the event log's writer: (kind, time, install)."""
+    rows = [
+        push_event_row(
+            app_id=app.app_id,
+            kind=kind,
+            occurred_at=at,
+            platform="ios",
+            install_id=install,
+            send_token=send,
+            campaign_token=token,
+        )
+        for kind, at, install in events
+    ]
+    async with transaction(runtime.sessions) as session:
+        await record_push_events(session, rows)
+
+
+async def app_opens(runtime: Runtime, app: ClientApp, opens: list[tuple[str, datetime]]) -> None:
+    rows = [
+        {"app_id": app.app_id, "install_id": install, "name": APP_OPEN_EVENT, "occurred_at": at}
+        for install, at in opens
+    ]
+    async with transaction(runtime.sessions) as session:
+        await record_tracked_events(session, rows)
+
+
+async def stats_of(
+    runtime: Runtime, app: ClientApp, token: str, now: datetime
+) -> dict[str, dict[str, int]]:
+    """Per day: the figures that are not zero."""
+    async with transaction(runtime.sessions) as session:
+        found = await session.get_one(App, app.app_id)
+        stats: CampaignStats = await campaign_stats(
+            session, access=live_access(found), token=token, now=now
+        )
+    return {
+        day.date: {
+            field: value
+            for field, value in day.model_dump(exclude={"date", "versions"}).items()
+            if value
+        }
+        for day in stats.detail
+    }
+
+
+async def count_rows(runtime: Runtime, token: str) -> list[tuple[str, str, str, int, bool]]:
+    async with transaction(runtime.sessions) as session:
+        rows = await session.execute(
+            select(
+                CampaignEventCount.day,
+                CampaignEventCount.send_token,
+                CampaignEventCount.kind,
+                CampaignEventCount.count,
+                CampaignEventCount.folded,
+            ).where(CampaignEventCount.campaign_token == token)
+        )
+        return sorted((d, s, k, c, f) for d, s, k, c, f in rows)
+
+
+def summed(rows: list[tuple[str, str, str, int, bool]]) -> Counter[tuple[str, str, str]]:
+    totals: Counter[tuple[str, str, str]] = Counter()
+    for day, send, kind, count, _ in rows:
+        totals[(day, send, kind)] += count
+    return totals
+
+
+class TestCounts:
+    async def test_events_are_counted_as_they_are_written_and_folded_later(
+        self, api: httpx.AsyncClient, ios_app: ClientApp, runtime: Runtime
+    ) -> None:
+        token = await draft(api, ios_app)
+        next_day = DAY + timedelta(days=1)
+        await record(runtime, ios_app, token, [(SENT, DAY, "i-1"), (SENT, DAY, "i-2")])
+        await record(runtime, ios_app, token, [(SENT, DAY, "i-3"), (ERROR, DAY, "i-4")])
+        await record(runtime, ios_app, token, [(OPENED, DAY, "i-1"), (OPENED, next_day, "i-2")])
+        # Events of no campaign (a transactional send) are not counted.
+        await record(runtime, ios_app, None, [(SENT, DAY, "i-9")])
+
+        written = await count_rows(runtime, token)
+        assert not any(folded for *_, folded in written)
+        expected = {
+            ("2026-03-10", "send-a", "push_sent"): 3,
+            ("2026-03-10", "send-a", "push_error"): 1,
+            ("2026-03-10", "send-a", "push_opened"): 1,
+            ("2026-03-11", "send-a", "push_opened"): 1,
+        }
+        assert summed(written) == expected
+        before = await stats_of(runtime, ios_app, token, next_day)
+        # (Each opener had not opened the app before: re-engaged.)
+        assert before == {
+            "2026-03-10": {
+                "sent": 3,
+                "sent_optins": 3,
+                "direct_open": 1,
+                "reengaged": 1,
+                "errors": 1,
+            },
+            "2026-03-11": {"direct_open": 1, "reengaged": 1},
+        }
+
+        while True:
+            async with transaction(runtime.sessions) as session:
+                if not await fold_event_counts(session):
+                    break
+        folded = await count_rows(runtime, token)
+        assert [(d, s, k, c) for d, s, k, c, f in folded if f] == sorted(
+            (d, s, k, c) for (d, s, k), c in expected.items()
+        )
+        assert len(folded) == len(expected)
+        assert await stats_of(runtime, ios_app, token, next_day) == before
+
+        # Later events add rows again, and the next fold takes them in.
+        await record(runtime, ios_app, token, [(SENT, DAY, "i-5")])
+        async with transaction(runtime.sessions) as session:
+            await fold_event_counts(session)
+        assert summed(await count_rows(runtime, token))[("2026-03-10", "send-a", "push_sent")] == 4
+
+    async def test_counting_the_log_again_gives_the_same_counts(
+        self, api: httpx.AsyncClient, ios_app: ClientApp, runtime: Runtime
+    ) -> None:
+        token = await draft(api, ios_app)
+        await record(runtime, ios_app, token, [(SENT, DAY, f"i-{n}") for n in range(5)])
+        await record(runtime, ios_app, token, [(OPENED, DAY, "i-1")], send="send-b")
+        written = summed(await count_rows(runtime, token))
+        async with transaction(runtime.sessions) as session:
+            await recount_campaign_events(session)
+        recounted = await count_rows(runtime, token)
+        assert summed(recounted) == written
+        assert all(folded for *_, folded in recounted)
+
+    async def test_concurrent_folds_count_each_row_once(
+        self, api: httpx.AsyncClient, ios_app: ClientApp, runtime: Runtime
+    ) -> None:
+        token = await draft(api, ios_app)
+        for n in range(6):
+            await record(runtime, ios_app, token, [(SENT, DAY, f"i-{n}")])
+        first_deleted = asyncio.Event()
+
+        async def fold(wait_for: asyncio.Event | None) -> None:
+            async with transaction(runtime.sessions) as session:
+                if wait_for is not None:
+                    await wait_for.wait()
+                await fold_event_counts(session)
+                if wait_for is None:
+                    first_deleted.set()
+                    # Hold the transaction open while the second fold starts.
+                    await asyncio.sleep(0.3)
+
+        await asyncio.gather(fold(None), fold(first_deleted))
+        assert summed(await count_rows(runtime, token)) == {
+            ("2026-03-10", "send-a", "push_sent"): 6
+        }
+
+
+class TestFinishedDays:
+    async def test_a_finished_day_is_stored_and_read_back_and_today_is_matched_live(
+        self, api: httpx.AsyncClient, ios_app: ClientApp, runtime: Runtime
+    ) -> None:
+        token = await draft(api, ios_app)
+        sent_at = DAY - timedelta(hours=1)
+        late_send = DAY.replace(hour=23)
+        await record(runtime, ios_app, token, [(SENT, sent_at, f"i-{n}") for n in range(5)])
+        await record(runtime, ios_app, token, [(SENT, late_send, "i-5"), (OPENED, DAY, "i-0")])
+        # i-1 and i-2 open the app within the influence window; only i-2 had been away (no
+        # app open in the 30 days before), as had i-5, whose open falls on the next day.
+        next_day = DAY + timedelta(days=1)
+        await app_opens(
+            runtime,
+            ios_app,
+            [
+                ("i-1", DAY),
+                ("i-2", DAY + timedelta(minutes=5)),
+                ("i-1", sent_at - timedelta(days=2)),
+                ("i-0", sent_at - timedelta(days=3)),
+                ("i-5", next_day.replace(hour=0, minute=30)),
+            ],
+        )
+        expected = {
+            "2026-03-10": {
+                "sent": 6,
+                "sent_optins": 6,
+                "direct_open": 1,
+                "influenced_open": 2,
+                "reengaged": 1,
+            },
+            "2026-03-11": {"influenced_open": 1, "reengaged": 1},
+        }
+        # The day after, before the day has settled: nothing stored, all matched on read.
+        early = next_day.replace(hour=1)
+        assert early < DAY.replace(hour=0) + timedelta(days=1) + SETTLE
+        async with transaction(runtime.sessions) as session:
+            await attribute_finished_days(session, now=early, limit=1000)
+        assert await stored_days(runtime, token) == {}
+        assert await stats_of(runtime, ios_app, token, early) == expected
+
+        later = next_day.replace(hour=3)
+        async with transaction(runtime.sessions) as session:
+            while await attribute_finished_days(session, now=later, limit=1000):
+                pass
+        assert await stored_days(runtime, token) == {"2026-03-10": {"": (2, 1)}}
+        assert await stats_of(runtime, ios_app, token, later) == expected
+
+        # A stored day is read, not matched again: an app open reported late is not counted.
+        await app_opens(runtime, ios_app, [("i-4", DAY + timedelta(minutes=30))])
+        assert await stats_of(runtime, ios_app, token, later) == expected
+
+        # Once the next day has settled too, it is stored as it was matched.
+        much_later = DAY + timedelta(days=3)
+        async with transaction(runtime.sessions) as session:
+            while await attribute_finished_days(session, now=much_later, limit=1000):
+                pass
+        assert (await stored_days(runtime, token))["2026-03-11"] == {"": (1, 1)}
+        assert await stats_of(runtime, ios_app, token, much_later) == expected
+
+    async def test_an_ab_campaign_stores_each_version_and_marks_empty_days(
+        self, api: httpx.AsyncClient, ios_app: ClientApp, runtime: Runtime
+    ) -> None:
+        token = await created(
+            api,
+            ios_app,
+            live=False,
+            messages=[
+                {"language": "en", "body": "A", "version": "a"},
+                {"language": "en", "body": "B", "version": "b"},
+            ],
+        )
+        async with transaction(runtime.sessions) as session:
+            for version in ("a", "b"):
+                session.add(
+                    Send(
+                        token=f"{token}-{version}",
+                        app_id=ios_app.app_id,
+                        kind=SendKind.CAMPAIGN.value,
+                        campaign_token=token,
+                        version=version,
+                        content={},
+                    )
+                )
+        await record(runtime, ios_app, token, [(SENT, DAY, "i-a")], send=f"{token}-a")
+        await record(runtime, ios_app, token, [(SENT, DAY, "i-b")], send=f"{token}-b")
+        await app_opens(runtime, ios_app, [("i-a", DAY + timedelta(minutes=1))])
+        now = DAY + timedelta(days=3)
+        async with transaction(runtime.sessions) as session:
+            while await attribute_finished_days(session, now=now, limit=1000):
+                pass
+        # The day after the sends had no influenced open: its row says it was done.
+        assert await stored_days(runtime, token) == {
+            "2026-03-10": {"": (0, 0), "a": (1, 1)},
+            "2026-03-11": {"": (0, 0)},
+        }
+        async with transaction(runtime.sessions) as session:
+            found = await session.get_one(App, ios_app.app_id)
+            stats = await campaign_stats(session, access=live_access(found), token=token, now=now)
+        [day] = stats.detail
+        assert day.influenced_open == 1
+        assert day.versions is not None
+        assert day.versions["a"].influenced_open == 1
+        assert day.versions["b"].influenced_open == 0
+        assert (day.versions["a"].sent, day.versions["b"].sent) == (1, 1)
+
+
+async def stored_days(runtime: Runtime, token: str) -> dict[str, dict[str, Any]]:
+    async with transaction(runtime.sessions) as session:
+        rows = await session.scalars(
+            select(CampaignOpenDay).where(CampaignOpenDay.campaign_token == token)
+        )
+        found: dict[str, dict[str, Any]] = {}
+        for row in rows:
+            found.setdefault(row.day, {})[row.version] = (row.influenced_open, row.reengaged)
+        return found
