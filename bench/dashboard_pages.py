@@ -81,7 +81,7 @@ from clarion.db import transaction
 from clarion.delivery.models import Send, SendKind
 from clarion.devices.models import Installation
 from clarion.events.models import PushEvent
-from clarion.events.service import recount_campaign_events
+from clarion.events.service import recount_push_events
 from clarion.exports import service as exports
 from clarion.exports.schemas import DestinationIn
 from clarion.migrate import migrate
@@ -290,7 +290,7 @@ async def seed(settings: Settings, args: argparse.Namespace) -> Seeded:
         # store the finished days' influenced and re-engaged opens as the workers do each minute.
         with timed(setup, "event_counts_s"):
             async with transaction(runtime.sessions) as session:
-                await recount_campaign_events(session)
+                await recount_push_events(session)
         with timed(setup, "finished_days_s"):
             stored = 1
             while stored:

@@ -18,13 +18,13 @@ from clarion.campaigns.schemas import CampaignStats
 from clarion.campaigns.stats import SETTLE, attribute_finished_days, campaign_stats
 from clarion.db import transaction
 from clarion.delivery.models import Send, SendKind
-from clarion.events.models import APP_OPEN_EVENT, CampaignEventCount, PushEventKind
+from clarion.events.models import APP_OPEN_EVENT, PushEventCount, PushEventKind
 from clarion.events.service import (
     fold_event_counts,
     push_event_row,
     record_push_events,
     record_tracked_events,
-    recount_campaign_events,
+    recount_push_events,
 )
 from clarion.runtime import Runtime
 from tests.conftest import ClientApp
@@ -96,12 +96,12 @@ async def count_rows(runtime: Runtime, token: str) -> list[tuple[str, str, str, 
     async with transaction(runtime.sessions) as session:
         rows = await session.execute(
             select(
-                CampaignEventCount.day,
-                CampaignEventCount.send_token,
-                CampaignEventCount.kind,
-                CampaignEventCount.count,
-                CampaignEventCount.folded,
-            ).where(CampaignEventCount.campaign_token == token)
+                PushEventCount.day,
+                PushEventCount.send_token,
+                PushEventCount.kind,
+                PushEventCount.count,
+                PushEventCount.folded,
+            ).where(PushEventCount.campaign_token == token)
         )
         return sorted((d, s, k, c, f) for d, s, k, c, f in rows)
 
@@ -172,7 +172,7 @@ class TestCounts:
         await record(runtime, ios_app, token, [(OPENED, DAY, "i-1")], send="send-b")
         written = summed(await count_rows(runtime, token))
         async with transaction(runtime.sessions) as session:
-            await recount_campaign_events(session)
+            await recount_push_events(session)
         recounted = await count_rows(runtime, token)
         assert summed(recounted) == written
         assert all(folded for *_, folded in recounted)

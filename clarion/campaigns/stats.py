@@ -2,7 +2,7 @@
 
 Two kinds of figures, read two ways so that a campaign of millions of events reads in
 milliseconds:
-- counted figures (sent, direct opens, errors) are summed from campaign_event_counts, which
+- counted figures (sent, direct opens, errors) are summed from push_event_counts, which
   the event log's writer keeps (clarion.events.service.record_push_events): live and exact;
 - attributed figures (influenced opens, re-engaged installs) match the campaign's sends with
   the app's opens. A finished UTC day's are stored once (attribute_finished_days, every
@@ -29,8 +29,8 @@ from clarion.db import bulk_insert, elapsed_seconds, transaction, utcnow
 from clarion.delivery.models import Send
 from clarion.events.models import (
     APP_OPEN_EVENT,
-    CampaignEventCount,
     PushEvent,
+    PushEventCount,
     PushEventKind,
     TrackedEvent,
 )
@@ -70,15 +70,13 @@ async def campaign_stats(
     counted = (
         await session.execute(
             select(
-                CampaignEventCount.day,
-                CampaignEventCount.send_token,
-                CampaignEventCount.kind,
-                func.sum(CampaignEventCount.count),
+                PushEventCount.day,
+                PushEventCount.send_token,
+                PushEventCount.kind,
+                func.sum(PushEventCount.count),
             )
-            .where(CampaignEventCount.campaign_token == campaign.token)
-            .group_by(
-                CampaignEventCount.day, CampaignEventCount.send_token, CampaignEventCount.kind
-            )
+            .where(PushEventCount.campaign_token == campaign.token)
+            .group_by(PushEventCount.day, PushEventCount.send_token, PushEventCount.kind)
         )
     ).all()
     version_of: dict[str, str | None] = {}
@@ -262,13 +260,14 @@ async def attribute_finished_days(
     first = last - timedelta(days=LOOKBACK_DAYS)
     seen = await session.execute(
         select(
-            CampaignEventCount.campaign_token,
-            CampaignEventCount.day,
-            CampaignEventCount.kind == PushEventKind.SENT.value,
+            PushEventCount.campaign_token,
+            PushEventCount.day,
+            PushEventCount.kind == PushEventKind.SENT.value,
         )
         .where(
-            CampaignEventCount.day >= (first - timedelta(days=1)).isoformat(),
-            CampaignEventCount.day <= last.isoformat(),
+            PushEventCount.day >= (first - timedelta(days=1)).isoformat(),
+            PushEventCount.day <= last.isoformat(),
+            PushEventCount.campaign_token != "",
         )
         .distinct()
     )

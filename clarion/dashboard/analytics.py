@@ -2,8 +2,7 @@
 transactional sends by group_id; the last errors with the provider's reasons. No HTTP here.
 
 Campaign figures come from campaigns.stats.campaign_stats (the Campaigns API's own numbers);
-group_id figures are counted from push events of a bounded period, over the (app_id,
-occurred_at) index.
+group_id figures are summed from the per-day counts written with the events (PushEventCount).
 """
 
 from __future__ import annotations
@@ -15,8 +14,8 @@ from sqlalchemy import ColumnElement, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from clarion.campaigns.schemas import CampaignStats, VersionStats
-from clarion.db import utc_day, utcnow
-from clarion.events.models import PushEvent, PushEventKind
+from clarion.db import utcnow
+from clarion.events.models import PushEvent, PushEventCount, PushEventKind
 
 _ERROR_KINDS = (PushEventKind.ERROR.value, PushEventKind.TOKEN_DELETED.value)
 # Errors older than this are not looked for when a page lists the last ones of a group.
@@ -136,20 +135,21 @@ async def recent_errors(
 async def group_stats(
     session: AsyncSession, *, app_id: int, days: int, now: datetime
 ) -> list[GroupRow]:
-    """Transactional sends of the last `days` days by group_id, most sent first."""
+    """Transactional sends of the last `days` UTC days (today included) by group_id, most sent
+    first."""
     counted = await session.execute(
-        select(PushEvent.group_id, PushEvent.kind, func.count())
+        select(PushEventCount.group_id, PushEventCount.kind, func.sum(PushEventCount.count))
         .where(
-            PushEvent.app_id == app_id,
-            PushEvent.occurred_at >= now - timedelta(days=days),
-            PushEvent.group_id.is_not(None),
-            PushEvent.campaign_token.is_(None),
+            PushEventCount.app_id == app_id,
+            PushEventCount.day >= _first_day(days, now),
+            PushEventCount.group_id != "",
+            PushEventCount.campaign_token == "",
         )
-        .group_by(PushEvent.group_id, PushEvent.kind)
+        .group_by(PushEventCount.group_id, PushEventCount.kind)
     )
     groups: dict[str, Totals] = {}
     for group_id, kind, count in counted:
-        _count(groups.setdefault(str(group_id), Totals()), kind, count)
+        _count(groups.setdefault(group_id, Totals()), kind, int(count))
     rows = [GroupRow(group_id, totals) for group_id, totals in groups.items()]
     return sorted(rows, key=lambda row: (-row.totals.sent, row.group_id))
 
@@ -157,23 +157,27 @@ async def group_stats(
 async def group_report(
     session: AsyncSession, *, app_id: int, group_id: str, days: int, now: datetime
 ) -> Report:
-    day = utc_day(PushEvent.occurred_at)
+    """A group_id's sends of the last `days` UTC days (today included), per day."""
     counted = await session.execute(
-        select(day, PushEvent.kind, func.count())
+        select(PushEventCount.day, PushEventCount.kind, func.sum(PushEventCount.count))
         .where(
-            PushEvent.app_id == app_id,
-            PushEvent.occurred_at >= now - timedelta(days=days),
-            PushEvent.group_id == group_id,
+            PushEventCount.app_id == app_id,
+            PushEventCount.day >= _first_day(days, now),
+            PushEventCount.group_id == group_id,
         )
-        .group_by(day, PushEvent.kind)
+        .group_by(PushEventCount.day, PushEventCount.kind)
     )
     by_day: dict[str, Totals] = {}
     totals = Totals()
     for date, kind, count in counted:
-        _count(by_day.setdefault(date, Totals()), kind, count)
-        _count(totals, kind, count)
+        _count(by_day.setdefault(date, Totals()), kind, int(count))
+        _count(totals, kind, int(count))
     ordered = sorted(by_day.items())
     return Report(totals, ordered, chart=_chart(ordered))
+
+
+def _first_day(days: int, now: datetime) -> str:
+    return (now.date() - timedelta(days=days - 1)).isoformat()
 
 
 def _count(totals: Totals, kind: str, count: int) -> None:

@@ -41,10 +41,9 @@ class PushEvent(Base):
     __table_args__ = (
         Index("ix_push_events_app_time", "app_id", "occurred_at"),
         Index("ix_push_events_send_token", "send_token"),
-        # A campaign's events (statistics), and its last errors in time order.
+        # A campaign's last errors in time order (its statistics read PushEventCount).
         Index("ix_push_events_campaign_kind", "campaign_token", "kind", "occurred_at"),
-        # Transactional sends only (partial): a group_id's report and last errors, and the
-        # dashboard's table of groups over a period.
+        # Events of a group_id (partial): its last errors, in time order.
         Index(
             "ix_push_events_group_kind",
             "app_id",
@@ -53,15 +52,6 @@ class PushEvent(Base):
             "occurred_at",
             postgresql_where=text("group_id IS NOT NULL"),
             sqlite_where=text("group_id IS NOT NULL"),
-        ),
-        Index(
-            "ix_push_events_groups_time",
-            "app_id",
-            "occurred_at",
-            "group_id",
-            "kind",
-            postgresql_where=text("group_id IS NOT NULL AND campaign_token IS NULL"),
-            sqlite_where=text("group_id IS NOT NULL AND campaign_token IS NULL"),
         ),
         # A user's pushes, for the dashboard's user lookup (support).
         Index("ix_push_events_app_install", "app_id", "install_id", "occurred_at"),
@@ -83,37 +73,48 @@ class PushEvent(Base):
     reason: Mapped[str | None] = mapped_column(String(1024))  # provider's reason, verbatim
 
 
-# The kinds of a campaign's push events that its statistics count (CampaignEventCount).
+# The kinds of push events that statistics count (PushEventCount).
 COUNTED_KINDS = frozenset(
     {PushEventKind.SENT, PushEventKind.OPENED, PushEventKind.ERROR, PushEventKind.TOKEN_DELETED}
 )
 
 
-class CampaignEventCount(Base):
-    """A campaign's push events counted by UTC day, send (its A/B version) and kind, written
-    in the transaction that writes the events: statistics read these few rows, not the
-    hundreds of thousands of events of a big campaign.
+class PushEventCount(Base):
+    """Push events of campaigns and of transactional group_ids counted by UTC day (and, for a
+    campaign, by send: its A/B version) and kind, written in the transaction that writes the
+    events: statistics read these few rows, not the millions of events they stand for.
 
     Append-only, so that concurrent writers never wait on one hot counter row: each batch of
-    events adds its rows (`folded` false), and fold_event_counts later replaces a campaign's
-    rows by one per (day, send, kind) holding their sum."""
+    events adds its rows (`folded` false), and fold_event_counts later replaces a campaign's or
+    group's rows by one per key holding their sum. "" stands for no campaign, group or send."""
 
-    __tablename__ = "campaign_event_counts"
+    __tablename__ = "push_event_counts"
     __table_args__ = (
-        Index("ix_campaign_event_counts_campaign", "campaign_token", "day"),
-        Index("ix_campaign_event_counts_day", "day", "campaign_token"),
+        Index("ix_push_event_counts_campaign", "campaign_token", "day"),
         Index(
-            "ix_campaign_event_counts_unfolded",
+            "ix_push_event_counts_group",
+            "app_id",
+            "day",
+            "group_id",
+            postgresql_where=text("group_id <> ''"),
+            sqlite_where=text("group_id <> ''"),
+        ),
+        Index("ix_push_event_counts_day", "day"),
+        Index(
+            "ix_push_event_counts_unfolded",
             "campaign_token",
+            "group_id",
             postgresql_where=text("NOT folded"),
             sqlite_where=text("NOT folded"),
         ),
     )
 
     id: Mapped[int] = mapped_column(BigIntPK, primary_key=True)
-    campaign_token: Mapped[str] = mapped_column(String(64))
+    app_id: Mapped[int] = mapped_column()
     day: Mapped[str] = mapped_column(String(10))  # "YYYY-MM-DD", UTC
-    send_token: Mapped[str] = mapped_column(String(64))  # "" when the event named none
+    campaign_token: Mapped[str] = mapped_column(String(64))
+    group_id: Mapped[str] = mapped_column(String(128))
+    send_token: Mapped[str] = mapped_column(String(64))  # campaigns' only
     kind: Mapped[str] = mapped_column(String(20))
     count: Mapped[int] = mapped_column()
     folded: Mapped[bool] = mapped_column(default=False)

@@ -10,15 +10,15 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import delete, func, insert, literal, select
+from sqlalchemy import case, delete, func, insert, literal, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from clarion.db import bulk_insert, utc_day, utcnow
 from clarion.events.models import (
     COUNTED_KINDS,
-    CampaignEventCount,
     InAppEvent,
     PushEvent,
+    PushEventCount,
     PushEventKind,
     TrackedEvent,
 )
@@ -76,90 +76,108 @@ def push_event_row(
     )
 
 
-_COUNT_COLUMNS = ("campaign_token", "day", "send_token", "kind", "count", "folded")
-_KIND, _OCCURRED_AT, _SEND_TOKEN, _CAMPAIGN_TOKEN = (
+_COUNT_COLUMNS = (
+    "app_id",
+    "day",
+    "campaign_token",
+    "group_id",
+    "send_token",
+    "kind",
+    "count",
+    "folded",
+)
+_APP, _KIND, _OCCURRED_AT, _SEND, _GROUP, _CAMPAIGN = (
     PUSH_EVENT_COLUMNS.index(name)
-    for name in ("kind", "occurred_at", "send_token", "campaign_token")
+    for name in ("app_id", "kind", "occurred_at", "send_token", "group_id", "campaign_token")
 )
 _COUNTED = frozenset(kind.value for kind in COUNTED_KINDS)
+CountKey = tuple[int, str, str, str, str, str]  # _COUNT_COLUMNS up to kind
 
 
 async def record_push_events(session: AsyncSession, rows: Sequence[PushEventRow]) -> None:
-    """Appends the events, and the counts of their campaigns' events (see CampaignEventCount),
+    """Appends the events, and the counts of those of campaigns and group_ids (PushEventCount),
     in the session's transaction: the counts never disagree with the log."""
     await bulk_insert(session, PushEvent.__tablename__, PUSH_EVENT_COLUMNS, rows)
-    counts: Counter[tuple[str, str, str, str]] = Counter()
+    counts: Counter[CountKey] = Counter()
     for row in rows:
-        if row[_CAMPAIGN_TOKEN] and row[_KIND] in _COUNTED:
+        campaign, group = row[_CAMPAIGN] or "", row[_GROUP] or ""
+        if (campaign or group) and row[_KIND] in _COUNTED:
             day = row[_OCCURRED_AT].astimezone(UTC).date().isoformat()
-            counts[(row[_CAMPAIGN_TOKEN], day, row[_SEND_TOKEN] or "", row[_KIND])] += 1
+            # A campaign's send is its A/B version; a transactional send is one call.
+            send = (row[_SEND] or "") if campaign else ""
+            counts[(row[_APP], day, campaign, group, send, row[_KIND])] += 1
+    await _add_counts(session, counts, folded=False)
+
+
+async def _add_counts(session: AsyncSession, counts: Counter[CountKey], *, folded: bool) -> None:
     await bulk_insert(
         session,
-        CampaignEventCount.__tablename__,
+        PushEventCount.__tablename__,
         _COUNT_COLUMNS,
-        [(*key, count, False) for key, count in counts.items()],
+        [(*key, count, folded) for key, count in counts.items()],
     )
 
 
-async def fold_event_counts(session: AsyncSession, *, campaigns: int = 100) -> int:
-    """Replaces the count rows of up to `campaigns` campaigns written since the last fold by
-    one row per (campaign, day, send, kind); returns how many campaigns were folded.
+async def fold_event_counts(session: AsyncSession, *, subjects: int = 100) -> int:
+    """Replaces the count rows of up to `subjects` campaigns or groups that have rows written
+    since the last fold by one row per key; returns how many it folded.
 
     Only what this transaction deleted is summed (DELETE ... RETURNING): a row that a
     concurrent fold deleted first is not counted twice, and one written meanwhile is not
     seen by the DELETE and waits for the next fold."""
-    tokens = list(
-        await session.scalars(
-            select(CampaignEventCount.campaign_token)
-            .where(CampaignEventCount.folded.is_(False))
-            .distinct()
-            .limit(campaigns)
-        )
+    subject = tuple_(PushEventCount.campaign_token, PushEventCount.group_id)
+    found = await session.execute(
+        select(PushEventCount.campaign_token, PushEventCount.group_id)
+        .where(PushEventCount.folded.is_(False))
+        .distinct()
+        .limit(subjects)
     )
-    if not tokens:
+    pairs = [(campaign, group) for campaign, group in found]
+    if not pairs:
         return 0
+    count = PushEventCount
     deleted = await session.execute(
-        delete(CampaignEventCount)
-        .where(CampaignEventCount.campaign_token.in_(tokens))
+        delete(count)
+        .where(subject.in_(pairs))
         .returning(
-            CampaignEventCount.campaign_token,
-            CampaignEventCount.day,
-            CampaignEventCount.send_token,
-            CampaignEventCount.kind,
-            CampaignEventCount.count,
+            count.app_id,
+            count.day,
+            count.campaign_token,
+            count.group_id,
+            count.send_token,
+            count.kind,
+            count.count,
         )
     )
-    sums: Counter[tuple[str, str, str, str]] = Counter()
-    for token, day, send_token, kind, count in deleted:
-        sums[(token, day, send_token, kind)] += count
-    await bulk_insert(
-        session,
-        CampaignEventCount.__tablename__,
-        _COUNT_COLUMNS,
-        [(*key, count, True) for key, count in sums.items()],
+    sums: Counter[CountKey] = Counter()
+    for app_id, day, campaign, group, send, kind, number in deleted:
+        sums[(app_id, day, campaign, group, send, kind)] += number
+    await _add_counts(session, sums, folded=True)
+    return len(pairs)
+
+
+async def recount_push_events(session: AsyncSession) -> None:
+    """Rebuilds every count from the event log, for events that were written around
+    record_push_events (loaded in bulk, say): the log is the truth, the counts a copy."""
+    await session.execute(delete(PushEventCount))
+    campaign = func.coalesce(PushEvent.campaign_token, "")
+    key = (
+        PushEvent.app_id,
+        utc_day(PushEvent.occurred_at),
+        campaign,
+        func.coalesce(PushEvent.group_id, ""),
+        case((campaign == "", ""), else_=func.coalesce(PushEvent.send_token, "")),
+        PushEvent.kind,
     )
-    return len(tokens)
-
-
-async def recount_campaign_events(session: AsyncSession) -> None:
-    """Rebuilds every campaign's counts from the event log, for events that were written
-    around record_push_events (loaded in bulk, say): the log is the truth, the counts a copy."""
-    await session.execute(delete(CampaignEventCount))
-    day = utc_day(PushEvent.occurred_at)
-    send_token = func.coalesce(PushEvent.send_token, "")
     await session.execute(
-        insert(CampaignEventCount).from_select(
+        insert(PushEventCount).from_select(
             list(_COUNT_COLUMNS),
-            select(
-                PushEvent.campaign_token,
-                day,
-                send_token,
-                PushEvent.kind,
-                func.count(),
-                literal(True),
+            select(*key, func.count(), literal(True))
+            .where(
+                (PushEvent.campaign_token.is_not(None)) | (PushEvent.group_id.is_not(None)),
+                PushEvent.kind.in_(_COUNTED),
             )
-            .where(PushEvent.campaign_token.is_not(None), PushEvent.kind.in_(_COUNTED))
-            .group_by(PushEvent.campaign_token, day, send_token, PushEvent.kind),
+            .group_by(*key),
         )
     )
 
