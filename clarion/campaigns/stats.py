@@ -46,7 +46,7 @@ SETTLE = timedelta(hours=2)
 # attribute_finished_days looks back this far; older days not stored are matched on read.
 LOOKBACK_DAYS = 31
 
-_STAT_OF_KIND: dict[str, tuple[str, ...]] = {
+STAT_OF_KIND: dict[str, tuple[str, ...]] = {
     PushEventKind.SENT.value: ("sent", "sent_optins"),
     PushEventKind.OPENED.value: ("direct_open",),
     PushEventKind.ERROR.value: ("errors",),
@@ -87,7 +87,7 @@ async def campaign_stats(
     rows: list[StatRow] = [
         (day, version_of.get(send_token), field, int(count))
         for day, send_token, kind, count in counted
-        for field in _STAT_OF_KIND[kind]
+        for field in STAT_OF_KIND[kind]
     ]
     # Influenced opens fall on the day of a send or, within INFLUENCE_WINDOW, the next one;
     # re-engaged installs on a day of direct or influenced opens.

@@ -14,6 +14,7 @@ from sqlalchemy import ColumnElement, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from clarion.campaigns.schemas import CampaignStats, VersionStats
+from clarion.campaigns.stats import STAT_OF_KIND
 from clarion.db import utcnow
 from clarion.events.models import PushEvent, PushEventCount, PushEventKind
 
@@ -181,12 +182,11 @@ def _first_day(days: int, now: datetime) -> str:
 
 
 def _count(totals: Totals, kind: str, count: int) -> None:
-    if kind == PushEventKind.SENT.value:
-        totals.sent += count
-    elif kind == PushEventKind.OPENED.value:
-        totals.direct_open += count
-    elif kind in _ERROR_KINDS:
-        totals.errors += count
+    """Adds `count` events of `kind` as the campaign statistics count them."""
+    counted = VersionStats()
+    for name in STAT_OF_KIND[kind]:
+        setattr(counted, name, count)
+    totals.add(counted)
 
 
 def _chart(days: list[tuple[str, Totals]], *, width: int = 720, height: int = 200) -> Chart | None:
