@@ -10,13 +10,16 @@ from typing import Any
 
 import httpx
 import pytest
+from fastapi import FastAPI
 from sqlalchemy import select, update
 
 from clarion.apps.models import App
 from clarion.campaigns.models import Campaign
-from clarion.dashboard.models import DashboardSession, Role
+from clarion.dashboard import service
+from clarion.dashboard.models import DashboardSession, DashboardUser, Role
 from clarion.dashboard.web import SESSION_COOKIE
 from clarion.db import transaction, utcnow
+from clarion.errors import ClarionError
 from clarion.events.models import PushEventKind
 from clarion.events.service import push_event_row, record_push_events
 from clarion.runtime import Runtime
@@ -262,6 +265,80 @@ class TestTeam:
             },
         )
         assert "exists already" in again.text
+
+    async def test_an_admin_changes_a_role_or_disables_an_account_at_once(
+        self, api: httpx.AsyncClient, ios_app: ClientApp, runtime: Runtime, clarion_app: FastAPI
+    ) -> None:
+        admin = await sign_in_as(runtime, app_id=ios_app.app_id, role=Role.ADMIN)
+        editor = await sign_in_as(runtime, app_id=ios_app.app_id, role=Role.EDITOR)
+        async with runtime.sessions() as session:
+            editor_id = await session.scalar(
+                select(DashboardUser.id).where(DashboardUser.email == editor.email)
+            )
+        transport = httpx.ASGITransport(app=clarion_app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://clarion.test") as other:
+            editor.use(other)
+            campaigns = f"/dashboard/apps/{ios_app.app_id}/campaigns"
+            draft = campaign_fields(csrf_token=editor.csrf)
+            assert (await other.post(campaigns, data=draft)).status_code == 303
+
+            admin.use(api)
+            demoted = await api.post(
+                f"/dashboard/team/{editor_id}",
+                data={"csrf_token": admin.csrf, "role": "viewer", "status": "active"},
+            )
+            assert demoted.status_code == 200
+            assert f"{editor.email} is now viewer." in demoted.text
+            # The role is read on every request: the open session is a viewer's now.
+            assert (await other.post(campaigns, data=draft)).status_code == 403
+
+            disabled = await api.post(
+                f"/dashboard/team/{editor_id}",
+                data={"csrf_token": admin.csrf, "role": "viewer", "status": "disabled"},
+            )
+            assert f"{editor.email} can no longer sign in." in disabled.text
+            home = await other.get("/dashboard/", follow_redirects=False)
+            assert home.status_code == 303
+            assert home.headers["location"].startswith("/dashboard/login")
+            async with transaction(runtime.sessions) as session:
+                with pytest.raises(ClarionError, match="wrong e-mail or password"):
+                    await service.sign_in(
+                        session, email=editor.email, password=PASSWORD, now=utcnow()
+                    )
+
+    async def test_nobody_changes_their_own_account_or_another_companys(
+        self, api: httpx.AsyncClient, ios_app: ClientApp, android_app: ClientApp, runtime: Runtime
+    ) -> None:
+        admin = await sign_in_as(runtime, app_id=ios_app.app_id, role=Role.ADMIN)
+        stranger = await sign_in_as(runtime, app_id=android_app.app_id, role=Role.EDITOR)
+        async with runtime.sessions() as session:
+            ids = dict(
+                (
+                    await session.execute(
+                        select(DashboardUser.email, DashboardUser.id).where(
+                            DashboardUser.email.in_([admin.email, stranger.email])
+                        )
+                    )
+                ).all()
+            )
+        admin.use(api)
+        change = {"csrf_token": admin.csrf, "role": "viewer", "status": "active"}
+        own = await api.post(f"/dashboard/team/{ids[admin.email]}", data=change)
+        assert own.status_code == 403
+        assert "another admin can" in own.text
+        other_company = await api.post(f"/dashboard/team/{ids[stranger.email]}", data=change)
+        assert other_company.status_code == 404
+        bad_role = await api.post(
+            f"/dashboard/team/{ids[stranger.email]}", data={**change, "role": "owner"}
+        )
+        assert bad_role.status_code == 400
+        async with runtime.sessions() as session:
+            roles = set(
+                await session.scalars(
+                    select(DashboardUser.role).where(DashboardUser.id.in_(ids.values()))
+                )
+            )
+        assert roles == {"admin", "editor"}  # nothing changed
 
 
 class TestCampaignEditor:

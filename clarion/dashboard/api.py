@@ -12,6 +12,7 @@ from typing import Annotated, Any
 import orjson
 from fastapi import APIRouter, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from clarion.apps import service as apps_service
 from clarion.apps.schemas import (
@@ -22,7 +23,8 @@ from clarion.apps.schemas import (
 )
 from clarion.dashboard import audience_pages, campaign_pages, people_pages, service
 from clarion.dashboard.models import Role
-from clarion.dashboard.schemas import UserCreate
+from clarion.dashboard.schemas import UserChange, UserCreate
+from clarion.dashboard.service import Viewer
 from clarion.dashboard.web import (
     SESSION_COOKIE,
     TEMPLATES,
@@ -288,11 +290,19 @@ def _json_object(text: str, field: str) -> dict[str, Any]:
     return value
 
 
+async def _team_page(
+    request: Request, session: AsyncSession, viewer: Viewer, **context: Any
+) -> HTMLResponse:
+    users = await service.list_users(session, company_id=viewer.company_id)
+    return await render(
+        request, session, viewer, "team.html", users=users, roles=list(Role), **context
+    )
+
+
 @router.get("/team")
 async def team_page(request: Request, viewer: ViewerDep, session: SessionDep) -> HTMLResponse:
     service.require_admin(viewer)
-    users = await service.list_users(session, company_id=viewer.company_id)
-    return await render(request, session, viewer, "team.html", users=users, roles=list(Role))
+    return await _team_page(request, session, viewer)
 
 
 @router.post("/team")
@@ -316,28 +326,31 @@ async def add_user(
         )
     except ClarionError as exc:
         await session.rollback()  # a refused change leaves nothing behind
-        users = await service.list_users(session, company_id=viewer.company_id)
-        return await render(
-            request,
-            session,
-            viewer,
-            "team.html",
-            users=users,
-            roles=list(Role),
-            error=exc.message,
-            form=fields,
-            status=exc.status,
+        return await _team_page(
+            request, session, viewer, error=exc.message, form=fields, status=exc.status
         )
-    users = await service.list_users(session, company_id=viewer.company_id)
-    return await render(
-        request,
+    return await _team_page(request, session, viewer, notice=f"{email.lower()} can now sign in.")
+
+
+@router.post("/team/{user_id}")
+async def change_user(
+    request: Request,
+    user_id: int,
+    viewer: ViewerDep,
+    session: SessionDep,
+    role: Annotated[str, Form()] = "",
+    status: Annotated[str, Form()] = "",
+) -> HTMLResponse:
+    change = validated(UserChange, {"role": role, "status": status})
+    user = await service.change_user(
         session,
         viewer,
-        "team.html",
-        users=users,
-        roles=list(Role),
-        notice=f"{email.lower()} can now sign in.",
+        user_id=user_id,
+        role=change.role,
+        disabled=change.status == "disabled",
     )
+    state = "can no longer sign in" if user.disabled else f"is now {user.role}"
+    return await _team_page(request, session, viewer, notice=f"{user.email} {state}.")
 
 
 router.include_router(campaign_pages.router)

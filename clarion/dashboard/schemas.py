@@ -4,7 +4,7 @@ the same messages (a campaign form becomes a Campaigns API document, see `campai
 from __future__ import annotations
 
 import re
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import orjson
 from pydantic import BaseModel, Field, SecretStr, field_validator
@@ -29,6 +29,13 @@ class UserCreate(BaseModel):
         if not _EMAIL.fullmatch(value):
             raise ValueError(f"{value!r} is not an e-mail address")
         return value.lower()
+
+
+class UserChange(BaseModel):
+    """What an admin may change of another team member: the role, and whether they can sign in."""
+
+    role: Role
+    status: Literal["active", "disabled"]
 
 
 class FormFields(Protocol):

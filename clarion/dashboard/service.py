@@ -27,6 +27,7 @@ from clarion.errors import (
     ApiMisuseError,
     AuthenticationInvalidError,
     MalformedParameterError,
+    NotFoundError,
     TooManyRequestsError,
 )
 from clarion.security import hash_key
@@ -144,6 +145,30 @@ async def create_user(
         created_at=now,
     )
     session.add(user)
+    await session.flush()
+    return user
+
+
+async def change_user(
+    session: AsyncSession, viewer: Viewer, *, user_id: int, role: Role, disabled: bool
+) -> DashboardUser:
+    """An admin sets another person's role, or disables their account (and so ends their
+    sessions) or enables it again. Not their own: an admin who demoted or disabled themselves
+    could leave the company without an admin, so that takes another admin."""
+    require_admin(viewer)
+    if user_id == viewer.user_id:
+        raise ApiMisuseError("you cannot change your own account; another admin can")
+    user = await session.scalar(
+        select(DashboardUser).where(
+            DashboardUser.id == user_id, DashboardUser.company_id == viewer.company_id
+        )
+    )
+    if user is None:
+        raise NotFoundError(f"no team member {user_id}")
+    user.role = role.value
+    user.disabled = disabled
+    if disabled:
+        await session.execute(delete(DashboardSession).where(DashboardSession.user_id == user.id))
     await session.flush()
     return user
 
