@@ -24,6 +24,11 @@ class Settings(BaseSettings):
 
     var_dir: Path = Path("var")
     database_url: str = ""
+    # PostgreSQL connections each process keeps open. Below the sessions a busy process holds
+    # at once (worker_concurrency jobs, the scheduler, API calls), SQLAlchemy opens extra ones
+    # and closes them on return: a fan-out then started ~180 PostgreSQL backends instead of ~30,
+    # each a fork and a cold catalog cache on the database's core.
+    database_pool_size: int = Field(default=32, ge=1)
     # Empty: "memory" on SQLite, "postgres" on PostgreSQL.
     queue: QueueBackend | None = None
     # Fernet key for provider credentials at rest; generated into var/secret.key when unset.

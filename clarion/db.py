@@ -296,7 +296,7 @@ def sync_url(url: str) -> str:
     )
 
 
-def create_engine(url: str, **kwargs: Any) -> AsyncEngine:
+def create_engine(url: str, *, pool_size: int = 10, **kwargs: Any) -> AsyncEngine:
     if url.startswith("sqlite"):
         # Any SQLite URL (sqlite://, sqlite+aiosqlite://) runs on the in-loop driver above.
         url = make_url(sync_url(url)).set(drivername="sqlite+inloop").render_as_string(False)
@@ -334,8 +334,8 @@ def create_engine(url: str, **kwargs: Any) -> AsyncEngine:
         own_options = " ".join(own_options)
     return create_async_engine(
         url,
-        pool_size=10,
-        max_overflow=10,
+        pool_size=pool_size,
+        max_overflow=max(pool_size // 4, 2),
         connect_args={"options": f"{own_options} -c jit=off".strip()},  # keeps the URL's own
         **kwargs,
     )

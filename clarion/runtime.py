@@ -39,7 +39,9 @@ log = logging.getLogger(__name__)
 class Runtime:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.engine: AsyncEngine = create_engine(settings.resolved_database_url)
+        self.engine: AsyncEngine = create_engine(
+            settings.resolved_database_url, pool_size=settings.database_pool_size
+        )
         self.sessions: async_sessionmaker[AsyncSession] = create_sessionmaker(self.engine)
         self.box = SecretBox.from_settings(settings.secret_key, settings.var_dir)
         self.key_cache = KeyCache(settings.auth_cache_seconds)
