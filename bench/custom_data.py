@@ -7,7 +7,10 @@ database writes included), and the CPU time per user update of the server proces
 PostgreSQL, of the server's database backends: on a shared machine, wall-clock figures move with
 other people's load while CPU per update mostly does not.
 
-    .venv/bin/python -m bench.custom_data --db postgres --calls 20
+The default 60 calls (600,000 new users) take about 30 s: long enough for a plan that degrades
+as the tables grow to show (one did: docs in clarion/profiles/service.py).
+
+    .venv/bin/python -m bench.custom_data --db postgres
     .venv/bin/python bench/custom_data.py --db postgres --calls 20
 """
 
@@ -95,7 +98,7 @@ def _backends_cpu(database_url: str) -> dict[int, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--db", choices=["sqlite", "postgres"], default="postgres")
-    parser.add_argument("--calls", type=int, default=20)
+    parser.add_argument("--calls", type=int, default=60)
     parser.add_argument("--in-flight", type=int, default=2)
     args = parser.parse_args()
     with ExitStack() as stack:
