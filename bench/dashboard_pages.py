@@ -70,7 +70,7 @@ from clarion.audiences import service as audiences
 from clarion.audiences.models import AudienceKind
 from clarion.campaigns import service as campaigns
 from clarion.campaigns.models import Campaign, CampaignRun, CampaignState, RunState
-from clarion.campaigns.stats import attribute_finished_days
+from clarion.campaigns.stats import attribute_finished_days, attribute_open_days
 from clarion.config import Settings
 from clarion.connectors import service as connectors
 from clarion.connectors.schemas import ImportSourceIn
@@ -287,7 +287,8 @@ async def seed(settings: Settings, args: argparse.Namespace) -> Seeded:
         with timed(setup, "analyze_s"):
             await analyze(runtime)
         # The events went in by SQL, around the event writer: count them as it would have, then
-        # store the finished days' influenced and re-engaged opens as the workers do each minute.
+        # store the influenced and re-engaged opens as the workers do each minute (finished days
+        # once, the days still open provisionally).
         with timed(setup, "event_counts_s"):
             async with transaction(runtime.sessions) as session:
                 await recount_push_events(session)
@@ -297,6 +298,9 @@ async def seed(settings: Settings, args: argparse.Namespace) -> Seeded:
                 async with transaction(runtime.sessions) as session:
                     stored = await attribute_finished_days(session, limit=100)
                     setup["finished_days_stored"] = setup.get("finished_days_stored", 0) + stored
+        with timed(setup, "open_days_s"):
+            async with transaction(runtime.sessions) as session:
+                setup["open_days_stored"] = await attribute_open_days(session)
         return Seeded(app.id, tokens, setup)
     finally:
         await runtime.engine.dispose()

@@ -15,7 +15,12 @@ from clarion.apps.models import App
 from clarion.apps.service import live_access
 from clarion.campaigns.models import CampaignOpenDay
 from clarion.campaigns.schemas import CampaignStats
-from clarion.campaigns.stats import SETTLE, attribute_finished_days, campaign_stats
+from clarion.campaigns.stats import (
+    SETTLE,
+    attribute_finished_days,
+    attribute_open_days,
+    campaign_stats,
+)
 from clarion.db import transaction
 from clarion.delivery.models import Send, SendKind
 from clarion.events.models import APP_OPEN_EVENT, PushEventCount, PushEventKind
@@ -242,14 +247,29 @@ class TestFinishedDays:
         assert await stored_days(runtime, token) == {}
         assert await stats_of(runtime, ios_app, token, early) == expected
 
+        # The workers' provisional figures of the days still open are read instead...
+        async with transaction(runtime.sessions) as session:
+            await attribute_open_days(session, now=early)
+        assert await stored_days(runtime, token) == {
+            "2026-03-10": {"": (2, 1, False)},
+            "2026-03-11": {"": (1, 1, False)},
+        }
+        await app_opens(runtime, ios_app, [("i-3", DAY + timedelta(minutes=20))])
+        assert await stats_of(runtime, ios_app, token, early) == expected
+        # ... until their next refresh (i-3 had been away too: re-engaged as well).
+        async with transaction(runtime.sessions) as session:
+            await attribute_open_days(session, now=early)
+        expected["2026-03-10"].update(influenced_open=3, reengaged=2)
+        assert await stats_of(runtime, ios_app, token, early) == expected
+
         later = next_day.replace(hour=3)
         async with transaction(runtime.sessions) as session:
             while await attribute_finished_days(session, now=later, limit=1000):
                 pass
-        assert await stored_days(runtime, token) == {"2026-03-10": {"": (2, 1)}}
+        assert (await stored_days(runtime, token))["2026-03-10"] == {"": (3, 2, True)}
         assert await stats_of(runtime, ios_app, token, later) == expected
 
-        # A stored day is read, not matched again: an app open reported late is not counted.
+        # A final day is read, not matched again: an app open reported late is not counted.
         await app_opens(runtime, ios_app, [("i-4", DAY + timedelta(minutes=30))])
         assert await stats_of(runtime, ios_app, token, later) == expected
 
@@ -258,7 +278,7 @@ class TestFinishedDays:
         async with transaction(runtime.sessions) as session:
             while await attribute_finished_days(session, now=much_later, limit=1000):
                 pass
-        assert (await stored_days(runtime, token))["2026-03-11"] == {"": (1, 1)}
+        assert (await stored_days(runtime, token))["2026-03-11"] == {"": (1, 1, True)}
         assert await stats_of(runtime, ios_app, token, much_later) == expected
 
     async def test_an_ab_campaign_stores_each_version_and_marks_empty_days(
@@ -294,8 +314,8 @@ class TestFinishedDays:
                 pass
         # The day after the sends had no influenced open: its row says it was done.
         assert await stored_days(runtime, token) == {
-            "2026-03-10": {"": (0, 0), "a": (1, 1)},
-            "2026-03-11": {"": (0, 0)},
+            "2026-03-10": {"": (0, 0, True), "a": (1, 1, True)},
+            "2026-03-11": {"": (0, 0, True)},
         }
         async with transaction(runtime.sessions) as session:
             found = await session.get_one(App, ios_app.app_id)
@@ -315,5 +335,9 @@ async def stored_days(runtime: Runtime, token: str) -> dict[str, dict[str, Any]]
         )
         found: dict[str, dict[str, Any]] = {}
         for row in rows:
-            found.setdefault(row.day, {})[row.version] = (row.influenced_open, row.reengaged)
+            found.setdefault(row.day, {})[row.version] = (
+                row.influenced_open,
+                row.reengaged,
+                row.final,
+            )
         return found

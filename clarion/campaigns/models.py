@@ -107,10 +107,10 @@ class CampaignReceipt(Base):
 
 
 class CampaignOpenDay(Base):
-    """A campaign's influenced opens and re-engaged installs of one finished UTC day, per A/B
-    version ("" for none): stored once the day is over (campaigns.stats.attribute_finished_days),
-    as matching a big campaign's sends with the app's opens takes too long for every read.
-    A day with nothing found still has a row ("" with zeros): it marks the day as done."""
+    """A campaign's influenced opens and re-engaged installs of one UTC day, per A/B version
+    ("" for none), as matching a big campaign's sends with the app's opens takes too long for
+    every read (campaigns.stats). Final once the day is over; provisional, and replaced every
+    minute, while it is not. A day with nothing found still has a row ("" with zeros)."""
 
     __tablename__ = "campaign_open_days"
 
@@ -120,3 +120,4 @@ class CampaignOpenDay(Base):
     influenced_open: Mapped[int] = mapped_column(default=0)
     reengaged: Mapped[int] = mapped_column(default=0)
     computed_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+    final: Mapped[bool] = mapped_column(default=True)

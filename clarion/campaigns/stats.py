@@ -5,9 +5,10 @@ milliseconds:
 - counted figures (sent, direct opens, errors) are summed from push_event_counts, which
   the event log's writer keeps (clarion.events.service.record_push_events): live and exact;
 - attributed figures (influenced opens, re-engaged installs) match the campaign's sends with
-  the app's opens. A finished UTC day's are stored once (attribute_finished_days, every
-  minute in the workers, SETTLE after the day ends); a day not stored yet, today's say, is
-  matched on read, over that day's opens only.
+  the app's opens. The workers store them every minute: a finished UTC day's once and for all
+  (attribute_finished_days, SETTLE after the day ends), the days still open provisionally
+  (attribute_open_days, replaced each minute). A day with nothing stored is matched on read,
+  over that day's opens only.
 """
 
 from __future__ import annotations
@@ -235,8 +236,9 @@ async def keep_up(
     sessions: async_sessionmaker[AsyncSession], *, budget_seconds: float = 10.0
 ) -> None:
     """The workers' statistics upkeep, every stats_interval_seconds: folds the counts written
-    since the last round, then stores finished days' attributed opens, in short transactions
-    for at most about `budget_seconds` (a backlog, after an upgrade say, takes a few rounds)."""
+    since the last round, stores finished days' attributed opens, in short transactions for at
+    most about `budget_seconds` (a backlog, after an upgrade say, takes a few rounds), then
+    refreshes the provisional figures of the days still open."""
     deadline = time.monotonic() + budget_seconds
     while time.monotonic() < deadline:
         async with transaction(sessions) as session:
@@ -246,18 +248,59 @@ async def keep_up(
         async with transaction(sessions) as session:
             if not await attribute_finished_days(session):
                 break
+    async with transaction(sessions) as session:
+        await attribute_open_days(session)
 
 
 async def attribute_finished_days(
     session: AsyncSession, *, now: datetime | None = None, limit: int = 20
 ) -> int:
-    """Stores the attributed opens of up to `limit` (campaign, day) pairs whose day ended
-    SETTLE ago, within LOOKBACK_DAYS, and not stored yet; returns how many it stored.
+    """Stores, as final, the attributed opens of up to `limit` (campaign, day) pairs whose day
+    ended SETTLE ago, within LOOKBACK_DAYS, and that have no final row yet; returns how many.
 
-    Two processes storing the same day store it once (the second insert does nothing)."""
+    Two processes storing the same day store the same figures (the second write replaces the
+    first's)."""
     now = now or utcnow()
-    last = (now - SETTLE).date() - timedelta(days=1)
+    last = _last_settled(now)
     first = last - timedelta(days=LOOKBACK_DAYS)
+    due = await _campaign_days(session, first, last)
+    done = await session.execute(
+        select(CampaignOpenDay.campaign_token, CampaignOpenDay.day)
+        .where(
+            CampaignOpenDay.day >= first.isoformat(),
+            CampaignOpenDay.day <= last.isoformat(),
+            CampaignOpenDay.final.is_(True),
+        )
+        .distinct()
+    )
+    due -= {(token, day) for token, day in done}
+    pending = sorted(due)[:limit]
+    await _store(session, pending, final=True)
+    return len(pending)
+
+
+async def attribute_open_days(session: AsyncSession, *, now: datetime | None = None) -> int:
+    """Stores, as provisional, the attributed opens of the campaign days that have not settled
+    yet (today, and yesterday for SETTLE), replacing those stored before; returns how many.
+
+    The workers call this every stats_interval_seconds, so that the statistics of a campaign
+    that sent millions today read figures at most that old instead of matching its sends
+    with the app's opens on every view."""
+    now = now or utcnow()
+    today = now.date()
+    pending = sorted(await _campaign_days(session, _last_settled(now) + timedelta(days=1), today))
+    await _store(session, pending, final=False)
+    return len(pending)
+
+
+def _last_settled(now: datetime) -> date:
+    """The last UTC day that ended SETTLE ago or more."""
+    return (now - SETTLE).date() - timedelta(days=1)
+
+
+async def _campaign_days(session: AsyncSession, first: date, last: date) -> set[tuple[str, str]]:
+    """(campaign, day) pairs between `first` and `last` that can have attributed opens: days
+    with counted events, and the day after a day of sends (INFLUENCE_WINDOW reaches it)."""
     seen = await session.execute(
         select(
             PushEventCount.campaign_token,
@@ -271,22 +314,17 @@ async def attribute_finished_days(
         )
         .distinct()
     )
-    due: set[tuple[str, str]] = set()
+    days: set[tuple[str, str]] = set()
     for token, day, sent in seen:
-        due.add((token, day))
+        days.add((token, day))
         if sent:
-            due.add((token, _next_day(day)))
-    done = await session.execute(
-        select(CampaignOpenDay.campaign_token, CampaignOpenDay.day)
-        .where(CampaignOpenDay.day >= first.isoformat(), CampaignOpenDay.day <= last.isoformat())
-        .distinct()
-    )
-    due -= {(token, day) for token, day in done}
-    pending = sorted(
-        (token, day) for token, day in due if first.isoformat() <= day <= last.isoformat()
-    )[:limit]
+            days.add((token, _next_day(day)))
+    return {(token, day) for token, day in days if first.isoformat() <= day <= last.isoformat()}
+
+
+async def _store(session: AsyncSession, pending: list[tuple[str, str]], *, final: bool) -> None:
     if not pending:
-        return 0
+        return
     apps = await session.execute(
         select(Campaign.token, Campaign.app_id).where(
             Campaign.token.in_({token for token, _ in pending})
@@ -304,17 +342,25 @@ async def attribute_finished_days(
             ):
                 totals.setdefault(version or "", [0, 0])[field == "reengaged"] += count
         records += [
-            (token, day, version, influenced, reengaged, stored_at)
+            (token, day, version, influenced, reengaged, stored_at, final)
             for version, (influenced, reengaged) in totals.items()
         ]
     await bulk_insert(
         session,
         CampaignOpenDay.__tablename__,
-        ("campaign_token", "day", "version", "influenced_open", "reengaged", "computed_at"),
+        (
+            "campaign_token",
+            "day",
+            "version",
+            "influenced_open",
+            "reengaged",
+            "computed_at",
+            "final",
+        ),
         records,
         conflict=("campaign_token", "day", "version"),
+        update=("influenced_open", "reengaged", "computed_at", "final"),
     )
-    return len(pending)
 
 
 def _next_day(day: str) -> str:

@@ -29,6 +29,7 @@ def upgrade() -> None:
     sa.Column('influenced_open', sa.Integer(), nullable=False),
     sa.Column('reengaged', sa.Integer(), nullable=False),
     sa.Column('computed_at', sa.DateTime(timezone=True), nullable=False),
+    sa.Column('final', sa.Boolean(), nullable=False),
     sa.PrimaryKeyConstraint('campaign_token', 'day', 'version', name=op.f('pk_campaign_open_days'))
     )
     op.create_table('push_event_counts',
