@@ -20,6 +20,7 @@ from clarion.campaigns.stats import (
     attribute_finished_days,
     attribute_open_days,
     campaign_stats,
+    keep_up,
 )
 from clarion.db import transaction
 from clarion.delivery.models import Send, SendKind
@@ -341,3 +342,22 @@ async def stored_days(runtime: Runtime, token: str) -> dict[str, dict[str, Any]]
                 row.final,
             )
         return found
+
+
+class TestUpkeep:
+    async def test_a_round_folds_counts_and_stores_finished_and_open_days(
+        self, api: httpx.AsyncClient, ios_app: ClientApp, runtime: Runtime
+    ) -> None:
+        token = await draft(api, ios_app)
+        now = datetime.now(UTC)
+        three_days_ago = now - timedelta(days=3)
+        for n in range(3):  # three batches: three count rows to fold
+            await record(runtime, ios_app, token, [(SENT, three_days_ago, f"i-{n}")])
+        await record(runtime, ios_app, token, [(SENT, now, "i-9")])
+        await keep_up(runtime.sessions)
+        rows = await count_rows(runtime, token)
+        assert all(folded for *_, folded in rows)
+        assert summed(rows)[(three_days_ago.date().isoformat(), "send-a", "push_sent")] == 3
+        days = await stored_days(runtime, token)
+        assert days[three_days_ago.date().isoformat()][""][2] is True  # final
+        assert days[now.date().isoformat()][""][2] is False  # provisional

@@ -46,6 +46,8 @@ REENGAGED_AFTER = timedelta(days=30)
 SETTLE = timedelta(hours=2)
 # attribute_finished_days looks back this far; older days not stored are matched on read.
 LOOKBACK_DAYS = 31
+# Campaigns folded, or days stored, per transaction of the workers' upkeep (keep_up).
+_BATCH = 20
 
 STAT_OF_KIND: dict[str, tuple[str, ...]] = {
     PushEventKind.SENT.value: ("sent", "sent_optins"),
@@ -239,14 +241,16 @@ async def keep_up(
     since the last round, stores finished days' attributed opens, in short transactions for at
     most about `budget_seconds` (a backlog, after an upgrade say, takes a few rounds), then
     refreshes the provisional figures of the days still open."""
+    # A round that did less than a full batch has caught up: a campaign that is sending keeps
+    # writing counts, and folding them again at once would repeat the fold until the deadline.
     deadline = time.monotonic() + budget_seconds
     while time.monotonic() < deadline:
         async with transaction(sessions) as session:
-            if not await fold_event_counts(session):
+            if await fold_event_counts(session, subjects=_BATCH) < _BATCH:
                 break
     while time.monotonic() < deadline:
         async with transaction(sessions) as session:
-            if not await attribute_finished_days(session):
+            if await attribute_finished_days(session, limit=_BATCH) < _BATCH:
                 break
     async with transaction(sessions) as session:
         await attribute_open_days(session)
