@@ -11,6 +11,7 @@ from clarion.events.models import InAppEvent, PushEvent, TrackedEvent
 from clarion.exports.models import ExportDestination, ExportRun
 from clarion.gdpr.models import BlockedId, GdprRequest
 from clarion.profiles.models import ProfileAttribute, ProfileTag
+from clarion.transactional.models import GroupOpenDay
 
 __all__ = [
     "App",
@@ -28,6 +29,7 @@ __all__ = [
     "ExportDestination",
     "ExportRun",
     "GdprRequest",
+    "GroupOpenDay",
     "ImportFile",
     "ImportFileMember",
     "ImportRun",

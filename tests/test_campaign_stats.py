@@ -20,6 +20,7 @@ from clarion.campaigns.stats import (
     attribute_finished_days,
     attribute_open_days,
     campaign_stats,
+    group_influenced_opens,
     keep_up,
 )
 from clarion.db import transaction
@@ -33,6 +34,7 @@ from clarion.events.service import (
     recount_push_events,
 )
 from clarion.runtime import Runtime
+from clarion.transactional.models import GroupOpenDay
 from tests.conftest import ClientApp
 from tests.test_campaigns import created
 
@@ -342,6 +344,82 @@ async def stored_days(runtime: Runtime, token: str) -> dict[str, dict[str, Any]]
                 row.final,
             )
         return found
+
+
+class TestGroups:
+    async def test_a_group_ids_influenced_opens_are_matched_then_stored_per_day(
+        self, ios_app: ClientApp, runtime: Runtime
+    ) -> None:
+        sent_at = DAY - timedelta(hours=1)
+        next_day = DAY + timedelta(days=1)
+
+        def sent(group_id: str, at: datetime, install: str, kind: PushEventKind = SENT) -> Any:
+            return push_event_row(
+                app_id=ios_app.app_id,
+                kind=kind,
+                occurred_at=at,
+                platform="ios",
+                install_id=install,
+                send_token=f"tx-{group_id}-{install}",
+                group_id=group_id,
+            )
+
+        rows = [sent("welcome", sent_at, f"i-{n}") for n in range(4)]
+        rows += [
+            sent("welcome", DAY.replace(hour=23), "i-5"),
+            sent("welcome", DAY, "i-1", OPENED),
+            sent("other", sent_at, "i-9"),
+        ]
+        async with transaction(runtime.sessions) as session:
+            await record_push_events(session, rows)
+        # i-0 opens the app after its send (influenced), i-1 too but it opened the notification
+        # (direct), i-5 the next day within the window, i-9 after the other group's send.
+        await app_opens(
+            runtime,
+            ios_app,
+            [
+                ("i-0", DAY),
+                ("i-1", DAY),
+                ("i-5", next_day.replace(hour=0, minute=30)),
+                ("i-9", DAY),
+            ],
+        )
+        sent_days = {"welcome": {"2026-03-10"}, "other": {"2026-03-10"}}
+
+        async def influenced(now: datetime) -> dict[tuple[str, str], int]:
+            async with transaction(runtime.sessions) as session:
+                return await group_influenced_opens(session, ios_app.app_id, sent_days, now=now)
+
+        expected = {
+            ("welcome", "2026-03-10"): 1,
+            ("welcome", "2026-03-11"): 1,
+            ("other", "2026-03-10"): 1,
+        }
+        early = next_day.replace(hour=1)  # before the day has settled: matched on read
+        assert await influenced(early) == expected
+        async with transaction(runtime.sessions) as session:
+            await attribute_open_days(session, now=early)
+        assert await stored_group_days(runtime) == {
+            ("welcome", "2026-03-10"): (1, False),
+            ("welcome", "2026-03-11"): (1, False),
+            ("other", "2026-03-10"): (1, False),
+            ("other", "2026-03-11"): (0, False),
+        }
+
+        later = next_day.replace(hour=3)
+        async with transaction(runtime.sessions) as session:
+            while await attribute_finished_days(session, now=later, limit=1000):
+                pass
+        assert (await stored_group_days(runtime))[("welcome", "2026-03-10")] == (1, True)
+        # A final day is read, not matched again: an app open reported late is not counted.
+        await app_opens(runtime, ios_app, [("i-2", DAY + timedelta(minutes=30))])
+        assert await influenced(later) == expected
+
+
+async def stored_group_days(runtime: Runtime) -> dict[tuple[str, str], tuple[int, bool]]:
+    async with transaction(runtime.sessions) as session:
+        rows = await session.scalars(select(GroupOpenDay))
+        return {(row.group_id, row.day): (row.influenced_open, row.final) for row in rows}
 
 
 class TestUpkeep:

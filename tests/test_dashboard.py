@@ -20,8 +20,8 @@ from clarion.dashboard.models import DashboardSession, DashboardUser, Role
 from clarion.dashboard.web import SESSION_COOKIE
 from clarion.db import transaction, utcnow
 from clarion.errors import ClarionError
-from clarion.events.models import PushEventKind
-from clarion.events.service import push_event_row, record_push_events
+from clarion.events.models import APP_OPEN_EVENT, PushEventKind
+from clarion.events.service import push_event_row, record_push_events, record_tracked_events
 from clarion.runtime import Runtime
 from clarion.security import hash_key
 from tests.conftest import ClientApp
@@ -667,31 +667,50 @@ class TestAnalytics:
                 **fields,
             )
 
-        rows = [
-            event(PushEventKind.SENT, 60 + n, group_id="welcome", install_id=f"i{n}")
-            for n in range(30)
-        ]
+        welcome = {"group_id": "welcome", "send_token": "tx-welcome"}
+        rows = [event(PushEventKind.SENT, 60 + n, install_id=f"i{n}", **welcome) for n in range(30)]
         rows += [
-            event(PushEventKind.ERROR, 50, group_id="welcome", reason="TopicDisallowed"),
-            event(PushEventKind.TOKEN_DELETED, 40, group_id="welcome", reason="Unregistered"),
-            event(PushEventKind.OPENED, 30, group_id="welcome"),
+            event(PushEventKind.ERROR, 50, reason="TopicDisallowed", **welcome),
+            event(PushEventKind.TOKEN_DELETED, 40, reason="Unregistered", **welcome),
+            event(PushEventKind.OPENED, 30, install_id="i1", **welcome),
             # Older than the 30 days the error list looks back: not shown.
-            event(PushEventKind.ERROR, 60 * 24 * 40, group_id="welcome", reason="TooOld"),
-            event(PushEventKind.SENT, 10, group_id="other"),
+            event(PushEventKind.ERROR, 60 * 24 * 40, reason="TooOld", **welcome),
+            event(PushEventKind.SENT, 10, group_id="other", install_id="j0", send_token="tx-o"),
         ]
+        # App opens after a send reached the install, without a direct open: influenced (i0,
+        # i3 twice, and j0 for the other group). i1 opened the notification itself; i2 opened
+        # the app before its send.
+        opens = [("i0", 20), ("i1", 25), ("i2", 120), ("i3", 30), ("i3", 15), ("j0", 5)]
         async with transaction(runtime.sessions) as session:
             await record_push_events(session, rows)
+            await record_tracked_events(
+                session,
+                [
+                    {
+                        "app_id": ios_app.app_id,
+                        "install_id": install,
+                        "name": APP_OPEN_EVENT,
+                        "occurred_at": now - timedelta(minutes=minutes_ago),
+                    }
+                    for install, minutes_ago in opens
+                ],
+            )
         (await sign_in_as(runtime, app_id=ios_app.app_id, role=Role.VIEWER)).use(api)
 
         table = await api.get(f"/dashboard/apps/{ios_app.app_id}/analytics?days=7")
-        welcome = re.search(r">welcome</a></td>(.*?)</tr>", table.text)
-        assert welcome is not None
-        cells = re.findall(r'<td class="num">([^<]*)</td>', welcome.group(1))
-        assert cells == ["30", "1", "3.3 %", "2"]  # sent, direct opens, open rate, errors
+
+        def cells_of(group_id: str) -> list[str]:
+            row = re.search(rf">{group_id}</a></td>(.*?)</tr>", table.text)
+            assert row is not None
+            return re.findall(r'<td class="num">([^<]*)</td>', row.group(1))
+
+        # sent, direct opens, influenced opens, open rate (direct), errors
+        assert cells_of("welcome") == ["30", "1", "2", "3.3 %", "2"]
+        assert cells_of("other") == ["1", "0", "1", "0.0 %", "0"]
         assert table.text.index(">welcome<") < table.text.index(">other<")  # most sent first
 
         group = await api.get(f"/dashboard/apps/{ios_app.app_id}/analytics/groups/welcome")
         assert group.status_code == 200
         reasons = re.findall(r"<td>(TopicDisallowed|Unregistered|TooOld)</td>", group.text)
         assert reasons == ["Unregistered", "TopicDisallowed"]  # newest first, within 30 days
-        assert "Influenced opens" not in group.text  # not computed for groups
+        assert re.search(r"<b>2</b><span>influenced opens</span>", group.text)

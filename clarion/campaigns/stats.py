@@ -1,4 +1,5 @@
-"""Campaign statistics (`GET campaigns/stats/{token}`, the dashboard's statistics page). No HTTP.
+"""Campaign statistics (`GET campaigns/stats/{token}`, the dashboard's statistics page), and
+the influenced opens of transactional group_ids (the dashboard's analytics). No HTTP.
 
 Two kinds of figures, read two ways so that a campaign of millions of events reads in
 milliseconds:
@@ -9,18 +10,22 @@ milliseconds:
   (attribute_finished_days, SETTLE after the day ends), the days still open provisionally
   (attribute_open_days, replaced each minute). A day with nothing stored is matched on read,
   over that day's opens only.
+A transactional group_id's influenced opens are matched and stored the same way
+(GroupOpenDay); its counted figures are read by the dashboard (clarion.dashboard.analytics).
 """
 
 from __future__ import annotations
 
 import time
 from collections import defaultdict
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from functools import partial
 
-from sqlalchemy import distinct, func, select
+from sqlalchemy import ColumnElement, distinct, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import aliased
+from sqlalchemy.orm.util import AliasedClass
 
 from clarion.apps.service import AppAccess, require_live_key
 from clarion.campaigns.models import Campaign, CampaignOpenDay
@@ -36,6 +41,7 @@ from clarion.events.models import (
     TrackedEvent,
 )
 from clarion.events.service import fold_event_counts
+from clarion.transactional.models import GroupOpenDay
 
 # An app opened this long after a campaign reached it counts as an influenced open.
 INFLUENCE_WINDOW = timedelta(hours=3)
@@ -44,8 +50,9 @@ REENGAGED_AFTER = timedelta(days=30)
 # A day's attributed opens are stored this long after it ends: SDKs report opens late (an
 # app offline), as the daily exports allow for too.
 SETTLE = timedelta(hours=2)
-# attribute_finished_days looks back this far; older days not stored are matched on read.
-LOOKBACK_DAYS = 31
+# attribute_finished_days looks back this far, the longest period the dashboard's analytics
+# show; older days not stored are matched on read.
+LOOKBACK_DAYS = 90
 # Campaigns folded, or days stored, per transaction of the workers' upkeep (keep_up).
 _BATCH = 20
 
@@ -58,6 +65,26 @@ STAT_OF_KIND: dict[str, tuple[str, ...]] = {
 
 # (UTC day, A/B version or None, a field of VersionStats, count)
 StatRow = tuple[str, str | None, str, int]
+
+
+@dataclass(frozen=True, order=True)
+class Subject:
+    """Whose sends the app's opens are attributed to: a campaign (all its A/B versions), or a
+    transactional group_id of an app."""
+
+    app_id: int
+    campaign_token: str = ""
+    group_id: str = ""
+
+    def owns(self, event: type[PushEvent] | AliasedClass[PushEvent]) -> ColumnElement[bool]:
+        """The condition that `event` is one of the subject's.
+
+        A campaign's token alone (tokens are unique across apps): with the app as well,
+        SQLite, which has no statistics, reads the app's events by time
+        (ix_push_events_app_time) rather than the campaign's (ix_push_events_campaign_kind)."""
+        if self.campaign_token:
+            return event.campaign_token == self.campaign_token
+        return (event.app_id == self.app_id) & (event.group_id == self.group_id)
 
 
 async def campaign_stats(
@@ -96,7 +123,8 @@ async def campaign_stats(
     # re-engaged installs on a day of direct or influenced opens.
     sent_days = {day for day, _, kind, _ in counted if kind == PushEventKind.SENT.value}
     days = {day for day, _, _, _ in counted} | {_next_day(day) for day in sent_days}
-    rows += await _attributed(session, campaign, days, now or utcnow())
+    subject = Subject(campaign.app_id, campaign.token)
+    rows += await _attributed(session, subject, days, now or utcnow())
     by_day: dict[str, DayStats] = {}
     for day, version, field, count in sorted(rows, key=lambda row: row[0]):
         entry = by_day.setdefault(day, DayStats(date=day, versions={} if ab else None))
@@ -109,12 +137,13 @@ async def campaign_stats(
 
 
 async def _attributed(
-    session: AsyncSession, campaign: Campaign, days: set[str], now: datetime
+    session: AsyncSession, campaign: Subject, days: set[str], now: datetime
 ) -> list[StatRow]:
-    """Influenced opens and re-engaged installs on `days`: stored, or matched now."""
+    """A campaign's influenced opens and re-engaged installs on `days`: stored, or matched
+    now."""
     stored: dict[str, list[StatRow]] = defaultdict(list)
     for row in await session.scalars(
-        select(CampaignOpenDay).where(CampaignOpenDay.campaign_token == campaign.token)
+        select(CampaignOpenDay).where(CampaignOpenDay.campaign_token == campaign.campaign_token)
     ):
         version = row.version or None
         stored[row.day].append((row.day, version, "influenced_open", row.influenced_open))
@@ -125,43 +154,79 @@ async def _attributed(
         if day in stored:
             rows += stored[day]
         elif day <= today:
-            rows += await attributed_opens(session, campaign.app_id, campaign.token, day)
+            rows += await attributed_opens(session, campaign, day)
     return [row for row in rows if row[3]]
 
 
-async def attributed_opens(
-    session: AsyncSession, app_id: int, campaign_token: str, day: str
-) -> list[StatRow]:
-    """The campaign's influenced opens and re-engaged installs on one UTC day, matched from
-    the event log."""
+async def group_influenced_opens(
+    session: AsyncSession, app_id: int, sent_days: dict[str, set[str]], *, now: datetime
+) -> dict[tuple[str, str], int]:
+    """{(group_id, day): installs} of the influenced opens of the app's transactional group_ids
+    (`sent_days`: group_id -> the UTC days it sent on), on the days of their sends and the day
+    after each (INFLUENCE_WINDOW reaches into it), without zeros: stored, or matched now for a
+    day not stored (the workers' upkeep stores them, as for campaigns)."""
+    today = now.date().isoformat()
+    days = {
+        group_id: {d for day in group_days for d in (day, _next_day(day)) if d <= today}
+        for group_id, group_days in sent_days.items()
+    }
+    found: dict[tuple[str, str], int] = {}
+    stored: set[tuple[str, str]] = set()
+    wanted = {day for group_days in days.values() for day in group_days}
+    if not wanted:
+        return found
+    for row in await session.scalars(
+        select(GroupOpenDay).where(
+            GroupOpenDay.app_id == app_id,
+            GroupOpenDay.group_id.in_(days),
+            GroupOpenDay.day >= min(wanted),
+            GroupOpenDay.day <= max(wanted),
+        )
+    ):
+        stored.add((row.group_id, row.day))
+        if row.influenced_open:
+            found[row.group_id, row.day] = row.influenced_open
+    for group_id, group_days in days.items():
+        for day in sorted(group_days):
+            if (group_id, day) not in stored:
+                subject = Subject(app_id, group_id=group_id)
+                for _, _, _, count in await attributed_opens(session, subject, day):
+                    found[group_id, day] = found.get((group_id, day), 0) + count
+    return found
+
+
+async def attributed_opens(session: AsyncSession, subject: Subject, day: str) -> list[StatRow]:
+    """The subject's influenced opens and, for a campaign, re-engaged installs on one UTC day,
+    matched from the event log."""
     start = datetime.combine(date.fromisoformat(day), datetime.min.time(), tzinfo=UTC)
-    opens = partial(opens_after_sends, session, app_id, campaign_token, start=start)
+    opens = partial(opens_after_sends, session, subject, start=start)
     rows: list[StatRow] = [
         (day, version, "influenced_open", count) for version, count in await opens(influenced=True)
     ]
-    for influenced in (False, True):
-        found = await opens(influenced=influenced, reengaged_only=True)
-        rows += [(day, version, "reengaged", count) for version, count in found]
+    if subject.campaign_token:
+        for influenced in (False, True):
+            found = await opens(influenced=influenced, reengaged_only=True)
+            rows += [(day, version, "reengaged", count) for version, count in found]
     return rows
 
 
 async def opens_after_sends(
     session: AsyncSession,
-    app_id: int,
-    campaign_token: str,
+    subject: Subject,
     *,
     start: datetime,
     influenced: bool,
     reengaged_only: bool = False,
 ) -> list[tuple[str | None, int]]:
     """(version, installs) that opened on the UTC day beginning at `start`, after a send of
-    the campaign.
+    the subject (version None: a transactional send, or a campaign without A/B versions).
 
     `influenced`: installs that opened the app (an SDK app open) within INFLUENCE_WINDOW after
-    the campaign reached them, without opening the notification; otherwise installs that opened
+    the subject reached them, without opening the notification; otherwise installs that opened
     the notification (direct opens). `reengaged_only`: only installs that had not opened the app
     for REENGAGED_AFTER before the send reached them."""
     end = start + timedelta(days=1)
+    app_id = subject.app_id
     sent = PushEvent
     if influenced:
         app_open = aliased(TrackedEvent)
@@ -170,7 +235,7 @@ async def opens_after_sends(
         opener = app_open.install_id
         query = select(Send.version, func.count(distinct(opener))).join(
             app_open,
-            (app_open.app_id == sent.app_id)
+            (app_open.app_id == app_id)
             & (app_open.name == APP_OPEN_EVENT)
             & (app_open.install_id == sent.install_id)
             & (app_open.occurred_at >= start)
@@ -180,6 +245,7 @@ async def opens_after_sends(
         )
         # Only sends that can have influenced an open of the day.
         query = query.where(
+            subject.owns(sent),
             sent.occurred_at >= start - INFLUENCE_WINDOW,
             sent.occurred_at < end,
             # The open looked up by install (ix_push_events_app_install): given the campaign
@@ -194,26 +260,27 @@ async def opens_after_sends(
             .exists(),
         )
     else:
+        # The subject's opens of the day (its index), each with the send that it opened, looked
+        # up by install (ix_push_events_app_install).
         opened = aliased(PushEvent)
         opener = opened.install_id
         query = select(Send.version, func.count(distinct(opener))).join(
             opened,
-            (opened.app_id == sent.app_id)
-            & (opened.install_id == sent.install_id)
-            & (opened.send_token == sent.send_token)
+            subject.owns(opened)
             & (opened.kind == PushEventKind.OPENED.value)
-            & (opened.campaign_token == campaign_token)
             & (opened.occurred_at >= start)
-            & (opened.occurred_at < end),
+            & (opened.occurred_at < end)
+            & (opened.install_id == sent.install_id)
+            & (opened.send_token == sent.send_token),
         )
-        query = query.where(sent.occurred_at < end)
+        query = query.where(sent.app_id == app_id, sent.occurred_at < end)
     if reengaged_only:
         earlier = aliased(TrackedEvent)
         before_send = elapsed_seconds(earlier.occurred_at, sent.occurred_at)
         query = query.where(
             ~select(earlier.id)
             .where(
-                earlier.app_id == sent.app_id,
+                earlier.app_id == app_id,
                 earlier.name == APP_OPEN_EVENT,
                 earlier.install_id == sent.install_id,
                 before_send >= 0,
@@ -224,11 +291,7 @@ async def opens_after_sends(
     rows = await session.execute(
         query.select_from(sent)
         .outerjoin(Send, Send.token == sent.send_token)
-        .where(
-            sent.app_id == app_id,
-            sent.campaign_token == campaign_token,
-            sent.kind == PushEventKind.SENT.value,
-        )
+        .where(sent.kind == PushEventKind.SENT.value)
         .group_by(Send.version)
     )
     return [(version, count) for version, count in rows]
@@ -259,40 +322,53 @@ async def keep_up(
 async def attribute_finished_days(
     session: AsyncSession, *, now: datetime | None = None, limit: int = 20
 ) -> int:
-    """Stores, as final, the attributed opens of up to `limit` (campaign, day) pairs whose day
-    ended SETTLE ago, within LOOKBACK_DAYS, and that have no final row yet; returns how many.
+    """Stores, as final, the attributed opens of up to `limit` (campaign or group_id, day)
+    pairs whose day ended SETTLE ago, within LOOKBACK_DAYS, and that have no final row yet;
+    returns how many.
 
     Two processes storing the same day store the same figures (the second write replaces the
     first's)."""
     now = now or utcnow()
     last = _last_settled(now)
     first = last - timedelta(days=LOOKBACK_DAYS)
-    due = await _campaign_days(session, first, last)
-    done = await session.execute(
+    due = await _subject_days(session, first, last)
+    within = (first.isoformat(), last.isoformat())
+    campaigns_done = await session.execute(
         select(CampaignOpenDay.campaign_token, CampaignOpenDay.day)
-        .where(
-            CampaignOpenDay.day >= first.isoformat(),
-            CampaignOpenDay.day <= last.isoformat(),
-            CampaignOpenDay.final.is_(True),
-        )
+        .where(CampaignOpenDay.day.between(*within), CampaignOpenDay.final.is_(True))
         .distinct()
     )
-    due -= {(token, day) for token, day in done}
-    pending = sorted(due)[:limit]
+    groups_done = await session.execute(
+        select(GroupOpenDay.app_id, GroupOpenDay.group_id, GroupOpenDay.day).where(
+            GroupOpenDay.day.between(*within), GroupOpenDay.final.is_(True)
+        )
+    )
+    campaign_days = {(token, day) for token, day in campaigns_done}
+    group_days = {(app_id, group_id, day) for app_id, group_id, day in groups_done}
+    pending = sorted(
+        (subject, day)
+        for subject, day in due
+        if (
+            (subject.campaign_token, day) not in campaign_days
+            if subject.campaign_token
+            else (subject.app_id, subject.group_id, day) not in group_days
+        )
+    )[:limit]
     await _store(session, pending, final=True)
     return len(pending)
 
 
 async def attribute_open_days(session: AsyncSession, *, now: datetime | None = None) -> int:
-    """Stores, as provisional, the attributed opens of the campaign days that have not settled
-    yet (today, and yesterday for SETTLE), replacing those stored before; returns how many.
+    """Stores, as provisional, the attributed opens of the campaign and group_id days that have
+    not settled yet (today, and yesterday for SETTLE), replacing those stored before; returns
+    how many.
 
     The workers call this every stats_interval_seconds, so that the statistics of a campaign
     that sent millions today read figures at most that old instead of matching its sends
     with the app's opens on every view."""
     now = now or utcnow()
     today = now.date()
-    pending = sorted(await _campaign_days(session, _last_settled(now) + timedelta(days=1), today))
+    pending = sorted(await _subject_days(session, _last_settled(now) + timedelta(days=1), today))
     await _store(session, pending, final=False)
     return len(pending)
 
@@ -302,69 +378,80 @@ def _last_settled(now: datetime) -> date:
     return (now - SETTLE).date() - timedelta(days=1)
 
 
-async def _campaign_days(session: AsyncSession, first: date, last: date) -> set[tuple[str, str]]:
-    """(campaign, day) pairs between `first` and `last` that can have attributed opens: days
-    with counted events, and the day after a day of sends (INFLUENCE_WINDOW reaches it)."""
+async def _subject_days(session: AsyncSession, first: date, last: date) -> set[tuple[Subject, str]]:
+    """(campaign or group_id, day) pairs between `first` and `last` that can have attributed
+    opens: days with counted events, and the day after a day of sends (INFLUENCE_WINDOW
+    reaches it)."""
     seen = await session.execute(
         select(
+            PushEventCount.app_id,
             PushEventCount.campaign_token,
+            PushEventCount.group_id,
             PushEventCount.day,
             PushEventCount.kind == PushEventKind.SENT.value,
         )
         .where(
             PushEventCount.day >= (first - timedelta(days=1)).isoformat(),
             PushEventCount.day <= last.isoformat(),
-            PushEventCount.campaign_token != "",
+            or_(PushEventCount.campaign_token != "", PushEventCount.group_id != ""),
         )
         .distinct()
     )
-    days: set[tuple[str, str]] = set()
-    for token, day, sent in seen:
-        days.add((token, day))
+    days: set[tuple[Subject, str]] = set()
+    for app_id, token, group_id, day, sent in seen:
+        # A campaign's events are the campaign's, whatever group_id they may carry.
+        subject = Subject(app_id, token) if token else Subject(app_id, group_id=group_id)
+        days.add((subject, day))
         if sent:
-            days.add((token, _next_day(day)))
-    return {(token, day) for token, day in days if first.isoformat() <= day <= last.isoformat()}
+            days.add((subject, _next_day(day)))
+    return {(subject, day) for subject, day in days if first.isoformat() <= day <= last.isoformat()}
 
 
-async def _store(session: AsyncSession, pending: list[tuple[str, str]], *, final: bool) -> None:
+async def _store(session: AsyncSession, pending: list[tuple[Subject, str]], *, final: bool) -> None:
     if not pending:
         return
-    apps = await session.execute(
-        select(Campaign.token, Campaign.app_id).where(
-            Campaign.token.in_({token for token, _ in pending})
+    # Counted events of a campaign that no longer exists at all get the marker row only.
+    existing = await session.scalars(
+        select(Campaign.token).where(
+            Campaign.token.in_({s.campaign_token for s, _ in pending if s.campaign_token})
         )
     )
-    app_of = dict(apps.all())
+    campaigns = set(existing)
     stored_at = utcnow()
-    records = []
-    for token, day in pending:
+    campaign_rows = []
+    group_rows = []
+    for subject, day in pending:
         totals: dict[str, list[int]] = {"": [0, 0]}  # the marker row, at least
-        # (Counted events of a campaign that no longer exists at all get the marker only.)
-        if token in app_of:
-            for _, version, field, count in await attributed_opens(
-                session, app_of[token], token, day
-            ):
+        if not subject.campaign_token or subject.campaign_token in campaigns:
+            for _, version, field, count in await attributed_opens(session, subject, day):
                 totals.setdefault(version or "", [0, 0])[field == "reengaged"] += count
-        records += [
-            (token, day, version, influenced, reengaged, stored_at, final)
-            for version, (influenced, reengaged) in totals.items()
-        ]
-    await bulk_insert(
-        session,
-        CampaignOpenDay.__tablename__,
-        (
-            "campaign_token",
-            "day",
-            "version",
-            "influenced_open",
-            "reengaged",
-            "computed_at",
-            "final",
-        ),
-        records,
-        conflict=("campaign_token", "day", "version"),
-        update=("influenced_open", "reengaged", "computed_at", "final"),
-    )
+        if subject.campaign_token:
+            campaign_rows += [
+                (subject.campaign_token, day, version, influenced, reengaged, stored_at, final)
+                for version, (influenced, reengaged) in totals.items()
+            ]
+        else:
+            influenced = sum(counts[0] for counts in totals.values())
+            group_rows.append((subject.app_id, subject.group_id, day, influenced, stored_at, final))
+    stored = ("computed_at", "final")
+    if campaign_rows:
+        await bulk_insert(
+            session,
+            CampaignOpenDay.__tablename__,
+            ("campaign_token", "day", "version", "influenced_open", "reengaged", *stored),
+            campaign_rows,
+            conflict=("campaign_token", "day", "version"),
+            update=("influenced_open", "reengaged", *stored),
+        )
+    if group_rows:
+        await bulk_insert(
+            session,
+            GroupOpenDay.__tablename__,
+            ("app_id", "group_id", "day", "influenced_open", *stored),
+            group_rows,
+            conflict=("app_id", "group_id", "day"),
+            update=("influenced_open", *stored),
+        )
 
 
 def _next_day(day: str) -> str:

@@ -2,7 +2,8 @@
 transactional sends by group_id; the last errors with the provider's reasons. No HTTP here.
 
 Campaign figures come from campaigns.stats.campaign_stats (the Campaigns API's own numbers);
-group_id figures are summed from the per-day counts written with the events (PushEventCount).
+group_id figures are summed from the per-day counts written with the events (PushEventCount),
+and their influenced opens read as campaigns' are (campaigns.stats.group_influenced_opens).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from sqlalchemy import ColumnElement, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from clarion.campaigns.schemas import CampaignStats, VersionStats
-from clarion.campaigns.stats import STAT_OF_KIND
+from clarion.campaigns.stats import STAT_OF_KIND, group_influenced_opens
 from clarion.db import utcnow
 from clarion.events.models import PushEvent, PushEventCount, PushEventKind
 
@@ -139,18 +140,29 @@ async def group_stats(
     """Transactional sends of the last `days` UTC days (today included) by group_id, most sent
     first."""
     counted = await session.execute(
-        select(PushEventCount.group_id, PushEventCount.kind, func.sum(PushEventCount.count))
+        select(
+            PushEventCount.group_id,
+            PushEventCount.day,
+            PushEventCount.kind,
+            func.sum(PushEventCount.count),
+        )
         .where(
             PushEventCount.app_id == app_id,
             PushEventCount.day >= _first_day(days, now),
             PushEventCount.group_id != "",
             PushEventCount.campaign_token == "",
         )
-        .group_by(PushEventCount.group_id, PushEventCount.kind)
+        .group_by(PushEventCount.group_id, PushEventCount.day, PushEventCount.kind)
     )
     groups: dict[str, Totals] = {}
-    for group_id, kind, count in counted:
+    sent_days: dict[str, set[str]] = {}
+    for group_id, day, kind, count in counted:
         _count(groups.setdefault(group_id, Totals()), kind, int(count))
+        if kind == PushEventKind.SENT.value:
+            sent_days.setdefault(group_id, set()).add(day)
+    influenced = await group_influenced_opens(session, app_id, sent_days, now=now)
+    for (group_id, _), count in influenced.items():
+        groups[group_id].influenced_open += count
     rows = [GroupRow(group_id, totals) for group_id, totals in groups.items()]
     return sorted(rows, key=lambda row: (-row.totals.sent, row.group_id))
 
@@ -170,9 +182,16 @@ async def group_report(
     )
     by_day: dict[str, Totals] = {}
     totals = Totals()
-    for date, kind, count in counted:
-        _count(by_day.setdefault(date, Totals()), kind, int(count))
+    sent_days: set[str] = set()
+    for day, kind, count in counted:
+        _count(by_day.setdefault(day, Totals()), kind, int(count))
         _count(totals, kind, int(count))
+        if kind == PushEventKind.SENT.value:
+            sent_days.add(day)
+    influenced = await group_influenced_opens(session, app_id, {group_id: sent_days}, now=now)
+    for (_, day), count in influenced.items():
+        by_day.setdefault(day, Totals()).influenced_open += count
+        totals.influenced_open += count
     ordered = sorted(by_day.items())
     return Report(totals, ordered, chart=_chart(ordered))
 
