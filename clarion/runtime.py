@@ -11,8 +11,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from functools import partial
 
 import httpx
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
@@ -57,6 +58,7 @@ class Runtime:
         self.deliverer: Deliverer | None = None
         self.scheduler: CampaignScheduler | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._callbacks: httpx.AsyncClient | None = None  # GDPR requests' callbacks
 
     async def start(self, *, workers: bool) -> None:
         await self.queue.start()
@@ -71,14 +73,46 @@ class Runtime:
             # are picked up at once.
             await self.deliverer.sweep_outbox(grace_seconds=0)
             self._tasks.append(asyncio.create_task(self.queue.run_worker(), name="worker"))
-            self._tasks.append(asyncio.create_task(self._sweep_forever(), name="outbox-sweep"))
-            self._tasks.append(asyncio.create_task(self._gdpr_forever(), name="gdpr"))
-            self._tasks.append(asyncio.create_task(self._imports_forever(), name="imports"))
-            self._tasks.append(asyncio.create_task(self._exports_forever(), name="exports"))
-            self._tasks.append(
-                asyncio.create_task(self._export_requests_forever(), name="export-requests")
+            settings = self.settings
+            # (Swept once just above.)
+            self._repeat(
+                "outbox sweep",
+                self.deliverer.sweep_outbox,
+                every=settings.sweep_interval_seconds,
+                wait_first=True,
             )
-            self._tasks.append(asyncio.create_task(self._stats_forever(), name="statistics"))
+            self._callbacks = httpx.AsyncClient()
+            self._repeat(
+                "GDPR requests",
+                partial(
+                    process_gdpr_requests,
+                    self.sessions,
+                    var_dir=settings.var_dir,
+                    client=self._callbacks,
+                ),
+                every=settings.scheduler_interval_seconds,
+            )
+            self._repeat(
+                "flat-file imports",
+                ImportRunner(self.sessions, settings, self.box).poll_due,
+                every=settings.import_check_seconds,
+            )
+            self._repeat(
+                "daily exports",
+                ExportRunner(self.sessions, settings, self.box).run_due,
+                every=settings.export_check_seconds,
+            )
+            self._repeat(
+                "export requests",
+                partial(process_export_requests, self.sessions, var_dir=settings.var_dir),
+                every=settings.scheduler_interval_seconds,
+            )
+            self._repeat(
+                "statistics upkeep",
+                partial(stats.keep_up, self.sessions),
+                every=settings.stats_interval_seconds,
+                wait_first=True,
+            )
             self.scheduler = CampaignScheduler(self.sessions, self.queue, self.settings)
             self._tasks.append(
                 asyncio.create_task(self.scheduler.run_forever(), name="campaign-scheduler")
@@ -99,60 +133,29 @@ class Runtime:
             await pool.aclose()
             await client.aclose()
 
-    async def _sweep_forever(self) -> None:
-        assert self.deliverer is not None
-        while True:
-            await asyncio.sleep(self.settings.sweep_interval_seconds)
-            try:
-                await self.deliverer.sweep_outbox()
-            except Exception:
-                # A database hiccup must not end the sweep for the life of the process.
-                log.exception("outbox sweep failed; trying again next interval")
+    def _repeat(
+        self,
+        name: str,
+        job: Callable[[], Awaitable[object]],
+        *,
+        every: float,
+        wait_first: bool = False,
+    ) -> None:
+        """Runs `job` every `every` seconds for the life of the process. A failure (a database
+        hiccup, a storage server down) is logged and the job runs again next time: it must not
+        end the loop for the life of the process."""
 
-    async def _gdpr_forever(self) -> None:
-        async with httpx.AsyncClient() as client:  # GDPR callbacks
+        async def forever() -> None:
+            if wait_first:
+                await asyncio.sleep(every)
             while True:
                 try:
-                    await process_gdpr_requests(
-                        self.sessions, var_dir=self.settings.var_dir, client=client
-                    )
+                    await job()
                 except Exception:
-                    log.exception("GDPR request processing failed; trying again")
-                await asyncio.sleep(self.settings.scheduler_interval_seconds)
+                    log.exception("%s failed; trying again in %s s", name, every)
+                await asyncio.sleep(every)
 
-    async def _imports_forever(self) -> None:
-        runner = ImportRunner(self.sessions, self.settings, self.box)
-        while True:
-            try:
-                await runner.poll_due()
-            except Exception:
-                log.exception("flat-file import polling failed; trying again")
-            await asyncio.sleep(self.settings.import_check_seconds)
-
-    async def _exports_forever(self) -> None:
-        runner = ExportRunner(self.sessions, self.settings, self.box)
-        while True:
-            try:
-                await runner.run_due()
-            except Exception:
-                log.exception("daily exports failed; trying again")
-            await asyncio.sleep(self.settings.export_check_seconds)
-
-    async def _export_requests_forever(self) -> None:
-        while True:
-            try:
-                await process_export_requests(self.sessions, var_dir=self.settings.var_dir)
-            except Exception:
-                log.exception("export requests failed; trying again")
-            await asyncio.sleep(self.settings.scheduler_interval_seconds)
-
-    async def _stats_forever(self) -> None:
-        while True:
-            await asyncio.sleep(self.settings.stats_interval_seconds)
-            try:
-                await stats.keep_up(self.sessions)
-            except Exception:
-                log.exception("campaign statistics upkeep failed; trying again")
+        self._tasks.append(asyncio.create_task(forever(), name=name))
 
     async def wait(self) -> None:
         """Until the workers stop (for `clarion worker`)."""
@@ -167,6 +170,8 @@ class Runtime:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self._tasks.clear()
+        if self._callbacks is not None:
+            await self._callbacks.aclose()
         if self.scheduler is not None:
             await self.scheduler.aclose()
         if self._pool is not None:

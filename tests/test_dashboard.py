@@ -291,6 +291,11 @@ class TestTeam:
             assert f"{editor.email} is now viewer." in demoted.text
             # The role is read on every request: the open session is a viewer's now.
             assert (await other.post(campaigns, data=draft)).status_code == 403
+            # A viewer changes no account, and a bad form tells them no more than that.
+            bad_form = {"csrf_token": editor.csrf, "role": "owner", "status": "active"}
+            refused = await other.post(f"/dashboard/team/{editor_id}", data=bad_form)
+            assert refused.status_code == 403
+            assert "only an admin can do this" in refused.text
 
             disabled = await api.post(
                 f"/dashboard/team/{editor_id}",

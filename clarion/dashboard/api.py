@@ -341,6 +341,7 @@ async def change_user(
     role: Annotated[str, Form()] = "",
     status: Annotated[str, Form()] = "",
 ) -> HTMLResponse:
+    service.require_admin(viewer)  # before the form: a viewer learns nothing from its errors
     change = validated(UserChange, {"role": role, "status": status})
     user = await service.change_user(
         session,
