@@ -23,6 +23,7 @@ from clarion.campaigns.stats import (
     group_influenced_opens,
     keep_up,
 )
+from clarion.dashboard import analytics
 from clarion.db import transaction
 from clarion.delivery.models import Send, SendKind
 from clarion.events.models import APP_OPEN_EVENT, PushEventCount, PushEventKind
@@ -353,27 +354,19 @@ class TestGroups:
         sent_at = DAY - timedelta(hours=1)
         next_day = DAY + timedelta(days=1)
 
-        def sent(group_id: str, at: datetime, install: str, kind: PushEventKind = SENT) -> Any:
-            return push_event_row(
-                app_id=ios_app.app_id,
-                kind=kind,
-                occurred_at=at,
-                platform="ios",
-                install_id=install,
-                send_token=f"tx-{group_id}-{install}",
-                group_id=group_id,
-            )
-
-        rows = [sent("welcome", sent_at, f"i-{n}") for n in range(4)]
+        rows = [group_event(ios_app, "welcome", sent_at, f"i-{n}") for n in range(4)]
         rows += [
-            sent("welcome", DAY.replace(hour=23), "i-5"),
-            sent("welcome", DAY, "i-1", OPENED),
-            sent("other", sent_at, "i-9"),
+            group_event(ios_app, "welcome", DAY.replace(hour=23), "i-5"),
+            group_event(ios_app, "welcome", DAY, "i-1", OPENED),
+            group_event(ios_app, "other", sent_at, "i-9"),
+            # A campaign's event is the campaign's, whatever group_id it carries.
+            group_event(ios_app, "welcome", sent_at, "i-c", campaign_token="a-campaign"),
         ]
         async with transaction(runtime.sessions) as session:
             await record_push_events(session, rows)
         # i-0 opens the app after its send (influenced), i-1 too but it opened the notification
-        # (direct), i-5 the next day within the window, i-9 after the other group's send.
+        # (direct), i-5 the next day within the window, i-9 after the other group's send, i-c
+        # after the campaign's.
         await app_opens(
             runtime,
             ios_app,
@@ -382,13 +375,16 @@ class TestGroups:
                 ("i-1", DAY),
                 ("i-5", next_day.replace(hour=0, minute=30)),
                 ("i-9", DAY),
+                ("i-c", DAY),
             ],
         )
         sent_days = {"welcome": {"2026-03-10"}, "other": {"2026-03-10"}}
 
         async def influenced(now: datetime) -> dict[tuple[str, str], int]:
             async with transaction(runtime.sessions) as session:
-                return await group_influenced_opens(session, ios_app.app_id, sent_days, now=now)
+                return await group_influenced_opens(
+                    session, ios_app.app_id, sent_days, first="2026-03-10", now=now
+                )
 
         expected = {
             ("welcome", "2026-03-10"): 1,
@@ -415,6 +411,69 @@ class TestGroups:
         await app_opens(runtime, ios_app, [("i-2", DAY + timedelta(minutes=30))])
         assert await influenced(later) == expected
 
+    async def test_the_groups_list_and_a_groups_page_count_a_period_alike(
+        self, ios_app: ClientApp, runtime: Runtime
+    ) -> None:
+        now = DAY + timedelta(days=7)  # a 7-day period from 2026-03-11 to 2026-03-17
+        rows = [
+            # Sent the evening before the period; the open falls on its first day.
+            group_event(ios_app, "a", DAY.replace(hour=23), "i-a"),
+            group_event(ios_app, "a", DAY + timedelta(days=5), "i-a2"),
+            group_event(ios_app, "b", DAY + timedelta(days=1), "i-b"),
+        ]
+        async with transaction(runtime.sessions) as session:
+            await record_push_events(session, rows)
+        await app_opens(runtime, ios_app, [("i-a", DAY.replace(hour=23) + timedelta(hours=1))])
+
+        async def read() -> tuple[dict[str, tuple[int, int]], int, dict[str, int]]:
+            async with transaction(runtime.sessions) as session:
+                listed = await analytics.group_stats(
+                    session, app_id=ios_app.app_id, days=7, now=now
+                )
+                report = await analytics.group_report(
+                    session, app_id=ios_app.app_id, group_id="a", days=7, now=now
+                )
+            return (
+                {row.group_id: (row.totals.sent, row.totals.influenced_open) for row in listed},
+                report.totals.influenced_open,
+                {day: totals.influenced_open for day, totals in report.days},
+            )
+
+        expected = ({"a": (1, 1), "b": (1, 0)}, 1, {"2026-03-11": 1, "2026-03-15": 0})
+        assert await read() == expected  # matched on read
+        async with transaction(runtime.sessions) as session:
+            while await attribute_finished_days(session, now=now, limit=1000):
+                pass
+        stored = await stored_group_days(runtime)
+        assert stored[("a", "2026-03-10")] == (0, True)  # before the period: not counted in it
+        assert stored[("a", "2026-03-11")] == (1, True)
+        assert await read() == expected
+        # A day stored with nothing is read as nothing, not matched again.
+        await app_opens(runtime, ios_app, [("i-b", DAY + timedelta(days=1, minutes=5))])
+        assert stored[("b", "2026-03-11")] == (0, True)
+        assert await read() == expected
+
+
+def group_event(
+    app: ClientApp,
+    group_id: str,
+    at: datetime,
+    install: str,
+    kind: PushEventKind = SENT,
+    *,
+    campaign_token: str | None = None,
+) -> Any:
+    return push_event_row(
+        app_id=app.app_id,
+        kind=kind,
+        occurred_at=at,
+        platform="ios",
+        install_id=install,
+        send_token=f"tx-{group_id}-{install}",
+        group_id=group_id,
+        campaign_token=campaign_token,
+    )
+
 
 async def stored_group_days(runtime: Runtime) -> dict[tuple[str, str], tuple[int, bool]]:
     async with transaction(runtime.sessions) as session:
@@ -439,3 +498,35 @@ class TestUpkeep:
         days = await stored_days(runtime, token)
         assert days[three_days_ago.date().isoformat()][""][2] is True  # final
         assert days[now.date().isoformat()][""][2] is False  # provisional
+
+    async def test_open_days_are_refreshed_those_computed_longest_ago_first(
+        self, api: httpx.AsyncClient, ios_app: ClientApp, runtime: Runtime
+    ) -> None:
+        # Three subjects send today (midday: yesterday has settled, tomorrow has not begun),
+        # a day no other test of the module's database sends on.
+        now = DAY + timedelta(days=400)
+        token = await draft(api, ios_app)
+        await record(runtime, ios_app, token, [(SENT, now, "i-0")])
+        async with transaction(runtime.sessions) as session:
+            await record_push_events(
+                session, [group_event(ios_app, g, now, f"i-{g}") for g in ("g-1", "g-2")]
+            )
+
+        async def refresh(**bounds: Any) -> int:
+            async with transaction(runtime.sessions) as session:
+                return await attribute_open_days(session, now=now, **bounds)
+
+        round_start = datetime.now(UTC)
+        assert await refresh(limit=2) == 2
+
+        async def stored() -> int:
+            groups = [key for key in await stored_group_days(runtime) if key[0] in ("g-1", "g-2")]
+            return len(groups) + len(await stored_days(runtime, token))
+
+        assert await stored() == 2
+        # The one never computed comes before those computed already.
+        assert await refresh(limit=1) == 1
+        assert await stored() == 3
+        # A round refreshes each day once: all three were computed since it started.
+        assert await refresh(before=round_start, limit=10) == 0
+        assert await refresh(before=datetime.now(UTC), limit=10) == 3

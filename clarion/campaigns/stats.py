@@ -84,7 +84,12 @@ class Subject:
         (ix_push_events_app_time) rather than the campaign's (ix_push_events_campaign_kind)."""
         if self.campaign_token:
             return event.campaign_token == self.campaign_token
-        return (event.app_id == self.app_id) & (event.group_id == self.group_id)
+        # A campaign's events are the campaign's, whatever group_id they may carry (as counted).
+        return (
+            (event.app_id == self.app_id)
+            & (event.group_id == self.group_id)
+            & event.campaign_token.is_(None)
+        )
 
 
 async def campaign_stats(
@@ -137,13 +142,13 @@ async def campaign_stats(
 
 
 async def _attributed(
-    session: AsyncSession, campaign: Subject, days: set[str], now: datetime
+    session: AsyncSession, subject: Subject, days: set[str], now: datetime
 ) -> list[StatRow]:
     """A campaign's influenced opens and re-engaged installs on `days`: stored, or matched
     now."""
     stored: dict[str, list[StatRow]] = defaultdict(list)
     for row in await session.scalars(
-        select(CampaignOpenDay).where(CampaignOpenDay.campaign_token == campaign.campaign_token)
+        select(CampaignOpenDay).where(CampaignOpenDay.campaign_token == subject.campaign_token)
     ):
         version = row.version or None
         stored[row.day].append((row.day, version, "influenced_open", row.influenced_open))
@@ -154,43 +159,48 @@ async def _attributed(
         if day in stored:
             rows += stored[day]
         elif day <= today:
-            rows += await attributed_opens(session, campaign, day)
+            rows += await attributed_opens(session, subject, day)
     return [row for row in rows if row[3]]
 
 
 async def group_influenced_opens(
-    session: AsyncSession, app_id: int, sent_days: dict[str, set[str]], *, now: datetime
+    session: AsyncSession,
+    app_id: int,
+    sent_days: dict[str, set[str]],
+    *,
+    first: str,
+    now: datetime,
 ) -> dict[tuple[str, str], int]:
     """{(group_id, day): installs} of the influenced opens of the app's transactional group_ids
-    (`sent_days`: group_id -> the UTC days it sent on), on the days of their sends and the day
-    after each (INFLUENCE_WINDOW reaches into it), without zeros: stored, or matched now for a
-    day not stored (the workers' upkeep stores them, as for campaigns)."""
+    on the UTC days from `first` to today, without zeros. `sent_days`: group_id -> the days it
+    sent on, the day before `first` included (INFLUENCE_WINDOW reaches into the next day). Read
+    from the days the workers' upkeep stored, or matched now for a day not stored."""
     today = now.date().isoformat()
     days = {
-        group_id: {d for day in group_days for d in (day, _next_day(day)) if d <= today}
+        group_id: {d for day in group_days for d in (day, _next_day(day)) if first <= d <= today}
         for group_id, group_days in sent_days.items()
     }
     found: dict[tuple[str, str], int] = {}
     stored: set[tuple[str, str]] = set()
-    wanted = {day for group_days in days.values() for day in group_days}
-    if not wanted:
-        return found
-    for row in await session.scalars(
+    rows = await session.scalars(
         select(GroupOpenDay).where(
             GroupOpenDay.app_id == app_id,
             GroupOpenDay.group_id.in_(days),
-            GroupOpenDay.day >= min(wanted),
-            GroupOpenDay.day <= max(wanted),
+            GroupOpenDay.day >= first,
+            GroupOpenDay.day <= today,
         )
-    ):
-        stored.add((row.group_id, row.day))
-        if row.influenced_open:
-            found[row.group_id, row.day] = row.influenced_open
+    )
+    for row in rows:
+        if row.day in days[row.group_id]:
+            stored.add((row.group_id, row.day))
+            if row.influenced_open:
+                found[row.group_id, row.day] = row.influenced_open
     for group_id, group_days in days.items():
         for day in sorted(group_days):
             if (group_id, day) not in stored:
                 subject = Subject(app_id, group_id=group_id)
                 for _, _, _, count in await attributed_opens(session, subject, day):
+                    # (One row: transactional sends have no A/B version.)
                     found[group_id, day] = found.get((group_id, day), 0) + count
     return found
 
@@ -248,8 +258,8 @@ async def opens_after_sends(
             subject.owns(sent),
             sent.occurred_at >= start - INFLUENCE_WINDOW,
             sent.occurred_at < end,
-            # The open looked up by install (ix_push_events_app_install): given the campaign
-            # token as well, SQLite would read all the campaign's opens for each send.
+            # The open looked up by install (ix_push_events_app_install): given the subject
+            # (campaign token or group) as well, SQLite would read all its opens for each send.
             ~select(direct.id)
             .where(
                 direct.app_id == app_id,
@@ -261,7 +271,9 @@ async def opens_after_sends(
         )
     else:
         # The subject's opens of the day (its index), each with the send that it opened, looked
-        # up by install (ix_push_events_app_install).
+        # up by install (ix_push_events_app_install). The send needs no subject filter of its
+        # own: a send token (a transactional call, or one A/B version of a campaign run) is a
+        # UUID of one app's one send.
         opened = aliased(PushEvent)
         opener = opened.install_id
         query = select(Send.version, func.count(distinct(opener))).join(
@@ -301,11 +313,12 @@ async def keep_up(
     sessions: async_sessionmaker[AsyncSession], *, budget_seconds: float = 10.0
 ) -> None:
     """The workers' statistics upkeep, every stats_interval_seconds: folds the counts written
-    since the last round, stores finished days' attributed opens, in short transactions for at
-    most about `budget_seconds` (a backlog, after an upgrade say, takes a few rounds), then
-    refreshes the provisional figures of the days still open."""
+    since the last round, stores finished days' attributed opens, then refreshes the provisional
+    figures of the days still open, in short transactions for at most about `budget_seconds` (a
+    backlog, after an upgrade say, or many subjects sending today, takes a few rounds)."""
     # A round that did less than a full batch has caught up: a campaign that is sending keeps
     # writing counts, and folding them again at once would repeat the fold until the deadline.
+    started = utcnow()
     deadline = time.monotonic() + budget_seconds
     while time.monotonic() < deadline:
         async with transaction(sessions) as session:
@@ -315,8 +328,12 @@ async def keep_up(
         async with transaction(sessions) as session:
             if await attribute_finished_days(session, limit=_BATCH) < _BATCH:
                 break
-    async with transaction(sessions) as session:
-        await attribute_open_days(session)
+    # At least one batch of open days a round, however long a backlog above took.
+    while True:
+        async with transaction(sessions) as session:
+            stored = await attribute_open_days(session, before=started, limit=_BATCH)
+        if stored < _BATCH or time.monotonic() >= deadline:
+            break
 
 
 async def attribute_finished_days(
@@ -332,45 +349,76 @@ async def attribute_finished_days(
     last = _last_settled(now)
     first = last - timedelta(days=LOOKBACK_DAYS)
     due = await _subject_days(session, first, last)
-    within = (first.isoformat(), last.isoformat())
-    campaigns_done = await session.execute(
-        select(CampaignOpenDay.campaign_token, CampaignOpenDay.day)
-        .where(CampaignOpenDay.day.between(*within), CampaignOpenDay.final.is_(True))
-        .distinct()
-    )
-    groups_done = await session.execute(
-        select(GroupOpenDay.app_id, GroupOpenDay.group_id, GroupOpenDay.day).where(
-            GroupOpenDay.day.between(*within), GroupOpenDay.final.is_(True)
-        )
-    )
-    campaign_days = {(token, day) for token, day in campaigns_done}
-    group_days = {(app_id, group_id, day) for app_id, group_id, day in groups_done}
-    pending = sorted(
-        (subject, day)
-        for subject, day in due
-        if (
-            (subject.campaign_token, day) not in campaign_days
-            if subject.campaign_token
-            else (subject.app_id, subject.group_id, day) not in group_days
-        )
-    )[:limit]
-    await _store(session, pending, final=True)
-    return len(pending)
+    done = await _stored_days(session, first, last, final_only=True)
+    pending = sorted(subject_day for subject_day in due if _day_key(*subject_day) not in done)
+    await _store(session, pending[:limit], final=True)
+    return len(pending[:limit])
 
 
-async def attribute_open_days(session: AsyncSession, *, now: datetime | None = None) -> int:
+async def attribute_open_days(
+    session: AsyncSession,
+    *,
+    now: datetime | None = None,
+    before: datetime | None = None,
+    limit: int | None = None,
+) -> int:
     """Stores, as provisional, the attributed opens of the campaign and group_id days that have
     not settled yet (today, and yesterday for SETTLE), replacing those stored before; returns
-    how many.
+    how many. Up to `limit` of them, those computed longest ago first, and only those not
+    computed since `before` (the start of the workers' round) if given.
 
-    The workers call this every stats_interval_seconds, so that the statistics of a campaign
-    that sent millions today read figures at most that old instead of matching its sends
-    with the app's opens on every view."""
+    The workers refresh them every stats_interval_seconds, so that the statistics of a campaign
+    that sent millions today read figures about that old instead of matching its sends with the
+    app's opens on every view."""
     now = now or utcnow()
-    today = now.date()
-    pending = sorted(await _subject_days(session, _last_settled(now) + timedelta(days=1), today))
-    await _store(session, pending, final=False)
-    return len(pending)
+    first, today = _last_settled(now) + timedelta(days=1), now.date()
+    due = await _subject_days(session, first, today)
+    computed = await _stored_days(session, first, today, final_only=False)
+    never = datetime.min.replace(tzinfo=UTC)
+    pending = sorted(
+        (computed.get(_day_key(*subject_day), never), subject_day) for subject_day in due
+    )
+    if before is not None:
+        pending = [(at, subject_day) for at, subject_day in pending if at < before]
+    chosen = [subject_day for _, subject_day in pending[:limit]]
+    await _store(session, chosen, final=False)
+    return len(chosen)
+
+
+def _day_key(subject: Subject, day: str) -> tuple[object, ...]:
+    """How the stored rows name a subject's day: by campaign token, or by app and group_id."""
+    if subject.campaign_token:
+        return (subject.campaign_token, day)
+    return (subject.app_id, subject.group_id, day)
+
+
+async def _stored_days(
+    session: AsyncSession, first: date, last: date, *, final_only: bool
+) -> dict[tuple[object, ...], datetime]:
+    """{_day_key: when it was computed} of the days stored between `first` and `last` (final
+    ones only if `final_only`); a campaign's day was computed when its oldest version row was."""
+    within = (first.isoformat(), last.isoformat())
+    campaigns = (
+        select(
+            CampaignOpenDay.campaign_token,
+            CampaignOpenDay.day,
+            func.min(CampaignOpenDay.computed_at),
+        )
+        .where(CampaignOpenDay.day.between(*within))
+        .group_by(CampaignOpenDay.campaign_token, CampaignOpenDay.day)
+    )
+    groups = select(
+        GroupOpenDay.app_id, GroupOpenDay.group_id, GroupOpenDay.day, GroupOpenDay.computed_at
+    ).where(GroupOpenDay.day.between(*within))
+    if final_only:
+        campaigns = campaigns.where(CampaignOpenDay.final.is_(True))
+        groups = groups.where(GroupOpenDay.final.is_(True))
+    stored: dict[tuple[object, ...], datetime] = {
+        (token, day): at for token, day, at in await session.execute(campaigns)
+    }
+    for app_id, group_id, day, at in await session.execute(groups):
+        stored[app_id, group_id, day] = at
+    return stored
 
 
 def _last_settled(now: datetime) -> date:
@@ -430,7 +478,7 @@ async def _store(session: AsyncSession, pending: list[tuple[Subject, str]], *, f
                 (subject.campaign_token, day, version, influenced, reengaged, stored_at, final)
                 for version, (influenced, reengaged) in totals.items()
             ]
-        else:
+        else:  # transactional sends have no A/B version: the "" row holds it all
             influenced = sum(counts[0] for counts in totals.values())
             group_rows.append((subject.app_id, subject.group_id, day, influenced, stored_at, final))
     stored = ("computed_at", "final")

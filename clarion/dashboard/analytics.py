@@ -9,7 +9,7 @@ and their influenced opens read as campaigns' are (campaigns.stats.group_influen
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 
 from sqlalchemy import ColumnElement, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -139,6 +139,7 @@ async def group_stats(
 ) -> list[GroupRow]:
     """Transactional sends of the last `days` UTC days (today included) by group_id, most sent
     first."""
+    first = _first_day(days, now)
     counted = await session.execute(
         select(
             PushEventCount.group_id,
@@ -148,7 +149,7 @@ async def group_stats(
         )
         .where(
             PushEventCount.app_id == app_id,
-            PushEventCount.day >= _first_day(days, now),
+            PushEventCount.day >= _day_before(first),
             PushEventCount.group_id != "",
             PushEventCount.campaign_token == "",
         )
@@ -157,12 +158,13 @@ async def group_stats(
     groups: dict[str, Totals] = {}
     sent_days: dict[str, set[str]] = {}
     for group_id, day, kind, count in counted:
-        _count(groups.setdefault(group_id, Totals()), kind, int(count))
         if kind == PushEventKind.SENT.value:
             sent_days.setdefault(group_id, set()).add(day)
-    influenced = await group_influenced_opens(session, app_id, sent_days, now=now)
+        if day >= first:
+            _count(groups.setdefault(group_id, Totals()), kind, int(count))
+    influenced = await group_influenced_opens(session, app_id, sent_days, first=first, now=now)
     for (group_id, _), count in influenced.items():
-        groups[group_id].influenced_open += count
+        groups.setdefault(group_id, Totals()).influenced_open += count
     rows = [GroupRow(group_id, totals) for group_id, totals in groups.items()]
     return sorted(rows, key=lambda row: (-row.totals.sent, row.group_id))
 
@@ -171,12 +173,14 @@ async def group_report(
     session: AsyncSession, *, app_id: int, group_id: str, days: int, now: datetime
 ) -> Report:
     """A group_id's sends of the last `days` UTC days (today included), per day."""
+    first = _first_day(days, now)
     counted = await session.execute(
         select(PushEventCount.day, PushEventCount.kind, func.sum(PushEventCount.count))
         .where(
             PushEventCount.app_id == app_id,
-            PushEventCount.day >= _first_day(days, now),
+            PushEventCount.day >= _day_before(first),
             PushEventCount.group_id == group_id,
+            PushEventCount.campaign_token == "",
         )
         .group_by(PushEventCount.day, PushEventCount.kind)
     )
@@ -184,11 +188,14 @@ async def group_report(
     totals = Totals()
     sent_days: set[str] = set()
     for day, kind, count in counted:
-        _count(by_day.setdefault(day, Totals()), kind, int(count))
-        _count(totals, kind, int(count))
         if kind == PushEventKind.SENT.value:
             sent_days.add(day)
-    influenced = await group_influenced_opens(session, app_id, {group_id: sent_days}, now=now)
+        if day >= first:
+            _count(by_day.setdefault(day, Totals()), kind, int(count))
+            _count(totals, kind, int(count))
+    influenced = await group_influenced_opens(
+        session, app_id, {group_id: sent_days}, first=first, now=now
+    )
     for (_, day), count in influenced.items():
         by_day.setdefault(day, Totals()).influenced_open += count
         totals.influenced_open += count
@@ -198,6 +205,11 @@ async def group_report(
 
 def _first_day(days: int, now: datetime) -> str:
     return (now.date() - timedelta(days=days - 1)).isoformat()
+
+
+def _day_before(day: str) -> str:
+    """(Sends of the day before a period influence opens on its first day.)"""
+    return (date.fromisoformat(day) - timedelta(days=1)).isoformat()
 
 
 def _count(totals: Totals, kind: str, count: int) -> None:
