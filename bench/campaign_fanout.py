@@ -55,7 +55,7 @@ from clarion.db import bulk_insert, transaction, utcnow
 from clarion.demo import seed_installations
 from clarion.events.models import PushEvent
 from clarion.formats import wire_date
-from clarion.runtime import Runtime
+from clarion.runtime import Runtime, tune_garbage_collector
 from clarion.targeting.schemas import Targeting
 
 ESTIMATE_QUERY = {
@@ -149,6 +149,7 @@ async def run(
     print(f"estimate: {estimate}")
 
     extra = second_worker(runtime.settings) if workers == 2 else None
+    tune_garbage_collector()  # as `clarion worker` does
     await runtime.start(workers=True)
     await asyncio.sleep(2)  # let the second process start its workers too
     accepted_before = apns_accepted(sim_url, ca)

@@ -44,7 +44,7 @@ from clarion.delivery.models import BatchStatus, DeliveryBatch, Send
 from clarion.demo import seed_installations
 from clarion.devices.models import Installation
 from clarion.events.models import PushEvent
-from clarion.runtime import Runtime
+from clarion.runtime import Runtime, tune_garbage_collector
 
 
 async def prepare(runtime: Runtime, key: dict[str, str], devices: int) -> int:
@@ -109,6 +109,7 @@ async def run(
 
     rss: list[float] = [rss_mb()]
     cpu0, t0 = cpu_seconds(), time.monotonic()
+    tune_garbage_collector()  # as `clarion worker` does
     await runtime.start(workers=True)
     while True:
         await asyncio.sleep(0.5)

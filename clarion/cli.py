@@ -51,19 +51,6 @@ def _settings() -> Settings:
     return Settings()
 
 
-def _tune_garbage_collector() -> None:
-    """For the long-running processes (serve, worker). What is loaded at start-up lives for
-    the process: frozen, the collector no longer walks it. And a bulk call allocates tens of
-    thousands of objects (60,000 values in a 10,000-user Custom Data call): with the default
-    threshold of 700 the collector ran every few hundred of them, half of the server's CPU on
-    that route (103 → 55 µs per user update, measured). Cycles are still collected, later."""
-    import gc
-
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(100_000, 50, 100)
-
-
 @cli.command()
 def migrate() -> None:
     """Apply pending database migrations (CLARION_DATABASE_URL)."""
@@ -86,23 +73,24 @@ def serve(
     """Serve the HTTP API (and, on the embedded default, the workers and the scheduler)."""
     from clarion.app import create_app
     from clarion.migrate import migrate as run_migrations
+    from clarion.runtime import tune_garbage_collector
 
     settings = _settings()
     if settings.is_sqlite:
         run_migrations(settings)  # the embedded default needs no separate step
     with_workers = settings.is_sqlite if workers is None else workers
     app = create_app(settings, workers=with_workers)
-    _tune_garbage_collector()
+    tune_garbage_collector()
     uvicorn.run(app, host=host, port=port, log_level="info", access_log=False)
 
 
 @cli.command()
 def worker() -> None:
     """Run delivery workers, the campaign scheduler and GDPR processing (scaled out)."""
-    from clarion.runtime import Runtime
+    from clarion.runtime import Runtime, tune_garbage_collector
 
     settings = _settings()
-    _tune_garbage_collector()
+    tune_garbage_collector()
 
     async def main() -> None:
         runtime = Runtime(settings)
