@@ -128,8 +128,11 @@ class Runtime:
                 wait_first=True,
             )
             self.scheduler = CampaignScheduler(self.sessions, self.queue, self.settings)
-            self._tasks.append(
-                asyncio.create_task(self.scheduler.run_forever(), name="campaign-scheduler")
+            # Fan-outs go on in the background between ticks (CampaignScheduler.aclose ends them).
+            self._repeat(
+                "campaign scheduler",
+                partial(self.scheduler.tick, wait=False),
+                every=settings.scheduler_interval_seconds,
             )
 
     @asynccontextmanager

@@ -271,10 +271,7 @@ class TestTeam:
     ) -> None:
         admin = await sign_in_as(runtime, app_id=ios_app.app_id, role=Role.ADMIN)
         editor = await sign_in_as(runtime, app_id=ios_app.app_id, role=Role.EDITOR)
-        async with runtime.sessions() as session:
-            editor_id = await session.scalar(
-                select(DashboardUser.id).where(DashboardUser.email == editor.email)
-            )
+        editor_id = (await user_ids(runtime, editor.email))[editor.email]
         transport = httpx.ASGITransport(app=clarion_app)
         async with httpx.AsyncClient(transport=transport, base_url="http://clarion.test") as other:
             editor.use(other)
@@ -316,16 +313,7 @@ class TestTeam:
     ) -> None:
         admin = await sign_in_as(runtime, app_id=ios_app.app_id, role=Role.ADMIN)
         stranger = await sign_in_as(runtime, app_id=android_app.app_id, role=Role.EDITOR)
-        async with runtime.sessions() as session:
-            ids = dict(
-                (
-                    await session.execute(
-                        select(DashboardUser.email, DashboardUser.id).where(
-                            DashboardUser.email.in_([admin.email, stranger.email])
-                        )
-                    )
-                ).all()
-            )
+        ids = await user_ids(runtime, admin.email, stranger.email)
         admin.use(api)
         change = {"csrf_token": admin.csrf, "role": "viewer", "status": "active"}
         own = await api.post(f"/dashboard/team/{ids[admin.email]}", data=change)
@@ -719,3 +707,11 @@ class TestAnalytics:
         reasons = re.findall(r"<td>(TopicDisallowed|Unregistered|TooOld)</td>", group.text)
         assert reasons == ["Unregistered", "TopicDisallowed"]  # newest first, within 30 days
         assert re.search(r"<b>2</b><span>influenced opens</span>", group.text)
+
+
+async def user_ids(runtime: Runtime, *emails: str) -> dict[str, int]:
+    async with runtime.sessions() as session:
+        found = await session.execute(
+            select(DashboardUser.email, DashboardUser.id).where(DashboardUser.email.in_(emails))
+        )
+        return dict(found.all())

@@ -114,15 +114,6 @@ class CampaignScheduler:
         self._fan_outs: dict[int, asyncio.Task[None]] = {}  # run id -> task, in this process
         self._zones: dict[int, tuple[float, set[str]]] = {}  # app id -> (read at, zones)
 
-    async def run_forever(self) -> None:
-        while True:
-            try:
-                await self.tick(wait=False)
-            except Exception:
-                # A database hiccup must not end scheduling for the life of the process.
-                log.exception("campaign scheduler tick failed; trying again")
-            await asyncio.sleep(self._settings.scheduler_interval_seconds)
-
     async def tick(self, *, wait: bool = True) -> None:
         """Start what is due, fan out what can be, close what is delivered. `wait`: return
         once this tick's fan-outs are done (tests); otherwise they go on in the background."""

@@ -36,7 +36,7 @@ class Totals:
         """Direct opens per notification sent, in percent."""
         return 100.0 * self.direct_open / self.sent if self.sent else 0.0
 
-    def add(self, stats: VersionStats) -> None:
+    def add(self, stats: VersionStats | Totals) -> None:
         self.sent += stats.sent
         self.direct_open += stats.direct_open
         self.influenced_open += stats.influenced_open
@@ -139,8 +139,34 @@ async def group_stats(
 ) -> list[GroupRow]:
     """Transactional sends of the last `days` UTC days (today included) by group_id, most sent
     first."""
+    rows = []
+    for group_id, by_day in (await _group_days(session, app_id, days, now)).items():
+        totals = Totals()
+        for day_totals in by_day.values():
+            totals.add(day_totals)
+        rows.append(GroupRow(group_id, totals))
+    return sorted(rows, key=lambda row: (-row.totals.sent, row.group_id))
+
+
+async def group_report(
+    session: AsyncSession, *, app_id: int, group_id: str, days: int, now: datetime
+) -> Report:
+    """A group_id's sends of the last `days` UTC days (today included), per day."""
+    by_day = (await _group_days(session, app_id, days, now, group_id=group_id)).get(group_id, {})
+    totals = Totals()
+    for day_totals in by_day.values():
+        totals.add(day_totals)
+    ordered = sorted(by_day.items())
+    return Report(totals, ordered, chart=_chart(ordered))
+
+
+async def _group_days(
+    session: AsyncSession, app_id: int, days: int, now: datetime, *, group_id: str | None = None
+) -> dict[str, dict[str, Totals]]:
+    """group_id -> UTC day -> its figures, over the last `days` days (today included), for all
+    the app's group_ids or one: the counted events, and the influenced opens."""
     first = _first_day(days, now)
-    counted = await session.execute(
+    query = (
         select(
             PushEventCount.group_id,
             PushEventCount.day,
@@ -149,58 +175,26 @@ async def group_stats(
         )
         .where(
             PushEventCount.app_id == app_id,
+            # Sends of the day before the period influence opens on its first day.
             PushEventCount.day >= _day_before(first),
             PushEventCount.group_id != "",
             PushEventCount.campaign_token == "",
         )
         .group_by(PushEventCount.group_id, PushEventCount.day, PushEventCount.kind)
     )
-    groups: dict[str, Totals] = {}
+    if group_id is not None:
+        query = query.where(PushEventCount.group_id == group_id)
+    by_group: dict[str, dict[str, Totals]] = {}
     sent_days: dict[str, set[str]] = {}
-    for group_id, day, kind, count in counted:
+    for group, day, kind, count in await session.execute(query):
         if kind == PushEventKind.SENT.value:
-            sent_days.setdefault(group_id, set()).add(day)
+            sent_days.setdefault(group, set()).add(day)
         if day >= first:
-            _count(groups.setdefault(group_id, Totals()), kind, int(count))
+            _count(by_group.setdefault(group, {}).setdefault(day, Totals()), kind, int(count))
     influenced = await group_influenced_opens(session, app_id, sent_days, first=first, now=now)
-    for (group_id, _), count in influenced.items():
-        groups.setdefault(group_id, Totals()).influenced_open += count
-    rows = [GroupRow(group_id, totals) for group_id, totals in groups.items()]
-    return sorted(rows, key=lambda row: (-row.totals.sent, row.group_id))
-
-
-async def group_report(
-    session: AsyncSession, *, app_id: int, group_id: str, days: int, now: datetime
-) -> Report:
-    """A group_id's sends of the last `days` UTC days (today included), per day."""
-    first = _first_day(days, now)
-    counted = await session.execute(
-        select(PushEventCount.day, PushEventCount.kind, func.sum(PushEventCount.count))
-        .where(
-            PushEventCount.app_id == app_id,
-            PushEventCount.day >= _day_before(first),
-            PushEventCount.group_id == group_id,
-            PushEventCount.campaign_token == "",
-        )
-        .group_by(PushEventCount.day, PushEventCount.kind)
-    )
-    by_day: dict[str, Totals] = {}
-    totals = Totals()
-    sent_days: set[str] = set()
-    for day, kind, count in counted:
-        if kind == PushEventKind.SENT.value:
-            sent_days.add(day)
-        if day >= first:
-            _count(by_day.setdefault(day, Totals()), kind, int(count))
-            _count(totals, kind, int(count))
-    influenced = await group_influenced_opens(
-        session, app_id, {group_id: sent_days}, first=first, now=now
-    )
-    for (_, day), count in influenced.items():
-        by_day.setdefault(day, Totals()).influenced_open += count
-        totals.influenced_open += count
-    ordered = sorted(by_day.items())
-    return Report(totals, ordered, chart=_chart(ordered))
+    for (group, day), count in influenced.items():
+        by_group.setdefault(group, {}).setdefault(day, Totals()).influenced_open += count
+    return by_group
 
 
 def _first_day(days: int, now: datetime) -> str:
@@ -208,7 +202,6 @@ def _first_day(days: int, now: datetime) -> str:
 
 
 def _day_before(day: str) -> str:
-    """(Sends of the day before a period influence opens on its first day.)"""
     return (date.fromisoformat(day) - timedelta(days=1)).isoformat()
 
 
