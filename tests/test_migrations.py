@@ -77,3 +77,71 @@ def test_push_event_counts_are_filled_from_the_existing_log(new_database: str) -
         (1, "2026-03-11", "camp", "", "s-a", "push_opened", 1, True),
         (1, "2026-03-11", "camp", "", "s-b", "push_sent", 1, True),
     ]
+
+
+BEFORE_BATCH_COUNTERS = "5b0e7c2a9d41"
+
+
+def test_send_counters_move_to_batches_and_back(new_database: str) -> None:
+    config = alembic_config(new_database)
+    command.upgrade(config, BEFORE_BATCH_COUNTERS)
+    engine = create_engine(sync_url(new_database))
+    at = "2026-03-10 10:00:00+00:00"
+    with engine.begin() as connection:
+        connection.execute(
+            text(
+                "INSERT INTO companies (id, name, rest_key_hash, created_at)"
+                " VALUES (1, 'c', 'h', :at)"
+            ),
+            {"at": at},
+        )
+        connection.execute(
+            text(
+                "INSERT INTO apps (id, company_id, name, platform, live_key_hash, dev_key_hash,"
+                " default_timezone, created_at) VALUES (1, 1, 'a', 'ios', 'l', 'd', 'UTC', :at)"
+            ),
+            {"at": at},
+        )
+        # Send 1: two batches, counted 1,500 targeted so far; send 2: one batch, nothing yet.
+        for send_id, counters in ((1, (1500, 1400, 60, 40)), (2, (0, 0, 0, 0))):
+            connection.execute(
+                text(
+                    "INSERT INTO sends (id, token, app_id, kind, dev_only, sandbox, content,"
+                    " created_at, targeted, sent, failed, tokens_deleted) VALUES (:id, :token, 1,"
+                    " 'transactional', false, false, '{}', :at, :t, :s, :f, :d)"
+                ),
+                dict(
+                    zip(("t", "s", "f", "d"), counters, strict=True),
+                    id=send_id,
+                    token=f"s{send_id}",
+                    at=at,
+                ),
+            )
+        for batch_id, send_id in ((10, 1), (11, 1), (12, 2)):
+            connection.execute(
+                text(
+                    "INSERT INTO delivery_batches (id, send_id, status, attempt, not_before,"
+                    " last_enqueued_at, recipients, created_at) VALUES (:id, :send, 'done', 0,"
+                    " :at, :at, '{}', :at)"
+                ),
+                {"id": batch_id, "send": send_id, "at": at},
+            )
+    sums = (
+        "SELECT send_id, sum(targeted), sum(sent), sum(failed), sum(tokens_deleted)"
+        " FROM delivery_batches GROUP BY send_id ORDER BY send_id"
+    )
+    command.upgrade(config, "head")
+    with engine.connect() as connection:
+        upgraded = [tuple(row) for row in connection.execute(text(sums))]
+        assert "targeted" not in {c["name"] for c in inspect(connection).get_columns("sends")}
+    command.downgrade(config, BEFORE_BATCH_COUNTERS)
+    with engine.connect() as connection:
+        restored = [
+            tuple(row)
+            for row in connection.execute(
+                text("SELECT id, targeted, sent, failed, tokens_deleted FROM sends ORDER BY id")
+            )
+        ]
+    engine.dispose()
+    assert upgraded == [(1, 1500, 1400, 60, 40), (2, 0, 0, 0, 0)]
+    assert restored == [(1, 1500, 1400, 60, 40), (2, 0, 0, 0, 0)]

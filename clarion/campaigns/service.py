@@ -23,9 +23,9 @@ from clarion.campaigns.schemas import (
     CampaignSummary,
 )
 from clarion.delivery.content import has_templates
-from clarion.delivery.models import SENDS, Send
+from clarion.delivery.models import BATCHES, SENDS
 from clarion.delivery.schemas import CollapseKey
-from clarion.delivery.service import cancel_sends
+from clarion.delivery.service import batch_totals, cancel_sends
 from clarion.errors import (
     MalformedParameterError,
     NotFoundError,
@@ -239,12 +239,10 @@ async def describe_campaign(
     campaign = await find_campaign(session, access, token)
     progress = (
         await session.execute(
-            select(
-                func.coalesce(func.sum(Send.targeted), 0),
-                func.coalesce(func.sum(Send.sent), 0),
-                func.coalesce(func.sum(Send.failed + Send.tokens_deleted), 0),
-            )
-            .join(CampaignRun, CampaignRun.id == Send.run_id)
+            select(*batch_totals())
+            .select_from(BATCHES)
+            .join(SENDS, SENDS.c.id == BATCHES.c.send_id)
+            .join(CampaignRun, CampaignRun.id == SENDS.c.run_id)
             .where(CampaignRun.campaign_id == campaign.id)
         )
     ).one()
@@ -255,7 +253,11 @@ async def describe_campaign(
         "created_date": wire_date(campaign.created_at),
         **campaign.body,
         "state": campaign.state,
-        "progress": {"targeted": progress[0], "sent": progress[1], "errors": progress[2]},
+        "progress": {
+            "targeted": progress.targeted,
+            "sent": progress.sent,
+            "errors": progress.failed + progress.tokens_deleted,
+        },
     }
 
 

@@ -53,11 +53,7 @@ class Send(Base):
     created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
     # No delivery (first try or retry) is attempted after this (time_to_live).
     expires_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
-    # Progress, bumped once per batch: recipients found, accepted, failed, tokens removed.
-    targeted: Mapped[int] = mapped_column(default=0)
-    sent: Mapped[int] = mapped_column(default=0)
-    failed: Mapped[int] = mapped_column(default=0)
-    tokens_deleted: Mapped[int] = mapped_column(default=0)
+    # A send's progress is the sum of its batches' counters (see DeliveryBatch).
 
 
 class DeliveryBatch(Base):
@@ -78,6 +74,15 @@ class DeliveryBatch(Base):
     last_reason: Mapped[str | None] = mapped_column(String(1024))
     created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    # What this batch did, written when it is marked done: recipients found (first attempt only:
+    # a retry batch re-sends some of them), accepted, failed, tokens removed. Kept here rather
+    # than bumped on the send: every batch of a send updating the send's row made the workers
+    # queue on that row's lock, each holding it until its commit came back through a busy event
+    # loop (measured: 12-33 of 41 connections waiting, HTTP/2 idle a third of the time).
+    targeted: Mapped[int] = mapped_column(default=0)
+    sent: Mapped[int] = mapped_column(default=0)
+    failed: Mapped[int] = mapped_column(default=0)
+    tokens_deleted: Mapped[int] = mapped_column(default=0)
 
 
 # The tables themselves, for Core statements on hot paths (no ORM unit of work or identity map).

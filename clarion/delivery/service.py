@@ -24,12 +24,14 @@ from sqlalchemy import (
     String,
     bindparam,
     case,
+    func,
     or_,
     select,
     update,
 )
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.sql import Executable
+from sqlalchemy.sql.elements import Label
 from sqlalchemy.types import TypeEngine
 
 from clarion.apps.models import App
@@ -84,15 +86,18 @@ class _Delivered:
     results: Sequence[DeliveryResult]
 
 
-# Counters of one send, bumped by what one batch did (executemany: one row per batch).
-_ADD_TO_SEND_COUNTERS = (
-    update(SENDS)
-    .where(SENDS.c.id == bindparam("send_id"))
+# A batch done, with what it did (executemany: one row per batch of the job).
+_FINISH_BATCH = (
+    update(BATCHES)
+    .where(BATCHES.c.id == bindparam("batch_id"))
     .values(
-        targeted=SENDS.c.targeted + bindparam("add_targeted"),
-        sent=SENDS.c.sent + bindparam("add_sent"),
-        failed=SENDS.c.failed + bindparam("add_failed"),
-        tokens_deleted=SENDS.c.tokens_deleted + bindparam("add_deleted"),
+        status=BatchStatus.DONE.value,
+        finished_at=bindparam("now"),
+        lease_until=None,
+        targeted=bindparam("add_targeted"),
+        sent=bindparam("add_sent"),
+        failed=bindparam("add_failed"),
+        tokens_deleted=bindparam("add_deleted"),
     )
 )
 
@@ -325,13 +330,14 @@ class Deliverer:
         now = utcnow()
         events: list[PushEventRow] = []
         dead_installations: list[int] = []
-        counters: list[dict[str, int]] = []
+        finished: list[dict[str, Any]] = []
         retry_batches: list[DeliveryBatch] = []
         for item in delivered:
             tally, retry_batch = self._outcomes(item, now, events, dead_installations)
-            counters.append(
+            finished.append(
                 {
-                    "send_id": item.send.id,
+                    "batch_id": item.batch.id,
+                    "now": now,
                     "add_targeted": len(item.recipients) if item.batch.attempt == 0 else 0,
                     "add_sent": tally.sent,
                     "add_failed": tally.failed,
@@ -349,12 +355,7 @@ class Deliverer:
                     .where(Installation.id.in_(dead_installations))
                     .values(push_token=None, webpush_p256dh=None, webpush_auth=None)
                 )
-            await session.execute(_ADD_TO_SEND_COUNTERS, counters)
-            await session.execute(
-                update(BATCHES)
-                .where(BATCHES.c.id.in_([item.batch.id for item in delivered]))
-                .values(status=BatchStatus.DONE.value, finished_at=now, lease_until=None)
-            )
+            await session.execute(_FINISH_BATCH, finished)
             session.add_all(retry_batches)
             await session.flush()
         return [
@@ -525,6 +526,13 @@ async def send_test_push(
         return (await provider.send(notification, [device]))[0]
     except ProviderConfigError as exc:
         return DeliveryResult(Outcome.FAILED, reason=f"unusable credentials: {exc}")
+
+
+def batch_totals() -> list[Label[int]]:
+    """Sums, over the delivery batches a statement selects, of what they did, labelled targeted,
+    sent, failed and tokens_deleted (0 where there is none). A send's progress is its batches'."""
+    columns = (BATCHES.c.targeted, BATCHES.c.sent, BATCHES.c.failed, BATCHES.c.tokens_deleted)
+    return [func.coalesce(func.sum(column), 0).label(column.name) for column in columns]
 
 
 async def cancel_sends(

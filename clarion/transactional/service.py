@@ -14,7 +14,7 @@ from datetime import timedelta
 from itertools import islice
 from typing import Any
 
-from sqlalchemy import func, insert, select
+from sqlalchemy import case, func, insert, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from clarion.apps.service import AppAccess
@@ -22,7 +22,8 @@ from clarion.batching import TurnBatcher
 from clarion.campaigns.service import template_content
 from clarion.db import transaction, utcnow
 from clarion.delivery.content import has_templates
-from clarion.delivery.models import BATCHES, SENDS, BatchStatus, DeliveryBatch, Send, SendKind
+from clarion.delivery.models import BATCHES, SENDS, BatchStatus, Send, SendKind
+from clarion.delivery.service import batch_totals
 from clarion.errors import NotFoundError
 from clarion.events.models import PushEvent, PushEventKind
 from clarion.queue import BatchJob, JobQueue
@@ -150,14 +151,16 @@ async def describe_send(session: AsyncSession, *, access: AppAccess, token: str)
     )
     if found is None:
         raise NotFoundError(f"no transactional send {token!r}")
-    # Pending batches first, then the counters: a batch is marked done in the same commit that
-    # bumps the counters, so this order never shows "nothing pending" with stale counters, even
-    # where each SELECT sees its own snapshot (SQLite outside a transaction).
-    pending = await session.scalar(
-        select(func.count())
-        .select_from(DeliveryBatch)
-        .where(DeliveryBatch.send_id == found, DeliveryBatch.status != BatchStatus.DONE.value)
-    )
+    # Progress is the sum of the send's batches (each written when the batch is done), read in
+    # one statement: the pending count and the counters come from the same snapshot.
+    progress = (
+        await session.execute(
+            select(
+                func.count(case((BATCHES.c.status != BatchStatus.DONE.value, 1))).label("pending"),
+                *batch_totals(),
+            ).where(BATCHES.c.send_id == found)
+        )
+    ).one()
     send = await session.get(Send, found, populate_existing=True)
     assert send is not None
     errors = await session.scalars(
@@ -174,11 +177,11 @@ async def describe_send(session: AsyncSession, *, access: AppAccess, token: str)
         group_id=send.group_id,
         created_at=send.created_at,
         expires_at=send.expires_at,
-        targeted=send.targeted,
-        sent=send.sent,
-        failed=send.failed,
-        tokens_deleted=send.tokens_deleted,
-        pending_batches=pending or 0,
+        targeted=progress.targeted,
+        sent=progress.sent,
+        failed=progress.failed,
+        tokens_deleted=progress.tokens_deleted,
+        pending_batches=progress.pending,
         last_errors=[
             SendError(
                 kind=e.kind,
