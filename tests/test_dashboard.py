@@ -5,6 +5,8 @@ test_dashboard_e2e.py."""
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 from datetime import timedelta
 from typing import Any
 
@@ -548,6 +550,62 @@ class TestReviewFindings:
         # Ten failures, then even the right password waits.
         assert statuses == [401] * 10 + [429]
         assert "Too many failed sign-ins" in answer.text
+
+    async def test_failed_sign_ins_count_across_processes_and_age_out(
+        self, ios_app: ClientApp, runtime: Runtime
+    ) -> None:
+        login = await sign_in_as(runtime, app_id=ios_app.app_id, role=Role.VIEWER)
+        started = utcnow()
+        # Another dashboard process fails ten times for this e-mail...
+        other_process = (
+            "import asyncio, sys\n"
+            "from datetime import datetime\n"
+            "from clarion.dashboard import service\n"
+            "from clarion.db import create_engine, create_sessionmaker, transaction\n"
+            "from clarion.errors import ClarionError\n"
+            "async def main():\n"
+            "    engine = create_engine(sys.argv[1])\n"
+            "    for _ in range(10):\n"
+            "        async with transaction(create_sessionmaker(engine)) as session:\n"
+            "            try:\n"  # as the route does: the error is a page, the failure commits
+            "                at = datetime.fromisoformat(sys.argv[3])\n"
+            "                await service.sign_in(\n"
+            "                    session, email=sys.argv[2], password='wrong password!', now=at\n"
+            "                )\n"
+            "            except ClarionError as exc:\n"
+            "                print(exc.status)\n"
+            "    await engine.dispose()\n"
+            "asyncio.run(main())\n"
+        )
+        answers = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                other_process,
+                runtime.settings.resolved_database_url,
+                login.email,
+                started.isoformat(),
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=120,
+        ).stdout.split()
+        assert answers == ["401"] * 10
+        # ... so this one refuses even the right password,
+        with pytest.raises(ClarionError) as refused:
+            async with transaction(runtime.sessions) as session:
+                await service.sign_in(
+                    session,
+                    email=login.email,
+                    password=PASSWORD,
+                    now=started + timedelta(minutes=1),
+                )
+        assert refused.value.status == 429
+        # until the failures are older than the window.
+        later = started + service.SIGN_IN_WINDOW + timedelta(seconds=1)
+        async with transaction(runtime.sessions) as session:
+            await service.sign_in(session, email=login.email, password=PASSWORD, now=later)
 
     async def test_stop_works_when_the_audience_was_deleted_since(
         self, api: httpx.AsyncClient, ios_app: ClientApp, runtime: Runtime

@@ -22,7 +22,7 @@ from pathlib import Path
 import httpx
 import pytest
 from cryptography.fernet import Fernet
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Browser, Page, Route, expect, sync_playwright
 
 from clarion.demo import wait_for_port
 from tests.support.simulator import REPO_ROOT, SimulatorHandle, free_port, stop_process_group
@@ -318,4 +318,26 @@ def test_a_viewer_cannot_change_anything(
     expect(page.get_by_text("No campaign")).to_be_visible()
     page.goto(f"{server.url}/dashboard/team")
     expect(page.get_by_role("alert")).to_contain_text("only an admin")
+    page.close()
+
+
+def test_create_app_posts_once_while_the_answer_is_awaited(
+    browser: Browser, server: Server
+) -> None:
+    page = _sign_in(browser, server, ADMIN)
+    # The form's POST is held until both clicks are done: a slow answer, as a user clicks again.
+    held: list[Route] = []
+    page.route("**/dashboard/apps", lambda route: held.append(route))
+    page.get_by_label("Name").fill("Clicked twice")
+    page.get_by_label("Platform").select_option("android")
+    button = page.get_by_role("button", name="Create app")
+    button.click(no_wait_after=True)
+    page.wait_for_timeout(300)
+    page.keyboard.press("Enter")  # the button keeps the focus: pressing it again
+    page.wait_for_timeout(300)
+    assert len(held) == 1
+    held[0].continue_()
+    expect(page.locator("#live-key")).to_be_visible()
+    page.goto(f"{server.url}/dashboard/")
+    expect(page.get_by_role("cell", name="Clicked twice", exact=True)).to_have_count(1)
     page.close()

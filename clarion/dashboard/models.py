@@ -50,3 +50,18 @@ class DashboardSession(Base):
     csrf_token: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
     expires_at: Mapped[datetime] = mapped_column(UtcDateTime)
+
+
+class SignInFailure(Base):
+    """A failed sign-in for an e-mail (known or not), kept for the throttle's window. In the
+    database rather than in memory so that every `clarion serve` process counts the same tries."""
+
+    __tablename__ = "dashboard_sign_in_failures"
+    __table_args__ = (
+        Index("ix_dashboard_sign_in_failures_email_at", "email", "failed_at"),
+        Index("ix_dashboard_sign_in_failures_at", "failed_at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True)
+    email: Mapped[str] = mapped_column(String(254))
+    failed_at: Mapped[datetime] = mapped_column(UtcDateTime)

@@ -9,8 +9,6 @@ from __future__ import annotations
 import asyncio
 import hmac
 import secrets
-import time
-from collections import deque
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -21,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from clarion.apps.models import App
 from clarion.apps.service import AppAccess, get_company_app, live_access
-from clarion.dashboard.models import DashboardSession, DashboardUser, Role
+from clarion.dashboard.models import DashboardSession, DashboardUser, Role, SignInFailure
 from clarion.dashboard.schemas import UserCreate
 from clarion.errors import (
     ApiMisuseError,
@@ -41,35 +39,29 @@ _hasher = PasswordHasher()
 _ARGON2_SLOTS = asyncio.Semaphore(2)
 
 
-class SignInThrottle:
-    """Failed sign-ins per e-mail, in this process: after `limit` failures within `window`
-    seconds, that e-mail is refused (429) until the oldest failure ages out. A password
-    guesser is slowed to `limit` tries per window per account and per process."""
-
-    def __init__(self, limit: int = 10, window: float = 900.0) -> None:
-        self.limit = limit
-        self.window = window
-        self._failures: dict[str, deque[float]] = {}
-
-    def check(self, email: str) -> None:
-        failures = self._failures.get(email)
-        if failures is None:
-            return
-        while failures and failures[0] < time.monotonic() - self.window:
-            failures.popleft()
-        if not failures:
-            del self._failures[email]
-        elif len(failures) >= self.limit:
-            raise TooManyRequestsError("too many failed sign-ins for this e-mail: wait and retry")
-
-    def failed(self, email: str) -> None:
-        self._failures.setdefault(email, deque()).append(time.monotonic())
-
-    def succeeded(self, email: str) -> None:
-        self._failures.pop(email, None)
+# Failed sign-ins per e-mail: after this many within the window, that e-mail is refused (429)
+# until the oldest ages out. A password guesser gets SIGN_IN_LIMIT tries per window and account,
+# however many processes serve the dashboard (the failures are rows, see SignInFailure).
+SIGN_IN_LIMIT = 10
+SIGN_IN_WINDOW = timedelta(minutes=15)
 
 
-SIGN_IN_THROTTLE = SignInThrottle()
+async def _check_sign_in_throttle(session: AsyncSession, email: str, now: datetime) -> None:
+    recent = await session.scalar(
+        select(func.count())
+        .select_from(SignInFailure)
+        .where(SignInFailure.email == email, SignInFailure.failed_at > now - SIGN_IN_WINDOW)
+    )
+    if (recent or 0) >= SIGN_IN_LIMIT:
+        raise TooManyRequestsError("too many failed sign-ins for this e-mail: wait and retry")
+
+
+async def _record_sign_in_failure(session: AsyncSession, email: str, now: datetime) -> None:
+    session.add(SignInFailure(email=email, failed_at=now))
+    # Failures that aged out are removed here rather than by a periodic job.
+    await session.execute(
+        delete(SignInFailure).where(SignInFailure.failed_at <= now - SIGN_IN_WINDOW)
+    )
 
 
 _dummy: list[str] = []
@@ -185,15 +177,19 @@ async def list_users(session: AsyncSession, *, company_id: int) -> list[Dashboar
 async def sign_in(
     session: AsyncSession, *, email: str, password: str, now: datetime
 ) -> tuple[str, Viewer]:
-    """Check the password and open a session; returns the cookie's token (shown once)."""
+    """Check the password and open a session; returns the cookie's token (shown once).
+
+    A wrong password is recorded in `session` before AuthenticationInvalidError is raised: the
+    caller commits it (the dashboard's route answers the error as a page, and commits), or the
+    throttle does not count it."""
     email = email.strip().lower()
-    SIGN_IN_THROTTLE.check(email)
+    await _check_sign_in_throttle(session, email, now)
     user = await session.scalar(select(DashboardUser).where(DashboardUser.email == email))
     valid = await _verify(user.password_hash if user else await _dummy_hash(), password)
     if user is None or user.disabled or not valid:
-        SIGN_IN_THROTTLE.failed(email)
+        await _record_sign_in_failure(session, email, now)
         raise AuthenticationInvalidError("wrong e-mail or password")
-    SIGN_IN_THROTTLE.succeeded(email)
+    await session.execute(delete(SignInFailure).where(SignInFailure.email == email))
     if _hasher.check_needs_rehash(user.password_hash):
         user.password_hash = await _hash(password)
     user.last_sign_in_at = now

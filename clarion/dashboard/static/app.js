@@ -67,7 +67,21 @@ document.addEventListener("click", (event) => {
 
 document.addEventListener("submit", (event) => {
   const form = event.target;
-  if (form.dataset.confirm && !window.confirm(form.dataset.confirm)) event.preventDefault();
+  if (form.dataset.confirm && !window.confirm(form.dataset.confirm)) {
+    event.preventDefault();
+    return;
+  }
+  // A form that creates something posts once: a double click, or Enter pressed again while the
+  // answer loads, would otherwise create it twice (two apps, two campaigns).
+  if (form.hasAttribute("data-once")) {
+    if (form.dataset.sent) event.preventDefault();
+    form.dataset.sent = "1";
+  }
+});
+
+// Back to a page the browser kept in memory: its forms may post again.
+window.addEventListener("pageshow", (event) => {
+  if (event.persisted) document.querySelectorAll("form[data-sent]").forEach((form) => delete form.dataset.sent);
 });
 
 document.addEventListener("change", (event) => {
