@@ -100,11 +100,13 @@ def _start_sink(port: int, cert: Path, key: Path) -> subprocess.Popen[bytes]:
 
 
 async def _run_client(
-    base_url: str, ca: Path, total: int, in_flight: int, chunk: int, connections: int
+    base_url: str, ca: Path, total: int, in_flight: int, chunk: int, connections: int, streams: int
 ) -> tuple[float, float, int]:
     from clarion.http2 import Http2Client, HttpRequest, HttpResponse
 
-    client = Http2Client(ca_file=str(ca), max_connections_per_host=connections)
+    client = Http2Client(
+        ca_file=str(ca), max_connections_per_host=connections, max_concurrent_streams=streams
+    )
     url = f"{base_url}/3/device/{TOKEN}"
     await client.request_many([HttpRequest("POST", url, HEADERS, BODY)] * 10)  # connect
     devices = f"{base_url}/3/device/"
@@ -160,6 +162,7 @@ def main() -> None:
     parser.add_argument("--in-flight", type=int, default=1000)
     parser.add_argument("--chunk", type=int, default=100, help="requests per request_many call")
     parser.add_argument("--connections", type=int, default=1)
+    parser.add_argument("--streams", type=int, default=1000, help="per connection, at most")
     parser.add_argument("--rounds", type=int, default=3, help="client runs; the median is kept")
     args = parser.parse_args()
 
@@ -183,6 +186,7 @@ def main() -> None:
                             args.in_flight,
                             args.chunk,
                             args.connections,
+                            args.streams,
                         )
                     )
                 )
@@ -191,7 +195,8 @@ def main() -> None:
                 print(f"  ({failures} failures)")
             rate, cpu_us, _ = sorted(runs)[len(runs) // 2]
             print(
-                f"clarion.http2, {args.connections} connection(s), {args.in_flight} in flight, "
+                f"clarion.http2, {args.connections} connection(s) of at most {args.streams} "
+                f"streams, {args.in_flight} in flight, "
                 f"request_many({args.chunk}): median {rate:,.0f} req/s, {cpu_us:.1f} µs CPU/request"
             )
             for connections in (1, 4):

@@ -235,8 +235,8 @@ class Http2Client:
         self,
         *,
         ca_file: str | None = None,
-        max_connections_per_host: int = 2,
-        max_concurrent_streams: int = 1000,
+        max_connections_per_host: int = 4,
+        max_concurrent_streams: int = 250,
         connect_timeout: float = 10.0,
         request_timeout: float = 30.0,
     ) -> None:
@@ -268,6 +268,12 @@ class Http2Client:
         ]
         multi = pycurl.CurlMulti()
         multi.setopt(pycurl.M_PIPELINING, pycurl.PIPE_MULTIPLEX)
+        # Defaults, 4 connections of at most 250 streams: the same 1,000 streams as 1 x 1,000, but
+        # libcurl's work per socket wake-up grows with the transfers on that connection, which
+        # costs most when a busy worker reads few answers per wake-up. Measured end to end on
+        # PostgreSQL (same machine, same day), against 2 x 1,000: campaign fan-out to 1M
+        # installs 51.2 -> 47.3 µs of worker CPU per notification, RSS max 218 -> 201 MB;
+        # delivery of 200k 18.1-18.2k -> 18.6-19.5k/s. 8 x 125 gained nothing more.
         multi.setopt(pycurl.M_MAX_HOST_CONNECTIONS, max_connections_per_host)
         # libcurl caps streams per connection at 100 unless told otherwise; the server's own
         # SETTINGS_MAX_CONCURRENT_STREAMS still applies when it is lower.

@@ -220,8 +220,9 @@ async def test_pooled_handles_switch_methods_cleanly(client: Http2Client, echo: 
 
 
 async def test_5000_concurrent_requests_share_at_most_two_connections(
-    client: Http2Client, echo: EchoServer
+    tls: TlsFiles, echo: EchoServer
 ) -> None:
+    client = Http2Client(ca_file=str(tls.ca), max_connections_per_host=2)
     await client.request(HttpRequest("GET", f"{echo.base_url}/_reset", ()))
     headers = (("apns-topic", "com.example"),)
     requests = [
@@ -233,6 +234,7 @@ async def test_5000_concurrent_requests_share_at_most_two_connections(
 
     assert [_echoed(r)["body"] for r in results] == [str(i) for i in range(5000)]
     assert 1 <= len((await _stats(client, echo))["clients"]) <= 2
+    await client.aclose()
 
 
 def test_runs_on_uvloop_the_loop_uvicorn_serves_on(tls: TlsFiles, echo: EchoServer) -> None:
