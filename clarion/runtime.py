@@ -123,7 +123,11 @@ class Runtime:
             )
             self._repeat(
                 "statistics upkeep",
-                partial(stats.keep_up, self.sessions),
+                partial(
+                    stats.keep_up,
+                    self.sessions,
+                    batch=stats.UPKEEP_BATCH[self.engine.dialect.name],
+                ),
                 every=settings.stats_interval_seconds,
                 wait_first=True,
             )
