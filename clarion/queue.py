@@ -20,7 +20,8 @@ from datetime import timedelta
 from typing import Any
 
 import psycopg
-from pgqueuer import Job, PgQueuer, PsycopgDriver
+from pgqueuer import Job, PgQueuer
+from pgqueuer.ports import RepositoryPort
 from pgqueuer.queries import Queries
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -97,6 +98,7 @@ class JobQueue:
         self._heartbeat = timedelta(seconds=heartbeat_seconds)
         self._database_url = database_url
         self._pgq: PgQueuer | None = None
+        self._enqueuer: RepositoryPort | None = None  # where enqueue() writes
         self._connections: list[psycopg.AsyncConnection[Any]] = []
         self._enqueue_lock = asyncio.Lock()
         # Jobs handed to enqueue() in the same turn of the event loop are packed together.
@@ -106,11 +108,20 @@ class JobQueue:
     async def start(self) -> None:
         if self.backend is QueueBackend.MEMORY:
             self._pgq = PgQueuer.in_memory()
+            self._enqueuer = self._pgq.qm.queries
             return
-        # pgqueuer needs an autocommit connection; LISTEN/NOTIFY wakes idle workers at once.
-        conn = await psycopg.AsyncConnection.connect(libpq_url(self._database_url), autocommit=True)
-        self._connections.append(conn)
-        self._pgq = PgQueuer.from_psycopg_connection(conn)
+        # pgqueuer needs autocommit connections; LISTEN/NOTIFY wakes idle workers at once.
+        # Enqueues get a connection of their own: a worker's pgqueuer waits for NOTIFYs with
+        # its connection's lock held (psycopg's notifies(), up to 1 s a time), so an enqueue
+        # sharing it waited up to 1 s, and a campaign's fan-out, which enqueues each page
+        # before writing the next, wrote one page (10 batches) a second.
+        listening, enqueuing = [
+            await psycopg.AsyncConnection.connect(libpq_url(self._database_url), autocommit=True)
+            for _ in range(2)
+        ]
+        self._connections += [listening, enqueuing]
+        self._pgq = PgQueuer.from_psycopg_connection(listening)
+        self._enqueuer = Queries.from_psycopg_connection(enqueuing)
 
     @property
     def pgq(self) -> PgQueuer:
@@ -127,8 +138,10 @@ class JobQueue:
         packed = pack_jobs(jobs, budget=self._job_recipients)
         # A dedupe key per job (its first batch) makes a second enqueue of a queued or running
         # job a no-op, so the sweep may re-enqueue freely; the batch claim guards the rest.
+        if self._enqueuer is None:
+            raise RuntimeError("JobQueue.start() was not called")
         async with self._enqueue_lock:
-            await self.pgq.qm.queries.enqueue(
+            await self._enqueuer.enqueue(
                 [SEND_BATCH] * len(packed),
                 [",".join(map(str, ids)).encode() for ids, _ in packed],
                 [0] * len(packed),
@@ -177,7 +190,7 @@ async def install_pg_schema(database_url: str) -> None:
     async with await psycopg.AsyncConnection.connect(
         libpq_url(database_url), autocommit=True
     ) as conn:
-        queries = Queries(PsycopgDriver(conn))
+        queries = Queries.from_psycopg_connection(conn)
         if not await queries.has_table("pgqueuer"):
             await queries.install()
         else:
