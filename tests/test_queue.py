@@ -70,3 +70,35 @@ async def test_enqueues_do_not_wait_for_the_worker_listening_in_the_same_process
 
     assert sorted(handled) == list(range(1, 6))
     assert enqueuing < 1.0, f"5 enqueues took {enqueuing:.3f} s"
+
+
+async def test_a_worker_takes_queued_jobs_one_after_another_without_waiting(
+    tmp_path: Path,
+) -> None:
+    # pgqueuer's worker waits for NOTIFYs holding its connection, up to 1 s at a time: its next
+    # dequeue, once a job was done, waited for the timeout when no enqueue woke it.
+    with empty_database("postgres", tmp_path) as url:
+        await install_pg_schema(url)
+        queue = JobQueue(QueueBackend.POSTGRES, url)
+        await queue.start()
+        handled: list[int] = []
+
+        async def handle(batch_ids: list[int]) -> None:
+            handled.extend(batch_ids)
+
+        queue.register_worker(handle, concurrency=1)  # one job at a time, two picked at most
+        worker = asyncio.create_task(queue.run_worker())
+        try:
+            await asyncio.sleep(0.3)  # the worker is listening
+            await queue.enqueue([BatchJob(batch_id) for batch_id in range(1, 9)])
+            started = time.monotonic()
+            while len(handled) < 8 and time.monotonic() - started < 20:
+                await asyncio.sleep(0.01)
+            draining = time.monotonic() - started
+        finally:
+            queue.stop()
+            await asyncio.wait_for(worker, 10)
+            await queue.aclose()
+
+    assert sorted(handled) == list(range(1, 9))
+    assert draining < 1.0, f"8 jobs took {draining:.3f} s"
