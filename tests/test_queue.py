@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import timedelta
 from pathlib import Path
 
@@ -37,12 +39,13 @@ def test_full_delayed_and_unsized_batches_ride_alone() -> None:
     ]
 
 
-async def test_enqueues_do_not_wait_for_the_worker_listening_in_the_same_process(
-    tmp_path: Path,
-) -> None:
-    # pgqueuer's worker waits for NOTIFYs holding its connection, up to 1 s at a time: enqueues
-    # that shared it took up to 1 s each, and a campaign's fan-out wrote a page a second.
-    with empty_database("postgres", tmp_path) as url:
+@asynccontextmanager
+async def _pg_worker(
+    folder: Path, *, concurrency: int
+) -> AsyncIterator[tuple[JobQueue, list[int]]]:
+    """A PostgreSQL job queue with a worker running in this process, and the batch ids it
+    has handled so far."""
+    with empty_database("postgres", folder) as url:
         await install_pg_schema(url)
         queue = JobQueue(QueueBackend.POSTGRES, url)
         await queue.start()
@@ -51,22 +54,39 @@ async def test_enqueues_do_not_wait_for_the_worker_listening_in_the_same_process
         async def handle(batch_ids: list[int]) -> None:
             handled.extend(batch_ids)
 
-        queue.register_worker(handle, concurrency=4)
+        queue.register_worker(handle, concurrency=concurrency)
         worker = asyncio.create_task(queue.run_worker())
         try:
-            enqueuing = 0.0
-            for batch_id in range(1, 6):
-                await asyncio.sleep(0.3)  # the worker is idle again, listening
-                started = time.monotonic()
-                await queue.enqueue([BatchJob(batch_id, recipients=1000)])
-                enqueuing += time.monotonic() - started
-            deadline = time.monotonic() + 10
-            while len(handled) < 5 and time.monotonic() < deadline:
-                await asyncio.sleep(0.05)
+            await asyncio.sleep(0.3)  # the worker is listening
+            yield queue, handled
         finally:
             queue.stop()
             await asyncio.wait_for(worker, 10)
             await queue.aclose()
+
+
+async def _handled(handled: list[int], count: int) -> None:
+    deadline = time.monotonic() + 20
+    while len(handled) < count and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+
+
+# pgqueuer's worker waits for NOTIFYs holding its connection, up to 1 s at a time. Enqueues
+# that shared it took up to 1 s each (a campaign's fan-out wrote a page a second), and so did its
+# next dequeue once a job was done, when no enqueue woke it.
+
+
+async def test_enqueues_do_not_wait_for_the_worker_listening_in_the_same_process(
+    tmp_path: Path,
+) -> None:
+    async with _pg_worker(tmp_path, concurrency=4) as (queue, handled):
+        enqueuing = 0.0
+        for batch_id in range(1, 6):
+            await asyncio.sleep(0.3)  # the worker is idle again, listening
+            started = time.monotonic()
+            await queue.enqueue([BatchJob(batch_id, recipients=1000)])
+            enqueuing += time.monotonic() - started
+        await _handled(handled, 5)
 
     assert sorted(handled) == list(range(1, 6))
     assert enqueuing < 1.0, f"5 enqueues took {enqueuing:.3f} s"
@@ -75,30 +95,12 @@ async def test_enqueues_do_not_wait_for_the_worker_listening_in_the_same_process
 async def test_a_worker_takes_queued_jobs_one_after_another_without_waiting(
     tmp_path: Path,
 ) -> None:
-    # pgqueuer's worker waits for NOTIFYs holding its connection, up to 1 s at a time: its next
-    # dequeue, once a job was done, waited for the timeout when no enqueue woke it.
-    with empty_database("postgres", tmp_path) as url:
-        await install_pg_schema(url)
-        queue = JobQueue(QueueBackend.POSTGRES, url)
-        await queue.start()
-        handled: list[int] = []
-
-        async def handle(batch_ids: list[int]) -> None:
-            handled.extend(batch_ids)
-
-        queue.register_worker(handle, concurrency=1)  # one job at a time, two picked at most
-        worker = asyncio.create_task(queue.run_worker())
-        try:
-            await asyncio.sleep(0.3)  # the worker is listening
-            await queue.enqueue([BatchJob(batch_id) for batch_id in range(1, 9)])
-            started = time.monotonic()
-            while len(handled) < 8 and time.monotonic() - started < 20:
-                await asyncio.sleep(0.01)
-            draining = time.monotonic() - started
-        finally:
-            queue.stop()
-            await asyncio.wait_for(worker, 10)
-            await queue.aclose()
+    # One job at a time, two picked at most.
+    async with _pg_worker(tmp_path, concurrency=1) as (queue, handled):
+        await queue.enqueue([BatchJob(batch_id) for batch_id in range(1, 9)])
+        started = time.monotonic()
+        await _handled(handled, 8)
+        draining = time.monotonic() - started
 
     assert sorted(handled) == list(range(1, 9))
     assert draining < 1.0, f"8 jobs took {draining:.3f} s"
