@@ -126,7 +126,11 @@ class Runtime:
                 partial(
                     stats.keep_up,
                     self.sessions,
-                    batch=stats.UPKEEP_BATCH[self.engine.dialect.name],
+                    days=(
+                        stats.DAYS_PER_TRANSACTION_SQLITE
+                        if settings.is_sqlite
+                        else stats.DAYS_PER_TRANSACTION
+                    ),
                 ),
                 every=settings.stats_interval_seconds,
                 wait_first=True,

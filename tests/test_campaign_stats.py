@@ -499,6 +499,36 @@ class TestUpkeep:
         assert days[three_days_ago.date().isoformat()][""][2] is True  # final
         assert days[now.date().isoformat()][""][2] is False  # provisional
 
+    async def test_a_round_ends_while_a_campaign_keeps_writing_counts(
+        self, api: httpx.AsyncClient, ios_app: ClientApp, runtime: Runtime
+    ) -> None:
+        # A sending campaign writes count rows all the time; folding them again and again would
+        # hold the upkeep (on SQLite, the one connection) until its deadline, and the finished
+        # days after the fold would wait for another round. One day per transaction, as SQLite.
+        sending, finished = await draft(api, ios_app), await draft(api, ios_app)
+        now = datetime.now(UTC)
+        await record(runtime, ios_app, finished, [(SENT, now - timedelta(days=3), "i-0")])
+        writing = True
+
+        async def keep_sending(worker: int) -> int:
+            written = 0
+            while writing:
+                await record(runtime, ios_app, sending, [(SENT, now, f"s-{worker}-{written}")])
+                written += 1
+            return written
+
+        writers = [asyncio.create_task(keep_sending(worker)) for worker in range(3)]
+        await asyncio.sleep(0.05)
+        started = asyncio.get_running_loop().time()
+        await keep_up(runtime.sessions, budget_seconds=5.0, days=1)
+        elapsed = asyncio.get_running_loop().time() - started
+        writing = False
+        assert all(await asyncio.gather(*writers))
+
+        assert elapsed < 2.5, f"the round took {elapsed:.1f} s of its 5 s budget"
+        days = await stored_days(runtime, finished)
+        assert days[(now - timedelta(days=3)).date().isoformat()][""][2] is True  # final
+
     async def test_open_days_are_refreshed_those_computed_longest_ago_first(
         self, api: httpx.AsyncClient, ios_app: ClientApp, runtime: Runtime
     ) -> None:

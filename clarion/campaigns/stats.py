@@ -53,10 +53,13 @@ SETTLE = timedelta(hours=2)
 # attribute_finished_days looks back this far, the longest period the dashboard's analytics
 # show; older days not stored are matched on read.
 LOOKBACK_DAYS = 90
-# Campaigns folded, or days stored, per transaction of the workers' upkeep (keep_up). On SQLite
-# one: the database has a single connection (decision 0006), and 20 days of a large campaign
-# held it ~5 s (233 ms each for 16,685 events) while API calls waited.
-UPKEEP_BATCH = {"postgresql": 20, "sqlite": 1}
+# Subjects (campaigns, groups) whose counts the workers' upkeep (keep_up) folds per transaction.
+FOLD_SUBJECTS = 20
+# Days it stores per transaction. On SQLite one: the database has a single connection (decision
+# 0006), and 20 days of a large campaign held it ~5 s (233 ms each for 16,685 events) while API
+# calls waited.
+DAYS_PER_TRANSACTION = 20
+DAYS_PER_TRANSACTION_SQLITE = 1
 
 STAT_OF_KIND: dict[str, tuple[str, ...]] = {
     PushEventKind.SENT.value: ("sent", "sent_optins"),
@@ -315,30 +318,33 @@ async def keep_up(
     sessions: async_sessionmaker[AsyncSession],
     *,
     budget_seconds: float = 10.0,
-    batch: int = UPKEEP_BATCH["postgresql"],
+    days: int = DAYS_PER_TRANSACTION,
 ) -> None:
     """The workers' statistics upkeep, every stats_interval_seconds: folds the counts written
     since the last round, stores finished days' attributed opens, then refreshes the provisional
     figures of the days still open, in short transactions for at most about `budget_seconds` (a
-    backlog, after an upgrade say, or many subjects sending today, takes a few rounds), each of
-    at most `batch` subjects or days."""
-    # A round that did less than a full batch has caught up: a campaign that is sending keeps
-    # writing counts, and folding them again at once would repeat the fold until the deadline.
+    backlog, after an upgrade say, or many subjects sending today, takes a few rounds), each
+    storing at most `days` days."""
+    # A fold of fewer than FOLD_SUBJECTS subjects has caught up: a campaign that is sending
+    # keeps writing counts, and folding them again at once would repeat the fold until the
+    # deadline. (So the fold's batch must stay larger than the few subjects sending at once.)
     started = utcnow()
     deadline = time.monotonic() + budget_seconds
     while time.monotonic() < deadline:
         async with transaction(sessions) as session:
-            if await fold_event_counts(session, subjects=batch) < batch:
+            if await fold_event_counts(session, subjects=FOLD_SUBJECTS) < FOLD_SUBJECTS:
                 break
+    # Finished days are stored once; open days once a round (those refreshed since `started`
+    # are skipped): both loops end when a transaction stores less than it could.
     while time.monotonic() < deadline:
         async with transaction(sessions) as session:
-            if await attribute_finished_days(session, limit=batch) < batch:
+            if await attribute_finished_days(session, limit=days) < days:
                 break
     # At least one batch of open days a round, however long a backlog above took.
     while True:
         async with transaction(sessions) as session:
-            stored = await attribute_open_days(session, before=started, limit=batch)
-        if stored < batch or time.monotonic() >= deadline:
+            stored = await attribute_open_days(session, before=started, limit=days)
+        if stored < days or time.monotonic() >= deadline:
             break
 
 
