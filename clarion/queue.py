@@ -21,7 +21,6 @@ from typing import Any
 
 import psycopg
 from pgqueuer import Job, PgQueuer, PsycopgDriver
-from pgqueuer.ports import RepositoryPort
 from pgqueuer.queries import Queries
 from psycopg.rows import dict_row
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -128,7 +127,6 @@ class JobQueue:
         self._heartbeat = timedelta(seconds=heartbeat_seconds)
         self._database_url = database_url
         self._pgq: PgQueuer | None = None
-        self._enqueuer: RepositoryPort | None = None  # where enqueue() writes
         self._connections: list[psycopg.AsyncConnection[Any]] = []
         self._enqueue_lock = asyncio.Lock()
         # Jobs handed to enqueue() in the same turn of the event loop are packed together.
@@ -138,16 +136,17 @@ class JobQueue:
     async def start(self) -> None:
         if self.backend is QueueBackend.MEMORY:
             self._pgq = PgQueuer.in_memory()
-            self._enqueuer = self._pgq.qm.queries
             return
-        # pgqueuer needs autocommit connections; LISTEN/NOTIFY wakes idle workers at once.
-        listening, querying = [
-            await psycopg.AsyncConnection.connect(libpq_url(self._database_url), autocommit=True)
-            for _ in range(2)
-        ]
-        self._connections += [listening, querying]
+        listening = await self._connect()
+        querying = await self._connect()
         self._pgq = PgQueuer(_ListenerApart(listening, querying))
-        self._enqueuer = Queries.from_psycopg_connection(querying)
+
+    async def _connect(self) -> psycopg.AsyncConnection[Any]:
+        # pgqueuer needs autocommit connections; LISTEN/NOTIFY wakes idle workers at once.
+        # Kept at once, so that aclose() closes it even if start() fails after it.
+        conn = await psycopg.AsyncConnection.connect(libpq_url(self._database_url), autocommit=True)
+        self._connections.append(conn)
+        return conn
 
     @property
     def pgq(self) -> PgQueuer:
@@ -164,10 +163,8 @@ class JobQueue:
         packed = pack_jobs(jobs, budget=self._job_recipients)
         # A dedupe key per job (its first batch) makes a second enqueue of a queued or running
         # job a no-op, so the sweep may re-enqueue freely; the batch claim guards the rest.
-        if self._enqueuer is None:
-            raise RuntimeError("JobQueue.start() was not called")
         async with self._enqueue_lock:
-            await self._enqueuer.enqueue(
+            await self.pgq.qm.queries.enqueue(
                 [SEND_BATCH] * len(packed),
                 [",".join(map(str, ids)).encode() for ids, _ in packed],
                 [0] * len(packed),

@@ -10,6 +10,8 @@ from contextlib import asynccontextmanager
 from datetime import timedelta
 from pathlib import Path
 
+import pytest
+
 from clarion.config import QueueBackend
 from clarion.queue import BatchJob, JobQueue, install_pg_schema, pack_jobs
 from tests.conftest import empty_database
@@ -76,6 +78,7 @@ async def _handled(handled: list[int], count: int) -> None:
 # next dequeue once a job was done, when no enqueue woke it.
 
 
+@pytest.mark.postgres
 async def test_enqueues_do_not_wait_for_the_worker_listening_in_the_same_process(
     tmp_path: Path,
 ) -> None:
@@ -92,6 +95,7 @@ async def test_enqueues_do_not_wait_for_the_worker_listening_in_the_same_process
     assert enqueuing < 1.0, f"5 enqueues took {enqueuing:.3f} s"
 
 
+@pytest.mark.postgres
 async def test_a_worker_takes_queued_jobs_one_after_another_without_waiting(
     tmp_path: Path,
 ) -> None:
