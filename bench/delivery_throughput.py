@@ -8,6 +8,7 @@ not the sink. The simulator runs on CPU 1, Clarion on CPU 0.
 
     .venv/bin/python -m bench.delivery_throughput --devices 200000 --db sqlite
     .venv/bin/python -m bench.delivery_throughput --devices 1000000 --db postgres
+    .venv/bin/python -m bench.delivery_throughput --db postgres --latency-ms 50   # a distant APNs
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
+import httpx
 import jwt
 from sqlalchemy import func, insert, select
 
@@ -174,16 +176,30 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--devices", type=int, default=200_000)
     parser.add_argument("--db", choices=["sqlite", "postgres"], default="sqlite")
+    parser.add_argument(
+        "--latency-ms",
+        type=int,
+        default=0,
+        help="the simulator answers each push this late, as a distant APNs would (no h2load run)",
+    )
     args = parser.parse_args()
     pin(0)
     with ExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory()))
         sim_url, ca = stack.enter_context(simulator(tmp / "sim", cpu=1))
+        if args.latency_ms:
+            httpx.put(
+                f"{sim_url}/_sim/apns/faults", json={"delay_ms": args.latency_ms}, verify=str(ca)
+            ).raise_for_status()
         url = fresh_database(stack, args.db, tmp)
         figures = asyncio.run(run(args.devices, args.db, url, sim_url, ca, tmp))
         key = figures.pop("_key")
-        figures |= ceiling(sim_url, key, tmp)
-    report(f"delivery_{args.db}_{args.devices}", figures)
+        if args.latency_ms:
+            figures["simulator_latency_ms"] = args.latency_ms
+        else:
+            figures |= ceiling(sim_url, key, tmp)
+    suffix = f"_latency{args.latency_ms}ms" if args.latency_ms else ""
+    report(f"delivery_{args.db}_{args.devices}{suffix}", figures)
 
 
 if __name__ == "__main__":
