@@ -161,7 +161,7 @@ async def describe_send(session: AsyncSession, *, access: AppAccess, token: str)
             ).where(BATCHES.c.send_id == found)
         )
     ).one()
-    send = await session.get(Send, found, populate_existing=True)
+    send = await session.get(Send, found)
     assert send is not None
     errors = await session.scalars(
         select(PushEvent)
