@@ -177,10 +177,17 @@ class JobQueue:
         await self.enqueue(take_deferred(session))
 
     def register_worker(self, handler: BatchHandler, *, concurrency: int) -> None:
+        # pgqueuer picks up to twice its batch size of jobs (it wants max_concurrent_tasks of at
+        # least 2 x batch_size, run_worker); these slots keep `concurrency` of them delivering
+        # and the others waiting with their batches unclaimed, so that a worker killed mid-send
+        # leaves at most `concurrency` batches sent twice.
+        slots = asyncio.Semaphore(concurrency)
+
         async def send_batch(job: Job) -> None:
             if job.payload is None:
                 return
-            await handler([int(batch_id) for batch_id in job.payload.split(b",")])
+            async with slots:
+                await handler([int(batch_id) for batch_id in job.payload.split(b",")])
 
         self.pgq.entrypoint(SEND_BATCH, concurrency_limit=0)(send_batch)
         self._worker_concurrency = concurrency
