@@ -23,7 +23,8 @@ from sqlalchemy import text
 
 from bench.common import analyze, create_bench_app, fresh_database, report
 from clarion.apps.service import AppAccess, live_access
-from clarion.audiences.models import AUDIENCE_MEMBERS, Audience
+from clarion.audiences.models import AUDIENCE_MEMBERS, Audience, AudienceKind
+from clarion.audiences.resolved import build_generation
 from clarion.campaigns import service as campaigns
 from clarion.config import Settings
 from clarion.db import bulk_insert, transaction, utcnow
@@ -62,6 +63,9 @@ async def seed(runtime: Runtime, devices: int) -> AppAccess:
                 (audience.id, 0, f"user-{n}" if n % 2 == 0 else f"stranger-{n}")
                 for n in range(devices)
             ],
+        )
+        await build_generation(
+            session, audience=audience, kind=AudienceKind.CUSTOM_IDS, generation=0
         )
     await analyze(runtime)
     print(f"seeded {devices:,} installations and members in {time.monotonic() - started:.1f} s")

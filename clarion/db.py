@@ -99,15 +99,19 @@ def in_values(
     return cast(ColumnElement[bool], column.in_(bindparam(name, expanding=True)))
 
 
+def is_postgres(session: AsyncSession) -> bool:
+    return session.get_bind().dialect.name == "postgresql"
+
+
 def uses_arrays(session: AsyncSession) -> bool:
     """Whether in_values(array=True) statements suit the session's database."""
-    return session.get_bind().dialect.name == "postgresql"
+    return is_postgres(session)
 
 
 def upsert_insert(session: AsyncSession, table: Any) -> Any:
     """The session's dialect's INSERT, which takes `.on_conflict_do_nothing/_do_update(...)`
     (the same API on SQLite and PostgreSQL)."""
-    if session.get_bind().dialect.name == "postgresql":
+    if is_postgres(session):
         return pg_insert(table)
     return sqlite_insert(table)
 

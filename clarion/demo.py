@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from clarion.apps import service as apps
 from clarion.apps.models import App
 from clarion.apps.schemas import ApnsCredentialsIn, AppCreate, FcmCredentialsIn
+from clarion.audiences.resolved import installations_changed
 from clarion.config import Settings
 from clarion.dashboard import service as dashboard
 from clarion.dashboard.schemas import UserCreate
@@ -198,7 +199,9 @@ async def seed_installations(
             for n in range(start, min(start + chunk, count))
         ]
         async with transaction(sessions) as session:
-            await session.execute(insert(Installation), rows)
+            ids = await session.scalars(insert(Installation).returning(Installation.id), rows)
+            # Audiences that list these custom ids already now hold the installations.
+            await installations_changed(session, app_id=app_id, installation_ids=ids.all())
         on_progress(len(rows))
 
 

@@ -17,6 +17,7 @@ import httpx
 import pytest
 from sqlalchemy import delete, insert, select, update
 
+from clarion.audiences.resolved import installations_changed
 from clarion.campaigns.models import Campaign, CampaignRun
 from clarion.campaigns.schedule import occurrence_time
 from clarion.campaigns.scheduler import CampaignScheduler, version_of
@@ -77,6 +78,10 @@ async def add_installs(
         ]
         session.add_all(rows)
         await session.flush()
+        # As the SDK API does: audiences that list these installs' ids now hold them.
+        await installations_changed(
+            session, app_id=app.app_id, installation_ids=[row.id for row in rows]
+        )
         return rows
 
 

@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import func, select
 
+from clarion.audiences import service as audiences
+from clarion.audiences.models import AudienceKind
+from clarion.audiences.resolved import installations_changed
+from clarion.db import transaction, utcnow
+from clarion.devices.models import Installation
 from clarion.runtime import Runtime
 from tests.conftest import ClientApp
 from tests.test_campaign_runs import Clock, T, add_installs, reached, scheduler
 from tests.test_campaigns import created, error
+from tests.test_sdk_api import register
 
 
 def url(app: ClientApp, name: str = "", version: str = "1.0") -> str:
@@ -215,3 +223,92 @@ class TestTargeting:
         )
         await scheduler(runtime, Clock(T)).tick()
         assert set(await reached(runtime, token)) == {install.id for install in members}
+
+
+class TestResolution:
+    """Targeting reads members resolved to installations; these follow both sides' changes."""
+
+    async def test_installs_that_take_a_listed_id_later_join_and_leave_with_it(
+        self, api: httpx.AsyncClient, ios_app: ClientApp
+    ) -> None:
+        await put(api, ios_app, "users", {"type": "custom_ids", "ids": ["later"]})
+        await put(api, ios_app, "ads", {"type": "advertising_ids", "ids": ["AD-1"]})
+        await put(api, ios_app, "devices", {"ids": [{"id": "phone-2"}]}, version="1.1")
+        assert await estimate(api, ios_app, ["users", "ads", "devices"]) == 0
+
+        await register(api, ios_app, "phone-1", custom_id="later", push_token="ab" * 32)
+        assert await estimate(api, ios_app, ["users"]) == 1
+        await register(api, ios_app, "phone-1", advertising_id="AD-1")
+        assert await estimate(api, ios_app, ["ads"]) == 1
+        await register(api, ios_app, "phone-2", push_token="cd" * 32)  # created, listed by id
+        assert await estimate(api, ios_app, ["devices"]) == 1
+
+        custom_id = f"/sdk/v1/{ios_app.api_key}/installations/phone-1/custom_id"
+        assert (await api.delete(custom_id)).status_code == 200
+        assert await estimate(api, ios_app, ["users"]) == 0
+        assert (await api.put(custom_id, json={"custom_id": "later"})).status_code == 200
+        assert await estimate(api, ios_app, ["users"]) == 1
+        await register(api, ios_app, "phone-1", advertising_id="AD-2")
+        assert await estimate(api, ios_app, ["ads", "users"]) == 1
+        assert await estimate(api, ios_app, ["ads"]) == 0
+
+    async def test_every_bit_of_a_block_is_its_own_installation(
+        self, api: httpx.AsyncClient, ios_app: ClientApp, runtime: Runtime
+    ) -> None:
+        # 200 consecutive installations span four blocks of 64, whatever the first id; the
+        # members are chosen by position in the block, the edges (0, 1, 62, 63) among them.
+        installs = await add_installs(runtime, ios_app, 200)
+        chosen = [i for i in installs if i.id % 64 in (0, 1, 62, 63) or i.id % 7 == 0]
+        await put(api, ios_app, "edges", {"ids": [{"id": i.install_id} for i in chosen]}, "1.1")
+        assert await estimate(api, ios_app, ["edges"]) == len(chosen)
+
+        # Removing members clears their bits only; the block's other members stay.
+        leaving = [i for i in chosen if i.id % 64 in (0, 63)]
+        changes = [{"action": "remove", "id": i.install_id} for i in leaving]
+        assert (await patch(api, ios_app, "edges", {"ids": changes}, "1.1")).status_code == 202
+        token = await created(
+            api, ios_app, push_time="2030-06-01T10:00:00", targeting={"custom_audiences": ["edges"]}
+        )
+        await scheduler(runtime, Clock(T)).tick()
+        assert sorted(await reached(runtime, token)) == sorted(
+            i.id for i in chosen if i not in leaving
+        )
+
+    async def test_a_replace_waits_for_an_install_taking_a_listed_id(
+        self, backend: str, ios_app: ClientApp, runtime: Runtime
+    ) -> None:
+        # Each transaction resolves what it sees: an install re-resolved before a replace's
+        # members are committed, and committed after the replace resolved them, would be in
+        # neither. On PostgreSQL the replace waits for the install's transaction to end.
+        if backend != "postgres":
+            pytest.skip("SQLite writes one transaction at a time")
+        (install,) = await add_installs(runtime, ios_app, 1)
+        async with transaction(runtime.sessions) as sdk:
+            row = await sdk.get(Installation, install.id)
+            assert row is not None
+            row.custom_id = "racer"
+            await sdk.flush()
+            await installations_changed(sdk, app_id=ios_app.app_id, installation_ids=[row.id])
+
+            async def replace() -> None:
+                async with transaction(runtime.sessions) as session:
+                    await audiences.replace_audience(
+                        session,
+                        app_id=ios_app.app_id,
+                        name="race",
+                        kind=AudienceKind.CUSTOM_IDS,
+                        description=None,
+                        members=[("racer", None, None)],
+                        now=utcnow(),
+                    )
+
+            replacing = asyncio.create_task(replace())
+            await asyncio.sleep(0.5)
+            assert not replacing.done()  # waiting for this transaction
+        await asyncio.wait_for(replacing, 10)
+        async with runtime.sessions() as session:
+            statement = select(func.count()).where(
+                Installation.app_id == ios_app.app_id,
+                audiences.member_of_any(app_id=ios_app.app_id, names=["race"]),
+            )
+            assert await session.scalar(statement) == 1

@@ -22,6 +22,7 @@ from clarion.profiles.models import ProfileAttribute
 from clarion.runtime import Runtime
 from tests.conftest import ClientApp
 from tests.test_campaigns import error
+from tests.test_custom_audiences import estimate, put
 from tests.test_delivery import register
 
 
@@ -120,9 +121,12 @@ async def test_remove_deletes_and_ignores_new_data_for_a_month(
     api: httpx.AsyncClient, ios_app: ClientApp, runtime: Runtime
 ) -> None:
     await a_known_user(api, ios_app, "forgotten")
+    await put(api, ios_app, "listed", {"type": "custom_ids", "ids": ["forgotten"]})
+    assert await estimate(api, ios_app, ["listed"]) == 1
     request_id = await request(api, ios_app, "remove", "custom_id", "forgotten")
     await process(runtime)
     assert (await status(api, ios_app, request_id))["status"] == "done"
+    assert await estimate(api, ios_app, ["listed"]) == 0  # the install stays, out of the audience
     assert await held(runtime, ios_app, "forgotten") == {
         "installations": 0,
         "attributes": 0,

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 from alembic import command
-from sqlalchemy import create_engine, inspect, text
+from sqlalchemy import Connection, create_engine, inspect, text
 
 from clarion.db import sync_url
 from clarion.migrate import alembic_config
@@ -79,6 +79,23 @@ def test_push_event_counts_are_filled_from_the_existing_log(new_database: str) -
     ]
 
 
+def _company_and_app(connection: Connection, at: str) -> None:
+    """Company 1 and its app 1."""
+    connection.execute(
+        text(
+            "INSERT INTO companies (id, name, rest_key_hash, created_at) VALUES (1, 'c', 'h', :at)"
+        ),
+        {"at": at},
+    )
+    connection.execute(
+        text(
+            "INSERT INTO apps (id, company_id, name, platform, live_key_hash, dev_key_hash,"
+            " default_timezone, created_at) VALUES (1, 1, 'a', 'ios', 'l', 'd', 'UTC', :at)"
+        ),
+        {"at": at},
+    )
+
+
 BEFORE_BATCH_COUNTERS = "5b0e7c2a9d41"
 
 
@@ -88,20 +105,7 @@ def test_send_counters_move_to_batches_and_back(new_database: str) -> None:
     engine = create_engine(sync_url(new_database))
     at = "2026-03-10 10:00:00+00:00"
     with engine.begin() as connection:
-        connection.execute(
-            text(
-                "INSERT INTO companies (id, name, rest_key_hash, created_at)"
-                " VALUES (1, 'c', 'h', :at)"
-            ),
-            {"at": at},
-        )
-        connection.execute(
-            text(
-                "INSERT INTO apps (id, company_id, name, platform, live_key_hash, dev_key_hash,"
-                " default_timezone, created_at) VALUES (1, 1, 'a', 'ios', 'l', 'd', 'UTC', :at)"
-            ),
-            {"at": at},
-        )
+        _company_and_app(connection, at)
         # Send 1: two batches, counted 1,500 targeted so far; send 2: one batch, nothing yet.
         for send_id, counters in ((1, (1500, 1400, 60, 40)), (2, (0, 0, 0, 0))):
             connection.execute(
@@ -145,3 +149,85 @@ def test_send_counters_move_to_batches_and_back(new_database: str) -> None:
     engine.dispose()
     assert upgraded == [(1, 1500, 1400, 60, 40), (2, 0, 0, 0, 0)]
     assert restored == [(1, 1500, 1400, 60, 40), (2, 0, 0, 0, 0)]
+
+
+BEFORE_AUDIENCE_BITMAPS = "3f9a6b1c7d25"
+
+
+def _word(*positions: int) -> int:
+    """The signed 64-bit word with these bits set, as the databases store it."""
+    value = sum(1 << position for position in positions)
+    return value - (1 << 64) if value >= 1 << 63 else value
+
+
+def test_audiences_are_resolved_to_bitmaps_of_their_current_members(new_database: str) -> None:
+    config = alembic_config(new_database)
+    command.upgrade(config, BEFORE_AUDIENCE_BITMAPS)
+    engine = create_engine(sync_url(new_database))
+    at = "2026-03-10 10:00:00+00:00"
+    with engine.begin() as connection:
+        _company_and_app(connection, at)
+        # Installation id: (custom id, advertising id); the install id is "i<id>".
+        installs = {1: ("u1", None), 63: ("u63", "ad-63"), 64: ("u64", None), 130: (None, "ad-130")}
+        for pk, (custom_id, advertising_id) in installs.items():
+            connection.execute(
+                text(
+                    "INSERT INTO installations (id, app_id, install_id, is_dev, custom_id,"
+                    " advertising_id, push_optin, created_at, last_seen_at)"
+                    " VALUES (:id, 1, :install, false, :custom, :ad, true, :at, :at)"
+                ),
+                {
+                    "id": pk,
+                    "install": f"i{pk}",
+                    "custom": custom_id,
+                    "ad": advertising_id,
+                    "at": at,
+                },
+            )
+        audiences = {
+            # id: (kind, current generation, members by generation)
+            1: ("custom_ids", 1, {0: ["u64"], 1: ["u1", "u63", "nobody"]}),
+            2: ("advertising_ids", 0, {0: ["ad-63", "ad-130"]}),
+            3: ("install_ids", 0, {0: ["i64"]}),
+        }
+        for audience_id, (kind, generation, members) in audiences.items():
+            connection.execute(
+                text(
+                    "INSERT INTO audiences (id, app_id, name, kind, generation, nb_ids,"
+                    " created_at, updated_at) VALUES (:id, 1, :name, :kind, :gen, 0, :at, :at)"
+                ),
+                {
+                    "id": audience_id,
+                    "name": f"a{audience_id}",
+                    "kind": kind,
+                    "gen": generation,
+                    "at": at,
+                },
+            )
+            for member_generation, ids in members.items():
+                for member_id in ids:
+                    connection.execute(
+                        text(
+                            "INSERT INTO audience_members (audience_id, generation, member_id)"
+                            " VALUES (:a, :g, :m)"
+                        ),
+                        {"a": audience_id, "g": member_generation, "m": member_id},
+                    )
+    command.upgrade(config, "head")
+    with engine.connect() as connection:
+        bitmaps = sorted(
+            tuple(row)
+            for row in connection.execute(
+                text("SELECT audience_id, generation, block, bits FROM audience_bitmaps")
+            )
+        )
+    command.downgrade(config, BEFORE_AUDIENCE_BITMAPS)
+    with engine.connect() as connection:
+        assert not inspect(connection).has_table("audience_bitmaps")
+    engine.dispose()
+    assert bitmaps == [
+        (1, 1, 0, _word(1, 63)),  # generation 0 (u64) is not the current one
+        (2, 0, 0, _word(63)),
+        (2, 0, 2, _word(2)),  # installation 130 = 2 * 64 + 2
+        (3, 0, 1, _word(0)),
+    ]

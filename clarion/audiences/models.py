@@ -3,6 +3,9 @@
 An audience's members belong to a generation. A replace writes the new members as the next
 generation and switches the audience to it in the same transaction, so targeting sees the old
 members or the new ones, never a mix; the previous generation is then deleted.
+
+Targeting reads the members resolved to installations (AudienceBitmap, kept by
+clarion.audiences.resolved), not the ids themselves.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any, cast
 
-from sqlalchemy import ForeignKey, String, Table, UniqueConstraint
+from sqlalchemy import BigInteger, ForeignKey, String, Table, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from clarion.db import Base, BigIntPK, JsonValue, UtcDateTime, utcnow
@@ -62,6 +65,22 @@ class AudienceMember(Base):
     tags: Mapped[list[str] | None] = mapped_column(JsonValue)
 
 
+class AudienceBitmap(Base):
+    """A generation's members resolved to installations, 64 installations a row: bit b of `bits`
+    is set when installation `block * 64 + b` is a member (by the id kind the audience holds).
+
+    Targeting tests one bit of one of a few thousand rows per million installations, where
+    joining a million member ids cost 3.3 times the query without the audience
+    (docs/decisions/0016-audience-bitmaps.md). No foreign keys, as for members."""
+
+    __tablename__ = "audience_bitmaps"
+
+    audience_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    generation: Mapped[int] = mapped_column(primary_key=True)
+    block: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    bits: Mapped[int] = mapped_column(BigInteger)  # a signed 64-bit word: bit 63 is the sign
+
+
 class AudienceIndexing(Base):
     """One write (replace or update) and what became of it, for `?indexing_token=`."""
 
@@ -74,3 +93,4 @@ class AudienceIndexing(Base):
 
 
 AUDIENCE_MEMBERS = cast(Table, AudienceMember.__table__)
+AUDIENCE_BITMAPS = cast(Table, AudienceBitmap.__table__)

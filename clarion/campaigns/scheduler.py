@@ -291,15 +291,10 @@ class CampaignScheduler:
                 for send in await session.scalars(select(Send).where(Send.run_id == run.id))
             }
             body = CampaignBody.model_validate(run.body)
-            kinds = (
-                await targeting.audience_kinds(session, app_id=app.id, targeting=body.targeting)
-                if body.targeting is not None
-                else set()
-            )
         audience = targeting.reachable(app_id=app.id, dev_only=campaign.dev_only)
         if body.targeting is not None:
             audience = audience & targeting.installation_filter(
-                body.targeting, app_id=app.id, now=run.scheduled_for, audience_kinds=kinds
+                body.targeting, app_id=app.id, now=run.scheduled_for
             )
         if body.capping is not None:
             # Capping: installs sent `capping` occurrences already are left out.

@@ -191,7 +191,7 @@ async def _audiences_of(
     session: AsyncSession, app_id: int, ids: dict[AudienceKind, list[str]]
 ) -> list[AudienceView]:
     """The audiences whose current generation holds one of the user's ids, each kind of audience
-    by its own kind of id (as clarion.audiences.service.member_of_any matches them).
+    by its own kind of id (as clarion.audiences.resolved resolves them for targeting).
 
     One branch per kind, so that every branch probes the members' primary key (audience_id,
     generation, member_id) with all three columns, once per audience of the app and id; an OR

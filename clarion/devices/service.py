@@ -9,6 +9,7 @@ from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from clarion.apps.service import AppAccess
+from clarion.audiences.resolved import installations_changed
 from clarion.db import insert_ignoring_conflicts, utcnow
 from clarion.delivery.models import Send
 from clarion.devices.models import Installation
@@ -83,7 +84,10 @@ async def upsert_installation(
         raise ApiMisuseError("this installation was removed by a GDPR request; its data is ignored")
     # A user id or advertising id removed by a GDPR request is not attached again for a while.
     given = given - {field for field, kind in _BLOCKABLE_FIELDS.items() if kind in blocked}
-    installation = await _get_or_create(session, app_id=access.app_id, install_id=install_id)
+    installation, created = await _get_or_create(
+        session, app_id=access.app_id, install_id=install_id
+    )
+    identity = _identity(installation)
     installation.is_dev = access.is_dev
     installation.last_seen_at = now
     for name in _PROFILE_FIELDS:
@@ -107,6 +111,10 @@ async def upsert_installation(
         kind = PushEventKind.OPTIN if data.push_optin else PushEventKind.OPTOUT
         await record_push_events(session, [_event_for(installation, access.platform, kind, now)])
     await session.flush()
+    if created or _identity(installation) != identity:
+        await installations_changed(
+            session, app_id=access.app_id, installation_ids=[installation.id]
+        )
     return installation
 
 
@@ -118,11 +126,22 @@ async def set_custom_id(
     blocked = await blocked_identities(
         session, app_id=access.app_id, ids={IdType.CUSTOM_ID: custom_id}, now=now
     )
-    if not blocked:  # a user id removed by a GDPR request is not attached again for a while
+    # A user id removed by a GDPR request is not attached again for a while.
+    changed = not blocked and installation.custom_id != custom_id
+    if changed:
         installation.custom_id = custom_id
     installation.last_seen_at = now
     await session.flush()
+    if changed:
+        await installations_changed(
+            session, app_id=access.app_id, installation_ids=[installation.id]
+        )
     return installation
+
+
+def _identity(installation: Installation) -> tuple[str | None, str | None]:
+    """The ids by which audiences can list an installation, besides its install id."""
+    return installation.custom_id, installation.advertising_id
 
 
 async def get_installation(
@@ -240,7 +259,10 @@ async def record_inapp(
     return len(rows)
 
 
-async def _get_or_create(session: AsyncSession, *, app_id: int, install_id: str) -> Installation:
+async def _get_or_create(
+    session: AsyncSession, *, app_id: int, install_id: str
+) -> tuple[Installation, bool]:
+    """The installation, and whether this call created it."""
     # ON CONFLICT DO NOTHING makes two racing first registrations safe without a savepoint
     # (pysqlite's legacy transaction mode would commit at the outermost RELEASE SAVEPOINT).
     query = select(Installation).where(
@@ -248,10 +270,11 @@ async def _get_or_create(session: AsyncSession, *, app_id: int, install_id: str)
     )
     installation = await session.scalar(query)
     if installation is not None:
-        return installation
+        return installation, False
     now = utcnow()
-    await session.execute(
-        insert_ignoring_conflicts(session, Installation, index=["app_id", "install_id"]).values(
+    inserted = await session.scalar(
+        insert_ignoring_conflicts(session, Installation, index=["app_id", "install_id"])
+        .values(
             app_id=app_id,
             install_id=install_id,
             is_dev=False,
@@ -259,10 +282,11 @@ async def _get_or_create(session: AsyncSession, *, app_id: int, install_id: str)
             created_at=now,
             last_seen_at=now,
         )
+        .returning(Installation.id)
     )
     installation = await session.scalar(query)
     assert installation is not None
-    return installation
+    return installation, inserted is not None
 
 
 async def _assign_token(

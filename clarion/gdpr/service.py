@@ -18,6 +18,7 @@ from sqlalchemy import ColumnElement, Select, String, delete, func, or_, select,
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from clarion.audiences.models import Audience, AudienceKind, AudienceMember
+from clarion.audiences.resolved import installations_changed
 from clarion.db import Base, in_values, transaction, upsert_insert, uses_arrays, utcnow
 from clarion.devices.models import Installation
 from clarion.errors import NotFoundError
@@ -237,6 +238,11 @@ async def _holdings(session: AsyncSession, request: GdprRequest) -> dict[str, li
 
 async def _remove(session: AsyncSession, request: GdprRequest, now: datetime) -> None:
     matches = _matches(request)
+    # Their audience memberships through this id go below; their bits are cleared at the end.
+    # (An installation removed by its install id leaves bits that no installation answers to.)
+    linked = list(
+        await session.scalars(select(Installation.id).where(matches[Installation.__tablename__]))
+    )
     if request.id_type == IdType.CUSTOM_ID:
         # The installs stay (they are devices, not the user); their link to the user goes.
         await session.execute(
@@ -269,6 +275,7 @@ async def _remove(session: AsyncSession, request: GdprRequest, now: datetime) ->
         await session.execute(
             update(Audience).where(Audience.id == audience_id).values(nb_ids=members)
         )
+    await installations_changed(session, app_id=request.app_id, installation_ids=linked)
     insert = upsert_insert(session, BlockedId)
     await session.execute(
         insert.values(

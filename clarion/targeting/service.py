@@ -5,14 +5,12 @@ Definitions of segments, languages and regions, and the query grammar: docs/targ
 
 from __future__ import annotations
 
-from collections.abc import Collection
 from datetime import datetime, timedelta
 
 from sqlalchemy import ColumnElement, and_, case, false, func, or_, select, true
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from clarion.audiences.models import AudienceKind
-from clarion.audiences.service import kinds_of, member_of_any, missing_audiences
+from clarion.audiences.service import member_of_any, missing_audiences
 from clarion.db import elapsed_seconds
 from clarion.devices.models import Installation
 from clarion.errors import MalformedParameterError
@@ -78,15 +76,13 @@ def installation_filter(
     *,
     app_id: int,
     now: datetime,
-    audience_kinds: Collection[AudienceKind] = tuple(AudienceKind),
 ) -> ColumnElement[bool]:
     """The targeting as one boolean clause over `installations` (true for the whole base).
 
     It holds no audience in Python: every criterion is a column test or a correlated EXISTS, so
     the clause serves a keyset page (`... WHERE reachable AND filter AND id > :cursor ORDER BY
     id LIMIT n`) as well as a COUNT. `now` is the instant relative dates and segments are
-    computed at (the campaign's send time; tests pass a fixed one). `audience_kinds`: the id
-    kinds the targeted custom audiences hold (audience_kinds()), which makes their test cheaper.
+    computed at (the campaign's send time; tests pass a fixed one).
     """
     clauses: list[ColumnElement[bool]] = []
     segments = set(targeting.segments or Segment)
@@ -98,22 +94,11 @@ def installation_filter(
         clauses.append(_regions(targeting.regions))
     if targeting.custom_audiences:
         # Members of any of them. An audience deleted after the campaign was saved has none.
-        clauses.append(
-            member_of_any(app_id=app_id, names=targeting.custom_audiences, kinds=audience_kinds)
-        )
+        clauses.append(member_of_any(app_id=app_id, names=targeting.custom_audiences))
     tree = targeting.query_tree()
     if tree is not None:
         clauses.append(QueryCompiler(app_id=app_id, now=now).node(tree))
     return and_(true(), *clauses)
-
-
-async def audience_kinds(
-    session: AsyncSession, *, app_id: int, targeting: Targeting
-) -> set[AudienceKind]:
-    """The id kinds of the custom audiences a targeting names, for installation_filter."""
-    if not targeting.custom_audiences:
-        return set()
-    return await kinds_of(session, app_id=app_id, names=targeting.custom_audiences)
 
 
 async def check_audiences(session: AsyncSession, *, app_id: int, names: list[str]) -> None:
@@ -141,12 +126,7 @@ async def estimate(
     statement = counts.where(
         Installation.app_id == app_id,
         Installation.is_dev.is_(dev_only),
-        installation_filter(
-            targeting,
-            app_id=app_id,
-            now=now,
-            audience_kinds=await audience_kinds(session, app_id=app_id, targeting=targeting),
-        ),
+        installation_filter(targeting, app_id=app_id, now=now),
     )
     matched, pushable = (await session.execute(statement)).one()
     return Estimate(platform=platform, matched=matched, reachable=pushable)
