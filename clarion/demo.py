@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 import httpx
-from sqlalchemy import insert
+from sqlalchemy import insert, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from clarion.apps import service as apps
@@ -199,9 +199,13 @@ async def seed_installations(
             for n in range(start, min(start + chunk, count))
         ]
         async with transaction(sessions) as session:
-            ids = await session.scalars(insert(Installation).returning(Installation.id), rows)
+            await session.execute(insert(Installation), rows)
             # Audiences that list these custom ids already now hold the installations.
-            await installations_changed(session, app_id=app_id, installation_ids=ids.all())
+            seeded = select(Installation.id).where(
+                Installation.app_id == app_id,
+                Installation.install_id.in_([row["install_id"] for row in rows]),
+            )
+            await installations_changed(session, app_id=app_id, installations=seeded)
         on_progress(len(rows))
 
 

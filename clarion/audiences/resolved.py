@@ -161,21 +161,27 @@ async def members_changed(
 
 
 async def installations_changed(
-    session: AsyncSession, *, app_id: int, installation_ids: Sequence[int]
+    session: AsyncSession,
+    *,
+    app_id: int,
+    installation_ids: Sequence[int] = (),
+    installations: Select[Any] | None = None,
 ) -> None:
     """Re-resolve these installations (created, or their custom or advertising id changed) in
-    the current generation of every audience of the app."""
-    if not installation_ids:
-        return
+    the current generation of every audience of the app: by id, or those a query selects."""
+    if installations is None:
+        if not installation_ids:
+            return
+        installations = select(Installation.id).where(Installation.id.in_(installation_ids))
     await _lock(session, app_id, shared=True)
-    await _reresolve(session, app_id=app_id, installations=list(installation_ids))
+    await _reresolve(session, app_id=app_id, installations=installations)
 
 
 async def _reresolve(
     session: AsyncSession,
     *,
     app_id: int,
-    installations: Select[Any] | list[int],
+    installations: Select[Any],
     audience_id: int | None = None,
 ) -> None:
     """Clear the installations' bits, then set those of the ones that are members."""
