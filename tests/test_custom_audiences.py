@@ -12,7 +12,7 @@ from sqlalchemy import func, select
 
 from clarion.audiences import service as audiences
 from clarion.audiences.models import AudienceKind
-from clarion.audiences.resolved import installations_changed
+from clarion.audiences.resolved import installations_changed, member_of_any
 from clarion.db import transaction, utcnow
 from clarion.devices.models import Installation
 from clarion.runtime import Runtime
@@ -309,6 +309,6 @@ class TestResolution:
         async with runtime.sessions() as session:
             statement = select(func.count()).where(
                 Installation.app_id == ios_app.app_id,
-                audiences.member_of_any(app_id=ios_app.app_id, names=["race"]),
+                member_of_any(app_id=ios_app.app_id, names=["race"]),
             )
             assert await session.scalar(statement) == 1

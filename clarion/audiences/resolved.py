@@ -52,11 +52,11 @@ from clarion.audiences.models import (
 from clarion.db import is_postgres, upsert_insert
 from clarion.devices.models import Installation
 
-BLOCK_SIZE = 64  # installations a row: the bits of a BIGINT
 _LOCK_CLASS = 0x61756469  # pg_advisory_xact_lock's first key: "audi"
+_COLUMNS = ["audience_id", "generation", "block", "bits"]
 
 
-class bit_or(FunctionElement[int]):
+class _bit_or(FunctionElement[int]):
     """The OR of the BIGINTs aggregated. SQLite has no bit_or: there it is their sum, which is
     the same when no two share a bit, as the bits of distinct installations never do (and the
     sum of distinct powers of two, bit 63 negative, never leaves the 64-bit range)."""
@@ -66,17 +66,17 @@ class bit_or(FunctionElement[int]):
     name = "bit_or"
 
 
-@compiles(bit_or, "postgresql")
-def _bit_or_postgresql(element: bit_or, compiler: SQLCompiler, **kw: Any) -> str:
+@compiles(_bit_or, "postgresql")
+def _bit_or_postgresql(element: _bit_or, compiler: SQLCompiler, **kw: Any) -> str:
     return f"bit_or({compiler.process(element.clauses, **kw)})"
 
 
-@compiles(bit_or, "sqlite")
-def _bit_or_sqlite(element: bit_or, compiler: SQLCompiler, **kw: Any) -> str:
+@compiles(_bit_or, "sqlite")
+def _bit_or_sqlite(element: _bit_or, compiler: SQLCompiler, **kw: Any) -> str:
     return f"sum({compiler.process(element.clauses, **kw)})"
 
 
-def block_of(installation_id: SQLColumnExpression[int]) -> SQLColumnExpression[int]:
+def _block_of(installation_id: SQLColumnExpression[int]) -> SQLColumnExpression[int]:
     return installation_id.bitwise_rshift(literal_column("6"))
 
 
@@ -85,20 +85,20 @@ def _position(installation_id: SQLColumnExpression[int]) -> SQLColumnExpression[
     return cast(installation_id.bitwise_and(literal_column("63")), Integer)
 
 
-def bit_of(installation_id: SQLColumnExpression[int]) -> SQLColumnExpression[int]:
+def _bit_of(installation_id: SQLColumnExpression[int]) -> SQLColumnExpression[int]:
     """The installation's bit in its block's word."""
     one = cast(literal_column("1"), BigInteger)
     return one.bitwise_lshift(_position(installation_id))
 
 
-def holds(
+def _holds(
     bits: SQLColumnExpression[int], installation_id: SQLColumnExpression[int]
 ) -> ColumnElement[bool]:
     """Whether the word of the installation's block has its bit set."""
     return bits.bitwise_rshift(_position(installation_id)).bitwise_and(literal_column("1")) == 1
 
 
-def identifier(kind: AudienceKind) -> SQLColumnExpression[str | None]:
+def _identifier(kind: AudienceKind) -> SQLColumnExpression[str | None]:
     """The installation's id that audiences of this kind list."""
     column: SQLColumnExpression[Any] = {
         AudienceKind.CUSTOM_IDS: Installation.custom_id,
@@ -108,9 +108,15 @@ def identifier(kind: AudienceKind) -> SQLColumnExpression[str | None]:
     return column
 
 
+# A bitmap row of its audience's current generation.
+_current = (Audience.id == AudienceBitmap.audience_id) & (
+    Audience.generation == AudienceBitmap.generation
+)
+
+
 def _identifier_by_kind() -> SQLColumnExpression[str | None]:
     return case(
-        *((Audience.kind == kind.value, identifier(kind)) for kind in AudienceKind),
+        *((Audience.kind == kind.value, _identifier(kind)) for kind in AudienceKind),
         else_=None,
     )
 
@@ -120,7 +126,7 @@ async def build_generation(
 ) -> None:
     """Resolve a generation's members (written, not yet current) into its bitmaps."""
     await _lock(session, audience.app_id, shared=False)
-    block = block_of(Installation.id)
+    block = _block_of(Installation.id)
     # A join rather than EXISTS: each installation matches at most one member (ids are unique
     # in a generation), and the planner may then hash whichever side is smaller.
     rows = (
@@ -128,9 +134,9 @@ async def build_generation(
             literal(audience.id, BigInteger),
             literal(generation, Integer),
             block,
-            bit_or(bit_of(Installation.id)),
+            _bit_or(_bit_of(Installation.id)),
         )
-        .join(AudienceMember, AudienceMember.member_id == identifier(kind))
+        .join(AudienceMember, AudienceMember.member_id == _identifier(kind))
         .where(
             Installation.app_id == audience.app_id,
             AudienceMember.audience_id == audience.id,
@@ -138,8 +144,7 @@ async def build_generation(
         )
         .group_by(block)
     )
-    columns = ["audience_id", "generation", "block", "bits"]
-    await session.execute(AUDIENCE_BITMAPS.insert().from_select(columns, rows))
+    await session.execute(AUDIENCE_BITMAPS.insert().from_select(_COLUMNS, rows))
 
 
 async def members_changed(
@@ -153,7 +158,7 @@ async def members_changed(
     (members just added or removed; a superset does no harm)."""
     await _lock(session, audience.app_id, shared=False)
     carrying = select(Installation.id).where(
-        Installation.app_id == audience.app_id, identifier(kind).in_(ids)
+        Installation.app_id == audience.app_id, _identifier(kind).in_(ids)
     )
     await _reresolve(
         session, app_id=audience.app_id, installations=carrying, audience_id=audience.id
@@ -186,17 +191,14 @@ async def _reresolve(
 ) -> None:
     """Clear the installations' bits, then set those of the ones that are members."""
     await session.flush()  # the audiences' generation and kind, as this session has them
-    current = (Audience.id == AudienceBitmap.audience_id) & (
-        Audience.generation == AudienceBitmap.generation
-    )
     scope = Audience.app_id == app_id
     if audience_id is not None:
         scope = scope & (Audience.id == audience_id)
     chosen = Installation.id.in_(installations)
 
-    block = block_of(Installation.id)
+    block = _block_of(Installation.id)
     masks = (
-        select(block.label("block"), bit_or(bit_of(Installation.id)).label("mask"))
+        select(block.label("block"), _bit_or(_bit_of(Installation.id)).label("mask"))
         .where(chosen)
         .group_by(block)
         .subquery()
@@ -204,7 +206,7 @@ async def _reresolve(
     await session.execute(
         update(AudienceBitmap)
         .where(
-            current,
+            _current,
             scope,
             AudienceBitmap.block == masks.c.block,
             AudienceBitmap.bits.bitwise_and(masks.c.mask) != 0,
@@ -222,7 +224,7 @@ async def _reresolve(
         .exists()
     )
     rows = (
-        select(Audience.id, Audience.generation, block, bit_or(bit_of(Installation.id)))
+        select(Audience.id, Audience.generation, block, _bit_or(_bit_of(Installation.id)))
         .join(Audience, Audience.app_id == Installation.app_id)
         .where(chosen, scope, Audience.generation >= 0, member)
         .group_by(Audience.id, Audience.generation, block)
@@ -231,9 +233,8 @@ async def _reresolve(
         .order_by(Audience.id, block)
     )
     insert = upsert_insert(session, AudienceBitmap)
-    columns = ["audience_id", "generation", "block", "bits"]
     await session.execute(
-        insert.from_select(columns, rows).on_conflict_do_update(
+        insert.from_select(_COLUMNS, rows).on_conflict_do_update(
             index_elements=["audience_id", "generation", "block"],
             set_={"bits": AudienceBitmap.bits.bitwise_or(insert.excluded.bits)},
         )
@@ -249,23 +250,37 @@ async def _lock(session: AsyncSession, app_id: int, *, shared: bool) -> None:
     )
 
 
-def drop_generations(audience_id: int, *, before: int | None = None) -> Any:
-    """DELETE of the audience's bitmaps (of the generations before `before`, if given)."""
+async def drop_bitmaps(
+    session: AsyncSession, audience_id: int, *, before: int | None = None
+) -> None:
+    """Delete the audience's bitmaps (of the generations before `before`, if given)."""
     statement = AUDIENCE_BITMAPS.delete().where(AudienceBitmap.audience_id == audience_id)
     if before is not None:
         statement = statement.where(AudienceBitmap.generation < before)
-    return statement
+    await session.execute(statement)
+
+
+def member_of_any(*, app_id: int, names: list[str]) -> ColumnElement[bool]:
+    """True for installations in at least one of these audiences (their current members): one
+    bit test per installation, whatever the id kind each audience holds."""
+    return (
+        select(AudienceBitmap.block)
+        .join(Audience, _current)
+        .where(
+            Audience.app_id == app_id,
+            Audience.name.in_(names),
+            AudienceBitmap.block == _block_of(Installation.id),
+            _holds(AudienceBitmap.bits, Installation.id),
+        )
+        .correlate(Installation)
+        .exists()
+    )
 
 
 __all__ = [
-    "BLOCK_SIZE",
-    "bit_of",
-    "bit_or",
-    "block_of",
     "build_generation",
-    "drop_generations",
-    "holds",
-    "identifier",
+    "drop_bitmaps",
     "installations_changed",
+    "member_of_any",
     "members_changed",
 ]

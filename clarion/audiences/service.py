@@ -1,4 +1,5 @@
-"""Custom audiences: replace, update, read, list, delete, and membership for targeting.
+"""Custom audiences: replace, update, read, list and delete (targeting reads them as
+clarion.audiences.resolved keeps them).
 
 Writes of the API (at most 10,000 ids a call) are applied within the call: the indexing token
 they answer with is APPLIED at once, and REPLACED once a later replace supersedes it.
@@ -11,29 +12,21 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, NamedTuple
 
-from sqlalchemy import ColumnElement, Select, delete, func, literal, select, true
+from sqlalchemy import Select, delete, func, literal, select, true
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from clarion.audiences.models import (
     AUDIENCE_MEMBERS,
     Audience,
-    AudienceBitmap,
     AudienceIndexing,
     AudienceKind,
     AudienceMember,
     IndexingState,
 )
-from clarion.audiences.resolved import (
-    block_of,
-    build_generation,
-    drop_generations,
-    holds,
-    members_changed,
-)
+from clarion.audiences.resolved import build_generation, drop_bitmaps, members_changed
 from clarion.audiences.schemas import AudienceRead
 from clarion.audiences.staging import IdSpool, copy_members, drop_staging, load_staging
 from clarion.db import insert_ignoring_conflicts, rowcount, upsert_insert
-from clarion.devices.models import Installation
 from clarion.errors import MalformedParameterError, NotFoundError
 from clarion.formats import wire_date
 
@@ -253,7 +246,7 @@ async def list_audiences(
 async def delete_audience(session: AsyncSession, *, app_id: int, name: str) -> None:
     audience = await _find(session, app_id, name, for_update=True)
     await session.execute(delete(AudienceMember).where(AudienceMember.audience_id == audience.id))
-    await session.execute(drop_generations(audience.id))
+    await drop_bitmaps(session, audience.id)
     await session.execute(
         delete(AudienceIndexing).where(AudienceIndexing.audience_id == audience.id)
     )
@@ -277,28 +270,6 @@ async def missing_audiences(session: AsyncSession, *, app_id: int, names: list[s
         )
     )
     return [name for name in names if name not in found]
-
-
-def member_of_any(*, app_id: int, names: list[str]) -> ColumnElement[bool]:
-    """True for installations in at least one of these audiences (their current members), as
-    resolved by clarion.audiences.resolved: one bit test per installation, whatever the id kind
-    each audience holds."""
-    return (
-        select(AudienceBitmap.block)
-        .join(
-            Audience,
-            (Audience.id == AudienceBitmap.audience_id)
-            & (Audience.generation == AudienceBitmap.generation),
-        )
-        .where(
-            Audience.app_id == app_id,
-            Audience.name.in_(names),
-            AudienceBitmap.block == block_of(Installation.id),
-            holds(AudienceBitmap.bits, Installation.id),
-        )
-        .correlate(Installation)
-        .exists()
-    )
 
 
 def _indexing(session: AsyncSession, audience: Audience, now: datetime) -> str:
@@ -349,7 +320,7 @@ async def _switch(
             AudienceMember.audience_id == audience.id, AudienceMember.generation < generation
         )
     )
-    await session.execute(drop_generations(audience.id, before=generation))
+    await drop_bitmaps(session, audience.id, before=generation)
     audience.generation = generation
     audience.kind = kind.value
     audience.nb_ids = nb_ids

@@ -10,7 +10,8 @@ from datetime import datetime, timedelta
 from sqlalchemy import ColumnElement, and_, case, false, func, or_, select, true
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from clarion.audiences.service import member_of_any, missing_audiences
+from clarion.audiences.resolved import member_of_any
+from clarion.audiences.service import missing_audiences
 from clarion.db import elapsed_seconds
 from clarion.devices.models import Installation
 from clarion.errors import MalformedParameterError
