@@ -4,10 +4,12 @@ test_dashboard_e2e.py."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 import secrets
 import subprocess
 import sys
+from collections import Counter
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -736,6 +738,24 @@ class TestSignInThrottle:
                 assert (await owner.get("/dashboard/")).status_code == 200
             # The owner's success forgave only the owner's address: the guesser still waits.
             assert (await form_sign_in(attacker, admin.email, PASSWORD)).status_code == 429
+
+    async def test_tries_sent_at_once_get_no_more_answers_than_the_limit(
+        self, clarion_app: FastAPI, ios_app: ClientApp, runtime: Runtime
+    ) -> None:
+        login = await sign_in_as(runtime, app_id=ios_app.app_id, role=Role.VIEWER)
+        async with client_at(clarion_app, new_client_address()) as client:
+            form = await client.get("/dashboard/login")
+            fields = {"email": login.email, "csrf_token": hidden(form.text, "csrf_token")}
+            answers = await asyncio.gather(
+                *(
+                    client.post("/dashboard/login", data={**fields, "password": f"guess {n}"})
+                    for n in range(3 * service.SIGN_IN_LIMIT)
+                )
+            )
+        statuses = Counter(answer.status_code for answer in answers)
+        assert set(statuses) == {401, 429}
+        # Argon2 checks two passwords at a time: those two may both be past the limit.
+        assert statuses[401] <= service.SIGN_IN_LIMIT + 2, statuses
 
     async def test_an_ipv6_client_is_one_client_across_its_64(
         self, clarion_app: FastAPI, ios_app: ClientApp, runtime: Runtime
