@@ -503,7 +503,7 @@ async def signed_in(settings: Settings) -> tuple[str, str]:
     try:
         async with transaction(runtime.sessions) as session:
             token, viewer = await dashboard.sign_in(
-                session, email=ADMIN, password=PASSWORD, now=datetime.now(UTC)
+                session, email=ADMIN, password=PASSWORD, client="bench", now=datetime.now(UTC)
             )
         return token, viewer.csrf_token
     finally:

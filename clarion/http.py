@@ -18,7 +18,13 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from clarion.apps.service import AppAccess, CompanyAccess, authenticate_app, authenticate_company
+from clarion.apps.service import (
+    AppAccess,
+    CompanyAccess,
+    authenticate_app,
+    authenticate_company,
+    require_live_key,
+)
 from clarion.errors import (
     ClarionError,
     MalformedParameterError,
@@ -75,7 +81,20 @@ async def rest_app(
     )
 
 
+# The app's Live or Dev key. Only the routes Batch gives the Dev key take it (transactional
+# sends and campaign create, update and delete), and what they do with it reaches debug
+# installations only; the table of every route is in docs/security.md.
 RestApp = Annotated[AppAccess, Depends(rest_app)]
+
+
+async def rest_app_live(access: RestApp) -> AppAccess:
+    """The Live key only: 403/12 for the Dev key, before the route reads or changes anything."""
+    require_live_key(access)
+    return access
+
+
+# Every route that reads or changes the app's data or settings.
+RestAppLive = Annotated[AppAccess, Depends(rest_app_live)]
 
 
 async def sdk_app(runtime: RuntimeDep, api_key: Annotated[str, Path()]) -> AppAccess:

@@ -4,16 +4,20 @@ test_dashboard_e2e.py."""
 
 from __future__ import annotations
 
+import asyncio
 import re
+import secrets
 import subprocess
 import sys
-from datetime import timedelta
+from collections import Counter
+from datetime import datetime, timedelta
 from typing import Any
 
 import httpx
 import pytest
 from fastapi import FastAPI
 from sqlalchemy import select, update
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from clarion.apps.models import App
 from clarion.campaigns.models import Campaign
@@ -27,7 +31,14 @@ from clarion.events.service import push_event_row, record_push_events, record_tr
 from clarion.runtime import Runtime
 from clarion.security import hash_key
 from tests.conftest import ClientApp
-from tests.support.dashboard import PASSWORD, create_account, sign_in_as
+from tests.support.dashboard import (
+    PASSWORD,
+    client_at,
+    create_account,
+    form_sign_in,
+    new_client_address,
+    sign_in_as,
+)
 
 pytestmark = pytest.mark.usefixtures("api")
 
@@ -115,22 +126,14 @@ class TestSignIn:
         assert SESSION_COOKIE not in forged.headers.get("set-cookie", "")
 
     async def test_wrong_password_and_unknown_email_read_the_same(
-        self, api: httpx.AsyncClient, ios_app: ClientApp, runtime: Runtime
+        self, clarion_app: FastAPI, ios_app: ClientApp, runtime: Runtime
     ) -> None:
         login = await sign_in_as(runtime, app_id=ios_app.app_id, role=Role.ADMIN)
         answers = []
-        for email in (login.email, "nobody@example.com"):
-            api.cookies.clear()
-            form = await api.get("/dashboard/login")
-            answer = await api.post(
-                "/dashboard/login",
-                data={
-                    "email": email,
-                    "password": "wrong password!",
-                    "csrf_token": hidden(form.text, "csrf_token"),
-                },
-            )
-            answers.append((answer.status_code, "Wrong e-mail or password." in answer.text))
+        async with client_at(clarion_app, new_client_address()) as client:
+            for email in (login.email, "nobody@example.com"):
+                answer = await form_sign_in(client, email, "wrong password!")
+                answers.append((answer.status_code, "Wrong e-mail or password." in answer.text))
         assert answers == [(401, True), (401, True)]
 
     async def test_only_dashboard_paths_are_followed_after_sign_in(
@@ -307,7 +310,11 @@ class TestTeam:
             async with transaction(runtime.sessions) as session:
                 with pytest.raises(ClarionError, match="wrong e-mail or password"):
                     await service.sign_in(
-                        session, email=editor.email, password=PASSWORD, now=utcnow()
+                        session,
+                        email=editor.email,
+                        password=PASSWORD,
+                        client=new_client_address(),
+                        now=utcnow(),
                     )
 
     async def test_nobody_changes_their_own_account_or_another_companys(
@@ -530,83 +537,6 @@ class TestReviewFindings:
         )
         assert signed.status_code == 401
 
-    async def test_repeated_failures_lock_the_email_for_a_while(
-        self, api: httpx.AsyncClient, ios_app: ClientApp, runtime: Runtime
-    ) -> None:
-        login = await sign_in_as(runtime, app_id=ios_app.app_id, role=Role.VIEWER)
-        api.cookies.clear()
-        statuses = []
-        for password in ["wrong password!"] * 10 + [PASSWORD]:
-            form = await api.get("/dashboard/login")
-            answer = await api.post(
-                "/dashboard/login",
-                data={
-                    "email": login.email,
-                    "password": password,
-                    "csrf_token": hidden(form.text, "csrf_token"),
-                },
-            )
-            statuses.append(answer.status_code)
-        # Ten failures, then even the right password waits.
-        assert statuses == [401] * 10 + [429]
-        assert "Too many failed sign-ins" in answer.text
-
-    async def test_failed_sign_ins_count_across_processes_and_age_out(
-        self, ios_app: ClientApp, runtime: Runtime
-    ) -> None:
-        login = await sign_in_as(runtime, app_id=ios_app.app_id, role=Role.VIEWER)
-        started = utcnow()
-        # Another dashboard process fails ten times for this e-mail...
-        other_process = (
-            "import asyncio, sys\n"
-            "from datetime import datetime\n"
-            "from clarion.dashboard import service\n"
-            "from clarion.db import create_engine, create_sessionmaker, transaction\n"
-            "from clarion.errors import ClarionError\n"
-            "async def main():\n"
-            "    engine = create_engine(sys.argv[1])\n"
-            "    for _ in range(10):\n"
-            "        async with transaction(create_sessionmaker(engine)) as session:\n"
-            "            try:\n"  # as the route does: the error is a page, the failure commits
-            "                at = datetime.fromisoformat(sys.argv[3])\n"
-            "                await service.sign_in(\n"
-            "                    session, email=sys.argv[2], password='wrong password!', now=at\n"
-            "                )\n"
-            "            except ClarionError as exc:\n"
-            "                print(exc.status)\n"
-            "    await engine.dispose()\n"
-            "asyncio.run(main())\n"
-        )
-        answers = subprocess.run(
-            [
-                sys.executable,
-                "-c",
-                other_process,
-                runtime.settings.resolved_database_url,
-                login.email,
-                started.isoformat(),
-            ],
-            capture_output=True,
-            text=True,
-            check=True,
-            timeout=120,
-        ).stdout.split()
-        assert answers == ["401"] * 10
-        # ... so this one refuses even the right password,
-        with pytest.raises(ClarionError) as refused:
-            async with transaction(runtime.sessions) as session:
-                await service.sign_in(
-                    session,
-                    email=login.email,
-                    password=PASSWORD,
-                    now=started + timedelta(minutes=1),
-                )
-        assert refused.value.status == 429
-        # until the failures are older than the window.
-        later = started + service.SIGN_IN_WINDOW + timedelta(seconds=1)
-        async with transaction(runtime.sessions) as session:
-            await service.sign_in(session, email=login.email, password=PASSWORD, now=later)
-
     async def test_stop_works_when_the_audience_was_deleted_since(
         self, api: httpx.AsyncClient, ios_app: ClientApp, runtime: Runtime
     ) -> None:
@@ -773,3 +703,187 @@ async def user_ids(runtime: Runtime, *emails: str) -> dict[str, int]:
             select(DashboardUser.email, DashboardUser.id).where(DashboardUser.email.in_(emails))
         )
         return dict(found.all())
+
+
+class TestSignInThrottle:
+    """Failed sign-ins are counted per (e-mail, client address) and per client address, never
+    per e-mail alone: nobody can lock an account out from their own address."""
+
+    async def test_failures_at_one_address_lock_that_address_out_of_that_account(
+        self, clarion_app: FastAPI, ios_app: ClientApp, runtime: Runtime
+    ) -> None:
+        login = await sign_in_as(runtime, app_id=ios_app.app_id, role=Role.VIEWER)
+        statuses = []
+        async with client_at(clarion_app, new_client_address()) as client:
+            for password in ["wrong password!"] * service.SIGN_IN_LIMIT + [PASSWORD]:
+                answer = await form_sign_in(client, login.email, password)
+                statuses.append(answer.status_code)
+        # Ten failures, then even the right password waits, at that address.
+        assert statuses == [401] * service.SIGN_IN_LIMIT + [429]
+        assert "Too many failed sign-ins for this e-mail from your address" in answer.text
+
+    async def test_a_guesser_elsewhere_does_not_lock_the_admin_out(
+        self, clarion_app: FastAPI, ios_app: ClientApp, runtime: Runtime
+    ) -> None:
+        admin = await sign_in_as(runtime, app_id=ios_app.app_id, role=Role.ADMIN)
+        async with client_at(clarion_app, new_client_address()) as attacker:
+            statuses = [
+                (await form_sign_in(attacker, admin.email, f"guess {n}")).status_code
+                for n in range(service.SIGN_IN_LIMIT + 2)
+            ]
+            assert statuses == [401] * service.SIGN_IN_LIMIT + [429, 429]
+            async with client_at(clarion_app, new_client_address()) as owner:
+                signed = await form_sign_in(owner, admin.email, PASSWORD)
+                assert signed.status_code == 303
+                assert (await owner.get("/dashboard/")).status_code == 200
+            # The owner's success forgave only the owner's address: the guesser still waits.
+            assert (await form_sign_in(attacker, admin.email, PASSWORD)).status_code == 429
+
+    async def test_tries_sent_at_once_get_no_more_answers_than_the_limit(
+        self, clarion_app: FastAPI, ios_app: ClientApp, runtime: Runtime
+    ) -> None:
+        login = await sign_in_as(runtime, app_id=ios_app.app_id, role=Role.VIEWER)
+        async with client_at(clarion_app, new_client_address()) as client:
+            form = await client.get("/dashboard/login")
+            fields = {"email": login.email, "csrf_token": hidden(form.text, "csrf_token")}
+            answers = await asyncio.gather(
+                *(
+                    client.post("/dashboard/login", data={**fields, "password": f"guess {n}"})
+                    for n in range(3 * service.SIGN_IN_LIMIT)
+                )
+            )
+        statuses = Counter(answer.status_code for answer in answers)
+        assert set(statuses) == {401, 429}
+        # Argon2 checks two passwords at a time: those two may both be past the limit.
+        assert statuses[401] <= service.SIGN_IN_LIMIT + 2, statuses
+
+    async def test_an_ipv6_client_is_one_client_across_its_64(
+        self, clarion_app: FastAPI, ios_app: ClientApp, runtime: Runtime
+    ) -> None:
+        login = await sign_in_as(runtime, app_id=ios_app.app_id, role=Role.VIEWER)
+        network = f"2001:db8:{secrets.randbelow(1 << 16):x}:{secrets.randbelow(1 << 16):x}"
+        statuses = []
+        for n in range(service.SIGN_IN_LIMIT + 1):  # a new address of the /64 for every try
+            async with client_at(clarion_app, f"{network}::{n + 1:x}") as client:
+                statuses.append((await form_sign_in(client, login.email, "wrong!")).status_code)
+        assert statuses == [401] * service.SIGN_IN_LIMIT + [429]
+
+    async def test_one_address_spraying_many_emails_is_throttled(
+        self, clarion_app: FastAPI, ios_app: ClientApp, runtime: Runtime
+    ) -> None:
+        login = await sign_in_as(runtime, app_id=ios_app.app_id, role=Role.VIEWER)
+        async with client_at(clarion_app, new_client_address()) as sprayer:
+            # Two passwords on each of 15 e-mails: never more than 2 per e-mail.
+            statuses = [
+                (await form_sign_in(sprayer, f"person{n // 2}@example.com", f"pw{n % 2}"))
+                for n in range(service.SIGN_IN_CLIENT_LIMIT)
+            ]
+            assert [answer.status_code for answer in statuses] == [401] * len(statuses)
+            # The next try from that address waits, whatever the e-mail and password,
+            refused = await form_sign_in(sprayer, login.email, PASSWORD)
+            assert refused.status_code == 429
+            assert "Too many failed sign-ins from your address" in refused.text
+        # and other addresses are not concerned.
+        async with client_at(clarion_app, new_client_address()) as other:
+            assert (await form_sign_in(other, login.email, PASSWORD)).status_code == 303
+
+    async def test_failed_sign_ins_count_across_processes_and_age_out(
+        self, ios_app: ClientApp, runtime: Runtime
+    ) -> None:
+        login = await sign_in_as(runtime, app_id=ios_app.app_id, role=Role.VIEWER)
+        address = new_client_address()
+        started = utcnow()
+        # Another dashboard process fails ten times for this e-mail and address...
+        other_process = (
+            "import asyncio, sys\n"
+            "from datetime import datetime\n"
+            "from clarion.dashboard import service\n"
+            "from clarion.db import create_engine, create_sessionmaker, transaction\n"
+            "from clarion.errors import ClarionError\n"
+            "async def main():\n"
+            "    engine = create_engine(sys.argv[1])\n"
+            "    for _ in range(10):\n"
+            "        async with transaction(create_sessionmaker(engine)) as session:\n"
+            "            try:\n"  # as the route does: the error is a page, the failure commits
+            "                at = datetime.fromisoformat(sys.argv[3])\n"
+            "                await service.sign_in(\n"
+            "                    session, email=sys.argv[2], password='wrong password!',\n"
+            "                    client=sys.argv[4], now=at,\n"
+            "                )\n"
+            "            except ClarionError as exc:\n"
+            "                print(exc.status)\n"
+            "    await engine.dispose()\n"
+            "asyncio.run(main())\n"
+        )
+        answers = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                other_process,
+                runtime.settings.resolved_database_url,
+                login.email,
+                started.isoformat(),
+                address,
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=120,
+        ).stdout.split()
+        assert answers == ["401"] * 10
+
+        async def sign_in(at: datetime) -> None:
+            async with transaction(runtime.sessions) as session:
+                await service.sign_in(
+                    session, email=login.email, password=PASSWORD, client=address, now=at
+                )
+
+        # ... so this one refuses even the right password from that address,
+        with pytest.raises(ClarionError) as refused:
+            await sign_in(started + timedelta(minutes=1))
+        assert refused.value.status == 429
+        # until the failures are older than the window.
+        await sign_in(started + service.SIGN_IN_WINDOW + timedelta(seconds=1))
+
+    async def test_behind_a_trusted_proxy_each_forwarded_address_counts_alone(
+        self, clarion_app: FastAPI, ios_app: ClientApp, runtime: Runtime
+    ) -> None:
+        """As `clarion serve` runs: uvicorn takes the client from X-Forwarded-For when the peer
+        is a trusted proxy (FORWARDED_ALLOW_IPS, by default 127.0.0.1 and ::1), and ignores the
+        header from anyone else."""
+        login = await sign_in_as(runtime, app_id=ios_app.app_id, role=Role.VIEWER)
+        served = ProxyHeadersMiddleware(clarion_app, trusted_hosts="127.0.0.1,::1")  # type: ignore[arg-type]
+        guesser = {"X-Forwarded-For": new_client_address()}
+        owner = {"X-Forwarded-For": new_client_address()}
+        async with client_at(served, "127.0.0.1", guesser) as proxy:
+            statuses = [
+                (await form_sign_in(proxy, login.email, "wrong!")).status_code
+                for _ in range(service.SIGN_IN_LIMIT + 1)
+            ]
+        assert statuses == [401] * service.SIGN_IN_LIMIT + [429]
+        async with client_at(served, "127.0.0.1", owner) as proxy:
+            assert (await form_sign_in(proxy, login.email, PASSWORD)).status_code == 303
+        # A peer that is not a trusted proxy cannot pass for new addresses with the header.
+        direct = new_client_address()
+        statuses = []
+        for _ in range(service.SIGN_IN_LIMIT + 1):
+            forged = {"X-Forwarded-For": new_client_address()}
+            async with client_at(served, direct, forged) as client:
+                statuses.append((await form_sign_in(client, login.email, "wrong!")).status_code)
+        assert statuses == [401] * service.SIGN_IN_LIMIT + [429]
+
+    def test_clients_are_counted_by_address_and_ipv6_by_64(self) -> None:
+        assert service.client_address("203.0.113.7") == "203.0.113.7"
+        assert service.client_address("2001:db8:1:2:aaaa::1") == "2001:db8:1:2::/64"
+        assert service.client_address("::ffff:203.0.113.7") == "203.0.113.7"
+        assert service.client_address(None) == "unknown"
+        assert service.client_address("x" * 300) == "x" * 64
+
+    async def test_an_email_no_account_can_have_is_an_unknown_one(
+        self, clarion_app: FastAPI
+    ) -> None:
+        async with client_at(clarion_app, new_client_address()) as client:
+            for email in ("a" * 300 + "@example.com", "nul\x00@example.com"):
+                answer = await form_sign_in(client, email, "whatever password")
+                assert answer.status_code == 401
+                assert "Wrong e-mail or password." in answer.text

@@ -231,3 +231,27 @@ def test_audiences_are_resolved_to_bitmaps_of_their_current_members(new_database
         (2, 0, 2, _word(2)),  # installation 130 = 2 * 64 + 2
         (3, 0, 1, _word(0)),
     ]
+
+
+def test_sign_in_failures_gain_the_client_address_and_lose_it_again(new_database: str) -> None:
+    config = alembic_config(new_database)
+    command.upgrade(config, "head")
+    engine = create_engine(sync_url(new_database))
+
+    def shape() -> tuple[list[str], list[str]]:
+        with engine.connect() as connection:
+            found = inspect(connection)
+            columns = [c["name"] for c in found.get_columns("dashboard_sign_in_failures")]
+            indexes = [str(i["name"]) for i in found.get_indexes("dashboard_sign_in_failures")]
+        return columns, sorted(indexes)
+
+    assert shape() == (
+        ["id", "email", "client", "failed_at"],
+        ["ix_dashboard_sign_in_failures_at", "ix_dashboard_sign_in_failures_client_at"],
+    )
+    command.downgrade(config, "6b2e0c4d9a17")
+    assert shape() == (
+        ["id", "email", "failed_at"],
+        ["ix_dashboard_sign_in_failures_at", "ix_dashboard_sign_in_failures_email_at"],
+    )
+    engine.dispose()

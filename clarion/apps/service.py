@@ -69,9 +69,11 @@ def live_access(app: App) -> AppAccess:
 
 
 def require_live_key(access: AppAccess) -> None:
-    """Routes Batch serves to the Live key only (campaign stats and reads, export status)."""
+    """Batch answers a wrong key kind with 403 API_MISUSE (spec §1.3, §2.2)."""
     if access.is_dev:
-        raise ApiMisuseError("this route takes the app's Live API key")
+        raise ApiMisuseError(
+            "the Dev API key cannot use this route: it takes the app's Live API key"
+        )
 
 
 class KeyCache:

@@ -20,7 +20,7 @@ from clarion.audiences.schemas import (
     UpdateV11,
 )
 from clarion.db import utcnow
-from clarion.http import RestApp, SessionDep
+from clarion.http import RestAppLive, SessionDep
 
 router = APIRouter(tags=["custom audiences"])
 Name = Annotated[str, Path(min_length=1, max_length=255)]
@@ -30,28 +30,28 @@ Version = Annotated[str, Path(pattern=r"^1\.[01]$")]
 
 @router.put("/1.0/{api_key}/custom-audience/{name}", status_code=202)
 async def replace_v10(
-    name: Name, body: ReplaceV10, access: RestApp, session: SessionDep
+    name: Name, body: ReplaceV10, access: RestAppLive, session: SessionDep
 ) -> IndexingAccepted:
     return await _replace(name, body, access, session)
 
 
 @router.put("/1.1/{api_key}/custom-audience/{name}", status_code=202)
 async def replace_v11(
-    name: Name, body: ReplaceV11, access: RestApp, session: SessionDep
+    name: Name, body: ReplaceV11, access: RestAppLive, session: SessionDep
 ) -> IndexingAccepted:
     return await _replace(name, body, access, session)
 
 
 @router.patch("/1.0/{api_key}/custom-audience/{name}", status_code=202)
 async def update_v10(
-    name: Name, body: UpdateV10, access: RestApp, session: SessionDep
+    name: Name, body: UpdateV10, access: RestAppLive, session: SessionDep
 ) -> IndexingAccepted:
     return await _update(name, body, access, session)
 
 
 @router.patch("/1.1/{api_key}/custom-audience/{name}", status_code=202)
 async def update_v11(
-    name: Name, body: UpdateV11, access: RestApp, session: SessionDep
+    name: Name, body: UpdateV11, access: RestAppLive, session: SessionDep
 ) -> IndexingAccepted:
     return await _update(name, body, access, session)
 
@@ -88,7 +88,7 @@ async def _update(
 @router.get("/{version}/{api_key}/custom-audience")
 async def list_audiences(
     version: Version,
-    access: RestApp,
+    access: RestAppLive,
     session: SessionDep,
     from_: Annotated[int, Query(alias="from", ge=0)] = 0,
     limit: Annotated[int, Query(ge=1, le=100)] = 10,
@@ -103,7 +103,7 @@ async def list_audiences(
 async def view_audience(
     version: Version,
     name: Name,
-    access: RestApp,
+    access: RestAppLive,
     session: SessionDep,
     indexing_token: str | None = None,
 ) -> AudienceRead:
@@ -114,7 +114,7 @@ async def view_audience(
 
 @router.delete(_ONE)
 async def delete_audience(
-    version: Version, name: Name, access: RestApp, session: SessionDep
+    version: Version, name: Name, access: RestAppLive, session: SessionDep
 ) -> JSONResponse:
     await service.delete_audience(session, app_id=access.app_id, name=name)
     return JSONResponse({"name": name})

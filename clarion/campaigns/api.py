@@ -16,7 +16,7 @@ from clarion.campaigns.schemas import (
     EstimateIn,
 )
 from clarion.db import utcnow
-from clarion.http import RestApp, SessionDep
+from clarion.http import RestApp, RestAppLive, SessionDep
 from clarion.targeting.schemas import Estimate, Targeting
 
 router = APIRouter(prefix="/1.1/{api_key}/campaigns", tags=["campaigns"])
@@ -51,7 +51,7 @@ async def delete_campaign(token: str, access: RestApp, session: SessionDep) -> J
 
 @router.get("/list")
 async def list_campaigns(
-    access: RestApp,
+    access: RestAppLive,
     session: SessionDep,
     from_: Annotated[int, Query(alias="from", ge=0)] = 0,
     limit: Annotated[int, Query(ge=1, le=100)] = 10,
@@ -64,12 +64,12 @@ async def list_campaigns(
 
 
 @router.get("/stats/{token}", response_model_exclude_none=True)
-async def campaign_stats(token: str, access: RestApp, session: SessionDep) -> CampaignStats:
+async def campaign_stats(token: str, access: RestAppLive, session: SessionDep) -> CampaignStats:
     return await stats.campaign_stats(session, access=access, token=token)
 
 
 @router.post("/estimate")
-async def estimate_audience(body: EstimateIn, access: RestApp, session: SessionDep) -> Estimate:
+async def estimate_audience(body: EstimateIn, access: RestAppLive, session: SessionDep) -> Estimate:
     """Clarion's addition: how many installs a targeting reaches, without creating anything."""
     return await service.estimate_audience(
         session, access=access, targeting=body.targeting or Targeting(), now=utcnow()
@@ -77,5 +77,5 @@ async def estimate_audience(body: EstimateIn, access: RestApp, session: SessionD
 
 
 @router.get("/{token}")
-async def get_campaign(token: str, access: RestApp, session: SessionDep) -> dict[str, Any]:
+async def get_campaign(token: str, access: RestAppLive, session: SessionDep) -> dict[str, Any]:
     return await service.describe_campaign(session, access=access, token=token)

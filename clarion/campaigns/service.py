@@ -15,7 +15,7 @@ from pydantic import ValidationError
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from clarion.apps.service import AppAccess, require_live_key
+from clarion.apps.service import AppAccess
 from clarion.campaigns.models import Campaign, CampaignRun, CampaignState, RunState
 from clarion.campaigns.schedule import first_ahead, next_to_run, occurrence_time
 from clarion.campaigns.schemas import (
@@ -27,6 +27,7 @@ from clarion.delivery.models import BATCHES, SENDS
 from clarion.delivery.schemas import CollapseKey
 from clarion.delivery.service import batch_totals, cancel_sends
 from clarion.errors import (
+    ApiMisuseError,
     MalformedParameterError,
     NotFoundError,
     from_validation_errors,
@@ -235,7 +236,6 @@ async def describe_campaign(
 ) -> dict[str, Any]:
     """The create body plus campaign_token, from_api, dev_only, created_date (spec §4.3), and
     Clarion's additions: its state and its progress (targeted, sent, errors) so far."""
-    require_live_key(access)
     campaign = await find_campaign(session, access, token)
     progress = (
         await session.execute(
@@ -274,7 +274,6 @@ async def list_campaigns(
     """Newest first. `live`: true gives scheduled, running or completed campaigns, false
     drafts and stopped ones (spec §4.4). `name_contains`: the dashboard's search, ignoring
     case."""
-    require_live_key(access)
     query = select(Campaign).where(Campaign.app_id == access.app_id, Campaign.deleted_at.is_(None))
     if name_contains:
         query = query.where(
@@ -383,4 +382,11 @@ async def find_campaign(
     campaign = await session.scalar(query)
     if campaign is None:
         raise NotFoundError(f"no campaign {token!r}")
+    if for_update and access.is_dev and not campaign.dev_only:
+        # The Dev key reaches debug installations only; a campaign of the Live key reaches the
+        # app's users, and changing or deleting it is the Live key's business.
+        raise ApiMisuseError(
+            "the Dev API key changes only the campaigns created with it (dev_only): this one"
+            " was created with the Live API key"
+        )
     return campaign

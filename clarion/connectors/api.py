@@ -22,7 +22,7 @@ from clarion.connectors.schemas import (
 )
 from clarion.db import utcnow
 from clarion.formats import wire_date
-from clarion.http import RestApp, RuntimeDep, SessionDep
+from clarion.http import RestAppLive, RuntimeDep, SessionDep
 
 router = APIRouter(tags=["flat-file imports"])
 _SOURCES = "/1.0/{api_key}/imports"
@@ -32,7 +32,7 @@ Name = Annotated[str, Path(min_length=1, max_length=100)]
 
 @router.post(_SOURCES, status_code=201)
 async def create_source(
-    body: ImportSourceIn, access: RestApp, session: SessionDep, runtime: RuntimeDep
+    body: ImportSourceIn, access: RestAppLive, session: SessionDep, runtime: RuntimeDep
 ) -> ImportSourceRead:
     source = await service.create_source(
         session, app_id=access.app_id, body=body, box=runtime.box, now=utcnow()
@@ -41,12 +41,12 @@ async def create_source(
 
 
 @router.get(_SOURCES)
-async def list_sources(access: RestApp, session: SessionDep) -> list[ImportSourceRead]:
+async def list_sources(access: RestAppLive, session: SessionDep) -> list[ImportSourceRead]:
     return await service.list_sources(session, app_id=access.app_id)
 
 
 @router.get(_SOURCE)
-async def view_source(name: Name, access: RestApp, session: SessionDep) -> ImportSourceRead:
+async def view_source(name: Name, access: RestAppLive, session: SessionDep) -> ImportSourceRead:
     return await service.describe_source(session, app_id=access.app_id, name=name)
 
 
@@ -54,7 +54,7 @@ async def view_source(name: Name, access: RestApp, session: SessionDep) -> Impor
 async def update_source(
     name: Name,
     body: ImportSourceUpdate,
-    access: RestApp,
+    access: RestAppLive,
     session: SessionDep,
     runtime: RuntimeDep,
 ) -> ImportSourceRead:
@@ -65,13 +65,13 @@ async def update_source(
 
 
 @router.delete(_SOURCE, status_code=204)
-async def delete_source(name: Name, access: RestApp, session: SessionDep) -> Response:
+async def delete_source(name: Name, access: RestAppLive, session: SessionDep) -> Response:
     await service.delete_source(session, app_id=access.app_id, name=name)
     return Response(status_code=204)
 
 
 @router.post(_SOURCE + "/run", status_code=202)
-async def run_source(name: Name, access: RestApp, session: SessionDep) -> RunRequested:
+async def run_source(name: Name, access: RestAppLive, session: SessionDep) -> RunRequested:
     source = await service.request_run(session, app_id=access.app_id, name=name, now=utcnow())
     return RunRequested(name=source.name, next_poll=wire_date(source.next_poll_at))
 
@@ -79,7 +79,7 @@ async def run_source(name: Name, access: RestApp, session: SessionDep) -> RunReq
 @router.get(_SOURCE + "/runs")
 async def list_runs(
     name: Name,
-    access: RestApp,
+    access: RestAppLive,
     session: SessionDep,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
 ) -> list[ImportRunRead]:
@@ -91,7 +91,7 @@ async def upload_audience(
     version: Annotated[str, Path(pattern=r"^1\.[01]$")],
     name: Annotated[str, Path(min_length=1, max_length=255)],
     request: Request,
-    access: RestApp,
+    access: RestAppLive,
     session: SessionDep,
     runtime: RuntimeDep,
     type: AudienceKind = AudienceKind.CUSTOM_IDS,

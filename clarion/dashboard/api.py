@@ -103,7 +103,13 @@ async def login(
             error="The sign-in form expired: please try again.",
         )
     try:
-        token, _ = await service.sign_in(session, email=email, password=password, now=utcnow())
+        token, _ = await service.sign_in(
+            session,
+            email=email,
+            password=password,
+            client=service.client_address(request.client.host if request.client else None),
+            now=utcnow(),
+        )
     except ClarionError as exc:
         return _login(
             request,

@@ -53,15 +53,21 @@ class DashboardSession(Base):
 
 
 class SignInFailure(Base):
-    """A failed sign-in for an e-mail (known or not), kept for the throttle's window. In the
-    database rather than in memory so that every `clarion serve` process counts the same tries."""
+    """A failed sign-in for an e-mail (known or not) from a client address, kept for the
+    throttle's window (clarion.dashboard.service). In the database rather than in memory so that
+    every `clarion serve` process counts the same tries."""
 
     __tablename__ = "dashboard_sign_in_failures"
+    # Both counts read one client's failures in the window: at most SIGN_IN_CLIENT_LIMIT rows,
+    # since no failure is recorded past it, found through (client, failed_at).
     __table_args__ = (
-        Index("ix_dashboard_sign_in_failures_email_at", "email", "failed_at"),
+        Index("ix_dashboard_sign_in_failures_client_at", "client", "failed_at"),
         Index("ix_dashboard_sign_in_failures_at", "failed_at"),
     )
 
     id: Mapped[int] = mapped_column(BigIntPK, primary_key=True)
     email: Mapped[str] = mapped_column(String(254))
+    # The client's address as the throttle counts it: an IPv4 address, or an IPv6 /64 network
+    # (service.client_address).
+    client: Mapped[str] = mapped_column(String(64))
     failed_at: Mapped[datetime] = mapped_column(UtcDateTime)

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Path
 
 from clarion.events import service
 from clarion.events.schemas import EventsAccepted, UserEventsBulkIn, UserEventsIn
-from clarion.http import RestApp, SessionDep
+from clarion.http import RestAppLive, SessionDep
 
 router = APIRouter(prefix="/1.0/{api_key}/events/users", tags=["trigger events"])
 
@@ -17,7 +17,7 @@ router = APIRouter(prefix="/1.0/{api_key}/events/users", tags=["trigger events"]
 async def track_user_events(
     custom_id: Annotated[str, Path(max_length=512)],
     body: UserEventsIn,
-    access: RestApp,
+    access: RestAppLive,
     session: SessionDep,
 ) -> EventsAccepted:
     token = await service.track_user_events(
@@ -28,7 +28,7 @@ async def track_user_events(
 
 @router.post("", status_code=202)
 async def track_events_of_users(
-    body: UserEventsBulkIn, access: RestApp, session: SessionDep
+    body: UserEventsBulkIn, access: RestAppLive, session: SessionDep
 ) -> EventsAccepted:
     token = await service.track_user_events(
         session, app_id=access.app_id, users=[(item.id, item.events) for item in body.root]

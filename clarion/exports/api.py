@@ -25,7 +25,7 @@ from clarion.exports.schemas import (
     ExportRunRead,
 )
 from clarion.formats import wire_date
-from clarion.http import RestApp, RuntimeDep, SessionDep
+from clarion.http import RestAppLive, RuntimeDep, SessionDep
 
 router = APIRouter(tags=["daily exports"])
 _DESTINATIONS = "/1.0/{api_key}/exports/destinations"
@@ -36,7 +36,7 @@ Token = Annotated[str, Path(min_length=1, max_length=64)]
 
 @router.post(_DESTINATIONS, status_code=201)
 async def create_destination(
-    body: DestinationIn, access: RestApp, session: SessionDep, runtime: RuntimeDep
+    body: DestinationIn, access: RestAppLive, session: SessionDep, runtime: RuntimeDep
 ) -> DestinationRead:
     destination = await service.create_destination(
         session, app_id=access.app_id, body=body, box=runtime.box, now=utcnow()
@@ -45,12 +45,12 @@ async def create_destination(
 
 
 @router.get(_DESTINATIONS)
-async def list_destinations(access: RestApp, session: SessionDep) -> list[DestinationRead]:
+async def list_destinations(access: RestAppLive, session: SessionDep) -> list[DestinationRead]:
     return await service.list_destinations(session, app_id=access.app_id)
 
 
 @router.get(_DESTINATION)
-async def view_destination(name: Name, access: RestApp, session: SessionDep) -> DestinationRead:
+async def view_destination(name: Name, access: RestAppLive, session: SessionDep) -> DestinationRead:
     return await service.describe_destination(session, app_id=access.app_id, name=name)
 
 
@@ -58,7 +58,7 @@ async def view_destination(name: Name, access: RestApp, session: SessionDep) -> 
 async def update_destination(
     name: Name,
     body: DestinationUpdate,
-    access: RestApp,
+    access: RestAppLive,
     session: SessionDep,
     runtime: RuntimeDep,
 ) -> DestinationRead:
@@ -69,7 +69,7 @@ async def update_destination(
 
 
 @router.delete(_DESTINATION, status_code=204)
-async def delete_destination(name: Name, access: RestApp, session: SessionDep) -> Response:
+async def delete_destination(name: Name, access: RestAppLive, session: SessionDep) -> Response:
     await service.delete_destination(session, app_id=access.app_id, name=name)
     return Response(status_code=204)
 
@@ -77,7 +77,7 @@ async def delete_destination(name: Name, access: RestApp, session: SessionDep) -
 @router.get(_DESTINATION + "/runs")
 async def list_runs(
     name: Name,
-    access: RestApp,
+    access: RestAppLive,
     session: SessionDep,
     limit: Annotated[int, Query(ge=1, le=100)] = 31,
 ) -> list[ExportRunRead]:
@@ -89,28 +89,28 @@ async def list_runs(
 
 @router.post("/1.0/{api_key}/export/campaign/{token}/ids", status_code=201)
 async def export_campaign_ids(
-    token: Token, body: ExportRequestIn, request: Request, access: RestApp, session: SessionDep
+    token: Token, body: ExportRequestIn, request: Request, access: RestAppLive, session: SessionDep
 ) -> ExportRequestCreated:
     return await _create(RequestKind.CAMPAIGN_IDS, token, body, request, access, session)
 
 
 @router.post("/1.0/{api_key}/export/campaign/{token}/events", status_code=201)
 async def export_campaign_events(
-    token: Token, body: ExportRequestIn, request: Request, access: RestApp, session: SessionDep
+    token: Token, body: ExportRequestIn, request: Request, access: RestAppLive, session: SessionDep
 ) -> ExportRequestCreated:
     return await _create(RequestKind.CAMPAIGN_EVENTS, token, body, request, access, session)
 
 
 @router.post("/1.0/{api_key}/export/inapp-campaign/{token}/events", status_code=201)
 async def export_inapp_campaign_events(
-    token: Token, body: ExportRequestIn, request: Request, access: RestApp, session: SessionDep
+    token: Token, body: ExportRequestIn, request: Request, access: RestAppLive, session: SessionDep
 ) -> ExportRequestCreated:
     return await _create(RequestKind.INAPP_CAMPAIGN_EVENTS, token, body, request, access, session)
 
 
 @router.get("/1.0/{api_key}/export/request/{request_id}", response_model_exclude_none=True)
 async def export_request_status(
-    request_id: str, request: Request, access: RestApp, session: SessionDep, runtime: RuntimeDep
+    request_id: str, request: Request, access: RestAppLive, session: SessionDep, runtime: RuntimeDep
 ) -> ExportRequestRead:
     found = await service.get_request(
         session,
@@ -147,7 +147,7 @@ async def export_request_status(
 async def export_request_file(
     request_id: str,
     file_name: str,
-    access: RestApp,
+    access: RestAppLive,
     session: SessionDep,
     runtime: RuntimeDep,
 ) -> FileResponse:

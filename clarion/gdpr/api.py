@@ -10,13 +10,15 @@ from clarion.errors import NotFoundError
 from clarion.gdpr import service
 from clarion.gdpr.models import GdprRequest
 from clarion.gdpr.schemas import GdprCreated, GdprId, GdprRequestIn, GdprRequestRead
-from clarion.http import RestApp, RuntimeDep, SessionDep
+from clarion.http import RestAppLive, RuntimeDep, SessionDep
 
 router = APIRouter(prefix="/1.0/{api_key}/gdpr", tags=["gdpr"])
 
 
 @router.post("/request", status_code=201)
-async def create_request(body: GdprRequestIn, access: RestApp, session: SessionDep) -> GdprCreated:
+async def create_request(
+    body: GdprRequestIn, access: RestAppLive, session: SessionDep
+) -> GdprCreated:
     request_id = await service.create_request(
         session, app_id=access.app_id, body=body, now=utcnow()
     )
@@ -25,7 +27,7 @@ async def create_request(body: GdprRequestIn, access: RestApp, session: SessionD
 
 @router.get("/requests")
 async def list_requests(
-    request: Request, access: RestApp, session: SessionDep
+    request: Request, access: RestAppLive, session: SessionDep
 ) -> list[GdprRequestRead]:
     found = await service.list_requests(session, app_id=access.app_id, now=utcnow())
     return [_read(request, item) for item in found]
@@ -33,7 +35,7 @@ async def list_requests(
 
 @router.get("/request/{request_id}", response_model_exclude_none=True)
 async def get_request(
-    request_id: str, request: Request, access: RestApp, session: SessionDep
+    request_id: str, request: Request, access: RestAppLive, session: SessionDep
 ) -> GdprRequestRead:
     found = await service.get_request(session, app_id=access.app_id, request_id=request_id)
     return _read(request, found)
@@ -41,7 +43,7 @@ async def get_request(
 
 @router.get("/request/{request_id}/data", name="gdpr_archive")
 async def download_archive(
-    request_id: str, access: RestApp, session: SessionDep, runtime: RuntimeDep
+    request_id: str, access: RestAppLive, session: SessionDep, runtime: RuntimeDep
 ) -> FileResponse:
     found = await service.get_request(session, app_id=access.app_id, request_id=request_id)
     path = service.archive_path(runtime.settings.var_dir, found)

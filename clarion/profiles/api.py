@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path
 
-from clarion.http import RestApp, SessionDep
+from clarion.http import RestAppLive, SessionDep
 from clarion.profiles import service
 from clarion.profiles.schemas import (
     DataAccepted,
@@ -21,7 +21,7 @@ CustomId = Annotated[str, Path(min_length=1, max_length=512)]
 
 @router.post("/{custom_id}")
 async def update_user(
-    custom_id: CustomId, body: ProfileUpdateIn, access: RestApp, session: SessionDep
+    custom_id: CustomId, body: ProfileUpdateIn, access: RestAppLive, session: SessionDep
 ) -> DataAccepted:
     updates = [(custom_id, body.overwrite, body.operations)]
     token = await service.update_profiles(session, app_id=access.app_id, updates=updates)
@@ -32,7 +32,7 @@ async def update_user(
 @router.post("")
 @router.post("/", include_in_schema=False)
 async def update_users(
-    body: ProfileUpdatesIn, access: RestApp, session: SessionDep
+    body: ProfileUpdatesIn, access: RestAppLive, session: SessionDep
 ) -> DataAccepted:
     updates = [(item.id, item.update.overwrite, item.update.operations) for item in body.root]
     token = await service.update_profiles(session, app_id=access.app_id, updates=updates)
@@ -40,14 +40,16 @@ async def update_users(
 
 
 @router.delete("/{custom_id}")
-async def delete_user(custom_id: CustomId, access: RestApp, session: SessionDep) -> DataAccepted:
+async def delete_user(
+    custom_id: CustomId, access: RestAppLive, session: SessionDep
+) -> DataAccepted:
     token = await service.delete_profiles(session, app_id=access.app_id, custom_ids=[custom_id])
     return DataAccepted(token=token)
 
 
 @router.delete("")
 async def delete_users(
-    body: ProfileDeletesIn, access: RestApp, session: SessionDep
+    body: ProfileDeletesIn, access: RestAppLive, session: SessionDep
 ) -> DataAccepted:
     token = await service.delete_profiles(session, app_id=access.app_id, custom_ids=body.root)
     return DataAccepted(token=token)
