@@ -4,9 +4,11 @@ bad files and bad servers, and the CSV upload of the Custom Audience API."""
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import os
 import secrets
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -17,6 +19,7 @@ import httpx
 import pytest
 from sqlalchemy import select, update
 
+from clarion.connectors.idfile import MAX_LINE_BYTES, IdFileParser
 from clarion.connectors.models import ImportRun, ImportSource
 from clarion.connectors.service import ImportRunner
 from clarion.db import transaction
@@ -278,8 +281,9 @@ async def test_delete_after_removes_the_file_once_ingested(
         (b"id,score\na,1\nb\n", "line 3: 1 fields where the file has 2"),
         (b"name\na\n", "line 1: no column 'id' in the header (name)"),
         (gzip.compress(b"id\na\nb\n" * 1000)[:-40], "truncated or corrupt"),
+        (b"id\na\n" + b" " * (MAX_LINE_BYTES + 1) + b"\nb\n", "line 3: line longer than 65536"),
     ],
-    ids=["mixed-delimiters", "binary", "encoding", "fields", "no-column", "truncated"],
+    ids=["mixed-delimiters", "binary", "encoding", "fields", "no-column", "truncated", "long-line"],
 )
 async def test_a_bad_file_fails_with_its_line_and_leaves_the_audience_as_it_was(
     content: bytes,
@@ -589,6 +593,49 @@ class TestUpload:
             == "MALFORMED_PARAMETER: file: line 2: mixed delimiters: '|' in a file delimited by ','"
         )
         assert await members(api, ios_app, "kept") == 2
+
+    async def test_an_over_long_line_is_refused_naming_it(
+        self, api: httpx.AsyncClient, ios_app: ClientApp
+    ) -> None:
+        await api.put(self.url(ios_app, "kept"), headers=ios_app.headers(), content=b"a\nb\n")
+        for long_line in (b" " * (MAX_LINE_BYTES + 1), b"c," * MAX_LINE_BYTES):
+            response = await api.put(
+                self.url(ios_app, "kept"),
+                headers=ios_app.headers(),
+                content=b"c\nd\n" + long_line + b"\ne\n",
+            )
+            assert error(response, 400, 31).startswith(
+                "MALFORMED_PARAMETER: file: line 3: line longer than 65536 bytes"
+            )
+        assert await members(api, ios_app, "kept") == 2
+
+    async def test_the_parse_leaves_the_event_loop_free(
+        self, api: httpx.AsyncClient, ios_app: ClientApp, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """The parser is held at its first block (a gate around the real `feed`, which then
+        runs unchanged) while another call is made: it is answered before the gate opens.
+        Parsing on the event loop, the held parser would hold the loop, and the other call
+        would wait for the gate's safety timeout."""
+        entered, release = threading.Event(), threading.Event()
+        opened: list[bool] = []
+        feed = IdFileParser.feed
+
+        def gated(parser: IdFileParser, chunk: bytes) -> list[str]:
+            if not opened:
+                entered.set()
+                opened.append(release.wait(timeout=30))
+            return feed(parser, chunk)
+
+        monkeypatch.setattr(IdFileParser, "feed", gated)
+        upload = asyncio.create_task(
+            api.put(self.url(ios_app, "held"), headers=ios_app.headers(), content=b"a\nb\n")
+        )
+        assert await asyncio.to_thread(entered.wait, 30)
+        other = await api.get(f"/1.0/{ios_app.api_key}/imports", headers=ios_app.headers())
+        assert other.status_code == 200
+        release.set()
+        assert (await upload).status_code == 202
+        assert opened == [True]  # the gate was opened by this test, not by its timeout
 
 
 class TestRecovery:

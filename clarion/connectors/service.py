@@ -6,8 +6,8 @@ million lines would stall the event loop) streams it through the id parser into 
 spool, hashing it on the way; a file that is malformed stops here and nothing is applied.
 Applying replaces the audience from the spool (clarion.audiences.staging) or applies the
 file's changes, in one transaction with the record that the file was ingested and the run's
-outcome, so a crash leaves all or none. The CSV upload of the API parses on the event loop as
-the body arrives (chunks of a request are small). See docs/imports.md.
+outcome, so a crash leaves all or none. The CSV upload of the API (and the dashboard's) parses
+in a thread too, 256 KiB of the body at a time as it arrives. See docs/imports.md.
 """
 
 from __future__ import annotations
@@ -300,9 +300,7 @@ async def upload_audience(
     with IdSpool(spool_dir) as spool:
         reader = IdReader(format, spool)
         try:
-            async for chunk in chunks:
-                reader.feed(chunk)
-            reader.close()
+            await _read_upload(chunks, reader)
         except IdFileError as exc:
             raise MalformedParameterError(f"file: {exc}") from None
         token, nb_ids = await audiences.replace_from_spool(
@@ -315,6 +313,23 @@ async def upload_audience(
         ids_rejected=reader.parser.rejected,
         first_rejections=[RejectionRead(**item) for item in reader.rejections()],
     )
+
+
+async def _read_upload(chunks: AsyncIterator[bytes], reader: IdReader) -> None:
+    """The body through the reader, parsed and spooled in a thread so that the loop serves other
+    calls meanwhile. Gathered READ_CHUNK at a time: a thread hop costs ~100-200 us, a quarter of
+    parsing the 64 KiB or less that uvicorn hands over per message (~0.7 ms), 7% of 256 KiB."""
+    gathered: list[bytes] = []
+    size = 0
+    async for chunk in chunks:
+        gathered.append(chunk)
+        size += len(chunk)
+        if size >= READ_CHUNK:
+            await asyncio.to_thread(reader.feed, b"".join(gathered))
+            gathered.clear()
+            size = 0
+    await asyncio.to_thread(reader.feed, b"".join(gathered))
+    await asyncio.to_thread(reader.close)
 
 
 # Polling sources -------------------------------------------------------------------------------
