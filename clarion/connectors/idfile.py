@@ -55,7 +55,7 @@ def _valid_id(kind: AudienceKind, other_delimiters: list[str]) -> re.Pattern[str
 def _long_line(block: bytes) -> int:
     """Where the first line over MAX_LINE_BYTES starts in `block`, or -1. Each step jumps to
     the last line break within MAX_LINE_BYTES of a line's start: a few C-speed searches per
-    256 KiB block (a regular expression tried at every offset took half the fast path's time)."""
+    256 KiB block (a regular expression tried at every offset costs half the fast path's time)."""
     start = 0
     while len(block) - start > MAX_LINE_BYTES:
         end = block.rfind(b"\n", start, start + MAX_LINE_BYTES + 1)
@@ -112,9 +112,9 @@ class IdFileParser:
         self._valid = _valid_id(self.format.kind, self._others)
         # Every line: spaces, optionally an id and spaces, then the line break. Every quantifier
         # is possessive (the id's in an atomic group), so the matcher never goes back over a
-        # character: linear in the block whatever its content. (Greedy, the two runs of spaces
-        # around an optional id split a blank line n+1 ways, each retried at a later failure:
-        # every blank line of two spaces tripled the time, and a 64 KiB line of spaces took 27 s.)
+        # character: linear in the block whatever its content. Greedy instead, the two runs of
+        # spaces around an optional id split a blank line of n spaces n+1 ways, each retried at
+        # a later failure: x3 per blank line of two spaces, 27 s for one 64 KiB line of spaces.
         self._clean_block = re.compile(
             rf"(?:[ \r]*+(?:(?>{self._valid.pattern})[ \r]*+)?+(?:\n|\Z))*+"
         )
