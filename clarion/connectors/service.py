@@ -18,7 +18,6 @@ import hashlib
 import json
 import logging
 import lzma
-import re
 import time
 import uuid
 import zlib
@@ -53,6 +52,7 @@ from clarion.connectors.schemas import (
     ImportSourceUpdate,
     RejectionRead,
     UploadResult,
+    audience_pattern,
 )
 from clarion.connectors.storage import RemoteFile, Storage, StorageCredentials, StorageError
 from clarion.db import insert_ignoring_conflicts, rowcount, transaction, utcnow
@@ -484,7 +484,11 @@ class ImportRunner:
         remote: RemoteFile,
         on_progress: Progress | None,
     ) -> ImportRun:
-        audience_name = _audience_for(source, remote.name)
+        try:
+            audience_name = _audience_for(source, remote.name)
+        except ValueError as exc:  # a pattern stored before RE2 read them
+            reason = f"audience_pattern: {exc}; change the source's audience_pattern"
+            return await self._record_failure(source, remote, None, reason, broken=True)
         if audience_name is None:
             reason = f"the file name does not match audience_pattern {source.audience_pattern!r}"
             return await self._record_failure(source, remote, None, reason, broken=True)
@@ -729,10 +733,11 @@ def _audience_for(source: ImportSource, file_name: str) -> str | None:
     if source.audience_name is not None:
         return source.audience_name
     assert source.audience_pattern is not None
-    match = re.fullmatch(source.audience_pattern, file_name)
+    compiled = audience_pattern(source.audience_pattern)
+    match = compiled.fullmatch(file_name)
     if match is None:
         return None
-    name = match.group("name") if "name" in match.re.groupindex else match.group(1)
+    name = match.group("name") if "name" in compiled.groupindex else match.group(1)
     return name or None
 
 
