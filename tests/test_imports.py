@@ -372,7 +372,7 @@ async def test_an_audience_pattern_cannot_stall_the_poll(
     runner: ImportRunner,
     local_root: Path,
 ) -> None:
-    """Python's re took hours on this pattern and name (x1.6 per a: 3.7 s at 36); RE2, linear
+    """Python's re took days on this pattern and name (x1.6 per a: 3.7 s at 36); RE2, linear
     in the name, answers at once."""
     drop = folder_on("file", request, local_root / str(ios_app.app_id))
     drop.put("a" * 60, b"id\na\n")
