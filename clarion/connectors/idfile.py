@@ -111,7 +111,7 @@ class IdFileParser:
         self._others = [d for d in COMMON_DELIMITERS if d != self.format.delimiter]
         self._valid = _valid_id(self.format.kind, self._others)
         # Every line: spaces, optionally an id and spaces, then the line break. Every quantifier
-        # is possessive (the id's in an atomic group), so the matcher never goes back over a
+        # is possessive (the id's within an atomic group), so the matcher never goes back over a
         # character: linear in the block whatever its content. Greedy instead, the two runs of
         # spaces around an optional id split a blank line of n spaces n+1 ways, each retried at
         # a later failure: x3 per blank line of two spaces, 27 s for one 64 KiB line of spaces.
