@@ -89,6 +89,13 @@ class Settings(BaseSettings):
     # (as uvicorn sees it: behind a TLS proxy, set this to true, or FORWARDED_ALLOW_IPS).
     dashboard_secure_cookies: bool | None = None
 
+    # Days a GDPR review's archive (everything held on one person) is kept once done; then it
+    # is deleted and the request says so. A week: the callback announces the archive at once,
+    # and a week still covers a weekend or a missed callback, well within the month GDPR gives
+    # to answer the person (art. 12(3)); a copy kept longer only widens what a leak could take
+    # (storage limitation, art. 5(1)(e)).
+    gdpr_archive_days: int = Field(default=7, ge=1)
+
     # How long a process keeps a successful API key lookup: a key rotated elsewhere keeps
     # working here for at most this long. 0 looks every key up on every call.
     auth_cache_seconds: float = Field(default=5.0, ge=0)

@@ -14,6 +14,7 @@ import gc
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from datetime import timedelta
 from functools import partial
 
 import httpx
@@ -29,6 +30,7 @@ from clarion.delivery.pool import ProviderPool
 from clarion.delivery.service import Deliverer
 from clarion.exports.service import ExportRunner
 from clarion.exports.service import process_requests as process_export_requests
+from clarion.gdpr.service import ARCHIVE_CHECK_SECONDS, delete_expired_archives
 from clarion.gdpr.service import process_pending as process_gdpr_requests
 from clarion.http2 import Http2Client
 from clarion.queue import JobQueue
@@ -105,6 +107,16 @@ class Runtime:
                     client=self._callbacks,
                 ),
                 every=settings.scheduler_interval_seconds,
+            )
+            self._repeat(
+                "GDPR archive expiry",
+                partial(
+                    delete_expired_archives,
+                    self.sessions,
+                    var_dir=settings.var_dir,
+                    retention=timedelta(days=settings.gdpr_archive_days),
+                ),
+                every=ARCHIVE_CHECK_SECONDS,
             )
             self._repeat(
                 "flat-file imports",

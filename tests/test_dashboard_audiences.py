@@ -12,6 +12,7 @@ import httpx
 import pytest
 
 from clarion.connectors import service as connectors
+from clarion.connectors.idfile import MAX_LINE_BYTES
 from clarion.connectors.schemas import ImportSourceIn
 from clarion.connectors.service import ImportRunner
 from clarion.dashboard.models import Role
@@ -248,6 +249,12 @@ class TestUpload:
         assert 'class="error" role="alert"' in response.text
         assert text(response) == (
             "MALFORMED_PARAMETER: file: line 2: mixed delimiters: '|' in a file delimited by ','"
+        )
+        long_line = b"c\n" + b" " * (MAX_LINE_BYTES + 1) + b"\nd\n"
+        response = await upload(api, ios_app, login, long_line, name="kept")
+        assert response.status_code == 400
+        assert text(response).startswith(
+            f"MALFORMED_PARAMETER: file: line 2: line longer than {MAX_LINE_BYTES} bytes"
         )
         assert await size(api, ios_app, "kept") == 2
 

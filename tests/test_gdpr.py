@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import io
 import json
+import stat
 import threading
 import zipfile
 from collections.abc import Iterator
+from datetime import datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -15,9 +17,12 @@ import httpx
 import pytest
 from sqlalchemy import func, select
 
+from clarion.db import transaction
 from clarion.devices.models import Installation
 from clarion.events.models import TrackedEvent
-from clarion.gdpr.service import process_pending
+from clarion.formats import wire_date
+from clarion.gdpr.models import GdprRequest
+from clarion.gdpr.service import delete_expired_archives, process_pending
 from clarion.profiles.models import ProfileAttribute
 from clarion.runtime import Runtime
 from tests.conftest import ClientApp
@@ -215,3 +220,101 @@ async def test_list_and_bad_input(api: httpx.AsyncClient, ios_app: ClientApp) ->
         404,
         20,
     )
+
+
+# The archive: everything held on one person ------------------------------------------------------
+
+
+async def a_reviewed_user(
+    api: httpx.AsyncClient, app: ClientApp, runtime: Runtime, custom_id: str
+) -> tuple[str, dict[str, Any]]:
+    await a_known_user(api, app, custom_id)
+    request_id = await request(api, app, "review", "custom_id", custom_id)
+    await process(runtime)
+    done = await status(api, app, request_id)
+    assert done["status"] == "done", done
+    return request_id, done
+
+
+async def test_the_archive_is_readable_by_clarion_s_user_only(
+    api: httpx.AsyncClient, ios_app: ClientApp, runtime: Runtime
+) -> None:
+    request_id, _ = await a_reviewed_user(api, ios_app, runtime, "private")
+
+    folder = runtime.settings.var_dir / "gdpr"
+    assert stat.S_IMODE((folder / f"{request_id}.zip").stat().st_mode) == 0o600
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+
+
+async def test_the_archive_is_served_to_the_app_s_rest_key_and_live_key_only(
+    api: httpx.AsyncClient, ios_app: ClientApp, android_app: ClientApp, runtime: Runtime
+) -> None:
+    request_id, done = await a_reviewed_user(api, ios_app, runtime, "served")
+    url = done["data_url"]
+    assert url.endswith(f"/1.0/{ios_app.api_key}/gdpr/request/{request_id}/data")
+
+    error(await api.get(url), 401, 10)
+    error(await api.get(url, headers={"X-Authorization": "not-a-rest-key"}), 401, 10)
+    error(await api.get(url, headers=android_app.headers()), 401, 10)  # another company's key
+    through_dev_key = url.replace(ios_app.api_key, ios_app.dev_api_key)
+    error(await api.get(through_dev_key, headers=ios_app.headers()), 403, 12)
+    own = await api.get(url, headers=ios_app.headers())
+    assert own.status_code == 200
+    assert "installations.json" in zipfile.ZipFile(io.BytesIO(own.content)).namelist()
+
+
+async def test_an_expired_archive_is_deleted_and_the_request_says_so(
+    api: httpx.AsyncClient, ios_app: ClientApp, runtime: Runtime
+) -> None:
+    request_id, done = await a_reviewed_user(api, ios_app, runtime, "expiring")
+    path = runtime.settings.var_dir / "gdpr" / f"{request_id}.zip"
+    async with runtime.sessions() as session:
+        done_at = await session.scalar(
+            select(GdprRequest.done_at).where(GdprRequest.id == request_id)
+        )
+    assert done_at is not None
+    retention = timedelta(days=runtime.settings.gdpr_archive_days)
+    assert done["data_expired"] is False
+    assert done["data_expiry"] == wire_date(done_at + retention)
+
+    async def expire_at(now: datetime) -> None:
+        await delete_expired_archives(
+            runtime.sessions,
+            var_dir=runtime.settings.var_dir,
+            retention=retention,
+            clock=lambda: now,
+        )
+
+    await expire_at(done_at + retention - timedelta(seconds=1))
+    assert path.exists()
+    await expire_at(done_at + retention)
+    assert not path.exists()
+
+    expired = await status(api, ios_app, request_id)
+    assert "data_url" not in expired
+    assert (expired["status"], expired["data_expired"], expired["data_expiry"]) == (
+        "done",
+        True,
+        done["data_expiry"],
+    )
+    listed = await api.get(f"/1.0/{ios_app.api_key}/gdpr/requests", headers=ios_app.headers())
+    assert [(r["request_id"], r["data_url"], r["data_expired"]) for r in listed.json()] == [
+        (request_id, None, True)
+    ]
+    gone = await api.get(done["data_url"], headers=ios_app.headers())
+    assert "expired on" in error(gone, 404, 20)
+
+
+async def test_an_archive_past_its_expiry_is_not_served_before_it_is_deleted(
+    api: httpx.AsyncClient, ios_app: ClientApp, runtime: Runtime
+) -> None:
+    request_id, done = await a_reviewed_user(api, ios_app, runtime, "late")
+    async with transaction(runtime.sessions) as session:
+        found = await session.get(GdprRequest, request_id)
+        assert found is not None
+        assert found.done_at is not None
+        found.done_at -= timedelta(days=runtime.settings.gdpr_archive_days)
+
+    assert (await status(api, ios_app, request_id))["data_expired"] is True
+    gone = await api.get(done["data_url"], headers=ios_app.headers())
+    assert "expired on" in error(gone, 404, 20)

@@ -6,13 +6,21 @@ from __future__ import annotations
 
 import itertools
 import random
+import re._constants as sre  # type: ignore[import-not-found]  # no stubs: the parse tree
+import re._parser as sre_parse  # type: ignore[import-not-found]
 from collections.abc import Iterable
 from typing import Any
 
 import pytest
 
 from clarion.audiences.models import AudienceKind
-from clarion.connectors.idfile import IdFileError, IdFileFormat, IdFileParser, Rejection
+from clarion.connectors.idfile import (
+    MAX_LINE_BYTES,
+    IdFileError,
+    IdFileFormat,
+    IdFileParser,
+    Rejection,
+)
 
 CUSTOM = AudienceKind.CUSTOM_IDS
 ADVERTISING = AudienceKind.ADVERTISING_IDS
@@ -252,6 +260,89 @@ def test_the_first_error_of_the_file_is_the_one_reported() -> None:
     # A bad line before binary content or bad bytes, in the same chunk.
     assert error_of(b"id,n\na,1,2\nb,\x00\n") == (2, "3 fields where the file has 2")
     assert error_of(b"id\na;b\n\xff\n")[0] == 2
+
+
+@pytest.mark.parametrize(
+    "line",
+    [b" " * (MAX_LINE_BYTES + 1), b"x" * MAX_LINE_BYTES + b"\r", b"a," * (MAX_LINE_BYTES // 2 + 1)],
+    ids=["spaces", "one-id-and-cr", "columns"],
+)
+@pytest.mark.parametrize("ending", [b"\nbob\n", b""], ids=["then-more", "last"])
+def test_a_line_over_the_cap_fails_at_its_line_however_the_file_arrives(
+    line: bytes, ending: bytes
+) -> None:
+    data = b"id\nalice\n" + line + ending
+    cut = random.Random(len(data)).randrange(1, len(data))
+    for chunks in (
+        [data],
+        [data[:cut], data[cut:]],
+        [data[i : i + 1000] for i in range(0, len(data), 1000)],
+    ):
+        with pytest.raises(IdFileError) as caught:
+            read(data, chunks)
+        assert caught.value.line == 3
+        assert caught.value.reason.startswith(f"line longer than {MAX_LINE_BYTES} bytes")
+
+
+def test_a_line_at_the_cap_is_read() -> None:
+    padded = b" " * (MAX_LINE_BYTES - len("alice")) + b"alice"
+    assert ids_of(b"id\n" + padded + b"\n" + b" " * MAX_LINE_BYTES + b"\nbob") == ["alice", "bob"]
+
+
+# Inputs on which the fast path's former expression backtracked: blank lines holding spaces
+# before a line that is not one id (each such blank line tripled its time: forty of them, 3**40
+# steps, centuries), and a line of spaces under the cap before one (quadratic: ~20 s).
+BACKTRACKED = [
+    b"  \n" * 40 + b"a b\nbob\n",
+    b" \r\n" * 40 + b"alice\n" + b"  \n" * 40 + b"\x01\nbob\n",
+    b" " * (MAX_LINE_BYTES - 10) + b"a b\nbob\n",
+]
+
+
+@pytest.mark.parametrize("data", BACKTRACKED, ids=["blank-lines", "blank-crlf", "long-blank"])
+def test_input_that_made_the_old_expression_backtrack_is_read(data: bytes) -> None:
+    """Finishes at once; the former expression did not finish on any of these in minutes."""
+    # The header alone first: the blocks after it, in one column, go to the fast path.
+    ids, parser = read(b"id\n" + data, [b"id\n", data])
+
+    assert ids[-1] == "bob"
+    assert parser.rejected == 1
+
+
+def test_the_fast_path_expression_cannot_backtrack() -> None:
+    """Linear by construction: each quantifier that could give characters back (a variable
+    count) is possessive or the whole of an atomic group, which gives nothing back, so the
+    matcher reads each character once. (The one alternation, a line break or the end, has
+    alternatives that never both match.)"""
+
+    def backtracking(pattern: sre_parse.SubPattern) -> list[str]:
+        found: list[str] = []
+        for op, av in pattern:
+            if op in (sre.MAX_REPEAT, sre.MIN_REPEAT):
+                low, high, inner = av
+                if low != high:
+                    found.append(f"{op} {low}..{high}")
+                found += backtracking(inner)
+            elif op is sre.ATOMIC_GROUP:
+                inner_items = list(av)
+                if len(inner_items) == 1 and inner_items[0][0] in (sre.MAX_REPEAT, sre.MIN_REPEAT):
+                    found += backtracking(av[0][1][2])  # the repeat itself gives nothing back
+                else:
+                    found += backtracking(av)
+            elif op is sre.POSSESSIVE_REPEAT:
+                found += backtracking(av[2])
+            elif op is sre.SUBPATTERN:
+                found += backtracking(av[3])
+            elif op is sre.BRANCH:
+                for alternative in av[1]:
+                    found += backtracking(alternative)
+        return found
+
+    for kind in AudienceKind:
+        for delimiter in (",", ";"):
+            parser = IdFileParser(IdFileFormat(kind, delimiter=delimiter))
+            pattern = parser._clean_block.pattern
+            assert backtracking(sre_parse.parse(pattern)) == [], pattern
 
 
 # Chunks and the fast path ------------------------------------------------------------------------

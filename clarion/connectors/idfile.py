@@ -19,6 +19,12 @@ from dataclasses import dataclass, field
 from clarion.audiences.models import AudienceKind
 
 MAX_ID_LENGTH = 512
+# A line, in bytes without its line break. A row holds the id (512 characters at most, 2 KiB in
+# UTF-8, 4 KiB quoted with its quotes doubled) and the row's other columns: 64 KiB leaves room
+# for wide CRM exports (a hundred 500-byte columns) while no unfinished line is buffered past
+# it, so a file without line breaks cannot grow memory (or the parser's per-chunk copy of the
+# unfinished line) with the upload.
+MAX_LINE_BYTES = 64 * 1024
 FIRST_REJECTIONS_KEPT = 10
 # Delimiters seen in the wild: one of them inside an id means the file mixes them.
 COMMON_DELIMITERS = (",", ";", "\t", "|")
@@ -28,6 +34,10 @@ MAX_LENGTH = {
     AudienceKind.INSTALL_IDS: 128,
     AudienceKind.ADVERTISING_IDS: 36,
 }
+_TOO_LONG = (
+    f"line longer than {MAX_LINE_BYTES} bytes (a line holds one id of at most {MAX_ID_LENGTH} "
+    "characters and the other columns of its row)"
+)
 # IDFA / GAID: a UUID.
 _ADVERTISING_ID = r"[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}"
 
@@ -40,6 +50,19 @@ def _valid_id(kind: AudienceKind, other_delimiters: list[str]) -> re.Pattern[str
         return re.compile(_ADVERTISING_ID)
     others = "".join(re.escape(d) for d in other_delimiters)
     return re.compile(rf"[^\x00-\x20\x7f-\x9f\s{others}]{{1,{MAX_LENGTH[kind]}}}")
+
+
+def _long_line(block: bytes) -> int:
+    """Where the first line over MAX_LINE_BYTES starts in `block`, or -1. Each step jumps to
+    the last line break within MAX_LINE_BYTES of a line's start: a few C-speed searches per
+    256 KiB block (a regular expression tried at every offset costs half the fast path's time)."""
+    start = 0
+    while len(block) - start > MAX_LINE_BYTES:
+        end = block.rfind(b"\n", start, start + MAX_LINE_BYTES + 1)
+        if end < 0:
+            return start
+        start = end + 1
+    return -1
 
 
 class IdFileError(Exception):
@@ -87,7 +110,14 @@ class IdFileParser:
         codecs.lookup(self.format.encoding)  # LookupError for an unknown encoding, at once
         self._others = [d for d in COMMON_DELIMITERS if d != self.format.delimiter]
         self._valid = _valid_id(self.format.kind, self._others)
-        self._clean_block = re.compile(rf"(?:[ \r]*(?:{self._valid.pattern})?[ \r]*(?:\n|\Z))*")
+        # Every line: spaces, optionally an id and spaces, then the line break. Every quantifier
+        # is possessive (the id's within an atomic group), so the matcher never goes back over a
+        # character: linear in the block whatever its content. Greedy instead, the two runs of
+        # spaces around an optional id split a blank line of n spaces n+1 ways, each retried at
+        # a later failure: x3 per blank line of two spaces, 27 s for one 64 KiB line of spaces.
+        self._clean_block = re.compile(
+            rf"(?:[ \r]*+(?:(?>{self._valid.pattern})[ \r]*+)?+(?:\n|\Z))*+"
+        )
 
     def feed(self, chunk: bytes) -> list[str]:
         if not chunk:
@@ -95,11 +125,11 @@ class IdFileParser:
         self._bytes += len(chunk)
         data = self._pending + chunk
         end = data.rfind(b"\n")
-        if end < 0:
-            self._pending = data
-            return []
+        ids = self._lines(data[: end + 1]) if end >= 0 else []
         self._pending = data[end + 1 :]
-        return self._lines(data[: end + 1])
+        if len(self._pending) > MAX_LINE_BYTES:  # the unfinished line is too long already
+            raise IdFileError(self._line + 1, _TOO_LONG)
+        return ids
 
     def close(self) -> list[str]:
         """The ids of the last line (which may lack its line break); fails on an empty file."""
@@ -114,13 +144,18 @@ class IdFileParser:
 
     def _lines(self, block: bytes) -> list[str]:
         first = self._line + 1
-        nul = block.find(b"\x00")
+        long = _long_line(block)
+        cut = len(block) if long < 0 else long
+        nul = block.find(b"\x00", 0, cut)
+        if nul >= 0:
+            cut = nul
         try:
-            text = (block if nul < 0 else block[:nul]).decode(self.format.encoding)
+            text = block[:cut].decode(self.format.encoding)
         except UnicodeDecodeError as exc:
             bad, reason = exc.start, f"not {self.format.encoding} text ({exc.reason})"
         else:
-            bad, reason = nul, "binary content (a NUL byte)"
+            bad = cut if cut < len(block) else -1
+            reason = "binary content (a NUL byte)" if cut == nul else _TOO_LONG
         if bad >= 0:
             # The lines before the bad one first: the error reported is the file's first one,
             # however the file was cut into chunks.

@@ -6,8 +6,8 @@ million lines would stall the event loop) streams it through the id parser into 
 spool, hashing it on the way; a file that is malformed stops here and nothing is applied.
 Applying replaces the audience from the spool (clarion.audiences.staging) or applies the
 file's changes, in one transaction with the record that the file was ingested and the run's
-outcome, so a crash leaves all or none. The CSV upload of the API parses on the event loop as
-the body arrives (chunks of a request are small). See docs/imports.md.
+outcome, so a crash leaves all or none. The CSV upload of the API (and the dashboard's) parses
+in a thread too, 256 KiB of the body at a time as it arrives. See docs/imports.md.
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ import hashlib
 import json
 import logging
 import lzma
-import re
 import time
 import uuid
 import zlib
@@ -53,6 +52,7 @@ from clarion.connectors.schemas import (
     ImportSourceUpdate,
     RejectionRead,
     UploadResult,
+    audience_pattern,
 )
 from clarion.connectors.storage import RemoteFile, Storage, StorageCredentials, StorageError
 from clarion.db import insert_ignoring_conflicts, rowcount, transaction, utcnow
@@ -300,9 +300,7 @@ async def upload_audience(
     with IdSpool(spool_dir) as spool:
         reader = IdReader(format, spool)
         try:
-            async for chunk in chunks:
-                reader.feed(chunk)
-            reader.close()
+            await _read_upload(chunks, reader)
         except IdFileError as exc:
             raise MalformedParameterError(f"file: {exc}") from None
         token, nb_ids = await audiences.replace_from_spool(
@@ -315,6 +313,23 @@ async def upload_audience(
         ids_rejected=reader.parser.rejected,
         first_rejections=[RejectionRead(**item) for item in reader.rejections()],
     )
+
+
+async def _read_upload(chunks: AsyncIterator[bytes], reader: IdReader) -> None:
+    """The body through the reader, parsed and spooled in a thread so that the loop serves other
+    calls meanwhile. Gathered READ_CHUNK at a time: a thread hop costs ~100-200 us, a quarter of
+    parsing the 64 KiB or less that uvicorn hands over per message (~0.7 ms), 7% of 256 KiB."""
+    gathered: list[bytes] = []
+    size = 0
+    async for chunk in chunks:
+        gathered.append(chunk)
+        size += len(chunk)
+        if size >= READ_CHUNK:
+            await asyncio.to_thread(reader.feed, b"".join(gathered))
+            gathered.clear()
+            size = 0
+    await asyncio.to_thread(reader.feed, b"".join(gathered))
+    await asyncio.to_thread(reader.close)
 
 
 # Polling sources -------------------------------------------------------------------------------
@@ -469,7 +484,11 @@ class ImportRunner:
         remote: RemoteFile,
         on_progress: Progress | None,
     ) -> ImportRun:
-        audience_name = _audience_for(source, remote.name)
+        try:
+            audience_name = _audience_for(source, remote.name)
+        except ValueError as exc:  # a pattern stored before RE2 read them
+            reason = f"audience_pattern: {exc}; change the source's audience_pattern"
+            return await self._record_failure(source, remote, None, reason, broken=True)
         if audience_name is None:
             reason = f"the file name does not match audience_pattern {source.audience_pattern!r}"
             return await self._record_failure(source, remote, None, reason, broken=True)
@@ -714,10 +733,11 @@ def _audience_for(source: ImportSource, file_name: str) -> str | None:
     if source.audience_name is not None:
         return source.audience_name
     assert source.audience_pattern is not None
-    match = re.fullmatch(source.audience_pattern, file_name)
+    compiled = audience_pattern(source.audience_pattern)
+    match = compiled.fullmatch(file_name)
     if match is None:
         return None
-    name = match.group("name") if "name" in match.re.groupindex else match.group(1)
+    name = match.group("name") if "name" in compiled.groupindex else match.group(1)
     return name or None
 
 

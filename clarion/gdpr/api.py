@@ -1,12 +1,17 @@
-"""GDPR API 1.0 (spec §10), plus the download of a review's archive (its `data_url`)."""
+"""GDPR API 1.0 (spec §10), plus the download of a review's archive (its `data_url`): behind
+the app's company REST key and the app's Live key, until the archive expires."""
 
 from __future__ import annotations
+
+from datetime import timedelta
 
 from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse
 
+from clarion.config import Settings
 from clarion.db import utcnow
 from clarion.errors import NotFoundError
+from clarion.formats import wire_date
 from clarion.gdpr import service
 from clarion.gdpr.models import GdprRequest
 from clarion.gdpr.schemas import GdprCreated, GdprId, GdprRequestIn, GdprRequestRead
@@ -27,18 +32,18 @@ async def create_request(
 
 @router.get("/requests")
 async def list_requests(
-    request: Request, access: RestAppLive, session: SessionDep
+    request: Request, access: RestAppLive, session: SessionDep, runtime: RuntimeDep
 ) -> list[GdprRequestRead]:
     found = await service.list_requests(session, app_id=access.app_id, now=utcnow())
-    return [_read(request, item) for item in found]
+    return [_read(request, item, runtime.settings) for item in found]
 
 
 @router.get("/request/{request_id}", response_model_exclude_none=True)
 async def get_request(
-    request_id: str, request: Request, access: RestAppLive, session: SessionDep
+    request_id: str, request: Request, access: RestAppLive, session: SessionDep, runtime: RuntimeDep
 ) -> GdprRequestRead:
     found = await service.get_request(session, app_id=access.app_id, request_id=request_id)
-    return _read(request, found)
+    return _read(request, found, runtime.settings)
 
 
 @router.get("/request/{request_id}/data", name="gdpr_archive")
@@ -46,15 +51,27 @@ async def download_archive(
     request_id: str, access: RestAppLive, session: SessionDep, runtime: RuntimeDep
 ) -> FileResponse:
     found = await service.get_request(session, app_id=access.app_id, request_id=request_id)
+    expiry = service.archive_expiry(found, _retention(runtime.settings))
+    if expiry is not None and (found.archive is None or utcnow() >= expiry):
+        raise NotFoundError(
+            f"the archive of GDPR request {request_id!r} expired on {wire_date(expiry)} "
+            "and was deleted"
+        )
     path = service.archive_path(runtime.settings.var_dir, found)
     if path is None or not path.exists():
         raise NotFoundError(f"no archive for GDPR request {request_id!r}")
     return FileResponse(path, media_type="application/zip", filename=f"gdpr-{request_id}.zip")
 
 
-def _read(request: Request, found: GdprRequest) -> GdprRequestRead:
+def _retention(settings: Settings) -> timedelta:
+    return timedelta(days=settings.gdpr_archive_days)
+
+
+def _read(request: Request, found: GdprRequest, settings: Settings) -> GdprRequestRead:
     data_url = None
-    if found.archive is not None:
+    expiry = service.archive_expiry(found, _retention(settings))
+    expired = None if expiry is None else found.archive is None or utcnow() >= expiry
+    if expired is False:
         data_url = str(
             request.url_for(
                 "gdpr_archive", api_key=request.path_params["api_key"], request_id=found.id
@@ -68,5 +85,7 @@ def _read(request: Request, found: GdprRequest) -> GdprRequestRead:
         request_type=found.request_type,
         error=found.error,
         data_url=data_url,
+        data_expiry=None if expiry is None else wire_date(expiry),
+        data_expired=expired,
         id=GdprId.model_validate({"type": found.id_type, "value": found.id_value}),
     )

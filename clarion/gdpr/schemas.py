@@ -31,5 +31,9 @@ class GdprRequestRead(BaseModel):
     request_type: str
     trigger_type: str = "api"
     error: str | None = None
-    data_url: str | None = None  # reviews, once done: the archive
+    data_url: str | None = None  # reviews, once done: the archive, until it expires
+    # Reviews done (Clarion's): when the archive is deleted (CLARION_GDPR_ARCHIVE_DAYS after),
+    # and whether it has been, its data_url then gone.
+    data_expiry: str | None = None
+    data_expired: bool | None = None
     id: GdprId

@@ -1,13 +1,19 @@
 """GDPR requests: review (an archive of everything held on one id) and remove (delete it, and
 ignore new data for that id for 30 days). Requests are answered at once and processed by the
-worker processes (`process_pending`), which then call the request's callback URL."""
+worker processes (`process_pending`), which then call the request's callback URL.
+
+A review's archive holds everything about a person: it is readable by Clarion's user only
+(0600, in a 0700 folder), served only to the app's company (REST key) and deleted once
+CLARION_GDPR_ARCHIVE_DAYS have passed (`delete_expired_archives`); the request then says so."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import os
 import uuid
 import zipfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -30,7 +36,11 @@ from clarion.profiles.models import ProfileAttribute, ProfileTag
 log = logging.getLogger(__name__)
 
 BLOCKED_FOR = timedelta(days=30)  # new data for a removed id is ignored this long
-KEPT_FOR = timedelta(days=30)  # done requests are listed (and archives kept) this long
+KEPT_FOR = timedelta(days=30)  # done requests are listed this long
+# How often a worker deletes expired archives: one outlives its retention on disk by at most
+# this long (reads and downloads stop at the expiry itself).
+ARCHIVE_CHECK_SECONDS = 3600.0
+_ARCHIVE_BATCH = 500
 USER_NOT_FOUND = "user not found"
 _AUDIENCE_KIND = {
     IdType.CUSTOM_ID: AudienceKind.CUSTOM_IDS,
@@ -84,6 +94,69 @@ def archive_path(var_dir: Path, request: GdprRequest) -> Path | None:
     if request.archive is None:
         return None
     return var_dir / "gdpr" / request.archive
+
+
+def archive_expiry(request: GdprRequest, retention: timedelta) -> datetime | None:
+    """When a review's archive is (or was) deleted; None for requests without one (a removal,
+    a review of an unknown user, a pending one). A done review without error had an archive:
+    with `archive` unset, it has been deleted."""
+    if (
+        request.request_type != RequestType.REVIEW.value
+        or request.done_at is None
+        or request.error is not None
+    ):
+        return None
+    return request.done_at + retention
+
+
+def archive_folder(var_dir: Path) -> Path:
+    """The archives' folder, made (or, made wider by an earlier version, set) owner-only: the
+    files in it cannot be reached by others whatever their own mode."""
+    folder = var_dir / "gdpr"
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    folder.chmod(0o700)
+    return folder
+
+
+async def delete_expired_archives(
+    sessions: async_sessionmaker[AsyncSession],
+    *,
+    var_dir: Path,
+    retention: timedelta,
+    clock: Callable[[], datetime] = utcnow,
+) -> int:
+    """Delete the archives of reviews done `retention` ago or more; returns how many. Files go
+    first, then the rows forget them: a crash in between leaves rows whose files are gone,
+    deleted again (as missing) at the next run."""
+    deleted = 0
+    folder = await asyncio.to_thread(archive_folder, var_dir)
+    while True:
+        async with sessions() as session:
+            due = (
+                await session.execute(
+                    select(GdprRequest.id, GdprRequest.archive)
+                    .where(
+                        GdprRequest.archive.is_not(None),
+                        GdprRequest.done_at <= clock() - retention,
+                    )
+                    .limit(_ARCHIVE_BATCH)
+                )
+            ).all()
+        if not due:
+            return deleted
+        await asyncio.to_thread(_unlink, [folder / name for _, name in due if name])
+        async with transaction(sessions) as session:
+            await session.execute(
+                update(GdprRequest)
+                .where(GdprRequest.id.in_([request_id for request_id, _ in due]))
+                .values(archive=None)
+            )
+        deleted += len(due)
+
+
+def _unlink(paths: list[Path]) -> None:
+    for path in paths:
+        path.unlink(missing_ok=True)
 
 
 async def blocked_identities(
@@ -167,7 +240,7 @@ async def process_pending(
             if not any(found.values()):
                 request.error = USER_NOT_FOUND
             elif request.request_type == RequestType.REVIEW.value:
-                request.archive = _write_archive(var_dir, request, found)
+                request.archive = await asyncio.to_thread(_write_archive, var_dir, request, found)
             else:
                 await _remove(session, request, now)
             request.status = RequestStatus.DONE.value
@@ -292,11 +365,17 @@ async def _remove(session: AsyncSession, request: GdprRequest, now: datetime) ->
 def _write_archive(
     var_dir: Path, request: GdprRequest, found: dict[str, list[dict[str, Any]]]
 ) -> str:
-    """A zip of one JSON file per table holding rows on the id; returns its file name."""
-    folder = var_dir / "gdpr"
-    folder.mkdir(parents=True, exist_ok=True)
+    """A zip of one JSON file per table holding rows on the id, readable by its owner only;
+    returns its file name."""
     name = f"{request.id}.zip"
-    with zipfile.ZipFile(folder / name, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+    descriptor = os.open(
+        archive_folder(var_dir) / name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600
+    )
+    os.fchmod(descriptor, 0o600)  # a file left by an interrupted attempt keeps its mode otherwise
+    with (
+        os.fdopen(descriptor, "wb") as file,
+        zipfile.ZipFile(file, "w", compression=zipfile.ZIP_DEFLATED) as archive,
+    ):
         archive.writestr(
             "request.json",
             orjson.dumps(
