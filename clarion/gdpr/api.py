@@ -11,6 +11,7 @@ from clarion.gdpr import service
 from clarion.gdpr.models import GdprRequest
 from clarion.gdpr.schemas import GdprCreated, GdprId, GdprRequestIn, GdprRequestRead
 from clarion.http import RestApp, RuntimeDep, SessionDep
+from clarion.openapi import BINARY
 
 router = APIRouter(prefix="/1.0/{api_key}/gdpr", tags=["gdpr"])
 
@@ -39,7 +40,12 @@ async def get_request(
     return _read(request, found)
 
 
-@router.get("/request/{request_id}/data", name="gdpr_archive")
+@router.get(
+    "/request/{request_id}/data",
+    name="gdpr_archive",
+    response_class=FileResponse,
+    responses={200: {"content": {"application/zip": {"schema": BINARY}}}},
+)
 async def download_archive(
     request_id: str, access: RestApp, session: SessionDep, runtime: RuntimeDep
 ) -> FileResponse:
