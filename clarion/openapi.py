@@ -44,6 +44,7 @@ _MISUSE = "API_MISUSE (12): the key may not do this (a Dev key on a route that t
 _NOT_FOUND = "ROUTE_NOT_FOUND (20): no such object, or no route for this path."
 _NO_METHOD = "ROUTE_NOT_FOUND (20): the path names another route, which takes other methods."
 
+_COMPONENT = "#/components/schemas/"
 _PATH_PARAMETER = re.compile(r"\{([^}]+)\}")
 # Path parameters whose value decides which body-size limit applies (clarion.http.body_limit).
 _SAMPLES = {"version": "1.0"}
@@ -99,10 +100,59 @@ def declare_errors(document: dict[str, Any], body_limit: Callable[[str], int]) -
             for status, description in errors.items():
                 responses.setdefault(status, _error(description))
             operation["x-max-body-bytes"] = limit
+    _nullable_may_be_absent(document)
+
+
+def _nullable_may_be_absent(document: dict[str, Any]) -> None:
+    """Routes with `response_model_exclude_none` leave out a field that is null (as Batch
+    does, e.g. an audience's `description`), which pydantic still lists as required. In the
+    schemas only responses use, a nullable field is therefore not required; schemas that
+    requests use too keep their `required`, which the server enforces."""
+    components = document["components"]["schemas"]
+    requests: set[str] = set()
+    responses: set[str] = set()
+    for operations in document.get("paths", {}).values():
+        for operation in operations.values():
+            _referenced(operation.get("requestBody"), components, requests)
+            _referenced(operation.get("parameters"), components, requests)
+            _referenced(operation.get("responses"), components, responses)
+    for name in sorted(responses - requests):
+        schema = components[name]
+        properties = schema.get("properties", {})
+        required = [f for f in schema.get("required", []) if not _nullable(properties.get(f, {}))]
+        if required:
+            schema["required"] = required
+        else:
+            schema.pop("required", None)
+
+
+def _referenced(node: Any, components: dict[str, Any], found: set[str]) -> None:
+    """Adds to `found` the component schemas `node` refers to, directly or not."""
+    if isinstance(node, dict):
+        ref = node.get("$ref", "")
+        if ref.startswith(_COMPONENT):
+            name = ref.removeprefix(_COMPONENT)
+            if name not in found:
+                found.add(name)
+                _referenced(components.get(name), components, found)
+        for value in node.values():
+            _referenced(value, components, found)
+    elif isinstance(node, list):
+        for value in node:
+            _referenced(value, components, found)
+
+
+def _nullable(schema: dict[str, Any]) -> bool:
+    kinds = schema.get("type")
+    return (
+        kinds == "null"
+        or (isinstance(kinds, list) and "null" in kinds)
+        or any(_nullable(choice) for choice in schema.get("anyOf", ()))
+    )
 
 
 def _error(description: str) -> dict[str, Any]:
     return {
         "description": description,
-        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+        "content": {"application/json": {"schema": {"$ref": _COMPONENT + "Error"}}},
     }

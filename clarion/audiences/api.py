@@ -24,32 +24,36 @@ from clarion.http import RestApp, SessionDep
 
 router = APIRouter(tags=["custom audiences"])
 Name = Annotated[str, Path(min_length=1, max_length=255)]
-_ONE = "/{version}/{api_key}/custom-audience/{name}"
+# One audience's URL, per version. Each is its own path in the OpenAPI document, which lists
+# together the methods a URL takes (a `/{version}/` template beside `/1.0/` would split GET
+# and DELETE from PUT and PATCH for the same URL).
+_ONE_V10 = "/1.0/{api_key}/custom-audience/{name}"
+_ONE_V11 = "/1.1/{api_key}/custom-audience/{name}"
 Version = Annotated[str, Path(pattern=r"^1\.[01]$")]
 
 
-@router.put("/1.0/{api_key}/custom-audience/{name}", status_code=202)
+@router.put(_ONE_V10, status_code=202)
 async def replace_v10(
     name: Name, body: ReplaceV10, access: RestApp, session: SessionDep
 ) -> IndexingAccepted:
     return await _replace(name, body, access, session)
 
 
-@router.put("/1.1/{api_key}/custom-audience/{name}", status_code=202)
+@router.put(_ONE_V11, status_code=202)
 async def replace_v11(
     name: Name, body: ReplaceV11, access: RestApp, session: SessionDep
 ) -> IndexingAccepted:
     return await _replace(name, body, access, session)
 
 
-@router.patch("/1.0/{api_key}/custom-audience/{name}", status_code=202)
+@router.patch(_ONE_V10, status_code=202)
 async def update_v10(
     name: Name, body: UpdateV10, access: RestApp, session: SessionDep
 ) -> IndexingAccepted:
     return await _update(name, body, access, session)
 
 
-@router.patch("/1.1/{api_key}/custom-audience/{name}", status_code=202)
+@router.patch(_ONE_V11, status_code=202)
 async def update_v11(
     name: Name, body: UpdateV11, access: RestApp, session: SessionDep
 ) -> IndexingAccepted:
@@ -99,9 +103,9 @@ async def list_audiences(
     return AudienceList(custom_audiences=audiences)
 
 
-@router.get(_ONE, response_model_exclude_none=True)
+@router.get(_ONE_V10, response_model_exclude_none=True)
+@router.get(_ONE_V11, response_model_exclude_none=True)
 async def view_audience(
-    version: Version,
     name: Name,
     access: RestApp,
     session: SessionDep,
@@ -112,9 +116,8 @@ async def view_audience(
     )
 
 
-@router.delete(_ONE)
-async def delete_audience(
-    version: Version, name: Name, access: RestApp, session: SessionDep
-) -> JSONResponse:
+@router.delete(_ONE_V10)
+@router.delete(_ONE_V11)
+async def delete_audience(name: Name, access: RestApp, session: SessionDep) -> JSONResponse:
     await service.delete_audience(session, app_id=access.app_id, name=name)
     return JSONResponse({"name": name})
