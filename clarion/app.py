@@ -21,6 +21,7 @@ from clarion.events.api import router as trigger_events_router
 from clarion.exports.api import router as exports_router
 from clarion.gdpr.api import router as gdpr_router
 from clarion.http import BodySizeLimit, install_error_handlers
+from clarion.openapi import install_openapi
 from clarion.profiles.api import router as custom_data_router
 from clarion.runtime import Runtime
 from clarion.transactional.api import router as transactional_router
@@ -45,6 +46,7 @@ def create_app(settings: Settings, *, workers: bool) -> FastAPI:
     )
     app.state.runtime = runtime
     install_error_handlers(app)
+    install_openapi(app, settings)
     app.include_router(transactional_router)
     app.include_router(campaigns_router)
     app.include_router(sdk_router)

@@ -24,32 +24,36 @@ from clarion.http import RestAppLive, SessionDep
 
 router = APIRouter(tags=["custom audiences"])
 Name = Annotated[str, Path(min_length=1, max_length=255)]
-_ONE = "/{version}/{api_key}/custom-audience/{name}"
+# One audience's URL, per version. Each is its own path in the OpenAPI document, which lists
+# together the methods a URL takes (a `/{version}/` template beside `/1.0/` would split GET
+# and DELETE from PUT and PATCH for the same URL).
+_ONE_V10 = "/1.0/{api_key}/custom-audience/{name}"
+_ONE_V11 = "/1.1/{api_key}/custom-audience/{name}"
 Version = Annotated[str, Path(pattern=r"^1\.[01]$")]
 
 
-@router.put("/1.0/{api_key}/custom-audience/{name}", status_code=202)
+@router.put(_ONE_V10, status_code=202)
 async def replace_v10(
     name: Name, body: ReplaceV10, access: RestAppLive, session: SessionDep
 ) -> IndexingAccepted:
     return await _replace(name, body, access, session)
 
 
-@router.put("/1.1/{api_key}/custom-audience/{name}", status_code=202)
+@router.put(_ONE_V11, status_code=202)
 async def replace_v11(
     name: Name, body: ReplaceV11, access: RestAppLive, session: SessionDep
 ) -> IndexingAccepted:
     return await _replace(name, body, access, session)
 
 
-@router.patch("/1.0/{api_key}/custom-audience/{name}", status_code=202)
+@router.patch(_ONE_V10, status_code=202)
 async def update_v10(
     name: Name, body: UpdateV10, access: RestAppLive, session: SessionDep
 ) -> IndexingAccepted:
     return await _update(name, body, access, session)
 
 
-@router.patch("/1.1/{api_key}/custom-audience/{name}", status_code=202)
+@router.patch(_ONE_V11, status_code=202)
 async def update_v11(
     name: Name, body: UpdateV11, access: RestAppLive, session: SessionDep
 ) -> IndexingAccepted:
@@ -90,7 +94,8 @@ async def list_audiences(
     version: Version,
     access: RestAppLive,
     session: SessionDep,
-    from_: Annotated[int, Query(alias="from", ge=0)] = 0,
+    # The database's OFFSET is a 64-bit integer: past it, a 500 (found by the fuzzing run).
+    from_: Annotated[int, Query(alias="from", ge=0, le=2**63 - 1)] = 0,
     limit: Annotated[int, Query(ge=1, le=100)] = 10,
 ) -> AudienceList:
     audiences = await service.list_audiences(
@@ -99,9 +104,9 @@ async def list_audiences(
     return AudienceList(custom_audiences=audiences)
 
 
-@router.get(_ONE, response_model_exclude_none=True)
+@router.get(_ONE_V10, response_model_exclude_none=True)
+@router.get(_ONE_V11, response_model_exclude_none=True)
 async def view_audience(
-    version: Version,
     name: Name,
     access: RestAppLive,
     session: SessionDep,
@@ -112,9 +117,8 @@ async def view_audience(
     )
 
 
-@router.delete(_ONE)
-async def delete_audience(
-    version: Version, name: Name, access: RestAppLive, session: SessionDep
-) -> JSONResponse:
+@router.delete(_ONE_V10)
+@router.delete(_ONE_V11)
+async def delete_audience(name: Name, access: RestAppLive, session: SessionDep) -> JSONResponse:
     await service.delete_audience(session, app_id=access.app_id, name=name)
     return JSONResponse({"name": name})

@@ -23,6 +23,7 @@ from clarion.connectors.schemas import (
 from clarion.db import utcnow
 from clarion.formats import wire_date
 from clarion.http import RestAppLive, RuntimeDep, SessionDep
+from clarion.openapi import BINARY
 
 router = APIRouter(tags=["flat-file imports"])
 _SOURCES = "/1.0/{api_key}/imports"
@@ -86,7 +87,18 @@ async def list_runs(
     return await service.list_runs(session, app_id=access.app_id, name=name, limit=limit)
 
 
-@router.put("/{version}/{api_key}/custom-audience/{name}/file", status_code=202)
+@router.put(
+    "/{version}/{api_key}/custom-audience/{name}/file",
+    status_code=202,
+    # The body is read as a stream, not a declared parameter: say what it is.
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "description": "A CSV file, one id a line (or the `column` of each row).",
+            "content": {"text/csv": {"schema": BINARY}},
+        }
+    },
+)
 async def upload_audience(
     version: Annotated[str, Path(pattern=r"^1\.[01]$")],
     name: Annotated[str, Path(min_length=1, max_length=255)],

@@ -26,6 +26,7 @@ from clarion.exports.schemas import (
 )
 from clarion.formats import wire_date
 from clarion.http import RestAppLive, RuntimeDep, SessionDep
+from clarion.openapi import BINARY
 
 router = APIRouter(tags=["daily exports"])
 _DESTINATIONS = "/1.0/{api_key}/exports/destinations"
@@ -142,7 +143,10 @@ async def export_request_status(
 
 
 @router.get(
-    "/1.0/{api_key}/export/request/{request_id}/results/{file_name}", name="export_request_file"
+    "/1.0/{api_key}/export/request/{request_id}/results/{file_name}",
+    name="export_request_file",
+    response_class=FileResponse,
+    responses={200: {"content": {"text/csv": {"schema": BINARY}}}},
 )
 async def export_request_file(
     request_id: str,

@@ -16,6 +16,7 @@ from clarion.gdpr import service
 from clarion.gdpr.models import GdprRequest
 from clarion.gdpr.schemas import GdprCreated, GdprId, GdprRequestIn, GdprRequestRead
 from clarion.http import RestAppLive, RuntimeDep, SessionDep
+from clarion.openapi import BINARY
 
 router = APIRouter(prefix="/1.0/{api_key}/gdpr", tags=["gdpr"])
 
@@ -46,7 +47,12 @@ async def get_request(
     return _read(request, found, runtime.settings)
 
 
-@router.get("/request/{request_id}/data", name="gdpr_archive")
+@router.get(
+    "/request/{request_id}/data",
+    name="gdpr_archive",
+    response_class=FileResponse,
+    responses={200: {"content": {"application/zip": {"schema": BINARY}}}},
+)
 async def download_archive(
     request_id: str, access: RestAppLive, session: SessionDep, runtime: RuntimeDep
 ) -> FileResponse:
