@@ -35,7 +35,12 @@ async def create_source(
     body: ImportSourceIn, access: RestApp, session: SessionDep, runtime: RuntimeDep
 ) -> ImportSourceRead:
     source = await service.create_source(
-        session, app_id=access.app_id, body=body, box=runtime.box, now=utcnow()
+        session,
+        app_id=access.app_id,
+        body=body,
+        box=runtime.box,
+        outbound=runtime.outbound,
+        now=utcnow(),
     )
     return service.read_source(source)
 
@@ -59,7 +64,13 @@ async def update_source(
     runtime: RuntimeDep,
 ) -> ImportSourceRead:
     source = await service.update_source(
-        session, app_id=access.app_id, name=name, body=body, box=runtime.box, now=utcnow()
+        session,
+        app_id=access.app_id,
+        name=name,
+        body=body,
+        box=runtime.box,
+        outbound=runtime.outbound,
+        now=utcnow(),
     )
     return service.read_source(source)
 
