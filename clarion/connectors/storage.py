@@ -114,6 +114,15 @@ class Storage:
             else:
                 entries = fs.ls(self._root, detail=True)
         except FileNotFoundError as exc:
+            cause = exc.__cause__
+            if (
+                self.scheme in ("http", "https")
+                and cause is not None
+                and _http_status(cause) not in (404, 410)
+            ):
+                # fsspec's HTTP file system calls every failure "not found": a refused
+                # connection, a TLS error or a 401 are told as what they are.
+                raise StorageError(self._describe(cause, self._display())) from exc
             if self.scheme in OBJECT_STORES and self._bucket_exists():
                 return []  # a prefix with no object yet: object stores have no folders
             raise StorageError(f"{self._display()} does not exist") from exc
@@ -266,7 +275,10 @@ class Storage:
         if self.scheme in OBJECT_STORES and creds.endpoint_url:
             refusal = self._policy.url_refusal(creds.endpoint_url)
             if refusal is not None:
-                raise StorageError(f"endpoint_url {creds.endpoint_url}: {refusal}")
+                raise StorageError(
+                    f"{self._display()}: refused by the outbound policy: endpoint_url "
+                    f"{creds.endpoint_url}: {refusal}"
+                )
         if self.scheme == "s3":
             client: dict[str, Any] = {}
             if creds.region:
