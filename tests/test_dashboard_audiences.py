@@ -358,6 +358,7 @@ class TestImportsAndExports:
                     app_id=ios_app.app_id,
                     body=ImportSourceIn.model_validate({"id_type": "custom_ids", **body}),
                     box=runtime.box,
+                    outbound=runtime.outbound,
                     now=utcnow(),
                 )
         settings = runtime.settings.model_copy(
@@ -410,6 +411,7 @@ class TestImportsAndExports:
                     }
                 ),
                 box=runtime.box,
+                outbound=runtime.outbound,
                 now=later,
             )
         run_now = f"/dashboard/apps/{ios_app.app_id}/audiences/imports/crm/run"
@@ -456,6 +458,7 @@ class TestImportsAndExports:
                     app_id=ios_app.app_id,
                     body=DestinationIn.model_validate(body),
                     box=runtime.box,
+                    outbound=runtime.outbound,
                     now=utcnow(),
                 )
         settings = runtime.settings.model_copy(

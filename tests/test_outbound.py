@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from clarion.connectors.service import ImportRunner
 from clarion.outbound import OutboundPolicy, parse_allowed
@@ -290,6 +292,94 @@ async def test_a_location_written_as_a_refused_address_is_a_400_naming_the_field
         assert message.startswith(f"MALFORMED_PARAMETER: {field}: "), message
         assert f"is {rule}" in message
         assert "an operator can allow it with CLARION_OUTBOUND_ALLOW" in message
+
+
+@pytest.fixture
+def token_endpoint() -> Iterator[tuple[int, list[str]]]:
+    """An OAuth token endpoint on 127.0.0.1 (plain HTTP): its port and the paths posted to."""
+    posted: list[str] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            posted.append(self.path)
+            self.send_response(400)
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"{}")
+
+        def log_message(self, *_: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server.server_address[1], posted
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+async def test_a_gcs_service_accounts_token_uri_on_loopback_is_not_called(
+    token_endpoint: tuple[int, list[str]],
+    api: httpx.AsyncClient,
+    ios_app: ClientApp,
+    runtime: Runtime,
+    ca_bundle: Path,
+    tmp_path: Path,
+) -> None:
+    # gcsfs would exchange the key's JWT at its token_uri (over `requests`) before any
+    # storage call: the tenant chose that URL too.
+    port, posted = token_endpoint
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    account = {
+        "type": "service_account",
+        "project_id": "p",
+        "private_key_id": "k1",
+        "private_key": key.decode(),
+        "client_email": "importer@p.iam.gserviceaccount.com",
+        "client_id": "1",
+        "token_uri": f"http://localhost:{port}/token",
+    }
+    response = await api.post(
+        f"/1.0/{ios_app.api_key}/imports",
+        headers=ios_app.headers(),
+        json={
+            "name": "gcs",
+            "url": "gs://some-bucket/in",
+            "credentials": {"service_account": json.dumps(account)},
+            "id_type": "custom_ids",
+            "audience_name": "g",
+        },
+    )
+    assert response.status_code == 201, response.text
+    literal = {**account, "token_uri": "https://127.0.0.2/token"}
+    refused_early = await api.post(
+        f"/1.0/{ios_app.api_key}/imports",
+        headers=ios_app.headers(),
+        json={
+            "name": "gcs-literal",
+            "url": "gs://some-bucket/in",
+            "credentials": {"service_account": json.dumps(literal)},
+            "id_type": "custom_ids",
+            "audience_name": "g",
+        },
+    )
+
+    run = one(
+        await runner_allowing(runtime, ca_bundle, tmp_path).run_source(
+            app_id=ios_app.app_id, name="gcs"
+        )
+    )
+
+    assert posted == []
+    assert run.status == "failed"
+    assert "refused by the outbound policy: token_uri" in str(run.error)
+    assert f"localhost (127.0.0.1) {REFUSED}" in str(run.error)
+    message = error(refused_early, 400, 31)
+    assert f"credentials.service_account: token_uri 127.0.0.2 {REFUSED}" in message
 
 
 # GDPR callbacks --------------------------------------------------------------------------------

@@ -37,7 +37,7 @@ import fsspec
 import fsspec.asyn
 from fsspec.implementations.ftp import FTPFileSystem
 
-from clarion.outbound import AddressGuard, OutboundPolicy, refusal_in
+from clarion.outbound import AddressGuard, DestinationRefused, OutboundPolicy, refusal_in
 
 SCHEMES = ("s3", "gs", "sftp", "ftp", "ftps", "https", "http", "file")
 OBJECT_STORES = ("s3", "gs")  # an object appears only once fully written
@@ -520,10 +520,16 @@ class _GuardedTokenRequest:
         parts = urlsplit(url)
         refusal = self._policy.url_refusal(url, https_only=True)
         if refusal is not None:
-            raise TransportError(f"token_uri {refusal}")  # type: ignore[no-untyped-call]
+            refused = DestinationRefused(f"token_uri {url}: {refusal}")
+            raise TransportError(str(refused)) from refused  # type: ignore[no-untyped-call]
         host, port = parts.hostname or "", parts.port or 443
         try:
-            address = host if self._policy.host_allowed(host) else self._policy.resolve(host, port)
+            try:
+                allowed = self._policy.host_allowed(host)
+                address = host if allowed else self._policy.resolve(host, port)
+            except DestinationRefused as exc:
+                refused = DestinationRefused(f"token_uri {url}: {exc}")
+                raise TransportError(str(refused)) from refused  # type: ignore[no-untyped-call]
             connection = http.client.HTTPSConnection(
                 host, port, timeout=timeout or 30, context=_tls_context(self._ca_file)
             )
