@@ -22,15 +22,17 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from clarion.connectors.service import ImportRunner
+from clarion.connectors.storage import Storage, StorageCredentials, StorageError
 from clarion.outbound import OutboundPolicy, parse_allowed
 from clarion.runtime import Runtime
 from tests.conftest import ClientApp
+from tests.support.simulator import LOCAL_SERVERS_POLICY
 from tests.test_campaigns import error
 from tests.test_gdpr import a_known_user, process, request
 from tests.test_imports import create_source, folder_on, one
 
 if TYPE_CHECKING:
-    from tests.support.storage_servers import FtpsServer, HttpsServer, S3Server
+    from tests.support.storage_servers import FtpServer, FtpsServer, HttpsServer, S3Server
 
 REFUSED = "is a loopback address; an operator can allow it with CLARION_OUTBOUND_ALLOW"
 
@@ -572,3 +574,38 @@ async def test_an_sftp_server_that_is_down_or_not_ssh_is_described_in_words(
         assert run.status == "failed"
         assert "TypeError" not in str(run.error)
         assert "secret" not in str(run.error)
+
+
+def test_other_connector_failures_say_what_to_do(
+    https_server: HttpsServer, ftp_server: FtpServer, tmp_path: Path
+) -> None:
+    def failure(url: str, credentials: StorageCredentials, ca_file: str | None = None) -> str:
+        with (
+            Storage(url, credentials, ca_file=ca_file, outbound=LOCAL_SERVERS_POLICY) as storage,
+            pytest.raises(StorageError) as raised,
+        ):
+            storage.list()
+        return str(raised.value)
+
+    (https_server.root / "a.csv").write_text("id\n1\n")
+    login = StorageCredentials(username=https_server.username, password="wrong")
+    ftp_login = StorageCredentials(username=ftp_server.username, password=ftp_server.password)
+    ca = str(https_server.ca_file)
+
+    assert "the server's TLS certificate is not trusted" in failure(
+        https_server.url("a.csv"), StorageCredentials()
+    )
+    assert "CLARION_CONNECTOR_CA_FILE" in failure(https_server.url("a.csv"), StorageCredentials())
+    assert "the server refused access (HTTP 401): check credentials.username" in failure(
+        https_server.url("a.csv"), login, ca
+    )
+    assert "connection refused: nothing listens on that host and port" in failure(
+        f"https://127.0.0.1:{closed_port()}/a.csv", StorageCredentials()
+    )
+    assert "the FTP server refused the login (530" in failure(
+        f"ftp://{ftp_server.host}:{ftp_server.port}/",
+        StorageCredentials(username=ftp_server.username, password="wrong"),
+    )
+    assert "the FTP server does not offer TLS" in failure(
+        f"ftps://{ftp_server.host}:{ftp_server.port}/", ftp_login
+    )

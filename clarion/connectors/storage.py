@@ -634,14 +634,15 @@ def _http_refusal(exc: BaseException) -> str:
 
 _FAILURES: tuple[tuple[Any, Any], ...] = (
     (
-        lambda e: isinstance(e, ssl.SSLCertVerificationError),
+        # The ssl module's own error: aiohttp's wrapper of it carries no verify_message.
+        lambda e: isinstance(e, ssl.SSLCertVerificationError) and type(e).__module__ == "ssl",
         lambda e: (
             f"the server's TLS certificate is not trusted ({e.verify_message}); a "
             "certificate from a private CA needs that CA in CLARION_CONNECTOR_CA_FILE"
         ),
     ),
     (
-        lambda e: isinstance(e, ssl.SSLError),
+        lambda e: isinstance(e, ssl.SSLError) and type(e).__module__ == "ssl",
         lambda e: f"the TLS handshake failed ({_text(e)}): does the server speak TLS on that port?",
     ),
     (
@@ -659,6 +660,13 @@ _FAILURES: tuple[tuple[Any, Any], ...] = (
         lambda e: isinstance(e, ftplib.error_perm) and str(e).startswith("530"),
         lambda e: (
             f"the FTP server refused the login ({_text(e)}): check the user name and password"
+        ),
+    ),
+    (
+        lambda e: isinstance(e, ftplib.error_perm) and "AUTH" in str(e),
+        lambda e: (
+            f"the FTP server does not offer TLS ({_text(e)}): use ftp://, or enable "
+            "FTPS on the server"
         ),
     ),
     (
@@ -689,7 +697,10 @@ _FAILURES: tuple[tuple[Any, Any], ...] = (
     ),
     (
         lambda e: isinstance(e, TimeoutError) or type(e).__name__ == "FSTimeoutError",
-        lambda e: "no answer in time: the host is down, or a firewall drops the connection",
+        lambda e: (
+            "no answer in time: the host is down, a firewall drops the connection, or "
+            "the server on that port speaks another protocol"
+        ),
     ),
     (
         lambda e: isinstance(e, OSError) and e.errno in (errno.EHOSTUNREACH, errno.ENETUNREACH),
