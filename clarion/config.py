@@ -5,6 +5,7 @@ Read once at the edges (app factory, worker start, CLI) and passed down; see doc
 
 from __future__ import annotations
 
+import json
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
@@ -109,7 +110,11 @@ class Settings(BaseSettings):
         from clarion.outbound import parse_allowed
 
         if isinstance(value, str):
-            value = [item.strip() for item in value.split(",") if item.strip()]
+            # Comma-separated, or a JSON list as the other list settings take.
+            if value.lstrip().startswith("["):
+                value = json.loads(value)
+            else:
+                value = [item.strip() for item in value.split(",") if item.strip()]
         parse_allowed(value)  # a typo fails at start, not at the first refused connection
         return value
 

@@ -36,6 +36,7 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 SETTING = "CLARION_OUTBOUND_ALLOW"
 HTTP_SETTING = "CLARION_OUTBOUND_ALLOW_HTTP"
+MAX_NAMES = 4096  # addresses remembered with the name they came from, per guard
 _SHARED = ipaddress.ip_network("100.64.0.0/10")  # RFC 6598, carrier-grade NAT: not global
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")  # RFC 6052: the IPv4 address is the last 32 bits
 
@@ -200,10 +201,12 @@ class _GuardResolver(AbstractResolver):
         results = await self._inner.resolve(host, port, family)
         guard = self._guard
         allowed = guard.policy.host_allowed(host)
+        if len(guard.names) > MAX_NAMES:
+            guard.names.clear()  # names are for messages only; a process's webhooks are many
         for result in results:
             address = str(result["host"])
             guard.names[address] = host
-            if allowed:
+            if allowed:  # the operator's host names: a bounded set
                 guard.exempt.add(address)
         return results
 

@@ -12,6 +12,7 @@ import json
 import socket
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -32,7 +33,13 @@ from tests.test_gdpr import a_known_user, process, request
 from tests.test_imports import create_source, folder_on, one
 
 if TYPE_CHECKING:
-    from tests.support.storage_servers import FtpServer, FtpsServer, HttpsServer, S3Server
+    from tests.support.storage_servers import (
+        FtpServer,
+        FtpsServer,
+        GcsServer,
+        HttpsServer,
+        S3Server,
+    )
 
 REFUSED = "is a loopback address; an operator can allow it with CLARION_OUTBOUND_ALLOW"
 
@@ -196,14 +203,15 @@ async def test_a_host_name_that_resolves_to_a_refused_address_is_refused(
     )
 
 
-class _Files(BaseHTTPRequestHandler):
-    """Serves one id file, or redirects to where it is (`server.redirect_to`)."""
+class _Local(BaseHTTPRequestHandler):
+    """GET: an id file, or a redirect to `server.redirect_to`; POST: kept in `server.posted`."""
+
+    server: _LocalServer
 
     def do_GET(self) -> None:
-        target = getattr(self.server, "redirect_to", None)
-        if target is not None:
+        if self.server.redirect_to is not None:
             self.send_response(302)
-            self.send_header("Location", target)
+            self.send_header("Location", self.server.redirect_to)
             self.send_header("Content-Length", "0")
             self.end_headers()
             return
@@ -217,25 +225,51 @@ class _Files(BaseHTTPRequestHandler):
 
     do_HEAD = do_GET
 
+    def do_POST(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        self.server.posted.append((self.path, self.rfile.read(length)))
+        self.send_response(204)
+        self.end_headers()
+
     def log_message(self, *_: Any) -> None:
         pass
+
+
+class _LocalServer(ThreadingHTTPServer):
+    def __init__(self, host: str, redirect_to: str | None = None) -> None:
+        super().__init__((host, 0), _Local)
+        self.redirect_to = redirect_to
+        self.posted: list[tuple[str, bytes]] = []
+        self.port = int(self.server_address[1])
+
+
+@contextmanager
+def serving(host: str = "127.0.0.1", redirect_to: str | None = None) -> Iterator[_LocalServer]:
+    """A plain-HTTP server on `host` (Linux answers on all of 127.0.0.0/8), in a thread."""
+    server = _LocalServer(host, redirect_to)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture
+def local_http() -> Iterator[_LocalServer]:
+    with serving() as server:
+        yield server
 
 
 @pytest.fixture
 def redirecting() -> Iterator[str]:
     """A server on 127.0.0.1 whose file is a redirect to a server on 127.0.0.2."""
-    target = ThreadingHTTPServer(("127.0.0.2", 0), _Files)
-    origin = ThreadingHTTPServer(("127.0.0.1", 0), _Files)
-    origin.redirect_to = f"http://127.0.0.2:{target.server_address[1]}/ids.csv"  # type: ignore[attr-defined]
-    threads = [threading.Thread(target=s.serve_forever, daemon=True) for s in (origin, target)]
-    for thread in threads:
-        thread.start()
-    try:
-        yield f"http://127.0.0.1:{origin.server_address[1]}/ids.csv"
-    finally:
-        for server in (origin, target):
-            server.shutdown()
-            server.server_close()
+    with (
+        serving("127.0.0.2") as target,
+        serving(redirect_to=f"http://127.0.0.2:{target.port}/ids.csv") as origin,
+    ):
+        yield f"http://127.0.0.1:{origin.port}/ids.csv"
 
 
 async def test_a_redirect_to_a_refused_address_is_refused(
@@ -296,34 +330,9 @@ async def test_a_location_written_as_a_refused_address_is_a_400_naming_the_field
         assert "an operator can allow it with CLARION_OUTBOUND_ALLOW" in message
 
 
-@pytest.fixture
-def token_endpoint() -> Iterator[tuple[int, list[str]]]:
-    """An OAuth token endpoint on 127.0.0.1 (plain HTTP): its port and the paths posted to."""
-    posted: list[str] = []
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            posted.append(self.path)
-            self.send_response(400)
-            self.send_header("Content-Length", "2")
-            self.end_headers()
-            self.wfile.write(b"{}")
-
-        def log_message(self, *_: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield server.server_address[1], posted
-    finally:
-        server.shutdown()
-        server.server_close()
-
-
 async def test_a_gcs_service_accounts_token_uri_on_loopback_is_not_called(
-    token_endpoint: tuple[int, list[str]],
+    gcs_server: GcsServer,  # not used: it makes gcsfs's first import pick its plain file system
+    local_http: _LocalServer,
     api: httpx.AsyncClient,
     ios_app: ClientApp,
     runtime: Runtime,
@@ -332,7 +341,6 @@ async def test_a_gcs_service_accounts_token_uri_on_loopback_is_not_called(
 ) -> None:
     # gcsfs would exchange the key's JWT at its token_uri (over `requests`) before any
     # storage call: the tenant chose that URL too.
-    port, posted = token_endpoint
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048).private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
@@ -343,7 +351,7 @@ async def test_a_gcs_service_accounts_token_uri_on_loopback_is_not_called(
         "private_key": key.decode(),
         "client_email": "importer@p.iam.gserviceaccount.com",
         "client_id": "1",
-        "token_uri": f"http://localhost:{port}/token",
+        "token_uri": f"http://localhost:{local_http.port}/token",
     }
     response = await api.post(
         f"/1.0/{ios_app.api_key}/imports",
@@ -376,7 +384,7 @@ async def test_a_gcs_service_accounts_token_uri_on_loopback_is_not_called(
         )
     )
 
-    assert posted == []
+    assert local_http.posted == []
     assert run.status == "failed"
     assert "refused by the outbound policy: token_uri" in str(run.error)
     assert f"localhost (127.0.0.1) {REFUSED}" in str(run.error)
@@ -387,63 +395,36 @@ async def test_a_gcs_service_accounts_token_uri_on_loopback_is_not_called(
 # GDPR callbacks --------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def callbacks() -> Iterator[tuple[int, list[dict[str, Any]]]]:
-    """A plain-HTTP callback receiver on 127.0.0.1: its port and what it received."""
-    received: list[dict[str, Any]] = []
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            length = int(self.headers["Content-Length"])
-            received.append(json.loads(self.rfile.read(length)))
-            self.send_response(204)
-            self.end_headers()
-
-        def log_message(self, *_: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield server.server_address[1], received
-    finally:
-        server.shutdown()
-        server.server_close()
-
-
 async def test_a_callback_to_loopback_is_not_called_even_through_a_host_name(
     api: httpx.AsyncClient,
     ios_app: ClientApp,
     runtime: Runtime,
-    callbacks: tuple[int, list[dict[str, Any]]],
+    local_http: _LocalServer,
 ) -> None:
-    port, received = callbacks
     await a_known_user(api, ios_app, "cb-by-name")
     for host in ("localhost", "127.0.0.1"):
-        url = f"http://{host}:{port}/done"
+        url = f"http://{host}:{local_http.port}/done"
         await request(api, ios_app, "review", "custom_id", "cb-by-name", callback_url=url)
 
     await process(runtime, policy(allow_http=True))
 
-    assert received == []
+    assert local_http.posted == []
 
 
 async def test_a_plain_http_callback_is_called_only_if_the_operator_allows_http(
     api: httpx.AsyncClient,
     ios_app: ClientApp,
     runtime: Runtime,
-    callbacks: tuple[int, list[dict[str, Any]]],
+    local_http: _LocalServer,
 ) -> None:
-    port, received = callbacks
     await a_known_user(api, ios_app, "cb-http")
-    url = f"http://127.0.0.1:{port}/done"
+    url = f"http://127.0.0.1:{local_http.port}/done"
     first = await request(api, ios_app, "review", "custom_id", "cb-http", callback_url=url)
     await process(runtime, policy("127.0.0.1"))
     second = await request(api, ios_app, "review", "custom_id", "cb-http", callback_url=url)
     await process(runtime, policy("127.0.0.1", allow_http=True))
 
-    assert [r["request_id"] for r in received] == [second]
+    assert [json.loads(body)["request_id"] for _, body in local_http.posted] == [second]
     assert first != second
 
 
@@ -515,19 +496,6 @@ async def test_a_web_push_subscription_to_a_refused_address_is_a_400(
 # Connector failures in words (defect: "TypeError: 'NoneType' object is not iterable") -----------
 
 
-@pytest.fixture
-def not_ssh() -> Iterator[int]:
-    """An HTTP server, where an SSH server was expected: its port."""
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Files)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield server.server_address[1]
-    finally:
-        server.shutdown()
-        server.server_close()
-
-
 def closed_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -537,7 +505,7 @@ def closed_port() -> int:
 @pytest.mark.parametrize("user", ["ops", None])
 async def test_an_sftp_server_that_is_down_or_not_ssh_is_described_in_words(
     user: str | None,
-    not_ssh: int,
+    local_http: _LocalServer,
     api: httpx.AsyncClient,
     ios_app: ClientApp,
     runtime: Runtime,
@@ -545,7 +513,7 @@ async def test_an_sftp_server_that_is_down_or_not_ssh_is_described_in_words(
     tmp_path: Path,
 ) -> None:
     credentials = {"username": user, "password": "secret"} if user else {}
-    for name, port in (("down", closed_port()), ("http", not_ssh)):
+    for name, port in (("down", closed_port()), ("http", local_http.port)):
         response = await api.post(
             f"/1.0/{ios_app.api_key}/imports",
             headers=ios_app.headers(),
