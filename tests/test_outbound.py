@@ -118,6 +118,22 @@ def ca_bundle(ftps_server: FtpsServer, https_server: HttpsServer, tmp_path_facto
     return bundle
 
 
+async def post_source(
+    api: httpx.AsyncClient, app: ClientApp, name: str, url: str, credentials: Any = None
+) -> httpx.Response:
+    return await api.post(
+        f"/1.0/{app.api_key}/imports",
+        headers=app.headers(),
+        json={
+            "name": name,
+            "url": url,
+            "credentials": credentials,
+            "id_type": "custom_ids",
+            "audience_name": "a",
+        },
+    )
+
+
 def runner_allowing(runtime: Runtime, ca_bundle: Path, root: Path, *allowed: str) -> ImportRunner:
     settings = runtime.settings.model_copy(
         update={
@@ -173,22 +189,14 @@ async def test_a_host_name_that_resolves_to_a_refused_address_is_refused(
     # resolves to when connecting is refused.
     s3_server.put_bytes("named/ids.csv", b"id\nthrough-a-name\n")
     endpoint = s3_server.endpoint_url.replace("127.0.0.1", "localhost")
-    response = await api.post(
-        f"/1.0/{ios_app.api_key}/imports",
-        headers=ios_app.headers(),
-        json={
-            "name": "by-name",
-            "url": f"s3://{s3_server.bucket}/named",
-            "credentials": {
-                "access_key": s3_server.access_key,
-                "secret_key": s3_server.secret_key,
-                "region": s3_server.region,
-                "endpoint_url": endpoint,
-            },
-            "id_type": "custom_ids",
-            "audience_name": "named",
-        },
-    )
+    credentials = {
+        "access_key": s3_server.access_key,
+        "secret_key": s3_server.secret_key,
+        "region": s3_server.region,
+        "endpoint_url": endpoint,
+    }
+    url = f"s3://{s3_server.bucket}/named"
+    response = await post_source(api, ios_app, "by-name", url, credentials)
     assert response.status_code == 201, response.text
 
     run = one(
@@ -280,11 +288,7 @@ async def test_a_redirect_to_a_refused_address_is_refused(
     ca_bundle: Path,
     tmp_path: Path,
 ) -> None:
-    response = await api.post(
-        f"/1.0/{ios_app.api_key}/imports",
-        headers=ios_app.headers(),
-        json={"name": "moved", "url": redirecting, "id_type": "custom_ids", "audience_name": "m"},
-    )
+    response = await post_source(api, ios_app, "moved", redirecting)
     assert response.status_code == 201, response.text
 
     only_origin = runner_allowing(runtime, ca_bundle, tmp_path, "127.0.0.1/32")
@@ -353,29 +357,12 @@ async def test_a_gcs_service_accounts_token_uri_on_loopback_is_not_called(
         "client_id": "1",
         "token_uri": f"http://localhost:{local_http.port}/token",
     }
-    response = await api.post(
-        f"/1.0/{ios_app.api_key}/imports",
-        headers=ios_app.headers(),
-        json={
-            "name": "gcs",
-            "url": "gs://some-bucket/in",
-            "credentials": {"service_account": json.dumps(account)},
-            "id_type": "custom_ids",
-            "audience_name": "g",
-        },
-    )
+    url = "gs://some-bucket/in"
+    response = await post_source(api, ios_app, "gcs", url, {"service_account": json.dumps(account)})
     assert response.status_code == 201, response.text
     literal = {**account, "token_uri": "https://127.0.0.2/token"}
-    refused_early = await api.post(
-        f"/1.0/{ios_app.api_key}/imports",
-        headers=ios_app.headers(),
-        json={
-            "name": "gcs-literal",
-            "url": "gs://some-bucket/in",
-            "credentials": {"service_account": json.dumps(literal)},
-            "id_type": "custom_ids",
-            "audience_name": "g",
-        },
+    refused_early = await post_source(
+        api, ios_app, "gcs-literal", url, {"service_account": json.dumps(literal)}
     )
 
     run = one(
@@ -514,17 +501,7 @@ async def test_an_sftp_server_that_is_down_or_not_ssh_is_described_in_words(
 ) -> None:
     credentials = {"username": user, "password": "secret"} if user else {}
     for name, port in (("down", closed_port()), ("http", local_http.port)):
-        response = await api.post(
-            f"/1.0/{ios_app.api_key}/imports",
-            headers=ios_app.headers(),
-            json={
-                "name": name,
-                "url": f"sftp://127.0.0.1:{port}/in",
-                "credentials": credentials,
-                "id_type": "custom_ids",
-                "audience_name": "a",
-            },
-        )
+        response = await post_source(api, ios_app, name, f"sftp://127.0.0.1:{port}/in", credentials)
         assert response.status_code == 201, response.text
     runner = runner_allowing(runtime, ca_bundle, tmp_path, "127.0.0.1/32")
 
