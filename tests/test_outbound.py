@@ -13,6 +13,7 @@ import socket
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -24,11 +25,15 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from clarion.connectors.service import ImportRunner
 from clarion.connectors.storage import Storage, StorageCredentials, StorageError
+from clarion.exports.service import ExportRunner
 from clarion.outbound import OutboundPolicy, parse_allowed
 from clarion.runtime import Runtime
 from tests.conftest import ClientApp
 from tests.support.simulator import LOCAL_SERVERS_POLICY
+from tests.test_campaign_runs import Clock
 from tests.test_campaigns import error
+from tests.test_exports import MIDNIGHT, create_destination, place_on
+from tests.test_exports import _first_day as first_export_day
 from tests.test_gdpr import a_known_user, process, request
 from tests.test_imports import create_source, folder_on, one
 
@@ -554,3 +559,24 @@ def test_other_connector_failures_say_what_to_do(
     assert "the FTP server does not offer TLS" in failure(
         f"ftps://{ftp_server.host}:{ftp_server.port}/", ftp_login
     )
+
+
+async def test_an_export_destination_on_loopback_fails_its_day_naming_the_rule(
+    request: pytest.FixtureRequest,
+    api: httpx.AsyncClient,
+    ios_app: ClientApp,
+    runtime: Runtime,
+    tmp_path: Path,
+) -> None:
+    place = place_on("sftp", request, tmp_path / str(ios_app.app_id))
+    await create_destination(api, ios_app, place)
+    await first_export_day(runtime, ios_app)
+    settings = runtime.settings.model_copy(update={"outbound_allow": []})
+    clock = Clock(MIDNIGHT + timedelta(hours=2))
+
+    runs = await ExportRunner(runtime.sessions, settings, runtime.box, clock=clock).run_due()
+
+    mine = [run for run in runs if run.error and place.url in run.error]
+    assert [run.status for run in mine] == ["failed"]
+    assert f"refused by the outbound policy: 127.0.0.1 {REFUSED}" in str(mine[0].error)
+    assert place.names() == []
