@@ -100,11 +100,6 @@ class OutboundPolicy:
             shown = f"{ip} (IPv4 {embedded})"
         return f"{shown} is {rule}; an operator can allow it with {SETTING}"
 
-    def check_address(self, address: str, host: str | None = None) -> None:
-        refusal = self.address_refusal(address, host)
-        if refusal is not None:
-            raise DestinationRefused(refusal)
-
     def url_refusal(self, url: str, *, https_only: bool = False) -> str | None:
         """What can be told of a URL before connecting: plain http:// where only https:// will
         do (unless the operator allows it), and a host written as a refused address. A host
