@@ -38,6 +38,7 @@ from clarion.connectors.schemas import ImportSourceIn
 from clarion.db import transaction, utcnow
 from clarion.migrate import migrate
 from clarion.runtime import Runtime
+from tests.support.simulator import LOCAL_SERVERS_ALLOW
 from tests.support.storage_servers import running_s3
 
 
@@ -71,7 +72,12 @@ async def create_source(settings: Settings, s3: Any) -> int:
                 }
             )
             await imports.create_source(
-                session, app_id=app.id, body=body, box=runtime.box, now=utcnow()
+                session,
+                app_id=app.id,
+                body=body,
+                box=runtime.box,
+                outbound=runtime.outbound,
+                now=utcnow(),
             )
             return app.id
     finally:
@@ -90,7 +96,12 @@ async def audience_size(settings: Settings) -> int:
 
 def run(lines: int, database_url: str, tmp: Path) -> dict[str, Any]:
     secret = Fernet.generate_key().decode()
-    settings = Settings(database_url=database_url, var_dir=tmp / "var", secret_key=secret)
+    settings = Settings(
+        database_url=database_url,
+        var_dir=tmp / "var",
+        secret_key=secret,
+        outbound_allow=LOCAL_SERVERS_ALLOW,  # the S3 server's endpoint_url is on 127.0.0.1
+    )
     migrate(settings)
     with running_s3(tmp / "s3") as s3:
         started = time.monotonic()

@@ -33,6 +33,7 @@ from clarion.demo import apns_credentials_from_sim
 from clarion.migrate import migrate
 from clarion.runtime import Runtime
 from clarion.security import SecretBox
+from tests.support.simulator import LOCAL_SERVERS_ALLOW
 
 ROOT = Path(__file__).resolve().parent.parent
 PG_ADMIN = os.environ.get("CLARION_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -52,6 +53,7 @@ async def simulated_runtime(
         apns_production_url=sim_url,
         apns_sandbox_url=sim_url,
         provider_ca_file=str(ca),
+        outbound_allow=LOCAL_SERVERS_ALLOW,  # the simulator is on 127.0.0.1 (an FCM token_uri)
     )
     await asyncio.to_thread(migrate, settings)  # on PostgreSQL it runs its own event loop
     key = httpx.post(f"{sim_url}/_sim/apns/keys", json={"topics": [TOPIC]}, verify=str(ca)).json()

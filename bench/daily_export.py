@@ -32,6 +32,7 @@ from clarion.exports import service as exports
 from clarion.exports.schemas import DestinationIn
 from clarion.migrate import migrate
 from clarion.runtime import Runtime
+from tests.support.simulator import LOCAL_SERVERS_ALLOW
 from tests.support.storage_servers import running_s3
 
 DAY = date(2026, 11, 23)
@@ -57,7 +58,12 @@ async def seed(settings: Settings, s3: Any, events: int, installs: int) -> int:
                     }
                 )
                 await exports.create_destination(
-                    session, app_id=app.id, body=body, box=runtime.box, now=utcnow()
+                    session,
+                    app_id=app.id,
+                    body=body,
+                    box=runtime.box,
+                    outbound=runtime.outbound,
+                    now=utcnow(),
                 )
             started = time.monotonic()
             # Events spread over the day, a realistic mix of kinds and identities.
@@ -106,7 +112,12 @@ def timed_export(env: dict[str, str], app_id: int, name: str) -> dict[str, Any]:
 
 def run(events: int, installs: int, database_url: str, tmp: Path) -> dict[str, Any]:
     secret = Fernet.generate_key().decode()
-    settings = Settings(database_url=database_url, var_dir=tmp / "var", secret_key=secret)
+    settings = Settings(
+        database_url=database_url,
+        var_dir=tmp / "var",
+        secret_key=secret,
+        outbound_allow=LOCAL_SERVERS_ALLOW,  # the S3 server's endpoint_url is on 127.0.0.1
+    )
     migrate(settings)
     figures: dict[str, Any] = {"events": events, "installs": installs}
     with running_s3(tmp / "s3") as s3:

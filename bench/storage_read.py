@@ -18,6 +18,7 @@ from typing import Any
 
 from bench.common import report
 from clarion.connectors.storage import READ_BLOCK, Storage, StorageCredentials
+from tests.support.simulator import LOCAL_SERVERS_POLICY
 from tests.support.storage_servers import running_ftp, running_ftps, running_s3, running_sftp
 
 
@@ -32,7 +33,8 @@ def timed_read(open_file: Callable[[], Any]) -> dict[str, float]:
 
 
 def through_clarion(url: str, credentials: StorageCredentials, ca: str | None) -> dict[str, float]:
-    with Storage(url, credentials, ca_file=ca) as storage:
+    # The servers listen on 127.0.0.1, which the outbound policy refuses unless allowed.
+    with Storage(url, credentials, ca_file=ca, outbound=LOCAL_SERVERS_POLICY) as storage:
         (remote,) = storage.list("data.bin")
         return timed_read(lambda: storage.open_read(remote.path))
 

@@ -146,6 +146,9 @@ def dev(host: str = "127.0.0.1", port: int = 8000, sim_port: int = 8443) -> None
         os.environ.setdefault("CLARION_APNS_SANDBOX_URL", sim_url)
         os.environ.setdefault("CLARION_FCM_URL", sim_url)
         os.environ.setdefault("CLARION_PROVIDER_CA_FILE", str(sim_dir / "ca.pem"))
+        # The simulators hand out Web Push endpoints and an FCM token_uri on this host, which
+        # the outbound policy refuses (a loopback address) unless the operator allows it.
+        os.environ.setdefault("CLARION_OUTBOUND_ALLOW", host)
         settings = _settings()
         from clarion.migrate import migrate as run_migrations
 
@@ -289,6 +292,7 @@ def imports_create(
     from clarion.connectors import service
     from clarion.connectors.schemas import CredentialsIn, ImportSourceIn
     from clarion.db import utcnow
+    from clarion.outbound import OutboundPolicy
 
     try:
         credentials = CredentialsIn(
@@ -324,7 +328,12 @@ def imports_create(
     async def create(db: Database) -> str:
         async with db.sessions() as session, session.begin():
             source = await service.create_source(
-                session, app_id=app_id, body=body, box=db.box, now=utcnow()
+                session,
+                app_id=app_id,
+                body=body,
+                box=db.box,
+                outbound=OutboundPolicy.from_settings(db.settings),
+                now=utcnow(),
             )
             return service.read_source(source).model_dump_json(indent=2)
 
@@ -426,6 +435,7 @@ def exports_create(
     from clarion.db import utcnow
     from clarion.exports import service
     from clarion.exports.schemas import DestinationIn
+    from clarion.outbound import OutboundPolicy
 
     try:
         body = DestinationIn.model_validate(
@@ -457,7 +467,12 @@ def exports_create(
     async def create(db: Database) -> str:
         async with db.sessions() as session, session.begin():
             destination = await service.create_destination(
-                session, app_id=app_id, body=body, box=db.box, now=utcnow()
+                session,
+                app_id=app_id,
+                body=body,
+                box=db.box,
+                outbound=OutboundPolicy.from_settings(db.settings),
+                now=utcnow(),
             )
             return service.read_destination(destination).model_dump_json(indent=2)
 

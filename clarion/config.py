@@ -5,11 +5,13 @@ Read once at the edges (app factory, worker start, CLI) and passed down; see doc
 
 from __future__ import annotations
 
+import json
 from enum import StrEnum
 from pathlib import Path
+from typing import Annotated, Any
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
 class QueueBackend(StrEnum):
@@ -85,6 +87,15 @@ class Settings(BaseSettings):
     # Extra CA certificates (PEM) trusted for FTPS, HTTPS and S3 endpoints with private CAs.
     connector_ca_file: str = ""
 
+    # Outbound policy (clarion.outbound, docs/decisions/0017-outbound-policy.md): destinations
+    # users choose (import sources, export destinations, GDPR callbacks, Web Push endpoints,
+    # FCM token URIs) may not reach loopback, private, link-local, multicast or reserved
+    # addresses, except these host names and networks (comma-separated: "minio.internal,
+    # 10.1.2.0/24"). Provider URLs above are the operator's and are not checked.
+    outbound_allow: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # Plain http:// for GDPR callbacks and Web Push endpoints (https:// only otherwise).
+    outbound_allow_http: bool = False
+
     # Dashboard session cookies carry the Secure flag: unset, when the request came over HTTPS
     # (as uvicorn sees it: behind a TLS proxy, set this to true, or FORWARDED_ALLOW_IPS).
     dashboard_secure_cookies: bool | None = None
@@ -99,6 +110,20 @@ class Settings(BaseSettings):
     # How long a process keeps a successful API key lookup: a key rotated elsewhere keeps
     # working here for at most this long. 0 looks every key up on every call.
     auth_cache_seconds: float = Field(default=5.0, ge=0)
+
+    @field_validator("outbound_allow", mode="before")
+    @classmethod
+    def _allow_list(cls, value: Any) -> Any:
+        from clarion.outbound import parse_allowed
+
+        if isinstance(value, str):
+            # Comma-separated, or a JSON list as the other list settings take.
+            if value.lstrip().startswith("["):
+                value = json.loads(value)
+            else:
+                value = [item.strip() for item in value.split(",") if item.strip()]
+        parse_allowed(value)  # a typo fails at start, not at the first refused connection
+        return value
 
     @property
     def resolved_database_url(self) -> str:

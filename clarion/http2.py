@@ -7,17 +7,24 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import ssl
 from collections import defaultdict, deque
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import pycurl
 
-__all__ = ["Http2Client", "HttpRequest", "HttpResponse", "TransportError"]
+__all__ = ["AddressCheck", "Http2Client", "HttpRequest", "HttpResponse", "TransportError"]
 
 logger = logging.getLogger(__name__)
+
+
+class AddressCheck(Protocol):
+    """Why a connection to `address` is refused, or None (clarion.outbound.AddressGuard)."""
+
+    def refusal(self, address: str) -> str | None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,6 +35,9 @@ class HttpRequest:
     # handle keeps its libcurl header list when the headers equal its previous request's.
     headers: Sequence[tuple[str, str]]
     body: bytes = b""
+    # For destinations users chose (Web Push endpoints, an FCM account's token_uri): checked
+    # on each address a connection for this request is opened to, not per request.
+    guard: AddressCheck | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,9 +50,10 @@ class HttpResponse:
 class TransportError(Exception):
     """No HTTP answer: connection refused or reset, TLS failure, timeout, GOAWAY, client closed."""
 
-    def __init__(self, message: str, *, curl_code: int = 0) -> None:
+    def __init__(self, message: str, *, curl_code: int = 0, refused: bool = False) -> None:
         super().__init__(message)
         self.curl_code = curl_code  # libcurl's CURLE_* code, 0 when the error is not libcurl's
+        self.refused = refused  # the request's guard refused the address: no point retrying
 
 
 # libcurl error codes grouped by what a caller may want to know; the message keeps libcurl's text.
@@ -163,12 +174,14 @@ class _Transfer:
         "batch",
         "body_chunks",
         "curl",
+        "guard",
         "header_lines",
         "headers",
         "index",
         "odd_method",
         "origin",
         "probe",
+        "refusal",
     )
 
     def __init__(self, options: Sequence[tuple[int, Any]]) -> None:
@@ -178,6 +191,11 @@ class _Transfer:
         # Bound list.append as callbacks: no Python frame per header line or body chunk.
         self.curl.setopt(pycurl.HEADERFUNCTION, self.header_lines.append)
         self.curl.setopt(pycurl.WRITEFUNCTION, self.body_chunks.append)
+        # Called once per connection libcurl opens (not per request), with the address it is
+        # about to connect to: IP literals, every resolved address and happy-eyeballs tries.
+        self.curl.setopt(pycurl.OPENSOCKETFUNCTION, self._open_socket)
+        self.guard: AddressCheck | None = None
+        self.refusal: str | None = None
         for option, value in options:
             self.curl.setopt(option, value)
         self.headers: tuple[tuple[str, str], ...] | None = None  # what HTTPHEADER holds now
@@ -187,8 +205,20 @@ class _Transfer:
         self.origin = ""
         self.probe = False  # the first request to a cold origin, sent alone
 
+    def _open_socket(self, purpose: int, address: Any) -> Any:
+        family, socktype, protocol, sockaddr = address
+        guard = self.guard
+        if guard is not None:
+            refusal = guard.refusal(str(sockaddr[0]))
+            if refusal is not None:
+                self.refusal = refusal
+                return pycurl.SOCKET_BAD  # libcurl fails the transfer: CURLE_COULDNT_CONNECT
+        # pycurl hands libcurl a duplicate of the descriptor; this object may close its own.
+        return socket.socket(family, socktype, protocol)
+
     def prepare(self, request: HttpRequest) -> None:
         curl = self.curl
+        self.guard = request.guard
         curl.setopt(pycurl.URL, request.url)
         headers = request.headers
         if type(headers) is not tuple:
@@ -445,6 +475,7 @@ class Http2Client:
         transfer.header_lines.clear()
         transfer.body_chunks.clear()
         transfer.batch = None
+        transfer.refusal = None
         if transfer.probe:
             transfer.probe = False
             if transfer.origin in self._probing:  # not when the probe was abandoned
@@ -535,7 +566,14 @@ class Http2Client:
                 index = transfer.index
                 kind = _ERROR_KINDS.get(code, "transport error")
                 url = curl.getinfo(pycurl.EFFECTIVE_URL)
-                error = TransportError(f"{kind}: {message} ({url})", curl_code=code)
+                if transfer.refusal is not None:
+                    error = TransportError(
+                        f"refused by the outbound policy: {transfer.refusal} ({url})",
+                        curl_code=code,
+                        refused=True,
+                    )
+                else:
+                    error = TransportError(f"{kind}: {message} ({url})", curl_code=code)
                 if code in _CONNECTION_ERRORS:
                     self._warm.discard(transfer.origin)
                 self._release(curl, transfer)

@@ -17,7 +17,6 @@ from contextlib import asynccontextmanager
 from datetime import timedelta
 from functools import partial
 
-import httpx
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from clarion.apps.service import KeyCache
@@ -33,6 +32,7 @@ from clarion.exports.service import process_requests as process_export_requests
 from clarion.gdpr.service import ARCHIVE_CHECK_SECONDS, delete_expired_archives
 from clarion.gdpr.service import process_pending as process_gdpr_requests
 from clarion.http2 import Http2Client
+from clarion.outbound import OutboundPolicy, WebhookClient
 from clarion.queue import JobQueue
 from clarion.security import SecretBox
 from clarion.transactional.service import SendIntake
@@ -61,6 +61,7 @@ class Runtime:
         )
         self.sessions: async_sessionmaker[AsyncSession] = create_sessionmaker(self.engine)
         self.box = SecretBox.from_settings(settings.secret_key, settings.var_dir)
+        self.outbound = OutboundPolicy.from_settings(settings)
         self.key_cache = KeyCache(settings.auth_cache_seconds)
         self.queue = JobQueue(
             settings.resolved_queue,
@@ -74,7 +75,7 @@ class Runtime:
         self.deliverer: Deliverer | None = None
         self.scheduler: CampaignScheduler | None = None
         self._tasks: list[asyncio.Task[None]] = []
-        self._callbacks: httpx.AsyncClient | None = None  # GDPR requests' callbacks
+        self._callbacks: WebhookClient | None = None  # GDPR requests' callbacks
 
     async def start(self, *, workers: bool) -> None:
         await self.queue.start()
@@ -97,7 +98,7 @@ class Runtime:
                 every=settings.sweep_interval_seconds,
                 wait_first=True,
             )
-            self._callbacks = httpx.AsyncClient()
+            self._callbacks = WebhookClient(self.outbound)
             self._repeat(
                 "GDPR requests",
                 partial(

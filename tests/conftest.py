@@ -25,7 +25,7 @@ from clarion.db import transaction
 from clarion.demo import apns_credentials_from_sim
 from clarion.migrate import migrate
 from clarion.runtime import Runtime
-from tests.support.simulator import SimulatorHandle, running_simulator
+from tests.support.simulator import LOCAL_SERVERS_ALLOW, SimulatorHandle, running_simulator
 
 # Local S3 / SFTP / FTP / FTPS / HTTPS servers for the flat-file connector tests.
 pytest_plugins = ["tests.support.storage_servers"]
@@ -106,6 +106,10 @@ def make_settings(
         "export_check_seconds": 3600.0,
         # Statistics tests fold counts and store finished days themselves.
         "stats_interval_seconds": 3600.0,
+        # The simulators and storage servers listen on 127.0.0.1, refused by default by the
+        # outbound policy: allowed explicitly. test_gdpr's callback server speaks plain HTTP.
+        "outbound_allow": LOCAL_SERVERS_ALLOW,
+        "outbound_allow_http": True,
     }
     values.update(overrides)
     return Settings(**values)

@@ -365,6 +365,7 @@ class TestImportsAndExports:
                     app_id=ios_app.app_id,
                     body=ImportSourceIn.model_validate({"id_type": "custom_ids", **body}),
                     box=runtime.box,
+                    outbound=runtime.outbound,
                     now=utcnow(),
                 )
         settings = runtime.settings.model_copy(
@@ -417,6 +418,7 @@ class TestImportsAndExports:
                     }
                 ),
                 box=runtime.box,
+                outbound=runtime.outbound,
                 now=later,
             )
         run_now = f"/dashboard/apps/{ios_app.app_id}/audiences/imports/crm/run"
@@ -463,6 +465,7 @@ class TestImportsAndExports:
                     app_id=ios_app.app_id,
                     body=DestinationIn.model_validate(body),
                     box=runtime.box,
+                    outbound=runtime.outbound,
                     now=utcnow(),
                 )
         settings = runtime.settings.model_copy(

@@ -23,6 +23,7 @@ from clarion.events.models import TrackedEvent
 from clarion.formats import wire_date
 from clarion.gdpr.models import GdprRequest
 from clarion.gdpr.service import delete_expired_archives, process_pending
+from clarion.outbound import OutboundPolicy, WebhookClient
 from clarion.profiles.models import ProfileAttribute
 from clarion.runtime import Runtime
 from tests.conftest import ClientApp
@@ -44,9 +45,12 @@ async def request(
     return request_id
 
 
-async def process(runtime: Runtime) -> None:
-    async with httpx.AsyncClient() as client:
+async def process(runtime: Runtime, outbound: OutboundPolicy | None = None) -> None:
+    client = WebhookClient(outbound or runtime.outbound)
+    try:
         await process_pending(runtime.sessions, var_dir=runtime.settings.var_dir, client=client)
+    finally:
+        await client.aclose()
 
 
 async def status(api: httpx.AsyncClient, app: ClientApp, request_id: str) -> dict[str, Any]:

@@ -7,6 +7,7 @@ database and the pgqueuer queue. The first is killed while it delivers; a second
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -64,7 +65,9 @@ async def api_only(pg_settings: Settings) -> AsyncIterator[FastAPI]:
 def start_worker(settings: Settings) -> subprocess.Popen[bytes]:
     env = dict(os.environ)
     for field, value in settings.model_dump().items():
-        if value is not None:
+        if isinstance(value, list):  # list settings are read as JSON
+            env[f"CLARION_{field.upper()}"] = json.dumps([str(item) for item in value])
+        elif value is not None:
             env[f"CLARION_{field.upper()}"] = str(value)
     return subprocess.Popen(
         [sys.executable, "-m", "clarion.cli", "worker"],

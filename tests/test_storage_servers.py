@@ -163,6 +163,7 @@ def test_a_write_that_fails_midway_publishes_nothing(
 ) -> None:
     """Clarion's Storage.write: a failing source of chunks leaves no file, whole or partial."""
     from clarion.connectors.storage import Storage, StorageCredentials, StorageError
+    from tests.support.simulator import LOCAL_SERVERS_POLICY
 
     folder = f"w{tmp_path.name[-6:]}"
     if kind == "s3":
@@ -190,7 +191,7 @@ def test_a_write_that_fails_midway_publishes_nothing(
             yield b"x" * (1024 * 1024)
         raise RuntimeError("the query failed")
 
-    with Storage(url, credentials, local_roots=roots) as storage:
+    with Storage(url, credentials, local_roots=roots, outbound=LOCAL_SERVERS_POLICY) as storage:
         with pytest.raises(StorageError, match="the query failed"):
             storage.write("day.csv", chunks())
         assert storage.list() == []

@@ -36,7 +36,12 @@ async def create_source(
     body: ImportSourceIn, access: RestAppLive, session: SessionDep, runtime: RuntimeDep
 ) -> ImportSourceRead:
     source = await service.create_source(
-        session, app_id=access.app_id, body=body, box=runtime.box, now=utcnow()
+        session,
+        app_id=access.app_id,
+        body=body,
+        box=runtime.box,
+        outbound=runtime.outbound,
+        now=utcnow(),
     )
     return service.read_source(source)
 
@@ -60,7 +65,13 @@ async def update_source(
     runtime: RuntimeDep,
 ) -> ImportSourceRead:
     source = await service.update_source(
-        session, app_id=access.app_id, name=name, body=body, box=runtime.box, now=utcnow()
+        session,
+        app_id=access.app_id,
+        name=name,
+        body=body,
+        box=runtime.box,
+        outbound=runtime.outbound,
+        now=utcnow(),
     )
     return service.read_source(source)
 

@@ -54,10 +54,17 @@ from clarion.connectors.schemas import (
     UploadResult,
     audience_pattern,
 )
-from clarion.connectors.storage import RemoteFile, Storage, StorageCredentials, StorageError
+from clarion.connectors.storage import (
+    OBJECT_STORES,
+    RemoteFile,
+    Storage,
+    StorageCredentials,
+    StorageError,
+)
 from clarion.db import insert_ignoring_conflicts, rowcount, transaction, utcnow
 from clarion.errors import MalformedParameterError, NotFoundError
 from clarion.formats import wire_date
+from clarion.outbound import OutboundPolicy
 from clarion.security import SecretBox
 
 log = logging.getLogger(__name__)
@@ -77,8 +84,15 @@ Progress = Callable[[str, int, int | None], None]  # file name, bytes just read,
 
 
 async def create_source(
-    session: AsyncSession, *, app_id: int, body: ImportSourceIn, box: SecretBox, now: datetime
+    session: AsyncSession,
+    *,
+    app_id: int,
+    body: ImportSourceIn,
+    box: SecretBox,
+    outbound: OutboundPolicy,
+    now: datetime,
 ) -> ImportSource:
+    check_location(body.url, body.credentials, outbound)
     if await _find(session, app_id, body.name) is not None:
         raise MalformedParameterError(f"name: an import source named {body.name!r} exists")
     source = ImportSource(
@@ -102,8 +116,10 @@ async def update_source(
     name: str,
     body: ImportSourceUpdate,
     box: SecretBox,
+    outbound: OutboundPolicy,
     now: datetime,
 ) -> ImportSource:
+    check_location(body.url, body.credentials, outbound)
     source = await _get(session, app_id, name)
     change_credentials(source, body, box)
     changes = body.model_dump(exclude_unset=True, exclude={"credentials"})
@@ -140,6 +156,47 @@ class LocationUpdate(Protocol):
     def credentials(self) -> CredentialsIn | None: ...
     @property
     def model_fields_set(self) -> set[str]: ...
+
+
+def check_location(
+    url: str | None, credentials: CredentialsIn | None, outbound: OutboundPolicy
+) -> None:
+    """Refuse at once (400, naming the field) what the outbound policy would refuse on
+    connecting, where the URL alone tells: a host written as a refused address. Host names
+    are checked on connecting, on the addresses they resolve to then."""
+    if url is not None:
+        scheme = urlsplit(url).scheme.lower()
+        # s3://name and gs://name name a bucket, not a host; file:// has its own folders.
+        refusal = None if scheme in (*OBJECT_STORES, "file") else outbound.url_refusal(url)
+        if refusal is not None:
+            raise MalformedParameterError(f"url: {refusal}")
+    if credentials is None:
+        return
+    endpoint = credentials.endpoint_url
+    if endpoint is not None:
+        if urlsplit(endpoint).scheme.lower() not in ("http", "https"):
+            raise MalformedParameterError(
+                "credentials.endpoint_url: must be an http:// or https:// URL"
+            )
+        refusal = outbound.url_refusal(endpoint)
+        if refusal is not None:
+            raise MalformedParameterError(f"credentials.endpoint_url: {refusal}")
+    token_uri = _token_uri(credentials.service_account)
+    if token_uri is not None:
+        refusal = outbound.url_refusal(token_uri, https_only=True)
+        if refusal is not None:
+            raise MalformedParameterError(f"credentials.service_account: token_uri {refusal}")
+
+
+def _token_uri(service_account: str | None) -> str | None:
+    if service_account is None:
+        return None
+    try:
+        document = json.loads(service_account)
+    except ValueError:
+        return None  # not a key: refused when the storage is reached
+    token_uri = document.get("token_uri") if isinstance(document, dict) else None
+    return token_uri if isinstance(token_uri, str) else None
 
 
 def change_credentials(target: Located, body: LocationUpdate, box: SecretBox) -> None:
@@ -353,6 +410,7 @@ class ImportRunner:
         self._clock = clock
         self._owner = uuid.uuid4().hex
         self._spool_dir = settings.var_dir / "spool"
+        self._outbound = OutboundPolicy.from_settings(settings)
 
     async def poll_due(self, *, limit: int = 10) -> list[ImportRun]:
         """Poll the sources whose time has come; returns the runs they made."""
@@ -448,6 +506,7 @@ class ImportRunner:
                 local_roots=tuple(
                     root / str(source.app_id) for root in self._settings.resolved_import_local_roots
                 ),
+                outbound=self._outbound,
             )
         except StorageError as exc:
             return [await self._record_failure(source, None, None, str(exc))]

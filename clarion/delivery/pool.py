@@ -19,6 +19,7 @@ from clarion.delivery.providers.base import (
     WebPushCredentials,
 )
 from clarion.http2 import Http2Client
+from clarion.outbound import OutboundPolicy
 from clarion.security import SecretBox
 
 
@@ -27,6 +28,7 @@ class ProviderPool:
         self._client = client
         self._settings = settings
         self._box = box
+        self._outbound = OutboundPolicy.from_settings(settings)
         # Keyed by the encrypted credentials too: new credentials make a new provider.
         self._providers: dict[tuple[int, str, bool], Provider] = {}
 
@@ -59,9 +61,14 @@ class ProviderPool:
                 sandbox_url=self._settings.apns_sandbox_url,
             )
         if isinstance(credentials, FcmCredentials):
-            return FcmProvider(credentials, self._client, base_url=self._settings.fcm_url)
+            return FcmProvider(
+                credentials,
+                self._client,
+                base_url=self._settings.fcm_url,
+                outbound=self._outbound,
+            )
         if isinstance(credentials, WebPushCredentials):
-            return WebPushProvider(credentials, self._client)
+            return WebPushProvider(credentials, self._client, outbound=self._outbound)
         return None
 
     async def aclose(self) -> None:

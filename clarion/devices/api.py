@@ -17,17 +17,21 @@ from clarion.devices.schemas import (
     VapidKey,
 )
 from clarion.errors import NotFoundError
-from clarion.http import SdkApp, SessionDep
+from clarion.http import RuntimeDep, SdkApp, SessionDep
 
 router = APIRouter(prefix="/sdk/v1/{api_key}", tags=["sdk"])
 
 
 @router.put("/installations/{install_id}", response_model=InstallationRead)
 async def put_installation(
-    install_id: str, body: InstallationUpsert, access: SdkApp, session: SessionDep
+    install_id: str,
+    body: InstallationUpsert,
+    access: SdkApp,
+    session: SessionDep,
+    runtime: RuntimeDep,
 ) -> InstallationRead:
     installation = await service.upsert_installation(
-        session, access=access, install_id=install_id, data=body
+        session, access=access, install_id=install_id, data=body, outbound=runtime.outbound
     )
     return InstallationRead.model_validate(installation)
 

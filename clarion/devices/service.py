@@ -31,6 +31,7 @@ from clarion.events.service import (
 )
 from clarion.gdpr.models import IdType
 from clarion.gdpr.service import blocked_identities
+from clarion.outbound import OutboundPolicy
 
 _INSTALL_ID = re.compile(r"^[A-Za-z0-9_\-.:]{1,128}$")
 _PROFILE_FIELDS = (
@@ -57,11 +58,22 @@ _BLOCKABLE_FIELDS = {"custom_id": IdType.CUSTOM_ID, "advertising_id": IdType.ADV
 
 
 async def upsert_installation(
-    session: AsyncSession, *, access: AppAccess, install_id: str, data: InstallationUpsert
+    session: AsyncSession,
+    *,
+    access: AppAccess,
+    install_id: str,
+    data: InstallationUpsert,
+    outbound: OutboundPolicy,
 ) -> Installation:
     """Create or update an installation; calling it twice with the same data changes nothing."""
     check_install_id(install_id)
     given = data.model_fields_set
+    if data.webpush_subscription is not None:
+        # Clarion will POST to the endpoint: what the URL alone tells is refused now, the
+        # address a host name resolves to when delivering.
+        refusal = outbound.url_refusal(data.webpush_subscription.endpoint, https_only=True)
+        if refusal is not None:
+            raise MalformedParameterError(f"webpush_subscription.endpoint: {refusal}")
     if "push_token" in given and "webpush_subscription" in given:
         raise MalformedParameterError("give push_token or webpush_subscription, not both")
     if "webpush_subscription" in given and access.platform != "web":

@@ -40,7 +40,12 @@ async def create_destination(
     body: DestinationIn, access: RestAppLive, session: SessionDep, runtime: RuntimeDep
 ) -> DestinationRead:
     destination = await service.create_destination(
-        session, app_id=access.app_id, body=body, box=runtime.box, now=utcnow()
+        session,
+        app_id=access.app_id,
+        body=body,
+        box=runtime.box,
+        outbound=runtime.outbound,
+        now=utcnow(),
     )
     return service.read_destination(destination)
 
@@ -64,7 +69,13 @@ async def update_destination(
     runtime: RuntimeDep,
 ) -> DestinationRead:
     destination = await service.update_destination(
-        session, app_id=access.app_id, name=name, body=body, box=runtime.box, now=utcnow()
+        session,
+        app_id=access.app_id,
+        name=name,
+        body=body,
+        box=runtime.box,
+        outbound=runtime.outbound,
+        now=utcnow(),
     )
     return service.read_destination(destination)
 

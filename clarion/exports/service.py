@@ -28,6 +28,7 @@ from clarion.apps.service import AppAccess
 from clarion.config import Settings
 from clarion.connectors.service import (
     change_credentials,
+    check_location,
     open_credentials,
     seal_credentials,
 )
@@ -55,6 +56,7 @@ from clarion.exports.schemas import (
     ExportRunRead,
 )
 from clarion.formats import wire_date
+from clarion.outbound import OutboundPolicy
 from clarion.security import SecretBox
 
 log = logging.getLogger(__name__)
@@ -70,8 +72,15 @@ _UPLOAD_CHUNK = 256 * 1024
 
 
 async def create_destination(
-    session: AsyncSession, *, app_id: int, body: DestinationIn, box: SecretBox, now: datetime
+    session: AsyncSession,
+    *,
+    app_id: int,
+    body: DestinationIn,
+    box: SecretBox,
+    outbound: OutboundPolicy,
+    now: datetime,
 ) -> ExportDestination:
+    check_location(body.url, body.credentials, outbound)
     if await _find(session, app_id, body.name) is not None:
         raise MalformedParameterError(f"name: an export destination named {body.name!r} exists")
     destination = ExportDestination(
@@ -94,8 +103,10 @@ async def update_destination(
     name: str,
     body: DestinationUpdate,
     box: SecretBox,
+    outbound: OutboundPolicy,
     now: datetime,
 ) -> ExportDestination:
+    check_location(body.url, body.credentials, outbound)
     destination = await _get(session, app_id, name)
     change_credentials(destination, body, box)
     for column, value in body.model_dump(exclude_unset=True, exclude={"credentials"}).items():
@@ -225,6 +236,7 @@ class ExportRunner:
         self._clock = clock
         self._owner = uuid.uuid4().hex
         self._spool_dir = settings.var_dir / "spool"
+        self._outbound = OutboundPolicy.from_settings(settings)
 
     async def run_due(self) -> list[ExportRun]:
         """Every due day of every enabled destination not produced yet (and not waiting for
@@ -359,6 +371,7 @@ class ExportRunner:
                 root / str(destination.app_id)
                 for root in self._settings.resolved_export_local_roots
             ),
+            outbound=self._outbound,
         ) as storage:
             return storage.write(name, chunks)
 

@@ -23,10 +23,10 @@ router = APIRouter(prefix="/1.0/{api_key}/gdpr", tags=["gdpr"])
 
 @router.post("/request", status_code=201)
 async def create_request(
-    body: GdprRequestIn, access: RestAppLive, session: SessionDep
+    body: GdprRequestIn, access: RestAppLive, session: SessionDep, runtime: RuntimeDep
 ) -> GdprCreated:
     request_id = await service.create_request(
-        session, app_id=access.app_id, body=body, now=utcnow()
+        session, app_id=access.app_id, body=body, outbound=runtime.outbound, now=utcnow()
     )
     return GdprCreated(request_id=request_id)
 

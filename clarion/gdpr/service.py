@@ -18,7 +18,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import httpx
+import aiohttp
 import orjson
 from sqlalchemy import ColumnElement, Select, String, delete, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -27,10 +27,11 @@ from clarion.audiences.models import Audience, AudienceKind, AudienceMember
 from clarion.audiences.resolved import installations_changed
 from clarion.db import Base, in_values, transaction, upsert_insert, uses_arrays, utcnow
 from clarion.devices.models import Installation
-from clarion.errors import NotFoundError
+from clarion.errors import MalformedParameterError, NotFoundError
 from clarion.events.models import InAppEvent, PushEvent, TrackedEvent
 from clarion.gdpr.models import BlockedId, GdprRequest, IdType, RequestStatus, RequestType
 from clarion.gdpr.schemas import GdprRequestIn
+from clarion.outbound import DestinationRefused, OutboundPolicy, WebhookClient
 from clarion.profiles.models import ProfileAttribute, ProfileTag
 
 log = logging.getLogger(__name__)
@@ -50,8 +51,18 @@ _AUDIENCE_KIND = {
 
 
 async def create_request(
-    session: AsyncSession, *, app_id: int, body: GdprRequestIn, now: datetime
+    session: AsyncSession,
+    *,
+    app_id: int,
+    body: GdprRequestIn,
+    outbound: OutboundPolicy,
+    now: datetime,
 ) -> str:
+    if body.callback_url is not None:
+        # What the URL alone tells; the address its host resolves to is checked on calling.
+        refusal = outbound.url_refusal(body.callback_url, https_only=True)
+        if refusal is not None:
+            raise MalformedParameterError(f"callback_url: {refusal}")
     request = GdprRequest(
         id=str(uuid.uuid4()),
         app_id=app_id,
@@ -218,7 +229,7 @@ async def process_pending(
     sessions: async_sessionmaker[AsyncSession],
     *,
     var_dir: Path,
-    client: httpx.AsyncClient,
+    client: WebhookClient,
     limit: int = 10,
 ) -> int:
     """Process pending requests (each in its own transaction, rows locked so that several
@@ -393,10 +404,14 @@ def _plain(row: Base) -> dict[str, Any]:
     return {column.key: getattr(row, column.key) for column in row.__mapper__.column_attrs}
 
 
-async def _call_back(client: httpx.AsyncClient, url: str, payload: dict[str, Any]) -> None:
+async def _call_back(client: WebhookClient, url: str, payload: dict[str, Any]) -> None:
+    # The request stays readable by id: a lost callback loses no data.
     try:
-        response = await client.post(url, json=payload, timeout=10)
-        response.raise_for_status()
-    except httpx.HTTPError as exc:
-        # The request stays readable by id: a lost callback loses no data.
+        status = await client.post_json(url, payload)
+    except DestinationRefused as exc:
+        log.warning("GDPR callback to %s refused by the outbound policy: %s", url, exc)
+    except (aiohttp.ClientError, TimeoutError) as exc:
         log.warning("GDPR callback to %s failed: %s", url, exc)
+    else:
+        if status >= 300:  # redirects are not followed: the URL is the one given
+            log.warning("GDPR callback to %s failed: HTTP %s", url, status)

@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from clarion.delivery.providers import ApnsProvider, FcmProvider, WebPushProvider
 from clarion.delivery.providers.base import ApnsCredentials, FcmCredentials, WebPushCredentials
 from clarion.http2 import Http2Client
-from tests.support.simulator import SimulatorHandle
+from tests.support.simulator import LOCAL_SERVERS_POLICY, SimulatorHandle
 
 APNS_TOPIC = "com.example.providers"
 
@@ -96,9 +96,14 @@ def apns(
 
 @pytest.fixture
 def fcm(fcm_account: dict[str, Any], http_client: Http2Client, sim: SimulatorHandle) -> FcmProvider:
-    return FcmProvider(FcmCredentials(fcm_account), http_client, base_url=sim.base_url)
+    return FcmProvider(
+        FcmCredentials(fcm_account),
+        http_client,
+        base_url=sim.base_url,
+        outbound=LOCAL_SERVERS_POLICY,  # the simulator's token_uri is on 127.0.0.1
+    )
 
 
 @pytest.fixture
 def webpush(vapid_credentials: WebPushCredentials, http_client: Http2Client) -> WebPushProvider:
-    return WebPushProvider(vapid_credentials, http_client)
+    return WebPushProvider(vapid_credentials, http_client, outbound=LOCAL_SERVERS_POLICY)

@@ -36,7 +36,7 @@ from clarion.delivery.providers.base import (
     WebPushCredentials,
 )
 from clarion.http2 import Http2Client
-from tests.support.simulator import SimulatorHandle
+from tests.support.simulator import LOCAL_SERVERS_POLICY, SimulatorHandle
 
 MANY = 2_000
 CUSTOM = {"order": "A-17", "count": 3, "nested": {"k": [1, 2]}}
@@ -457,7 +457,12 @@ class TestFcm:
         sim: SimulatorHandle,
     ) -> None:
         account = {**fcm_account, "project_id": other_fcm_account["project_id"]}
-        provider = FcmProvider(FcmCredentials(account), http_client, base_url=sim.base_url)
+        provider = FcmProvider(
+            FcmCredentials(account),
+            http_client,
+            base_url=sim.base_url,
+            outbound=LOCAL_SERVERS_POLICY,
+        )
 
         results = await provider.send(notification(), [Device(fcm_token())])
 
@@ -489,7 +494,12 @@ class TestFcm:
         sim: SimulatorHandle,
         sim_control: httpx.Client,
     ) -> None:
-        provider = FcmProvider(FcmCredentials(fcm_account), http_client, base_url=sim.base_url)
+        provider = FcmProvider(
+            FcmCredentials(fcm_account),
+            http_client,
+            base_url=sim.base_url,
+            outbound=LOCAL_SERVERS_POLICY,
+        )
         token = fcm_token()
 
         # Two sends racing for the first token, then two more: one exchange serves them all.
@@ -526,7 +536,12 @@ class TestFcm:
     ) -> None:
         forged_key = pem(rsa.generate_private_key(public_exponent=65537, key_size=2048))
         account = {**fcm_account, "private_key": forged_key}
-        provider = FcmProvider(FcmCredentials(account), http_client, base_url=sim.base_url)
+        provider = FcmProvider(
+            FcmCredentials(account),
+            http_client,
+            base_url=sim.base_url,
+            outbound=LOCAL_SERVERS_POLICY,
+        )
 
         results = await provider.send(notification(), [Device(fcm_token())] * 3)
 
@@ -538,7 +553,12 @@ class TestFcm:
     ) -> None:
         account = {k: v for k, v in fcm_account.items() if k != field}
         with pytest.raises(ProviderConfigError, match=field):
-            FcmProvider(FcmCredentials(account), http_client, base_url="https://unused")
+            FcmProvider(
+                FcmCredentials(account),
+                http_client,
+                base_url="https://unused",
+                outbound=LOCAL_SERVERS_POLICY,
+            )
 
     async def test_many_devices_in_one_send(
         self, fcm: FcmProvider, sim_control: httpx.Client
@@ -659,7 +679,9 @@ class TestWebPush:
         make_vapid_credentials: Callable[[], WebPushCredentials],
     ) -> None:
         device = subscribe(sim_control, vapid_credentials)
-        provider = WebPushProvider(make_vapid_credentials(), http_client)
+        provider = WebPushProvider(
+            make_vapid_credentials(), http_client, outbound=LOCAL_SERVERS_POLICY
+        )
 
         [result] = await provider.send(notification(), [device])
 
@@ -736,7 +758,7 @@ class TestWebPush:
             vapid_credentials, vapid_public_key=make_vapid_credentials().vapid_public_key
         )
         with pytest.raises(ProviderConfigError):
-            WebPushProvider(mixed, http_client)
+            WebPushProvider(mixed, http_client, outbound=LOCAL_SERVERS_POLICY)
 
     async def test_many_devices_in_one_send(
         self,

@@ -19,6 +19,14 @@ from pathlib import Path
 
 import httpx
 
+from clarion.outbound import OutboundPolicy, parse_allowed
+
+# The simulators and the storage servers (storage_servers.py) listen on this loopback address,
+# which Clarion's outbound policy refuses by default: tests and benchmarks allow it, and only
+# it, with CLARION_OUTBOUND_ALLOW (tests of the policy use 127.0.0.2 as a refused address).
+LOCAL_SERVERS_ALLOW = ["127.0.0.1/32"]
+LOCAL_SERVERS_POLICY = OutboundPolicy(*parse_allowed(LOCAL_SERVERS_ALLOW))
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 START_TIMEOUT = 15.0
 STOP_TIMEOUT = 5.0

@@ -42,6 +42,8 @@ import pytest
 from tests.support.simulator import free_port, stop_process_group
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+# Clarion's outbound policy refuses it unless allowed: tests and benchmarks allow it with
+# tests.support.simulator.LOCAL_SERVERS_ALLOW (or LOCAL_SERVERS_POLICY).
 HOST = "127.0.0.1"
 START_TIMEOUT = 15.0
 STOP_TIMEOUT = 5.0

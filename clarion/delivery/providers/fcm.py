@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import quote, urlencode
+from urllib.parse import quote, urlencode, urlsplit
 
 import jwt
 import orjson
@@ -32,6 +32,7 @@ from clarion.delivery.providers.base import (
     parse_retry_after,
 )
 from clarion.http2 import Http2Client, HttpRequest, HttpResponse, TransportError
+from clarion.outbound import AddressGuard, OutboundPolicy
 
 SCOPE = "https://www.googleapis.com/auth/firebase.messaging"
 GRANT_TYPE = "urn:ietf:params:oauth:grant-type:jwt-bearer"
@@ -65,6 +66,7 @@ class FcmProvider:
         client: Http2Client,
         *,
         base_url: str,
+        outbound: OutboundPolicy,
         clock: Callable[[], float] = time.time,  # wall clock for the assertion's iat/exp
     ) -> None:
         account = credentials.service_account
@@ -76,6 +78,13 @@ class FcmProvider:
         self._project_id: str = account["project_id"]
         self._client_email: str = account["client_email"]
         self._token_uri: str = account["token_uri"]
+        # The account's JSON is the tenant's, so is its token_uri: under the outbound policy
+        # (the send URL is the operator's CLARION_FCM_URL and is not).
+        self._token_refusal = outbound.url_refusal(self._token_uri, https_only=True)
+        token_host = urlsplit(self._token_uri).hostname or ""
+        self._token_guard = (
+            None if outbound.host_allowed(token_host) else AddressGuard(outbound, host=token_host)
+        )
         key_id = account.get("private_key_id")
         self._key_id = key_id if isinstance(key_id, str) and key_id else None
         self._key = _load_rsa_key(account["private_key"], self._client_email)
@@ -148,6 +157,12 @@ class FcmProvider:
 
     async def _exchange(self) -> tuple[str, float]:
         """A JWT-bearer grant (RFC 7523) at the account's token_uri: (access token, lifetime)."""
+        if self._token_refusal is not None:
+            raise _TokenExchangeError(
+                DeliveryResult(
+                    Outcome.FAILED, reason=f"OutboundPolicy: token_uri {self._token_refusal}"
+                )
+            )
         iat = int(self._clock())
         assertion = jwt.encode(
             {
@@ -167,10 +182,15 @@ class FcmProvider:
             self._token_uri,
             (("content-type", "application/x-www-form-urlencoded"), ("accept", "application/json")),
             body,
+            self._token_guard,
         )
         try:
             response = await self._client.request(request)
         except TransportError as exc:
+            if exc.refused:
+                raise _TokenExchangeError(
+                    DeliveryResult(Outcome.FAILED, reason=f"OutboundPolicy: {exc}")
+                ) from exc
             raise _TokenExchangeError(
                 DeliveryResult(Outcome.RETRY, reason=f"TransportError: {exc}")
             ) from exc

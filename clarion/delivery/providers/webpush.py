@@ -34,6 +34,7 @@ from clarion.delivery.providers.base import (
     parse_retry_after,
 )
 from clarion.http2 import Http2Client, HttpRequest, HttpResponse, TransportError
+from clarion.outbound import AddressGuard, OutboundPolicy
 
 DEFAULT_TTL = 2_419_200  # 28 days: Batch's maximum time to live, and what push services keep
 # RFC 8292 §2 caps `exp` at 24 h from the request; 23 h leaves an hour for a push service
@@ -59,6 +60,7 @@ class WebPushProvider:
         credentials: WebPushCredentials,
         client: Http2Client,
         *,
+        outbound: OutboundPolicy,
         clock: Callable[[], float] = time.time,  # wall clock for VAPID `exp`
     ) -> None:
         if not credentials.subject:
@@ -66,6 +68,7 @@ class WebPushProvider:
         self._key = _load_vapid_key(credentials)
         self._credentials = credentials
         self._client = client
+        self._outbound = outbound
         self._clock = clock
         # origin -> (Authorization header, time.monotonic() after which it is re-signed)
         self._vapid: dict[str, tuple[str, float]] = {}
@@ -86,6 +89,9 @@ class WebPushProvider:
             return [too_large] * len(devices)
         common = self._common_headers(notification)
         headers_by_origin: dict[str, tuple[tuple[str, str], ...]] = {}
+        # Browsers give the endpoints: each origin's connections are checked by the outbound
+        # policy as libcurl opens them (once per connection, not per notification).
+        guards: dict[str, AddressGuard | None] = {}
         results: list[DeliveryResult | None] = [None] * len(devices)
         requests: list[HttpRequest] = []
         positions: list[int] = []
@@ -94,6 +100,12 @@ class WebPushProvider:
             origin = endpoint_origin(device.token)
             if origin is None:
                 results[index] = DeliveryResult(Outcome.FAILED, reason="InvalidEndpoint")
+                continue
+            if origin not in guards:
+                guards[origin] = self._guard(origin)
+            guard = guards[origin]
+            if guard is not None and guard.refused is not None:
+                results[index] = _refused(guard.refused)
                 continue
             try:
                 body = _encrypt(payload, device)
@@ -108,7 +120,7 @@ class WebPushProvider:
                     ("authorization", self._vapid_header(origin)),
                     *common,
                 )
-            requests.append(HttpRequest("POST", device.token, headers, body))
+            requests.append(HttpRequest("POST", device.token, headers, body, guard))
             positions.append(index)
             origins.append(origin)
         responses = await self._client.request_many(requests) if requests else []
@@ -123,6 +135,16 @@ class WebPushProvider:
     async def aclose(self) -> None:
         """The HTTP/2 client is shared and closed by its owner; only forget the VAPID headers."""
         self._vapid.clear()
+
+    def _guard(self, origin: str) -> AddressGuard | None:
+        """None for a host the operator allowed by name; a guard otherwise, that has already
+        refused an origin written as a refused address."""
+        host = urlsplit(origin).hostname or ""
+        if self._outbound.host_allowed(host):
+            return None
+        guard = AddressGuard(self._outbound, host=host)
+        guard.refused = self._outbound.url_refusal(origin, https_only=True)
+        return guard
 
     def _vapid_header(self, origin: str) -> str:
         cached = self._vapid.get(origin)
@@ -216,8 +238,16 @@ def endpoint_origin(endpoint: str) -> str | None:
     return f"https://{host.removesuffix(':443')}"
 
 
+def _refused(refusal: str) -> DeliveryResult:
+    # Final: the address will not change by waiting (an operator may allow it, then a new
+    # send reaches it).
+    return DeliveryResult(Outcome.FAILED, reason=f"OutboundPolicy: {refusal}")
+
+
 def _map(response: HttpResponse | TransportError) -> DeliveryResult:
     if isinstance(response, TransportError):
+        if response.refused:
+            return _refused(str(response))
         return DeliveryResult(Outcome.RETRY, reason=f"TransportError: {response}")
     status = response.status
     if status in _DELIVERED_STATUSES:
