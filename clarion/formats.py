@@ -1,10 +1,24 @@
-"""Value formats shared by Batch's APIs: names, and the dates of the data and campaign APIs."""
+"""Value formats shared by Batch's APIs: names, the dates of the data and campaign APIs, and
+what any request body may hold (the text rule, 64-bit integers, null as absent: WireModel)."""
 
 from __future__ import annotations
 
+import math
 import re
 from datetime import UTC, datetime
-from typing import Any
+from types import UnionType
+from typing import Annotated, Any, ClassVar, Union, get_args, get_origin
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 # Attribute, collection and event-attribute names, as Batch's SDKs and APIs accept them.
 NAME = re.compile(r"[a-z0-9_]{1,30}")
@@ -30,3 +44,146 @@ def parse_wire_date(value: str) -> datetime:
 def wire_date(value: datetime) -> str:
     """A datetime as `yyyy-MM-ddTHH:mm:ss` in UTC (created_date, created, updated)."""
     return value.astimezone(UTC).strftime(_WIRE_DATE_FORMAT)
+
+
+# Text Clarion stores ----------------------------------------------------------------------------
+#
+# One rule for every string a request can make Clarion store or look up: the characters of
+# XML 1.0's `Char` production (TAB, LF, CR and U+0020 onwards), without the lone surrogates
+# U+D800-U+DFFF and the non-characters U+FFFE, U+FFFF. It refuses
+# - NUL: PostgreSQL's text and jsonb cannot hold it (a 500 on PostgreSQL, stored on SQLite: the
+#   two databases would disagree);
+# - lone surrogates: JSON's "\ud800" decodes to one, and UTF-8 cannot encode it, so neither
+#   database nor any file Clarion writes can hold it;
+# - the other C0 control characters (U+0001-U+001F but TAB, LF, CR): no id, name or message
+#   needs them, and ESC sequences reach operators' terminals through logs, exports and the CSV
+#   files the export destinations write.
+# DEL and the C1 range (U+007F-U+009F) stay accepted: they are legal XML and UTF-8, and refusing
+# more than the standard would refuse text some client somewhere sends on purpose.
+_NOT_TEXT = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
+# What an integer column holds on both databases (BIGINT; SQLite's INTEGER is 64-bit too).
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+
+
+def text_problem(value: str) -> str | None:
+    """Why `value` cannot be stored as text, or None if it can."""
+    found = _NOT_TEXT.search(value)
+    if found is None:
+        return None
+    code = ord(found[0])
+    if code == 0:
+        what = "NUL (U+0000)"
+    elif 0xD800 <= code <= 0xDFFF:
+        what = f"a lone surrogate (U+{code:04X})"
+    elif code < 0x20:
+        what = f"the control character U+{code:04X}"
+    else:
+        what = f"the non-character U+{code:04X}"
+    return f"contains {what}, which Clarion does not accept in text"
+
+
+def stored_text(value: str) -> str:
+    """Validator of a string Clarion stores or looks up (the rule above)."""
+    problem = text_problem(value)
+    if problem is not None:
+        raise ValueError(problem)
+    return value
+
+
+def number_as_text(value: Any) -> Any:
+    """An integer where an identifier is expected, as its decimal string: Batch clients send
+    numeric custom ids as numbers (`"id": 1`, spec Appendix B). Floats and booleans stay
+    refused: `1.0` and `true` are not ids."""
+    return str(value) if type(value) is int else value
+
+
+def stored_value(value: Any) -> tuple[tuple[str | int, ...], str] | None:
+    """The first part of a JSON-like value Clarion cannot store, as (its location within the
+    value, why), or None: text by the rule above, integers within 64 bits, finite floats."""
+    if isinstance(value, str):
+        problem = text_problem(value)
+        return None if problem is None else ((), problem)
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        if INT64_MIN <= value <= INT64_MAX:
+            return None
+        return (), "is beyond what a 64-bit integer holds"
+    if isinstance(value, float):
+        return None if math.isfinite(value) else ((), "must be a finite number")
+    if isinstance(value, list | tuple):
+        for index, item in enumerate(value):
+            found = stored_value(item)
+            if found is not None:
+                return (index, *found[0]), found[1]
+        return None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if isinstance(key, str) and (problem := text_problem(key)) is not None:
+                return (key,), f"its name {problem}"
+            found = stored_value(item)
+            if found is not None:
+                return (key, *found[0]), found[1]
+    return None
+
+
+Text = Annotated[str, AfterValidator(stored_text)]
+"""A string Clarion stores or looks up: bodies go through WireModel, path and query parameters
+name this type."""
+Id = Annotated[str, BeforeValidator(number_as_text), AfterValidator(stored_text)]
+"""An identifier (custom id, install id, token, label, tag...): a number is taken as its text."""
+DbInt = Annotated[int, Field(ge=INT64_MIN, le=INT64_MAX)]
+"""An integer a query compares with a column (a path or query parameter)."""
+
+
+def _admits_null(annotation: Any) -> bool:
+    if annotation is Any or annotation is None or annotation is type(None):
+        return True
+    return get_origin(annotation) in (Union, UnionType) and type(None) in get_args(annotation)
+
+
+class WireModel(BaseModel):
+    """The base of every request body Clarion reads: one place for what a body may hold.
+
+    - Text and numbers: every string in it (field values, list items, object keys and values
+      at any depth) follows the text rule above, every integer fits 64 bits, every float is
+      finite; the error names the field and the position inside it.
+    - `null` stands for an absent field wherever the field has no use for null: Batch's client
+      libraries (Ruby, PHP, Go, Python, Node) write unset optional fields as null, so a null
+      list or flag gets the field's default, and a null required field is reported missing.
+      A field that takes null keeps it: null keeps its own meaning there (clears an SDK field,
+      deletes a Custom Data attribute, refuses to unset a campaign field)."""
+
+    # Field names and aliases whose type refuses null, per subclass (set when it is created).
+    _null_means_absent: ClassVar[frozenset[str]] = frozenset()
+
+    @classmethod
+    def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
+        super().__pydantic_init_subclass__(**kwargs)
+        names: set[str] = set()
+        for name, field in cls.model_fields.items():
+            if not _admits_null(field.annotation):
+                names.update(n for n in (name, field.alias) if n is not None)
+        cls._null_means_absent = frozenset(names)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _null_is_absent(cls, data: Any) -> Any:
+        if isinstance(data, dict) and any(value is None for value in data.values()):
+            refuses = cls._null_means_absent
+            return {k: v for k, v in data.items() if v is not None or k not in refuses}
+        return data
+
+    @field_validator("*")
+    @classmethod
+    def _storable(cls, value: Any) -> Any:
+        if isinstance(value, BaseModel):
+            return value  # a nested model checked its own fields
+        found = stored_value(value)
+        if found is None:
+            return value
+        where, why = found
+        detail = InitErrorDetails(
+            type=PydanticCustomError("stored_text", why), loc=where, input=value
+        )
+        raise ValidationError.from_exception_data(cls.__name__, [detail])

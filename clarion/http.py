@@ -114,12 +114,33 @@ def install_error_handlers(app: FastAPI) -> None:
         return JSONResponse({"code": 1, "message": str(exc.detail)}, status_code=exc.status_code)
 
 
+class TrailingSlash:
+    """Every route answers with and without a trailing slash, itself: routes are declared
+    without one, and a path that ends with one is routed as if it did not.
+
+    Batch's clients write some routes both ways (`/data/users/`, `/events/users/`, spec
+    Appendix B), and Starlette's answer to the other spelling is a 307 redirect, which PHP's
+    curl and Go's net/http do not follow for a POST (or follow as a GET, losing the body)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path", "")
+        if scope["type"] == "http" and len(path) > 1 and path.endswith("/"):
+            scope = {**scope, "path": path.rstrip("/") or "/"}
+            raw = scope.get("raw_path")
+            if raw:
+                scope["raw_path"] = raw.rstrip(b"/") or b"/"
+        await self.app(scope, receive, send)
+
+
 # Bulk routes of Batch's data APIs carry up to 10,000 users, ids or 1,000 events per call, which
 # does not fit in the 1 MiB that every other route allows.
 BULK_ROUTES = re.compile(r"/1\.[01]/[^/]+/(data/users|events/users|custom-audience/[^/]+)/?")
 # Audience files (API and dashboard): streamed to disk as they arrive, so only disk bounds them.
 UPLOAD_ROUTES = re.compile(
-    r"/1\.[01]/[^/]+/custom-audience/[^/]+/file|/dashboard/apps/\d+/audiences/upload"
+    r"/1\.[01]/[^/]+/custom-audience/[^/]+/file/?|/dashboard/apps/\d+/audiences/upload/?"
 )
 
 

@@ -20,10 +20,11 @@ from clarion.audiences.schemas import (
     UpdateV11,
 )
 from clarion.db import utcnow
+from clarion.formats import INT64_MAX, Text
 from clarion.http import RestApp, SessionDep
 
 router = APIRouter(tags=["custom audiences"])
-Name = Annotated[str, Path(min_length=1, max_length=255)]
+Name = Annotated[Text, Path(min_length=1, max_length=255)]
 _ONE = "/{version}/{api_key}/custom-audience/{name}"
 Version = Annotated[str, Path(pattern=r"^1\.[01]$")]
 
@@ -90,7 +91,7 @@ async def list_audiences(
     version: Version,
     access: RestApp,
     session: SessionDep,
-    from_: Annotated[int, Query(alias="from", ge=0)] = 0,
+    from_: Annotated[int, Query(alias="from", ge=0, le=INT64_MAX)] = 0,
     limit: Annotated[int, Query(ge=1, le=100)] = 10,
 ) -> AudienceList:
     audiences = await service.list_audiences(
@@ -105,7 +106,7 @@ async def view_audience(
     name: Name,
     access: RestApp,
     session: SessionDep,
-    indexing_token: str | None = None,
+    indexing_token: Annotated[Text | None, Query(max_length=64)] = None,
 ) -> AudienceRead:
     return await service.describe_audience(
         session, app_id=access.app_id, name=name, indexing_token=indexing_token

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from clarion.audiences.models import AudienceKind
 from clarion.connectors.models import OnChange
 from clarion.connectors.storage import SCHEMES
+from clarion.formats import WireModel
 
 SourceName = Annotated[str, Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.-]+$")]
 Delimiter = Literal[",", ";", "\t", "|"]
@@ -25,7 +26,7 @@ IdColumn = Annotated[str, Field(min_length=1, max_length=255)]
 PollInterval = Annotated[int, Field(ge=60, le=7 * 24 * 3600)]
 
 
-class CredentialsIn(BaseModel):
+class CredentialsIn(WireModel):
     """Stored encrypted; never returned or logged."""
 
     model_config = ConfigDict(extra="forbid")
@@ -54,7 +55,7 @@ def location_url(value: str, schemes: tuple[str, ...]) -> str:
     return value
 
 
-class _SourceFields(BaseModel):
+class _SourceFields(WireModel):
     """Checks shared by creation and update (fields absent from an update are None)."""
 
     @field_validator("url", check_fields=False)

@@ -24,14 +24,15 @@ from clarion.exports.schemas import (
     ExportRequestRead,
     ExportRunRead,
 )
-from clarion.formats import wire_date
+from clarion.formats import Text, wire_date
 from clarion.http import RestApp, RuntimeDep, SessionDep
 
 router = APIRouter(tags=["daily exports"])
 _DESTINATIONS = "/1.0/{api_key}/exports/destinations"
 _DESTINATION = "/1.0/{api_key}/exports/destinations/{name}"
-Name = Annotated[str, Path(min_length=1, max_length=100)]
-Token = Annotated[str, Path(min_length=1, max_length=64)]
+Name = Annotated[Text, Path(min_length=1, max_length=100)]
+Token = Annotated[Text, Path(min_length=1, max_length=64)]
+FileName = Annotated[Text, Path(max_length=255)]
 
 
 @router.post(_DESTINATIONS, status_code=201)
@@ -110,7 +111,7 @@ async def export_inapp_campaign_events(
 
 @router.get("/1.0/{api_key}/export/request/{request_id}", response_model_exclude_none=True)
 async def export_request_status(
-    request_id: str, request: Request, access: RestApp, session: SessionDep, runtime: RuntimeDep
+    request_id: Token, request: Request, access: RestApp, session: SessionDep, runtime: RuntimeDep
 ) -> ExportRequestRead:
     found = await service.get_request(
         session,
@@ -145,8 +146,8 @@ async def export_request_status(
     "/1.0/{api_key}/export/request/{request_id}/results/{file_name}", name="export_request_file"
 )
 async def export_request_file(
-    request_id: str,
-    file_name: str,
+    request_id: Token,
+    file_name: FileName,
     access: RestApp,
     session: SessionDep,
     runtime: RuntimeDep,

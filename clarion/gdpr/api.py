@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Request
 from fastapi.responses import FileResponse
 
 from clarion.db import utcnow
 from clarion.errors import NotFoundError
+from clarion.formats import Text
 from clarion.gdpr import service
 from clarion.gdpr.models import GdprRequest
 from clarion.gdpr.schemas import GdprCreated, GdprId, GdprRequestIn, GdprRequestRead
 from clarion.http import RestApp, RuntimeDep, SessionDep
 
 router = APIRouter(prefix="/1.0/{api_key}/gdpr", tags=["gdpr"])
+RequestId = Annotated[Text, Path(max_length=64)]
 
 
 @router.post("/request", status_code=201)
@@ -33,7 +37,7 @@ async def list_requests(
 
 @router.get("/request/{request_id}", response_model_exclude_none=True)
 async def get_request(
-    request_id: str, request: Request, access: RestApp, session: SessionDep
+    request_id: RequestId, request: Request, access: RestApp, session: SessionDep
 ) -> GdprRequestRead:
     found = await service.get_request(session, app_id=access.app_id, request_id=request_id)
     return _read(request, found)
@@ -41,7 +45,7 @@ async def get_request(
 
 @router.get("/request/{request_id}/data", name="gdpr_archive")
 async def download_archive(
-    request_id: str, access: RestApp, session: SessionDep, runtime: RuntimeDep
+    request_id: RequestId, access: RestApp, session: SessionDep, runtime: RuntimeDep
 ) -> FileResponse:
     found = await service.get_request(session, app_id=access.app_id, request_id=request_id)
     path = service.archive_path(runtime.settings.var_dir, found)

@@ -13,6 +13,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, 
 from pydantic import ValidationError as PydanticValidationError
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
+from clarion.formats import WireModel
 from clarion.targeting.query import Node, QueryError, parse_query
 
 # The shapes the SDK API accepts for an installation's language and region (devices/schemas.py).
@@ -45,7 +46,7 @@ class Segment(StrEnum):
     IMPORTED = "IMPORTED"
 
 
-class Targeting(BaseModel):
+class Targeting(WireModel):
     """Every given criterion must hold; an omitted (or empty) list restricts nothing."""
 
     model_config = ConfigDict(extra="ignore")
