@@ -11,7 +11,7 @@ from typing import Annotated, Literal
 import orjson
 from pydantic import Field, field_validator
 
-from clarion.formats import Id, WireModel
+from clarion.formats import Id, WireModel, stored_value
 
 MAX_TTL_SECONDS = 28 * 24 * 3600  # 2,419,200 s, spec §3.1
 
@@ -52,4 +52,9 @@ class PushOptions(WireModel):
             raise ValueError("must be a string holding a JSON object")
         if "com.batch" in parsed:
             raise ValueError("the key 'com.batch' is reserved")
+        # Its values reach the devices as the rest of the push does: the same rule holds.
+        found = stored_value(parsed)
+        if found is not None:
+            where, why = found
+            raise ValueError(f"{'.'.join(map(str, where))} {why}")
         return value
