@@ -111,7 +111,7 @@ class TestIntegers:
             response = await api.post(
                 f"/1.0/{ios_app.api_key}/data/users/u1",
                 headers={**ios_app.headers(), **JSON},
-                content=raw('{"values": {"u.points": %d}}' % value),
+                content=raw(f'{{"values": {{"u.points": {value}}}}}'),
             )
             message = assert_refused(response, "values.u.points")
             assert message.endswith("is beyond what a 64-bit integer holds")
