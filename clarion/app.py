@@ -19,7 +19,7 @@ from clarion.devices.api import router as sdk_router
 from clarion.events.api import router as trigger_events_router
 from clarion.exports.api import router as exports_router
 from clarion.gdpr.api import router as gdpr_router
-from clarion.http import BodySizeLimit, TrailingSlash, install_error_handlers
+from clarion.http import BodySizeLimit, JsonBodies, TrailingSlash, install_error_handlers
 from clarion.profiles.api import router as custom_data_router
 from clarion.runtime import Runtime
 from clarion.transactional.api import router as transactional_router
@@ -61,6 +61,7 @@ def create_app(settings: Settings, *, workers: bool) -> FastAPI:
     # TrailingSlash routes both spellings of a path: no redirect is ever needed.
     app.router.redirect_slashes = False
     app.add_middleware(TrailingSlash)
+    app.add_middleware(JsonBodies)
     app.add_middleware(
         BodySizeLimit,
         max_bytes=settings.max_body_bytes,

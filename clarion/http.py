@@ -21,6 +21,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from clarion.apps.service import AppAccess, CompanyAccess, authenticate_app, authenticate_company
 from clarion.errors import (
     ClarionError,
+    MalformedJsonError,
     MalformedParameterError,
     NotFoundError,
     from_validation_errors,
@@ -107,11 +108,42 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         if exc.status_code == 404:
             return error_response(NotFoundError("no such route"))
+        if exc.status_code == 400:
+            # FastAPI's answer to a body it could not decode (not UTF-8, an integer of more
+            # than 4,300 digits): malformed JSON, in Batch's words.
+            return error_response(MalformedJsonError("the body is not valid JSON"))
         if exc.status_code == 405:
             return JSONResponse(
                 {"code": 20, "message": "ROUTE_NOT_FOUND: method not allowed"}, status_code=405
             )
         return JSONResponse({"code": 1, "message": str(exc.detail)}, status_code=exc.status_code)
+
+
+# Batch's REST APIs (the routes its client libraries call).
+_BATCH_ROUTES = re.compile(r"/1\.[01]/")
+# What clients that forget to declare JSON send instead: Python's requests with data=<str> sends
+# no Content-Type, Ruby's Net::HTTP#post and PHP's curl with a string body send a form's type.
+_UNDECLARED_JSON = (b"", b"application/x-www-form-urlencoded", b"text/plain")
+
+
+class JsonBodies:
+    """Batch's REST routes read their body as JSON whether or not it is declared as such.
+
+    Only on /1.0/ and /1.1/: those take no form, and their key is a header (X-Authorization)
+    that a cross-site form cannot send, so reading such a body as JSON opens no request forgery.
+    A body that is not JSON is then refused as such (400/32)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and _BATCH_ROUTES.match(scope["path"]):
+            headers = [(k, v) for k, v in scope["headers"] if k != b"content-type"]
+            declared = next((v for k, v in scope["headers"] if k == b"content-type"), b"")
+            media_type = declared.split(b";")[0].strip().lower()
+            if media_type in _UNDECLARED_JSON:
+                scope = {**scope, "headers": [*headers, (b"content-type", b"application/json")]}
+        await self.app(scope, receive, send)
 
 
 class TrailingSlash:

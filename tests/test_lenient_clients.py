@@ -266,3 +266,38 @@ class TestTrailingSlash:
             home = await api.get(path)
             assert home.status_code == 303
             assert home.headers["location"].startswith("/dashboard/login")
+
+
+class TestUndeclaredJson:
+    @pytest.mark.parametrize(
+        "content_type", [None, "application/x-www-form-urlencoded", "text/plain; charset=utf-8"]
+    )
+    async def test_a_json_body_is_read_whatever_its_declared_type(
+        self, api: httpx.AsyncClient, ios_app: ClientApp, content_type: str | None
+    ) -> None:
+        headers = ios_app.headers()
+        if content_type is not None:
+            headers["Content-Type"] = content_type
+        body = b'{"group_id": "g", "recipients": {"custom_ids": ["a"]}, "message": {"body": "x"}}'
+        response = await api.post(
+            f"/1.1/{ios_app.api_key}/transactional/send", headers=headers, content=body
+        )
+        assert response.status_code == 201, response.text
+
+    @pytest.mark.parametrize(
+        "body",
+        [
+            b"group_id=g&message=x",
+            b'{"group_id": "\xff"}',
+            b'{"time_to_live": 1' + b"0" * 5000 + b"}",
+        ],
+    )
+    async def test_a_body_that_is_not_json_is_malformed_json(
+        self, api: httpx.AsyncClient, ios_app: ClientApp, body: bytes
+    ) -> None:
+        headers = {**ios_app.headers(), "Content-Type": "application/x-www-form-urlencoded"}
+        response = await api.post(
+            f"/1.1/{ios_app.api_key}/transactional/send", headers=headers, content=body
+        )
+        assert response.status_code == 400
+        assert response.json()["code"] == 32, response.text
