@@ -117,6 +117,19 @@ class TestIntegers:
             assert message.endswith("is beyond what a 64-bit integer holds")
         assert await count(runtime, ProfileAttribute.app_id, ios_app) == 0
 
+    async def test_custom_data_nan_and_infinity(
+        self, api: httpx.AsyncClient, ios_app: ClientApp, runtime: Runtime
+    ) -> None:
+        for value in ("NaN", "Infinity", "-Infinity"):
+            response = await api.post(
+                f"/1.0/{ios_app.api_key}/data/users/u1",
+                headers={**ios_app.headers(), **JSON},
+                content=raw(f'{{"values": {{"u.score": {value}}}}}'),
+            )
+            message = assert_refused(response, "values.u.score")
+            assert message.endswith("must be a finite number")
+        assert await count(runtime, ProfileAttribute.app_id, ios_app) == 0
+
     async def test_campaign_capping_beyond_64_bits(
         self, api: httpx.AsyncClient, ios_app: ClientApp, runtime: Runtime
     ) -> None:
