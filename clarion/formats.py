@@ -97,41 +97,65 @@ def number_as_text(value: Any) -> Any:
     return str(value) if type(value) is int else value
 
 
+def _scalar_problem(value: Any) -> str | None:
+    kind = type(value)
+    if kind is str:
+        return None if _NOT_TEXT.search(value) is None else text_problem(value)
+    if kind is int:
+        return None if INT64_MIN <= value <= INT64_MAX else "is beyond what a 64-bit integer holds"
+    if kind is float:
+        return None if math.isfinite(value) else "must be a finite number"
+    return None
+
+
 def stored_value(value: Any) -> tuple[tuple[str | int, ...], str] | None:
     """The first part of a JSON-like value Clarion cannot store, as (its location within the
-    value, why), or None: text by the rule above, integers within 64 bits, finite floats."""
-    if isinstance(value, str):
-        problem = text_problem(value)
-        return None if problem is None else ((), problem)
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        if INT64_MIN <= value <= INT64_MAX:
-            return None
-        return (), "is beyond what a 64-bit integer holds"
-    if isinstance(value, float):
-        return None if math.isfinite(value) else ((), "must be a finite number")
-    if isinstance(value, list | tuple):
+    value, why), or None: text by the rule above, integers within 64 bits, finite floats.
+
+    Exact types only: a str or int subclass in a validated value is an enum member of Clarion's
+    own. Scalars in a container are checked in its loop, without a call each: a bulk Custom Data
+    call holds 60,000 values, and a call per value cost ~0.3 s of validating it."""
+    kind = type(value)
+    if kind is list or kind is tuple:
+        try:
+            # A list of ids (10,000 of them in a transactional send) in one search: LF is text,
+            # so joining adds no match. 0.3 ms where a loop took 1.6 ms.
+            if _NOT_TEXT.search("\n".join(value)) is None:
+                return None
+        except TypeError:
+            pass  # not only strings: item by item
         for index, item in enumerate(value):
-            found = stored_value(item)
-            if found is not None:
-                return (index, *found[0]), found[1]
+            if type(item) in _CONTAINERS:
+                found = stored_value(item)
+                if found is not None:
+                    return (index, *found[0]), found[1]
+            elif (problem := _scalar_problem(item)) is not None:
+                return (index,), problem
         return None
-    if isinstance(value, dict):
+    if kind is dict:
         for key, item in value.items():
-            if isinstance(key, str) and (problem := text_problem(key)) is not None:
-                return (key,), f"its name {problem}"
-            found = stored_value(item)
-            if found is not None:
-                return (key, *found[0]), found[1]
-    return None
+            if type(key) is str and _NOT_TEXT.search(key) is not None:
+                return (key,), f"its name {text_problem(key)}"
+            if type(item) in _CONTAINERS:
+                found = stored_value(item)
+                if found is not None:
+                    return (key, *found[0]), found[1]
+            elif (problem := _scalar_problem(item)) is not None:
+                return (key,), problem
+        return None
+    problem = _scalar_problem(value)
+    return None if problem is None else ((), problem)
+
+
+_CONTAINERS = frozenset({list, tuple, dict})
 
 
 Text = Annotated[str, AfterValidator(stored_text)]
 """A string Clarion stores or looks up: bodies go through WireModel, path and query parameters
 name this type."""
-Id = Annotated[str, BeforeValidator(number_as_text), AfterValidator(stored_text)]
-"""An identifier (custom id, install id, token, label, tag...): a number is taken as its text."""
+Id = Annotated[str, BeforeValidator(number_as_text)]
+"""An identifier (custom id, install id, token, label, tag...) in a WireModel, whose check of
+every string covers it: a number is taken as its text."""
 DbInt = Annotated[int, Field(ge=INT64_MIN, le=INT64_MAX)]
 """An integer a query compares with a column (a path or query parameter)."""
 

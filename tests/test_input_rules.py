@@ -178,6 +178,13 @@ class TestText:
             ],
         )
         assert_refused(bulk, "1.id")
+        deletes = await api.request(
+            "DELETE",
+            f"/1.0/{ios_app.api_key}/data/users",
+            headers={**ios_app.headers(), **JSON},
+            content=raw('["ok", 7, "\\udc00"]'),
+        )
+        assert_refused(deletes, "2")
         assert await count(runtime, ProfileAttribute.app_id, ios_app) == 0
 
     async def test_nul_in_a_custom_id_in_the_path(

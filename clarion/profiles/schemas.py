@@ -8,6 +8,7 @@ from functools import cached_property, lru_cache
 from typing import Annotated, Any
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -15,7 +16,7 @@ from pydantic import (
     model_validator,
 )
 
-from clarion.formats import NAME, Id, WireModel, number_as_text, parse_batch_date
+from clarion.formats import NAME, Id, WireModel, parse_batch_date, stored_text
 from clarion.profiles.models import AttributeKind
 
 MAX_USERS_PER_CALL = 10_000
@@ -115,7 +116,7 @@ def _tag_list(key: str, tags: Any) -> tuple[str, ...]:
     if not isinstance(tags, list) or len(tags) > MAX_TAGS_PER_COLLECTION:
         raise ValueError(f"{key}: at most {MAX_TAGS_PER_COLLECTION} tags")
     # A number is taken as its text, as everywhere an identifier is expected.
-    tags = [number_as_text(tag) for tag in tags]
+    tags = [str(tag) if type(tag) is int else tag for tag in tags]
     if not all(isinstance(tag, str) and 1 <= len(tag) <= 64 for tag in tags):
         raise ValueError(f"{key}: tags are non-empty strings of at most 64 characters")
     return tuple(dict.fromkeys(tags))
@@ -163,7 +164,8 @@ class ProfileUpdatesIn(RootModel[list[ProfileUpdateItem]]):
     root: list[ProfileUpdateItem] = Field(min_length=1, max_length=MAX_USERS_PER_CALL)
 
 
-CustomId = Annotated[Id, Field(min_length=1, max_length=512)]
+# Not in a WireModel (the body is a bare list): the text rule is checked per id.
+CustomId = Annotated[Id, AfterValidator(stored_text), Field(min_length=1, max_length=512)]
 
 
 class ProfileDeletesIn(RootModel[list[CustomId]]):
