@@ -166,6 +166,15 @@ def _admits_null(annotation: Any) -> bool:
     return get_origin(annotation) in (Union, UnionType) and type(None) in get_args(annotation)
 
 
+def _is_object(annotation: Any) -> bool:
+    """Whether a field's type is a JSON object (a model or a dict), possibly optional."""
+    if get_origin(annotation) in (Union, UnionType):
+        return any(_is_object(arg) for arg in get_args(annotation) if arg is not type(None))
+    if annotation is dict or get_origin(annotation) is dict:
+        return True
+    return isinstance(annotation, type) and issubclass(annotation, BaseModel)
+
+
 class WireModel(BaseModel):
     """The base of every request body Clarion reads: one place for what a body may hold.
 
@@ -176,26 +185,39 @@ class WireModel(BaseModel):
       libraries (Ruby, PHP, Go, Python, Node) write unset optional fields as null, so a null
       list or flag gets the field's default, and a null required field is reported missing.
       A field that takes null keeps it: null keeps its own meaning there (clears an SDK field,
-      deletes a Custom Data attribute, refuses to unset a campaign field)."""
+      deletes a Custom Data attribute, refuses to unset a campaign field).
+    - `[]` where an object is expected is an absent field too: PHP's json_encode writes an
+      empty array that way (`"media": []`), and a list is never a valid object."""
 
-    # Field names and aliases whose type refuses null, per subclass (set when it is created).
+    # Per subclass (set when it is created): the field names and aliases whose type refuses
+    # null, and those whose type is an object.
     _null_means_absent: ClassVar[frozenset[str]] = frozenset()
+    _objects: ClassVar[frozenset[str]] = frozenset()
 
     @classmethod
     def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
         super().__pydantic_init_subclass__(**kwargs)
-        names: set[str] = set()
+        refuse_null: set[str] = set()
+        objects: set[str] = set()
         for name, field in cls.model_fields.items():
+            names = [n for n in (name, field.alias) if n is not None]
             if not _admits_null(field.annotation):
-                names.update(n for n in (name, field.alias) if n is not None)
-        cls._null_means_absent = frozenset(names)
+                refuse_null.update(names)
+            if _is_object(field.annotation):
+                objects.update(names)
+        cls._null_means_absent = frozenset(refuse_null)
+        cls._objects = frozenset(objects)
 
     @model_validator(mode="before")
     @classmethod
-    def _null_is_absent(cls, data: Any) -> Any:
-        if isinstance(data, dict) and any(value is None for value in data.values()):
-            refuses = cls._null_means_absent
-            return {k: v for k, v in data.items() if v is not None or k not in refuses}
+    def _absent_fields(cls, data: Any) -> Any:
+        if isinstance(data, dict) and any(v is None or v == [] for v in data.values()):
+            nulls, objects = cls._null_means_absent, cls._objects
+            return {
+                k: v
+                for k, v in data.items()
+                if not ((v is None and k in nulls) or (v == [] and k in objects))
+            }
         return data
 
     @field_validator("*")

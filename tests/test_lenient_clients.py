@@ -71,6 +71,31 @@ class TestNullIsAbsent:
         assert stored is not None
         assert stored.content == {"message": {"body": "Hello"}, "push_type": "alert", "labels": []}
 
+    async def test_php_empty_arrays_where_objects_go(
+        self, api: httpx.AsyncClient, ios_app: ClientApp, runtime: Runtime
+    ) -> None:
+        # PHP's json_encode writes an empty associative array as [].
+        body = {
+            "group_id": "g",
+            "recipients": {"custom_ids": ["u1"]},
+            "message": {"body": "Hello"},
+            "media": [],
+            "gcm_collapse_key": [],
+            "messages": [],
+        }
+        response = await send(api, ios_app, body)
+        assert response.status_code == 201, response.text
+        events = await api.post(
+            f"/1.0/{ios_app.api_key}/events/users/u1",
+            headers=ios_app.headers(),
+            json={"events": [{"name": "ue.paid", "attributes": []}]},
+        )
+        assert events.status_code == 202, events.text
+        # A list where a list goes is a list: an empty recipient list stays empty.
+        empty = await send(api, ios_app, {**body, "recipients": {"custom_ids": []}})
+        assert empty.status_code == 400
+        assert empty.json()["message"].startswith("MALFORMED_PARAMETER: recipients: give at")
+
     async def test_a_null_required_field_is_missing(
         self, api: httpx.AsyncClient, ios_app: ClientApp
     ) -> None:
