@@ -90,7 +90,7 @@ def _login(
 async def login(
     request: Request,
     session: SessionDep,
-    email: Annotated[Text, Form()],
+    email: Annotated[str, Form()],
     password: Annotated[str, Form()],
     csrf_token: Annotated[str, Form()] = "",
     next: Annotated[str, Form()] = "/dashboard/",
