@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from types import UnionType
 from typing import Annotated, Any, ClassVar, Union, get_args, get_origin
@@ -116,6 +117,7 @@ def stored_value(value: Any) -> tuple[tuple[str | int, ...], str] | None:
     own. Scalars in a container are checked in its loop, without a call each: a bulk Custom Data
     call holds 60,000 values, and a call per value cost ~0.3 s of validating it."""
     kind = type(value)
+    pairs: Iterable[tuple[str | int, Any]]
     if kind is list or kind is tuple:
         try:
             # A list of ids (10,000 of them in a transactional send) in one search: LF is text,
@@ -124,27 +126,22 @@ def stored_value(value: Any) -> tuple[tuple[str | int, ...], str] | None:
                 return None
         except TypeError:
             pass  # not only strings: item by item
-        for index, item in enumerate(value):
-            if type(item) in _CONTAINERS:
-                found = stored_value(item)
-                if found is not None:
-                    return (index, *found[0]), found[1]
-            elif (problem := _scalar_problem(item)) is not None:
-                return (index,), problem
-        return None
-    if kind is dict:
-        for key, item in value.items():
-            if type(key) is str and _NOT_TEXT.search(key) is not None:
-                return (key,), f"its name {text_problem(key)}"
-            if type(item) in _CONTAINERS:
-                found = stored_value(item)
-                if found is not None:
-                    return (key, *found[0]), found[1]
-            elif (problem := _scalar_problem(item)) is not None:
-                return (key,), problem
-        return None
-    problem = _scalar_problem(value)
-    return None if problem is None else ((), problem)
+        pairs = enumerate(value)
+    elif kind is dict:
+        pairs = value.items()
+    else:
+        problem = _scalar_problem(value)
+        return None if problem is None else ((), problem)
+    for key, item in pairs:
+        if type(key) is str and _NOT_TEXT.search(key) is not None:
+            return (key,), f"its name {text_problem(key)}"
+        if type(item) in _CONTAINERS:
+            found = stored_value(item)
+            if found is not None:
+                return (key, *found[0]), found[1]
+        elif (problem := _scalar_problem(item)) is not None:
+            return (key,), problem
+    return None
 
 
 _CONTAINERS = frozenset({list, tuple, dict})

@@ -104,30 +104,26 @@ class TestIntegers:
         response = await api.get(f"/admin/v1/apps/{TWENTY_DIGITS}", headers=ios_app.headers())
         assert_refused(response, "path.app_id")
 
-    async def test_custom_data_integer_beyond_64_bits(
-        self, api: httpx.AsyncClient, ios_app: ClientApp, runtime: Runtime
+    @pytest.mark.parametrize(
+        ("number", "why"),
+        [
+            (str(2**63), "is beyond what a 64-bit integer holds"),
+            (str(-(2**63) - 1), "is beyond what a 64-bit integer holds"),
+            (str(10**400), "is beyond what a 64-bit integer holds"),
+            ("NaN", "must be a finite number"),
+            ("-Infinity", "must be a finite number"),
+        ],
+    )
+    async def test_custom_data_numbers_a_database_cannot_hold(
+        self, api: httpx.AsyncClient, ios_app: ClientApp, runtime: Runtime, number: str, why: str
     ) -> None:
-        for value in (2**63, -(2**63) - 1, 10**400):
-            response = await api.post(
-                f"/1.0/{ios_app.api_key}/data/users/u1",
-                headers={**ios_app.headers(), **JSON},
-                content=raw(f'{{"values": {{"u.points": {value}}}}}'),
-            )
-            message = assert_refused(response, "values.u.points")
-            assert message.endswith("is beyond what a 64-bit integer holds")
-        assert await count(runtime, ProfileAttribute.app_id, ios_app) == 0
-
-    async def test_custom_data_nan_and_infinity(
-        self, api: httpx.AsyncClient, ios_app: ClientApp, runtime: Runtime
-    ) -> None:
-        for value in ("NaN", "Infinity", "-Infinity"):
-            response = await api.post(
-                f"/1.0/{ios_app.api_key}/data/users/u1",
-                headers={**ios_app.headers(), **JSON},
-                content=raw(f'{{"values": {{"u.score": {value}}}}}'),
-            )
-            message = assert_refused(response, "values.u.score")
-            assert message.endswith("must be a finite number")
+        response = await api.post(
+            f"/1.0/{ios_app.api_key}/data/users/u1",
+            headers={**ios_app.headers(), **JSON},
+            content=raw(f'{{"values": {{"u.points": {number}, "u.ok": 1}}}}'),
+        )
+        message = assert_refused(response, "values.u.points")
+        assert message.endswith(why)
         assert await count(runtime, ProfileAttribute.app_id, ios_app) == 0
 
     async def test_campaign_capping_beyond_64_bits(
