@@ -15,11 +15,13 @@ from pydantic import (
     BaseModel,
     BeforeValidator,
     Field,
+    GetJsonSchemaHandler,
     ValidationError,
     field_validator,
     model_validator,
 )
-from pydantic_core import InitErrorDetails, PydanticCustomError
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import CoreSchema, InitErrorDetails, PydanticCustomError
 
 # Attribute, collection and event-attribute names, as Batch's SDKs and APIs accept them.
 NAME = re.compile(r"[a-z0-9_]{1,30}")
@@ -150,9 +152,24 @@ _CONTAINERS = frozenset({list, tuple, dict})
 Text = Annotated[str, AfterValidator(stored_text)]
 """A string Clarion stores or looks up: bodies go through WireModel, path and query parameters
 name this type."""
-Id = Annotated[str, BeforeValidator(number_as_text)]
+
+
+class _IntegersToo:
+    """Declares, in the request's JSON schema, that an integer is taken where this text goes."""
+
+    def __get_pydantic_json_schema__(
+        self, schema: CoreSchema, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
+        return {"anyOf": [handler(schema), {"type": "integer"}]}
+
+
+NUMBER_AS_TEXT = BeforeValidator(number_as_text)
+INTEGERS_TOO = _IntegersToo()
+Id = Annotated[str, NUMBER_AS_TEXT, INTEGERS_TOO]
 """An identifier (custom id, install id, token, label, tag...) in a WireModel, whose check of
-every string covers it: a number is taken as its text."""
+every string covers it: a number is taken as its text. Length limits go around it
+(`Annotated[Id, Field(max_length=...)]`); a pattern goes inside, before NUMBER_AS_TEXT, or the
+JSON schema loses it."""
 DbInt = Annotated[int, Field(ge=INT64_MIN, le=INT64_MAX)]
 """An integer a query compares with a column (a path or query parameter)."""
 
@@ -204,6 +221,31 @@ class WireModel(BaseModel):
                 objects.update(names)
         cls._null_means_absent = frozenset(refuse_null)
         cls._objects = frozenset(objects)
+
+    @classmethod
+    def __get_pydantic_json_schema__(
+        cls, schema: CoreSchema, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
+        """The request schema says what the model accepts: null, and [] for an object, where
+        an optional field takes them as absent."""
+        json_schema = handler(schema)
+        if handler.mode != "validation":
+            return json_schema
+        found = handler.resolve_ref_schema(json_schema)
+        required = set(found.get("required", ()))
+        for name, prop in found.get("properties", {}).items():
+            if name in required:
+                continue  # a null or [] required field is reported missing
+            extra: list[JsonSchemaValue] = []
+            if name in cls._null_means_absent:
+                extra.append({"type": "null"})
+            if name in cls._objects:
+                extra.append({"type": "array", "maxItems": 0})
+            if extra:
+                kept = {k: prop.pop(k) for k in ("title", "description", "default") if k in prop}
+                choices = prop["anyOf"] if set(prop) == {"anyOf"} else [prop]
+                found["properties"][name] = {"anyOf": [*choices, *extra], **kept}
+        return json_schema
 
     @model_validator(mode="before")
     @classmethod

@@ -326,3 +326,33 @@ class TestUndeclaredJson:
         )
         assert response.status_code == 400
         assert response.json()["code"] == 32, response.text
+
+
+class TestTheSchemaSaysSo:
+    """The published OpenAPI declares what is accepted: clients generated from it, and the
+    fuzzing run, agree with the server."""
+
+    def test_request_schemas_declare_null_numbers_and_empty_arrays(
+        self, clarion_app: FastAPI
+    ) -> None:
+        schemas = clarion_app.openapi()["components"]["schemas"]
+
+        def kinds(prop: dict[str, Any]) -> set[str | None]:
+            return {choice.get("type") for choice in prop.get("anyOf", [prop])}
+
+        send = schemas["TransactionalSend"]
+        fields = send["properties"]
+        assert kinds(fields["labels"]) == {"array", "null"}
+        assert kinds(fields["labels"]["anyOf"][0]["items"]) == {"string", "integer"}
+        assert kinds(fields["group_id"]) == {"string", "integer", "null"}
+        assert fields["group_id"]["anyOf"][0]["pattern"] == r"^[A-Za-z0-9_\-]{1,128}$"
+        assert kinds(fields["media"]) == {None, "null", "array"}  # None: the $ref
+        assert kinds(fields["sandbox"]) == {"boolean", "null"}
+        # A required field sent as null is missing: the schema keeps it non-null.
+        assert "recipients" in send["required"]
+        assert "anyOf" not in fields["recipients"]
+        recipients = schemas["Recipients"]["properties"]
+        assert kinds(recipients["advertising_ids"]) == {"array", "null"}
+        # Where null has its own meaning the field was nullable already, and stays so.
+        installation = schemas["InstallationUpsert"]["properties"]
+        assert kinds(installation["custom_id"]) == {"string", "integer", "null"}

@@ -33,8 +33,8 @@ class InstallationUpsert(WireModel):
 
     push_token: str | None = Field(default=None, min_length=8, max_length=1024)
     webpush_subscription: WebPushSubscription | None = None
-    custom_id: Id | None = Field(default=None, min_length=1, max_length=512)
-    advertising_id: Id | None = Field(default=None, min_length=1, max_length=64)
+    custom_id: Annotated[Id, Field(min_length=1, max_length=512)] | None = None
+    advertising_id: Annotated[Id, Field(min_length=1, max_length=64)] | None = None
     language: str | None = Field(default=None, pattern=r"^[a-zA-Z]{2,3}([-_][A-Za-z0-9]{2,8})*$")
     region: str | None = Field(default=None, pattern=r"^[A-Za-z]{2}$|^[0-9]{3}$")
     timezone: str | None = Field(default=None, max_length=64)
@@ -79,7 +79,7 @@ class InstallationRead(BaseModel):
 class CustomIdSet(WireModel):
     model_config = ConfigDict(extra="forbid")
 
-    custom_id: Id = Field(min_length=1, max_length=512)
+    custom_id: Annotated[Id, Field(min_length=1, max_length=512)]
 
 
 class TrackedEventIn(WireModel):
@@ -87,7 +87,7 @@ class TrackedEventIn(WireModel):
 
     # A leading "_" is Clarion's own (app opens are tracked as "_open").
     name: str = Field(pattern=r"^[a-zA-Z0-9][a-zA-Z0-9_]{0,29}$")
-    label: Id | None = Field(default=None, max_length=200)
+    label: Annotated[Id, Field(max_length=200)] | None = None
     attributes: dict[str, Any] | None = None
     tags: list[Annotated[Id, Field(min_length=1, max_length=64)]] | None = Field(
         default=None, max_length=25

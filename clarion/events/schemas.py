@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, RootModel, field_validator, model_validator
 
@@ -24,7 +24,7 @@ class ServerEventIn(WireModel):
 
     name: str = Field(pattern=r"^ue\.[a-z0-9_]{1,30}$")
     time: datetime | None = None
-    label: Id | None = Field(default=None, max_length=200)
+    label: Annotated[Id, Field(max_length=200)] | None = None
     attributes: dict[str, Any] | None = None
     tags: list[Id] | None = Field(default=None, max_length=10)
 
@@ -89,7 +89,7 @@ class UserEventsIn(WireModel):
 
 
 class UserEventsItem(UserEventsIn):
-    id: Id = Field(min_length=1, max_length=512)
+    id: Annotated[Id, Field(min_length=1, max_length=512)]
 
 
 class UserEventsBulkIn(RootModel[list[UserEventsItem]]):

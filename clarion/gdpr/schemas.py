@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 from pydantic import BaseModel, ConfigDict, Field
 
 from clarion.formats import Id, WireModel
@@ -10,7 +12,7 @@ from clarion.gdpr.models import IdType, RequestType
 
 class GdprId(WireModel):
     type: IdType
-    value: Id = Field(min_length=1, max_length=512)
+    value: Annotated[Id, Field(min_length=1, max_length=512)]
 
 
 class GdprRequestIn(WireModel):

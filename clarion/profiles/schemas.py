@@ -156,7 +156,7 @@ class ProfileUpdateIn(WireModel):
 class ProfileUpdateItem(WireModel):
     model_config = ConfigDict(extra="forbid")
 
-    id: Id = Field(min_length=1, max_length=512)
+    id: Annotated[Id, Field(min_length=1, max_length=512)]
     update: ProfileUpdateIn
 
 

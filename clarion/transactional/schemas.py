@@ -14,12 +14,13 @@ from pydantic_core import PydanticCustomError
 
 from clarion.delivery.personalisation import check_template
 from clarion.delivery.schemas import CollapseKey, PushOptions
-from clarion.formats import Id, WireModel
+from clarion.formats import INTEGERS_TOO, NUMBER_AS_TEXT, Id, WireModel
 
 MAX_RECIPIENTS = 10_000
 # The kinds of recipient, in the order a send's batches take them.
 RECIPIENT_KINDS = ("custom_ids", "install_ids", "advertising_ids", "tokens")
 Recipient = Annotated[Id, Field(min_length=1, max_length=1024)]
+GroupId = Annotated[str, Field(pattern=r"^[A-Za-z0-9_\-]{1,128}$"), NUMBER_AS_TEXT, INTEGERS_TOO]
 
 
 class Recipients(WireModel):
@@ -49,11 +50,11 @@ class TransactionalSend(PushOptions):
     model_config = ConfigDict(extra="ignore")
 
     # Required, except with a template, whose token then stands in for it.
-    group_id: Id | None = Field(default=None, pattern=r"^[A-Za-z0-9_\-]{1,128}$")
+    group_id: GroupId | None = None
     recipients: Recipients
     # Partners Transactional API: the token of a saved campaign whose content is sent; any
     # content field given here overrides the campaign's (seed 000, spec §3.4).
-    template_id: Id | None = Field(default=None, min_length=1, max_length=64)
+    template_id: Annotated[Id, Field(min_length=1, max_length=64)] | None = None
     message: Message | None = None
     messages: dict[str, Message] | None = None
     gcm_collapse_key: CollapseKey | None = None
