@@ -138,11 +138,11 @@ class JsonBodies:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and _BATCH_ROUTES.match(scope["path"]):
-            headers = [(k, v) for k, v in scope["headers"] if k != b"content-type"]
             declared = next((v for k, v in scope["headers"] if k == b"content-type"), b"")
-            media_type = declared.split(b";")[0].strip().lower()
-            if media_type in _UNDECLARED_JSON:
-                scope = {**scope, "headers": [*headers, (b"content-type", b"application/json")]}
+            if declared.split(b";")[0].strip().lower() in _UNDECLARED_JSON:
+                headers = [(k, v) for k, v in scope["headers"] if k != b"content-type"]
+                headers.append((b"content-type", b"application/json"))
+                scope = {**scope, "headers": headers}
         await self.app(scope, receive, send)
 
 
