@@ -247,6 +247,12 @@ class WireModel(BaseModel):
                 found["properties"][name] = {"anyOf": [*choices, *extra], **kept}
         return json_schema
 
+    @classmethod
+    def unset_by(cls, name: str, value: Any) -> bool:
+        """Whether `value` given for the field `name` leaves it unset: null, or [] for an
+        object (a route where a field once set stays set refuses both alike)."""
+        return value is None or (value == [] and name in cls._objects)
+
     @model_validator(mode="before")
     @classmethod
     def _absent_fields(cls, data: Any) -> Any:
