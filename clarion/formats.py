@@ -31,11 +31,19 @@ _DATE_TEXT = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,3})?")
 
 def parse_batch_date(value: Any) -> datetime:
     """A `date(...)` value: Unix time in seconds, or `YYYY-MM-DDTHH:MM:SS[.SSS]` read as UTC."""
+    at: datetime | None = None
     if isinstance(value, int | float) and not isinstance(value, bool):
-        return datetime.fromtimestamp(value, UTC)
-    if isinstance(value, str) and _DATE_TEXT.fullmatch(value):
-        return datetime.fromisoformat(value).replace(tzinfo=UTC)
-    raise ValueError("a Unix time in seconds or YYYY-MM-DDTHH:MM:SS[.SSS] (UTC)")
+        try:
+            at = datetime.fromtimestamp(value, UTC)
+        except (OverflowError, OSError, ValueError):
+            raise ValueError(DATE_RANGE) from None
+    elif isinstance(value, str) and _DATE_TEXT.fullmatch(value):
+        at = datetime.fromisoformat(value).replace(tzinfo=UTC)
+    if at is None:
+        raise ValueError("a Unix time in seconds or YYYY-MM-DDTHH:MM:SS[.SSS] (UTC)")
+    if date_problem(at) is not None:
+        raise ValueError(DATE_RANGE)
+    return at
 
 
 def parse_wire_date(value: str) -> datetime:
@@ -100,8 +108,26 @@ def number_as_text(value: Any) -> Any:
     return str(value) if type(value) is int else value
 
 
+# Dates Clarion stores: within Python's calendar (years 1 to 9999) with a day to spare on each
+# side, once in UTC: converting 0001-01-01T00:00:00+05:00 to UTC, or adding a day-long window
+# to 9999-12-31, overflows (a 500 before).
+FIRST_DATE, LAST_DATE = datetime(1, 1, 2, tzinfo=UTC), datetime(9999, 12, 30, tzinfo=UTC)
+DATE_RANGE = "must be a date between 0001-01-02 and 9999-12-30 (UTC)"
+
+
+def date_problem(value: datetime) -> str | None:
+    """Why a date cannot be stored, or None (naive dates are UTC, as everywhere in Clarion)."""
+    try:
+        at = value.astimezone(UTC) if value.tzinfo is not None else value.replace(tzinfo=UTC)
+    except OverflowError:
+        return DATE_RANGE
+    return None if FIRST_DATE <= at <= LAST_DATE else DATE_RANGE
+
+
 def _scalar_problem(value: Any) -> str | None:
     kind = type(value)
+    if kind is datetime:
+        return date_problem(value)
     if kind is str:
         return None if _NOT_TEXT.search(value) is None else text_problem(value)
     if kind is int:

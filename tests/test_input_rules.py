@@ -128,6 +128,50 @@ class TestIntegers:
         assert await count(runtime, Campaign.app_id, ios_app) == 0
 
 
+class TestDates:
+    """A date converted to UTC, or a day added to it, must stay within Python's calendar."""
+
+    async def test_sdk_times_at_the_calendar_edges(
+        self, api: httpx.AsyncClient, ios_app: ClientApp, runtime: Runtime
+    ) -> None:
+        base = f"/sdk/v1/{ios_app.api_key}/installations/i1"
+        assert (await api.put(base, json={"push_optin": True})).status_code == 200
+        for when in ("0001-01-01T00:00:00+05:00", "9999-12-31T23:59:59-05:00"):
+            opened = await api.post(f"{base}/app-opens", json={"occurred_at": when})
+            message = assert_refused(opened, "occurred_at")
+            assert message.endswith("must be a date between 0001-01-02 and 9999-12-30 (UTC)")
+            tracked = await api.post(
+                f"{base}/events", json={"events": [{"name": "bought", "occurred_at": when}]}
+            )
+            assert_refused(tracked, "events.0.occurred_at")
+        assert await count(runtime, TrackedEvent.app_id, ios_app) == 0
+
+    async def test_trigger_event_time_and_date_attributes(
+        self, api: httpx.AsyncClient, ios_app: ClientApp, runtime: Runtime
+    ) -> None:
+        url = f"/1.0/{ios_app.api_key}/events/users/u1"
+        late = {"events": [{"name": "ue.x", "time": "9999-12-31T23:59:59-05:00"}]}
+        assert_refused(await api.post(url, headers=ios_app.headers(), json=late), "events.0.time")
+        far = {"events": [{"name": "ue.x", "attributes": {"date(due)": 1e20}}]}
+        response = await api.post(url, headers=ios_app.headers(), json=far)
+        assert_refused(response, "events.0.attributes")
+        assert await count(runtime, TrackedEvent.app_id, ios_app) == 0
+
+    async def test_custom_data_date_beyond_the_calendar(
+        self, api: httpx.AsyncClient, ios_app: ClientApp, runtime: Runtime
+    ) -> None:
+        for when in (1e20, -1e15, 253402300800):  # the last: 10000-01-01
+            response = await api.post(
+                f"/1.0/{ios_app.api_key}/data/users/u1",
+                headers=ios_app.headers(),
+                json={"values": {"date(u.renewal)": when}},
+            )
+            # Custom Data's own rules name the key inside the message (a model-level error).
+            message = assert_refused(response, "body")
+            assert "values: date(u.renewal): must be a date between" in message
+        assert await count(runtime, ProfileAttribute.app_id, ios_app) == 0
+
+
 class TestText:
     async def test_lone_surrogate_in_a_custom_data_value(
         self, api: httpx.AsyncClient, ios_app: ClientApp, runtime: Runtime
