@@ -62,8 +62,8 @@ def wire_date(value: datetime) -> str:
 # One rule for every string a request can make Clarion store or look up: the characters of
 # XML 1.0's `Char` production (TAB, LF, CR and U+0020 onwards), without the lone surrogates
 # U+D800-U+DFFF and the non-characters U+FFFE, U+FFFF. It refuses
-# - NUL: PostgreSQL's text and jsonb cannot hold it (a 500 on PostgreSQL, stored on SQLite: the
-#   two databases would disagree);
+# - NUL: PostgreSQL's text and jsonb cannot hold it; SQLite can, and both databases must take
+#   the same requests;
 # - lone surrogates: JSON's "\ud800" decodes to one, and UTF-8 cannot encode it, so neither
 #   database nor any file Clarion writes can hold it;
 # - the other C0 control characters (U+0001-U+001F but TAB, LF, CR): no id, name or message
@@ -110,7 +110,7 @@ def number_as_text(value: Any) -> Any:
 
 # Dates Clarion stores: within Python's calendar (years 1 to 9999) with a day to spare on each
 # side, once in UTC: converting 0001-01-01T00:00:00+05:00 to UTC, or adding a day-long window
-# to 9999-12-31, overflows (a 500 before).
+# to 9999-12-31, overflows.
 FIRST_DATE, LAST_DATE = datetime(1, 1, 2, tzinfo=UTC), datetime(9999, 12, 30, tzinfo=UTC)
 DATE_RANGE = "must be a date between 0001-01-02 and 9999-12-30 (UTC)"
 
