@@ -6,7 +6,6 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
-from fastapi.responses import RedirectResponse
 from fastapi.staticfiles import StaticFiles
 
 from clarion.apps.api import router as apps_router
@@ -20,7 +19,7 @@ from clarion.devices.api import router as sdk_router
 from clarion.events.api import router as trigger_events_router
 from clarion.exports.api import router as exports_router
 from clarion.gdpr.api import router as gdpr_router
-from clarion.http import BodySizeLimit, install_error_handlers
+from clarion.http import BodySizeLimit, JsonBodies, TrailingSlash, install_error_handlers
 from clarion.openapi import install_openapi
 from clarion.profiles.api import router as custom_data_router
 from clarion.runtime import Runtime
@@ -58,13 +57,13 @@ def create_app(settings: Settings, *, workers: bool) -> FastAPI:
     app.include_router(gdpr_router)
     app.include_router(apps_router)
 
-    @app.get("/dashboard", include_in_schema=False)
-    async def dashboard_home() -> RedirectResponse:
-        return RedirectResponse("/dashboard/", status_code=308)
-
     # The static files first: the dashboard answers every other /dashboard path.
     app.mount("/dashboard/static", StaticFiles(directory=STATIC_DIR), name="dashboard-static")
     app.include_router(dashboard_router)
+    # TrailingSlash routes both spellings of a path: no redirect is ever needed.
+    app.router.redirect_slashes = False
+    app.add_middleware(TrailingSlash)
+    app.add_middleware(JsonBodies)
     app.add_middleware(
         BodySizeLimit,
         max_bytes=settings.max_body_bytes,

@@ -79,5 +79,14 @@ def from_validation_errors(errors: Sequence[Any]) -> ClarionError:
         return MissingParameterError(f"{first.get('ctx', {}).get('field', path)} is required")
     if kind in ("model_attributes_type", "dict_type") and path == "body":
         return MalformedJsonError("the body must be a JSON object")
+    if kind in ("too_long", "too_short") and isinstance(first.get("input"), str):
+        # A string whose type also has a validator: pydantic counts "items after validation".
+        ctx = first.get("ctx", {})
+        bound, limit = (
+            ("at most", "max_length") if kind == "too_long" else ("at least", "min_length")
+        )
+        count = ctx.get(limit)
+        noun = "character" if count == 1 else "characters"
+        return MalformedParameterError(f"{path}: {bound} {count} {noun}")
     message = str(first.get("msg", "is invalid")).removeprefix("Value error, ")
     return MalformedParameterError(f"{path}: {message}")

@@ -29,6 +29,7 @@ from clarion.apps.service import (
 )
 from clarion.errors import (
     ClarionError,
+    MalformedJsonError,
     MalformedParameterError,
     NotFoundError,
     from_validation_errors,
@@ -154,6 +155,10 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         if exc.status_code == 404:
             return error_response(NotFoundError("no such route"))
+        if exc.status_code == 400:
+            # FastAPI's answer to a body it could not decode (not UTF-8, an integer of more
+            # than 4,300 digits): malformed JSON, in Batch's words.
+            return error_response(MalformedJsonError("the body is not valid JSON"))
         if exc.status_code == 405:
             return JSONResponse(
                 {"code": 20, "message": "ROUTE_NOT_FOUND: method not allowed"},
@@ -163,12 +168,60 @@ def install_error_handlers(app: FastAPI) -> None:
         return JSONResponse({"code": 1, "message": str(exc.detail)}, status_code=exc.status_code)
 
 
+# Batch's REST APIs (the routes its client libraries call).
+_BATCH_ROUTES = re.compile(r"/1\.[01]/")
+# What clients that forget to declare JSON send instead: Python's requests with data=<str> sends
+# no Content-Type, Ruby's Net::HTTP#post and PHP's curl with a string body send a form's type.
+_UNDECLARED_JSON = (b"", b"application/x-www-form-urlencoded", b"text/plain")
+
+
+class JsonBodies:
+    """Batch's REST routes read their body as JSON whether or not it is declared as such.
+
+    Only on /1.0/ and /1.1/: those take no form, and their key is a header (X-Authorization)
+    that a cross-site form cannot send, so reading such a body as JSON opens no request forgery.
+    A body that is not JSON is then refused as such (400/32)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and _BATCH_ROUTES.match(scope["path"]):
+            declared = next((v for k, v in scope["headers"] if k == b"content-type"), b"")
+            if declared.split(b";")[0].strip().lower() in _UNDECLARED_JSON:
+                headers = [(k, v) for k, v in scope["headers"] if k != b"content-type"]
+                headers.append((b"content-type", b"application/json"))
+                scope = {**scope, "headers": headers}
+        await self.app(scope, receive, send)
+
+
+class TrailingSlash:
+    """Every route answers with and without a trailing slash, itself: routes are declared
+    without one, and a path that ends with one is routed as if it did not.
+
+    Batch's clients write some routes both ways (`/data/users/`, `/events/users/`, spec
+    Appendix B), and Starlette's answer to the other spelling is a 307 redirect, which PHP's
+    curl and Go's net/http do not follow for a POST (or follow as a GET, losing the body)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path", "")
+        if scope["type"] == "http" and len(path) > 1 and path.endswith("/"):
+            scope = {**scope, "path": path.rstrip("/") or "/"}
+            raw = scope.get("raw_path")
+            if raw:
+                scope["raw_path"] = raw.rstrip(b"/") or b"/"
+        await self.app(scope, receive, send)
+
+
 # Bulk routes of Batch's data APIs carry up to 10,000 users, ids or 1,000 events per call, which
 # does not fit in the 1 MiB that every other route allows.
 BULK_ROUTES = re.compile(r"/1\.[01]/[^/]+/(data/users|events/users|custom-audience/[^/]+)/?")
 # Audience files (API and dashboard): streamed to disk as they arrive, so only disk bounds them.
 UPLOAD_ROUTES = re.compile(
-    r"/1\.[01]/[^/]+/custom-audience/[^/]+/file|/dashboard/apps/\d+/audiences/upload"
+    r"/1\.[01]/[^/]+/custom-audience/[^/]+/file/?|/dashboard/apps/\d+/audiences/upload/?"
 )
 
 

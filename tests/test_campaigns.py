@@ -202,10 +202,19 @@ class TestUpdate:
     async def test_a_parameter_once_set_cannot_be_removed(
         self, api: httpx.AsyncClient, ios_app: ClientApp
     ) -> None:
-        token = await created(api, ios_app, deeplink="app://x")
+        token = await created(
+            api, ios_app, deeplink="app://x", media={"picture": "https://cdn.example.com/p.jpg"}
+        )
         message = error(await update(api, ios_app, token, {"deeplink": None}), 400, 31)
         assert "deeplink" in message
-        assert (await get(api, ios_app, token)).json()["deeplink"] == "app://x"
+        # [] where an object goes is PHP's empty object: it does not remove the media either.
+        message = error(await update(api, ios_app, token, {"media": []}), 400, 31)
+        assert "media" in message
+        got = (await get(api, ios_app, token)).json()
+        assert (got["deeplink"], got["media"]) == (
+            "app://x",
+            {"picture": "https://cdn.example.com/p.jpg"},
+        )
 
     async def test_a_recurring_campaign_stays_recurring(
         self, api: httpx.AsyncClient, ios_app: ClientApp

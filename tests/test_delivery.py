@@ -128,6 +128,39 @@ class TestApns:
             ("push_sent", "ios-1", "alice", "tests")
         ]
 
+    async def test_advertising_ids_reach_the_installations_that_reported_them(
+        self,
+        api: httpx.AsyncClient,
+        ios_app: ClientApp,
+        sim_control: httpx.Client,
+        runtime: Runtime,
+    ) -> None:
+        idfa, other_idfa = (
+            "AEBE52E7-03EE-455A-B3C4-E57283966239",
+            "6D92078A-8246-4BA4-AE5B-76104861E7DC",
+        )
+        phone, tablet, other = apns_token(), apns_token(), apns_token()
+        # One person's two devices may report the same advertising id (IDFA per vendor).
+        await register(api, ios_app, "ios-ad-1", push_token=phone, advertising_id=idfa)
+        await register(api, ios_app, "ios-ad-2", push_token=tablet, advertising_id=idfa)
+        await register(api, ios_app, "ios-ad-3", push_token=other, advertising_id=other_idfa)
+        send_token = await transactional(
+            api, ios_app, recipients={"advertising_ids": [idfa, "unknown-idfa"]}
+        )
+        state = await wait_for_send(api, ios_app, send_token)
+        assert (state["targeted"], state["sent"], state["failed"]) == (2, 2, 0)
+
+        for token in (phone, tablet):
+            got = received(sim_control, "apns", token)
+            assert got["count"] == 1
+            assert got["messages"][-1]["payload"]["com.batch"]["i"] == send_token
+        assert received(sim_control, "apns", other)["count"] == 0
+        events = await events_of(runtime, send_token)
+        assert sorted((e.kind, e.install_id, e.advertising_id) for e in events) == [
+            ("push_sent", "ios-ad-1", idfa),
+            ("push_sent", "ios-ad-2", idfa),
+        ]
+
     async def test_dead_token_is_removed_and_logged(
         self,
         api: httpx.AsyncClient,

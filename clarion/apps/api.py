@@ -14,6 +14,7 @@ from clarion.apps.schemas import (
     FcmCredentialsIn,
     WebPushCredentialsIn,
 )
+from clarion.formats import DbInt
 from clarion.http import RestCompany, RuntimeDep, SessionDep
 
 router = APIRouter(prefix="/admin/v1/apps", tags=["admin"])
@@ -38,7 +39,7 @@ async def list_apps(company: RestCompany, session: SessionDep) -> list[AppRead]:
 
 
 @router.get("/{app_id}", response_model=AppRead)
-async def get_app(app_id: int, company: RestCompany, session: SessionDep) -> AppRead:
+async def get_app(app_id: DbInt, company: RestCompany, session: SessionDep) -> AppRead:
     return service.describe_app(
         await service.get_company_app(session, company_id=company.id, app_id=app_id)
     )
@@ -46,7 +47,7 @@ async def get_app(app_id: int, company: RestCompany, session: SessionDep) -> App
 
 @router.post("/{app_id}/keys/rotate", response_model=AppKeys)
 async def rotate_keys(
-    app_id: int, company: RestCompany, session: SessionDep, runtime: RuntimeDep
+    app_id: DbInt, company: RestCompany, session: SessionDep, runtime: RuntimeDep
 ) -> AppKeys:
     app = await service.get_company_app(session, company_id=company.id, app_id=app_id)
     return await service.rotate_app_keys(session, app=app, cache=runtime.key_cache)
@@ -54,7 +55,7 @@ async def rotate_keys(
 
 @router.put("/{app_id}/credentials/apns", response_model=AppRead)
 async def set_apns(
-    app_id: int,
+    app_id: DbInt,
     body: ApnsCredentialsIn,
     company: RestCompany,
     session: SessionDep,
@@ -67,7 +68,7 @@ async def set_apns(
 
 @router.put("/{app_id}/credentials/fcm", response_model=AppRead)
 async def set_fcm(
-    app_id: int,
+    app_id: DbInt,
     body: FcmCredentialsIn,
     company: RestCompany,
     session: SessionDep,
@@ -80,7 +81,7 @@ async def set_fcm(
 
 @router.put("/{app_id}/credentials/webpush", response_model=AppRead)
 async def set_webpush(
-    app_id: int,
+    app_id: DbInt,
     body: WebPushCredentialsIn,
     company: RestCompany,
     session: SessionDep,

@@ -7,10 +7,12 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from clarion.formats import WireModel
+
 PlatformName = Literal["ios", "android", "web"]
 
 
-class AppCreate(BaseModel):
+class AppCreate(WireModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(min_length=1, max_length=200)
@@ -44,7 +46,7 @@ class AppCreated(AppRead, AppKeys):
     rest_api_key: str | None = None
 
 
-class ApnsCredentialsIn(BaseModel):
+class ApnsCredentialsIn(WireModel):
     model_config = ConfigDict(extra="forbid")
 
     key_id: str = Field(min_length=1, max_length=20)
@@ -54,13 +56,13 @@ class ApnsCredentialsIn(BaseModel):
     environment: Literal["production", "sandbox"] = "production"
 
 
-class FcmCredentialsIn(BaseModel):
+class FcmCredentialsIn(WireModel):
     model_config = ConfigDict(extra="forbid")
 
     service_account: dict[str, Any]
 
 
-class WebPushCredentialsIn(BaseModel):
+class WebPushCredentialsIn(WireModel):
     """Import an existing VAPID key pair; web apps get a generated one at creation."""
 
     model_config = ConfigDict(extra="forbid")

@@ -20,10 +20,11 @@ from clarion.audiences.schemas import (
     UpdateV11,
 )
 from clarion.db import utcnow
+from clarion.formats import INT64_MAX, Text
 from clarion.http import RestAppLive, SessionDep
 
 router = APIRouter(tags=["custom audiences"])
-Name = Annotated[str, Path(min_length=1, max_length=255)]
+Name = Annotated[Text, Path(min_length=1, max_length=255)]
 # One audience's URL, per version. Each is its own path in the OpenAPI document, which lists
 # together the methods a URL takes (a `/{version}/` template beside `/1.0/` would split GET
 # and DELETE from PUT and PATCH for the same URL).
@@ -95,7 +96,7 @@ async def list_audiences(
     access: RestAppLive,
     session: SessionDep,
     # The database's OFFSET is a 64-bit integer: past it, a 500 (found by the fuzzing run).
-    from_: Annotated[int, Query(alias="from", ge=0, le=2**63 - 1)] = 0,
+    from_: Annotated[int, Query(alias="from", ge=0, le=INT64_MAX)] = 0,
     limit: Annotated[int, Query(ge=1, le=100)] = 10,
 ) -> AudienceList:
     audiences = await service.list_audiences(
@@ -110,7 +111,7 @@ async def view_audience(
     name: Name,
     access: RestAppLive,
     session: SessionDep,
-    indexing_token: str | None = None,
+    indexing_token: Annotated[Text | None, Query(max_length=64)] = None,
 ) -> AudienceRead:
     return await service.describe_audience(
         session, app_id=access.app_id, name=name, indexing_token=indexing_token

@@ -8,14 +8,15 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from clarion.audiences.models import AudienceKind
+from clarion.formats import Id, WireModel
 
 MAX_IDS_PER_CALL = 10_000
 
-_ID = Field(min_length=1, max_length=512)
-MemberId = Annotated[str, Field(min_length=1, max_length=512)]
+MemberId = Annotated[Id, Field(min_length=1, max_length=512)]
+Tag = Annotated[Id, Field(min_length=1, max_length=64)]
 
 
-class ReplaceV10(BaseModel):
+class ReplaceV10(WireModel):
     model_config = ConfigDict(extra="ignore")
 
     type: Literal["custom_ids", "advertising_ids"]
@@ -30,12 +31,12 @@ class ReplaceV10(BaseModel):
         return [(member, None, None) for member in self.ids]
 
 
-class ChangeV10(BaseModel):
+class ChangeV10(WireModel):
     action: Literal["add", "remove"]
-    id: str = _ID
+    id: MemberId
 
 
-class UpdateV10(BaseModel):
+class UpdateV10(WireModel):
     model_config = ConfigDict(extra="ignore")
 
     type: Literal["custom_ids", "advertising_ids"]
@@ -49,15 +50,15 @@ class UpdateV10(BaseModel):
         return [(change.action, change.id, None, None) for change in self.ids]
 
 
-class MemberV11(BaseModel):
+class MemberV11(WireModel):
     model_config = ConfigDict(extra="forbid")
 
-    id: str = _ID
+    id: MemberId
     attributes: dict[str, Any] | None = Field(default=None, max_length=50)
-    tags: list[str] | None = Field(default=None, max_length=25)
+    tags: list[Tag] | None = Field(default=None, max_length=25)
 
 
-class ReplaceV11(BaseModel):
+class ReplaceV11(WireModel):
     model_config = ConfigDict(extra="ignore")
 
     description: str | None = Field(default=None, max_length=1024)
@@ -75,7 +76,7 @@ class ChangeV11(MemberV11):
     action: Literal["add", "remove"]
 
 
-class UpdateV11(BaseModel):
+class UpdateV11(WireModel):
     model_config = ConfigDict(extra="ignore")
 
     ids: list[ChangeV11] = Field(max_length=MAX_IDS_PER_CALL)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Query
+from fastapi import APIRouter, Body, Path, Query
 from fastapi.responses import JSONResponse
 
 from clarion.campaigns import service, stats
@@ -16,10 +16,12 @@ from clarion.campaigns.schemas import (
     EstimateIn,
 )
 from clarion.db import utcnow
+from clarion.formats import INT64_MAX, Text
 from clarion.http import RestApp, RestAppLive, SessionDep
 from clarion.targeting.schemas import Estimate, Targeting
 
 router = APIRouter(prefix="/1.1/{api_key}/campaigns", tags=["campaigns"])
+Token = Annotated[Text, Path(max_length=64)]
 
 
 @router.post("/create", status_code=201)
@@ -32,7 +34,7 @@ async def create_campaign(
 
 @router.post("/update/{token}")
 async def update_campaign(
-    token: str,
+    token: Token,
     changes: Annotated[dict[str, Any], Body()],
     access: RestApp,
     session: SessionDep,
@@ -44,7 +46,7 @@ async def update_campaign(
 
 
 @router.post("/delete/{token}")
-async def delete_campaign(token: str, access: RestApp, session: SessionDep) -> JSONResponse:
+async def delete_campaign(token: Token, access: RestApp, session: SessionDep) -> JSONResponse:
     await service.delete_campaign(session, access=access, token=token, now=utcnow())
     return JSONResponse({"campaign_token": token})
 
@@ -53,7 +55,7 @@ async def delete_campaign(token: str, access: RestApp, session: SessionDep) -> J
 async def list_campaigns(
     access: RestAppLive,
     session: SessionDep,
-    from_: Annotated[int, Query(alias="from", ge=0)] = 0,
+    from_: Annotated[int, Query(alias="from", ge=0, le=INT64_MAX)] = 0,
     limit: Annotated[int, Query(ge=1, le=100)] = 10,
     live: bool | None = None,
     from_api: bool | None = None,
@@ -64,7 +66,7 @@ async def list_campaigns(
 
 
 @router.get("/stats/{token}", response_model_exclude_none=True)
-async def campaign_stats(token: str, access: RestAppLive, session: SessionDep) -> CampaignStats:
+async def campaign_stats(token: Token, access: RestAppLive, session: SessionDep) -> CampaignStats:
     return await stats.campaign_stats(session, access=access, token=token)
 
 
@@ -77,5 +79,5 @@ async def estimate_audience(body: EstimateIn, access: RestAppLive, session: Sess
 
 
 @router.get("/{token}")
-async def get_campaign(token: str, access: RestAppLive, session: SessionDep) -> dict[str, Any]:
+async def get_campaign(token: Token, access: RestAppLive, session: SessionDep) -> dict[str, Any]:
     return await service.describe_campaign(session, access=access, token=token)

@@ -14,7 +14,7 @@ from pydantic_core import PydanticCustomError
 
 from clarion.delivery.personalisation import check_template
 from clarion.delivery.schemas import CollapseKey, PushOptions
-from clarion.formats import parse_wire_date
+from clarion.formats import WireModel, parse_wire_date
 from clarion.targeting.schemas import Targeting
 
 _DATE = r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}$"  # yyyy-MM-ddTHH:mm:ss, no zone (spec §4.1)
@@ -26,7 +26,7 @@ class RepeatUnit(StrEnum):
     MONTHLY = "MONTHLY"
 
 
-class Recurrence(BaseModel):
+class Recurrence(WireModel):
     """Every `repeat_frequency` `repeat_unit`s from the first push time, until `end_date`
     (inclusive, same clock as the first push time) or `occurrences` runs, whichever is first."""
 
@@ -45,7 +45,7 @@ class Recurrence(BaseModel):
         return value
 
 
-class CampaignMessage(BaseModel):
+class CampaignMessage(WireModel):
     language: str
     # A/B testing: the version this message belongs to ("a", "b", ...); absent without A/B.
     version: str | None = Field(default=None, pattern=r"^[a-z]$")
@@ -160,7 +160,7 @@ class CampaignBody(PushOptions):
         return {name: share + (1 if i < rest else 0) for i, name in enumerate(names)}
 
 
-class EstimateIn(BaseModel):
+class EstimateIn(WireModel):
     targeting: Targeting | None = None
 
 

@@ -126,7 +126,7 @@ async def update_campaign(
         document = changes
     else:
         for key, value in changes.items():
-            if value is None and stored.get(key) is not None:
+            if CampaignBody.unset_by(key, value) and stored.get(key) is not None:
                 raise MalformedParameterError(f"{key}: a parameter once set cannot be removed")
         document = {**stored, **changes}
     body = validate_body(document)

@@ -21,14 +21,14 @@ from clarion.connectors.schemas import (
     UploadResult,
 )
 from clarion.db import utcnow
-from clarion.formats import wire_date
+from clarion.formats import Text, wire_date
 from clarion.http import RestAppLive, RuntimeDep, SessionDep
 from clarion.openapi import BINARY
 
 router = APIRouter(tags=["flat-file imports"])
 _SOURCES = "/1.0/{api_key}/imports"
 _SOURCE = "/1.0/{api_key}/imports/{name}"
-Name = Annotated[str, Path(min_length=1, max_length=100)]
+Name = Annotated[Text, Path(min_length=1, max_length=100)]
 
 
 @router.post(_SOURCES, status_code=201)
@@ -112,7 +112,7 @@ async def list_runs(
 )
 async def upload_audience(
     version: Annotated[str, Path(pattern=r"^1\.[01]$")],
-    name: Annotated[str, Path(min_length=1, max_length=255)],
+    name: Annotated[Text, Path(min_length=1, max_length=255)],
     request: Request,
     access: RestAppLive,
     session: SessionDep,
@@ -120,7 +120,7 @@ async def upload_audience(
     type: AudienceKind = AudienceKind.CUSTOM_IDS,
     header: bool = False,
     delimiter: Delimiter = ",",
-    column: Annotated[str, Query(min_length=1, max_length=255)] = "1",
+    column: Annotated[Text, Query(min_length=1, max_length=255)] = "1",
 ) -> UploadResult:
     """Create or replace the audience with the ids of the body, a CSV file (streamed)."""
     return await service.upload_audience(

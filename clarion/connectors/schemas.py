@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from clarion.audiences.models import AudienceKind
 from clarion.connectors.models import OnChange
 from clarion.connectors.storage import SCHEMES
+from clarion.formats import WireModel
 
 SourceName = Annotated[str, Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.-]+$")]
 Delimiter = Literal[",", ";", "\t", "|"]
@@ -73,7 +74,7 @@ def audience_pattern(pattern: str) -> re2._Regexp[str]:
     return compiled
 
 
-class _SourceFields(BaseModel):
+class _SourceFields(WireModel):
     """Checks shared by creation and update (fields absent from an update are None)."""
 
     @field_validator("url", check_fields=False)

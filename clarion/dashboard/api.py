@@ -38,6 +38,7 @@ from clarion.dashboard.web import (
 from clarion.db import utcnow
 from clarion.delivery.service import send_test_push
 from clarion.errors import ClarionError, MalformedParameterError, NotFoundError
+from clarion.formats import DbInt, Text
 from clarion.http import RuntimeDep, SessionDep
 
 router = APIRouter(prefix="/dashboard", route_class=PageRoute, include_in_schema=False)
@@ -140,13 +141,13 @@ async def logout(request: Request, viewer: ViewerDep, session: SessionDep) -> Re
     return response
 
 
-@router.get("/")
+@router.get("")
 async def home(request: Request, viewer: ViewerDep, session: SessionDep) -> HTMLResponse:
     return await render(request, session, viewer, "apps.html")
 
 
 @router.get("/switch")
-async def switch_app(viewer: ViewerDep, session: SessionDep, app_id: int) -> Response:
+async def switch_app(viewer: ViewerDep, session: SessionDep, app_id: DbInt) -> Response:
     await service.company_app(session, viewer, app_id)
     return redirect(f"/dashboard/apps/{app_id}/campaigns")
 
@@ -179,7 +180,7 @@ async def create_app(
 
 @router.get("/apps/{app_id}/settings")
 async def settings_page(
-    request: Request, app_id: int, viewer: ViewerDep, session: SessionDep
+    request: Request, app_id: DbInt, viewer: ViewerDep, session: SessionDep
 ) -> HTMLResponse:
     app, _ = await service.company_app(session, viewer, app_id)
     return await render(request, session, viewer, "settings.html", app=app)
@@ -187,7 +188,7 @@ async def settings_page(
 
 @router.post("/apps/{app_id}/keys/rotate")
 async def rotate_keys(
-    request: Request, app_id: int, viewer: ViewerDep, session: SessionDep, runtime: RuntimeDep
+    request: Request, app_id: DbInt, viewer: ViewerDep, session: SessionDep, runtime: RuntimeDep
 ) -> HTMLResponse:
     service.require_admin(viewer)
     app, _ = await service.company_app(session, viewer, app_id)
@@ -197,7 +198,7 @@ async def rotate_keys(
 
 @router.post("/apps/{app_id}/rest-key/rotate")
 async def rotate_rest_key(
-    request: Request, app_id: int, viewer: ViewerDep, session: SessionDep, runtime: RuntimeDep
+    request: Request, app_id: DbInt, viewer: ViewerDep, session: SessionDep, runtime: RuntimeDep
 ) -> HTMLResponse:
     service.require_admin(viewer)
     app, _ = await service.company_app(session, viewer, app_id)
@@ -209,7 +210,7 @@ async def rotate_rest_key(
 
 @router.post("/apps/{app_id}/credentials")
 async def set_credentials(
-    request: Request, app_id: int, viewer: ViewerDep, session: SessionDep, runtime: RuntimeDep
+    request: Request, app_id: DbInt, viewer: ViewerDep, session: SessionDep, runtime: RuntimeDep
 ) -> HTMLResponse:
     """The platform's credentials: an APNs .p8 key, an FCM service account or a VAPID key."""
     service.require_admin(viewer)
@@ -250,14 +251,14 @@ async def set_credentials(
 @router.post("/apps/{app_id}/test-push")
 async def try_credentials(
     request: Request,
-    app_id: int,
+    app_id: DbInt,
     viewer: ViewerDep,
     session: SessionDep,
     runtime: RuntimeDep,
-    install_id: Annotated[str, Form(max_length=128)] = "",
-    push_token: Annotated[str, Form(max_length=1024)] = "",
-    title: Annotated[str, Form(max_length=256)] = "",
-    body: Annotated[str, Form(max_length=4096)] = "",
+    install_id: Annotated[Text, Form(max_length=128)] = "",
+    push_token: Annotated[Text, Form(max_length=1024)] = "",
+    title: Annotated[Text, Form(max_length=256)] = "",
+    body: Annotated[Text, Form(max_length=4096)] = "",
 ) -> HTMLResponse:
     """Send one push with the stored credentials and show the provider's answer."""
     service.require_admin(viewer)
@@ -341,7 +342,7 @@ async def add_user(
 @router.post("/team/{user_id}")
 async def change_user(
     request: Request,
-    user_id: int,
+    user_id: DbInt,
     viewer: ViewerDep,
     session: SessionDep,
     role: Annotated[str, Form()] = "",

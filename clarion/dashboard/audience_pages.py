@@ -12,7 +12,7 @@ from urllib.parse import quote
 
 from fastapi import APIRouter, Path, Request
 from fastapi.responses import HTMLResponse, Response
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
 from clarion.audiences import service as audiences
 from clarion.audiences.models import AudienceKind
@@ -34,11 +34,12 @@ from clarion.dashboard.web import (
 from clarion.db import utcnow
 from clarion.errors import ClarionError, MalformedParameterError
 from clarion.exports import service as exports
+from clarion.formats import DbInt, Text, WireModel
 from clarion.http import RuntimeDep, SessionDep
 
 router = APIRouter(route_class=PageRoute)
 
-Name = Annotated[str, Path(min_length=1, max_length=100)]
+Name = Annotated[Text, Path(min_length=1, max_length=100)]
 
 KIND_LABELS = {
     AudienceKind.CUSTOM_IDS.value: "Custom user ids",
@@ -49,7 +50,7 @@ DELIMITERS = [(",", "Comma (,)"), (";", "Semicolon (;)"), ("\t", "Tab"), ("|", "
 _NOTICES = {"run": "The source is polled at a worker's next check; its runs appear below."}
 
 
-class UploadParams(BaseModel):
+class UploadParams(WireModel):
     """The query of an upload: the API's parameters (connectors.api.upload_audience), with the
     audience's name, which the API takes from the path."""
 
@@ -76,7 +77,7 @@ class UploadParams(BaseModel):
 
 @router.get("/apps/{app_id}/audiences")
 async def audiences_page(
-    request: Request, app_id: int, viewer: ViewerDep, session: SessionDep, page: PageNumber = 1
+    request: Request, app_id: DbInt, viewer: ViewerDep, session: SessionDep, page: PageNumber = 1
 ) -> HTMLResponse:
     app, _ = await service.company_app(session, viewer, app_id)
     found = await audiences.list_audiences(session, app_id=app.id, **page_window(page))
@@ -100,7 +101,7 @@ async def audiences_page(
 
 @router.post("/apps/{app_id}/audiences/upload")
 async def upload_audience(
-    request: Request, app_id: int, viewer: ViewerDep, session: SessionDep, runtime: RuntimeDep
+    request: Request, app_id: DbInt, viewer: ViewerDep, session: SessionDep, runtime: RuntimeDep
 ) -> HTMLResponse:
     """The body is the CSV file itself (static/app.js streams it); answers a fragment, errors
     included, for the page's result area."""
@@ -131,7 +132,7 @@ async def upload_audience(
 
 @router.get("/apps/{app_id}/audiences/imports")
 async def imports_page(
-    request: Request, app_id: int, viewer: ViewerDep, session: SessionDep, page: PageNumber = 1
+    request: Request, app_id: DbInt, viewer: ViewerDep, session: SessionDep, page: PageNumber = 1
 ) -> HTMLResponse:
     app, _ = await service.company_app(session, viewer, app_id)
     found = await queries.sources_with_last_run(session, app_id=app.id, **page_window(page))
@@ -150,7 +151,7 @@ async def imports_page(
 @router.get("/apps/{app_id}/audiences/imports/{name}")
 async def import_source_page(
     request: Request,
-    app_id: int,
+    app_id: DbInt,
     name: Name,
     viewer: ViewerDep,
     session: SessionDep,
@@ -176,7 +177,7 @@ async def import_source_page(
 
 @router.post("/apps/{app_id}/audiences/imports/{name}/run")
 async def run_import_source(
-    app_id: int, name: Name, viewer: ViewerDep, session: SessionDep
+    app_id: DbInt, name: Name, viewer: ViewerDep, session: SessionDep
 ) -> Response:
     """Run now: the source is due at once, and a worker polls it at its next check."""
     service.require_editor(viewer)
@@ -187,7 +188,7 @@ async def run_import_source(
 
 @router.get("/apps/{app_id}/audiences/exports")
 async def exports_page(
-    request: Request, app_id: int, viewer: ViewerDep, session: SessionDep, page: PageNumber = 1
+    request: Request, app_id: DbInt, viewer: ViewerDep, session: SessionDep, page: PageNumber = 1
 ) -> HTMLResponse:
     app, _ = await service.company_app(session, viewer, app_id)
     found = await queries.destinations_with_last_run(session, app_id=app.id, **page_window(page))
@@ -205,7 +206,7 @@ async def exports_page(
 @router.get("/apps/{app_id}/audiences/exports/{name}")
 async def export_destination_page(
     request: Request,
-    app_id: int,
+    app_id: DbInt,
     name: Name,
     viewer: ViewerDep,
     session: SessionDep,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import HTMLResponse, Response
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -42,10 +42,12 @@ from clarion.dashboard.web import (
 )
 from clarion.db import utcnow
 from clarion.errors import ClarionError
+from clarion.formats import DbInt, Text
 from clarion.http import SessionDep
 from clarion.targeting.schemas import Targeting
 
 router = APIRouter(route_class=PageRoute)
+Token = Annotated[Text, Path(max_length=64)]
 
 # The editor offers this many of the app's audiences as checkboxes (newest first).
 AUDIENCE_CHOICES = 200
@@ -63,12 +65,12 @@ _BLANK_FORM: dict[str, Any] = campaign_form(
 @router.get("/apps/{app_id}/campaigns")
 async def list_campaigns(
     request: Request,
-    app_id: int,
+    app_id: DbInt,
     viewer: ViewerDep,
     session: SessionDep,
-    state: str = "all",
-    origin: str = "all",
-    q: Annotated[str, Query(max_length=256)] = "",
+    state: Annotated[Text, Query(max_length=32)] = "all",
+    origin: Annotated[Text, Query(max_length=32)] = "all",
+    q: Annotated[Text, Query(max_length=256)] = "",
     page: PageNumber = 1,
 ) -> HTMLResponse:
     app, access = await service.company_app(session, viewer, app_id)
@@ -94,7 +96,7 @@ async def list_campaigns(
 
 @router.get("/apps/{app_id}/campaigns/new")
 async def new_campaign(
-    request: Request, app_id: int, viewer: ViewerDep, session: SessionDep
+    request: Request, app_id: DbInt, viewer: ViewerDep, session: SessionDep
 ) -> HTMLResponse:
     app, access = await service.company_app(session, viewer, app_id)
     return await _editor(request, session, viewer, app, access, form=_BLANK_FORM)
@@ -102,7 +104,7 @@ async def new_campaign(
 
 @router.post("/apps/{app_id}/campaigns")
 async def create_campaign(
-    request: Request, app_id: int, viewer: ViewerDep, session: SessionDep
+    request: Request, app_id: DbInt, viewer: ViewerDep, session: SessionDep
 ) -> Response:
     service.require_editor(viewer)
     app, access = await service.company_app(session, viewer, app_id)
@@ -136,8 +138,8 @@ async def create_campaign(
 @router.get("/apps/{app_id}/campaigns/{token}")
 async def edit_campaign(
     request: Request,
-    app_id: int,
-    token: str,
+    app_id: DbInt,
+    token: Token,
     viewer: ViewerDep,
     session: SessionDep,
     notice: str = "",
@@ -158,7 +160,7 @@ async def edit_campaign(
 
 @router.post("/apps/{app_id}/campaigns/{token}")
 async def save_campaign(
-    request: Request, app_id: int, token: str, viewer: ViewerDep, session: SessionDep
+    request: Request, app_id: DbInt, token: Token, viewer: ViewerDep, session: SessionDep
 ) -> Response:
     """Save the editor (action draft, live or keep), or stop the campaign (action stop)."""
     service.require_editor(viewer)
@@ -195,7 +197,7 @@ async def save_campaign(
 
 @router.post("/apps/{app_id}/campaigns/{token}/delete")
 async def delete_campaign(
-    app_id: int, token: str, viewer: ViewerDep, session: SessionDep
+    app_id: DbInt, token: Token, viewer: ViewerDep, session: SessionDep
 ) -> Response:
     service.require_editor(viewer)
     _, access = await service.company_app(session, viewer, app_id)
@@ -205,7 +207,7 @@ async def delete_campaign(
 
 @router.post("/apps/{app_id}/estimate")
 async def estimate(
-    request: Request, app_id: int, viewer: ViewerDep, session: SessionDep
+    request: Request, app_id: DbInt, viewer: ViewerDep, session: SessionDep
 ) -> HTMLResponse:
     """The editor's live audience estimate (a fragment): any role may ask, nothing changes."""
     _, access = await service.company_app(session, viewer, app_id)
@@ -222,7 +224,7 @@ async def estimate(
 
 @router.get("/apps/{app_id}/campaigns/{token}/stats")
 async def campaign_stats(
-    request: Request, app_id: int, token: str, viewer: ViewerDep, session: SessionDep
+    request: Request, app_id: DbInt, token: Token, viewer: ViewerDep, session: SessionDep
 ) -> HTMLResponse:
     app, access = await service.company_app(session, viewer, app_id)
     stored = await campaigns.describe_campaign(session, access=access, token=token)
@@ -243,7 +245,7 @@ async def campaign_stats(
 
 @router.get("/apps/{app_id}/campaigns/{token}/progress")
 async def campaign_progress(
-    request: Request, app_id: int, token: str, viewer: ViewerDep, session: SessionDep
+    request: Request, app_id: DbInt, token: Token, viewer: ViewerDep, session: SessionDep
 ) -> HTMLResponse:
     """The live progress block, polled by the stats page while the campaign sends."""
     _, access = await service.company_app(session, viewer, app_id)
@@ -254,7 +256,7 @@ async def campaign_progress(
 @router.get("/apps/{app_id}/analytics")
 async def analytics_page(
     request: Request,
-    app_id: int,
+    app_id: DbInt,
     viewer: ViewerDep,
     session: SessionDep,
     days: Annotated[int, Query(ge=1, le=90)] = 7,
@@ -277,8 +279,8 @@ async def analytics_page(
 @router.get("/apps/{app_id}/analytics/groups/{group_id:path}")
 async def group_page(
     request: Request,
-    app_id: int,
-    group_id: str,
+    app_id: DbInt,
+    group_id: Annotated[Text, Path(max_length=128)],
     viewer: ViewerDep,
     session: SessionDep,
     days: Annotated[int, Query(ge=1, le=90)] = 30,

@@ -9,6 +9,7 @@ from fastapi.responses import HTMLResponse
 
 from clarion.dashboard import people, service
 from clarion.dashboard.web import PageRoute, ViewerDep, render
+from clarion.formats import DbInt, Text
 from clarion.http import SessionDep
 
 router = APIRouter(route_class=PageRoute)
@@ -17,10 +18,10 @@ router = APIRouter(route_class=PageRoute)
 @router.get("/apps/{app_id}/people")
 async def people_page(
     request: Request,
-    app_id: int,
+    app_id: DbInt,
     viewer: ViewerDep,
     session: SessionDep,
-    q: Annotated[str, Query(max_length=512)] = "",
+    q: Annotated[Text, Query(max_length=512)] = "",
     by: people.LookupBy = people.LookupBy.CUSTOM_ID,
 ) -> HTMLResponse:
     """Every role may read it; it changes nothing."""

@@ -7,15 +7,16 @@ import re
 from typing import Any, Literal, Protocol
 
 import orjson
-from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator
 
 from clarion.dashboard.models import Role
 from clarion.errors import MalformedParameterError
+from clarion.formats import WireModel
 
 _EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
 
 
-class UserCreate(BaseModel):
+class UserCreate(WireModel):
     email: str = Field(max_length=254)
     name: str = Field(default="", max_length=200)
     # Length is what makes a password strong; no composition rules (NIST SP 800-63B §5.1.1).
@@ -31,7 +32,7 @@ class UserCreate(BaseModel):
         return value.lower()
 
 
-class UserChange(BaseModel):
+class UserChange(WireModel):
     """What an admin may change of another team member: the role, and whether they can sign in."""
 
     role: Role

@@ -67,8 +67,9 @@ class DeliveryBatch(Base):
     not_before: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
     lease_until: Mapped[datetime | None] = mapped_column(UtcDateTime)
     last_enqueued_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
-    # Who to reach, as given ({"custom_ids": [...], "install_ids": [...], "tokens": [...]}) or,
-    # for retries, as resolved ({"installations": [pk, ...], "tokens": [...]}).
+    # Who to reach, as given ({"custom_ids": [...], "install_ids": [...], "advertising_ids":
+    # [...], "tokens": [...]}) or, for retries, as resolved ({"installations": [pk, ...],
+    # "tokens": [...]}).
     recipients: Mapped[dict[str, list[Any]]] = mapped_column(JsonValue)
     # The reason of the last transient failure, reported if retries run out.
     last_reason: Mapped[str | None] = mapped_column(String(1024))

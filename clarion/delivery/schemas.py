@@ -6,34 +6,38 @@ recipients, messages and scheduling on top.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 import orjson
-from pydantic import BaseModel, Field, field_validator
+from pydantic import Field, field_validator
+
+from clarion.formats import Id, WireModel, stored_value
 
 MAX_TTL_SECONDS = 28 * 24 * 3600  # 2,419,200 s, spec §3.1
 
 
-class Media(BaseModel):
+class Media(WireModel):
     icon: str | None = Field(default=None, pattern=r"^https://", max_length=2048)
     picture: str | None = Field(default=None, pattern=r"^https://", max_length=2048)
     audio: str | None = Field(default=None, pattern=r"^https://", max_length=2048)
     video: str | None = Field(default=None, pattern=r"^https://", max_length=2048)
 
 
-class CollapseKey(BaseModel):
+class CollapseKey(WireModel):
     enabled: bool = False
     key: str = Field(default="default", min_length=1, max_length=64)
 
 
-class PushOptions(BaseModel):
+class PushOptions(WireModel):
     deeplink: str | None = Field(default=None, min_length=1, max_length=2048)
     custom_payload: str | None = None
     media: Media | None = None
     priority: Literal["normal", "high"] | None = None
     time_to_live: int | None = Field(default=None, gt=0, le=MAX_TTL_SECONDS)
     push_type: Literal["alert", "background"] = "alert"
-    labels: list[str] = Field(default_factory=list, max_length=3)
+    labels: list[Annotated[Id, Field(min_length=1, max_length=128)]] = Field(
+        default_factory=list, max_length=3
+    )
 
     @field_validator("custom_payload")
     @classmethod
@@ -48,4 +52,9 @@ class PushOptions(BaseModel):
             raise ValueError("must be a string holding a JSON object")
         if "com.batch" in parsed:
             raise ValueError("the key 'com.batch' is reserved")
+        # Its values reach the devices as the rest of the push does: the same rule holds.
+        found = stored_value(parsed)
+        if found is not None:
+            where, why = found
+            raise ValueError(f"{'.'.join(map(str, where))} {why}")
         return value

@@ -591,6 +591,7 @@ class _Lookups:
 
     by_custom_id: Executable
     by_install_id: Executable
+    by_advertising_id: Executable
     by_id: Executable
     by_token: Executable
 
@@ -602,6 +603,7 @@ def _lookups(*, array: bool) -> _Lookups:
     return _Lookups(
         by_custom_id=_TARGETED.where(one_of(Installation.custom_id, String())),
         by_install_id=_TARGETED.where(one_of(Installation.install_id, String())),
+        by_advertising_id=_TARGETED.where(one_of(Installation.advertising_id, String())),
         # By primary key alone, app and token checked in Python: with `app_id = ? AND
         # push_token IS NOT NULL` beside it, SQLite walks the (app_id, push_token) index over
         # every installation of the app, once per batch (measured: a quarter of the worker's
@@ -622,12 +624,14 @@ async def resolve_recipients(
 ) -> list[list[Recipient]]:
     """The devices each batch of a job reaches, one per push token, in the batches' order.
 
-    custom_ids and install_ids reach opted-in installations of the key's kind (Dev key: debug
-    builds only); raw tokens are explicit and reach their device whatever it reported.
+    custom_ids, install_ids and advertising_ids reach opted-in installations of the key's kind
+    (Dev key: debug builds only); raw tokens are explicit and reach their device whatever it
+    reported.
     """
     # Every identifier of the job, per query and audience (app, key kind).
     custom_ids: dict[tuple[int, bool], set[str]] = defaultdict(set)
     install_ids: dict[tuple[int, bool], set[str]] = defaultdict(set)
+    advertising_ids: dict[tuple[int, bool], set[str]] = defaultdict(set)
     installation_ids: set[int] = set()
     tokens: dict[int, set[str]] = defaultdict(set)
     for batch, send, app in work:
@@ -635,11 +639,13 @@ async def resolve_recipients(
         audience = (app.id, send.dev_only)
         custom_ids[audience].update(wanted.get("custom_ids", ()))
         install_ids[audience].update(wanted.get("install_ids", ()))
+        advertising_ids[audience].update(wanted.get("advertising_ids", ()))
         installation_ids.update(wanted.get("installations", ()))
         tokens[app.id].update(wanted.get("tokens", ()))
 
     by_custom_id: dict[tuple[int, bool, str], list[Any]] = defaultdict(list)
     by_install_id: dict[tuple[int, bool, str], Any] = {}
+    by_advertising_id: dict[tuple[int, bool, str], list[Any]] = defaultdict(list)
     by_id: dict[int, Any] = {}
     by_token: dict[tuple[int, str], Any] = {}
     lookups = _LOOKUPS[uses_arrays(session)]
@@ -653,6 +659,11 @@ async def resolve_recipients(
             params = {"app_id": app_id, "is_dev": is_dev, "values": list(values)}
             for row in await session.execute(lookups.by_install_id, params):
                 by_install_id[(row.app_id, row.is_dev, row.install_id)] = row
+    for (app_id, is_dev), values in advertising_ids.items():
+        if values:
+            params = {"app_id": app_id, "is_dev": is_dev, "values": list(values)}
+            for row in await session.execute(lookups.by_advertising_id, params):
+                by_advertising_id[(row.app_id, row.is_dev, row.advertising_id)].append(row)
     if installation_ids:
         for row in await session.execute(lookups.by_id, {"values": list(installation_ids)}):
             by_id[row.id] = row
@@ -673,6 +684,11 @@ async def resolve_recipients(
                 for row in by_custom_id[(*audience, value)]
             ),
             *(by_install_id.get((*audience, value)) for value in wanted.get("install_ids", ())),
+            *(
+                row
+                for value in wanted.get("advertising_ids", ())
+                for row in by_advertising_id[(*audience, value)]
+            ),
             *(by_id.get(pk) for pk in wanted.get("installations", ())),
             *(by_token.get((app.id, token)) for token in wanted.get("tokens", ())),
         ]

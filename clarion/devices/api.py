@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from typing import Annotated
+
+from fastapi import APIRouter, Path
 
 from clarion.devices import service
 from clarion.devices.schemas import (
@@ -17,14 +19,16 @@ from clarion.devices.schemas import (
     VapidKey,
 )
 from clarion.errors import NotFoundError
+from clarion.formats import Text
 from clarion.http import RuntimeDep, SdkApp, SessionDep
 
 router = APIRouter(prefix="/sdk/v1/{api_key}", tags=["sdk"])
+InstallId = Annotated[Text, Path(max_length=128)]
 
 
 @router.put("/installations/{install_id}", response_model=InstallationRead)
 async def put_installation(
-    install_id: str,
+    install_id: InstallId,
     body: InstallationUpsert,
     access: SdkApp,
     session: SessionDep,
@@ -38,7 +42,7 @@ async def put_installation(
 
 @router.put("/installations/{install_id}/custom_id", response_model=InstallationRead)
 async def attach_custom_id(
-    install_id: str, body: CustomIdSet, access: SdkApp, session: SessionDep
+    install_id: InstallId, body: CustomIdSet, access: SdkApp, session: SessionDep
 ) -> InstallationRead:
     installation = await service.set_custom_id(
         session, access=access, install_id=install_id, custom_id=body.custom_id
@@ -48,7 +52,7 @@ async def attach_custom_id(
 
 @router.delete("/installations/{install_id}/custom_id", response_model=InstallationRead)
 async def detach_custom_id(
-    install_id: str, access: SdkApp, session: SessionDep
+    install_id: InstallId, access: SdkApp, session: SessionDep
 ) -> InstallationRead:
     installation = await service.set_custom_id(
         session, access=access, install_id=install_id, custom_id=None
@@ -58,7 +62,7 @@ async def detach_custom_id(
 
 @router.post("/installations/{install_id}/events", response_model=Accepted, status_code=202)
 async def track_events(
-    install_id: str, body: TrackedEventsIn, access: SdkApp, session: SessionDep
+    install_id: InstallId, body: TrackedEventsIn, access: SdkApp, session: SessionDep
 ) -> Accepted:
     count = await service.track_events(session, access=access, install_id=install_id, data=body)
     return Accepted(accepted=count)
@@ -66,7 +70,7 @@ async def track_events(
 
 @router.post("/installations/{install_id}/app-opens", response_model=Accepted, status_code=202)
 async def report_app_open(
-    install_id: str, body: AppOpenIn, access: SdkApp, session: SessionDep
+    install_id: InstallId, body: AppOpenIn, access: SdkApp, session: SessionDep
 ) -> Accepted:
     await service.record_app_open(session, access=access, install_id=install_id, data=body)
     return Accepted(accepted=1)
@@ -74,7 +78,7 @@ async def report_app_open(
 
 @router.post("/installations/{install_id}/opens", response_model=Accepted, status_code=202)
 async def report_push_open(
-    install_id: str, body: PushOpenIn, access: SdkApp, session: SessionDep
+    install_id: InstallId, body: PushOpenIn, access: SdkApp, session: SessionDep
 ) -> Accepted:
     await service.record_push_open(session, access=access, install_id=install_id, data=body)
     return Accepted(accepted=1)
@@ -82,7 +86,7 @@ async def report_push_open(
 
 @router.post("/installations/{install_id}/inapp-events", response_model=Accepted, status_code=202)
 async def report_inapp_events(
-    install_id: str, body: InAppEventsIn, access: SdkApp, session: SessionDep
+    install_id: InstallId, body: InAppEventsIn, access: SdkApp, session: SessionDep
 ) -> Accepted:
     count = await service.record_inapp(session, access=access, install_id=install_id, data=body)
     return Accepted(accepted=count)

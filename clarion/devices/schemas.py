@@ -3,37 +3,38 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 from zoneinfo import available_timezones
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from clarion.events.models import InAppEventKind
+from clarion.formats import Id, WireModel
 
 _TIMEZONES = frozenset(available_timezones())
 
 
-class WebPushKeys(BaseModel):
+class WebPushKeys(WireModel):
     p256dh: str = Field(min_length=16, max_length=200)
     auth: str = Field(min_length=8, max_length=100)
 
 
-class WebPushSubscription(BaseModel):
+class WebPushSubscription(WireModel):
     """The browser's PushSubscription.toJSON()."""
 
     endpoint: str = Field(pattern=r"^https://", max_length=1024)
     keys: WebPushKeys
 
 
-class InstallationUpsert(BaseModel):
+class InstallationUpsert(WireModel):
     """Every field is optional: an omitted field is left as it is, `null` clears it."""
 
     model_config = ConfigDict(extra="forbid")
 
     push_token: str | None = Field(default=None, min_length=8, max_length=1024)
     webpush_subscription: WebPushSubscription | None = None
-    custom_id: str | None = Field(default=None, min_length=1, max_length=512)
-    advertising_id: str | None = Field(default=None, min_length=1, max_length=64)
+    custom_id: Annotated[Id, Field(min_length=1, max_length=512)] | None = None
+    advertising_id: Annotated[Id, Field(min_length=1, max_length=64)] | None = None
     language: str | None = Field(default=None, pattern=r"^[a-zA-Z]{2,3}([-_][A-Za-z0-9]{2,8})*$")
     region: str | None = Field(default=None, pattern=r"^[A-Za-z]{2}$|^[0-9]{3}$")
     timezone: str | None = Field(default=None, max_length=64)
@@ -75,30 +76,32 @@ class InstallationRead(BaseModel):
     last_seen_at: datetime
 
 
-class CustomIdSet(BaseModel):
+class CustomIdSet(WireModel):
     model_config = ConfigDict(extra="forbid")
 
-    custom_id: str = Field(min_length=1, max_length=512)
+    custom_id: Annotated[Id, Field(min_length=1, max_length=512)]
 
 
-class TrackedEventIn(BaseModel):
+class TrackedEventIn(WireModel):
     model_config = ConfigDict(extra="forbid")
 
     # A leading "_" is Clarion's own (app opens are tracked as "_open").
     name: str = Field(pattern=r"^[a-zA-Z0-9][a-zA-Z0-9_]{0,29}$")
-    label: str | None = Field(default=None, max_length=200)
+    label: Annotated[Id, Field(max_length=200)] | None = None
     attributes: dict[str, Any] | None = None
-    tags: list[str] | None = Field(default=None, max_length=25)
+    tags: list[Annotated[Id, Field(min_length=1, max_length=64)]] | None = Field(
+        default=None, max_length=25
+    )
     occurred_at: datetime | None = None
 
 
-class TrackedEventsIn(BaseModel):
+class TrackedEventsIn(WireModel):
     model_config = ConfigDict(extra="forbid")
 
     events: list[TrackedEventIn] = Field(min_length=1, max_length=100)
 
 
-class AppOpenIn(BaseModel):
+class AppOpenIn(WireModel):
     """Sent when the app comes to the foreground (influenced opens, last visit)."""
 
     model_config = ConfigDict(extra="forbid")
@@ -106,7 +109,7 @@ class AppOpenIn(BaseModel):
     occurred_at: datetime | None = None
 
 
-class PushOpenIn(BaseModel):
+class PushOpenIn(WireModel):
     """Sent when the user opens a notification; `send_id` is `com.batch.i` from the payload."""
 
     model_config = ConfigDict(extra="forbid")
@@ -115,7 +118,7 @@ class PushOpenIn(BaseModel):
     occurred_at: datetime | None = None
 
 
-class InAppEventIn(BaseModel):
+class InAppEventIn(WireModel):
     model_config = ConfigDict(extra="forbid")
 
     kind: InAppEventKind
@@ -125,7 +128,7 @@ class InAppEventIn(BaseModel):
     occurred_at: datetime | None = None
 
 
-class InAppEventsIn(BaseModel):
+class InAppEventsIn(WireModel):
     model_config = ConfigDict(extra="forbid")
 
     events: list[InAppEventIn] = Field(min_length=1, max_length=100)

@@ -47,7 +47,7 @@ _PROFILE_FIELDS = (
 
 
 def check_install_id(install_id: str) -> str:
-    if not _INSTALL_ID.match(install_id):
+    if not _INSTALL_ID.fullmatch(install_id):
         raise MalformedParameterError(
             "install_id must be 1-128 characters of letters, digits, '_', '-', '.', ':'"
         )

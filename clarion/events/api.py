@@ -8,6 +8,7 @@ from fastapi import APIRouter, Path
 
 from clarion.events import service
 from clarion.events.schemas import EventsAccepted, UserEventsBulkIn, UserEventsIn
+from clarion.formats import Text
 from clarion.http import RestAppLive, SessionDep
 
 router = APIRouter(prefix="/1.0/{api_key}/events/users", tags=["trigger events"])
@@ -15,7 +16,7 @@ router = APIRouter(prefix="/1.0/{api_key}/events/users", tags=["trigger events"]
 
 @router.post("/{custom_id}", status_code=202)
 async def track_user_events(
-    custom_id: Annotated[str, Path(max_length=512)],
+    custom_id: Annotated[Text, Path(min_length=1, max_length=512)],
     body: UserEventsIn,
     access: RestAppLive,
     session: SessionDep,

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, RootModel, field_validator, model_validator
 
-from clarion.formats import NAME, parse_batch_date
+from clarion.formats import NAME, Id, WireModel, parse_batch_date
 
 MAX_EVENTS_PER_CALL = 1000
 MAX_ATTRIBUTES = 15
@@ -19,14 +19,14 @@ MAX_AGE = timedelta(hours=24)
 _DATE_ATTRIBUTE = re.compile(r"date\(([a-z0-9_]{1,30})\)")
 
 
-class ServerEventIn(BaseModel):
+class ServerEventIn(WireModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(pattern=r"^ue\.[a-z0-9_]{1,30}$")
     time: datetime | None = None
-    label: str | None = Field(default=None, max_length=200)
+    label: Annotated[Id, Field(max_length=200)] | None = None
     attributes: dict[str, Any] | None = None
-    tags: list[str] | None = Field(default=None, max_length=10)
+    tags: list[Id] | None = Field(default=None, max_length=10)
 
     @field_validator("time")
     @classmethod
@@ -80,7 +80,7 @@ def _date_value(name: str, value: Any) -> str:
         raise ValueError(f"attribute {name!r}: {exc}") from None
 
 
-class UserEventsIn(BaseModel):
+class UserEventsIn(WireModel):
     """The body for one user: `POST 1.0/{key}/events/users/{custom_id}`."""
 
     model_config = ConfigDict(extra="forbid")
@@ -89,7 +89,7 @@ class UserEventsIn(BaseModel):
 
 
 class UserEventsItem(UserEventsIn):
-    id: str = Field(min_length=1, max_length=512)
+    id: Annotated[Id, Field(min_length=1, max_length=512)]
 
 
 class UserEventsBulkIn(RootModel[list[UserEventsItem]]):

@@ -24,15 +24,16 @@ from clarion.exports.schemas import (
     ExportRequestRead,
     ExportRunRead,
 )
-from clarion.formats import wire_date
+from clarion.formats import Text, wire_date
 from clarion.http import RestAppLive, RuntimeDep, SessionDep
 from clarion.openapi import BINARY
 
 router = APIRouter(tags=["daily exports"])
 _DESTINATIONS = "/1.0/{api_key}/exports/destinations"
 _DESTINATION = "/1.0/{api_key}/exports/destinations/{name}"
-Name = Annotated[str, Path(min_length=1, max_length=100)]
-Token = Annotated[str, Path(min_length=1, max_length=64)]
+Name = Annotated[Text, Path(min_length=1, max_length=100)]
+Token = Annotated[Text, Path(min_length=1, max_length=64)]
+FileName = Annotated[Text, Path(max_length=255)]
 
 
 @router.post(_DESTINATIONS, status_code=201)
@@ -122,7 +123,11 @@ async def export_inapp_campaign_events(
 
 @router.get("/1.0/{api_key}/export/request/{request_id}", response_model_exclude_none=True)
 async def export_request_status(
-    request_id: str, request: Request, access: RestAppLive, session: SessionDep, runtime: RuntimeDep
+    request_id: Token,
+    request: Request,
+    access: RestAppLive,
+    session: SessionDep,
+    runtime: RuntimeDep,
 ) -> ExportRequestRead:
     found = await service.get_request(
         session,
@@ -160,8 +165,8 @@ async def export_request_status(
     responses={200: {"content": {"text/csv": {"schema": BINARY}}}},
 )
 async def export_request_file(
-    request_id: str,
-    file_name: str,
+    request_id: Token,
+    file_name: FileName,
     access: RestAppLive,
     session: SessionDep,
     runtime: RuntimeDep,

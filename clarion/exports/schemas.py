@@ -9,6 +9,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from clarion.connectors.schemas import CredentialsIn, location_url
 from clarion.exports.models import ID_COLUMNS, ExportKind
+from clarion.formats import WireModel
 
 SCHEMES = ("s3", "gs", "sftp", "ftp", "ftps", "file")
 DEFAULT_FILE_NAME = "clarion_{app_id}_{kind}_{date}.csv"
@@ -49,7 +50,7 @@ FileName = Annotated[str, Field(min_length=1, max_length=255), AfterValidator(_f
 IdColumns = Annotated[list[str], Field(max_length=3), AfterValidator(_id_columns)]
 
 
-class DestinationIn(BaseModel):
+class DestinationIn(WireModel):
     model_config = ConfigDict(extra="forbid")
 
     name: DestinationName
@@ -63,7 +64,7 @@ class DestinationIn(BaseModel):
     enabled: bool = True
 
 
-class DestinationUpdate(BaseModel):
+class DestinationUpdate(WireModel):
     """Fields to change; `credentials` replaces the stored ones as a whole."""
 
     model_config = ConfigDict(extra="forbid")
@@ -121,7 +122,7 @@ INAPP_EVENTS = {name: name for name in ("inapp_supplied", "inapp_shown", "inapp_
 ExportDate = Annotated[str, Field(min_length=3, max_length=32)]
 
 
-class ExportRequestIn(BaseModel):
+class ExportRequestIn(WireModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
     from_: ExportDate = Field(alias="from")

@@ -4,14 +4,15 @@ the app's company REST key and the app's Live key, until the archive expires."""
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Annotated
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Path, Request
 from fastapi.responses import FileResponse
 
 from clarion.config import Settings
 from clarion.db import utcnow
 from clarion.errors import NotFoundError
-from clarion.formats import wire_date
+from clarion.formats import Text, wire_date
 from clarion.gdpr import service
 from clarion.gdpr.models import GdprRequest
 from clarion.gdpr.schemas import GdprCreated, GdprId, GdprRequestIn, GdprRequestRead
@@ -19,6 +20,7 @@ from clarion.http import RestAppLive, RuntimeDep, SessionDep
 from clarion.openapi import BINARY
 
 router = APIRouter(prefix="/1.0/{api_key}/gdpr", tags=["gdpr"])
+RequestId = Annotated[Text, Path(max_length=64)]
 
 
 @router.post("/request", status_code=201)
@@ -41,7 +43,11 @@ async def list_requests(
 
 @router.get("/request/{request_id}", response_model_exclude_none=True)
 async def get_request(
-    request_id: str, request: Request, access: RestAppLive, session: SessionDep, runtime: RuntimeDep
+    request_id: RequestId,
+    request: Request,
+    access: RestAppLive,
+    session: SessionDep,
+    runtime: RuntimeDep,
 ) -> GdprRequestRead:
     found = await service.get_request(session, app_id=access.app_id, request_id=request_id)
     return _read(request, found, runtime.settings)
@@ -54,7 +60,7 @@ async def get_request(
     responses={200: {"content": {"application/zip": {"schema": BINARY}}}},
 )
 async def download_archive(
-    request_id: str, access: RestAppLive, session: SessionDep, runtime: RuntimeDep
+    request_id: RequestId, access: RestAppLive, session: SessionDep, runtime: RuntimeDep
 ) -> FileResponse:
     found = await service.get_request(session, app_id=access.app_id, request_id=request_id)
     expiry = service.archive_expiry(found, _retention(runtime.settings))

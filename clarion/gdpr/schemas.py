@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 from pydantic import BaseModel, ConfigDict, Field
 
+from clarion.formats import Id, WireModel
 from clarion.gdpr.models import IdType, RequestType
 
 
-class GdprId(BaseModel):
+class GdprId(WireModel):
     type: IdType
-    value: str = Field(min_length=1, max_length=512)
+    value: Annotated[Id, Field(min_length=1, max_length=512)]
 
 
-class GdprRequestIn(BaseModel):
+class GdprRequestIn(WireModel):
     model_config = ConfigDict(extra="ignore")
 
     request_type: RequestType

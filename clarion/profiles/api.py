@@ -6,6 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path
 
+from clarion.formats import Text
 from clarion.http import RestAppLive, SessionDep
 from clarion.profiles import service
 from clarion.profiles.schemas import (
@@ -16,7 +17,7 @@ from clarion.profiles.schemas import (
 )
 
 router = APIRouter(prefix="/1.0/{api_key}/data/users", tags=["custom data"])
-CustomId = Annotated[str, Path(min_length=1, max_length=512)]
+CustomId = Annotated[Text, Path(min_length=1, max_length=512)]
 
 
 @router.post("/{custom_id}")
@@ -28,9 +29,7 @@ async def update_user(
     return DataAccepted(token=token)
 
 
-# Batch's docs write the bulk route without a trailing slash; some clients add one.
 @router.post("")
-@router.post("/", include_in_schema=False)
 async def update_users(
     body: ProfileUpdatesIn, access: RestAppLive, session: SessionDep
 ) -> DataAccepted:

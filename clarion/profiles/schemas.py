@@ -5,18 +5,18 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from functools import cached_property, lru_cache
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
     RootModel,
-    field_validator,
     model_validator,
 )
 
-from clarion.formats import NAME, parse_batch_date
+from clarion.formats import NAME, Id, WireModel, parse_batch_date, stored_text
 from clarion.profiles.models import AttributeKind
 
 MAX_USERS_PER_CALL = 10_000
@@ -115,12 +115,14 @@ def _tags(key: str, name: str, value: Any) -> Operation:
 def _tag_list(key: str, tags: Any) -> tuple[str, ...]:
     if not isinstance(tags, list) or len(tags) > MAX_TAGS_PER_COLLECTION:
         raise ValueError(f"{key}: at most {MAX_TAGS_PER_COLLECTION} tags")
+    # A number is taken as its text, as everywhere an identifier is expected.
+    tags = [str(tag) if type(tag) is int else tag for tag in tags]
     if not all(isinstance(tag, str) and 1 <= len(tag) <= 64 for tag in tags):
         raise ValueError(f"{key}: tags are non-empty strings of at most 64 characters")
     return tuple(dict.fromkeys(tags))
 
 
-class ProfileUpdateIn(BaseModel):
+class ProfileUpdateIn(WireModel):
     model_config = ConfigDict(extra="forbid")
 
     overwrite: bool = False
@@ -151,10 +153,10 @@ class ProfileUpdateIn(BaseModel):
         return self
 
 
-class ProfileUpdateItem(BaseModel):
+class ProfileUpdateItem(WireModel):
     model_config = ConfigDict(extra="forbid")
 
-    id: str = Field(min_length=1, max_length=512)
+    id: Annotated[Id, Field(min_length=1, max_length=512)]
     update: ProfileUpdateIn
 
 
@@ -162,15 +164,12 @@ class ProfileUpdatesIn(RootModel[list[ProfileUpdateItem]]):
     root: list[ProfileUpdateItem] = Field(min_length=1, max_length=MAX_USERS_PER_CALL)
 
 
-class ProfileDeletesIn(RootModel[list[str]]):
-    root: list[str] = Field(min_length=1, max_length=MAX_USERS_PER_CALL)
+# Not in a WireModel (the body is a bare list): the text rule is checked per id.
+CustomId = Annotated[Id, AfterValidator(stored_text), Field(min_length=1, max_length=512)]
 
-    @field_validator("root")
-    @classmethod
-    def _custom_ids(cls, ids: list[str]) -> list[str]:
-        if not all(1 <= len(custom_id) <= 512 for custom_id in ids):
-            raise ValueError("custom user ids have 1 to 512 characters")
-        return ids
+
+class ProfileDeletesIn(RootModel[list[CustomId]]):
+    root: list[CustomId] = Field(min_length=1, max_length=MAX_USERS_PER_CALL)
 
 
 class DataAccepted(BaseModel):

@@ -13,6 +13,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, 
 from pydantic import ValidationError as PydanticValidationError
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
+from clarion.formats import Id, WireModel
 from clarion.targeting.query import Node, QueryError, parse_query
 
 # The shapes the SDK API accepts for an installation's language and region (devices/schemas.py).
@@ -45,7 +46,7 @@ class Segment(StrEnum):
     IMPORTED = "IMPORTED"
 
 
-class Targeting(BaseModel):
+class Targeting(WireModel):
     """Every given criterion must hold; an omitted (or empty) list restricts nothing."""
 
     model_config = ConfigDict(extra="ignore")
@@ -53,7 +54,7 @@ class Targeting(BaseModel):
     segments: list[Segment] | None = None
     languages: list[Annotated[str, AfterValidator(_language)]] | None = None
     regions: list[Annotated[str, AfterValidator(_region)]] | None = None
-    custom_audiences: list[Annotated[str, Field(min_length=1, max_length=128)]] | None = None
+    custom_audiences: list[Annotated[Id, Field(min_length=1, max_length=128)]] | None = None
     query: dict[str, Any] | None = None
     # The query as a tree, parsed once while validating, with the dict it was parsed from (a
     # model_copy(update=...) replaces the dict without validating: the tree is then redone).

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from typing import Annotated
 
+from fastapi import APIRouter, Path
+
+from clarion.formats import Text
 from clarion.http import RestApp, RestAppLive, RuntimeDep, SessionDep
 from clarion.transactional import service
 from clarion.transactional.schemas import SendRead, TransactionalAccepted, TransactionalSend
@@ -21,6 +24,8 @@ async def send_transactional(
 
 
 @router.get("/1.1/{api_key}/transactional/sends/{token}", response_model=SendRead)
-async def get_transactional_send(token: str, access: RestAppLive, session: SessionDep) -> SendRead:
+async def get_transactional_send(
+    token: Annotated[Text, Path(max_length=64)], access: RestAppLive, session: SessionDep
+) -> SendRead:
     """Clarion's addition: what one call targeted, sent and failed (Batch's debug tool)."""
     return await service.describe_send(session, access=access, token=token)

@@ -7,35 +7,41 @@ Unknown fields are ignored rather than refused: Batch clients send fields Clario
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 from clarion.delivery.personalisation import check_template
 from clarion.delivery.schemas import CollapseKey, PushOptions
+from clarion.formats import INTEGERS_TOO, NUMBER_AS_TEXT, Id, WireModel
 
 MAX_RECIPIENTS = 10_000
+# The kinds of recipient, in the order a send's batches take them.
+RECIPIENT_KINDS = ("custom_ids", "install_ids", "advertising_ids", "tokens")
+Recipient = Annotated[Id, Field(min_length=1, max_length=1024)]
+GroupId = Annotated[str, Field(pattern=r"^[A-Za-z0-9_\-]{1,128}$"), NUMBER_AS_TEXT, INTEGERS_TOO]
 
 
-class Recipients(BaseModel):
-    tokens: list[str] = Field(default_factory=list)
-    custom_ids: list[str] = Field(default_factory=list)
-    install_ids: list[str] = Field(default_factory=list)
+class Recipients(WireModel):
+    tokens: list[Recipient] = Field(default_factory=list)
+    custom_ids: list[Recipient] = Field(default_factory=list)
+    install_ids: list[Recipient] = Field(default_factory=list)
+    # Batch's partner page lists advertising ids (IDFA/GAID) among the Transactional API's
+    # targets (seed 000): each reaches the installations that reported it (SDK API).
+    advertising_ids: list[Recipient] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _count(self) -> Recipients:
-        total = len(self.tokens) + len(self.custom_ids) + len(self.install_ids)
+        total = sum(len(getattr(self, kind)) for kind in RECIPIENT_KINDS)
         if total == 0:
-            raise ValueError("give at least one of tokens, custom_ids, install_ids")
+            raise ValueError("give at least one of " + ", ".join(RECIPIENT_KINDS))
         if total > MAX_RECIPIENTS:
             raise ValueError(f"at most {MAX_RECIPIENTS:,} recipients in total, got {total:,}")
-        for name in ("tokens", "custom_ids", "install_ids"):
-            if any(not value or len(value) > 1024 for value in getattr(self, name)):
-                raise ValueError(f"{name} holds an empty or over-long identifier")
         return self
 
 
-class Message(BaseModel):
+class Message(WireModel):
     title: str | None = Field(default=None, max_length=256)
     body: str = Field(max_length=4096)
 
@@ -44,11 +50,11 @@ class TransactionalSend(PushOptions):
     model_config = ConfigDict(extra="ignore")
 
     # Required, except with a template, whose token then stands in for it.
-    group_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_\-]{1,128}$")
+    group_id: GroupId | None = None
     recipients: Recipients
     # Partners Transactional API: the token of a saved campaign whose content is sent; any
     # content field given here overrides the campaign's (seed 000, spec §3.4).
-    template_id: str | None = Field(default=None, min_length=1, max_length=64)
+    template_id: Annotated[Id, Field(min_length=1, max_length=64)] | None = None
     message: Message | None = None
     messages: dict[str, Message] | None = None
     gcm_collapse_key: CollapseKey | None = None

@@ -27,7 +27,12 @@ from clarion.delivery.service import batch_totals
 from clarion.errors import NotFoundError
 from clarion.events.models import PushEvent, PushEventKind
 from clarion.queue import BatchJob, JobQueue
-from clarion.transactional.schemas import SendError, SendRead, TransactionalSend
+from clarion.transactional.schemas import (
+    RECIPIENT_KINDS,
+    SendError,
+    SendRead,
+    TransactionalSend,
+)
 
 log = logging.getLogger(__name__)
 
@@ -199,7 +204,7 @@ def _chunk_recipients(body: TransactionalSend, size: int) -> list[dict[str, list
     """Split the identifiers into batches of at most `size`, deduplicated, order kept."""
     tagged = [
         (kind, value)
-        for kind in ("custom_ids", "install_ids", "tokens")
+        for kind in RECIPIENT_KINDS
         for value in dict.fromkeys(getattr(body.recipients, kind))
     ]
     chunks: list[dict[str, list[str]]] = []
