@@ -61,10 +61,6 @@ class Settings(BaseSettings):
     # How often the campaign scheduler looks for due campaigns (a campaign starts this late).
     scheduler_interval_seconds: float = Field(default=1.0, gt=0)
 
-    # Simulators (`clarion sim`)
-    sim_host: str = "127.0.0.1"
-    sim_port: int = 8443
-
     # API
     max_body_bytes: int = 1024 * 1024
     # The bulk routes of the Custom Data and Trigger Events APIs (10,000 users a call).

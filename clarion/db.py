@@ -1,7 +1,8 @@
 """Database plumbing: engine, sessions, the declarative base, and column types shared by domains.
 
-Services never commit: the request wrapper (clarion.http) or the job wrapper (clarion.queue)
-owns the transaction. See docs/architecture.md.
+Services never commit: the request's session dependency (clarion.http.get_session) or
+`transaction` below (workers, the send intake, the campaign scheduler) owns the transaction.
+See docs/decisions/0005-unit-of-work.md.
 """
 
 from __future__ import annotations

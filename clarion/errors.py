@@ -52,6 +52,8 @@ class TooManyRequestsError(ClarionError):
     status, code, name = 429, 60, "TOO_MANY_REQUESTS"
 
 
+# Raised nowhere today (Clarion has no maintenance mode), kept because spec §2.2 defines 503/2
+# and lists it on every write route: this module is the whole table of codes Batch's clients map.
 class MaintenanceError(ClarionError):
     status, code, name = 503, 2, "MAINTENANCE_ERROR"
 

@@ -1,8 +1,10 @@
 """HTTP plumbing shared by every API module: the unit of work, auth aliases, Batch-format errors.
 
 The session dependency runs with scope="function": it commits when the route function returns
-and before the response is sent, then enqueues the jobs the services deferred. A client that
-got a 201 can rely on its send being committed (see docs/decisions/0005-unit-of-work.md).
+and before the response is sent, so a client holding a 2xx can rely on what it wrote being
+committed. No route writes delivery batches through it: the send intake (and the campaign fan-out
+and delivery retries, outside requests) commit batches in a transaction of their own, then enqueue
+their jobs (see docs/decisions/0005-unit-of-work.md).
 """
 
 from __future__ import annotations
@@ -55,7 +57,6 @@ async def get_session(runtime: RuntimeDep) -> AsyncIterator[AsyncSession]:
         except BaseException:
             await session.rollback()
             raise
-        await runtime.queue.flush_deferred(session)
 
 
 SessionDep = Annotated[AsyncSession, Depends(get_session, scope="function")]

@@ -3,11 +3,11 @@
 Jobs carry delivery batch ids, never single notifications: a full batch (up to batch_size
 recipients) rides alone, while small ones enqueued together (a burst of transactional sends to
 one user each) share a job, so a worker pays its per-job costs once for all of them.
-The batch rows are the durable outbox: a job is only a wake-up call, so a job lost with an
-in-memory queue (or between commit and enqueue) is found again by the outbox sweep in
-clarion.delivery.service. Services never enqueue directly: they defer batch ids on the session,
-and the unit-of-work wrapper enqueues them once the transaction has committed, so no job ever
-points at a row that was rolled back. See docs/decisions/0003-job-engine.md.
+The batch rows are the durable outbox: a job is only a wake-up call. Whoever writes batches
+(the send intake, the campaign fan-out, delivery retries) commits them in its own transaction and
+enqueues their ids after the commit, so no job ever points at a row that was rolled back; a job
+lost with an in-memory queue (or between commit and enqueue) is found again by the outbox sweep in
+clarion.delivery.service. See docs/decisions/0003-job-engine.md and 0005-unit-of-work.md.
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ import psycopg
 from pgqueuer import Job, PgQueuer, PsycopgDriver
 from pgqueuer.queries import Queries
 from psycopg.rows import dict_row
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from clarion.batching import TurnBatcher
 from clarion.config import QueueBackend
@@ -31,7 +30,6 @@ from clarion.config import QueueBackend
 log = logging.getLogger(__name__)
 
 SEND_BATCH = "delivery.send_batch"
-_DEFERRED = "clarion.deferred_batches"
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,16 +38,6 @@ class BatchJob:
     delay: timedelta | None = None
     # How many recipients the batch holds, when known: small batches share a job.
     recipients: int | None = None
-
-
-def defer_batches(session: AsyncSession, jobs: Iterable[BatchJob]) -> None:
-    """Enqueue these batches once `session` commits (dropped if it rolls back)."""
-    session.info.setdefault(_DEFERRED, []).extend(jobs)
-
-
-def take_deferred(session: AsyncSession) -> list[BatchJob]:
-    jobs: list[BatchJob] = session.info.pop(_DEFERRED, [])
-    return jobs
 
 
 def libpq_url(database_url: str) -> str:
@@ -172,9 +160,6 @@ class JobQueue:
                 dedupe_key=[f"batch:{ids[0]}" for ids, _ in packed],
                 on_conflict="skip",
             )
-
-    async def flush_deferred(self, session: AsyncSession) -> None:
-        await self.enqueue(take_deferred(session))
 
     def register_worker(self, handler: BatchHandler, *, concurrency: int) -> None:
         # pgqueuer picks up to twice its batch size of jobs (it wants max_concurrent_tasks of at

@@ -57,7 +57,8 @@ class AudienceMember(Base):
 
     __tablename__ = "audience_members"
 
-    audience_id: Mapped[int] = mapped_column(primary_key=True)
+    # The type of audiences.id, which it holds (as its migration created it).
+    audience_id: Mapped[int] = mapped_column(BigIntPK, primary_key=True)
     generation: Mapped[int] = mapped_column(primary_key=True)
     member_id: Mapped[str] = mapped_column(String(512), primary_key=True)
     # API 1.1: attributes and tags given with the member (kept, not yet targetable).

@@ -90,7 +90,8 @@ class ImportFileMember(Base):
 
     __tablename__ = "import_file_members"
 
-    file_id: Mapped[int] = mapped_column(primary_key=True)
+    # The type of import_files.id, which it holds (as its migration created it).
+    file_id: Mapped[int] = mapped_column(BigIntPK, primary_key=True)
     member_id: Mapped[str] = mapped_column(String(512), primary_key=True)
 
 

@@ -309,10 +309,6 @@ def tokens_match(expected: str, sent: str | None) -> bool:
     )
 
 
-async def count_users(session: AsyncSession) -> int:
-    return int(await session.scalar(select(func.count()).select_from(DashboardUser)) or 0)
-
-
 async def company_app(session: AsyncSession, viewer: Viewer, app_id: int) -> tuple[App, AppAccess]:
     """An app of the viewer's company (404 otherwise), and the Live access the services take:
     the dashboard acts with the app's full rights, as Batch's dashboard does."""
