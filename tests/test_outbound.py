@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from clarion.connectors.service import ImportRunner
 from clarion.connectors.storage import Storage, StorageCredentials, StorageError
 from clarion.exports.service import ExportRunner
-from clarion.outbound import OutboundPolicy, parse_allowed
+from clarion.outbound import DestinationRefused, OutboundPolicy, WebhookClient, parse_allowed
 from clarion.runtime import Runtime
 from tests.conftest import ClientApp
 from tests.support.simulator import LOCAL_SERVERS_POLICY
@@ -418,6 +418,21 @@ async def test_a_plain_http_callback_is_called_only_if_the_operator_allows_http(
 
     assert [json.loads(body)["request_id"] for _, body in local_http.posted] == [second]
     assert first != second
+
+
+async def test_a_refused_callback_names_the_host_of_its_own_url() -> None:
+    """Two names of one address, one after the other: each refusal names its own URL's host
+    (aiohttp's DNS cache answers the second "localhost" without asking the resolver)."""
+    client = WebhookClient(policy())
+    messages = []
+    try:
+        for url in ("https://localhost:9/", "https://0x7f.1:9/", "https://user@localhost:9/"):
+            with pytest.raises(DestinationRefused) as refused:
+                await client.post_json(url, {})
+            messages.append(str(refused.value))
+    finally:
+        await client.aclose()
+    assert [m.split(" (")[0] for m in messages] == ["localhost", "0x7f.1", "localhost"], messages
 
 
 @pytest.mark.parametrize(
