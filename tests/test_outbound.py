@@ -182,6 +182,40 @@ async def test_a_source_on_loopback_is_refused_unless_the_operator_allows_it(
     assert (allowed.status, allowed.ids_accepted) == ("succeeded", 1), allowed.error
 
 
+@pytest.mark.parametrize("protocol", ["https", "s3"])
+async def test_a_source_url_with_its_scheme_in_capitals_is_read_under_the_same_policy(
+    protocol: str,
+    request: pytest.FixtureRequest,
+    api: httpx.AsyncClient,
+    ios_app: ClientApp,
+    runtime: Runtime,
+    ca_bundle: Path,
+    tmp_path: Path,
+) -> None:
+    drop = folder_on(protocol, request, tmp_path / str(ios_app.app_id))
+    drop.put("audience.csv", b"id\nin-capitals\n")
+    if protocol == "s3":  # the endpoint_url is the URL connected to
+        endpoint = drop.credentials["endpoint_url"]
+        drop.credentials["endpoint_url"] = endpoint.replace("http", "HTTP", 1)
+    else:
+        drop.url = drop.url.replace("https", "HTTPS", 1)
+    await create_source(api, ios_app, drop)
+
+    refused = one(
+        await runner_allowing(runtime, ca_bundle, tmp_path).run_source(
+            app_id=ios_app.app_id, name="crm"
+        )
+    )
+    allowed = one(
+        await runner_allowing(runtime, ca_bundle, tmp_path, "127.0.0.1/32").run_source(
+            app_id=ios_app.app_id, name="crm"
+        )
+    )
+
+    assert f"127.0.0.1 {REFUSED}" in str(refused.error)
+    assert (allowed.status, allowed.ids_accepted) == ("succeeded", 1), allowed.error
+
+
 async def test_a_host_name_that_resolves_to_a_refused_address_is_refused(
     api: httpx.AsyncClient,
     ios_app: ClientApp,
@@ -420,6 +454,20 @@ async def test_a_plain_http_callback_is_called_only_if_the_operator_allows_http(
     assert first != second
 
 
+async def test_a_callback_url_with_its_scheme_in_capitals_is_called(
+    api: httpx.AsyncClient,
+    ios_app: ClientApp,
+    runtime: Runtime,
+    local_http: _LocalServer,
+) -> None:
+    await a_known_user(api, ios_app, "cb-caps")
+    url = f"HTTP://127.0.0.1:{local_http.port}/done"
+    sent = await request(api, ios_app, "review", "custom_id", "cb-caps", callback_url=url)
+    await process(runtime, policy("127.0.0.1", allow_http=True))
+
+    assert [json.loads(body)["request_id"] for _, body in local_http.posted] == [sent]
+
+
 async def test_a_refused_callback_names_the_host_of_its_own_url() -> None:
     """Two names of one address, one after the other: each refusal names its own URL's host
     (aiohttp's DNS cache answers the second "localhost" without asking the resolver)."""
@@ -440,6 +488,13 @@ async def test_a_refused_callback_names_the_host_of_its_own_url() -> None:
     [
         ("https://127.0.0.2/done", f"127.0.0.2 {REFUSED}"),
         ("https://[::ffff:169.254.169.254]/", "is a link-local address"),
+        # A scheme in capitals is a URL all the same (RFC 3986 §3.1), under the same policy.
+        ("HTTPS://127.0.0.2/done", f"127.0.0.2 {REFUSED}"),
+        (
+            "Http://example.com/done",
+            "must be an https:// URL; an operator can allow http:// with "
+            "CLARION_OUTBOUND_ALLOW_HTTP",
+        ),
         (
             "http://example.com/done",
             "must be an https:// URL; an operator can allow http:// with "
@@ -479,6 +534,7 @@ async def test_a_refused_callback_url_is_a_400_naming_the_field(
     [
         ("https://10.0.0.7/push/abc", "a private address"),
         ("https://127.0.0.2:8443/push/abc", "a loopback address"),
+        ("HTTPS://127.0.0.2:8443/push/abc", "a loopback address"),
         ("https://[fe80::1]/push/abc", "a link-local address"),
     ],
 )
