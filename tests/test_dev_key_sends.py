@@ -8,6 +8,7 @@ whatever the attacker's device shows is what the attacker learnt.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -53,16 +54,22 @@ async def attacker(api: httpx.AsyncClient, ios_app: ClientApp, victim: str) -> s
     return token
 
 
-async def run_campaign(
-    api: httpx.AsyncClient, app: ClientApp, runtime: Runtime, key: str, **body: Any
-) -> str:
-    response = await create(api, app, {**EXAMPLE, "push_time": "now", **body}, key=key)
-    assert response.status_code == 201, response.text
-    token: str = response.json()["campaign_token"]
-    clock = Clock(datetime.now(UTC))
-    await scheduler(runtime, clock).tick()
-    await wait_delivered(runtime, token)
-    return token
+Campaign = Callable[..., Awaitable[str]]
+
+
+@pytest.fixture
+def campaign(api: httpx.AsyncClient, ios_app: ClientApp, runtime: Runtime) -> Campaign:
+    """Creates a `push_time: now` campaign with `key`, runs it and waits until delivered."""
+
+    async def run(key: str, **body: Any) -> str:
+        response = await create(api, ios_app, {**EXAMPLE, "push_time": "now", **body}, key=key)
+        assert response.status_code == 201, response.text
+        token: str = response.json()["campaign_token"]
+        await scheduler(runtime, Clock(datetime.now(UTC))).tick()
+        await wait_delivered(runtime, token)
+        return token
+
+    return run
 
 
 def shown(sim_control: httpx.Client, token: str) -> list[tuple[str, str]]:
@@ -75,16 +82,12 @@ def shown(sim_control: httpx.Client, token: str) -> list[tuple[str, str]]:
 class TestDevCampaigns:
     async def test_the_attack_delivers_no_profile_value(
         self,
-        api: httpx.AsyncClient,
         ios_app: ClientApp,
-        runtime: Runtime,
+        campaign: Campaign,
         sim_control: httpx.Client,
         attacker: str,
     ) -> None:
-        await run_campaign(
-            api,
-            ios_app,
-            runtime,
+        await campaign(
             ios_app.dev_api_key,
             targeting={"query": {"c.plan": {"$exists": True}}},
             messages=PEEK,
@@ -93,9 +96,8 @@ class TestDevCampaigns:
 
     async def test_targeting_is_not_applied_so_it_is_no_oracle(
         self,
-        api: httpx.AsyncClient,
         ios_app: ClientApp,
-        runtime: Runtime,
+        campaign: Campaign,
         sim_control: httpx.Client,
         attacker: str,
         victim: str,
@@ -103,10 +105,7 @@ class TestDevCampaigns:
         """Right guess or wrong guess, the debug install receives it (Batch, spec §1.3: the
         Dev key's pushes reach all debug installations, untargeted); release installs never."""
         for guess in ("SECRET-PREMIUM", "WRONG"):
-            await run_campaign(
-                api,
-                ios_app,
-                runtime,
+            await campaign(
                 ios_app.dev_api_key,
                 targeting={"query": {"c.plan": guess}, "languages": ["xx"]},
                 messages=[{"language": "en", "body": guess}],
@@ -117,7 +116,7 @@ class TestDevCampaigns:
     async def test_audience_names_are_not_checked_for_the_dev_key(
         self, api: httpx.AsyncClient, ios_app: ClientApp
     ) -> None:
-        """ "no custom audience named x" would tell the Dev key which audiences exist."""
+        """Refusing an unknown audience name would tell the Dev key which audiences exist."""
         body = {**EXAMPLE, "targeting": {"custom_audiences": ["does-it-exist"]}}
         assert (await create(api, ios_app, body, key=ios_app.dev_api_key)).status_code == 201
         refused = await create(api, ios_app, body)
@@ -127,17 +126,14 @@ class TestDevCampaigns:
         self,
         api: httpx.AsyncClient,
         ios_app: ClientApp,
-        runtime: Runtime,
+        campaign: Campaign,
         sim_control: httpx.Client,
         attacker: str,
         victim: str,
     ) -> None:
         other = apns_token()
         await register(api, ios_app, "other-phone", push_token=other, custom_id="someone-else")
-        await run_campaign(
-            api,
-            ios_app,
-            runtime,
+        await campaign(
             ios_app.api_key,
             targeting={"query": {"c.plan": "SECRET-PREMIUM"}},
             messages=PEEK,
