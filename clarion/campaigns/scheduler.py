@@ -292,7 +292,11 @@ class CampaignScheduler:
             }
             body = CampaignBody.model_validate(run.body)
         audience = targeting.reachable(app_id=app.id, dev_only=campaign.dev_only)
-        if body.targeting is not None:
+        # A Dev-key campaign reaches every debug installation of the app, untargeted (Batch,
+        # spec §1.3): its targeting evaluated against the profiles, events and audiences that a
+        # debug install can claim by custom id would answer yes/no about the app's data to
+        # whoever holds the Dev key (docs/api-keys.md).
+        if body.targeting is not None and not campaign.dev_only:
             audience = audience & targeting.installation_filter(
                 body.targeting, app_id=app.id, now=run.scheduled_for
             )

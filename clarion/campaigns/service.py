@@ -305,17 +305,30 @@ async def list_campaigns(
     ]
 
 
-async def template_content(session: AsyncSession, *, app_id: int, token: str) -> dict[str, Any]:
+async def template_content(
+    session: AsyncSession, *, access: AppAccess, token: str
+) -> dict[str, Any]:
     """A saved campaign's push content, for the Partners Transactional API's `template_id`
-    (any campaign of the app, drafts included; an A/B campaign lends its first version)."""
-    stored = await session.scalar(
-        select(Campaign.body).where(
-            Campaign.token == token, Campaign.app_id == app_id, Campaign.deleted_at.is_(None)
+    (any campaign of the app, drafts included; an A/B campaign lends its first version). The
+    Dev key may name only its own (dev_only) campaigns: a Live campaign's content is the app's,
+    and sending it to a debug device would read it."""
+    found = (
+        await session.execute(
+            select(Campaign.body, Campaign.dev_only).where(
+                Campaign.token == token,
+                Campaign.app_id == access.app_id,
+                Campaign.deleted_at.is_(None),
+            )
         )
-    )
-    if stored is None:
+    ).one_or_none()
+    if found is None:
         raise MalformedParameterError(f"template_id: no campaign {token!r} in this app")
-    body = CampaignBody.model_validate(stored)
+    if access.is_dev and not found.dev_only:
+        raise ApiMisuseError(
+            "template_id: the Dev API key can name only the campaigns created with it"
+            " (dev_only): this one was created with the Live API key"
+        )
+    body = CampaignBody.model_validate(found.body)
     return send_content(body, next(iter(body.versions)))
 
 
@@ -363,6 +376,10 @@ def _stored(body: CampaignBody) -> dict[str, Any]:
 
 
 async def _check_targeting(session: AsyncSession, access: AppAccess, body: CampaignBody) -> None:
+    # The Dev key's campaigns are not targeted (scheduler), and "no custom audience named x"
+    # would tell the Dev key which audiences the app has.
+    if access.is_dev:
+        return
     if body.targeting is not None and body.targeting.custom_audiences:
         await targeting_service.check_audiences(
             session, app_id=access.app_id, names=body.targeting.custom_audiences

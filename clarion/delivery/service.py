@@ -239,10 +239,15 @@ class Deliverer:
                     targets, await resolve_recipients(session, targets), strict=True
                 )
             ]
-            # Personalised sends need their users' attributes: one query per such batch.
+            # Personalised sends need their users' attributes: one query per such batch. A
+            # Dev-key send renders with none (the defaults): its recipients are debug installs,
+            # which claim any custom id they like, so rendering their profile would hand the
+            # app's Custom Data to whoever holds the Dev key (docs/api-keys.md).
             attributes: dict[int, dict[str, dict[str, Any]]] = {}
             for batch, send, app, recipients in work:
-                if send.content.get("personalised"):
+                if send.content.get("personalised") and send.dev_only:
+                    attributes[batch.id] = {}
+                elif send.content.get("personalised"):
                     attributes[batch.id] = await attributes_of(
                         session,
                         app_id=app.id,

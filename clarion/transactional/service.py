@@ -76,9 +76,7 @@ class SendIntake:
             content = body.model_dump(exclude=envelope, exclude_none=True)
         else:
             async with self._sessions() as session:
-                content = await template_content(
-                    session, app_id=access.app_id, token=body.template_id
-                )
+                content = await template_content(session, access=access, token=body.template_id)
             # The fields the caller gave override the template's; a message replaces them all.
             given = body.model_dump(exclude=envelope, exclude_unset=True, exclude_none=True)
             if "message" in given or "messages" in given:
