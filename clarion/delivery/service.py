@@ -39,6 +39,7 @@ from clarion.config import Settings
 from clarion.db import in_values, transaction, uses_arrays, utcnow
 from clarion.delivery.content import build_notification, language_key, personalised_fields
 from clarion.delivery.models import BATCHES, SENDS, BatchStatus, DeliveryBatch, Send
+from clarion.delivery.personalisation import TemplateLimitError
 from clarion.delivery.pool import ProviderPool
 from clarion.delivery.providers.base import (
     DeliveryResult,
@@ -284,9 +285,17 @@ class Deliverer:
                 continue
             rendered = None
             if attributes is not None:
-                rendered = personalised_fields(
-                    send.content, recipient.language, attributes.get(recipient.custom_id or "", {})
-                )
+                try:
+                    rendered = personalised_fields(
+                        send.content,
+                        recipient.language,
+                        attributes.get(recipient.custom_id or "", {}),
+                    )
+                except TemplateLimitError as exc:
+                    # The same template fails the same way on a retry: a push_error, not a retry.
+                    reason = f"TemplateLimit: {exc.message}"
+                    results[index] = DeliveryResult(Outcome.FAILED, reason=reason)
+                    continue
             language = language_key(send.content, recipient.language)
             groups[(recipient.sandbox, language, rendered)].append(index)
         for (sandbox, _, rendered), indexes in groups.items():
