@@ -91,7 +91,8 @@ async def test_a_template_id_send_refuses_it_and_stores_nothing(
 ) -> None:
     saved = await created(api, ios_app, TEMPLATE)
     before = await stored_counts(runtime)
-    body = {"recipients": {"custom_ids": ["x"]}, "template_id": saved, "message": {"body": template}}
+    body = {"recipients": {"custom_ids": ["x"]}, "template_id": saved}
+    body["message"] = {"body": template}
     assert "message.body: template" in error(await send(api, ios_app, body), 400, 31)
     assert await stored_counts(runtime) == before
 
