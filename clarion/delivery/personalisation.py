@@ -5,8 +5,9 @@ The template language is Jinja2 in its sandbox (docs/decisions/0009-personalisat
 custom user id (Custom Data API, without the `u.` prefix). A missing attribute renders as its
 default, or as nothing; a template error on one user's values renders the defaults instead.
 
-Templates come from API callers and are rendered on the event loop (validation at the API,
-once per user and language at delivery), so a render must be cheap whatever the template says.
+Templates come from API callers and are compiled and rendered in worker threads (validation
+at the API, once per user at delivery) of a process whose event loop serves everyone, so a
+render must be cheap whatever the template says.
 Beyond the sandbox's own guards (no private attributes, no mutation of lists and dicts):
 - no globals (no `range`, `lipsum`, `namespace`), no macros or call blocks (recursion);
 - no value a template builds may exceed MAX_VALUE characters (or MAX_INT_BITS for integers),
@@ -16,7 +17,8 @@ Beyond the sandbox's own guards (no private attributes, no mutation of lists and
   most MAX_WORK characters across every filter, call, operator and printed value;
 - the rendered text may not exceed MAX_OUTPUT characters.
 Any of these raises TemplateLimitError: a 400 naming the field at the API, a failed push for
-the recipient at delivery (never a retry: the same template fails the same way again).
+the recipient at delivery (never a retry: the same template fails the same way again). The
+templates of one document also share MAX_DOCUMENT_TOKENS, which bounds compiling.
 """
 
 from __future__ import annotations
