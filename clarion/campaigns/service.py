@@ -24,6 +24,7 @@ from clarion.campaigns.schemas import (
 )
 from clarion.delivery.content import has_templates
 from clarion.delivery.models import BATCHES, SENDS
+from clarion.delivery.personalisation import check_templates
 from clarion.delivery.schemas import CollapseKey
 from clarion.delivery.service import batch_totals, cancel_sends
 from clarion.errors import (
@@ -86,6 +87,7 @@ async def create_campaign(
     from_api: bool = True,
 ) -> Campaign:
     """`from_api`: false for campaigns composed in the dashboard (Batch's list filter)."""
+    await check_templates(body.template_fields())
     await _check_targeting(session, access, body)
     campaign = Campaign(
         token=new_campaign_token(),
@@ -130,6 +132,7 @@ async def update_campaign(
                 raise MalformedParameterError(f"{key}: a parameter once set cannot be removed")
         document = {**stored, **changes}
     body = validate_body(document)
+    await check_templates(body.template_fields())
     await _check_targeting(session, access, body)
     state = CampaignState(campaign.state)
     schedule_changed = any(

@@ -39,6 +39,7 @@ from clarion.config import Settings
 from clarion.db import in_values, transaction, uses_arrays, utcnow
 from clarion.delivery.content import build_notification, language_key, personalised_fields
 from clarion.delivery.models import BATCHES, SENDS, BatchStatus, DeliveryBatch, Send
+from clarion.delivery.personalisation import TemplateLimitError
 from clarion.delivery.pool import ProviderPool
 from clarion.delivery.providers.base import (
     DeliveryResult,
@@ -280,18 +281,21 @@ class Deliverer:
         if send.expires_at is not None and now >= send.expires_at:
             return [DeliveryResult(Outcome.FAILED, reason="Expired")] * len(recipients)
         results: list[DeliveryResult | None] = [None] * len(recipients)
+        renders: list[tuple[str | None, ...] | DeliveryResult | None] = [None] * len(recipients)
+        if attributes is not None:
+            # Up to batch_size (1,000) renders of up to ~13 ms each (the template limits):
+            # CPU work, kept off the event loop.
+            renders = await asyncio.to_thread(_personalise, send.content, recipients, attributes)
         # Devices that share an environment, a language and (personalised sends) the same
         # rendered texts get one rendering of the payload.
         groups: dict[tuple[bool, str, tuple[str | None, ...] | None], list[int]] = defaultdict(list)
-        for index, recipient in enumerate(recipients):
+        for index, (recipient, rendered) in enumerate(zip(recipients, renders, strict=True)):
             if app.platform == "web" and recipient.p256dh is None:
                 results[index] = DeliveryResult(Outcome.FAILED, reason="UnknownSubscription")
                 continue
-            rendered = None
-            if attributes is not None:
-                rendered = personalised_fields(
-                    send.content, recipient.language, attributes.get(recipient.custom_id or "", {})
-                )
+            if isinstance(rendered, DeliveryResult):
+                results[index] = rendered
+                continue
             language = language_key(send.content, recipient.language)
             groups[(recipient.sandbox, language, rendered)].append(index)
         for (sandbox, _, rendered), indexes in groups.items():
@@ -720,3 +724,22 @@ async def resolve_recipients(
                 devices[token] = Recipient(token=token, sandbox=ios and send.sandbox)
         resolved.append(list(devices.values()))
     return resolved
+
+
+def _personalise(
+    content: dict[str, Any], recipients: Sequence[Recipient], attributes: dict[str, dict[str, Any]]
+) -> list[tuple[str | None, ...] | DeliveryResult | None]:
+    """Each recipient's personalised texts, or the failure of a template that goes beyond a
+    limit for this user's values: the same template fails the same way on a retry, so it is a
+    push_error, not a retry."""
+    renders: list[tuple[str | None, ...] | DeliveryResult | None] = []
+    for recipient in recipients:
+        try:
+            renders.append(
+                personalised_fields(
+                    content, recipient.language, attributes.get(recipient.custom_id or "", {})
+                )
+            )
+        except TemplateLimitError as exc:
+            renders.append(DeliveryResult(Outcome.FAILED, reason=f"TemplateLimit: {exc.message}"))
+    return renders
