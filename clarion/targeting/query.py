@@ -221,10 +221,10 @@ def parse_date(raw: Any) -> DateRef | None:
 # becomes one correlated EXISTS: an `$or` of 8,000 took 6 s to fail on SQLite ("Expression tree
 # is too large") and held PostgreSQL 5 s, `$not` nested 200 deep overflowed Python's stack, and
 # 90,000 `$in` values passed PostgreSQL's 65,535 bind parameters. PostgreSQL's planning of
-# EXISTS joined by AND grows faster than linearly (measured on an idle database: 32 → 0.16 s,
-# 64 → 0.3 s, 100 → 1.5 s, 200 → 14 s), so 50 conditions (~0.2-0.3 s to plan, ~10 ms to parse
-# and build) is the budget; `$or` of 50 plans in 10 ms. A segment needing more is a custom
-# audience. Measurements and limits: docs/targeting.md, "Limits".
+# EXISTS joined by AND grows faster than linearly (bench/query_limits.py, empty database: 32 →
+# 0.11 s, 64 → 0.52 s, 100 → 1.9 s, 200 → 14 s), so 50 conditions (0.24 s to plan, ~10 ms to
+# parse and build) is the budget; `$or` of 50 runs in 35 ms. A segment needing more is a
+# custom audience. Measurements and limits: docs/targeting.md, "Limits".
 MAX_CONDITIONS = 50  # field conditions and $contains tags (one EXISTS each), in all
 MAX_DEPTH = 10  # $and / $or / $not nested in one another
 MAX_LIST = 1_000  # items of one $in, $notIn, $contains, $containsAny, $and or $or
