@@ -24,7 +24,7 @@ from zoneinfo import ZoneInfo
 
 from pydantic import ValidationError
 from sqlalchemy import ColumnElement, insert, or_, select, update
-from sqlalchemy.exc import CompileError, DataError, ProgrammingError
+from sqlalchemy.exc import CompileError, DataError, ProgrammingError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from clarion.apps.models import App
@@ -384,17 +384,12 @@ class CampaignScheduler:
                 send.version: send.id
                 for send in await session.scalars(select(Send).where(Send.run_id == run.id))
             }
-        # Validating the body and compiling its targeting read nothing: what fails here fails
-        # at every retry.
-        try:
             body = CampaignBody.model_validate(run.body)
-            audience = targeting.reachable(app_id=app.id, dev_only=campaign.dev_only)
-            if body.targeting is not None:
-                audience = audience & targeting.installation_filter(
-                    body.targeting, app_id=app.id, now=run.scheduled_for
-                )
-        except Exception as exc:
-            raise RunFailed(_reason(exc)) from exc
+        audience = targeting.reachable(app_id=app.id, dev_only=campaign.dev_only)
+        if body.targeting is not None:
+            audience = audience & targeting.installation_filter(
+                body.targeting, app_id=app.id, now=run.scheduled_for
+            )
         if body.capping is not None:
             # Capping: installs sent `capping` occurrences already are left out.
             audience = audience & ~(
@@ -418,7 +413,14 @@ class CampaignScheduler:
         )
 
     async def _fan_out_leased(self, run_id: int, position: _Position) -> None:
-        plan = await self._plan(run_id)
+        try:
+            plan = await self._plan(run_id)
+        except (SQLAlchemyError, OSError):
+            raise  # reading the run: may pass
+        except Exception as exc:
+            # Validating the body and compiling its targeting read nothing: what fails there
+            # (a body stored before a limit, a query too deep to compile) fails at every retry.
+            raise RunFailed(_reason(exc)) from exc
         local = plan.body.local_push_time is not None
         wall_time = (plan.scheduled_for + EARLIEST_UTC_OFFSET).replace(tzinfo=None)
         while True:
