@@ -176,7 +176,7 @@ class CampaignSummary(BaseModel):
     live: bool
     push_time: str | None = None
     local_push_time: str | None = None
-    state: str  # Clarion's addition: draft, scheduled, running, completed, stopped
+    state: str  # Clarion's addition: draft, scheduled, running, completed, stopped, failed
 
 
 class VersionStats(BaseModel):

@@ -158,9 +158,10 @@ async def update_campaign(
             campaign.next_run_at = due
             if due is None and state is CampaignState.SCHEDULED:
                 campaign.state = CampaignState.COMPLETED.value
-        elif state is CampaignState.STOPPED:
+        elif state in (CampaignState.STOPPED, CampaignState.FAILED):
             # A stopped one-time campaign has reached part of its audience: sending it again
             # would reach them twice. A recurring one resumes at its next occurrence ahead.
+            # A failed one may have reached part of it too.
             upcoming = (
                 first_ahead(body, campaign.next_occurrence, now=now)
                 if body.recurrence is not None
@@ -240,6 +241,7 @@ async def describe_campaign(
     """The create body plus campaign_token, from_api, dev_only, created_date (spec §4.3), and
     Clarion's additions: its state and its progress (targeted, sent, errors) so far."""
     campaign = await find_campaign(session, access, token)
+    failed = campaign.state == CampaignState.FAILED.value
     progress = (
         await session.execute(
             select(*batch_totals())
@@ -256,12 +258,23 @@ async def describe_campaign(
         "created_date": wire_date(campaign.created_at),
         **campaign.body,
         "state": campaign.state,
+        **({"failure": await _failure(session, campaign.id)} if failed else {}),
         "progress": {
             "targeted": progress.targeted,
             "sent": progress.sent,
             "errors": progress.failed + progress.tokens_deleted,
         },
     }
+
+
+async def _failure(session: AsyncSession, campaign_id: int) -> str | None:
+    """Why a failed campaign's last failed run failed."""
+    return await session.scalar(
+        select(CampaignRun.failure)
+        .where(CampaignRun.campaign_id == campaign_id, CampaignRun.state == RunState.FAILED.value)
+        .order_by(CampaignRun.id.desc())
+        .limit(1)
+    )
 
 
 async def list_campaigns(
