@@ -289,9 +289,9 @@ def imports_create(
     """Create an import source; prints it as JSON (credentials are never shown)."""
     from pydantic import ValidationError
 
-    from clarion.connectors import service
-    from clarion.connectors.schemas import CredentialsIn, ImportSourceIn
     from clarion.db import utcnow
+    from clarion.imports import service
+    from clarion.imports.schemas import CredentialsIn, ImportSourceIn
     from clarion.outbound import OutboundPolicy
 
     try:
@@ -345,7 +345,7 @@ def imports_list(
     app_id: Annotated[int | None, typer.Option(help="Only this app's sources.")] = None,
 ) -> None:
     """List import sources, one JSON line each."""
-    from clarion.connectors import service
+    from clarion.imports import service
 
     async def listed(db: Database) -> list[str]:
         async with db.sessions() as session:
@@ -361,7 +361,7 @@ def imports_run(app_id: AppId, name: SourceName) -> None:
     """Poll a source now, with a progress bar per file; prints each run as a JSON line."""
     from rich.progress import BarColumn, DownloadColumn, Progress, TaskID, TransferSpeedColumn
 
-    from clarion.connectors.service import ImportRunner, read_run
+    from clarion.imports.service import ImportRunner, read_run
 
     async def run(db: Database) -> list[str]:
         runner = ImportRunner(db.sessions, db.settings, db.box)
@@ -391,7 +391,7 @@ def imports_runs(
     limit: Annotated[int, typer.Option(help="How many, newest first.")] = 20,
 ) -> None:
     """A source's run history, newest first, one JSON line each."""
-    from clarion.connectors import service
+    from clarion.imports import service
 
     async def history(db: Database) -> list[str]:
         async with db.sessions() as session:
@@ -431,10 +431,10 @@ def exports_create(
     """Create an export destination; prints it as JSON (credentials are never shown)."""
     from pydantic import ValidationError
 
-    from clarion.connectors.schemas import CredentialsIn
     from clarion.db import utcnow
     from clarion.exports import service
     from clarion.exports.schemas import DestinationIn
+    from clarion.imports.schemas import CredentialsIn
     from clarion.outbound import OutboundPolicy
 
     try:

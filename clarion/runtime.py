@@ -23,7 +23,6 @@ from clarion.apps.service import KeyCache
 from clarion.campaigns import stats
 from clarion.campaigns.scheduler import CampaignScheduler
 from clarion.config import Settings
-from clarion.connectors.service import ImportRunner
 from clarion.db import create_engine, create_sessionmaker
 from clarion.delivery.pool import ProviderPool
 from clarion.delivery.service import Deliverer
@@ -32,6 +31,7 @@ from clarion.exports.service import process_requests as process_export_requests
 from clarion.gdpr.service import ARCHIVE_CHECK_SECONDS, delete_expired_archives
 from clarion.gdpr.service import process_pending as process_gdpr_requests
 from clarion.http2 import Http2Client
+from clarion.imports.service import ImportRunner
 from clarion.outbound import OutboundPolicy, WebhookClient
 from clarion.queue import JobQueue
 from clarion.security import SecretBox

@@ -25,9 +25,9 @@ from clarion.campaigns.schemas import CampaignBody
 from clarion.config import QueueBackend, Settings
 from clarion.db import transaction
 from clarion.delivery.models import BatchStatus, DeliveryBatch, Send
-from clarion.devices.models import Installation
 from clarion.queue import JobQueue
 from clarion.runtime import Runtime
+from clarion.sdk.models import Installation
 from tests.conftest import ClientApp
 from tests.test_campaigns import create, created, error, get
 

@@ -39,8 +39,8 @@ from clarion.campaigns.service import send_content, settle
 from clarion.config import Settings
 from clarion.db import transaction, upsert_insert, utcnow
 from clarion.delivery.models import BATCHES, SENDS, BatchStatus, Send, SendKind
-from clarion.devices.models import Installation
 from clarion.queue import BatchJob, JobQueue
+from clarion.sdk.models import Installation
 from clarion.targeting import service as targeting
 
 log = logging.getLogger(__name__)

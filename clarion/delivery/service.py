@@ -36,6 +36,7 @@ from sqlalchemy.types import TypeEngine
 
 from clarion.apps.models import App
 from clarion.config import Settings
+from clarion.custom_data.service import attributes_of
 from clarion.db import in_values, transaction, uses_arrays, utcnow
 from clarion.delivery.content import build_notification, language_key, personalised_fields
 from clarion.delivery.models import BATCHES, SENDS, BatchStatus, DeliveryBatch, Send
@@ -47,12 +48,11 @@ from clarion.delivery.providers.base import (
     Outcome,
     ProviderConfigError,
 )
-from clarion.devices.models import Installation
 from clarion.errors import MalformedParameterError, MissingParameterError, NotFoundError
 from clarion.events.models import PushEventKind
 from clarion.events.service import PushEventRow, push_event_row, record_push_events
-from clarion.profiles.service import attributes_of
 from clarion.queue import BatchJob, JobQueue
+from clarion.sdk.models import Installation
 
 log = logging.getLogger(__name__)
 

@@ -3,7 +3,7 @@
 A day D is due for a destination once D has ended and the destination's delay has passed.
 Producing it: claim the (destination, day) run (a lease, so two processes never both produce
 it), write the file locally from one streamed query, upload it under a temporary name and
-rename it (connectors.storage), then record the run as succeeded. A failure is recorded with
+rename it (clarion.storage), then record the run as succeeded. A failure is recorded with
 its reason and the day is due again after a growing delay; a crash leaves a lease that runs out,
 and the day is produced again, from the same events, under the same name. docs/exports.md.
 """
@@ -26,13 +26,6 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from clarion.apps.models import App
 from clarion.apps.service import AppAccess
 from clarion.config import Settings
-from clarion.connectors.service import (
-    change_credentials,
-    check_location,
-    open_credentials,
-    seal_credentials,
-)
-from clarion.connectors.storage import Storage, StorageError
 from clarion.db import insert_ignoring_conflicts, rowcount, transaction, utcnow
 from clarion.errors import MalformedParameterError, NotFoundError
 from clarion.exports.files import export_query, request_query, write_export
@@ -56,8 +49,15 @@ from clarion.exports.schemas import (
     ExportRunRead,
 )
 from clarion.formats import wire_date
+from clarion.imports.service import (
+    change_credentials,
+    check_location,
+    open_credentials,
+    seal_credentials,
+)
 from clarion.outbound import OutboundPolicy
 from clarion.security import SecretBox
+from clarion.storage import Storage, StorageError
 
 log = logging.getLogger(__name__)
 
@@ -491,7 +491,7 @@ def _may_start(run: ExportRun, now: datetime) -> bool:
 class FileTail:
     """The bytes of a file another task is writing, as they arrive (like `tail -f`), until the
     writer says it has finished; if it gives up instead, iterating raises, so the upload
-    publishes nothing (connectors.storage.Storage.write)."""
+    publishes nothing (clarion.storage.Storage.write)."""
 
     def __init__(self, path: Path) -> None:
         self._path = path

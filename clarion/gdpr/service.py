@@ -25,14 +25,14 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from clarion.audiences.models import Audience, AudienceKind, AudienceMember
 from clarion.audiences.resolved import installations_changed
+from clarion.custom_data.models import ProfileAttribute, ProfileTag
 from clarion.db import Base, in_values, transaction, upsert_insert, uses_arrays, utcnow
-from clarion.devices.models import Installation
 from clarion.errors import MalformedParameterError, NotFoundError
 from clarion.events.models import InAppEvent, PushEvent, TrackedEvent
 from clarion.gdpr.models import BlockedId, GdprRequest, IdType, RequestStatus, RequestType
 from clarion.gdpr.schemas import GdprRequestIn
 from clarion.outbound import DestinationRefused, OutboundPolicy, WebhookClient
-from clarion.profiles.models import ProfileAttribute, ProfileTag
+from clarion.sdk.models import Installation
 
 log = logging.getLogger(__name__)
 

@@ -35,8 +35,11 @@ from clarion.audiences import service as audiences
 from clarion.audiences.models import AudienceKind
 from clarion.audiences.staging import STAGING, IdSpool, drop_staging, load_staging
 from clarion.config import Settings
-from clarion.connectors.idfile import IdFileError, IdFileFormat, IdFileParser
-from clarion.connectors.models import (
+from clarion.db import insert_ignoring_conflicts, rowcount, transaction, utcnow
+from clarion.errors import MalformedParameterError, NotFoundError
+from clarion.formats import wire_date
+from clarion.imports.idfile import IdFileError, IdFileFormat, IdFileParser
+from clarion.imports.models import (
     ImportFile,
     ImportFileMember,
     ImportRun,
@@ -44,7 +47,7 @@ from clarion.connectors.models import (
     OnChange,
     RunStatus,
 )
-from clarion.connectors.schemas import (
+from clarion.imports.schemas import (
     CredentialsIn,
     ImportRunRead,
     ImportSourceIn,
@@ -54,18 +57,15 @@ from clarion.connectors.schemas import (
     UploadResult,
     audience_pattern,
 )
-from clarion.connectors.storage import (
+from clarion.outbound import OutboundPolicy
+from clarion.security import SecretBox
+from clarion.storage import (
     OBJECT_STORES,
     RemoteFile,
     Storage,
     StorageCredentials,
     StorageError,
 )
-from clarion.db import insert_ignoring_conflicts, rowcount, transaction, utcnow
-from clarion.errors import MalformedParameterError, NotFoundError
-from clarion.formats import wire_date
-from clarion.outbound import OutboundPolicy
-from clarion.security import SecretBox
 
 log = logging.getLogger(__name__)
 
