@@ -70,7 +70,7 @@ from clarion.audiences import service as audiences
 from clarion.audiences.models import AudienceKind
 from clarion.campaigns import service as campaigns
 from clarion.campaigns.models import Campaign, CampaignRun, CampaignState, RunState
-from clarion.campaigns.stats import attribute_finished_days, attribute_open_days
+from clarion.campaigns.tasks import attribute_finished_days, attribute_open_days
 from clarion.config import Settings
 from clarion.custom_data import service as custom_data
 from clarion.custom_data.models import AttributeKind

@@ -361,7 +361,8 @@ def imports_run(app_id: AppId, name: SourceName) -> None:
     """Poll a source now, with a progress bar per file; prints each run as a JSON line."""
     from rich.progress import BarColumn, DownloadColumn, Progress, TaskID, TransferSpeedColumn
 
-    from clarion.imports.service import ImportRunner, read_run
+    from clarion.imports.service import read_run
+    from clarion.imports.tasks import ImportRunner
 
     async def run(db: Database) -> list[str]:
         runner = ImportRunner(db.sessions, db.settings, db.box)
@@ -512,12 +513,8 @@ def exports_run(
     from rich.progress import Progress
 
     from clarion.errors import MalformedParameterError
-    from clarion.exports.service import (
-        ExportRunner,
-        parse_day,
-        pending_days,
-        read_run,
-    )
+    from clarion.exports.service import parse_day, pending_days, read_run
+    from clarion.exports.tasks import ExportRunner
 
     async def run(db: Database) -> list[str]:
         runner = ExportRunner(db.sessions, db.settings, db.box)

@@ -16,12 +16,12 @@ from clarion.dashboard.web import PAGE_SIZE
 from clarion.db import transaction, utcnow
 from clarion.exports import service as exports
 from clarion.exports.schemas import DestinationIn
-from clarion.exports.service import ExportRunner
+from clarion.exports.tasks import ExportRunner
 from clarion.formats import wire_date
 from clarion.imports import service as imports
 from clarion.imports.idfile import MAX_LINE_BYTES
 from clarion.imports.schemas import ImportSourceIn
-from clarion.imports.service import ImportRunner
+from clarion.imports.tasks import ImportRunner
 from clarion.runtime import Runtime
 from tests.conftest import ClientApp, new_app
 from tests.support.dashboard import DashboardLogin, sign_in_as

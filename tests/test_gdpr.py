@@ -22,7 +22,7 @@ from clarion.db import transaction
 from clarion.events.models import TrackedEvent
 from clarion.formats import wire_date
 from clarion.gdpr.models import GdprRequest
-from clarion.gdpr.service import delete_expired_archives, process_pending
+from clarion.gdpr.tasks import delete_expired_archives, process_pending
 from clarion.outbound import OutboundPolicy, WebhookClient
 from clarion.runtime import Runtime
 from clarion.sdk.models import Installation

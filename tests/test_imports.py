@@ -22,7 +22,7 @@ from sqlalchemy import select, update
 from clarion.db import transaction
 from clarion.imports.idfile import MAX_LINE_BYTES, IdFileParser
 from clarion.imports.models import ImportRun, ImportSource
-from clarion.imports.service import ImportRunner
+from clarion.imports.tasks import ImportRunner
 from clarion.runtime import Runtime
 from tests.conftest import ClientApp
 from tests.test_campaign_runs import Clock, add_installs

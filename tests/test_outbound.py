@@ -23,8 +23,8 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from clarion.exports.service import ExportRunner
-from clarion.imports.service import ImportRunner
+from clarion.exports.tasks import ExportRunner
+from clarion.imports.tasks import ImportRunner
 from clarion.outbound import OutboundPolicy, parse_allowed
 from clarion.runtime import Runtime
 from clarion.storage import Storage, StorageCredentials, StorageError
