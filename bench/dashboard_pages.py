@@ -70,7 +70,6 @@ from clarion.audiences import service as audiences
 from clarion.audiences.models import AudienceKind
 from clarion.campaigns import service as campaigns
 from clarion.campaigns.models import Campaign, CampaignRun, CampaignState, RunState
-from clarion.campaigns.tasks import attribute_finished_days, attribute_open_days
 from clarion.config import Settings
 from clarion.custom_data import service as custom_data
 from clarion.custom_data.models import AttributeKind
@@ -89,6 +88,7 @@ from clarion.imports.schemas import ImportSourceIn
 from clarion.migrate import migrate
 from clarion.runtime import Runtime
 from clarion.sdk.models import Installation
+from clarion.stats.tasks import attribute_finished_days, attribute_open_days
 
 API_PORT = int(os.environ.get("CLARION_BENCH_API_PORT", "18002"))
 TARGET_MS = 200.0

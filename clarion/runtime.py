@@ -6,7 +6,7 @@ scheduler, GDPR requests, flat-file imports and daily exports in one process
 runs only the API unless told to run workers too.
 
 Runtime.start is the one list of everything that runs in the background; each domain keeps
-its background work in its `tasks.py` (delivery, campaigns, gdpr, imports, exports).
+its background work in its `tasks.py` (delivery, campaigns, stats, gdpr, imports, exports).
 """
 
 from __future__ import annotations
@@ -23,12 +23,7 @@ from functools import partial
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from clarion.apps.service import KeyCache
-from clarion.campaigns.tasks import (
-    DAYS_PER_TRANSACTION,
-    DAYS_PER_TRANSACTION_SQLITE,
-    CampaignScheduler,
-    keep_up,
-)
+from clarion.campaigns.tasks import CampaignScheduler
 from clarion.config import Settings
 from clarion.db import create_engine, create_sessionmaker
 from clarion.delivery.pool import ProviderPool
@@ -42,6 +37,7 @@ from clarion.imports.tasks import ImportRunner
 from clarion.outbound import OutboundPolicy, WebhookClient
 from clarion.queue import JobQueue
 from clarion.security import SecretBox
+from clarion.stats.tasks import DAYS_PER_TRANSACTION, DAYS_PER_TRANSACTION_SQLITE, keep_up
 from clarion.transactional.service import SendIntake
 
 log = logging.getLogger(__name__)

@@ -1,4 +1,4 @@
-"""Campaigns: create, update, read, list, delete, stop (statistics: campaigns.stats). No HTTP here.
+"""Campaigns: create, update, read, list, delete, stop (statistics: clarion.stats). No HTTP here.
 
 The life of a campaign (docs/campaigns.md): draft (live: false) -> scheduled -> running ->
 completed, or stopped when set to live: false (or deleted) after it started. The scheduler

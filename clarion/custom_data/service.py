@@ -32,7 +32,7 @@ from clarion.custom_data.schemas import (
 )
 from clarion.db import bulk_insert, uses_arrays, utcnow
 from clarion.errors import MalformedParameterError
-from clarion.gdpr.models import IdType
+from clarion.formats import IdType
 from clarion.gdpr.service import blocked_values
 
 # Users per IN (...) list: well under SQLite's limit on bound parameters.

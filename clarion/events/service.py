@@ -23,7 +23,7 @@ from clarion.events.models import (
     TrackedEvent,
 )
 from clarion.events.schemas import ServerEventIn
-from clarion.gdpr.models import IdType
+from clarion.formats import IdType
 from clarion.gdpr.service import blocked_values
 
 log = logging.getLogger(__name__)

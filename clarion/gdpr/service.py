@@ -20,7 +20,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from clarion.db import in_values, uses_arrays
 from clarion.errors import MalformedParameterError, NotFoundError
-from clarion.gdpr.models import BlockedId, GdprRequest, IdType, RequestStatus, RequestType
+from clarion.formats import IdType
+from clarion.gdpr.models import BlockedId, GdprRequest, RequestStatus, RequestType
 from clarion.gdpr.schemas import GdprRequestIn
 from clarion.outbound import OutboundPolicy
 

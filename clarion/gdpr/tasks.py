@@ -23,7 +23,8 @@ from clarion.audiences.resolved import installations_changed
 from clarion.custom_data.models import ProfileAttribute, ProfileTag
 from clarion.db import Base, transaction, upsert_insert, utcnow
 from clarion.events.models import InAppEvent, PushEvent, TrackedEvent
-from clarion.gdpr.models import BlockedId, GdprRequest, IdType, RequestStatus, RequestType
+from clarion.formats import IdType
+from clarion.gdpr.models import BlockedId, GdprRequest, RequestStatus, RequestType
 from clarion.gdpr.service import archive_folder
 from clarion.outbound import DestinationRefused, WebhookClient
 from clarion.sdk.models import Installation

@@ -21,7 +21,7 @@ from clarion.events.service import (
     record_push_events,
     record_tracked_events,
 )
-from clarion.gdpr.models import IdType
+from clarion.formats import IdType
 from clarion.gdpr.service import blocked_identities
 from clarion.outbound import OutboundPolicy
 from clarion.sdk.models import Installation
