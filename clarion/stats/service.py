@@ -30,8 +30,9 @@ from clarion.apps.service import AppAccess
 from clarion.campaigns.models import CampaignOpenDay
 from clarion.campaigns.schemas import CampaignBody, CampaignStats, DayStats, VersionStats
 from clarion.campaigns.service import find_campaign
-from clarion.db import elapsed_seconds, utcnow
+from clarion.db import utcnow
 from clarion.delivery.models import Send
+from clarion.dialects import elapsed_seconds
 from clarion.events.models import (
     APP_OPEN_EVENT,
     PushEvent,
