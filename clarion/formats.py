@@ -26,6 +26,10 @@ from pydantic_core import CoreSchema, InitErrorDetails, PydanticCustomError
 
 # Attribute, collection and event-attribute names, as Batch's SDKs and APIs accept them.
 NAME = re.compile(r"[a-z0-9_]{1,30}")
+# URL schemes are case-insensitive (RFC 3986 §3.1: "HTTPS://" is https). Spelled as classes,
+# not (?i), so that the OpenAPI document's ECMA-262 patterns accept what the server does.
+HTTPS_URL = r"^[Hh][Tt][Tt][Pp][Ss]://"
+HTTP_OR_HTTPS_URL = r"^[Hh][Tt][Tt][Pp][Ss]?://"
 _WIRE_DATE_FORMAT = "%Y-%m-%dT%H:%M:%S"
 _DATE_TEXT = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,3})?")
 

@@ -156,6 +156,10 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         if exc.status_code == 404:
             return error_response(NotFoundError("no such route"))
+        if exc.status_code == 400 and isinstance(exc.__cause__, _BodyTooLarge):
+            # FastAPI reads the body under `except Exception`, so a body cut off by
+            # BodySizeLimit (chunked: no Content-Length to refuse it by) comes back as this.
+            return error_response(exc.__cause__.error)
         if exc.status_code == 400:
             # FastAPI's answer to a body it could not decode (not UTF-8, an integer of more
             # than 4,300 digits): malformed JSON, in Batch's words.
@@ -255,7 +259,7 @@ class BodySizeLimit:
         )
         for name, value in scope.get("headers", ()):
             if name == b"content-length" and value.isdigit() and int(value) > limit:
-                await self._refuse(limit, scope, receive, send)
+                await error_response(_BodyTooLarge(limit).error)(scope, receive, send)
                 return
         seen = 0
 
@@ -265,19 +269,16 @@ class BodySizeLimit:
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > limit:
-                    raise _BodyTooLarge
+                    raise _BodyTooLarge(limit)
             return message
 
         try:
             await self.app(scope, limited_receive, send)
-        except _BodyTooLarge:
-            await self._refuse(limit, scope, receive, send)
-
-    @staticmethod
-    async def _refuse(limit: int, scope: Scope, receive: Receive, send: Send) -> None:
-        message = f"body: larger than {limit // 1024} KiB"
-        await error_response(MalformedParameterError(message))(scope, receive, send)
+        except _BodyTooLarge as exc:
+            await error_response(exc.error)(scope, receive, send)
 
 
 class _BodyTooLarge(Exception):
-    pass
+    def __init__(self, limit: int) -> None:
+        super().__init__(limit)
+        self.error = MalformedParameterError(f"body: larger than {limit // 1024} KiB")

@@ -21,6 +21,7 @@ from __future__ import annotations
 import ipaddress
 import socket
 from collections.abc import Iterable
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -39,6 +40,10 @@ HTTP_SETTING = "CLARION_OUTBOUND_ALLOW_HTTP"
 MAX_NAMES = 4096  # addresses remembered with the name they came from, per guard
 _SHARED = ipaddress.ip_network("100.64.0.0/10")  # RFC 6598, carrier-grade NAT: not global
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")  # RFC 6052: the IPv4 address is the last 32 bits
+# The host of the request being made in this task, for refusal messages: an address maps to the
+# many names that resolve to it, and aiohttp's DNS cache skips the resolver that notes them, so
+# `AddressGuard.names` may hold another request's name for the same address.
+_CONNECTING_TO: ContextVar[str | None] = ContextVar("clarion_outbound_host", default=None)
 
 
 class DestinationRefused(OSError):
@@ -157,7 +162,8 @@ class AddressGuard:
     def refusal(self, address: str) -> str | None:
         if address in self.exempt:
             return None
-        refusal = self.policy.address_refusal(address, self.names.get(address, self.host))
+        host = _CONNECTING_TO.get() or self.names.get(address, self.host)
+        refusal = self.policy.address_refusal(address, host)
         if refusal is not None:
             self.refused = refusal
         return refusal
@@ -234,6 +240,9 @@ class WebhookClient:
                 timeout=aiohttp.ClientTimeout(total=self.TIMEOUT_SECONDS),
             )
         self._guard.refused = None
+        # The socket is opened in this task (aiohttp's connector is awaited here), so the guard
+        # sees this URL's host however the address was resolved or cached.
+        connecting = _CONNECTING_TO.set(urlsplit(url).hostname)
         try:
             async with self._session.post(url, json=payload, allow_redirects=False) as response:
                 return response.status
@@ -242,6 +251,8 @@ class WebhookClient:
             if refused is not None:
                 raise DestinationRefused(refused) from exc
             raise
+        finally:
+            _CONNECTING_TO.reset(connecting)
 
     async def aclose(self) -> None:
         session, self._session = self._session, None

@@ -45,7 +45,7 @@ def ids_of(data: bytes, **options: Any) -> list[str]:
     return read(data, **options)[0]
 
 
-def error_of(data: bytes, **options: Any) -> tuple[int, str]:
+def error_of(data: bytes, **options: Any) -> tuple[int | None, str]:
     with pytest.raises(IdFileError) as caught:
         read(data, **options)
     return caught.value.line, caught.value.reason
@@ -177,8 +177,8 @@ def test_only_the_first_ten_rejections_are_kept_but_all_are_counted() -> None:
 
 
 def test_an_empty_file_fails() -> None:
-    assert error_of(b"") == (0, "the file is empty")
-    assert error_of(b"", header=False) == (0, "the file is empty")
+    assert error_of(b"") == (None, "the file is empty")
+    assert error_of(b"", header=False) == (None, "the file is empty")
 
 
 def test_a_file_of_blank_lines_fails() -> None:

@@ -621,6 +621,12 @@ class TestUpload:
         )
         assert await members(api, ios_app, "kept") == 2
 
+    async def test_an_empty_upload_is_refused_without_a_line_number(
+        self, api: httpx.AsyncClient, ios_app: ClientApp
+    ) -> None:
+        response = await api.put(self.url(ios_app, "none"), headers=ios_app.headers(), content=b"")
+        assert error(response, 400, 31) == "MALFORMED_PARAMETER: file: the file is empty"
+
     async def test_an_over_long_line_is_refused_naming_it(
         self, api: httpx.AsyncClient, ios_app: ClientApp
     ) -> None:

@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from clarion.exports.tasks import ExportRunner
 from clarion.imports.tasks import ImportRunner
-from clarion.outbound import OutboundPolicy, parse_allowed
+from clarion.outbound import DestinationRefused, OutboundPolicy, WebhookClient, parse_allowed
 from clarion.runtime import Runtime
 from clarion.storage import Storage, StorageCredentials, StorageError
 from tests.conftest import ClientApp
@@ -150,7 +150,8 @@ def runner_allowing(runtime: Runtime, ca_bundle: Path, root: Path, *allowed: str
     return ImportRunner(runtime.sessions, settings, runtime.box)
 
 
-@pytest.mark.parametrize("protocol", ["https", "s3", "sftp", "ftp", "ftps"])
+# In capitals: the URL's scheme (HTTPS) or the S3 endpoint_url's (HTTP), RFC 3986 §3.1.
+@pytest.mark.parametrize("protocol", ["https", "s3", "sftp", "ftp", "ftps", "HTTPS", "S3"])
 async def test_a_source_on_loopback_is_refused_unless_the_operator_allows_it(
     protocol: str,
     request: pytest.FixtureRequest,
@@ -160,8 +161,12 @@ async def test_a_source_on_loopback_is_refused_unless_the_operator_allows_it(
     ca_bundle: Path,
     tmp_path: Path,
 ) -> None:
-    drop = folder_on(protocol, request, tmp_path / str(ios_app.app_id))
+    drop = folder_on(protocol.lower(), request, tmp_path / str(ios_app.app_id))
     drop.put("audience.csv", b"id\nfrom-loopback\n")  # over HTTPS the URL names this file
+    if protocol == "S3":
+        drop.credentials["endpoint_url"] = drop.credentials["endpoint_url"].replace("http", "HTTP")
+    elif protocol.isupper():
+        drop.url = drop.url.replace(protocol.lower(), protocol, 1)
     await create_source(api, ios_app, drop)  # the session's settings allow 127.0.0.1
 
     refused = one(
@@ -403,14 +408,16 @@ async def test_a_callback_to_loopback_is_not_called_even_through_a_host_name(
     assert local_http.posted == []
 
 
+@pytest.mark.parametrize("scheme", ["http", "HTTP"])  # schemes are case-insensitive
 async def test_a_plain_http_callback_is_called_only_if_the_operator_allows_http(
+    scheme: str,
     api: httpx.AsyncClient,
     ios_app: ClientApp,
     runtime: Runtime,
     local_http: _LocalServer,
 ) -> None:
     await a_known_user(api, ios_app, "cb-http")
-    url = f"http://127.0.0.1:{local_http.port}/done"
+    url = f"{scheme}://127.0.0.1:{local_http.port}/done"
     first = await request(api, ios_app, "review", "custom_id", "cb-http", callback_url=url)
     await process(runtime, policy("127.0.0.1"))
     second = await request(api, ios_app, "review", "custom_id", "cb-http", callback_url=url)
@@ -420,11 +427,33 @@ async def test_a_plain_http_callback_is_called_only_if_the_operator_allows_http(
     assert first != second
 
 
+async def test_a_refused_callback_names_the_host_of_its_own_url() -> None:
+    """Two names of one address, one after the other: each refusal names its own URL's host
+    (aiohttp's DNS cache answers the second "localhost" without asking the resolver)."""
+    client = WebhookClient(policy())
+    messages = []
+    try:
+        for url in ("https://localhost:9/", "https://0x7f.1:9/", "https://user@localhost:9/"):
+            with pytest.raises(DestinationRefused) as refused:
+                await client.post_json(url, {})
+            messages.append(str(refused.value))
+    finally:
+        await client.aclose()
+    assert [m.split(" (")[0] for m in messages] == ["localhost", "0x7f.1", "localhost"], messages
+
+
 @pytest.mark.parametrize(
     ("callback_url", "reason"),
     [
         ("https://127.0.0.2/done", f"127.0.0.2 {REFUSED}"),
         ("https://[::ffff:169.254.169.254]/", "is a link-local address"),
+        # A scheme in capitals is a URL all the same (RFC 3986 §3.1), under the same policy.
+        ("HTTPS://127.0.0.2/done", f"127.0.0.2 {REFUSED}"),
+        (
+            "Http://example.com/done",
+            "must be an https:// URL; an operator can allow http:// with "
+            "CLARION_OUTBOUND_ALLOW_HTTP",
+        ),
         (
             "http://example.com/done",
             "must be an https:// URL; an operator can allow http:// with "
@@ -464,6 +493,7 @@ async def test_a_refused_callback_url_is_a_400_naming_the_field(
     [
         ("https://10.0.0.7/push/abc", "a private address"),
         ("https://127.0.0.2:8443/push/abc", "a loopback address"),
+        ("HTTPS://127.0.0.2:8443/push/abc", "a loopback address"),
         ("https://[fe80::1]/push/abc", "a link-local address"),
     ],
 )

@@ -25,6 +25,7 @@ class CampaignState(StrEnum):
     RUNNING = "running"  # a run is fanning out or its batches are being delivered
     COMPLETED = "completed"  # every occurrence delivered
     STOPPED = "stopped"  # set to live: false (or deleted) after it had started
+    FAILED = "failed"  # a run failed for a reason no retry can fix (its run's `failure` says)
 
 
 class RunState(StrEnum):
@@ -33,6 +34,7 @@ class RunState(StrEnum):
     DONE = "done"
     STOPPED = "stopped"
     EXPIRED = "expired"  # due while Clarion was down, and past its time to live when it came back
+    FAILED = "failed"  # could not be sent, for the reason in `failure` (a retry would fail too)
 
 
 class Campaign(Base):
@@ -94,6 +96,8 @@ class CampaignRun(Base):
     zones_done: Mapped[list[str] | None] = mapped_column(JsonValue)
     started_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    # Why a failed run failed, as an API error message (e.g. a targeting stored before a limit).
+    failure: Mapped[str | None] = mapped_column(String(1024))
 
 
 class CampaignReceipt(Base):

@@ -12,7 +12,6 @@ from enum import StrEnum
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
-from clarion.delivery.personalisation import check_template
 from clarion.delivery.schemas import CollapseKey, PushOptions
 from clarion.formats import WireModel, parse_wire_date
 from clarion.targeting.schemas import Targeting
@@ -52,11 +51,6 @@ class CampaignMessage(WireModel):
     title: str | None = Field(default=None, max_length=256)
     body: str = Field(min_length=1, max_length=4096)
 
-    @field_validator("title", "body")
-    @classmethod
-    def _template(cls, value: str | None) -> str | None:
-        return None if value is None else check_template(value)
-
     @field_validator("language")
     @classmethod
     def _language(cls, value: str) -> str:
@@ -85,11 +79,6 @@ class CampaignBody(PushOptions):
     version_split: dict[str, int] | None = None
     # Batch's get output shows it as a plain string; the create body documents the object.
     gcm_collapse_key: CollapseKey | str | None = None
-
-    @field_validator("deeplink")
-    @classmethod
-    def _deeplink_template(cls, value: str | None) -> str | None:
-        return None if value is None else check_template(value)
 
     @field_validator("push_time")
     @classmethod
@@ -148,6 +137,14 @@ class CampaignBody(PushOptions):
         if len(names) == 1:
             raise ValueError("A/B testing needs at least two versions")
 
+    def template_fields(self) -> list[tuple[str, str | None]]:
+        """The texts that may be templates, with their paths in the body (for errors)."""
+        fields: list[tuple[str, str | None]] = [("deeplink", self.deeplink)]
+        for index, message in enumerate(self.messages):
+            fields += [(f"messages.{index}.title", message.title)]
+            fields += [(f"messages.{index}.body", message.body)]
+        return fields
+
     @property
     def versions(self) -> dict[str | None, int]:
         """Each version and its share of the audience (percent); {None: 100} without A/B."""
@@ -179,7 +176,7 @@ class CampaignSummary(BaseModel):
     live: bool
     push_time: str | None = None
     local_push_time: str | None = None
-    state: str  # Clarion's addition: draft, scheduled, running, completed, stopped
+    state: str  # Clarion's addition: draft, scheduled, running, completed, stopped, failed
 
 
 class VersionStats(BaseModel):

@@ -21,6 +21,7 @@ from clarion.campaigns.recurrence import first_ahead, next_to_run, occurrence_ti
 from clarion.campaigns.schemas import CampaignBody, CampaignSummary
 from clarion.delivery.content import has_templates
 from clarion.delivery.models import BATCHES, SENDS
+from clarion.delivery.personalisation import check_templates
 from clarion.delivery.schemas import CollapseKey
 from clarion.delivery.service import batch_totals, cancel_sends
 from clarion.errors import (
@@ -83,6 +84,7 @@ async def create_campaign(
     from_api: bool = True,
 ) -> Campaign:
     """`from_api`: false for campaigns composed in the dashboard (Batch's list filter)."""
+    await check_templates(body.template_fields())
     await _check_targeting(session, access, body)
     campaign = Campaign(
         token=new_campaign_token(),
@@ -127,6 +129,7 @@ async def update_campaign(
                 raise MalformedParameterError(f"{key}: a parameter once set cannot be removed")
         document = {**stored, **changes}
     body = validate_body(document)
+    await check_templates(body.template_fields())
     await _check_targeting(session, access, body)
     state = CampaignState(campaign.state)
     schedule_changed = any(
@@ -152,9 +155,10 @@ async def update_campaign(
             campaign.next_run_at = due
             if due is None and state is CampaignState.SCHEDULED:
                 campaign.state = CampaignState.COMPLETED.value
-        elif state is CampaignState.STOPPED:
+        elif state in (CampaignState.STOPPED, CampaignState.FAILED):
             # A stopped one-time campaign has reached part of its audience: sending it again
             # would reach them twice. A recurring one resumes at its next occurrence ahead.
+            # A failed one may have reached part of it too.
             upcoming = (
                 first_ahead(body, campaign.next_occurrence, now=now)
                 if body.recurrence is not None
@@ -234,6 +238,7 @@ async def describe_campaign(
     """The create body plus campaign_token, from_api, dev_only, created_date (spec §4.3), and
     Clarion's additions: its state and its progress (targeted, sent, errors) so far."""
     campaign = await find_campaign(session, access, token)
+    failed = campaign.state == CampaignState.FAILED.value
     progress = (
         await session.execute(
             select(*batch_totals())
@@ -250,12 +255,23 @@ async def describe_campaign(
         "created_date": wire_date(campaign.created_at),
         **campaign.body,
         "state": campaign.state,
+        **({"failure": await _failure(session, campaign.id)} if failed else {}),
         "progress": {
             "targeted": progress.targeted,
             "sent": progress.sent,
             "errors": progress.failed + progress.tokens_deleted,
         },
     }
+
+
+async def _failure(session: AsyncSession, campaign_id: int) -> str | None:
+    """Why a failed campaign's last failed run failed."""
+    return await session.scalar(
+        select(CampaignRun.failure)
+        .where(CampaignRun.campaign_id == campaign_id, CampaignRun.state == RunState.FAILED.value)
+        .order_by(CampaignRun.id.desc())
+        .limit(1)
+    )
 
 
 async def list_campaigns(
@@ -302,17 +318,30 @@ async def list_campaigns(
     ]
 
 
-async def template_content(session: AsyncSession, *, app_id: int, token: str) -> dict[str, Any]:
+async def template_content(
+    session: AsyncSession, *, access: AppAccess, token: str
+) -> dict[str, Any]:
     """A saved campaign's push content, for the Partners Transactional API's `template_id`
-    (any campaign of the app, drafts included; an A/B campaign lends its first version)."""
-    stored = await session.scalar(
-        select(Campaign.body).where(
-            Campaign.token == token, Campaign.app_id == app_id, Campaign.deleted_at.is_(None)
+    (any campaign of the app, drafts included; an A/B campaign lends its first version). The
+    Dev key may name only its own (dev_only) campaigns: a Live campaign's content is the app's,
+    and sending it to a debug device would read it."""
+    found = (
+        await session.execute(
+            select(Campaign.body, Campaign.dev_only).where(
+                Campaign.token == token,
+                Campaign.app_id == access.app_id,
+                Campaign.deleted_at.is_(None),
+            )
         )
-    )
-    if stored is None:
+    ).one_or_none()
+    if found is None:
         raise MalformedParameterError(f"template_id: no campaign {token!r} in this app")
-    body = CampaignBody.model_validate(stored)
+    if access.is_dev and not found.dev_only:
+        raise ApiMisuseError(
+            "template_id: the Dev API key can name only the campaigns created with it"
+            " (dev_only): this one was created with the Live API key"
+        )
+    body = CampaignBody.model_validate(found.body)
     return send_content(body, next(iter(body.versions)))
 
 
@@ -360,6 +389,10 @@ def _stored(body: CampaignBody) -> dict[str, Any]:
 
 
 async def _check_targeting(session: AsyncSession, access: AppAccess, body: CampaignBody) -> None:
+    # The Dev key's campaigns are not targeted (scheduler), and "no custom audience named x"
+    # would tell the Dev key which audiences the app has.
+    if access.is_dev:
+        return
     if body.targeting is not None and body.targeting.custom_audiences:
         await targeting_service.check_audiences(
             session, app_id=access.app_id, names=body.targeting.custom_audiences

@@ -23,7 +23,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
+from pydantic import ValidationError
 from sqlalchemy import ColumnElement, insert, or_, select, update
+from sqlalchemy.exc import CompileError, DataError, ProgrammingError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from clarion.apps.models import App
@@ -36,10 +38,11 @@ from clarion.campaigns.models import (
 )
 from clarion.campaigns.recurrence import EARLIEST_UTC_OFFSET, next_to_run, occurrence_end
 from clarion.campaigns.schemas import CampaignBody
-from clarion.campaigns.service import send_content, settle
+from clarion.campaigns.service import send_content, settle, stop_campaign
 from clarion.config import Settings
 from clarion.db import transaction, upsert_insert, utcnow
 from clarion.delivery.models import BATCHES, SENDS, BatchStatus, Send, SendKind
+from clarion.errors import from_validation_errors
 from clarion.queue import BatchJob, JobQueue
 from clarion.sdk.models import Installation
 from clarion.targeting import service as targeting
@@ -52,6 +55,25 @@ _INSERT_BATCHES = insert(BATCHES).returning(BATCHES.c.id, sort_by_parameter_orde
 _ACTIVE_RUN_STATES = (RunState.FANNING_OUT.value, RunState.DELIVERING.value)
 # How long the time zones of an app's installs are trusted (local-time waves).
 _ZONES_TTL_SECONDS = 300.0
+# A fan-out that failed for a reason that may pass (the database unreachable) is tried again
+# after 2, 4, 8 … seconds, at most every 5 minutes, rather than at every tick.
+_RETRY_MAX_SECONDS = 300
+
+
+class RunFailed(Exception):
+    """A run that cannot be sent, and would fail the same way at every retry: its body no
+    longer validates (a targeting stored before a limit existed), its audience cannot be
+    compiled, or the database refuses the statement itself."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason[:1024]
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, ValidationError):
+        return from_validation_errors(exc.errors()).detail
+    return f"{type(exc).__name__}: {exc}"
 
 
 def version_of(
@@ -114,6 +136,7 @@ class CampaignScheduler:
         self._page = settings.batch_size * 10
         self._fan_outs: dict[int, asyncio.Task[None]] = {}  # run id -> task, in this process
         self._zones: dict[int, tuple[float, set[str]]] = {}  # app id -> (read at, zones)
+        self._failures: dict[int, int] = {}  # run id -> fan-outs failed in a row, here
 
     async def tick(self, *, wait: bool = True) -> None:
         """Start what is due, fan out what can be, close what is delivered. `wait`: return
@@ -162,7 +185,24 @@ class CampaignScheduler:
                 or campaign.next_run_at > now
             ):
                 return  # another process started it, or it changed meanwhile
-            body = CampaignBody.model_validate(campaign.body)
+            try:
+                body = CampaignBody.model_validate(campaign.body)
+            except ValidationError as exc:
+                failed = RunFailed(_reason(exc))
+                session.add(
+                    CampaignRun(
+                        campaign_id=campaign.id,
+                        occurrence=campaign.next_occurrence,
+                        scheduled_for=campaign.next_run_at,
+                        state=RunState.FAILED.value,
+                        body=campaign.body,
+                        started_at=now,
+                        finished_at=now,
+                        failure=failed.reason,
+                    )
+                )
+                await self._fail_campaign(session, campaign, failed, now)
+                return
             # If later occurrences fell due too while Clarion was down, only the latest goes.
             index, scheduled_for = next_to_run(body, campaign.next_occurrence, now=now) or (
                 campaign.next_occurrence,
@@ -239,13 +279,67 @@ class CampaignScheduler:
     async def _fan_out(self, run_id: int) -> None:
         try:
             position = await self._take_lease(run_id)
-            if position is not None:
-                try:
-                    await self._fan_out_leased(run_id, position)
-                finally:
-                    await self._drop_lease(run_id)
-        except Exception:
-            log.exception("fan-out of campaign run %d failed; it resumes at the next tick", run_id)
+            if position is None:
+                return
+            try:
+                await self._fan_out_leased(run_id, position)
+            except RunFailed as failed:
+                await self._fail_run(run_id, failed)
+                return
+            except Exception as exc:
+                await self._retry_later(run_id, exc)
+                return
+            self._failures.pop(run_id, None)
+            await self._drop_lease(run_id)
+        except Exception as exc:  # the database itself failed (taking or dropping the lease)
+            self._log_retry(run_id, exc, "once its lease has run out")
+
+    async def _retry_later(self, run_id: int, exc: Exception) -> None:
+        """A failure that may pass: the run keeps its lease, unowned, for a growing delay."""
+        delay = min(2 ** (self._failures.get(run_id, 0) + 1), _RETRY_MAX_SECONDS)
+        self._log_retry(run_id, exc, f"in {delay} s")
+        async with transaction(self._sessions) as session:
+            await session.execute(
+                update(CampaignRun)
+                .where(CampaignRun.id == run_id, CampaignRun.lease_owner == self._owner)
+                .values(lease_owner=None, lease_until=self._clock() + timedelta(seconds=delay))
+            )
+
+    def _log_retry(self, run_id: int, exc: Exception, when: str) -> None:
+        # The traceback once per run, a line after that: a run failing at every tick for hours
+        # would otherwise write the same traceback each time.
+        failures = self._failures[run_id] = self._failures.get(run_id, 0) + 1
+        log.warning(
+            "fan-out of campaign run %d failed (%s); it resumes %s",
+            run_id,
+            _reason(exc),
+            when,
+            exc_info=exc if failures == 1 else None,
+        )
+
+    async def _fail_run(self, run_id: int, failed: RunFailed) -> None:
+        """The run, and its campaign, are failed: retrying would fail the same way."""
+        self._failures.pop(run_id, None)
+        now = self._clock()
+        async with transaction(self._sessions) as session:
+            run = await session.get(CampaignRun, run_id)
+            assert run is not None
+            campaign = await session.get(Campaign, run.campaign_id, with_for_update=True)
+            assert campaign is not None
+            await self._fail_campaign(session, campaign, failed, now)
+            run.state, run.failure = RunState.FAILED.value, failed.reason
+            run.lease_owner, run.lease_until = None, None
+
+    @staticmethod
+    async def _fail_campaign(
+        session: AsyncSession, campaign: Campaign, failed: RunFailed, now: datetime
+    ) -> None:
+        """Stops the campaign where it is (its other runs and undelivered batches too), as
+        failed: it is not tried again until updated and set live."""
+        log.warning("campaign %s failed and will not be retried: %s", campaign.token, failed)
+        await stop_campaign(session, campaign, now=now)
+        campaign.state = CampaignState.FAILED.value
+        campaign.updated_at = now
 
     async def _take_lease(self, run_id: int) -> _Position | None:
         now = self._clock()
@@ -293,7 +387,11 @@ class CampaignScheduler:
             }
             body = CampaignBody.model_validate(run.body)
         audience = targeting.reachable(app_id=app.id, dev_only=campaign.dev_only)
-        if body.targeting is not None:
+        # A Dev-key campaign reaches every debug installation of the app, untargeted (Batch,
+        # spec §1.3): its targeting evaluated against the profiles, events and audiences that a
+        # debug install can claim by custom id would answer yes/no about the app's data to
+        # whoever holds the Dev key (docs/api-keys.md).
+        if body.targeting is not None and not campaign.dev_only:
             audience = audience & targeting.installation_filter(
                 body.targeting, app_id=app.id, now=run.scheduled_for
             )
@@ -320,7 +418,14 @@ class CampaignScheduler:
         )
 
     async def _fan_out_leased(self, run_id: int, position: _Position) -> None:
-        plan = await self._plan(run_id)
+        try:
+            plan = await self._plan(run_id)
+        except (SQLAlchemyError, OSError):
+            raise  # reading the run: may pass
+        except Exception as exc:
+            # Validating the body and compiling its targeting read nothing: what fails there
+            # (a body stored before a limit, a query too deep to compile) fails at every retry.
+            raise RunFailed(_reason(exc)) from exc
         local = plan.body.local_push_time is not None
         wall_time = (plan.scheduled_for + EARLIEST_UTC_OFFSET).replace(tzinfo=None)
         while True:
@@ -379,7 +484,14 @@ class CampaignScheduler:
         if zone_filter is not None:
             query = query.where(zone_filter)
         async with self._sessions() as session:
-            return list(await session.scalars(query.order_by(Installation.id).limit(self._page)))
+            try:
+                return list(
+                    await session.scalars(query.order_by(Installation.id).limit(self._page))
+                )
+            except (CompileError, DataError, ProgrammingError) as exc:
+                # The statement itself is refused (too many parameters, a value the column
+                # cannot take): the same statement would be refused again.
+                raise RunFailed(_reason(exc)) from exc
 
     async def _write_page(
         self,

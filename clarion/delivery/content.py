@@ -8,7 +8,12 @@ from typing import Any
 import orjson
 
 from clarion.delivery.models import Send
-from clarion.delivery.personalisation import PERSONALISED_FIELDS, is_template, render
+from clarion.delivery.personalisation import (
+    PERSONALISED_FIELDS,
+    TemplateLimitError,
+    is_template,
+    render,
+)
 from clarion.delivery.providers.base import Media, Notification, Priority, PushType
 
 
@@ -49,12 +54,18 @@ def has_templates(content: dict[str, Any]) -> bool:
 def personalised_fields(
     content: dict[str, Any], language: str | None, attributes: Mapping[str, Any]
 ) -> tuple[str | None, ...]:
-    """A personalised send's title, body and deeplink as rendered for one user."""
+    """A personalised send's title, body and deeplink as rendered for one user.
+    TemplateLimitError (naming the field): a template goes beyond a limit for this user."""
     message = pick_message(content, language) or {}
-    return tuple(
-        render(message.get(name) if name != "deeplink" else content.get(name), attributes)
-        for name in PERSONALISED_FIELDS
-    )
+    rendered: list[str | None] = []
+    for name in PERSONALISED_FIELDS:
+        try:
+            rendered.append(
+                render(message.get(name) if name != "deeplink" else content.get(name), attributes)
+            )
+        except TemplateLimitError as exc:
+            raise TemplateLimitError(f"{name}: {exc.message}") from None
+    return tuple(rendered)
 
 
 def build_notification(

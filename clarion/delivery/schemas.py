@@ -11,16 +11,16 @@ from typing import Annotated, Literal
 import orjson
 from pydantic import Field, field_validator
 
-from clarion.formats import Id, WireModel, stored_value
+from clarion.formats import HTTPS_URL, Id, WireModel, stored_value
 
 MAX_TTL_SECONDS = 28 * 24 * 3600  # 2,419,200 s, spec §3.1
 
 
 class Media(WireModel):
-    icon: str | None = Field(default=None, pattern=r"^https://", max_length=2048)
-    picture: str | None = Field(default=None, pattern=r"^https://", max_length=2048)
-    audio: str | None = Field(default=None, pattern=r"^https://", max_length=2048)
-    video: str | None = Field(default=None, pattern=r"^https://", max_length=2048)
+    icon: str | None = Field(default=None, pattern=HTTPS_URL, max_length=2048)
+    picture: str | None = Field(default=None, pattern=HTTPS_URL, max_length=2048)
+    audio: str | None = Field(default=None, pattern=HTTPS_URL, max_length=2048)
+    video: str | None = Field(default=None, pattern=HTTPS_URL, max_length=2048)
 
 
 class CollapseKey(WireModel):

@@ -6,7 +6,7 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from clarion.formats import Id, IdType, WireModel
+from clarion.formats import HTTP_OR_HTTPS_URL, Id, IdType, WireModel
 from clarion.gdpr.models import RequestType
 
 
@@ -19,7 +19,7 @@ class GdprRequestIn(WireModel):
     model_config = ConfigDict(extra="ignore")
 
     request_type: RequestType
-    callback_url: str | None = Field(default=None, pattern=r"^https?://", max_length=2048)
+    callback_url: str | None = Field(default=None, pattern=HTTP_OR_HTTPS_URL, max_length=2048)
     id: GdprId
 
 

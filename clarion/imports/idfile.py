@@ -68,8 +68,9 @@ def _long_line(block: bytes) -> int:
 class IdFileError(Exception):
     """The file as a whole cannot be used."""
 
-    def __init__(self, line: int, reason: str) -> None:
-        super().__init__(f"line {line}: {reason}")
+    def __init__(self, line: int | None, reason: str) -> None:
+        """`line`: the line at fault, None where no line is (an empty file)."""
+        super().__init__(reason if line is None else f"line {line}: {reason}")
         self.line = line
         self.reason = reason
 
@@ -136,7 +137,7 @@ class IdFileParser:
         data, self._pending = self._pending, b""
         ids = self._lines(data) if data else []
         if self._bytes == 0:
-            raise IdFileError(0, "the file is empty")
+            raise IdFileError(None, "the file is empty")
         if self._fields is None:  # blank lines only: as empty as no byte at all
             reason = "no header line" if self.format.header else "no line but blank ones"
             raise IdFileError(self._line, reason)

@@ -9,7 +9,7 @@ from zoneinfo import available_timezones
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from clarion.events.models import InAppEventKind
-from clarion.formats import Id, WireModel
+from clarion.formats import HTTPS_URL, Id, WireModel
 
 _TIMEZONES = frozenset(available_timezones())
 
@@ -22,7 +22,7 @@ class WebPushKeys(WireModel):
 class WebPushSubscription(WireModel):
     """The browser's PushSubscription.toJSON()."""
 
-    endpoint: str = Field(pattern=r"^https://", max_length=1024)
+    endpoint: str = Field(pattern=HTTPS_URL, max_length=1024)
     keys: WebPushKeys
 
 

@@ -217,35 +217,76 @@ def parse_date(raw: Any) -> DateRef | None:
     return None
 
 
+# Size limits, checked while parsing, before anything is built or compiled. Each condition
+# becomes one correlated EXISTS: an `$or` of 8,000 took 6 s to fail on SQLite ("Expression tree
+# is too large") and held PostgreSQL 5 s, `$not` nested 200 deep overflowed Python's stack, and
+# 90,000 `$in` values passed PostgreSQL's 65,535 bind parameters. PostgreSQL's planning of
+# EXISTS joined by AND grows faster than linearly (bench/query_limits.py, empty database: 32 →
+# 0.11 s, 64 → 0.52 s, 100 → 1.9 s, 200 → 14 s), so 50 conditions (0.24 s to plan, ~10 ms to
+# parse and build) is the budget; `$or` of 50 runs in 35 ms. A segment needing more is a
+# custom audience. Measurements and limits: docs/targeting.md, "Limits".
+MAX_CONDITIONS = 50  # field conditions and $contains tags (one EXISTS each), in all
+MAX_DEPTH = 10  # $and / $or / $not nested in one another
+MAX_LIST = 1_000  # items of one $in, $notIn, $contains, $containsAny, $and or $or
+MAX_VALUES = 5_000  # items of every such list together: at most 4 bind parameters each
+
+
+@dataclass(slots=True)
+class _Budget:
+    conditions: int = 0
+    values: int = 0
+
+    def condition(self, path: Path, count: int = 1) -> None:
+        self.conditions += count
+        if self.conditions > MAX_CONDITIONS:
+            raise QueryError(path, f"a query holds at most {MAX_CONDITIONS} conditions")
+
+    def items(self, path: Path, key: str, items: list[Any], *, values: bool = True) -> None:
+        if len(items) > MAX_LIST:
+            raise QueryError(path, f"{key} takes at most {MAX_LIST} items")
+        if not values:  # queries, counted as conditions
+            return
+        self.values += len(items)
+        if self.values > MAX_VALUES:
+            raise QueryError(path, f"a query holds at most {MAX_VALUES} values in its lists")
+
+
 def parse_query(raw: Any) -> Node:
-    """The query as a tree; QueryError naming the path of the first bad node."""
-    return _node(raw, ())
+    """The query as a tree; QueryError naming the path of the first bad node, or of the node
+    where a size limit (MAX_*) is passed."""
+    return _node(raw, (), _Budget(), 0)
 
 
-def _node(raw: Any, path: Path) -> Node:
+def _node(raw: Any, path: Path, budget: _Budget, depth: int) -> Node:
     if not isinstance(raw, dict):
         raise QueryError(path, "a query is a JSON object")
     children: list[Node] = []
     for key, value in raw.items():
         here = (*path, key)
+        if key in ("$and", "$or", "$not") and depth >= MAX_DEPTH:
+            raise QueryError(here, f"$and, $or and $not nest at most {MAX_DEPTH} deep")
         if key in ("$and", "$or"):
             if not isinstance(value, list) or not value:
                 raise QueryError(here, f"{key} takes a non-empty array of queries")
-            parts = tuple(_node(item, (*here, index)) for index, item in enumerate(value))
+            budget.items(here, key, value, values=False)
+            parts = tuple(
+                _node(item, (*here, index), budget, depth + 1) for index, item in enumerate(value)
+            )
             children.append(AllOf(parts) if key == "$and" else AnyOf(parts))
         elif key == "$not":
             if not isinstance(value, dict) or not value:
                 raise QueryError(here, "$not takes a non-empty query object")
-            children.append(Negation(_node(value, here)))
+            children.append(Negation(_node(value, here, budget, depth + 1)))
         elif key.startswith("$"):
             raise QueryError(here, f"unknown operator {key!r}")
         else:
-            children.append(_field(key, value, here))
+            budget.condition(here)
+            children.append(_field(key, value, here, budget))
     # Several keys in one object mean AND; `{}` is the whole base.
     return children[0] if len(children) == 1 else AllOf(tuple(children))
 
 
-def _field(key: str, raw: Any, path: Path) -> Node:
+def _field(key: str, raw: Any, path: Path, budget: _Budget) -> Node:
     match = _FIELD.fullmatch(key)
     if match is None:
         raise QueryError(
@@ -253,18 +294,18 @@ def _field(key: str, raw: Any, path: Path) -> Node:
         )
     prefix, name = match[1], match[2]
     if prefix in ("c", "u"):
-        return AttributeTest(name.lower(), _comparisons(raw, path))
+        return AttributeTest(name.lower(), _comparisons(raw, path, budget))
     if prefix in ("t", "ut"):
-        return _tags(name.lower(), raw, path)
+        return _tags(name.lower(), raw, path, budget)
     if prefix in ("e", "ue"):
         # SDK events are stored lowercased and without prefix, server events with `ue.`.
         stored = name.lower() if prefix == "e" else f"ue.{name.lower()}"
-        return _event(stored, prefix == "ue", raw, path)
+        return _event(stored, prefix == "ue", raw, path, budget)
     if name not in NATIVE_FIELDS:
         known = ", ".join(f"b.{n}" for n in NATIVE_FIELDS)
         raise QueryError(path, f"unknown native field {key!r} (known: {known})")
     column, kind = NATIVE_FIELDS[name]
-    return NativeTest(column, kind, _comparisons(raw, path))
+    return NativeTest(column, kind, _comparisons(raw, path, budget))
 
 
 def _value(raw: Any, path: Path) -> Value:
@@ -282,7 +323,7 @@ def _value(raw: Any, path: Path) -> Value:
 
 
 def _comparisons(
-    raw: Any, path: Path, *, allowed: frozenset[Op] | None = None
+    raw: Any, path: Path, budget: _Budget, *, allowed: frozenset[Op] | None = None
 ) -> tuple[Comparison, ...]:
     """A field's condition: a bare value (`$eq`) or an object of operators, all of which hold."""
     if isinstance(raw, list):
@@ -304,6 +345,7 @@ def _comparisons(
         elif op in (Op.IN, Op.NIN):
             if not isinstance(argument, list) or not argument:
                 raise QueryError(here, f"{key} takes a non-empty array of values")
+            budget.items(here, key, argument)
             values = tuple(_value(item, (*here, i)) for i, item in enumerate(argument))
             result.append(Comparison(op, values))
         else:
@@ -311,7 +353,7 @@ def _comparisons(
     return tuple(result)
 
 
-def _tags(collection: str, raw: Any, path: Path) -> TagTest:
+def _tags(collection: str, raw: Any, path: Path, budget: _Budget) -> TagTest:
     if isinstance(raw, str):  # `"t.x": "a"`: the collection holds "a"
         return TagTest(collection, TagOp.CONTAINS, (raw,))
     if not isinstance(raw, dict) or len(raw) != 1:
@@ -328,6 +370,9 @@ def _tags(collection: str, raw: Any, path: Path) -> TagTest:
         tags = [argument] if isinstance(argument, str) else argument
         if not isinstance(tags, list) or not tags or not all(isinstance(t, str) for t in tags):
             raise QueryError(here, f"{key} takes a non-empty array of strings")
+        budget.items(here, key, tags)
+        if key == TagOp.CONTAINS:  # one EXISTS per tag (compile.py)
+            budget.condition(here, len(tags) - 1)
         return TagTest(collection, TagOp(key), tuple(dict.fromkeys(tags)))
     raise QueryError(path, f"unknown operator {key!r}")
 
@@ -336,7 +381,7 @@ _NUMERIC = frozenset({Op.EQ, Op.NEQ, Op.GT, Op.GTE, Op.LT, Op.LTE, Op.IN, Op.NIN
 _LABEL = frozenset({Op.EQ, Op.NEQ, Op.IN, Op.NIN})
 
 
-def _event(name: str, per_user: bool, raw: Any, path: Path) -> EventTest:
+def _event(name: str, per_user: bool, raw: Any, path: Path, budget: _Budget) -> EventTest:
     if isinstance(raw, bool):  # `"e.x": true`: it happened
         return EventTest(name, per_user, exists=raw)
     if not isinstance(raw, dict) or not raw:
@@ -349,18 +394,18 @@ def _event(name: str, per_user: bool, raw: Any, path: Path) -> EventTest:
                 raise QueryError(here, "$exists takes true or false")
             parts["exists"] = argument
         elif key == "$count":
-            count = _comparisons(argument, here, allowed=_NUMERIC)
+            count = _comparisons(argument, here, budget, allowed=_NUMERIC)
             # The operator fixes the type here, so a wrong one is an error rather than "false".
             if any(v.number is None for c in count for v in c.values):
                 raise QueryError(here, "$count compares with numbers")
             parts["count"] = count
         elif key in ("$first", "$last"):
-            dates = _comparisons(argument, here, allowed=_NUMERIC)
+            dates = _comparisons(argument, here, budget, allowed=_NUMERIC)
             if any(v.date is None for c in dates for v in c.values):
                 raise QueryError(here, f"{key} compares with dates: {DATE_FORMS}")
             parts[key[1:]] = dates
         elif key == "$label":
-            parts["label"] = _comparisons(argument, here, allowed=_LABEL)
+            parts["label"] = _comparisons(argument, here, budget, allowed=_LABEL)
         else:
             raise QueryError(path, f"unknown operator {key!r}")
     return EventTest(name, per_user, **parts)

@@ -51,10 +51,18 @@ class Targeting(WireModel):
 
     model_config = ConfigDict(extra="ignore")
 
-    segments: list[Segment] | None = None
-    languages: list[Annotated[str, AfterValidator(_language)]] | None = None
-    regions: list[Annotated[str, AfterValidator(_region)]] | None = None
-    custom_audiences: list[Annotated[Id, Field(min_length=1, max_length=128)]] | None = None
+    # List limits far above real use (ISO 639 has ~180 two-letter languages, ISO 3166 249
+    # regions) and far below what costs: each bare language is one LIKE, each name one lookup.
+    segments: list[Segment] | None = Field(default=None, max_length=20)
+    languages: list[Annotated[str, AfterValidator(_language)]] | None = Field(
+        default=None, max_length=500
+    )
+    regions: list[Annotated[str, AfterValidator(_region)]] | None = Field(
+        default=None, max_length=500
+    )
+    custom_audiences: list[Annotated[Id, Field(min_length=1, max_length=128)]] | None = Field(
+        default=None, max_length=100
+    )
     query: dict[str, Any] | None = None
     # The query as a tree, parsed once while validating, with the dict it was parsed from (a
     # model_copy(update=...) replaces the dict without validating: the tree is then redone).

@@ -12,7 +12,6 @@ from typing import Annotated
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
-from clarion.delivery.personalisation import check_template
 from clarion.delivery.schemas import CollapseKey, PushOptions
 from clarion.formats import INTEGERS_TOO, NUMBER_AS_TEXT, Id, WireModel
 
@@ -78,10 +77,7 @@ class TransactionalSend(PushOptions):
         if self.push_type == "background" and self.media is not None:
             raise ValueError("a background push carries no media")
         if self.template_id is not None:
-            # The template supplies the rest. Its texts may be templates (personalisation), so
-            # the texts that override them must be valid templates too.
-            self._check_templates()
-            return self
+            return self  # the template supplies the rest
         if self.group_id is None:
             raise PydanticCustomError(
                 "missing_field", "group_id is required", {"field": "group_id"}
@@ -91,12 +87,14 @@ class TransactionalSend(PushOptions):
             raise PydanticCustomError("missing_field", "message is required", {"field": "message"})
         return self
 
-    def _check_templates(self) -> None:
-        messages = [self.message] if self.message is not None else []
-        messages += list((self.messages or {}).values())
-        for text in (self.deeplink, *(m.title for m in messages), *(m.body for m in messages)):
-            if text is not None:
-                check_template(text)
+    def template_fields(self) -> list[tuple[str, str | None]]:
+        """The texts that may be templates, with their paths in the body (for errors)."""
+        fields: list[tuple[str, str | None]] = [("deeplink", self.deeplink)]
+        named = {"message": self.message} if self.message is not None else {}
+        named |= {f"messages.{lang}": message for lang, message in (self.messages or {}).items()}
+        for path, message in named.items():
+            fields += [(f"{path}.title", message.title), (f"{path}.body", message.body)]
+        return fields
 
 
 class TransactionalAccepted(BaseModel):

@@ -23,6 +23,7 @@ from clarion.campaigns.service import template_content
 from clarion.db import transaction, utcnow
 from clarion.delivery.content import has_templates
 from clarion.delivery.models import BATCHES, SENDS, BatchStatus, Send, SendKind
+from clarion.delivery.personalisation import check_templates
 from clarion.delivery.service import batch_totals
 from clarion.errors import NotFoundError
 from clarion.events.models import PushEvent, PushEventKind
@@ -75,10 +76,11 @@ class SendIntake:
         if body.template_id is None:
             content = body.model_dump(exclude=envelope, exclude_none=True)
         else:
+            # The template's texts may be templates (personalisation), so the texts that
+            # override them are rendered as templates too: they must be valid ones.
+            await check_templates(body.template_fields())
             async with self._sessions() as session:
-                content = await template_content(
-                    session, app_id=access.app_id, token=body.template_id
-                )
+                content = await template_content(session, access=access, token=body.template_id)
             # The fields the caller gave override the template's; a message replaces them all.
             given = body.model_dump(exclude=envelope, exclude_unset=True, exclude_none=True)
             if "message" in given or "messages" in given:
