@@ -33,9 +33,9 @@ from bench.common import (
 )
 from clarion.audiences.models import Audience
 from clarion.config import Settings
-from clarion.connectors import service as imports
-from clarion.connectors.schemas import ImportSourceIn
 from clarion.db import transaction, utcnow
+from clarion.imports import service as imports
+from clarion.imports.schemas import ImportSourceIn
 from clarion.migrate import migrate
 from clarion.runtime import Runtime
 from tests.support.simulator import LOCAL_SERVERS_ALLOW

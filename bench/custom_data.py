@@ -8,7 +8,7 @@ PostgreSQL, of the server's database backends: on a shared machine, wall-clock f
 other people's load while CPU per update mostly does not.
 
 The default 60 calls (600,000 new users) take about 30 s: long enough for a plan that degrades
-as the tables grow to show (one did: docs in clarion/profiles/service.py).
+as the tables grow to show (one did: docs in clarion/custom_data/service.py).
 
     .venv/bin/python -m bench.custom_data --db postgres
     .venv/bin/python bench/custom_data.py --db postgres --calls 20

@@ -70,25 +70,25 @@ from clarion.audiences import service as audiences
 from clarion.audiences.models import AudienceKind
 from clarion.campaigns import service as campaigns
 from clarion.campaigns.models import Campaign, CampaignRun, CampaignState, RunState
-from clarion.campaigns.stats import attribute_finished_days, attribute_open_days
 from clarion.config import Settings
-from clarion.connectors import service as connectors
-from clarion.connectors.schemas import ImportSourceIn
+from clarion.custom_data import service as custom_data
+from clarion.custom_data.models import AttributeKind
+from clarion.custom_data.schemas import ReplaceTags, SetAttribute
 from clarion.dashboard import service as dashboard
 from clarion.dashboard.schemas import UserCreate
 from clarion.dashboard.web import SESSION_COOKIE
 from clarion.db import transaction
 from clarion.delivery.models import Send, SendKind
-from clarion.devices.models import Installation
 from clarion.events.models import PushEvent
 from clarion.events.service import recount_push_events
 from clarion.exports import service as exports
 from clarion.exports.schemas import DestinationIn
+from clarion.imports import service as imports
+from clarion.imports.schemas import ImportSourceIn
 from clarion.migrate import migrate
-from clarion.profiles import service as profiles
-from clarion.profiles.models import AttributeKind
-from clarion.profiles.schemas import ReplaceTags, SetAttribute
 from clarion.runtime import Runtime
+from clarion.sdk.models import Installation
+from clarion.stats.tasks import attribute_finished_days, attribute_open_days
 
 API_PORT = int(os.environ.get("CLARION_BENCH_API_PORT", "18002"))
 TARGET_MS = 200.0
@@ -425,7 +425,7 @@ async def _audiences(runtime: Runtime, app_id: int, members: int, now: datetime)
 async def _the_rest(runtime: Runtime, app: App, now: datetime) -> None:
     """The user's profile, three import sources, three export destinations, five accounts."""
     async with transaction(runtime.sessions) as session:
-        await profiles.update_profiles(
+        await custom_data.update_profiles(
             session,
             app_id=app.id,
             updates=[
@@ -442,7 +442,7 @@ async def _the_rest(runtime: Runtime, app: App, now: datetime) -> None:
             ],
         )
         for n in range(3):
-            await connectors.create_source(
+            await imports.create_source(
                 session,
                 app_id=app.id,
                 body=ImportSourceIn.model_validate(

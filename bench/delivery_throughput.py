@@ -44,9 +44,9 @@ from bench.common import (
 from clarion.db import transaction, utcnow
 from clarion.delivery.models import BatchStatus, DeliveryBatch, Send
 from clarion.demo import seed_installations
-from clarion.devices.models import Installation
 from clarion.events.models import PushEvent
 from clarion.runtime import Runtime, tune_garbage_collector
+from clarion.sdk.models import Installation
 
 
 async def prepare(runtime: Runtime, key: dict[str, str], devices: int) -> int:

@@ -23,8 +23,8 @@ from types import ModuleType
 
 from bench.common import ROOT, report
 from clarion.audiences.models import AudienceKind
-from clarion.connectors import idfile
-from clarion.connectors.service import READ_CHUNK
+from clarion.imports import idfile
+from clarion.imports.service import READ_CHUNK
 
 
 def one_column(lines: int) -> bytes:
@@ -41,13 +41,16 @@ def padded(lines: int) -> bytes:
 
 
 def parser_at(revision: str) -> ModuleType:
-    """clarion/connectors/idfile.py as it was at `revision`, imported under another name."""
-    source = subprocess.run(
-        ["git", "show", f"{revision}:clarion/connectors/idfile.py"],
-        cwd=ROOT,
-        check=True,
-        capture_output=True,
-    ).stdout
+    """clarion/imports/idfile.py as it was at `revision` (clarion/connectors/idfile.py before the
+    folders took the capabilities' names), imported under another name."""
+    for where in ("clarion/imports/idfile.py", "clarion/connectors/idfile.py"):
+        shown = subprocess.run(
+            ["git", "show", f"{revision}:{where}"], cwd=ROOT, check=False, capture_output=True
+        )
+        if shown.returncode == 0:
+            break
+    shown.check_returncode()
+    source = shown.stdout
     path = Path(tempfile.mkdtemp()) / "idfile_then.py"
     path.write_bytes(source)
     spec = importlib.util.spec_from_file_location("idfile_then", path)

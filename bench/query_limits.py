@@ -21,7 +21,7 @@ from sqlalchemy import func, select
 import clarion.models  # noqa: F401  (every table)
 from bench.common import fresh_database, report
 from clarion.db import Base, sync_url
-from clarion.devices.models import Installation
+from clarion.sdk.models import Installation
 from clarion.targeting import query as query_module
 from clarion.targeting.compile import QueryCompiler
 from clarion.targeting.query import MAX_LIST, MAX_VALUES, parse_query

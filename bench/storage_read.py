@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import report
-from clarion.connectors.storage import READ_BLOCK, Storage, StorageCredentials
+from clarion.storage import READ_BLOCK, Storage, StorageCredentials
 from tests.support.simulator import LOCAL_SERVERS_POLICY
 from tests.support.storage_servers import running_ftp, running_ftps, running_s3, running_sftp
 

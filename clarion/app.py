@@ -12,17 +12,17 @@ from clarion.apps.api import router as apps_router
 from clarion.audiences.api import router as audiences_router
 from clarion.campaigns.api import router as campaigns_router
 from clarion.config import Settings
-from clarion.connectors.api import router as imports_router
+from clarion.custom_data.api import router as custom_data_router
 from clarion.dashboard.api import router as dashboard_router
 from clarion.dashboard.web import STATIC_DIR
-from clarion.devices.api import router as sdk_router
 from clarion.events.api import router as trigger_events_router
 from clarion.exports.api import router as exports_router
 from clarion.gdpr.api import router as gdpr_router
 from clarion.http import BodySizeLimit, JsonBodies, TrailingSlash, install_error_handlers
+from clarion.imports.api import router as imports_router
 from clarion.openapi import install_openapi
-from clarion.profiles.api import router as custom_data_router
 from clarion.runtime import Runtime
+from clarion.sdk.api import router as sdk_router
 from clarion.transactional.api import router as transactional_router
 
 

@@ -77,7 +77,7 @@ class Settings(BaseSettings):
     # file:// destinations may write under (default: <var_dir>/exports).
     export_check_seconds: float = Field(default=60.0, gt=0)
     # How often a worker folds campaign event counts and stores finished days' influenced and
-    # re-engaged opens (campaigns.stats.keep_up).
+    # re-engaged opens (stats.tasks.keep_up).
     stats_interval_seconds: float = Field(default=60.0, gt=0)
     export_local_roots: list[Path] = Field(default_factory=list)
     # Extra CA certificates (PEM) trusted for FTPS, HTTPS and S3 endpoints with private CAs.

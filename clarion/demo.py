@@ -24,8 +24,8 @@ from clarion.config import Settings
 from clarion.dashboard import service as dashboard
 from clarion.dashboard.schemas import UserCreate
 from clarion.db import transaction, utcnow
-from clarion.devices.models import Installation
 from clarion.runtime import Runtime
+from clarion.sdk.models import Installation
 
 DEMO_TOPIC = "com.example.clarion-demo"
 DEMO_CUSTOM_ID = "demo-user"

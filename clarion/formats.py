@@ -7,6 +7,7 @@ import math
 import re
 from collections.abc import Iterable
 from datetime import UTC, datetime
+from enum import StrEnum
 from types import UnionType
 from typing import Annotated, Any, ClassVar, Union, get_args, get_origin
 
@@ -308,3 +309,12 @@ class WireModel(BaseModel):
             type=PydanticCustomError("stored_text", why), loc=where, input=value
         )
         raise ValidationError.from_exception_data(cls.__name__, [detail])
+
+
+class IdType(StrEnum):
+    """The three ids that name a user across Batch's APIs (a GDPR request's `id_type`, the ids a
+    removal blocks, which the SDK, Custom Data and Trigger Events APIs then refuse)."""
+
+    CUSTOM_ID = "custom_id"
+    INSTALL_ID = "install_id"
+    ADVERTISING_ID = "advertising_id"

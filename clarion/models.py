@@ -3,14 +3,14 @@
 from clarion.apps.models import App, Company
 from clarion.audiences.models import Audience, AudienceIndexing, AudienceMember
 from clarion.campaigns.models import Campaign, CampaignReceipt, CampaignRun
-from clarion.connectors.models import ImportFile, ImportFileMember, ImportRun, ImportSource
+from clarion.custom_data.models import ProfileAttribute, ProfileTag
 from clarion.dashboard.models import DashboardSession, DashboardUser
 from clarion.delivery.models import DeliveryBatch, Send
-from clarion.devices.models import Installation
 from clarion.events.models import InAppEvent, PushEvent, TrackedEvent
 from clarion.exports.models import ExportDestination, ExportRun
 from clarion.gdpr.models import BlockedId, GdprRequest
-from clarion.profiles.models import ProfileAttribute, ProfileTag
+from clarion.imports.models import ImportFile, ImportFileMember, ImportRun, ImportSource
+from clarion.sdk.models import Installation
 from clarion.transactional.models import GroupOpenDay
 
 __all__ = [

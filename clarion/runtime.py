@@ -4,6 +4,9 @@
 scheduler, GDPR requests, flat-file imports and daily exports in one process
 (the embedded default); `clarion worker` runs only the workers; `clarion serve` on PostgreSQL
 runs only the API unless told to run workers too.
+
+Runtime.start is the one list of everything that runs in the background; each domain keeps
+its background work in its `tasks.py` (delivery, campaigns, stats, gdpr, imports, exports).
 """
 
 from __future__ import annotations
@@ -20,21 +23,21 @@ from functools import partial
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from clarion.apps.service import KeyCache
-from clarion.campaigns import stats
-from clarion.campaigns.scheduler import CampaignScheduler
+from clarion.campaigns.tasks import CampaignScheduler
 from clarion.config import Settings
-from clarion.connectors.service import ImportRunner
 from clarion.db import create_engine, create_sessionmaker
 from clarion.delivery.pool import ProviderPool
-from clarion.delivery.service import Deliverer
-from clarion.exports.service import ExportRunner
-from clarion.exports.service import process_requests as process_export_requests
-from clarion.gdpr.service import ARCHIVE_CHECK_SECONDS, delete_expired_archives
-from clarion.gdpr.service import process_pending as process_gdpr_requests
+from clarion.delivery.tasks import Deliverer
+from clarion.exports.tasks import ExportRunner
+from clarion.exports.tasks import process_requests as process_export_requests
+from clarion.gdpr.tasks import ARCHIVE_CHECK_SECONDS, delete_expired_archives
+from clarion.gdpr.tasks import process_pending as process_gdpr_requests
 from clarion.http2 import Http2Client
+from clarion.imports.tasks import ImportRunner
 from clarion.outbound import OutboundPolicy, WebhookClient
 from clarion.queue import JobQueue
 from clarion.security import SecretBox
+from clarion.stats.tasks import DAYS_PER_TRANSACTION, DAYS_PER_TRANSACTION_SQLITE, keep_up
 from clarion.transactional.service import SendIntake
 
 log = logging.getLogger(__name__)
@@ -137,12 +140,10 @@ class Runtime:
             self._repeat(
                 "statistics upkeep",
                 partial(
-                    stats.keep_up,
+                    keep_up,
                     self.sessions,
                     days=(
-                        stats.DAYS_PER_TRANSACTION_SQLITE
-                        if settings.is_sqlite
-                        else stats.DAYS_PER_TRANSACTION
+                        DAYS_PER_TRANSACTION_SQLITE if settings.is_sqlite else DAYS_PER_TRANSACTION
                     ),
                 ),
                 every=settings.stats_interval_seconds,

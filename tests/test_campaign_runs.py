@@ -19,15 +19,15 @@ from sqlalchemy import delete, insert, select, update
 
 from clarion.audiences.resolved import installations_changed
 from clarion.campaigns.models import Campaign, CampaignRun
-from clarion.campaigns.schedule import occurrence_time
-from clarion.campaigns.scheduler import CampaignScheduler, version_of
+from clarion.campaigns.recurrence import occurrence_time
 from clarion.campaigns.schemas import CampaignBody
+from clarion.campaigns.tasks import CampaignScheduler, version_of
 from clarion.config import QueueBackend, Settings
 from clarion.db import transaction
 from clarion.delivery.models import BatchStatus, DeliveryBatch, Send
-from clarion.devices.models import Installation
 from clarion.queue import JobQueue
 from clarion.runtime import Runtime
+from clarion.sdk.models import Installation
 from tests.conftest import ClientApp
 from tests.test_campaigns import create, created, error, get
 

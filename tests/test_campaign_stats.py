@@ -1,5 +1,5 @@
 """Campaign statistics from the counts written with the events, and from the influenced and
-re-engaged opens stored per finished day (clarion.campaigns.stats)."""
+re-engaged opens stored per finished day (clarion.stats)."""
 
 from __future__ import annotations
 
@@ -15,14 +15,6 @@ from clarion.apps.models import App
 from clarion.apps.service import live_access
 from clarion.campaigns.models import CampaignOpenDay
 from clarion.campaigns.schemas import CampaignStats
-from clarion.campaigns.stats import (
-    SETTLE,
-    attribute_finished_days,
-    attribute_open_days,
-    campaign_stats,
-    group_influenced_opens,
-    keep_up,
-)
 from clarion.dashboard import analytics
 from clarion.db import transaction
 from clarion.delivery.models import Send, SendKind
@@ -35,6 +27,8 @@ from clarion.events.service import (
     recount_push_events,
 )
 from clarion.runtime import Runtime
+from clarion.stats.service import SETTLE, campaign_stats, group_influenced_opens
+from clarion.stats.tasks import attribute_finished_days, attribute_open_days, keep_up
 from clarion.transactional.models import GroupOpenDay
 from tests.conftest import ClientApp
 from tests.test_campaigns import created

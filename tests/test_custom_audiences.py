@@ -14,8 +14,8 @@ from clarion.audiences import service as audiences
 from clarion.audiences.models import AudienceKind
 from clarion.audiences.resolved import installations_changed, member_of_any
 from clarion.db import transaction, utcnow
-from clarion.devices.models import Installation
 from clarion.runtime import Runtime
+from clarion.sdk.models import Installation
 from tests.conftest import ClientApp
 from tests.test_campaign_runs import Clock, T, add_installs, reached, scheduler
 from tests.test_campaigns import created, error

@@ -10,7 +10,7 @@ import httpx
 import pytest
 from sqlalchemy import func, select
 
-from clarion.profiles.models import ProfileAttribute, ProfileTag
+from clarion.custom_data.models import ProfileAttribute, ProfileTag
 from clarion.runtime import Runtime
 from tests.conftest import ClientApp, new_app
 

@@ -11,17 +11,17 @@ from pathlib import Path
 import httpx
 import pytest
 
-from clarion.connectors import service as connectors
-from clarion.connectors.idfile import MAX_LINE_BYTES
-from clarion.connectors.schemas import ImportSourceIn
-from clarion.connectors.service import ImportRunner
 from clarion.dashboard.models import Role
 from clarion.dashboard.web import PAGE_SIZE
 from clarion.db import transaction, utcnow
 from clarion.exports import service as exports
 from clarion.exports.schemas import DestinationIn
-from clarion.exports.service import ExportRunner
+from clarion.exports.tasks import ExportRunner
 from clarion.formats import wire_date
+from clarion.imports import service as imports
+from clarion.imports.idfile import MAX_LINE_BYTES
+from clarion.imports.schemas import ImportSourceIn
+from clarion.imports.tasks import ImportRunner
 from clarion.runtime import Runtime
 from tests.conftest import ClientApp, new_app
 from tests.support.dashboard import DashboardLogin, sign_in_as
@@ -360,7 +360,7 @@ class TestImportsAndExports:
                     "enabled": False,
                 },
             ):
-                await connectors.create_source(
+                await imports.create_source(
                     session,
                     app_id=ios_app.app_id,
                     body=ImportSourceIn.model_validate({"id_type": "custom_ids", **body}),
@@ -406,7 +406,7 @@ class TestImportsAndExports:
     ) -> None:
         later = utcnow() + timedelta(days=1)
         async with transaction(runtime.sessions) as session:
-            await connectors.create_source(
+            await imports.create_source(
                 session,
                 app_id=ios_app.app_id,
                 body=ImportSourceIn.model_validate(
@@ -498,5 +498,5 @@ class TestImportsAndExports:
 
 async def next_poll(runtime: Runtime, app: ClientApp) -> str:
     async with runtime.sessions() as session:
-        source = await connectors.describe_source(session, app_id=app.app_id, name="crm")
+        source = await imports.describe_source(session, app_id=app.app_id, name="crm")
     return source.next_poll

@@ -18,9 +18,9 @@ from sqlalchemy import select, update
 
 from clarion.db import transaction
 from clarion.delivery.models import BatchStatus, DeliveryBatch, Send
-from clarion.devices.models import Installation
 from clarion.events.models import PushEvent
 from clarion.runtime import Runtime
+from clarion.sdk.models import Installation
 from tests.conftest import ClientApp, new_app
 
 

@@ -24,7 +24,7 @@ from sqlalchemy import select
 from clarion.db import transaction
 from clarion.events.models import InAppEvent, PushEvent
 from clarion.exports.models import ExportRun
-from clarion.exports.service import ExportRunner
+from clarion.exports.tasks import ExportRunner
 from clarion.runtime import Runtime
 from tests.conftest import ClientApp
 from tests.test_campaign_runs import Clock, add_installs
@@ -539,7 +539,7 @@ class TestExportApi:
     async def test_a_campaigns_ids_are_exported_on_request(
         self, api: httpx.AsyncClient, ios_app: ClientApp, runtime: Runtime
     ) -> None:
-        from clarion.exports.service import process_requests
+        from clarion.exports.tasks import process_requests
 
         await seed_events(runtime, ios_app)
         base = f"/1.0/{ios_app.api_key}/export"

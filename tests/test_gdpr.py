@@ -17,15 +17,15 @@ import httpx
 import pytest
 from sqlalchemy import func, select
 
+from clarion.custom_data.models import ProfileAttribute
 from clarion.db import transaction
-from clarion.devices.models import Installation
 from clarion.events.models import TrackedEvent
 from clarion.formats import wire_date
 from clarion.gdpr.models import GdprRequest
-from clarion.gdpr.service import delete_expired_archives, process_pending
+from clarion.gdpr.tasks import delete_expired_archives, process_pending
 from clarion.outbound import OutboundPolicy, WebhookClient
-from clarion.profiles.models import ProfileAttribute
 from clarion.runtime import Runtime
+from clarion.sdk.models import Installation
 from tests.conftest import ClientApp
 from tests.test_campaigns import error
 from tests.test_custom_audiences import estimate, put

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from clarion.audiences.models import AudienceKind
-from clarion.connectors.idfile import (
+from clarion.imports.idfile import (
     MAX_LINE_BYTES,
     IdFileError,
     IdFileFormat,

@@ -19,10 +19,10 @@ import httpx
 import pytest
 from sqlalchemy import select, update
 
-from clarion.connectors.idfile import MAX_LINE_BYTES, IdFileParser
-from clarion.connectors.models import ImportRun, ImportSource
-from clarion.connectors.service import ImportRunner
 from clarion.db import transaction
+from clarion.imports.idfile import MAX_LINE_BYTES, IdFileParser
+from clarion.imports.models import ImportRun, ImportSource
+from clarion.imports.tasks import ImportRunner
 from clarion.runtime import Runtime
 from tests.conftest import ClientApp
 from tests.test_campaign_runs import Clock, add_installs

@@ -17,12 +17,12 @@ from sqlalchemy.orm import InstrumentedAttribute
 
 from clarion.audiences.models import Audience
 from clarion.campaigns.models import Campaign
+from clarion.custom_data.models import ProfileAttribute
 from clarion.delivery.models import Send
-from clarion.devices.models import Installation
 from clarion.events.models import TrackedEvent
 from clarion.formats import stored_text, text_problem
-from clarion.profiles.models import ProfileAttribute
 from clarion.runtime import Runtime
+from clarion.sdk.models import Installation
 from tests.conftest import ClientApp
 
 TWENTY_DIGITS = "12345678901234567890"  # > 2**63 - 1 = 9223372036854775807

@@ -73,7 +73,7 @@ def test_every_route_takes_the_keys_of_the_table() -> None:
     for (package, method, path), kind in kinds.items():
         if package == "apps":
             expected = "REST key"  # no app key: the company's REST key administers its apps
-        elif package == "devices":
+        elif package == "sdk":
             expected = "SDK"  # debug builds register with the Dev key
         elif DEV_KEY_ROUTES.fullmatch(path):
             expected = "Live or Dev"

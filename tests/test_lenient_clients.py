@@ -12,9 +12,9 @@ import pytest
 from fastapi import FastAPI
 from sqlalchemy import select
 
+from clarion.custom_data.models import ProfileAttribute, ProfileTag
 from clarion.delivery.models import DeliveryBatch, Send
 from clarion.events.models import TrackedEvent
-from clarion.profiles.models import ProfileAttribute, ProfileTag
 from clarion.runtime import Runtime
 from tests.conftest import ClientApp
 

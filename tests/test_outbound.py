@@ -23,11 +23,11 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from clarion.connectors.service import ImportRunner
-from clarion.connectors.storage import Storage, StorageCredentials, StorageError
-from clarion.exports.service import ExportRunner
+from clarion.exports.tasks import ExportRunner
+from clarion.imports.tasks import ImportRunner
 from clarion.outbound import DestinationRefused, OutboundPolicy, WebhookClient, parse_allowed
 from clarion.runtime import Runtime
+from clarion.storage import Storage, StorageCredentials, StorageError
 from tests.conftest import ClientApp
 from tests.support.simulator import LOCAL_SERVERS_POLICY
 from tests.test_campaign_runs import Clock

@@ -158,7 +158,7 @@ async def test_a_campaign_that_cannot_be_sent_fails_once_and_says_why(
 ) -> None:
     await add_installs(runtime, ios_app, 2)
     token = await old_campaign(runtime, ios_app, query)
-    caplog.set_level(logging.WARNING, logger="clarion.campaigns.scheduler")
+    caplog.set_level(logging.WARNING, logger="clarion.campaigns.tasks")
     clock = Clock(T)
     for minute in range(3):
         clock.now = T + timedelta(minutes=minute)
@@ -206,7 +206,7 @@ async def test_a_run_started_before_the_limits_fails_once(
             )
         )
     clock = Clock(T)
-    caplog.set_level(logging.WARNING, logger="clarion.campaigns.scheduler")
+    caplog.set_level(logging.WARNING, logger="clarion.campaigns.tasks")
     for _ in range(3):
         clock.now += timedelta(minutes=1)
         await scheduler(runtime, clock).tick()

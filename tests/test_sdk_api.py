@@ -9,9 +9,9 @@ import httpx
 import pytest
 from sqlalchemy import select
 
-from clarion.devices.models import Installation
 from clarion.events.models import InAppEvent, PushEvent, TrackedEvent
 from clarion.runtime import Runtime
+from clarion.sdk.models import Installation
 from tests.conftest import ClientApp
 
 

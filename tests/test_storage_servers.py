@@ -162,7 +162,7 @@ def test_a_write_that_fails_midway_publishes_nothing(
     kind: str, request: pytest.FixtureRequest, tmp_path: Path
 ) -> None:
     """Clarion's Storage.write: a failing source of chunks leaves no file, whole or partial."""
-    from clarion.connectors.storage import Storage, StorageCredentials, StorageError
+    from clarion.storage import Storage, StorageCredentials, StorageError
     from tests.support.simulator import LOCAL_SERVERS_POLICY
 
     folder = f"w{tmp_path.name[-6:]}"

@@ -14,14 +14,14 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ValidationError
 from sqlalchemy import create_engine, select
 
+from clarion.custom_data.schemas import parse_value
+from clarion.custom_data.service import update_profiles
 from clarion.db import transaction, utcnow
-from clarion.devices.models import Installation
 from clarion.errors import MalformedParameterError
 from clarion.events.service import record_tracked_events
 from clarion.http import validation_error
-from clarion.profiles.schemas import parse_value
-from clarion.profiles.service import update_profiles
 from clarion.runtime import Runtime
+from clarion.sdk.models import Installation
 from clarion.targeting.query import AttributeTest, Comparison, DateRef, Op, Value, parse_date
 from clarion.targeting.schemas import Segment, Targeting
 from clarion.targeting.service import (

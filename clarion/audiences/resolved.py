@@ -50,7 +50,7 @@ from clarion.audiences.models import (
     AudienceMember,
 )
 from clarion.db import is_postgres, upsert_insert
-from clarion.devices.models import Installation
+from clarion.sdk.models import Installation
 
 _LOCK_CLASS = 0x61756469  # pg_advisory_xact_lock's first key: "audi"
 _COLUMNS = ["audience_id", "generation", "block", "bits"]

@@ -19,7 +19,7 @@ from sqlalchemy import Column, MetaData, String, Table
 from sqlalchemy.ext.asyncio import AsyncSession
 
 STAGING = Table("audience_staging", MetaData(), Column("member_id", String(512)))
-_READ_BYTES = 256 * 1024  # see connectors.service.READ_CHUNK
+_READ_BYTES = 256 * 1024  # see imports.service.READ_CHUNK
 _SQLITE_BATCH = 50_000
 
 

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, Path, Query
 from fastapi.responses import JSONResponse
 
-from clarion.campaigns import service, stats
+from clarion.campaigns import service
 from clarion.campaigns.schemas import (
     CampaignBody,
     CampaignCreated,
@@ -18,6 +18,7 @@ from clarion.campaigns.schemas import (
 from clarion.db import utcnow
 from clarion.formats import INT64_MAX, Text
 from clarion.http import RestApp, RestAppLive, SessionDep
+from clarion.stats import service as stats
 from clarion.targeting.schemas import Estimate, Targeting
 
 router = APIRouter(prefix="/1.1/{api_key}/campaigns", tags=["campaigns"])

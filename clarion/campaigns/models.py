@@ -113,7 +113,7 @@ class CampaignReceipt(Base):
 class CampaignOpenDay(Base):
     """A campaign's influenced opens and re-engaged installs of one UTC day, per A/B version
     ("" for none), as matching a big campaign's sends with the app's opens takes too long for
-    every read (campaigns.stats). Final once the day is over; provisional, and replaced every
+    every read (clarion.stats). Final once the day is over; provisional, and replaced every
     minute, while it is not. A day with nothing found still has a row ("" with zeros)."""
 
     __tablename__ = "campaign_open_days"

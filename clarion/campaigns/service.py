@@ -1,8 +1,8 @@
-"""Campaigns: create, update, read, list, delete, stop (statistics: campaigns.stats). No HTTP here.
+"""Campaigns: create, update, read, list, delete, stop (statistics: clarion.stats). No HTTP here.
 
 The life of a campaign (docs/campaigns.md): draft (live: false) -> scheduled -> running ->
 completed, or stopped when set to live: false (or deleted) after it started. The scheduler
-(clarion.campaigns.scheduler) moves scheduled campaigns to running at their time.
+(clarion.campaigns.tasks) moves scheduled campaigns to running at their time.
 """
 
 from __future__ import annotations
@@ -17,11 +17,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from clarion.apps.service import AppAccess
 from clarion.campaigns.models import Campaign, CampaignRun, CampaignState, RunState
-from clarion.campaigns.schedule import first_ahead, next_to_run, occurrence_time
-from clarion.campaigns.schemas import (
-    CampaignBody,
-    CampaignSummary,
-)
+from clarion.campaigns.recurrence import first_ahead, next_to_run, occurrence_time
+from clarion.campaigns.schemas import CampaignBody, CampaignSummary
 from clarion.delivery.content import has_templates
 from clarion.delivery.models import BATCHES, SENDS
 from clarion.delivery.personalisation import check_templates

@@ -1,9 +1,9 @@
 """What the analytics pages show: campaign statistics as totals, rates and chart points;
 transactional sends by group_id; the last errors with the provider's reasons. No HTTP here.
 
-Campaign figures come from campaigns.stats.campaign_stats (the Campaigns API's own numbers);
+Campaign figures come from stats.service.campaign_stats (the Campaigns API's own numbers);
 group_id figures are summed from the per-day counts written with the events (PushEventCount),
-and their influenced opens read as campaigns' are (campaigns.stats.group_influenced_opens).
+and their influenced opens read as campaigns' are (stats.service.group_influenced_opens).
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ from sqlalchemy import ColumnElement, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from clarion.campaigns.schemas import CampaignStats, VersionStats
-from clarion.campaigns.stats import STAT_OF_KIND, group_influenced_opens
 from clarion.db import utcnow
 from clarion.events.models import PushEvent, PushEventCount, PushEventKind
+from clarion.stats.service import STAT_OF_KIND, group_influenced_opens
 
 _ERROR_KINDS = (PushEventKind.ERROR.value, PushEventKind.TOKEN_DELETED.value)
 # Errors older than this are not looked for when a page lists the last ones of a group.

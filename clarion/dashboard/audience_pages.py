@@ -16,9 +16,6 @@ from pydantic import ConfigDict, Field
 
 from clarion.audiences import service as audiences
 from clarion.audiences.models import AudienceKind
-from clarion.connectors import service as connectors
-from clarion.connectors.idfile import IdFileFormat
-from clarion.connectors.schemas import Delimiter
 from clarion.dashboard import queries, service
 from clarion.dashboard.web import (
     PageNumber,
@@ -36,6 +33,9 @@ from clarion.errors import ClarionError, MalformedParameterError
 from clarion.exports import service as exports
 from clarion.formats import DbInt, Text, WireModel
 from clarion.http import RuntimeDep, SessionDep
+from clarion.imports import service as imports
+from clarion.imports.idfile import IdFileFormat
+from clarion.imports.schemas import Delimiter
 
 router = APIRouter(route_class=PageRoute)
 
@@ -51,7 +51,7 @@ _NOTICES = {"run": "The source is polled at a worker's next check; its runs appe
 
 
 class UploadParams(WireModel):
-    """The query of an upload: the API's parameters (connectors.api.upload_audience), with the
+    """The query of an upload: the API's parameters (imports.api.upload_audience), with the
     audience's name, which the API takes from the path."""
 
     model_config = ConfigDict(extra="ignore")
@@ -113,7 +113,7 @@ async def upload_audience(
         ):
             raise MalformedParameterError("body: send the file itself as the body, not a form")
         params = UploadParams.read(request)
-        result = await connectors.upload_audience(
+        result = await imports.upload_audience(
             session,
             app_id=app.id,
             name=params.name,
@@ -159,7 +159,7 @@ async def import_source_page(
     notice: str = "",
 ) -> HTMLResponse:
     app, _ = await service.company_app(session, viewer, app_id)
-    source = await connectors.describe_source(session, app_id=app.id, name=name)
+    source = await imports.describe_source(session, app_id=app.id, name=name)
     runs = await queries.source_runs(session, app_id=app.id, name=name, **page_window(page))
     return await render(
         request,
@@ -182,7 +182,7 @@ async def run_import_source(
     """Run now: the source is due at once, and a worker polls it at its next check."""
     service.require_editor(viewer)
     app, _ = await service.company_app(session, viewer, app_id)
-    await connectors.request_run(session, app_id=app.id, name=name, now=utcnow())
+    await imports.request_run(session, app_id=app.id, name=name, now=utcnow())
     return redirect(f"/dashboard/apps/{app.id}/audiences/imports/{quote(name)}?notice=run")
 
 

@@ -16,7 +16,6 @@ from clarion.apps.models import App
 from clarion.apps.service import AppAccess
 from clarion.audiences import service as audiences_service
 from clarion.campaigns import service as campaigns
-from clarion.campaigns import stats as campaign_statistics
 from clarion.campaigns.schemas import EstimateIn
 from clarion.dashboard import analytics, service
 from clarion.dashboard.schemas import (
@@ -44,6 +43,7 @@ from clarion.db import utcnow
 from clarion.errors import ClarionError
 from clarion.formats import DbInt, Text
 from clarion.http import SessionDep
+from clarion.stats import service as campaign_statistics
 from clarion.targeting.schemas import Targeting
 
 router = APIRouter(route_class=PageRoute)

@@ -19,11 +19,11 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 
 from clarion.audiences.models import Audience, AudienceKind, AudienceMember
+from clarion.custom_data.models import ProfileTag
+from clarion.custom_data.service import attributes_of
 from clarion.delivery.providers.webpush import endpoint_origin
-from clarion.devices.models import Installation
 from clarion.events.models import PushEvent, TrackedEvent
-from clarion.profiles.models import ProfileTag
-from clarion.profiles.service import attributes_of
+from clarion.sdk.models import Installation
 
 # At most this many installations are listed for one custom user id (a shared id, such as a
 # test account's, can be on thousands).

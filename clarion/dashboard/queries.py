@@ -14,12 +14,12 @@ from collections.abc import Collection
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from clarion.connectors import service as connectors
-from clarion.connectors.models import ImportRun, ImportSource, RunStatus
-from clarion.connectors.schemas import ImportRunRead, ImportSourceRead
 from clarion.exports import service as exports
 from clarion.exports.models import ExportDestination, ExportRun
 from clarion.exports.schemas import DestinationRead, ExportRunRead
+from clarion.imports import service as imports
+from clarion.imports.models import ImportRun, ImportSource, RunStatus
+from clarion.imports.schemas import ImportRunRead, ImportSourceRead
 
 
 async def importing_audiences(
@@ -69,8 +69,8 @@ async def sources_with_last_run(
         runs = {run.id: run for run in found}
     return [
         (
-            connectors.read_source(source),
-            connectors.read_run(runs[run_id]) if run_id in runs else None,
+            imports.read_source(source),
+            imports.read_run(runs[run_id]) if run_id in runs else None,
         )
         for source, run_id in rows
     ]
@@ -79,7 +79,7 @@ async def sources_with_last_run(
 async def source_runs(
     session: AsyncSession, *, app_id: int, name: str, offset: int, limit: int
 ) -> list[ImportRunRead]:
-    """A page of one source's runs, newest first (as connectors.service.list_runs)."""
+    """A page of one source's runs, newest first (as imports.service.list_runs)."""
     runs = await session.scalars(
         select(ImportRun)
         .join(ImportSource, ImportSource.id == ImportRun.source_id)
@@ -88,7 +88,7 @@ async def source_runs(
         .offset(offset)
         .limit(limit)
     )
-    return [connectors.read_run(run) for run in runs]
+    return [imports.read_run(run) for run in runs]
 
 
 async def destinations_with_last_run(

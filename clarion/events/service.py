@@ -13,7 +13,8 @@ from typing import Any
 from sqlalchemy import case, delete, func, insert, literal, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from clarion.db import bulk_insert, utc_day, utcnow
+from clarion.db import bulk_insert, utcnow
+from clarion.dialects import utc_day
 from clarion.events.models import (
     COUNTED_KINDS,
     InAppEvent,
@@ -23,7 +24,7 @@ from clarion.events.models import (
     TrackedEvent,
 )
 from clarion.events.schemas import ServerEventIn
-from clarion.gdpr.models import IdType
+from clarion.formats import IdType
 from clarion.gdpr.service import blocked_values
 
 log = logging.getLogger(__name__)

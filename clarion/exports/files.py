@@ -21,10 +21,10 @@ from psycopg.conninfo import conninfo_to_dict
 from sqlalchemy import Select, case, func, literal, select, true
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from clarion.db import utc_iso_second
-from clarion.devices.models import Installation
+from clarion.dialects import utc_iso_second
 from clarion.events.models import InAppEvent, PushEvent
 from clarion.exports.models import ID_COLUMNS, ExportKind, RequestKind
+from clarion.sdk.models import Installation
 
 DELIMITER = ";"
 _WRITE_BUFFER = 256 * 1024

@@ -7,9 +7,9 @@ from typing import Annotated
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
-from clarion.connectors.schemas import CredentialsIn, location_url
 from clarion.exports.models import ID_COLUMNS, ExportKind
 from clarion.formats import WireModel
+from clarion.imports.schemas import CredentialsIn, location_url
 
 SCHEMES = ("s3", "gs", "sftp", "ftp", "ftps", "file")
 DEFAULT_FILE_NAME = "clarion_{app_id}_{kind}_{date}.csv"

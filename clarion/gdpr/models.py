@@ -16,12 +16,6 @@ class RequestType(StrEnum):
     REMOVE = "remove"
 
 
-class IdType(StrEnum):
-    CUSTOM_ID = "custom_id"
-    INSTALL_ID = "install_id"
-    ADVERTISING_ID = "advertising_id"
-
-
 class RequestStatus(StrEnum):
     PENDING = "pending"
     DONE = "done"

@@ -6,8 +6,8 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from clarion.formats import HTTP_OR_HTTPS_URL, Id, WireModel
-from clarion.gdpr.models import IdType, RequestType
+from clarion.formats import HTTP_OR_HTTPS_URL, Id, IdType, WireModel
+from clarion.gdpr.models import RequestType
 
 
 class GdprId(WireModel):

@@ -27,9 +27,9 @@ from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.functions import FunctionElement
 
-from clarion.devices.models import Installation
+from clarion.custom_data.models import AttributeKind, ProfileAttribute, ProfileTag
 from clarion.events.models import TrackedEvent
-from clarion.profiles.models import AttributeKind, ProfileAttribute, ProfileTag
+from clarion.sdk.models import Installation
 from clarion.targeting.query import (
     ORDERING,
     AllOf,

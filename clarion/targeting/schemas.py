@@ -16,7 +16,7 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 from clarion.formats import Id, WireModel
 from clarion.targeting.query import Node, QueryError, parse_query
 
-# The shapes the SDK API accepts for an installation's language and region (devices/schemas.py).
+# The shapes the SDK API accepts for an installation's language and region (sdk/schemas.py).
 _LANGUAGE = re.compile(r"[a-zA-Z]{2,3}([-_][A-Za-z0-9]{2,8})*")
 _REGION = re.compile(r"[A-Za-z]{2}|[0-9]{3}")
 

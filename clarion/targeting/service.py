@@ -12,9 +12,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from clarion.audiences.resolved import member_of_any
 from clarion.audiences.service import missing_audiences
-from clarion.db import elapsed_seconds
-from clarion.devices.models import Installation
+from clarion.dialects import elapsed_seconds
 from clarion.errors import MalformedParameterError
+from clarion.sdk.models import Installation
 from clarion.targeting.compile import QueryCompiler
 from clarion.targeting.schemas import Estimate, Segment, Targeting
 

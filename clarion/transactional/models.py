@@ -13,7 +13,7 @@ from clarion.db import Base, UtcDateTime, utcnow
 
 class GroupOpenDay(Base):
     """A transactional group_id's influenced opens of one UTC day: the installs that opened
-    the app soon after one of its sends reached them (campaigns.stats), stored as the
+    the app soon after one of its sends reached them (clarion.stats), stored as the
     campaigns' are (CampaignOpenDay): final once the day is over, provisional and replaced
     every minute while it is not."""
 

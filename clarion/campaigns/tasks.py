@@ -1,5 +1,6 @@
-"""The campaign scheduler: starts due runs, streams their audience into the delivery outbox,
-and closes runs once delivered. Runs in every process that runs delivery workers.
+"""What runs in the background for campaigns: the campaign scheduler starts due runs, streams
+their audience into the delivery outbox, and closes runs once delivered. Runs in every process
+that runs delivery workers (clarion.runtime starts it).
 
 Exactly once, across processes and restarts (docs/decisions/0010-campaign-fan-out.md):
 - a run starts under a row lock on its campaign, and (campaign, occurrence) is unique;
@@ -35,15 +36,15 @@ from clarion.campaigns.models import (
     CampaignState,
     RunState,
 )
-from clarion.campaigns.schedule import EARLIEST_UTC_OFFSET, next_to_run, occurrence_end
+from clarion.campaigns.recurrence import EARLIEST_UTC_OFFSET, next_to_run, occurrence_end
 from clarion.campaigns.schemas import CampaignBody
 from clarion.campaigns.service import send_content, settle, stop_campaign
 from clarion.config import Settings
 from clarion.db import transaction, upsert_insert, utcnow
 from clarion.delivery.models import BATCHES, SENDS, BatchStatus, Send, SendKind
-from clarion.devices.models import Installation
 from clarion.errors import from_validation_errors
 from clarion.queue import BatchJob, JobQueue
+from clarion.sdk.models import Installation
 from clarion.targeting import service as targeting
 
 log = logging.getLogger(__name__)

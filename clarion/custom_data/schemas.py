@@ -16,8 +16,8 @@ from pydantic import (
     model_validator,
 )
 
+from clarion.custom_data.models import AttributeKind
 from clarion.formats import NAME, Id, WireModel, parse_batch_date, stored_text
-from clarion.profiles.models import AttributeKind
 
 MAX_USERS_PER_CALL = 10_000
 MAX_TAGS_PER_COLLECTION = 25

@@ -86,7 +86,7 @@ class ImportFile(Base):
 class ImportFileMember(Base):
     """The ids of a file as last ingested (sources in apply_changes mode): what a changed file
     is compared with. No foreign key, for the reason AudienceMember has none; deleted with
-    their source by clarion.connectors.service."""
+    their source by clarion.imports.service."""
 
     __tablename__ = "import_file_members"
 

@@ -12,14 +12,6 @@ from clarion.apps.service import AppAccess
 from clarion.audiences.resolved import installations_changed
 from clarion.db import insert_ignoring_conflicts, utcnow
 from clarion.delivery.models import Send
-from clarion.devices.models import Installation
-from clarion.devices.schemas import (
-    AppOpenIn,
-    InAppEventsIn,
-    InstallationUpsert,
-    PushOpenIn,
-    TrackedEventsIn,
-)
 from clarion.errors import ApiMisuseError, MalformedParameterError, NotFoundError
 from clarion.events.models import APP_OPEN_EVENT, PushEventKind
 from clarion.events.service import (
@@ -29,9 +21,17 @@ from clarion.events.service import (
     record_push_events,
     record_tracked_events,
 )
-from clarion.gdpr.models import IdType
+from clarion.formats import IdType
 from clarion.gdpr.service import blocked_identities
 from clarion.outbound import OutboundPolicy
+from clarion.sdk.models import Installation
+from clarion.sdk.schemas import (
+    AppOpenIn,
+    InAppEventsIn,
+    InstallationUpsert,
+    PushOpenIn,
+    TrackedEventsIn,
+)
 
 _INSTALL_ID = re.compile(r"^[A-Za-z0-9_\-.:]{1,128}$")
 _PROFILE_FIELDS = (

@@ -22,18 +22,18 @@ import orjson
 from sqlalchemy import ColumnElement, Table, TextClause, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from clarion.db import bulk_insert, uses_arrays, utcnow
-from clarion.errors import MalformedParameterError
-from clarion.gdpr.models import IdType
-from clarion.gdpr.service import blocked_values
-from clarion.profiles.models import PROFILE_ATTRIBUTES, PROFILE_TAGS, AttributeKind
-from clarion.profiles.schemas import (
+from clarion.custom_data.models import PROFILE_ATTRIBUTES, PROFILE_TAGS, AttributeKind
+from clarion.custom_data.schemas import (
     ChangeTags,
     DeleteAttribute,
     Operation,
     ReplaceTags,
     SetAttribute,
 )
+from clarion.db import bulk_insert, uses_arrays, utcnow
+from clarion.errors import MalformedParameterError
+from clarion.formats import IdType
+from clarion.gdpr.service import blocked_values
 
 # Users per IN (...) list: well under SQLite's limit on bound parameters.
 _CHUNK = 5_000

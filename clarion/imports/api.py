@@ -9,9 +9,12 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Query, Request, Response
 
 from clarion.audiences.models import AudienceKind
-from clarion.connectors import service
-from clarion.connectors.idfile import IdFileFormat
-from clarion.connectors.schemas import (
+from clarion.db import utcnow
+from clarion.formats import Text, wire_date
+from clarion.http import RestAppLive, RuntimeDep, SessionDep
+from clarion.imports import service
+from clarion.imports.idfile import IdFileFormat
+from clarion.imports.schemas import (
     Delimiter,
     ImportRunRead,
     ImportSourceIn,
@@ -20,9 +23,6 @@ from clarion.connectors.schemas import (
     RunRequested,
     UploadResult,
 )
-from clarion.db import utcnow
-from clarion.formats import Text, wire_date
-from clarion.http import RestAppLive, RuntimeDep, SessionDep
 from clarion.openapi import BINARY
 
 router = APIRouter(tags=["flat-file imports"])

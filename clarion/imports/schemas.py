@@ -16,9 +16,9 @@ import re2
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from clarion.audiences.models import AudienceKind
-from clarion.connectors.models import OnChange
-from clarion.connectors.storage import SCHEMES
 from clarion.formats import WireModel
+from clarion.imports.models import OnChange
+from clarion.storage import SCHEMES
 
 SourceName = Annotated[str, Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.-]+$")]
 Delimiter = Literal[",", ";", "\t", "|"]

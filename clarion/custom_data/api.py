@@ -6,15 +6,15 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path
 
-from clarion.formats import Text
-from clarion.http import RestAppLive, SessionDep
-from clarion.profiles import service
-from clarion.profiles.schemas import (
+from clarion.custom_data import service
+from clarion.custom_data.schemas import (
     DataAccepted,
     ProfileDeletesIn,
     ProfileUpdateIn,
     ProfileUpdatesIn,
 )
+from clarion.formats import Text
+from clarion.http import RestAppLive, SessionDep
 
 router = APIRouter(prefix="/1.0/{api_key}/data/users", tags=["custom data"])
 CustomId = Annotated[Text, Path(min_length=1, max_length=512)]

@@ -6,8 +6,11 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path
 
-from clarion.devices import service
-from clarion.devices.schemas import (
+from clarion.errors import NotFoundError
+from clarion.formats import Text
+from clarion.http import RuntimeDep, SdkApp, SessionDep
+from clarion.sdk import service
+from clarion.sdk.schemas import (
     Accepted,
     AppOpenIn,
     CustomIdSet,
@@ -18,9 +21,6 @@ from clarion.devices.schemas import (
     TrackedEventsIn,
     VapidKey,
 )
-from clarion.errors import NotFoundError
-from clarion.formats import Text
-from clarion.http import RuntimeDep, SdkApp, SessionDep
 
 router = APIRouter(prefix="/sdk/v1/{api_key}", tags=["sdk"])
 InstallId = Annotated[Text, Path(max_length=128)]
