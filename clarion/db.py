@@ -200,14 +200,15 @@ def sync_url(url: str) -> str:
 
 def create_engine(url: str, *, pool_size: int = 10, **kwargs: Any) -> AsyncEngine:
     if url.startswith("sqlite"):
-        # Any SQLite URL (sqlite://, sqlite+aiosqlite://) runs on the in-loop driver above.
+        # Any SQLite URL (sqlite://, sqlite+aiosqlite://) runs on the in-loop driver
+        # (clarion.dialects, decision 0006).
         url = make_url(sync_url(url)).set(drivername="sqlite+inloop").render_as_string(False)
         # SQLite has one writer at a time. With several pooled connections, concurrent
         # transactions wait in SQLite's busy handler, which sleeps in steps of up to 100 ms:
         # measured here, a 1,000-recipient batch then took a median 6 s instead of ~0.1 s.
         # One connection makes sessions queue in-process instead, with no sleeping. WAL still
         # lets other processes (the CLI) read meanwhile, and synchronous=NORMAL drops the fsync
-        # per commit (~615k rows/s vs ~5k, see shared notes).
+        # per commit (~615k rows/s against ~5k with an fsync per commit).
         # Waiting for that connection is the normal state under load, so the pool's timeout is
         # long: at its default 30 s, 32 concurrent API calls starved a worker into a timeout.
         engine = create_async_engine(

@@ -7,7 +7,7 @@ The batch rows are the durable outbox: a job is only a wake-up call. Whoever wri
 (the send intake, the campaign fan-out, delivery retries) commits them in its own transaction and
 enqueues their ids after the commit, so no job ever points at a row that was rolled back; a job
 lost with an in-memory queue (or between commit and enqueue) is found again by the outbox sweep in
-clarion.delivery.service. See docs/decisions/0003-job-engine.md and 0005-unit-of-work.md.
+clarion.delivery.tasks. See docs/decisions/0003-job-engine.md and 0005-unit-of-work.md.
 """
 
 from __future__ import annotations
@@ -74,12 +74,13 @@ class _ListenerApart(PsycopgDriver):
     """pgqueuer's psycopg driver, its queries on a second connection.
 
     The driver waits for NOTIFYs holding its connection's lock (psycopg's notifies(), up to
-    1 s at a time), and every query on that connection (dequeues, job status, heartbeats,
-    enqueues) waited for a NOTIFY or the timeout: a campaign's fan-out, which enqueues each page
-    before writing the next, wrote 10 batches a second while the worker idled at ~50% CPU
-    (1M installs: 9,630 -> 15,441/s once enqueues moved), and a worker draining a backlog
-    waited between dequeues (delivery of 200k: 18.6k -> 21-22.6k/s once all queries moved).
-    This is what pgqueuer's asyncpg pool driver does, a listener connection of its own.
+    1 s at a time), so every query sharing that connection (dequeues, job status, heartbeats,
+    enqueues) would wait for a NOTIFY or the timeout: a campaign's fan-out, which enqueues each
+    page before writing the next, would write 10 batches a second, and a worker draining a
+    backlog would wait between dequeues. With queries apart, a 1M-install fan-out runs at
+    ~15,400/s (9,630/s sharing) and delivery of 200k at 21-22.6k/s (18.6k/s sharing); see
+    docs/decisions/0003-job-engine.md. pgqueuer's asyncpg pool driver does the same, a listener
+    connection of its own.
     """
 
     def __init__(

@@ -127,12 +127,11 @@ async def delete_profiles(session: AsyncSession, *, app_id: int, custom_ids: Seq
 #
 # Deletes join those rows on the primary key: the planner takes a set-returning function for
 # 100 rows and probes the key per row (or, while the table's statistics say it is small, hashes
-# the rows and reads the app's rows once: linear in the table). They replace
-# `custom_id = ANY(:users)`, which was quadratic: psycopg prepares a statement once it has run 5
-# times, PostgreSQL then moves to a generic plan, and the one it chose on a fresh table read the
-# whole collection through (app_id, collection, tag) and compared each tag row with the 5,000 ids
-# one by one (an array parameter is not hashed): 15-22 s per call once the table held 100,000
-# tags, the Custom Data benchmark's unexplained drop.
+# the rows and reads the app's rows once: linear in the table). Not `custom_id = ANY(:users)`,
+# which is quadratic: psycopg prepares a statement once it has run 5 times, PostgreSQL then
+# moves to a generic plan, and the one it chooses on a fresh table reads the whole collection
+# through (app_id, collection, tag) and compares each tag row with the 5,000 ids one by one (an
+# array parameter is not hashed): 15-22 s per call once the table holds 100,000 tags.
 #
 # Their other columns are compared as expressions (`name || ''`), which no index can serve, so
 # that the only way in is the primary key's (app_id, custom_id): while a table has no

@@ -77,8 +77,8 @@ class DeliveryBatch(Base):
     finished_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
     # What this batch did, written when it is marked done: recipients found (first attempt only:
     # a retry batch re-sends some of them), accepted, failed, tokens removed. Kept here rather
-    # than bumped on the send: every batch of a send updating the send's row made the workers
-    # queue on that row's lock, each holding it until its commit came back through a busy event
+    # than bumped on the send: every batch of a send updating the send's row makes the workers
+    # queue on that row's lock, each holding it until its commit comes back through a busy event
     # loop (measured: 12-33 of 41 connections waiting, HTTP/2 idle a third of the time).
     targeted: Mapped[int] = mapped_column(default=0)
     sent: Mapped[int] = mapped_column(default=0)

@@ -2,7 +2,7 @@
 
 A provider turns a provider-neutral Notification into its wire format, sends it to many devices
 over a shared long-lived HTTP/2 client, and maps each answer onto an Outcome. What to do with an
-outcome (log, delete the token, retry) is decided by clarion.delivery.service, never here.
+outcome (log, delete the token, retry) is decided by clarion.delivery.tasks, never here.
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ depends_on = None
 
 
 def upgrade() -> None:
-    # Custom Data API: attributes and tag collections per custom user id (clarion.profiles).
+    # Custom Data API: attributes and tag collections per custom user id (clarion.custom_data).
     op.create_table('profile_attributes',
     sa.Column('app_id', sa.Integer(), nullable=False),
     sa.Column('custom_id', sa.String(length=512), nullable=False),

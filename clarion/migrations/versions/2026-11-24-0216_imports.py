@@ -18,7 +18,7 @@ depends_on = None
 
 
 def upgrade() -> None:
-    # Flat-file audience imports (clarion/connectors).
+    # Flat-file audience imports (clarion/imports).
     op.create_table('import_sources',
     sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
     sa.Column('app_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
