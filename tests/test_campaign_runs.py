@@ -18,10 +18,11 @@ import pytest
 from sqlalchemy import delete, insert, select, update
 
 from clarion.audiences.resolved import installations_changed
+from clarion.campaigns.fanout import version_of
 from clarion.campaigns.models import Campaign, CampaignRun
 from clarion.campaigns.recurrence import occurrence_time
 from clarion.campaigns.schemas import CampaignBody
-from clarion.campaigns.tasks import CampaignScheduler, version_of
+from clarion.campaigns.tasks import CampaignScheduler
 from clarion.config import QueueBackend, Settings
 from clarion.db import transaction
 from clarion.delivery.models import BatchStatus, DeliveryBatch, Send

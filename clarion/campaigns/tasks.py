@@ -1,6 +1,7 @@
 """What runs in the background for campaigns: the campaign scheduler starts due runs, streams
-their audience into the delivery outbox, and closes runs once delivered. Runs in every process
-that runs delivery workers (clarion.runtime starts it).
+their audience into the delivery outbox (the page writer is clarion.campaigns.fanout), and
+closes runs once delivered. Runs in every process that runs delivery workers (clarion.runtime
+starts it).
 
 Exactly once, across processes and restarts (docs/decisions/0010-campaign-fan-out.md):
 - a run starts under a row lock on its campaign, and (campaign, occurrence) is unique;
@@ -16,106 +17,34 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 import uuid
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
-from zoneinfo import ZoneInfo
+from datetime import datetime, timedelta
 
 from pydantic import ValidationError
-from sqlalchemy import ColumnElement, insert, or_, select, update
-from sqlalchemy.exc import CompileError, DataError, ProgrammingError, SQLAlchemyError
+from sqlalchemy import or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from clarion.apps.models import App
+from clarion.campaigns.fanout import Clock, FanOut, Position, RunFailed, reason_of
 from clarion.campaigns.models import (
     Campaign,
-    CampaignReceipt,
     CampaignRun,
     CampaignState,
     RunState,
 )
-from clarion.campaigns.recurrence import EARLIEST_UTC_OFFSET, next_to_run, occurrence_end
+from clarion.campaigns.recurrence import next_to_run, occurrence_end
 from clarion.campaigns.schemas import CampaignBody
 from clarion.campaigns.service import send_content, settle, stop_campaign
 from clarion.config import Settings
-from clarion.db import transaction, upsert_insert, utcnow
+from clarion.db import transaction, utcnow
 from clarion.delivery.models import BATCHES, SENDS, BatchStatus, Send, SendKind
-from clarion.errors import from_validation_errors
-from clarion.queue import BatchJob, JobQueue
-from clarion.sdk.models import Installation
-from clarion.targeting import service as targeting
+from clarion.queue import JobQueue
 
 log = logging.getLogger(__name__)
 
-Clock = Callable[[], datetime]
-
-_INSERT_BATCHES = insert(BATCHES).returning(BATCHES.c.id, sort_by_parameter_order=True)
 _ACTIVE_RUN_STATES = (RunState.FANNING_OUT.value, RunState.DELIVERING.value)
-# How long the time zones of an app's installs are trusted (local-time waves).
-_ZONES_TTL_SECONDS = 300.0
 # A fan-out that failed for a reason that may pass (the database unreachable) is tried again
 # after 2, 4, 8 … seconds, at most every 5 minutes, rather than at every tick.
 _RETRY_MAX_SECONDS = 300
-
-
-class RunFailed(Exception):
-    """A run that cannot be sent, and would fail the same way at every retry: its body no
-    longer validates (a targeting stored before a limit existed), its audience cannot be
-    compiled, or the database refuses the statement itself."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason[:1024]
-
-
-def _reason(exc: BaseException) -> str:
-    if isinstance(exc, ValidationError):
-        return from_validation_errors(exc.errors()).detail
-    return f"{type(exc).__name__}: {exc}"
-
-
-def version_of(
-    installation_id: int, seed: int, shares: Sequence[tuple[str | None, int]]
-) -> str | None:
-    """The A/B version of an installation: a multiplicative hash of its id (Knuth's constant)
-    spreads consecutive ids evenly over 0-99, so the split holds within a fraction of a percent
-    on any large audience; the seed (from the campaign token) varies it between campaigns."""
-    bucket = (((installation_id ^ seed) * 2654435761) & 0xFFFFFFFF) * 100 >> 32
-    for version, share in shares:
-        if bucket < share:
-            return version
-        bucket -= share
-    return shares[-1][0]
-
-
-@dataclass(slots=True)
-class _Position:
-    """Where a run's fan-out stands, as this process last read or wrote it."""
-
-    pages: int
-    cursor: int
-    wave: list[str] | None
-    zones_done: list[str] | None
-
-
-@dataclass(frozen=True, slots=True)
-class _Plan:
-    """What a run writes, fixed when it starts (the body snapshot)."""
-
-    run_id: int
-    campaign_id: int
-    app: App
-    body: CampaignBody
-    audience: ColumnElement[bool]
-    sends: dict[str | None, int]  # A/B version -> send id
-    seed: int
-    scheduled_for: datetime
-
-    @property
-    def shares(self) -> list[tuple[str | None, int]]:
-        return list(self.body.versions.items())
 
 
 class CampaignScheduler:
@@ -133,9 +62,8 @@ class CampaignScheduler:
         self._clock = clock
         self._owner = uuid.uuid4().hex  # this scheduler, as a lease holder
         self._lease = timedelta(seconds=settings.batch_lease_seconds)
-        self._page = settings.batch_size * 10
         self._fan_outs: dict[int, asyncio.Task[None]] = {}  # run id -> task, in this process
-        self._zones: dict[int, tuple[float, set[str]]] = {}  # app id -> (read at, zones)
+        self._writer = FanOut(sessions, queue, settings, owner=self._owner, clock=clock)
         self._failures: dict[int, int] = {}  # run id -> fan-outs failed in a row, here
 
     async def tick(self, *, wait: bool = True) -> None:
@@ -188,7 +116,7 @@ class CampaignScheduler:
             try:
                 body = CampaignBody.model_validate(campaign.body)
             except ValidationError as exc:
-                failed = RunFailed(_reason(exc))
+                failed = RunFailed(reason_of(exc))
                 session.add(
                     CampaignRun(
                         campaign_id=campaign.id,
@@ -282,7 +210,7 @@ class CampaignScheduler:
             if position is None:
                 return
             try:
-                await self._fan_out_leased(run_id, position)
+                await self._writer.run(run_id, position)
             except RunFailed as failed:
                 await self._fail_run(run_id, failed)
                 return
@@ -312,7 +240,7 @@ class CampaignScheduler:
         log.warning(
             "fan-out of campaign run %d failed (%s); it resumes %s",
             run_id,
-            _reason(exc),
+            reason_of(exc),
             when,
             exc_info=exc if failures == 1 else None,
         )
@@ -341,7 +269,7 @@ class CampaignScheduler:
         campaign.state = CampaignState.FAILED.value
         campaign.updated_at = now
 
-    async def _take_lease(self, run_id: int) -> _Position | None:
+    async def _take_lease(self, run_id: int) -> Position | None:
         now = self._clock()
         async with transaction(self._sessions) as session:
             taken = (
@@ -363,7 +291,7 @@ class CampaignScheduler:
             ).one_or_none()
         if taken is None:
             return None
-        return _Position(taken.pages, taken.cursor, taken.wave, taken.zones_done)
+        return Position(taken.pages, taken.cursor, taken.wave, taken.zones_done)
 
     async def _drop_lease(self, run_id: int) -> None:
         async with transaction(self._sessions) as session:
@@ -371,213 +299,6 @@ class CampaignScheduler:
                 update(CampaignRun)
                 .where(CampaignRun.id == run_id, CampaignRun.lease_owner == self._owner)
                 .values(lease_owner=None, lease_until=None)
-            )
-
-    async def _plan(self, run_id: int) -> _Plan:
-        async with self._sessions() as session:
-            run = await session.get(CampaignRun, run_id)
-            assert run is not None
-            campaign = await session.get(Campaign, run.campaign_id)
-            assert campaign is not None
-            app = await session.get(App, campaign.app_id)
-            assert app is not None
-            sends = {
-                send.version: send.id
-                for send in await session.scalars(select(Send).where(Send.run_id == run.id))
-            }
-            body = CampaignBody.model_validate(run.body)
-        audience = targeting.reachable(app_id=app.id, dev_only=campaign.dev_only)
-        # A Dev-key campaign reaches every debug installation of the app, untargeted (Batch,
-        # spec §1.3): its targeting evaluated against the profiles, events and audiences that a
-        # debug install can claim by custom id would answer yes/no about the app's data to
-        # whoever holds the Dev key (docs/api-keys.md).
-        if body.targeting is not None and not campaign.dev_only:
-            audience = audience & targeting.installation_filter(
-                body.targeting, app_id=app.id, now=run.scheduled_for
-            )
-        if body.capping is not None:
-            # Capping: installs sent `capping` occurrences already are left out.
-            audience = audience & ~(
-                select(CampaignReceipt.installation_id)
-                .where(
-                    CampaignReceipt.campaign_id == campaign.id,
-                    CampaignReceipt.installation_id == Installation.id,
-                    CampaignReceipt.count >= body.capping,
-                )
-                .exists()
-            )
-        return _Plan(
-            run_id=run.id,
-            campaign_id=campaign.id,
-            app=app,
-            body=body,
-            audience=audience,
-            sends=sends,
-            seed=int(campaign.token[:8], 16),
-            scheduled_for=run.scheduled_for,
-        )
-
-    async def _fan_out_leased(self, run_id: int, position: _Position) -> None:
-        try:
-            plan = await self._plan(run_id)
-        except (SQLAlchemyError, OSError):
-            raise  # reading the run: may pass
-        except Exception as exc:
-            # Validating the body and compiling its targeting read nothing: what fails there
-            # (a body stored before a limit, a query too deep to compile) fails at every retry.
-            raise RunFailed(_reason(exc)) from exc
-        local = plan.body.local_push_time is not None
-        wall_time = (plan.scheduled_for + EARLIEST_UTC_OFFSET).replace(tzinfo=None)
-        while True:
-            now = self._clock()
-            zone_filter: ColumnElement[bool] | None = None
-            wave = position.wave
-            if local:
-                if wave is None:
-                    done = set(position.zones_done or ())
-                    wave = await self._due_zones(plan.app, wall_time, done, now)
-                    if not wave:
-                        if now >= occurrence_end(plan.body, plan.scheduled_for):
-                            await self._close_fan_out(run_id)  # every zone has had its turn
-                        return  # the next zones are not due yet
-                zone_filter = _zone_filter(wave, plan.app.default_timezone)
-            page = await self._next_page(plan.audience, zone_filter, position.cursor)
-            if not page and not local:
-                await self._close_fan_out(run_id)
-                return
-            if page:
-                after = _Position(position.pages + 1, page[-1], wave, position.zones_done)
-            else:  # this wave is done: the next one starts from the first installation again
-                done_zones = [*(position.zones_done or ()), *(wave or ())]
-                after = _Position(position.pages + 1, 0, None, done_zones)
-            if not await self._write_page(plan, page, position, after, now):
-                return  # stopped, or another process took the run over
-            position = after
-
-    async def _due_zones(
-        self, app: App, wall_time: datetime, done: set[str], now: datetime
-    ) -> list[str]:
-        """Time zones of the app's installs whose wall clock has reached the campaign's time
-        and which have not had their wave yet (installs with no zone use the app's)."""
-        read_at, zones = self._zones.get(app.id, (0.0, set()))
-        if time.monotonic() - read_at > _ZONES_TTL_SECONDS:
-            async with self._sessions() as session:
-                zones = {
-                    zone or app.default_timezone
-                    for zone in await session.scalars(
-                        select(Installation.timezone)
-                        .where(Installation.app_id == app.id)
-                        .distinct()
-                    )
-                }
-            self._zones[app.id] = (time.monotonic(), zones)
-        return sorted(
-            zone
-            for zone in zones - done
-            if wall_time.replace(tzinfo=ZoneInfo(zone)).astimezone(UTC) <= now
-        )
-
-    async def _next_page(
-        self, audience: ColumnElement[bool], zone_filter: ColumnElement[bool] | None, cursor: int
-    ) -> list[int]:
-        query = select(Installation.id).where(audience, Installation.id > cursor)
-        if zone_filter is not None:
-            query = query.where(zone_filter)
-        async with self._sessions() as session:
-            try:
-                return list(
-                    await session.scalars(query.order_by(Installation.id).limit(self._page))
-                )
-            except (CompileError, DataError, ProgrammingError) as exc:
-                # The statement itself is refused (too many parameters, a value the column
-                # cannot take): the same statement would be refused again.
-                raise RunFailed(_reason(exc)) from exc
-
-    async def _write_page(
-        self,
-        plan: _Plan,
-        page: list[int],
-        before: _Position,
-        after: _Position,
-        now: datetime,
-    ) -> bool:
-        """One page's batches and the run's new position, in one transaction; False when the
-        run is no longer this process's to write (stopped, or taken over)."""
-        shares = plan.shares
-        by_version: dict[str | None, list[int]] = {version: [] for version, _ in shares}
-        if len(shares) == 1:
-            by_version[shares[0][0]] = page
-        else:
-            for installation_id in page:
-                by_version[version_of(installation_id, plan.seed, shares)].append(installation_id)
-        size = self._settings.batch_size
-        chunks = [
-            (plan.sends[version], ids[start : start + size])
-            for version, ids in by_version.items()
-            for start in range(0, len(ids), size)
-        ]
-        async with transaction(self._sessions) as session:
-            moved = await session.execute(
-                update(CampaignRun)
-                .where(
-                    CampaignRun.id == plan.run_id,
-                    CampaignRun.pages == before.pages,
-                    CampaignRun.lease_owner == self._owner,
-                    CampaignRun.state == RunState.FANNING_OUT.value,
-                )
-                .values(
-                    pages=after.pages,
-                    cursor=after.cursor,
-                    targeted=CampaignRun.targeted + len(page),
-                    wave=after.wave,
-                    zones_done=after.zones_done,
-                    lease_until=now + self._lease,
-                )
-            )
-            if not moved.rowcount:  # type: ignore[attr-defined]
-                return False
-            if plan.body.capping is not None and page:
-                await session.execute(
-                    upsert_insert(session, CampaignReceipt).on_conflict_do_update(
-                        index_elements=["campaign_id", "installation_id"],
-                        set_={"count": CampaignReceipt.count + 1},
-                    ),
-                    [
-                        {"campaign_id": plan.campaign_id, "installation_id": i, "count": 1}
-                        for i in page
-                    ],
-                )
-            # Due at once: not_before and last_enqueued_at take their defaults (the delivery
-            # clock, not the scheduler's).
-            batch_ids = (
-                list(
-                    (
-                        await session.execute(
-                            _INSERT_BATCHES,
-                            [
-                                {"send_id": send_id, "recipients": {"installations": chunk}}
-                                for send_id, chunk in chunks
-                            ],
-                        )
-                    ).scalars()
-                )
-                if chunks
-                else []
-            )
-        await self._queue.enqueue(
-            [
-                BatchJob(batch_id, recipients=len(chunk))
-                for batch_id, (_, chunk) in zip(batch_ids, chunks, strict=True)
-            ]
-        )
-        return True
-
-    async def _close_fan_out(self, run_id: int) -> None:
-        async with transaction(self._sessions) as session:
-            await session.execute(
-                update(CampaignRun)
-                .where(CampaignRun.id == run_id, CampaignRun.state == RunState.FANNING_OUT.value)
-                .values(state=RunState.DELIVERING.value, wave=None)
             )
 
     # -- closing runs --------------------------------------------------------------------
@@ -625,10 +346,3 @@ async def _has_active_runs(session: AsyncSession, campaign_id: int) -> bool:
         .limit(1)
     )
     return found is not None
-
-
-def _zone_filter(wave: list[str], default_zone: str) -> ColumnElement[bool]:
-    in_wave = Installation.timezone.in_(wave)
-    if default_zone in wave:
-        return or_(in_wave, Installation.timezone.is_(None))
-    return in_wave

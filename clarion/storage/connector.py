@@ -1,30 +1,13 @@
-"""One small interface over remote file storage: list, read, write and delete files in a folder
-given by URL (s3://, sftp://, ftp://, ftps://, https://, file://).
-
-fsspec does the protocols (s3fs, sshfs over asyncssh, its FTP and HTTP file systems); see
-docs/decisions/0012-file-connectors.md. Every connection goes through the outbound policy
-(clarion.outbound), checked on the address connected to: see
-docs/decisions/0017-outbound-policy.md. Flat-file imports read through it and daily exports
-write through it. Calls are blocking (fsspec's FTP file system has no async form), so callers
-on the event loop run them with `asyncio.to_thread`; the `Storage` object is not shared
-between threads.
-"""
+"""The `Storage` interface: list, read, write and delete files in a folder given by URL, over
+the fsspec file system its scheme names."""
 
 from __future__ import annotations
 
 import base64
 import contextlib
-import errno
 import fnmatch
-import ftplib
-import hashlib
-import http.client
-import json
 import os
 import posixpath
-import socket
-import ssl
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -37,16 +20,16 @@ import fsspec
 import fsspec.asyn
 from fsspec.implementations.ftp import FTPFileSystem
 
-from clarion.outbound import AddressGuard, DestinationRefused, OutboundPolicy, refusal_in
+from clarion.outbound import AddressGuard, OutboundPolicy, refusal_in
+from clarion.storage.failures import StorageError, describe, http_status
+from clarion.storage.ftp import VerifiedFTPFileSystem
+from clarion.storage.gcs import guarded_service_account
+from clarion.storage.tls import bundle_with_system_cas, tls_context
 
 SCHEMES = ("s3", "gs", "sftp", "ftp", "ftps", "https", "http", "file")
 OBJECT_STORES = ("s3", "gs")  # an object appears only once fully written
 READ_BLOCK = 4 * 1024 * 1024  # per request: FTP and S3 ranged reads, HTTP streaming
 WRITE_BLOCK = 8 * 1024 * 1024  # S3 multipart parts must be at least 5 MiB
-
-
-class StorageError(Exception):
-    """The storage refused or could not be reached; the message is fit for a run history."""
 
 
 @dataclass(frozen=True)
@@ -118,7 +101,7 @@ class Storage:
             if (
                 self.scheme in ("http", "https")
                 and cause is not None
-                and _http_status(cause) not in (404, 410)
+                and http_status(cause) not in (404, 410)
             ):
                 # fsspec's HTTP file system calls every failure "not found": a refused
                 # connection, a TLS error or a 401 are told as what they are.
@@ -284,7 +267,7 @@ class Storage:
             if creds.region:
                 client["region_name"] = creds.region
             if self._ca_file:
-                client["verify"] = _bundle_with_system_cas(self._ca_file)
+                client["verify"] = bundle_with_system_cas(self._ca_file)
             return fsspec.filesystem(
                 "s3",
                 key=creds.access_key,
@@ -312,7 +295,7 @@ class Storage:
 
             token: Any = None  # the environment's Google credentials
             if creds.service_account:
-                token = _guarded_service_account(creds.service_account, self._policy, self._ca_file)
+                token = guarded_service_account(creds.service_account, self._policy, self._ca_file)
             elif creds.endpoint_url:
                 token = "anon"  # a private endpoint (an emulator) without credentials
             loop = fsspec.asyn.get_loop()
@@ -371,7 +354,7 @@ class Storage:
             options = {}
             if self._ca_file:
                 # Passed on to every aiohttp request (a connector cannot be built off the loop).
-                options["ssl"] = _tls_context(self._ca_file)
+                options["ssl"] = tls_context(self._ca_file)
             return fsspec.filesystem(
                 self.scheme,
                 get_client=self._aiohttp_session,
@@ -405,158 +388,6 @@ class Storage:
         return f"{parts.scheme}://{where}{parts.path}"
 
 
-class VerifiedFTPFileSystem(FTPFileSystem):
-    """fsspec's FTP file system with FTPS that checks the server's certificate (fsspec's own
-    does not) and reuses the TLS session on data connections, which servers such as vsftpd
-    require by default."""
-
-    def __init__(
-        self,
-        *args: Any,
-        ca_file: str | None = None,
-        outbound: OutboundPolicy | None = None,
-        **kwargs: Any,
-    ) -> None:
-        self._ca_file = ca_file
-        self._policy = outbound or OutboundPolicy()
-        super().__init__(*args, **kwargs)
-
-    def _connect(self) -> None:
-        ftp: ftplib.FTP
-        if self.tls:
-            context = _tls_context(self._ca_file)
-            ftp = _SessionReusingFTP(context=context, timeout=self.timeout, encoding=self.encoding)
-        else:
-            ftp = ftplib.FTP(timeout=self.timeout, encoding=self.encoding)
-        self.ftp = ftp  # before connecting: fsspec's __del__ closes it, connected or not
-        # Connected to the address checked; the name stays for TLS (AUTH TLS and the data
-        # connections check the certificate against ftp.host). Data connections go to the
-        # control connection's peer: ftplib ignores the address in a PASV answer
-        # (trust_server_pasv_ipv4_address is off), and EPSV carries none.
-        ftp.connect(self._policy.resolve(self.host, self.port), self.port)
-        ftp.host = self.host
-        ftp.login(*self.cred)  # FTP_TLS.login sends AUTH TLS first
-
-
-class _SessionReusingFTP(ftplib.FTP_TLS):
-    def ntransfercmd(self, cmd: str, rest: int | str | None = None) -> tuple[Any, int | None]:
-        conn, size = ftplib.FTP.ntransfercmd(self, cmd, rest)
-        if self._prot_p:  # type: ignore[attr-defined]
-            conn = self.context.wrap_socket(
-                conn,
-                server_hostname=self.host,
-                session=self.sock.session,  # type: ignore[union-attr]
-            )
-        return conn, size
-
-
-def _tls_context(ca_file: str | None) -> ssl.SSLContext:
-    """The system's CAs, plus the operator's (CLARION_CONNECTOR_CA_FILE) if any."""
-    context = ssl.create_default_context()
-    if ca_file:
-        context.load_verify_locations(cafile=ca_file)
-    return context
-
-
-def _bundle_with_system_cas(ca_file: str) -> str:
-    """botocore takes one bundle file, which replaces its own: the system's CAs and the
-    operator's, concatenated once into the temporary folder."""
-    system = ssl.get_default_verify_paths().cafile
-    extra = Path(ca_file).read_bytes()
-    bundle = (
-        Path(tempfile.gettempdir()) / f"clarion-ca-{hashlib.sha256(extra).hexdigest()[:16]}.pem"
-    )
-    if not bundle.exists():
-        staged = bundle.with_suffix(f".{os.getpid()}.tmp")
-        staged.write_bytes((Path(system).read_bytes() if system else b"") + b"\n" + extra)
-        staged.replace(bundle)
-    return str(bundle)
-
-
-GCS_SCOPE = "https://www.googleapis.com/auth/devstorage.full_control"  # gcsfs's default
-MAX_TOKEN_ANSWER = 64 * 1024  # an OAuth token answer is ~1-2 KiB
-
-
-def _guarded_service_account(text: str, policy: OutboundPolicy, ca_file: str | None) -> Any:
-    """The tenant's service account, whose token exchanges (at its own `token_uri`) connect
-    through the outbound policy. gcsfs would refresh it over `requests`, which has no hook on
-    the address connected to."""
-    from google.oauth2 import service_account
-
-    class GuardedCredentials(service_account.Credentials):
-        def refresh(self, request: Any) -> None:
-            super().refresh(_GuardedTokenRequest(policy, ca_file))  # type: ignore[no-untyped-call]
-
-    try:
-        info = json.loads(text)
-        return GuardedCredentials.from_service_account_info(  # type: ignore[no-untyped-call]
-            info, scopes=[GCS_SCOPE]
-        )
-    except (ValueError, KeyError, TypeError) as exc:
-        raise StorageError(
-            f"credentials.service_account is not a service account key ({exc})"
-        ) from None
-
-
-class _GuardedTokenRequest:
-    """google-auth's transport interface over http.client: connects to the address the policy
-    checked, keeps the host name for TLS and Host, follows no redirect."""
-
-    def __init__(self, policy: OutboundPolicy, ca_file: str | None) -> None:
-        self._policy = policy
-        self._ca_file = ca_file
-
-    def __call__(
-        self,
-        url: str,
-        method: str = "GET",
-        body: bytes | None = None,
-        headers: dict[str, str] | None = None,
-        timeout: float | None = None,
-        **_: Any,
-    ) -> _TokenAnswer:
-        from google.auth.exceptions import TransportError
-
-        parts = urlsplit(url)
-        refusal = self._policy.url_refusal(url, https_only=True)
-        if refusal is not None:
-            refused = DestinationRefused(f"token_uri {url}: {refusal}")
-            raise TransportError(str(refused)) from refused  # type: ignore[no-untyped-call]
-        host, port = parts.hostname or "", parts.port or 443
-        try:
-            try:
-                allowed = self._policy.host_allowed(host)
-                address = host if allowed else self._policy.resolve(host, port)
-            except DestinationRefused as exc:
-                refused = DestinationRefused(f"token_uri {url}: {exc}")
-                raise TransportError(str(refused)) from refused  # type: ignore[no-untyped-call]
-            connection = http.client.HTTPSConnection(
-                host, port, timeout=timeout or 30, context=_tls_context(self._ca_file)
-            )
-            # http.client connects through this attribute; TLS still checks `host`.
-            connection._create_connection = lambda where, *args: socket.create_connection(  # type: ignore[attr-defined]
-                (address, where[1]), *args
-            )
-            try:
-                path = parts.path + (f"?{parts.query}" if parts.query else "")
-                connection.request(method, path or "/", body=body, headers=headers or {})
-                answer = connection.getresponse()
-                return _TokenAnswer(
-                    answer.status, dict(answer.getheaders()), answer.read(MAX_TOKEN_ANSWER)
-                )
-            finally:
-                connection.close()
-        except OSError as exc:
-            raise TransportError(f"token_uri {url}: {exc}") from exc  # type: ignore[no-untyped-call]
-
-
-@dataclass(frozen=True)
-class _TokenAnswer:
-    status: int
-    headers: dict[str, str]
-    data: bytes
-
-
 def _known_hosts(host_key: str | None) -> Any:
     if not host_key:
         return None
@@ -581,144 +412,3 @@ def _fingerprint(entry: dict[str, Any]) -> str:
     if isinstance(modified, datetime):
         modified = modified.isoformat()
     return f"size:{entry.get('size')};mtime:{modified}"
-
-
-def describe(exc: BaseException, where: str) -> str:
-    """One line an operator can act on, from what the protocol library raised (often wrapped
-    two or three deep: aiohttp, botocore, asyncssh); never the credentials (they are not in
-    these messages)."""
-    chain = _chain(exc)
-    for test, say in _FAILURES:
-        found = next((item for item in chain if test(item)), None)
-        if found is not None:
-            return f"{where}: {say(found)}"
-    kind = type(exc).__name__
-    return f"{where}: {kind}: {_text(exc)}"
-
-
-def _chain(exc: BaseException) -> list[BaseException]:
-    """The exception and what it wraps: causes, contexts, aiohttp's `os_error`."""
-    found: list[BaseException] = []
-    pending: list[BaseException | None] = [exc]
-    while pending:
-        item = pending.pop(0)
-        if item is None or any(item is seen for seen in found):
-            continue
-        found.append(item)
-        pending.extend([item.__cause__, item.__context__, getattr(item, "os_error", None)])
-    return found
-
-
-def _text(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
-def _is_ssh(exc: BaseException) -> bool:
-    return type(exc).__module__.startswith("asyncssh")
-
-
-def _http_status(exc: BaseException) -> int | None:
-    return exc.status if isinstance(exc, aiohttp.ClientResponseError) else None
-
-
-def _http_refusal(exc: BaseException) -> str:
-    status = _http_status(exc)
-    if status in (401, 403):
-        return (
-            f"the server refused access (HTTP {status}): check credentials.username and "
-            "credentials.password"
-        )
-    return f"the server answered HTTP {status} ({_text(exc)})"
-
-
-_FAILURES: tuple[tuple[Any, Any], ...] = (
-    (
-        # The ssl module's own error: aiohttp's wrapper of it carries no verify_message.
-        lambda e: isinstance(e, ssl.SSLCertVerificationError) and type(e).__module__ == "ssl",
-        lambda e: (
-            f"the server's TLS certificate is not trusted ({e.verify_message}); a "
-            "certificate from a private CA needs that CA in CLARION_CONNECTOR_CA_FILE"
-        ),
-    ),
-    (
-        lambda e: isinstance(e, ssl.SSLError) and type(e).__module__ == "ssl",
-        lambda e: f"the TLS handshake failed ({_text(e)}): does the server speak TLS on that port?",
-    ),
-    (
-        lambda e: type(e).__name__ == "HostKeyNotVerifiable",
-        lambda e: "the SSH server's host key is not the one pinned in credentials.host_key",
-    ),
-    (
-        lambda e: _is_ssh(e) and type(e).__name__ == "PermissionDenied",
-        lambda e: (
-            f"the SSH server refused the login ({_text(e)}): check the user name, "
-            "password or private key"
-        ),
-    ),
-    (
-        lambda e: isinstance(e, ftplib.error_perm) and str(e).startswith("530"),
-        lambda e: (
-            f"the FTP server refused the login ({_text(e)}): check the user name and password"
-        ),
-    ),
-    (
-        lambda e: isinstance(e, ftplib.error_perm) and "AUTH" in str(e),
-        lambda e: (
-            f"the FTP server does not offer TLS ({_text(e)}): use ftp://, or enable "
-            "FTPS on the server"
-        ),
-    ),
-    (
-        lambda e: isinstance(e, ftplib.error_perm),
-        lambda e: f"refused by the FTP server ({_text(e)})",
-    ),
-    (
-        lambda e: _is_ssh(e) and type(e).__name__ in ("ConnectionLost", "ProtocolError"),
-        lambda e: (
-            f"the server ended the SSH handshake ({_text(e)}): is an SSH server "
-            "listening on that port?"
-        ),
-    ),
-    (
-        lambda e: isinstance(e, ftplib.error_proto | ftplib.error_reply | EOFError),
-        lambda e: f"unexpected answer ({_text(e)}): is an FTP server listening on that port?",
-    ),
-    (
-        lambda e: isinstance(e, ConnectionRefusedError),
-        lambda e: (
-            "connection refused: nothing listens on that host and port, or a firewall "
-            "refuses (check the host and port)"
-        ),
-    ),
-    (
-        lambda e: isinstance(e, socket.gaierror),
-        lambda e: f"cannot resolve the host name ({_text(e)}): check the host in the URL",
-    ),
-    (
-        lambda e: isinstance(e, TimeoutError) or type(e).__name__ == "FSTimeoutError",
-        lambda e: (
-            "no answer in time: the host is down, a firewall drops the connection, or "
-            "the server on that port speaks another protocol"
-        ),
-    ),
-    (
-        lambda e: isinstance(e, OSError) and e.errno in (errno.EHOSTUNREACH, errno.ENETUNREACH),
-        lambda e: f"the host is unreachable ({_text(e)})",
-    ),
-    (lambda e: _http_status(e) is not None, _http_refusal),
-    (
-        lambda e: isinstance(e, PermissionError),
-        lambda e: (
-            f"access refused ({_text(e)}): check the credentials and the permissions "
-            "on the folder or bucket"
-        ),
-    ),
-    (
-        lambda e: (
-            isinstance(e, ConnectionError)
-            or type(e).__name__ in ("EndpointConnectionError", "ClientConnectorError")
-        ),
-        lambda e: f"cannot connect ({_text(e)})",
-    ),
-)
