@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import resource
 import tempfile
@@ -127,6 +128,8 @@ def run(events: int, installs: int, database_url: str, tmp: Path) -> dict[str, A
             "CLARION_DATABASE_URL": database_url,
             "CLARION_VAR_DIR": str(tmp / "var"),
             "CLARION_SECRET_KEY": secret,
+            # The export command's own settings: the S3 server's endpoint_url is on 127.0.0.1.
+            "CLARION_OUTBOUND_ALLOW": json.dumps(LOCAL_SERVERS_ALLOW),
         }
         for name in ("push_events", "optin_users"):
             figures[name] = timed_export(env, app_id, name)

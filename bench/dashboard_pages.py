@@ -78,7 +78,7 @@ from clarion.dashboard import service as dashboard
 from clarion.dashboard.schemas import UserCreate
 from clarion.dashboard.web import SESSION_COOKIE
 from clarion.db import transaction
-from clarion.delivery.models import Send, SendKind
+from clarion.delivery.models import BatchStatus, DeliveryBatch, Send, SendKind
 from clarion.events.models import PushEvent
 from clarion.events.service import recount_push_events
 from clarion.exports import service as exports
@@ -363,15 +363,25 @@ async def _completed(session: AsyncSession, campaign: Campaign, when: datetime) 
     )
     session.add(run)
     await session.flush()
+    send = Send(
+        token=f"send-{campaign.token}",
+        app_id=campaign.app_id,
+        kind=SendKind.CAMPAIGN.value,
+        campaign_token=campaign.token,
+        run_id=run.id,
+        content={},
+        created_at=when,
+    )
+    session.add(send)
+    await session.flush()
+    # A send's progress is the sum of its batches' counters (docs/architecture.md, step 3).
     session.add(
-        Send(
-            token=f"send-{campaign.token}",
-            app_id=campaign.app_id,
-            kind=SendKind.CAMPAIGN.value,
-            campaign_token=campaign.token,
-            run_id=run.id,
-            content={},
+        DeliveryBatch(
+            send_id=send.id,
+            status=BatchStatus.DONE.value,
+            recipients={},
             created_at=when,
+            finished_at=when,
             targeted=400_000,
             sent=400_000,
         )
@@ -454,6 +464,7 @@ async def _the_rest(runtime: Runtime, app: App, now: datetime) -> None:
                     }
                 ),
                 box=runtime.box,
+                outbound=runtime.outbound,
                 now=now,
             )
         for kind in ("push_events", "optin_users", "inapp_events"):
@@ -464,6 +475,7 @@ async def _the_rest(runtime: Runtime, app: App, now: datetime) -> None:
                     {"name": kind, "kind": kind, "url": f"file:///srv/exports/{kind}"}
                 ),
                 box=runtime.box,
+                outbound=runtime.outbound,
                 now=now,
             )
         for email, role in [(ADMIN, "admin")] + [
