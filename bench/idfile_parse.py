@@ -80,13 +80,14 @@ def main() -> None:
     parsers = {"now": idfile}
     if args.against:
         parsers[args.against] = parser_at(args.against)
-    cases: list[tuple[str, Callable[[int], bytes], dict[str, object]]] = [
-        ("one column", one_column, {"header": False}),
-        ("three columns", three_columns, {"column": "custom_id"}),
-        ("padded", padded, {"header": False}),
+    # (name, file maker, parser options, ids the file holds)
+    cases: list[tuple[str, Callable[[int], bytes], dict[str, object], int]] = [
+        ("one column", one_column, {"header": False}, args.lines),
+        ("three columns", three_columns, {"column": "custom_id"}, args.lines),
+        ("padded", padded, {"header": False}, args.lines // 2),
     ]
     figures: dict[str, dict[str, float]] = {}
-    for name, make, options in cases:
+    for name, make, options, expected in cases:
         data = make(args.lines)
         best = dict.fromkeys(parsers, float("inf"))
         ids = 0
@@ -96,6 +97,8 @@ def main() -> None:
                 started = time.perf_counter()
                 ids = parse(module, data, AudienceKind.CUSTOM_IDS, **options)
                 best[label] = min(best[label], time.perf_counter() - started)
+                if ids != expected:  # a rate of a parser that lost or invented ids means nothing
+                    raise SystemExit(f"{name}, {label}: {ids:,} ids, the file has {expected:,}")
         for label, seconds in best.items():
             figures[f"{name}, {label}"] = {
                 "mib": round(len(data) / 2**20, 1),

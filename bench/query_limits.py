@@ -61,12 +61,14 @@ def main() -> None:
                 clause = QueryCompiler(app_id=1, now=NOW).node(parse_query(query))
                 built = time.perf_counter()
                 with engine.connect() as connection:
-                    connection.execute(
+                    matched = connection.execute(
                         select(func.count())
                         .select_from(Installation)
                         .where(Installation.app_id == 1, clause)
-                    )
+                    ).scalar_one()
                 ran = time.perf_counter()
+                if matched != 0:  # the database is empty: anything else is a wrong clause
+                    raise SystemExit(f"{name}_{size}: matched {matched} in an empty database")
                 figures[f"{name}_{size}"] = {
                     "parse_build_ms": round(1000 * (built - started), 1),
                     "compile_plan_run_ms": round(1000 * (ran - built), 1),
