@@ -20,6 +20,9 @@ from clarion.exports.api import router as exports_router
 from clarion.gdpr.api import router as gdpr_router
 from clarion.http import BodySizeLimit, JsonBodies, TrailingSlash, install_error_handlers
 from clarion.imports.api import router as imports_router
+from clarion.inapp.api import router as inapp_router
+from clarion.inapp.api import sdk_router as inapp_sdk_router
+from clarion.inapp.api import themes_router as inapp_themes_router
 from clarion.openapi import install_openapi
 from clarion.runtime import Runtime
 from clarion.sdk.api import router as sdk_router
@@ -48,6 +51,9 @@ def create_app(settings: Settings, *, workers: bool) -> FastAPI:
     install_openapi(app, settings)
     app.include_router(transactional_router)
     app.include_router(campaigns_router)
+    app.include_router(inapp_router)
+    app.include_router(inapp_sdk_router)
+    app.include_router(inapp_themes_router)
     app.include_router(sdk_router)
     app.include_router(trigger_events_router)
     app.include_router(custom_data_router)

@@ -11,6 +11,7 @@ from enum import StrEnum
 from types import UnionType
 from typing import Annotated, Any, ClassVar, Union, get_args, get_origin
 
+import orjson
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -218,6 +219,24 @@ def _is_object(annotation: Any) -> bool:
     if annotation is dict or get_origin(annotation) is dict:
         return True
     return isinstance(annotation, type) and issubclass(annotation, BaseModel)
+
+
+def json_object_text(value: str) -> str:
+    """A `custom_payload`: a string holding a JSON object, without Batch's reserved key, whose
+    values follow the same rule as the rest of the body (they reach the devices as it does)."""
+    try:
+        parsed = orjson.loads(value)
+    except orjson.JSONDecodeError as exc:
+        raise ValueError("must be a string holding a JSON object") from exc
+    if not isinstance(parsed, dict):
+        raise ValueError("must be a string holding a JSON object")
+    if "com.batch" in parsed:
+        raise ValueError("the key 'com.batch' is reserved")
+    found = stored_value(parsed)
+    if found is not None:
+        where, why = found
+        raise ValueError(f"{'.'.join(map(str, where))} {why}")
+    return value
 
 
 class WireModel(BaseModel):

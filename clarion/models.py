@@ -10,6 +10,7 @@ from clarion.events.models import InAppEvent, PushEvent, TrackedEvent
 from clarion.exports.models import ExportDestination, ExportRun
 from clarion.gdpr.models import BlockedId, GdprRequest
 from clarion.imports.models import ImportFile, ImportFileMember, ImportRun, ImportSource
+from clarion.inapp.models import InAppCampaign, InAppRevision, InAppSupply, InAppTheme
 from clarion.sdk.models import Installation
 from clarion.transactional.models import GroupOpenDay
 
@@ -34,7 +35,11 @@ __all__ = [
     "ImportFileMember",
     "ImportRun",
     "ImportSource",
+    "InAppCampaign",
     "InAppEvent",
+    "InAppRevision",
+    "InAppSupply",
+    "InAppTheme",
     "Installation",
     "ProfileAttribute",
     "ProfileTag",

@@ -8,10 +8,9 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-import orjson
 from pydantic import Field, field_validator
 
-from clarion.formats import HTTPS_URL, Id, WireModel, stored_value
+from clarion.formats import HTTPS_URL, Id, WireModel, json_object_text
 
 MAX_TTL_SECONDS = 28 * 24 * 3600  # 2,419,200 s, spec §3.1
 
@@ -42,19 +41,4 @@ class PushOptions(WireModel):
     @field_validator("custom_payload")
     @classmethod
     def _payload_is_object(cls, value: str | None) -> str | None:
-        if value is None:
-            return None
-        try:
-            parsed = orjson.loads(value)
-        except orjson.JSONDecodeError as exc:
-            raise ValueError("must be a string holding a JSON object") from exc
-        if not isinstance(parsed, dict):
-            raise ValueError("must be a string holding a JSON object")
-        if "com.batch" in parsed:
-            raise ValueError("the key 'com.batch' is reserved")
-        # Its values reach the devices as the rest of the push does: the same rule holds.
-        found = stored_value(parsed)
-        if found is not None:
-            where, why = found
-            raise ValueError(f"{'.'.join(map(str, where))} {why}")
-        return value
+        return None if value is None else json_object_text(value)

@@ -122,7 +122,11 @@ class PushEventCount(Base):
 
 class InAppEvent(Base):
     __tablename__ = "inapp_events"
-    __table_args__ = (Index("ix_inapp_events_app_time", "app_id", "occurred_at"),)
+    __table_args__ = (
+        Index("ix_inapp_events_app_time", "app_id", "occurred_at"),
+        # A campaign's statistics (clarion.inapp) read its events only.
+        Index("ix_inapp_events_campaign_time", "campaign_id", "occurred_at"),
+    )
 
     id: Mapped[int] = mapped_column(BigIntPK, primary_key=True)
     app_id: Mapped[int] = mapped_column()
@@ -135,6 +139,8 @@ class InAppEvent(Base):
     campaign_id: Mapped[str] = mapped_column(String(64))  # export's event_var_1
     cta_position: Mapped[int | None] = mapped_column()  # event_var_2
     cta_label: Mapped[str | None] = mapped_column(String(255))  # event_var_3
+    # The A/B version the installation was handed ("" without A/B testing).
+    version: Mapped[str] = mapped_column(String(8), default="", server_default="")
 
 
 class TrackedEvent(Base):
