@@ -11,6 +11,7 @@ from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from clarion.db import insert_ignoring_conflicts
+from clarion.errors import MalformedParameterError
 from clarion.inapp.models import InAppRevision, InAppTheme
 from clarion.inapp.schemas import ThemeBody, ThemeRead
 
@@ -50,3 +51,14 @@ async def themes(session: AsyncSession, *, app_id: int) -> dict[str, ThemeRead]:
             code=theme.code, **ThemeBody.model_validate(theme.body).model_dump()
         )
     return found
+
+
+async def check_theme(session: AsyncSession, *, app_id: int, code: str, field: str) -> None:
+    """Raise MalformedParameterError (400) naming `field` if the app has no theme `code`."""
+    if code == BUILT_IN_THEME.code:
+        return
+    found = await session.scalar(
+        select(InAppTheme.id).where(InAppTheme.app_id == app_id, InAppTheme.code == code)
+    )
+    if found is None:
+        raise MalformedParameterError(f"{field}: this app has no in-app theme {code!r}")
