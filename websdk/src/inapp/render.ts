@@ -191,7 +191,7 @@ export function render(message: RenderableMessage, options: RenderOptions = {}):
 
   const closeSide = theme.close_button === "top_left" ? "cl" : theme.close_button === "none" ? "" : "cr";
   const root = document.createElement("div");
-  root.className = `root ${layout}`;
+  root.className = isDialog ? `root ${layout}` : `root banner ${layout}`;
   applyTheme(root, message);
 
   const dialog = document.createElement("div");
