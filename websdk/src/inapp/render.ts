@@ -12,8 +12,10 @@
  *   instead of fixed over the page; the preview never moves the focus, never listens to the
  *   page's keys, never closes by itself and never navigates.
  * - `options.onAction(position, action)`: a button was clicked (`position` 0 for the first).
- *   The message then closes and, for a deeplink action, the page goes to `args.l` unless
- *   onAction returned `false` (the SDK's custom-action hook). `onClose` is not called.
+ *   The message is closed just before the call (a callback that throws or moves the focus
+ *   cannot leave it open or have the focus taken back); then, for a deeplink action, the page
+ *   goes to `args.l` unless onAction returned `false` (the SDK's custom-action hook).
+ *   `onClose` is not called.
  * - `options.onClose()`: closed without a button: the close button, Escape, a click on a
  *   modal's backdrop, or a banner's `auto_close_seconds` running out.
  * - The result: `element` is the host element (its open shadow root holds the message);
