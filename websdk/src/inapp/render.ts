@@ -155,7 +155,7 @@ function clamp(value: unknown, low: number, high: number, fallback: number): num
 }
 
 function applyTheme(root: HTMLElement, message: RenderableMessage): void {
-  const theme = message.theme;
+  const theme = message.theme ?? {};
   const colours = theme.colours ?? {};
   for (const key of Object.keys(COLOURS) as (keyof SdkThemeColours)[]) {
     const value = colours[key];
@@ -174,8 +174,8 @@ function applyTheme(root: HTMLElement, message: RenderableMessage): void {
 }
 
 export function render(message: RenderableMessage, options: RenderOptions = {}): Rendered {
-  const theme = message.theme;
-  const layout = LAYOUTS.has(theme.layout) ? theme.layout : "modal";
+  const theme = message.theme ?? {};
+  const layout = theme.layout !== undefined && LAYOUTS.has(theme.layout) ? theme.layout : "modal";
   const isDialog = DIALOGS.has(layout);
   const preview = options.preview === true;
   const container = options.container ?? document.body;
