@@ -326,7 +326,7 @@ async def campaign_stats(session: AsyncSession, *, access: AppAccess, token: str
         )
     )
     by_day: dict[str, InAppDayStats] = {}
-    for date, version, kind, position, label, count in rows.tuples():
+    for date, version, kind, position, label, count in rows:
         field = _COUNT_OF_KIND.get(kind)
         if field is None:
             continue
@@ -400,7 +400,7 @@ async def delete_theme(session: AsyncSession, *, app_id: int, code: str) -> None
             InAppCampaign.deleted_at.is_(None),
         )
     )
-    for token, name, body in live.tuples():
+    for token, name, body in live:
         if (body.get("landing") or {}).get("theme", BUILT_IN_THEME.code) == code:
             raise MalformedParameterError(
                 f"code: the live in-app campaign {name!r} ({token}) uses theme {code!r}"
