@@ -274,7 +274,7 @@ class TestUpdateAndDelete:
         token = await created(api, ios_app)
         assert "trigger" in error(await update(api, ios_app, token, {"trigger": None}), 400, 31)
         refused = await update(api, ios_app, token, {"trigger": {"when": "EVENT"}})
-        assert "event is required" in error(refused, 400, 30)
+        assert "trigger.event is required" in error(refused, 400, 30)
 
     async def test_the_dashboard_replaces_the_whole_campaign(
         self, api: httpx.AsyncClient, ios_app: ClientApp, runtime: Runtime
@@ -356,7 +356,7 @@ BAD: list[tuple[dict[str, Any], int, str]] = [
     ({"trigger": {"when": "NOW", "capping": 0}}, 31, "trigger.capping"),
     ({"trigger": {"when": "NOW", "grace_period": {"every": 0}}}, 31, "trigger.grace_period.every"),
     ({"trigger": {"when": "NOW", "grace_period": {"every": 1, "unit": "WEEKS"}}}, 31, "unit"),
-    ({"trigger": {"when": "EVENT"}}, 30, "event is required"),
+    ({"trigger": {"when": "EVENT"}}, 30, "trigger.event is required"),
     ({"trigger": {"when": "EVENT", "event": "purchase"}}, 31, "trigger.event"),
     ({"trigger": {"when": "NOW", "event": "e.purchase"}}, 31, "event and label"),
     ({"targeting": {"segments": ["SLEEPY"]}}, 31, "targeting.segments"),
