@@ -288,7 +288,9 @@ def _utc(value: str) -> datetime:
 
 
 def _stored(body: InAppCampaignBody) -> dict[str, Any]:
-    return body.model_dump(mode="json", exclude_unset=True)
+    # Without nulls: Batch's clients write unset optional fields as null, and GET answers what
+    # was set.
+    return body.model_dump(mode="json", exclude_unset=True, exclude_none=True)
 
 
 # Statistics -------------------------------------------------------------------------------------

@@ -171,6 +171,22 @@ class TestCreateAndGet:
         unbounded = await row(runtime, none)
         assert (unbounded.window_start, unbounded.window_end) == (None, None)
 
+    async def test_null_optional_fields_and_trailing_slashes_as_batchs_clients_send(
+        self, api: httpx.AsyncClient, ios_app: ClientApp
+    ) -> None:
+        nulls = dict.fromkeys(
+            ["labels", "start_date", "end_date", "targeting", "deeplink", "custom_payload"]
+        )
+        body = {**EXAMPLE, **nulls, "trigger": {"when": "NOW", "capping": None, "label": None}}
+        response = await api.post(url(ios_app, "create/"), headers=ios_app.headers(), json=body)
+        assert response.status_code == 201, response.text
+        token = response.json()["campaign_token"]
+        got = (await api.get(url(ios_app, f"{token}/"), headers=ios_app.headers())).json()
+        assert got["trigger"] == {"when": "NOW"}
+        assert not set(nulls) & set(got)
+        listed = await api.get(url(ios_app, "list/"), headers=ios_app.headers())
+        assert [item["campaign_token"] for item in listed.json()] == [token]
+
     async def test_every_change_bumps_the_apps_revision(
         self, api: httpx.AsyncClient, ios_app: ClientApp, runtime: Runtime
     ) -> None:
