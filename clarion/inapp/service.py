@@ -367,20 +367,20 @@ async def put_theme(
     """Create the theme `code`, or replace it whole."""
     if code == BUILT_IN_THEME.code:
         raise MalformedParameterError(f"code: {code!r} is the built-in theme and cannot be changed")
-    theme = await session.scalar(
-        select(InAppTheme)
-        .where(InAppTheme.app_id == app_id, InAppTheme.code == code)
-        .with_for_update()
-    )
     stored = body.model_dump(mode="json")
-    if theme is None:
-        theme = InAppTheme(app_id=app_id, code=code, created_at=now)
-        session.add(theme)
-    theme.name = body.name
-    theme.body = stored
-    theme.updated_at = now
+    # Insert-or-nothing, then update: two PUTs of a new code at once both succeed (the last
+    # one wins) rather than one failing on the unique (app_id, code).
+    await session.execute(
+        insert_ignoring_conflicts(session, InAppTheme, index=["app_id", "code"]).values(
+            app_id=app_id, code=code, name=body.name, body=stored, created_at=now, updated_at=now
+        )
+    )
+    await session.execute(
+        update(InAppTheme)
+        .where(InAppTheme.app_id == app_id, InAppTheme.code == code)
+        .values(name=body.name, body=stored, updated_at=now)
+    )
     await bump_revision(session, app_id=app_id)
-    await session.flush()
     return ThemeRead(code=code, **body.model_dump())
 
 
