@@ -307,6 +307,17 @@ class TestRefused:
         message = error(await create(api, ios_app, {**EXAMPLE, "landing": landing}), 400, 31)
         assert message.startswith("MALFORMED_PARAMETER: landing.contents.0.version:")
 
+    async def test_deeply_nested_action_args_are_refused_not_a_500(
+        self, api: httpx.AsyncClient, ios_app: ClientApp
+    ) -> None:
+        nested: list[Any] = []
+        for _ in range(300):  # past the 254 levels JSON encoders write
+            nested = [nested]
+        action = {"label": "Go", "action": "continue", "args": {"x": nested}}
+        landing = {"title": "T", "actions": [action]}
+        message = error(await create(api, ios_app, {**EXAMPLE, "landing": landing}), 400, 31)
+        assert message.startswith("MALFORMED_PARAMETER: landing.contents.0.actions.0: args:")
+
     @pytest.mark.parametrize("platform", ["ios", "android", "web"])
     async def test_a_landing_that_makes_the_push_too_large_names_landing(
         self,
