@@ -121,6 +121,8 @@ class SendIntake:
                 if "deeplink" in given or body.landing is not None:
                     content.pop("landing", None)
                     content.pop("deeplink", None)
+                if given.get("push_type") == "background":
+                    content.pop("landing", None)  # a silent push shows nothing to tap
                 content.update(given)
                 content.pop("personalised", None)
                 if has_templates(content):
