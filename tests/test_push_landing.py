@@ -10,6 +10,7 @@ from typing import Any
 import httpx
 import orjson
 import pytest
+from sqlalchemy import delete
 
 from clarion.db import transaction
 from clarion.inapp.models import InAppTheme
@@ -276,6 +277,19 @@ class TestRefused:
         assert "landing.theme" in error(await create(api, ios_app, body), 400, 31)
         await add_theme(runtime, ios_app, code="theirs")
         assert (await create(api, ios_app, body)).status_code == 201
+
+    async def test_a_deleted_theme_blocks_no_other_change(
+        self, api: httpx.AsyncClient, ios_app: ClientApp, runtime: Runtime
+    ) -> None:
+        await add_theme(runtime, ios_app)
+        token = await created(api, ios_app, landing=LANDING)
+        async with transaction(runtime.sessions) as session:
+            await session.execute(delete(InAppTheme).where(InAppTheme.app_id == ios_app.app_id))
+        assert (await update(api, ios_app, token, {"live": False})).status_code == 200
+        response = await update(
+            api, ios_app, token, {"landing": {**LANDING, "image": "https://cdn.example/new.png"}}
+        )
+        assert "landing.theme" in error(response, 400, 31)
 
     async def test_deeplink_and_landing_are_mutually_exclusive(
         self, api: httpx.AsyncClient, ios_app: ClientApp

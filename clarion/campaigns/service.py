@@ -149,7 +149,7 @@ async def create_campaign(
     """`from_api`: false for campaigns composed in the dashboard (Batch's list filter)."""
     await check_templates(body.template_fields())
     await _check_targeting(session, access, body)
-    await _check_landing(session, access, body)
+    await _check_landing(session, access, body, new=True)
     campaign = Campaign(
         token=new_campaign_token(),
         app_id=access.app_id,
@@ -195,7 +195,11 @@ async def update_campaign(
     body = validate_body(document)
     await check_templates(body.template_fields())
     await _check_targeting(session, access, body)
-    await _check_landing(session, access, body)
+    # A theme deleted since the landing was saved blocks no other change (`live: false` must
+    # always work): the send draws the built-in one (landing_content).
+    await _check_landing(
+        session, access, body, new=document.get("landing") != stored.get("landing")
+    )
     state = CampaignState(campaign.state)
     schedule_changed = any(
         document.get(key) != stored.get(key)
@@ -465,10 +469,17 @@ async def _check_targeting(session: AsyncSession, access: AppAccess, body: Campa
         )
 
 
-async def _check_landing(session: AsyncSession, access: AppAccess, body: CampaignBody) -> None:
+async def _check_landing(
+    session: AsyncSession, access: AppAccess, body: CampaignBody, *, new: bool
+) -> None:
+    """`new`: the landing is given or changed (its theme is checked), else only the size of
+    the pushes it makes with the rest of the campaign."""
     if body.landing is None:
         return
-    themes = await landing_theme_checked(session, access=access, landing=body.landing)
+    if new:
+        themes = await landing_theme_checked(session, access=access, landing=body.landing)
+    else:
+        themes = await landing_themes(session, app_id=access.app_id, landing=body.landing)
     for version in body.versions:
         check_payload_size(send_content(body, version, themes), platform=access.platform)
 
