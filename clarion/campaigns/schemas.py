@@ -14,12 +14,14 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    GetJsonSchemaHandler,
     ValidationError,
     ValidationInfo,
     field_validator,
     model_validator,
 )
-from pydantic_core import InitErrorDetails, PydanticCustomError
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import CoreSchema, InitErrorDetails, PydanticCustomError
 
 from clarion.delivery.schemas import CollapseKey, PushOptions
 from clarion.formats import WireModel, parse_wire_date
@@ -73,6 +75,30 @@ class PushLanding(Landing):
                 rest = {k: v for k, v in data.items() if k not in _FLAT_CONTENT}
                 return {**rest, "contents": [{"language": "default", **content}]}
         return data
+
+    @classmethod
+    def __get_pydantic_json_schema__(
+        cls, schema: CoreSchema, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
+        """The document declares both forms: `contents[]`, or the flat one (one content's
+        fields, its language and version aside, beside theme and image)."""
+        json_schema = super().__get_pydantic_json_schema__(schema, handler)
+        if handler.mode != "validation":
+            return json_schema
+        found = handler.resolve_ref_schema(json_schema)
+        properties = dict(found["properties"])
+        content = handler.resolve_ref_schema(properties.pop("contents")["items"])
+        flat = {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                **properties,
+                **{name: content["properties"][name] for name in _FLAT_CONTENT},
+            },
+        }
+        nested = {k: found.pop(k) for k in list(found) if k not in ("title", "description")}
+        found["anyOf"] = [nested, flat]
+        return json_schema
 
     @field_validator("contents")
     @classmethod
