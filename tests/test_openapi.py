@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import jsonschema
 import pytest
 
 from clarion.app import create_app
@@ -115,3 +116,12 @@ async def test_a_405_allows_every_method_of_the_url(bare_api: httpx.AsyncClient)
     assert response.status_code == 405
     assert response.headers["allow"] == "GET, PUT, PATCH, DELETE"
     assert response.json() == {"code": 20, "message": "ROUTE_NOT_FOUND: method not allowed"}
+
+
+def test_a_push_landing_is_declared_in_both_its_forms(document: dict[str, Any]) -> None:
+    """`landing` with `contents[]`, or Batch's flat form: the server takes both (inapp.md)."""
+    landing = {"$ref": "#/components/schemas/PushLanding", "components": document["components"]}
+    validator = jsonschema.Draft202012Validator(landing)
+    assert validator.is_valid({"theme": "promo", "contents": [{"language": "en", "body": "Hi"}]})
+    assert validator.is_valid({"theme": "promo", "title": "Hi", "actions": []})
+    assert not validator.is_valid({"title": "Hi", "contents": [{"language": "en", "body": "Hi"}]})

@@ -8,12 +8,24 @@ it sends fields Clarion does not use.
 from __future__ import annotations
 
 from enum import StrEnum
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
-from pydantic_core import PydanticCustomError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    GetJsonSchemaHandler,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import CoreSchema, InitErrorDetails, PydanticCustomError
 
 from clarion.delivery.schemas import CollapseKey, PushOptions
 from clarion.formats import WireModel, parse_wire_date
+from clarion.inapp.schemas import Landing
 from clarion.targeting.schemas import Targeting
 
 _DATE = r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}$"  # yyyy-MM-ddTHH:mm:ss, no zone (spec §4.1)
@@ -42,6 +54,83 @@ class Recurrence(WireModel):
         if value is not None:
             parse_wire_date(value)
         return value
+
+
+# The fields of one landing content, which Batch's push form may give flat on `landing` itself.
+_FLAT_CONTENT = ("header", "title", "body", "actions")
+
+
+class PushLanding(Landing):
+    """The message a tap on a push opens in the app: the in-app `landing` (theme, image,
+    `contents[]` per language), or Batch's flat form (`header`, `title`, `body`, `actions` on
+    the landing itself), read as one content of the language "default". A/B versions are the
+    push's own (`messages[].version`): a landing content names none."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _flat_form(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "contents" not in data:
+            content = {name: data[name] for name in _FLAT_CONTENT if name in data}
+            if content:
+                rest = {k: v for k, v in data.items() if k not in _FLAT_CONTENT}
+                return {**rest, "contents": [{"language": "default", **content}]}
+        return data
+
+    @classmethod
+    def __get_pydantic_json_schema__(
+        cls, schema: CoreSchema, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
+        """The document declares both forms: `contents[]`, or the flat one (one content's
+        fields, its language and version aside, beside theme and image)."""
+        json_schema = super().__get_pydantic_json_schema__(schema, handler)
+        if handler.mode != "validation":
+            return json_schema
+        found = handler.resolve_ref_schema(json_schema)
+        properties = dict(found["properties"])
+        content = handler.resolve_ref_schema(properties.pop("contents")["items"])
+        flat = {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                **properties,
+                **{name: content["properties"][name] for name in _FLAT_CONTENT},
+            },
+        }
+        nested = {k: found.pop(k) for k in list(found) if k not in ("title", "description")}
+        found["anyOf"] = [nested, flat]
+        return json_schema
+
+    @field_validator("contents")
+    @classmethod
+    def _one_per_language(cls, contents: list[Any]) -> list[Any]:
+        seen: set[str] = set()
+        for index, content in enumerate(contents):
+            if content.version is not None:
+                _refuse(
+                    (index, "version"),
+                    "a push's landing has no A/B versions (its messages"
+                    " have them: messages[].version)",
+                )
+            if content.language in seen:
+                _refuse((index, "language"), f"a second content for {content.language!r}")
+            seen.add(content.language)
+        return contents
+
+
+def _refuse(where: tuple[str | int, ...], why: str) -> None:
+    detail = InitErrorDetails(type=PydanticCustomError("landing", why), loc=where, input=None)
+    raise ValidationError.from_exception_data("PushLanding", [detail])
+
+
+def landing_beside(landing: PushLanding | None, info: ValidationInfo) -> PushLanding | None:
+    """The rules between a push's `landing` and its other fields (validated before it)."""
+    if landing is not None:
+        if info.data.get("deeplink") is not None:
+            # Spec §3.1: a tap opens one or the other.
+            raise ValueError("deeplink and landing are mutually exclusive")
+        if info.data.get("push_type") == "background":
+            raise ValueError("a background push shows nothing to tap: it cannot open a landing")
+    return landing
 
 
 class CampaignMessage(WireModel):
@@ -79,6 +168,12 @@ class CampaignBody(PushOptions):
     version_split: dict[str, int] | None = None
     # Batch's get output shows it as a plain string; the create body documents the object.
     gcm_collapse_key: CollapseKey | str | None = None
+    landing: PushLanding | None = None
+
+    @field_validator("landing")
+    @classmethod
+    def _landing(cls, value: PushLanding | None, info: ValidationInfo) -> PushLanding | None:
+        return landing_beside(value, info)
 
     @field_validator("push_time")
     @classmethod

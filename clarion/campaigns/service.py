@@ -8,6 +8,7 @@ completed, or stopped when set to live: false (or deleted) after it started. The
 from __future__ import annotations
 
 import secrets
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
@@ -18,8 +19,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from clarion.apps.service import AppAccess
 from clarion.campaigns.models import Campaign, CampaignRun, CampaignState, RunState
 from clarion.campaigns.recurrence import first_ahead, next_to_run, occurrence_time
-from clarion.campaigns.schemas import CampaignBody, CampaignSummary
-from clarion.delivery.content import has_templates
+from clarion.campaigns.schemas import CampaignBody, CampaignSummary, PushLanding
+from clarion.delivery.content import has_templates, largest_payload
 from clarion.delivery.models import BATCHES, SENDS
 from clarion.delivery.personalisation import check_templates
 from clarion.delivery.schemas import CollapseKey
@@ -31,6 +32,8 @@ from clarion.errors import (
     from_validation_errors,
 )
 from clarion.formats import wire_date
+from clarion.inapp import service as inapp_service
+from clarion.inapp.schemas import SdkTheme, ThemeRead
 from clarion.targeting import service as targeting_service
 from clarion.targeting.schemas import Estimate, Targeting
 
@@ -45,8 +48,11 @@ def validate_body(document: dict[str, Any]) -> CampaignBody:
         raise from_validation_errors(exc.errors()) from None
 
 
-def send_content(body: CampaignBody, version: str | None) -> dict[str, Any]:
-    """What a Send of this version carries (clarion.delivery.content reads it).
+def send_content(
+    body: CampaignBody, version: str | None, themes: Mapping[str, ThemeRead]
+) -> dict[str, Any]:
+    """What a Send of this version carries (clarion.delivery.content reads it). `themes`: the
+    app's (landing_themes), to resolve the landing's.
 
     Messages keep their order: the first one is the fallback for installs whose language has
     no message, unless a message has the language "default"."""
@@ -66,9 +72,66 @@ def send_content(body: CampaignBody, version: str | None) -> dict[str, Any]:
         for message in body.messages
         if message.version == version
     }
+    if body.landing is not None:
+        content["landing"] = landing_content(body.landing, themes)
     if has_templates(content):
         content["personalised"] = True
     return content
+
+
+def landing_content(landing: PushLanding, themes: Mapping[str, ThemeRead]) -> dict[str, Any]:
+    """A push's landing as its Send carries it: contents by language (first one first, the
+    fallback as for messages), and the theme's whole definition, so that the app draws the
+    message from the push alone. A theme deleted since the landing was accepted is drawn as
+    the built-in `default`: the push still opens its message."""
+    theme = themes.get(landing.theme, inapp_service.BUILT_IN_THEME)
+    return {
+        "theme": SdkTheme.model_validate(theme.model_dump()).model_dump(mode="json"),
+        **landing.model_dump(include={"image", "image_description"}, exclude_none=True),
+        "contents": {
+            content.language: content.model_dump(
+                mode="json", include={"header", "title", "body", "actions"}, exclude_none=True
+            )
+            for content in landing.contents
+        },
+    }
+
+
+async def landing_themes(
+    session: AsyncSession, *, app_id: int, landing: PushLanding | None
+) -> Mapping[str, ThemeRead]:
+    """The app's in-app themes when there is a landing to resolve (one read per send, not per
+    installation), else none."""
+    if landing is None:
+        return {}
+    return await inapp_service.themes(session, app_id=app_id)
+
+
+async def landing_theme_checked(
+    session: AsyncSession, *, access: AppAccess, landing: PushLanding
+) -> Mapping[str, ThemeRead]:
+    """The app's themes, once the landing's is known to be one of them (400 naming
+    landing.theme otherwise)."""
+    await inapp_service.check_theme(
+        session, app_id=access.app_id, code=landing.theme, field="landing.theme"
+    )
+    return await inapp_service.themes(session, app_id=access.app_id)
+
+
+def check_payload_size(content: dict[str, Any], *, platform: str) -> None:
+    """400 naming `landing` when a send's push with its landing would be over what the app's
+    push service takes, in the largest of its languages: refused at intake rather than a
+    push_error on every device at delivery."""
+    size, limit, language = largest_payload(content, platform)
+    if size > limit:
+        where = f"in language {language!r}" if language else "for a device of no listed language"
+        raise MalformedParameterError(
+            f"landing: with it the push is {size:,} bytes {where}, over the {limit:,} bytes"
+            f" {_SERVICES[platform]} accepts; shorten its texts or actions"
+        )
+
+
+_SERVICES = {"ios": "APNs", "android": "FCM", "web": "Web Push"}
 
 
 def new_campaign_token() -> str:
@@ -86,6 +149,7 @@ async def create_campaign(
     """`from_api`: false for campaigns composed in the dashboard (Batch's list filter)."""
     await check_templates(body.template_fields())
     await _check_targeting(session, access, body)
+    await _check_landing(session, access, body, new=True)
     campaign = Campaign(
         token=new_campaign_token(),
         app_id=access.app_id,
@@ -131,6 +195,11 @@ async def update_campaign(
     body = validate_body(document)
     await check_templates(body.template_fields())
     await _check_targeting(session, access, body)
+    # A theme deleted since the landing was saved blocks no other change (`live: false` must
+    # always work): the send draws the built-in one (landing_content).
+    await _check_landing(
+        session, access, body, new=document.get("landing") != stored.get("landing")
+    )
     state = CampaignState(campaign.state)
     schedule_changed = any(
         document.get(key) != stored.get(key)
@@ -342,7 +411,8 @@ async def template_content(
             " (dev_only): this one was created with the Live API key"
         )
     body = CampaignBody.model_validate(found.body)
-    return send_content(body, next(iter(body.versions)))
+    themes = await landing_themes(session, app_id=access.app_id, landing=body.landing)
+    return send_content(body, next(iter(body.versions)), themes)
 
 
 async def estimate_audience(
@@ -397,6 +467,21 @@ async def _check_targeting(session: AsyncSession, access: AppAccess, body: Campa
         await targeting_service.check_audiences(
             session, app_id=access.app_id, names=body.targeting.custom_audiences
         )
+
+
+async def _check_landing(
+    session: AsyncSession, access: AppAccess, body: CampaignBody, *, new: bool
+) -> None:
+    """`new`: the landing is given or changed (its theme is checked), else only the size of
+    the pushes it makes with the rest of the campaign."""
+    if body.landing is None:
+        return
+    if new:
+        themes = await landing_theme_checked(session, access=access, landing=body.landing)
+    else:
+        themes = await landing_themes(session, app_id=access.app_id, landing=body.landing)
+    for version in body.versions:
+        check_payload_size(send_content(body, version, themes), platform=access.platform)
 
 
 async def find_campaign(

@@ -33,7 +33,7 @@ from clarion.campaigns.models import (
 )
 from clarion.campaigns.recurrence import next_to_run, occurrence_end
 from clarion.campaigns.schemas import CampaignBody
-from clarion.campaigns.service import send_content, settle, stop_campaign
+from clarion.campaigns.service import landing_themes, send_content, settle, stop_campaign
 from clarion.config import Settings
 from clarion.db import transaction, utcnow
 from clarion.delivery.models import BATCHES, SENDS, BatchStatus, Send, SendKind
@@ -160,6 +160,7 @@ class CampaignScheduler:
             if expired:
                 log.warning("campaign %s occurrence %d expired unsent", campaign.token, index)
             else:
+                themes = await landing_themes(session, app_id=campaign.app_id, landing=body.landing)
                 for version in body.versions:
                     session.add(
                         Send(
@@ -168,7 +169,7 @@ class CampaignScheduler:
                             kind=SendKind.CAMPAIGN.value,
                             campaign_token=campaign.token,
                             dev_only=campaign.dev_only,
-                            content=send_content(body, version),
+                            content=send_content(body, version, themes),
                             created_at=now,
                             expires_at=occurrence_end(body, scheduled_for) + ttl if ttl else None,
                             run_id=run.id,

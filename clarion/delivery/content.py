@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from datetime import datetime
 from typing import Any
 
 import orjson
@@ -14,7 +15,21 @@ from clarion.delivery.personalisation import (
     is_template,
     render,
 )
+from clarion.delivery.providers import apns, fcm, webpush
 from clarion.delivery.providers.base import Media, Notification, Priority, PushType
+
+# Each platform's payload as the provider builds it, and the most its service accepts (bytes).
+_PAYLOAD_SIZES: dict[str, tuple[Callable[[Notification], int], int]] = {
+    "ios": (lambda n: len(apns.build_payload(n)), apns.MAX_PAYLOAD),
+    "android": (lambda n: fcm.data_size(fcm.build_data(n)), fcm.MAX_DATA),
+    "web": (lambda n: len(webpush.build_payload(n)), webpush.MAX_PLAINTEXT),
+}
+# A send token as it rides in every payload (`com.batch.i`): a UUID.
+_SEND_TOKEN_SAMPLE = "00000000-0000-0000-0000-000000000000"
+
+
+def _language(language: str | None) -> str:
+    return (language or "").split("-")[0].split("_")[0].lower()
 
 
 def pick_message(content: dict[str, Any], language: str | None) -> dict[str, Any] | None:
@@ -29,17 +44,55 @@ def pick_message(content: dict[str, Any], language: str | None) -> dict[str, Any
     messages: dict[str, dict[str, Any]] | None = content.get("messages")
     if not messages:
         return None
-    lang = (language or "").split("-")[0].split("_")[0].lower()
-    return messages.get(lang) or messages.get("default") or next(iter(messages.values()))
+    return _by_language(messages, language)
+
+
+def _by_language(texts: dict[str, dict[str, Any]], language: str | None) -> dict[str, Any]:
+    lang = _language(language)
+    return texts.get(lang) or texts.get("default") or next(iter(texts.values()))
+
+
+def pick_landing(content: dict[str, Any], language: str | None) -> dict[str, Any] | None:
+    """A send's landing (Batch's `com.batch.ld`) for a device's language, with the fallback of
+    the messages: exact match, then "default", then the first content. The send holds it with
+    its theme already resolved (clarion.campaigns.service.landing_content)."""
+    landing: dict[str, Any] | None = content.get("landing")
+    if not landing:
+        return None
+    chosen = _by_language(landing["contents"], language)
+    return {key: value for key, value in landing.items() if key != "contents"} | chosen
 
 
 def language_key(content: dict[str, Any], language: str | None) -> str:
     """Devices with the same key receive byte-identical payloads (rendered once per batch)."""
+    lang = _language(language)
+    key = ""
     messages = content.get("messages")
-    if not messages:
-        return ""
-    lang = (language or "").split("-")[0].split("_")[0].lower()
-    return lang if lang in messages else "default"
+    if messages:
+        key = lang if lang in messages else "default"
+    landing = content.get("landing")
+    if landing:
+        # The landing's languages need not be the messages'.
+        key += "/" + (lang if lang in landing["contents"] else "default")
+    return key
+
+
+def largest_payload(content: dict[str, Any], platform: str) -> tuple[int, int, str]:
+    """The largest payload a send of this content makes on `platform`, over every language a
+    device may get (each language of the messages and of the landing, and the fallback):
+    (its size, the platform's limit, its language). Templates count as written."""
+    measure, limit = _PAYLOAD_SIZES[platform]
+    languages = {
+        *(content.get("messages") or {}),
+        *((content.get("landing") or {}).get("contents") or {}),
+    }
+    largest = (0, limit, "")
+    for language in ["", *sorted(languages)]:
+        size = measure(
+            _notification(content, language, send_id=_SEND_TOKEN_SAMPLE, expires_at=None)
+        )
+        largest = max(largest, (size, limit, language))
+    return largest
 
 
 def has_templates(content: dict[str, Any]) -> bool:
@@ -72,7 +125,19 @@ def build_notification(
     send: Send, language: str | None, rendered: tuple[str | None, ...] | None = None
 ) -> Notification:
     """`rendered`: the personalised fields (personalised_fields) for the devices at hand."""
-    content = send.content
+    return _notification(
+        send.content, language, send_id=send.token, expires_at=send.expires_at, rendered=rendered
+    )
+
+
+def _notification(
+    content: dict[str, Any],
+    language: str | None,
+    *,
+    send_id: str,
+    expires_at: datetime | None,
+    rendered: tuple[str | None, ...] | None = None,
+) -> Notification:
     message = pick_message(content, language) or {}
     if rendered is not None:
         texts = dict(zip(PERSONALISED_FIELDS, rendered, strict=True))
@@ -82,7 +147,7 @@ def build_notification(
     collapse = content.get("gcm_collapse_key") or {}
     custom = content.get("custom_payload")
     return Notification(
-        send_id=send.token,
+        send_id=send_id,
         title=message.get("title"),
         body=message.get("body"),
         deeplink=content.get("deeplink"),
@@ -90,6 +155,7 @@ def build_notification(
         media=Media(**media) if media else None,
         priority=Priority(content["priority"]) if content.get("priority") else None,
         push_type=PushType(content.get("push_type", "alert")),
-        expires_at=send.expires_at,
+        expires_at=expires_at,
         collapse_key=collapse.get("key") if collapse.get("enabled") else None,
+        landing=pick_landing(content, language),
     )

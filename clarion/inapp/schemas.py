@@ -7,9 +7,11 @@ answer. Unknown fields of a campaign are ignored, as on the Campaigns API.
 
 from __future__ import annotations
 
+import sys
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
+import orjson
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
@@ -24,6 +26,8 @@ Colour = Annotated[str, Field(pattern=_COLOUR)]
 _FONT_FAMILY = r"^[A-Za-z0-9 ,'\-]{1,100}$"
 THEME_CODE = r"^[A-Za-z0-9][A-Za-z0-9_\-]{0,63}$"
 MAX_ACTIONS = 4
+# An action's args as JSON: a link of 2,048 characters and a few keys (a push is 4 KB in all).
+MAX_ARGS_BYTES = 4096
 # "e.NAME" as the SDK API accepts an event name, "ue.NAME" as the Trigger Events API does.
 _TRIGGER_EVENT = r"^(e\.[a-zA-Z0-9][a-zA-Z0-9_]{0,29}|ue\.[a-z0-9_]{1,30})$"
 
@@ -128,7 +132,18 @@ class LandingAction(WireModel):
                 raise ValueError("a deeplink action needs args.l, the link (1 to 2048 chars)")
         if self.args is not None and len(self.args) > 10:
             raise ValueError("args: at most 10 keys")
+        if self.args is not None and _json_size(self.args) > MAX_ARGS_BYTES:
+            raise ValueError(f"args: at most {MAX_ARGS_BYTES:,} bytes once written as JSON")
         return self
+
+
+def _json_size(value: Any) -> int:
+    """Bytes of `value` as JSON; past orjson's nesting limit (254 levels, which pydantic's
+    serialiser reaches at 255 and answers with an error), more than any limit."""
+    try:
+        return len(orjson.dumps(value))
+    except TypeError:
+        return sys.maxsize
 
 
 class LandingContent(WireModel):

@@ -9,9 +9,17 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_core import PydanticCustomError
 
+from clarion.campaigns.schemas import PushLanding, landing_beside
 from clarion.delivery.schemas import CollapseKey, PushOptions
 from clarion.formats import INTEGERS_TOO, NUMBER_AS_TEXT, Id, WireModel
 
@@ -58,6 +66,12 @@ class TransactionalSend(PushOptions):
     messages: dict[str, Message] | None = None
     gcm_collapse_key: CollapseKey | None = None
     sandbox: bool = False
+    landing: PushLanding | None = None
+
+    @field_validator("landing")
+    @classmethod
+    def _landing(cls, value: PushLanding | None, info: ValidationInfo) -> PushLanding | None:
+        return landing_beside(value, info)
 
     @field_validator("messages")
     @classmethod

@@ -19,7 +19,12 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from clarion.apps.service import AppAccess
 from clarion.batching import TurnBatcher
-from clarion.campaigns.service import template_content
+from clarion.campaigns.service import (
+    check_payload_size,
+    landing_content,
+    landing_theme_checked,
+    template_content,
+)
 from clarion.db import transaction, utcnow
 from clarion.delivery.content import has_templates
 from clarion.delivery.models import BATCHES, SENDS, BatchStatus, Send, SendKind
@@ -72,23 +77,11 @@ class SendIntake:
 
     async def submit(self, *, access: AppAccess, body: TransactionalSend) -> str:
         """Store the send and its batches (the outbox), enqueue their jobs; returns the token."""
-        envelope = {"recipients", "group_id", "sandbox", "template_id"}
-        if body.template_id is None:
+        envelope = {"recipients", "group_id", "sandbox", "template_id", "landing"}
+        if body.template_id is None and body.landing is None:
             content = body.model_dump(exclude=envelope, exclude_none=True)
         else:
-            # The template's texts may be templates (personalisation), so the texts that
-            # override them are rendered as templates too: they must be valid ones.
-            await check_templates(body.template_fields())
-            async with self._sessions() as session:
-                content = await template_content(session, access=access, token=body.template_id)
-            # The fields the caller gave override the template's; a message replaces them all.
-            given = body.model_dump(exclude=envelope, exclude_unset=True, exclude_none=True)
-            if "message" in given or "messages" in given:
-                content.pop("messages", None)
-            content.update(given)
-            content.pop("personalised", None)
-            if has_templates(content):
-                content["personalised"] = True
+            content = await self._content(access, body, envelope)
         now = utcnow()
         token = str(uuid.uuid4())
         ttl = content.get("time_to_live")
@@ -105,6 +98,43 @@ class SendIntake:
         }
         await self._batcher.submit(_PendingSend(row, _chunk_recipients(body, self._batch_size)))
         return token
+
+    async def _content(
+        self, access: AppAccess, body: TransactionalSend, envelope: set[str]
+    ) -> dict[str, Any]:
+        """The content of a send that needs the database: a template's (Partners API), or a
+        landing whose theme is checked and resolved."""
+        if body.template_id is not None:
+            # The template's texts may be templates (personalisation), so the texts that
+            # override them are rendered as templates too: they must be valid ones.
+            await check_templates(body.template_fields())
+        async with self._sessions() as session:
+            if body.template_id is None:
+                content = body.model_dump(exclude=envelope, exclude_none=True)
+            else:
+                content = await template_content(session, access=access, token=body.template_id)
+                # The fields the caller gave override the template's; a message replaces them
+                # all, and a deeplink or a landing replaces the other (a tap opens one of them).
+                given = body.model_dump(exclude=envelope, exclude_unset=True, exclude_none=True)
+                if "message" in given or "messages" in given:
+                    content.pop("messages", None)
+                if "deeplink" in given or body.landing is not None:
+                    content.pop("landing", None)
+                    content.pop("deeplink", None)
+                if given.get("push_type") == "background":
+                    content.pop("landing", None)  # a silent push shows nothing to tap
+                content.update(given)
+                content.pop("personalised", None)
+                if has_templates(content):
+                    content["personalised"] = True
+            if body.landing is not None:
+                themes = await landing_theme_checked(session, access=access, landing=body.landing)
+                content["landing"] = landing_content(body.landing, themes)
+            if "landing" in content:
+                # A template's landing was checked when its campaign was saved; the push it
+                # makes with the fields of this call is measured here.
+                check_payload_size(content, platform=access.platform)
+        return content
 
     async def _store_group(self, group: list[_PendingSend]) -> None:
         jobs = await self._store(group)

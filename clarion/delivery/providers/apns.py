@@ -173,6 +173,8 @@ def build_payload(notification: Notification) -> bytes:
         batch["l"] = notification.deeplink
     if notification.open_data is not None:
         batch["od"] = dict(notification.open_data)
+    if notification.landing is not None:
+        batch["ld"] = dict(notification.landing)
     payload = {k: v for k, v in notification.custom_payload.items() if k not in _RESERVED_KEYS}
     payload["aps"] = aps
     payload["com.batch"] = batch

@@ -61,6 +61,9 @@ class Notification:
     expires_at: datetime | None = None  # absolute (UTC); from time_to_live
     collapse_key: str | None = None
     open_data: Mapping[str, Any] | None = None  # Batch's `com.batch.od`
+    # Batch's `com.batch.ld`: the message a tap opens in the app, in the device's language,
+    # its theme resolved (clarion.delivery.content.pick_landing).
+    landing: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)

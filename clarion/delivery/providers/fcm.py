@@ -41,6 +41,7 @@ ASSERTION_LIFETIME = 3600  # Google refuses assertions valid for more than one h
 REFRESH_MARGIN = 300
 QUOTA_RETRY_MIN = 60.0  # FCM asks senders to wait at least a minute after QUOTA_EXCEEDED
 MAX_TTL = 2_419_200  # 28 days: FCM's maximum; larger values are INVALID_ARGUMENT
+MAX_DATA = 4096  # bytes of a data message's keys and values; above it FCM answers 400
 REQUIRED_FIELDS = ("project_id", "private_key", "client_email", "token_uri")
 
 # Keys the Batch Android SDK reads; a custom payload must not shadow them.
@@ -214,13 +215,15 @@ class FcmProvider:
         raise _TokenExchangeError(DeliveryResult(Outcome.FAILED, reason=reason, status=status))
 
 
-def build_message(notification: Notification) -> bytes:
-    """`{"data": ..., "android": ...}`: the part of the FCM message shared by every device."""
+def build_data(notification: Notification) -> dict[str, str]:
+    """The message's `data`: what the Batch SDK reads (strings only, as FCM requires)."""
     batch: dict[str, Any] = {"i": notification.send_id}
     if notification.deeplink:
         batch["l"] = notification.deeplink
     if notification.open_data is not None:
         batch["od"] = dict(notification.open_data)
+    if notification.landing is not None:
+        batch["ld"] = dict(notification.landing)
     media = notification.media
     if media is not None:
         if media.icon:
@@ -241,6 +244,18 @@ def build_message(notification: Notification) -> bytes:
     if notification.title is not None:
         data["title"] = notification.title
     data["com.batch"] = orjson.dumps(batch).decode()
+    return data
+
+
+def data_size(data: dict[str, str]) -> int:
+    """What FCM counts against MAX_DATA: the UTF-8 bytes of the keys and values."""
+    return sum(len(key.encode()) + len(value.encode()) for key, value in data.items())
+
+
+def build_message(notification: Notification) -> bytes:
+    """`{"data": ..., "android": ...}`: the part of the FCM message shared by every device."""
+    data = build_data(notification)
+    background = notification.push_type is PushType.BACKGROUND
     priority = notification.priority
     if priority is None:
         # High for what the user sees; FCM deprioritises high-priority pushes that show nothing.

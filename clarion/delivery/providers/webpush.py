@@ -191,6 +191,8 @@ def build_payload(notification: Notification) -> bytes:
         batch["od"] = dict(notification.open_data)
     if notification.deeplink:
         batch["da"] = {"a": "batch.deeplink", "args": {"l": notification.deeplink}}
+    if notification.landing is not None:
+        batch["ld"] = dict(notification.landing)
     media = notification.media
     if media is not None:
         if media.icon:
