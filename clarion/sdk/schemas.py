@@ -125,6 +125,8 @@ class InAppEventIn(WireModel):
     campaign_id: str = Field(min_length=1, max_length=64)
     cta_position: int | None = Field(default=None, ge=0, le=100)
     cta_label: str | None = Field(default=None, max_length=255)
+    # The A/B version the installation was handed (SdkMessage.version); absent without A/B.
+    version: str | None = Field(default=None, pattern=r"^[a-z]$")
     occurred_at: datetime | None = None
 
 

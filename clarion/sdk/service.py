@@ -264,6 +264,7 @@ async def record_inapp(
             "campaign_id": event.campaign_id,
             "cta_position": event.cta_position,
             "cta_label": event.cta_label,
+            "version": event.version or "",
         }
         for event in data.events
     ]
