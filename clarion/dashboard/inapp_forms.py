@@ -77,10 +77,11 @@ def _trigger(form: FormFields) -> dict[str, Any]:
     when = form_text(form, "trigger_when") or "NEXT_SESSION"
     trigger: dict[str, Any] = {"when": when}
     if when.upper() == "EVENT":
-        trigger["event"] = form_text(form, "trigger_event")
-        label = form_text(form, "trigger_label")
-        if label:
-            trigger["label"] = label
+        # Left out when blank, so that the API's message says the event is required.
+        for key in ("event", "label"):
+            value = form_text(form, f"trigger_{key}")
+            if value:
+                trigger[key] = value
     capping = form_number(form_text(form, "capping"))
     if capping is not None:
         trigger["capping"] = capping
@@ -239,7 +240,10 @@ def theme_document(form: FormFields) -> dict[str, Any]:
         "colours": colours,
         "close_button": form_text(form, "close_button") or "top_right",
     }
-    font = {"family": form_text(form, "font_family"), "size": form_number(form_text(form, "font_size"))}
+    font = {
+        "family": form_text(form, "font_family"),
+        "size": form_number(form_text(form, "font_size")),
+    }
     document["font"] = {key: value for key, value in font.items() if value}
     for key in ("corner_radius", "auto_close_seconds"):
         number = form_number(form_text(form, key))
@@ -262,7 +266,9 @@ def theme_form(theme: ThemeRead | dict[str, Any]) -> dict[str, Any]:
     font = read.get("font") or {}
     colours = {}
     for name in COLOUR_NAMES:
-        value = (read.get("colours") or {}).get(name) or str(ThemeColours.model_fields[name].default)
+        value = (read.get("colours") or {}).get(name) or str(
+            ThemeColours.model_fields[name].default
+        )
         colours[name] = _split_colour(value)
     return {
         "code": read.get("code") or "",

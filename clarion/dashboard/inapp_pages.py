@@ -424,7 +424,8 @@ async def _editor(
     audiences = await audiences_service.list_audiences(
         session, app_id=access.app_id, offset=0, limit=AUDIENCE_CHOICES
     )
-    themes = await inapp.themes(session, app_id=app.id)
+    # access, not app: after a rollback the app's attributes are expired until render reloads it.
+    themes = await inapp.themes(session, app_id=access.app_id)
     return await render(
         request,
         session,

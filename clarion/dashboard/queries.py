@@ -156,4 +156,4 @@ async def inapp_triggers(
             InAppCampaign.app_id == app_id, InAppCampaign.token.in_(list(tokens))
         )
     )
-    return {token: body.get("trigger") or {} for token, body in rows.tuples()}
+    return {token: body.get("trigger") or {} for token, body in rows}

@@ -137,7 +137,12 @@ def targeting_document(form: FormFields) -> dict[str, Any] | None:
     if audiences:
         targeting["custom_audiences"] = audiences
     conditions: list[dict[str, Any]] = []
-    rows = zip(form_texts(form, "q_field"), form_texts(form, "q_op"), form_texts(form, "q_value"), strict=False)
+    rows = zip(
+        form_texts(form, "q_field"),
+        form_texts(form, "q_op"),
+        form_texts(form, "q_value"),
+        strict=False,
+    )
     for field, op, value in rows:
         if not field:
             continue
