@@ -1,0 +1,2 @@
+// The dashboard's build: `window.ClarionInApp = {render}` (build.mjs names the global).
+export { render } from "./render";
