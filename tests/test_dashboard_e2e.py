@@ -385,6 +385,8 @@ def test_an_inapp_campaign_is_composed_listed_and_its_statistics_shown(
     page.get_by_label("Image URL (https)").fill("http://cdn.example.com/a.png")
     page.get_by_role("button", name="Create campaign").click()
     expect(page.get_by_role("alert")).to_contain_text("landing.image")
+    expect(page.get_by_label("Image URL (https)")).to_have_attribute("aria-invalid", "true")
+    expect(page.get_by_label("Image URL (https)")).to_be_focused()
     expect(page.get_by_label("Title")).to_have_value("Bienvenue")
     page.get_by_label("Image URL (https)").fill("")
     page.get_by_label("Live").check()

@@ -438,6 +438,7 @@ class TestThemes:
             ({"font_size": "99"}, "font.size"),
             ({"alpha_backdrop": "150"}, "colours.backdrop"),
             ({"layout": "sideways"}, "layout"),
+            ({"colour_text": "#zzzzzzzz"}, "colours.text"),
         ]:
             refused = await api.post(f"{base}/dark-banner/edit", data={**form, **bad})
             assert refused.status_code == 400
@@ -452,7 +453,16 @@ class TestThemes:
         page = text(await api.get(f"/dashboard/apps/{ios_app.app_id}/inapp/new"))
         assert '<option value="dark-banner"' in page
         assert '"dark-banner": {"auto_close_seconds": 8' in page.replace("&#34;", '"')
-        token = await create(api, ios_app, login, theme="dark-banner", live="")
+        # Refused while a live campaign draws with it; a draft does not hold it.
+        token = await create(api, ios_app, login, theme="dark-banner")
+        held = await api.post(f"{base}/dark-banner/delete", data={"csrf_token": login.csrf})
+        assert held.status_code == 400
+        assert "Welcome offer" in text(held)
+        assert "Night" in text(held)  # the list, with the refusal
+        await api.post(
+            f"/dashboard/apps/{ios_app.app_id}/inapp/{token}",
+            data={**inapp_fields(theme="dark-banner", live=""), "csrf_token": login.csrf},
+        )
         # Deleted (the campaign using it is a draft).
         deleted = await api.post(f"{base}/dark-banner/delete", data={"csrf_token": login.csrf})
         assert deleted.status_code == 303, text(deleted)
@@ -463,4 +473,9 @@ class TestThemes:
                 .where(InAppTheme.app_id == ios_app.app_id)
             )
         assert left == 0
-        assert token
+        # A code the API would refuse is refused here, with what was typed kept.
+        bad = await api.post(base, data={**form, "code": "no spaces"})
+        assert bad.status_code == 400
+        assert "code" in text(bad)
+        assert 'value="Night"' not in text(bad)
+        assert 'value="Dark banner"' in text(bad)

@@ -9,6 +9,7 @@ A message (one language, optionally one A/B version) is a row of the form with e
 
 from __future__ import annotations
 
+import string
 from typing import Any
 
 from clarion.dashboard.schemas import (
@@ -286,6 +287,8 @@ def theme_form(theme: ThemeRead | dict[str, Any]) -> dict[str, Any]:
 def _split_colour(value: str) -> dict[str, Any]:
     """#RGB, #RGBA, #RRGGBB or #RRGGBBAA as an <input type=color> value and an opacity (%)."""
     digits = value.lstrip("#")
+    if len(digits) not in (3, 4, 6, 8) or not all(d in string.hexdigits for d in digits):
+        return {"hex": "#000000", "alpha": 100}  # refused as typed: ThemeBody's message says so
     if len(digits) in (3, 4):
         digits = "".join(digit * 2 for digit in digits)
     alpha = round(int(digits[6:8], 16) * 100 / 255) if len(digits) == 8 else 100

@@ -279,10 +279,10 @@ async def create_theme(
     code = form.get("code")
     document: dict[str, Any] = {}
     try:
+        document = theme_document(form)
         code = validated(_NewTheme, {"code": code}).code
         if code in await inapp.themes(session, app_id=app.id):
             raise MalformedParameterError(f"code: this app already has a theme {code!r}")
-        document = theme_document(form)
         await inapp.put_theme(
             session,
             app_id=app.id,
@@ -293,12 +293,15 @@ async def create_theme(
     except ClarionError as exc:
         await session.rollback()
         typed = {**document, "code": code if isinstance(code, str) else ""}
+        if not document:  # refused before it was read (an opacity): what can be kept
+            name = form.get("name")
+            typed = {**typed, "name": name if isinstance(name, str) else ""}
         return await _theme_editor(
             request,
             session,
             viewer,
             app,
-            form=theme_form(typed) if document else {**_BLANK_THEME, **_named(form)},
+            form=theme_form(typed),
             error=exc.message,
             status=exc.status,
         )
@@ -337,21 +340,32 @@ async def save_theme(
 
 @router.post("/apps/{app_id}/inapp-themes/{code}/delete")
 async def delete_theme(
-    app_id: DbInt, code: ThemeCode, viewer: ViewerDep, session: SessionDep
+    request: Request, app_id: DbInt, code: ThemeCode, viewer: ViewerDep, session: SessionDep
 ) -> Response:
     service.require_editor(viewer)
     app, _ = await service.company_app(session, viewer, app_id)
-    await inapp.delete_theme(session, app_id=app.id, code=code)
+    try:
+        await inapp.delete_theme(session, app_id=app.id, code=code)
+    except ClarionError as exc:
+        # Refused while a live campaign draws with it: the list says which.
+        await session.rollback()
+        found = await inapp.themes(session, app_id=app_id)
+        return await render(
+            request,
+            session,
+            viewer,
+            "inapp_themes.html",
+            app=app,
+            section="inapp-themes",
+            themes=list(found.values()),
+            error=exc.message,
+            status=exc.status,
+        )
     return redirect(f"/dashboard/apps/{app_id}/inapp-themes?notice=theme-deleted")
 
 
 class _NewTheme(WireModel):
     code: str = Field(pattern=THEME_CODE)
-
-
-def _named(form: Any) -> dict[str, Any]:
-    name = form.get("name")
-    return {"name": name if isinstance(name, str) else ""}
 
 
 async def _theme(session: AsyncSession, app_id: int, code: str) -> ThemeRead:

@@ -124,6 +124,46 @@
     stage.dataset.rendered = String(Number(stage.dataset.rendered || 0) + 1);
   }
 
+  // The server's refusal names the API's field ("MALFORMED_PARAMETER: landing.contents.1.title:
+  // ..."): the form's field for it is marked, described by the message, and focused.
+  const FIELDS = {
+    name: "name", labels: "labels", start_date: "start", local_start_date: "start",
+    end_date: "end", local_end_date: "end", "trigger.when": "trigger_when",
+    "trigger.event": "trigger_event", "trigger.label": "trigger_label", "trigger.capping": "capping",
+    "trigger.grace_period": "grace_every", "landing.theme": "theme", "landing.image": "image",
+    "landing.image_description": "image_description", deeplink: "deeplink",
+    custom_payload: "custom_payload", layout: "layout", close_button: "close_button",
+    corner_radius: "corner_radius", auto_close_seconds: "auto_close_seconds",
+    "font.family": "font_family", "font.size": "font_size", code: "code",
+  };
+  function refusedField(path) {
+    const content = /^landing\.contents\.(\d+)(?:\.(header|title|body|language|version|actions)(?:\.(\d+))?)?/.exec(path);
+    if (content) {
+      const row = rows()[Number(content[1])];
+      if (!row) return null;
+      if (content[2] === "actions") {
+        return row.querySelectorAll("[name=cta_label]")[Number(content[3] || 0)] || null;
+      }
+      return row.querySelector(`[name=content_${content[2] || "title"}]`);
+    }
+    const colour = /^colours\.(\w+)/.exec(path);
+    if (colour) return form.querySelector(`[name=colour_${colour[1]}]`);
+    const key = Object.keys(FIELDS)
+      .filter((prefix) => path === prefix || path.startsWith(`${prefix}.`))
+      .sort((a, b) => b.length - a.length)[0];
+    return key ? form.querySelector(`[name=${FIELDS[key]}]`) : null;
+  }
+  const alert = document.querySelector("main > .error[role=alert]");
+  const named = alert && /^[A-Z_]+: ([\w.]+):/.exec(alert.textContent.trim());
+  const refused = named && refusedField(named[1]);
+  if (refused) {
+    alert.id = "refusal";
+    refused.setAttribute("aria-invalid", "true");
+    refused.setAttribute("aria-describedby", "refusal");
+    refused.focus();
+    refused.addEventListener("input", () => refused.removeAttribute("aria-invalid"), { once: true });
+  }
+
   refreshChoices();
   draw();
   form.addEventListener("input", () => { refreshChoices(); draw(); });
