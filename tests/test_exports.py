@@ -27,6 +27,7 @@ from clarion.exports.models import ExportRun
 from clarion.exports.tasks import ExportRunner
 from clarion.runtime import Runtime
 from tests.conftest import ClientApp
+from tests.inapp.test_api import created as created_inapp
 from tests.test_campaign_runs import Clock, add_installs
 from tests.test_campaigns import error
 
@@ -315,6 +316,51 @@ async def test_in_app_events_gzip_and_chosen_id_columns(
         ("inapp_shown", "", ""),
         ("inapp_clicked", "0", "Buy, now\nplease"),
         ("inapp_closed", "", ""),
+    ]
+
+
+async def test_in_app_events_name_the_in_app_campaigns_tokens(
+    request: pytest.FixtureRequest,
+    api: httpx.AsyncClient,
+    ios_app: ClientApp,
+    runtime: Runtime,
+    local_root: Path,
+    ca_bundle: Path,
+) -> None:
+    """A campaign of the In-App Campaigns API, its events reported by the SDK: the export's
+    campaign column (event_var_1) holds the campaign's token."""
+    token = await created_inapp(api, ios_app)
+    await api.put(f"/sdk/v1/{ios_app.api_key}/installations/i1", json={"custom_id": "ada"})
+    at = f"{DAY.isoformat()}T08:00:00Z"
+    reported = await api.post(
+        f"/sdk/v1/{ios_app.api_key}/installations/i1/inapp-events",
+        json={
+            "events": [
+                {"kind": "inapp_shown", "campaign_id": token, "occurred_at": at},
+                {
+                    "kind": "inapp_clicked",
+                    "campaign_id": token,
+                    "cta_position": 1,
+                    "cta_label": "Later",
+                    "occurred_at": at,
+                },
+            ]
+        },
+    )
+    assert reported.status_code == 202, reported.text
+    place = place_on("file", request, local_root / str(ios_app.app_id))
+    await create_destination(api, ios_app, place, kind="inapp_events")
+    await _first_day(runtime, ios_app)
+
+    await runner(runtime, Clock(MIDNIGHT + timedelta(hours=3)), local_root, ca_bundle).run_due()
+
+    (name,) = place.names()
+    rows = parse(place.read(name))
+    assert [
+        (r["event_type"], r["event_var_1"], r["event_var_2"], r["event_var_3"]) for r in rows
+    ] == [
+        ("inapp_shown", token, "", ""),
+        ("inapp_clicked", token, "1", "Later"),
     ]
 
 

@@ -28,7 +28,7 @@ from tests.test_campaigns import EXAMPLE, error
 # reading of Batch: sends to debug installations, campaign create/update/delete).
 DEV_KEY_ROUTES = re.compile(
     r"/1\.[01]/\{api_key\}/transactional/send/?"
-    r"|/1\.1/\{api_key\}/campaigns/(create|update/\{token\}|delete/\{token\})/?"
+    r"|/1\.1/\{api_key\}/(in-app-)?campaigns/(create|update/\{token\}|delete/\{token\})/?"
 )
 KINDS: dict[Callable[..., Any], str] = {
     http.rest_app_live: "Live",
@@ -102,6 +102,10 @@ REFUSED: list[tuple[str, str, Any, int]] = [
     ("GET", "1.1/{key}/campaigns/{live}", None, 200),
     ("GET", "1.1/{key}/campaigns/stats/{live}", None, 200),
     ("POST", "1.1/{key}/campaigns/estimate", {"targeting": {}}, 200),
+    # In-app campaigns: reads
+    ("GET", "1.1/{key}/in-app-campaigns/list", None, 200),
+    ("GET", "1.1/{key}/in-app-campaigns/{live}", None, 404),
+    ("GET", "1.1/{key}/in-app-campaigns/stats/{live}", None, 404),
     # Transactional: a send's outcome
     ("GET", "1.1/{key}/transactional/sends/" + NO_ID, None, 404),
     # Custom Data

@@ -241,9 +241,10 @@ def _config(served: Served, api_key: str, *, light: bool) -> str:
         lines.append(f"values = {_toml(values)}")
     lines += [
         # Batch's URLs overlap: GET /campaigns/{token} also matches /campaigns/create and
-        # /campaigns/estimate, so their 405 rightly allows GET, which their paths do not list.
+        # /campaigns/estimate (and the in-app-campaigns ones alike), so their 405 rightly allows
+        # GET, which their paths do not list.
         "[[operations]]",
-        'include-path-regex = "/campaigns/(create|estimate)$"',
+        'include-path-regex = "/(in-app-)?campaigns/(create|estimate)$"',
         "checks.allow_header_conformance.enabled = false",
     ]
     return "\n".join(lines) + "\n"

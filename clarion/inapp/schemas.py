@@ -225,7 +225,9 @@ class Trigger(WireModel):
     def _event_when_event(self) -> Trigger:
         if self.when is TriggerWhen.EVENT and self.event is None:
             raise PydanticCustomError(
-                "missing_field", "event is required when `when` is EVENT", {"field": "event"}
+                "missing_field",
+                "event is required when `when` is EVENT",
+                {"field": "trigger.event"},
             )
         if self.when is not TriggerWhen.EVENT and (self.event or self.label):
             raise ValueError("event and label apply to when = EVENT only")

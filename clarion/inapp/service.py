@@ -288,7 +288,9 @@ def _utc(value: str) -> datetime:
 
 
 def _stored(body: InAppCampaignBody) -> dict[str, Any]:
-    return body.model_dump(mode="json", exclude_unset=True)
+    # Without nulls: Batch's clients write unset optional fields as null, and GET answers what
+    # was set.
+    return body.model_dump(mode="json", exclude_unset=True, exclude_none=True)
 
 
 # Statistics -------------------------------------------------------------------------------------
@@ -326,7 +328,7 @@ async def campaign_stats(session: AsyncSession, *, access: AppAccess, token: str
         )
     )
     by_day: dict[str, InAppDayStats] = {}
-    for date, version, kind, position, label, count in rows.tuples():
+    for date, version, kind, position, label, count in rows:
         field = _COUNT_OF_KIND.get(kind)
         if field is None:
             continue
@@ -365,20 +367,20 @@ async def put_theme(
     """Create the theme `code`, or replace it whole."""
     if code == BUILT_IN_THEME.code:
         raise MalformedParameterError(f"code: {code!r} is the built-in theme and cannot be changed")
-    theme = await session.scalar(
-        select(InAppTheme)
-        .where(InAppTheme.app_id == app_id, InAppTheme.code == code)
-        .with_for_update()
-    )
     stored = body.model_dump(mode="json")
-    if theme is None:
-        theme = InAppTheme(app_id=app_id, code=code, created_at=now)
-        session.add(theme)
-    theme.name = body.name
-    theme.body = stored
-    theme.updated_at = now
+    # Insert-or-nothing, then update: two PUTs of a new code at once both succeed (the last
+    # one wins) rather than one failing on the unique (app_id, code).
+    await session.execute(
+        insert_ignoring_conflicts(session, InAppTheme, index=["app_id", "code"]).values(
+            app_id=app_id, code=code, name=body.name, body=stored, created_at=now, updated_at=now
+        )
+    )
+    await session.execute(
+        update(InAppTheme)
+        .where(InAppTheme.app_id == app_id, InAppTheme.code == code)
+        .values(name=body.name, body=stored, updated_at=now)
+    )
     await bump_revision(session, app_id=app_id)
-    await session.flush()
     return ThemeRead(code=code, **body.model_dump())
 
 
@@ -400,7 +402,7 @@ async def delete_theme(session: AsyncSession, *, app_id: int, code: str) -> None
             InAppCampaign.deleted_at.is_(None),
         )
     )
-    for token, name, body in live.tuples():
+    for token, name, body in live:
         if (body.get("landing") or {}).get("theme", BUILT_IN_THEME.code) == code:
             raise MalformedParameterError(
                 f"code: the live in-app campaign {name!r} ({token}) uses theme {code!r}"
