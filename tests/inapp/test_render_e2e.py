@@ -18,10 +18,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Browser, Page, expect
 
 from tests.support.simulator import REPO_ROOT
-from tests.test_dashboard_e2e import CHROMIUM, CHROMIUM_ARGS
+from tests.test_dashboard_e2e import CHROMIUM
 
 pytestmark = pytest.mark.skipif(
     not CHROMIUM.exists(), reason="Debian's chromium package is not installed (see .ci/run)"
@@ -53,6 +53,7 @@ OPEN_PAGE = b"""<!doctype html><html><head><meta charset="utf-8"><title>open</ti
 LANDED = b"<!doctype html><title>landed</title><p>landed</p>"
 
 TITLE_ATTACK = '<img src=x onerror="window.pwned=1"><script>window.pwned=2</script>'
+BODY_ATTACK = '<svg onload="window.pwned=3"></svg><style>*{display:none}</style>Half price'
 LAYOUTS = ["modal", "banner_top", "banner_bottom", "fullscreen", "image"]
 
 
@@ -105,14 +106,6 @@ def site() -> Iterator[_Site]:
 
 def _url(site: _Site, path: str) -> str:
     return f"http://127.0.0.1:{site.server_address[1]}{path}"
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
 
 
 @pytest.fixture
@@ -205,7 +198,8 @@ def _shadow(page: Page, script: str) -> Any:
 def test_every_layout_draws_tenant_text_as_text(page: Page, site: _Site, layout: str) -> None:
     page.goto(_url(site, "/page.html"))
     image = "https://images.example/sale.png"
-    _show(page, _message(layout, title=TITLE_ATTACK, image=image, image_description="A sale"))
+    message = _message(layout, title=TITLE_ATTACK, body=BODY_ATTACK, image=image)
+    _show(page, {**message, "image_description": "A sale", "header": "<b>News</b>"})
 
     dialog = page.get_by_role("dialog")
     expect(dialog).to_be_visible()
@@ -216,10 +210,12 @@ def test_every_layout_draws_tenant_text_as_text(page: Page, site: _Site, layout:
     else:
         expect(dialog.get_by_role("heading")).to_have_text(TITLE_ATTACK)
         expect(dialog).to_have_accessible_name(TITLE_ATTACK)
-        expect(dialog.get_by_text("Everything at half price.")).to_be_visible()
+        expect(dialog.get_by_text(BODY_ATTACK)).to_be_visible()
+        expect(dialog.get_by_text("<b>News</b>")).to_be_visible()
         expect(dialog.get_by_role("button", name="Shop now")).to_be_visible()
     # The only element the message created from its fields is the https: image.
-    assert _shadow(page, "root.querySelectorAll('script').length") == 0
+    assert _shadow(page, "root.querySelectorAll('script, svg, b').length") == 0
+    assert _shadow(page, "root.querySelectorAll('style').length") == 0
     assert _shadow(page, "[...root.querySelectorAll('img')].map(i => i.src)") == [image]
     assert page.evaluate("window.pwned") is None
     expect(dialog.get_by_role("button", name="Close")).to_be_visible()
@@ -363,27 +359,24 @@ def test_the_site_css_and_the_message_css_stay_apart(page: Page, site: _Site) ->
     assert page_cta.evaluate("e => getComputedStyle(e).backgroundColor") == "rgb(255, 0, 0)"
 
 
-def test_a_banner_closes_after_auto_close_seconds(page: Page, site: _Site) -> None:
+@pytest.mark.parametrize(
+    ("layout", "closes"),
+    [("banner_top", True), ("banner_bottom", True), ("modal", False), ("fullscreen", False)],
+)
+def test_only_banners_close_after_auto_close_seconds(
+    page: Page, site: _Site, layout: str, closes: bool
+) -> None:
     page.clock.install()
     page.goto(_url(site, "/page.html"))
-    message = _message("banner_top")
+    message = _message(layout)
     message["theme"]["auto_close_seconds"] = 5
     _show(page, message)
     page.clock.run_for(4_900)
     assert _hosts(page) == 1
     page.clock.run_for(200)
-    assert _hosts(page) == 0
-    assert _events(page) == [["close"]]
-
-
-def test_a_modal_does_not_close_by_itself(page: Page, site: _Site) -> None:
-    page.clock.install()
-    page.goto(_url(site, "/page.html"))
-    message = _message("modal")
-    message["theme"]["auto_close_seconds"] = 5
-    _show(page, message)
-    page.clock.run_for(60_000)
-    assert _hosts(page) == 1
+    # A dialog waits for its reader.
+    assert _hosts(page) == (0 if closes else 1)
+    assert _events(page) == ([["close"]] if closes else [])
 
 
 def test_the_preview_draws_inside_its_container_and_leaves_the_page_alone(
@@ -416,6 +409,23 @@ def test_the_preview_draws_inside_its_container_and_leaves_the_page_alone(
     page.evaluate("window.shown.close()")
     assert _hosts(page) == 0
     assert _events(page) == []
+
+
+def test_the_preview_takes_the_defaults_for_what_the_editor_left_out(
+    page: Page, site: _Site
+) -> None:
+    page.goto(_url(site, "/open.html"))
+    page.evaluate("document.getElementById('preview').style.height = '480px'")
+    page.evaluate(
+        "ClarionInApp.render({theme: {layout: 'banner_top'}, title: 'Draft'},"
+        " {container: document.getElementById('preview'), preview: true})"
+    )
+    dialog = page.get_by_role("dialog", name="Draft")
+    expect(dialog).to_be_visible()
+    # ThemeColours' and ThemeBody's defaults in clarion/inapp/schemas.py.
+    expect(dialog).to_have_css("background-color", "rgb(255, 255, 255)")
+    expect(dialog).to_have_css("border-top-left-radius", "12px")
+    expect(dialog.get_by_role("button", name="Close")).to_be_visible()
 
 
 def test_the_bundle_stays_small() -> None:

@@ -12,8 +12,10 @@
  *   instead of fixed over the page; the preview never moves the focus, never listens to the
  *   page's keys, never closes by itself and never navigates.
  * - `options.onAction(position, action)`: a button was clicked (`position` 0 for the first).
- *   The message then closes and, for a deeplink action, the page goes to `args.l` unless
- *   onAction returned `false` (the SDK's custom-action hook). `onClose` is not called.
+ *   The message is closed just before the call (a callback that throws or moves the focus
+ *   cannot leave it open or have the focus taken back); then, for a deeplink action, the page
+ *   goes to `args.l` unless onAction returned `false` (the SDK's custom-action hook).
+ *   `onClose` is not called.
  * - `options.onClose()`: closed without a button: the close button, Escape, a click on a
  *   modal's backdrop, or a banner's `auto_close_seconds` running out.
  * - The result: `element` is the host element (its open shadow root holds the message);
@@ -153,7 +155,7 @@ function clamp(value: unknown, low: number, high: number, fallback: number): num
 }
 
 function applyTheme(root: HTMLElement, message: RenderableMessage): void {
-  const theme = message.theme;
+  const theme = message.theme ?? {};
   const colours = theme.colours ?? {};
   for (const key of Object.keys(COLOURS) as (keyof SdkThemeColours)[]) {
     const value = colours[key];
@@ -172,8 +174,8 @@ function applyTheme(root: HTMLElement, message: RenderableMessage): void {
 }
 
 export function render(message: RenderableMessage, options: RenderOptions = {}): Rendered {
-  const theme = message.theme;
-  const layout = LAYOUTS.has(theme.layout) ? theme.layout : "modal";
+  const theme = message.theme ?? {};
+  const layout = theme.layout !== undefined && LAYOUTS.has(theme.layout) ? theme.layout : "modal";
   const isDialog = DIALOGS.has(layout);
   const preview = options.preview === true;
   const container = options.container ?? document.body;

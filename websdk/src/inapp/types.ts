@@ -78,19 +78,12 @@ export interface SdkMessage {
   custom_payload: Record<string, unknown> | null;
 }
 
-/** What `render` needs: the SDK's delivery fields (trigger, capping, dates) are the SDK's
- * business, so the dashboard's preview can hand a message without them. */
-export type RenderableMessage = Pick<SdkMessage, "theme"> &
-  Partial<
-    Pick<
-      SdkMessage,
-      | "campaign_token"
-      | "image"
-      | "image_description"
-      | "header"
-      | "title"
-      | "body"
-      | "actions"
-      | "deeplink"
-    >
-  >;
+/** What `render` needs; every SdkMessage is one. The SDK's delivery fields (trigger, capping,
+ * dates) are the SDK's business, and a theme field left out takes the server's default, so the
+ * dashboard's preview can hand a message that is being edited. */
+export type RenderableMessage = { theme: Partial<SdkTheme> } & Partial<
+  Pick<
+    SdkMessage,
+    "campaign_token" | "image" | "image_description" | "header" | "title" | "body" | "actions" | "deeplink"
+  >
+>;
