@@ -479,3 +479,38 @@ class TestThemes:
         assert "code" in text(bad)
         assert 'value="Night"' not in text(bad)
         assert 'value="Dark banner"' in text(bad)
+
+
+async def test_the_statistics_of_an_ab_campaign_show_each_version(
+    api: httpx.AsyncClient, ios_app: ClientApp, runtime: Runtime
+) -> None:
+    login = await editor(runtime, api, ios_app)
+    token = await create(
+        api,
+        ios_app,
+        login,
+        content_version=["a", "b"],
+        content_language=["default", "default"],
+        content_header=["", ""],
+        content_title=["A", "B"],
+        content_body=["", ""],
+        cta_label=["OK", "", "", "", "Go", "", "", ""],
+        cta_action=["continue"] * 8,
+        cta_link=[""] * 8,
+    )
+    for install_id, version in (("ab-1", "a"), ("ab-2", "b"), ("ab-3", "b")):
+        registered = await api.put(
+            f"/sdk/v1/{ios_app.api_key}/installations/{install_id}", json={"language": "en"}
+        )
+        assert registered.status_code in (200, 201)
+        sent = await api.post(
+            f"/sdk/v1/{ios_app.api_key}/installations/{install_id}/inapp-events",
+            json={"events": [{"kind": "inapp_shown", "campaign_id": token, "version": version}]},
+        )
+        assert sent.status_code == 202, sent.text
+    page = text(await api.get(f"/dashboard/apps/{ios_app.app_id}/inapp/{token}/stats"))
+    rows = re.findall(r'<tr class="version"><td>[^<]*· version (\w)</td>(.*?)</tr>', page, re.S)
+    shown = {
+        version: re.findall(r'<td class="num">([^<]*)</td>', cells)[1] for version, cells in rows
+    }
+    assert shown == {"a": "1", "b": "2"}
