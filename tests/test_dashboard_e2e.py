@@ -437,6 +437,7 @@ def test_the_inapp_preview_is_drawn_by_the_sdks_renderer_as_one_types(
     page.get_by_label("Name", exact=True).fill("Night banner")
     page.get_by_label("Layout").select_option("banner_bottom")
     expect(stage.locator(".root.banner_bottom")).to_have_count(1)
+    _shot(page, "inapp-theme")
     page.get_by_role("button", name="Save theme").click()
     expect(page.get_by_role("status")).to_have_text("Theme saved.")
 
