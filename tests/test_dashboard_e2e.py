@@ -341,3 +341,125 @@ def test_create_app_posts_once_while_the_answer_is_awaited(
     page.goto(f"{server.url}/dashboard/")
     expect(page.get_by_role("cell", name="Clicked twice", exact=True)).to_have_count(1)
     page.close()
+
+
+RENDERER = REPO_ROOT / "clarion" / "dashboard" / "static" / "inapp-render.js"
+
+
+def _inapp_app(server: Server, name: str, languages: list[str]) -> str:
+    """An Android app with one installation per language; the dashboard's path of the app."""
+    created = json.loads(
+        _clarion(server.env, "apps", "create", "--name", name, "--platform", "android")
+    )
+    with httpx.Client(base_url=server.url) as sdk:
+        for number, language in enumerate(languages):
+            response = sdk.put(
+                f"/sdk/v1/{created['api_key']}/installations/inapp-{number}",
+                json={"language": language},
+            )
+            assert response.status_code in (200, 201), response.text
+    return f"{server.url}/dashboard/apps/{created['id']}"
+
+
+def test_an_inapp_campaign_is_composed_listed_and_its_statistics_shown(
+    browser: Browser, server: Server
+) -> None:
+    base = _inapp_app(server, "In-app compose", ["fr", "fr", "en"])
+    page = _sign_in(browser, server, ADMIN)
+    page.goto(f"{base}/inapp")
+    expect(page.get_by_text("No in-app campaign")).to_be_visible()
+    page.get_by_role("link", name="New in-app campaign").click()
+
+    # The estimate counts installations, push or not.
+    page.get_by_label("Field").fill("b.language")
+    page.get_by_label("Value").fill("fr")
+    expect(page.locator("#estimate strong")).to_have_text("2")
+    page.get_by_label("Name", exact=True).fill("Welcome")
+    page.get_by_label("Title").fill("Bienvenue")
+    page.get_by_label("Button 1").fill("Voir")
+    page.get_by_label("Does").first.select_option("deeplink")
+    page.get_by_label("Link", exact=True).first.fill("myapp://offers/42")
+    page.get_by_label("Show it").select_option("EVENT")
+    page.get_by_label("Event (with “after an event”)").fill("e.purchase")
+    # A refused field: named beside the form, which keeps what was typed.
+    page.get_by_label("Image URL (https)").fill("http://cdn.example.com/a.png")
+    page.get_by_role("button", name="Create campaign").click()
+    expect(page.get_by_role("alert")).to_contain_text("landing.image")
+    expect(page.get_by_label("Image URL (https)")).to_have_attribute("aria-invalid", "true")
+    expect(page.get_by_label("Image URL (https)")).to_be_focused()
+    expect(page.get_by_label("Title")).to_have_value("Bienvenue")
+    page.get_by_label("Image URL (https)").fill("")
+    page.get_by_label("Live").check()
+    page.get_by_role("button", name="Create campaign").click()
+    expect(page.get_by_role("status")).to_have_text("In-app campaign created.")
+    token = page.locator("#campaign-token").inner_text().strip()
+    assert re.fullmatch(r"[0-9a-f]{32}", token)
+    _shot(page, "inapp-editor")
+
+    page.goto(f"{base}/inapp")
+    row = page.locator("tr", has_text="Welcome")
+    expect(row).to_contain_text("live")
+    expect(row).to_contain_text("e.purchase")
+    row.get_by_role("link", name="Statistics").click()
+    expect(page.locator("[data-figure=shown] b")).to_have_text("0")
+    expect(page.get_by_text("Not supplied to any installation yet.")).to_be_visible()
+    _shot(page, "inapp-stats")
+
+    # Readable on a phone: the pages reflow rather than scroll sideways (tables scroll alone).
+    page.set_viewport_size({"width": 390, "height": 844})
+    for path in ("inapp", "inapp/new", f"inapp/{token}", f"inapp/{token}/stats", "inapp-themes"):
+        page.goto(f"{base}/{path}")
+        overflow = page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
+        assert overflow <= 0, f"{path} is {overflow} px too wide on a phone"
+    page.close()
+
+
+@pytest.mark.skipif(
+    not RENDERER.exists(), reason="the SDK's renderer (inapp-render.js) is not built"
+)
+def test_the_inapp_preview_is_drawn_by_the_sdks_renderer_as_one_types(
+    browser: Browser, server: Server
+) -> None:
+    base = _inapp_app(server, "In-app preview", ["en"])
+    page = _sign_in(browser, server, ADMIN)
+    problems: list[str] = []
+    page.on(
+        "console",
+        lambda message: problems.append(message.text) if message.type == "error" else None,
+    )
+    page.on("pageerror", lambda error: problems.append(str(error)))
+
+    # A theme, previewed as it is edited.
+    page.goto(f"{base}/inapp-themes/new")
+    stage = page.locator("#inapp-preview")
+    expect(stage.get_by_text("A title")).to_be_visible()
+    page.get_by_label("Code (what campaigns name)").fill("night")
+    page.get_by_label("Name", exact=True).fill("Night banner")
+    page.get_by_label("Layout").select_option("banner_bottom")
+    expect(stage.locator(".root.banner_bottom")).to_have_count(1)
+    _shot(page, "inapp-theme")
+    page.get_by_role("button", name="Save theme").click()
+    expect(page.get_by_role("status")).to_have_text("Theme saved.")
+
+    # The campaign's preview follows the title as it is typed, in the language chosen.
+    page.goto(f"{base}/inapp/new")
+    expect(stage.get_by_role("dialog")).to_be_visible()
+    page.get_by_label("Title").fill("Bienvenue")
+    expect(stage.get_by_role("dialog")).to_contain_text("Bienvenue")
+    page.get_by_label("Title").fill("Welcome back")
+    expect(stage.get_by_role("dialog")).to_contain_text("Welcome back")
+    expect(stage.get_by_role("dialog")).not_to_contain_text("Bienvenue")
+    page.get_by_label("Button 1").fill("Shop now")
+    expect(stage.get_by_role("button", name="Shop now")).to_be_visible()
+    page.get_by_role("button", name="Add a language or version").click()
+    page.get_by_label("Language").nth(1).fill("fr")
+    page.get_by_label("Title").nth(1).fill("Re-bonjour")
+    page.get_by_label("Message shown").select_option(label="fr")
+    expect(stage.get_by_role("dialog")).to_contain_text("Re-bonjour")
+    page.get_by_label("Theme").select_option("night")
+    expect(stage.locator(".root.banner_bottom")).to_have_count(1)
+    expect(stage.locator("clarion-inapp")).to_have_count(1)  # each drawing replaces the last
+    _shot(page, "inapp-preview")
+    # The renderer works under the dashboard's Content-Security-Policy.
+    assert problems == []
+    page.close()

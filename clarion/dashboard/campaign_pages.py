@@ -211,15 +211,18 @@ async def estimate(
 ) -> HTMLResponse:
     """The editor's live audience estimate (a fragment): any role may ask, nothing changes."""
     _, access = await service.company_app(session, viewer, app_id)
+    form = await request.form()
+    # In-app messages reach installations whether or not they take pushes: matched is the figure.
+    inapp = form.get("estimate_for") == "inapp"
     try:
-        document = targeting_document(await request.form())
+        document = targeting_document(form)
         targeting = validated(EstimateIn, {"targeting": document}).targeting
         result = await campaigns.estimate_audience(
             session, access=access, targeting=targeting or Targeting(), now=utcnow()
         )
     except ClarionError as exc:
         return fragment(request, "estimate.html", error=exc.message)
-    return fragment(request, "estimate.html", estimate=result)
+    return fragment(request, "estimate.html", estimate=result, inapp=inapp)
 
 
 @router.get("/apps/{app_id}/campaigns/{token}/stats")

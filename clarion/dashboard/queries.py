@@ -10,6 +10,7 @@ stored credentials) stays hidden here too. No HTTP here.
 from __future__ import annotations
 
 from collections.abc import Collection
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -20,6 +21,7 @@ from clarion.exports.schemas import DestinationRead, ExportRunRead
 from clarion.imports import service as imports
 from clarion.imports.models import ImportRun, ImportSource, RunStatus
 from clarion.imports.schemas import ImportRunRead, ImportSourceRead
+from clarion.inapp.models import InAppCampaign
 
 
 async def importing_audiences(
@@ -140,3 +142,18 @@ async def destination_runs(
         .limit(limit)
     )
     return [exports.read_run(run) for run in runs]
+
+
+async def inapp_triggers(
+    session: AsyncSession, *, app_id: int, tokens: Collection[str]
+) -> dict[str, dict[str, Any]]:
+    """The trigger of each of these in-app campaigns (the list's summaries do not carry it),
+    in one query for the page."""
+    if not tokens:
+        return {}
+    rows = await session.execute(
+        select(InAppCampaign.token, InAppCampaign.body).where(
+            InAppCampaign.app_id == app_id, InAppCampaign.token.in_(list(tokens))
+        )
+    )
+    return {token: body.get("trigger") or {} for token, body in rows}

@@ -78,12 +78,12 @@ QUERY_FIELD_SUGGESTIONS = (
 SEGMENTS = ("NEW", "ONE_TIME", "ENGAGED", "DORMANT", "IMPORTED")
 
 
-def _text(form: FormFields, name: str) -> str:
+def form_text(form: FormFields, name: str) -> str:
     value = form.get(name)
     return value.strip() if isinstance(value, str) else ""
 
 
-def _texts(form: FormFields, name: str) -> list[str]:
+def form_texts(form: FormFields, name: str) -> list[str]:
     return [value.strip() if isinstance(value, str) else "" for value in form.getlist(name)]
 
 
@@ -92,14 +92,14 @@ def _codes(text: str) -> list[str] | None:
     return codes or None
 
 
-def _wire_time(value: str) -> str | None:
+def wire_time(value: str) -> str | None:
     """An <input type=datetime-local> value (yyyy-MM-ddTHH:mm[:ss]) as the API's date."""
     if not value:
         return None
     return value if len(value) == 19 else f"{value[:16]}:00"
 
 
-def _number(text: str) -> int | str | None:
+def form_number(text: str) -> int | str | None:
     """An integer field: the API's validation reports a non-number with its own message."""
     if not text:
         return None
@@ -126,27 +126,32 @@ def targeting_document(form: FormFields) -> dict[str, Any] | None:
     query builder's rows (all of them, or any of them), and an optional raw JSON query that
     must hold as well (the form is read as the API reads a body: no rule is checked here)."""
     targeting: dict[str, Any] = {}
-    segments = [s for s in _texts(form, "segments") if s]
+    segments = [s for s in form_texts(form, "segments") if s]
     if segments:
         targeting["segments"] = segments
     for key in ("languages", "regions"):
-        codes = _codes(_text(form, key))
+        codes = _codes(form_text(form, key))
         if codes:
             targeting[key] = codes
-    audiences = [name for name in _texts(form, "custom_audiences") if name]
+    audiences = [name for name in form_texts(form, "custom_audiences") if name]
     if audiences:
         targeting["custom_audiences"] = audiences
     conditions: list[dict[str, Any]] = []
-    rows = zip(_texts(form, "q_field"), _texts(form, "q_op"), _texts(form, "q_value"), strict=False)
+    rows = zip(
+        form_texts(form, "q_field"),
+        form_texts(form, "q_op"),
+        form_texts(form, "q_value"),
+        strict=False,
+    )
     for field, op, value in rows:
         if not field:
             continue
         conditions.append({field: {op or "$eq": _query_value(op, value)}})
     parts = []
     if conditions:
-        join = "$or" if _text(form, "q_join") == "or" else "$and"
+        join = "$or" if form_text(form, "q_join") == "or" else "$and"
         parts.append(conditions[0] if len(conditions) == 1 else {join: conditions})
-    raw = _text(form, "query_json")
+    raw = form_text(form, "query_json")
     if raw:
         try:
             parts.append(orjson.loads(raw))
@@ -162,34 +167,34 @@ def targeting_document(form: FormFields) -> dict[str, Any] | None:
 
 def campaign_document(form: FormFields, *, live: bool) -> dict[str, Any]:
     """The editor's fields as a Campaigns API create body; CampaignBody validates it."""
-    document: dict[str, Any] = {"name": _text(form, "name"), "live": live}
-    when = _text(form, "when") or "now"
+    document: dict[str, Any] = {"name": form_text(form, "name"), "live": live}
+    when = form_text(form, "when") or "now"
     if when == "now":
         document["push_time"] = "now"
     elif when == "local":
-        document["local_push_time"] = _wire_time(_text(form, "local_push_time")) or ""
+        document["local_push_time"] = wire_time(form_text(form, "local_push_time")) or ""
     else:
-        document["push_time"] = _wire_time(_text(form, "push_time")) or ""
-    repeat_unit = _text(form, "repeat_unit")
+        document["push_time"] = wire_time(form_text(form, "push_time")) or ""
+    repeat_unit = form_text(form, "repeat_unit")
     if repeat_unit:
         recurrence: dict[str, Any] = {"repeat_unit": repeat_unit}
         for key in ("repeat_frequency", "occurrences"):
-            number = _number(_text(form, key))
+            number = form_number(form_text(form, key))
             if number is not None:
                 recurrence[key] = number
-        end = _wire_time(_text(form, "end_date"))
+        end = wire_time(form_text(form, "end_date"))
         if end:
             recurrence["end_date"] = end
         document["recurrence"] = recurrence
-        capping = _number(_text(form, "capping"))
+        capping = form_number(form_text(form, "capping"))
         if capping is not None:
             document["capping"] = capping
     messages = []
     rows = zip(
-        _texts(form, "message_version"),
-        _texts(form, "message_language"),
-        _texts(form, "message_title"),
-        _texts(form, "message_body"),
+        form_texts(form, "message_version"),
+        form_texts(form, "message_language"),
+        form_texts(form, "message_title"),
+        form_texts(form, "message_body"),
         strict=False,
     )
     for version, language, title, body in rows:
@@ -202,21 +207,21 @@ def campaign_document(form: FormFields, *, live: bool) -> dict[str, Any]:
             message["version"] = version.lower()
         messages.append(message)
     document["messages"] = messages
-    split = _text(form, "version_split")
+    split = form_text(form, "version_split")
     if split:
         document["version_split"] = _version_split(split)
     for key in ("deeplink", "custom_payload", "priority", "gcm_collapse_key"):
-        value = _text(form, key)
+        value = form_text(form, key)
         if value:
             document[key] = value
-    ttl = _number(_text(form, "time_to_live"))
+    ttl = form_number(form_text(form, "time_to_live"))
     if ttl is not None:
         document["time_to_live"] = ttl
-    document["push_type"] = _text(form, "push_type") or "alert"
+    document["push_type"] = form_text(form, "push_type") or "alert"
     media = {
-        kind: _text(form, f"media_{kind}")
+        kind: form_text(form, f"media_{kind}")
         for kind in ("picture", "icon", "audio", "video")
-        if _text(form, f"media_{kind}")
+        if form_text(form, f"media_{kind}")
     }
     if media:
         document["media"] = media
@@ -233,7 +238,7 @@ def _version_split(text: str) -> dict[str, Any]:
         if not part:
             continue
         name, _, share = part.replace(":", "=").partition("=")
-        split[name.strip().lower()] = _number(share.strip()) if share.strip() else share
+        split[name.strip().lower()] = form_number(share.strip()) if share.strip() else share
     return split
 
 
