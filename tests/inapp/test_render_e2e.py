@@ -359,6 +359,17 @@ def test_the_site_css_and_the_message_css_stay_apart(page: Page, site: _Site) ->
     assert page_cta.evaluate("e => getComputedStyle(e).backgroundColor") == "rgb(255, 0, 0)"
 
 
+_CLOCK_START_MS = 1_800_000_000_000  # 2027-01-15, any fixed instant
+
+
+def _stopped_clock(page: Page, path: str, site: _Site) -> None:
+    """Open the page on a clock that moves only when the test says: an installed clock still
+    flows with real time until paused, and a loaded machine let a 5 s banner close by itself."""
+    page.clock.install(time=_CLOCK_START_MS)
+    page.goto(_url(site, path))
+    page.clock.pause_at(_CLOCK_START_MS + 600_000)
+
+
 @pytest.mark.parametrize(
     ("layout", "closes"),
     [("banner_top", True), ("banner_bottom", True), ("modal", False), ("fullscreen", False)],
@@ -366,8 +377,7 @@ def test_the_site_css_and_the_message_css_stay_apart(page: Page, site: _Site) ->
 def test_only_banners_close_after_auto_close_seconds(
     page: Page, site: _Site, layout: str, closes: bool
 ) -> None:
-    page.clock.install()
-    page.goto(_url(site, "/page.html"))
+    _stopped_clock(page, "/page.html", site)
     message = _message(layout)
     message["theme"]["auto_close_seconds"] = 5
     _show(page, message)
@@ -382,8 +392,7 @@ def test_only_banners_close_after_auto_close_seconds(
 def test_the_preview_draws_inside_its_container_and_leaves_the_page_alone(
     page: Page, site: _Site
 ) -> None:
-    page.clock.install()
-    page.goto(_url(site, "/open.html"))
+    _stopped_clock(page, "/open.html", site)
     page.evaluate(
         "Object.assign(document.getElementById('preview').style,"
         " {width: '320px', height: '480px', marginLeft: '200px'})"
