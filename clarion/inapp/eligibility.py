@@ -48,6 +48,8 @@ from clarion.targeting.service import installation_filter
 # A catalogue is rebuilt at least this often: segments (NEW for 7 days...) and relative dates
 # in queries are computed at its build time, so they are at most this late.
 CATALOGUE_SECONDS = 60.0
+# A catalogue is rebuilt in the background in its last seconds, while it still serves.
+REBUILD_AHEAD = 5.0
 # A 304 is answered from memory for at most this long after the full evaluation it repeats:
 # installation data (custom data, audiences, a new `ue.` event) reaches an SDK that sends
 # If-None-Match within this delay; one that does not send it is evaluated afresh every time.
@@ -231,10 +233,11 @@ class Catalogue:
     revision: int
     built_at: datetime
     # Rebuilt by then: CATALOGUE_SECONDS after it was built, or sooner when a campaign's
-    # window opens or closes somewhere on Earth.
+    # window opens somewhere on Earth (ended ones are dropped by evaluate() until then).
     expires_at: datetime
     default_zone: ZoneInfo
     candidates: tuple[Candidate, ...]
+    themes: dict[str, dict[str, Any]]  # SdkTheme's fields by code
     # The row: the installation's columns, one predicate per distinct targeting, then one
     # latest-event time per distinct (event, label).
     first_event: int
@@ -282,6 +285,7 @@ def build_catalogue(
 ) -> Catalogue:
     """Parse, select and compile (CPU only: run off the event loop)."""
     expires = now + timedelta(seconds=CATALOGUE_SECONDS)
+    soon = now + timedelta(seconds=2 * REBUILD_AHEAD)
     predicates: dict[tuple[bool, bytes], int] = {}
     events: dict[tuple[str, str | None], int] = {}
     columns: list[ColumnElement[Any]] = []
@@ -291,13 +295,13 @@ def build_catalogue(
         body = InAppCampaignBody.model_validate(row.body)
         start, end = bounds(body)
         loose_start, loose_end = loose_window(body)
-        if loose_start is not None and loose_start > now:
+        # Those about to start are kept (evaluate() checks their exact start): the catalogue
+        # rebuilt ahead of such a start then holds it, and is not rebuilt again at once.
+        if loose_start is not None and loose_start > soon:
             expires = min(expires, loose_start)
             continue
         if loose_end is not None and loose_end <= now:
             continue
-        if loose_end is not None:
-            expires = min(expires, loose_end)
         targeting = body.targeting
         key = (row.dev_only, b"" if targeting is None else orjson.dumps(targeting.model_dump()))
         if key not in predicates:
@@ -338,7 +342,10 @@ def build_catalogue(
                     "grace_period_seconds": 0 if grace is None else grace.seconds,
                 },
                 look={
-                    "theme": theme_answers.get(landing.theme, theme_answers[BUILT_IN_THEME.code]),
+                    # A theme deleted since: the built-in one.
+                    "theme": landing.theme
+                    if landing.theme in theme_answers
+                    else BUILT_IN_THEME.code,
                     "image": landing.image,
                     "image_description": landing.image_description,
                 },
@@ -364,6 +371,7 @@ def build_catalogue(
         expires_at=expires,
         default_zone=zone_named(default_zone) or _UTC_ZONE,
         candidates=tuple(candidates),
+        themes=theme_answers,
         first_event=_FIRST_PREDICATE + len(predicates),
         query=prepare(statement, dialect),
     )
@@ -441,6 +449,7 @@ class Supply:
 @dataclass(frozen=True, slots=True)
 class Evaluation:
     messages: list[dict[str, Any]]
+    themes: dict[str, dict[str, Any]]  # those the messages name
     handed: list[tuple[Candidate, str | None]]
     # The first instant after which the answer may differ (a campaign's start or end).
     changes_at: datetime | None
@@ -497,7 +506,9 @@ def evaluate(catalogue: Catalogue, row: Sequence[Any], now: datetime) -> Evaluat
             }
         )
         handed.append((candidate, version))
-    return Evaluation(messages, handed, changes_at)
+    used = {message["theme"] for message in messages}
+    themes = {code: theme for code, theme in catalogue.themes.items() if code in used}
+    return Evaluation(messages, themes, handed, changes_at)
 
 
 # The fetch, with its validator ------------------------------------------------------------------
@@ -544,7 +555,7 @@ class InAppFeed:
     clock: Clock = field(default=lambda: datetime.now(UTC))
     max_remembered: int = VALIDATOR_ENTRIES
     _catalogues: dict[int, Catalogue] = field(default_factory=dict)
-    _locks: dict[int, asyncio.Lock] = field(default_factory=dict)
+    _rebuilding: dict[int, asyncio.Task[Catalogue]] = field(default_factory=dict)
     _revisions: dict[int, int] = field(default_factory=dict)
     _remembered: OrderedDict[tuple[int, str], _Remembered] = field(default_factory=OrderedDict)
 
@@ -564,23 +575,41 @@ class InAppFeed:
         return self._revisions.get(app_id, 0)
 
     async def catalogue(self, app_id: int) -> Catalogue:
+        """The app's catalogue, rebuilt when the app's revision moved or its time is up.
+
+        It is rebuilt ahead, in the background, in its last REBUILD_AHEAD seconds: a
+        200-campaign rebuild takes ~100-200 ms, during which every fetch of the app would
+        otherwise wait (at 500 fetches/s, 3 % of a second's: the p99)."""
         now = self.clock()
         current = self._catalogues.get(app_id)
-        if current is not None and self._fresh(current, now):
+        if current is not None and self._valid(current, now):
+            ahead = current.expires_at - timedelta(seconds=REBUILD_AHEAD)
+            if now >= ahead and app_id not in self._rebuilding:
+                self._start_rebuild(app_id)
             return current
-        lock = self._locks.setdefault(app_id, asyncio.Lock())
-        async with lock:
-            current = self._catalogues.get(app_id)
-            if current is not None and self._fresh(current, now):
-                return current
-            async with self.sessions() as session:
-                built = await load_catalogue(
-                    session, app_id=app_id, now=now, dialect=self.engine.dialect
-                )
-            self._catalogues[app_id] = built
-            return built
+        task = self._rebuilding.get(app_id) or self._start_rebuild(app_id)
+        built = await asyncio.shield(task)
+        if not self._valid(built, self.clock()):  # a rebuild started before the change
+            built = await asyncio.shield(
+                self._rebuilding.get(app_id) or self._start_rebuild(app_id)
+            )
+        return built
 
-    def _fresh(self, catalogue: Catalogue, now: datetime) -> bool:
+    def _start_rebuild(self, app_id: int) -> asyncio.Task[Catalogue]:
+        task = asyncio.create_task(self._rebuild(app_id), name="in-app catalogue")
+        self._rebuilding[app_id] = task
+        task.add_done_callback(lambda _: self._rebuilding.pop(app_id, None))
+        return task
+
+    async def _rebuild(self, app_id: int) -> Catalogue:
+        async with self.sessions() as session:
+            built = await load_catalogue(
+                session, app_id=app_id, now=self.clock(), dialect=self.engine.dialect
+            )
+        self._catalogues[app_id] = built
+        return built
+
+    def _valid(self, catalogue: Catalogue, now: datetime) -> bool:
         return (
             catalogue.revision >= self.revision(catalogue.app_id)
             and catalogue.built_at <= now < catalogue.expires_at
@@ -614,7 +643,13 @@ class InAppFeed:
             self._remembered.pop(key, None)
             raise NotFoundError(f"no installation {install_id!r}")
         evaluation = evaluate(catalogue, row, now)
-        body = orjson.dumps({"messages": evaluation.messages, "refresh_seconds": REFRESH_SECONDS})
+        body = orjson.dumps(
+            {
+                "messages": evaluation.messages,
+                "themes": evaluation.themes,
+                "refresh_seconds": REFRESH_SECONDS,
+            }
+        )
         etag = etag_of(body)
 
         valid_until = min(now + timedelta(seconds=VALIDATOR_SECONDS), catalogue.expires_at)

@@ -5,8 +5,9 @@
   (clarion.inapp.eligibility rebuilds the catalogue of an app whose revision moved).
 - SupplyWriter: what full fetches handed out, kept in memory and written once a second in
   bulk: `INSERT ... ON CONFLICT DO NOTHING` into inapp_supplies, and one `inapp_supplied` event
-  for each row that was new, so that an installation is counted once per campaign however often
-  it asks. Flushed on shutdown; a crash loses at most the last second's first handouts.
+  (in inapp_events, the campaign's token as campaign_id) for each row that was new, so that an
+  installation is counted once per campaign however often it asks. Flushed on shutdown; a
+  crash loses at most the last second's first handouts.
 """
 
 from __future__ import annotations
@@ -15,14 +16,12 @@ import asyncio
 import logging
 from datetime import UTC, datetime
 
-from sqlalchemy import Table
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from clarion.db import insert_ignoring_conflicts, transaction
+from clarion.db import bulk_insert, is_postgres, rowcount, transaction
 from clarion.events.models import InAppEventKind
-from clarion.events.service import record_inapp_events
 from clarion.inapp.eligibility import Clock, InAppFeed, Supply
-from clarion.inapp.models import InAppSupply
 from clarion.inapp.service import current_revisions
 
 log = logging.getLogger(__name__)
@@ -31,8 +30,6 @@ log = logging.getLogger(__name__)
 # POLL_SECONDS plus one fetch.
 POLL_SECONDS = 1.0
 FLUSH_SECONDS = 1.0
-# Rows per INSERT: 3 parameters a row, well under both databases' parameter limits.
-_CHUNK = 5_000
 # Handouts held in memory before new ones are dropped (a database that stays down): ~200 bytes
 # each. Dropped ones are counted again at the installation's next answer that differs.
 MAX_PENDING = 500_000
@@ -91,44 +88,83 @@ class SupplyWriter:
                 raise
 
 
+_STAGED = (
+    "campaign_id",
+    "installation_id",
+    "version",
+    "supplied_at",
+    "app_id",
+    "platform",
+    "install_id",
+    "custom_id",
+    "advertising_id",
+    "campaign_token",
+)
+_STAGED_TABLE = """staged_supplies (
+    campaign_id BIGINT, installation_id BIGINT, version VARCHAR(8), supplied_at TIMESTAMP,
+    app_id BIGINT, platform VARCHAR(10), install_id VARCHAR(128), custom_id VARCHAR(512),
+    advertising_id VARCHAR(64), campaign_token VARCHAR(64))"""
+# Handouts of campaigns that still exist (a campaign row removed since would fail the
+# foreign key, and with it every later flush).
+_KNOWN = "EXISTS (SELECT 1 FROM inapp_campaigns c WHERE c.id = s.campaign_id)"
+_NEW_SUPPLIES = f"""INSERT INTO inapp_supplies (campaign_id, installation_id, version, supplied_at)
+    SELECT s.campaign_id, s.installation_id, s.version, s.supplied_at
+    FROM staged_supplies s WHERE {_KNOWN}
+    ON CONFLICT DO NOTHING"""
+_EVENT_COLUMNS = """INSERT INTO inapp_events
+    (app_id, kind, occurred_at, platform, install_id, custom_id, advertising_id, campaign_id,
+     version)
+    SELECT s.app_id, :kind, s.supplied_at, s.platform, s.install_id, s.custom_id,
+        s.advertising_id, s.campaign_token, s.version"""
+
+
 async def _write(session: AsyncSession, handouts: list[tuple[Supply, datetime]]) -> int:
-    table: Table = InAppSupply.__table__  # type: ignore[assignment]
-    new: set[tuple[int, int]] = set()
-    for first in range(0, len(handouts), _CHUNK):
-        chunk = handouts[first : first + _CHUNK]
-        statement = (
-            insert_ignoring_conflicts(session, table, index=["campaign_id", "installation_id"])
-            .values(
-                [
-                    {
-                        "campaign_id": supply.campaign_id,
-                        "installation_id": supply.installation_id,
-                        "version": supply.version,
-                        "supplied_at": at,
-                    }
-                    for supply, at in chunk
-                ]
-            )
-            .returning(table.c.campaign_id, table.c.installation_id)
+    """Stage the handouts (COPY on PostgreSQL), then insert the supplies that are new and one
+    `inapp_supplied` event for each, in the session's transaction. Measured: see
+    docs/decisions/0021-inapp-eligibility.md."""
+    kind = {"kind": InAppEventKind.SUPPLIED.value}
+    rows = [
+        (
+            supply.campaign_id,
+            supply.installation_id,
+            supply.version,
+            at,
+            supply.app_id,
+            supply.platform,
+            supply.install_id,
+            supply.custom_id,
+            supply.advertising_id,
+            supply.campaign_token,
         )
-        inserted = await session.execute(statement)
-        new.update((campaign, installation) for campaign, installation in inserted)
-    events = [
-        {
-            "app_id": supply.app_id,
-            "kind": InAppEventKind.SUPPLIED.value,
-            "occurred_at": at,
-            "platform": supply.platform,
-            "install_id": supply.install_id,
-            "custom_id": supply.custom_id,
-            "advertising_id": supply.advertising_id,
-            "campaign_id": supply.campaign_token,
-            "cta_position": None,
-            "cta_label": None,
-            "version": supply.version,
-        }
         for supply, at in handouts
-        if (supply.campaign_id, supply.installation_id) in new
     ]
-    await record_inapp_events(session, events)
-    return len(events)
+    if is_postgres(session):
+        await session.execute(text(f"CREATE TEMPORARY TABLE {_STAGED_TABLE} ON COMMIT DROP"))
+        await bulk_insert(session, "staged_supplies", _STAGED, rows)
+        # One statement: only the rows this INSERT wrote come back, so a pair that two
+        # processes flush at once is counted by one of them.
+        result = await session.execute(
+            text(
+                f"WITH new AS ({_NEW_SUPPLIES} RETURNING campaign_id, installation_id) "
+                f"{_EVENT_COLUMNS} FROM new JOIN staged_supplies s "
+                "USING (campaign_id, installation_id)"
+            ),
+            kind,
+        )
+        return rowcount(result)
+    # SQLite has no INSERT in a WITH, and one writer at a time: the events of the pairs not
+    # yet there, then the pairs.
+    await session.execute(text(f"CREATE TEMPORARY TABLE IF NOT EXISTS {_STAGED_TABLE}"))
+    await session.execute(text("DELETE FROM staged_supplies"))
+    await bulk_insert(session, "staged_supplies", _STAGED, rows)
+    result = await session.execute(
+        text(
+            f"{_EVENT_COLUMNS} FROM staged_supplies s WHERE {_KNOWN} AND NOT EXISTS ("
+            "SELECT 1 FROM inapp_supplies p WHERE p.campaign_id = s.campaign_id"
+            " AND p.installation_id = s.installation_id)"
+        ),
+        kind,
+    )
+    await session.execute(text(_NEW_SUPPLIES))
+    await session.execute(text("DELETE FROM staged_supplies"))
+    return rowcount(result)

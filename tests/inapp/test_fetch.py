@@ -14,6 +14,7 @@ from sqlalchemy import func, select
 from clarion.db import transaction
 from clarion.events.models import InAppEvent, TrackedEvent
 from clarion.inapp.models import InAppSupply, InAppTheme
+from clarion.inapp.schemas import SdkMessages
 from clarion.runtime import Runtime
 from clarion.sdk.models import Installation
 from tests.conftest import ClientApp
@@ -298,7 +299,9 @@ class TestContent:
         )
         await register(api, ios_app, "someone")
 
-        (message,) = await messages(api, ios_app, "someone")
+        answer = (await fetch(api, ios_app, "someone")).json()
+        SdkMessages.model_validate(answer)
+        (message,) = answer["messages"]
         assert message["campaign_token"] == token
         assert message["trigger"] == {
             "when": "now",
@@ -307,10 +310,13 @@ class TestContent:
             "last_server_event_at": None,
         }
         assert (message["capping"], message["grace_period_seconds"]) == (2, 3 * 3600)
-        assert message["theme"]["code"] == "night"
-        assert message["theme"]["layout"] == "banner_top"
-        assert message["theme"]["colours"]["text"] == "#EEEEEE"
-        assert message["theme"]["colours"]["background"] == "#FFFFFF"  # the default
+        assert message["theme"] == "night"
+        theme = answer["themes"]["night"]
+        assert (theme["code"], theme["layout"]) == ("night", "banner_top")
+        assert theme["colours"]["text"] == "#EEEEEE"
+        assert theme["colours"]["background"] == "#FFFFFF"  # the default
+        assert list(answer["themes"]) == ["night"]
+        assert answer["refresh_seconds"] == 300
         assert (message["header"], message["title"], message["body"]) == ("News", "Hi", "Text")
         assert message["actions"] == [
             {"label": "Open", "action": "deeplink", "args": {"l": "app://x"}},
@@ -320,13 +326,17 @@ class TestContent:
         assert (message["deeplink"], message["custom_payload"]) == ("app://home", {"k": 1})
         assert message["version"] is None
 
-    async def test_built_in_theme_by_default(
+    async def test_the_built_in_theme_by_default_and_for_a_theme_deleted_since(
         self, api: httpx.AsyncClient, ios_app: ClientApp, runtime: Runtime
     ) -> None:
         await create_campaign(runtime, ios_app)
+        await create_campaign(
+            runtime, ios_app, landing={"theme": "gone", "contents": [{"title": "x"}]}
+        )
         await register(api, ios_app, "someone")
-        (message,) = await messages(api, ios_app, "someone")
-        assert (message["theme"]["code"], message["theme"]["layout"]) == ("default", "modal")
+        answer = (await fetch(api, ios_app, "someone")).json()
+        assert [m["theme"] for m in answer["messages"]] == ["default", "default"]
+        assert answer["themes"]["default"]["layout"] == "modal"
 
     async def test_an_installation_keeps_its_ab_version(
         self, api: httpx.AsyncClient, ios_app: ClientApp, runtime: Runtime
