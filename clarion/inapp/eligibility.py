@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import hashlib
+import re
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -29,6 +30,7 @@ from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import orjson
+import psycopg
 from sqlalchemy import ColumnElement, Select, bindparam, case, false, func, or_, select, true
 from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
@@ -171,6 +173,10 @@ class Candidate:
     event: int | None  # which event column holds the user's latest `ue.` event, if any
 
 
+# A message resolved for a campaign, version, language and zone (before the user's latest
+# event), with its start and end instants.
+_Resolved = tuple[dict[str, Any], datetime | None, datetime | None]
+
 # The installation's columns read before the predicates, in this order.
 _COLUMNS = (
     Installation.id,
@@ -192,17 +198,14 @@ class PreparedQuery:
     compiled form in its cache (~thousands of nodes for 200 campaigns)."""
 
     sql: str
-    positional: bool
-    values: tuple[Any, ...]  # positional: every parameter, the install id's slot included
-    named: dict[str, Any]
+    raw: bool  # `$n` placeholders (PostgreSQL), run through psycopg's raw cursor
+    values: tuple[Any, ...]  # every parameter, the install id's slot included
     slot: int
 
-    def parameters(self, install_id: str) -> Any:
-        if self.positional:
-            values = list(self.values)
-            values[self.slot] = install_id
-            return values
-        return {**self.named, "install_id": install_id}
+    def parameters(self, install_id: str) -> list[Any]:
+        values = list(self.values)
+        values[self.slot] = install_id
+        return values
 
 
 def _driver_value(value: Any, datetimes: Callable[[Any], Any] | None) -> Any:
@@ -215,16 +218,45 @@ def _driver_value(value: Any, datetimes: Callable[[Any], Any] | None) -> Any:
     return value
 
 
+_PYFORMAT = re.compile(r"%\((\w+)\)s|%%")
+
+
+def _numbered(sql: str) -> tuple[str, list[str]]:
+    """psycopg's `%(name)s` placeholders as PostgreSQL's own `$n`, and the names in n order.
+
+    psycopg parses `%(name)s` queries at every execution, and caches the parse only for
+    queries under 4 KiB: 0.7 ms per fetch for a 9 KB statement. Its raw cursor sends `$n`
+    queries as they are."""
+    order: list[str] = []
+    numbers: dict[str, int] = {}
+
+    def number(match: re.Match[str]) -> str:
+        name = match.group(1)
+        if name is None:
+            return "%"
+        if name not in numbers:
+            order.append(name)
+            numbers[name] = len(order)
+        return f"${numbers[name]}"
+
+    return _PYFORMAT.sub(number, sql), order
+
+
 def prepare(statement: Select[Any], dialect: Dialect) -> PreparedQuery:
     compiled = statement.compile(dialect=dialect, compile_kwargs={"render_postcompile": True})
     params = compiled.construct_params()
     datetimes = UtcDateTime().dialect_impl(dialect).bind_processor(dialect)
     named = {key: _driver_value(value, datetimes) for key, value in params.items()}
+    sql = compiled.string
     order = compiled.positiontup
-    if order is not None:
-        values = tuple(named.get(name) for name in order)
-        return PreparedQuery(compiled.string, True, values, {}, list(order).index("install_id"))
-    return PreparedQuery(compiled.string, False, (), named, -1)
+    raw = False
+    if order is None and dialect.paramstyle == "pyformat":
+        sql, order = _numbered(sql)
+        raw = True
+    if order is None:
+        raise ValueError(f"unexpected parameter style {dialect.paramstyle}")
+    values = tuple(named.get(name) for name in order)
+    return PreparedQuery(sql, raw, values, list(order).index("install_id"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -242,6 +274,7 @@ class Catalogue:
     # latest-event time per distinct (event, label).
     first_event: int
     query: PreparedQuery
+    resolved: dict[tuple[int, str | None, str, str | None], _Resolved] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -432,18 +465,17 @@ async def load_catalogue(
 
 
 @dataclass(frozen=True, slots=True)
-class Supply:
-    """A campaign handed to an installation (clarion.inapp.tasks.SupplyWriter counts it)."""
+class Handout:
+    """What one full fetch handed an installation (clarion.inapp.tasks.SupplyWriter counts
+    each campaign once per installation)."""
 
     app_id: int
-    campaign_id: int
-    campaign_token: str
+    platform: str
     installation_id: int
-    version: str
     install_id: str
     custom_id: str | None
     advertising_id: str | None
-    platform: str
+    campaigns: tuple[tuple[int, str, str], ...]  # campaign id, token, version ("": no A/B)
 
 
 @dataclass(frozen=True, slots=True)
@@ -465,18 +497,54 @@ def _utc(value: Any) -> datetime | None:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
+# Resolved messages a catalogue keeps: one per campaign, version, language and zone met.
+MAX_RESOLVED = 200_000
+
+
+def _resolve(candidate: Candidate, version: str | None, language: str, zone: ZoneInfo) -> _Resolved:
+    start = None if candidate.start is None else candidate.start.instant(zone)
+    end = None if candidate.end is None else candidate.end.instant(zone)
+    content = pick_message({"messages": candidate.contents[version]}, language) or {}
+    message = {
+        "campaign_token": candidate.token,
+        "version": version,
+        "trigger": {**candidate.trigger, "last_server_event_at": None},
+        **candidate.rules,
+        "start": None if start is None else _iso(start),
+        "end": None if end is None else _iso(end),
+        **candidate.look,
+        **content,
+        **candidate.links,
+    }
+    return message, start, end
+
+
 def evaluate(catalogue: Catalogue, row: Sequence[Any], now: datetime) -> Evaluation:
-    """The messages due for the installation whose row (catalogue.query's) this is."""
-    install_id, language, zone_name = row[1], row[4], row[5]
-    zone = zone_named(zone_name) or catalogue.default_zone
+    """The messages due for the installation whose row (catalogue.query's) this is.
+
+    What depends only on the campaign, version, language and zone is resolved once per
+    catalogue (`resolved`): a fetch of 80 messages then costs ~0.1 ms of Python, not ~0.6."""
+    install_id, zone_name = row[1], row[5]
+    # pick_message reads the base code only ("pt" of "pt_BR").
+    language = (row[4] or "").split("-")[0].split("_")[0].lower()
+    zone = zone_named(zone_name)
+    if zone is None:
+        zone, zone_name = catalogue.default_zone, None
+    resolved = catalogue.resolved
     messages: list[dict[str, Any]] = []
     handed: list[tuple[Candidate, str | None]] = []
     changes_at: datetime | None = None
-    for candidate in catalogue.candidates:
+    for index, candidate in enumerate(catalogue.candidates):
         if not row[_FIRST_PREDICATE + candidate.predicate]:
             continue
-        start = None if candidate.start is None else candidate.start.instant(zone)
-        end = None if candidate.end is None else candidate.end.instant(zone)
+        version = version_for(candidate.token, install_id, candidate.shares)
+        key = (index, version, language, zone_name)
+        entry = resolved.get(key)
+        if entry is None:
+            entry = _resolve(candidate, version, language, zone)
+            if len(resolved) < MAX_RESOLVED:
+                resolved[key] = entry
+        message, start, end = entry
         if start is not None and start > now:
             changes_at = start if changes_at is None else min(changes_at, start)
             continue
@@ -484,27 +552,12 @@ def evaluate(catalogue: Catalogue, row: Sequence[Any], now: datetime) -> Evaluat
             if end <= now:
                 continue
             changes_at = end if changes_at is None else min(changes_at, end)
-        version = version_for(candidate.token, install_id, candidate.shares)
-        content = pick_message({"messages": candidate.contents[version]}, language) or {}
-        latest = None
         if candidate.event is not None:
             latest = _utc(row[catalogue.first_event + candidate.event])
-        messages.append(
-            {
-                "campaign_token": candidate.token,
-                "version": version,
-                "trigger": {
-                    **candidate.trigger,
-                    "last_server_event_at": None if latest is None else _iso(latest),
-                },
-                **candidate.rules,
-                "start": None if start is None else _iso(start),
-                "end": None if end is None else _iso(end),
-                **candidate.look,
-                **content,
-                **candidate.links,
-            }
-        )
+            if latest is not None:
+                trigger = {**message["trigger"], "last_server_event_at": _iso(latest)}
+                message = {**message, "trigger": trigger}
+        messages.append(message)
         handed.append((candidate, version))
     used = {message["theme"] for message in messages}
     themes = {code: theme for code, theme in catalogue.themes.items() if code in used}
@@ -551,7 +604,7 @@ class InAppFeed:
     sessions: async_sessionmaker[AsyncSession]
     engine: AsyncEngine
     # Called with what each full fetch handed out (SupplyWriter.record).
-    supplied: Callable[[list[Supply]], None]
+    supplied: Callable[[Handout], None]
     clock: Clock = field(default=lambda: datetime.now(UTC))
     max_remembered: int = VALIDATOR_ENTRIES
     _catalogues: dict[int, Catalogue] = field(default_factory=dict)
@@ -638,7 +691,7 @@ class InAppFeed:
         async with self._reader.connect() as connection:
             raw = (await connection.get_raw_connection()).driver_connection
             assert raw is not None
-            row = await _fetch_one(raw, query.sql, query.parameters(install_id))
+            row = await _fetch_one(raw, query, install_id)
         if row is None:
             self._remembered.pop(key, None)
             raise NotFoundError(f"no installation {install_id!r}")
@@ -663,20 +716,18 @@ class InAppFeed:
             # An answer this process has not handed this installation lately: counted once
             # per installation and campaign by the writer, whatever was handed before.
             self.supplied(
-                [
-                    Supply(
-                        app_id=app_id,
-                        campaign_id=candidate.campaign_id,
-                        campaign_token=candidate.token,
-                        installation_id=row[0],
-                        version=version or "",
-                        install_id=install_id,
-                        custom_id=row[2],
-                        advertising_id=row[3],
-                        platform=platform,
-                    )
-                    for candidate, version in evaluation.handed
-                ]
+                Handout(
+                    app_id=app_id,
+                    platform=platform,
+                    installation_id=row[0],
+                    install_id=install_id,
+                    custom_id=row[2],
+                    advertising_id=row[3],
+                    campaigns=tuple(
+                        (candidate.campaign_id, candidate.token, version or "")
+                        for candidate, version in evaluation.handed
+                    ),
+                )
             )
         return FetchAnswer(etag, body)
 
@@ -687,13 +738,13 @@ class InAppFeed:
             self._remembered.popitem(last=False)
 
 
-async def _fetch_one(raw: Any, sql: str, parameters: Any) -> Sequence[Any] | None:
-    """One row through the driver itself: psycopg's async connection, or sqlite3's (run on the
-    loop, decision 0006)."""
-    if hasattr(raw, "cursor") and asyncio.iscoroutinefunction(getattr(raw, "execute", None)):
-        async with raw.cursor() as cursor:
-            await cursor.execute(sql, parameters)
+async def _fetch_one(raw: Any, query: PreparedQuery, install_id: str) -> Sequence[Any] | None:
+    """One row through the driver itself: psycopg's async connection (prepared on the server
+    from its 5th execution on a connection), or sqlite3's (run on the loop, decision 0006)."""
+    if query.raw:
+        async with psycopg.AsyncRawCursor(raw) as cursor:
+            await cursor.execute(query.sql, query.parameters(install_id))
             found: Sequence[Any] | None = await cursor.fetchone()
             return found
-    result: Sequence[Any] | None = raw.execute(sql, parameters).fetchone()
+    result: Sequence[Any] | None = raw.execute(query.sql, query.parameters(install_id)).fetchone()
     return result

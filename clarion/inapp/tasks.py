@@ -15,13 +15,14 @@ from __future__ import annotations
 import asyncio
 import logging
 from datetime import UTC, datetime
+from typing import Any
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from clarion.db import bulk_insert, is_postgres, rowcount, transaction
 from clarion.events.models import InAppEventKind
-from clarion.inapp.eligibility import Clock, InAppFeed, Supply
+from clarion.inapp.eligibility import Clock, Handout, InAppFeed
 from clarion.inapp.service import current_revisions
 
 log = logging.getLogger(__name__)
@@ -30,8 +31,9 @@ log = logging.getLogger(__name__)
 # POLL_SECONDS plus one fetch.
 POLL_SECONDS = 1.0
 FLUSH_SECONDS = 1.0
-# Handouts held in memory before new ones are dropped (a database that stays down): ~200 bytes
-# each. Dropped ones are counted again at the installation's next answer that differs.
+# Campaigns handed out held in memory before new handouts are dropped (a database that stays
+# down): ~100 bytes each. A dropped one is counted at the installation's next answer that
+# differs from the one this process remembers.
 MAX_PENDING = 500_000
 
 
@@ -55,36 +57,34 @@ class SupplyWriter:
     ) -> None:
         self._sessions = sessions
         self.clock = clock
-        # (campaign id, installation id) -> the handout and when it happened; later handouts
-        # of the same pair before a flush change nothing.
-        self._pending: dict[tuple[int, int], tuple[Supply, datetime]] = {}
+        # Expanded and deduplicated at the flush: a fetch only appends (~1 µs, against ~0.2 ms
+        # for a record per campaign of an 80-message answer).
+        self._pending: list[tuple[Handout, datetime]] = []
+        self._campaigns = 0
         self._lock = asyncio.Lock()
 
-    def record(self, supplies: list[Supply]) -> None:
-        now = self.clock()
-        for supply in supplies:
-            key = (supply.campaign_id, supply.installation_id)
-            if key not in self._pending and len(self._pending) < MAX_PENDING:
-                self._pending[key] = (supply, now)
+    def record(self, handout: Handout) -> None:
+        if self._campaigns < MAX_PENDING:
+            self._pending.append((handout, self.clock()))
+            self._campaigns += len(handout.campaigns)
 
     @property
     def pending(self) -> int:
-        return len(self._pending)
+        return self._campaigns
 
     async def flush(self) -> int:
         """Write what is pending; returns how many handouts were new (events written)."""
         async with self._lock:
             if not self._pending:
                 return 0
-            taken = self._pending
-            self._pending = {}
+            taken, self._pending, self._campaigns = self._pending, [], 0
             try:
                 async with transaction(self._sessions) as session:
-                    return await _write(session, list(taken.values()))
+                    return await _write(session, _rows(taken))
             except BaseException:
-                # Kept for the next flush (those recorded meanwhile stay too).
-                for key, value in taken.items():
-                    self._pending.setdefault(key, value)
+                # Kept for the next flush, before those recorded meanwhile.
+                self._pending[:0] = taken
+                self._campaigns += sum(len(handout.campaigns) for handout, _ in taken)
                 raise
 
 
@@ -118,26 +118,38 @@ _EVENT_COLUMNS = """INSERT INTO inapp_events
         s.advertising_id, s.campaign_token, s.version"""
 
 
-async def _write(session: AsyncSession, handouts: list[tuple[Supply, datetime]]) -> int:
+def _rows(handouts: list[tuple[Handout, datetime]]) -> list[tuple[Any, ...]]:
+    """One staged row (in _STAGED's order) per campaign and installation, the first handout's."""
+    seen: set[tuple[int, int]] = set()
+    rows: list[tuple[Any, ...]] = []
+    for handout, at in handouts:
+        for campaign_id, token, version in handout.campaigns:
+            key = (campaign_id, handout.installation_id)
+            if key in seen:
+                continue
+            seen.add(key)
+            rows.append(
+                (
+                    campaign_id,
+                    handout.installation_id,
+                    version,
+                    at,
+                    handout.app_id,
+                    handout.platform,
+                    handout.install_id,
+                    handout.custom_id,
+                    handout.advertising_id,
+                    token,
+                )
+            )
+    return rows
+
+
+async def _write(session: AsyncSession, rows: list[tuple[Any, ...]]) -> int:
     """Stage the handouts (COPY on PostgreSQL), then insert the supplies that are new and one
     `inapp_supplied` event for each, in the session's transaction. Measured: see
     docs/decisions/0021-inapp-eligibility.md."""
     kind = {"kind": InAppEventKind.SUPPLIED.value}
-    rows = [
-        (
-            supply.campaign_id,
-            supply.installation_id,
-            supply.version,
-            at,
-            supply.app_id,
-            supply.platform,
-            supply.install_id,
-            supply.custom_id,
-            supply.advertising_id,
-            supply.campaign_token,
-        )
-        for supply, at in handouts
-    ]
     if is_postgres(session):
         await session.execute(text(f"CREATE TEMPORARY TABLE {_STAGED_TABLE} ON COMMIT DROP"))
         await bulk_insert(session, "staged_supplies", _STAGED, rows)
