@@ -675,16 +675,10 @@ class InAppFeed:
         304 when If-None-Match names the answer it would get."""
         now = self.clock()
         key = (app_id, install_id)
+        unchanged = self.not_modified(app_id, install_id, if_none_match)
+        if unchanged is not None:
+            return FetchAnswer(unchanged, None)
         remembered = self._remembered.get(key)
-        if (
-            remembered is not None
-            and if_none_match
-            and remembered.revision >= self.revision(app_id)
-            and now < remembered.valid_until
-            and _matches(if_none_match, remembered.etag)
-        ):
-            # Asked again within VALIDATOR_SECONDS of an evaluation that gave this answer.
-            return FetchAnswer(remembered.etag, None)
 
         catalogue = await self.catalogue(app_id)
         query = catalogue.query
@@ -730,6 +724,22 @@ class InAppFeed:
                 )
             )
         return FetchAnswer(etag, body)
+
+    def not_modified(self, app_id: int, install_id: str, if_none_match: str | None) -> str | None:
+        """The ETag to answer 304 with, without the database: If-None-Match names the answer
+        an evaluation gave this installation less than VALIDATOR_SECONDS ago, before any
+        campaign change since and before the next start or end of one of its campaigns."""
+        if not if_none_match:
+            return None
+        remembered = self._remembered.get((app_id, install_id))
+        if (
+            remembered is not None
+            and remembered.revision >= self.revision(app_id)
+            and self.clock() < remembered.valid_until
+            and _matches(if_none_match, remembered.etag)
+        ):
+            return remembered.etag
+        return None
 
     def _remember(self, key: tuple[int, str], entry: _Remembered) -> None:
         self._remembered[key] = entry

@@ -429,10 +429,31 @@ class TestValidator:
         latest = await fetch(api, ios_app, "someone", etag=changed.headers["etag"])
         assert [m["campaign_token"] for m in latest.json()["messages"]] == [second]
 
+    async def test_an_answer_of_another_app_is_not_a_304(
+        self, api: httpx.AsyncClient, ios_app: ClientApp, android_app: ClientApp, runtime: Runtime
+    ) -> None:
+        await register(api, ios_app, "same-id")
+        await register(api, android_app, "same-id")
+        token = await create_campaign(runtime, android_app)
+        etag = (await fetch(api, ios_app, "same-id")).headers["etag"]
+
+        response = await fetch(api, android_app, "same-id", etag=etag)
+        assert response.status_code == 200
+        assert [m["campaign_token"] for m in response.json()["messages"]] == [token]
+
     async def test_the_validator_lasts_a_minute_at_most(
         self, api: httpx.AsyncClient, ios_app: ClientApp, runtime: Runtime, clock: Clock
     ) -> None:
-        await create_campaign(runtime, ios_app)
+        await create_campaign(
+            runtime,
+            ios_app,
+            landing={
+                "contents": [
+                    {"language": "default", "title": "Hello"},
+                    {"language": "fr", "title": "Bonjour"},
+                ]
+            },
+        )
         await register(api, ios_app, "someone", language="en")
         etag = (await fetch(api, ios_app, "someone")).headers["etag"]
         async with transaction(runtime.sessions) as session:
@@ -444,9 +465,24 @@ class TestValidator:
             assert installation is not None
             installation.language = "fr"
 
-        clock.at = NOW + timedelta(seconds=61)
-        # Same answer, evaluated afresh (the language changes nothing here): still a 304.
+        # Within the minute the remembered answer stands (the documented staleness)...
+        clock.at = NOW + timedelta(seconds=59)
         assert (await fetch(api, ios_app, "someone", etag=etag)).status_code == 304
+        # ...after it, the installation is evaluated afresh.
+        clock.at = NOW + timedelta(seconds=61)
+        response = await fetch(api, ios_app, "someone", etag=etag)
+        assert response.status_code == 200
+        assert [m["title"] for m in response.json()["messages"]] == ["Bonjour"]
+
+    async def test_no_304_past_a_campaigns_end(
+        self, api: httpx.AsyncClient, ios_app: ClientApp, runtime: Runtime, clock: Clock
+    ) -> None:
+        await create_campaign(runtime, ios_app, end_date=_iso(NOW + timedelta(seconds=30)))
+        await register(api, ios_app, "someone")
+        etag = (await fetch(api, ios_app, "someone")).headers["etag"]
+        clock.at = NOW + timedelta(seconds=31)
+        response = await fetch(api, ios_app, "someone", etag=etag)
+        assert (response.status_code, response.json()["messages"]) == (200, [])
 
     async def test_supplied_once_per_installation_and_campaign(
         self, api: httpx.AsyncClient, ios_app: ClientApp, runtime: Runtime
@@ -506,8 +542,9 @@ class TestBadInput:
         assert "install_id" in response.json()["message"]
 
     async def test_unknown_key(self, api: httpx.AsyncClient) -> None:
-        response = await api.get("/sdk/v1/nope/installations/x/inapp-messages")
-        assert response.status_code == 401
+        for headers in ({}, {"If-None-Match": '"abc"'}, {"If-None-Match": "*"}):
+            response = await api.get("/sdk/v1/nope/installations/x/inapp-messages", headers=headers)
+            assert response.status_code == 401
 
     async def test_an_oversized_if_none_match(
         self, api: httpx.AsyncClient, ios_app: ClientApp
