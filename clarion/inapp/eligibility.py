@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import hashlib
+import logging
 import re
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -31,6 +32,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import orjson
 import psycopg
+from pydantic import ValidationError
 from sqlalchemy import ColumnElement, Select, bindparam, case, false, func, or_, select, true
 from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
@@ -66,6 +68,7 @@ REFRESH_SECONDS = 300
 ZONE_MARGIN = timedelta(hours=14)
 
 Clock = Callable[[], datetime]
+log = logging.getLogger(__name__)
 
 
 # Dates ----------------------------------------------------------------------------------------
@@ -325,7 +328,12 @@ def build_catalogue(
     candidates: list[Candidate] = []
     theme_answers = {code: _sdk_theme(theme) for code, theme in app_themes.items()}
     for row in rows:
-        body = InAppCampaignBody.model_validate(row.body)
+        try:
+            body = InAppCampaignBody.model_validate(row.body)
+        except ValidationError:
+            # Stored before a rule existed: left out, rather than every fetch of the app failing.
+            log.warning("in-app campaign %s: its stored body no longer validates", row.token)
+            continue
         start, end = bounds(body)
         loose_start, loose_end = loose_window(body)
         # Those about to start are kept (evaluate() checks their exact start): the catalogue
@@ -651,7 +659,19 @@ class InAppFeed:
     def _start_rebuild(self, app_id: int) -> asyncio.Task[Catalogue]:
         task = asyncio.create_task(self._rebuild(app_id), name="in-app catalogue")
         self._rebuilding[app_id] = task
-        task.add_done_callback(lambda _: self._rebuilding.pop(app_id, None))
+
+        def done(finished: asyncio.Task[Catalogue]) -> None:
+            self._rebuilding.pop(app_id, None)
+            if not finished.cancelled() and finished.exception() is not None:
+                # A rebuild ahead failed: the current catalogue serves until its expiry, then
+                # the next fetch rebuilds again (and fails with the error).
+                log.warning(
+                    "in-app catalogue of app %d: rebuild failed",
+                    app_id,
+                    exc_info=finished.exception(),
+                )
+
+        task.add_done_callback(done)
         return task
 
     async def _rebuild(self, app_id: int) -> Catalogue:

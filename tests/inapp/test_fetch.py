@@ -4,6 +4,7 @@ the ETag validator and the `inapp_supplied` count."""
 
 from __future__ import annotations
 
+import secrets
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -13,7 +14,7 @@ from sqlalchemy import func, select
 
 from clarion.db import transaction
 from clarion.events.models import InAppEvent, TrackedEvent
-from clarion.inapp.models import InAppSupply, InAppTheme
+from clarion.inapp.models import InAppCampaign, InAppSupply, InAppTheme
 from clarion.inapp.schemas import SdkMessages
 from clarion.runtime import Runtime
 from clarion.sdk.models import Installation
@@ -22,6 +23,13 @@ from tests.inapp.support import create_campaign, delete_campaign, fetch, message
 
 NOW = datetime(2026, 6, 15, 12, 0, tzinfo=UTC)
 DAY = timedelta(days=1)
+# A landing in French, and for every other language in English.
+BILINGUAL = {
+    "contents": [
+        {"language": "fr", "title": "Bonjour"},
+        {"language": "default", "title": "Hello"},
+    ]
+}
 
 
 class Clock:
@@ -169,6 +177,23 @@ class TestTargeting:
 
         assert await tokens(api, ios_app, "someone") == set()
 
+    async def test_a_stored_body_that_no_longer_validates_is_left_out(
+        self, api: httpx.AsyncClient, ios_app: ClientApp, runtime: Runtime
+    ) -> None:
+        valid = await create_campaign(runtime, ios_app)
+        async with transaction(runtime.sessions) as session:
+            session.add(
+                InAppCampaign(
+                    token=secrets.token_hex(16),
+                    app_id=ios_app.app_id,
+                    name="old",
+                    live=True,
+                    body={"name": 1},
+                )
+            )
+        await register(api, ios_app, "someone")
+        assert await tokens(api, ios_app, "someone") == {valid}
+
 
 @pytest.mark.usefixtures("clock")
 class TestDates:
@@ -236,12 +261,7 @@ class TestContent:
         await create_campaign(
             runtime,
             ios_app,
-            landing={
-                "contents": [
-                    {"language": "fr", "title": "Bonjour"},
-                    {"language": "default", "title": "Hello"},
-                ]
-            },
+            landing=BILINGUAL,
         )
         await register(api, ios_app, "french", language="fr_CA")
         await register(api, ios_app, "german", language="de")
@@ -447,12 +467,7 @@ class TestValidator:
         await create_campaign(
             runtime,
             ios_app,
-            landing={
-                "contents": [
-                    {"language": "default", "title": "Hello"},
-                    {"language": "fr", "title": "Bonjour"},
-                ]
-            },
+            landing=BILINGUAL,
         )
         await register(api, ios_app, "someone", language="en")
         etag = (await fetch(api, ios_app, "someone")).headers["etag"]
