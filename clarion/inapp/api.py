@@ -66,8 +66,9 @@ class FetchFastPath:
     install id, the answer needs neither FastAPI's routing and dependencies nor, for a 304, the
     database (InAppFeed.not_modified), and those cost more than the rest. Measured on this
     machine: 304s ~4,500/s through the route, ~23,000/s here; full fetches ~1,075/s through the
-    route, ~1,450-1,600/s here. Anything else (a key this process has not seen lately, a malformed id or
-    header, an unknown installation) goes on to the route, which answers it in Batch's format.
+    route, ~1,450-1,600/s here. Anything else (a key this process has not seen lately, a
+    malformed id or header, an unknown installation) goes on to the route, which answers it in
+    Batch's format.
     """
 
     def __init__(self, app: ASGIApp, key_cache: KeyCache, feed: InAppFeed) -> None:
