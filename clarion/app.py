@@ -20,6 +20,7 @@ from clarion.exports.api import router as exports_router
 from clarion.gdpr.api import router as gdpr_router
 from clarion.http import BodySizeLimit, JsonBodies, TrailingSlash, install_error_handlers
 from clarion.imports.api import router as imports_router
+from clarion.inapp.api import FetchFastPath
 from clarion.inapp.api import router as inapp_router
 from clarion.inapp.api import sdk_router as inapp_sdk_router
 from clarion.inapp.api import themes_router as inapp_themes_router
@@ -76,5 +77,7 @@ def create_app(settings: Settings, *, workers: bool) -> FastAPI:
         bulk_max_bytes=settings.max_bulk_body_bytes,
         upload_max_bytes=settings.max_upload_bytes,
     )
+    # Outermost: the SDK's in-app fetches are answered before anything else runs.
+    app.add_middleware(FetchFastPath, key_cache=runtime.key_cache, feed=runtime.inapp)
 
     return app

@@ -72,7 +72,7 @@ def worker() -> None:
 
     async def main() -> None:
         runtime = Runtime(settings)
-        await runtime.start(workers=True)
+        await runtime.start(workers=True, http=False)
         loop = asyncio.get_running_loop()
         stop = asyncio.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):

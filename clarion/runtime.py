@@ -34,6 +34,8 @@ from clarion.gdpr.tasks import ARCHIVE_CHECK_SECONDS, delete_expired_archives
 from clarion.gdpr.tasks import process_pending as process_gdpr_requests
 from clarion.http2 import Http2Client
 from clarion.imports.tasks import ImportRunner
+from clarion.inapp.eligibility import InAppFeed
+from clarion.inapp.tasks import FLUSH_SECONDS, POLL_SECONDS, RevisionPoller, SupplyWriter
 from clarion.outbound import OutboundPolicy, WebhookClient
 from clarion.queue import JobQueue
 from clarion.security import SecretBox
@@ -79,9 +81,20 @@ class Runtime:
         self.scheduler: CampaignScheduler | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._callbacks: WebhookClient | None = None  # GDPR requests' callbacks
+        # The SDK's in-app fetch (clarion.inapp): catalogues, validators, supplies.
+        self.inapp_supplies = SupplyWriter(self.sessions)
+        self.inapp = InAppFeed(self.sessions, self.engine, supplied=self.inapp_supplies.record)
+        self.inapp_revisions = RevisionPoller(self.sessions, self.inapp)
 
-    async def start(self, *, workers: bool) -> None:
+    async def start(self, *, workers: bool, http: bool = True) -> None:
+        """`http`: the process serves the API (`clarion serve`), not only workers."""
         await self.queue.start()
+        if http:
+            # What the SDK's in-app fetch holds in memory follows changes made in any process.
+            self._repeat("in-app revisions", self.inapp_revisions.tick, every=POLL_SECONDS)
+            self._repeat(
+                "in-app supplies", self.inapp_supplies.flush, every=FLUSH_SECONDS, wait_first=True
+            )
         if workers:
             self._client = Http2Client(ca_file=self.settings.provider_ca_file or None)
             self._pool = ProviderPool(self._client, self.settings, self.box)
@@ -209,6 +222,10 @@ class Runtime:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self._tasks.clear()
+        try:
+            await self.inapp_supplies.flush()  # what was handed out since the last flush
+        except Exception:
+            log.exception("in-app supplies: the last flush failed")
         if self._callbacks is not None:
             await self._callbacks.aclose()
         if self.scheduler is not None:

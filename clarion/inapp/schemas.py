@@ -403,18 +403,29 @@ class InAppStats(BaseModel):
 
 
 # What the SDK is handed (GET /sdk/v1/{key}/installations/{id}/inapp-messages) --------------------
+#
+# The contract with the SDKs (docs/inapp.md, "Delivery to installations"). Every field is always
+# present (null when it does not apply), in this order; the answer's ETag is a hash of its bytes.
 
 
 class SdkTrigger(BaseModel):
+    """When to show the message; capping and grace period are the SdkMessage's."""
+
     when: Literal["next_session", "now", "event"]
+    # With `event`: "e.NAME" (an event the SDK tracks, matched on the device) or "ue.NAME" (one
+    # the Trigger Events API received for the installation's custom user id).
     event: str | None = None
+    # Only occurrences with this label fire it.
     label: str | None = None
-    # For a `ue.` event: when the Trigger Events API last received it for this user (UTC,
-    # ISO 8601); the SDK shows the message once for each newer value.
+    # For a `ue.` event: when the server last received it for this user (UTC, ISO 8601, to
+    # the second); null until it did. The SDK shows the message, at the next time the app is in
+    # the foreground, once for each value newer than the last one it acted on.
     last_server_event_at: str | None = None
 
 
 class SdkTheme(BaseModel):
+    """How to draw the messages that name it (ThemeBody's fields)."""
+
     code: str
     layout: Layout
     colours: dict[str, str]
@@ -428,20 +439,29 @@ class SdkMessage(BaseModel):
     """One campaign, resolved for the installation: its language, its version, its theme."""
 
     campaign_token: str
+    # The installation's A/B version (null without A/B testing), the same at every fetch:
+    # report it with the message's events.
     version: str | None
     trigger: SdkTrigger
+    # At most this many displays on the device (null: no limit), and at least this long
+    # between two displays (0: none).
     capping: int | None
     grace_period_seconds: int
-    # UTC instants (ISO 8601) between which it may be shown, local dates already resolved in
-    # the installation's time zone.
+    # UTC instants (ISO 8601, "Z") between which it may be shown, local dates already
+    # resolved in the installation's time zone; null: no bound. The answer only holds messages
+    # already started; the SDK stops showing one after its end.
     start: str | None
     end: str | None
-    theme: SdkTheme
+    # The code of its theme, a key of SdkMessages.themes.
+    theme: str
     image: str | None
     image_description: str | None
+    # The content in the installation's language (else the `default` content, else the first).
     header: str | None
     title: str | None
     body: str | None
+    # The buttons in order (position 0 first): label, action (continue, dismiss, deeplink)
+    # and its args (deeplink: {"l": url}).
     actions: list[dict[str, Any]]
     deeplink: str | None
     custom_payload: dict[str, Any] | None
@@ -449,5 +469,7 @@ class SdkMessage(BaseModel):
 
 class SdkMessages(BaseModel):
     messages: list[SdkMessage]
+    # The themes the messages name, by code (each once, however many messages use it).
+    themes: dict[str, SdkTheme]
     # Ask again after this many seconds (with If-None-Match); sooner on an app start.
     refresh_seconds: int

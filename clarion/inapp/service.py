@@ -60,7 +60,7 @@ async def bump_revision(session: AsyncSession, *, app_id: int) -> None:
 async def current_revisions(session: AsyncSession) -> dict[int, int]:
     """Every app's revision (apps that never had an in-app change have none)."""
     rows = await session.execute(select(InAppRevision.app_id, InAppRevision.revision))
-    return dict(rows.tuples())
+    return dict(rows.all())  # (a Result has keys(): dict() would take it for a mapping)
 
 
 async def themes(session: AsyncSession, *, app_id: int) -> dict[str, ThemeRead]:
