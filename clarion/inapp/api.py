@@ -124,6 +124,8 @@ async def delete_theme(
     await get_company_app(session, company_id=company.id, app_id=app_id)
     await service.delete_theme(session, app_id=app_id, code=code)
     return Response(status_code=204)
+
+
 InstallId = Annotated[Text, Path(max_length=128)]
 
 
