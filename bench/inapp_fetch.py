@@ -49,6 +49,7 @@ from clarion.config import Settings
 from clarion.db import bulk_insert, transaction, utcnow
 from clarion.demo import seed_installations
 from clarion.inapp import service as inapp
+from clarion.inapp.eligibility import load_catalogue
 from clarion.inapp.models import InAppSupply
 from clarion.inapp.schemas import InAppCampaignBody
 from clarion.migrate import migrate
@@ -214,7 +215,7 @@ async def seed(runtime: Runtime, installations: int) -> Seeded:
     long_ago = (now - 4 * day).strftime("%Y-%m-%dT%H:%M:%S")
     past = (now - 2 * day).strftime("%Y-%m-%dT%H:%M:%S")
     future = (now + 2 * day).strftime("%Y-%m-%dT%H:%M:%S")
-    seeded = Seeded(access=access, api_key=keys.live_api_key, install_ids=[])
+    seeded = Seeded(access=access, api_key=keys.api_key, install_ids=[])
     async with transaction(runtime.sessions) as session:
         for document, never in campaign_bodies(long_ago, past, future):
             body = inapp.validate_body(document)
@@ -384,6 +385,11 @@ async def measure(args: argparse.Namespace, url: str, var: Path) -> dict[str, An
     await asyncio.to_thread(migrate, settings)
     runtime = Runtime(settings)
     seeded = await seed(runtime, args.installations)
+    async with runtime.sessions() as session:
+        catalogue = await load_catalogue(
+            session, app_id=seeded.access.app_id, now=utcnow(), dialect=runtime.engine.dialect
+        )
+    criteria = catalogue.criteria
     env = {"CLARION_DATABASE_URL": url, "CLARION_VAR_DIR": str(var), "CLARION_SECRET_KEY": secret}
     server = serve_clarion(API_PORT, env, workers=False)
     base = f"http://127.0.0.1:{API_PORT}"
@@ -422,7 +428,8 @@ async def measure(args: argparse.Namespace, url: str, var: Path) -> dict[str, An
         await runtime.engine.dispose()
     return {
         "installations": args.installations,
-        "campaigns_live": len(seeded.campaigns) - len(seeded.never),
+        "campaigns_live": len(set(seeded.campaigns) - seeded.never),
+        "distinct_criteria_evaluated_per_fetch": criteria,
         "campaigns_never_shown": len(seeded.never),
         "checked_installations": len(expected),
         "messages_per_installation_mean": round(statistics.mean(per_install), 1),

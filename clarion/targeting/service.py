@@ -5,9 +5,12 @@ Definitions of segments, languages and regions, and the query grammar: docs/targ
 
 from __future__ import annotations
 
+from collections.abc import Hashable
+from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
-from sqlalchemy import ColumnElement, and_, case, false, func, or_, select, true
+from sqlalchemy import ColumnElement, and_, case, false, func, not_, or_, select, true
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from clarion.audiences.resolved import member_of_any
@@ -16,6 +19,7 @@ from clarion.dialects import elapsed_seconds
 from clarion.errors import MalformedParameterError
 from clarion.sdk.models import Installation
 from clarion.targeting.compile import QueryCompiler
+from clarion.targeting.query import AllOf, AnyOf, Negation, Node
 from clarion.targeting.schemas import Estimate, Segment, Targeting
 
 # An installation is NEW for a week after it was created; after that it is ONE_TIME if it was
@@ -72,6 +76,89 @@ def _regions(codes: list[str]) -> ColumnElement[bool]:
     return Installation.region.in_([code.upper() for code in codes])
 
 
+@dataclass(frozen=True, slots=True)
+class Criterion:
+    """One test of a targeting that compiles to a clause on its own: a lifecycle segment list,
+    a language or region list, custom audiences, or a leaf of the query. Hashable and equal
+    across campaigns that test the same thing, so that one evaluation serves them all."""
+
+    kind: str  # segments | languages | regions | audiences | query
+    value: Hashable
+
+
+@dataclass(frozen=True, slots=True)
+class Every:
+    parts: tuple[Formula, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Some:
+    parts: tuple[Formula, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Not:
+    part: Formula
+
+
+# A targeting as a boolean formula over criteria (the query's $and / $or / $not kept).
+Formula = Every | Some | Not | Criterion
+
+
+def targeting_formula(targeting: Targeting) -> Formula:
+    """Every given criterion must hold: their conjunction, the query's tree among them."""
+    parts: list[Formula] = []
+    segments = frozenset(targeting.segments or Segment)
+    if segments != frozenset(Segment):
+        parts.append(Criterion("segments", segments))
+    if targeting.languages:
+        parts.append(Criterion("languages", tuple(targeting.languages)))
+    if targeting.regions:
+        parts.append(Criterion("regions", tuple(targeting.regions)))
+    if targeting.custom_audiences:
+        parts.append(Criterion("audiences", tuple(targeting.custom_audiences)))
+    tree = targeting.query_tree()
+    if tree is not None:
+        parts.append(_query_formula(tree))
+    return Every(tuple(parts))
+
+
+def _query_formula(node: Node) -> Formula:
+    if isinstance(node, AllOf):
+        return Every(tuple(_query_formula(child) for child in node.children))
+    if isinstance(node, AnyOf):
+        return Some(tuple(_query_formula(child) for child in node.children))
+    if isinstance(node, Negation):
+        return Not(_query_formula(node.child))
+    return Criterion("query", node)
+
+
+def criterion_clause(criterion: Criterion, *, app_id: int, now: datetime) -> ColumnElement[bool]:
+    """The criterion as a clause over `installations` (see installation_filter)."""
+    value: Any = criterion.value
+    if criterion.kind == "segments":
+        return or_(false(), *(segment_filter(s, now=now) for s in sorted(value)))
+    if criterion.kind == "languages":
+        return _languages(list(value))
+    if criterion.kind == "regions":
+        return _regions(list(value))
+    if criterion.kind == "audiences":
+        # Members of any of them. An audience deleted after the campaign was saved has none.
+        return member_of_any(app_id=app_id, names=list(value))
+    return QueryCompiler(app_id=app_id, now=now).node(value)
+
+
+def formula_clause(formula: Formula, *, app_id: int, now: datetime) -> ColumnElement[bool]:
+    if isinstance(formula, Criterion):
+        return criterion_clause(formula, app_id=app_id, now=now)
+    if isinstance(formula, Not):
+        return not_(formula_clause(formula.part, app_id=app_id, now=now))
+    clauses = [formula_clause(part, app_id=app_id, now=now) for part in formula.parts]
+    if isinstance(formula, Some):
+        return or_(false(), *clauses)
+    return and_(true(), *clauses)
+
+
 def installation_filter(
     targeting: Targeting,
     *,
@@ -85,21 +172,7 @@ def installation_filter(
     id LIMIT n`) as well as a COUNT. `now` is the instant relative dates and segments are
     computed at (the campaign's send time; tests pass a fixed one).
     """
-    clauses: list[ColumnElement[bool]] = []
-    segments = set(targeting.segments or Segment)
-    if segments != set(Segment):
-        clauses.append(or_(false(), *(segment_filter(s, now=now) for s in sorted(segments))))
-    if targeting.languages:
-        clauses.append(_languages(targeting.languages))
-    if targeting.regions:
-        clauses.append(_regions(targeting.regions))
-    if targeting.custom_audiences:
-        # Members of any of them. An audience deleted after the campaign was saved has none.
-        clauses.append(member_of_any(app_id=app_id, names=targeting.custom_audiences))
-    tree = targeting.query_tree()
-    if tree is not None:
-        clauses.append(QueryCompiler(app_id=app_id, now=now).node(tree))
-    return and_(true(), *clauses)
+    return formula_clause(targeting_formula(targeting), app_id=app_id, now=now)
 
 
 async def check_audiences(session: AsyncSession, *, app_id: int, names: list[str]) -> None:

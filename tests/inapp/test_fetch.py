@@ -18,6 +18,8 @@ from clarion.inapp.models import InAppCampaign, InAppSupply, InAppTheme
 from clarion.inapp.schemas import SdkMessages
 from clarion.runtime import Runtime
 from clarion.sdk.models import Installation
+from clarion.targeting.schemas import Targeting
+from clarion.targeting.service import installation_filter
 from tests.conftest import ClientApp
 from tests.inapp.support import create_campaign, delete_campaign, fetch, messages, tokens
 
@@ -144,6 +146,56 @@ class TestTargeting:
 
         assert await tokens(api, ios_app, "member") == {vip}
         assert await tokens(api, ios_app, "outsider") == set()
+
+    async def test_campaigns_sharing_criteria_under_or_and_not_match_the_push_engine(
+        self, api: httpx.AsyncClient, ios_app: ClientApp, runtime: Runtime
+    ) -> None:
+        # Each criterion is evaluated once for all campaigns and combined in Python: the same
+        # leaves under $and, $or and $not, with lists beside them, must give what the push
+        # engine's single clause gives for every installation.
+        gold, fr = {"b.region": "FR"}, {"b.language": "fr"}
+        targetings: list[dict[str, Any]] = [
+            {"query": gold},
+            {"query": {"$not": gold}},
+            {"query": {"$or": [gold, fr]}},
+            {"query": {"$and": [{"$not": gold}, fr]}},
+            {"query": {"$not": {"$or": [gold, fr]}}, "languages": ["en"]},
+            {"regions": ["FR"], "query": {"$or": [{"$not": fr}, gold]}},
+            {"languages": ["fr"], "regions": ["US"]},
+        ]
+        created = [await create_campaign(runtime, ios_app, targeting=t) for t in targetings]
+        people = {
+            "fr-fr": {"language": "fr", "region": "FR"},
+            "fr-us": {"language": "fr", "region": "US"},
+            "en-fr": {"language": "en", "region": "FR"},
+            "en-us": {"language": "en", "region": "US"},
+            "bare": {},
+        }
+        for install_id, fields in people.items():
+            await register(api, ios_app, install_id, **fields)
+
+        for install_id in people:
+            expected = set()
+            async with runtime.sessions() as session:
+                for token, targeting in zip(created, targetings, strict=True):
+                    matched = await session.scalar(
+                        select(func.count())
+                        .select_from(Installation)
+                        .where(
+                            Installation.app_id == ios_app.app_id,
+                            Installation.install_id == install_id,
+                            installation_filter(
+                                Targeting.model_validate(targeting), app_id=ios_app.app_id, now=NOW
+                            ),
+                        )
+                    )
+                    if matched:
+                        expected.add(token)
+            assert await tokens(api, ios_app, install_id) == expected, install_id
+        # Not vacuous: every campaign reaches some of them and misses others.
+        received = [await tokens(api, ios_app, install_id) for install_id in people]
+        for token in created:
+            assert 0 < sum(token in got for got in received) < len(people)
 
     async def test_an_untargeted_installation_never_receives_it_whatever_it_asks(
         self, api: httpx.AsyncClient, ios_app: ClientApp, runtime: Runtime
