@@ -22,6 +22,7 @@ RUNS = [
     ["-m", "bench.idfile_parse", "--lines", "2000000"],
     ["-m", "bench.query_limits", "--db", "postgres", "--sizes", "32", "50", "64"],
     ["-m", "bench.dashboard_pages", "--installs", "1000000", "--campaigns", "1000"],
+    ["-m", "bench.inapp_fetch", "--installations", "1000000"],
     ["bench/sim_ceiling.py", "--baseline"],
     ["bench/http2_client.py", "--requests", "200000"],
 ]

@@ -3,14 +3,17 @@
 Per app, a process keeps a catalogue of the campaigns that may be due now (live, not deleted,
 within their dates give or take the 14 h a time zone can be off UTC): their bodies parsed, their
 themes resolved, and ONE statement compiled once that reads the installation's row with every
-campaign's targeting evaluated against it (`SELECT <columns>, (pred_1), (pred_2), ... FROM
-installations WHERE app_id = ... AND install_id = :install_id`), plus the time of the user's
-latest `ue.` event for event triggers. A fetch is then one indexed read and some Python; the
-catalogue is rebuilt when the app's revision changes (clarion.inapp.tasks polls it) and at
-least once a minute, since segments and relative dates move with `now`.
+distinct targeting criterion of every campaign evaluated against it (`SELECT <columns>,
+(criterion_1), (criterion_2), ... FROM installations WHERE app_id = ... AND install_id =
+:install_id`), plus the time of the user's latest `ue.` event for event triggers; each
+campaign's targeting is then its formula over those criteria, tested in Python. A fetch is
+one indexed read and some Python; the catalogue is rebuilt when the app's revision changes
+(clarion.inapp.tasks polls it) and at least once a minute, since segments and relative dates
+move with `now`.
 
-Targeting is the push campaigns' engine (clarion.targeting.service.installation_filter), without
-the push token or opt-in that pushing needs. Local dates are resolved in the installation's
+Targeting is the push campaigns' engine (clarion.targeting.service: criterion_clause and
+targeting_formula, whose conjunction is installation_filter), without the push token or
+opt-in that pushing needs. Local dates are resolved in the installation's
 time zone (its own, else the app's default, else UTC). Decision:
 docs/decisions/0021-inapp-eligibility.md; the answer's fields: docs/inapp.md.
 """

@@ -1,7 +1,7 @@
 """In-app messages: campaigns shown inside the app by the SDK, and the themes they are drawn with.
 
 An in-app campaign is not sent: the SDK asks for the campaigns due for its installation
-(clarion.inapp.service.due_messages), keeps them, and shows one when its trigger fires (next
+(clarion.inapp.eligibility), keeps them, and shows one when its trigger fires (next
 session, now, or an event), within its capping and grace period. The campaign keeps its API
 body as accepted, updates merged in, as push campaigns do (GET answers with it). Reference:
 docs/inapp.md.
