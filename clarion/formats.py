@@ -239,6 +239,46 @@ def json_object_text(value: str) -> str:
     return value
 
 
+def check_ab_versions(
+    items: list[tuple[str | None, str]], split: dict[str, int] | None, *, what: str
+) -> None:
+    """A/B versions as push and in-app campaigns declare them: `items` are (version, language)
+    of each message (`what`: "messages", "landing contents"); `split` their shares in percent.
+    ValueError says what is wrong."""
+    versions = [version for version, _ in items]
+    if any(versions) and not all(versions):
+        raise ValueError(f"with A/B versions, every one of the {what} names its version")
+    seen: set[tuple[str | None, str]] = set()
+    for item in items:
+        if item in seen:
+            raise ValueError(f"{what}: two for language {item[1]!r}")
+        seen.add(item)
+    names = set(filter(None, versions))
+    if split is not None:
+        if set(split) != names:
+            raise ValueError(f"version_split must name exactly the versions of the {what}")
+        if any(share <= 0 for share in split.values()):
+            raise ValueError("version_split: every share must be positive")
+        if sum(split.values()) != 100:
+            raise ValueError("version_split: the shares must add up to 100")
+    if len(names) == 1:
+        raise ValueError("A/B testing needs at least two versions")
+
+
+def ab_shares(
+    versions: Iterable[str | None], split: dict[str, int] | None
+) -> dict[str | None, int]:
+    """Each version and its share (percent): the split's, else equal shares (the first ones
+    get the remainder); {None: 100} without A/B."""
+    names = sorted({version for version in versions if version})
+    if not names:
+        return {None: 100}
+    if split is not None:
+        return {name: split[name] for name in names}
+    share, rest = divmod(100, len(names))
+    return {name: share + (1 if i < rest else 0) for i, name in enumerate(names)}
+
+
 class WireModel(BaseModel):
     """The base of every request body Clarion reads: one place for what a body may hold.
 

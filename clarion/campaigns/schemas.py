@@ -24,7 +24,7 @@ from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import CoreSchema, InitErrorDetails, PydanticCustomError
 
 from clarion.delivery.schemas import CollapseKey, PushOptions
-from clarion.formats import WireModel, parse_wire_date
+from clarion.formats import WireModel, ab_shares, check_ab_versions, parse_wire_date
 from clarion.inapp.schemas import Landing
 from clarion.targeting.schemas import Targeting
 
@@ -212,25 +212,8 @@ class CampaignBody(PushOptions):
         return self
 
     def _check_versions(self) -> None:
-        versions = [message.version for message in self.messages]
-        if any(versions) and not all(versions):
-            raise ValueError("with A/B versions, every message names its version")
-        seen: set[tuple[str | None, str]] = set()
-        for message in self.messages:
-            key = (message.version, message.language)
-            if key in seen:
-                raise ValueError(f"two messages for language {message.language!r}")
-            seen.add(key)
-        names = set(filter(None, versions))
-        if self.version_split is not None:
-            if set(self.version_split) != names:
-                raise ValueError("version_split must name exactly the messages' versions")
-            if any(share <= 0 for share in self.version_split.values()):
-                raise ValueError("version_split: every share must be positive")
-            if sum(self.version_split.values()) != 100:
-                raise ValueError("version_split: the shares must add up to 100")
-        if len(names) == 1:
-            raise ValueError("A/B testing needs at least two versions")
+        items = [(message.version, message.language) for message in self.messages]
+        check_ab_versions(items, self.version_split, what="messages")
 
     def template_fields(self) -> list[tuple[str, str | None]]:
         """The texts that may be templates, with their paths in the body (for errors)."""
@@ -243,13 +226,7 @@ class CampaignBody(PushOptions):
     @property
     def versions(self) -> dict[str | None, int]:
         """Each version and its share of the audience (percent); {None: 100} without A/B."""
-        names = sorted({message.version for message in self.messages if message.version})
-        if not names:
-            return {None: 100}
-        if self.version_split is not None:
-            return {name: self.version_split[name] for name in names}
-        share, rest = divmod(100, len(names))
-        return {name: share + (1 if i < rest else 0) for i, name in enumerate(names)}
+        return ab_shares((message.version for message in self.messages), self.version_split)
 
 
 class EstimateIn(WireModel):

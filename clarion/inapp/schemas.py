@@ -15,7 +15,15 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
-from clarion.formats import HTTPS_URL, Id, WireModel, json_object_text, parse_wire_date
+from clarion.formats import (
+    HTTPS_URL,
+    Id,
+    WireModel,
+    ab_shares,
+    check_ab_versions,
+    json_object_text,
+    parse_wire_date,
+)
 from clarion.targeting.schemas import Targeting
 
 _DATE = r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}$"  # yyyy-MM-ddTHH:mm:ss, no zone
@@ -322,37 +330,14 @@ class InAppCampaignBody(WireModel):
         return self
 
     def _check_versions(self) -> None:
-        contents = self.landing.contents
-        versions = [content.version for content in contents]
-        if any(versions) and not all(versions):
-            raise ValueError("with A/B versions, every landing content names its version")
-        seen: set[tuple[str | None, str]] = set()
-        for content in contents:
-            key = (content.version, content.language)
-            if key in seen:
-                raise ValueError(f"landing: two contents for language {content.language!r}")
-            seen.add(key)
-        names = set(filter(None, versions))
-        if self.version_split is not None:
-            if set(self.version_split) != names:
-                raise ValueError("version_split must name exactly the contents' versions")
-            if any(share <= 0 for share in self.version_split.values()):
-                raise ValueError("version_split: every share must be positive")
-            if sum(self.version_split.values()) != 100:
-                raise ValueError("version_split: the shares must add up to 100")
-        if len(names) == 1:
-            raise ValueError("A/B testing needs at least two versions")
+        items = [(content.version, content.language) for content in self.landing.contents]
+        check_ab_versions(items, self.version_split, what="landing contents")
 
     @property
     def versions(self) -> dict[str | None, int]:
         """Each version and its share of the installations (percent); {None: 100} without A/B."""
-        names = sorted({c.version for c in self.landing.contents if c.version})
-        if not names:
-            return {None: 100}
-        if self.version_split is not None:
-            return {name: self.version_split[name] for name in names}
-        share, rest = divmod(100, len(names))
-        return {name: share + (1 if i < rest else 0) for i, name in enumerate(names)}
+        contents = self.landing.contents
+        return ab_shares((content.version for content in contents), self.version_split)
 
 
 class InAppCampaignCreated(BaseModel):

@@ -405,7 +405,7 @@ BAD: list[tuple[dict[str, Any], int, str]] = [
     (
         {"landing": {"contents": [{"version": "a", "title": "A"}, {"title": "B"}]}},
         31,
-        "every landing content names its version",
+        "every one of the landing contents names its version",
     ),
 ]
 
