@@ -215,13 +215,37 @@ class TestEditor:
         split = await api.post(
             f"/1.1/{ios_app.api_key}/in-app-campaigns/update/{token}",
             headers=ios_app.headers(),
-            json={"version_split": {"a": 70, "b": 30}},
+            json={
+                "version_split": {"a": 70, "b": 30},
+                # Button args beyond the link, set through the API: the editor shows the link.
+                "landing": {
+                    "contents": [
+                        {
+                            "version": "a",
+                            "title": "Version A",
+                            "actions": [
+                                {
+                                    "label": "OK",
+                                    "action": "deeplink",
+                                    "args": {"l": "https://example.com/x", "utm": "spring"},
+                                }
+                            ],
+                        },
+                        {"version": "b", "title": "Version B"},
+                    ]
+                },
+            },
         )
         assert split.status_code == 200, split.text
         url = f"/dashboard/apps/{ios_app.app_id}/inapp/{token}"
         page = text(await api.get(url))
         assert 'value="Version B"' in page
-        changed = {**ab, "content_title": ["Version A", "Version B, better"]}
+        changed = {
+            **ab,
+            "content_title": ["Version A", "Version B, better"],
+            "cta_action": ["deeplink"] + ["continue"] * 7,
+            "cta_link": ["https://example.com/x"] + [""] * 7,
+        }
         saved = await api.post(
             url,
             data={
@@ -241,6 +265,8 @@ class TestEditor:
         titles = [content["title"] for content in campaign.body["landing"]["contents"]]
         assert titles == ["Version A", "Version B, better"]
         assert campaign.body["version_split"] == {"a": 70, "b": 30}
+        [button] = campaign.body["landing"]["contents"][0]["actions"]
+        assert button["args"] == {"l": "https://example.com/x", "utm": "spring"}
         # A refused change leaves the stored campaign as it was.
         refused = await api.post(
             url,

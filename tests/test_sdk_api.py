@@ -281,3 +281,11 @@ class TestEvents:
             json={"events": [{"kind": "inapp_exploded", "campaign_id": "c1"}]},
         )
         assert (bad.status_code, bad.json()["code"]) == (400, 31)
+        # Supplies are the server's count (once per installation and campaign): an SDK that
+        # reported them would inflate it as often as it liked.
+        supplied = await api.post(
+            f"/sdk/v1/{ios_app.api_key}/installations/ia/inapp-events",
+            json={"events": [{"kind": "inapp_supplied", "campaign_id": "c1"}]},
+        )
+        assert (supplied.status_code, supplied.json()["code"]) == (400, 31)
+        assert "events.0.kind" in supplied.json()["message"]

@@ -214,7 +214,26 @@ def carry_hidden_fields(stored: dict[str, Any], document: dict[str, Any]) -> dic
     """The editor's document, plus the stored body's fields the editor does not show (what
     describe_campaign adds about the campaign, its token say, is not part of the body)."""
     kept = {key: value for key, value in stored.items() if key in _NOT_EDITED}
-    return {**kept, **document}
+    merged = {**kept, **document}
+    _carry_action_args(stored, merged)
+    return merged
+
+
+def _carry_action_args(stored: dict[str, Any], document: dict[str, Any]) -> None:
+    """A button's args the editor has no field for (only the link, `l`, is shown) stay as
+    stored, for the same message (version and language) and button position and action."""
+    before = {
+        (content.get("version"), content.get("language", "default")): content.get("actions", [])
+        for content in (stored.get("landing") or {}).get("contents", [])
+    }
+    for content in (document.get("landing") or {}).get("contents", []):
+        old = before.get((content.get("version"), content.get("language", "default")), [])
+        for position, action in enumerate(content.get("actions", [])):
+            if position >= len(old) or old[position].get("action") != action.get("action"):
+                continue
+            hidden = {k: v for k, v in (old[position].get("args") or {}).items() if k != "l"}
+            if hidden:
+                action["args"] = {**hidden, **(action.get("args") or {})}
 
 
 # The API body's fields the editor has no field for (version_split).

@@ -47,7 +47,13 @@ from clarion.errors import ClarionError, NotFoundError
 from clarion.events.models import TrackedEvent
 from clarion.formats import parse_wire_date
 from clarion.inapp.models import InAppCampaign, InAppRevision
-from clarion.inapp.schemas import InAppCampaignBody, LandingContent, ThemeRead
+from clarion.inapp.schemas import (
+    MAX_LIVE_CRITERIA,
+    MAX_LIVE_VALUES,
+    InAppCampaignBody,
+    LandingContent,
+    ThemeRead,
+)
 from clarion.inapp.service import BUILT_IN_THEME, themes
 from clarion.sdk.models import Installation
 from clarion.targeting.service import (
@@ -57,6 +63,7 @@ from clarion.targeting.service import (
     Not,
     Some,
     criterion_clause,
+    criterion_size,
     targeting_formula,
 )
 
@@ -380,10 +387,15 @@ def _sdk_theme(theme: ThemeRead) -> dict[str, Any]:
     }
 
 
+class OverBudget(Exception):
+    """A campaign's criteria would take the statement past MAX_LIVE_CRITERIA / VALUES."""
+
+
 def _targeted(
     body: InAppCampaignBody,
     criteria: dict[Criterion, int],
     columns: list[ColumnElement[Any]],
+    budget: list[int],
     *,
     app_id: int,
     now: datetime,
@@ -410,6 +422,12 @@ def _targeted(
                 collect(child)
 
     collect(formula)
+    values = sum(criterion_size(criterion) for criterion in added)
+    if len(criteria) + len(added) > MAX_LIVE_CRITERIA or budget[0] + values > MAX_LIVE_VALUES:
+        # The API refuses such a campaign (service._check_budget); two written at once can
+        # still pass it: the later ones are left out rather than the statement failing.
+        raise OverBudget
+    budget[0] += values
     for criterion, clause in added.items():
         criteria[criterion] = len(columns)
         columns.append(clause)
@@ -430,6 +448,7 @@ def build_catalogue(
     expires = now + timedelta(seconds=CATALOGUE_SECONDS)
     soon = now + timedelta(seconds=2 * REBUILD_AHEAD)
     criteria: dict[Criterion, int] = {}
+    values = [0]  # values bound by the criteria so far
     events: dict[tuple[str, str | None], int] = {}
     columns: list[ColumnElement[Any]] = []
     candidates: list[Candidate] = []
@@ -451,7 +470,10 @@ def build_catalogue(
         if loose_end is not None and loose_end <= now:
             continue
         try:
-            targeted = _targeted(body, criteria, columns, app_id=app_id, now=now)
+            targeted = _targeted(body, criteria, columns, values, app_id=app_id, now=now)
+        except OverBudget:
+            log.warning("in-app campaign %s: past the app's criteria budget, left out", row.token)
+            continue
         except ClarionError:
             # A targeting the engine refuses now (a limit added since): left out, as above.
             log.warning("in-app campaign %s: its targeting no longer compiles", row.token)

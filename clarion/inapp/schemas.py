@@ -7,6 +7,7 @@ answer. Unknown fields of a campaign are ignored, as on the Campaigns API.
 
 from __future__ import annotations
 
+import re
 import sys
 from enum import StrEnum
 from typing import Annotated, Any, Literal
@@ -34,6 +35,13 @@ Colour = Annotated[str, Field(pattern=_COLOUR)]
 _FONT_FAMILY = r"^[A-Za-z0-9 ,'\-]{1,100}$"
 THEME_CODE = r"^[A-Za-z0-9][A-Za-z0-9_\-]{0,63}$"
 MAX_ACTIONS = 4
+# What the live campaigns of one app may test in all: the fetch evaluates every distinct
+# criterion of them in one statement (clarion.inapp.eligibility), and PostgreSQL reads at most
+# 1,664 columns and 65,535 parameters in a statement, SQLite 2,000 columns (bench/inapp_fetch.py's
+# 200 campaigns test 50 criteria).
+MAX_LIVE_CRITERIA = 1_000
+MAX_LIVE_VALUES = 20_000
+MAX_THEMES = 100  # per app
 # An action's args as JSON: a link of 2,048 characters and a few keys (a push is 4 KB in all).
 MAX_ARGS_BYTES = 4096
 # "e.NAME" as the SDK API accepts an event name, "ue.NAME" as the Trigger Events API does.
@@ -262,18 +270,27 @@ class Trigger(WireModel):
         return self.event if self.event is not None and self.event.startswith("ue.") else None
 
 
+# Dates a zone can move by a day either way and stay a date Python holds (a local date in an
+# old zone offset, -15 h for America/Sitka before 1867, overflowed at year 1).
+_FIRST_WIRE_DATE, _LAST_WIRE_DATE = "0002-01-01T00:00:00", "9998-12-31T23:59:59"
+
+
 def _date_or_now(value: str | None) -> str | None:
     if value is not None and value != "now":
         try:
-            parse_wire_date(value)
+            _local_date(value)
         except ValueError as exc:
-            raise ValueError("must be 'now' or a UTC date yyyy-MM-ddTHH:mm:ss") from exc
+            raise ValueError(f"must be 'now' or a UTC date yyyy-MM-ddTHH:mm:ss: {exc}") from exc
     return value
 
 
 def _local_date(value: str | None) -> str | None:
     if value is not None:
+        if not re.fullmatch(_DATE.strip("^$"), value):
+            raise ValueError("is not a date yyyy-MM-ddTHH:mm:ss")
         parse_wire_date(value)
+        if not _FIRST_WIRE_DATE <= value <= _LAST_WIRE_DATE:
+            raise ValueError(f"must be between {_FIRST_WIRE_DATE} and {_LAST_WIRE_DATE}")
     return value
 
 
@@ -324,8 +341,14 @@ class InAppCampaignBody(WireModel):
             raise ValueError("end_date and local_end_date are mutually exclusive")
         start = self.local_start_date or (None if self.start_date == "now" else self.start_date)
         end = self.end_date or self.local_end_date
+        # Same fixed-width form: compared as text, they compare as dates.
         if start is not None and end is not None and end <= start:
-            raise ValueError("the end date is not after the start date")
+            field = "end_date" if self.end_date is not None else "local_end_date"
+            raise PydanticCustomError(
+                "end_before_start",
+                "{field}: the end date is not after the start date",
+                {"field": field},
+            )
         self._check_versions()
         return self
 

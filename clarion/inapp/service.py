@@ -28,6 +28,9 @@ from clarion.events.models import InAppEvent, InAppEventKind
 from clarion.formats import parse_wire_date, wire_date
 from clarion.inapp.models import InAppCampaign, InAppRevision, InAppTheme
 from clarion.inapp.schemas import (
+    MAX_LIVE_CRITERIA,
+    MAX_LIVE_VALUES,
+    MAX_THEMES,
     CtaClicks,
     InAppCampaignBody,
     InAppCampaignSummary,
@@ -113,6 +116,7 @@ async def create_campaign(
 ) -> InAppCampaign:
     """`from_api`: false for campaigns composed in the dashboard (Batch's list filter)."""
     await _check_references(session, access, body)
+    await _check_budget(session, access, body, campaign_id=None)
     campaign = InAppCampaign(
         token=secrets.token_hex(16),
         app_id=access.app_id,
@@ -148,18 +152,88 @@ async def update_campaign(
     if replace:
         document = changes
     else:
+        replaced = _replaced_by(changes)
         for key, value in changes.items():
+            if key in replaced:
+                continue
             if InAppCampaignBody.unset_by(key, value) and stored.get(key) is not None:
                 raise MalformedParameterError(f"{key}: a parameter once set cannot be removed")
-        document = {**stored, **changes}
+        document = {k: v for k, v in {**stored, **changes}.items() if k not in replaced}
     body = validate_body(document)
     await _check_references(session, access, body)
+    await _check_budget(session, access, body, campaign_id=campaign.id)
     _set_window(campaign, body, now=now, start_was_now=stored.get("start_date") == "now")
     campaign.body = _stored(body)
     campaign.name = body.name
     campaign.live = body.live
     campaign.updated_at = now
     await bump_revision(session, app_id=campaign.app_id)
+
+
+# A date in UTC and its local counterpart exclude each other: giving one replaces the other.
+_PAIRED = {
+    "start_date": "local_start_date",
+    "local_start_date": "start_date",
+    "end_date": "local_end_date",
+    "local_end_date": "end_date",
+}
+
+
+def _replaced_by(changes: dict[str, Any]) -> set[str]:
+    """Stored fields an update drops rather than keeps (Batch's rule that a field once set stays
+    set would otherwise leave no way from a local date to a UTC one, or out of A/B testing)."""
+    replaced = {
+        _PAIRED[key]
+        for key, value in changes.items()
+        if key in _PAIRED and value is not None and _PAIRED[key] not in changes
+    }
+    landing = changes.get("landing")
+    contents = landing.get("contents") if isinstance(landing, dict) else None
+    if (
+        "version_split" in changes
+        and changes["version_split"] is None
+        and isinstance(contents, list)
+        and not any(isinstance(c, dict) and c.get("version") for c in contents)
+    ):
+        replaced.add("version_split")  # new contents without versions: A/B testing ends
+    return replaced
+
+
+async def _check_budget(
+    session: AsyncSession, access: AppAccess, body: InAppCampaignBody, *, campaign_id: int | None
+) -> None:
+    """Refuse a live campaign that would take the app's live campaigns past what one fetch
+    statement evaluates (schemas.MAX_LIVE_CRITERIA, MAX_LIVE_VALUES): past it, the fetch
+    would leave campaigns out."""
+    if not body.live or body.targeting is None:
+        return
+    mine = targeting_service.criteria_of(targeting_service.targeting_formula(body.targeting))
+    others = await session.scalars(
+        select(InAppCampaign.body).where(
+            InAppCampaign.app_id == access.app_id,
+            InAppCampaign.live.is_(True),
+            InAppCampaign.deleted_at.is_(None),
+            InAppCampaign.id != (campaign_id or 0),
+        )
+    )
+    criteria = set(mine)
+    for stored in others:
+        try:
+            targeting = InAppCampaignBody.model_validate(stored).targeting
+        except ValidationError:
+            continue  # left out of fetches too (eligibility)
+        if targeting is not None:
+            criteria |= targeting_service.criteria_of(
+                targeting_service.targeting_formula(targeting)
+            )
+    values = sum(targeting_service.criterion_size(c) for c in criteria)
+    if len(criteria) > MAX_LIVE_CRITERIA or values > MAX_LIVE_VALUES:
+        raise MalformedParameterError(
+            f"targeting: with this campaign the app's live in-app campaigns would test "
+            f"{len(criteria):,} distinct criteria with {values:,} values; at most "
+            f"{MAX_LIVE_CRITERIA:,} and {MAX_LIVE_VALUES:,} (docs/inapp.md): reuse the "
+            "criteria of other campaigns, or set some offline"
+        )
 
 
 async def delete_campaign(
@@ -227,13 +301,20 @@ async def describe_campaign(
 
 
 async def find_campaign(
-    session: AsyncSession, access: AppAccess, token: str, *, for_update: bool = False
+    session: AsyncSession,
+    access: AppAccess,
+    token: str,
+    *,
+    for_update: bool = False,
+    deleted_too: bool = False,
 ) -> InAppCampaign:
+    """`deleted_too`: a deleted campaign is still found (its statistics are kept)."""
     query = select(InAppCampaign).where(
         InAppCampaign.token == token,
         InAppCampaign.app_id == access.app_id,
-        InAppCampaign.deleted_at.is_(None),
     )
+    if not deleted_too:
+        query = query.where(InAppCampaign.deleted_at.is_(None))
     if for_update:
         query = query.with_for_update()
     campaign = await session.scalar(query)
@@ -307,7 +388,7 @@ async def campaign_stats(session: AsyncSession, *, access: AppAccess, token: str
     """Per UTC day (and per version for A/B campaigns): supplied, shown, clicked (in all and
     per button), closed, click rate, from the in-app events the SDK reported and the fetch
     recorded. One GROUP BY over the campaign's events (ix_inapp_events_campaign_time)."""
-    campaign = await find_campaign(session, access, token)
+    campaign = await find_campaign(session, access, token, deleted_too=True)
     ab = len(InAppCampaignBody.model_validate(campaign.body).versions) > 1
     day = utc_day(InAppEvent.occurred_at)
     rows = await session.execute(
@@ -368,6 +449,11 @@ async def put_theme(
     if code == BUILT_IN_THEME.code:
         raise MalformedParameterError(f"code: {code!r} is the built-in theme and cannot be changed")
     stored = body.model_dump(mode="json")
+    count = await session.scalar(
+        select(func.count()).where(InAppTheme.app_id == app_id, InAppTheme.code != code)
+    )
+    if (count or 0) >= MAX_THEMES:
+        raise MalformedParameterError(f"code: an app has at most {MAX_THEMES} themes")
     # Insert-or-nothing, then update: two PUTs of a new code at once both succeed (the last
     # one wins) rather than one failing on the unique (app_id, code).
     await session.execute(

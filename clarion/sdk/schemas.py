@@ -123,6 +123,18 @@ class InAppEventIn(WireModel):
 
     kind: InAppEventKind
     campaign_id: str = Field(min_length=1, max_length=64)
+
+    @field_validator("kind")
+    @classmethod
+    def _reported_by_the_sdk(cls, value: InAppEventKind) -> InAppEventKind:
+        # The server counts what it hands out (once per installation and campaign); an SDK
+        # reporting it would count it again, as often as it liked.
+        if value is InAppEventKind.SUPPLIED:
+            raise ValueError(
+                "inapp_supplied is counted by the server; report shown, clicked or closed"
+            )
+        return value
+
     cta_position: int | None = Field(default=None, ge=0, le=100)
     cta_label: str | None = Field(default=None, max_length=255)
     # The A/B version the installation was handed (SdkMessage.version); absent without A/B.

@@ -19,7 +19,16 @@ from clarion.dialects import elapsed_seconds
 from clarion.errors import MalformedParameterError
 from clarion.sdk.models import Installation
 from clarion.targeting.compile import QueryCompiler
-from clarion.targeting.query import AllOf, AnyOf, Negation, Node
+from clarion.targeting.query import (
+    AllOf,
+    AnyOf,
+    AttributeTest,
+    EventTest,
+    NativeTest,
+    Negation,
+    Node,
+    TagTest,
+)
 from clarion.targeting.schemas import Estimate, Segment, Targeting
 
 # An installation is NEW for a week after it was created; after that it is ONE_TIME if it was
@@ -146,6 +155,29 @@ def criterion_clause(criterion: Criterion, *, app_id: int, now: datetime) -> Col
         # Members of any of them. An audience deleted after the campaign was saved has none.
         return member_of_any(app_id=app_id, names=list(value))
     return QueryCompiler(app_id=app_id, now=now).node(value)
+
+
+def criteria_of(formula: Formula) -> set[Criterion]:
+    if isinstance(formula, Criterion):
+        return {formula}
+    if isinstance(formula, Not):
+        return criteria_of(formula.part)
+    return set().union(*(criteria_of(part) for part in formula.parts))
+
+
+def criterion_size(criterion: Criterion) -> int:
+    """How many values the criterion binds in SQL (at least one)."""
+    value: Any = criterion.value
+    if criterion.kind != "query":
+        return max(1, len(value))
+    comparisons: tuple[Any, ...] = ()
+    if isinstance(value, AttributeTest | NativeTest):
+        comparisons = value.comparisons
+    elif isinstance(value, EventTest):
+        comparisons = value.count + value.first + value.last + value.label
+    elif isinstance(value, TagTest):
+        return max(1, len(value.tags))
+    return max(1, sum(max(1, len(comparison.values)) for comparison in comparisons))
 
 
 def formula_clause(formula: Formula, *, app_id: int, now: datetime) -> ColumnElement[bool]:

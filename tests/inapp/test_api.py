@@ -16,6 +16,7 @@ from clarion.apps.service import live_access
 from clarion.db import transaction
 from clarion.inapp import service
 from clarion.inapp.models import InAppCampaign, InAppRevision
+from clarion.inapp.schemas import MAX_LIVE_CRITERIA
 from clarion.runtime import Runtime
 from tests.conftest import ClientApp
 from tests.test_campaigns import error
@@ -310,6 +311,54 @@ class TestUpdateAndDelete:
         assert got["name"] == "Edited"
         assert "deeplink" not in got
 
+    async def test_a_local_date_can_become_a_utc_one_and_back(
+        self, api: httpx.AsyncClient, ios_app: ClientApp
+    ) -> None:
+        token = await created(api, ios_app, local_start_date="2026-12-24T09:00:00")
+        changed = await update(api, ios_app, token, {"start_date": "2026-12-24T08:00:00"})
+        assert changed.status_code == 200, changed.text
+        got = (await get(api, ios_app, token)).json()
+        assert (got["start_date"], got.get("local_start_date")) == ("2026-12-24T08:00:00", None)
+        back = await update(api, ios_app, token, {"local_start_date": "2026-12-25T09:00:00"})
+        assert back.status_code == 200, back.text
+        got = (await get(api, ios_app, token)).json()
+        assert (got.get("start_date"), got["local_start_date"]) == (None, "2026-12-25T09:00:00")
+
+    async def test_ab_testing_ends_with_contents_without_versions(
+        self, api: httpx.AsyncClient, ios_app: ClientApp
+    ) -> None:
+        token = await created(api, ios_app, AB)
+        # New contents alone still name no version: version_split then has nothing to split.
+        alone = await update(api, ios_app, token, {"landing": {"contents": [{"title": "One"}]}})
+        assert "version_split" in error(alone, 400, 31)
+        ended = await update(
+            api,
+            ios_app,
+            token,
+            {"landing": {"contents": [{"title": "One"}]}, "version_split": None},
+        )
+        assert ended.status_code == 200, ended.text
+        assert "version_split" not in (await get(api, ios_app, token)).json()
+
+    async def test_a_live_campaign_past_the_apps_criteria_budget_is_refused(
+        self, api: httpx.AsyncClient, ios_app: ClientApp
+    ) -> None:
+        # One fetch statement evaluates every distinct criterion of the app's live campaigns.
+        def fifty(n: int) -> dict[str, Any]:
+            return {"query": {"$or": [{f"c.a{i}": f"v{n}"} for i in range(50)]}}
+
+        for n in range(MAX_LIVE_CRITERIA // 50):
+            assert (
+                await create(api, ios_app, {**EXAMPLE, "targeting": fifty(n)})
+            ).status_code == 201
+        refused = await create(api, ios_app, {**EXAMPLE, "targeting": fifty(999)})
+        assert "targeting: with this campaign" in error(refused, 400, 31)
+        # A draft is not evaluated, and criteria already tested cost nothing more.
+        draft = await create(api, ios_app, {**EXAMPLE, "live": False, "targeting": fifty(999)})
+        assert draft.status_code == 201
+        shared = await create(api, ios_app, {**EXAMPLE, "targeting": fifty(0)})
+        assert shared.status_code == 201
+
     async def test_a_deleted_campaign_is_gone(
         self, api: httpx.AsyncClient, ios_app: ClientApp, runtime: Runtime
     ) -> None:
@@ -323,7 +372,9 @@ class TestUpdateAndDelete:
         error(await update(api, ios_app, token, {"name": "Back"}), 404, 20)
         again = await api.post(url(ios_app, f"delete/{token}"), headers=ios_app.headers())
         error(again, 404, 20)
-        error(await api.get(url(ios_app, f"stats/{token}"), headers=ios_app.headers()), 404, 20)
+        # Its statistics stay readable (docs/inapp.md).
+        stats = await api.get(url(ios_app, f"stats/{token}"), headers=ios_app.headers())
+        assert (stats.status_code, stats.json()["campaign_token"]) == (200, token)
 
     async def test_another_apps_token_is_not_found(
         self, api: httpx.AsyncClient, ios_app: ClientApp, android_app: ClientApp
@@ -402,6 +453,14 @@ BAD: list[tuple[dict[str, Any], int, str]] = [
     ({"custom_payload": "[1]"}, 31, "custom_payload"),
     ({**AB, "version_split": {"a": 30, "b": 60}}, 31, "version_split: the shares must add up"),
     ({**AB, "version_split": {"a": 100}}, 31, "version_split must name exactly"),
+    ({"start_date": "2026-1-5T0:0:0"}, 31, "start_date"),
+    ({"local_start_date": "0001-01-01T00:00:00"}, 31, "local_start_date"),
+    ({"local_end_date": "9999-12-31T23:59:59"}, 31, "local_end_date"),
+    (
+        {"start_date": "2026-12-09T00:00:00", "end_date": "2026-12-08T00:00:00"},
+        31,
+        "end_date: the end date is not after the start date",
+    ),
     (
         {"landing": {"contents": [{"version": "a", "title": "A"}, {"title": "B"}]}},
         31,
