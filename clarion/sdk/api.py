@@ -112,7 +112,7 @@ _SCRIPTS = load_scripts()
 
 @web_router.get("/{file_name}")
 async def web_sdk_script(
-    file_name: Annotated[str, Path(max_length=64)],
+    file_name: Annotated[Text, Path(max_length=64)],
     if_none_match: Annotated[str | None, Header(max_length=1024)] = None,
 ) -> Response:
     """`clarion.js` and `clarion-sw.js`, and each under its content-hashed name
@@ -133,8 +133,8 @@ _PREFLIGHT = [
     (b"access-control-allow-methods", b"GET, PUT, POST, DELETE"),
     (b"access-control-allow-headers", b"Content-Type, If-None-Match"),
     (b"access-control-expose-headers", b"ETag"),
-    # Ten minutes: a browser asks again at most this often (Chromium caps it at 2 hours), and
-    # an origin removed from the list is refused on its next call whatever browsers cached.
+    # A browser keeps the answer ten minutes at most (Chromium caps any value at 2 hours); an
+    # origin removed from the list is refused on its next call whatever browsers cached.
     (b"access-control-max-age", b"600"),
 ]
 
