@@ -280,6 +280,17 @@ class TestCors:
         assert refused.headers["access-control-allow-origin"] == EVIL
         assert await installations(runtime, web_app, install_id) == 0
 
+    async def test_a_page_clarion_serves_itself_needs_no_entry(
+        self, api: httpx.AsyncClient, web_app: ClientApp, runtime: Runtime
+    ) -> None:
+        install_id = str(uuid.uuid4())
+        url = f"/sdk/v1/{web_app.api_key}/installations/{install_id}"
+        own = await api.put(url, json={}, headers={"Origin": "http://clarion.test"})
+        assert own.status_code == 200, own.text
+        assert own.headers["access-control-allow-origin"] == "http://clarion.test"
+        for other in ("https://clarion.test", "http://clarion.test:8080"):
+            error(await api.put(url, json={}, headers={"Origin": other}), 403, 12)
+
     async def test_an_origin_removed_is_refused_at_once(
         self, api: httpx.AsyncClient, web_app: ClientApp
     ) -> None:

@@ -185,7 +185,9 @@ class SdkCors:
                 access = await authenticate_app(
                     self.sessions, api_key=api_key, cache=self.key_cache
                 )
-            if origin.decode("latin-1") not in access.allowed_origins:
+            if origin.decode("latin-1") not in access.allowed_origins and not _same_origin(
+                scope, origin
+            ):
                 raise _origin_refused(origin.decode("latin-1"))
         except ClarionError as exc:  # an unknown key (401), an origin not allowed (403)
             # Readable by the page (a request the browser did not preflight), so that the SDK's
@@ -203,6 +205,14 @@ class SdkCors:
             await send(message)
 
         await self.app(scope, receive, send_with_cors)
+
+
+def _same_origin(scope: Scope, origin: bytes) -> bool:
+    """A page Clarion serves itself (a demo page, /docs): browsers send Origin on its PUTs and
+    POSTs too, and it needs no entry. Behind a proxy that ends TLS, the scheme is the proxy's
+    (uvicorn's --proxy-headers); otherwise such a page is listed like any other."""
+    host = next((v for k, v in scope["headers"] if k == b"host"), None)
+    return host is not None and origin == scope.get("scheme", "http").encode() + b"://" + host
 
 
 def _origin_refused(origin: str) -> ApiMisuseError:
