@@ -1,0 +1,1 @@
+// Clarion Web SDK: placeholder until the build (websdk/) writes the bundle.
