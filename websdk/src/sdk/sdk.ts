@@ -225,6 +225,7 @@ class Sdk implements Api {
   private consider(occasion: Occasion): void {
     if (this.showing || !this.answer) return;
     const message = pick(this.answer.messages, this.displays, occasion, Date.now());
+    log(`in-app (${occasion.kind}): ${message ? `showing ${message.campaign_token}` : "nothing to show"}`);
     if (message) this.show(message, this.answer);
   }
 

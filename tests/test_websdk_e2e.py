@@ -1,0 +1,527 @@
+"""The Web SDK's page script (websdk/src/sdk/, built into clarion/sdk/web/clarion.js) in Debian's
+headless Chromium against a real `clarion serve` on SQLite, driven by Playwright.
+
+The test page comes from the test's own HTTP server, which also forwards `/sdk/v1/...` to
+Clarion: the page and the SDK API share one origin, so these tests do not depend on the CORS
+allow-list (branch websdk-server). The forwarder records every SDK call it answered, which is
+what the tests wait on; it answers 502 while Clarion is stopped, as a proxy in front of a down
+server does.
+
+Also here: the unit tests of the TypeScript (`npm test`: node --test), the committed bundle is
+the build of the sources, and the 20 KB gzipped budget.
+"""
+
+from __future__ import annotations
+
+import gzip
+import http.client
+import json
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from playwright.sync_api import Browser, BrowserContext, Page, sync_playwright
+
+from tests.support.simulator import REPO_ROOT, free_port, stop_process_group
+from tests.test_dashboard_e2e import CHROMIUM, CHROMIUM_ARGS
+
+BUNDLE = REPO_ROOT / "clarion" / "sdk" / "web" / "clarion.js"
+WEBSDK = REPO_ROOT / "websdk"
+BIN = Path(sys.executable).parent
+BUDGET_GZIPPED = 20 * 1024
+WAIT = 15.0  # seconds for something the page does at once
+# The SDK retries a failed call after 1, 2, 4, 8 s...: the retry after a restart is within 16 s.
+RETRY_WAIT = 40.0
+
+needs_chromium = pytest.mark.skipif(
+    not CHROMIUM.exists(), reason="Debian's chromium package is not installed (see .ci/run)"
+)
+needs_node = pytest.mark.skipif(
+    shutil.which("node") is None or not (WEBSDK / "node_modules").exists(),
+    reason="node or websdk/node_modules missing (`make web` installs them)",
+)
+
+# The install snippet of docs/web-sdk.md, with the key filled in by the server.
+PAGE = """<!doctype html><html><head><meta charset="utf-8"><title>shop</title>
+<script>
+  window.clarion = window.clarion || function () {
+    (window.clarion.q = window.clarion.q || []).push(arguments);
+  };
+  clarion('setup', {apiKey: '%KEY%', server: location.origin, debug: true});
+</script>
+<script src="/sdk/web/v1/clarion.js" async></script></head>
+<body><button id="before">Before</button></body></html>"""
+
+
+# The server and the site ----------------------------------------------------------------------
+
+
+@dataclass
+class Clarion:
+    env: dict[str, str]
+    port: int
+    database: Path
+    api_key: str
+    rest_key: str
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        command = [str(BIN / "clarion"), "serve", "--port", str(self.port), "--no-workers"]
+        log = self.database.with_name("serve.log")
+        # The child keeps its own copy of the file descriptor.
+        with log.open("ab") as output:
+            self.process = subprocess.Popen(
+                command,
+                cwd=REPO_ROOT,
+                env=self.env,
+                stdout=output,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        deadline = time.monotonic() + 30
+        while not _ready(self.url):
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"clarion serve did not start:\n{log.read_text()[-4000:]}")
+            time.sleep(0.1)  # polling for readiness, not synchronising with a result
+
+    def stop(self) -> None:
+        if self.process is not None:
+            stop_process_group(self.process)
+            self.process = None
+
+    def rows(self, sql: str, *args: Any) -> list[tuple[Any, ...]]:
+        with sqlite3.connect(f"file:{self.database}?mode=ro", uri=True) as db:
+            return db.execute(sql, args).fetchall()
+
+    def rest(self) -> httpx.Client:
+        return httpx.Client(
+            base_url=f"{self.url}/1.1/{self.api_key}",
+            headers={"X-Authorization": self.rest_key},
+            timeout=10.0,
+        )
+
+
+def _ready(url: str) -> bool:
+    try:
+        return httpx.get(f"{url}/openapi.json", timeout=2.0).status_code == 200
+    except httpx.TransportError:
+        return False
+
+
+@dataclass
+class Call:
+    method: str
+    path: str
+    status: int
+    body: Any
+
+
+@dataclass
+class Site:
+    """The test page's origin: the page, the bundle, and Clarion's SDK API forwarded."""
+
+    clarion: Clarion
+    port: int = 0
+    calls: list[Call] = field(default_factory=list)
+    changed: threading.Condition = field(default_factory=threading.Condition)
+
+    def url(self, path: str = "/page.html") -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def record(self, call: Call) -> None:
+        with self.changed:
+            self.calls.append(call)
+            self.changed.notify_all()
+
+    def wait(
+        self, what: Callable[[Call], bool], timeout: float = WAIT, count: int = 1
+    ) -> list[Call]:
+        """The first `count` calls `what` accepts, once the forwarder has answered them."""
+        with self.changed:
+            found = self.changed.wait_for(
+                lambda: len([c for c in self.calls if what(c)]) >= count, timeout
+            )
+            seen = [(c.method, c.path, c.status) for c in self.calls]
+            assert found, f"no such call within {timeout} s; calls: {seen}"
+            return [c for c in self.calls if what(c)][:count]
+
+
+class _Handler(BaseHTTPRequestHandler):
+    site: Site
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def _send(self, status: int, content_type: str, body: bytes, headers: dict[str, str]) -> None:
+        self.send_response(status)
+        for name, value in headers.items():
+            self.send_header(name, value)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-store")
+        self.end_headers()
+        self.wfile.write(body)
+
+    def _forward(self) -> None:
+        clarion = self.site.clarion
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length else b""
+        if self.path == "/page.html":
+            page = PAGE.replace("%KEY%", clarion.api_key).encode()
+            self._send(200, "text/html; charset=utf-8", page, {})
+            return
+        if self.path == "/sdk/web/v1/clarion.js":
+            self._send(200, "text/javascript", BUNDLE.read_bytes(), {})
+            return
+        if not self.path.startswith("/sdk/v1/"):
+            self._send(404, "text/plain", b"not here", {})
+            return
+        headers = {
+            name: value
+            for name, value in self.headers.items()
+            if name.lower() in ("content-type", "if-none-match")
+        }
+        try:
+            connection = http.client.HTTPConnection("127.0.0.1", clarion.port, timeout=10)
+            connection.request(self.command, self.path, body=body or None, headers=headers)
+            answer = connection.getresponse()
+            status, answer_body = answer.status, answer.read()
+            kept = {k: v for k, v in answer.getheaders() if k.lower() in ("etag",)}
+            content_type = answer.getheader("Content-Type") or "application/json"
+            connection.close()
+        except OSError:
+            status, answer_body, kept, content_type = 502, b"{}", {}, "application/json"
+        self._send(status, content_type, answer_body, kept)
+        self.site.record(Call(self.command, self.path, status, json.loads(body) if body else None))
+
+    do_GET = do_PUT = do_POST = do_DELETE = _forward
+
+
+@pytest.fixture(scope="module")
+def clarion(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Clarion]:
+    var_dir = tmp_path_factory.mktemp("websdk")
+    database = var_dir / "clarion.db"
+    env = {
+        **os.environ,
+        "CLARION_VAR_DIR": str(var_dir),
+        "CLARION_DATABASE_URL": f"sqlite:///{database}",
+    }
+
+    def cli(*args: str) -> str:
+        done = subprocess.run(
+            [str(BIN / "clarion"), *args], env=env, capture_output=True, text=True, check=False
+        )
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    cli("migrate")
+    app = json.loads(cli("apps", "create", "--name", "shop", "--platform", "web"))
+    server = Clarion(env, free_port(), database, app["api_key"], app["rest_api_key"])
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def site(clarion: Clarion) -> Iterator[Site]:
+    site = Site(clarion)
+    handler = type("Handler", (_Handler,), {"site": site})
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    httpd.daemon_threads = True
+    site.port = httpd.server_address[1]
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield site
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def context(browser: Browser) -> Iterator[BrowserContext]:
+    """A new browser profile: empty IndexedDB, so a new installation."""
+    context = browser.new_context(locale="fr-FR", timezone_id="Europe/Paris")
+    yield context
+    context.close()
+
+
+def _installation_id(page: Page) -> str:
+    got: str = page.evaluate(
+        "new Promise(resolve => clarion(api => api.getInstallationID().then(resolve)))"
+    )
+    return got
+
+
+def _path(site: Site, install_id: str, suffix: str = "") -> str:
+    return f"/sdk/v1/{site.clarion.api_key}/installations/{install_id}{suffix}"
+
+
+# Tests ----------------------------------------------------------------------------------------
+
+
+@needs_chromium
+def test_setup_registers_the_installation_and_identify_attaches_the_user(
+    context: BrowserContext, site: Site
+) -> None:
+    page = context.new_page()
+    page.goto(site.url())
+    install_id = _installation_id(page)
+    assert len(install_id) == 36, install_id
+    assert install_id[14] == "4", install_id  # a v4 UUID
+    registered = site.wait(lambda c: c.method == "PUT" and c.path == _path(site, install_id))[0]
+    assert registered.status == 200
+    assert registered.body["language"] == "fr-FR"
+    assert registered.body["timezone"] == "Europe/Paris"
+    assert registered.body["device_model"].startswith("Chrome")
+    # A new tab session: reported as an app open.
+    site.wait(lambda c: c.path == _path(site, install_id, "/app-opens") and c.status == 202)
+    # The SDK API knows the installation: its in-app messages are answered (404 for a stranger).
+    with httpx.Client(base_url=site.clarion.url) as sdk:
+        assert sdk.get(_path(site, install_id, "/inapp-messages")).status_code == 200
+
+    page.evaluate(
+        "new Promise((resolve, reject) => clarion(api => api.profile()"
+        ".then(p => p.identify({customId: 'user-42'})).then(resolve, reject)))"
+    )
+    rows = site.clarion.rows(
+        "SELECT custom_id, timezone FROM installations WHERE install_id = ?", install_id
+    )
+    assert rows == [("user-42", "Europe/Paris")]
+    page.evaluate(
+        "new Promise((resolve, reject) => clarion(api => api.profile()"
+        ".then(p => p.identify({customId: null})).then(resolve, reject)))"
+    )
+    rows = site.clarion.rows("SELECT custom_id FROM installations WHERE install_id = ?", install_id)
+    assert rows == [(None,)]
+
+    # The same profile, another page: the same installation, same tab session (no new open).
+    page.goto(site.url())
+    assert _installation_id(page) == install_id
+
+
+@needs_chromium
+def test_batch_sdk_is_an_alias_and_debug_mode_explains_a_missing_key(
+    context: BrowserContext, site: Site
+) -> None:
+    page = context.new_page()
+    page.goto(site.url())
+    _installation_id(page)
+    assert page.evaluate("window.batchSDK === window.clarion")
+    messages: list[str] = []
+    page.on("console", lambda message: messages.append(message.text))
+    with page.expect_console_message(lambda m: "apiKey" in m.text):
+        page.evaluate(
+            "(() => { const s = document.createElement('script'); s.textContent = "
+            '"window.batchSDK = function () { (batchSDK.q = batchSDK.q || []).push(arguments) };'
+            " batchSDK('setup', {server: location.origin, debug: true});\"; "
+            "document.head.append(s); s.remove(); return true; })()"
+        )
+        # The real script, loaded again, replays the batchSDK stub's queue.
+        page.add_script_tag(url="/sdk/web/v1/clarion.js")
+    assert any("`apiKey` is missing" in m for m in messages), messages
+
+
+@needs_chromium
+def test_events_land_in_the_database_even_across_an_outage_a_reload_and_a_close(
+    context: BrowserContext, site: Site
+) -> None:
+    clarion = site.clarion
+    page = context.new_page()
+    page.goto(site.url())
+    install_id = _installation_id(page)
+    events = _path(site, install_id, "/events")
+    site.wait(lambda c: c.method == "PUT" and c.path == _path(site, install_id))
+
+    page.evaluate(
+        "clarion(api => { api.trackEvent('added_to_cart', {label: 'shoes', "
+        "attributes: {price: 49.9, size: 42}, tags: ['summer']}); api.trackEvent('viewed'); })"
+    )
+    sent = site.wait(lambda c: c.path == events and c.status == 202)[0]
+    assert [e["name"] for e in sent.body["events"]] == ["added_to_cart", "viewed"]  # one call
+    rows = clarion.rows(
+        "SELECT name, label, attributes, tags FROM tracked_events"
+        " WHERE install_id = ? AND name != '_open' ORDER BY id",
+        install_id,
+    )
+    assert [(r[0], r[1]) for r in rows] == [("added_to_cart", "shoes"), ("viewed", None)]
+    assert json.loads(rows[0][2]) == {"price": 49.9, "size": 42}
+    assert json.loads(rows[0][3]) == ["summer"]
+
+    # The server goes down: the event is kept, the page reloads (IndexedDB keeps the queue),
+    # the server comes back, the event arrives once.
+    clarion.stop()
+    try:
+        page.evaluate("clarion(api => api.trackEvent('offline_event'))")
+        site.wait(lambda c: c.path == events and c.status == 502)
+        page.reload()
+        _installation_id(page)
+    finally:
+        clarion.start()
+    site.wait(
+        lambda c: (
+            c.path == events and c.status == 202 and c.body["events"][0]["name"] == "offline_event"
+        ),
+        timeout=RETRY_WAIT,
+    )
+    names = [
+        r[0]
+        for r in clarion.rows(
+            "SELECT name FROM tracked_events WHERE install_id = ? AND name != '_open' ORDER BY id",
+            install_id,
+        )
+    ]
+    assert names == ["added_to_cart", "viewed", "offline_event"]
+
+    # Tracked right before the tab closes (within the 200 ms batching delay): pagehide sends it.
+    page.evaluate("clarion(api => api.trackEvent('last_words'))")
+    page.close(run_before_unload=True)
+    site.wait(
+        lambda c: (
+            c.path == events and c.status == 202 and c.body["events"][0]["name"] == "last_words"
+        )
+    )
+    names = [
+        r[0]
+        for r in clarion.rows(
+            "SELECT name FROM tracked_events WHERE install_id = ? AND name != '_open' ORDER BY id",
+            install_id,
+        )
+    ]
+    assert names == ["added_to_cart", "viewed", "offline_event", "last_words"]
+
+
+@needs_chromium
+def test_an_inapp_campaign_is_shown_at_the_next_session_clicked_by_keyboard_and_capped(
+    context: BrowserContext, site: Site
+) -> None:
+    body = {
+        "name": "Welcome to the shop",
+        "live": True,
+        "trigger": {"when": "NEXT_SESSION", "capping": 1},
+        "landing": {
+            "contents": [
+                {
+                    "title": "Bienvenue",
+                    "body": "Half price today",
+                    "actions": [
+                        {"label": "Plus tard", "action": "dismiss"},
+                        {"label": "Voir", "action": "dismiss"},
+                    ],
+                }
+            ]
+        },
+    }
+    with site.clarion.rest() as rest:
+        created = rest.post("/in-app-campaigns/create", json=body)
+        assert created.status_code == 201, created.text
+        token = created.json()["campaign_token"]
+        try:
+            _wait_until_served(site, token)
+            page = context.new_page()
+            with page.expect_console_message(lambda m: "in-app (session)" in m.text) as decided:
+                page.goto(site.url())
+            assert f"showing {token}" in decided.value.text
+            install_id = _installation_id(page)
+            shadow = "document.querySelector('clarion-inapp').shadowRoot"
+            assert page.evaluate(f"{shadow}.activeElement.getAttribute('role')") == "dialog"
+            page.keyboard.press("Tab")  # the close button
+            page.keyboard.press("Tab")
+            page.keyboard.press("Tab")
+            assert page.evaluate(f"{shadow}.activeElement.textContent") == "Voir"
+            page.keyboard.press("Enter")
+            assert page.evaluate("document.querySelector('clarion-inapp')") is None
+            reported = site.wait(
+                lambda c: c.path == _path(site, install_id, "/inapp-events"), count=2
+            )
+            kinds = [c.body["events"][0] for c in reported]
+            assert kinds == [
+                {"kind": "inapp_shown", "campaign_id": token},
+                {
+                    "kind": "inapp_clicked",
+                    "campaign_id": token,
+                    "cta_position": 1,
+                    "cta_label": "Voir",
+                },
+            ]
+            assert all(c.status == 202 for c in reported)
+            stats = rest.get(f"/in-app-campaigns/stats/{token}").json()["detail"]
+            assert [(d["shown"], d["clicked"]) for d in stats] == [(1, 1)]
+
+            # A new tab of the same browser: a new session, but capping (1) holds it back.
+            again = context.new_page()
+            with again.expect_console_message(lambda m: "in-app (session)" in m.text) as decided:
+                again.goto(site.url())
+            assert "nothing to show" in decided.value.text
+            assert again.evaluate("document.querySelector('clarion-inapp')") is None
+        finally:
+            # The app is the module's: other tests' new installations must not see it.
+            assert rest.post(f"/in-app-campaigns/delete/{token}").status_code == 200
+
+
+def _wait_until_served(site: Site, token: str) -> None:
+    """Until the server hands the new campaign out: each process rereads the apps' in-app
+    revisions once a second (docs/inapp.md), so one that answered before the campaign existed
+    serves it within about 2 s. Asked for a probe installation of its own."""
+    probe = _path(site, "probe")
+    with httpx.Client(base_url=site.clarion.url, timeout=10.0) as sdk:
+        assert sdk.put(probe, json={}).status_code == 200
+        deadline = time.monotonic() + WAIT
+        while True:
+            answer = sdk.get(f"{probe}/inapp-messages").json()
+            if token in [m["campaign_token"] for m in answer["messages"]]:
+                return
+            assert time.monotonic() < deadline, answer
+            time.sleep(0.1)  # polling the server's documented refresh, not a result of ours
+
+
+# The TypeScript's own tests, the committed bundle, the budget -----------------------------------
+
+
+@needs_node
+def test_the_typescript_unit_tests_pass() -> None:
+    done = subprocess.run(
+        ["npm", "test", "--silent"], cwd=WEBSDK, capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
+    assert "# fail 0" in done.stdout
+
+
+@needs_node
+def test_the_committed_bundle_is_the_build_of_the_sources(tmp_path: Path) -> None:
+    built = tmp_path / "clarion.js"
+    done = subprocess.run(
+        ["node", "build.mjs", "--sdk-out", str(built)], cwd=WEBSDK, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    assert built.read_bytes() == BUNDLE.read_bytes(), "run `make web` and commit the result"
+
+
+def test_the_bundle_is_within_its_size_budget() -> None:
+    gzipped = len(gzip.compress(BUNDLE.read_bytes(), compresslevel=9))
+    assert gzipped <= BUDGET_GZIPPED, gzipped
