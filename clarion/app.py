@@ -26,7 +26,9 @@ from clarion.inapp.api import sdk_router as inapp_sdk_router
 from clarion.inapp.api import themes_router as inapp_themes_router
 from clarion.openapi import install_openapi
 from clarion.runtime import Runtime
+from clarion.sdk.api import SdkCors
 from clarion.sdk.api import router as sdk_router
+from clarion.sdk.api import web_router as web_sdk_router
 from clarion.transactional.api import router as transactional_router
 
 
@@ -56,6 +58,7 @@ def create_app(settings: Settings, *, workers: bool) -> FastAPI:
     app.include_router(inapp_sdk_router)
     app.include_router(inapp_themes_router)
     app.include_router(sdk_router)
+    app.include_router(web_sdk_router)
     app.include_router(trigger_events_router)
     app.include_router(custom_data_router)
     app.include_router(audiences_router)
@@ -77,7 +80,10 @@ def create_app(settings: Settings, *, workers: bool) -> FastAPI:
         bulk_max_bytes=settings.max_bulk_body_bytes,
         upload_max_bytes=settings.max_upload_bytes,
     )
-    # Outermost: the SDK's in-app fetches are answered before anything else runs.
+    # The SDK's in-app fetches are answered before anything else runs (but CORS, below).
     app.add_middleware(FetchFastPath, key_cache=runtime.key_cache, feed=runtime.inapp)
+    # Around the fast path, so that its answers to web pages carry the CORS headers too, and
+    # a page of an origin the app does not allow is refused before anything runs.
+    app.add_middleware(SdkCors, key_cache=runtime.key_cache, sessions=runtime.sessions)
 
     return app

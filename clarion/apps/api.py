@@ -6,6 +6,7 @@ from fastapi import APIRouter
 
 from clarion.apps import service
 from clarion.apps.schemas import (
+    AllowedOriginsIn,
     ApnsCredentialsIn,
     AppCreate,
     AppCreated,
@@ -89,4 +90,19 @@ async def set_webpush(
 ) -> AppRead:
     app = await service.get_company_app(session, company_id=company.id, app_id=app_id)
     service.set_webpush_credentials(app, body, runtime.box)
+    return service.describe_app(app)
+
+
+@router.put("/{app_id}/allowed-origins", response_model=AppRead)
+async def set_allowed_origins(
+    app_id: DbInt,
+    body: AllowedOriginsIn,
+    company: RestCompany,
+    session: SessionDep,
+    runtime: RuntimeDep,
+) -> AppRead:
+    """The web pages (origins) that may call the SDK API with the app's key, replacing the
+    list; a web app's only. See docs/web-sdk.md, "Serving and allowed origins"."""
+    app = await service.get_company_app(session, company_id=company.id, app_id=app_id)
+    service.set_allowed_origins(app, body.allowed_origins, runtime.key_cache)
     return service.describe_app(app)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import ForeignKey, String, Text
+from sqlalchemy import ForeignKey, String, Text, text
 from sqlalchemy.orm import Mapped, mapped_column
 
-from clarion.db import Base, BigIntPK, UtcDateTime, utcnow
+from clarion.db import Base, BigIntPK, JsonValue, UtcDateTime, utcnow
 
 
 class Company(Base):
@@ -36,4 +36,9 @@ class App(Base):
     webpush_credentials: Mapped[str | None] = mapped_column(Text)
     # The VAPID applicationServerKey is public by design: web pages subscribe with it.
     vapid_public_key: Mapped[str | None] = mapped_column(String(100))
+    # The web pages that may call the SDK API with this app's key (docs/web-sdk.md): origins
+    # as browsers write them, `https://shop.example`; at most 50 (schemas.AllowedOriginsIn).
+    allowed_origins: Mapped[list[str]] = mapped_column(
+        JsonValue, default=list, server_default=text("'[]'")
+    )
     created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)

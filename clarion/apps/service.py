@@ -54,6 +54,8 @@ class AppAccess:
     platform: str
     vapid_public_key: str | None
     is_dev: bool
+    # The web pages that may call the SDK API with the key (checked by clarion.sdk.api.SdkCors).
+    allowed_origins: frozenset[str] = frozenset()
 
 
 def live_access(app: App) -> AppAccess:
@@ -65,6 +67,7 @@ def live_access(app: App) -> AppAccess:
         platform=app.platform,
         vapid_public_key=app.vapid_public_key,
         is_dev=False,
+        allowed_origins=frozenset(app.allowed_origins),
     )
 
 
@@ -173,6 +176,7 @@ def describe_app(app: App, keys: AppKeys | None = None, rest_key: str | None = N
         "has_apns_credentials": app.apns_credentials is not None,
         "has_fcm_credentials": app.fcm_credentials is not None,
         "has_webpush_credentials": app.webpush_credentials is not None,
+        "allowed_origins": list(app.allowed_origins),
         "created_at": app.created_at,
     }
     if keys is None:
@@ -223,6 +227,7 @@ async def authenticate_app(
                     App.platform,
                     App.vapid_public_key,
                     App.dev_key_hash,
+                    App.allowed_origins,
                 ).where(or_(App.live_key_hash == digest, App.dev_key_hash == digest))
             )
             row = result.first()
@@ -234,6 +239,7 @@ async def authenticate_app(
             platform=row.platform,
             vapid_public_key=row.vapid_public_key,
             is_dev=row.dev_key_hash == digest,
+            allowed_origins=frozenset(row.allowed_origins),
         )
         cache.put(digest, access)
     if company is not None and access.company_id != company.id:
@@ -252,6 +258,19 @@ async def list_company_apps(session: AsyncSession, *, company_id: int) -> list[A
     return list(
         await session.scalars(select(App).where(App.company_id == company_id).order_by(App.id))
     )
+
+
+def set_allowed_origins(app: App, origins: list[str], cache: KeyCache) -> None:
+    """Replace the web pages allowed to call the SDK API with the app's key (normalised by
+    AllowedOriginsIn). This process sees the change at once; others within the key cache's
+    lifetime (CLARION_AUTH_CACHE_SECONDS, 5 s by default)."""
+    if app.platform != "web":
+        raise MalformedParameterError(
+            f"allowed_origins: only web apps are called from web pages; app {app.id} is "
+            f"{app.platform}"
+        )
+    app.allowed_origins = list(dict.fromkeys(origins))
+    cache.forget(app.live_key_hash, app.dev_key_hash)
 
 
 def set_apns_credentials(app: App, creds: ApnsCredentialsIn, box: SecretBox) -> None:

@@ -17,6 +17,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from clarion.apps import service as apps_service
 from clarion.apps.schemas import (
+    MAX_ALLOWED_ORIGINS,
+    MAX_ORIGIN_LENGTH,
+    AllowedOriginsIn,
     ApnsCredentialsIn,
     AppCreate,
     FcmCredentialsIn,
@@ -246,6 +249,38 @@ async def set_credentials(
         )
     return await render(
         request, session, viewer, "settings.html", app=app, notice="Credentials saved."
+    )
+
+
+@router.post("/apps/{app_id}/allowed-origins")
+async def set_allowed_origins(
+    request: Request,
+    app_id: DbInt,
+    viewer: ViewerDep,
+    session: SessionDep,
+    runtime: RuntimeDep,
+    allowed_origins: Annotated[str, Form(max_length=MAX_ALLOWED_ORIGINS * MAX_ORIGIN_LENGTH)] = "",
+) -> HTMLResponse:
+    """The web pages that may call the SDK API with the app's key: one origin a line."""
+    service.require_admin(viewer)
+    app, _ = await service.company_app(session, viewer, app_id)
+    lines = [line.strip() for line in allowed_origins.splitlines() if line.strip()]
+    try:
+        origins = validated(AllowedOriginsIn, {"allowed_origins": lines})
+        apps_service.set_allowed_origins(app, origins.allowed_origins, runtime.key_cache)
+    except ClarionError as exc:
+        return await render(
+            request,
+            session,
+            viewer,
+            "settings.html",
+            app=app,
+            status=exc.status,
+            origins_error=exc.message,
+            origins_form="\n".join(lines),
+        )
+    return await render(
+        request, session, viewer, "settings.html", app=app, notice="Allowed origins saved."
     )
 
 

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import re
 from typing import Annotated
 
-from fastapi import APIRouter, Path
+from fastapi import APIRouter, Header, Path, Response
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from clarion.errors import NotFoundError
+from clarion.apps.schemas import MAX_ORIGIN_LENGTH
+from clarion.apps.service import AppAccess, KeyCache, authenticate_app
+from clarion.errors import ApiMisuseError, ClarionError, NotFoundError
 from clarion.formats import Text
-from clarion.http import RuntimeDep, SdkApp, SessionDep
+from clarion.http import RuntimeDep, SdkApp, SessionDep, error_response
 from clarion.sdk import service
 from clarion.sdk.schemas import (
     Accepted,
@@ -21,6 +26,8 @@ from clarion.sdk.schemas import (
     TrackedEventsIn,
     VapidKey,
 )
+from clarion.sdk.scripts import load_scripts, not_modified
+from clarion.security import hash_key
 
 router = APIRouter(prefix="/sdk/v1/{api_key}", tags=["sdk"])
 InstallId = Annotated[Text, Path(max_length=128)]
@@ -97,3 +104,126 @@ async def get_vapid_key(access: SdkApp) -> VapidKey:
     if access.vapid_public_key is None:
         raise NotFoundError("this app has no Web Push key")
     return VapidKey(application_server_key=access.vapid_public_key)
+
+
+# The Web SDK's scripts: public, no key (docs/api-keys.md), read once as the process starts.
+web_router = APIRouter(prefix="/sdk/web/v1", tags=["sdk"], include_in_schema=False)
+_SCRIPTS = load_scripts()
+
+
+@web_router.get("/{file_name}")
+async def web_sdk_script(
+    file_name: Annotated[str, Path(max_length=64)],
+    if_none_match: Annotated[str | None, Header(max_length=1024)] = None,
+) -> Response:
+    """`clarion.js` and `clarion-sw.js`, and each under its content-hashed name
+    (`clarion.<hash>.js`, the hash being the stable path's ETag)."""
+    script = _SCRIPTS.get(file_name)
+    if script is None:
+        raise NotFoundError(
+            f"no file {file_name!r}: the Web SDK is clarion.js and clarion-sw.js, or their "
+            "hashed names (clarion.<ETag>.js) for the build this server runs"
+        )
+    if not_modified(script.etag, if_none_match):
+        return Response(status_code=304, headers=script.headers)
+    return Response(script.body, headers=script.headers)
+
+
+_SDK_PATH = re.compile(r"/sdk/v1/([^/]+)(?:/.*)?", re.DOTALL)
+# What the SDK sends: JSON bodies, and its last ETag on the in-app fetch.
+_PREFLIGHT = [
+    (b"access-control-allow-methods", b"GET, PUT, POST, DELETE"),
+    (b"access-control-allow-headers", b"Content-Type, If-None-Match"),
+    (b"access-control-expose-headers", b"ETag"),
+    # Ten minutes: a browser asks again at most this often (Chromium caps it at 2 hours), and
+    # an origin removed from the list is refused on its next call whatever browsers cached.
+    (b"access-control-max-age", b"600"),
+]
+
+
+class SdkCors:
+    """CORS for the SDK API (`/sdk/v1/{api_key}/...`): web pages of the app's allowed origins
+    may call it, and no other page.
+
+    A request with an Origin header (a browser's) is checked against the app its key names: a
+    preflight from an allowed origin answers 204, the other calls go on with the CORS headers
+    added to whatever answers them; an origin not allowed is refused (403/12) before anything
+    runs, so nothing is written. A request without Origin (a native app, a server) passes
+    untouched: the cost on the SDK's hottest route, the fetch's 304 (FetchFastPath, inside this
+    one), is one scan of its headers. The allowed origins come with the key's AppAccess from
+    the KeyCache, like the key itself.
+    """
+
+    def __init__(
+        self, app: ASGIApp, key_cache: KeyCache, sessions: async_sessionmaker[AsyncSession]
+    ) -> None:
+        self.app = app
+        self.key_cache = key_cache
+        self.sessions = sessions
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not scope["path"].startswith("/sdk/v1/"):
+            await self.app(scope, receive, send)
+            return
+        origin: bytes | None = None
+        asks_method = False
+        for name, value in scope["headers"]:
+            if name == b"origin":
+                origin = value
+            elif name == b"access-control-request-method":
+                asks_method = True
+        match = _SDK_PATH.fullmatch(scope["path"])
+        if origin is None or match is None:
+            await self.app(scope, receive, send)
+            return
+        allow = [(b"access-control-allow-origin", origin), (b"vary", b"Origin")]
+        try:
+            access = await self._access(match[1])
+            _check_origin(access, origin.decode("latin-1"))
+        except ClarionError as exc:  # an unknown key (401), an origin not allowed (403)
+            # Readable by the page (a request the browser did not preflight), so that the SDK's
+            # debug mode can say why: the answer tells the page only what it sent.
+            await _refuse(send, exc, allow)
+            return
+        if scope["method"] == "OPTIONS" and asks_method:
+            await _respond(send, 204, allow + _PREFLIGHT)
+            return
+        allow.append((b"access-control-expose-headers", b"ETag"))
+
+        async def send_with_cors(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", ()), *allow]}
+            await send(message)
+
+        await self.app(scope, receive, send_with_cors)
+
+    async def _access(self, api_key: str) -> AppAccess:
+        cached = self.key_cache.get(hash_key(api_key))
+        if isinstance(cached, AppAccess):
+            return cached
+        # Cached by the lookup: the route's own authentication (SdkApp) finds it there.
+        return await authenticate_app(self.sessions, api_key=api_key, cache=self.key_cache)
+
+
+def _check_origin(access: AppAccess, origin: str) -> None:
+    if origin not in access.allowed_origins:
+        shown = origin if len(origin) <= MAX_ORIGIN_LENGTH else origin[:MAX_ORIGIN_LENGTH] + "…"
+        raise ApiMisuseError(
+            f"the origin {shown} may not call the SDK API with this key: add it to the app's "
+            "allowed origins (dashboard: the app's Settings, Allowed origins; admin API: "
+            "PUT /admin/v1/apps/{app_id}/allowed-origins)"
+        )
+
+
+async def _respond(
+    send: Send, status: int, headers: list[tuple[bytes, bytes]], body: bytes = b""
+) -> None:
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def _refuse(send: Send, error: ClarionError, headers: list[tuple[bytes, bytes]]) -> None:
+    body = bytes(error_response(error).body)
+    length = str(len(body)).encode()
+    headers = [*headers, (b"content-type", b"application/json"), (b"content-length", length)]
+    await _respond(send, error.status, headers, body)

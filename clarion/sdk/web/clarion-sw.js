@@ -1,0 +1,1 @@
+// Clarion Web SDK service worker: placeholder until the build (websdk/) writes it.
