@@ -117,14 +117,15 @@ class Sdk implements Api {
     this.displays = (await this.store.get<Displays>("inapp_displays")) ?? {};
     this.id.resolve(id);
     addEventListener("pagehide", () => this.pageHidden());
-    document.addEventListener("visibilitychange", () => {
-      if (document.visibilityState === "hidden") this.touch();
-      else void this.visible();
-    });
     await this.register(0);
     this.isRegistered = true;
     this.registered.resolve();
     this.queue.start();
+    // Only once registered: an app open or a fetch for an unknown installation is a 404.
+    document.addEventListener("visibilitychange", () => {
+      if (document.visibilityState === "hidden") this.touch();
+      else void this.visible();
+    });
     await this.visible();
   }
 
