@@ -464,6 +464,90 @@ def test_an_inapp_campaign_is_shown_at_the_next_session_clicked_by_keyboard_and_
             assert rest.post(f"/in-app-campaigns/delete/{token}").status_code == 200
 
 
+@needs_chromium
+def test_an_event_triggered_message_runs_the_pages_action_handler_and_reports_a_close(
+    context: BrowserContext, site: Site
+) -> None:
+    body = {
+        "name": "Shoes",
+        "live": True,
+        "trigger": {"when": "EVENT", "event": "e.bought", "label": "shoes"},
+        "landing": {
+            "contents": [
+                {
+                    "title": "Socks to match?",
+                    "actions": [
+                        {
+                            "label": "Show",
+                            "action": "deeplink",
+                            "args": {"l": "https://shop.example/socks"},
+                        }
+                    ],
+                }
+            ]
+        },
+        "custom_payload": json.dumps({"aisle": 7}),
+    }
+    with site.clarion.rest() as rest:
+        created = rest.post("/in-app-campaigns/create", json=body)
+        assert created.status_code == 201, created.text
+        token = created.json()["campaign_token"]
+        try:
+            _wait_until_served(site, token)
+            page = context.new_page()
+            with page.expect_console_message(lambda m: "in-app (session)" in m.text) as decided:
+                page.goto(site.url())
+            assert "nothing to show" in decided.value.text
+            page.evaluate("clarion('onInAppAction', a => { window.handled = a; return false; })")
+            track = "label => clarion(api => api.trackEvent('bought', {label}))"
+            with page.expect_console_message(lambda m: "in-app (event)" in m.text) as decided:
+                page.evaluate(track, "hats")
+            assert "nothing to show" in decided.value.text
+            with (
+                page.expect_response(_sdk_call("POST", "/inapp-events")) as shown,
+                page.expect_console_message(lambda m: "in-app (event)" in m.text) as decided,
+            ):
+                page.evaluate(track, "shoes")
+            assert f"showing {token}" in decided.value.text
+            assert _sent(shown.value)["events"][0]["kind"] == "inapp_shown"
+
+            # The deeplink goes to the page's handler, which keeps the page where it is.
+            shadow = "document.querySelector('clarion-inapp').shadowRoot"
+            page.keyboard.press("Tab")
+            page.keyboard.press("Tab")
+            assert page.evaluate(f"{shadow}.activeElement.textContent") == "Show"
+            with page.expect_response(_sdk_call("POST", "/inapp-events")) as clicked:
+                page.keyboard.press("Enter")
+            assert _sent(clicked.value)["events"][0]["kind"] == "inapp_clicked"
+            assert page.evaluate("window.handled") == {
+                "campaignToken": token,
+                "position": 0,
+                "label": "Show",
+                "action": "deeplink",
+                "args": {"l": "https://shop.example/socks"},
+                "customPayload": {"aisle": 7},
+            }
+            assert page.url == site.url()
+
+            # No capping: the next matching event shows it again; Escape closes it.
+            with (
+                page.expect_response(_sdk_call("POST", "/inapp-events")) as shown,
+                page.expect_console_message(lambda m: "in-app (event)" in m.text) as decided,
+            ):
+                page.evaluate(track, "shoes")
+            assert f"showing {token}" in decided.value.text
+            assert _sent(shown.value)["events"][0]["kind"] == "inapp_shown"
+            with page.expect_response(_sdk_call("POST", "/inapp-events")) as closed:
+                page.keyboard.press("Escape")
+            assert _sent(closed.value) == {
+                "events": [{"kind": "inapp_closed", "campaign_id": token}]
+            }
+            stats = rest.get(f"/in-app-campaigns/stats/{token}").json()["detail"]
+            assert [(d["shown"], d["clicked"], d["closed"]) for d in stats] == [(2, 1, 1)]
+        finally:
+            assert rest.post(f"/in-app-campaigns/delete/{token}").status_code == 200
+
+
 def _wait_until_served(site: Site, token: str) -> None:
     """Until the server hands the new campaign out: each process rereads the apps' in-app
     revisions once a second (docs/inapp.md), so one that answered before the campaign existed
