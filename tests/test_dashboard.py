@@ -207,7 +207,13 @@ class TestProtections:
         settings = await api.get(f"/dashboard/apps/{ios_app.app_id}/settings")
         assert "Only admins see and rotate API keys." in settings.text
         assert "keys/rotate" not in settings.text
-        for path in ("keys/rotate", "rest-key/rotate", "credentials", "test-push"):
+        for path in (
+            "keys/rotate",
+            "rest-key/rotate",
+            "credentials",
+            "test-push",
+            "allowed-origins",
+        ):
             refused = await api.post(
                 f"/dashboard/apps/{ios_app.app_id}/{path}", data={"csrf_token": login.csrf}
             )

@@ -13,6 +13,7 @@ from typing import Any
 
 import httpx
 import pytest
+from fastapi import APIRouter
 from fastapi.dependencies.models import Dependant
 from fastapi.routing import APIRoute
 from sqlalchemy import select
@@ -30,6 +31,8 @@ DEV_KEY_ROUTES = re.compile(
     r"/1\.[01]/\{api_key\}/transactional/send/?"
     r"|/1\.1/\{api_key\}/(in-app-)?campaigns/(create|update/\{token\}|delete/\{token\})/?"
 )
+# Public files, no key at all: the Web SDK's scripts, which any site's pages load.
+PUBLIC_ROUTES = re.compile(r"/sdk/web/v1/\{file_name\}")
 KINDS: dict[Callable[..., Any], str] = {
     http.rest_app_live: "Live",
     http.rest_app: "Live or Dev",
@@ -45,8 +48,8 @@ def _calls(dependant: Dependant) -> Iterator[Callable[..., Any] | None]:
 
 
 def api_routes() -> Iterator[tuple[str, APIRoute]]:
-    """Every route of every clarion.<package>.api module but the dashboard's (its sessions act
-    with the Live key's rights, clarion.dashboard.service.company_app)."""
+    """Every route of every router of every clarion.<package>.api module but the dashboard's
+    (its sessions act with the Live key's rights, clarion.dashboard.service.company_app)."""
     for module in pkgutil.iter_modules(clarion.__path__):
         if not module.ispkg or module.name == "dashboard":
             continue
@@ -54,9 +57,11 @@ def api_routes() -> Iterator[tuple[str, APIRoute]]:
             api = importlib.import_module(f"clarion.{module.name}.api")
         except ModuleNotFoundError:
             continue
-        for route in api.router.routes:
-            if isinstance(route, APIRoute):
-                yield module.name, route
+        routers = [r for r in vars(api).values() if isinstance(r, APIRouter)]
+        for router in routers:
+            for route in router.routes:
+                if isinstance(route, APIRoute):
+                    yield module.name, route
 
 
 def key_kind(route: APIRoute) -> str:
@@ -70,10 +75,17 @@ def test_every_route_takes_the_keys_of_the_table() -> None:
         for method in route.methods:
             kinds[(package, method, route.path)] = key_kind(route)
     assert len(kinds) >= 60
-    for (package, method, path), kind in kinds.items():
-        if package == "apps":
+    assert {path for _, _, path in kinds} >= {
+        "/sdk/web/v1/{file_name}",
+        "/sdk/v1/{api_key}/installations/{install_id}/inapp-messages",
+        "/admin/v1/apps/{app_id}/inapp-themes/{code}",
+    }
+    for (_, method, path), kind in kinds.items():
+        if path.startswith("/admin/"):
             expected = "REST key"  # no app key: the company's REST key administers its apps
-        elif package == "sdk":
+        elif PUBLIC_ROUTES.fullmatch(path):
+            expected = "none"
+        elif path.startswith("/sdk/"):
             expected = "SDK"  # debug builds register with the Dev key
         elif DEV_KEY_ROUTES.fullmatch(path):
             expected = "Live or Dev"

@@ -13,12 +13,14 @@ import pytest
 from sqlalchemy import func, select
 from starlette.types import Receive, Scope, Send
 
+from clarion.dashboard.models import Role
 from clarion.inapp.api import FetchFastPath
 from clarion.runtime import Runtime
 from clarion.sdk.api import SdkCors
 from clarion.sdk.models import Installation
 from clarion.sdk.scripts import SCRIPTS_DIR
 from tests.conftest import ClientApp
+from tests.support.dashboard import sign_in_as
 from tests.test_campaigns import error
 
 SHOP = "https://shop.example"
@@ -414,3 +416,43 @@ class TestScripts:
         assert answer.json()["code"] in (20, 31)
         if not path.endswith("a" * 65):
             assert answer.status_code == 404
+
+
+class TestDashboard:
+    async def test_an_admin_sets_the_origins_on_the_settings_page(
+        self, api: httpx.AsyncClient, web_app: ClientApp, runtime: Runtime
+    ) -> None:
+        login = await sign_in_as(runtime, app_id=web_app.app_id, role=Role.ADMIN)
+        login.use(api)
+        path = f"/dashboard/apps/{web_app.app_id}/allowed-origins"
+        saved = await api.post(
+            path,
+            data={"csrf_token": login.csrf, "allowed_origins": " HTTPS://Shop.Example/\n\n"},
+        )
+        assert saved.status_code == 200, saved.text
+        assert "Allowed origins saved." in saved.text
+        page = await api.get(f"/dashboard/apps/{web_app.app_id}/settings")
+        assert f">{SHOP}</textarea>" in page.text
+        got = await api.get(f"/admin/v1/apps/{web_app.app_id}", headers=web_app.headers())
+        assert got.json()["allowed_origins"] == [SHOP]
+        refused = await api.post(
+            path,
+            data={"csrf_token": login.csrf, "allowed_origins": f"{SHOP}\nhttps://*.example"},
+        )
+        assert refused.status_code == 400
+        assert "allowed_origins.1: wildcards are not allowed" in refused.text
+        assert "https://*.example</textarea>" in refused.text  # kept for correction
+        got = await api.get(f"/admin/v1/apps/{web_app.app_id}", headers=web_app.headers())
+        assert got.json()["allowed_origins"] == [SHOP]
+
+    async def test_only_web_apps_show_the_section_and_viewers_only_read_it(
+        self, api: httpx.AsyncClient, web_app: ClientApp, ios_app: ClientApp, runtime: Runtime
+    ) -> None:
+        await allow(api, web_app, [SHOP])
+        (await sign_in_as(runtime, app_id=web_app.app_id, role=Role.VIEWER)).use(api)
+        page = await api.get(f"/dashboard/apps/{web_app.app_id}/settings")
+        assert f"<li><code>{SHOP}</code></li>" in page.text
+        assert "/allowed-origins" not in page.text
+        (await sign_in_as(runtime, app_id=ios_app.app_id, role=Role.ADMIN)).use(api)
+        native = await api.get(f"/dashboard/apps/{ios_app.app_id}/settings")
+        assert "Allowed origins" not in native.text

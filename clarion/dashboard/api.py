@@ -269,19 +269,13 @@ async def set_allowed_origins(
         origins = validated(AllowedOriginsIn, {"allowed_origins": lines})
         apps_service.set_allowed_origins(app, origins.allowed_origins, runtime.key_cache)
     except ClarionError as exc:
+        # The lines as typed stay in the form, to be corrected.
+        shown = {"origins_error": exc.message, "origins_form": "\n".join(lines)}
         return await render(
-            request,
-            session,
-            viewer,
-            "settings.html",
-            app=app,
-            status=exc.status,
-            origins_error=exc.message,
-            origins_form="\n".join(lines),
+            request, session, viewer, "settings.html", app=app, status=exc.status, **shown
         )
-    return await render(
-        request, session, viewer, "settings.html", app=app, notice="Allowed origins saved."
-    )
+    notice = "Allowed origins saved."
+    return await render(request, session, viewer, "settings.html", app=app, notice=notice)
 
 
 @router.post("/apps/{app_id}/test-push")
