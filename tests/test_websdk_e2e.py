@@ -336,7 +336,7 @@ def test_an_origin_the_app_does_not_allow_is_explained_in_debug_mode(
     page = context.new_page()
     with page.expect_console_message(lambda m: "no answer" in m.text) as explained:
         page.goto(site.url())
-    assert "CORS" in explained.value.text
+    assert f"{site.origin} is not in the app's allowed origins" in explained.value.text
     install_id = _installation_id(page)
     assert site.clarion.rows("SELECT 1 FROM installations WHERE install_id = ?", install_id) == []
 

@@ -157,7 +157,11 @@ class Sdk implements Api {
       if (!response.ok) log(`${method} ${path || "installation"}: HTTP ${response.status}`, await response.text());
       return response.status;
     } catch (error) {
-      log(`${method} ${path || "installation"}: no answer (server down, offline, or CORS)`, error);
+      log(
+        `${method} ${path || "installation"}: no answer: the server is down, the browser is offline, ` +
+          `or ${location.origin} is not in the app's allowed origins`,
+        error,
+      );
       return 0;
     }
   }
