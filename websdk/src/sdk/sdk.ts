@@ -325,7 +325,7 @@ function run(args: ArrayLike<unknown>): void {
       log("a clarion(api => ...) callback threw", error);
     }
   } else if (first === "setup") {
-    void sdk.setup((second ?? {}) as Config);
+    sdk.setup((second ?? {}) as Config).catch((error: unknown) => log("setup failed", error));
   } else if (first === "onInAppAction") {
     sdk.onInAppAction(second as InAppActionHandler);
   } else {
