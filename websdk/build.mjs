@@ -1,32 +1,73 @@
-// Builds clarion/dashboard/static/inapp-render.js from src/ (`npm run build`, or `make web` at
-// the repository root). `node build.mjs --out FILE` writes elsewhere: the test that the
-// committed file is current builds into a temporary folder and compares the bytes.
+// Builds the committed browser bundles from src/ (`npm run build`, or `make web` at the
+// repository root):
+//   clarion/dashboard/static/inapp-render.js  the in-app renderer for the dashboard's preview
+//   clarion/sdk/web/clarion.js                the Web SDK's page script (served at /sdk/web/v1/)
+// `--out FILE` builds only the renderer, into FILE, and `--sdk-out FILE` only the SDK: the tests
+// that the committed files are current build into a temporary folder and compare the bytes.
+// `--tests DIR` compiles test/*.test.ts into DIR for `node --test` (`npm test`).
 import { build } from "esbuild";
+import { readdirSync } from "node:fs";
 import { fileURLToPath } from "node:url";
 import path from "node:path";
 
 const here = path.dirname(fileURLToPath(import.meta.url));
-const flag = process.argv.indexOf("--out");
-const outfile =
-  flag === -1
-    ? path.join(here, "..", "clarion", "dashboard", "static", "inapp-render.js")
-    : path.resolve(process.argv[flag + 1]);
+const root = path.join(here, "..");
+const arg = (name) => {
+  const at = process.argv.indexOf(name);
+  return at === -1 ? null : path.resolve(process.argv[at + 1]);
+};
 
-await build({
-  entryPoints: [path.join(here, "src", "inapp", "global.ts")],
-  outfile,
+const common = {
   bundle: true,
   minify: true,
   format: "iife",
-  globalName: "ClarionInApp",
-  // Browsers with shadow DOM, custom properties and URL (2020 on).
+  // Browsers with shadow DOM, custom properties, URL and IndexedDB (2020 on).
   target: ["es2020"],
   charset: "ascii",
   legalComments: "none",
   // Output depends on the sources only: no source map (its paths are the machine's), no dates.
   sourcemap: false,
+  logLevel: "warning",
+};
+
+const renderer = {
+  ...common,
+  entryPoints: [path.join(here, "src", "inapp", "global.ts")],
+  globalName: "ClarionInApp",
   banner: {
     js: "/* Generated from websdk/src/inapp/ by `make web` (cd websdk && npm ci && npm run build); do not edit. */",
   },
-  logLevel: "warning",
-});
+};
+const sdk = {
+  ...common,
+  entryPoints: [path.join(here, "src", "sdk", "main.ts")],
+  banner: {
+    js: "/* Clarion Web SDK. Generated from websdk/src/ by `make web` (cd websdk && npm ci && npm run build); do not edit. */",
+  },
+};
+
+const tests = arg("--tests");
+const out = arg("--out");
+const sdkOut = arg("--sdk-out");
+if (tests) {
+  const dir = path.join(here, "test");
+  await build({
+    entryPoints: readdirSync(dir)
+      .filter((name) => name.endsWith(".test.ts"))
+      .map((name) => path.join(dir, name)),
+    outdir: tests,
+    outExtension: { ".js": ".mjs" },
+    bundle: true,
+    format: "esm",
+    platform: "node",
+    target: ["node20"],
+    external: ["node:*"],
+    logLevel: "warning",
+  });
+} else if (out || sdkOut) {
+  if (out) await build({ ...renderer, outfile: out });
+  if (sdkOut) await build({ ...sdk, outfile: sdkOut });
+} else {
+  await build({ ...renderer, outfile: path.join(root, "clarion", "dashboard", "static", "inapp-render.js") });
+  await build({ ...sdk, outfile: path.join(root, "clarion", "sdk", "web", "clarion.js") });
+}

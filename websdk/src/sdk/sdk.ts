@@ -1,0 +1,347 @@
+// The page script: `clarion(...)` / `batchSDK(...)` commands, installation, sessions, events,
+// identity and in-app messages. docs/web-sdk.md is the page author's view of it.
+
+import { render, type Rendered } from "../inapp/render";
+import type { SdkAction } from "../inapp/types";
+import { pick, recordShown, type Displays, type Occasion, type WireAnswer, type WireMessage } from "./decide";
+import { browserFacts } from "./facts";
+import { EventQueue, type QueuedEvent } from "./queue";
+import { memoryStore, openStore, type Store } from "./storage";
+
+export interface Config {
+  apiKey?: unknown;
+  server?: unknown;
+  debug?: unknown;
+}
+
+export interface InAppAction {
+  campaignToken: string;
+  position: number;
+  label: string;
+  action: SdkAction["action"];
+  args: Record<string, unknown> | null;
+  customPayload: Record<string, unknown> | null;
+}
+/** Return `false` to keep a deeplink from being followed. */
+export type InAppActionHandler = (action: InAppAction) => boolean | void;
+
+export interface EventData {
+  label?: string;
+  attributes?: Record<string, unknown>;
+  tags?: string[];
+}
+
+export interface Profile {
+  identify(identity: { customId?: string | null }): Promise<void>;
+}
+
+export interface Api {
+  getInstallationID(): Promise<string>;
+  trackEvent(name: string, data?: EventData): Promise<void>;
+  profile(): Promise<Profile>;
+  onInAppAction(handler: InAppActionHandler): void;
+}
+
+/** A new session after this long without the page in view (Batch's and the mobile SDKs'). */
+export const SESSION_GAP_MS = 30 * 60 * 1000;
+const EVENT_NAME = /^[a-zA-Z0-9][a-zA-Z0-9_]{0,29}$/;
+const SESSION_KEY = "clarion.session";
+
+type Command = unknown[];
+interface Stub {
+  (...args: unknown[]): void;
+  q?: ArrayLike<unknown>[];
+}
+
+let debug = false;
+function log(...args: unknown[]): void {
+  if (debug) console.warn("[clarion]", ...args);
+}
+
+function uuid(): string {
+  if (typeof crypto.randomUUID === "function") return crypto.randomUUID();
+  const b = crypto.getRandomValues(new Uint8Array(16));
+  b[6] = ((b[6] ?? 0) & 0x0f) | 0x40;
+  b[8] = ((b[8] ?? 0) & 0x3f) | 0x80;
+  const h = Array.from(b, (x) => x.toString(16).padStart(2, "0")).join("");
+  return `${h.slice(0, 8)}-${h.slice(8, 12)}-${h.slice(12, 16)}-${h.slice(16, 20)}-${h.slice(20)}`;
+}
+
+function deferred<T>(): { promise: Promise<T>; resolve(value: T): void } {
+  let resolve!: (value: T) => void;
+  const promise = new Promise<T>((r) => (resolve = r));
+  return { promise, resolve };
+}
+
+class Sdk implements Api {
+  private store: Store = memoryStore();
+  private base = "";
+  private id = deferred<string>();
+  private registered = deferred<void>();
+  private actionHandlers: InAppActionHandler[] = [];
+  private answer: WireAnswer | null = null;
+  private displays: Displays = {};
+  private showing: Rendered | null = null;
+  private refreshTimer: ReturnType<typeof setTimeout> | undefined;
+  private configured = false;
+  private isRegistered = false;
+  readonly queue = new EventQueue({
+    send: (events) => this.call("POST", "/events", { events }),
+    save: (events) => void this.store.set("events", events),
+    schedule: (fn, ms) => void setTimeout(fn, ms),
+    retrying: (status, ms) => log(`events not sent (${status || "no answer"}); next try in ${ms} ms`),
+    dropped: (events, status) => log(`the server refused ${events.length} event(s) (HTTP ${status})`),
+  });
+
+  async setup(config: Config): Promise<void> {
+    if (this.configured) return log("setup was called twice; the second call is ignored");
+    debug = config.debug === true;
+    if (typeof config.apiKey !== "string" || config.apiKey === "") {
+      return log("setup: `apiKey` is missing (the web app's Live or Dev API key)");
+    }
+    if (typeof config.server !== "string" || !/^https?:\/\//.test(config.server)) {
+      return log("setup: `server` is missing or not an http(s) URL (your Clarion's address)");
+    }
+    this.configured = true;
+    const server = config.server.replace(/\/+$/, "");
+    const opened = await openStore();
+    if (opened.fellBack) log("IndexedDB is unavailable: the installation id lasts for this page only");
+    this.store = opened.store;
+    let id = await this.store.get<string>("installation_id");
+    if (typeof id !== "string") {
+      id = uuid();
+      await this.store.set("installation_id", id);
+    }
+    this.base = `${server}/sdk/v1/${encodeURIComponent(config.apiKey)}/installations/${encodeURIComponent(id)}`;
+    this.queue.restore(await this.store.get<QueuedEvent[]>("events"));
+    this.displays = (await this.store.get<Displays>("inapp_displays")) ?? {};
+    this.id.resolve(id);
+    addEventListener("pagehide", () => this.pageHidden());
+    await this.register(0);
+    this.isRegistered = true;
+    this.registered.resolve();
+    this.queue.start();
+    // Only once registered: an app open or a fetch for an unknown installation is a 404.
+    document.addEventListener("visibilitychange", () => {
+      if (document.visibilityState === "hidden") this.touch();
+      else void this.visible();
+    });
+    await this.visible();
+  }
+
+  private async register(failures: number): Promise<void> {
+    const facts = browserFacts(
+      navigator.userAgent,
+      navigator.language,
+      Intl.DateTimeFormat().resolvedOptions().timeZone,
+    );
+    const status = await this.call("PUT", "", facts);
+    if (status >= 200 && status < 300) return;
+    if (status !== 0 && status < 500 && status !== 408 && status !== 429) {
+      log(`registration refused (HTTP ${status}): check apiKey, and that this origin is allowed`);
+    }
+    const ms = Math.min(30_000, 1000 * 2 ** failures);
+    await new Promise((r) => setTimeout(r, ms));
+    return this.register(failures + 1);
+  }
+
+  /** The HTTP status of a call to the installation's routes (0: no answer). */
+  private async call(method: string, path: string, body?: unknown, keepalive = false): Promise<number> {
+    try {
+      const init: RequestInit = { method, keepalive };
+      if (body !== undefined) {
+        init.body = JSON.stringify(body);
+        init.headers = { "Content-Type": "application/json" };
+      }
+      const response = await fetch(this.base + path, init);
+      if (!response.ok) log(`${method} ${path || "installation"}: HTTP ${response.status}`, await response.text());
+      return response.status;
+    } catch (error) {
+      log(
+        `${method} ${path || "installation"}: no answer: the server is down, the browser is offline, ` +
+          `or ${location.origin} is not in the app's allowed origins`,
+        error,
+      );
+      return 0;
+    }
+  }
+
+  /** Session bookkeeping: sessionStorage holds this tab's session and its last activity. */
+  private touch(): void {
+    try {
+      sessionStorage.setItem(SESSION_KEY, String(Date.now()));
+    } catch {
+      // No sessionStorage: every page is a new session.
+    }
+  }
+
+  private async visible(): Promise<void> {
+    let last = NaN;
+    try {
+      last = Number(sessionStorage.getItem(SESSION_KEY) ?? NaN);
+    } catch {
+      // As above.
+    }
+    const now = Date.now();
+    this.touch();
+    const newSession = Number.isNaN(last) || now - last > SESSION_GAP_MS;
+    if (newSession) void this.call("POST", "/app-opens", {});
+    await this.fetchMessages(newSession ? { kind: "session" } : null);
+  }
+
+  /** The page is going away: what is queued leaves now, with keepalive (the request outlives
+   * the page). While the server is known to be unreachable (the last call failed) the events
+   * stay in IndexedDB instead, for the next page to send. */
+  private pageHidden(): void {
+    this.touch();
+    if (!this.isRegistered || this.queue.failures > 0) return;
+    for (const events of this.queue.drain()) void this.call("POST", "/events", { events }, true);
+  }
+
+  // In-app -----------------------------------------------------------------------------------
+
+  private async fetchMessages(occasion: Occasion | null): Promise<void> {
+    clearTimeout(this.refreshTimer);
+    const cached = await this.store.get<{ etag: string; answer: WireAnswer }>("inapp");
+    let fresh = false;
+    try {
+      const headers: Record<string, string> = {};
+      if (cached) headers["If-None-Match"] = cached.etag;
+      const response = await fetch(`${this.base}/inapp-messages`, { headers });
+      if (response.status === 200) {
+        const answer = (await response.json()) as WireAnswer;
+        fresh = JSON.stringify(answer) !== JSON.stringify(cached?.answer);
+        this.answer = answer;
+        await this.store.set("inapp", { etag: response.headers.get("ETag") ?? "", answer });
+      } else {
+        if (response.status !== 304) log(`in-app messages: HTTP ${response.status}`);
+        this.answer = cached?.answer ?? this.answer;
+      }
+    } catch (error) {
+      log("in-app messages: no answer", error);
+      this.answer = cached?.answer ?? this.answer;
+    }
+    const seconds = Math.max(30, this.answer?.refresh_seconds ?? 300);
+    this.refreshTimer = setTimeout(() => void this.fetchMessages(null), seconds * 1000);
+    if (occasion) this.consider(occasion);
+    else if (fresh) this.consider({ kind: "answer" });
+  }
+
+  private consider(occasion: Occasion): void {
+    if (this.showing || !this.answer) return;
+    const message = pick(this.answer.messages, this.displays, occasion, Date.now());
+    log(`in-app (${occasion.kind}): ${message ? `showing ${message.campaign_token}` : "nothing to show"}`);
+    if (message) this.show(message, this.answer);
+  }
+
+  private show(message: WireMessage, answer: WireAnswer): void {
+    const report = (kind: string, extra: Record<string, unknown> = {}) => {
+      const event: Record<string, unknown> = { kind, campaign_id: message.campaign_token, ...extra };
+      if (message.version !== null) event["version"] = message.version;
+      void this.call("POST", "/inapp-events", { events: [event] }, true);
+    };
+    this.displays = recordShown(this.displays, message, Date.now());
+    void this.store.set("inapp_displays", this.displays);
+    this.showing = render(
+      { ...message, theme: answer.themes[message.theme] ?? {} },
+      {
+        onAction: (position, action) => {
+          this.showing = null;
+          report("inapp_clicked", { cta_position: position, cta_label: action.label.slice(0, 255) });
+          let follow = true;
+          for (const handler of this.actionHandlers) {
+            try {
+              const given: InAppAction = {
+                campaignToken: message.campaign_token,
+                position,
+                label: action.label,
+                action: action.action,
+                args: action.args ?? null,
+                customPayload: message.custom_payload,
+              };
+              if (handler(given) === false) follow = false;
+            } catch (error) {
+              log("an onInAppAction handler threw", error);
+            }
+          }
+          return follow;
+        },
+        onClose: () => {
+          this.showing = null;
+          report("inapp_closed");
+        },
+      },
+    );
+    report("inapp_shown");
+  }
+
+  // Public API -------------------------------------------------------------------------------
+
+  getInstallationID(): Promise<string> {
+    return this.id.promise;
+  }
+
+  trackEvent(name: string, data: EventData = {}): Promise<void> {
+    if (typeof name !== "string" || !EVENT_NAME.test(name)) {
+      log(`trackEvent: '${String(name)}' is not 1-30 letters, digits or _, not starting with _`);
+      return Promise.reject(new Error("clarion: invalid event name"));
+    }
+    const event: QueuedEvent = { name, occurred_at: new Date().toISOString() };
+    if (typeof data.label === "string") event.label = data.label;
+    if (data.attributes && typeof data.attributes === "object") event.attributes = data.attributes;
+    if (Array.isArray(data.tags)) event.tags = data.tags;
+    this.queue.push(event);
+    this.touch();
+    this.consider({ kind: "event", name, label: event.label });
+    return Promise.resolve();
+  }
+
+  profile(): Promise<Profile> {
+    return Promise.resolve({
+      identify: async ({ customId }: { customId?: string | null }) => {
+        await this.registered.promise;
+        const status =
+          customId === null || customId === undefined
+            ? await this.call("DELETE", "/custom_id")
+            : await this.call("PUT", "/custom_id", { custom_id: String(customId) });
+        if (status < 200 || status >= 300) throw new Error(`clarion: identify failed (HTTP ${status})`);
+      },
+    });
+  }
+
+  onInAppAction(handler: InAppActionHandler): void {
+    if (typeof handler === "function") this.actionHandlers.push(handler);
+  }
+}
+
+const sdk = new Sdk();
+
+function run(args: ArrayLike<unknown>): void {
+  const [first, second] = Array.from(args);
+  if (typeof first === "function") {
+    try {
+      (first as (api: Api) => void)(sdk);
+    } catch (error) {
+      log("a clarion(api => ...) callback threw", error);
+    }
+  } else if (first === "setup") {
+    sdk.setup((second ?? {}) as Config).catch((error: unknown) => log("setup failed", error));
+  } else if (first === "onInAppAction") {
+    sdk.onInAppAction(second as InAppActionHandler);
+  } else {
+    log(`unknown command '${String(first)}'`);
+  }
+}
+
+/** Replays what the page's stubs queued (clarion first, then batchSDK) and takes their place. */
+export function install(scope: Record<string, unknown>): void {
+  const queued: Command[] = [];
+  for (const name of ["clarion", "batchSDK"]) {
+    const stub = scope[name] as Stub | undefined;
+    if (typeof stub === "function" && stub.q) for (const args of Array.from(stub.q)) queued.push(Array.from(args));
+  }
+  const global = (...args: unknown[]) => run(args);
+  scope["clarion"] = global;
+  scope["batchSDK"] = global;
+  for (const args of queued) run(args);
+}
