@@ -19,7 +19,18 @@ install: $(STAMP) ## Create .venv and install Clarion with its dev tools
 run: $(STAMP) ## Migrate and start API + workers + scheduler + simulators on SQLite (./var/)
 	$(VENV)/bin/clarion dev
 
-test: $(STAMP) lint typecheck ## Lint, type-check and run the whole test suite (SQLite and PostgreSQL)
+# The Web SDK's build tools, so that `make test` rebuilds the committed bundles and compares them
+# (tests/test_websdk_e2e.py, tests/inapp/test_render_e2e.py) and runs the TypeScript unit tests.
+# Without npm those tests skip and say why; running Clarion never needs Node.
+WEB_STAMP := websdk/node_modules/.installed
+
+$(WEB_STAMP): websdk/package-lock.json
+	@if command -v npm >/dev/null; then \
+		(cd websdk && npm ci --no-audit --no-fund --loglevel=error && touch node_modules/.installed) \
+		|| echo "npm ci failed: the Web SDK bundle checks will be skipped"; \
+	else echo "npm not found: the Web SDK bundle checks will be skipped"; fi
+
+test: $(STAMP) $(WEB_STAMP) lint typecheck ## Lint, type-check and run the whole test suite (SQLite and PostgreSQL)
 	$(VENV)/bin/pytest -q
 
 lint: $(STAMP) ## ruff + import-linter architecture contracts
