@@ -2,7 +2,9 @@
 // repository root):
 //   clarion/dashboard/static/inapp-render.js  the in-app renderer for the dashboard's preview
 //   clarion/sdk/web/clarion.js                the Web SDK's page script (served at /sdk/web/v1/)
-// `--out FILE` builds only the renderer, into FILE, and `--sdk-out FILE` only the SDK: the tests
+//   clarion/sdk/web/clarion-sw.js             its service worker (a site's /clarion-sw.js imports it)
+// `--out FILE` builds only the renderer, into FILE, `--sdk-out FILE` only the SDK and
+// `--sw-out FILE` only the service worker: the tests
 // that the committed files are current build into a temporary folder and compare the bytes.
 // `--tests DIR` compiles test/*.test.ts into DIR for `node --test` (`npm test`).
 import { build } from "esbuild";
@@ -46,9 +48,18 @@ const sdk = {
   },
 };
 
+const worker = {
+  ...common,
+  entryPoints: [path.join(here, "src", "sw", "worker.ts")],
+  banner: {
+    js: "/* Clarion Web SDK service worker. Generated from websdk/src/ by `make web` (cd websdk && npm ci && npm run build); do not edit. */",
+  },
+};
+
 const tests = arg("--tests");
 const out = arg("--out");
 const sdkOut = arg("--sdk-out");
+const swOut = arg("--sw-out");
 if (tests) {
   const dir = path.join(here, "test");
   await build({
@@ -64,10 +75,12 @@ if (tests) {
     external: ["node:*"],
     logLevel: "warning",
   });
-} else if (out || sdkOut) {
+} else if (out || sdkOut || swOut) {
   if (out) await build({ ...renderer, outfile: out });
   if (sdkOut) await build({ ...sdk, outfile: sdkOut });
+  if (swOut) await build({ ...worker, outfile: swOut });
 } else {
   await build({ ...renderer, outfile: path.join(root, "clarion", "dashboard", "static", "inapp-render.js") });
   await build({ ...sdk, outfile: path.join(root, "clarion", "sdk", "web", "clarion.js") });
+  await build({ ...worker, outfile: path.join(root, "clarion", "sdk", "web", "clarion-sw.js") });
 }

@@ -7,12 +7,17 @@ import { pick, recordShown, type Displays, type Occasion, type WireAnswer, type 
 import { browserFacts } from "./facts";
 import { EventQueue, type QueuedEvent } from "./queue";
 import { memoryStore, openStore, type Store } from "./storage";
+import { sendSubscription, subscriptionBody, vapidKeyUrl, type WorkerKeys } from "../sw/shared";
 
 export interface Config {
   apiKey?: unknown;
   server?: unknown;
   debug?: unknown;
+  serviceWorker?: unknown;
 }
+
+/** getSubscriptionState()'s answer. */
+export type SubscriptionState = "subscribed" | "unsubscribed" | "denied" | "unsupported";
 
 export interface InAppAction {
   campaignToken: string;
@@ -40,12 +45,18 @@ export interface Api {
   trackEvent(name: string, data?: EventData): Promise<void>;
   profile(): Promise<Profile>;
   onInAppAction(handler: InAppActionHandler): void;
+  subscribe(): Promise<boolean>;
+  unsubscribe(): Promise<boolean>;
+  getSubscriptionState(): Promise<SubscriptionState>;
+  isSubscribed(): Promise<boolean>;
+  clearInstallationData(): Promise<void>;
 }
 
 /** A new session after this long without the page in view (Batch's and the mobile SDKs'). */
 export const SESSION_GAP_MS = 30 * 60 * 1000;
 const EVENT_NAME = /^[a-zA-Z0-9][a-zA-Z0-9_]{0,29}$/;
 const SESSION_KEY = "clarion.session";
+const DEFAULT_WORKER = "/clarion-sw.js";
 
 type Command = unknown[];
 interface Stub {
@@ -84,6 +95,8 @@ class Sdk implements Api {
   private showing: Rendered | null = null;
   private refreshTimer: ReturnType<typeof setTimeout> | undefined;
   private configured = false;
+  private workerUrl = DEFAULT_WORKER;
+  private keys: WorkerKeys | null = null;
   private isRegistered = false;
   readonly queue = new EventQueue({
     send: (events) => this.call("POST", "/events", { events }),
@@ -104,6 +117,8 @@ class Sdk implements Api {
     }
     this.configured = true;
     const server = config.server.replace(/\/+$/, "");
+    const worker = config.serviceWorker as { url?: unknown } | undefined;
+    if (typeof worker?.url === "string" && worker.url !== "") this.workerUrl = worker.url;
     const opened = await openStore();
     if (opened.fellBack) log("IndexedDB is unavailable: the installation id lasts for this page only");
     this.store = opened.store;
@@ -113,6 +128,9 @@ class Sdk implements Api {
       await this.store.set("installation_id", id);
     }
     this.base = `${server}/sdk/v1/${encodeURIComponent(config.apiKey)}/installations/${encodeURIComponent(id)}`;
+    this.keys = { server, apiKey: config.apiKey };
+    // For the service worker, which shares this IndexedDB (same origin) and has no page to ask.
+    await this.store.set("worker", this.keys);
     this.queue.restore(await this.store.get<QueuedEvent[]>("events"));
     this.displays = (await this.store.get<Displays>("inapp_displays")) ?? {};
     this.id.resolve(id);
@@ -127,6 +145,29 @@ class Sdk implements Api {
       else void this.visible();
     });
     await this.visible();
+    // A visitor who allowed notifications: the worker must be there for the pushes, and a
+    // subscription the browser renewed since it was last sent is sent again.
+    if (pushSupported() && Notification.permission === "granted") await this.resendChanged();
+  }
+
+  private async resendChanged(): Promise<void> {
+    try {
+      const registration = await this.registerWorker();
+      const subscription = await registration.pushManager.getSubscription();
+      if (!subscription) return;
+      const sent = await this.store.get<string>("webpush_sent");
+      const body = subscriptionBody(subscription.toJSON());
+      if (body && JSON.stringify(body) !== sent) {
+        log("the push subscription changed since it was last sent: sending it");
+        await sendSubscription(this.base, subscription, this.store);
+      }
+    } catch (error) {
+      log(`service worker ${this.workerUrl}: not registered`, error);
+    }
+  }
+
+  private registerWorker(): Promise<ServiceWorkerRegistration> {
+    return navigator.serviceWorker.register(this.workerUrl, { scope: "/" });
   }
 
   private async register(failures: number): Promise<void> {
@@ -312,6 +353,73 @@ class Sdk implements Api {
   onInAppAction(handler: InAppActionHandler): void {
     if (typeof handler === "function") this.actionHandlers.push(handler);
   }
+
+  // Push -------------------------------------------------------------------------------------
+
+  /** Asks for permission (only when called: never on page load), subscribes with the app's VAPID
+   * key, sends the subscription with push_optin: true. Rejects when push is unsupported, the
+   * permission is refused, or the server does not take the subscription. */
+  async subscribe(): Promise<boolean> {
+    if (!pushSupported()) throw failure("this browser has no Web Push (service workers, PushManager, Notification)");
+    await this.registered.promise;
+    const permission = await Notification.requestPermission();
+    if (permission !== "granted") throw failure(`notification permission ${permission === "denied" ? "denied" : "not granted"}`);
+    const registration = await this.registerWorker();
+    await navigator.serviceWorker.ready;
+    const answer = await fetch(vapidKeyUrl(this.keys as WorkerKeys));
+    if (!answer.ok) throw failure(`no VAPID key (HTTP ${answer.status}): configure Web Push for the app`);
+    const { application_server_key: key } = (await answer.json()) as { application_server_key: string };
+    const subscription = await registration.pushManager.subscribe({ userVisibleOnly: true, applicationServerKey: key });
+    const status = await sendSubscription(this.base, subscription, this.store);
+    if (status < 200 || status >= 300) throw failure(`the subscription was not registered (HTTP ${status})`);
+    return true;
+  }
+
+  /** Unsubscribes the browser and reports push_optin: false. */
+  async unsubscribe(): Promise<boolean> {
+    await this.registered.promise;
+    const subscription = await this.currentSubscription();
+    if (subscription) await subscription.unsubscribe();
+    await this.store.set("webpush_sent", null);
+    const status = await this.call("PUT", "", { push_optin: false });
+    if (status < 200 || status >= 300) throw failure(`opt-out not reported (HTTP ${status})`);
+    return true;
+  }
+
+  async getSubscriptionState(): Promise<SubscriptionState> {
+    if (!pushSupported()) return "unsupported";
+    if (Notification.permission === "denied") return "denied";
+    if (Notification.permission !== "granted") return "unsubscribed";
+    return (await this.currentSubscription()) ? "subscribed" : "unsubscribed";
+  }
+
+  async isSubscribed(): Promise<boolean> {
+    return (await this.getSubscriptionState()) === "subscribed";
+  }
+
+  /** Forgets this browser's installation: the next setup (next page) starts a new one. */
+  async clearInstallationData(): Promise<void> {
+    await this.id.promise;
+    this.queue.drain();
+    for (const key of ["installation_id", "events", "inapp", "inapp_displays", "webpush_sent"]) {
+      await this.store.set(key, null);
+    }
+  }
+
+  private async currentSubscription(): Promise<PushSubscription | null> {
+    if (!pushSupported()) return null;
+    const registration = await navigator.serviceWorker.getRegistration("/");
+    return registration ? registration.pushManager.getSubscription() : null;
+  }
+}
+
+function pushSupported(): boolean {
+  return "serviceWorker" in navigator && "PushManager" in window && "Notification" in window;
+}
+
+function failure(message: string): Error {
+  log(message);
+  return new Error(`clarion: ${message}`);
 }
 
 const sdk = new Sdk();
