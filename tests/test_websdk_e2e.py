@@ -23,6 +23,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -30,9 +31,23 @@ from typing import Any
 
 import httpx
 import pytest
-from playwright.sync_api import Browser, BrowserContext, Page, Response, sync_playwright
+from playwright.sync_api import (
+    Browser,
+    BrowserContext,
+    CDPSession,
+    Page,
+    Response,
+    sync_playwright,
+)
 
-from tests.support.simulator import REPO_ROOT, free_port, stop_process_group
+from tests.support.simulator import (
+    LOCAL_SERVERS_ALLOW,
+    REPO_ROOT,
+    SimulatorHandle,
+    free_port,
+    running_simulator,
+    stop_process_group,
+)
 from tests.test_dashboard_e2e import CHROMIUM, CHROMIUM_ARGS
 
 BUNDLE = REPO_ROOT / "clarion" / "sdk" / "web" / "clarion.js"
@@ -59,7 +74,8 @@ PAGE = """<!doctype html><html><head><meta charset="utf-8"><title>shop</title>
   window.clarion = window.clarion || function () {
     (window.clarion.q = window.clarion.q || []).push(arguments);
   };
-  clarion('setup', {apiKey: '%KEY%', server: '%SERVER%', debug: true});
+  clarion('setup', {apiKey: '%KEY%', server: '%SERVER%', debug: true,
+                    serviceWorker: {url: '/clarion-sw.js'}});
 </script>
 <script src="%SERVER%/sdk/web/v1/clarion.js" async></script></head>
 <body><button id="before">Before</button></body></html>"""
@@ -77,13 +93,15 @@ class Clarion:
     rest_key: str
     app_id: int
     process: subprocess.Popen[bytes] | None = None
+    workers: bool = False  # delivery workers in the process (the push tests send pushes)
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> None:
-        command = [str(BIN / "clarion"), "serve", "--port", str(self.port), "--no-workers"]
+        command = [str(BIN / "clarion"), "serve", "--port", str(self.port)]
+        command.append("--workers" if self.workers else "--no-workers")
         log = self.database.with_name("serve.log")
         # The child keeps its own copy of the file descriptor.
         with log.open("ab") as output:
@@ -164,26 +182,42 @@ class _Handler(BaseHTTPRequestHandler):
         pass
 
     def do_GET(self) -> None:
-        if self.path != "/page.html":
+        clarion = self.site.clarion
+        if self.path == "/page.html":
+            page = PAGE.replace("%KEY%", clarion.api_key).replace("%SERVER%", clarion.url)
+            content_type = "text/html; charset=utf-8"
+        elif self.path == "/clarion-sw.js":
+            # The one line a site hosts (docs/web-sdk.md).
+            page = f"importScripts('{clarion.url}/sdk/web/v1/clarion-sw.js');\n"
+            content_type = "text/javascript"
+        else:
             self.send_error(404)
             return
-        clarion = self.site.clarion
-        page = PAGE.replace("%KEY%", clarion.api_key).replace("%SERVER%", clarion.url).encode()
         self.send_response(200)
-        self.send_header("Content-Type", "text/html; charset=utf-8")
-        self.send_header("Content-Length", str(len(page)))
+        self.send_header("Content-Type", content_type)
+        body = page.encode()
+        self.send_header("Content-Length", str(len(body)))
         self.end_headers()
-        self.wfile.write(page)
+        self.wfile.write(body)
 
 
 @pytest.fixture(scope="module")
 def clarion(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Clarion]:
-    var_dir = tmp_path_factory.mktemp("websdk")
+    with _running_clarion(tmp_path_factory.mktemp("websdk"), {}, workers=False) as server:
+        yield server
+
+
+@contextmanager
+def _running_clarion(
+    var_dir: Path, extra_env: dict[str, str], *, workers: bool
+) -> Iterator[Clarion]:
+    """A `clarion serve` on a new SQLite database with one web app."""
     database = var_dir / "clarion.db"
     env = {
         **os.environ,
         "CLARION_VAR_DIR": str(var_dir),
         "CLARION_DATABASE_URL": f"sqlite:///{database}",
+        **extra_env,
     }
 
     def cli(*args: str) -> str:
@@ -195,7 +229,9 @@ def clarion(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Clarion]:
 
     cli("migrate")
     app = json.loads(cli("apps", "create", "--name", "shop", "--platform", "web"))
-    server = Clarion(env, free_port(), database, app["api_key"], app["rest_api_key"], app["id"])
+    server = Clarion(
+        env, free_port(), database, app["api_key"], app["rest_api_key"], app["id"], workers=workers
+    )
     server.start()
     try:
         yield server
@@ -205,6 +241,12 @@ def clarion(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Clarion]:
 
 @pytest.fixture
 def site(clarion: Clarion) -> Iterator[Site]:
+    with _serving_site(clarion) as site:
+        yield site
+
+
+@contextmanager
+def _serving_site(clarion: Clarion) -> Iterator[Site]:
     site = Site(clarion)
     handler = type("Handler", (_Handler,), {"site": site})
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
@@ -564,6 +606,175 @@ def _wait_until_served(site: Site, token: str) -> None:
                 return
             assert time.monotonic() < deadline, answer
             time.sleep(0.1)  # polling the server's documented refresh, not a result of ours
+
+
+# Web Push -------------------------------------------------------------------------------------
+# Chromium cannot obtain a real push subscription here (its push service is on the internet), so
+# the test goes around that one step: the installation is given a subscription the Web Push
+# simulator issued, Clarion sends to the simulator, and what the simulator decrypted is handed to
+# the page's service worker through the DevTools protocol (ServiceWorker.deliverPushMessage).
+
+
+@dataclass
+class PushSite:
+    site: Site
+    sim: SimulatorHandle
+
+
+@pytest.fixture(scope="module")
+def push_clarion(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[Clarion, SimulatorHandle]]:
+    """A Clarion with delivery workers whose Web Push goes to the simulator."""
+    with running_simulator(tmp_path_factory.mktemp("websdk-sim")) as sim:
+        env = {
+            "CLARION_PROVIDER_CA_FILE": str(sim.ca_file),
+            "CLARION_OUTBOUND_ALLOW": ",".join(LOCAL_SERVERS_ALLOW),
+        }
+        with _running_clarion(tmp_path_factory.mktemp("websdk-push"), env, workers=True) as server:
+            yield server, sim
+
+
+@pytest.fixture
+def push_site(push_clarion: tuple[Clarion, SimulatorHandle]) -> Iterator[PushSite]:
+    server, sim = push_clarion
+    with _serving_site(server) as site:
+        yield PushSite(site, sim)
+
+
+def _registration_id(cdp: CDPSession, page: Page, scope: str) -> str:
+    """The worker registration's DevTools id, from the events ServiceWorker.enable sends."""
+    found: dict[str, str] = {}
+    cdp.on(
+        "ServiceWorker.workerRegistrationUpdated",
+        lambda event: found.update(
+            {r["scopeURL"]: r["registrationId"] for r in event["registrations"]}
+        ),
+    )
+    cdp.send("ServiceWorker.enable")
+    deadline = time.monotonic() + WAIT
+    while scope not in found:
+        assert time.monotonic() < deadline, found
+        page.evaluate("1")  # a round trip, during which Playwright delivers the events
+    return found[scope]
+
+
+@needs_chromium
+def test_a_push_is_shown_by_the_service_worker_and_its_click_reports_the_open(
+    browser: Browser, push_site: PushSite
+) -> None:
+    site, sim = push_site.site, push_site.sim
+    clarion = site.clarion
+    context = browser.new_context(permissions=["notifications"])
+    try:
+        page = context.new_page()
+        with page.expect_response(_sdk_call("PUT", "")):
+            page.goto(site.url())
+        install_id = _installation_id(page)
+        # Permission granted: setup registers the site's worker (scope /).
+        assert (
+            page.evaluate("navigator.serviceWorker.ready.then(r => r.scope)") == site.origin + "/"
+        )
+
+        # The step around the browser's push service: a subscription from the simulator.
+        with httpx.Client(base_url=clarion.url, timeout=10.0) as sdk:
+            vapid = sdk.get(f"/sdk/v1/{clarion.api_key}/webpush/vapid-key").json()
+            with sim.control_client() as control:
+                subscription = control.post("/_sim/webpush/subscriptions", json=vapid).json()
+            put = sdk.put(
+                _path(site, install_id),
+                json={"webpush_subscription": subscription, "push_optin": True, "custom_id": "max"},
+            )
+            assert put.status_code == 200, put.text
+        body = {
+            "group_id": "websdk",
+            "recipients": {"custom_ids": ["max"]},
+            "message": {"title": "Soldes", "body": "Half price today"},
+            "deeplink": f"{site.origin}/page.html",
+            "media": {"icon": "https://cdn.example/icon.png"},
+        }
+        with clarion.rest() as rest:
+            sent = rest.post("/transactional/send", json=body)
+            assert sent.status_code == 201, sent.text
+            send_token = sent.json()["token"]
+        sub_id = subscription["endpoint"].rsplit("/", 1)[1]
+        with sim.control_client() as control:
+            deadline = time.monotonic() + WAIT
+            while not (
+                messages := control.get(f"/_sim/webpush/tokens/{sub_id}").json()["messages"]
+            ):
+                assert time.monotonic() < deadline, "the simulator received no push"
+                time.sleep(0.1)  # polling the simulator, the only witness of the delivery
+        payload = messages[-1]["payload"]
+        assert payload["com.batch"]["i"] == send_token
+
+        # Into the worker, as the push service would hand it over.
+        cdp = context.new_cdp_session(page)
+        registration = _registration_id(cdp, page, site.origin + "/")
+        cdp.send(
+            "ServiceWorker.deliverPushMessage",
+            {"origin": site.origin, "registrationId": registration, "data": json.dumps(payload)},
+        )
+        notifications = (
+            "navigator.serviceWorker.ready.then(r => r.getNotifications()).then(ns => ns.map(n =>"
+            " ({title: n.title, body: n.body, icon: n.icon, data: n.data})))"
+        )
+        page.wait_for_function(f"{notifications}.then(ns => ns.length > 0)")
+        [shown] = page.evaluate(notifications)
+        assert shown["title"] == "Soldes"
+        assert shown["body"] == "Half price today"
+        assert shown["icon"] == "https://cdn.example/icon.png"
+        assert shown["data"]["sendId"] == send_token
+        assert shown["data"]["deeplink"] == f"{site.origin}/page.html"
+
+        # The click: DevTools has no command to click a notification, so the worker's own
+        # notificationclick listener is given a NotificationEvent built in the worker.
+        [worker] = context.service_workers
+        worker.evaluate(
+            "self.registration.getNotifications().then(([n]) => self.dispatchEvent("
+            "new NotificationEvent('notificationclick', {notification: n, action: ''})))"
+        )
+        rows = clarion.wait_for_rows(
+            "SELECT kind, install_id FROM push_events WHERE send_token = ? AND kind = ?",
+            send_token,
+            "push_opened",
+            count=1,
+        )
+        assert rows == [("push_opened", install_id)]
+        page.wait_for_function(f"{notifications}.then(ns => ns.length === 0)")  # closed
+    finally:
+        context.close()
+
+
+@needs_chromium
+def test_subscribe_without_permission_rejects_and_reports_nothing(
+    browser: Browser, site: Site
+) -> None:
+    context = browser.new_context()  # notifications neither granted nor asked: headless denies
+    try:
+        page = context.new_page()
+        with page.expect_response(_sdk_call("PUT", "")):
+            page.goto(site.url())
+        install_id = _installation_id(page)
+        error = page.evaluate(
+            "new Promise(resolve => clarion(api => api.subscribe().then("
+            "() => resolve('resolved'), e => resolve(String(e)))))"
+        )
+        assert error.startswith("Error: clarion: notification permission"), error
+        assert page.evaluate(
+            "new Promise(r => clarion(api => api.getSubscriptionState().then(r)))"
+        ) in ("denied", "unsubscribed")
+        assert (
+            page.evaluate("new Promise(r => clarion(api => api.isSubscribed().then(r)))") is False
+        )
+        # No worker was registered and the installation has no subscription.
+        assert page.evaluate("navigator.serviceWorker.getRegistrations().then(r => r.length)") == 0
+        rows = site.clarion.rows(
+            "SELECT webpush_auth FROM installations WHERE install_id = ?", install_id
+        )
+        assert rows == [(None,)]
+    finally:
+        context.close()
 
 
 # The TypeScript's own tests, the committed bundle, the budget -----------------------------------
