@@ -54,7 +54,7 @@ sim: $(STAMP) ## Start only the APNs / FCM / Web Push simulators
 bench: $(STAMP) ## Run the benchmarks under bench/
 	$(PY) bench/run_all.py
 
-web: ## Rebuild the committed browser bundles from websdk/ (inapp-render.js, sdk/web/clarion.js) and run its unit tests (needs Node 20; running Clarion does not)
+web: ## Rebuild the committed browser bundles from websdk/ (inapp-render.js, sdk/web/clarion.js, sdk/web/clarion-sw.js) and run its unit tests (needs Node 20; running Clarion does not)
 	cd websdk && npm ci && npm run check && npm run build && npm test
 
 .PHONY: help install run test lint fmt typecheck migrate sim bench web

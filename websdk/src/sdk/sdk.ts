@@ -1,5 +1,5 @@
 // The page script: `clarion(...)` / `batchSDK(...)` commands, installation, sessions, events,
-// identity and in-app messages. docs/web-sdk.md is the page author's view of it.
+// identity, Web Push subscription and in-app messages. docs/web-sdk.md is the page author's view of it.
 
 import { render, type Rendered } from "../inapp/render";
 import type { SdkAction } from "../inapp/types";
