@@ -777,6 +777,38 @@ def test_subscribe_without_permission_rejects_and_reports_nothing(
         context.close()
 
 
+@needs_chromium
+def test_unsubscribe_reports_the_opt_out_and_clear_installation_data_starts_a_new_one(
+    browser: Browser, site: Site
+) -> None:
+    context = browser.new_context(permissions=["notifications"])
+    try:
+        page = context.new_page()
+        with page.expect_response(_sdk_call("PUT", "")):
+            page.goto(site.url())
+        install_id = _installation_id(page)
+        optin = "SELECT push_optin FROM installations WHERE install_id = ?"
+        with httpx.Client(base_url=site.clarion.url) as sdk:
+            assert sdk.put(_path(site, install_id), json={"push_optin": True}).status_code == 200
+        assert site.clarion.rows(optin, install_id) == [(1,)]
+        state = "new Promise(r => clarion(api => api.getSubscriptionState().then(r)))"
+        # Granted, but no subscription (this browser cannot get one here: see docs/web-sdk.md).
+        assert page.evaluate(state) == "unsubscribed"
+        with page.expect_response(_sdk_call("PUT", "")) as reported:
+            assert page.evaluate("new Promise(r => clarion(api => api.unsubscribe().then(r)))")
+        assert _sent(reported.value) == {"push_optin": False}
+        assert site.clarion.rows(optin, install_id) == [(0,)]
+
+        page.evaluate("new Promise(r => clarion(api => api.clearInstallationData().then(r)))")
+        with page.expect_response(_sdk_call("PUT", "")):
+            page.reload()
+        renewed = _installation_id(page)
+        assert renewed != install_id
+        assert len(site.clarion.rows(optin, renewed)) == 1
+    finally:
+        context.close()
+
+
 # The TypeScript's own tests, the committed bundle, the budget -----------------------------------
 
 

@@ -1,8 +1,9 @@
 // What the SDK keeps in the browser: one IndexedDB database `clarion`, one object store `kv`
 // (installation id, the event queue, the last in-app answer and its ETag, in-app display
 // counts, the service worker's `worker` keys, the last push subscription sent), shared with
-// the service worker (same origin). Without IndexedDB (private modes of old browsers, some embedded views) the same
-// keys live in memory for the page's life: the SDK still works, with a new id at each load.
+// the service worker (same origin). Without IndexedDB (private modes of old browsers, some
+// embedded views) the same keys live in memory for the page's life: the SDK still works, with
+// a new id at each load.
 
 export interface Store {
   get<T>(key: string): Promise<T | undefined>;

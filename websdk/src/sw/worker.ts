@@ -70,8 +70,12 @@ async function click(event: NotificationEvent): Promise<void> {
   const target = clickTarget(data, event.action, self.location.origin);
   const windows = await self.clients.matchAll({ type: "window", includeUncontrolled: true });
   const open = windows[matchingWindow(windows.map((w) => w.url), target)];
-  if (open) await open.focus();
-  else await self.clients.openWindow(target);
+  try {
+    if (open) await open.focus();
+    else await self.clients.openWindow(target);
+  } catch {
+    // Refused without the click's user activation (InvalidAccessError): the open is reported.
+  }
 }
 
 /** The push service replaced the subscription: subscribe again with the app's key and send it. */
