@@ -686,17 +686,19 @@ def test_a_push_is_shown_by_the_service_worker_and_its_click_reports_the_open(
                 json={"webpush_subscription": subscription, "push_optin": True, "custom_id": "max"},
             )
             assert put.status_code == 200, put.text
+        # A campaign to every opted-in installation of the app: this page's only.
         body = {
-            "group_id": "websdk",
-            "recipients": {"custom_ids": ["max"]},
-            "message": {"title": "Soldes", "body": "Half price today"},
+            "name": "Sale",
+            "live": True,
+            "push_time": "now",
+            "messages": [{"language": "en", "title": "Soldes", "body": "Half price today"}],
             "deeplink": f"{site.origin}/page.html",
             "media": {"icon": "https://cdn.example/icon.png"},
         }
         with clarion.rest() as rest:
-            sent = rest.post("/transactional/send", json=body)
-            assert sent.status_code == 201, sent.text
-            send_token = sent.json()["token"]
+            created = rest.post("/campaigns/create", json=body)
+            assert created.status_code == 201, created.text
+            campaign = created.json()["campaign_token"]
         sub_id = subscription["endpoint"].rsplit("/", 1)[1]
         with sim.control_client() as control:
             deadline = time.monotonic() + WAIT
@@ -706,7 +708,7 @@ def test_a_push_is_shown_by_the_service_worker_and_its_click_reports_the_open(
                 assert time.monotonic() < deadline, "the simulator received no push"
                 time.sleep(0.1)  # polling the simulator, the only witness of the delivery
         payload = messages[-1]["payload"]
-        assert payload["com.batch"]["i"] == send_token
+        send_token = payload["com.batch"]["i"]
 
         # Into the worker, as the push service would hand it over.
         cdp = context.new_cdp_session(page)
@@ -741,6 +743,9 @@ def test_a_push_is_shown_by_the_service_worker_and_its_click_reports_the_open(
             count=1,
         )
         assert rows == [("push_opened", install_id)]
+        with clarion.rest() as rest:
+            stats = rest.get(f"/campaigns/stats/{campaign}").json()["detail"]
+        assert [(d["sent"], d["direct_open"]) for d in stats] == [(1, 1)], stats
         page.wait_for_function(f"{notifications}.then(ns => ns.length === 0)")  # closed
     finally:
         context.close()
