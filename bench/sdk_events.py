@@ -14,7 +14,7 @@ workers, pinned to core 0; h2load and this script on core 1):
 Each call carries 10 events (names, labels, attributes and tags, as an app sends them).
 
     .venv/bin/python -m bench.sdk_events --db sqlite --calls 60000
-    .venv/bin/python -m bench.sdk_events --db postgres --calls 100000
+    .venv/bin/python -m bench.sdk_events --db postgres --calls 60000
 """
 
 from __future__ import annotations
@@ -160,8 +160,14 @@ async def measure(args: argparse.Namespace, url: str, var: Path) -> dict[str, An
     body_file.write_text(json.dumps(batch()))
     body = body_file.read_bytes()
     env = {"CLARION_DATABASE_URL": url, "CLARION_VAR_DIR": str(var), "CLARION_SECRET_KEY": secret}
-    server = serve_clarion(API_PORT, env, workers=False)
     base = f"http://127.0.0.1:{API_PORT}"
+    try:
+        httpx.get(base, timeout=1)
+    except httpx.TransportError:
+        pass
+    else:  # another run's server would answer for ours, with other keys
+        raise SystemExit(f"port {API_PORT} is taken (CLARION_BENCH_API_PORT chooses another)")
+    server = serve_clarion(API_PORT, env, workers=False)
     pin(1)
     try:
         before = await count_events(runtime, app_id)
