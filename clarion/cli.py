@@ -103,6 +103,9 @@ def dev(host: str = "127.0.0.1", port: int = 8000, sim_port: int = 8443) -> None
 
     var = Path("var")
     sim_dir = var / "sim"
+    # uvicorn stops on SIGTERM, then raises it again once its own handler is gone: without a
+    # handler of ours that kills the process before `finally` stops the simulators.
+    signal.signal(signal.SIGTERM, _exit_on_signal)
     sim_proc = subprocess.Popen(
         [
             sys.executable,
@@ -148,6 +151,10 @@ def dev(host: str = "127.0.0.1", port: int = 8000, sim_port: int = 8443) -> None
     finally:
         os.killpg(sim_proc.pid, signal.SIGTERM)
         sim_proc.wait(timeout=10)
+
+
+def _exit_on_signal(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)
 
 
 def main() -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -63,7 +64,26 @@ def dev(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dev]:
             time.sleep(0.2)  # polling for readiness, not synchronising with a result
         yield Dev(url, directory)
     finally:
-        stop_process_group(process)  # it stops its simulators on the way out
+        # Its simulators run in their own process group, which `clarion dev` stops on its way out.
+        children = _children(process.pid)
+        stop_process_group(process)
+        left = [pid for pid in children if _alive(pid)]
+        for pid in left:
+            os.killpg(pid, signal.SIGKILL)
+    assert not left, f"clarion dev left its simulators running: {left}"
+
+
+def _children(pid: int) -> list[int]:
+    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True)
+    return [int(child) for child in out.stdout.split()]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 def _ready(url: str) -> bool:
