@@ -23,6 +23,8 @@ RUNS = [
     ["-m", "bench.query_limits", "--db", "postgres", "--sizes", "32", "50", "64"],
     ["-m", "bench.dashboard_pages", "--installs", "1000000", "--campaigns", "1000"],
     ["-m", "bench.inapp_fetch", "--installations", "1000000"],
+    ["-m", "bench.sdk_events", "--db", "sqlite"],
+    ["-m", "bench.sdk_events", "--db", "postgres"],
     ["bench/sim_ceiling.py", "--baseline"],
     ["bench/http2_client.py", "--requests", "200000"],
 ]

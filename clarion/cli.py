@@ -103,6 +103,9 @@ def dev(host: str = "127.0.0.1", port: int = 8000, sim_port: int = 8443) -> None
 
     var = Path("var")
     sim_dir = var / "sim"
+    # uvicorn stops on SIGTERM, then raises it again once its own handler is gone: without a
+    # handler of ours that kills the process before `finally` stops the simulators.
+    signal.signal(signal.SIGTERM, _exit_on_signal)
     sim_proc = subprocess.Popen(
         [
             sys.executable,
@@ -135,10 +138,23 @@ def dev(host: str = "127.0.0.1", port: int = 8000, sim_port: int = 8443) -> None
             provision_demo(settings, sim_url=sim_url, api_url=f"http://{host}:{port}")
         )
         typer.echo(demo)
-        serve(host=host, port=port, workers=True)
+        from clarion.app import create_app
+        from clarion.demo import demo_web_key
+        from clarion.demo_page import demo_page_router
+        from clarion.runtime import tune_garbage_collector
+
+        app = create_app(settings, workers=True)
+        web_key = demo_web_key(settings)
+        app.include_router(demo_page_router(web_key=web_key, server=f"http://{host}:{port}"))
+        tune_garbage_collector()
+        uvicorn.run(app, host=host, port=port, log_level="info", access_log=False)
     finally:
         os.killpg(sim_proc.pid, signal.SIGTERM)
         sim_proc.wait(timeout=10)
+
+
+def _exit_on_signal(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)
 
 
 def main() -> None:

@@ -19,11 +19,13 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from clarion.apps import service as apps
 from clarion.apps.models import App
 from clarion.apps.schemas import ApnsCredentialsIn, AppCreate, FcmCredentialsIn
+from clarion.apps.service import live_access
 from clarion.audiences.resolved import installations_changed
 from clarion.config import Settings
 from clarion.dashboard import service as dashboard
 from clarion.dashboard.schemas import UserCreate
 from clarion.db import transaction, utcnow
+from clarion.inapp import service as inapp
 from clarion.runtime import Runtime
 from clarion.sdk.models import Installation
 
@@ -59,6 +61,7 @@ async def provision_demo(settings: Settings, *, sim_url: str, api_url: str) -> s
             f"Clarion API      {api_url}   (OpenAPI: {api_url}/docs)",
             f"Dashboard        {api_url}/dashboard/   {_dashboard_login(demo)}",
             f"Simulators       {sim_url}   (APNs, FCM, Web Push; CA {settings.provider_ca_file})",
+            f"Web SDK demo     {api_url}/demo/   (the demo web app in your browser)",
             f"Demo keys        {demo_file}",
             f"REST API key     {demo['rest_api_key']}",
             f"iOS app key      {ios['api_key']}   device token {ios['token']}",
@@ -123,9 +126,41 @@ async def _create_demo(settings: Settings, sim_url: str) -> dict[str, Any]:
                     )
                 )
                 demo["apps"][platform] = {"app_id": app.id, **keys.model_dump(), "token": token}
+                if platform == "web":
+                    await _create_welcome_inapp(session, app)
     finally:
         await runtime.engine.dispose()
     return demo
+
+
+async def _create_welcome_inapp(session: AsyncSession, app: App) -> None:
+    """A live in-app campaign of the demo web app, shown once per browser at its first
+    session: the demo page's first visit shows a message."""
+    body = inapp.validate_body(
+        {
+            "name": "Welcome to Clarion",
+            "live": True,
+            "trigger": {"when": "NEXT_SESSION", "capping": 1},
+            "landing": {
+                "contents": [
+                    {
+                        "header": "Clarion demo",
+                        "title": "Welcome to Clarion",
+                        "body": "An in-app message of the demo web app, drawn by the Web SDK.",
+                        "actions": [{"label": "Got it", "action": "dismiss"}],
+                    }
+                ]
+            },
+        }
+    )
+    await inapp.create_campaign(session, access=live_access(app), body=body, now=utcnow())
+
+
+def demo_web_key(settings: Settings) -> str:
+    """The demo web app's Live key, from the demo file `provision_demo` wrote."""
+    demo = json.loads((settings.var_dir / "demo.json").read_text())
+    key: str = demo["apps"]["web"]["api_key"]
+    return key
 
 
 async def _wire_to_simulator(
@@ -209,4 +244,4 @@ async def seed_installations(
         on_progress(len(rows))
 
 
-__all__ = ["provision_demo", "seed_installations", "wait_for_port"]
+__all__ = ["demo_web_key", "provision_demo", "seed_installations", "wait_for_port"]
