@@ -26,7 +26,7 @@ from clarion.inapp.api import sdk_router as inapp_sdk_router
 from clarion.inapp.api import themes_router as inapp_themes_router
 from clarion.openapi import install_openapi
 from clarion.runtime import Runtime
-from clarion.sdk.api import SdkCors
+from clarion.sdk.api import EventsFastPath, SdkCors
 from clarion.sdk.api import router as sdk_router
 from clarion.sdk.api import web_router as web_sdk_router
 from clarion.transactional.api import router as transactional_router
@@ -74,6 +74,8 @@ def create_app(settings: Settings, *, workers: bool) -> FastAPI:
     app.router.redirect_slashes = False
     app.add_middleware(TrailingSlash)
     app.add_middleware(JsonBodies)
+    # The SDK's event batches, inside the body limit: what it reads is at most the limit.
+    app.add_middleware(EventsFastPath, key_cache=runtime.key_cache, intake=runtime.sdk_events)
     app.add_middleware(
         BodySizeLimit,
         max_bytes=settings.max_body_bytes,

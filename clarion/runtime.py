@@ -38,6 +38,7 @@ from clarion.inapp.eligibility import InAppFeed
 from clarion.inapp.tasks import FLUSH_SECONDS, POLL_SECONDS, RevisionPoller, SupplyWriter
 from clarion.outbound import OutboundPolicy, WebhookClient
 from clarion.queue import JobQueue
+from clarion.sdk.service import EventIntake
 from clarion.security import SecretBox
 from clarion.stats.tasks import DAYS_PER_TRANSACTION, DAYS_PER_TRANSACTION_SQLITE, keep_up
 from clarion.transactional.service import SendIntake
@@ -75,6 +76,7 @@ class Runtime:
             job_recipients=settings.batch_size,
         )
         self.send_intake = SendIntake(self.sessions, self.queue, batch_size=settings.batch_size)
+        self.sdk_events = EventIntake(self.sessions)
         self._client: Http2Client | None = None
         self._pool: ProviderPool | None = None
         self.deliverer: Deliverer | None = None

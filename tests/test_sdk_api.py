@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import secrets
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 
+from clarion.db import transaction
 from clarion.events.models import InAppEvent, PushEvent, TrackedEvent
 from clarion.runtime import Runtime
 from clarion.sdk.models import Installation
@@ -226,6 +230,96 @@ class TestEvents:
         )
         assert (response.status_code, response.json()["code"]) == (400, 31)
         assert "events.0.name" in response.json()["message"]
+
+    async def test_batches_arriving_together_are_each_answered(
+        self, api: httpx.AsyncClient, ios_app: ClientApp, runtime: Runtime
+    ) -> None:
+        """Batches stored as a group (one transaction per loop turn): each keeps its own
+        installation's custom id, and an unknown installation among them is still a 404."""
+        for n in range(3):
+            await register(api, ios_app, f"grp{n}", custom_id=f"user{n}")
+        url = f"/sdk/v1/{ios_app.api_key}/installations/{{}}/events"
+        answers = await asyncio.gather(
+            *(
+                api.post(url.format(f"grp{n % 3}"), json={"events": [{"name": f"e{n}"}] * 2})
+                for n in range(9)
+            ),
+            api.post(url.format("nobody"), json={"events": [{"name": "lost"}]}),
+        )
+        assert [a.status_code for a in answers] == [202] * 9 + [404]
+        assert all(a.json() == {"accepted": 2} for a in answers[:9])
+        assert answers[9].json()["code"] == 20
+        async with runtime.sessions() as session:
+            rows = await session.execute(
+                select(TrackedEvent.name, TrackedEvent.install_id, TrackedEvent.custom_id).where(
+                    TrackedEvent.app_id == ios_app.app_id
+                )
+            )
+            stored = sorted(tuple(row) for row in rows)
+        assert stored == sorted(
+            (f"e{n}", f"grp{n % 3}", f"user{n % 3}") for n in range(9) for _ in range(2)
+        )
+
+    async def test_last_visit_moves_at_most_once_a_minute(
+        self, api: httpx.AsyncClient, ios_app: ClientApp, runtime: Runtime
+    ) -> None:
+        await register(api, ios_app, "seen")
+        long_ago = datetime.now(UTC) - timedelta(minutes=5)
+        async with transaction(runtime.sessions) as session:
+            await session.execute(
+                update(Installation)
+                .where(Installation.app_id == ios_app.app_id, Installation.install_id == "seen")
+                .values(last_seen_at=long_ago)
+            )
+        url = f"/sdk/v1/{ios_app.api_key}/installations/seen/events"
+        visits = []
+        for _ in range(2):
+            response = await api.post(url, json={"events": [{"name": "tap"}]})
+            assert response.status_code == 202
+            found = await installation(runtime, ios_app, "seen")
+            assert found is not None
+            visits.append(found.last_seen_at)
+        assert visits[0] > long_ago + timedelta(minutes=4)
+        assert visits[1] == visits[0]
+
+    @pytest.mark.parametrize(
+        ("body", "code", "named"),
+        [
+            (b'{"events": [{"name": "ok"}', 32, "JSON"),
+            (b'{"events": [{"name": "ok", "colour": 1}]}', 31, "events.0.colour"),
+            (b'{"events": []}', 31, "events"),
+        ],
+    )
+    async def test_a_bad_batch_from_a_known_key_gets_batchs_error(
+        self, api: httpx.AsyncClient, ios_app: ClientApp, body: bytes, code: int, named: str
+    ) -> None:
+        """With the key cached (a first call accepted), the bad body is still Batch's 400."""
+        await register(api, ios_app, "bad")
+        url = f"/sdk/v1/{ios_app.api_key}/installations/bad/events"
+        assert (await api.post(url, json={"events": [{"name": "ok"}]})).status_code == 202
+        response = await api.post(url, content=body, headers={"Content-Type": "application/json"})
+        assert (response.status_code, response.json()["code"]) == (400, code)
+        assert named in response.json()["message"]
+
+    async def test_a_chunked_batch_over_the_limit_is_refused_as_too_large(
+        self, api: httpx.AsyncClient, ios_app: ClientApp
+    ) -> None:
+        await register(api, ios_app, "big")
+        url = f"/sdk/v1/{ios_app.api_key}/installations/big/events"
+        assert (await api.post(url, json={"events": [{"name": "ok"}]})).status_code == 202
+
+        async def chunked() -> AsyncIterator[bytes]:
+            yield b'{"events": [{"name": "ok", "label": "'
+            for _ in range(40):
+                yield b"a" * 65536
+            yield b'"}]}'
+
+        response = await api.post(
+            url, content=chunked(), headers={"Content-Type": "application/json"}
+        )
+        assert "content-length" not in response.request.headers
+        assert (response.status_code, response.json()["code"]) == (400, 31)
+        assert "larger than 1024 KiB" in response.json()["message"]
 
     async def test_push_open_is_attributed_to_its_send(
         self, api: httpx.AsyncClient, ios_app: ClientApp, runtime: Runtime

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import re
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Path, Response
+from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -26,6 +28,7 @@ from clarion.sdk.schemas import (
     VapidKey,
 )
 from clarion.sdk.scripts import load_scripts, not_modified
+from clarion.sdk.service import EventIntake, check_install_id
 from clarion.security import hash_key
 
 router = APIRouter(prefix="/sdk/v1/{api_key}", tags=["sdk"])
@@ -103,6 +106,74 @@ async def get_vapid_key(access: SdkApp) -> VapidKey:
     if access.vapid_public_key is None:
         raise NotFoundError("this app has no Web Push key")
     return VapidKey(application_server_key=access.vapid_public_key)
+
+
+_EVENTS_PATH = re.compile(r"/sdk/v1/([^/]+)/installations/([^/]+)/events")
+_JSON = b"application/json"
+
+
+class EventsFastPath:
+    """Answers the SDK's event batches before FastAPI routes the request, when it can.
+
+    With the app key already authenticated by this process (KeyCache), a well-formed install
+    id and a JSON body that TrackedEventsIn accepts, the batch goes to the EventIntake (one
+    transaction per loop turn) and the 202 is sent once it is committed. FastAPI's routing,
+    dependencies, validation and a transaction per call cost ~1.6 ms of CPU per call (SQLite,
+    bench/sdk_events.py). Anything else (a key this process has not seen lately, a malformed
+    id or body, an unknown installation) goes on to the route with the body as read, and the
+    route answers it in Batch's format. Inside BodySizeLimit: a body over the limit never gets
+    here whole.
+    """
+
+    def __init__(self, app: ASGIApp, key_cache: KeyCache, intake: EventIntake) -> None:
+        self.app = app
+        self.key_cache = key_cache
+        self.intake = intake
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST":
+            await self.app(scope, receive, send)
+            return
+        match = _EVENTS_PATH.fullmatch(scope["path"])
+        access = None if match is None else self.key_cache.get(hash_key(match[1]))
+        if match is None or not isinstance(access, AppAccess) or not _declares_json(scope):
+            await self.app(scope, receive, send)
+            return
+        messages: list[Message] = []
+        body = b""
+        while True:
+            message = await receive()
+            messages.append(message)
+            if message["type"] != "http.request":
+                break
+            body += message.get("body", b"")
+            if not message.get("more_body", False):
+                break
+        if messages[-1]["type"] == "http.request":
+            try:
+                install_id = check_install_id(match[2])
+                data = TrackedEventsIn.model_validate_json(body)
+            except (ClarionError, ValidationError):
+                pass
+            else:
+                if await self.intake.track(app_id=access.app_id, install_id=install_id, data=data):
+                    answer = b'{"accepted":%d}' % len(data.events)
+                    headers = [
+                        (b"content-type", _JSON),
+                        (b"content-length", str(len(answer)).encode()),
+                    ]
+                    await _respond(send, 202, headers, answer)
+                    return
+
+        async def replay() -> Message:
+            return messages.pop(0) if messages else await receive()
+
+        await self.app(scope, replay, send)
+
+
+def _declares_json(scope: Scope) -> bool:
+    declared = next((v for k, v in scope["headers"] if k == b"content-type"), None)
+    return declared is not None and declared.split(b";")[0].strip().lower() == _JSON
 
 
 # The Web SDK's scripts: public, no key (docs/api-keys.md), read once as the process starts.

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import re
-from datetime import UTC, datetime
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from sqlalchemy import select, update
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from clarion.apps.service import AppAccess
 from clarion.audiences.resolved import installations_changed
-from clarion.db import insert_ignoring_conflicts, utcnow
+from clarion.batching import TurnBatcher
+from clarion.db import insert_ignoring_conflicts, transaction, utcnow
 from clarion.delivery.models import Send
 from clarion.errors import ApiMisuseError, MalformedParameterError, NotFoundError
 from clarion.events.models import APP_OPEN_EVENT, PushEventKind
@@ -30,6 +33,7 @@ from clarion.sdk.schemas import (
     InAppEventsIn,
     InstallationUpsert,
     PushOpenIn,
+    TrackedEventIn,
     TrackedEventsIn,
 )
 
@@ -169,27 +173,106 @@ async def get_installation(
     return installation
 
 
+# An installation's last visit moves at most once a minute on event batches: an app sends
+# several a minute while open, and each write of it cost a row update per call.
+LAST_SEEN_STEP = timedelta(minutes=1)
+
+
 async def track_events(
     session: AsyncSession, *, access: AppAccess, install_id: str, data: TrackedEventsIn
 ) -> int:
     installation = await get_installation(session, access=access, install_id=install_id)
     now = utcnow()
-    rows = [
+    rows = _tracked_rows(
+        access.app_id, installation.install_id, installation.custom_id, data.events, now
+    )
+    await record_tracked_events(session, rows)
+    if installation.last_seen_at <= now - LAST_SEEN_STEP:
+        installation.last_seen_at = now
+    return len(rows)
+
+
+def _tracked_rows(
+    app_id: int,
+    install_id: str,
+    custom_id: str | None,
+    events: list[TrackedEventIn],
+    now: datetime,
+) -> list[dict[str, Any]]:
+    return [
         {
-            "app_id": access.app_id,
+            "app_id": app_id,
             "occurred_at": _past_or_now(event.occurred_at, now),
-            "install_id": installation.install_id,
-            "custom_id": installation.custom_id,
+            "install_id": install_id,
+            "custom_id": custom_id,
             "name": event.name.lower(),
             "label": event.label,
             "attributes": event.attributes,
             "tags": event.tags,
         }
-        for event in data.events
+        for event in events
     ]
-    await record_tracked_events(session, rows)
-    installation.last_seen_at = now
-    return len(rows)
+
+
+@dataclass
+class _PendingBatch:
+    app_id: int
+    install_id: str
+    events: list[TrackedEventIn]
+    received_at: datetime
+    stored: bool = False
+
+
+class EventIntake:
+    """The SDK's event batches, stored by group: the calls that arrive in one turn of the event
+    loop share one transaction (TurnBatcher), their installations read in one query per app
+    and their last visits moved in one statement. A call returns once its group is committed:
+    accepted means stored, as through the route. Measured with bench/sdk_events.py: a
+    transaction per call (lookup, insert, last-visit write, commit) was ~0.6 ms of the 1.6 ms
+    each call cost on SQLite."""
+
+    def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
+        self._sessions = sessions
+        self._batcher: TurnBatcher[_PendingBatch] = TurnBatcher(self._store_group)
+
+    async def track(self, *, app_id: int, install_id: str, data: TrackedEventsIn) -> bool:
+        """Stores the batch; False (nothing stored) when the app has no such installation."""
+        pending = _PendingBatch(app_id, install_id, data.events, utcnow())
+        await self._batcher.submit(pending)
+        return pending.stored
+
+    async def _store_group(self, group: list[_PendingBatch]) -> None:
+        wanted: dict[int, set[str]] = {}
+        for pending in group:
+            wanted.setdefault(pending.app_id, set()).add(pending.install_id)
+        async with transaction(self._sessions) as session:
+            known: dict[tuple[int, str], str | None] = {}
+            for app_id, install_ids in wanted.items():
+                found = await session.execute(
+                    select(Installation.install_id, Installation.custom_id).where(
+                        Installation.app_id == app_id, Installation.install_id.in_(install_ids)
+                    )
+                )
+                known.update(((app_id, install_id), custom) for install_id, custom in found)
+            rows: list[dict[str, Any]] = []
+            for pending in group:
+                key = (pending.app_id, pending.install_id)
+                if key in known:
+                    rows += _tracked_rows(*key, known[key], pending.events, pending.received_at)
+                    pending.stored = True
+            await record_tracked_events(session, rows)
+            now = utcnow()
+            for app_id, install_ids in wanted.items():
+                await session.execute(
+                    update(Installation)
+                    .where(
+                        Installation.app_id == app_id,
+                        Installation.install_id.in_(install_ids),
+                        Installation.last_seen_at <= now - LAST_SEEN_STEP,
+                    )
+                    .values(last_seen_at=now)
+                    .execution_options(synchronize_session=False)
+                )
 
 
 async def record_app_open(
