@@ -247,7 +247,7 @@ class EventIntake:
             wanted.setdefault(pending.app_id, set()).add(pending.install_id)
         async with transaction(self._sessions) as session:
             known: dict[tuple[int, str], str | None] = {}
-            for app_id, install_ids in wanted.items():
+            for app_id, install_ids in _chunks(wanted):
                 found = await session.execute(
                     select(Installation.install_id, Installation.custom_id).where(
                         Installation.app_id == app_id, Installation.install_id.in_(install_ids)
@@ -262,7 +262,7 @@ class EventIntake:
                     pending.stored = True
             await record_tracked_events(session, rows)
             now = utcnow()
-            for app_id, install_ids in wanted.items():
+            for app_id, install_ids in _chunks(wanted):
                 await session.execute(
                     update(Installation)
                     .where(
@@ -273,6 +273,22 @@ class EventIntake:
                     .values(last_seen_at=now)
                     .execution_options(synchronize_session=False)
                 )
+
+
+# Install ids per statement: a group has one per call of a loop turn, which under load can pass
+# SQLite's 32,766 bound parameters.
+_IDS_PER_STATEMENT = 500
+
+
+def _chunks(wanted: dict[int, set[str]]) -> list[tuple[int, list[str]]]:
+    chunks = []
+    for app_id, install_ids in wanted.items():
+        ids = sorted(install_ids)
+        chunks += [
+            (app_id, ids[start : start + _IDS_PER_STATEMENT])
+            for start in range(0, len(ids), _IDS_PER_STATEMENT)
+        ]
+    return chunks
 
 
 async def record_app_open(
