@@ -118,6 +118,14 @@ async def sdk_app(runtime: RuntimeDep, api_key: Annotated[str, Path()]) -> AppAc
 SdkApp = Annotated[AppAccess, Depends(sdk_app)]
 
 
+async def send_answer(
+    send: Send, status: int, headers: list[tuple[bytes, bytes]], body: bytes = b""
+) -> None:
+    """A whole answer from a pure ASGI middleware (the SDK API's fast paths)."""
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
 def error_response(error: ClarionError) -> JSONResponse:
     return JSONResponse({"code": error.code, "message": error.message}, status_code=error.status)
 

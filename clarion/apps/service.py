@@ -92,6 +92,12 @@ class KeyCache:
         self.ttl = ttl
         self._entries: dict[str, tuple[float, CompanyAccess | AppAccess]] = {}
 
+    def app(self, api_key: str) -> AppAccess | None:
+        """The app of an app key this process authenticated lately, without the database (the
+        SDK API's fast paths): None when the key is not cached, or is a company's."""
+        access = self.get(hash_key(api_key))
+        return access if isinstance(access, AppAccess) else None
+
     def get(self, digest: str) -> CompanyAccess | AppAccess | None:
         entry = self._entries.get(digest)
         if entry is None:

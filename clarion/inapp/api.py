@@ -9,11 +9,19 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, Header, Path, Query, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from clarion.apps.service import AppAccess, KeyCache, get_company_app
+from clarion.apps.service import KeyCache, get_company_app
 from clarion.db import utcnow
 from clarion.errors import ClarionError, NotFoundError
 from clarion.formats import INT64_MAX, DbInt, Text
-from clarion.http import RestApp, RestAppLive, RestCompany, RuntimeDep, SdkApp, SessionDep
+from clarion.http import (
+    RestApp,
+    RestAppLive,
+    RestCompany,
+    RuntimeDep,
+    SdkApp,
+    SessionDep,
+    send_answer,
+)
 from clarion.inapp import service
 from clarion.inapp.eligibility import InAppFeed
 from clarion.inapp.schemas import (
@@ -27,7 +35,6 @@ from clarion.inapp.schemas import (
     ThemeRead,
 )
 from clarion.sdk.service import check_install_id
-from clarion.security import hash_key
 
 router = APIRouter(prefix="/1.1/{api_key}/in-app-campaigns", tags=["in-app"])
 themes_router = APIRouter(prefix="/admin/v1/apps/{app_id}/inapp-themes", tags=["admin"])
@@ -192,8 +199,8 @@ class FetchFastPath:
         if_none_match = next((v for k, v in scope["headers"] if k == b"if-none-match"), None)
         if if_none_match is not None and len(if_none_match) > _MAX_IF_NONE_MATCH:
             return False
-        access = self.key_cache.get(hash_key(api_key))
-        if not isinstance(access, AppAccess):
+        access = self.key_cache.app(api_key)
+        if access is None:
             return False
         try:
             check_install_id(install_id)
@@ -210,13 +217,11 @@ class FetchFastPath:
             (b"cache-control", _FETCH_HEADERS["Cache-Control"].encode()),
         ]
         if answer.body is None:
-            await send({"type": "http.response.start", "status": 304, "headers": headers})
-            await send({"type": "http.response.body", "body": b""})
+            await send_answer(send, 304, headers)
             return True
         headers += [
             (b"content-type", b"application/json"),
             (b"content-length", str(len(answer.body)).encode()),
         ]
-        await send({"type": "http.response.start", "status": 200, "headers": headers})
-        await send({"type": "http.response.body", "body": answer.body})
+        await send_answer(send, 200, headers, answer.body)
         return True

@@ -11,10 +11,10 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from clarion.apps.schemas import MAX_ORIGIN_LENGTH
-from clarion.apps.service import AppAccess, KeyCache, authenticate_app
+from clarion.apps.service import KeyCache, authenticate_app
 from clarion.errors import ApiMisuseError, ClarionError, NotFoundError
 from clarion.formats import Text
-from clarion.http import RuntimeDep, SdkApp, SessionDep, error_response
+from clarion.http import RuntimeDep, SdkApp, SessionDep, error_response, send_answer
 from clarion.sdk import service
 from clarion.sdk.schemas import (
     Accepted,
@@ -29,7 +29,6 @@ from clarion.sdk.schemas import (
 )
 from clarion.sdk.scripts import load_scripts, not_modified
 from clarion.sdk.service import EventIntake, check_install_id
-from clarion.security import hash_key
 
 router = APIRouter(prefix="/sdk/v1/{api_key}", tags=["sdk"])
 InstallId = Annotated[Text, Path(max_length=128)]
@@ -135,8 +134,8 @@ class EventsFastPath:
             await self.app(scope, receive, send)
             return
         match = _EVENTS_PATH.fullmatch(scope["path"])
-        access = None if match is None else self.key_cache.get(hash_key(match[1]))
-        if match is None or not isinstance(access, AppAccess) or not _declares_json(scope):
+        access = None if match is None else self.key_cache.app(match[1])
+        if match is None or access is None or not _declares_json(scope):
             await self.app(scope, receive, send)
             return
         messages: list[Message] = []
@@ -162,7 +161,7 @@ class EventsFastPath:
                         (b"content-type", _JSON),
                         (b"content-length", str(len(answer)).encode()),
                     ]
-                    await _respond(send, 202, headers, answer)
+                    await send_answer(send, 202, headers, answer)
                     return
 
         async def replay() -> Message:
@@ -249,9 +248,9 @@ class SdkCors:
         # Inline, not awaited, when the key is cached: this runs before each of the fast path's
         # 304s, ~45 us each (measured in-process: 2.4 us added with an allowed Origin, 0.8 us
         # without Origin; 4.5 us when awaited through a method and a regular expression).
-        access = self.key_cache.get(hash_key(api_key))
+        access = self.key_cache.app(api_key)
         try:
-            if not isinstance(access, AppAccess):
+            if access is None:
                 # Cached by the lookup: the route's own authentication (SdkApp) finds it there.
                 access = await authenticate_app(
                     self.sessions, api_key=api_key, cache=self.key_cache
@@ -266,7 +265,7 @@ class SdkCors:
             await _refuse(send, exc, allow)
             return
         if scope["method"] == "OPTIONS" and asks_method:
-            await _respond(send, 204, allow + _PREFLIGHT)
+            await send_answer(send, 204, allow + _PREFLIGHT)
             return
         allow.append((b"access-control-expose-headers", b"ETag"))
 
@@ -295,15 +294,8 @@ def _origin_refused(origin: str) -> ApiMisuseError:
     )
 
 
-async def _respond(
-    send: Send, status: int, headers: list[tuple[bytes, bytes]], body: bytes = b""
-) -> None:
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
-
-
 async def _refuse(send: Send, error: ClarionError, headers: list[tuple[bytes, bytes]]) -> None:
     body = bytes(error_response(error).body)
     length = str(len(body)).encode()
     headers = [*headers, (b"content-type", b"application/json"), (b"content-length", length)]
-    await _respond(send, error.status, headers, body)
+    await send_answer(send, error.status, headers, body)
