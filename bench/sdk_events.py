@@ -1,15 +1,19 @@
 """The SDK API's event batches (issue 18's figures): calls/s and latency per API process.
 
 Seeds one Android app with N installations, then against one `clarion serve` process (no
-workers, pinned to core 0; h2load and this script on core 1):
+workers, pinned to core 0; the load generator and this script on core 1):
 
 1. times event-batch calls one at a time (round trip, an upper bound of server time): p50, p99;
-2. event-batch calls per second with h2load (HTTP/1.1 keep-alive, C connections, the calls
-   spread over the installations through an `-i` list of URIs);
-3. the server process's CPU time per call over the h2load run (so the rate one dedicated core
-   reaches, whatever else the machine runs);
-4. checks, before printing a rate, that every answer was a 2xx (each sequential one a 202)
-   and that `tracked_events` holds exactly 10 new rows per call: nothing lost, nothing twice.
+2. event-batch calls per second under load: C keep-alive HTTP/1.1 connections, each an h2load
+   process of its own (`-c 1`) walking its own share of the installations, since an h2load
+   process starts each of its connections at the top of its `-i` list of URIs (its connections
+   would call the same installation at the same moment); calls/s over the window from the
+   first request to the last answer, and p50/p99/max latency under load (`--log-file`);
+3. the CPU time per call over that run of the server process (so the rate one dedicated core
+   reaches, whatever else the machine runs), of PostgreSQL's backends and of the load
+   generator: on this 2-core machine they share the cores, which bounds the measured rate;
+4. checks, before printing a rate, that every answer was a 202 and that `tracked_events`
+   holds exactly 10 rows per call for each installation: nothing lost, nothing twice.
 
 Each call carries 10 events (names, labels, attributes and tags, as an app sends them).
 
@@ -23,22 +27,25 @@ import argparse
 import asyncio
 import json
 import os
+import resource
+import shutil
 import statistics
+import subprocess
 import tempfile
 import time
-from contextlib import ExitStack
+from collections import Counter
+from contextlib import ExitStack, suppress
 from pathlib import Path
 from typing import Any
 
 import httpx
 from cryptography.fernet import Fernet
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 
 from bench.common import (
     analyze,
     cpu_seconds,
     fresh_database,
-    h2load,
     pin,
     report,
     serve_clarion,
@@ -90,12 +97,34 @@ async def seed(runtime: Runtime, installations: int) -> tuple[int, str, list[str
     return app.id, keys.api_key, install_ids
 
 
-async def count_events(runtime: Runtime, app_id: int) -> int:
+async def events_per_installation(runtime: Runtime, app_id: int) -> Counter[str]:
     async with runtime.sessions() as session:
-        count = await session.scalar(
-            select(func.count()).select_from(TrackedEvent).where(TrackedEvent.app_id == app_id)
+        rows = await session.execute(
+            select(TrackedEvent.install_id, func.count())
+            .where(TrackedEvent.app_id == app_id)
+            .group_by(TrackedEvent.install_id)
         )
-    return int(count or 0)
+        return Counter({str(install_id): count for install_id, count in rows})
+
+
+async def backend_pids(runtime: Runtime) -> list[int]:
+    """PostgreSQL's backends serving this database (the server's pool among them)."""
+    if runtime.engine.dialect.name != "postgresql":
+        return []
+    async with runtime.sessions() as session:
+        pids = await session.scalars(
+            text("SELECT pid FROM pg_stat_activity WHERE datname = current_database()")
+        )
+        return list(pids)
+
+
+def cpu_of(pids: list[int]) -> float:
+    """CPU seconds of those processes that still run (a backend may have ended: counted 0)."""
+    total = 0.0
+    for pid in pids:
+        with suppress(FileNotFoundError):
+            total += cpu_seconds(pid)
+    return total
 
 
 async def check_stored_as_sent(runtime: Runtime, app_id: int) -> None:
@@ -117,6 +146,12 @@ async def check_stored_as_sent(runtime: Runtime, app_id: int) -> None:
         raise SystemExit(f"the events stored differ from those sent: {stored} != {sent}")
 
 
+def children_cpu() -> float:
+    """CPU seconds of this process's ended children (the h2load processes, once waited for)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def sequential(base: str, paths: list[str], body: bytes, count: int) -> list[float]:
     """Round trips of `count` calls one after another (ms); every answer must be a 202."""
     timings = []
@@ -131,22 +166,54 @@ def sequential(base: str, paths: list[str], body: bytes, count: int) -> list[flo
     return sorted(timings)
 
 
-def h2load_calls(
-    base: str, paths: list[str], body: Path, calls: int, connections: int, tmp: Path
+def share(install_ids: list[str], connections: int, calls: int) -> list[tuple[list[str], int]]:
+    """Each connection's installations (every C-th) and number of calls (the rest spread)."""
+    return [
+        (install_ids[n::connections], calls // connections + (n < calls % connections))
+        for n in range(connections)
+    ]
+
+
+def load(
+    base: str, paths: dict[str, str], body: Path, shares: list[tuple[list[str], int]], tmp: Path
 ) -> dict[str, Any]:
-    listing = tmp / "uris.txt"
-    listing.write_text("".join(f"{base}{path}\n" for path in paths))
-    args = ["--h1", "-c", str(connections), "-t", "1", "-n", str(calls)]
-    args += ["-d", str(body), "-H", "Content-Type: application/json", "-i", str(listing)]
-    result = h2load(args)
-    lines = result["output"].splitlines()
-    status = next(ln for ln in lines if ln.startswith("status codes:")).split(":", 1)[1].strip()
-    requests = next(ln for ln in lines if ln.startswith("requests:")).split(":", 1)[1].strip()
-    # h2load counts answers by class only; the route's only 2xx is 202 (checked one at a time).
-    if not status.startswith(f"{calls} 2xx, 0 3xx, 0 4xx, 0 5xx"):
-        raise SystemExit(f"not every call was accepted: {status} ({requests})")
-    mean = next(ln for ln in lines if ln.startswith("time for request:")).split()[5]
-    return {"calls_per_s": result["req_per_s"], "status_codes": status, "mean_latency": mean}
+    """The calls of every share at once, an h2load process per connection (on this core)."""
+    if shutil.which("h2load") is None:
+        subprocess.run(["apt-get", "install", "-y", "-q", "nghttp2-client"], check=True)
+    processes = []
+    for n, (install_ids, calls) in enumerate(shares):
+        listing = tmp / f"uris-{n}.txt"
+        listing.write_text("".join(f"{base}{paths[i]}\n" for i in install_ids))
+        args = ["h2load", "--h1", "-c", "1", "-t", "1", "-n", str(calls), "-d", str(body)]
+        args += ["-H", "Content-Type: application/json", "-i", str(listing)]
+        args += [f"--log-file={tmp / f'log-{n}.tsv'}"]
+        processes.append(subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT))
+    outputs = [process.communicate()[0].decode() for process in processes]
+    for process, output in zip(processes, outputs, strict=True):
+        if process.returncode != 0:
+            raise SystemExit(f"h2load failed: {output[-500:]}")
+    starts, ends, latencies, statuses = [], [], [], Counter[str]()
+    for n in range(len(shares)):
+        for line in (tmp / f"log-{n}.tsv").read_text().splitlines():
+            start, status, micros = line.split("\t")[:3]
+            starts.append(int(start))
+            ends.append(int(start) + int(micros))
+            latencies.append(int(micros) / 1000)
+            statuses[status] += 1
+    calls = sum(calls for _, calls in shares)
+    if statuses != Counter({"202": calls}):
+        raise SystemExit(f"not every call was accepted: {dict(statuses)} for {calls} calls")
+    latencies.sort()
+    seconds = (max(ends) - min(starts)) / 1e6
+    return {
+        "calls_per_s": round(calls / seconds),
+        "status_codes": dict(statuses),
+        "latency_under_load": {
+            "p50_ms": round(statistics.median(latencies), 2),
+            "p99_ms": round(latencies[int(len(latencies) * 0.99) - 1], 2),
+            "max_ms": round(latencies[-1], 2),
+        },
+    }
 
 
 async def measure(args: argparse.Namespace, url: str, var: Path) -> dict[str, Any]:
@@ -155,7 +222,7 @@ async def measure(args: argparse.Namespace, url: str, var: Path) -> dict[str, An
     await asyncio.to_thread(migrate, settings)
     runtime = Runtime(settings)
     app_id, api_key, install_ids = await seed(runtime, args.installations)
-    paths = [f"/sdk/v1/{api_key}/installations/{i}/events" for i in install_ids]
+    paths = {i: f"/sdk/v1/{api_key}/installations/{i}/events" for i in install_ids}
     body_file = var / "events.json"
     body_file.write_text(json.dumps(batch()))
     body = body_file.read_bytes()
@@ -169,19 +236,30 @@ async def measure(args: argparse.Namespace, url: str, var: Path) -> dict[str, An
         raise SystemExit(f"port {API_PORT} is taken (CLARION_BENCH_API_PORT chooses another)")
     server = serve_clarion(API_PORT, env, workers=False)
     pin(1)
+    one_by_one = [paths[i] for i in install_ids]
+    shares = share(install_ids, args.connections, args.calls)
+    expected = Counter(one_by_one[n % len(one_by_one)] for n in range(300))  # warm-up
+    expected.update(one_by_one[n % len(one_by_one)] for n in range(args.timed))
+    for share_ids, calls in shares:
+        expected.update(paths[share_ids[n % len(share_ids)]] for n in range(calls))
     try:
-        before = await count_events(runtime, app_id)
-        await asyncio.to_thread(sequential, base, paths, body, 300)  # warm-up
-        timings = await asyncio.to_thread(sequential, base, paths, body, args.timed)
-        cpu_before = cpu_seconds(server.pid)
-        rate = h2load_calls(base, paths, body_file, args.calls, args.connections, var)
+        if await events_per_installation(runtime, app_id):
+            raise SystemExit("events before the run: the check below would not hold")
+        await asyncio.to_thread(sequential, base, one_by_one, body, 300)  # warm-up
+        timings = await asyncio.to_thread(sequential, base, one_by_one, body, args.timed)
+        pids = await backend_pids(runtime)
+        cpu_before = cpu_seconds(server.pid), cpu_of(pids), children_cpu()
+        rate = await asyncio.to_thread(load, base, paths, body_file, shares, var)
         # On a shared machine the rate moves with the neighbours' load; the server's own CPU
         # time per call does not, and gives the rate a dedicated core would reach.
-        cpu_ms = (cpu_seconds(server.pid) - cpu_before) * 1000 / args.calls
-        calls = 300 + args.timed + args.calls
-        stored = await count_events(runtime, app_id) - before
-        if stored != calls * EVENTS_PER_CALL:
-            raise SystemExit(f"tracked_events gained {stored} rows for {calls} calls of 10")
+        cpu_ms = (cpu_seconds(server.pid) - cpu_before[0]) * 1000 / args.calls
+        database_ms = (cpu_of(pids) - cpu_before[1]) * 1000 / args.calls
+        client_ms = (children_cpu() - cpu_before[2]) * 1000 / args.calls
+        stored = await events_per_installation(runtime, app_id)
+        by_path = Counter({paths[i]: count for i, count in stored.items()})
+        if by_path != Counter({p: calls * EVENTS_PER_CALL for p, calls in expected.items()}):
+            wrong = [p for p in paths.values() if by_path[p] != expected[p] * EVENTS_PER_CALL]
+            raise SystemExit(f"{len(wrong)} installations did not get 10 rows a call: {wrong[:3]}")
         await check_stored_as_sent(runtime, app_id)
     finally:
         os.killpg(server.pid, 15)
@@ -197,12 +275,14 @@ async def measure(args: argparse.Namespace, url: str, var: Path) -> dict[str, An
         "events_per_s": round(rate["calls_per_s"] * EVENTS_PER_CALL),
         "server_cpu_ms_per_call": round(cpu_ms, 3),
         "calls_per_s_per_dedicated_core": round(1000 / cpu_ms),
+        "postgresql_cpu_ms_per_call": round(database_ms, 3) if pids else None,
+        "load_generator_cpu_ms_per_call": round(client_ms, 3),
         "latency_one_at_a_time": {
             "p50_ms": round(statistics.median(timings), 2),
             "p99_ms": round(timings[int(len(timings) * 0.99) - 1], 2),
             "calls": len(timings),
         },
-        "rows_checked": stored,
+        "rows_checked": stored.total(),
     }
 
 
@@ -210,8 +290,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--db", choices=["sqlite", "postgres"], default="sqlite")
     parser.add_argument("--installations", type=int, default=10_000)
-    parser.add_argument("--calls", type=int, default=60_000, help="for h2load")
-    parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--calls", type=int, default=60_000, help="under load")
+    parser.add_argument("--connections", type=int, default=32, help="an h2load process each")
     parser.add_argument("--timed", type=int, default=2_000, help="calls timed one at a time")
     args = parser.parse_args()
     with ExitStack() as stack:

@@ -75,7 +75,12 @@ def create_app(settings: Settings, *, workers: bool) -> FastAPI:
     app.add_middleware(TrailingSlash)
     app.add_middleware(JsonBodies)
     # The SDK's event batches, inside the body limit: what it reads is at most the limit.
-    app.add_middleware(EventsFastPath, key_cache=runtime.key_cache, intake=runtime.sdk_events)
+    app.add_middleware(
+        EventsFastPath,
+        key_cache=runtime.key_cache,
+        sessions=runtime.sessions,
+        intake=runtime.sdk_events,
+    )
     app.add_middleware(
         BodySizeLimit,
         max_bytes=settings.max_body_bytes,

@@ -173,9 +173,12 @@ async def bulk_insert(
 
 
 def _sqlite_value(value: Any) -> Any:
-    if isinstance(value, datetime):
-        return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
-    return value
+    return sqlite_time(value) if isinstance(value, datetime) else value
+
+
+def sqlite_time(value: datetime) -> str:
+    """An aware datetime as SQLAlchemy's SQLite DateTime stores it (UtcDateTime reads it)."""
+    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
 
 
 def rowcount(result: Any) -> int:

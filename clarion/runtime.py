@@ -76,7 +76,7 @@ class Runtime:
             job_recipients=settings.batch_size,
         )
         self.send_intake = SendIntake(self.sessions, self.queue, batch_size=settings.batch_size)
-        self.sdk_events = EventIntake(self.sessions)
+        self.sdk_events = EventIntake(self.engine)
         self._client: Http2Client | None = None
         self._pool: ProviderPool | None = None
         self.deliverer: Deliverer | None = None

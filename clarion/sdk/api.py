@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 from typing import Annotated
 
@@ -11,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from clarion.apps.schemas import MAX_ORIGIN_LENGTH
-from clarion.apps.service import KeyCache, authenticate_app
+from clarion.apps.service import AppAccess, KeyCache, authenticate_app
 from clarion.errors import ApiMisuseError, ClarionError, NotFoundError
 from clarion.formats import Text
 from clarion.http import RuntimeDep, SdkApp, SessionDep, error_response, send_answer
@@ -26,6 +27,7 @@ from clarion.sdk.schemas import (
     PushOpenIn,
     TrackedEventsIn,
     VapidKey,
+    read_plain_events,
 )
 from clarion.sdk.scripts import load_scripts, not_modified
 from clarion.sdk.service import EventIntake, check_install_id
@@ -114,28 +116,39 @@ _JSON = b"application/json"
 class EventsFastPath:
     """Answers the SDK's event batches before FastAPI routes the request, when it can.
 
-    With the app key already authenticated by this process (KeyCache), a well-formed install
-    id and a JSON body that TrackedEventsIn accepts, the batch goes to the EventIntake (one
-    transaction per loop turn) and the 202 is sent once it is committed. FastAPI's routing,
-    dependencies, validation and a transaction per call cost ~1.6 ms of CPU per call (SQLite,
-    bench/sdk_events.py). Anything else (a key this process has not seen lately, a malformed
-    id or body, an unknown installation) goes on to the route with the body as read, and the
-    route answers it in Batch's format. Inside BodySizeLimit: a body over the limit never gets
-    here whole.
+    With an app key this process knows (KeyCache, else one lookup for all the calls waiting
+    on it), a well-formed install id and a JSON body that TrackedEventsIn accepts
+    (read_plain_events for the usual ones, the model for the others), the batch goes to the
+    EventIntake (stored by loop turn) and the 202 is sent once it is committed. FastAPI's
+    routing, dependencies, validation and a transaction per call cost ~1.6 ms of CPU per call
+    (SQLite, bench/sdk_events.py). Anything else (an unknown key, a malformed id or body, an
+    unknown installation) goes on to the route with the body as read, and the route answers it
+    in Batch's format. Inside BodySizeLimit: a body over the limit never gets here whole.
     """
 
-    def __init__(self, app: ASGIApp, key_cache: KeyCache, intake: EventIntake) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        key_cache: KeyCache,
+        sessions: async_sessionmaker[AsyncSession],
+        intake: EventIntake,
+    ) -> None:
         self.app = app
         self.key_cache = key_cache
+        self.sessions = sessions
         self.intake = intake
+        self._lookups: dict[str, asyncio.Future[AppAccess]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] != "POST":
             await self.app(scope, receive, send)
             return
         match = _EVENTS_PATH.fullmatch(scope["path"])
-        access = None if match is None else self.key_cache.app(match[1])
-        if match is None or access is None or not _declares_json(scope):
+        if match is None or not _declares_json(scope):
+            await self.app(scope, receive, send)
+            return
+        access = self.key_cache.app(match[1]) or await self._looked_up(match[1])
+        if access is None:
             await self.app(scope, receive, send)
             return
         messages: list[Message] = []
@@ -151,12 +164,15 @@ class EventsFastPath:
         if messages[-1]["type"] == "http.request":
             try:
                 install_id = check_install_id(match[2])
-                data = TrackedEventsIn.model_validate_json(body)
+                events = read_plain_events(body)
+                if events is None:
+                    events = TrackedEventsIn.model_validate_json(body).as_tuples()
             except (ClarionError, ValidationError):
                 pass
             else:
-                if await self.intake.track(app_id=access.app_id, install_id=install_id, data=data):
-                    answer = b'{"accepted":%d}' % len(data.events)
+                app_id = access.app_id
+                if await self.intake.track(app_id=app_id, install_id=install_id, events=events):
+                    answer = b'{"accepted":%d}' % len(events)
                     headers = [
                         (b"content-type", _JSON),
                         (b"content-length", str(len(answer)).encode()),
@@ -168,6 +184,24 @@ class EventsFastPath:
             return messages.pop(0) if messages else await receive()
 
         await self.app(scope, replay, send)
+
+    async def _looked_up(self, api_key: str) -> AppAccess | None:
+        """The key's app read once for every call that finds it missing from the KeyCache, or
+        None (an unknown key: the route answers it). A cached key expires every
+        CLARION_AUTH_CACHE_SECONDS (5 s), and under load the calls that arrived until a route
+        had cached it again all took the route: 91 of 20,800 calls in bench/sdk_events.py, at
+        ~2 ms of CPU each, 5% of the process's CPU."""
+        lookup = self._lookups.get(api_key)
+        if lookup is None:
+            lookup = asyncio.ensure_future(
+                authenticate_app(self.sessions, api_key=api_key, cache=self.key_cache)
+            )
+            self._lookups[api_key] = lookup
+            lookup.add_done_callback(lambda _: self._lookups.pop(api_key, None))
+        try:
+            return await asyncio.shield(lookup)
+        except ClarionError:
+            return None
 
 
 def _declares_json(scope: Scope) -> bool:

@@ -46,3 +46,51 @@ export function browserFacts(userAgent: string, language: string | undefined, ti
   }
   return facts;
 }
+
+const ZONE_SCRIPT = "postMessage(Intl.DateTimeFormat().resolvedOptions().timeZone)";
+const ZONE_WAIT_MS = 2000;
+interface Temporal {
+  Now?: { timeZoneId?: () => unknown };
+}
+
+/** The browser's IANA time zone, without a long task on the page's thread: a page's first Intl
+ * call prepares ICU's locale data (date patterns), 13-17 ms of the main thread's CPU in
+ * Chromium 156 (its trace, tests/test_websdk_e2e.py), where a task of the SDK may take 5 ms.
+ * Temporal (Chromium 144, Firefox 139) tells the zone in ~0.1 ms; without it a worker runs
+ * Intl (~1 ms of the page's thread, the answer some 20-100 ms later), and the page's thread
+ * only where blob workers are refused (CSP, Trusted Types) or mute for 2 s. */
+export function timeZone(): Promise<string | undefined> {
+  try {
+    const zone = (globalThis as { Temporal?: Temporal }).Temporal?.Now?.timeZoneId?.();
+    if (typeof zone === "string" && zone !== "") return Promise.resolve(zone);
+  } catch {
+    // An engine's partial Temporal: as without it.
+  }
+  return new Promise((resolve) => {
+    const here = () => {
+      try {
+        resolve(Intl.DateTimeFormat().resolvedOptions().timeZone);
+      } catch {
+        resolve(undefined);
+      }
+    };
+    let url = "";
+    let worker: Worker | undefined;
+    const done = (zone: unknown) => {
+      clearTimeout(timer);
+      worker?.terminate();
+      if (url) URL.revokeObjectURL(url);
+      if (typeof zone === "string" && zone !== "") resolve(zone);
+      else here();
+    };
+    const timer = setTimeout(() => done(undefined), ZONE_WAIT_MS);
+    try {
+      url = URL.createObjectURL(new Blob([ZONE_SCRIPT], { type: "text/javascript" }));
+      worker = new Worker(url);
+      worker.onmessage = (message) => done(message.data);
+      worker.onerror = () => done(undefined);
+    } catch {
+      done(undefined);
+    }
+  });
+}

@@ -4,7 +4,7 @@
 import { render, type Rendered } from "../inapp/render";
 import type { SdkAction } from "../inapp/types";
 import { pick, recordShown, type Displays, type Occasion, type WireAnswer, type WireMessage } from "./decide";
-import { browserFacts } from "./facts";
+import { browserFacts, timeZone } from "./facts";
 import { EventQueue, type QueuedEvent } from "./queue";
 import { memoryStore, openStore, type Store } from "./storage";
 import { sendSubscription, subscriptionBody, vapidKeyUrl, type WorkerKeys } from "../sw/shared";
@@ -98,6 +98,7 @@ class Sdk implements Api {
   private workerUrl = DEFAULT_WORKER;
   private keys: WorkerKeys | null = null;
   private isRegistered = false;
+  private zone: Promise<string | undefined> = Promise.resolve(undefined);
   readonly queue = new EventQueue({
     send: (events) => this.call("POST", "/events", { events }),
     save: (events) => void this.store.set("events", events),
@@ -116,6 +117,7 @@ class Sdk implements Api {
       return log("setup: `server` is missing or not an http(s) URL (your Clarion's address)");
     }
     this.configured = true;
+    this.zone = timeZone(); // while IndexedDB opens
     const server = config.server.replace(/\/+$/, "");
     const worker = config.serviceWorker as { url?: unknown } | undefined;
     if (typeof worker?.url === "string" && worker.url !== "") this.workerUrl = worker.url;
@@ -171,11 +173,7 @@ class Sdk implements Api {
   }
 
   private async register(failures: number): Promise<void> {
-    const facts = browserFacts(
-      navigator.userAgent,
-      navigator.language,
-      Intl.DateTimeFormat().resolvedOptions().timeZone,
-    );
+    const facts = browserFacts(navigator.userAgent, navigator.language, await this.zone);
     const status = await this.call("PUT", "", facts);
     if (status >= 200 && status < 300) return;
     if (status !== 0 && status < 500 && status !== 408 && status !== 429) {
