@@ -25,6 +25,7 @@ RUNS = [
     ["-m", "bench.inapp_fetch", "--installations", "1000000"],
     ["-m", "bench.sdk_events", "--db", "sqlite"],
     ["-m", "bench.sdk_events", "--db", "postgres"],
+    ["-m", "bench.websdk_setup", "--visits", "50"],
     ["bench/sim_ceiling.py", "--baseline"],
     ["bench/http2_client.py", "--requests", "200000"],
 ]

@@ -4,11 +4,9 @@ Seeds one Android app with N installations, then against one `clarion serve` pro
 workers, pinned to core 0; the load generator and this script on core 1):
 
 1. times event-batch calls one at a time (round trip, an upper bound of server time): p50, p99;
-2. event-batch calls per second under load: C keep-alive HTTP/1.1 connections, each an h2load
-   process of its own (`-c 1`) walking its own share of the installations, since an h2load
-   process starts each of its connections at the top of its `-i` list of URIs (its connections
-   would call the same installation at the same moment); calls/s over the window from the
-   first request to the last answer, and p50/p99/max latency under load (`--log-file`);
+2. event-batch calls per second under load: C keep-alive HTTP/1.1 connections, each walking
+   its own share of the installations (bench/http_load.py, on core 1); calls/s over the window
+   from the first call to the last answer, and p50/p99/max latency under load;
 3. the CPU time per call over that run of the server process (so the rate one dedicated core
    reaches, whatever else the machine runs), of PostgreSQL's backends and of the load
    generator: on this 2-core machine they share the cores, which bounds the measured rate;
@@ -27,10 +25,9 @@ import argparse
 import asyncio
 import json
 import os
-import resource
-import shutil
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 from collections import Counter
@@ -62,6 +59,7 @@ from clarion.sdk.models import Installation
 
 API_PORT = int(os.environ.get("CLARION_BENCH_API_PORT", "18005"))
 EVENTS_PER_CALL = 10
+ACCEPTED = '{"accepted":10}'
 
 
 def batch() -> dict[str, Any]:
@@ -146,12 +144,6 @@ async def check_stored_as_sent(runtime: Runtime, app_id: int) -> None:
         raise SystemExit(f"the events stored differ from those sent: {stored} != {sent}")
 
 
-def children_cpu() -> float:
-    """CPU seconds of this process's ended children (the h2load processes, once waited for)."""
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
-
-
 def sequential(base: str, paths: list[str], body: bytes, count: int) -> list[float]:
     """Round trips of `count` calls one after another (ms); every answer must be a 202."""
     timings = []
@@ -175,44 +167,39 @@ def share(install_ids: list[str], connections: int, calls: int) -> list[tuple[li
 
 
 def load(
-    base: str, paths: dict[str, str], body: Path, shares: list[tuple[list[str], int]], tmp: Path
+    port: int, paths: dict[str, str], body: str, shares: list[tuple[list[str], int]], tmp: Path
 ) -> dict[str, Any]:
-    """The calls of every share at once, an h2load process per connection (on this core)."""
-    if shutil.which("h2load") is None:
-        subprocess.run(["apt-get", "install", "-y", "-q", "nghttp2-client"], check=True)
-    processes = []
-    for n, (install_ids, calls) in enumerate(shares):
-        listing = tmp / f"uris-{n}.txt"
-        listing.write_text("".join(f"{base}{paths[i]}\n" for i in install_ids))
-        args = ["h2load", "--h1", "-c", "1", "-t", "1", "-n", str(calls), "-d", str(body)]
-        args += ["-H", "Content-Type: application/json", "-i", str(listing)]
-        args += [f"--log-file={tmp / f'log-{n}.tsv'}"]
-        processes.append(subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT))
-    outputs = [process.communicate()[0].decode() for process in processes]
-    for process, output in zip(processes, outputs, strict=True):
-        if process.returncode != 0:
-            raise SystemExit(f"h2load failed: {output[-500:]}")
-    starts, ends, latencies, statuses = [], [], [], Counter[str]()
-    for n in range(len(shares)):
-        for line in (tmp / f"log-{n}.tsv").read_text().splitlines():
-            start, status, micros = line.split("\t")[:3]
-            starts.append(int(start))
-            ends.append(int(start) + int(micros))
-            latencies.append(int(micros) / 1000)
-            statuses[status] += 1
+    """The calls of every share at once, a keep-alive connection each (bench/http_load.py, in
+    a process of its own on this core)."""
+    spec = {
+        "host": "127.0.0.1",
+        "port": port,
+        "body": body,
+        "headers": {"Content-Type": "application/json"},
+        "connections": [[paths[i] for i in install_ids] for install_ids, _ in shares],
+        "calls": [calls for _, calls in shares],
+        "timeout": 900,
+    }
+    (tmp / "load.json").write_text(json.dumps(spec))
+    out = tmp / "load-out.json"
+    command = [sys.executable, "-m", "bench.http_load", str(tmp / "load.json"), str(out)]
+    subprocess.run(command, check=True)
+    result = json.loads(out.read_text())
     calls = sum(calls for _, calls in shares)
-    if statuses != Counter({"202": calls}):
-        raise SystemExit(f"not every call was accepted: {dict(statuses)} for {calls} calls")
-    latencies.sort()
-    seconds = (max(ends) - min(starts)) / 1e6
+    if result["statuses"] != {"202": calls} or result["answers"] != {ACCEPTED: calls}:
+        raise SystemExit(
+            f"not every call was accepted: {result['statuses']}, {result['unanswered']} not"
+            f" answered; answers: {str(result['answers'])[:500]}"
+        )
+    latencies = sorted(result["latencies_ms"])
     return {
-        "calls_per_s": round(calls / seconds),
-        "status_codes": dict(statuses),
+        "calls_per_s": round(calls / result["seconds"]),
         "latency_under_load": {
             "p50_ms": round(statistics.median(latencies), 2),
             "p99_ms": round(latencies[int(len(latencies) * 0.99) - 1], 2),
             "max_ms": round(latencies[-1], 2),
         },
+        "load_generator_cpu_ms_per_call": round(result["cpu_seconds"] * 1000 / calls, 3),
     }
 
 
@@ -223,9 +210,7 @@ async def measure(args: argparse.Namespace, url: str, var: Path) -> dict[str, An
     runtime = Runtime(settings)
     app_id, api_key, install_ids = await seed(runtime, args.installations)
     paths = {i: f"/sdk/v1/{api_key}/installations/{i}/events" for i in install_ids}
-    body_file = var / "events.json"
-    body_file.write_text(json.dumps(batch()))
-    body = body_file.read_bytes()
+    body = json.dumps(batch()).encode()
     env = {"CLARION_DATABASE_URL": url, "CLARION_VAR_DIR": str(var), "CLARION_SECRET_KEY": secret}
     base = f"http://127.0.0.1:{API_PORT}"
     try:
@@ -248,13 +233,14 @@ async def measure(args: argparse.Namespace, url: str, var: Path) -> dict[str, An
         await asyncio.to_thread(sequential, base, one_by_one, body, 300)  # warm-up
         timings = await asyncio.to_thread(sequential, base, one_by_one, body, args.timed)
         pids = await backend_pids(runtime)
-        cpu_before = cpu_seconds(server.pid), cpu_of(pids), children_cpu()
-        rate = await asyncio.to_thread(load, base, paths, body_file, shares, var)
+        cpu_before = cpu_seconds(server.pid), cpu_of(pids)
+        rate = await asyncio.to_thread(load, API_PORT, paths, body.decode(), shares, var)
         # On a shared machine the rate moves with the neighbours' load; the server's own CPU
         # time per call does not, and gives the rate a dedicated core would reach.
         cpu_ms = (cpu_seconds(server.pid) - cpu_before[0]) * 1000 / args.calls
+        # With the backends the server's pool opened during the run (all their CPU is the run's).
+        pids = sorted(set(pids) | set(await backend_pids(runtime)))
         database_ms = (cpu_of(pids) - cpu_before[1]) * 1000 / args.calls
-        client_ms = (children_cpu() - cpu_before[2]) * 1000 / args.calls
         stored = await events_per_installation(runtime, app_id)
         by_path = Counter({paths[i]: count for i, count in stored.items()})
         if by_path != Counter({p: calls * EVENTS_PER_CALL for p, calls in expected.items()}):
@@ -276,7 +262,6 @@ async def measure(args: argparse.Namespace, url: str, var: Path) -> dict[str, An
         "server_cpu_ms_per_call": round(cpu_ms, 3),
         "calls_per_s_per_dedicated_core": round(1000 / cpu_ms),
         "postgresql_cpu_ms_per_call": round(database_ms, 3) if pids else None,
-        "load_generator_cpu_ms_per_call": round(client_ms, 3),
         "latency_one_at_a_time": {
             "p50_ms": round(statistics.median(timings), 2),
             "p99_ms": round(timings[int(len(timings) * 0.99) - 1], 2),
@@ -291,7 +276,7 @@ def main() -> None:
     parser.add_argument("--db", choices=["sqlite", "postgres"], default="sqlite")
     parser.add_argument("--installations", type=int, default=10_000)
     parser.add_argument("--calls", type=int, default=60_000, help="under load")
-    parser.add_argument("--connections", type=int, default=32, help="an h2load process each")
+    parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--timed", type=int, default=2_000, help="calls timed one at a time")
     args = parser.parse_args()
     with ExitStack() as stack:

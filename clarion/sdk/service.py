@@ -235,9 +235,9 @@ class EventIntake:
     Through the driver, without the ORM: on PostgreSQL the group is one statement in
     autocommit (_STORE_POSTGRESQL), one round trip; on SQLite (on the loop, decision 0006) one
     transaction of a lookup, one executemany and, when a last visit is due, one update.
-    Measured with bench/sdk_events.py and per call of 10 events in groups of 20: the ORM's
-    session, statements and COPY cost ~140 us of the API process's CPU (PostgreSQL) and
-    ~200 us (SQLite); the statement ~25 us and the driver's calls ~100 us (decision 0023)."""
+    Measured in-process, per call of 10 events in groups of 20: the ORM's session, statements
+    and COPY cost ~140 us of the API process's CPU (PostgreSQL) and ~200 us (SQLite); the
+    statement ~25 us and the driver's calls ~100 us (decision 0023)."""
 
     def __init__(self, engine: AsyncEngine) -> None:
         # The statement is atomic by itself: no BEGIN nor COMMIT round trip (a local flag).
@@ -274,7 +274,7 @@ class EventIntake:
 # through their unique index (app_id, install_id), and a last visit moved when more than a
 # minute old, skipping a row another transaction holds (it is moving it already): no lock
 # waits, so no deadlock between API processes. PostgreSQL parses the JSON in C; the same rows
-# sent as arrays took ~4x the CPU in psycopg, and COPY a round trip per step (BEGIN, lookup,
+# sent as arrays took ~5x the CPU in psycopg, and COPY a round trip per step (BEGIN, lookup,
 # COPY, its end, COMMIT) at ~0.1 ms of CPU each.
 _STORE_POSTGRESQL = """
 WITH calls AS (
