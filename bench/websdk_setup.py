@@ -13,7 +13,11 @@ on its own clock (performance.now()):
   registration's answer (`PUT /sdk/v1/{key}/installations/{id}`, its Resource Timing entry's
   responseEnd): downloading and running clarion.js, opening IndexedDB, the time zone, the
   preflight and the PUT;
-- navigation_to_registered: the same from the page's navigation start (its HTML included).
+- navigation_to_registered: the same from the page's navigation start (its HTML included);
+- and where the time goes: the script's download (setup_to_script_loaded, negative when the
+  browser had it before the snippet ran: the async script tag is fetched as the page's head is
+  parsed), the SDK's own work until it sends the registration, the registration's call
+  (preflight and PUT).
 
 Before printing, it checks that every registration was answered 200 and that every visit's
 installation is in the database, once. `--without-temporal` removes Temporal from the page, as
@@ -61,12 +65,16 @@ PAGE = """<!doctype html><html><head><meta charset="utf-8"><title>shop</title>
 <script src="%SERVER%/sdk/web/v1/clarion.js" async></script></head>
 <body><h1>shop</h1></body></html>"""
 
-# The registration's Resource Timing entry: the only call to the installation's own URL.
+# The registration's Resource Timing entry (the only call to the installation's own URL) and
+# the script's.
 MEASURE = """() => {
-  const entry = performance.getEntriesByType('resource').find(
+  const entries = performance.getEntriesByType('resource');
+  const entry = entries.find(
     e => e.initiatorType === 'fetch' && /\\/installations\\/[^/]+$/.test(e.name));
-  return entry && {calledAt: window.setupCalledAt, registeredAt: entry.responseEnd,
-                   url: entry.name};
+  const script = entries.find(e => e.name.endsWith('/sdk/web/v1/clarion.js'));
+  return entry && script && {
+    calledAt: window.setupCalledAt, registeredAt: entry.responseEnd, url: entry.name,
+    scriptLoadedAt: script.responseEnd, registrationSentAt: entry.startTime};
 }"""
 
 
@@ -197,6 +205,15 @@ def main() -> None:
         "temporal": not args.without_temporal,
         "setup_to_registered": summary([v["registeredAt"] - v["calledAt"] for v in counted]),
         "navigation_to_registered": summary([v["registeredAt"] for v in counted]),
+        # Where the time goes: the script's download, the SDK's work until it calls the server
+        # (running the script, IndexedDB, the time zone), the call (preflight and PUT).
+        "setup_to_script_loaded": summary([v["scriptLoadedAt"] - v["calledAt"] for v in counted]),
+        "script_loaded_to_registration_sent": summary(
+            [v["registrationSentAt"] - v["scriptLoadedAt"] for v in counted]
+        ),
+        "registration_call": summary(
+            [v["registeredAt"] - v["registrationSentAt"] for v in counted]
+        ),
         "installations_checked": len(stored),
     }
     report("websdk_setup" + ("_without_temporal" if args.without_temporal else ""), figures)
