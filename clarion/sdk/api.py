@@ -23,6 +23,8 @@ from clarion.sdk.schemas import (
     InAppEventsIn,
     InstallationRead,
     InstallationUpsert,
+    ProfileEditsIn,
+    ProfileRead,
     PushOpenIn,
     TrackedEventsIn,
     VapidKey,
@@ -98,6 +100,22 @@ async def report_inapp_events(
 ) -> Accepted:
     count = await service.record_inapp(session, access=access, install_id=install_id, data=body)
     return Accepted(accepted=count)
+
+
+@router.post("/installations/{install_id}/profile/edits", response_model=ProfileRead)
+async def edit_profile(
+    install_id: InstallId, body: ProfileEditsIn, access: SdkApp, session: SessionDep
+) -> ProfileRead:
+    """The Web SDK's profile().edit; answers the profile as it is after the edits."""
+    profile = await service.edit_profile(session, access=access, install_id=install_id, data=body)
+    return ProfileRead.of(profile)
+
+
+@router.get("/installations/{install_id}/profile", response_model=ProfileRead)
+async def get_profile(install_id: InstallId, access: SdkApp, session: SessionDep) -> ProfileRead:
+    """The Web SDK's getUserAttributes: the attributes and tags of the installation's user."""
+    profile = await service.installation_profile(session, access=access, install_id=install_id)
+    return ProfileRead.of(profile)
 
 
 @router.get("/webpush/vapid-key", response_model=VapidKey)

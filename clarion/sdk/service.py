@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from clarion.apps.service import AppAccess
 from clarion.audiences.resolved import installations_changed
 from clarion.batching import TurnBatcher
+from clarion.custom_data.service import Profile, profile_of, update_profiles
 from clarion.db import insert_ignoring_conflicts, transaction, utcnow
 from clarion.delivery.models import Send
 from clarion.errors import ApiMisuseError, MalformedParameterError, NotFoundError
@@ -32,6 +33,7 @@ from clarion.sdk.schemas import (
     AppOpenIn,
     InAppEventsIn,
     InstallationUpsert,
+    ProfileEditsIn,
     PushOpenIn,
     TrackedEventIn,
     TrackedEventsIn,
@@ -153,6 +155,44 @@ async def set_custom_id(
             session, app_id=access.app_id, installation_ids=[installation.id]
         )
     return installation
+
+
+async def edit_profile(
+    session: AsyncSession, *, access: AppAccess, install_id: str, data: ProfileEditsIn
+) -> Profile | None:
+    """Apply a profile().edit: attributes and tags to the profile of the installation's custom
+    user id (decision 0024), language and region to the installation. All or nothing."""
+    installation = await get_installation(session, access=access, install_id=install_id)
+    custom_id = installation.custom_id
+    if data.operations:
+        if custom_id is None:
+            raise ApiMisuseError(
+                "this installation has no custom user id: identify the user first "
+                "(profile().identify({customId}) in the Web SDK, PUT …/custom_id in the SDK "
+                "API): attributes and tags belong to the custom user id"
+            )
+        await update_profiles(
+            session, app_id=access.app_id, updates=[(custom_id, False, data.operations)]
+        )
+    given = data.model_fields_set
+    if "language" in given:
+        installation.language = data.language
+    if "region" in given:
+        installation.region = data.region
+    installation.last_seen_at = utcnow()
+    if custom_id is None:
+        return None
+    return await profile_of(session, app_id=access.app_id, custom_id=custom_id)
+
+
+async def installation_profile(
+    session: AsyncSession, *, access: AppAccess, install_id: str
+) -> Profile | None:
+    """The profile of the installation's custom user id; None while it has none."""
+    installation = await get_installation(session, access=access, install_id=install_id)
+    if installation.custom_id is None:
+        return None
+    return await profile_of(session, app_id=access.app_id, custom_id=installation.custom_id)
 
 
 def _identity(installation: Installation) -> tuple[str | None, str | None]:
