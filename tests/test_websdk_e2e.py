@@ -354,6 +354,99 @@ def test_setup_registers_the_installation_and_identify_attaches_the_user(
     assert _installation_id(page) == install_id
 
 
+# profile().edit as docs/web-sdk.md shows it: one of each type Batch's editor infers, an explicit
+# FLOAT, tags, language and region. Resolves to "edited", or to the Error's message.
+EDIT = """() => new Promise(resolve => clarion(api => api.profile().then(p => p.edit(e => e
+    .setAttribute('plan', 'premium')
+    .setAttribute('visits', 42)
+    .setAttribute('ratio', 0.25)
+    .setAttribute('score', {type: api.userAttributeTypes.FLOAT, value: 3})
+    .setAttribute('optin', true)
+    .setAttribute('signed_up', new Date(Date.UTC(2026, 10, 23, 10, 0, 0, 250)))
+    .setAttribute('home', new URL('https://shop.example/u/42'))
+    .addToArray('interests', ['Sport', 'cinema'])
+    .setLanguage('de-AT')
+    .setRegion('at')))
+  .then(() => resolve('edited'), error => resolve(error.message))))"""
+# getUserAttributes() as [type, value] per name, Dates and URLs as text.
+READ_ATTRIBUTES = """() => new Promise(resolve => clarion(api => api.getUserAttributes()
+  .then(found => resolve(Object.fromEntries(Object.entries(found).map(([name, a]) => [name, [
+    a.getType(),
+    a.value instanceof Date ? 'Date ' + a.value.toISOString()
+      : a.value instanceof URL ? 'URL ' + a.value.href : a.value]]))))))"""
+
+
+@needs_chromium
+def test_profile_edit_lands_typed_and_reads_back_once_the_user_is_identified(
+    context: BrowserContext, site: Site
+) -> None:
+    clarion = site.clarion
+    page = context.new_page()
+    with page.expect_response(_sdk_call("PUT", "")):
+        page.goto(site.url())
+    install_id = _installation_id(page)
+    profile_sql = "SELECT name, kind, text_value, number_value FROM profile_attributes"
+    profile_sql += " WHERE custom_id = ? ORDER BY name"
+
+    # Before identify: the promise rejects saying what to do, debug mode says it too, and
+    # nothing of the edit is applied (not even its language).
+    with page.expect_console_message(lambda m: "profile().edit refused" in m.text) as logged:
+        refused = page.evaluate(EDIT)
+    assert refused.startswith("clarion: profile().edit refused: API_MISUSE"), refused
+    assert "identify the user first" in refused
+    assert "identify the user first" in logged.value.text
+    language_sql = "SELECT language, region FROM installations WHERE install_id = ?"
+    assert clarion.rows(language_sql, install_id) == [("fr-FR", None)]
+    assert page.evaluate(READ_ATTRIBUTES) == {}
+
+    page.evaluate(
+        "new Promise((resolve, reject) => clarion(api => api.profile()"
+        ".then(p => p.identify({customId: 'shopper-9'})).then(resolve, reject)))"
+    )
+    with page.expect_response(_sdk_call("POST", "/profile/edits")) as sent:
+        assert page.evaluate(EDIT) == "edited"
+    assert sent.value.status == 200
+    assert clarion.rows(profile_sql, "shopper-9") == [
+        ("home", "url", "https://shop.example/u/42", None),
+        ("optin", "boolean", None, 1.0),
+        ("plan", "string", "premium", None),
+        ("ratio", "float", None, 0.25),
+        ("score", "float", None, 3.0),
+        ("signed_up", "date", "2026-11-23T10:00:00.250000+00:00", 1795428000.25),
+        ("visits", "integer", None, 42.0),
+    ]
+    tags_sql = "SELECT collection, tag FROM profile_tags WHERE custom_id = ? ORDER BY tag"
+    assert clarion.rows(tags_sql, "shopper-9") == [("interests", "cinema"), ("interests", "sport")]
+    assert clarion.rows(language_sql, install_id) == [("de-AT", "AT")]
+
+    assert page.evaluate(READ_ATTRIBUTES) == {
+        "home": ["url", "URL https://shop.example/u/42"],
+        "interests": ["array", ["cinema", "sport"]],
+        "optin": ["boolean", True],
+        "plan": ["string", "premium"],
+        "ratio": ["float", 0.25],
+        "score": ["float", 3],
+        "signed_up": ["date", "Date 2026-11-23T10:00:00.250Z"],
+        "visits": ["integer", 42],
+    }
+
+    # A bad value is refused at the call, before anything is sent; so is an email.
+    for bad in ("e.setAttribute('plan', 'x'.repeat(65))", "e.setEmailAddress('a@b.example')"):
+        message = page.evaluate(
+            "() => new Promise(resolve => clarion(api => api.profile()"
+            f".then(p => p.edit(e => {bad}))"
+            ".then(() => resolve('sent'), error => resolve(error.message))))"
+        )
+        assert message.startswith("clarion: set"), message
+    assert clarion.rows(profile_sql, "shopper-9")[2] == ("plan", "string", "premium", None)
+
+    # The language set by the edit outlives the next page's registration (the browser says fr-FR).
+    with page.expect_response(_sdk_call("PUT", "")) as registered:
+        page.reload()
+    assert _sent(registered.value)["language"] == "de-AT"
+    assert clarion.rows(language_sql, install_id) == [("de-AT", "AT")]
+
+
 @needs_chromium
 def test_batch_sdk_is_an_alias_and_debug_mode_explains_a_missing_key(
     context: BrowserContext, site: Site

@@ -5,6 +5,7 @@ import { render, type Rendered } from "../inapp/render";
 import type { SdkAction } from "../inapp/types";
 import { pick, recordShown, type Displays, type Occasion, type WireAnswer, type WireMessage } from "./decide";
 import { browserFacts } from "./facts";
+import { ProfileEditor, userAttributes, userAttributeTypes, type UserAttribute, type WireProfile } from "./profile";
 import { EventQueue, type QueuedEvent } from "./queue";
 import { memoryStore, openStore, type Store } from "./storage";
 import { sendSubscription, subscriptionBody, vapidKeyUrl, type WorkerKeys } from "../sw/shared";
@@ -38,12 +39,16 @@ export interface EventData {
 
 export interface Profile {
   identify(identity: { customId?: string | null }): Promise<void>;
+  edit(edit: (editor: ProfileEditor) => void): Promise<Profile>;
 }
 
 export interface Api {
   getInstallationID(): Promise<string>;
   trackEvent(name: string, data?: EventData): Promise<void>;
   profile(): Promise<Profile>;
+  getUserAttributes(): Promise<Record<string, UserAttribute>>;
+  getUserTagCollections(): Promise<Record<string, string[]>>;
+  readonly userAttributeTypes: typeof userAttributeTypes;
   onInAppAction(handler: InAppActionHandler): void;
   subscribe(): Promise<boolean>;
   unsubscribe(): Promise<boolean>;
@@ -56,6 +61,9 @@ export interface Api {
 export const SESSION_GAP_MS = 30 * 60 * 1000;
 const EVENT_NAME = /^[a-zA-Z0-9][a-zA-Z0-9_]{0,29}$/;
 const SESSION_KEY = "clarion.session";
+/** IndexedDB key: the language and region profile().edit set, which registration sends in
+ * place of the browser's (Batch's setLanguage overrides the detected language). */
+const LOCALE_KEY = "locale";
 const DEFAULT_WORKER = "/clarion-sw.js";
 
 type Command = unknown[];
@@ -84,7 +92,13 @@ function deferred<T>(): { promise: Promise<T>; resolve(value: T): void } {
   return { promise, resolve };
 }
 
+interface Answer {
+  status: number; // 0: no answer
+  body: unknown; // the JSON answer, null when there is none
+}
+
 class Sdk implements Api {
+  readonly userAttributeTypes = userAttributeTypes;
   private store: Store = memoryStore();
   private base = "";
   private id = deferred<string>();
@@ -171,11 +185,10 @@ class Sdk implements Api {
   }
 
   private async register(failures: number): Promise<void> {
-    const facts = browserFacts(
-      navigator.userAgent,
-      navigator.language,
-      Intl.DateTimeFormat().resolvedOptions().timeZone,
-    );
+    const facts = {
+      ...browserFacts(navigator.userAgent, navigator.language, Intl.DateTimeFormat().resolvedOptions().timeZone),
+      ...(await this.store.get<Record<string, string>>(LOCALE_KEY)),
+    };
     const status = await this.call("PUT", "", facts);
     if (status >= 200 && status < 300) return;
     if (status !== 0 && status < 500 && status !== 408 && status !== 429) {
@@ -188,6 +201,10 @@ class Sdk implements Api {
 
   /** The HTTP status of a call to the installation's routes (0: no answer). */
   private async call(method: string, path: string, body?: unknown, keepalive = false): Promise<number> {
+    return (await this.request(method, path, body, keepalive)).status;
+  }
+
+  private async request(method: string, path: string, body?: unknown, keepalive = false): Promise<Answer> {
     try {
       const init: RequestInit = { method, keepalive };
       if (body !== undefined) {
@@ -195,15 +212,22 @@ class Sdk implements Api {
         init.headers = { "Content-Type": "application/json" };
       }
       const response = await fetch(this.base + path, init);
-      if (!response.ok) log(`${method} ${path || "installation"}: HTTP ${response.status}`, await response.text());
-      return response.status;
+      const text = await response.text();
+      if (!response.ok) log(`${method} ${path || "installation"}: HTTP ${response.status}`, text);
+      let answer: unknown = null;
+      try {
+        answer = text ? JSON.parse(text) : null;
+      } catch {
+        // Not JSON (a proxy's error page): the status says enough.
+      }
+      return { status: response.status, body: answer };
     } catch (error) {
       log(
         `${method} ${path || "installation"}: no answer: the server is down, the browser is offline, ` +
           `or ${location.origin} is not in the app's allowed origins`,
         error,
       );
-      return 0;
+      return { status: 0, body: null };
     }
   }
 
@@ -338,7 +362,7 @@ class Sdk implements Api {
   }
 
   profile(): Promise<Profile> {
-    return Promise.resolve({
+    const profile: Profile = {
       identify: async ({ customId }: { customId?: string | null }) => {
         await this.registered.promise;
         const status =
@@ -347,7 +371,59 @@ class Sdk implements Api {
             : await this.call("PUT", "/custom_id", { custom_id: String(customId) });
         if (status < 200 || status >= 300) throw new Error(`clarion: identify failed (HTTP ${status})`);
       },
-    });
+      edit: async (edit) => {
+        await this.editProfile(edit);
+        return profile;
+      },
+    };
+    return Promise.resolve(profile);
+  }
+
+  /** Runs the page's editor callback, then sends its edits in one call (POST …/profile/edits):
+   * resolved once the server took them all, rejected with the reason otherwise (a bad value,
+   * no custom user id yet: decision 0024). */
+  private async editProfile(edit: (editor: ProfileEditor) => void): Promise<void> {
+    const editor = new ProfileEditor();
+    try {
+      edit(editor);
+    } catch (error) {
+      log("profile().edit: nothing sent:", error instanceof Error ? error.message : error);
+      throw error;
+    }
+    const body = editor.body();
+    if (!body) return log("profile().edit: nothing to send");
+    // setLanguage(null): back to the browser's own language, which registration sends again.
+    const detected = body.language === null;
+    if (detected) body.language = browserFacts("", navigator.language, undefined).language ?? null;
+    await this.registered.promise;
+    const answer = await this.request("POST", "/profile/edits", body);
+    if (answer.status !== 200) throw failure(`profile().edit refused: ${refusal(answer)}`);
+    if ("language" in body || "region" in body) {
+      const locale = { ...(await this.store.get<Record<string, string>>(LOCALE_KEY)) };
+      for (const field of ["language", "region"] as const) {
+        const value = body[field];
+        if (value === undefined) continue;
+        if (value === null || (field === "language" && detected)) delete locale[field];
+        else locale[field] = value;
+      }
+      await this.store.set(LOCALE_KEY, locale);
+    }
+  }
+
+  /** The attributes of the installation's user (GET …/profile), tag collections as arrays. */
+  async getUserAttributes(): Promise<Record<string, UserAttribute>> {
+    return userAttributes(await this.readProfile("getUserAttributes"));
+  }
+
+  async getUserTagCollections(): Promise<Record<string, string[]>> {
+    return (await this.readProfile("getUserTagCollections")).tags;
+  }
+
+  private async readProfile(call: string): Promise<WireProfile> {
+    await this.registered.promise;
+    const answer = await this.request("GET", "/profile");
+    if (answer.status !== 200) throw failure(`${call} failed: ${refusal(answer)}`);
+    return answer.body as WireProfile;
   }
 
   onInAppAction(handler: InAppActionHandler): void {
@@ -401,7 +477,7 @@ class Sdk implements Api {
   async clearInstallationData(): Promise<void> {
     await this.id.promise;
     this.queue.drain();
-    for (const key of ["installation_id", "events", "inapp", "inapp_displays", "webpush_sent"]) {
+    for (const key of ["installation_id", "events", "inapp", "inapp_displays", "webpush_sent", LOCALE_KEY]) {
       await this.store.set(key, null);
     }
   }
@@ -415,6 +491,13 @@ class Sdk implements Api {
 
 function pushSupported(): boolean {
   return "serviceWorker" in navigator && "PushManager" in window && "Notification" in window;
+}
+
+/** Why the server refused a call: its Batch-format message, else the status. */
+function refusal(answer: Answer): string {
+  const message = (answer.body as { message?: unknown } | null)?.message;
+  if (typeof message === "string") return message;
+  return answer.status ? `HTTP ${answer.status}` : "no answer from the server";
 }
 
 function failure(message: string): Error {
