@@ -1,6 +1,6 @@
-"""SDK API profile routes (the Web SDK's profile().edit and getUserAttributes): typed attributes
-and tags written to the profile of the installation's custom user id with the Custom Data API's
-rules, language and region to the installation (decision 0024)."""
+"""SDK API profile edits (the Web SDK's profile().edit): typed attributes and tags written to
+the profile of the installation's custom user id with the Custom Data API's rules, language and
+region to the installation; no route reads a profile back (decision 0024)."""
 
 from __future__ import annotations
 
@@ -93,23 +93,8 @@ class TestEdits:
             "home": ("url", "https://shop.example/u/42", None),
         }
         assert stored["tags"] == {"interests": ["cinema", "sport"]}
-        read = await api.get(_url(web_app, install_id, "/profile"))
-        assert read.status_code == 200
-        expected = {
-            "custom_id": "user-42",
-            "attributes": {
-                "home": {"type": "url", "value": "https://shop.example/u/42"},
-                "optin": {"type": "boolean", "value": True},
-                "plan": {"type": "string", "value": "premium"},
-                "ratio": {"type": "float", "value": 0.25},
-                "score": {"type": "float", "value": 3.0},
-                "signed_up": {"type": "date", "value": "2026-11-23T10:00:00.250000+00:00"},
-                "visits": {"type": "integer", "value": 42},
-            },
-            "tags": {"interests": ["cinema", "sport"]},
-        }
-        assert read.json() == expected
-        assert answer.json() == expected  # the edit answers the profile as it is after it
+        # The custom id it edited, and no more: the profile is never answered.
+        assert answer.json() == {"custom_id": "user-42", "accepted": 8}
 
     async def test_removals_and_tag_changes(
         self, api: httpx.AsyncClient, web_app: ClientApp, runtime: Runtime
@@ -136,7 +121,7 @@ class TestEdits:
         }
 
     async def test_the_profile_is_the_custom_ids_whichever_installation_or_api_wrote_it(
-        self, api: httpx.AsyncClient, web_app: ClientApp
+        self, api: httpx.AsyncClient, web_app: ClientApp, runtime: Runtime
     ) -> None:
         phone = await _identified(api, web_app, "shared")
         laptop = await _identified(api, web_app, "shared")
@@ -148,12 +133,15 @@ class TestEdits:
             json={"values": {"url(u.site)": "https://a.example", "ut.likes": ["tea"]}},
         )
         assert rest.status_code == 200, rest.text
-        read = (await api.get(_url(web_app, laptop, "/profile"))).json()
-        assert read["attributes"] == {
-            "plan": {"type": "string", "value": "premium"},
-            "site": {"type": "url", "value": "https://a.example"},
+        tags = {"tags": {"likes": {"$add": ["cake"]}}}
+        assert (await _edit(api, web_app, laptop, tags)).status_code == 200
+        assert await _stored(runtime, web_app, "shared") == {
+            "attributes": {
+                "plan": ("string", "premium", None),
+                "site": ("url", "https://a.example", None),
+            },
+            "tags": {"likes": ["cake", "tea"]},
         }
-        assert read["tags"] == {"likes": ["tea"]}
 
     async def test_language_and_region_update_the_installation_without_a_custom_id(
         self, api: httpx.AsyncClient, web_app: ClientApp, runtime: Runtime
@@ -161,7 +149,7 @@ class TestEdits:
         install_id = await _identified(api, web_app, None)
         answer = await _edit(api, web_app, install_id, {"language": "de-AT", "region": "at"})
         assert answer.status_code == 200, answer.text
-        assert answer.json() == {"custom_id": None, "attributes": {}, "tags": {}}
+        assert answer.json() == {"custom_id": None, "accepted": 2}
         stored = await installation(runtime, web_app, install_id)
         assert stored is not None
         assert (stored.language, stored.region) == ("de-AT", "AT")
@@ -185,9 +173,6 @@ class TestRefusals:
         assert stored.language == "fr"  # the language of the refused edit was not applied
         tags_only = {"tags": {"interests": {"$add": ["sport"]}}}
         error(await _edit(api, web_app, install_id, tags_only), 403, 12)
-        # Reading is no edit: an installation without a user has an empty profile.
-        read = await api.get(_url(web_app, install_id, "/profile"))
-        assert read.json() == {"custom_id": None, "attributes": {}, "tags": {}}
 
     @pytest.mark.parametrize(
         ("edit", "code", "named"),
@@ -337,14 +322,33 @@ class TestRefusals:
     ) -> None:
         body = {"attributes": {"plan": EVERY_TYPE["plan"]}}
         error(await _edit(api, web_app, "ghost", body), 404, 20)
-        error(await api.get(_url(web_app, "ghost", "/profile")), 404, 20)
         error(await api.post("/sdk/v1/NOPE/installations/x/profile/edits", json=body), 401, 10)
-        error(await api.get("/sdk/v1/NOPE/installations/x/profile"), 401, 10)
         install_id = await _identified(api, web_app, "big")
         huge = {"attributes": {"plan": {"type": "string", "value": "x" * (1024 * 1024)}}}
         assert "body: larger than 1024 KiB" in error(
             await _edit(api, web_app, install_id, huge), 400, 31
         )
+
+
+class TestNoRead:
+    async def test_no_sdk_route_answers_a_profile(
+        self, api: httpx.AsyncClient, web_app: ClientApp
+    ) -> None:
+        """The app key is public and identify takes any custom id: a route answering the
+        profile would hand anyone the data the company's systems keep on any user."""
+        install_id = await _identified(api, web_app, "private")
+        rest = await api.post(
+            f"/1.0/{web_app.api_key}/data/users/private",
+            headers=web_app.headers(),
+            json={"values": {"u.lifetime_value": 1234.5}},
+        )
+        assert rest.status_code == 200
+        for path in ("/profile", "/profile/edits"):
+            read = await api.get(_url(web_app, install_id, path))
+            assert read.status_code in (404, 405), read.text
+            assert "1234.5" not in read.text
+        edited = await _edit(api, web_app, install_id, {"tags": {"t": ["x"]}})
+        assert "1234.5" not in edited.text
 
 
 class TestFromAPage:
@@ -361,9 +365,6 @@ class TestFromAPage:
         edited = await _edit(api, web_app, install_id, body, headers={"Origin": SHOP})
         assert edited.status_code == 200
         assert edited.headers["access-control-allow-origin"] == SHOP
-        read = await api.get(_url(web_app, install_id, "/profile"), headers={"Origin": SHOP})
-        assert read.headers["access-control-allow-origin"] == SHOP
-        assert read.json()["attributes"]["plan"]["value"] == "premium"
 
         other = {"attributes": {"plan": {"type": "string", "value": "free"}}}
         refused = await _edit(api, web_app, install_id, other, headers={"Origin": EVIL})

@@ -368,7 +368,8 @@ EDIT = """() => new Promise(resolve => clarion(api => api.profile().then(p => p.
     .setLanguage('de-AT')
     .setRegion('at')))
   .then(() => resolve('edited'), error => resolve(error.message))))"""
-# getUserAttributes() as [type, value] per name, Dates and URLs as text.
+# getUserAttributes() as [type, value] per name, Dates and URLs as text: what this browser's
+# edits set (the SDK API answers no profile: decision 0024).
 READ_ATTRIBUTES = """() => new Promise(resolve => clarion(api => api.getUserAttributes()
   .then(found => resolve(Object.fromEntries(Object.entries(found).map(([name, a]) => [name, [
     a.getType(),
@@ -419,7 +420,7 @@ def test_profile_edit_lands_typed_and_reads_back_once_the_user_is_identified(
     assert clarion.rows(tags_sql, "shopper-9") == [("interests", "cinema"), ("interests", "sport")]
     assert clarion.rows(language_sql, install_id) == [("de-AT", "AT")]
 
-    assert page.evaluate(READ_ATTRIBUTES) == {
+    read = {
         "home": ["url", "URL https://shop.example/u/42"],
         "interests": ["array", ["cinema", "sport"]],
         "optin": ["boolean", True],
@@ -429,6 +430,7 @@ def test_profile_edit_lands_typed_and_reads_back_once_the_user_is_identified(
         "signed_up": ["date", "Date 2026-11-23T10:00:00.250Z"],
         "visits": ["integer", 42],
     }
+    assert page.evaluate(READ_ATTRIBUTES) == read
 
     # A bad value is refused at the call, before anything is sent; so is an email.
     for bad in ("e.setAttribute('plan', 'x'.repeat(65))", "e.setEmailAddress('a@b.example')"):
@@ -440,11 +442,19 @@ def test_profile_edit_lands_typed_and_reads_back_once_the_user_is_identified(
         assert message.startswith("clarion: set"), message
     assert clarion.rows(profile_sql, "shopper-9")[2] == ("plan", "string", "premium", None)
 
-    # The language set by the edit outlives the next page's registration (the browser says fr-FR).
+    # The language set by the edit outlives the next page's registration (the browser says
+    # fr-FR), and what the edits set is read on the next page too.
     with page.expect_response(_sdk_call("PUT", "")) as registered:
         page.reload()
     assert _sent(registered.value)["language"] == "de-AT"
     assert clarion.rows(language_sql, install_id) == [("de-AT", "AT")]
+    assert page.evaluate(READ_ATTRIBUTES) == read
+    # Another user signs in on this browser: the previous user's attributes are not theirs.
+    page.evaluate(
+        "new Promise((resolve, reject) => clarion(api => api.profile()"
+        ".then(p => p.identify({customId: 'shopper-10'})).then(resolve, reject)))"
+    )
+    assert page.evaluate(READ_ATTRIBUTES) == {}
 
 
 @needs_chromium

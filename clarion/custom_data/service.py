@@ -337,38 +337,6 @@ async def attributes_of(
 ) -> dict[str, dict[str, Any]]:
     """Each user's attributes as typed values ({custom_id: {name: value}}), for templates."""
     found: dict[str, dict[str, Any]] = defaultdict(dict)
-    for custom_id, name, kind, text_value, number in await _attribute_rows(
-        session, app_id, custom_ids
-    ):
-        found[custom_id][name] = _typed(kind, text_value, number)
-    return found
-
-
-@dataclass(frozen=True, slots=True)
-class Profile:
-    """What is known about one user: {name: (kind, typed value)} and {collection: tags}."""
-
-    custom_id: str
-    attributes: dict[str, tuple[AttributeKind, Any]]
-    tags: dict[str, list[str]]
-
-
-async def profile_of(session: AsyncSession, *, app_id: int, custom_id: str) -> Profile:
-    """One user's attributes with their kinds, and tag collections (the SDK API reads them)."""
-    rows = await _attribute_rows(session, app_id, [custom_id])
-    attributes = {
-        name: (AttributeKind(kind), _typed(kind, text_value, number))
-        for _, name, kind, text_value, number in rows
-    }
-    tags = await tags_of(session, app_id=app_id, custom_id=custom_id)
-    return Profile(custom_id, attributes, tags)
-
-
-async def _attribute_rows(
-    session: AsyncSession, app_id: int, custom_ids: Sequence[str]
-) -> list[tuple[str, str, str, str | None, float | None]]:
-    """(custom_id, name, kind, text_value, number_value) of these users' attributes."""
-    found: list[tuple[str, str, str, str | None, float | None]] = []
     table = PROFILE_ATTRIBUTES.c
     unique = list(dict.fromkeys(custom_ids))
     for start in range(0, len(unique), _CHUNK):
@@ -377,21 +345,9 @@ async def _attribute_rows(
                 table.custom_id, table.name, table.kind, table.text_value, table.number_value
             ).where(table.app_id == app_id, table.custom_id.in_(unique[start : start + _CHUNK]))
         )
-        found.extend(rows)
+        for custom_id, name, kind, text_value, number in rows:
+            found[custom_id][name] = _typed(kind, text_value, number)
     return found
-
-
-async def tags_of(session: AsyncSession, *, app_id: int, custom_id: str) -> dict[str, list[str]]:
-    """The user's tag collections: the primary key (app_id, custom_id, collection, tag)."""
-    rows = await session.execute(
-        select(PROFILE_TAGS.c.collection, PROFILE_TAGS.c.tag)
-        .where(PROFILE_TAGS.c.app_id == app_id, PROFILE_TAGS.c.custom_id == custom_id)
-        .order_by(PROFILE_TAGS.c.collection, PROFILE_TAGS.c.tag)
-    )
-    tags: dict[str, list[str]] = defaultdict(list)
-    for collection, tag in rows:
-        tags[collection].append(tag)
-    return dict(tags)
 
 
 def _typed(kind: str, text_value: str | None, number: float | None) -> Any:

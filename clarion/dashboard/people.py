@@ -6,6 +6,7 @@ each query's comment), and the result is plain data for the template. Nothing is
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -18,7 +19,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 
 from clarion.audiences.models import Audience, AudienceKind, AudienceMember
-from clarion.custom_data.service import attributes_of, tags_of
+from clarion.custom_data.models import ProfileTag
+from clarion.custom_data.service import attributes_of
 from clarion.delivery.providers.webpush import endpoint_origin
 from clarion.events.models import PushEvent, TrackedEvent
 from clarion.sdk.models import Installation
@@ -137,7 +139,7 @@ async def look_up(session: AsyncSession, *, app_id: int, query: str, by: LookupB
     if profile.custom_id is not None:
         typed = await attributes_of(session, app_id=app_id, custom_ids=[profile.custom_id])
         profile.attributes = sorted(typed.get(profile.custom_id, {}).items())
-        profile.tags = await tags_of(session, app_id=app_id, custom_id=profile.custom_id)
+        profile.tags = await _tags_of(session, app_id, profile.custom_id)
     profile.audiences = await _audiences_of(
         session,
         app_id,
@@ -170,6 +172,19 @@ async def _installs_of(
         )
     )
     return rows[:MAX_INSTALLS], len(rows) > MAX_INSTALLS
+
+
+async def _tags_of(session: AsyncSession, app_id: int, custom_id: str) -> dict[str, list[str]]:
+    """The user's tag collections: the primary key (app_id, custom_id, collection, tag)."""
+    rows = await session.execute(
+        select(ProfileTag.collection, ProfileTag.tag)
+        .where(ProfileTag.app_id == app_id, ProfileTag.custom_id == custom_id)
+        .order_by(ProfileTag.collection, ProfileTag.tag)
+    )
+    tags: dict[str, list[str]] = defaultdict(list)
+    for collection, tag in rows:
+        tags[collection].append(tag)
+    return dict(tags)
 
 
 async def _audiences_of(

@@ -23,8 +23,8 @@ from clarion.sdk.schemas import (
     InAppEventsIn,
     InstallationRead,
     InstallationUpsert,
+    ProfileEdited,
     ProfileEditsIn,
-    ProfileRead,
     PushOpenIn,
     TrackedEventsIn,
     VapidKey,
@@ -102,20 +102,14 @@ async def report_inapp_events(
     return Accepted(accepted=count)
 
 
-@router.post("/installations/{install_id}/profile/edits", response_model=ProfileRead)
+@router.post("/installations/{install_id}/profile/edits", response_model=ProfileEdited)
 async def edit_profile(
     install_id: InstallId, body: ProfileEditsIn, access: SdkApp, session: SessionDep
-) -> ProfileRead:
-    """The Web SDK's profile().edit; answers the profile as it is after the edits."""
-    profile = await service.edit_profile(session, access=access, install_id=install_id, data=body)
-    return ProfileRead.of(profile)
-
-
-@router.get("/installations/{install_id}/profile", response_model=ProfileRead)
-async def get_profile(install_id: InstallId, access: SdkApp, session: SessionDep) -> ProfileRead:
-    """The Web SDK's getUserAttributes: the attributes and tags of the installation's user."""
-    profile = await service.installation_profile(session, access=access, install_id=install_id)
-    return ProfileRead.of(profile)
+) -> ProfileEdited:
+    """The Web SDK's profile().edit (decision 0024)."""
+    custom_id = await service.edit_profile(session, access=access, install_id=install_id, data=body)
+    accepted = len(body.operations) + len({"language", "region"} & body.model_fields_set)
+    return ProfileEdited(custom_id=custom_id, accepted=accepted)
 
 
 @router.get("/webpush/vapid-key", response_model=VapidKey)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from functools import cached_property
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 from zoneinfo import available_timezones
 
 from pydantic import (
@@ -22,9 +22,6 @@ from clarion.custom_data.models import AttributeKind
 from clarion.custom_data.schemas import DeleteAttribute, Operation, SetAttribute, parse_value
 from clarion.events.models import InAppEventKind
 from clarion.formats import HTTPS_URL, NAME, Id, WireModel
-
-if TYPE_CHECKING:
-    from clarion.custom_data.service import Profile
 
 _TIMEZONES = frozenset(available_timezones())
 
@@ -263,26 +260,9 @@ def _refused(where: tuple[str, ...], why: str) -> ValidationError:
     return ValidationError.from_exception_data(ProfileEditsIn.__name__, [detail])
 
 
-class AttributeRead(BaseModel):
-    """Dates are ISO 8601 text in UTC, URLs text."""
-
-    type: AttributeKind
-    value: str | bool | int | float
-
-
-class ProfileRead(BaseModel):
-    """The profile of the installation's custom user id: empty while it has none."""
+class ProfileEdited(BaseModel):
+    """The custom user id whose profile the edit changed (null: only language or region), and
+    how many entries it applied."""
 
     custom_id: str | None
-    attributes: dict[str, AttributeRead]
-    tags: dict[str, list[str]]
-
-    @classmethod
-    def of(cls, profile: Profile | None) -> ProfileRead:
-        if profile is None:
-            return cls(custom_id=None, attributes={}, tags={})
-        attributes = {
-            name: AttributeRead(type=kind, value=value)
-            for name, (kind, value) in sorted(profile.attributes.items())
-        }
-        return cls(custom_id=profile.custom_id, attributes=attributes, tags=profile.tags)
+    accepted: int

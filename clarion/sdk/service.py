@@ -13,7 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from clarion.apps.service import AppAccess
 from clarion.audiences.resolved import installations_changed
 from clarion.batching import TurnBatcher
-from clarion.custom_data.service import Profile, profile_of, update_profiles
+from clarion.custom_data.service import update_profiles
 from clarion.db import insert_ignoring_conflicts, transaction, utcnow
 from clarion.delivery.models import Send
 from clarion.errors import ApiMisuseError, MalformedParameterError, NotFoundError
@@ -159,9 +159,11 @@ async def set_custom_id(
 
 async def edit_profile(
     session: AsyncSession, *, access: AppAccess, install_id: str, data: ProfileEditsIn
-) -> Profile | None:
+) -> str | None:
     """Apply a profile().edit: attributes and tags to the profile of the installation's custom
-    user id (decision 0024), language and region to the installation. All or nothing."""
+    user id (decision 0024), language and region to the installation. All or nothing. Returns
+    the custom id whose profile it edited; the profile itself is never answered: the SDK's key
+    is public, and any page can attach any custom id."""
     installation = await get_installation(session, access=access, install_id=install_id)
     custom_id = installation.custom_id
     if data.operations:
@@ -180,19 +182,7 @@ async def edit_profile(
     if "region" in given:
         installation.region = data.region
     installation.last_seen_at = utcnow()
-    if custom_id is None:
-        return None
-    return await profile_of(session, app_id=access.app_id, custom_id=custom_id)
-
-
-async def installation_profile(
-    session: AsyncSession, *, access: AppAccess, install_id: str
-) -> Profile | None:
-    """The profile of the installation's custom user id; None while it has none."""
-    installation = await get_installation(session, access=access, install_id=install_id)
-    if installation.custom_id is None:
-        return None
-    return await profile_of(session, app_id=access.app_id, custom_id=installation.custom_id)
+    return custom_id
 
 
 def _identity(installation: Installation) -> tuple[str | None, str | None]:

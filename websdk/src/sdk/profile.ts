@@ -1,7 +1,8 @@
-// profile().edit's editor and getUserAttributes' values, under the names of Batch's Web SDK, in
-// the SDK API's wire format (docs/sdk-api.md: POST …/profile/edits, GET …/profile). No DOM:
-// unit-tested under Node (test/profile.test.ts). The server applies the Custom Data API's rules
-// again; these checks are here so that a page learns of a bad value at the call that made it.
+// profile().edit's editor, in the SDK API's wire format (docs/sdk-api.md: POST …/profile/edits),
+// and getUserAttributes' values, read from what this browser's edits set (the SDK API never
+// answers a profile: decision 0024). Batch's Web SDK names. No DOM: unit-tested under Node
+// (test/profile.test.ts). The server applies the Custom Data API's rules again; these checks
+// are here so that a page learns of a bad value at the call that made it.
 
 import { LANGUAGE } from "./facts";
 
@@ -233,11 +234,36 @@ export class ProfileEditor {
   }
 }
 
-/** GET …/profile's answer. */
-export interface WireProfile {
-  custom_id: string | null;
-  attributes: Record<string, { type: AttributeType; value: string | number | boolean }>;
+/** What this browser's accepted edits set on the profile of `custom_id` (IndexedDB `profile`). */
+export interface LocalProfile {
+  custom_id: string;
+  attributes: Record<string, TypedValue>;
   tags: Record<string, string[]>;
+}
+
+/** The local profile once the server accepted `edits` for `customId`: a profile of another
+ * user (a new identify in between) is started again. */
+export function applyEdits(local: LocalProfile | undefined | null, customId: string, edits: ProfileEdits): LocalProfile {
+  const next: LocalProfile =
+    local?.custom_id === customId
+      ? { custom_id: customId, attributes: { ...local.attributes }, tags: { ...local.tags } }
+      : { custom_id: customId, attributes: {}, tags: {} };
+  for (const [name, value] of Object.entries(edits.attributes ?? {})) {
+    if (value === null) delete next.attributes[name];
+    else next.attributes[name] = value;
+  }
+  for (const [name, change] of Object.entries(edits.tags ?? {})) {
+    let tags: string[];
+    if (change === null) tags = [];
+    else if (Array.isArray(change)) tags = change;
+    else {
+      const removed = new Set(change.$remove ?? []);
+      tags = [...new Set([...(next.tags[name] ?? []), ...(change.$add ?? [])])].filter((tag) => !removed.has(tag));
+    }
+    if (tags.length) next.tags[name] = [...tags].sort();
+    else delete next.tags[name];
+  }
+  return next;
 }
 
 export type AttributeValue = string | number | boolean | Date | URL | string[];
@@ -278,19 +304,18 @@ export class UserAttribute {
 
 /** getUserAttributes()'s object: each attribute typed (Date, URL objects), and each tag
  * collection as an array; an attribute keeps its name over a collection of the same name
- * (possible through the REST API only: getUserTagCollections() has them all). */
-export function userAttributes(wire: WireProfile): Record<string, UserAttribute> {
+ * (getUserTagCollections() has them all). */
+export function userAttributes(local: LocalProfile | undefined | null): Record<string, UserAttribute> {
   const found: Record<string, UserAttribute> = {};
-  for (const [name, tags] of Object.entries(wire.tags)) found[name] = new UserAttribute("array", tags);
-  for (const [name, { type, value }] of Object.entries(wire.attributes)) {
+  for (const [name, tags] of Object.entries(local?.tags ?? {})) found[name] = new UserAttribute("array", tags);
+  for (const [name, { type, value }] of Object.entries(local?.attributes ?? {})) {
     let typed: AttributeValue = value;
-    // The server's ISO 8601 has microseconds; JavaScript's Date reads milliseconds.
-    if (type === "date") typed = new Date(String(value).replace(/(\.\d{3})\d+/, "$1"));
+    if (type === "date") typed = new Date(`${String(value)}Z`); // sent as UTC without its "Z"
     else if (type === "url") {
       try {
         typed = new URL(String(value));
       } catch {
-        // A URL only the server's looser rule accepts (scheme://, no more): kept as text.
+        // A URL only the Custom Data API's looser rule takes (scheme://, no more): kept as text.
       }
     }
     found[name] = new UserAttribute(type, typed);

@@ -5,7 +5,7 @@ import { render, type Rendered } from "../inapp/render";
 import type { SdkAction } from "../inapp/types";
 import { pick, recordShown, type Displays, type Occasion, type WireAnswer, type WireMessage } from "./decide";
 import { browserFacts } from "./facts";
-import { ProfileEditor, userAttributes, userAttributeTypes, type UserAttribute, type WireProfile } from "./profile";
+import { applyEdits, ProfileEditor, userAttributes, userAttributeTypes, type LocalProfile, type UserAttribute } from "./profile";
 import { EventQueue, type QueuedEvent } from "./queue";
 import { memoryStore, openStore, type Store } from "./storage";
 import { sendSubscription, subscriptionBody, vapidKeyUrl, type WorkerKeys } from "../sw/shared";
@@ -64,6 +64,8 @@ const SESSION_KEY = "clarion.session";
 /** IndexedDB key: the language and region profile().edit set, which registration sends in
  * place of the browser's (Batch's setLanguage overrides the detected language). */
 const LOCALE_KEY = "locale";
+/** IndexedDB key: what this browser's edits set on the current user's profile (LocalProfile). */
+const PROFILE_KEY = "profile";
 const DEFAULT_WORKER = "/clarion-sw.js";
 
 type Command = unknown[];
@@ -365,11 +367,13 @@ class Sdk implements Api {
     const profile: Profile = {
       identify: async ({ customId }: { customId?: string | null }) => {
         await this.registered.promise;
+        const id = customId === null || customId === undefined ? null : String(customId);
         const status =
-          customId === null || customId === undefined
-            ? await this.call("DELETE", "/custom_id")
-            : await this.call("PUT", "/custom_id", { custom_id: String(customId) });
+          id === null ? await this.call("DELETE", "/custom_id") : await this.call("PUT", "/custom_id", { custom_id: id });
         if (status < 200 || status >= 300) throw new Error(`clarion: identify failed (HTTP ${status})`);
+        // Another user (or none): what the edits of the previous one set is not theirs.
+        const local = await this.store.get<LocalProfile>(PROFILE_KEY);
+        if (local && local.custom_id !== id) await this.store.set(PROFILE_KEY, null);
       },
       edit: async (edit) => {
         await this.editProfile(edit);
@@ -398,6 +402,11 @@ class Sdk implements Api {
     await this.registered.promise;
     const answer = await this.request("POST", "/profile/edits", body);
     if (answer.status !== 200) throw failure(`profile().edit refused: ${refusal(answer)}`);
+    const customId = (answer.body as { custom_id?: unknown } | null)?.custom_id;
+    if (typeof customId === "string" && (body.attributes || body.tags)) {
+      const local = await this.store.get<LocalProfile>(PROFILE_KEY);
+      await this.store.set(PROFILE_KEY, applyEdits(local, customId, body));
+    }
     if ("language" in body || "region" in body) {
       const locale = { ...(await this.store.get<Record<string, string>>(LOCALE_KEY)) };
       for (const field of ["language", "region"] as const) {
@@ -410,20 +419,16 @@ class Sdk implements Api {
     }
   }
 
-  /** The attributes of the installation's user (GET …/profile), tag collections as arrays. */
+  /** What this browser's edits set on the current user's profile, as Batch's SDKs read their
+   * local data: the SDK API never answers a profile (its key is public: decision 0024). */
   async getUserAttributes(): Promise<Record<string, UserAttribute>> {
-    return userAttributes(await this.readProfile("getUserAttributes"));
+    await this.id.promise;
+    return userAttributes(await this.store.get<LocalProfile>(PROFILE_KEY));
   }
 
   async getUserTagCollections(): Promise<Record<string, string[]>> {
-    return (await this.readProfile("getUserTagCollections")).tags;
-  }
-
-  private async readProfile(call: string): Promise<WireProfile> {
-    await this.registered.promise;
-    const answer = await this.request("GET", "/profile");
-    if (answer.status !== 200) throw failure(`${call} failed: ${refusal(answer)}`);
-    return answer.body as WireProfile;
+    await this.id.promise;
+    return { ...(await this.store.get<LocalProfile>(PROFILE_KEY))?.tags };
   }
 
   onInAppAction(handler: InAppActionHandler): void {
@@ -477,7 +482,7 @@ class Sdk implements Api {
   async clearInstallationData(): Promise<void> {
     await this.id.promise;
     this.queue.drain();
-    for (const key of ["installation_id", "events", "inapp", "inapp_displays", "webpush_sent", LOCALE_KEY]) {
+    for (const key of ["installation_id", "events", "inapp", "inapp_displays", "webpush_sent", LOCALE_KEY, PROFILE_KEY]) {
       await this.store.set(key, null);
     }
   }
