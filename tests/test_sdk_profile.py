@@ -9,12 +9,11 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import select
 
-from clarion.custom_data.models import ProfileAttribute, ProfileTag
 from clarion.runtime import Runtime
 from tests.conftest import ClientApp
 from tests.test_campaigns import error
+from tests.test_custom_data import _profile as _stored
 from tests.test_sdk_api import installation, register
 from tests.test_web_sdk_server import EVIL, SHOP, allow, preflight
 
@@ -47,28 +46,6 @@ async def _edit(
     return await api.post(_url(app, install_id, "/profile/edits"), json=body, **kwargs)
 
 
-async def _stored(runtime: Runtime, app: ClientApp, custom_id: str) -> dict[str, Any]:
-    """The rows: {name: (kind, text, number)} and {collection: sorted tags}."""
-    async with runtime.sessions() as session:
-        attributes = await session.scalars(
-            select(ProfileAttribute).where(
-                ProfileAttribute.app_id == app.app_id, ProfileAttribute.custom_id == custom_id
-            )
-        )
-        tags = await session.scalars(
-            select(ProfileTag).where(
-                ProfileTag.app_id == app.app_id, ProfileTag.custom_id == custom_id
-            )
-        )
-        collections: dict[str, list[str]] = {}
-        for tag in tags:
-            collections.setdefault(tag.collection, []).append(tag.tag)
-        return {
-            "attributes": {a.name: (a.kind, a.text_value, a.number_value) for a in attributes},
-            "tags": {name: sorted(found) for name, found in collections.items()},
-        }
-
-
 class TestEdits:
     async def test_every_type_lands_with_its_kind_and_reads_back_typed(
         self, api: httpx.AsyncClient, web_app: ClientApp, runtime: Runtime
@@ -92,7 +69,7 @@ class TestEdits:
             "signed_up": ("date", "2026-11-23T10:00:00.250000+00:00", 1795428000.25),
             "home": ("url", "https://shop.example/u/42", None),
         }
-        assert stored["tags"] == {"interests": ["cinema", "sport"]}
+        assert stored["tags"] == {"interests": {"cinema", "sport"}}
         # The custom id it edited, and no more: the profile is never answered.
         assert answer.json() == {"custom_id": "user-42", "accepted": 8}
 
@@ -117,7 +94,7 @@ class TestEdits:
         stored = await _stored(runtime, web_app, "user-7")
         assert stored == {
             "attributes": {"visits": ("integer", None, 42.0)},
-            "tags": {"interests": ["cinema", "sport"], "sizes": ["l", "xl"]},
+            "tags": {"interests": {"cinema", "sport"}, "sizes": {"l", "xl"}},
         }
 
     async def test_the_profile_is_the_custom_ids_whichever_installation_or_api_wrote_it(
@@ -140,7 +117,7 @@ class TestEdits:
                 "plan": ("string", "premium", None),
                 "site": ("url", "https://a.example", None),
             },
-            "tags": {"likes": ["cake", "tea"]},
+            "tags": {"likes": {"cake", "tea"}},
         }
 
     async def test_language_and_region_update_the_installation_without_a_custom_id(
@@ -311,7 +288,7 @@ class TestRefusals:
         assert named in message, message
         assert await _stored(runtime, web_app, "careful") == {
             "attributes": {"plan": ("string", "premium", None)},
-            "tags": {"interests": ["sport"]},
+            "tags": {"interests": {"sport"}},
         }
         stored = await installation(runtime, web_app, install_id)
         assert stored is not None

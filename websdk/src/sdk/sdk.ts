@@ -419,8 +419,8 @@ class Sdk implements Api {
     }
   }
 
-  /** What this browser's edits set on the current user's profile, as Batch's SDKs read their
-   * local data: the SDK API never answers a profile (its key is public: decision 0024). */
+  /** What this browser's edits set on the current user's profile: the SDK API never answers a
+   * profile (its key is public: decision 0024). */
   async getUserAttributes(): Promise<Record<string, UserAttribute>> {
     await this.id.promise;
     return userAttributes(await this.store.get<LocalProfile>(PROFILE_KEY));
