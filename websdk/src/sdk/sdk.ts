@@ -206,7 +206,9 @@ class Sdk implements Api {
     return (await this.request(method, path, body, keepalive)).status;
   }
 
-  private async request(method: string, path: string, body?: unknown, keepalive = false): Promise<Answer> {
+  /** A call's status, and its JSON answer when it failed or `read` asks for it: a success is
+   * not waited for further (the event queue counts on knowing at once what was taken). */
+  private async request(method: string, path: string, body?: unknown, keepalive = false, read = false): Promise<Answer> {
     try {
       const init: RequestInit = { method, keepalive };
       if (body !== undefined) {
@@ -214,13 +216,15 @@ class Sdk implements Api {
         init.headers = { "Content-Type": "application/json" };
       }
       const response = await fetch(this.base + path, init);
-      const text = await response.text();
-      if (!response.ok) log(`${method} ${path || "installation"}: HTTP ${response.status}`, text);
       let answer: unknown = null;
-      try {
-        answer = text ? JSON.parse(text) : null;
-      } catch {
-        // Not JSON (a proxy's error page): the status says enough.
+      if (read || !response.ok) {
+        const text = await response.text();
+        if (!response.ok) log(`${method} ${path || "installation"}: HTTP ${response.status}`, text);
+        try {
+          answer = text ? JSON.parse(text) : null;
+        } catch {
+          // Not JSON (a proxy's error page): the status says enough.
+        }
       }
       return { status: response.status, body: answer };
     } catch (error) {
@@ -400,7 +404,7 @@ class Sdk implements Api {
     const detected = body.language === null;
     if (detected) body.language = browserFacts("", navigator.language, undefined).language ?? null;
     await this.registered.promise;
-    const answer = await this.request("POST", "/profile/edits", body);
+    const answer = await this.request("POST", "/profile/edits", body, false, true);
     if (answer.status !== 200) throw failure(`profile().edit refused: ${refusal(answer)}`);
     const customId = (answer.body as { custom_id?: unknown } | null)?.custom_id;
     if (typeof customId === "string" && (body.attributes || body.tags)) {
