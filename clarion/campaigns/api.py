@@ -7,6 +7,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, Path, Query
 from fastapi.responses import JSONResponse
 
+from clarion.automations import service as automations
 from clarion.campaigns import service
 from clarion.campaigns.schemas import (
     CampaignBody,
@@ -40,15 +41,19 @@ async def update_campaign(
     access: RestApp,
     session: SessionDep,
 ) -> JSONResponse:
-    await service.update_campaign(
-        session, access=access, token=token, changes=changes, now=utcnow()
+    now = utcnow()
+    campaign = await service.update_campaign(
+        session, access=access, token=token, changes=changes, now=now
     )
+    await automations.settle_entries(session, campaign, now=now)
     return JSONResponse({"campaign_token": token})
 
 
 @router.post("/delete/{token}")
 async def delete_campaign(token: Token, access: RestApp, session: SessionDep) -> JSONResponse:
-    await service.delete_campaign(session, access=access, token=token, now=utcnow())
+    now = utcnow()
+    campaign = await service.delete_campaign(session, access=access, token=token, now=now)
+    await automations.settle_entries(session, campaign, now=now)
     return JSONResponse({"campaign_token": token})
 
 

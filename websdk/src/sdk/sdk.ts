@@ -8,6 +8,7 @@ import { browserFacts } from "./facts";
 import { applyEdits, ProfileEditor, userAttributes, userAttributeTypes, type LocalProfile, type UserAttribute } from "./profile";
 import { EventQueue, type QueuedEvent } from "./queue";
 import { memoryStore, openStore, type Store } from "./storage";
+import { Ui, type UiApi } from "./ui";
 import { sendSubscription, subscriptionBody, vapidKeyUrl, type WorkerKeys } from "../sw/shared";
 
 export interface Config {
@@ -15,6 +16,7 @@ export interface Config {
   server?: unknown;
   debug?: unknown;
   serviceWorker?: unknown;
+  ui?: unknown;
 }
 
 /** getSubscriptionState()'s answer. */
@@ -55,6 +57,7 @@ export interface Api {
   getSubscriptionState(): Promise<SubscriptionState>;
   isSubscribed(): Promise<boolean>;
   clearInstallationData(): Promise<void>;
+  ui: UiApi;
 }
 
 /** A new session after this long without the page in view (Batch's and the mobile SDKs'). */
@@ -114,6 +117,7 @@ class Sdk implements Api {
   private workerUrl = DEFAULT_WORKER;
   private keys: WorkerKeys | null = null;
   private isRegistered = false;
+  readonly ui = new Ui(this);
   readonly queue = new EventQueue({
     send: (events) => this.call("POST", "/events", { events }),
     save: (events) => void this.store.set("events", events),
@@ -150,6 +154,8 @@ class Sdk implements Api {
     this.queue.restore(await this.store.get<QueuedEvent[]>("events"));
     this.displays = (await this.store.get<Displays>("inapp_displays")) ?? {};
     this.id.resolve(id);
+    // The prompts need the store, not the registration (subscribe() waits for it).
+    void this.ui.setup(config.ui, this.store, log);
     addEventListener("pagehide", () => this.pageHidden());
     await this.register(0);
     this.isRegistered = true;
@@ -457,6 +463,7 @@ class Sdk implements Api {
     const subscription = await registration.pushManager.subscribe({ userVisibleOnly: true, applicationServerKey: key });
     const status = await sendSubscription(this.base, subscription, this.store);
     if (status < 200 || status >= 300) throw failure(`the subscription was not registered (HTTP ${status})`);
+    void this.ui.refresh();
     return true;
   }
 
@@ -468,6 +475,7 @@ class Sdk implements Api {
     await this.store.set("webpush_sent", null);
     const status = await this.call("PUT", "", { push_optin: false });
     if (status < 200 || status >= 300) throw failure(`opt-out not reported (HTTP ${status})`);
+    void this.ui.refresh();
     return true;
   }
 
