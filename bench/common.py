@@ -186,6 +186,24 @@ def pg_database() -> Iterator[str]:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+def backends_cpu(database_url: str) -> dict[int, float]:
+    """CPU seconds so far of each PostgreSQL backend connected to the database (its server's
+    connection pool): PostgreSQL runs on this machine, its processes readable in /proc."""
+    name = database_url.rsplit("/", 1)[1]
+    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+        pids = [
+            row[0]
+            for row in conn.execute("SELECT pid FROM pg_stat_activity WHERE datname = %s", (name,))
+        ]
+    found = {}
+    for pid in pids:
+        try:
+            found[pid] = cpu_seconds(pid)
+        except OSError:  # gone meanwhile
+            continue
+    return found
+
+
 async def analyze(runtime: Runtime) -> None:
     """VACUUM ANALYZE after seeding (PostgreSQL): plans as a long-running database has them."""
     if runtime.engine.dialect.name == "postgresql":
