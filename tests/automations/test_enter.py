@@ -3,6 +3,9 @@ events cancel their entries, and the entry rules hold; all through real API call
 
 from __future__ import annotations
 
+import io
+import json
+import zipfile
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -20,7 +23,7 @@ from clarion.db import transaction
 from clarion.runtime import Runtime
 from tests.conftest import ClientApp, new_app
 from tests.test_campaigns import created, update
-from tests.test_gdpr import process, request
+from tests.test_gdpr import process, request, status
 from tests.test_sdk_api import register
 
 BASE: dict[str, Any] = {
@@ -430,7 +433,7 @@ async def test_another_process_sees_a_change_once_its_check_is_due(
     assert await enter() == 0
 
 
-async def test_a_gdpr_removal_deletes_the_users_entries(
+async def test_a_gdpr_review_lists_the_users_entries_and_a_removal_deletes_them(
     api: httpx.AsyncClient, ios_app: ClientApp, runtime: Runtime
 ) -> None:
     await created(api, ios_app, automation(cancel_events=[{"event": "ue.purchased"}]))
@@ -445,6 +448,13 @@ async def test_a_gdpr_removal_deletes_the_users_entries(
     )
     assert response.status_code == 202
     assert len(await entries(runtime, ios_app)) == 4
+    reviewed = await request(api, ios_app, "review", "custom_id", "carol")
+    await process(runtime)
+    archive = await api.get(
+        (await status(api, ios_app, reviewed))["data_url"], headers=ios_app.headers()
+    )
+    held = json.loads(zipfile.ZipFile(io.BytesIO(archive.content)).read("automation_entries.json"))
+    assert sorted(e["state"] for e in held) == ["cancelled", "pending", "pending"]
     await request(api, ios_app, "remove", "custom_id", "carol")
     await process(runtime)
     assert [e.custom_id for e in await entries(runtime, ios_app)] == ["dave"]
