@@ -45,7 +45,15 @@ import httpx
 import sqlalchemy as sa
 from cryptography.fernet import Fernet
 
-from bench.common import backends_cpu, cpu_seconds, fresh_database, pin, report, serve_clarion
+from bench.common import (
+    backends_cpu,
+    cpu_seconds,
+    fresh_database,
+    pin,
+    port_free,
+    report,
+    serve_clarion,
+)
 from clarion.db import sync_url
 
 API_PORT = int(os.environ.get("CLARION_BENCH_API_PORT", "18006"))
@@ -218,12 +226,7 @@ def run(args: argparse.Namespace, url: str, var: Path) -> dict[str, Any]:
     # One company (the first app created it): one REST key.
     rest_key = plain["rest_api_key"]
     base = f"http://127.0.0.1:{API_PORT}"
-    try:
-        httpx.get(base, timeout=1)
-    except httpx.TransportError:
-        pass
-    else:  # another run's server would answer for ours, with other keys
-        raise SystemExit(f"port {API_PORT} is taken (CLARION_BENCH_API_PORT chooses another)")
+    port_free(API_PORT)
     server = serve_clarion(API_PORT, env, workers=False)
     try:
         pin(1)

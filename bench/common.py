@@ -133,6 +133,16 @@ def simulator(state_dir: Path, *, cpu: int | None = 1) -> Iterator[tuple[str, Pa
         proc.wait(timeout=10)
 
 
+def port_free(port: int) -> None:
+    """Before starting a server: another run's server on the port would answer for ours, with
+    other keys."""
+    try:
+        httpx.get(f"http://127.0.0.1:{port}", timeout=1)
+    except httpx.TransportError:
+        return
+    raise SystemExit(f"port {port} is taken (CLARION_BENCH_API_PORT chooses another)")
+
+
 def serve_clarion(
     port: int, env: dict[str, str], *, workers: bool, stderr: Any = subprocess.DEVNULL
 ) -> subprocess.Popen[bytes]:

@@ -144,9 +144,9 @@ async def enter_events(
     custom id it carried). A cancel event cancels the pending entries of its installation or
     of its custom id, and with a `match_attribute` only those whose trigger event had the same
     value. The events of one call are taken in time order, each cancelling before it enters (an
-    automation whose trigger is also its cancel event restarts its delay). Set-based: one read
-    of the entries concerned (once_per_days, cancels), one bulk insert, one update per cancel
-    event name, whatever the number of events."""
+    automation whose trigger is also its cancel event restarts its delay). Set-based, whatever
+    the number of events: one read of the entries concerned per kind of id (once_per_days,
+    cancels), one bulk insert, one update (on SQLite, one per cancel event name)."""
     live = await catalogue.live(session, app_id)
     relevant = [event for event in events if live.listens_to(event["name"])]
     if not relevant:
@@ -409,11 +409,15 @@ def _entry_row(app_id: int, entry: _Entry, now: datetime) -> tuple[Any, ...]:
 
 
 # PostgreSQL: every cancelled entry with its reason, one statement (one per cancel event name
-# was 20 statements for a bench call's 20 names).
+# was 20 statements for a bench call's 20 names). Found by primary key: "still pending" is
+# written as "none of the finished states" because `state = 'pending'` let the planner walk
+# the partial index of every pending entry (ix_automation_entries_due: 47 ms at 100,000
+# pending, against 3 ms for 1,400 ids by key) or hash the whole table.
 _CANCEL_POSTGRES = """UPDATE automation_entries e
 SET state = :cancelled, reason = w.reason, finished_at = :now
 FROM unnest(CAST(:ids AS BIGINT[]), CAST(:reasons AS VARCHAR[])) AS w (id, reason)
-WHERE e.id = w.id AND e.state = :pending"""
+WHERE e.id = ANY(CAST(:ids AS BIGINT[])) AND e.id = w.id
+    AND e.state NOT IN (:sent, :cancelled, :skipped)"""
 
 
 async def _cancel(session: AsyncSession, cancelled: dict[str, list[int]], *, now: datetime) -> None:
@@ -429,7 +433,8 @@ async def _cancel(session: AsyncSession, cancelled: dict[str, list[int]], *, now
                 "ids": [entry_id for entry_id, _ in pairs],
                 "reasons": [reason for _, reason in pairs],
                 "cancelled": _CANCELLED,
-                "pending": _PENDING,
+                "sent": _SENT,
+                "skipped": EntryState.SKIPPED.value,
                 "now": now,
             },
         )

@@ -62,6 +62,14 @@ async def entries(runtime: Runtime, app: ClientApp) -> list[AutomationEntry]:
         return list(found)
 
 
+async def change_entry(runtime: Runtime, entry_id: int, **values: Any) -> None:
+    """What the dispatcher would have done (sent it), or time passing (entered_at)."""
+    async with transaction(runtime.sessions) as session:
+        await session.execute(
+            sql_update(AutomationEntry).where(AutomationEntry.id == entry_id).values(**values)
+        )
+
+
 async def campaign_id(runtime: Runtime, token: str) -> int:
     async with runtime.sessions() as session:
         found = await session.scalar(select(Campaign.id).where(Campaign.token == token))
@@ -155,17 +163,13 @@ async def test_once_per_days_counts_pending_and_sent_entries_not_cancelled_ones(
     states = [(e.custom_id, e.state) for e in await entries(runtime, ios_app)]
     assert states == [("u1", "cancelled"), ("u2", "pending"), ("u1", "pending")]
     # A sent one counts until N days have passed since it entered.
-    async with transaction(runtime.sessions) as session:
-        first = await session.get(AutomationEntry, (await entries(runtime, ios_app))[1].id)
-        assert first is not None
-        first.state = "sent"
-        first.entered_at = datetime.now(UTC) - timedelta(days=6)
+    sent = (await entries(runtime, ios_app))[1].id
+    await change_entry(
+        runtime, sent, state="sent", entered_at=datetime.now(UTC) - timedelta(days=6)
+    )
     await track(api, ios_app, "u2", cart)
     assert len(await entries(runtime, ios_app)) == 3
-    async with transaction(runtime.sessions) as session:
-        first = await session.get(AutomationEntry, (await entries(runtime, ios_app))[1].id)
-        assert first is not None
-        first.entered_at = datetime.now(UTC) - timedelta(days=7, minutes=1)
+    await change_entry(runtime, sent, entered_at=datetime.now(UTC) - timedelta(days=7, minutes=1))
     await track(api, ios_app, "u2", cart)
     assert [e.custom_id for e in await entries(runtime, ios_app)][3:] == ["u2"]
 
