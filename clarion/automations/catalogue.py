@@ -1,7 +1,7 @@
 """What each process knows of an app's live automations: which stored event names enter users
 into which automation (and on what condition), and which cancel whose entries.
 
-Every call that stores events asks it, so it is held in memory (decision 0024): an app's
+Every call that stores events asks it, so it is held in memory (decision 0026): an app's
 catalogue is checked against the campaigns table at most once every REFRESH_SECONDS (one
 aggregate over the app's active automations; the whole catalogue is read again only when that
 changed), and dropped at once in the process that creates, changes, pauses or deletes an

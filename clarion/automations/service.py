@@ -1,7 +1,7 @@
 """Automations: events enter users, cancel events cancel their entries, a paused automation
 stops its pending ones. No HTTP here. (The dispatcher that sends due entries: tasks.py.)
 
-Entries are written in the transaction that stores their event (decision 0024): an event
+Entries are written in the transaction that stores their event (decision 0026): an event
 accepted is an entry that exists, and a cancel event accepted is an entry cancelled."""
 
 from __future__ import annotations
