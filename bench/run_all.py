@@ -25,6 +25,7 @@ RUNS = [
     ["-m", "bench.inapp_fetch", "--installations", "1000000"],
     ["-m", "bench.sdk_events", "--db", "sqlite"],
     ["-m", "bench.sdk_events", "--db", "postgres"],
+    ["-m", "bench.automation_intake", "--db", "postgres"],
     ["bench/sim_ceiling.py", "--baseline"],
     ["bench/http2_client.py", "--requests", "200000"],
 ]

@@ -19,13 +19,16 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from datetime import timedelta
 from functools import partial
+from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from clarion.apps.service import KeyCache
+from clarion.automations.catalogue import AutomationCatalogue
+from clarion.automations.service import enter_stored
 from clarion.campaigns.tasks import CampaignScheduler
 from clarion.config import Settings
-from clarion.db import create_engine, create_sessionmaker
+from clarion.db import create_engine, create_sessionmaker, utcnow
 from clarion.delivery.pool import ProviderPool
 from clarion.delivery.tasks import Deliverer
 from clarion.exports.tasks import ExportRunner
@@ -76,7 +79,10 @@ class Runtime:
             job_recipients=settings.batch_size,
         )
         self.send_intake = SendIntake(self.sessions, self.queue, batch_size=settings.batch_size)
-        self.sdk_events = EventIntake(self.sessions)
+        # Live automations per app, matched with events as they are stored (Trigger Events API
+        # routes, the SDK's event batches).
+        self.automations = AutomationCatalogue()
+        self.sdk_events = EventIntake(self.sessions, on_stored=self._enter_sdk_events)
         self._client: Http2Client | None = None
         self._pool: ProviderPool | None = None
         self.deliverer: Deliverer | None = None
@@ -87,6 +93,9 @@ class Runtime:
         self.inapp_supplies = SupplyWriter(self.sessions)
         self.inapp = InAppFeed(self.sessions, self.engine, supplied=self.inapp_supplies.record)
         self.inapp_revisions = RevisionPoller(self.sessions, self.inapp)
+
+    async def _enter_sdk_events(self, session: AsyncSession, rows: list[dict[str, Any]]) -> None:
+        await enter_stored(session, self.automations, rows, now=utcnow())
 
     async def start(self, *, workers: bool, http: bool = True) -> None:
         """`http`: the process serves the API (`clarion serve`), not only workers."""

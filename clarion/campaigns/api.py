@@ -30,7 +30,9 @@ Token = Annotated[Text, Path(max_length=64)]
 async def create_campaign(
     body: CampaignBody, access: RestApp, session: SessionDep
 ) -> CampaignCreated:
-    campaign = await service.create_campaign(session, access=access, body=body, now=utcnow())
+    now = utcnow()
+    campaign = await service.create_campaign(session, access=access, body=body, now=now)
+    await automations.settle_entries(session, campaign, now=now)
     return CampaignCreated(campaign_token=campaign.token)
 
 

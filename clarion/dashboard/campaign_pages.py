@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from clarion.apps.models import App
 from clarion.apps.service import AppAccess
 from clarion.audiences import service as audiences_service
+from clarion.automations import service as automations
 from clarion.campaigns import service as campaigns
 from clarion.campaigns.schemas import EstimateIn
 from clarion.dashboard import analytics, service
@@ -112,13 +113,15 @@ async def create_campaign(
     live = form.get("action") == "live"
     document = campaign_document(form, live=live)
     try:
+        now = utcnow()
         campaign = await campaigns.create_campaign(
             session,
             access=access,
             body=campaigns.validate_body(document),
-            now=utcnow(),
+            now=now,
             from_api=False,
         )
+        await automations.settle_entries(session, campaign, now=now)
     except ClarionError as exc:
         await session.rollback()  # a refused change leaves nothing behind
         return await _editor(
@@ -168,16 +171,20 @@ async def save_campaign(
     form = await request.form()
     action = form.get("action")
     if action == "stop":
-        await campaigns.set_offline(session, access=access, token=token, now=utcnow())
+        now = utcnow()
+        stopped = await campaigns.set_offline(session, access=access, token=token, now=now)
+        await automations.settle_entries(session, stopped, now=now)
         return redirect(f"/dashboard/apps/{app_id}/campaigns/{token}?notice=stopped")
     stored = await campaigns.describe_campaign(session, access=access, token=token)
     # "keep" (the editor's default button on a live campaign, and Enter): stays as it is.
     live = bool(stored.get("live")) if action == "keep" else action == "live"
     document = carry_hidden_fields(stored, campaign_document(form, live=live))
     try:
-        await campaigns.update_campaign(
-            session, access=access, token=token, changes=document, now=utcnow(), replace=True
+        now = utcnow()
+        saved = await campaigns.update_campaign(
+            session, access=access, token=token, changes=document, now=now, replace=True
         )
+        await automations.settle_entries(session, saved, now=now)
     except ClarionError as exc:
         await session.rollback()  # a refused change leaves nothing behind
         return await _editor(
@@ -201,7 +208,9 @@ async def delete_campaign(
 ) -> Response:
     service.require_editor(viewer)
     _, access = await service.company_app(session, viewer, app_id)
-    await campaigns.delete_campaign(session, access=access, token=token, now=utcnow())
+    now = utcnow()
+    deleted = await campaigns.delete_campaign(session, access=access, token=token, now=now)
+    await automations.settle_entries(session, deleted, now=now)
     return redirect(f"/dashboard/apps/{app_id}/campaigns")
 
 

@@ -12,6 +12,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from clarion.apps.schemas import MAX_ORIGIN_LENGTH
 from clarion.apps.service import KeyCache, authenticate_app
+from clarion.automations.service import enter_stored
+from clarion.db import utcnow
 from clarion.errors import ApiMisuseError, ClarionError, NotFoundError
 from clarion.formats import Text
 from clarion.http import RuntimeDep, SdkApp, SessionDep, error_response, send_answer
@@ -72,10 +74,16 @@ async def detach_custom_id(
 
 @router.post("/installations/{install_id}/events", response_model=Accepted, status_code=202)
 async def track_events(
-    install_id: InstallId, body: TrackedEventsIn, access: SdkApp, session: SessionDep
+    install_id: InstallId,
+    body: TrackedEventsIn,
+    access: SdkApp,
+    session: SessionDep,
+    runtime: RuntimeDep,
 ) -> Accepted:
-    count = await service.track_events(session, access=access, install_id=install_id, data=body)
-    return Accepted(accepted=count)
+    rows = await service.track_events(session, access=access, install_id=install_id, data=body)
+    # As EventsFastPath's batches: automations enter them in this transaction.
+    await enter_stored(session, runtime.automations, rows, now=utcnow())
+    return Accepted(accepted=len(rows))
 
 
 @router.post("/installations/{install_id}/app-opens", response_model=Accepted, status_code=202)

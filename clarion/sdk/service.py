@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -210,7 +211,8 @@ LAST_SEEN_STEP = timedelta(minutes=1)
 
 async def track_events(
     session: AsyncSession, *, access: AppAccess, install_id: str, data: TrackedEventsIn
-) -> int:
+) -> list[dict[str, Any]]:
+    """Stores the batch; returns the rows written (what automations match)."""
     installation = await get_installation(session, access=access, install_id=install_id)
     now = utcnow()
     rows = _tracked_rows(
@@ -219,7 +221,7 @@ async def track_events(
     await record_tracked_events(session, rows)
     if installation.last_seen_at <= now - LAST_SEEN_STEP:
         installation.last_seen_at = now
-    return len(rows)
+    return rows
 
 
 def _tracked_rows(
@@ -244,6 +246,11 @@ def _tracked_rows(
     ]
 
 
+# Called in the transaction that stored a group's rows (clarion.runtime: automations enter
+# them); the SDK knows nothing of what it does.
+OnStored = Callable[[AsyncSession, list[dict[str, Any]]], Awaitable[object]]
+
+
 @dataclass
 class _PendingBatch:
     app_id: int
@@ -261,8 +268,11 @@ class EventIntake:
     transaction per call (lookup, insert, last-visit write, commit) was ~0.6 ms of the 1.6 ms
     each call cost on SQLite."""
 
-    def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
+    def __init__(
+        self, sessions: async_sessionmaker[AsyncSession], *, on_stored: OnStored | None = None
+    ) -> None:
         self._sessions = sessions
+        self._on_stored = on_stored
         self._batcher: TurnBatcher[_PendingBatch] = TurnBatcher(self._store_group)
 
     async def track(self, *, app_id: int, install_id: str, data: TrackedEventsIn) -> bool:
@@ -291,6 +301,8 @@ class EventIntake:
                     rows += _tracked_rows(*key, known[key], pending.events, pending.received_at)
                     pending.stored = True
             await record_tracked_events(session, rows)
+            if self._on_stored is not None and rows:
+                await self._on_stored(session, rows)
             now = utcnow()
             for app_id, install_ids in _chunks(wanted):
                 await session.execute(
