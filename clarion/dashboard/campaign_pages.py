@@ -81,6 +81,7 @@ async def list_campaigns(
         live={"live": True, "draft": False}.get(state),
         from_api={"api": True, "dashboard": False}.get(origin),
         name_contains=q.strip(),
+        automation=False,  # automations have their own tab (automation_pages)
     )
     return await render(
         request,
@@ -143,9 +144,11 @@ async def edit_campaign(
     viewer: ViewerDep,
     session: SessionDep,
     notice: str = "",
-) -> HTMLResponse:
+) -> Response:
     app, access = await service.company_app(session, viewer, app_id)
     stored = await campaigns.describe_campaign(session, access=access, token=token)
+    if isinstance(stored.get("trigger"), dict):  # an automation: its own pages
+        return redirect(f"/dashboard/apps/{app_id}/automations/{token}/edit")
     return await _editor(
         request,
         session,
@@ -228,9 +231,11 @@ async def estimate(
 @router.get("/apps/{app_id}/campaigns/{token}/stats")
 async def campaign_stats(
     request: Request, app_id: DbInt, token: Token, viewer: ViewerDep, session: SessionDep
-) -> HTMLResponse:
+) -> Response:
     app, access = await service.company_app(session, viewer, app_id)
     stored = await campaigns.describe_campaign(session, access=access, token=token)
+    if isinstance(stored.get("trigger"), dict):  # an automation: its page has its statistics
+        return redirect(f"/dashboard/apps/{app_id}/automations/{token}")
     stats = await campaign_statistics.campaign_stats(session, access=access, token=token)
     errors = await analytics.recent_errors(session, app_id=app.id, campaign_token=token)
     return await render(

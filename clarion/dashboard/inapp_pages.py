@@ -48,6 +48,7 @@ from clarion.errors import ClarionError, MalformedParameterError, NotFoundError
 from clarion.formats import DbInt, Text, WireModel
 from clarion.http import SessionDep
 from clarion.inapp import service as inapp
+from clarion.inapp.models import InAppCampaign
 from clarion.inapp.schemas import (
     MAX_ACTIONS,
     THEME_CODE,
@@ -93,8 +94,8 @@ async def list_inapp_campaigns(
         live={"live": True, "draft": False}.get(state),
         from_api=None,
     )
-    triggers = await queries.inapp_triggers(
-        session, app_id=app.id, tokens=[c.campaign_token for c in found]
+    triggers = await queries.triggers(
+        session, model=InAppCampaign, app_id=app.id, tokens=[c.campaign_token for c in found]
     )
     return await render(
         request,
