@@ -18,7 +18,6 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from clarion.apps.models import App
 from clarion.apps.service import AppAccess
-from clarion.audiences import service as audiences_service
 from clarion.automations import service as automations
 from clarion.campaigns import service as campaigns
 from clarion.campaigns.models import Campaign
@@ -30,13 +29,8 @@ from clarion.dashboard.automation_forms import (
     automation_form,
     refusal_of,
 )
-from clarion.dashboard.campaign_pages import AUDIENCE_CHOICES
-from clarion.dashboard.schemas import (
-    QUERY_FIELD_SUGGESTIONS,
-    QUERY_OPERATORS,
-    SEGMENTS,
-    carry_hidden_fields,
-)
+from clarion.dashboard.campaign_pages import targeting_choices
+from clarion.dashboard.schemas import carry_hidden_fields
 from clarion.dashboard.service import Viewer
 from clarion.dashboard.web import (
     PAGE_SIZE,
@@ -302,9 +296,6 @@ async def _editor(
     refused: Any = None,
     status: int = 200,
 ) -> HTMLResponse:
-    audiences = await audiences_service.list_audiences(
-        session, app_id=access.app_id, offset=0, limit=AUDIENCE_CHOICES
-    )
     return await render(
         request,
         session,
@@ -314,12 +305,9 @@ async def _editor(
         section="campaigns",
         form=form,
         campaign=campaign,
-        audiences=audiences,
         error=error,
         refused=refused,
         status=status,
         delay_units=list(DELAY_UNITS),
-        operators=QUERY_OPERATORS,
-        field_suggestions=QUERY_FIELD_SUGGESTIONS,
-        segments=SEGMENTS,
+        **await targeting_choices(session, access),
     )

@@ -325,9 +325,6 @@ async def _editor(
     notice: str = "",
     status: int = 200,
 ) -> HTMLResponse:
-    audiences = await audiences_service.list_audiences(
-        session, app_id=access.app_id, offset=0, limit=AUDIENCE_CHOICES
-    )
     return await render(
         request,
         session,
@@ -337,11 +334,22 @@ async def _editor(
         section="campaigns",
         form=form,
         campaign=campaign,
-        audiences=audiences,
         error=error,
         notice=notice,
         status=status,
-        operators=QUERY_OPERATORS,
-        field_suggestions=QUERY_FIELD_SUGGESTIONS,
-        segments=SEGMENTS,
+        **await targeting_choices(session, access),
     )
+
+
+async def targeting_choices(session: AsyncSession, access: AppAccess) -> dict[str, Any]:
+    """What the editors' targeting fieldset (_targeting.html) offers: the app's newest custom
+    audiences, the query builder's operators and field suggestions, the segments."""
+    audiences = await audiences_service.list_audiences(
+        session, app_id=access.app_id, offset=0, limit=AUDIENCE_CHOICES
+    )
+    return {
+        "audiences": audiences,
+        "operators": QUERY_OPERATORS,
+        "field_suggestions": QUERY_FIELD_SUGGESTIONS,
+        "segments": SEGMENTS,
+    }
