@@ -191,28 +191,25 @@ async def measure(
         assert campaign is not None
         access = live_access(await session.get_one(App, app_id))
 
-    async def stats() -> CampaignStats:
+    async def stats(days: int) -> CampaignStats:
         async with runtime.sessions() as session:
             return await campaign_stats(
                 session, access=access, token=token, now=now, automation_days=days
             )
 
-    days = args.days
-    found = await stats()
-    _check(found, expected(args.entries, days))
-    since = now - timedelta(days=days)
-
-    async def finished() -> None:
+    async def finished(days: int) -> None:
         async with runtime.sessions() as session:
-            await finished_entries(session, campaign, since=since)
+            await finished_entries(session, campaign, since=now - timedelta(days=days))
 
-    async def conversions() -> None:
+    async def conversions(days: int) -> None:
         async with runtime.sessions() as session:
             stored = await session.get_one(Campaign, campaign)
             trigger = CampaignBody.model_validate(stored.body).trigger
             assert trigger is not None
             assert trigger.conversion is not None
-            await converted_entries(session, stored, trigger.conversion, since=since)
+            await converted_entries(
+                session, stored, trigger.conversion, since=now - timedelta(days=days)
+            )
 
     async def page(campaign_id: int, before: int | None, first: str) -> None:
         async with runtime.sessions() as session:
@@ -233,10 +230,17 @@ async def measure(
     assert middle is not None
     assert other is not None
     figures: dict[str, Any] = {}
+    for days in args.days:
+        _check(await stats(days), expected(args.entries, days))
+        for label, timed_call in (
+            ("statistics", stats),
+            ("of_which_finished_entries", finished),
+            ("of_which_conversions", conversions),
+        ):
+            figures[f"{label}_{days}_days_ms"] = await _timed(
+                partial(timed_call, days), args.repeat
+            )
     for label, call in (
-        ("statistics_ms", stats),
-        ("of_which_finished_entries_ms", finished),
-        ("of_which_conversions_ms", conversions),
         ("entries_page_1_ms", partial(page, campaign, None, "user-0")),
         # The page after the 500,000th newest entry: the same cost (keyset).
         ("entries_page_deep_ms", partial(page, campaign, middle, f"user-{args.entries // 2 + 1}")),
@@ -282,6 +286,7 @@ async def _timed(call: Callable[[], Awaitable[Any]], repeat: int) -> dict[str, f
         times.append((time.perf_counter() - started) * 1000)
     times.sort()
     return {
+        "min": round(times[0], 1),
         "median": round(statistics.median(times), 1),
         "p95": round(times[max(0, round(0.95 * len(times)) - 1)], 1),
     }
@@ -305,7 +310,9 @@ def main() -> None:
     parser.add_argument("--db", choices=["sqlite", "postgres"], default="postgres")
     parser.add_argument("--entries", type=int, default=1_000_000)
     parser.add_argument("--other", type=int, default=200_000, help="another automation's")
-    parser.add_argument("--days", type=int, default=STATS_DAYS, help="the days the figures cover")
+    parser.add_argument(
+        "--days", type=int, nargs="+", default=[STATS_DAYS, 30], help="the periods timed"
+    )
     parser.add_argument("--repeat", type=int, default=10)
     parser.add_argument("--keep-database", action="store_true", help="PostgreSQL: not dropped")
     args = parser.parse_args()

@@ -232,7 +232,7 @@ async def test_the_page_shows_figures_and_pages_through_the_newest_entries(
     table = text[text.index('id="entries"') :]
     assert table.count('<span class="pill ') == 25
     assert table.index(">p-1<") < table.index(">s-25<")
-    older = re.search(r'href="\?days=30&before=(\d+)">Older', text)
+    older = re.search(r'href="\?days=7&before=(\d+)">Older', text)
     assert older is not None
     rest = (
         await api.get(f"/dashboard/apps/{app}/automations/{token}?before={older.group(1)}")

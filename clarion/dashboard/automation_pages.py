@@ -143,7 +143,9 @@ async def automation_page(
     token: Token,
     viewer: ViewerDep,
     session: SessionDep,
-    days: Annotated[int, Query(ge=1, le=automation_statistics.MAX_STATS_DAYS)] = 30,
+    days: Annotated[
+        int, Query(ge=1, le=automation_statistics.MAX_STATS_DAYS)
+    ] = automation_statistics.STATS_DAYS,
     before: Annotated[DbInt | None, Query(description="the entries older than this one")] = None,
     notice: Notice = "",
 ) -> Response:
