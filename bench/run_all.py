@@ -22,6 +22,8 @@ RUNS = [
     ["-m", "bench.idfile_parse", "--lines", "2000000"],
     ["-m", "bench.query_limits", "--db", "postgres", "--sizes", "32", "50", "64"],
     ["-m", "bench.dashboard_pages", "--installs", "1000000", "--campaigns", "1000"],
+    ["-m", "bench.automation_stats", "--db", "postgres"],
+    ["-m", "bench.automation_stats", "--db", "sqlite"],
     ["-m", "bench.inapp_fetch", "--installations", "1000000"],
     ["-m", "bench.sdk_events", "--db", "sqlite"],
     ["-m", "bench.sdk_events", "--db", "postgres"],

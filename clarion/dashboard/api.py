@@ -1,7 +1,8 @@
 """The dashboard's routes for signing in, apps, keys, provider credentials and the team.
 
 Thin, like every api.py: each route checks the role, calls a service and renders a page. The
-other pages live beside it (campaign_pages, inapp_pages, audience_pages, people_pages) and are
+other pages live beside it (campaign_pages, automation_pages, inapp_pages, audience_pages,
+people_pages) and are
 mounted here.
 """
 
@@ -25,7 +26,14 @@ from clarion.apps.schemas import (
     FcmCredentialsIn,
     WebPushCredentialsIn,
 )
-from clarion.dashboard import audience_pages, campaign_pages, inapp_pages, people_pages, service
+from clarion.dashboard import (
+    audience_pages,
+    automation_pages,
+    campaign_pages,
+    inapp_pages,
+    people_pages,
+    service,
+)
 from clarion.dashboard.models import Role
 from clarion.dashboard.schemas import UserChange, UserCreate
 from clarion.dashboard.service import Viewer
@@ -392,6 +400,7 @@ async def change_user(
 
 
 router.include_router(campaign_pages.router)
+router.include_router(automation_pages.router)
 router.include_router(inapp_pages.router)
 router.include_router(audience_pages.router)
 router.include_router(people_pages.router)

@@ -82,6 +82,7 @@ async def list_campaigns(
         live={"live": True, "draft": False}.get(state),
         from_api={"api": True, "dashboard": False}.get(origin),
         name_contains=q.strip(),
+        automation=False,  # automations have their own tab (automation_pages)
     )
     return await render(
         request,
@@ -146,9 +147,11 @@ async def edit_campaign(
     viewer: ViewerDep,
     session: SessionDep,
     notice: str = "",
-) -> HTMLResponse:
+) -> Response:
     app, access = await service.company_app(session, viewer, app_id)
     stored = await campaigns.describe_campaign(session, access=access, token=token)
+    if isinstance(stored.get("trigger"), dict):  # an automation: its own pages
+        return redirect(f"/dashboard/apps/{app_id}/automations/{token}/edit")
     return await _editor(
         request,
         session,
@@ -237,9 +240,11 @@ async def estimate(
 @router.get("/apps/{app_id}/campaigns/{token}/stats")
 async def campaign_stats(
     request: Request, app_id: DbInt, token: Token, viewer: ViewerDep, session: SessionDep
-) -> HTMLResponse:
+) -> Response:
     app, access = await service.company_app(session, viewer, app_id)
     stored = await campaigns.describe_campaign(session, access=access, token=token)
+    if isinstance(stored.get("trigger"), dict):  # an automation: its page has its statistics
+        return redirect(f"/dashboard/apps/{app_id}/automations/{token}")
     stats = await campaign_statistics.campaign_stats(session, access=access, token=token)
     errors = await analytics.recent_errors(session, app_id=app.id, campaign_token=token)
     return await render(
@@ -329,9 +334,6 @@ async def _editor(
     notice: str = "",
     status: int = 200,
 ) -> HTMLResponse:
-    audiences = await audiences_service.list_audiences(
-        session, app_id=access.app_id, offset=0, limit=AUDIENCE_CHOICES
-    )
     return await render(
         request,
         session,
@@ -341,11 +343,22 @@ async def _editor(
         section="campaigns",
         form=form,
         campaign=campaign,
-        audiences=audiences,
         error=error,
         notice=notice,
         status=status,
-        operators=QUERY_OPERATORS,
-        field_suggestions=QUERY_FIELD_SUGGESTIONS,
-        segments=SEGMENTS,
+        **await targeting_choices(session, access),
     )
+
+
+async def targeting_choices(session: AsyncSession, access: AppAccess) -> dict[str, Any]:
+    """What the editors' targeting fieldset (_targeting.html) offers: the app's newest custom
+    audiences, the query builder's operators and field suggestions, the segments."""
+    audiences = await audiences_service.list_audiences(
+        session, app_id=access.app_id, offset=0, limit=AUDIENCE_CHOICES
+    )
+    return {
+        "audiences": audiences,
+        "operators": QUERY_OPERATORS,
+        "field_suggestions": QUERY_FIELD_SUGGESTIONS,
+        "segments": SEGMENTS,
+    }
