@@ -21,6 +21,7 @@ from clarion.apps.models import App
 from clarion.campaigns.models import Campaign, CampaignReceipt, CampaignRun, RunState
 from clarion.campaigns.recurrence import EARLIEST_UTC_OFFSET, occurrence_end
 from clarion.campaigns.schemas import CampaignBody
+from clarion.capping import service as capping
 from clarion.config import Settings
 from clarion.db import transaction, upsert_insert
 from clarion.delivery.models import BATCHES, Send
@@ -88,6 +89,8 @@ class _Plan:
     sends: dict[str | None, int]  # A/B version -> send id
     seed: int
     scheduled_for: datetime
+    # The app's caps of the campaign's labels, as they were when this fan-out (re)started.
+    caps: list[capping.Cap]
 
     @property
     def shares(self) -> list[tuple[str | None, int]]:
@@ -157,6 +160,7 @@ class FanOut:
             sends=sends,
             seed=int(campaign.token[:8], 16),
             scheduled_for=run.scheduled_for,
+            caps=capping.caps_for(app.push_caps, automation=False, labels=body.labels),
         )
 
     async def run(self, run_id: int, position: Position) -> None:
@@ -185,7 +189,7 @@ class FanOut:
                             await self._close_fan_out(run_id)  # every zone has had its turn
                         return  # the next zones are not due yet
                 zone_filter = _zone_filter(wave, plan.app.default_timezone)
-            page = await self._next_page(plan.audience, zone_filter, position.cursor)
+            page = await self._next_page(plan, zone_filter, position.cursor, now)
             if not page and not local:
                 await self._close_fan_out(run_id)
                 return
@@ -222,11 +226,22 @@ class FanOut:
         )
 
     async def _next_page(
-        self, audience: ColumnElement[bool], zone_filter: ColumnElement[bool] | None, cursor: int
+        self,
+        plan: _Plan,
+        zone_filter: ColumnElement[bool] | None,
+        cursor: int,
+        now: datetime,
     ) -> list[int]:
-        query = select(Installation.id).where(audience, Installation.id > cursor)
+        query = select(Installation.id).where(plan.audience, Installation.id > cursor)
         if zone_filter is not None:
             query = query.where(zone_filter)
+        # Installations that reached a cap of one of the campaign's labels are left out here;
+        # _write_page checks the page again under the caps' lock.
+        under_caps = capping.under_caps_clause(
+            app_id=plan.app.id, caps=plan.caps, installation_id=Installation.id, now=now
+        )
+        if under_caps is not None:
+            query = query.where(under_caps)
         async with self._sessions() as session:
             try:
                 return list(
@@ -247,20 +262,21 @@ class FanOut:
     ) -> bool:
         """One page's batches and the run's new position, in one transaction; False when the
         run is no longer this process's to write (stopped, or taken over)."""
-        shares = plan.shares
-        by_version: dict[str | None, list[int]] = {version: [] for version, _ in shares}
-        if len(shares) == 1:
-            by_version[shares[0][0]] = page
-        else:
-            for installation_id in page:
-                by_version[version_of(installation_id, plan.seed, shares)].append(installation_id)
-        size = self._settings.batch_size
-        chunks = [
-            (plan.sends[version], ids[start : start + size])
-            for version, ids in by_version.items()
-            for start in range(0, len(ids), size)
-        ]
         async with transaction(self._sessions) as session:
+            if plan.caps and page:
+                # Another writer of these caps (a campaign of the same label fanning out at the
+                # same time, an automation) may have spent them since the page was read: checked
+                # again under their lock, and spent in this transaction.
+                await capping.lock_caps(session, app_id=plan.app.id, caps=plan.caps)
+                reached = await capping.capped(
+                    session, app_id=plan.app.id, caps=plan.caps, installation_ids=page, now=now
+                )
+                if reached:
+                    page = [i for i in page if i not in reached]
+            if plan.caps and page:
+                await capping.record_receipts(
+                    session, app_id=plan.app.id, caps=plan.caps, installation_ids=page, now=now
+                )
             moved = await session.execute(
                 update(CampaignRun)
                 .where(
@@ -279,7 +295,7 @@ class FanOut:
                 )
             )
             if not moved.rowcount:  # type: ignore[attr-defined]
-                return False
+                return False  # (the receipts roll back with it)
             if plan.body.capping is not None and page:
                 await session.execute(
                     upsert_insert(session, CampaignReceipt).on_conflict_do_update(
@@ -291,6 +307,7 @@ class FanOut:
                         for i in page
                     ],
                 )
+            chunks = self._chunks(plan, page)
             # Due at once: not_before and last_enqueued_at take their defaults (the delivery
             # clock, not the scheduler's).
             batch_ids = (
@@ -315,6 +332,22 @@ class FanOut:
             ]
         )
         return True
+
+    def _chunks(self, plan: _Plan, page: list[int]) -> list[tuple[int, list[int]]]:
+        """The page's batches: (send id, installation ids), per A/B version."""
+        shares = plan.shares
+        by_version: dict[str | None, list[int]] = {version: [] for version, _ in shares}
+        if len(shares) == 1:
+            by_version[shares[0][0]] = page
+        else:
+            for installation_id in page:
+                by_version[version_of(installation_id, plan.seed, shares)].append(installation_id)
+        size = self._settings.batch_size
+        return [
+            (plan.sends[version], ids[start : start + size])
+            for version, ids in by_version.items()
+            for start in range(0, len(ids), size)
+        ]
 
     async def _close_fan_out(self, run_id: int) -> None:
         async with transaction(self._sessions) as session:
