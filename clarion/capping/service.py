@@ -7,7 +7,8 @@ scheduled campaign carrying that label). A push counts when it is written into t
 outbox, in the same transaction as its receipt. Two writers spending the same cap (two
 campaigns of one label fanning out at once, a campaign and an automation) must not both see
 room for the same last push: each takes `lock_caps` in its transaction before it checks
-(`capped`) and writes receipts, so the second one's check sees the first one's receipts.
+(`capped`, or `under_caps_clause` in the query that reads a fan-out page) and writes receipts,
+so the second one's check sees the first one's receipts (docs/decisions/0024-push-caps.md).
 Receipts are kept only for the caps configured when the push went out: a cap added later starts
 counting from then.
 """
