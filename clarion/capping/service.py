@@ -8,7 +8,7 @@ outbox, in the same transaction as its receipt. Two writers spending the same ca
 campaigns of one label fanning out at once, a campaign and an automation) must not both see
 room for the same last push: each takes `lock_caps` in its transaction before it checks
 (`capped`, or `under_caps_clause` in the query that reads a fan-out page) and writes receipts,
-so the second one's check sees the first one's receipts (docs/decisions/0024-push-caps.md).
+so the second one's check sees the first one's receipts (docs/decisions/0026-push-caps.md).
 Receipts are kept only for the caps configured when the push went out: a cap added later starts
 counting from then.
 """
@@ -163,14 +163,25 @@ async def purge_receipts(session: AsyncSession, *, before: datetime, limit: int 
     minus MAX_CAP_HOURS), the oldest first, and say how many went: a caller deletes in short
     transactions until fewer than `limit` go, so that no purge holds locks (or SQLite's one
     connection) for long."""
-    oldest = (
-        select(RECEIPTS.c.id)
-        .where(RECEIPTS.c.sent_at < before)
-        .order_by(RECEIPTS.c.sent_at)
-        .limit(limit)
+    # The ids first, then a delete by primary key: `id IN (SELECT … LIMIT)` in one statement
+    # was planned as a hash semi-join over a sequential scan of the whole table (555 ms for
+    # 10,000 of 2M receipts on PostgreSQL).
+    ids = list(
+        await session.scalars(
+            select(RECEIPTS.c.id)
+            .where(RECEIPTS.c.sent_at < before)
+            .order_by(RECEIPTS.c.sent_at)
+            .limit(limit)
+        )
     )
-    result = await session.execute(delete(RECEIPTS).where(RECEIPTS.c.id.in_(oldest)))
-    return int(getattr(result, "rowcount", 0) or 0)
+    if not ids:
+        return 0
+    array = uses_arrays(session)
+    await session.execute(
+        delete(RECEIPTS).where(in_values(RECEIPTS.c.id, "ids", BigInteger(), array=array)),
+        {"ids": ids},
+    )
+    return len(ids)
 
 
 # The app's setting ------------------------------------------------------------------------------

@@ -15,9 +15,10 @@ from clarion.db import transaction, utcnow
 # Every hour: a receipt then outlives the longest cap (30 days) by at most an hour, 0.14 % more
 # rows than needed.
 PURGE_SECONDS = 3600.0
-# Receipts deleted per transaction: 10,000 rows went in ~60 ms on PostgreSQL (bench figure in
-# docs/decisions/0024-push-caps.md), so a purge of a month's backlog never holds a lock, or
-# SQLite's one connection, for long.
+# Receipts deleted per transaction: 10,000 of 2M went in ~190 ms on PostgreSQL (this loaded
+# 2-core machine; docs/decisions/0026-push-caps.md), so a purge of a 1M-installation campaign's
+# receipts takes ~100 short transactions and never holds a lock, or SQLite's one connection,
+# for long.
 PURGE_BATCH = 10_000
 
 
