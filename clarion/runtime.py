@@ -6,7 +6,8 @@ scheduler, GDPR requests, flat-file imports and daily exports in one process
 runs only the API unless told to run workers too.
 
 Runtime.start is the one list of everything that runs in the background; each domain keeps
-its background work in its `tasks.py` (delivery, campaigns, stats, gdpr, imports, exports).
+its background work in its `tasks.py` (delivery, campaigns, capping, stats, gdpr, imports,
+exports).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from clarion.apps.service import KeyCache
 from clarion.automations.catalogue import AutomationCatalogue
 from clarion.automations.service import enter_stored
 from clarion.campaigns.tasks import CampaignScheduler
+from clarion.capping.tasks import PURGE_SECONDS, purge_expired_receipts
 from clarion.config import Settings
 from clarion.db import create_engine, create_sessionmaker, utcnow
 from clarion.delivery.pool import ProviderPool
@@ -171,6 +173,12 @@ class Runtime:
                     ),
                 ),
                 every=settings.stats_interval_seconds,
+                wait_first=True,
+            )
+            self._repeat(
+                "capping receipts purge",
+                partial(purge_expired_receipts, self.sessions),
+                every=PURGE_SECONDS,
                 wait_first=True,
             )
             self.scheduler = CampaignScheduler(self.sessions, self.queue, self.settings)
