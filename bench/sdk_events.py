@@ -44,6 +44,7 @@ from bench.common import (
     cpu_seconds,
     fresh_database,
     pin,
+    port_free,
     report,
     serve_clarion,
 )
@@ -213,12 +214,7 @@ async def measure(args: argparse.Namespace, url: str, var: Path) -> dict[str, An
     body = json.dumps(batch()).encode()
     env = {"CLARION_DATABASE_URL": url, "CLARION_VAR_DIR": str(var), "CLARION_SECRET_KEY": secret}
     base = f"http://127.0.0.1:{API_PORT}"
-    try:
-        httpx.get(base, timeout=1)
-    except httpx.TransportError:
-        pass
-    else:  # another run's server would answer for ours, with other keys
-        raise SystemExit(f"port {API_PORT} is taken (CLARION_BENCH_API_PORT chooses another)")
+    port_free(API_PORT)
     server = serve_clarion(API_PORT, env, workers=False)
     pin(1)
     one_by_one = [paths[i] for i in install_ids]

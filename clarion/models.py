@@ -2,7 +2,9 @@
 
 from clarion.apps.models import App, Company
 from clarion.audiences.models import Audience, AudienceIndexing, AudienceMember
+from clarion.automations.models import AutomationEntry
 from clarion.campaigns.models import Campaign, CampaignReceipt, CampaignRun
+from clarion.capping.models import CappingReceipt
 from clarion.custom_data.models import ProfileAttribute, ProfileTag
 from clarion.dashboard.models import DashboardSession, DashboardUser
 from clarion.delivery.models import DeliveryBatch, Send
@@ -19,10 +21,12 @@ __all__ = [
     "Audience",
     "AudienceIndexing",
     "AudienceMember",
+    "AutomationEntry",
     "BlockedId",
     "Campaign",
     "CampaignReceipt",
     "CampaignRun",
+    "CappingReceipt",
     "Company",
     "DashboardSession",
     "DashboardUser",

@@ -6,7 +6,8 @@ scheduler, GDPR requests, flat-file imports and daily exports in one process
 runs only the API unless told to run workers too.
 
 Runtime.start is the one list of everything that runs in the background; each domain keeps
-its background work in its `tasks.py` (delivery, campaigns, stats, gdpr, imports, exports).
+its background work in its `tasks.py` (delivery, campaigns, capping, stats, gdpr, imports,
+exports).
 """
 
 from __future__ import annotations
@@ -19,13 +20,17 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from datetime import timedelta
 from functools import partial
+from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from clarion.apps.service import KeyCache
+from clarion.automations.catalogue import AutomationCatalogue
+from clarion.automations.service import enter_stored
 from clarion.campaigns.tasks import CampaignScheduler
+from clarion.capping.tasks import PURGE_SECONDS, purge_expired_receipts
 from clarion.config import Settings
-from clarion.db import create_engine, create_sessionmaker
+from clarion.db import create_engine, create_sessionmaker, utcnow
 from clarion.delivery.pool import ProviderPool
 from clarion.delivery.tasks import Deliverer
 from clarion.exports.tasks import ExportRunner
@@ -76,7 +81,15 @@ class Runtime:
             job_recipients=settings.batch_size,
         )
         self.send_intake = SendIntake(self.sessions, self.queue, batch_size=settings.batch_size)
-        self.sdk_events = EventIntake(self.engine)
+        # Live automations per app, matched with events as they are stored (Trigger Events API
+        # routes, the SDK's event batches).
+        self.automations = AutomationCatalogue()
+        self.sdk_events = EventIntake(
+            self.engine,
+            self.sessions,
+            on_stored=self._enter_sdk_events,
+            wanted=self._automations_listen,
+        )
         self._client: Http2Client | None = None
         self._pool: ProviderPool | None = None
         self.deliverer: Deliverer | None = None
@@ -87,6 +100,14 @@ class Runtime:
         self.inapp_supplies = SupplyWriter(self.sessions)
         self.inapp = InAppFeed(self.sessions, self.engine, supplied=self.inapp_supplies.record)
         self.inapp_revisions = RevisionPoller(self.sessions, self.inapp)
+
+    async def _enter_sdk_events(self, session: AsyncSession, rows: list[dict[str, Any]]) -> None:
+        await enter_stored(session, self.automations, rows, now=utcnow())
+
+    def _automations_listen(self, app_id: int, name: str) -> bool | None:
+        """Without the database: None when the app's automations are not known lately."""
+        live = self.automations.fresh(app_id)
+        return None if live is None else live.listens_to(name)
 
     async def start(self, *, workers: bool, http: bool = True) -> None:
         """`http`: the process serves the API (`clarion serve`), not only workers."""
@@ -162,6 +183,12 @@ class Runtime:
                     ),
                 ),
                 every=settings.stats_interval_seconds,
+                wait_first=True,
+            )
+            self._repeat(
+                "capping receipts purge",
+                partial(purge_expired_receipts, self.sessions),
+                every=PURGE_SECONDS,
                 wait_first=True,
             )
             self.scheduler = CampaignScheduler(self.sessions, self.queue, self.settings)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import ForeignKey, String, Text, text
 from sqlalchemy.orm import Mapped, mapped_column
@@ -40,5 +41,10 @@ class App(Base):
     # as browsers write them, `https://shop.example`; at most 50 (schemas.AllowedOriginsIn).
     allowed_origins: Mapped[list[str]] = mapped_column(
         JsonValue, default=list, server_default=text("'[]'")
+    )
+    # Push caps (clarion.capping, docs/campaigns.md): {"automations": {"max", "hours"},
+    # "labels": {code: {"max", "hours"}}}; {} caps nothing.
+    push_caps: Mapped[dict[str, Any]] = mapped_column(
+        JsonValue, default=dict, server_default=text("'{}'")
     )
     created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)

@@ -1,4 +1,5 @@
-"""Campaigns: a push to a targeted segment, scheduled once, in local time or recurring.
+"""Campaigns: a push to a targeted segment, scheduled once, in local time or recurring; or an
+automation, sent to each user whose event triggers it (clarion.automations).
 
 A campaign keeps its API body as accepted (merged across updates): `GET campaigns/{token}`
 answers with it, and each run reads its content and targeting from it. Every occurrence is a
@@ -26,6 +27,11 @@ class CampaignState(StrEnum):
     COMPLETED = "completed"  # every occurrence delivered
     STOPPED = "stopped"  # set to live: false (or deleted) after it had started
     FAILED = "failed"  # a run failed for a reason no retry can fix (its run's `failure` says)
+    # Automations (a `trigger` in the body) are never scheduled: live, they are active (events
+    # enter users, clarion.automations sends); set to live: false, paused (pending entries are
+    # cancelled, new events enter no one) until set live again.
+    ACTIVE = "active"
+    PAUSED = "paused"
 
 
 class RunState(StrEnum):

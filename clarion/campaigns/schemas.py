@@ -8,7 +8,7 @@ it sends fields Clarion does not use.
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import (
     BaseModel,
@@ -24,7 +24,7 @@ from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import CoreSchema, InitErrorDetails, PydanticCustomError
 
 from clarion.delivery.schemas import CollapseKey, PushOptions
-from clarion.formats import WireModel, ab_shares, check_ab_versions, parse_wire_date
+from clarion.formats import NAME, WireModel, ab_shares, check_ab_versions, parse_wire_date
 from clarion.inapp.schemas import Landing
 from clarion.targeting.schemas import Targeting
 
@@ -149,6 +149,99 @@ class CampaignMessage(WireModel):
         return value
 
 
+# An event a trigger names: `ue.<name>` (Trigger Events API, on custom user ids) or `e.<name>`
+# (tracked by an SDK, on installations), as targeting names them. Unknown names are allowed
+# (the event may not have been seen yet); malformed ones are not.
+EVENT_NAME = r"^(ue|e)\.[a-zA-Z0-9][a-zA-Z0-9_]{0,29}$"
+_CLOCK = r"^([01]\d|2[0-3]):[0-5]\d$"  # HH:MM, 24-hour
+MAX_DELAY_SECONDS = 30 * 24 * 3600  # the issue's "0 s to 30 days"
+MAX_CANCEL_EVENTS = 10
+# Same bounds as an event's own attributes (Trigger Events API: at most 15).
+MAX_CONDITION_ATTRIBUTES = 15
+
+
+class CancelEvent(WireModel):
+    """An event that cancels a user's pending entry; with `match_attribute`, only when its
+    value equals the trigger event's (the same `sku`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    event: str = Field(pattern=EVENT_NAME)
+    match_attribute: str | None = Field(default=None, pattern=r"^[a-z0-9_]{1,30}$")
+
+
+class QuietHours(WireModel):
+    """A daily window in the user's local time (it may span midnight: 22:00 to 08:00) during
+    which a due push waits for the window's end."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    start: str = Field(pattern=_CLOCK)
+    end: str = Field(pattern=_CLOCK)
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> QuietHours:
+        if self.start == self.end:
+            raise ValueError("quiet_hours: start and end are the same time")
+        return self
+
+
+class Conversion(WireModel):
+    """What the automation's statistics count as a conversion: this event from the user within
+    `within_hours` of the push."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    event: str = Field(pattern=EVENT_NAME)
+    within_hours: int = Field(default=24, ge=1, le=720)
+
+
+ConditionValue = Annotated[str, Field(max_length=64)] | int | float | bool
+
+
+class Trigger(WireModel):
+    """What makes an automation send (docs/campaigns.md, "Automations"): an event, an optional
+    condition on its label and attributes (equality), a delay, cancel events, how often a user
+    may enter, quiet hours, and the conversion its statistics count."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    event: str = Field(pattern=EVENT_NAME)
+    label: str | None = Field(default=None, min_length=1, max_length=200)
+    attributes: dict[str, ConditionValue] | None = Field(
+        default=None, max_length=MAX_CONDITION_ATTRIBUTES
+    )
+    delay_seconds: int = Field(default=0, ge=0, le=MAX_DELAY_SECONDS)
+    # Sent at the next HH:MM of the user's local time once the delay has passed.
+    at_local_time: str | None = Field(default=None, pattern=_CLOCK)
+    cancel_events: list[CancelEvent] = Field(default_factory=list, max_length=MAX_CANCEL_EVENTS)
+    # At most one entry per user every this many days; absent: every event enters.
+    once_per_days: int | None = Field(default=None, ge=1, le=3650)
+    quiet_hours: QuietHours | None = None
+    conversion: Conversion | None = None
+
+    @field_validator("attributes")
+    @classmethod
+    def _attribute_names(
+        cls, value: dict[str, ConditionValue] | None
+    ) -> dict[str, ConditionValue] | None:
+        for name in value or {}:
+            if not NAME.fullmatch(name):
+                raise ValueError(f"attribute name {name!r}: use a-z, 0-9 and _, at most 30")
+        return value
+
+    @property
+    def stored_event(self) -> str:
+        """The name as the event log stores it (clarion.events: SDK names lower-cased without
+        their prefix, server ones as `ue.<name>`)."""
+        return stored_event_name(self.event)
+
+
+def stored_event_name(event: str) -> str:
+    prefix, _, name = event.partition(".")
+    return name.lower() if prefix == "e" else f"ue.{name.lower()}"
+
+
 class CampaignBody(PushOptions):
     """The create body, and what an update must add up to once merged with the stored one."""
 
@@ -169,6 +262,8 @@ class CampaignBody(PushOptions):
     # Batch's get output shows it as a plain string; the create body documents the object.
     gcm_collapse_key: CollapseKey | str | None = None
     landing: PushLanding | None = None
+    # An automation: sent when a user's event says so, not at a date (docs/campaigns.md).
+    trigger: Trigger | None = None
 
     @field_validator("landing")
     @classmethod
@@ -194,6 +289,10 @@ class CampaignBody(PushOptions):
 
     @model_validator(mode="after")
     def _rules(self) -> CampaignBody:
+        if self.trigger is not None:
+            self._automation_rules()
+            self._check_versions()
+            return self
         if self.push_time is not None and self.local_push_time is not None:
             raise ValueError("push_time and local_push_time are mutually exclusive")
         if self.push_time is None and self.local_push_time is None:
@@ -210,6 +309,17 @@ class CampaignBody(PushOptions):
             raise ValueError("recurrence.end_date is before the first push time")
         self._check_versions()
         return self
+
+    def _automation_rules(self) -> None:
+        """An automation's time comes from its trigger: no date, recurrence or per-campaign
+        capping (app-wide and label caps apply, docs/campaigns.md)."""
+        for name in ("push_time", "local_push_time", "recurrence", "capping"):
+            if getattr(self, name) is not None:
+                raise ValueError(f"{name} does not apply to an automation (it has a trigger)")
+
+    @property
+    def is_automation(self) -> bool:
+        return self.trigger is not None
 
     def _check_versions(self) -> None:
         items = [(message.version, message.language) for message in self.messages]
@@ -265,6 +375,40 @@ class DayStats(VersionStats):
     versions: dict[str, VersionStats] | None = None
 
 
+class EntryDay(BaseModel):
+    """An automation's entries that finished on one UTC day: sent, cancelled, skipped, and the
+    sent ones that converted (with a conversion event only)."""
+
+    date: str
+    sent: int = 0
+    cancelled: int = 0
+    skipped: int = 0
+    converted: int | None = None
+
+
+class AutomationStats(BaseModel):
+    """Clarion's addition to an automation's statistics: what became of its entries (each a
+    user an event entered) that finished since `since` (sent, cancelled: by the cancel event's
+    name or "paused", skipped: "audience", "cap:<key>", "unreachable", ...), those pending now,
+    its pushes on the UTC days since then, and, with a `trigger.conversion`, the entries sent
+    whose user then tracked that event within `within_hours`."""
+
+    since: str
+    entries: int  # pending + sent + cancelled + skipped
+    pending: int
+    sent: int
+    cancelled: int
+    skipped: int
+    cancelled_reasons: dict[str, int]
+    skipped_reasons: dict[str, int]
+    pushes: VersionStats
+    conversion: Conversion | None = None
+    converted: int | None = None
+    detail: list[EntryDay]
+
+
 class CampaignStats(BaseModel):
     campaign_token: str
     detail: list[DayStats]
+    # An automation's only.
+    automation: AutomationStats | None = None

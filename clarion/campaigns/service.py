@@ -25,6 +25,7 @@ from clarion.delivery.models import BATCHES, SENDS
 from clarion.delivery.personalisation import check_templates
 from clarion.delivery.schemas import CollapseKey
 from clarion.delivery.service import batch_totals, cancel_sends
+from clarion.dialects import json_object_at
 from clarion.errors import (
     ApiMisuseError,
     MalformedParameterError,
@@ -37,7 +38,12 @@ from clarion.inapp.schemas import SdkTheme, ThemeRead
 from clarion.targeting import service as targeting_service
 from clarion.targeting.schemas import Estimate, Targeting
 
-_LIVE_STATES = (CampaignState.SCHEDULED, CampaignState.RUNNING, CampaignState.COMPLETED)
+_LIVE_STATES = (
+    CampaignState.SCHEDULED,
+    CampaignState.RUNNING,
+    CampaignState.COMPLETED,
+    CampaignState.ACTIVE,
+)
 
 
 def validate_body(document: dict[str, Any]) -> CampaignBody:
@@ -161,7 +167,9 @@ async def create_campaign(
         created_at=now,
         updated_at=now,
     )
-    if body.live:
+    if body.is_automation:
+        campaign.state = (CampaignState.ACTIVE if body.live else CampaignState.DRAFT).value
+    elif body.live:
         _schedule(campaign, next_to_run(body, 0, now=now))
     session.add(campaign)
     await session.flush()
@@ -176,7 +184,7 @@ async def update_campaign(
     changes: dict[str, Any],
     now: datetime,
     replace: bool = False,
-) -> None:
+) -> Campaign:
     """Batch's update rules (spec §4.2): fields merge into the stored campaign; a field once
     set cannot be removed; a completed campaign cannot go live again. `live` moves the
     campaign between its states.
@@ -193,6 +201,10 @@ async def update_campaign(
                 raise MalformedParameterError(f"{key}: a parameter once set cannot be removed")
         document = {**stored, **changes}
     body = validate_body(document)
+    if body.is_automation != ("trigger" in stored):
+        raise MalformedParameterError(
+            "trigger: a campaign cannot become an automation, nor an automation a campaign"
+        )
     await check_templates(body.template_fields())
     await _check_targeting(session, access, body)
     # A theme deleted since the landing was saved blocks no other change (`live: false` must
@@ -206,7 +218,9 @@ async def update_campaign(
         for key in ("push_time", "local_push_time", "recurrence")
     )
 
-    if body.live:
+    if body.is_automation:
+        _settle_automation(campaign, live=body.live)
+    elif body.live:
         if state is CampaignState.COMPLETED and changes.get("live") is True:
             raise MalformedParameterError("live: a completed campaign cannot be set live again")
         if state is CampaignState.DRAFT:
@@ -244,17 +258,31 @@ async def update_campaign(
     campaign.body = _stored(body)
     campaign.name = body.name
     campaign.updated_at = now
+    return campaign
+
+
+def _settle_automation(campaign: Campaign, *, live: bool) -> None:
+    """Live: active. Not live: paused once it has been active, else still a draft. The pending
+    entries of a paused automation are cancelled by the caller (clarion.automations)."""
+    if live:
+        campaign.state = CampaignState.ACTIVE.value
+    elif campaign.state == CampaignState.ACTIVE.value:
+        campaign.state = CampaignState.PAUSED.value
 
 
 async def set_offline(
     session: AsyncSession, *, access: AppAccess, token: str, now: datetime
-) -> None:
+) -> Campaign:
     """`live: false` and nothing else (the dashboard's Stop). The stored body is not checked
     again: a campaign whose audience was deleted since it went live must still be stoppable."""
     campaign = await find_campaign(session, access, token, for_update=True)
-    await _take_offline(session, campaign, now=now)
+    if "trigger" in campaign.body:
+        _settle_automation(campaign, live=False)
+    else:
+        await _take_offline(session, campaign, now=now)
     campaign.body = {**campaign.body, "live": False}
     campaign.updated_at = now
+    return campaign
 
 
 async def _take_offline(session: AsyncSession, campaign: Campaign, *, now: datetime) -> None:
@@ -268,12 +296,15 @@ async def _take_offline(session: AsyncSession, campaign: Campaign, *, now: datet
 
 async def delete_campaign(
     session: AsyncSession, *, access: AppAccess, token: str, now: datetime
-) -> None:
+) -> Campaign:
     campaign = await find_campaign(session, access, token, for_update=True)
     if campaign.state == CampaignState.RUNNING.value:
         await stop_campaign(session, campaign, now=now)
+    if campaign.state == CampaignState.ACTIVE.value:
+        campaign.state = CampaignState.PAUSED.value
     campaign.deleted_at = now
     campaign.next_run_at = None
+    return campaign
 
 
 async def stop_campaign(session: AsyncSession, campaign: Campaign, *, now: datetime) -> None:
@@ -352,11 +383,15 @@ async def list_campaigns(
     live: bool | None,
     from_api: bool | None,
     name_contains: str = "",
+    automation: bool | None = None,
 ) -> list[CampaignSummary]:
     """Newest first. `live`: true gives scheduled, running or completed campaigns, false
     drafts and stopped ones (spec §4.4). `name_contains`: the dashboard's search, ignoring
-    case."""
+    case. `automation`: only automations (a `trigger`), or only the others."""
     query = select(Campaign).where(Campaign.app_id == access.app_id, Campaign.deleted_at.is_(None))
+    if automation is not None:
+        is_automation = json_object_at(Campaign.body, "trigger")
+        query = query.where(is_automation if automation else ~is_automation)
     if name_contains:
         query = query.where(
             func.lower(Campaign.name).contains(name_contains.lower(), autoescape=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -10,12 +11,13 @@ from typing import Any
 import orjson
 import psycopg
 from sqlalchemy import select, update
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from clarion.apps.service import AppAccess
 from clarion.audiences.resolved import installations_changed
 from clarion.batching import TurnBatcher
-from clarion.db import insert_ignoring_conflicts, sqlite_time, utcnow
+from clarion.custom_data.service import update_profiles
+from clarion.db import insert_ignoring_conflicts, sqlite_time, transaction, utcnow
 from clarion.delivery.models import Send
 from clarion.errors import ApiMisuseError, MalformedParameterError, NotFoundError
 from clarion.events.models import APP_OPEN_EVENT, PushEventKind
@@ -34,6 +36,7 @@ from clarion.sdk.schemas import (
     AppOpenIn,
     InAppEventsIn,
     InstallationUpsert,
+    ProfileEditsIn,
     PushOpenIn,
     SdkEvent,
     TrackedEventIn,
@@ -158,6 +161,34 @@ async def set_custom_id(
     return installation
 
 
+async def edit_profile(
+    session: AsyncSession, *, access: AppAccess, install_id: str, data: ProfileEditsIn
+) -> str | None:
+    """Apply a profile().edit: attributes and tags to the profile of the installation's custom
+    user id (decision 0024), language and region to the installation. All or nothing. Returns
+    the custom id whose profile it edited; the profile itself is never answered: the SDK's key
+    is public, and any page can attach any custom id."""
+    installation = await get_installation(session, access=access, install_id=install_id)
+    custom_id = installation.custom_id
+    if data.operations:
+        if custom_id is None:
+            raise ApiMisuseError(
+                "this installation has no custom user id: identify the user first "
+                "(profile().identify({customId}) in the Web SDK, PUT …/custom_id in the SDK "
+                "API): attributes and tags belong to the custom user id"
+            )
+        await update_profiles(
+            session, app_id=access.app_id, updates=[(custom_id, False, data.operations)]
+        )
+    given = data.model_fields_set
+    if "language" in given:
+        installation.language = data.language
+    if "region" in given:
+        installation.region = data.region
+    installation.last_seen_at = utcnow()
+    return custom_id
+
+
 def _identity(installation: Installation) -> tuple[str | None, str | None]:
     """The ids by which audiences can list an installation, besides its install id."""
     return installation.custom_id, installation.advertising_id
@@ -183,7 +214,8 @@ LAST_SEEN_STEP = timedelta(minutes=1)
 
 async def track_events(
     session: AsyncSession, *, access: AppAccess, install_id: str, data: TrackedEventsIn
-) -> int:
+) -> list[dict[str, Any]]:
+    """Stores the batch; returns the rows written (what automations match)."""
     installation = await get_installation(session, access=access, install_id=install_id)
     now = utcnow()
     rows = _tracked_rows(
@@ -192,7 +224,7 @@ async def track_events(
     await record_tracked_events(session, rows)
     if installation.last_seen_at <= now - LAST_SEEN_STEP:
         installation.last_seen_at = now
-    return len(rows)
+    return rows
 
 
 def _tracked_rows(
@@ -217,11 +249,22 @@ def _tracked_rows(
     ]
 
 
+# Called in the transaction that stored a group's rows (clarion.runtime: automations enter
+# them); the SDK knows nothing of what it does.
+OnStored = Callable[[AsyncSession, list[dict[str, Any]]], Awaitable[object]]
+# Whether something may want to be called for a stored event, by its app and stored name:
+# False when surely not (then no transaction is opened for it), None when unknown.
+Wanted = Callable[[int, str], bool | None]
+
+# An event as stored: when (received, or earlier), name in lower case, label, attributes, tags.
+_Resolved = tuple[datetime, str, str | None, dict[str, Any] | None, list[str] | None]
+
+
 @dataclass(slots=True)
 class _PendingBatch:
     app_id: int
     install_id: str
-    events: list[SdkEvent]
+    events: list[_Resolved]
     received_at: datetime
     stored: bool = False
 
@@ -232,41 +275,91 @@ class EventIntake:
     accepted means stored, as through the route. The installations are read and their last
     visits moved for the whole group, at most once a minute each (LAST_SEEN_STEP).
 
-    Through the driver, without the ORM: on PostgreSQL the group is one statement in
-    autocommit (_STORE_POSTGRESQL), one round trip; on SQLite (on the loop, decision 0006) one
-    transaction of a lookup, one executemany and, when a last visit is due, one update.
-    Measured in-process, per call of 10 events in groups of 20: the ORM's session, statements
-    and COPY cost ~140 us of the API process's CPU (PostgreSQL) and ~200 us (SQLite); the
-    statement ~25 us and the driver's calls ~100 us (decision 0023)."""
+    Through the driver, without the ORM: on PostgreSQL the group is one statement
+    (_STORE_POSTGRESQL), in autocommit (one round trip) unless `on_stored` is to be called in
+    its transaction; on SQLite (on the loop, decision 0006) one transaction of a lookup, one
+    executemany and, when a last visit is due, one update. Measured in-process, per call of 10
+    events in groups of 20: the ORM's session, statements and COPY cost ~140 us of the API
+    process's CPU (PostgreSQL) and ~200 us (SQLite); the statement ~25 us and the driver's
+    calls ~100 us (decision 0023). `on_stored` gets the stored rows in their transaction,
+    which is opened for it only when `wanted` does not rule out every event of the group."""
 
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        sessions: async_sessionmaker[AsyncSession],
+        *,
+        on_stored: OnStored | None = None,
+        wanted: Wanted = lambda app_id, name: None,
+    ) -> None:
         # The statement is atomic by itself: no BEGIN nor COMMIT round trip (a local flag).
         self._engine = (
             engine.execution_options(isolation_level="AUTOCOMMIT")
             if engine.dialect.name == "postgresql"
             else engine
         )
+        self._sessions = sessions
+        self._on_stored = on_stored
+        self._wanted = wanted
         self._batcher: TurnBatcher[_PendingBatch] = TurnBatcher(self._store_group)
 
     async def track(self, *, app_id: int, install_id: str, events: list[SdkEvent]) -> bool:
         """Stores the batch; False (nothing stored) when the app has no such installation."""
-        pending = _PendingBatch(app_id, install_id, events, utcnow())
+        received = utcnow()
+        resolved = [
+            (_past_or_now(at, received), name.lower(), label, attributes, tags)
+            for name, label, attributes, tags, at in events
+        ]
+        pending = _PendingBatch(app_id, install_id, resolved, received)
         await self._batcher.submit(pending)
         return pending.stored
 
     async def _store_group(self, group: list[_PendingBatch]) -> None:
         now = utcnow()
-        async with self._engine.connect() as connection:
-            raw = (await connection.get_raw_connection()).driver_connection
-            assert raw is not None
-            if connection.dialect.name == "postgresql":
-                known = await _store_postgresql(raw, group, now)
-            else:
-                # Rolled back by the pool if it raises (reset on return).
-                known = _store_sqlite(raw, group, now)
-                raw.commit()
+        if self._on_stored is None or not self._may_be_wanted(group):
+            async with self._engine.connect() as connection:
+                raw: Any = (await connection.get_raw_connection()).driver_connection
+                known = await _store(raw, connection.dialect.name, group, now)
+                if connection.dialect.name != "postgresql":
+                    raw.commit()  # rolled back by the pool if it raised (reset on return)
+        else:
+            async with transaction(self._sessions) as session:
+                connection = await session.connection()
+                raw = (await connection.get_raw_connection()).driver_connection
+                known = await _store(raw, connection.dialect.name, group, now)
+                rows = [
+                    {
+                        "app_id": pending.app_id,
+                        "occurred_at": at,
+                        "install_id": pending.install_id,
+                        "custom_id": known[pending.app_id, pending.install_id],
+                        "name": name,
+                        "label": label,
+                        "attributes": attributes,
+                        "tags": tags,
+                    }
+                    for pending in group
+                    if (pending.app_id, pending.install_id) in known
+                    for at, name, label, attributes, tags in pending.events
+                ]
+                if rows:
+                    await self._on_stored(session, rows)
         for pending in group:
             pending.stored = (pending.app_id, pending.install_id) in known
+
+    def _may_be_wanted(self, group: list[_PendingBatch]) -> bool:
+        names = {(pending.app_id, event[1]) for pending in group for event in pending.events}
+        return any(self._wanted(app_id, name) is not False for app_id, name in names)
+
+
+async def _store(
+    raw: Any, dialect: str, group: list[_PendingBatch], now: datetime
+) -> dict[tuple[int, str], str | None]:
+    """Stores the group's batches of known installations; their custom ids by (app, id)."""
+    assert raw is not None
+    if dialect == "postgresql":
+        return await _store_postgresql(raw, group, now)
+    return _store_sqlite(raw, group, now)
 
 
 # The group as one JSON parameter: calls (app, install id, position) and their events, each
@@ -304,13 +397,13 @@ WITH calls AS (
     FOR UPDATE SKIP LOCKED
   )
 )
-SELECT app_id, install_id FROM known
+SELECT app_id, install_id, custom_id FROM known
 """
 
 
 async def _store_postgresql(
     raw: Any, group: list[_PendingBatch], now: datetime
-) -> set[tuple[int, str]]:
+) -> dict[tuple[int, str], str | None]:
     calls = orjson.dumps(
         [
             {
@@ -319,7 +412,7 @@ async def _store_postgresql(
                 "n": position,
                 "e": [
                     {"t": at, "n": name, "l": label, "a": attributes, "g": tags}
-                    for at, name, label, attributes, tags in _resolved(pending)
+                    for at, name, label, attributes, tags in pending.events
                 ],
             }
             for position, pending in enumerate(group)
@@ -327,10 +420,14 @@ async def _store_postgresql(
     )
     async with psycopg.AsyncRawCursor(raw) as cursor:
         await cursor.execute(_STORE_POSTGRESQL, (calls.decode(), now, now - LAST_SEEN_STEP))
-        return {(app_id, install_id) for app_id, install_id in await cursor.fetchall()}
+        return {
+            (app_id, install_id): custom for app_id, install_id, custom in await cursor.fetchall()
+        }
 
 
-def _store_sqlite(raw: Any, group: list[_PendingBatch], now: datetime) -> set[tuple[int, str]]:
+def _store_sqlite(
+    raw: Any, group: list[_PendingBatch], now: datetime
+) -> dict[tuple[int, str], str | None]:
     """On the loop, without an await: nothing else runs on the connection meanwhile."""
     wanted: dict[int, set[str]] = {}
     for pending in group:
@@ -367,7 +464,7 @@ def _store_sqlite(raw: Any, group: list[_PendingBatch], now: datetime) -> set[tu
                     None if attributes is None else orjson.dumps(attributes).decode(),
                     None if tags is None else orjson.dumps(tags).decode(),
                 )
-                for at, name, label, attributes, tags in _resolved(pending)
+                for at, name, label, attributes, tags in pending.events
             ]
     raw.executemany(
         "INSERT INTO tracked_events (app_id, occurred_at, install_id, custom_id, name, label,"
@@ -381,19 +478,7 @@ def _store_sqlite(raw: Any, group: list[_PendingBatch], now: datetime) -> set[tu
             f" WHERE app_id = ? AND install_id IN ({marks})",
             (sqlite_time(now), app_id, *install_ids),
         )
-    return set(custom_ids)
-
-
-def _resolved(
-    pending: _PendingBatch,
-) -> list[tuple[datetime, str, str | None, dict[str, Any] | None, list[str] | None]]:
-    """The batch's events as stored: when (received, or earlier), name in lower case, label,
-    attributes, tags."""
-    received = pending.received_at
-    return [
-        (_past_or_now(at, received), name.lower(), label, attributes, tags)
-        for name, label, attributes, tags, at in pending.events
-    ]
+    return custom_ids
 
 
 # Install ids per statement: a group has one per call of a loop turn, which under load can pass
