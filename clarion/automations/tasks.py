@@ -1,3 +1,585 @@
-"""Automations in the background: the dispatcher that sends due entries."""
+"""Automations in the background: the dispatcher, which sends due entries. clarion.runtime runs
+one in every process that runs workers (docs/campaigns.md, "How an entry is sent").
+
+At most once per entry (docs/decisions/0025-automation-dispatch.md): a pass claims due pending
+entries, oldest first (`FOR UPDATE SKIP LOCKED` on PostgreSQL, so that any number of processes
+share them; SQLite has one process), decides each one, and writes the pushes into the delivery
+outbox with the entries' new states, in one transaction. A crash before its commit leaves the
+entries pending and the outbox untouched; after it, the entries are sent and the outbox holds
+their batches, whose jobs are enqueued after the commit (the outbox sweep enqueues those lost
+between the two). The workers deliver them as any other batch.
+"""
 
 from __future__ import annotations
+
+import logging
+import uuid
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from pydantic import ValidationError
+from sqlalchemy import BigInteger, Row, String, bindparam, insert, select, text, update
+from sqlalchemy.exc import CompileError, DataError, ProgrammingError
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from clarion.apps.models import App
+from clarion.automations.models import ENTRIES, EntryState
+from clarion.automations.service import PAUSED
+from clarion.automations.timing import next_local_time, quiet_until
+from clarion.campaigns.fanout import reason_of
+from clarion.campaigns.models import Campaign, CampaignState
+from clarion.campaigns.schemas import CampaignBody, Trigger
+from clarion.campaigns.service import landing_themes, send_content
+from clarion.capping.service import Cap, capped, caps_for, record_receipts
+from clarion.config import Settings
+from clarion.db import in_values, is_postgres, transaction, uses_arrays, utcnow
+from clarion.delivery.models import BATCHES, SENDS, SendKind
+from clarion.inapp.eligibility import version_for, zone_named
+from clarion.queue import BatchJob, JobQueue
+from clarion.sdk.models import Installation
+from clarion.targeting import service as targeting
+from clarion.targeting.schemas import Targeting
+
+log = logging.getLogger(__name__)
+
+Clock = Callable[[], datetime]
+
+# Why a due entry was not sent (`reason`; "cap:<key>" names the cap reached).
+UNREACHABLE = "unreachable"
+AUDIENCE = "audience"
+
+_UTC = ZoneInfo("UTC")
+# pg_try_advisory_xact_lock's first key ("caps"): an installation's capped pushes are decided
+# by one dispatcher at a time (_lock_capped).
+_CAPS_LOCK_CLASS = 0x63617073
+_INSERT_SENDS = insert(SENDS).returning(SENDS.c.id, sort_by_parameter_order=True)
+_INSERT_BATCHES = insert(BATCHES).returning(BATCHES.c.id, sort_by_parameter_order=True)
+# Executemany over the pass's entries (bind names differ from the columns', as SQLAlchemy asks).
+_FINISH = (
+    update(ENTRIES)
+    .where(ENTRIES.c.id == bindparam("entry_id"))
+    .values(
+        state=bindparam("new_state"),
+        reason=bindparam("new_reason"),
+        send_id=bindparam("new_send_id"),
+        finished_at=bindparam("at"),
+    )
+)
+_MOVE = (
+    update(ENTRIES)
+    .where(ENTRIES.c.id == bindparam("entry_id"))
+    .values(due_at=bindparam("new_due_at"), timed=bindparam("new_timed"))
+)
+_USER_COLUMNS = (
+    Installation.id,
+    Installation.app_id,
+    Installation.install_id,
+    Installation.custom_id,
+    Installation.timezone,
+    Installation.last_seen_at,
+    Installation.push_token,
+    Installation.push_optin,
+    Installation.is_dev,
+)
+
+
+# An app and a set of caps: the pushes whose receipts one `capped` read covers.
+_CapGroup = tuple[int, tuple[Cap, ...]]
+
+
+@dataclass(slots=True)
+class _Automation:
+    """One automation with entries in the pass, read once for all of them."""
+
+    campaign: Campaign
+    app: App
+    body: CampaignBody | None  # None: its body no longer validates (`failure` says why)
+    failure: str | None
+    caps: list[Cap] = field(default_factory=list)
+
+    @property
+    def active(self) -> bool:
+        return (
+            self.campaign.state == CampaignState.ACTIVE.value and self.campaign.deleted_at is None
+        )
+
+    @property
+    def cap_group(self) -> _CapGroup:
+        """Automations of one app with the same caps share their receipts' reads."""
+        return (self.app.id, tuple(self.caps))
+
+    @property
+    def targeting(self) -> Targeting | None:
+        return self.body.targeting if self.body is not None else None
+
+    @property
+    def trigger(self) -> Trigger:
+        assert self.body is not None
+        assert self.body.trigger is not None
+        return self.body.trigger
+
+
+@dataclass(slots=True)
+class _Candidate:
+    """A due entry still to be sent, with the installations it may reach."""
+
+    entry: Row[Any]
+    automation: _Automation
+    due_at: datetime
+    timed: bool
+    zone: ZoneInfo
+    installations: list[int]
+
+
+@dataclass(slots=True)
+class _Pass:
+    """What one pass decided: the entries' new states, and the pushes to write."""
+
+    now: datetime
+    again: bool = False  # entries left for the next pass, which may send them at once
+    finished: list[dict[str, Any]] = field(default_factory=list)
+    moved: list[dict[str, Any]] = field(default_factory=list)
+    # (automation id, version) -> entries sent and the installations each reaches
+    pushes: dict[tuple[int, str | None], list[_Candidate]] = field(
+        default_factory=lambda: defaultdict(list)
+    )
+
+    def finish(self, entry: Row[Any], state: EntryState, reason: str | None = None) -> None:
+        self.finished.append(
+            {
+                "entry_id": entry.id,
+                "new_state": state.value,
+                "new_reason": reason,
+                "new_send_id": None,
+                "at": self.now,
+            }
+        )
+
+    def move(self, entry: Row[Any], due_at: datetime, timed: bool) -> None:
+        self.moved.append({"entry_id": entry.id, "new_due_at": due_at, "new_timed": timed})
+
+    def leave(self, candidate: _Candidate) -> None:
+        """Left pending for the next pass, keeping what this one worked out of its time."""
+        if candidate.timed != candidate.entry.timed:
+            self.move(candidate.entry, candidate.due_at, candidate.timed)
+
+
+class AutomationDispatcher:
+    """Sends due automation entries; `tick` runs passes until one finds less than a page."""
+
+    def __init__(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        queue: JobQueue,
+        settings: Settings,
+        *,
+        clock: Clock = utcnow,
+    ) -> None:
+        self._sessions = sessions
+        self._queue = queue
+        self._settings = settings
+        self._clock = clock
+        self._page = settings.automation_pass_entries
+
+    async def tick(self) -> int:
+        """Passes until the backlog of due entries is gone (a pass found less than a page, and
+        left none for the next); returns how many entries were claimed in all."""
+        total = 0
+        while True:
+            claimed, again = await self.dispatch()
+            total += claimed
+            if claimed < self._page and not again:
+                return total
+
+    async def dispatch(self) -> tuple[int, bool]:
+        """One pass over at most a page of due entries: how many it claimed, and whether it
+        left some for the next pass at once (a second push to one installation)."""
+        now = self._clock()
+        async with transaction(self._sessions) as session:
+            entries = await self._claim(session, now)
+            if not entries:
+                return 0, False
+            decided = _Pass(now)
+            jobs = await self._dispatch(session, decided, entries)
+        # After the commit: a job names only committed batches. A crash here leaves batches
+        # with no job, which the outbox sweep enqueues (clarion.delivery.tasks).
+        await self._queue.enqueue(jobs)
+        return len(entries), decided.again
+
+    async def _claim(self, session: AsyncSession, now: datetime) -> list[Row[Any]]:
+        query = (
+            select(
+                ENTRIES.c.id,
+                ENTRIES.c.app_id,
+                ENTRIES.c.campaign_id,
+                ENTRIES.c.custom_id,
+                ENTRIES.c.install_id,
+                ENTRIES.c.event,
+                ENTRIES.c.due_at,
+                ENTRIES.c.timed,
+            )
+            .where(ENTRIES.c.state == EntryState.PENDING.value, ENTRIES.c.due_at <= now)
+            .order_by(ENTRIES.c.due_at)
+            .limit(self._page)
+        )
+        if is_postgres(session):
+            # Rows another dispatcher holds are skipped, not waited for: each takes its own.
+            # One it has just sent no longer matches `pending` once its lock is released.
+            query = query.with_for_update(skip_locked=True)
+        return list(await session.execute(query))
+
+    async def _dispatch(
+        self, session: AsyncSession, decided: _Pass, entries: list[Row[Any]]
+    ) -> list[BatchJob]:
+        automations = await _automations(session, {entry.campaign_id for entry in entries})
+        users = await _users(session, entries)
+        candidates: list[_Candidate] = []
+        for entry in entries:
+            candidate = self._timed(decided, entry, automations[entry.campaign_id], users)
+            if candidate is not None:
+                candidates.append(candidate)
+        candidates = await self._in_audience(session, decided, candidates)
+        candidates = self._outside_quiet_hours(decided, candidates)
+        await self._within_caps(session, decided, candidates)
+        jobs = await self._write(session, decided)
+        if decided.finished:
+            await session.execute(_FINISH, decided.finished)
+        if decided.moved:
+            await session.execute(_MOVE, decided.moved)
+        return jobs
+
+    def _timed(
+        self,
+        decided: _Pass,
+        entry: Row[Any],
+        automation: _Automation,
+        users: dict[tuple[int, str, str], list[Any]],
+    ) -> _Candidate | None:
+        """The entry's fate before its audience: cancelled (automation stopped), skipped (its
+        body no longer valid, or no installation to reach), moved to its local time, or a
+        candidate with the installations it reaches."""
+        if not automation.active:
+            decided.finish(entry, EntryState.CANCELLED, PAUSED)
+            return None
+        if automation.failure is not None:
+            decided.finish(entry, EntryState.SKIPPED, automation.failure)
+            return None
+        installs = users.get(_user_key(entry), [])
+        zone = _zone_of(installs, automation.app)
+        due_at, timed = entry.due_at, entry.timed
+        at_local_time = automation.trigger.at_local_time
+        if not timed and at_local_time is not None:
+            due_at, timed = next_local_time(due_at, at_local_time, zone), True
+            if due_at > decided.now:
+                decided.move(entry, due_at, timed)
+                return None
+        dev_only = automation.campaign.dev_only
+        reachable = [
+            row.id
+            for row in installs
+            if row.push_token is not None and row.push_optin and row.is_dev == dev_only
+        ]
+        if not reachable:
+            decided.finish(entry, EntryState.SKIPPED, UNREACHABLE)
+            return None
+        return _Candidate(entry, automation, due_at, timed, zone, reachable)
+
+    async def _in_audience(
+        self, session: AsyncSession, decided: _Pass, candidates: list[_Candidate]
+    ) -> list[_Candidate]:
+        """The automation's targeting evaluated now, one query per automation over its
+        candidates' installations: those that no longer match are dropped, and an entry with
+        none left is skipped."""
+        by_automation: dict[int, list[_Candidate]] = defaultdict(list)
+        for candidate in candidates:
+            automation = candidate.automation
+            # A Dev-key automation is untargeted, as a Dev-key campaign is (campaigns.fanout).
+            if automation.targeting is not None and not automation.campaign.dev_only:
+                by_automation[automation.campaign.id].append(candidate)
+        matching: dict[int, set[int] | str] = {}
+        for automation_id, targeted in by_automation.items():
+            matching[automation_id] = await _matching(
+                session,
+                targeted[0].automation,
+                {pk for candidate in targeted for pk in candidate.installations},
+                decided.now,
+            )
+        kept: list[_Candidate] = []
+        for candidate in candidates:
+            found = matching.get(candidate.automation.campaign.id)
+            if isinstance(found, str):  # the audience statement itself was refused
+                decided.finish(candidate.entry, EntryState.SKIPPED, found)
+                continue
+            if found is not None:
+                candidate.installations = [pk for pk in candidate.installations if pk in found]
+                if not candidate.installations:
+                    decided.finish(candidate.entry, EntryState.SKIPPED, AUDIENCE)
+                    continue
+            kept.append(candidate)
+        return kept
+
+    @staticmethod
+    def _outside_quiet_hours(decided: _Pass, candidates: list[_Candidate]) -> list[_Candidate]:
+        """Entries due within their user's quiet hours wait for the window's end."""
+        kept: list[_Candidate] = []
+        for candidate in candidates:
+            quiet = candidate.automation.trigger.quiet_hours
+            until = (
+                quiet_until(decided.now, quiet.start, quiet.end, candidate.zone)
+                if quiet is not None
+                else None
+            )
+            if until is not None:
+                decided.move(candidate.entry, until, candidate.timed)
+            else:
+                kept.append(candidate)
+        return kept
+
+    async def _within_caps(
+        self, session: AsyncSession, decided: _Pass, candidates: list[_Candidate]
+    ) -> None:
+        """Caps, A/B version, and the push each remaining entry makes (`decided.pushes`).
+
+        Installations that reached a cap are dropped (an entry with none left is skipped,
+        "cap:<key>"). A push counts against its caps once its receipt is committed, so an
+        installation gets at most one push per automation and per cap key in a pass, and on
+        PostgreSQL its capped pushes are decided by one dispatcher at a time (an advisory
+        lock per installation, taken before its receipts are read): an entry that would
+        break either rule waits for the next pass."""
+        capped_ids = {pk for c in candidates if c.automation.caps for pk in c.installations}
+        busy = await _lock_capped(session, capped_ids)
+        by_caps: dict[_CapGroup, set[int]] = defaultdict(set)
+        for candidate in candidates:
+            if candidate.automation.caps:
+                by_caps[candidate.automation.cap_group].update(candidate.installations)
+        reached_by_caps: dict[_CapGroup, dict[int, str]] = {}
+        for (app_id, caps), ids in by_caps.items():
+            reached_by_caps[(app_id, caps)] = await capped(
+                session, app_id=app_id, caps=caps, installation_ids=sorted(ids), now=decided.now
+            )
+
+        sent_by: set[tuple[int, int]] = set()  # (automation id, installation) in this pass
+        counted: set[tuple[int, str]] = set()  # (installation, cap key) in this pass
+        for candidate in candidates:
+            automation = candidate.automation
+            keys = [cap.key for cap in automation.caps]
+            if keys and not busy.isdisjoint(candidate.installations):
+                decided.leave(candidate)  # another dispatcher decides its caps: the next poll
+                continue
+            if any(
+                (automation.campaign.id, pk) in sent_by or any((pk, key) in counted for key in keys)
+                for pk in candidate.installations
+            ):
+                decided.leave(candidate)  # a second push in this pass: the next one, at once
+                decided.again = True
+                continue
+            at_cap = reached_by_caps.get(automation.cap_group, {}) if keys else {}
+            room = [pk for pk in candidate.installations if pk not in at_cap]
+            if not room:
+                decided.finish(
+                    candidate.entry, EntryState.SKIPPED, f"cap:{at_cap[candidate.installations[0]]}"
+                )
+                continue
+            candidate.installations = room
+            sent_by.update((automation.campaign.id, pk) for pk in room)
+            counted.update((pk, key) for pk in room for key in keys)
+            assert automation.body is not None
+            shares = list(automation.body.versions.items())
+            version = version_for(automation.campaign.token, _user_id(candidate.entry), shares)
+            decided.pushes[(automation.campaign.id, version)].append(candidate)
+
+    async def _write(self, session: AsyncSession, decided: _Pass) -> list[BatchJob]:
+        """The pass's pushes into the outbox: one send per automation and version, batches of
+        at most batch_size installations with each one's trigger event, the caps' receipts,
+        and the entries sent. Returns the batches' jobs."""
+        if not decided.pushes:
+            return []
+        now = decided.now
+        sends: list[dict[str, Any]] = []
+        for (_, version), sent in decided.pushes.items():
+            automation = sent[0].automation
+            body = automation.body
+            assert body is not None
+            themes = await landing_themes(session, app_id=automation.app.id, landing=body.landing)
+            sends.append(
+                {
+                    "token": str(uuid.uuid4()),
+                    "app_id": automation.app.id,
+                    "kind": SendKind.AUTOMATION.value,
+                    "campaign_token": automation.campaign.token,
+                    "version": version,
+                    "dev_only": automation.campaign.dev_only,
+                    "content": send_content(body, version, themes),
+                    "created_at": now,
+                    "expires_at": (
+                        now + timedelta(seconds=body.time_to_live) if body.time_to_live else None
+                    ),
+                }
+            )
+        send_ids = list((await session.execute(_INSERT_SENDS, sends)).scalars())
+        size = self._settings.batch_size
+        chunks: list[dict[str, Any]] = []
+        receipts: dict[tuple[int, tuple[Cap, ...]], list[int]] = defaultdict(list)
+        for send_id, sent in zip(send_ids, decided.pushes.values(), strict=True):
+            reached: list[int] = []
+            events: dict[str, Any] = {}
+            for candidate in sent:
+                automation = candidate.automation
+                reached += candidate.installations
+                if _event_shown(candidate):
+                    events.update(
+                        (str(pk), candidate.entry.event) for pk in candidate.installations
+                    )
+                if automation.caps:
+                    receipts[(automation.app.id, tuple(automation.caps))] += candidate.installations
+                decided.finished.append(
+                    {
+                        "entry_id": candidate.entry.id,
+                        "new_state": EntryState.SENT.value,
+                        "new_reason": None,
+                        "new_send_id": send_id,
+                        "at": now,
+                    }
+                )
+            for start in range(0, len(reached), size):
+                chunk = reached[start : start + size]
+                recipients: dict[str, Any] = {"installations": chunk}
+                shown = {str(pk): events[str(pk)] for pk in chunk if str(pk) in events}
+                if shown:
+                    recipients["events"] = shown
+                # Due at once: not_before and last_enqueued_at take their defaults (the
+                # delivery clock, not the dispatcher's).
+                chunks.append({"send_id": send_id, "recipients": recipients})
+        batch_ids = list((await session.execute(_INSERT_BATCHES, chunks)).scalars())
+        for (app_id, caps), ids in receipts.items():
+            await record_receipts(session, app_id=app_id, caps=caps, installation_ids=ids, now=now)
+        return [
+            BatchJob(batch_id, recipients=len(chunk["recipients"]["installations"]))
+            for batch_id, chunk in zip(batch_ids, chunks, strict=True)
+        ]
+
+
+def _user_key(entry: Row[Any]) -> tuple[int, str, str]:
+    """How an entry names its user: an SDK event its installation, a server event its custom
+    user id (every installation carrying it)."""
+    if entry.install_id is not None:
+        return (entry.app_id, "install", entry.install_id)
+    return (entry.app_id, "custom", entry.custom_id or "")
+
+
+def _user_id(entry: Row[Any]) -> str:
+    kind, value = _user_key(entry)[1:]
+    return f"{kind}:{value}"
+
+
+def _event_shown(candidate: _Candidate) -> bool:
+    """Whether the push may render the trigger event. A Dev-key automation reaches debug
+    installations, which claim any custom id they like: a server event (Live key, Trigger
+    Events API) on that id would hand the app's data to whoever holds the Dev key, as the
+    user's attributes would (clarion.delivery.tasks renders those as defaults). Its own SDK
+    event is the installation's."""
+    return not candidate.automation.campaign.dev_only or candidate.entry.install_id is not None
+
+
+def _zone_of(installs: Sequence[Any], app: App) -> ZoneInfo:
+    """The user's time zone: its most recently seen installation's that has one, else the
+    app's default (as local-time campaigns use it), else UTC."""
+    for row in sorted(installs, key=lambda row: row.last_seen_at, reverse=True):
+        zone = zone_named(row.timezone)
+        if zone is not None:
+            return zone
+    return zone_named(app.default_timezone) or _UTC
+
+
+async def _automations(session: AsyncSession, ids: Iterable[int]) -> dict[int, _Automation]:
+    campaigns = list(await session.scalars(select(Campaign).where(Campaign.id.in_(list(ids)))))
+    apps = {
+        app.id: app
+        for app in await session.scalars(
+            select(App).where(App.id.in_({campaign.app_id for campaign in campaigns}))
+        )
+    }
+    found: dict[int, _Automation] = {}
+    for campaign in campaigns:
+        app = apps[campaign.app_id]
+        try:
+            body = CampaignBody.model_validate(campaign.body)
+        except ValidationError as exc:
+            found[campaign.id] = _Automation(campaign, app, None, _failure(reason_of(exc)))
+            continue
+        if body.trigger is None:
+            found[campaign.id] = _Automation(campaign, app, None, _failure("no trigger"))
+            continue
+        caps = caps_for(app.push_caps or {}, automation=True, labels=body.labels)
+        found[campaign.id] = _Automation(campaign, app, body, None, caps)
+    return found
+
+
+def _failure(reason: str) -> str:
+    return f"failed: {reason}"[:160]
+
+
+async def _users(
+    session: AsyncSession, entries: Sequence[Row[Any]]
+) -> dict[tuple[int, str, str], list[Any]]:
+    """Every installation of the pass's users, reachable or not (their zone is the user's),
+    by user key: one query per app and kind of id."""
+    wanted: dict[tuple[int, str], set[str]] = defaultdict(set)
+    for entry in entries:
+        app_id, kind, value = _user_key(entry)
+        wanted[(app_id, kind)].add(value)
+    array = uses_arrays(session)
+    users: dict[tuple[int, str, str], list[Any]] = defaultdict(list)
+    for (app_id, kind), values in wanted.items():
+        column = Installation.install_id if kind == "install" else Installation.custom_id
+        query = select(*_USER_COLUMNS).where(
+            Installation.app_id == app_id, in_values(column, "values", String(), array=array)
+        )
+        for row in await session.execute(query, {"values": sorted(values)}):
+            value = row.install_id if kind == "install" else row.custom_id
+            users[(app_id, kind, value)].append(row)
+    return users
+
+
+async def _matching(
+    session: AsyncSession, automation: _Automation, installations: set[int], now: datetime
+) -> set[int] | str:
+    """Which of `installations` the automation's targeting matches now; or, when the database
+    refuses the statement (it would refuse it again), the reason to skip its entries with.
+    On PostgreSQL under a savepoint: the refusal must not abort the pass's transaction."""
+    assert automation.targeting is not None
+    query = select(Installation.id).where(
+        in_values(Installation.id, "ids", BigInteger(), array=uses_arrays(session)),
+        targeting.installation_filter(automation.targeting, app_id=automation.app.id, now=now),
+    )
+    params = {"ids": sorted(installations)}
+    try:
+        if is_postgres(session):
+            async with session.begin_nested():
+                return set(await session.scalars(query, params))
+        return set(await session.scalars(query, params))
+    except (CompileError, DataError, ProgrammingError) as exc:
+        log.warning(
+            "automation %s: its audience cannot be evaluated: %s", automation.campaign.token, exc
+        )
+        return _failure(reason_of(exc))
+
+
+async def _lock_capped(session: AsyncSession, installations: set[int]) -> set[int]:
+    """On PostgreSQL, a transaction-scoped advisory lock per installation about to get a
+    capped push; returns those another dispatcher holds (their entries wait). Try-locks, so
+    two dispatchers never wait for each other. SQLite has one dispatcher."""
+    if not installations or not is_postgres(session):
+        return set()
+    rows = await session.execute(
+        text(
+            "SELECT id, pg_try_advisory_xact_lock(:class, CAST(id % 2147483647 AS integer))"
+            " AS taken FROM unnest(CAST(:ids AS bigint[])) AS id"
+        ),
+        {"class": _CAPS_LOCK_CLASS, "ids": sorted(installations)},
+    )
+    return {row.id for row in rows if not row.taken}
