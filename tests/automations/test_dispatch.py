@@ -277,6 +277,32 @@ async def test_a_retried_push_renders_the_event_again(
     assert list(retry[0].recipients["events"].values()) == [CART]
 
 
+async def test_pushes_with_their_own_texts_go_out_together(
+    api: httpx.AsyncClient, ios_app: ClientApp, runtime: Runtime, sim_control: httpx.Client
+) -> None:
+    """Each user's push renders its own event, so each is a payload of its own: a batch's
+    pushes are sent together, not one round trip after the other."""
+    token = await automation(api, ios_app)
+    users = [f"user-{n}" for n in range(12)]
+    tokens = [await device(api, ios_app, user) for user in users]
+    for n, user in enumerate(users):
+        await enter(
+            runtime, ios_app, token, custom_id=user, event={**CART, "attributes": {"sku": f"S-{n}"}}
+        )
+    sim_control.put("/_sim/apns/faults", json={"rates": {}, "delay_ms": 500})
+    try:
+        started = time.monotonic()
+        await dispatcher(runtime, now_clock).tick()
+        await wait_delivered(runtime, token)
+        elapsed = time.monotonic() - started
+    finally:
+        sim_control.put("/_sim/apns/faults", json={"rates": {}, "delay_ms": 0})
+    # One after the other: 12 x 0.5 s at least.
+    assert elapsed < 3.0
+    bodies = {pushes(sim_control, t)[0]["payload"]["aps"]["alert"]["body"] for t in tokens}
+    assert bodies == {f"Still thinking about S-{n}?" for n in range(12)}
+
+
 async def test_a_delayed_entry_is_not_sent_before_it_is_due(
     api: httpx.AsyncClient, ios_app: ClientApp, runtime: Runtime, sim_control: httpx.Client
 ) -> None:
