@@ -30,6 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from contextlib import ExitStack
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -41,6 +42,7 @@ from sqlalchemy import func, select
 from bench.common import (
     analyze,
     apns_accepted,
+    cpu_seconds,
     fresh_database,
     pin,
     report,
@@ -196,7 +198,7 @@ async def push_times(runtime: Runtime, token: str) -> dict[str, datetime]:
                 PushEvent.campaign_token == token, PushEvent.kind == "push_sent"
             )
         )
-        return dict(rows.tuples())
+        return {row.custom_id or "": row.occurred_at for row in rows}
 
 
 async def check_once(
@@ -307,6 +309,7 @@ async def latency_phase(
     users = list(range(first_user, first_user + total))
     accepted_before = apns_accepted(sim_url, ca)
     started = time.monotonic()
+    cpu_before = cpu_seconds(worker.pid)
     try:
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{API_PORT}") as client:
             for index, start in enumerate(range(0, total, per_group)):
@@ -333,6 +336,7 @@ async def latency_phase(
                 accepted.update((n, at) for n in group)
         offered = total / (time.monotonic() - started)
         await wait_sent(runtime, token, total, 120, worker)
+        cpu = cpu_seconds(worker.pid) - cpu_before
     finally:
         if api is not None:
             api.terminate()
@@ -351,6 +355,7 @@ async def latency_phase(
         "entries": total,
         **counts,
         "simulator_accepted": simulator_accepted,
+        "worker_cpu_us_per_entry": round(cpu / total * 1e6),
         "accepted_to_push_sent_logged": percentiles(log),
         "accepted_to_simulator_receipt_sample": simulator_sample(
             sim_url, ca, random.sample(users, min(500, total)), accepted
@@ -368,7 +373,8 @@ async def backlog_phase(
     entries: int,
     spread: int,
     lead: int,
-) -> tuple[dict[str, Any], subprocess.Popen[bytes]]:
+    start: Callable[[Settings], subprocess.Popen[bytes]],
+) -> dict[str, Any]:
     app = seeded["app"]
     campaign_id, token = await new_automation(runtime, app, "Delayed", 3600)
     first_due = utcnow() + timedelta(seconds=lead)
@@ -385,11 +391,12 @@ async def backlog_phase(
         )
     await analyze(runtime)
     print(f"wrote {entries:,} pending entries in {time.monotonic() - started:.1f} s")
-    worker = start_worker(settings)
+    worker = start(settings)
     if utcnow() >= first_due:
         raise SystemExit("the entries were due before the worker started: raise --lead")
     accepted_before = apns_accepted(sim_url, ca)
     rss = await wait_sent(runtime, token, entries, spread + lead + 600, worker)
+    cpu = cpu_seconds(worker.pid)
     counts = await check_once(runtime, campaign_id, token, entries)
     simulator_accepted = apns_accepted(sim_url, ca) - accepted_before
     if simulator_accepted != entries:
@@ -398,10 +405,11 @@ async def backlog_phase(
     lateness = [(pushed[f"user-{n}"] - dues[n]).total_seconds() for n in range(entries)]
     async with runtime.sessions() as session:
         written = [
-            (finished - due).total_seconds()
-            for finished, due in await session.execute(
+            (row.finished_at - row.due_at).total_seconds()
+            for row in await session.execute(
                 select(AutomationEntry.finished_at, AutomationEntry.due_at).where(
-                    AutomationEntry.campaign_id == campaign_id
+                    AutomationEntry.campaign_id == campaign_id,
+                    AutomationEntry.finished_at.is_not(None),
                 )
             )
         ]
@@ -420,7 +428,9 @@ async def backlog_phase(
             sim_url, ca, random.sample(range(entries), min(1000, entries)), dues
         ),
         "worker_rss_mb": rss_summary(rss),
-    }, worker
+        # Dispatch and delivery of an entry, and the worker's start-up.
+        "worker_cpu_us_per_entry": round(cpu / entries * 1e6),
+    }
 
 
 async def run(
@@ -428,24 +438,35 @@ async def run(
 ) -> dict[str, Any]:
     runtime, key = await simulated_runtime(database_url, sim_url, ca, var)
     seeded = await seed(runtime, key, args.installations)
-    figures: dict[str, Any] = {"installations": args.installations}
+    # The machine may be shared: its load says how much of it the run had.
+    figures: dict[str, Any] = {
+        "installations": args.installations,
+        "load_average_at_start": os.getloadavg()[0],
+    }
     settings = runtime.settings
-    if args.phase in ("both", "backlog"):
-        backlog, worker = await backlog_phase(
-            runtime,
-            seeded,
-            settings,
-            sim_url,
-            ca,
-            entries=min(args.entries, args.installations),
-            spread=args.spread,
-            lead=args.lead,
-        )
-        figures["backlog"] = backlog
-    else:
-        worker = start_worker(settings)
-        await asyncio.sleep(3)  # its workers up
+    workers: list[subprocess.Popen[bytes]] = []
+
+    def start(settings: Settings) -> subprocess.Popen[bytes]:
+        workers.append(start_worker(settings))
+        return workers[-1]
+
     try:
+        if args.phase in ("both", "backlog"):
+            figures["backlog"] = await backlog_phase(
+                runtime,
+                seeded,
+                settings,
+                sim_url,
+                ca,
+                entries=min(args.entries, args.installations),
+                spread=args.spread,
+                lead=args.lead,
+                start=start,
+            )
+        else:
+            start(settings)
+            await asyncio.sleep(3)  # its workers up
+        worker = workers[0]
         if args.phase in ("both", "latency"):
             figures["latency"] = await latency_phase(
                 runtime,
@@ -458,9 +479,11 @@ async def run(
                 first_user=0,
             )
     finally:
-        worker.terminate()
-        worker.wait(timeout=30)
+        for worker in workers:
+            worker.terminate()
+            worker.wait(timeout=30)
         await runtime.engine.dispose()
+    figures["load_average_at_end"] = os.getloadavg()[0]
     return figures
 
 

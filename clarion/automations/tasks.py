@@ -42,7 +42,6 @@ from clarion.inapp.eligibility import version_for, zone_named
 from clarion.queue import BatchJob, JobQueue
 from clarion.sdk.models import Installation
 from clarion.targeting import service as targeting
-from clarion.targeting.schemas import Targeting
 
 log = logging.getLogger(__name__)
 
@@ -58,25 +57,24 @@ _UTC = ZoneInfo("UTC")
 _CAPS_LOCK_CLASS = 0x63617073
 _INSERT_SENDS = insert(SENDS).returning(SENDS.c.id, sort_by_parameter_order=True)
 _INSERT_BATCHES = insert(BATCHES).returning(BATCHES.c.id, sort_by_parameter_order=True)
-# Executemany over the pass's entries (bind names differ from the columns', as SQLAlchemy asks).
-_FINISH = (
-    update(ENTRIES)
-    .where(ENTRIES.c.id == bindparam("entry_id"))
-    .values(
-        state=bindparam("new_state"),
-        reason=bindparam("new_reason"),
-        send_id=bindparam("new_send_id"),
-        finished_at=bindparam("at"),
-    )
-)
+# Entries that wait with a new due time (executemany: each its own).
 _MOVE = (
     update(ENTRIES)
     .where(ENTRIES.c.id == bindparam("entry_id"))
     .values(due_at=bindparam("new_due_at"), timed=bindparam("new_timed"))
 )
+_CLAIMED = (
+    ENTRIES.c.id,
+    ENTRIES.c.app_id,
+    ENTRIES.c.campaign_id,
+    ENTRIES.c.custom_id,
+    ENTRIES.c.install_id,
+    ENTRIES.c.event,
+    ENTRIES.c.due_at,
+    ENTRIES.c.timed,
+)
 _USER_COLUMNS = (
     Installation.id,
-    Installation.app_id,
     Installation.install_id,
     Installation.custom_id,
     Installation.timezone,
@@ -86,35 +84,32 @@ _USER_COLUMNS = (
     Installation.is_dev,
 )
 
-
 # An app and a set of caps: the pushes whose receipts one `capped` read covers.
 _CapGroup = tuple[int, tuple[Cap, ...]]
+# An entry's new state, reason and send: one UPDATE for all the pass's entries that share it.
+_Outcome = tuple[EntryState, str | None, int | None]
 
 
 @dataclass(slots=True)
 class _Automation:
-    """One automation with entries in the pass, read once for all of them."""
+    """One automation with entries in the pass, read once for all of them (plain values: the
+    pass reads them for every entry)."""
 
-    campaign: Campaign
-    app: App
-    body: CampaignBody | None  # None: its body no longer validates (`failure` says why)
-    failure: str | None
-    caps: list[Cap] = field(default_factory=list)
-
-    @property
-    def active(self) -> bool:
-        return (
-            self.campaign.state == CampaignState.ACTIVE.value and self.campaign.deleted_at is None
-        )
+    id: int
+    token: str
+    app_id: int
+    dev_only: bool
+    active: bool
+    default_zone: ZoneInfo
+    body: CampaignBody | None  # None: it cannot be sent (`failure` says why)
+    failure: str | None = None
+    caps: tuple[Cap, ...] = ()
+    shares: list[tuple[str | None, int]] = field(default_factory=list)
 
     @property
     def cap_group(self) -> _CapGroup:
         """Automations of one app with the same caps share their receipts' reads."""
-        return (self.app.id, tuple(self.caps))
-
-    @property
-    def targeting(self) -> Targeting | None:
-        return self.body.targeting if self.body is not None else None
+        return (self.app_id, self.caps)
 
     @property
     def trigger(self) -> Trigger:
@@ -129,9 +124,10 @@ class _Candidate:
 
     entry: Row[Any]
     automation: _Automation
+    user: str  # "custom:<id>" or "install:<id>"
     due_at: datetime
     timed: bool
-    zone: ZoneInfo
+    zone: ZoneInfo  # the user's (UTC when the trigger has no use for it)
     installations: list[int]
 
 
@@ -141,7 +137,7 @@ class _Pass:
 
     now: datetime
     again: bool = False  # entries left for the next pass, which may send them at once
-    finished: list[dict[str, Any]] = field(default_factory=list)
+    finished: dict[_Outcome, list[int]] = field(default_factory=lambda: defaultdict(list))
     moved: list[dict[str, Any]] = field(default_factory=list)
     # (automation id, version) -> entries sent and the installations each reaches
     pushes: dict[tuple[int, str | None], list[_Candidate]] = field(
@@ -149,15 +145,7 @@ class _Pass:
     )
 
     def finish(self, entry: Row[Any], state: EntryState, reason: str | None = None) -> None:
-        self.finished.append(
-            {
-                "entry_id": entry.id,
-                "new_state": state.value,
-                "new_reason": reason,
-                "new_send_id": None,
-                "at": self.now,
-            }
-        )
+        self.finished[(state, reason, None)].append(entry.id)
 
     def move(self, entry: Row[Any], due_at: datetime, timed: bool) -> None:
         self.moved.append({"entry_id": entry.id, "new_due_at": due_at, "new_timed": timed})
@@ -169,7 +157,7 @@ class _Pass:
 
 
 class AutomationDispatcher:
-    """Sends due automation entries; `tick` runs passes until one finds less than a page."""
+    """Sends due automation entries: `tick` runs passes until the due backlog is gone."""
 
     def __init__(
         self,
@@ -212,16 +200,7 @@ class AutomationDispatcher:
 
     async def _claim(self, session: AsyncSession, now: datetime) -> list[Row[Any]]:
         query = (
-            select(
-                ENTRIES.c.id,
-                ENTRIES.c.app_id,
-                ENTRIES.c.campaign_id,
-                ENTRIES.c.custom_id,
-                ENTRIES.c.install_id,
-                ENTRIES.c.event,
-                ENTRIES.c.due_at,
-                ENTRIES.c.timed,
-            )
+            select(*_CLAIMED)
             .where(ENTRIES.c.state == EntryState.PENDING.value, ENTRIES.c.due_at <= now)
             .order_by(ENTRIES.c.due_at)
             .limit(self._page)
@@ -239,158 +218,24 @@ class AutomationDispatcher:
         users = await _users(session, entries)
         candidates: list[_Candidate] = []
         for entry in entries:
-            candidate = self._timed(decided, entry, automations[entry.campaign_id], users)
+            candidate = _timed(decided, entry, automations[entry.campaign_id], users)
             if candidate is not None:
                 candidates.append(candidate)
-        candidates = await self._in_audience(session, decided, candidates)
-        candidates = self._outside_quiet_hours(decided, candidates)
-        await self._within_caps(session, decided, candidates)
+        candidates = await _in_audience(session, decided, candidates)
+        candidates = _outside_quiet_hours(decided, candidates)
+        await _within_caps(session, decided, candidates)
         jobs = await self._write(session, decided)
-        if decided.finished:
-            await session.execute(_FINISH, decided.finished)
+        array = uses_arrays(session)
+        for (state, reason, send_id), ids in decided.finished.items():
+            await session.execute(
+                update(ENTRIES)
+                .where(in_values(ENTRIES.c.id, "ids", BigInteger(), array=array))
+                .values(state=state.value, reason=reason, send_id=send_id, finished_at=decided.now),
+                {"ids": ids},
+            )
         if decided.moved:
             await session.execute(_MOVE, decided.moved)
         return jobs
-
-    def _timed(
-        self,
-        decided: _Pass,
-        entry: Row[Any],
-        automation: _Automation,
-        users: dict[tuple[int, str, str], list[Any]],
-    ) -> _Candidate | None:
-        """The entry's fate before its audience: cancelled (automation stopped), skipped (its
-        body no longer valid, or no installation to reach), moved to its local time, or a
-        candidate with the installations it reaches."""
-        if not automation.active:
-            decided.finish(entry, EntryState.CANCELLED, PAUSED)
-            return None
-        if automation.failure is not None:
-            decided.finish(entry, EntryState.SKIPPED, automation.failure)
-            return None
-        installs = users.get(_user_key(entry), [])
-        zone = _zone_of(installs, automation.app)
-        due_at, timed = entry.due_at, entry.timed
-        at_local_time = automation.trigger.at_local_time
-        if not timed and at_local_time is not None:
-            due_at, timed = next_local_time(due_at, at_local_time, zone), True
-            if due_at > decided.now:
-                decided.move(entry, due_at, timed)
-                return None
-        dev_only = automation.campaign.dev_only
-        reachable = [
-            row.id
-            for row in installs
-            if row.push_token is not None and row.push_optin and row.is_dev == dev_only
-        ]
-        if not reachable:
-            decided.finish(entry, EntryState.SKIPPED, UNREACHABLE)
-            return None
-        return _Candidate(entry, automation, due_at, timed, zone, reachable)
-
-    async def _in_audience(
-        self, session: AsyncSession, decided: _Pass, candidates: list[_Candidate]
-    ) -> list[_Candidate]:
-        """The automation's targeting evaluated now, one query per automation over its
-        candidates' installations: those that no longer match are dropped, and an entry with
-        none left is skipped."""
-        by_automation: dict[int, list[_Candidate]] = defaultdict(list)
-        for candidate in candidates:
-            automation = candidate.automation
-            # A Dev-key automation is untargeted, as a Dev-key campaign is (campaigns.fanout).
-            if automation.targeting is not None and not automation.campaign.dev_only:
-                by_automation[automation.campaign.id].append(candidate)
-        matching: dict[int, set[int] | str] = {}
-        for automation_id, targeted in by_automation.items():
-            matching[automation_id] = await _matching(
-                session,
-                targeted[0].automation,
-                {pk for candidate in targeted for pk in candidate.installations},
-                decided.now,
-            )
-        kept: list[_Candidate] = []
-        for candidate in candidates:
-            found = matching.get(candidate.automation.campaign.id)
-            if isinstance(found, str):  # the audience statement itself was refused
-                decided.finish(candidate.entry, EntryState.SKIPPED, found)
-                continue
-            if found is not None:
-                candidate.installations = [pk for pk in candidate.installations if pk in found]
-                if not candidate.installations:
-                    decided.finish(candidate.entry, EntryState.SKIPPED, AUDIENCE)
-                    continue
-            kept.append(candidate)
-        return kept
-
-    @staticmethod
-    def _outside_quiet_hours(decided: _Pass, candidates: list[_Candidate]) -> list[_Candidate]:
-        """Entries due within their user's quiet hours wait for the window's end."""
-        kept: list[_Candidate] = []
-        for candidate in candidates:
-            quiet = candidate.automation.trigger.quiet_hours
-            until = (
-                quiet_until(decided.now, quiet.start, quiet.end, candidate.zone)
-                if quiet is not None
-                else None
-            )
-            if until is not None:
-                decided.move(candidate.entry, until, candidate.timed)
-            else:
-                kept.append(candidate)
-        return kept
-
-    async def _within_caps(
-        self, session: AsyncSession, decided: _Pass, candidates: list[_Candidate]
-    ) -> None:
-        """Caps, A/B version, and the push each remaining entry makes (`decided.pushes`).
-
-        Installations that reached a cap are dropped (an entry with none left is skipped,
-        "cap:<key>"). A push counts against its caps once its receipt is committed, so an
-        installation gets at most one push per automation and per cap key in a pass, and on
-        PostgreSQL its capped pushes are decided by one dispatcher at a time (an advisory
-        lock per installation, taken before its receipts are read): an entry that would
-        break either rule waits for the next pass."""
-        capped_ids = {pk for c in candidates if c.automation.caps for pk in c.installations}
-        busy = await _lock_capped(session, capped_ids)
-        by_caps: dict[_CapGroup, set[int]] = defaultdict(set)
-        for candidate in candidates:
-            if candidate.automation.caps:
-                by_caps[candidate.automation.cap_group].update(candidate.installations)
-        reached_by_caps: dict[_CapGroup, dict[int, str]] = {}
-        for (app_id, caps), ids in by_caps.items():
-            reached_by_caps[(app_id, caps)] = await capped(
-                session, app_id=app_id, caps=caps, installation_ids=sorted(ids), now=decided.now
-            )
-
-        sent_by: set[tuple[int, int]] = set()  # (automation id, installation) in this pass
-        counted: set[tuple[int, str]] = set()  # (installation, cap key) in this pass
-        for candidate in candidates:
-            automation = candidate.automation
-            keys = [cap.key for cap in automation.caps]
-            if keys and not busy.isdisjoint(candidate.installations):
-                decided.leave(candidate)  # another dispatcher decides its caps: the next poll
-                continue
-            if any(
-                (automation.campaign.id, pk) in sent_by or any((pk, key) in counted for key in keys)
-                for pk in candidate.installations
-            ):
-                decided.leave(candidate)  # a second push in this pass: the next one, at once
-                decided.again = True
-                continue
-            at_cap = reached_by_caps.get(automation.cap_group, {}) if keys else {}
-            room = [pk for pk in candidate.installations if pk not in at_cap]
-            if not room:
-                decided.finish(
-                    candidate.entry, EntryState.SKIPPED, f"cap:{at_cap[candidate.installations[0]]}"
-                )
-                continue
-            candidate.installations = room
-            sent_by.update((automation.campaign.id, pk) for pk in room)
-            counted.update((pk, key) for pk in room for key in keys)
-            assert automation.body is not None
-            shares = list(automation.body.versions.items())
-            version = version_for(automation.campaign.token, _user_id(candidate.entry), shares)
-            decided.pushes[(automation.campaign.id, version)].append(candidate)
 
     async def _write(self, session: AsyncSession, decided: _Pass) -> list[BatchJob]:
         """The pass's pushes into the outbox: one send per automation and version, batches of
@@ -404,51 +249,40 @@ class AutomationDispatcher:
             automation = sent[0].automation
             body = automation.body
             assert body is not None
-            themes = await landing_themes(session, app_id=automation.app.id, landing=body.landing)
+            themes = await landing_themes(session, app_id=automation.app_id, landing=body.landing)
+            ttl = body.time_to_live
             sends.append(
                 {
                     "token": str(uuid.uuid4()),
-                    "app_id": automation.app.id,
+                    "app_id": automation.app_id,
                     "kind": SendKind.AUTOMATION.value,
-                    "campaign_token": automation.campaign.token,
+                    "campaign_token": automation.token,
                     "version": version,
-                    "dev_only": automation.campaign.dev_only,
+                    "dev_only": automation.dev_only,
                     "content": send_content(body, version, themes),
                     "created_at": now,
-                    "expires_at": (
-                        now + timedelta(seconds=body.time_to_live) if body.time_to_live else None
-                    ),
+                    "expires_at": now + timedelta(seconds=ttl) if ttl else None,
                 }
             )
         send_ids = list((await session.execute(_INSERT_SENDS, sends)).scalars())
         size = self._settings.batch_size
         chunks: list[dict[str, Any]] = []
-        receipts: dict[tuple[int, tuple[Cap, ...]], list[int]] = defaultdict(list)
+        receipts: dict[_CapGroup, list[int]] = defaultdict(list)
         for send_id, sent in zip(send_ids, decided.pushes.values(), strict=True):
             reached: list[int] = []
             events: dict[str, Any] = {}
             for candidate in sent:
-                automation = candidate.automation
                 reached += candidate.installations
                 if _event_shown(candidate):
-                    events.update(
-                        (str(pk), candidate.entry.event) for pk in candidate.installations
-                    )
-                if automation.caps:
-                    receipts[(automation.app.id, tuple(automation.caps))] += candidate.installations
-                decided.finished.append(
-                    {
-                        "entry_id": candidate.entry.id,
-                        "new_state": EntryState.SENT.value,
-                        "new_reason": None,
-                        "new_send_id": send_id,
-                        "at": now,
-                    }
-                )
+                    for pk in candidate.installations:
+                        events[str(pk)] = candidate.entry.event
+                if candidate.automation.caps:
+                    receipts[candidate.automation.cap_group] += candidate.installations
+            decided.finished[(EntryState.SENT, None, send_id)] = [c.entry.id for c in sent]
             for start in range(0, len(reached), size):
                 chunk = reached[start : start + size]
                 recipients: dict[str, Any] = {"installations": chunk}
-                shown = {str(pk): events[str(pk)] for pk in chunk if str(pk) in events}
+                shown = {key: events[key] for key in map(str, chunk) if key in events}
                 if shown:
                     recipients["events"] = shown
                 # Due at once: not_before and last_enqueued_at take their defaults (the
@@ -463,17 +297,151 @@ class AutomationDispatcher:
         ]
 
 
-def _user_key(entry: Row[Any]) -> tuple[int, str, str]:
+def _timed(
+    decided: _Pass,
+    entry: Row[Any],
+    automation: _Automation,
+    users: dict[str, list[Any]],
+) -> _Candidate | None:
+    """The entry's fate before its audience: cancelled (automation stopped), skipped (its
+    automation cannot be sent, or no installation to reach), moved to its local time, or a
+    candidate with the installations it reaches."""
+    if not automation.active:
+        decided.finish(entry, EntryState.CANCELLED, PAUSED)
+        return None
+    if automation.failure is not None:
+        decided.finish(entry, EntryState.SKIPPED, automation.failure)
+        return None
+    user = _user_of(entry)
+    installs = users.get(user, ())
+    trigger = automation.trigger
+    zone = _UTC
+    if trigger.at_local_time is not None or trigger.quiet_hours is not None:
+        zone = _zone_of(installs, automation.default_zone)
+    due_at, timed = entry.due_at, entry.timed
+    if not timed and trigger.at_local_time is not None:
+        due_at, timed = next_local_time(due_at, trigger.at_local_time, zone), True
+        if due_at > decided.now:
+            decided.move(entry, due_at, timed)
+            return None
+    dev_only = automation.dev_only
+    reachable = [
+        row.id
+        for row in installs
+        if row.push_token is not None and row.push_optin and row.is_dev == dev_only
+    ]
+    if not reachable:
+        decided.finish(entry, EntryState.SKIPPED, UNREACHABLE)
+        return None
+    return _Candidate(entry, automation, user, due_at, timed, zone, reachable)
+
+
+async def _in_audience(
+    session: AsyncSession, decided: _Pass, candidates: list[_Candidate]
+) -> list[_Candidate]:
+    """The automation's targeting evaluated now, one query per automation over its
+    candidates' installations: those that no longer match are dropped, and an entry with
+    none left is skipped."""
+    targeted: dict[int, set[int]] = defaultdict(set)
+    automations: dict[int, _Automation] = {}
+    for candidate in candidates:
+        automation = candidate.automation
+        assert automation.body is not None
+        # A Dev-key automation is untargeted, as a Dev-key campaign is (campaigns.fanout).
+        if automation.body.targeting is not None and not automation.dev_only:
+            targeted[automation.id].update(candidate.installations)
+            automations[automation.id] = automation
+    if not targeted:
+        return candidates
+    matching = {
+        automation_id: await _matching(session, automations[automation_id], ids, decided.now)
+        for automation_id, ids in targeted.items()
+    }
+    kept: list[_Candidate] = []
+    for candidate in candidates:
+        found = matching.get(candidate.automation.id)
+        if isinstance(found, str):  # the audience statement itself was refused
+            decided.finish(candidate.entry, EntryState.SKIPPED, found)
+            continue
+        if found is not None:
+            candidate.installations = [pk for pk in candidate.installations if pk in found]
+            if not candidate.installations:
+                decided.finish(candidate.entry, EntryState.SKIPPED, AUDIENCE)
+                continue
+        kept.append(candidate)
+    return kept
+
+
+def _outside_quiet_hours(decided: _Pass, candidates: list[_Candidate]) -> list[_Candidate]:
+    """Entries due within their user's quiet hours wait for the window's end."""
+    kept: list[_Candidate] = []
+    for candidate in candidates:
+        quiet = candidate.automation.trigger.quiet_hours
+        until = None
+        if quiet is not None:
+            until = quiet_until(decided.now, quiet.start, quiet.end, candidate.zone)
+        if until is not None:
+            decided.move(candidate.entry, until, candidate.timed)
+        else:
+            kept.append(candidate)
+    return kept
+
+
+async def _within_caps(session: AsyncSession, decided: _Pass, candidates: list[_Candidate]) -> None:
+    """Caps, A/B version, and the push each remaining entry makes (`decided.pushes`).
+
+    Installations that reached a cap are dropped (an entry with none left is skipped,
+    "cap:<key>"). A push counts against its caps once its receipt is committed, so an
+    installation gets at most one push per automation and per cap key in a pass, and on
+    PostgreSQL its capped pushes are decided by one dispatcher at a time (an advisory lock
+    per installation, taken before its receipts are read): an entry that would break either
+    rule waits for the next pass."""
+    by_caps: dict[_CapGroup, set[int]] = defaultdict(set)
+    for candidate in candidates:
+        if candidate.automation.caps:
+            by_caps[candidate.automation.cap_group].update(candidate.installations)
+    busy = await _lock_capped(session, {pk for ids in by_caps.values() for pk in ids})
+    at_caps: dict[_CapGroup, dict[int, str]] = {}
+    for (app_id, caps), ids in by_caps.items():
+        at_caps[(app_id, caps)] = await capped(
+            session, app_id=app_id, caps=caps, installation_ids=sorted(ids), now=decided.now
+        )
+
+    sent_by: set[tuple[int, int]] = set()  # (automation id, installation) in this pass
+    counted: set[tuple[int, str]] = set()  # (installation, cap key) in this pass
+    for candidate in candidates:
+        automation = candidate.automation
+        installations = candidate.installations
+        keys = [cap.key for cap in automation.caps]
+        if keys and not busy.isdisjoint(installations):
+            decided.leave(candidate)  # another dispatcher decides its caps: the next poll
+            continue
+        if any((automation.id, pk) in sent_by for pk in installations) or any(
+            (pk, key) in counted for pk in installations for key in keys
+        ):
+            decided.leave(candidate)  # a second push in this pass: the next one, at once
+            decided.again = True
+            continue
+        if keys:
+            at_cap = at_caps[automation.cap_group]
+            room = [pk for pk in installations if pk not in at_cap]
+            if not room:
+                reason = f"cap:{at_cap[installations[0]]}"
+                decided.finish(candidate.entry, EntryState.SKIPPED, reason)
+                continue
+            candidate.installations = installations = room
+            counted.update((pk, key) for pk in room for key in keys)
+        sent_by.update((automation.id, pk) for pk in installations)
+        version = version_for(automation.token, candidate.user, automation.shares)
+        decided.pushes[(automation.id, version)].append(candidate)
+
+
+def _user_of(entry: Row[Any]) -> str:
     """How an entry names its user: an SDK event its installation, a server event its custom
     user id (every installation carrying it)."""
     if entry.install_id is not None:
-        return (entry.app_id, "install", entry.install_id)
-    return (entry.app_id, "custom", entry.custom_id or "")
-
-
-def _user_id(entry: Row[Any]) -> str:
-    kind, value = _user_key(entry)[1:]
-    return f"{kind}:{value}"
+        return f"install:{entry.install_id}"
+    return f"custom:{entry.custom_id or ''}"
 
 
 def _event_shown(candidate: _Candidate) -> bool:
@@ -482,17 +450,17 @@ def _event_shown(candidate: _Candidate) -> bool:
     Events API) on that id would hand the app's data to whoever holds the Dev key, as the
     user's attributes would (clarion.delivery.tasks renders those as defaults). Its own SDK
     event is the installation's."""
-    return not candidate.automation.campaign.dev_only or candidate.entry.install_id is not None
+    return not candidate.automation.dev_only or candidate.entry.install_id is not None
 
 
-def _zone_of(installs: Sequence[Any], app: App) -> ZoneInfo:
+def _zone_of(installs: Sequence[Any], default: ZoneInfo) -> ZoneInfo:
     """The user's time zone: its most recently seen installation's that has one, else the
-    app's default (as local-time campaigns use it), else UTC."""
+    app's default (as local-time campaigns use it)."""
     for row in sorted(installs, key=lambda row: row.last_seen_at, reverse=True):
         zone = zone_named(row.timezone)
         if zone is not None:
             return zone
-    return zone_named(app.default_timezone) or _UTC
+    return default
 
 
 async def _automations(session: AsyncSession, ids: Iterable[int]) -> dict[int, _Automation]:
@@ -506,16 +474,27 @@ async def _automations(session: AsyncSession, ids: Iterable[int]) -> dict[int, _
     found: dict[int, _Automation] = {}
     for campaign in campaigns:
         app = apps[campaign.app_id]
+        automation = _Automation(
+            id=campaign.id,
+            token=campaign.token,
+            app_id=app.id,
+            dev_only=campaign.dev_only,
+            active=campaign.state == CampaignState.ACTIVE.value and campaign.deleted_at is None,
+            default_zone=zone_named(app.default_timezone) or _UTC,
+            body=None,
+        )
+        found[campaign.id] = automation
         try:
             body = CampaignBody.model_validate(campaign.body)
         except ValidationError as exc:
-            found[campaign.id] = _Automation(campaign, app, None, _failure(reason_of(exc)))
+            automation.failure = _failure(reason_of(exc))
             continue
         if body.trigger is None:
-            found[campaign.id] = _Automation(campaign, app, None, _failure("no trigger"))
+            automation.failure = _failure("the campaign has no trigger")
             continue
-        caps = caps_for(app.push_caps or {}, automation=True, labels=body.labels)
-        found[campaign.id] = _Automation(campaign, app, body, None, caps)
+        automation.body = body
+        automation.caps = tuple(caps_for(app.push_caps or {}, automation=True, labels=body.labels))
+        automation.shares = list(body.versions.items())
     return found
 
 
@@ -523,25 +502,29 @@ def _failure(reason: str) -> str:
     return f"failed: {reason}"[:160]
 
 
-async def _users(
-    session: AsyncSession, entries: Sequence[Row[Any]]
-) -> dict[tuple[int, str, str], list[Any]]:
+async def _users(session: AsyncSession, entries: Sequence[Row[Any]]) -> dict[str, list[Any]]:
     """Every installation of the pass's users, reachable or not (their zone is the user's),
-    by user key: one query per app and kind of id."""
-    wanted: dict[tuple[int, str], set[str]] = defaultdict(set)
+    by user (_user_of): one query per app and kind of id."""
+    by_install: dict[int, set[str]] = defaultdict(set)
+    by_custom: dict[int, set[str]] = defaultdict(set)
     for entry in entries:
-        app_id, kind, value = _user_key(entry)
-        wanted[(app_id, kind)].add(value)
+        if entry.install_id is not None:
+            by_install[entry.app_id].add(entry.install_id)
+        else:
+            by_custom[entry.app_id].add(entry.custom_id or "")
     array = uses_arrays(session)
-    users: dict[tuple[int, str, str], list[Any]] = defaultdict(list)
-    for (app_id, kind), values in wanted.items():
-        column = Installation.install_id if kind == "install" else Installation.custom_id
-        query = select(*_USER_COLUMNS).where(
-            Installation.app_id == app_id, in_values(column, "values", String(), array=array)
-        )
-        for row in await session.execute(query, {"values": sorted(values)}):
-            value = row.install_id if kind == "install" else row.custom_id
-            users[(app_id, kind, value)].append(row)
+    users: dict[str, list[Any]] = defaultdict(list)
+    for kind, column, wanted in (
+        ("install", Installation.install_id, by_install),
+        ("custom", Installation.custom_id, by_custom),
+    ):
+        for app_id, values in wanted.items():
+            query = select(*_USER_COLUMNS).where(
+                Installation.app_id == app_id, in_values(column, "values", String(), array=array)
+            )
+            for row in await session.execute(query, {"values": sorted(values)}):
+                value = row.install_id if kind == "install" else row.custom_id
+                users[f"{kind}:{value}"].append(row)
     return users
 
 
@@ -551,10 +534,13 @@ async def _matching(
     """Which of `installations` the automation's targeting matches now; or, when the database
     refuses the statement (it would refuse it again), the reason to skip its entries with.
     On PostgreSQL under a savepoint: the refusal must not abort the pass's transaction."""
-    assert automation.targeting is not None
+    assert automation.body is not None
+    assert automation.body.targeting is not None
+    audience = targeting.installation_filter(
+        automation.body.targeting, app_id=automation.app_id, now=now
+    )
     query = select(Installation.id).where(
-        in_values(Installation.id, "ids", BigInteger(), array=uses_arrays(session)),
-        targeting.installation_filter(automation.targeting, app_id=automation.app.id, now=now),
+        in_values(Installation.id, "ids", BigInteger(), array=uses_arrays(session)), audience
     )
     params = {"ids": sorted(installations)}
     try:
@@ -563,9 +549,7 @@ async def _matching(
                 return set(await session.scalars(query, params))
         return set(await session.scalars(query, params))
     except (CompileError, DataError, ProgrammingError) as exc:
-        log.warning(
-            "automation %s: its audience cannot be evaluated: %s", automation.campaign.token, exc
-        )
+        log.warning("automation %s: its audience cannot be evaluated: %s", automation.token, exc)
         return _failure(reason_of(exc))
 
 
