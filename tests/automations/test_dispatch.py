@@ -14,9 +14,8 @@ import secrets
 import signal
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -26,7 +25,6 @@ import pytest
 from fastapi import FastAPI
 from sqlalchemy import func, select, text, update
 
-from clarion.app import create_app
 from clarion.apps.models import App
 from clarion.automations import service as automations_service
 from clarion.automations.models import AutomationEntry
@@ -37,23 +35,15 @@ from clarion.config import QueueBackend, Settings
 from clarion.db import transaction
 from clarion.delivery.content import personalised_fields
 from clarion.delivery.models import BatchStatus, DeliveryBatch, Send
-from clarion.migrate import migrate
 from clarion.queue import JobQueue
 from clarion.runtime import Runtime
 from clarion.sdk.models import Installation
-from tests.conftest import (
-    ClientApp,
-    _create_pg_database,
-    _drop_pg_database,
-    make_settings,
-    new_app,
-)
-from tests.support.simulator import SimulatorHandle
+from tests.conftest import ClientApp, new_app
 from tests.test_campaign_runs import Clock, add_installs
 from tests.test_campaigns import created
 from tests.test_campaigns import update as update_campaign
 from tests.test_delivery import register
-from tests.test_recovery import start_worker
+from tests.test_recovery import api_only, pg_settings, start_worker  # noqa: F401 (fixtures)
 
 CART = {
     "name": "ue.added_to_cart",
@@ -177,6 +167,21 @@ async def wait_delivered(runtime: Runtime, token: str, timeout: float = 20.0) ->
         if time.monotonic() > deadline:
             raise AssertionError(f"automation {token} still delivering")
         await asyncio.sleep(0.05)
+
+
+async def sent_at(
+    at: datetime,
+    clock: Clock,
+    ticking: AutomationDispatcher,
+    runtime: Runtime,
+    token: str,
+    entry_id: int,
+) -> None:
+    """The clock moved to `at`, the entry is sent and its push delivered."""
+    clock.now = at
+    await ticking.tick()
+    await wait_delivered(runtime, token)
+    assert (await entry_of(runtime, entry_id)).state == "sent"
 
 
 def pushes(sim_control: httpx.Client, token: str) -> list[dict[str, Any]]:
@@ -320,10 +325,7 @@ async def test_a_delayed_entry_is_not_sent_before_it_is_due(
     assert (await entry_of(runtime, entry_id)).state == "pending"
     assert await sends_of(runtime, token) == []
 
-    clock.now = now + timedelta(hours=1)
-    await ticking.tick()
-    await wait_delivered(runtime, token)
-    assert (await entry_of(runtime, entry_id)).state == "sent"
+    await sent_at(due, clock, ticking, runtime, token, entry_id)
     assert len(pushes(sim_control, alice)) == 1
 
 
@@ -447,10 +449,7 @@ async def test_at_local_time_moves_the_entry_to_the_users_clock(
     clock.now = local_nine - timedelta(seconds=1)
     await ticking.tick()
     assert (await entry_of(runtime, entry_id)).state == "pending"
-    clock.now = local_nine
-    await ticking.tick()
-    await wait_delivered(runtime, token)
-    assert (await entry_of(runtime, entry_id)).state == "sent"
+    await sent_at(local_nine, clock, ticking, runtime, token, entry_id)
     assert len(pushes(sim_control, tokyo)) == 1
 
 
@@ -473,10 +472,7 @@ async def test_quiet_hours_hold_the_push_until_they_end(
     await ticking.tick()
     entry = await entry_of(runtime, entry_id)
     assert (entry.state, entry.due_at) == ("pending", morning.astimezone(UTC))
-    clock.now = morning.astimezone(UTC)
-    await ticking.tick()
-    await wait_delivered(runtime, token)
-    assert (await entry_of(runtime, entry_id)).state == "sent"
+    await sent_at(morning.astimezone(UTC), clock, ticking, runtime, token, entry_id)
     assert len(pushes(sim_control, paris)) == 1
 
 
@@ -704,32 +700,10 @@ async def test_a_crash_between_commit_and_enqueue_is_made_up_by_the_outbox_sweep
     assert len(pushes(sim_control, alice)) == 1
 
 
-@pytest.fixture
-def pg_settings(sim: SimulatorHandle, tmp_path: Path) -> Iterator[Settings]:
-    name = _create_pg_database()
-    try:
-        settings = make_settings(
-            f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}",
-            tmp_path,
-            sim,
-            automation_poll_seconds=0.05,
-        )
-        migrate(settings)
-        yield settings
-    finally:
-        _drop_pg_database(name)
-
-
-@pytest.fixture
-async def api_only(pg_settings: Settings) -> AsyncIterator[FastAPI]:
-    app = create_app(pg_settings, workers=False)
-    async with app.router.lifespan_context(app):
-        yield app
-
-
 @pytest.mark.postgres
 async def test_a_worker_killed_mid_pass_loses_nothing_and_sends_once(
-    api_only: FastAPI, sim_control: httpx.Client
+    api_only: FastAPI,  # noqa: F811 (test_recovery's fixture, on a database of its own)
+    sim_control: httpx.Client,
 ) -> None:
     """`clarion worker` killed with SIGKILL while its pass waits to write the push (sends
     locked by this test): the entry stays pending, and the next worker sends it once."""
@@ -740,14 +714,16 @@ async def test_a_worker_killed_mid_pass_loses_nothing_and_sends_once(
         token = await automation(api, app)
         alice = await device(api, app, "alice")
     entry_id = await enter(runtime, app, token, custom_id="alice")
-    url = runtime.settings.database_url.replace("postgresql+psycopg://", "postgresql://")
+    # The workers' dispatchers poll as they do by default (conftest makes them idle).
+    settings = runtime.settings.model_copy(update={"automation_poll_seconds": 0.2})
+    url = settings.database_url.replace("postgresql+psycopg://", "postgresql://")
 
     with (
         psycopg.connect(url) as blocker,
         psycopg.connect(url, autocommit=True) as watcher,
     ):
         blocker.execute("LOCK TABLE sends IN EXCLUSIVE MODE")
-        first = start_worker(runtime.settings)
+        first = start_worker(settings)
         try:
             deadline = time.monotonic() + 30
             # (From a connection of its own: a transaction reads pg_stat_activity once.)
@@ -765,7 +741,7 @@ async def test_a_worker_killed_mid_pass_loses_nothing_and_sends_once(
         blocker.rollback()  # the lock goes; the dead worker's transaction never commits
 
     assert (await entry_of(runtime, entry_id)).state == "pending"
-    second = start_worker(runtime.settings)
+    second = start_worker(settings)
     try:
         deadline = time.monotonic() + 30
         while not pushes(sim_control, alice):
