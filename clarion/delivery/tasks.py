@@ -65,6 +65,12 @@ _FINISH_BATCH = (
 )
 
 
+# Groups of devices (one per environment, language and rendered text) a batch sends at once:
+# a worker's 32 jobs then have up to 8,000 requests ready, four times what its HTTP/2
+# connections carry at a time (2 x 1,000 streams).
+_GROUPS_AT_ONCE = 250
+
+
 @dataclass(slots=True)
 class _Tally:
     sent: int = 0
@@ -271,19 +277,23 @@ class Deliverer:
                 continue
             language = language_key(send.content, recipient.language)
             groups[(recipient.sandbox, language, rendered)].append(index)
-        # The groups go out together: a personalised push is often a group of one (each
-        # user's own name, an automation's own trigger event), and a batch of 1,000 such
-        # groups sent one after the other waits 1,000 round trips (measured: 2.9 s p50 late
-        # for 1,000 automation pushes/s, against 0.4 s together).
-        answers = await asyncio.gather(
-            *(
-                self._send_group(app, send, recipients, indexes, sandbox, rendered)
-                for (sandbox, _, rendered), indexes in groups.items()
+        # The groups go out together, _GROUPS_AT_ONCE at a time: a personalised push is often
+        # a group of one (each user's own name, an automation's own trigger event), and a
+        # batch of 1,000 such groups sent one after the other waits 1,000 round trips
+        # (measured: 2.9 s p50 late for 1,000 automation pushes/s, 0.5 s together); all 1,000
+        # at once, in each of a worker's 32 jobs, hold 32,000 tasks and their payloads.
+        listed = list(groups.items())
+        for start in range(0, len(listed), _GROUPS_AT_ONCE):
+            some = listed[start : start + _GROUPS_AT_ONCE]
+            answers = await asyncio.gather(
+                *(
+                    self._send_group(app, send, recipients, indexes, sandbox, rendered)
+                    for (sandbox, _, rendered), indexes in some
+                )
             )
-        )
-        for indexes, answer in zip(groups.values(), answers, strict=True):
-            for index, result in zip(indexes, answer, strict=True):
-                results[index] = result
+            for (_, indexes), answer in zip(some, answers, strict=True):
+                for index, result in zip(indexes, answer, strict=True):
+                    results[index] = result
         return [r if r is not None else DeliveryResult(Outcome.FAILED) for r in results]
 
     async def _send_group(
