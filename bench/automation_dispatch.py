@@ -69,7 +69,8 @@ API_PORT = int(os.environ.get("CLARION_BENCH_API_PORT", "18700"))
 MESSAGE = [
     {"language": "en", "title": "Bench", "body": "Still thinking about {{ event.attributes.sku }}?"}
 ]
-EVENT_NAME = "ue.bench_cart"
+# One event per automation: the zero-delay one's events must not enter the delayed one.
+NOW_EVENT, LATER_EVENT = "ue.bench_now", "ue.bench_later"
 
 
 async def seed(runtime: Runtime, key: dict[str, str], installations: int) -> dict[str, Any]:
@@ -112,12 +113,14 @@ async def seed(runtime: Runtime, key: dict[str, str], installations: int) -> dic
     return {"app": app, "rest_key": rest_key, "api_key": keys.api_key}
 
 
-async def new_automation(runtime: Runtime, app: Any, name: str, delay: int) -> tuple[int, str]:
+async def new_automation(
+    runtime: Runtime, app: Any, name: str, delay: int, event: str
+) -> tuple[int, str]:
     body = CampaignBody.model_validate(
         {
             "name": name,
             "live": True,
-            "trigger": {"event": EVENT_NAME, "delay_seconds": delay},
+            "trigger": {"event": event, "delay_seconds": delay},
             "messages": MESSAGE,
         }
     )
@@ -128,12 +131,16 @@ async def new_automation(runtime: Runtime, app: Any, name: str, delay: int) -> t
         return campaign.id, campaign.token
 
 
-def event_of(n: int) -> dict[str, Any]:
-    return {"name": EVENT_NAME, "label": None, "attributes": {"sku": f"SKU-{n}"}, "tags": []}
+def event_of(n: int, name: str) -> dict[str, Any]:
+    return {"name": name, "label": None, "attributes": {"sku": f"SKU-{n}"}, "tags": []}
 
 
 async def entries_copy(
-    runtime: Runtime, app_id: int, campaign_id: int, rows: list[tuple[int, datetime]]
+    runtime: Runtime,
+    app_id: int,
+    campaign_id: int,
+    rows: list[tuple[int, datetime]],
+    event: str,
 ) -> None:
     """Entries as the event intake writes them: (user number, due_at)."""
     now = utcnow()
@@ -156,7 +163,7 @@ async def entries_copy(
                     app_id,
                     campaign_id,
                     f"user-{n}",
-                    json.dumps(event_of(n)),
+                    json.dumps(event_of(n, event)),
                     now,
                     due,
                     False,
@@ -278,7 +285,7 @@ async def latency_phase(
     first_user: int,
 ) -> dict[str, Any]:
     app = seeded["app"]
-    campaign_id, token = await new_automation(runtime, app, "Zero delay", 0)
+    campaign_id, token = await new_automation(runtime, app, "Zero delay", 0, NOW_EVENT)
     through_api = hasattr(automations_service, "enter_events")
     api: subprocess.Popen[bytes] | None = None
     if through_api:
@@ -309,7 +316,7 @@ async def latency_phase(
                         json=[
                             {
                                 "id": f"user-{n}",
-                                "events": [{"name": EVENT_NAME, "attributes": {"sku": f"SKU-{n}"}}],
+                                "events": [{"name": NOW_EVENT, "attributes": {"sku": f"SKU-{n}"}}],
                             }
                             for n in group
                         ],
@@ -318,7 +325,8 @@ async def latency_phase(
                         raise SystemExit(f"trigger events: {answer.status_code} {answer.text}")
                 else:
                     now = utcnow()
-                    await entries_copy(runtime, app.id, campaign_id, [(n, now) for n in group])
+                    rows = [(n, now) for n in group]
+                    await entries_copy(runtime, app.id, campaign_id, rows, NOW_EVENT)
                 at = utcnow()
                 accepted.update((n, at) for n in group)
         offered = total / (time.monotonic() - started)
@@ -363,7 +371,7 @@ async def backlog_phase(
     start: Callable[[Settings], subprocess.Popen[bytes]],
 ) -> dict[str, Any]:
     app = seeded["app"]
-    campaign_id, token = await new_automation(runtime, app, "Delayed", 3600)
+    campaign_id, token = await new_automation(runtime, app, "Delayed", 3600, LATER_EVENT)
     first_due = utcnow() + timedelta(seconds=lead)
     step = spread / entries
     dues = {n: first_due + timedelta(seconds=n * step) for n in range(entries)}
@@ -375,6 +383,7 @@ async def backlog_phase(
             app.id,
             campaign_id,
             [(n, dues[n]) for n in range(first, min(first + chunk, entries))],
+            LATER_EVENT,
         )
     await analyze(runtime)
     print(f"wrote {entries:,} pending entries in {time.monotonic() - started:.1f} s")

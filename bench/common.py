@@ -133,6 +133,16 @@ def simulator(state_dir: Path, *, cpu: int | None = 1) -> Iterator[tuple[str, Pa
         proc.wait(timeout=10)
 
 
+def port_free(port: int) -> None:
+    """Before starting a server: another run's server on the port would answer for ours, with
+    other keys."""
+    try:
+        httpx.get(f"http://127.0.0.1:{port}", timeout=1)
+    except httpx.TransportError:
+        return
+    raise SystemExit(f"port {port} is taken (CLARION_BENCH_API_PORT chooses another)")
+
+
 def serve_clarion(
     port: int, env: dict[str, str], *, workers: bool, stderr: Any = subprocess.DEVNULL
 ) -> subprocess.Popen[bytes]:
@@ -184,6 +194,24 @@ def pg_database() -> Iterator[str]:
     finally:
         with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def backends_cpu(database_url: str) -> dict[int, float]:
+    """CPU seconds so far of each PostgreSQL backend connected to the database (its server's
+    connection pool): PostgreSQL runs on this machine, its processes readable in /proc."""
+    name = database_url.rsplit("/", 1)[1]
+    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+        pids = [
+            row[0]
+            for row in conn.execute("SELECT pid FROM pg_stat_activity WHERE datname = %s", (name,))
+        ]
+    found = {}
+    for pid in pids:
+        try:
+            found[pid] = cpu_seconds(pid)
+        except OSError:  # gone meanwhile
+            continue
+    return found
 
 
 async def analyze(runtime: Runtime) -> None:

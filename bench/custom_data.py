@@ -29,11 +29,10 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import psycopg
 
 if not __package__:  # run as a file (python bench/custom_data.py) rather than with -m
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.common import PG_ADMIN, cpu_seconds, pg_database, pin, report, serve_clarion
+from bench.common import backends_cpu, cpu_seconds, pg_database, pin, report, serve_clarion
 
 API_PORT = int(os.environ.get("CLARION_BENCH_API_PORT", "18001"))
 USERS_PER_CALL = 10_000
@@ -77,24 +76,6 @@ def _body(call: int) -> list[dict[str, Any]]:
     ]
 
 
-def _backends_cpu(database_url: str) -> dict[int, float]:
-    """CPU seconds so far of each PostgreSQL backend connected to the database (its server's
-    connection pool): PostgreSQL runs on this machine, its processes readable in /proc."""
-    name = database_url.rsplit("/", 1)[1]
-    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
-        pids = [
-            row[0]
-            for row in conn.execute("SELECT pid FROM pg_stat_activity WHERE datname = %s", (name,))
-        ]
-    found = {}
-    for pid in pids:
-        try:
-            found[pid] = cpu_seconds(pid)
-        except OSError:  # gone meanwhile
-            continue
-    return found
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--db", choices=["sqlite", "postgres"], default="postgres")
@@ -124,7 +105,7 @@ def main() -> None:
                     return response.status_code
 
                 postgres = args.db == "postgres"
-                backends_before = _backends_cpu(url) if postgres else {}
+                backends_before = backends_cpu(url) if postgres else {}
                 server_before = cpu_seconds(proc.pid)
                 started = time.monotonic()
                 with concurrent.futures.ThreadPoolExecutor(args.in_flight) as pool:
@@ -132,9 +113,9 @@ def main() -> None:
                 elapsed = time.monotonic() - started
                 server_cpu = cpu_seconds(proc.pid) - server_before
                 # Backends opened during the run started from zero.
-                backends_cpu = sum(
+                database_cpu = sum(
                     cpu - backends_before.get(pid, 0.0)
-                    for pid, cpu in (_backends_cpu(url) if postgres else {}).items()
+                    for pid, cpu in (backends_cpu(url) if postgres else {}).items()
                 )
         finally:
             os.killpg(proc.pid, 15)
@@ -152,7 +133,7 @@ def main() -> None:
             "user_updates_per_s": round(users / elapsed),
             "server_cpu_us_per_update": round(server_cpu / users * 1e6, 1),
             **(
-                {"postgres_cpu_us_per_update": round(backends_cpu / users * 1e6, 1)}
+                {"postgres_cpu_us_per_update": round(database_cpu / users * 1e6, 1)}
                 if args.db == "postgres"
                 else {}
             ),

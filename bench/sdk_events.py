@@ -40,6 +40,7 @@ from bench.common import (
     fresh_database,
     h2load,
     pin,
+    port_free,
     report,
     serve_clarion,
 )
@@ -161,12 +162,7 @@ async def measure(args: argparse.Namespace, url: str, var: Path) -> dict[str, An
     body = body_file.read_bytes()
     env = {"CLARION_DATABASE_URL": url, "CLARION_VAR_DIR": str(var), "CLARION_SECRET_KEY": secret}
     base = f"http://127.0.0.1:{API_PORT}"
-    try:
-        httpx.get(base, timeout=1)
-    except httpx.TransportError:
-        pass
-    else:  # another run's server would answer for ours, with other keys
-        raise SystemExit(f"port {API_PORT} is taken (CLARION_BENCH_API_PORT chooses another)")
+    port_free(API_PORT)
     server = serve_clarion(API_PORT, env, workers=False)
     pin(1)
     try:

@@ -11,6 +11,7 @@ from fastapi.staticfiles import StaticFiles
 from clarion.apps.api import router as apps_router
 from clarion.audiences.api import router as audiences_router
 from clarion.campaigns.api import router as campaigns_router
+from clarion.capping.api import router as push_caps_router
 from clarion.config import Settings
 from clarion.custom_data.api import router as custom_data_router
 from clarion.dashboard.api import router as dashboard_router
@@ -66,6 +67,7 @@ def create_app(settings: Settings, *, workers: bool) -> FastAPI:
     app.include_router(exports_router)
     app.include_router(gdpr_router)
     app.include_router(apps_router)
+    app.include_router(push_caps_router)
 
     # The static files first: the dashboard answers every other /dashboard path.
     app.mount("/dashboard/static", StaticFiles(directory=STATIC_DIR), name="dashboard-static")

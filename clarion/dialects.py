@@ -1,13 +1,14 @@
 """What differs between SQLite and PostgreSQL below the SQL Clarion writes: SQL functions compiled
-per dialect (a UTC day, a UTC second in ISO form, seconds between two times), and the in-loop
-SQLite driver that clarion.db.create_engine uses for every SQLite URL."""
+per dialect (a UTC day, a UTC second in ISO form, seconds between two times, whether a JSON key
+holds an object), and the in-loop SQLite driver that clarion.db.create_engine uses for every
+SQLite URL."""
 
 from __future__ import annotations
 
 import sqlite3
 from typing import Any
 
-from sqlalchemy import Float, String, pool
+from sqlalchemy import Boolean, Float, String, literal, pool
 from sqlalchemy.dialects.sqlite.pysqlite import SQLiteDialect_pysqlite
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.compiler import compiles
@@ -71,6 +72,30 @@ def _elapsed_seconds_postgresql(element: elapsed_seconds, compiler: Any, **kw: A
 def _elapsed_seconds_sqlite(element: elapsed_seconds, compiler: Any, **kw: Any) -> str:
     start, end = (compiler.process(clause, **kw) for clause in element.clauses)
     return f"((julianday({end}) - julianday({start})) * 86400.0)"
+
+
+class json_object_at(FunctionElement[bool]):
+    """`json_object_at(column, "key")`: whether a JSON column holds an object under a top-level
+    key (absent or JSON null: false)."""
+
+    type = Boolean()
+    inherit_cache = True
+
+    def __init__(self, column: Any, key: str) -> None:
+        super().__init__(column, literal(key, String()))
+
+
+@compiles(json_object_at, "postgresql")
+def _json_object_at_postgresql(element: json_object_at, compiler: Any, **kw: Any) -> str:
+    column, key = (compiler.process(clause, **kw) for clause in element.clauses)
+    # IS NOT DISTINCT FROM: false, not NULL, where the key is absent (NOT of it holds).
+    return f"(json_typeof({column} -> {key}) IS NOT DISTINCT FROM 'object')"
+
+
+@compiles(json_object_at, "sqlite")
+def _json_object_at_sqlite(element: json_object_at, compiler: Any, **kw: Any) -> str:
+    column, key = (compiler.process(clause, **kw) for clause in element.clauses)
+    return f"(json_type({column}, '$.' || {key}) IS 'object')"
 
 
 class InLoopSQLiteDialect(SQLiteDialect_pysqlite):

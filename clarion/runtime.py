@@ -6,8 +6,8 @@ process (the embedded default); `clarion worker` runs only the workers; `clarion
 PostgreSQL runs only the API unless told to run workers too.
 
 Runtime.start is the one list of everything that runs in the background; each domain keeps
-its background work in its `tasks.py` (delivery, campaigns, automations, stats, gdpr, imports,
-exports).
+its background work in its `tasks.py` (delivery, campaigns, automations, capping, stats, gdpr,
+imports, exports).
 """
 
 from __future__ import annotations
@@ -20,14 +20,18 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from datetime import timedelta
 from functools import partial
+from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from clarion.apps.service import KeyCache
+from clarion.automations.catalogue import AutomationCatalogue
+from clarion.automations.service import enter_stored
 from clarion.automations.tasks import AutomationDispatcher
 from clarion.campaigns.tasks import CampaignScheduler
+from clarion.capping.tasks import PURGE_SECONDS, purge_expired_receipts
 from clarion.config import Settings
-from clarion.db import create_engine, create_sessionmaker
+from clarion.db import create_engine, create_sessionmaker, utcnow
 from clarion.delivery.pool import ProviderPool
 from clarion.delivery.tasks import Deliverer
 from clarion.exports.tasks import ExportRunner
@@ -78,7 +82,10 @@ class Runtime:
             job_recipients=settings.batch_size,
         )
         self.send_intake = SendIntake(self.sessions, self.queue, batch_size=settings.batch_size)
-        self.sdk_events = EventIntake(self.sessions)
+        # Live automations per app, matched with events as they are stored (Trigger Events API
+        # routes, the SDK's event batches).
+        self.automations = AutomationCatalogue()
+        self.sdk_events = EventIntake(self.sessions, on_stored=self._enter_sdk_events)
         self._client: Http2Client | None = None
         self._pool: ProviderPool | None = None
         self.deliverer: Deliverer | None = None
@@ -90,6 +97,9 @@ class Runtime:
         self.inapp_supplies = SupplyWriter(self.sessions)
         self.inapp = InAppFeed(self.sessions, self.engine, supplied=self.inapp_supplies.record)
         self.inapp_revisions = RevisionPoller(self.sessions, self.inapp)
+
+    async def _enter_sdk_events(self, session: AsyncSession, rows: list[dict[str, Any]]) -> None:
+        await enter_stored(session, self.automations, rows, now=utcnow())
 
     async def start(self, *, workers: bool, http: bool = True) -> None:
         """`http`: the process serves the API (`clarion serve`), not only workers."""
@@ -167,6 +177,12 @@ class Runtime:
                 every=settings.stats_interval_seconds,
                 wait_first=True,
             )
+            self._repeat(
+                "capping receipts purge",
+                partial(purge_expired_receipts, self.sessions),
+                every=PURGE_SECONDS,
+                wait_first=True,
+            )
             self.scheduler = CampaignScheduler(self.sessions, self.queue, self.settings)
             # Fan-outs go on in the background between ticks (CampaignScheduler.aclose ends them).
             self._repeat(
@@ -175,7 +191,7 @@ class Runtime:
                 every=settings.scheduler_interval_seconds,
             )
             # Due automation entries, into the outbox as the workers' batches. Every process
-            # running workers runs one: they share the entries (decision 0025).
+            # running workers runs one: they share the entries (decision 0029).
             self.dispatcher = AutomationDispatcher(self.sessions, self.queue, settings)
             self._repeat(
                 "automation dispatcher",

@@ -20,10 +20,11 @@ from fastapi import FastAPI
 from clarion.app import create_app
 from clarion.apps import service as apps_service
 from clarion.apps.schemas import AppCreate, FcmCredentialsIn
-from clarion.config import Settings
+from clarion.config import QueueBackend, Settings
 from clarion.db import transaction
 from clarion.demo import apns_credentials_from_sim
 from clarion.migrate import migrate
+from clarion.queue import JobQueue
 from clarion.runtime import Runtime
 from tests.support.simulator import LOCAL_SERVERS_ALLOW, SimulatorHandle, running_simulator
 
@@ -188,6 +189,15 @@ async def new_app(
                 app, FcmCredentialsIn(service_account=account), runtime.box
             )
     return ClientApp(app.id, platform, keys.api_key, keys.dev_api_key, rest_key)
+
+
+@pytest.fixture
+async def held_queue() -> AsyncIterator[JobQueue]:
+    """A queue nobody works: batches written by a campaign fan-out stay pending."""
+    queue = JobQueue(QueueBackend.MEMORY, "")
+    await queue.start()
+    yield queue
+    await queue.aclose()
 
 
 @pytest.fixture

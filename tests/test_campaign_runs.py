@@ -23,7 +23,7 @@ from clarion.campaigns.models import Campaign, CampaignRun
 from clarion.campaigns.recurrence import occurrence_time
 from clarion.campaigns.schemas import CampaignBody
 from clarion.campaigns.tasks import CampaignScheduler
-from clarion.config import QueueBackend, Settings
+from clarion.config import Settings
 from clarion.db import transaction
 from clarion.delivery.models import BatchStatus, DeliveryBatch, Send
 from clarion.queue import JobQueue
@@ -52,15 +52,6 @@ def scheduler(
 ) -> CampaignScheduler:
     chosen: Settings = runtime.settings.model_copy(update=settings)
     return CampaignScheduler(runtime.sessions, queue or runtime.queue, chosen, clock=clock)
-
-
-@pytest.fixture
-async def held_queue() -> Any:
-    """A queue nobody works: batches written by a fan-out stay pending."""
-    queue = JobQueue(QueueBackend.MEMORY, "")
-    await queue.start()
-    yield queue
-    await queue.aclose()
 
 
 async def add_installs(

@@ -12,11 +12,14 @@ import json
 import os
 import re
 import secrets
+import sqlite3
 import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator
+from contextlib import closing
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -462,4 +465,142 @@ def test_the_inapp_preview_is_drawn_by_the_sdks_renderer_as_one_types(
     _shot(page, "inapp-preview")
     # The renderer works under the dashboard's Content-Security-Policy.
     assert problems == []
+    page.close()
+
+
+def _seed_entries(
+    server: Server, token: str, rows: list[tuple[str, str, str | None, int]], converted: str
+) -> None:
+    """Entries of an automation, written into the server's database as the automation engine
+    writes them: (custom id, state, reason, minutes ago it finished); and the conversion event
+    of the user `converted`, now. A pending entry is due in 2 h (the automation's delay): the
+    server's dispatcher would otherwise send it (or skip it, its user having no device)."""
+    now = datetime.now(UTC)
+    with closing(sqlite3.connect(Path(server.env["CLARION_VAR_DIR"]) / "clarion.db")) as db:
+        campaign_id, app_id = db.execute(
+            "SELECT id, app_id FROM campaigns WHERE token = ?", (token,)
+        ).fetchone()
+        for user, state, reason, ago in rows:
+            at = (now - timedelta(minutes=ago)).strftime("%Y-%m-%d %H:%M:%S.%f")
+            due = (now + timedelta(hours=2)).strftime("%Y-%m-%d %H:%M:%S.%f")
+            db.execute(
+                "INSERT INTO automation_entries (app_id, campaign_id, custom_id, event,"
+                " entered_at, due_at, timed, state, reason, finished_at)"
+                ' VALUES (?, ?, ?, \'{"name": "ue.added_to_cart"}\', ?, ?, 1, ?, ?, ?)',
+                (
+                    app_id,
+                    campaign_id,
+                    user,
+                    at,
+                    due if state == "pending" else at,
+                    state,
+                    reason,
+                    None if state == "pending" else at,
+                ),
+            )
+        db.execute(
+            "INSERT INTO tracked_events (app_id, occurred_at, custom_id, name)"
+            " VALUES (?, ?, ?, 'ue.purchased')",
+            (app_id, now.strftime("%Y-%m-%d %H:%M:%S.%f"), converted),
+        )
+        db.commit()
+
+
+def test_an_automation_is_composed_listed_paused_and_its_figures_shown(
+    browser: Browser, server: Server
+) -> None:
+    created = json.loads(
+        _clarion(server.env, "apps", "create", "--name", "Automations", "--platform", "android")
+    )
+    base = f"{server.url}/dashboard/apps/{created['id']}"
+    with httpx.Client(base_url=server.url) as sdk:
+        for number, language in enumerate(["en", "en", "fr"]):
+            response = sdk.put(
+                f"/sdk/v1/{created['api_key']}/installations/auto-{number}",
+                json={"language": language, "custom_id": f"shopper-{number}"},
+            )
+            assert response.status_code in (200, 201), response.text
+    page = _sign_in(browser, server, ADMIN)
+    page.goto(f"{base}/campaigns")
+    page.get_by_role("link", name="Automations").click()
+    expect(page.get_by_text("No automation")).to_be_visible()
+    page.get_by_role("link", name="New automation").click()
+
+    page.get_by_label("Name", exact=True).fill("Abandoned cart")
+    page.locator("[name=trigger_event]").fill("ue.added_to_cart")
+    page.get_by_role("button", name="Add an attribute condition").click()
+    page.get_by_label("Attribute", exact=True).fill("category")
+    page.get_by_label("Equals", exact=True).fill("shoes")
+    page.get_by_label("Delay unit").select_option("hours")
+    page.locator("[name=delay_value]").fill("2")
+    page.get_by_role("button", name="Add a cancel event").click()
+    page.get_by_label("Cancel event", exact=True).fill("ue.purchased")
+    page.get_by_label("Same attribute as the trigger (optional)").fill("sku")
+    page.get_by_label("Quiet from").fill("22:00")
+    page.get_by_label("quiet until").fill("08:00")
+    page.get_by_label("Title").fill("Still thinking about it?")
+    page.get_by_label("Message", exact=True).fill("Your {{ event.attributes.sku }} is waiting")
+    page.get_by_label("Field").fill("b.language")
+    page.get_by_label("Value").fill("en")
+    expect(page.locator("#estimate")).to_contain_text("2 match the targeting")
+    page.get_by_label("Conversion event").fill("ue.purchased")
+    page.get_by_label("Within (hours)").fill("48")
+    _shot(page, "automation-editor")
+    page.get_by_label("Delay unit").select_option("days")
+    page.locator("[name=delay_value]").fill("31")  # over the 30 days a delay may be
+    page.get_by_role("button", name="Save and activate").click()
+
+    # Refused beside the delay, which has the focus; what was typed is kept.
+    delay = page.locator("[name=delay_value]")
+    expect(delay).to_have_attribute("aria-invalid", "true")
+    expect(delay).to_be_focused()
+    expect(page.locator("#refusal")).to_contain_text("trigger.delay_seconds")
+    expect(page.get_by_label("Cancel event", exact=True)).to_have_value("ue.purchased")
+    delay.fill("2")
+    page.get_by_label("Delay unit").select_option("hours")
+    page.get_by_role("button", name="Save and activate").click()
+    expect(page.get_by_role("status")).to_have_text("Automation saved and active.")
+    expect(page.locator("h1 .pill")).to_have_text("active")
+    token = page.url.split("/automations/")[1].split("?")[0]
+
+    # What the engine records, and a conversion of one of the users sent to.
+    _seed_entries(
+        server,
+        token,
+        [(f"shopper-{n}", "sent", None, 90 + n) for n in range(3)]
+        + [
+            ("shopper-7", "cancelled", "ue.purchased", 30),
+            ("shopper-8", "skipped", "cap:automations", 20),
+            ("shopper-9", "pending", None, 0),
+        ],
+        converted="shopper-1",
+    )
+    page.reload()
+    expect(page.locator("[data-figure=sent] b")).to_have_text("3")
+    expect(page.locator("[data-figure=pending] b")).to_have_text("1")
+    expect(page.locator("[data-figure=conversions] b")).to_have_text("1")
+    expect(page.locator("#entries tbody tr")).to_have_count(6)
+    _shot(page, "automation")
+
+    # Paused: the pending entry is cancelled, and says why.
+    page.get_by_role("button", name="Pause").click()
+    expect(page.get_by_role("status")).to_contain_text("Automation paused")
+    expect(page.locator("[data-figure=pending] b")).to_have_text("0")
+    expect(page.locator("#entries tr", has_text="shopper-9")).to_contain_text("paused")
+    page.goto(f"{base}/automations")
+    row = page.locator("tr", has_text="Abandoned cart")
+    expect(row).to_contain_text("paused")
+    expect(row).to_contain_text("ue.added_to_cart")
+    expect(row).to_contain_text("2 h")
+
+    page.set_viewport_size({"width": 390, "height": 844})
+    for path in (
+        "automations",
+        "automations/new",
+        f"automations/{token}",
+        f"automations/{token}/edit",
+    ):
+        page.goto(f"{base}/{path}")
+        overflow = page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
+        assert overflow <= 0, f"{path} is {overflow} px too wide on a phone"
     page.close()

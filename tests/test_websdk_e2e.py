@@ -16,6 +16,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import re
 import shutil
 import sqlite3
 import subprocess
@@ -75,10 +76,10 @@ PAGE = """<!doctype html><html><head><meta charset="utf-8"><title>shop</title>
     (window.clarion.q = window.clarion.q || []).push(arguments);
   };
   clarion('setup', {apiKey: '%KEY%', server: '%SERVER%', debug: true,
-                    serviceWorker: {url: '/clarion-sw.js'}});
+                    serviceWorker: {url: '/clarion-sw.js'}%UI%});
 </script>
 <script src="%SERVER%/sdk/web/v1/clarion.js" async></script></head>
-<body><button id="before">Before</button></body></html>"""
+<body><button id="before">Before</button><div id="prefs"></div></body></html>"""
 
 
 # The server and the site ----------------------------------------------------------------------
@@ -166,6 +167,7 @@ class Site:
 
     clarion: Clarion
     port: int = 0
+    ui: str = ""  # setup's `ui`, a JavaScript object literal; none when empty
 
     @property
     def origin(self) -> str:
@@ -185,6 +187,7 @@ class _Handler(BaseHTTPRequestHandler):
         clarion = self.site.clarion
         if self.path == "/page.html":
             page = PAGE.replace("%KEY%", clarion.api_key).replace("%SERVER%", clarion.url)
+            page = page.replace("%UI%", f", ui: {self.site.ui}" if self.site.ui else "")
             content_type = "text/html; charset=utf-8"
         elif self.path == "/clarion-sw.js":
             # The one line a site hosts (docs/web-sdk.md).
@@ -352,6 +355,109 @@ def test_setup_registers_the_installation_and_identify_attaches_the_user(
     # Another page of the same profile: the same installation.
     page.goto(site.url())
     assert _installation_id(page) == install_id
+
+
+# profile().edit as docs/web-sdk.md shows it: one of each type Batch's editor infers, an explicit
+# FLOAT, tags, language and region. Resolves to "edited", or to the Error's message.
+EDIT = """() => new Promise(resolve => clarion(api => api.profile().then(p => p.edit(e => e
+    .setAttribute('plan', 'premium')
+    .setAttribute('visits', 42)
+    .setAttribute('ratio', 0.25)
+    .setAttribute('score', {type: api.userAttributeTypes.FLOAT, value: 3})
+    .setAttribute('optin', true)
+    .setAttribute('signed_up', new Date(Date.UTC(2026, 10, 23, 10, 0, 0, 250)))
+    .setAttribute('home', new URL('https://shop.example/u/42'))
+    .addToArray('interests', ['Sport', 'cinema'])
+    .setLanguage('de-AT')
+    .setRegion('at')))
+  .then(() => resolve('edited'), error => resolve(error.message))))"""
+# getUserAttributes() as [type, value] per name, Dates and URLs as text: what this browser's
+# edits set (the SDK API answers no profile: decision 0024).
+READ_ATTRIBUTES = """() => new Promise(resolve => clarion(api => api.getUserAttributes()
+  .then(found => resolve(Object.fromEntries(Object.entries(found).map(([name, a]) => [name, [
+    a.getType(),
+    a.value instanceof Date ? 'Date ' + a.value.toISOString()
+      : a.value instanceof URL ? 'URL ' + a.value.href : a.value]]))))))"""
+
+
+@needs_chromium
+def test_profile_edit_lands_typed_and_reads_back_once_the_user_is_identified(
+    context: BrowserContext, site: Site
+) -> None:
+    clarion = site.clarion
+    page = context.new_page()
+    with page.expect_response(_sdk_call("PUT", "")):
+        page.goto(site.url())
+    install_id = _installation_id(page)
+    profile_sql = "SELECT name, kind, text_value, number_value FROM profile_attributes"
+    profile_sql += " WHERE custom_id = ? ORDER BY name"
+
+    # Before identify: the promise rejects saying what to do, debug mode says it too, and
+    # nothing of the edit is applied (not even its language).
+    with page.expect_console_message(lambda m: "profile().edit refused" in m.text) as logged:
+        refused = page.evaluate(EDIT)
+    assert refused.startswith("clarion: profile().edit refused: API_MISUSE"), refused
+    assert "identify the user first" in refused
+    assert "identify the user first" in logged.value.text
+    language_sql = "SELECT language, region FROM installations WHERE install_id = ?"
+    assert clarion.rows(language_sql, install_id) == [("fr-FR", None)]
+    assert page.evaluate(READ_ATTRIBUTES) == {}
+
+    page.evaluate(
+        "new Promise((resolve, reject) => clarion(api => api.profile()"
+        ".then(p => p.identify({customId: 'shopper-9'})).then(resolve, reject)))"
+    )
+    with page.expect_response(_sdk_call("POST", "/profile/edits")) as sent:
+        assert page.evaluate(EDIT) == "edited"
+    assert sent.value.status == 200
+    assert clarion.rows(profile_sql, "shopper-9") == [
+        ("home", "url", "https://shop.example/u/42", None),
+        ("optin", "boolean", None, 1.0),
+        ("plan", "string", "premium", None),
+        ("ratio", "float", None, 0.25),
+        ("score", "float", None, 3.0),
+        ("signed_up", "date", "2026-11-23T10:00:00.250000+00:00", 1795428000.25),
+        ("visits", "integer", None, 42.0),
+    ]
+    tags_sql = "SELECT collection, tag FROM profile_tags WHERE custom_id = ? ORDER BY tag"
+    assert clarion.rows(tags_sql, "shopper-9") == [("interests", "cinema"), ("interests", "sport")]
+    assert clarion.rows(language_sql, install_id) == [("de-AT", "AT")]
+
+    read = {
+        "home": ["url", "URL https://shop.example/u/42"],
+        "interests": ["array", ["cinema", "sport"]],
+        "optin": ["boolean", True],
+        "plan": ["string", "premium"],
+        "ratio": ["float", 0.25],
+        "score": ["float", 3],
+        "signed_up": ["date", "Date 2026-11-23T10:00:00.250Z"],
+        "visits": ["integer", 42],
+    }
+    assert page.evaluate(READ_ATTRIBUTES) == read
+
+    # A bad value is refused at the call, before anything is sent; so is an email.
+    for bad in ("e.setAttribute('plan', 'x'.repeat(65))", "e.setEmailAddress('a@b.example')"):
+        message = page.evaluate(
+            "() => new Promise(resolve => clarion(api => api.profile()"
+            f".then(p => p.edit(e => {bad}))"
+            ".then(() => resolve('sent'), error => resolve(error.message))))"
+        )
+        assert message.startswith("clarion: set"), message
+    assert clarion.rows(profile_sql, "shopper-9")[2] == ("plan", "string", "premium", None)
+
+    # The language set by the edit outlives the next page's registration (the browser says
+    # fr-FR), and what the edits set is read on the next page too.
+    with page.expect_response(_sdk_call("PUT", "")) as registered:
+        page.reload()
+    assert _sent(registered.value)["language"] == "de-AT"
+    assert clarion.rows(language_sql, install_id) == [("de-AT", "AT")]
+    assert page.evaluate(READ_ATTRIBUTES) == read
+    # Another user signs in on this browser: the previous user's attributes are not theirs.
+    page.evaluate(
+        "new Promise((resolve, reject) => clarion(api => api.profile()"
+        ".then(p => p.identify({customId: 'shopper-10'})).then(resolve, reject)))"
+    )
+    assert page.evaluate(READ_ATTRIBUTES) == {}
 
 
 @needs_chromium
@@ -812,6 +918,257 @@ def test_unsubscribe_reports_the_opt_out_and_clear_installation_data_starts_a_ne
         assert len(site.clarion.rows(optin, renewed)) == 1
     finally:
         context.close()
+
+
+# Subscription prompts (setup's `ui`) ------------------------------------------------------------
+# Each prompt lives in a <clarion-ui data-ui=NAME> element's open shadow root. The tests wait on
+# the SDK's debug-mode messages ("ui alert: shown", "... not shown (why)"), which it writes once
+# it has decided. Headless Chromium answers a permission request it was not told about with
+# "denied" (as a visitor refusing would); `grant_permissions` makes it answer "granted".
+
+ALERT = "document.querySelector('clarion-ui[data-ui=alert]')"
+FOCUSED = "document.activeElement.shadowRoot?.activeElement?.textContent ?? null"
+
+
+def _ui_message(text: str) -> Callable[[Any], bool]:
+    return lambda message: text in message.text
+
+
+@needs_chromium
+def test_no_ui_configuration_draws_nothing(context: BrowserContext, site: Site) -> None:
+    page = context.new_page()
+    with page.expect_console_message(_ui_message("in-app (session)")):
+        page.goto(site.url())
+    assert page.evaluate("document.querySelectorAll('clarion-ui').length") == 0
+    assert (
+        page.evaluate(
+            "new Promise(r => clarion(api => r(api.ui ? api.ui.has('alert') : 'no api.ui')))"
+        )
+        is False
+    )
+    with page.expect_console_message(_ui_message("ui.show: 'alert' is not configured")):
+        page.evaluate("new Promise(r => clarion(api => api.ui.show('alert').then(r)))")
+    assert page.evaluate("document.querySelectorAll('clarion-ui').length") == 0
+
+
+@needs_chromium
+def test_the_alert_is_keyboard_operable_and_a_no_holds_it_back_across_reloads(
+    context: BrowserContext, site: Site
+) -> None:
+    site.ui = (
+        "{alert: {text: 'Stay in the loop', positiveSubBtnLabel: 'Yes please',"
+        " negativeBtnLabel: 'Not now', attach: 'bottom right', hideFor: 3600,"
+        " backgroundColor: 'url(x)', positiveBtnStyle: {backgroundColor: 'rebeccapurple'}},"
+        " carousel: {}}"
+    )
+    page = context.new_page()
+    with (
+        page.expect_console_message(_ui_message("ui: unknown component 'carousel'")),
+        page.expect_console_message(_ui_message("ui alert: shown")),
+    ):
+        page.goto(site.url())
+    # First in the page, in its own shadow root, a labelled (non-modal) dialog.
+    assert page.evaluate(f"document.body.firstElementChild === {ALERT}")
+    box = f"{ALERT}.shadowRoot.querySelector('[role=dialog]')"
+    assert page.evaluate(f"{box}.getAttribute('aria-labelledby')") == "t"
+    assert (
+        page.evaluate(f"{ALERT}.shadowRoot.getElementById('t').textContent") == "Stay in the loop"
+    )
+    # Colours the browser does not take as colours are left out; the others are set.
+    assert page.evaluate(f"{box}.style.getPropertyValue('--bg')") == "#fff"
+    assert page.evaluate(f"{box}.style.getPropertyValue('--yes-bg')") == "rebeccapurple"
+    # The page's CSS cannot hide it.
+    page.add_style_tag(content="clarion-ui, div, p, button {display: none !important}")
+    assert page.evaluate(f"{ALERT}.getBoundingClientRect().height") > 0
+    assert page.evaluate(f"{box}.getBoundingClientRect().height") > 0
+    # Not taking the focus, but the first Tab stop: "Not now", then "Yes please".
+    assert page.evaluate("document.activeElement === document.body")
+    page.keyboard.press("Tab")
+    assert page.evaluate(FOCUSED) == "Not now"
+    page.keyboard.press("Tab")
+    assert page.evaluate(FOCUSED) == "Yes please"
+    page.keyboard.press("Shift+Tab")
+    with page.expect_console_message(_ui_message("ui alert: refused")):
+        page.keyboard.press("Enter")
+    assert page.evaluate(ALERT) is None
+
+    # The "no" is kept (IndexedDB): the next page does not show it.
+    with page.expect_console_message(_ui_message("ui alert: not shown")) as held:
+        page.reload()
+    assert re.search(r"\(refused \d+ s ago \(hideFor 3600 s\)\)", held.value.text), held.value.text
+    assert page.evaluate(ALERT) is None
+
+    # api.ui.show with force passes over it; Escape inside is a "no" too.
+    page.evaluate("clarion(api => api.ui.show('alert', true))")
+    page.wait_for_function(ALERT)
+    page.keyboard.press("Tab")
+    with page.expect_console_message(_ui_message("ui alert: refused")):
+        page.keyboard.press("Escape")
+    assert page.evaluate(ALERT) is None
+    # reset() forgets it: the next page shows it again.
+    page.evaluate(
+        "new Promise(r => clarion(api => api.ui.waitUntilDrawn('alert')"
+        ".then(c => c.reset()).then(r)))"
+    )
+    with page.expect_console_message(_ui_message("ui alert: shown")):
+        page.reload()
+
+
+@needs_chromium
+def test_the_alerts_yes_asks_the_permission_and_subscribes(browser: Browser, site: Site) -> None:
+    site.ui = "{alert: {positiveSubBtnLabel: 'Yes please'}}"
+    context = browser.new_context()
+    try:
+        # The visitor refuses in the browser's prompt (headless answers "denied"): the alert
+        # goes, and no page shows it again, since nothing can be asked any more.
+        page = context.new_page()
+        with page.expect_console_message(_ui_message("ui alert: shown")):
+            page.goto(site.url())
+        assert page.evaluate("Notification.permission") == "default"
+        page.keyboard.press("Tab")
+        page.keyboard.press("Tab")
+        assert page.evaluate(FOCUSED) == "Yes please"
+        with page.expect_console_message(_ui_message("notification permission denied")):
+            page.keyboard.press("Enter")
+        page.wait_for_function(f"{ALERT} === null")
+        assert page.evaluate("Notification.permission") == "denied"
+        with page.expect_console_message(_ui_message("ui alert: not shown")) as held:
+            page.reload()
+        assert "notifications are blocked in this browser" in held.value.text
+    finally:
+        context.close()
+
+    context = browser.new_context()
+    try:
+        # The visitor allows: subscribe() goes on, registers the worker and asks Clarion for the
+        # app's VAPID key, then the browser's push service, which this Chromium cannot reach
+        # (see "How the tests go around the push service"): the alert stays for another try.
+        page = context.new_page()
+        with page.expect_console_message(_ui_message("ui alert: shown")):
+            page.goto(site.url())
+        context.grant_permissions(["notifications"], origin=site.origin)
+        page.keyboard.press("Tab")
+        page.keyboard.press("Tab")
+        with (
+            page.expect_response(lambda r: r.url.endswith("/webpush/vapid-key")) as vapid,
+            page.expect_console_message(_ui_message("ui: subscribe failed")),
+        ):
+            page.keyboard.press("Enter")
+        assert vapid.value.status == 200
+        assert (
+            page.evaluate("navigator.serviceWorker.ready.then(r => r.scope)") == site.origin + "/"
+        )
+        assert (
+            page.evaluate(f"{ALERT}.shadowRoot.querySelector('.yes').hasAttribute('aria-busy')")
+            is False
+        )
+    finally:
+        context.close()
+
+
+@needs_chromium
+def test_the_banner_pushes_the_page_down_and_its_close_button_is_a_no(
+    context: BrowserContext, site: Site
+) -> None:
+    site.ui = "{banner: {text: 'Deals first', btnSub: 'Go', autoShow: false}}"
+    banner = "document.querySelector('clarion-ui[data-ui=banner]')"
+    page = context.new_page()
+    with page.expect_console_message(_ui_message("ui banner: not shown")) as held:
+        page.goto(site.url())
+    assert "autoShow is false" in held.value.text
+    top = page.evaluate("document.getElementById('before').getBoundingClientRect().top")
+    with page.expect_console_message(_ui_message("ui banner: shown")):
+        page.evaluate("clarion(api => api.ui.get('banner').show())")
+    # In the page's flow at its top (not over it): the page's first button moved down by it.
+    height = page.evaluate(f"{banner}.getBoundingClientRect().height")
+    assert height > 0
+    moved = page.evaluate("document.getElementById('before').getBoundingClientRect().top")
+    assert moved == pytest.approx(top + height, abs=1)
+    labels = page.evaluate(
+        f"Array.from({banner}.shadowRoot.querySelectorAll('button'),"
+        " b => b.getAttribute('aria-label') ?? b.textContent)"
+    )
+    assert labels == ["Go", "Close"]
+    page.evaluate("clarion(api => api.ui.hide('banner'))")  # the page's hide is no "no"
+    page.wait_for_function(f"{banner} === null")
+    with page.expect_console_message(_ui_message("ui banner: shown")):
+        page.evaluate("clarion(api => api.ui.show('banner'))")
+    page.keyboard.press("Tab")
+    page.keyboard.press("Tab")
+    assert page.evaluate(FOCUSED) == "\u00d7"
+    with page.expect_console_message(_ui_message("ui banner: refused")):
+        page.keyboard.press("Enter")
+    with page.expect_console_message(_ui_message("ui banner: not shown")) as held:
+        page.evaluate("clarion(api => api.ui.show('banner'))")
+    assert "refused" in held.value.text
+
+
+@needs_chromium
+def test_native_asks_at_the_first_click_from_the_configured_page_view(
+    context: BrowserContext, site: Site
+) -> None:
+    site.ui = "{native: {pageViews: 2}}"
+    page = context.new_page()
+    with page.expect_console_message(_ui_message("ui native: not shown")) as held:
+        page.goto(site.url())
+    assert "page view 1 of the 2 pageViews asks" in held.value.text
+    with page.expect_console_message(_ui_message("asked at the next click")):
+        page.reload()
+    # Nothing asked on page load.
+    assert page.evaluate("Notification.permission") == "default"
+    with page.expect_console_message(_ui_message("notification permission denied")):
+        page.click("#before")
+    assert page.evaluate("Notification.permission") == "denied"
+    with page.expect_console_message(_ui_message("ui native: not shown")) as held:
+        page.reload()
+    assert "blocked" in held.value.text
+
+
+@needs_chromium
+def test_the_switcher_and_the_bell_follow_the_permission_and_subscribe(
+    context: BrowserContext, site: Site
+) -> None:
+    site.ui = (
+        "{switcher: {selector: '#prefs', label: 'Push alerts'},"
+        " button: {hover: 'Alerts', popin: {btnSub: 'Turn on'}}}"
+    )
+    switch = (
+        "document.querySelector('#prefs > clarion-ui').shadowRoot.querySelector('[role=switch]')"
+    )
+    bell = "document.querySelector('clarion-ui[data-ui=button]')"
+    page = context.new_page()
+    with page.expect_console_message(_ui_message("ui button: shown")):
+        page.goto(site.url())
+    assert page.evaluate(f"{switch}.getAttribute('aria-label')") == "Push alerts"
+    assert page.evaluate(f"{switch}.getAttribute('aria-checked')") == "false"
+    assert page.evaluate(f"{switch}.getAttribute('aria-disabled')") is None
+
+    # Keyboard: the page's button, the switch, the bell; Enter opens the bell's panel with the
+    # focus on its button; Escape closes it and gives the focus back to the bell.
+    for _ in range(3):
+        page.keyboard.press("Tab")
+    assert page.evaluate(f"document.activeElement === {bell}")
+    assert page.evaluate(f"{bell}.shadowRoot.activeElement.getAttribute('aria-label')") == "Alerts"
+    page.keyboard.press("Enter")
+    assert page.evaluate(FOCUSED) == "Turn on"
+    assert (
+        page.evaluate(f"{bell}.shadowRoot.querySelector('.bell').getAttribute('aria-expanded')")
+        == "true"
+    )
+    page.keyboard.press("Escape")
+    assert page.evaluate(f"{bell}.shadowRoot.getElementById('p').hidden") is True
+    assert page.evaluate(f"{bell}.shadowRoot.activeElement.getAttribute('aria-label')") == "Alerts"
+
+    # The switch asks (headless refuses): it turns disabled, described by the reason, and so
+    # does the bell's panel.
+    with page.expect_console_message(_ui_message("notification permission denied")):
+        page.evaluate(f"{switch}.click()")
+    page.wait_for_function(f"{switch}.getAttribute('aria-disabled') === 'true'")
+    assert page.evaluate(f"{switch}.getAttribute('aria-checked')") == "false"
+    assert "blocked" in page.evaluate(
+        f"{switch}.getRootNode().getElementById({switch}.getAttribute('aria-describedby')).textContent"
+    )
+    assert page.evaluate(f"{bell}.shadowRoot.querySelector('.yes').hidden") is True
 
 
 # The TypeScript's own tests, the committed bundle, the budget -----------------------------------

@@ -40,8 +40,12 @@ class AutomationEntry(Base):
         # automation: server events by custom user id, SDK events by installation id.
         Index("ix_automation_entries_custom", "campaign_id", "custom_id", "entered_at"),
         Index("ix_automation_entries_install", "campaign_id", "install_id", "entered_at"),
-        # Statistics: an automation's entries by state.
-        Index("ix_automation_entries_campaign_state", "campaign_id", "state"),
+        # Statistics (clarion.stats.automations): an automation's entries of a state finished
+        # since a date, with why, read from the index alone; and its pending ones (pausing).
+        Index("ix_automation_entries_finished", "campaign_id", "state", "finished_at", "reason"),
+        # The dashboard's pages of an automation's newest entries (keyset on id): without it, a
+        # quiet automation's page walks the newer entries of all the others.
+        Index("ix_automation_entries_newest", "campaign_id", "id"),
     )
 
     id: Mapped[int] = mapped_column(BigIntPK, primary_key=True)

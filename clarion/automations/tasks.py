@@ -1,7 +1,7 @@
 """Automations in the background: the dispatcher, which sends due entries. clarion.runtime runs
 one in every process that runs workers (docs/campaigns.md, "How an entry is sent").
 
-At most once per entry (docs/decisions/0025-automation-dispatch.md): a pass claims due pending
+At most once per entry (docs/decisions/0029-automation-dispatch.md): a pass claims due pending
 entries, oldest first (`FOR UPDATE SKIP LOCKED` on PostgreSQL, so that any number of processes
 share them; SQLite has one process), decides each one, and writes the pushes into the delivery
 outbox with the entries' new states, in one transaction. A crash before its commit leaves the
@@ -22,7 +22,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from pydantic import ValidationError
-from sqlalchemy import BigInteger, Row, String, bindparam, insert, select, text, update
+from sqlalchemy import BigInteger, Row, String, bindparam, insert, select, update
 from sqlalchemy.exc import CompileError, DataError, ProgrammingError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -34,7 +34,7 @@ from clarion.campaigns.fanout import reason_of
 from clarion.campaigns.models import Campaign, CampaignState
 from clarion.campaigns.schemas import CampaignBody, Trigger
 from clarion.campaigns.service import landing_themes, send_content
-from clarion.capping.service import Cap, capped, caps_for, record_receipts
+from clarion.capping.service import Cap, capped, caps_for, lock_caps, record_receipts
 from clarion.config import Settings
 from clarion.db import in_values, is_postgres, transaction, uses_arrays, utcnow
 from clarion.delivery.models import BATCHES, SENDS, SendKind
@@ -52,9 +52,6 @@ UNREACHABLE = "unreachable"
 AUDIENCE = "audience"
 
 _UTC = ZoneInfo("UTC")
-# pg_try_advisory_xact_lock's first key ("caps"): an installation's capped pushes are decided
-# by one dispatcher at a time (_lock_capped).
-_CAPS_LOCK_CLASS = 0x63617073
 _INSERT_SENDS = insert(SENDS).returning(SENDS.c.id, sort_by_parameter_order=True)
 _INSERT_BATCHES = insert(BATCHES).returning(BATCHES.c.id, sort_by_parameter_order=True)
 # Entries that wait with a new due time (executemany: each its own).
@@ -391,16 +388,21 @@ async def _within_caps(session: AsyncSession, decided: _Pass, candidates: list[_
     """Caps, A/B version, and the push each remaining entry makes (`decided.pushes`).
 
     Installations that reached a cap are dropped (an entry with none left is skipped,
-    "cap:<key>"). A push counts against its caps once its receipt is committed, so an
-    installation gets at most one push per automation and per cap key in a pass, and on
-    PostgreSQL its capped pushes are decided by one dispatcher at a time (an advisory lock
-    per installation, taken before its receipts are read): an entry that would break either
-    rule waits for the next pass."""
+    "cap:<key>"). A push counts against its caps once its receipt is committed: the caps are
+    locked (capping.lock_caps, per app and key, as a campaign's fan-out page locks them)
+    before their receipts are read, until the pass commits, so that no other dispatcher or
+    fan-out spends the same last push meanwhile; and an installation gets at most one push
+    per automation and per cap key in a pass (a second entry waits for the next pass)."""
     by_caps: dict[_CapGroup, set[int]] = defaultdict(set)
     for candidate in candidates:
         if candidate.automation.caps:
             by_caps[candidate.automation.cap_group].update(candidate.installations)
-    busy = await _lock_capped(session, {pk for ids in by_caps.values() for pk in ids})
+    by_app: dict[int, set[Cap]] = defaultdict(set)
+    for app_id, caps in by_caps:
+        by_app[app_id].update(caps)
+    # Apps in one order in every process (lock_caps orders each app's keys): no deadlock.
+    for app_id in sorted(by_app):
+        await lock_caps(session, app_id=app_id, caps=list(by_app[app_id]))
     at_caps: dict[_CapGroup, dict[int, str]] = {}
     for (app_id, caps), ids in by_caps.items():
         at_caps[(app_id, caps)] = await capped(
@@ -413,9 +415,6 @@ async def _within_caps(session: AsyncSession, decided: _Pass, candidates: list[_
         automation = candidate.automation
         installations = candidate.installations
         keys = [cap.key for cap in automation.caps]
-        if keys and not busy.isdisjoint(installations):
-            decided.leave(candidate)  # another dispatcher decides its caps: the next poll
-            continue
         if any((automation.id, pk) in sent_by for pk in installations) or any(
             (pk, key) in counted for pk in installations for key in keys
         ):
@@ -551,19 +550,3 @@ async def _matching(
     except (CompileError, DataError, ProgrammingError) as exc:
         log.warning("automation %s: its audience cannot be evaluated: %s", automation.token, exc)
         return _failure(reason_of(exc))
-
-
-async def _lock_capped(session: AsyncSession, installations: set[int]) -> set[int]:
-    """On PostgreSQL, a transaction-scoped advisory lock per installation about to get a
-    capped push; returns those another dispatcher holds (their entries wait). Try-locks, so
-    two dispatchers never wait for each other. SQLite has one dispatcher."""
-    if not installations or not is_postgres(session):
-        return set()
-    rows = await session.execute(
-        text(
-            "SELECT id, pg_try_advisory_xact_lock(:class, CAST(id % 2147483647 AS integer))"
-            " AS taken FROM unnest(CAST(:ids AS bigint[])) AS id"
-        ),
-        {"class": _CAPS_LOCK_CLASS, "ids": sorted(installations)},
-    )
-    return {row.id for row in rows if not row.taken}

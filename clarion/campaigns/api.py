@@ -20,6 +20,7 @@ from clarion.db import utcnow
 from clarion.formats import INT64_MAX, Text
 from clarion.http import RestApp, RestAppLive, SessionDep
 from clarion.stats import service as stats
+from clarion.stats.automations import MAX_STATS_DAYS, STATS_DAYS
 from clarion.targeting.schemas import Estimate, Targeting
 
 router = APIRouter(prefix="/1.1/{api_key}/campaigns", tags=["campaigns"])
@@ -30,7 +31,9 @@ Token = Annotated[Text, Path(max_length=64)]
 async def create_campaign(
     body: CampaignBody, access: RestApp, session: SessionDep
 ) -> CampaignCreated:
-    campaign = await service.create_campaign(session, access=access, body=body, now=utcnow())
+    now = utcnow()
+    campaign = await service.create_campaign(session, access=access, body=body, now=now)
+    await automations.settle_entries(session, campaign, now=now)
     return CampaignCreated(campaign_token=campaign.token)
 
 
@@ -72,8 +75,18 @@ async def list_campaigns(
 
 
 @router.get("/stats/{token}", response_model_exclude_none=True)
-async def campaign_stats(token: Token, access: RestAppLive, session: SessionDep) -> CampaignStats:
-    return await stats.campaign_stats(session, access=access, token=token)
+async def campaign_stats(
+    token: Token,
+    access: RestAppLive,
+    session: SessionDep,
+    days: Annotated[
+        int, Query(ge=1, le=MAX_STATS_DAYS, description="An automation's: days its figures cover")
+    ] = STATS_DAYS,
+) -> CampaignStats:
+    """Batch's per-day figures; for an automation, Clarion adds `automation`: its entries
+    finished in the last `days` days (sent, cancelled, skipped, with why) and pending now, its
+    pushes, and its conversions."""
+    return await stats.campaign_stats(session, access=access, token=token, automation_days=days)
 
 
 @router.post("/estimate")

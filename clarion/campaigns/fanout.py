@@ -21,6 +21,7 @@ from clarion.apps.models import App
 from clarion.campaigns.models import Campaign, CampaignReceipt, CampaignRun, RunState
 from clarion.campaigns.recurrence import EARLIEST_UTC_OFFSET, occurrence_end
 from clarion.campaigns.schemas import CampaignBody
+from clarion.capping import service as capping
 from clarion.config import Settings
 from clarion.db import transaction, upsert_insert
 from clarion.delivery.models import BATCHES, Send
@@ -88,6 +89,8 @@ class _Plan:
     sends: dict[str | None, int]  # A/B version -> send id
     seed: int
     scheduled_for: datetime
+    # The app's caps of the campaign's labels, as they were when this fan-out (re)started.
+    caps: list[capping.Cap]
 
     @property
     def shares(self) -> list[tuple[str | None, int]]:
@@ -157,6 +160,7 @@ class FanOut:
             sends=sends,
             seed=int(campaign.token[:8], 16),
             scheduled_for=run.scheduled_for,
+            caps=capping.caps_for(app.push_caps, automation=False, labels=body.labels),
         )
 
     async def run(self, run_id: int, position: Position) -> None:
@@ -185,17 +189,29 @@ class FanOut:
                             await self._close_fan_out(run_id)  # every zone has had its turn
                         return  # the next zones are not due yet
                 zone_filter = _zone_filter(wave, plan.app.default_timezone)
-            page = await self._next_page(plan.audience, zone_filter, position.cursor)
-            if not page and not local:
+            # One transaction reads the page and writes it. With caps, under their lock: what
+            # the page query found under the caps stays so until its receipts commit, whoever
+            # else spends them (two campaigns of one label at once, an automation).
+            async with transaction(self._sessions) as session:
+                await capping.lock_caps(session, app_id=plan.app.id, caps=plan.caps)
+                page = await self._next_page(session, plan, zone_filter, position.cursor, now)
+                after: Position | None = None
+                if page:
+                    after = Position(position.pages + 1, page[-1], wave, position.zones_done)
+                elif local:  # this wave is done: the next starts from the first installation
+                    done_zones = [*(position.zones_done or ()), *(wave or ())]
+                    after = Position(position.pages + 1, 0, None, done_zones)
+                batches = (
+                    await self._write_page(session, plan, page, position, after, now)
+                    if after is not None
+                    else []
+                )
+            if after is None:
                 await self._close_fan_out(run_id)
                 return
-            if page:
-                after = Position(position.pages + 1, page[-1], wave, position.zones_done)
-            else:  # this wave is done: the next one starts from the first installation again
-                done_zones = [*(position.zones_done or ()), *(wave or ())]
-                after = Position(position.pages + 1, 0, None, done_zones)
-            if not await self._write_page(plan, page, position, after, now):
+            if batches is None:
                 return  # stopped, or another process took the run over
+            await self._queue.enqueue(batches)
             position = after
 
     async def _due_zones(
@@ -222,31 +238,93 @@ class FanOut:
         )
 
     async def _next_page(
-        self, audience: ColumnElement[bool], zone_filter: ColumnElement[bool] | None, cursor: int
+        self,
+        session: AsyncSession,
+        plan: _Plan,
+        zone_filter: ColumnElement[bool] | None,
+        cursor: int,
+        now: datetime,
     ) -> list[int]:
-        query = select(Installation.id).where(audience, Installation.id > cursor)
+        query = select(Installation.id).where(plan.audience, Installation.id > cursor)
         if zone_filter is not None:
             query = query.where(zone_filter)
-        async with self._sessions() as session:
-            try:
-                return list(
-                    await session.scalars(query.order_by(Installation.id).limit(self._page))
-                )
-            except (CompileError, DataError, ProgrammingError) as exc:
-                # The statement itself is refused (too many parameters, a value the column
-                # cannot take): the same statement would be refused again.
-                raise RunFailed(reason_of(exc)) from exc
+        # Installations that reached a cap of one of the campaign's labels are left out.
+        under_caps = capping.under_caps_clause(
+            app_id=plan.app.id, caps=plan.caps, installation_id=Installation.id, now=now
+        )
+        if under_caps is not None:
+            query = query.where(under_caps)
+        try:
+            return list(await session.scalars(query.order_by(Installation.id).limit(self._page)))
+        except (CompileError, DataError, ProgrammingError) as exc:
+            # The statement itself is refused (too many parameters, a value the column cannot
+            # take): the same statement would be refused again.
+            raise RunFailed(reason_of(exc)) from exc
 
     async def _write_page(
         self,
+        session: AsyncSession,
         plan: _Plan,
         page: list[int],
         before: Position,
         after: Position,
         now: datetime,
-    ) -> bool:
-        """One page's batches and the run's new position, in one transaction; False when the
-        run is no longer this process's to write (stopped, or taken over)."""
+    ) -> list[BatchJob] | None:
+        """One page's batches, receipts and the run's new position, in the caller's transaction
+        (the one that read the page); the jobs to enqueue once it commits, or None when the run
+        is no longer this process's to write (stopped, or taken over)."""
+        moved = await session.execute(
+            update(CampaignRun)
+            .where(
+                CampaignRun.id == plan.run_id,
+                CampaignRun.pages == before.pages,
+                CampaignRun.lease_owner == self._owner,
+                CampaignRun.state == RunState.FANNING_OUT.value,
+            )
+            .values(
+                pages=after.pages,
+                cursor=after.cursor,
+                targeted=CampaignRun.targeted + len(page),
+                wave=after.wave,
+                zones_done=after.zones_done,
+                lease_until=now + self._lease,
+            )
+        )
+        if not moved.rowcount:  # type: ignore[attr-defined]
+            return None
+        if page:
+            await capping.record_receipts(
+                session, app_id=plan.app.id, caps=plan.caps, installation_ids=page, now=now
+            )
+        if plan.body.capping is not None and page:
+            await session.execute(
+                upsert_insert(session, CampaignReceipt).on_conflict_do_update(
+                    index_elements=["campaign_id", "installation_id"],
+                    set_={"count": CampaignReceipt.count + 1},
+                ),
+                [{"campaign_id": plan.campaign_id, "installation_id": i, "count": 1} for i in page],
+            )
+        chunks = self._chunks(plan, page)
+        if not chunks:
+            return []
+        # Due at once: not_before and last_enqueued_at take their defaults (the delivery clock,
+        # not the scheduler's).
+        batch_ids = (
+            await session.execute(
+                _INSERT_BATCHES,
+                [
+                    {"send_id": send_id, "recipients": {"installations": chunk}}
+                    for send_id, chunk in chunks
+                ],
+            )
+        ).scalars()
+        return [
+            BatchJob(batch_id, recipients=len(chunk))
+            for batch_id, (_, chunk) in zip(batch_ids, chunks, strict=True)
+        ]
+
+    def _chunks(self, plan: _Plan, page: list[int]) -> list[tuple[int, list[int]]]:
+        """The page's batches: (send id, installation ids), per A/B version."""
         shares = plan.shares
         by_version: dict[str | None, list[int]] = {version: [] for version, _ in shares}
         if len(shares) == 1:
@@ -255,66 +333,11 @@ class FanOut:
             for installation_id in page:
                 by_version[version_of(installation_id, plan.seed, shares)].append(installation_id)
         size = self._settings.batch_size
-        chunks = [
+        return [
             (plan.sends[version], ids[start : start + size])
             for version, ids in by_version.items()
             for start in range(0, len(ids), size)
         ]
-        async with transaction(self._sessions) as session:
-            moved = await session.execute(
-                update(CampaignRun)
-                .where(
-                    CampaignRun.id == plan.run_id,
-                    CampaignRun.pages == before.pages,
-                    CampaignRun.lease_owner == self._owner,
-                    CampaignRun.state == RunState.FANNING_OUT.value,
-                )
-                .values(
-                    pages=after.pages,
-                    cursor=after.cursor,
-                    targeted=CampaignRun.targeted + len(page),
-                    wave=after.wave,
-                    zones_done=after.zones_done,
-                    lease_until=now + self._lease,
-                )
-            )
-            if not moved.rowcount:  # type: ignore[attr-defined]
-                return False
-            if plan.body.capping is not None and page:
-                await session.execute(
-                    upsert_insert(session, CampaignReceipt).on_conflict_do_update(
-                        index_elements=["campaign_id", "installation_id"],
-                        set_={"count": CampaignReceipt.count + 1},
-                    ),
-                    [
-                        {"campaign_id": plan.campaign_id, "installation_id": i, "count": 1}
-                        for i in page
-                    ],
-                )
-            # Due at once: not_before and last_enqueued_at take their defaults (the delivery
-            # clock, not the scheduler's).
-            batch_ids = (
-                list(
-                    (
-                        await session.execute(
-                            _INSERT_BATCHES,
-                            [
-                                {"send_id": send_id, "recipients": {"installations": chunk}}
-                                for send_id, chunk in chunks
-                            ],
-                        )
-                    ).scalars()
-                )
-                if chunks
-                else []
-            )
-        await self._queue.enqueue(
-            [
-                BatchJob(batch_id, recipients=len(chunk))
-                for batch_id, (_, chunk) in zip(batch_ids, chunks, strict=True)
-            ]
-        )
-        return True
 
     async def _close_fan_out(self, run_id: int) -> None:
         async with transaction(self._sessions) as session:

@@ -375,6 +375,40 @@ class DayStats(VersionStats):
     versions: dict[str, VersionStats] | None = None
 
 
+class EntryDay(BaseModel):
+    """An automation's entries that finished on one UTC day: sent, cancelled, skipped, and the
+    sent ones that converted (with a conversion event only)."""
+
+    date: str
+    sent: int = 0
+    cancelled: int = 0
+    skipped: int = 0
+    converted: int | None = None
+
+
+class AutomationStats(BaseModel):
+    """Clarion's addition to an automation's statistics: what became of its entries (each a
+    user an event entered) that finished since `since` (sent, cancelled: by the cancel event's
+    name or "paused", skipped: "audience", "cap:<key>", "unreachable", ...), those pending now,
+    its pushes on the UTC days since then, and, with a `trigger.conversion`, the entries sent
+    whose user then tracked that event within `within_hours`."""
+
+    since: str
+    entries: int  # pending + sent + cancelled + skipped
+    pending: int
+    sent: int
+    cancelled: int
+    skipped: int
+    cancelled_reasons: dict[str, int]
+    skipped_reasons: dict[str, int]
+    pushes: VersionStats
+    conversion: Conversion | None = None
+    converted: int | None = None
+    detail: list[EntryDay]
+
+
 class CampaignStats(BaseModel):
     campaign_token: str
     detail: list[DayStats]
+    # An automation's only.
+    automation: AutomationStats | None = None

@@ -25,6 +25,7 @@ from clarion.delivery.models import BATCHES, SENDS
 from clarion.delivery.personalisation import check_templates
 from clarion.delivery.schemas import CollapseKey
 from clarion.delivery.service import batch_totals, cancel_sends
+from clarion.dialects import json_object_at
 from clarion.errors import (
     ApiMisuseError,
     MalformedParameterError,
@@ -382,11 +383,15 @@ async def list_campaigns(
     live: bool | None,
     from_api: bool | None,
     name_contains: str = "",
+    automation: bool | None = None,
 ) -> list[CampaignSummary]:
     """Newest first. `live`: true gives scheduled, running or completed campaigns, false
     drafts and stopped ones (spec §4.4). `name_contains`: the dashboard's search, ignoring
-    case."""
+    case. `automation`: only automations (a `trigger`), or only the others."""
     query = select(Campaign).where(Campaign.app_id == access.app_id, Campaign.deleted_at.is_(None))
+    if automation is not None:
+        is_automation = json_object_at(Campaign.body, "trigger")
+        query = query.where(is_automation if automation else ~is_automation)
     if name_contains:
         query = query.where(
             func.lower(Campaign.name).contains(name_contains.lower(), autoescape=True)

@@ -19,6 +19,10 @@ from clarion.db import Base, BigIntPK, UtcDateTime
 # The key a push of any automation counts under (the global cap); a label's is "label:<code>".
 AUTOMATIONS_KEY = "automations"
 
+# The longest period a cap may have: 30 days, as the longest automation delay. Receipts older
+# than that count against no cap and are purged (clarion.capping.tasks).
+MAX_CAP_HOURS = 30 * 24
+
 
 class CappingReceipt(Base):
     __tablename__ = "capping_receipts"

@@ -14,7 +14,7 @@ from datetime import date, datetime, timedelta
 from sqlalchemy import ColumnElement, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from clarion.campaigns.schemas import CampaignStats, VersionStats
+from clarion.campaigns.schemas import AutomationStats, CampaignStats, DayStats, VersionStats
 from clarion.db import utcnow
 from clarion.events.models import PushEvent, PushEventCount, PushEventKind
 from clarion.stats.service import STAT_OF_KIND, group_influenced_opens
@@ -99,6 +99,52 @@ def campaign_report(stats: CampaignStats) -> Report:
         for name, version in (day.versions or {}).items():
             versions.setdefault(name, Totals()).add(version)
     return Report(totals, days, dict(sorted(versions.items())), _chart(days))
+
+
+@dataclass
+class AutomationDay:
+    """One UTC day of an automation: its entries finished that day, and its pushes."""
+
+    date: str
+    sent: int = 0
+    cancelled: int = 0
+    skipped: int = 0
+    converted: int | None = None
+    pushes: Totals = field(default_factory=Totals)
+
+    @property
+    def conversion_rate(self) -> float | None:
+        """Converted entries per entry sent, in percent (None without a conversion event)."""
+        if self.converted is None:
+            return None
+        return 100.0 * self.converted / self.sent if self.sent else 0.0
+
+
+@dataclass
+class AutomationReport:
+    totals: AutomationDay  # the whole period
+    days: list[AutomationDay]
+
+
+def automation_report(stats: AutomationStats, pushed: list[DayStats]) -> AutomationReport:
+    """An automation's figures over its period, per day: its entries' (sent, cancelled,
+    skipped, converted) beside its pushes' of the same UTC days (`pushed`: its campaign
+    statistics' days)."""
+    first = stats.since[:10]
+    days = {
+        day.date: AutomationDay(
+            day.date, day.sent, day.cancelled, day.skipped, converted=day.converted
+        )
+        for day in stats.detail
+    }
+    for day in pushed:
+        if day.date >= first:
+            days.setdefault(day.date, AutomationDay(day.date)).pushes.add(day)
+    totals = AutomationDay(
+        "", stats.sent, stats.cancelled, stats.skipped, converted=stats.converted
+    )
+    totals.pushes.add(stats.pushes)
+    return AutomationReport(totals, [days[date] for date in sorted(days)])
 
 
 async def recent_errors(

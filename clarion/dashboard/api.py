@@ -1,7 +1,8 @@
 """The dashboard's routes for signing in, apps, keys, provider credentials and the team.
 
 Thin, like every api.py: each route checks the role, calls a service and renders a page. The
-other pages live beside it (campaign_pages, inapp_pages, audience_pages, people_pages) and are
+other pages live beside it (campaign_pages, automation_pages, inapp_pages, audience_pages,
+people_pages) and are
 mounted here.
 """
 
@@ -25,7 +26,16 @@ from clarion.apps.schemas import (
     FcmCredentialsIn,
     WebPushCredentialsIn,
 )
-from clarion.dashboard import audience_pages, campaign_pages, inapp_pages, people_pages, service
+from clarion.capping import service as capping_service
+from clarion.capping.schemas import MAX_CAPPED_LABELS, PushCapsIn
+from clarion.dashboard import (
+    audience_pages,
+    automation_pages,
+    campaign_pages,
+    inapp_pages,
+    people_pages,
+    service,
+)
 from clarion.dashboard.models import Role
 from clarion.dashboard.schemas import UserChange, UserCreate
 from clarion.dashboard.service import Viewer
@@ -278,6 +288,60 @@ async def set_allowed_origins(
     return await render(request, session, viewer, "settings.html", app=app, notice=notice)
 
 
+# A line of the labels field: the code (up to 128 characters, spaces allowed), the pushes and the
+# hours; 160 characters a line is room to spare.
+_CAP_LINE = 160
+
+
+@router.post("/apps/{app_id}/push-caps")
+async def set_push_caps(
+    request: Request,
+    app_id: DbInt,
+    viewer: ViewerDep,
+    session: SessionDep,
+    automations_max: Annotated[str, Form(max_length=20)] = "",
+    automations_hours: Annotated[str, Form(max_length=20)] = "",
+    labels: Annotated[str, Form(max_length=MAX_CAPPED_LABELS * _CAP_LINE)] = "",
+) -> HTMLResponse:
+    """The app's push caps: across automations (two numbers, both empty for none) and per
+    label (one `code max hours` a line), checked by the admin API's schema and service."""
+    service.require_admin(viewer)
+    app, _ = await service.company_app(session, viewer, app_id)
+    try:
+        caps = validated(PushCapsIn, _push_caps_form(automations_max, automations_hours, labels))
+        capping_service.set_push_caps(app, caps)
+    except ClarionError as exc:
+        # What was typed stays in the form, to be corrected.
+        typed = {"max": automations_max, "hours": automations_hours, "labels": labels}
+        shown = {"caps_error": exc.message, "caps_form": typed}
+        return await render(
+            request, session, viewer, "settings.html", app=app, status=exc.status, **shown
+        )
+    notice = "Push caps saved."
+    return await render(request, session, viewer, "settings.html", app=app, notice=notice)
+
+
+def _push_caps_form(most: str, hours: str, labels: str) -> dict[str, Any]:
+    """The form as the admin API's body; numbers stay text for the schema to check."""
+    document: dict[str, Any] = {"labels": {}}
+    if most.strip() or hours.strip():
+        document["automations"] = {"max": most.strip(), "hours": hours.strip()}
+    for number, line in enumerate(labels.splitlines(), start=1):
+        if not line.strip():
+            continue
+        parts = line.strip().rsplit(None, 2)
+        if len(parts) != 3:
+            raise MalformedParameterError(
+                f"labels: line {number}: write the label's code, the most pushes and the "
+                "period in hours, e.g. promo 1 24"
+            )
+        code, most_of_label, hours_of_label = parts
+        if code in document["labels"]:
+            raise MalformedParameterError(f"labels: line {number}: {code} is capped twice")
+        document["labels"][code] = {"max": most_of_label, "hours": hours_of_label}
+    return document
+
+
 @router.post("/apps/{app_id}/test-push")
 async def try_credentials(
     request: Request,
@@ -392,6 +456,7 @@ async def change_user(
 
 
 router.include_router(campaign_pages.router)
+router.include_router(automation_pages.router)
 router.include_router(inapp_pages.router)
 router.include_router(audience_pages.router)
 router.include_router(people_pages.router)

@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from clarion.apps.models import App
 from clarion.apps.service import AppAccess
 from clarion.audiences import service as audiences_service
+from clarion.automations import service as automations
 from clarion.campaigns import service as campaigns
 from clarion.campaigns.schemas import EstimateIn
 from clarion.dashboard import analytics, service
@@ -81,6 +82,7 @@ async def list_campaigns(
         live={"live": True, "draft": False}.get(state),
         from_api={"api": True, "dashboard": False}.get(origin),
         name_contains=q.strip(),
+        automation=False,  # automations have their own tab (automation_pages)
     )
     return await render(
         request,
@@ -112,13 +114,15 @@ async def create_campaign(
     live = form.get("action") == "live"
     document = campaign_document(form, live=live)
     try:
+        now = utcnow()
         campaign = await campaigns.create_campaign(
             session,
             access=access,
             body=campaigns.validate_body(document),
-            now=utcnow(),
+            now=now,
             from_api=False,
         )
+        await automations.settle_entries(session, campaign, now=now)
     except ClarionError as exc:
         await session.rollback()  # a refused change leaves nothing behind
         return await _editor(
@@ -143,9 +147,11 @@ async def edit_campaign(
     viewer: ViewerDep,
     session: SessionDep,
     notice: str = "",
-) -> HTMLResponse:
+) -> Response:
     app, access = await service.company_app(session, viewer, app_id)
     stored = await campaigns.describe_campaign(session, access=access, token=token)
+    if isinstance(stored.get("trigger"), dict):  # an automation: its own pages
+        return redirect(f"/dashboard/apps/{app_id}/automations/{token}/edit")
     return await _editor(
         request,
         session,
@@ -168,16 +174,20 @@ async def save_campaign(
     form = await request.form()
     action = form.get("action")
     if action == "stop":
-        await campaigns.set_offline(session, access=access, token=token, now=utcnow())
+        now = utcnow()
+        stopped = await campaigns.set_offline(session, access=access, token=token, now=now)
+        await automations.settle_entries(session, stopped, now=now)
         return redirect(f"/dashboard/apps/{app_id}/campaigns/{token}?notice=stopped")
     stored = await campaigns.describe_campaign(session, access=access, token=token)
     # "keep" (the editor's default button on a live campaign, and Enter): stays as it is.
     live = bool(stored.get("live")) if action == "keep" else action == "live"
     document = carry_hidden_fields(stored, campaign_document(form, live=live))
     try:
-        await campaigns.update_campaign(
-            session, access=access, token=token, changes=document, now=utcnow(), replace=True
+        now = utcnow()
+        saved = await campaigns.update_campaign(
+            session, access=access, token=token, changes=document, now=now, replace=True
         )
+        await automations.settle_entries(session, saved, now=now)
     except ClarionError as exc:
         await session.rollback()  # a refused change leaves nothing behind
         return await _editor(
@@ -201,7 +211,9 @@ async def delete_campaign(
 ) -> Response:
     service.require_editor(viewer)
     _, access = await service.company_app(session, viewer, app_id)
-    await campaigns.delete_campaign(session, access=access, token=token, now=utcnow())
+    now = utcnow()
+    deleted = await campaigns.delete_campaign(session, access=access, token=token, now=now)
+    await automations.settle_entries(session, deleted, now=now)
     return redirect(f"/dashboard/apps/{app_id}/campaigns")
 
 
@@ -228,9 +240,11 @@ async def estimate(
 @router.get("/apps/{app_id}/campaigns/{token}/stats")
 async def campaign_stats(
     request: Request, app_id: DbInt, token: Token, viewer: ViewerDep, session: SessionDep
-) -> HTMLResponse:
+) -> Response:
     app, access = await service.company_app(session, viewer, app_id)
     stored = await campaigns.describe_campaign(session, access=access, token=token)
+    if isinstance(stored.get("trigger"), dict):  # an automation: its page has its statistics
+        return redirect(f"/dashboard/apps/{app_id}/automations/{token}")
     stats = await campaign_statistics.campaign_stats(session, access=access, token=token)
     errors = await analytics.recent_errors(session, app_id=app.id, campaign_token=token)
     return await render(
@@ -320,9 +334,6 @@ async def _editor(
     notice: str = "",
     status: int = 200,
 ) -> HTMLResponse:
-    audiences = await audiences_service.list_audiences(
-        session, app_id=access.app_id, offset=0, limit=AUDIENCE_CHOICES
-    )
     return await render(
         request,
         session,
@@ -332,11 +343,22 @@ async def _editor(
         section="campaigns",
         form=form,
         campaign=campaign,
-        audiences=audiences,
         error=error,
         notice=notice,
         status=status,
-        operators=QUERY_OPERATORS,
-        field_suggestions=QUERY_FIELD_SUGGESTIONS,
-        segments=SEGMENTS,
+        **await targeting_choices(session, access),
     )
+
+
+async def targeting_choices(session: AsyncSession, access: AppAccess) -> dict[str, Any]:
+    """What the editors' targeting fieldset (_targeting.html) offers: the app's newest custom
+    audiences, the query builder's operators and field suggestions, the segments."""
+    audiences = await audiences_service.list_audiences(
+        session, app_id=access.app_id, offset=0, limit=AUDIENCE_CHOICES
+    )
+    return {
+        "audiences": audiences,
+        "operators": QUERY_OPERATORS,
+        "field_suggestions": QUERY_FIELD_SUGGESTIONS,
+        "segments": SEGMENTS,
+    }

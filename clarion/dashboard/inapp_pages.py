@@ -17,9 +17,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from clarion.apps.models import App
 from clarion.apps.service import AppAccess
-from clarion.audiences import service as audiences_service
 from clarion.dashboard import queries, service
-from clarion.dashboard.campaign_pages import AUDIENCE_CHOICES
+from clarion.dashboard.campaign_pages import targeting_choices
 from clarion.dashboard.inapp_forms import (
     ACTION_CHOICES,
     COLOUR_NAMES,
@@ -31,7 +30,6 @@ from clarion.dashboard.inapp_forms import (
     theme_document,
     theme_form,
 )
-from clarion.dashboard.schemas import QUERY_FIELD_SUGGESTIONS, QUERY_OPERATORS, SEGMENTS
 from clarion.dashboard.service import Viewer
 from clarion.dashboard.web import (
     PageNumber,
@@ -48,6 +46,7 @@ from clarion.errors import ClarionError, MalformedParameterError, NotFoundError
 from clarion.formats import DbInt, Text, WireModel
 from clarion.http import SessionDep
 from clarion.inapp import service as inapp
+from clarion.inapp.models import InAppCampaign
 from clarion.inapp.schemas import (
     MAX_ACTIONS,
     THEME_CODE,
@@ -93,8 +92,8 @@ async def list_inapp_campaigns(
         live={"live": True, "draft": False}.get(state),
         from_api=None,
     )
-    triggers = await queries.inapp_triggers(
-        session, app_id=app.id, tokens=[c.campaign_token for c in found]
+    triggers = await queries.triggers(
+        session, model=InAppCampaign, app_id=app.id, tokens=[c.campaign_token for c in found]
     )
     return await render(
         request,
@@ -435,9 +434,6 @@ async def _editor(
     notice: str = "",
     status: int = 200,
 ) -> HTMLResponse:
-    audiences = await audiences_service.list_audiences(
-        session, app_id=access.app_id, offset=0, limit=AUDIENCE_CHOICES
-    )
     # access, not app: after a rollback the app's attributes are expired until render reloads it.
     themes = await inapp.themes(session, app_id=access.app_id)
     return await render(
@@ -449,15 +445,12 @@ async def _editor(
         section="inapp",
         form=form,
         campaign=campaign,
-        audiences=audiences,
         themes=list(themes.values()),
         preview_themes={code: preview_theme(theme) for code, theme in themes.items()},
         error=error,
         notice=notice,
         status=status,
-        operators=QUERY_OPERATORS,
-        field_suggestions=QUERY_FIELD_SUGGESTIONS,
-        segments=SEGMENTS,
+        **await targeting_choices(session, access),
         trigger_choices=TRIGGER_CHOICES,
         grace_units=GRACE_UNITS,
         action_choices=ACTION_CHOICES,

@@ -1,6 +1,7 @@
-"""Read queries of the dashboard's audience pages that the services do not offer: pages of an
+"""Read queries of the dashboard's pages that the services do not offer: pages of an
 app's import sources and export destinations with each one's last run, a page of one source's
-or destination's runs, and the audiences a file is being imported into right now.
+or destination's runs, the audiences a file is being imported into right now, and the
+triggers of a page of in-app campaigns or automations.
 
 Each answers a whole page in one or two queries, never one per row. Rows are read with the
 services' own readers (read_source, read_run, read_destination), so what they hide (the
@@ -15,6 +16,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from clarion.campaigns.models import Campaign
 from clarion.exports import service as exports
 from clarion.exports.models import ExportDestination, ExportRun
 from clarion.exports.schemas import DestinationRead, ExportRunRead
@@ -144,16 +146,18 @@ async def destination_runs(
     return [exports.read_run(run) for run in runs]
 
 
-async def inapp_triggers(
-    session: AsyncSession, *, app_id: int, tokens: Collection[str]
+async def triggers(
+    session: AsyncSession,
+    *,
+    model: type[InAppCampaign] | type[Campaign],
+    app_id: int,
+    tokens: Collection[str],
 ) -> dict[str, dict[str, Any]]:
-    """The trigger of each of these in-app campaigns (the list's summaries do not carry it),
-    in one query for the page."""
+    """The trigger of each of these in-app campaigns or automations (the lists' summaries do not
+    carry it), in one query for the page."""
     if not tokens:
         return {}
     rows = await session.execute(
-        select(InAppCampaign.token, InAppCampaign.body).where(
-            InAppCampaign.app_id == app_id, InAppCampaign.token.in_(list(tokens))
-        )
+        select(model.token, model.body).where(model.app_id == app_id, model.token.in_(list(tokens)))
     )
     return {token: body.get("trigger") or {} for token, body in rows}

@@ -87,7 +87,7 @@ def form_texts(form: FormFields, name: str) -> list[str]:
     return [value.strip() if isinstance(value, str) else "" for value in form.getlist(name)]
 
 
-def _codes(text: str) -> list[str] | None:
+def parse_codes(text: str) -> list[str] | None:
     codes = [code.strip() for code in text.replace(";", ",").split(",") if code.strip()]
     return codes or None
 
@@ -110,11 +110,11 @@ def _query_value(op: str, text: str) -> Any:
     """What a query builder row's value means: JSON when it reads as JSON (18, true, "18"),
     else the text itself; a comma-separated list for the list operators."""
     if op in _LIST_OPERATORS:
-        return [_scalar(part.strip()) for part in text.split(",") if part.strip()]
-    return _scalar(text)
+        return [scalar_value(part.strip()) for part in text.split(",") if part.strip()]
+    return scalar_value(text)
 
 
-def _scalar(text: str) -> Any:
+def scalar_value(text: str) -> Any:
     try:
         return orjson.loads(text)
     except orjson.JSONDecodeError:
@@ -130,7 +130,7 @@ def targeting_document(form: FormFields) -> dict[str, Any] | None:
     if segments:
         targeting["segments"] = segments
     for key in ("languages", "regions"):
-        codes = _codes(form_text(form, key))
+        codes = parse_codes(form_text(form, key))
         if codes:
             targeting[key] = codes
     audiences = [name for name in form_texts(form, "custom_audiences") if name]
@@ -189,6 +189,13 @@ def campaign_document(form: FormFields, *, live: bool) -> dict[str, Any]:
         capping = form_number(form_text(form, "capping"))
         if capping is not None:
             document["capping"] = capping
+    return {**document, **push_document(form)}
+
+
+def push_document(form: FormFields) -> dict[str, Any]:
+    """What the push editors share (campaigns and automations): the messages per language and
+    A/B version, the content options, and the targeting."""
+    document: dict[str, Any] = {}
     messages = []
     rows = zip(
         form_texts(form, "message_version"),
@@ -242,24 +249,27 @@ def _version_split(text: str) -> dict[str, Any]:
     return split
 
 
-# The Campaigns API fields the editor shows. The others (labels, say) are kept as stored when
-# the editor saves, since it sends the whole campaign (update_campaign(replace=True)).
-EDITOR_FIELDS = frozenset(
+# The Campaigns API fields the push editors show (push_document's and the name). The others
+# (labels, say) are kept as stored when an editor saves, since it sends the whole campaign
+# (update_campaign(replace=True)).
+PUSH_FIELDS = frozenset(
     {
-        "name", "live", "push_time", "local_push_time", "recurrence", "capping", "targeting",
-        "messages", "version_split", "deeplink", "custom_payload", "media", "priority",
-        "time_to_live", "push_type", "gcm_collapse_key",
+        "name", "live", "targeting", "messages", "version_split", "deeplink", "custom_payload",
+        "media", "priority", "time_to_live", "push_type", "gcm_collapse_key",
     }
 )  # fmt: skip
+EDITOR_FIELDS = PUSH_FIELDS | {"push_time", "local_push_time", "recurrence", "capping"}
 # What campaigns.service.describe_campaign adds to the stored body.
 _DESCRIBED = frozenset(
     {"campaign_token", "from_api", "dev_only", "created_date", "state", "progress"}
 )
 
 
-def carry_hidden_fields(stored: dict[str, Any], document: dict[str, Any]) -> dict[str, Any]:
+def carry_hidden_fields(
+    stored: dict[str, Any], document: dict[str, Any], *, shown: frozenset[str] = EDITOR_FIELDS
+) -> dict[str, Any]:
     """The editor's document, plus the stored fields the editor does not show."""
-    kept = {k: v for k, v in stored.items() if k not in EDITOR_FIELDS and k not in _DESCRIBED}
+    kept = {k: v for k, v in stored.items() if k not in shown and k not in _DESCRIBED}
     return {**kept, **document}
 
 

@@ -14,6 +14,10 @@ from clarion.formats import HTTPS_URL, Id, WireModel, json_object_text
 
 MAX_TTL_SECONDS = 28 * 24 * 3600  # 2,419,200 s, spec §3.1
 
+MAX_LABEL_LENGTH = 128
+Label = Annotated[Id, Field(min_length=1, max_length=MAX_LABEL_LENGTH)]
+"""A campaign label's code (spec §4.1 `labels`), which push caps name too (clarion.capping)."""
+
 
 class Media(WireModel):
     icon: str | None = Field(default=None, pattern=HTTPS_URL, max_length=2048)
@@ -34,9 +38,7 @@ class PushOptions(WireModel):
     priority: Literal["normal", "high"] | None = None
     time_to_live: int | None = Field(default=None, gt=0, le=MAX_TTL_SECONDS)
     push_type: Literal["alert", "background"] = "alert"
-    labels: list[Annotated[Id, Field(min_length=1, max_length=128)]] = Field(
-        default_factory=list, max_length=3
-    )
+    labels: list[Label] = Field(default_factory=list, max_length=3)
 
     @field_validator("custom_payload")
     @classmethod

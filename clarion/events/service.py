@@ -8,13 +8,14 @@ import logging
 import uuid
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import case, delete, func, insert, literal, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from clarion.db import bulk_insert, utcnow
+from clarion.db import bulk_insert
 from clarion.dialects import utc_day
 from clarion.events.models import (
     COUNTED_KINDS,
@@ -224,13 +225,24 @@ def _json_text(value: Any) -> str | None:
     return None if value is None else json.dumps(value)
 
 
+@dataclass(frozen=True, slots=True)
+class TrackedCall:
+    """A Trigger Events call stored: the token naming it, as Batch does (logged, not stored),
+    and the rows written (what automations match)."""
+
+    token: str
+    rows: list[dict[str, Any]]
+
+
 async def track_user_events(
-    session: AsyncSession, *, app_id: int, users: Sequence[tuple[str, Sequence[ServerEventIn]]]
-) -> str:
+    session: AsyncSession,
+    *,
+    app_id: int,
+    users: Sequence[tuple[str, Sequence[ServerEventIn]]],
+    now: datetime,
+) -> TrackedCall:
     """Store server-side events (Trigger Events API) on custom user ids, beside the SDK's events
-    (same table, `ue.` names), whether or not an installation carries the id yet. Returns a token
-    naming the call, as Batch does; it is logged, not stored."""
-    now = utcnow()
+    (same table, `ue.` names), whether or not an installation carries the id yet."""
     # Users removed by a GDPR request: their events are ignored for a while.
     blocked = await blocked_values(
         session,
@@ -257,4 +269,4 @@ async def track_user_events(
     await record_tracked_events(session, rows)
     token = str(uuid.uuid4())
     log.info("trigger events call %s stored %d events for app %d", token, len(rows), app_id)
-    return token
+    return TrackedCall(token, rows)

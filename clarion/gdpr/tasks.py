@@ -20,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from clarion.audiences.models import Audience, AudienceKind, AudienceMember
 from clarion.audiences.resolved import installations_changed
+from clarion.automations.models import AutomationEntry
 from clarion.custom_data.models import ProfileAttribute, ProfileTag
 from clarion.db import Base, transaction, upsert_insert, utcnow
 from clarion.events.models import InAppEvent, PushEvent, TrackedEvent
@@ -52,6 +53,7 @@ _MODELS: dict[str, type[Base]] = {
         ProfileAttribute,
         ProfileTag,
         AudienceMember,
+        AutomationEntry,
     )
 }
 
@@ -152,7 +154,8 @@ def _matches(request: GdprRequest) -> dict[str, ColumnElement[bool]]:
     }[IdType(request.id_type)]
     matches: dict[str, ColumnElement[bool]] = {}
     model: type[Any]
-    for model in (Installation, PushEvent, InAppEvent, TrackedEvent):
+    # An automation's entries name the user as its events do (and hold the trigger event).
+    for model in (Installation, PushEvent, InAppEvent, TrackedEvent, AutomationEntry):
         if hasattr(model, column):
             matches[model.__tablename__] = (model.app_id == app_id) & (
                 getattr(model, column) == value

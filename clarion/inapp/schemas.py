@@ -16,6 +16,7 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
+from clarion.delivery.schemas import Label
 from clarion.formats import (
     HTTPS_URL,
     Id,
@@ -302,9 +303,7 @@ class InAppCampaignBody(WireModel):
     name: str = Field(min_length=3, max_length=256)
     live: bool
     # Dashboard filtering only: label capping does not apply to in-app (spec §6).
-    labels: list[Annotated[Id, Field(min_length=1, max_length=128)]] = Field(
-        default_factory=list, max_length=3
-    )
+    labels: list[Label] = Field(default_factory=list, max_length=3)
     start_date: str | None = None
     local_start_date: str | None = Field(default=None, pattern=_DATE)
     end_date: str | None = Field(default=None, pattern=_DATE)

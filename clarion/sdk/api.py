@@ -12,6 +12,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from clarion.apps.schemas import MAX_ORIGIN_LENGTH
 from clarion.apps.service import KeyCache, authenticate_app
+from clarion.automations.service import enter_stored
+from clarion.db import utcnow
 from clarion.errors import ApiMisuseError, ClarionError, NotFoundError
 from clarion.formats import Text
 from clarion.http import RuntimeDep, SdkApp, SessionDep, error_response, send_answer
@@ -23,6 +25,8 @@ from clarion.sdk.schemas import (
     InAppEventsIn,
     InstallationRead,
     InstallationUpsert,
+    ProfileEdited,
+    ProfileEditsIn,
     PushOpenIn,
     TrackedEventsIn,
     VapidKey,
@@ -70,10 +74,16 @@ async def detach_custom_id(
 
 @router.post("/installations/{install_id}/events", response_model=Accepted, status_code=202)
 async def track_events(
-    install_id: InstallId, body: TrackedEventsIn, access: SdkApp, session: SessionDep
+    install_id: InstallId,
+    body: TrackedEventsIn,
+    access: SdkApp,
+    session: SessionDep,
+    runtime: RuntimeDep,
 ) -> Accepted:
-    count = await service.track_events(session, access=access, install_id=install_id, data=body)
-    return Accepted(accepted=count)
+    rows = await service.track_events(session, access=access, install_id=install_id, data=body)
+    # As EventsFastPath's batches: automations enter them in this transaction.
+    await enter_stored(session, runtime.automations, rows, now=utcnow())
+    return Accepted(accepted=len(rows))
 
 
 @router.post("/installations/{install_id}/app-opens", response_model=Accepted, status_code=202)
@@ -98,6 +108,16 @@ async def report_inapp_events(
 ) -> Accepted:
     count = await service.record_inapp(session, access=access, install_id=install_id, data=body)
     return Accepted(accepted=count)
+
+
+@router.post("/installations/{install_id}/profile/edits", response_model=ProfileEdited)
+async def edit_profile(
+    install_id: InstallId, body: ProfileEditsIn, access: SdkApp, session: SessionDep
+) -> ProfileEdited:
+    """The Web SDK's profile().edit (decision 0024)."""
+    custom_id = await service.edit_profile(session, access=access, install_id=install_id, data=body)
+    accepted = len(body.operations) + len({"language", "region"} & body.model_fields_set)
+    return ProfileEdited(custom_id=custom_id, accepted=accepted)
 
 
 @router.get("/webpush/vapid-key", response_model=VapidKey)

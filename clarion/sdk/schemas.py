@@ -3,15 +3,32 @@
 from __future__ import annotations
 
 from datetime import datetime
+from functools import cached_property
 from typing import Annotated, Any
 from zoneinfo import available_timezones
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
+from clarion.custom_data.models import AttributeKind
+from clarion.custom_data.schemas import DeleteAttribute, Operation, SetAttribute, parse_value
 from clarion.events.models import InAppEventKind
-from clarion.formats import HTTPS_URL, Id, WireModel
+from clarion.formats import HTTPS_URL, NAME, Id, WireModel
 
 _TIMEZONES = frozenset(available_timezones())
+
+Language = Annotated[str, Field(pattern=r"^[a-zA-Z]{2,3}([-_][A-Za-z0-9]{2,8})*$")]
+# Stored upper-case: targeting compares regions as they are, which keeps indexes and the
+# planner's statistics usable.
+Region = Annotated[str, Field(pattern=r"^[A-Za-z]{2}$|^[0-9]{3}$"), AfterValidator(str.upper)]
 
 
 class WebPushKeys(WireModel):
@@ -35,20 +52,13 @@ class InstallationUpsert(WireModel):
     webpush_subscription: WebPushSubscription | None = None
     custom_id: Annotated[Id, Field(min_length=1, max_length=512)] | None = None
     advertising_id: Annotated[Id, Field(min_length=1, max_length=64)] | None = None
-    language: str | None = Field(default=None, pattern=r"^[a-zA-Z]{2,3}([-_][A-Za-z0-9]{2,8})*$")
-    region: str | None = Field(default=None, pattern=r"^[A-Za-z]{2}$|^[0-9]{3}$")
+    language: Language | None = None
+    region: Region | None = None
     timezone: str | None = Field(default=None, max_length=64)
     app_version: str | None = Field(default=None, max_length=64)
     os_version: str | None = Field(default=None, max_length=64)
     device_model: str | None = Field(default=None, max_length=128)
     push_optin: bool | None = None
-
-    @field_validator("region")
-    @classmethod
-    def _upper_region(cls, value: str | None) -> str | None:
-        # Stored upper-case: targeting compares regions as they are, which keeps indexes and
-        # the planner's statistics usable.
-        return None if value is None else value.upper()
 
     @field_validator("timezone")
     @classmethod
@@ -154,3 +164,105 @@ class Accepted(BaseModel):
 
 class VapidKey(BaseModel):
     application_server_key: str
+
+
+# Profile edits (the Web SDK's profile().edit) ---------------------------------------------------
+
+# Entries per call in `attributes` and in `tags`: a page's edit sets a handful, and the cap bounds
+# what one call writes (100 attributes and 100 collections of 25 tags: 2,600 rows at most).
+MAX_PROFILE_EDITS = 100
+# The Custom Data API's key of an attribute of each kind: the date and URL kinds are spelled in
+# the key there, as `date(u.name)` and `url(u.name)`.
+_DATA_KEY = {AttributeKind.DATE: "date(u.{})", AttributeKind.URL: "url(u.{})"}
+_EXPECTED = {
+    AttributeKind.STRING: "a string",
+    AttributeKind.INTEGER: "an integer",
+    AttributeKind.FLOAT: "a number",
+    AttributeKind.BOOLEAN: "true or false",
+}
+
+
+class TypedValueIn(WireModel):
+    """An attribute's value and its type, given explicitly: in JSON, 3 may be an integer or a
+    float, and a date or a URL is a string."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: AttributeKind
+    value: str | bool | int | float
+
+
+class ProfileEditsIn(WireModel):
+    """One `profile().edit(...)`: attributes set (a typed value) or removed (null), tag
+    collections as the Custom Data API's `ut.` values, and the installation's language and
+    region. Types and limits are the Custom Data API's (its parse_value): a value it would
+    refuse is refused here, naming the entry."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    attributes: dict[str, TypedValueIn | None] = Field(
+        default_factory=dict, max_length=MAX_PROFILE_EDITS
+    )
+    tags: dict[str, Any] = Field(default_factory=dict, max_length=MAX_PROFILE_EDITS)
+    language: Language | None = None
+    region: Region | None = None
+
+    @cached_property
+    def operations(self) -> list[Operation]:
+        """The attribute and tag edits as Custom Data operations, parsed while validating."""
+        operations: list[Operation] = []
+        for name, typed in self.attributes.items():
+            _check_name(("attributes", name), name)
+            if typed is None:
+                operations.append(DeleteAttribute(name))
+            else:
+                operations.append(_set_attribute(name, typed))
+        for name, value in self.tags.items():
+            _check_name(("tags", name), name)
+            key = f"ut.{name}"
+            operations.append(_data_operation(("tags", name), key, value))
+        return operations
+
+    @model_validator(mode="after")
+    def _parse_edits(self) -> ProfileEditsIn:
+        if not self.operations and not {"language", "region"} & self.model_fields_set:
+            raise ValueError("nothing to edit: give attributes, tags, language or region")
+        return self
+
+
+def _check_name(where: tuple[str, ...], name: str) -> None:
+    if not NAME.fullmatch(name):
+        raise _refused(where, "names use a-z, 0-9 and _, at most 30 characters")
+
+
+def _set_attribute(name: str, typed: TypedValueIn) -> Operation:
+    where = ("attributes", name, "value")
+    value = typed.value
+    if typed.type is AttributeKind.FLOAT and type(value) is int:
+        value = float(value)  # JSON writes the float 3.0 as 3 (JavaScript's JSON.stringify does)
+    key = _DATA_KEY.get(typed.type, "u.{}").format(name)
+    operation = _data_operation(where, key, value)
+    if isinstance(operation, SetAttribute) and operation.kind is not typed.type:
+        raise _refused(where, f"{_EXPECTED[typed.type]}, as its type says")
+    return operation
+
+
+def _data_operation(where: tuple[str, ...], key: str, value: Any) -> Operation:
+    """The Custom Data API's reading of `key: value`; its refusal names `where` instead."""
+    try:
+        return parse_value(key, value)
+    except ValueError as exc:
+        raise _refused(where, str(exc).removeprefix(f"{key}: ")) from None
+
+
+def _refused(where: tuple[str, ...], why: str) -> ValidationError:
+    detail = InitErrorDetails(type=PydanticCustomError("profile_edit", why), loc=where, input=None)
+    return ValidationError.from_exception_data(ProfileEditsIn.__name__, [detail])
+
+
+class ProfileEdited(BaseModel):
+    """The custom user id whose profile the edit changed (null: only language or region), and
+    how many entries it applied."""
+
+    custom_id: str | None
+    accepted: int

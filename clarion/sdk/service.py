@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -13,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from clarion.apps.service import AppAccess
 from clarion.audiences.resolved import installations_changed
 from clarion.batching import TurnBatcher
+from clarion.custom_data.service import update_profiles
 from clarion.db import insert_ignoring_conflicts, transaction, utcnow
 from clarion.delivery.models import Send
 from clarion.errors import ApiMisuseError, MalformedParameterError, NotFoundError
@@ -32,6 +34,7 @@ from clarion.sdk.schemas import (
     AppOpenIn,
     InAppEventsIn,
     InstallationUpsert,
+    ProfileEditsIn,
     PushOpenIn,
     TrackedEventIn,
     TrackedEventsIn,
@@ -155,6 +158,34 @@ async def set_custom_id(
     return installation
 
 
+async def edit_profile(
+    session: AsyncSession, *, access: AppAccess, install_id: str, data: ProfileEditsIn
+) -> str | None:
+    """Apply a profile().edit: attributes and tags to the profile of the installation's custom
+    user id (decision 0024), language and region to the installation. All or nothing. Returns
+    the custom id whose profile it edited; the profile itself is never answered: the SDK's key
+    is public, and any page can attach any custom id."""
+    installation = await get_installation(session, access=access, install_id=install_id)
+    custom_id = installation.custom_id
+    if data.operations:
+        if custom_id is None:
+            raise ApiMisuseError(
+                "this installation has no custom user id: identify the user first "
+                "(profile().identify({customId}) in the Web SDK, PUT …/custom_id in the SDK "
+                "API): attributes and tags belong to the custom user id"
+            )
+        await update_profiles(
+            session, app_id=access.app_id, updates=[(custom_id, False, data.operations)]
+        )
+    given = data.model_fields_set
+    if "language" in given:
+        installation.language = data.language
+    if "region" in given:
+        installation.region = data.region
+    installation.last_seen_at = utcnow()
+    return custom_id
+
+
 def _identity(installation: Installation) -> tuple[str | None, str | None]:
     """The ids by which audiences can list an installation, besides its install id."""
     return installation.custom_id, installation.advertising_id
@@ -180,7 +211,8 @@ LAST_SEEN_STEP = timedelta(minutes=1)
 
 async def track_events(
     session: AsyncSession, *, access: AppAccess, install_id: str, data: TrackedEventsIn
-) -> int:
+) -> list[dict[str, Any]]:
+    """Stores the batch; returns the rows written (what automations match)."""
     installation = await get_installation(session, access=access, install_id=install_id)
     now = utcnow()
     rows = _tracked_rows(
@@ -189,7 +221,7 @@ async def track_events(
     await record_tracked_events(session, rows)
     if installation.last_seen_at <= now - LAST_SEEN_STEP:
         installation.last_seen_at = now
-    return len(rows)
+    return rows
 
 
 def _tracked_rows(
@@ -214,6 +246,11 @@ def _tracked_rows(
     ]
 
 
+# Called in the transaction that stored a group's rows (clarion.runtime: automations enter
+# them); the SDK knows nothing of what it does.
+OnStored = Callable[[AsyncSession, list[dict[str, Any]]], Awaitable[object]]
+
+
 @dataclass
 class _PendingBatch:
     app_id: int
@@ -231,8 +268,11 @@ class EventIntake:
     transaction per call (lookup, insert, last-visit write, commit) was ~0.6 ms of the 1.6 ms
     each call cost on SQLite."""
 
-    def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
+    def __init__(
+        self, sessions: async_sessionmaker[AsyncSession], *, on_stored: OnStored | None = None
+    ) -> None:
         self._sessions = sessions
+        self._on_stored = on_stored
         self._batcher: TurnBatcher[_PendingBatch] = TurnBatcher(self._store_group)
 
     async def track(self, *, app_id: int, install_id: str, data: TrackedEventsIn) -> bool:
@@ -261,6 +301,8 @@ class EventIntake:
                     rows += _tracked_rows(*key, known[key], pending.events, pending.received_at)
                     pending.stored = True
             await record_tracked_events(session, rows)
+            if self._on_stored is not None and rows:
+                await self._on_stored(session, rows)
             now = utcnow()
             for app_id, install_ids in _chunks(wanted):
                 await session.execute(

@@ -40,6 +40,7 @@ from clarion.events.models import (
     PushEventKind,
     TrackedEvent,
 )
+from clarion.stats.automations import STATS_DAYS, automation_stats
 from clarion.transactional.models import GroupOpenDay
 
 # An app opened this long after a campaign reached it counts as an influenced open.
@@ -87,14 +88,22 @@ class Subject:
 
 
 async def campaign_stats(
-    session: AsyncSession, *, access: AppAccess, token: str, now: datetime | None = None
+    session: AsyncSession,
+    *,
+    access: AppAccess,
+    token: str,
+    now: datetime | None = None,
+    automation_days: int = STATS_DAYS,
 ) -> CampaignStats:
     """Per UTC day, and per version for A/B campaigns: sent (campaigns reach opted-in installs
     only, so sent_optins is the same), direct opens (open reports carrying the send id),
     influenced opens and reengaged installs (see opens_after_sends), errors (push_error and
-    token_deleted)."""
+    token_deleted). An automation's also tell what became of its entries over the last
+    days, and its conversions (clarion.stats.automations)."""
     campaign = await find_campaign(session, access, token)
-    ab = len(CampaignBody.model_validate(campaign.body).versions) > 1
+    now = now or utcnow()
+    body = CampaignBody.model_validate(campaign.body)
+    ab = len(body.versions) > 1
     counted = (
         await session.execute(
             select(
@@ -122,7 +131,7 @@ async def campaign_stats(
     sent_days = {day for day, _, kind, _ in counted if kind == PushEventKind.SENT.value}
     days = {day for day, _, _, _ in counted} | {next_day(day) for day in sent_days}
     subject = Subject(campaign.app_id, campaign.token)
-    rows += await _attributed(session, subject, days, now or utcnow())
+    rows += await _attributed(session, subject, days, now)
     by_day: dict[str, DayStats] = {}
     for day, version, field, count in sorted(rows, key=lambda row: row[0]):
         entry = by_day.setdefault(day, DayStats(date=day, versions={} if ab else None))
@@ -131,7 +140,12 @@ async def campaign_stats(
             targets.append(entry.versions.setdefault(version, VersionStats()))
         for target in targets:
             setattr(target, field, getattr(target, field) + count)
-    return CampaignStats(campaign_token=campaign.token, detail=list(by_day.values()))
+    stats = CampaignStats(campaign_token=campaign.token, detail=list(by_day.values()))
+    if body.trigger is not None:
+        stats.automation = await automation_stats(
+            session, campaign, body.trigger, stats.detail, now=now, days=automation_days
+        )
+    return stats
 
 
 async def _attributed(

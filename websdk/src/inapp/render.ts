@@ -90,21 +90,24 @@ const DIALOGS = new Set(["modal", "fullscreen", "image"]);
 const LAYOUTS = new Set(["modal", "banner_top", "banner_bottom", "fullscreen", "image"]);
 const REFUSED_SCHEMES = new Set(["javascript:", "data:", "vbscript:", "blob:", "file:"]);
 
-let sheet: CSSStyleSheet | undefined;
+const sheets = new Map<string, CSSStyleSheet>();
 
-/** The stylesheet for a shadow root. A constructed sheet passes the dashboard's
+/** Gives a shadow root the stylesheet `css` (the message's by default; the Web SDK's
+ * subscription prompts, src/sdk/ui.ts, give theirs). A constructed sheet passes the dashboard's
  * Content-Security-Policy (`style-src 'self'` refuses a <style> element) and is parsed once
- * for every message; browsers without one (Safari before 16.4) get a <style>. */
-function adoptStyles(root: ShadowRoot): void {
+ * for every root; browsers without one (Safari before 16.4) get a <style>. */
+export function adoptStyles(root: ShadowRoot, css: string = CSS): void {
   if ("adoptedStyleSheets" in root && typeof CSSStyleSheet.prototype.replaceSync === "function") {
+    let sheet = sheets.get(css);
     if (!sheet) {
       sheet = new CSSStyleSheet();
-      sheet.replaceSync(CSS);
+      sheet.replaceSync(css);
+      sheets.set(css, sheet);
     }
     root.adoptedStyleSheets = [sheet];
   } else {
     const style = document.createElement("style");
-    style.textContent = CSS;
+    style.textContent = css;
     root.append(style);
   }
 }
@@ -140,7 +143,7 @@ function text(tag: string, className: string, value: string | null | undefined):
   return element;
 }
 
-function button(className: string, label: string): HTMLButtonElement {
+export function button(className: string, label: string): HTMLButtonElement {
   const element = document.createElement("button");
   element.type = "button";
   element.className = className;

@@ -8,7 +8,7 @@ export interface Facts {
   os_version?: string;
 }
 
-const LANGUAGE = /^[a-zA-Z]{2,3}([-_][A-Za-z0-9]{2,8})*$/;
+export const LANGUAGE = /^[a-zA-Z]{2,3}([-_][A-Za-z0-9]{2,8})*$/;
 // Order matters: Edge and Opera say "Chrome" too, Chrome says "Safari".
 const BROWSERS: [string, RegExp][] = [
   ["Edge", /Edg(?:e|A|iOS)?\/(\d+)/],

@@ -5,8 +5,10 @@ import { render, type Rendered } from "../inapp/render";
 import type { SdkAction } from "../inapp/types";
 import { pick, recordShown, type Displays, type Occasion, type WireAnswer, type WireMessage } from "./decide";
 import { browserFacts } from "./facts";
+import { applyEdits, ProfileEditor, userAttributes, userAttributeTypes, type LocalProfile, type UserAttribute } from "./profile";
 import { EventQueue, type QueuedEvent } from "./queue";
 import { memoryStore, openStore, type Store } from "./storage";
+import { Ui, type UiApi } from "./ui";
 import { sendSubscription, subscriptionBody, vapidKeyUrl, type WorkerKeys } from "../sw/shared";
 
 export interface Config {
@@ -14,6 +16,7 @@ export interface Config {
   server?: unknown;
   debug?: unknown;
   serviceWorker?: unknown;
+  ui?: unknown;
 }
 
 /** getSubscriptionState()'s answer. */
@@ -38,24 +41,34 @@ export interface EventData {
 
 export interface Profile {
   identify(identity: { customId?: string | null }): Promise<void>;
+  edit(edit: (editor: ProfileEditor) => void): Promise<Profile>;
 }
 
 export interface Api {
   getInstallationID(): Promise<string>;
   trackEvent(name: string, data?: EventData): Promise<void>;
   profile(): Promise<Profile>;
+  getUserAttributes(): Promise<Record<string, UserAttribute>>;
+  getUserTagCollections(): Promise<Record<string, string[]>>;
+  readonly userAttributeTypes: typeof userAttributeTypes;
   onInAppAction(handler: InAppActionHandler): void;
   subscribe(): Promise<boolean>;
   unsubscribe(): Promise<boolean>;
   getSubscriptionState(): Promise<SubscriptionState>;
   isSubscribed(): Promise<boolean>;
   clearInstallationData(): Promise<void>;
+  ui: UiApi;
 }
 
 /** A new session after this long without the page in view (Batch's and the mobile SDKs'). */
 export const SESSION_GAP_MS = 30 * 60 * 1000;
 const EVENT_NAME = /^[a-zA-Z0-9][a-zA-Z0-9_]{0,29}$/;
 const SESSION_KEY = "clarion.session";
+/** IndexedDB key: the language and region profile().edit set, which registration sends in
+ * place of the browser's (Batch's setLanguage overrides the detected language). */
+const LOCALE_KEY = "locale";
+/** IndexedDB key: what this browser's edits set on the current user's profile (LocalProfile). */
+const PROFILE_KEY = "profile";
 const DEFAULT_WORKER = "/clarion-sw.js";
 
 type Command = unknown[];
@@ -84,7 +97,13 @@ function deferred<T>(): { promise: Promise<T>; resolve(value: T): void } {
   return { promise, resolve };
 }
 
+interface Answer {
+  status: number; // 0: no answer
+  body: unknown; // the JSON answer, null when there is none
+}
+
 class Sdk implements Api {
+  readonly userAttributeTypes = userAttributeTypes;
   private store: Store = memoryStore();
   private base = "";
   private id = deferred<string>();
@@ -98,6 +117,7 @@ class Sdk implements Api {
   private workerUrl = DEFAULT_WORKER;
   private keys: WorkerKeys | null = null;
   private isRegistered = false;
+  readonly ui = new Ui(this);
   readonly queue = new EventQueue({
     send: (events) => this.call("POST", "/events", { events }),
     save: (events) => void this.store.set("events", events),
@@ -134,6 +154,8 @@ class Sdk implements Api {
     this.queue.restore(await this.store.get<QueuedEvent[]>("events"));
     this.displays = (await this.store.get<Displays>("inapp_displays")) ?? {};
     this.id.resolve(id);
+    // The prompts need the store, not the registration (subscribe() waits for it).
+    void this.ui.setup(config.ui, this.store, log);
     addEventListener("pagehide", () => this.pageHidden());
     await this.register(0);
     this.isRegistered = true;
@@ -171,11 +193,10 @@ class Sdk implements Api {
   }
 
   private async register(failures: number): Promise<void> {
-    const facts = browserFacts(
-      navigator.userAgent,
-      navigator.language,
-      Intl.DateTimeFormat().resolvedOptions().timeZone,
-    );
+    const facts = {
+      ...browserFacts(navigator.userAgent, navigator.language, Intl.DateTimeFormat().resolvedOptions().timeZone),
+      ...(await this.store.get<Record<string, string>>(LOCALE_KEY)),
+    };
     const status = await this.call("PUT", "", facts);
     if (status >= 200 && status < 300) return;
     if (status !== 0 && status < 500 && status !== 408 && status !== 429) {
@@ -188,6 +209,12 @@ class Sdk implements Api {
 
   /** The HTTP status of a call to the installation's routes (0: no answer). */
   private async call(method: string, path: string, body?: unknown, keepalive = false): Promise<number> {
+    return (await this.request(method, path, body, keepalive)).status;
+  }
+
+  /** A call's status, and its JSON answer when it failed or `read` asks for it: a success is
+   * not waited for further (the event queue counts on knowing at once what was taken). */
+  private async request(method: string, path: string, body?: unknown, keepalive = false, read = false): Promise<Answer> {
     try {
       const init: RequestInit = { method, keepalive };
       if (body !== undefined) {
@@ -195,15 +222,24 @@ class Sdk implements Api {
         init.headers = { "Content-Type": "application/json" };
       }
       const response = await fetch(this.base + path, init);
-      if (!response.ok) log(`${method} ${path || "installation"}: HTTP ${response.status}`, await response.text());
-      return response.status;
+      let answer: unknown = null;
+      if (read || !response.ok) {
+        const text = await response.text();
+        if (!response.ok) log(`${method} ${path || "installation"}: HTTP ${response.status}`, text);
+        try {
+          answer = text ? JSON.parse(text) : null;
+        } catch {
+          // Not JSON (a proxy's error page): the status says enough.
+        }
+      }
+      return { status: response.status, body: answer };
     } catch (error) {
       log(
         `${method} ${path || "installation"}: no answer: the server is down, the browser is offline, ` +
           `or ${location.origin} is not in the app's allowed origins`,
         error,
       );
-      return 0;
+      return { status: 0, body: null };
     }
   }
 
@@ -338,16 +374,71 @@ class Sdk implements Api {
   }
 
   profile(): Promise<Profile> {
-    return Promise.resolve({
+    const profile: Profile = {
       identify: async ({ customId }: { customId?: string | null }) => {
         await this.registered.promise;
+        const id = customId === null || customId === undefined ? null : String(customId);
         const status =
-          customId === null || customId === undefined
-            ? await this.call("DELETE", "/custom_id")
-            : await this.call("PUT", "/custom_id", { custom_id: String(customId) });
+          id === null ? await this.call("DELETE", "/custom_id") : await this.call("PUT", "/custom_id", { custom_id: id });
         if (status < 200 || status >= 300) throw new Error(`clarion: identify failed (HTTP ${status})`);
+        // Another user (or none): what the edits of the previous one set is not theirs.
+        const local = await this.store.get<LocalProfile>(PROFILE_KEY);
+        if (local && local.custom_id !== id) await this.store.set(PROFILE_KEY, null);
       },
-    });
+      edit: async (edit) => {
+        await this.editProfile(edit);
+        return profile;
+      },
+    };
+    return Promise.resolve(profile);
+  }
+
+  /** Runs the page's editor callback, then sends its edits in one call (POST …/profile/edits):
+   * resolved once the server took them all, rejected with the reason otherwise (a bad value,
+   * no custom user id yet: decision 0024). */
+  private async editProfile(edit: (editor: ProfileEditor) => void): Promise<void> {
+    const editor = new ProfileEditor();
+    try {
+      edit(editor);
+    } catch (error) {
+      log("profile().edit: nothing sent:", error instanceof Error ? error.message : error);
+      throw error;
+    }
+    const body = editor.body();
+    if (!body) return log("profile().edit: nothing to send");
+    // setLanguage(null): back to the browser's own language, which registration sends again.
+    const detected = body.language === null;
+    if (detected) body.language = browserFacts("", navigator.language, undefined).language ?? null;
+    await this.registered.promise;
+    const answer = await this.request("POST", "/profile/edits", body, false, true);
+    if (answer.status !== 200) throw failure(`profile().edit refused: ${refusal(answer)}`);
+    const customId = (answer.body as { custom_id?: unknown } | null)?.custom_id;
+    if (typeof customId === "string" && (body.attributes || body.tags)) {
+      const local = await this.store.get<LocalProfile>(PROFILE_KEY);
+      await this.store.set(PROFILE_KEY, applyEdits(local, customId, body));
+    }
+    if ("language" in body || "region" in body) {
+      const locale = { ...(await this.store.get<Record<string, string>>(LOCALE_KEY)) };
+      for (const field of ["language", "region"] as const) {
+        const value = body[field];
+        if (value === undefined) continue;
+        if (value === null || (field === "language" && detected)) delete locale[field];
+        else locale[field] = value;
+      }
+      await this.store.set(LOCALE_KEY, locale);
+    }
+  }
+
+  /** What this browser's edits set on the current user's profile: the SDK API never answers a
+   * profile (its key is public: decision 0024). */
+  async getUserAttributes(): Promise<Record<string, UserAttribute>> {
+    await this.id.promise;
+    return userAttributes(await this.store.get<LocalProfile>(PROFILE_KEY));
+  }
+
+  async getUserTagCollections(): Promise<Record<string, string[]>> {
+    await this.id.promise;
+    return { ...(await this.store.get<LocalProfile>(PROFILE_KEY))?.tags };
   }
 
   onInAppAction(handler: InAppActionHandler): void {
@@ -372,6 +463,7 @@ class Sdk implements Api {
     const subscription = await registration.pushManager.subscribe({ userVisibleOnly: true, applicationServerKey: key });
     const status = await sendSubscription(this.base, subscription, this.store);
     if (status < 200 || status >= 300) throw failure(`the subscription was not registered (HTTP ${status})`);
+    void this.ui.refresh();
     return true;
   }
 
@@ -383,6 +475,7 @@ class Sdk implements Api {
     await this.store.set("webpush_sent", null);
     const status = await this.call("PUT", "", { push_optin: false });
     if (status < 200 || status >= 300) throw failure(`opt-out not reported (HTTP ${status})`);
+    void this.ui.refresh();
     return true;
   }
 
@@ -401,7 +494,7 @@ class Sdk implements Api {
   async clearInstallationData(): Promise<void> {
     await this.id.promise;
     this.queue.drain();
-    for (const key of ["installation_id", "events", "inapp", "inapp_displays", "webpush_sent"]) {
+    for (const key of ["installation_id", "events", "inapp", "inapp_displays", "webpush_sent", LOCALE_KEY, PROFILE_KEY]) {
       await this.store.set(key, null);
     }
   }
@@ -415,6 +508,13 @@ class Sdk implements Api {
 
 function pushSupported(): boolean {
   return "serviceWorker" in navigator && "PushManager" in window && "Notification" in window;
+}
+
+/** Why the server refused a call: its Batch-format message, else the status. */
+function refusal(answer: Answer): string {
+  const message = (answer.body as { message?: unknown } | null)?.message;
+  if (typeof message === "string") return message;
+  return answer.status ? `HTTP ${answer.status}` : "no answer from the server";
 }
 
 function failure(message: string): Error {
