@@ -20,6 +20,7 @@ RUNS = [
     ["-m", "bench.campaign_fanout", "--devices", "1000000", "--db", "postgres"],
     ["-m", "bench.campaign_fanout", "--devices", "1000000", "--db", "postgres", "--workers", "2"],
     ["-m", "bench.campaign_fanout", "--devices", "1000000", "--db", "postgres", "--fan-out-only"],
+    ["-m", "bench.automation_dispatch", "--installations", "1000000"],
     ["-m", "bench.idfile_parse", "--lines", "2000000"],
     ["-m", "bench.query_limits", "--db", "postgres", "--sizes", "32", "50", "64"],
     ["-m", "bench.dashboard_pages", "--installs", "1000000", "--campaigns", "1000"],

@@ -1,13 +1,13 @@
 """What a Clarion process holds for its lifetime: engine, sessions, queue, HTTP/2 client, workers.
 
 `clarion serve` on SQLite runs the API, the delivery workers, the outbox sweep, the campaign
-scheduler, GDPR requests, flat-file imports and daily exports in one process
-(the embedded default); `clarion worker` runs only the workers; `clarion serve` on PostgreSQL
-runs only the API unless told to run workers too.
+scheduler, the automation dispatcher, GDPR requests, flat-file imports and daily exports in one
+process (the embedded default); `clarion worker` runs only the workers; `clarion serve` on
+PostgreSQL runs only the API unless told to run workers too.
 
 Runtime.start is the one list of everything that runs in the background; each domain keeps
-its background work in its `tasks.py` (delivery, campaigns, capping, stats, gdpr, imports,
-exports).
+its background work in its `tasks.py` (delivery, campaigns, automations, capping, stats, gdpr,
+imports, exports).
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from clarion.apps.service import KeyCache
 from clarion.automations.catalogue import AutomationCatalogue
 from clarion.automations.service import enter_stored
+from clarion.automations.tasks import AutomationDispatcher
 from clarion.campaigns.tasks import CampaignScheduler
 from clarion.capping.tasks import PURGE_SECONDS, purge_expired_receipts
 from clarion.config import Settings
@@ -94,6 +95,7 @@ class Runtime:
         self._pool: ProviderPool | None = None
         self.deliverer: Deliverer | None = None
         self.scheduler: CampaignScheduler | None = None
+        self.dispatcher: AutomationDispatcher | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._callbacks: WebhookClient | None = None  # GDPR requests' callbacks
         # The SDK's in-app fetch (clarion.inapp): catalogues, validators, supplies.
@@ -197,6 +199,14 @@ class Runtime:
                 "campaign scheduler",
                 partial(self.scheduler.tick, wait=False),
                 every=settings.scheduler_interval_seconds,
+            )
+            # Due automation entries, into the outbox as the workers' batches. Every process
+            # running workers runs one: they share the entries (decision 0029).
+            self.dispatcher = AutomationDispatcher(self.sessions, self.queue, settings)
+            self._repeat(
+                "automation dispatcher",
+                self.dispatcher.tick,
+                every=settings.automation_poll_seconds,
             )
 
     @asynccontextmanager

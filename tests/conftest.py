@@ -102,6 +102,8 @@ def make_settings(
         "sweep_interval_seconds": 1.0,
         # Campaign tests drive their own schedulers, with a clock they control.
         "scheduler_interval_seconds": 3600.0,
+        # Automation tests drive their own dispatchers, with a clock they control.
+        "automation_poll_seconds": 3600.0,
         # Import and export tests poll their sources and destinations themselves.
         "import_check_seconds": 3600.0,
         "export_check_seconds": 3600.0,

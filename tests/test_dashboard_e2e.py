@@ -473,7 +473,8 @@ def _seed_entries(
 ) -> None:
     """Entries of an automation, written into the server's database as the automation engine
     writes them: (custom id, state, reason, minutes ago it finished); and the conversion event
-    of the user `converted`, now."""
+    of the user `converted`, now. A pending entry is due in 2 h (the automation's delay): the
+    server's dispatcher would otherwise send it (or skip it, its user having no device)."""
     now = datetime.now(UTC)
     with closing(sqlite3.connect(Path(server.env["CLARION_VAR_DIR"]) / "clarion.db")) as db:
         campaign_id, app_id = db.execute(
@@ -481,6 +482,7 @@ def _seed_entries(
         ).fetchone()
         for user, state, reason, ago in rows:
             at = (now - timedelta(minutes=ago)).strftime("%Y-%m-%d %H:%M:%S.%f")
+            due = (now + timedelta(hours=2)).strftime("%Y-%m-%d %H:%M:%S.%f")
             db.execute(
                 "INSERT INTO automation_entries (app_id, campaign_id, custom_id, event,"
                 " entered_at, due_at, timed, state, reason, finished_at)"
@@ -490,7 +492,7 @@ def _seed_entries(
                     campaign_id,
                     user,
                     at,
-                    at,
+                    due if state == "pending" else at,
                     state,
                     reason,
                     None if state == "pending" else at,

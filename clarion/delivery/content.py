@@ -105,17 +105,20 @@ def has_templates(content: dict[str, Any]) -> bool:
 
 
 def personalised_fields(
-    content: dict[str, Any], language: str | None, attributes: Mapping[str, Any]
+    content: dict[str, Any],
+    language: str | None,
+    attributes: Mapping[str, Any],
+    event: Mapping[str, Any] | None = None,
 ) -> tuple[str | None, ...]:
-    """A personalised send's title, body and deeplink as rendered for one user.
+    """A personalised send's title, body and deeplink as rendered for one user (`event`: the
+    one that triggered an automation's push to them).
     TemplateLimitError (naming the field): a template goes beyond a limit for this user."""
     message = pick_message(content, language) or {}
     rendered: list[str | None] = []
     for name in PERSONALISED_FIELDS:
+        text = message.get(name) if name != "deeplink" else content.get(name)
         try:
-            rendered.append(
-                render(message.get(name) if name != "deeplink" else content.get(name), attributes)
-            )
+            rendered.append(render(text, attributes, event))
         except TemplateLimitError as exc:
             raise TemplateLimitError(f"{name}: {exc.message}") from None
     return tuple(rendered)

@@ -21,6 +21,8 @@ from clarion.db import Base, BigIntPK, JsonValue, UtcDateTime, utcnow
 class SendKind(StrEnum):
     TRANSACTIONAL = "transactional"
     CAMPAIGN = "campaign"
+    # A pass of an automation's dispatcher (clarion.automations.tasks): one send per version.
+    AUTOMATION = "automation"
 
 
 class BatchStatus(StrEnum):
@@ -69,8 +71,9 @@ class DeliveryBatch(Base):
     last_enqueued_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
     # Who to reach, as given ({"custom_ids": [...], "install_ids": [...], "advertising_ids":
     # [...], "tokens": [...]}) or, for retries, as resolved ({"installations": [pk, ...],
-    # "tokens": [...]}).
-    recipients: Mapped[dict[str, list[Any]]] = mapped_column(JsonValue)
+    # "tokens": [...]}). An automation's adds {"events": {"<pk>": the trigger event}}: what
+    # its templates' `event.` reads for each installation.
+    recipients: Mapped[dict[str, Any]] = mapped_column(JsonValue)
     # The reason of the last transient failure, reported if retries run out.
     last_reason: Mapped[str | None] = mapped_column(String(1024))
     created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)

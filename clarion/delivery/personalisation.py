@@ -2,8 +2,10 @@
 
 The template language is Jinja2 in its sandbox (docs/decisions/0009-personalisation.md):
 `Hello {{ c.firstname | default("there") }}`. `c` holds the attributes of the installation's
-custom user id (Custom Data API, without the `u.` prefix). A missing attribute renders as its
-default, or as nothing; a template error on one user's values renders the defaults instead.
+custom user id (Custom Data API, without the `u.` prefix); `event`, in an automation's push, the
+event that triggered it (`{{ event.attributes.sku }}`, `{{ event.label }}`: its name, label,
+attributes and tags). A missing value renders as its default, or as nothing; a template error on
+one user's values renders the defaults instead.
 
 Templates come from API callers and are compiled and rendered in worker threads (validation
 at the API, once per user at delivery) of a process whose event loop serves everyone, so a
@@ -377,7 +379,7 @@ def _check_all(templates: Sequence[tuple[str, str]]) -> None:
                     raise TemplateLimitError(
                         f"the templates hold more than {MAX_DOCUMENT_TOKENS} tokens in all"
                     )
-            _render(text, {}, budget)
+            _render(text, {}, budget, event={})
         except TemplateLimitError as exc:
             raise MalformedParameterError(f"{path}: template too costly: {exc.message}") from None
         except TemplateError as exc:
@@ -388,15 +390,18 @@ def _check_all(templates: Sequence[tuple[str, str]]) -> None:
             ) from None
 
 
-def render(text: str | None, attributes: Mapping[str, Any]) -> str | None:
-    """`text` rendered for one user. If it fails on this user's values (a filter given the
-    wrong type, say), it is rendered as for a user with no attributes: the defaults.
+def render(
+    text: str | None, attributes: Mapping[str, Any], event: Mapping[str, Any] | None = None
+) -> str | None:
+    """`text` rendered for one user (and, in an automation's push, the event that triggered
+    it). If it fails on these values (a filter given the wrong type, say), it is rendered as
+    for a user with no attributes and no event: the defaults.
     TemplateLimitError: the template goes beyond a limit for this user."""
     if text is None or not is_template(text):
         return text
-    for values in (attributes, {}):
+    for values, trigger in ((attributes, event or {}), ({}, {})):
         try:
-            return _render(text, values)
+            return _render(text, values, event=trigger)
         except TemplateLimitError:
             raise
         except Exception:
@@ -404,13 +409,19 @@ def render(text: str | None, attributes: Mapping[str, Any]) -> str | None:
     return ""
 
 
-def _render(text: str, values: Mapping[str, Any], budget: _Budget | None = None) -> str:
+def _render(
+    text: str,
+    values: Mapping[str, Any],
+    budget: _Budget | None = None,
+    *,
+    event: Mapping[str, Any],
+) -> str:
     template = _compiled(text)
     token = _BUDGET.set(budget or _Budget())
     try:
         chunks: list[str] = []
         length = 0
-        for chunk in template.generate(c=values):
+        for chunk in template.generate(c=values, event=event):
             length += len(chunk)
             if length > MAX_OUTPUT:
                 raise TemplateLimitError(f"it renders to more than {MAX_OUTPUT} characters")

@@ -65,6 +65,12 @@ _FINISH_BATCH = (
 )
 
 
+# Groups of devices (one per environment, language and rendered text) a batch sends at once:
+# a worker's 32 jobs then have up to 8,000 requests ready, four times what its HTTP/2
+# connections carry at a time (2 x 1,000 streams).
+_GROUPS_AT_ONCE = 250
+
+
 @dataclass(slots=True)
 class _Tally:
     sent: int = 0
@@ -219,7 +225,14 @@ class Deliverer:
         now = utcnow()
         answers = await asyncio.gather(
             *(
-                self._send(app, send, recipients, now, attributes.get(batch.id))
+                self._send(
+                    app,
+                    send,
+                    recipients,
+                    now,
+                    attributes.get(batch.id),
+                    batch.recipients.get("events"),
+                )
                 for batch, send, app, recipients in work
             )
         )
@@ -238,8 +251,10 @@ class Deliverer:
         recipients: Sequence[Recipient],
         now: datetime,
         attributes: dict[str, dict[str, Any]] | None = None,
+        events: dict[str, dict[str, Any]] | None = None,
     ) -> list[DeliveryResult]:
-        """`attributes`: for a personalised send, each custom user id's attributes."""
+        """`attributes`: for a personalised send, each custom user id's attributes; `events`:
+        for an automation's, the event that triggered each installation's push (by its pk)."""
         if send.expires_at is not None and now >= send.expires_at:
             return [DeliveryResult(Outcome.FAILED, reason="Expired")] * len(recipients)
         results: list[DeliveryResult | None] = [None] * len(recipients)
@@ -247,7 +262,9 @@ class Deliverer:
         if attributes is not None:
             # Up to batch_size (1,000) renders of up to ~13 ms each (the template limits):
             # CPU work, kept off the event loop.
-            renders = await asyncio.to_thread(_personalise, send.content, recipients, attributes)
+            renders = await asyncio.to_thread(
+                _personalise, send.content, recipients, attributes, events or {}
+            )
         # Devices that share an environment, a language and (personalised sends) the same
         # rendered texts get one rendering of the payload.
         groups: dict[tuple[bool, str, tuple[str | None, ...] | None], list[int]] = defaultdict(list)
@@ -260,13 +277,23 @@ class Deliverer:
                 continue
             language = language_key(send.content, recipient.language)
             groups[(recipient.sandbox, language, rendered)].append(index)
-        for (sandbox, _, rendered), indexes in groups.items():
-            for index, answer in zip(
-                indexes,
-                await self._send_group(app, send, recipients, indexes, sandbox, rendered),
-                strict=True,
-            ):
-                results[index] = answer
+        # The groups go out together, _GROUPS_AT_ONCE at a time: a personalised push is often
+        # a group of one (each user's own name, an automation's own trigger event), and a
+        # batch of 1,000 such groups sent one after the other waits 1,000 round trips
+        # (measured: 2.9 s p50 late for 1,000 automation pushes/s, 0.5 s together); all 1,000
+        # at once, in each of a worker's 32 jobs, hold 32,000 tasks and their payloads.
+        listed = list(groups.items())
+        for start in range(0, len(listed), _GROUPS_AT_ONCE):
+            some = listed[start : start + _GROUPS_AT_ONCE]
+            answers = await asyncio.gather(
+                *(
+                    self._send_group(app, send, recipients, indexes, sandbox, rendered)
+                    for (sandbox, _, rendered), indexes in some
+                )
+            )
+            for (_, indexes), answer in zip(some, answers, strict=True):
+                for index, result in zip(indexes, answer, strict=True):
+                    results[index] = result
         return [r if r is not None else DeliveryResult(Outcome.FAILED) for r in results]
 
     async def _send_group(
@@ -389,7 +416,9 @@ class Deliverer:
             attempt=batch.attempt + 1,
             not_before=due,
             last_enqueued_at=now,
-            recipients=_resolved_recipients(r for r, _ in to_retry),
+            recipients=_resolved_recipients(
+                (r for r, _ in to_retry), events=batch.recipients.get("events")
+            ),
             last_reason=reason[:1024] if reason else None,
         )
 
@@ -456,7 +485,11 @@ class Deliverer:
         return len(ids)
 
 
-def _resolved_recipients(recipients: Iterable[Recipient]) -> dict[str, list[Any]]:
+def _resolved_recipients(
+    recipients: Iterable[Recipient], *, events: dict[str, Any] | None
+) -> dict[str, Any]:
+    """A retry batch's recipients; with the trigger events of those it retries, if the batch
+    had them (an automation's push renders `event.` again on the retry)."""
     installations: list[int] = []
     tokens: list[str] = []
     for recipient in recipients:
@@ -464,11 +497,19 @@ def _resolved_recipients(recipients: Iterable[Recipient]) -> dict[str, list[Any]
             installations.append(recipient.installation_id)
         else:
             tokens.append(recipient.token)
-    return {"installations": installations, "tokens": tokens}
+    resolved: dict[str, Any] = {"installations": installations, "tokens": tokens}
+    if events:
+        kept = {str(pk): events[str(pk)] for pk in installations if str(pk) in events}
+        if kept:
+            resolved["events"] = kept
+    return resolved
 
 
 def _personalise(
-    content: dict[str, Any], recipients: Sequence[Recipient], attributes: dict[str, dict[str, Any]]
+    content: dict[str, Any],
+    recipients: Sequence[Recipient],
+    attributes: dict[str, dict[str, Any]],
+    events: dict[str, dict[str, Any]],
 ) -> list[tuple[str | None, ...] | DeliveryResult | None]:
     """Each recipient's personalised texts, or the failure of a template that goes beyond a
     limit for this user's values: the same template fails the same way on a retry, so it is a
@@ -478,7 +519,10 @@ def _personalise(
         try:
             renders.append(
                 personalised_fields(
-                    content, recipient.language, attributes.get(recipient.custom_id or "", {})
+                    content,
+                    recipient.language,
+                    attributes.get(recipient.custom_id or "", {}),
+                    events.get(str(recipient.installation_id)),
                 )
             )
         except TemplateLimitError as exc:
