@@ -8,7 +8,7 @@ it sends fields Clarion does not use.
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Annotated, Any
+from typing import Any
 
 from pydantic import (
     BaseModel,
@@ -196,7 +196,9 @@ class Conversion(WireModel):
     within_hours: int = Field(default=24, ge=1, le=720)
 
 
-ConditionValue = Annotated[str, Field(max_length=64)] | int | float | bool
+# A string at most as long as an event attribute's (64), checked in Trigger so that the error
+# names the attribute rather than a member of the union.
+ConditionValue = str | int | float | bool
 
 
 class Trigger(WireModel):
@@ -225,9 +227,11 @@ class Trigger(WireModel):
     def _attribute_names(
         cls, value: dict[str, ConditionValue] | None
     ) -> dict[str, ConditionValue] | None:
-        for name in value or {}:
+        for name, wanted in (value or {}).items():
             if not NAME.fullmatch(name):
                 raise ValueError(f"attribute name {name!r}: use a-z, 0-9 and _, at most 30")
+            if isinstance(wanted, str) and len(wanted) > 64:
+                raise ValueError(f"attribute {name!r}: strings have at most 64 characters")
         return value
 
     @property

@@ -117,3 +117,13 @@ async def test_dates_do_not_apply_to_an_automation(
     answer = await create(api, ios_app, {**AUTOMATION, **extra})
     assert answer.status_code == 400
     assert "automation" in answer.json()["message"]
+
+
+async def test_a_long_condition_value_is_refused_naming_its_attribute(
+    api: httpx.AsyncClient, ios_app: ClientApp
+) -> None:
+    body = {**AUTOMATION, "trigger": {"event": "ue.x", "attributes": {"sku": "x" * 65}}}
+    answer = await create(api, ios_app, body)
+    assert answer.status_code == 400
+    message = answer.json()["message"]
+    assert "trigger.attributes" in message and "'sku'" in message and "64" in message
