@@ -126,4 +126,6 @@ async def test_a_long_condition_value_is_refused_naming_its_attribute(
     answer = await create(api, ios_app, body)
     assert answer.status_code == 400
     message = answer.json()["message"]
-    assert "trigger.attributes" in message and "'sku'" in message and "64" in message
+    assert "trigger.attributes" in message
+    assert "'sku'" in message
+    assert "64" in message
