@@ -219,8 +219,11 @@ class FanOut:
     ) -> list[str]:
         """Time zones of the app's installs whose wall clock has reached the campaign's time
         and which have not had their wave yet (installs with no zone use the app's)."""
-        read_at, zones = self._zones.get(app.id, (0.0, set()))
-        if time.monotonic() - read_at > _ZONES_TTL_SECONDS:
+        # "Never read" is its own case: treating it as "read at monotonic 0" made the zones
+        # look fresh for the first 300 s after the machine booted, and fan out nothing.
+        cached = self._zones.get(app.id)
+        zones = cached[1] if cached is not None else set()
+        if cached is None or time.monotonic() - cached[0] > _ZONES_TTL_SECONDS:
             async with self._sessions() as session:
                 zones = {
                     zone or app.default_timezone

@@ -87,6 +87,11 @@ class DeliveryBatch(Base):
     sent: Mapped[int] = mapped_column(default=0)
     failed: Mapped[int] = mapped_column(default=0)
     tokens_deleted: Mapped[int] = mapped_column(default=0)
+    # Of `sent`, how many were sent again after an unknown outcome (timeout, crash).
+    resent: Mapped[int] = mapped_column(default=0, server_default="0")
+    # The worker holding the lease (a random id per worker process): only it may renew or
+    # finish the batch.
+    lease_owner: Mapped[str | None] = mapped_column(String(36))
 
 
 # The tables themselves, for Core statements on hot paths (no ORM unit of work or identity map).

@@ -133,18 +133,21 @@ class Deliverer:
             )
             return sorted(claimed)
 
-    async def _close_cancelled(self, batch_ids: list[int]) -> None:
-        async with transaction(self._sessions) as session:
-            await session.execute(
-                update(BATCHES)
-                .where(BATCHES.c.id.in_(batch_ids))
-                .values(
-                    status=BatchStatus.DONE.value,
-                    finished_at=utcnow(),
-                    lease_until=None,
-                    last_reason=STOPPED,
-                )
+    @staticmethod
+    async def _close_cancelled(session: AsyncSession, batch_ids: list[int]) -> None:
+        """In the caller's session: on SQLite a second session would wait for the one connection
+        that the caller holds (docs/conventions.md, "one session at a time")."""
+        await session.execute(
+            update(BATCHES)
+            .where(BATCHES.c.id.in_(batch_ids))
+            .values(
+                status=BatchStatus.DONE.value,
+                finished_at=utcnow(),
+                lease_until=None,
+                last_reason=STOPPED,
             )
+        )
+        await session.commit()
 
     async def _release(self, batch_ids: list[int], error: Exception) -> None:
         """Hand failed batches back for a later attempt; at the last attempt, give them up
@@ -187,7 +190,7 @@ class Deliverer:
             # stop) close unsent.
             cancelled = [b.id for b in batches if sends[b.send_id].cancelled_at is not None]
             if cancelled:
-                await self._close_cancelled(cancelled)
+                await self._close_cancelled(session, cancelled)
                 closed = set(cancelled)
                 batches = [b for b in batches if b.id not in closed]
                 if not batches:

@@ -11,7 +11,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import Index, String, text
+from sqlalchemy import Index, String, false, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from clarion.db import Base, BigIntPK, JsonValue, UtcDateTime
@@ -71,6 +71,9 @@ class PushEvent(Base):
     group_id: Mapped[str | None] = mapped_column(String(128))
     campaign_token: Mapped[str | None] = mapped_column(String(64))
     reason: Mapped[str | None] = mapped_column(String(1024))  # provider's reason, verbatim
+    # Sent again after an unknown outcome (a timeout, a worker that died mid-send): the device
+    # may have received it twice. Counted, never hidden (docs/delivery.md).
+    resent: Mapped[bool] = mapped_column(default=False, server_default=false())
 
 
 # The kinds of push events that statistics count (PushEventCount).

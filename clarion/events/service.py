@@ -44,6 +44,7 @@ PUSH_EVENT_COLUMNS = (
     "group_id",
     "campaign_token",
     "reason",
+    "resent",
 )
 PushEventRow = tuple[Any, ...]  # in PUSH_EVENT_COLUMNS order
 
@@ -62,6 +63,7 @@ def push_event_row(
     group_id: str | None = None,
     campaign_token: str | None = None,
     reason: str | None = None,
+    resent: bool = False,
 ) -> PushEventRow:
     return (
         app_id,
@@ -76,6 +78,7 @@ def push_event_row(
         group_id,
         campaign_token,
         reason[:1024] if reason else reason,
+        resent,
     )
 
 
