@@ -50,10 +50,15 @@ class HttpResponse:
 class TransportError(Exception):
     """No HTTP answer: connection refused or reset, TLS failure, timeout, GOAWAY, client closed."""
 
-    def __init__(self, message: str, *, curl_code: int = 0, refused: bool = False) -> None:
+    def __init__(
+        self, message: str, *, curl_code: int = 0, refused: bool = False, written: bool = False
+    ) -> None:
         super().__init__(message)
         self.curl_code = curl_code  # libcurl's CURLE_* code, 0 when the error is not libcurl's
         self.refused = refused  # the request's guard refused the address: no point retrying
+        # The request was written on a stream before the error: the server may have acted on it
+        # (its outcome is unknown). False when it never left (connect or TLS failure).
+        self.written = written
 
 
 # libcurl error codes grouped by what a caller may want to know; the message keeps libcurl's text.

@@ -82,6 +82,10 @@ class DeliveryResult:
     reason: str | None = None
     status: int | None = None  # HTTP status, when there was an answer
     retry_after: float | None = None  # seconds, from Retry-After or the provider's rules
+    # The request may have reached the provider and been accepted (it was written on a stream,
+    # then timed out or the connection dropped): a retry may reach the device twice, and is
+    # counted as re-sent (docs/delivery.md).
+    unknown_outcome: bool = False
 
 
 @dataclass(frozen=True, slots=True)
