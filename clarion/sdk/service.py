@@ -526,18 +526,10 @@ async def record_push_open(
         select(Send).where(Send.token == data.send_id, Send.app_id == access.app_id)
     )
     now = utcnow()
-    attribution: dict[str, str | None]
-    if send is None:
-        # Unknown send ids are still worth counting (a campaign of another system, say).
-        attribution = {"send_token": data.send_id}
-    elif send.campaign_token is not None:
-        attribution = {
-            "campaign_token": send.campaign_token,
-            "send_token": send.token,
-            "group_id": send.group_id,
-        }
-    else:
-        attribution = {"send_token": send.token, "group_id": send.group_id}
+    # Unknown send ids are still worth counting (a campaign of another system, say).
+    send_token = data.send_id if send is None else send.token
+    group_id = None if send is None else send.group_id
+    campaign_token = None if send is None else send.campaign_token
     row = push_event_row(
         app_id=installation.app_id,
         kind=PushEventKind.OPENED,
@@ -546,7 +538,9 @@ async def record_push_open(
         install_id=installation.install_id,
         custom_id=installation.custom_id,
         advertising_id=installation.advertising_id,
-        **attribution,
+        send_token=send_token,
+        group_id=group_id,
+        campaign_token=campaign_token,
     )
     await record_push_events(session, [row])
     installation.last_seen_at = now
