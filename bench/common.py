@@ -183,14 +183,18 @@ def settings_env(settings: Settings) -> dict[str, str]:
 
 
 def start_worker(
-    settings: Settings, *, stderr: Any = subprocess.DEVNULL, cpu: int | None = 0
+    settings: Settings,
+    *,
+    stdout: Any = subprocess.DEVNULL,
+    stderr: Any = None,
+    cpu: int | None = 0,
 ) -> subprocess.Popen[bytes]:
     """`clarion worker` as a deployment runs it: its own process (and process group, so that a
     signal reaches all of it), its settings from the environment, pinned to `cpu`."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "clarion.cli", "worker"],
         env={**os.environ, **settings_env(settings)},
-        stdout=subprocess.DEVNULL,
+        stdout=stdout,
         stderr=stderr,
         start_new_session=True,
     )
