@@ -253,9 +253,12 @@ async def probe(
     next_state_check = 0.0
     while True:
         accepted = accepted_now(sim) - before.accepted
-        if len(stops) < stops_planned and accepted >= thresholds[len(stops)]:
-            stopped = {id(stop.victim) for stop in stops}  # a SIGTERM'd one may still run
-            victim = next(w for w in workers.live() if id(w) not in stopped)
+        stopped = {id(stop.victim) for stop in stops}  # a SIGTERM'd one may still run
+        # The oldest running worker: one still starting up (seconds, on a loaded machine) would
+        # hold nothing, and its stop would measure nothing.
+        running = [w for w in workers.live() if id(w) not in stopped and w.ready_at is not None]
+        if len(stops) < stops_planned and accepted >= thresholds[len(stops)] and running:
+            victim = running[0]
             at = time.time()
             _signal(victim, sig)
             replacement = workers.start()
@@ -268,9 +271,9 @@ async def probe(
                 stop.victim_exited_at = time.time()
             if stop.taken_over_at is None and await taken_over(runtime, stop.held):
                 stop.taken_over_at = time.time()
-        victims = {id(stop.victim) for stop in stops}
+        stopped = {id(stop.victim) for stop in stops}
         for worker in workers.all:
-            if worker.proc.poll() is not None and id(worker) not in victims:
+            if worker.proc.poll() is not None and id(worker) not in stopped:
                 raise SystemExit(f"a worker died on its own:\n{worker.log.read_text()[-3000:]}")
         if time.monotonic() >= next_state_check:
             next_state_check = time.monotonic() + 0.5
@@ -279,7 +282,7 @@ async def probe(
                     await session.scalar(select(Campaign.state).where(Campaign.id == campaign_id))
                     or ""
                 )
-            if state == "completed" and len(stops) == stops_planned:
+            if state == "completed":
                 break
         if time.monotonic() > deadline:
             print(f"timed out after {args.timeout} s (campaign {state!r})", flush=True)
@@ -412,6 +415,8 @@ def missed(figures: dict[str, Any], args: argparse.Namespace) -> list[str]:
         misses.append(f"{figures['lost']:,} recipients lost")
     if figures["campaign_state"] != "completed":
         misses.append(f"the campaign did not complete ({figures['campaign_state']!r})")
+    if len(figures["stops"]) < (args.kill or args.term):
+        misses.append(f"only {len(figures['stops'])} stops fell before the send ended")
     if args.kill:
         if figures["resent"] > MAX_RESENT_SHARE * args.installs:
             misses.append(f"{figures['resent_percent']} % re-sent (> {MAX_RESENT_SHARE:.1%})")
