@@ -301,7 +301,7 @@ async def probe(
             break
         await asyncio.sleep(POLL_S)
     finished = time.time()
-    for stop in stops:  # a stop whose batches were never taken over: noted, and timed out
+    for stop in stops:  # one last look; batches still held by the dead stay a miss (None)
         if stop.taken_over_at is None and await taken_over(runtime, stop.held):
             stop.taken_over_at = finished
     after = deliveries(sim_url, ca)
