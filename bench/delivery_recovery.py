@@ -8,11 +8,12 @@ provider fails.
 - `--faults P`: P % of requests answered 429, 500 or 503 (a third each).
 
 Stops fall when the simulator has accepted 1/(K+1), 2/(K+1), ... of the recipients; the victim
-is the oldest worker. Reported: lost (recipients with no accepted push), re-sent (pushes the
+is the oldest running worker (`--workers`, 2 by default, at the deployment's default settings). A
+worker that dies on its own is restarted and reported. Reported: lost (recipients with no accepted push), re-sent (pushes the
 simulator accepted for a token that already had one) beside what Clarion counted
 (`push_events.resent`, `delivery_batches.resent`), and for each stop the time until sending
 resumed at full rate: the later of (a) the first 1 s window after the stop with at least 80 % of
-the pushes/s of the best of the 2 s before it (from the simulator's per-100 ms arrival counts),
+the pushes/s of the 2 s before it (from the simulator's per-100 ms arrival counts),
 and (b) every batch leased when the stop fell done or leased anew; a send that ends first counts
 as recovered then. Exits 1 when a figure of issue 22 is missed (kill: 0 lost, <= 0.5 % re-sent,
 each stop recovered within 10 s; term: 0 lost, 0 re-sent; faults: everyone reached exactly once
@@ -336,7 +337,8 @@ def recovery(
     def window(first_slot: int) -> int:  # pushes in the 1 s from first_slot
         return sum(arrivals.get(s, 0) for s in range(first_slot, first_slot + 10))
 
-    reference = max(window(stop_slot - 20), window(stop_slot - 10))  # pushes/s before
+    # Pushes/s before: over 2 s, as single seconds swing by a third on a loaded machine.
+    reference = (window(stop_slot - 20) + window(stop_slot - 10)) / 2
     last_slot = max(arrivals) if arrivals else stop_slot
     rate_back: float | None = None
     for slot in range(stop_slot + 1, last_slot + 1):
@@ -356,7 +358,7 @@ def recovery(
     return {
         "signal": stop.signal_name,
         "at_accepted": stop.accepted_before,
-        "pushes_per_s_before": reference,
+        "pushes_per_s_before": round(reference),
         "rate_back_after_s": None if rate_back is None else round(rate_back, 1),
         "batches_leased_at_stop": len(stop.held),
         "leased_batches_taken_over_after_s": None if taken is None else round(taken, 1),
