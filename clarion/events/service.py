@@ -3,7 +3,6 @@ Trigger Events API's server-side events."""
 
 from __future__ import annotations
 
-import json
 import logging
 import uuid
 from collections import Counter
@@ -15,7 +14,7 @@ from typing import Any
 from sqlalchemy import case, delete, func, insert, literal, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from clarion.db import bulk_insert
+from clarion.db import bulk_insert, bulk_times, json_text
 from clarion.dialects import utc_day
 from clarion.events.models import (
     COUNTED_KINDS,
@@ -203,29 +202,32 @@ _TRACKED_COLUMNS = (
     "attributes",
     "tags",
 )
-_TRACKED_JSON = {"attributes", "tags"}
 
 
 async def record_tracked_events(session: AsyncSession, rows: Sequence[dict[str, Any]]) -> None:
     """Through the driver (bulk_insert): SQLAlchemy's insert() of a list of dicts took a quarter
     of the SDK API's CPU per 10-event call (bench/sdk_events.py). The JSON columns are written
-    as their text, as the JSON type writes them (None is SQL NULL)."""
+    as their text, as the JSON type writes them (None is SQL NULL); each row's tuple is built
+    field by field (a generator over the columns was 2 us of a Trigger Events event's ~8)."""
+    time = bulk_times(session)
     await bulk_insert(
         session,
         TrackedEvent.__tablename__,
         _TRACKED_COLUMNS,
         [
-            tuple(
-                _json_text(row.get(c)) if c in _TRACKED_JSON else row.get(c)
-                for c in _TRACKED_COLUMNS
+            (
+                row["app_id"],
+                time(row["occurred_at"]),
+                row.get("install_id"),
+                row.get("custom_id"),
+                row["name"],
+                row.get("label"),
+                json_text(row.get("attributes")),
+                json_text(row.get("tags")),
             )
             for row in rows
         ],
     )
-
-
-def _json_text(value: Any) -> str | None:
-    return None if value is None else json.dumps(value)
 
 
 @dataclass(frozen=True, slots=True)
