@@ -8,8 +8,7 @@ See docs/decisions/0005-unit-of-work.md.
 
 from __future__ import annotations
 
-import json
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any, cast
@@ -196,15 +195,25 @@ def _same(at: datetime) -> datetime:
     return at
 
 
+def array_text(values: Iterable[int] | Iterable[str]) -> str:
+    """A PostgreSQL array literal of integers or strings (never NULL), for a parameter cast to
+    its array type (`CAST(:ids AS BIGINT[])`): psycopg dumps a list element by element in
+    Python, ~1 us each (2.3 ms of CPU for 2,400 (automation, user) pairs, 0.6 ms this way).
+    Strings are quoted, their quotes and backslashes escaped."""
+    return "{" + ",".join(_array_element(value) for value in values) + "}"
+
+
+def _array_element(value: int | str) -> str:
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return str(int(value))
+
+
 def json_text(value: Any) -> str | None:
-    """A JSON column's value as bulk_insert takes it, its text (None is SQL NULL). orjson, ~5x
-    json.dumps; an integer past 64 bits, which orjson refuses and JSON holds, through json."""
-    if value is None:
-        return None
-    try:
-        return orjson.dumps(value).decode()
-    except orjson.JSONEncodeError:
-        return json.dumps(value)
+    """A JSON column's value as bulk_insert takes it, its text (None is SQL NULL), by orjson
+    (~5x json.dumps). What the APIs accept it writes: integers within 64 bits, finite floats
+    (clarion.formats.stored_value refuses the others)."""
+    return None if value is None else orjson.dumps(value).decode()
 
 
 def _sqlite_value(value: Any) -> Any:

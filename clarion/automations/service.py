@@ -25,7 +25,15 @@ from clarion.automations.catalogue import (
 )
 from clarion.automations.models import ENTRIES, AutomationEntry, EntryState
 from clarion.campaigns.models import Campaign, CampaignState
-from clarion.db import UtcDateTime, bulk_insert, bulk_times, is_postgres, json_text, rowcount
+from clarion.db import (
+    UtcDateTime,
+    array_text,
+    bulk_insert,
+    bulk_times,
+    is_postgres,
+    json_text,
+    rowcount,
+)
 
 log = logging.getLogger(__name__)
 
@@ -358,8 +366,8 @@ async def _entries_of(
             parameters: dict[str, Any] = dict(states)
             if postgres:
                 sql = _PAIRS_POSTGRES.format(column=user_column)
-                parameters["campaigns"] = [campaign for campaign, _ in some]
-                parameters["users"] = [user for _, user in some]
+                parameters["campaigns"] = array_text(campaign for campaign, _ in some)
+                parameters["users"] = array_text(user for _, user in some)
             else:
                 values = ", ".join(f"(:c{n}, :u{n})" for n in range(len(some)))
                 sql = _PAIRS_SQLITE.format(values=values, column=user_column)
@@ -497,8 +505,8 @@ async def _cancel(session: AsyncSession, cancelled: dict[str, list[int]], *, now
         await session.execute(
             text(_CANCEL_POSTGRES),
             {
-                "ids": [entry_id for entry_id, _ in pairs],
-                "reasons": [reason for _, reason in pairs],
+                "ids": array_text(entry_id for entry_id, _ in pairs),
+                "reasons": array_text(reason for _, reason in pairs),
                 "cancelled": _CANCELLED,
                 "sent": _SENT,
                 "skipped": EntryState.SKIPPED.value,
