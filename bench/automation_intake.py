@@ -13,11 +13,12 @@ from a client pinned to the other core):
 
 Before printing a rate it checks the database: entries per automation equal what the trigger
 definitions say each event should do (computed here from the definitions, not by Clarion's
-code), no user entered an automation twice, every entry of an automation with cancel events is cancelled after phase 3 (reason the
-cancel event's name) and every other entry still pending. The rates are events/s over each
-phase (HTTP, validation, storing the events and the entries), and the server process's CPU time
-per event (on a shared machine the wall-clock rate moves with the neighbours' load), so the
-events/s one dedicated core reaches.
+code), no user entered an automation twice, every entry of an automation with cancel events is
+cancelled after phase 3 (reason the cancel event's name) and every other entry still pending.
+The rates are events/s over each phase (HTTP, validation, storing the events and the entries),
+and the server process's and PostgreSQL's CPU time per event (on a shared machine the
+wall-clock rate moves with the neighbours' load, reported as load_average), so the events/s one
+dedicated core reaches.
 
 Matching reads no installation (server events enter custom user ids): the issue's 1,000,000
 installations would change nothing here, so none are seeded.

@@ -499,6 +499,7 @@ async def test_once_per_days_holds_for_two_concurrent_calls_for_one_user(
     await created(api, ios_app, automation(once_per_days=7))
 
     async def call(session: AsyncSession) -> None:
+        now = datetime.now(UTC)
         cart = {
             "app_id": ios_app.app_id,
             "name": "ue.added_to_cart",
@@ -507,14 +508,10 @@ async def test_once_per_days_holds_for_two_concurrent_calls_for_one_user(
             "label": None,
             "attributes": None,
             "tags": None,
-            "occurred_at": datetime.now(UTC),
+            "occurred_at": now,
         }
         await enter_events(
-            session,
-            runtime.automations,
-            app_id=ios_app.app_id,
-            events=[cart],
-            now=cart["occurred_at"],
+            session, runtime.automations, app_id=ios_app.app_id, events=[cart], now=now
         )
 
     async def second() -> None:
