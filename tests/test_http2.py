@@ -377,7 +377,7 @@ async def test_untrusted_certificate_raises_transport_error(echo: EchoServer) ->
 
 
 async def test_slow_answer_raises_timeout(tls: TlsFiles, echo: EchoServer) -> None:
-    client = Http2Client(ca_file=str(tls.ca), request_timeout=0.2)
+    client = Http2Client(ca_file=str(tls.ca), response_timeout=0.2)
     try:
         with pytest.raises(TransportError, match="timeout") as caught:
             await client.request(HttpRequest("GET", f"{echo.base_url}/slow/2000", ()))
