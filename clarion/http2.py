@@ -192,8 +192,6 @@ class _Batch:
 
 _Queued = tuple[_Batch, int, HttpRequest, str]  # a request waiting to start, with its origin
 
-_CONNECT_TIME = pycurl.CONNECT_TIME_T
-_APPCONNECT_TIME = pycurl.APPCONNECT_TIME_T
 # A connection, as libcurl's PREREQFUNCTION names it: (server address, server port, local port).
 # pycurl refuses getinfo(CONN_ID) inside a callback. A later connection could reuse the same local
 # port and pass for proven: it then gets what every connection got before slow start, no worse.
@@ -220,6 +218,7 @@ class _Transfer:
         "odd_method",
         "on_written",
         "opened_at",
+        "opening",
         "origin",
         "probe",
         "refusal",
@@ -261,6 +260,9 @@ class _Transfer:
         self.probe = False  # the first request to a cold origin, sent alone
         self.added_at = 0.0  # loop time it was handed to libcurl
         self.opened_at = 0.0  # loop time it opened a connection of its own (0: none yet)
+        # That connection's socket, kept until the connect timeout to ask the kernel whether TCP
+        # is up (getpeername): libcurl's CONNECT_TIME stays 0 until its TLS handshake is done too.
+        self.opening: socket.socket | None = None
         self.written_at = 0.0  # loop time libcurl put it on a stream (0: not yet)
         self.request: HttpRequest | None = None
         self.trial_conn: _Conn | None = None  # the new connection it is the first request on
@@ -271,16 +273,24 @@ class _Transfer:
 
     def _open_socket(self, purpose: int, address: Any) -> Any:
         family, socktype, protocol, sockaddr = address
-        if not self.opened_at:
-            self.opened_at = self.clock()
         guard = self.guard
         if guard is not None:
             refusal = guard.refusal(str(sockaddr[0]))
             if refusal is not None:
                 self.refusal = refusal
                 return pycurl.SOCKET_BAD  # libcurl fails the transfer: CURLE_COULDNT_CONNECT
-        # pycurl hands libcurl a duplicate of the descriptor; this object may close its own.
-        return socket.socket(family, socktype, protocol)
+        # pycurl hands libcurl a duplicate of the descriptor; this object closes its own once
+        # the connect timeout has been checked (or the transfer ends).
+        sock = socket.socket(family, socktype, protocol)
+        self.forget_socket()
+        self.opening = sock
+        self.opened_at = self.clock()
+        return sock
+
+    def forget_socket(self) -> None:
+        if self.opening is not None:
+            self.opening.close()
+            self.opening = None
 
     def prepare(self, request: HttpRequest) -> None:
         curl = self.curl
@@ -597,22 +607,24 @@ class Http2Client:
             return
         now = self._now()
         due_next = float("inf")
-        expired: list[tuple[_Transfer, str]] = []
+        expired: list[tuple[_Transfer, str]] = []  # with what timed out
         for transfer in self._active.values():
             if transfer.written_at:
                 due = transfer.written_at + self._response_timeout
                 what = "response"
-            elif transfer.opened_at:
-                curl = transfer.curl
-                connected = curl.getinfo(_CONNECT_TIME)  # µs from the transfer's start, 0: not yet
-                if not connected:
-                    due = transfer.opened_at + self._connect_timeout
-                    what = "connect"
-                elif not curl.getinfo(_APPCONNECT_TIME):
-                    due = transfer.added_at + connected / 1e6 + self._tls_timeout
-                    what = "TLS handshake"
-                else:
-                    continue  # connected, about to be written
+            elif transfer.opening is not None:
+                due = transfer.opened_at + self._connect_timeout
+                what = "connect"
+                if due <= now:
+                    try:
+                        transfer.opening.getpeername()
+                    except OSError:
+                        pass  # not connected: expired below
+                    else:
+                        # TCP is up: the TLS handshake has what is left of libcurl's cap on the
+                        # connection phase (connect + TLS timeouts), at least the TLS timeout.
+                        transfer.forget_socket()
+                        continue
             else:
                 continue  # waiting for a connection another transfer opens, or for a stream
             if due <= now:
@@ -637,8 +649,7 @@ class Http2Client:
                 f" written ({url})"
             )
         else:
-            limit = self._connect_timeout if what == "connect" else self._tls_timeout
-            message = f"timeout: {what} not done within {limit:g} s ({url})"
+            message = f"timeout: TCP connect not done within {self._connect_timeout:g} s ({url})"
         # Removing a transfer on a stream resets the stream (RST_STREAM CANCEL), freeing the slot.
         self._release(curl, transfer)
         if batch is not None:
@@ -705,6 +716,7 @@ class Http2Client:
             self._written[transfer.origin] -= 1
             transfer.written_at = 0.0
         transfer.opened_at = 0.0
+        transfer.forget_socket()
         if transfer.trial_conn is not None:
             self._end_trial(transfer)
         transfer.request = None
