@@ -405,65 +405,55 @@ async def test_requests_waiting_for_a_stream_are_not_timed_out_by_the_wait(
         await client.aclose()
 
 
-def _never_accepting_listener(backlog_full: bool) -> socket.socket:
-    """A TCP listener nobody accepts on. Its backlog full, SYNs go unanswered: connecting times
-    out. Otherwise the kernel completes TCP and the TLS handshake never gets an answer."""
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(0 if backlog_full else 16)
-    if backlog_full:
+@contextmanager
+def _never_accepting(*, backlog_full: bool) -> Iterator[str]:
+    """The URL of a TCP listener nobody accepts on. Its backlog full, SYNs go unanswered:
+    connecting times out. Otherwise the kernel completes TCP and the TLS handshake never gets an
+    answer."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(0 if backlog_full else 16)
         port = listener.getsockname()[1]
-        for _ in range(3):  # Linux queues backlog + 1 connections
-            filler = socket.socket()
-            filler.setblocking(False)
-            filler.connect_ex(("127.0.0.1", port))
-            _fillers.append(filler)
-    return listener
+        fillers = [socket.socket() for _ in range(3 if backlog_full else 0)]
+        try:
+            for filler in fillers:  # Linux queues backlog + 1 connections
+                filler.setblocking(False)
+                filler.connect_ex(("127.0.0.1", port))
+            yield f"https://127.0.0.1:{port}/"
+        finally:
+            for filler in fillers:
+                filler.close()
 
 
-_fillers: list[socket.socket] = []
-
-
-async def test_connect_timeout_fails_the_request_as_never_written() -> None:
-    listener = _never_accepting_listener(backlog_full=True)
+async def test_connect_timeout_fails_the_requests_as_never_written() -> None:
     client = Http2Client(connect_timeout=0.3, tls_timeout=2.0, response_timeout=2.0)
-    url = f"https://127.0.0.1:{listener.getsockname()[1]}/"
-    try:
+    with _never_accepting(backlog_full=True) as url:
         started = time.monotonic()
         results = await client.request_many([HttpRequest("GET", url, ())] * 20)
         elapsed = time.monotonic() - started
-
-        # All 20 fail with the first connection's timeout, not one or two at a time after it.
-        assert all(isinstance(r, TransportError) for r in results)
-        errors = [r for r in results if isinstance(r, TransportError)]
-        assert {(e.curl_code, e.written) for e in errors} == {(28, False)}
-        assert "TCP connect" in str(errors[0])
-        assert 0.3 <= elapsed < 1.5
-    finally:
         await client.aclose()
-        listener.close()
-        for filler in _fillers:
-            filler.close()
-        _fillers.clear()
+
+    # All 20 fail with the first connection's timeout, not one or two at a time after it.
+    errors = [r for r in results if isinstance(r, TransportError)]
+    assert len(errors) == 20
+    assert {(e.curl_code, e.written) for e in errors} == {(28, False)}
+    assert "TCP connect" in str(errors[0])
+    assert 0.3 <= elapsed < 1.5
 
 
 async def test_tls_timeout_is_separate_from_the_connect_timeout() -> None:
-    listener = _never_accepting_listener(backlog_full=False)
     client = Http2Client(connect_timeout=0.3, tls_timeout=0.5, response_timeout=5.0)
-    url = f"https://127.0.0.1:{listener.getsockname()[1]}/"
-    try:
+    with _never_accepting(backlog_full=False) as url:
         started = time.monotonic()
-        with pytest.raises(TransportError) as caught:
-            await client.request(HttpRequest("GET", url, ()))
+        [result] = await client.request_many([HttpRequest("GET", url, ())])
         elapsed = time.monotonic() - started
-
-        # TCP was up within 0.3 s, so the handshake had the rest of 0.3 + 0.5 s.
-        assert (caught.value.curl_code, caught.value.written) == (28, False)
-        assert "TCP connect" not in str(caught.value)
-        assert 0.7 <= elapsed < 2.0
-    finally:
         await client.aclose()
-        listener.close()
+
+    # TCP was up within 0.3 s, so the handshake had the rest of 0.3 + 0.5 s.
+    assert isinstance(result, TransportError)
+    assert (result.curl_code, result.written) == (28, False)
+    assert "TCP connect" not in str(result)
+    assert 0.7 <= elapsed < 2.0
 
 
 async def test_cancelled_caller_frees_its_streams(
