@@ -232,6 +232,7 @@ async def logged_push_events(runtime: Runtime, app: ClientApp) -> list[dict[str,
                 "advertising_id": e.advertising_id or "",
                 "platform": e.platform,
                 "error": e.reason or "",
+                "resent": "1" if e.resent else "0",
             }
             for e in events
         ]
@@ -262,7 +263,7 @@ async def test_a_day_of_push_events_lands_as_the_event_log_says(
     data = place.read(name)
     assert data.startswith(
         b"date;event_type;campaign_token;transactional_token;group_id;install_id;"
-        b"custom_id;advertising_id;platform;error\n"
+        b"custom_id;advertising_id;platform;error;resent\n"
     )
     assert parse(data) == await logged_push_events(runtime, ios_app)
     assert sniffed(data, request) == parse(data)
