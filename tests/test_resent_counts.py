@@ -29,6 +29,7 @@ from clarion.runtime import Runtime
 from tests.automations.test_api import AUTOMATION
 from tests.conftest import ClientApp
 from tests.support.dashboard import sign_in_as
+from tests.test_campaign_stats import ab_campaign
 from tests.test_campaigns import created, get
 
 SENT, OPENED = PushEventKind.SENT, PushEventKind.OPENED
@@ -167,27 +168,7 @@ class TestCampaignStats:
     async def test_the_stats_route_adds_resent_per_day_and_version(
         self, api: httpx.AsyncClient, ios_app: ClientApp, runtime: Runtime
     ) -> None:
-        token = await created(
-            api,
-            ios_app,
-            live=False,
-            messages=[
-                {"language": "en", "body": "A", "version": "a"},
-                {"language": "en", "body": "B", "version": "b"},
-            ],
-        )
-        async with transaction(runtime.sessions) as session:
-            for version in ("a", "b"):
-                session.add(
-                    Send(
-                        token=f"{token}-{version}",
-                        app_id=ios_app.app_id,
-                        kind=SendKind.CAMPAIGN.value,
-                        campaign_token=token,
-                        version=version,
-                        content={},
-                    )
-                )
+        token = await ab_campaign(api, ios_app, runtime)
         a, b = f"{token}-a", f"{token}-b"
         await record(
             runtime, ios_app, [(SENT, True), (SENT, True), (SENT, False)], campaign=token, send=a
