@@ -98,11 +98,11 @@ async def campaign_stats(
     automation_days: int = STATS_DAYS,
 ) -> CampaignStats:
     """Per UTC day, and per version for A/B campaigns: sent (campaigns reach opted-in installs
-    only, so sent_optins is the same), of those the re-sent (after an unknown outcome),
-    direct opens (open reports carrying the send id),
-    influenced opens and reengaged installs (see opens_after_sends), errors (push_error and
-    token_deleted). An automation's also tell what became of its entries over the last
-    days, and its conversions (clarion.stats.automations)."""
+    only, so sent_optins is the same), resent (of sent, those sent again after an unknown
+    outcome), direct opens (open reports carrying the send id), influenced opens and
+    reengaged installs (see opens_after_sends), errors (push_error and token_deleted). An
+    automation's also tell what became of its entries over the last days, and its
+    conversions (clarion.stats.automations)."""
     campaign = await find_campaign(session, access, token)
     now = now or utcnow()
     body = CampaignBody.model_validate(campaign.body)
