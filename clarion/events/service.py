@@ -11,13 +11,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import case, delete, func, insert, literal, select, tuple_
+from sqlalchemy import case, delete, func, insert, literal, select, true, tuple_
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from clarion.db import bulk_insert, bulk_times, json_text
 from clarion.dialects import utc_day
 from clarion.events.models import (
     COUNTED_KINDS,
+    RESENT_COUNT,
     InAppEvent,
     PushEvent,
     PushEventCount,
@@ -91,9 +92,17 @@ _COUNT_COLUMNS = (
     "count",
     "folded",
 )
-_APP, _KIND, _OCCURRED_AT, _SEND, _GROUP, _CAMPAIGN = (
+_APP, _KIND, _OCCURRED_AT, _SEND, _GROUP, _CAMPAIGN, _RESENT = (
     PUSH_EVENT_COLUMNS.index(name)
-    for name in ("app_id", "kind", "occurred_at", "send_token", "group_id", "campaign_token")
+    for name in (
+        "app_id",
+        "kind",
+        "occurred_at",
+        "send_token",
+        "group_id",
+        "campaign_token",
+        "resent",
+    )
 )
 _COUNTED = frozenset(kind.value for kind in COUNTED_KINDS)
 CountKey = tuple[int, str, str, str, str, str]  # _COUNT_COLUMNS up to kind
@@ -101,7 +110,8 @@ CountKey = tuple[int, str, str, str, str, str]  # _COUNT_COLUMNS up to kind
 
 async def record_push_events(session: AsyncSession, rows: Sequence[PushEventRow]) -> None:
     """Appends the events, and the counts of those of campaigns and group_ids (PushEventCount),
-    in the session's transaction: the counts never disagree with the log."""
+    in the session's transaction: the counts never disagree with the log. A `push_sent` marked
+    `resent` is counted as sent and, under RESENT_COUNT, as re-sent."""
     await bulk_insert(session, PushEvent.__tablename__, PUSH_EVENT_COLUMNS, rows)
     counts: Counter[CountKey] = Counter()
     for row in rows:
@@ -111,6 +121,8 @@ async def record_push_events(session: AsyncSession, rows: Sequence[PushEventRow]
             # A campaign's send is its A/B version; a transactional send is one call.
             send = (row[_SEND] or "") if campaign else ""
             counts[(row[_APP], day, campaign, group, send, row[_KIND])] += 1
+            if row[_RESENT] and row[_KIND] == PushEventKind.SENT.value:
+                counts[(row[_APP], day, campaign, group, send, RESENT_COUNT)] += 1
     await _add_counts(session, counts, folded=False)
 
 
@@ -174,15 +186,26 @@ async def recount_push_events(session: AsyncSession) -> None:
         case((campaign == "", ""), else_=func.coalesce(PushEvent.send_token, "")),
         PushEvent.kind,
     )
+    counted = (PushEvent.campaign_token.is_not(None)) | (PushEvent.group_id.is_not(None))
     await session.execute(
         insert(PushEventCount).from_select(
             list(_COUNT_COLUMNS),
             select(*key, func.count(), literal(True))
-            .where(
-                (PushEvent.campaign_token.is_not(None)) | (PushEvent.group_id.is_not(None)),
-                PushEvent.kind.in_(_COUNTED),
-            )
+            .where(counted, PushEvent.kind.in_(_COUNTED))
             .group_by(*key),
+        )
+    )
+    resent_key = (*key[:-1], literal(RESENT_COUNT))
+    await session.execute(
+        insert(PushEventCount).from_select(
+            list(_COUNT_COLUMNS),
+            select(*resent_key, func.count(), literal(True))
+            .where(
+                counted,
+                PushEvent.kind == PushEventKind.SENT.value,
+                PushEvent.resent.is_(true()),
+            )
+            .group_by(*key[:-1]),
         )
     )
 
