@@ -19,13 +19,20 @@ from clarion.dashboard.web import STATIC_DIR
 from clarion.events.api import router as trigger_events_router
 from clarion.exports.api import router as exports_router
 from clarion.gdpr.api import router as gdpr_router
-from clarion.http import BodySizeLimit, JsonBodies, TrailingSlash, install_error_handlers
+from clarion.http import (
+    BodySizeLimit,
+    JsonBodies,
+    SdkRateLimit,
+    TrailingSlash,
+    install_error_handlers,
+)
 from clarion.imports.api import router as imports_router
 from clarion.inapp.api import FetchFastPath
 from clarion.inapp.api import router as inapp_router
 from clarion.inapp.api import sdk_router as inapp_sdk_router
 from clarion.inapp.api import themes_router as inapp_themes_router
 from clarion.openapi import install_openapi
+from clarion.ratelimit import Clock, RateLimits
 from clarion.runtime import Runtime
 from clarion.sdk.api import EventsFastPath, SdkCors
 from clarion.sdk.api import router as sdk_router
@@ -33,9 +40,13 @@ from clarion.sdk.api import web_router as web_sdk_router
 from clarion.transactional.api import router as transactional_router
 
 
-def create_app(settings: Settings, *, workers: bool) -> FastAPI:
-    """`workers`: also run delivery workers and the outbox sweep in this process."""
+def create_app(
+    settings: Settings, *, workers: bool, rate_limit_clock: Clock | None = None
+) -> FastAPI:
+    """`workers`: also run delivery workers and the outbox sweep in this process.
+    `rate_limit_clock`: the clock of the rate limits' buckets (tests move it by hand)."""
     runtime = Runtime(settings)
+    rate_limits = RateLimits(settings, runtime.engine, clock=rate_limit_clock)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -51,6 +62,7 @@ def create_app(settings: Settings, *, workers: bool) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.runtime = runtime
+    app.state.rate_limits = rate_limits  # read by clarion.http.rest_app
     install_error_handlers(app)
     install_openapi(app, settings)
     app.include_router(transactional_router)
@@ -91,6 +103,8 @@ def create_app(settings: Settings, *, workers: bool) -> FastAPI:
     )
     # The SDK's in-app fetches are answered before anything else runs (but CORS, below).
     app.add_middleware(FetchFastPath, key_cache=runtime.key_cache, feed=runtime.inapp)
+    # The SDK API's rate limits, before the fast paths, inside CORS (a web page can read the 429).
+    app.add_middleware(SdkRateLimit, limits=rate_limits)
     # Around the fast path, so that its answers to web pages carry the CORS headers too, and
     # a page of an origin the app does not allow is refused before anything runs.
     app.add_middleware(SdkCors, key_cache=runtime.key_cache, sessions=runtime.sessions)

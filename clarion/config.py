@@ -10,7 +10,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
@@ -18,6 +18,11 @@ class QueueBackend(StrEnum):
     # In-process pgqueuer adapter: the embedded default, one process, no extra server.
     MEMORY = "memory"
     # pgqueuer on PostgreSQL: several `clarion serve` / `clarion worker` processes share it.
+    POSTGRES = "postgres"
+
+
+class RateLimitStore(StrEnum):
+    MEMORY = "memory"
     POSTGRES = "postgres"
 
 
@@ -123,6 +128,25 @@ class Settings(BaseSettings):
     # working here for at most this long. 0 looks every key up on every call.
     auth_cache_seconds: float = Field(default=5.0, ge=0)
 
+    # API rate limits (docs/rate-limits.md, decision 0040): token buckets of calls per second,
+    # each holding one second of calls as its burst; 0 turns a limit off. Server APIs (REST key
+    # and app key): per app key (Live and Dev apart) and per company (its REST key), shared by
+    # every API process through PostgreSQL when scaled out. Well above what an integration
+    # sends: one embedded process accepts ~1,500 transactional sends/s in all, so a key at 500/s
+    # is a runaway loop or a bulk job that should use the bulk routes, and leaves room for the
+    # company's other apps. The dashboard and the admin API are not limited.
+    api_rate_limit: float = Field(default=500.0, ge=0, allow_inf_nan=False)
+    api_company_rate_limit: float = Field(default=1000.0, ge=0, allow_inf_nan=False)
+    # SDK API, counted in each API process: per installation (an app start makes 3-5 calls; a
+    # device at 20/s is looping) and per client address (carrier NAT puts thousands of devices
+    # behind one address; behind a proxy elsewhere than 127.0.0.1, set FORWARDED_ALLOW_IPS so
+    # that the address is the device's and not the proxy's).
+    sdk_install_rate_limit: float = Field(default=20.0, ge=0, allow_inf_nan=False)
+    sdk_address_rate_limit: float = Field(default=1000.0, ge=0, allow_inf_nan=False)
+    # Where the server APIs' buckets live: "memory" (this process), "postgres" (shared by the
+    # processes of CLARION_DATABASE_URL). Empty: "memory" on SQLite, "postgres" on PostgreSQL.
+    rate_limit_store: RateLimitStore | None = None
+
     @field_validator("outbound_allow", mode="before")
     @classmethod
     def _allow_list(cls, value: Any) -> Any:
@@ -136,6 +160,21 @@ class Settings(BaseSettings):
                 value = [item.strip() for item in value.split(",") if item.strip()]
         parse_allowed(value)  # a typo fails at start, not at the first refused connection
         return value
+
+    @model_validator(mode="after")
+    def _rate_limit_store(self) -> Settings:
+        if self.rate_limit_store is RateLimitStore.POSTGRES and self.is_sqlite:
+            raise ValueError(
+                "CLARION_RATE_LIMIT_STORE=postgres needs CLARION_DATABASE_URL to be a "
+                "PostgreSQL database (on SQLite, leave it empty or set it to memory)"
+            )
+        return self
+
+    @property
+    def resolved_rate_limit_store(self) -> RateLimitStore:
+        if self.rate_limit_store is not None:
+            return self.rate_limit_store
+        return RateLimitStore.MEMORY if self.is_sqlite else RateLimitStore.POSTGRES
 
     @property
     def resolved_database_url(self) -> str:

@@ -36,6 +36,7 @@ from clarion.errors import (
     NotFoundError,
     from_validation_errors,
 )
+from clarion.ratelimit import RateLimited, RateLimits
 from clarion.runtime import Runtime
 
 
@@ -84,14 +85,22 @@ RestCompany = Annotated[CompanyAccess, Depends(rest_company)]
 
 
 async def rest_app(
+    request: Request,
     runtime: RuntimeDep,
     company: RestCompany,
     api_key: Annotated[str, Path()],
 ) -> AppAccess:
-    """Batch's server APIs: the REST key in X-Authorization, the app's key in the path."""
-    return await authenticate_app(
+    """Batch's server APIs: the REST key in X-Authorization, the app's key in the path.
+
+    Rate limited per app key and per company once the keys are known (a call with an unknown
+    key is refused before it costs a bucket); the admin API (RestCompany alone) and the
+    dashboard are not."""
+    access = await authenticate_app(
         runtime.sessions, api_key=api_key, company=company, cache=runtime.key_cache
     )
+    limits: RateLimits = request.app.state.rate_limits
+    await limits.api_call(app_id=access.app_id, is_dev=access.is_dev, company_id=company.id)
+    return access
 
 
 # The app's Live or Dev key. Only the routes Batch gives the Dev key take it (transactional
@@ -127,7 +136,12 @@ async def send_answer(
 
 
 def error_response(error: ClarionError) -> JSONResponse:
-    return JSONResponse({"code": error.code, "message": error.message}, status_code=error.status)
+    headers = None
+    if isinstance(error, RateLimited):
+        headers = {"Retry-After": str(error.retry_after)}
+    return JSONResponse(
+        {"code": error.code, "message": error.message}, status_code=error.status, headers=headers
+    )
 
 
 def validation_error(exc: RequestValidationError) -> ClarionError:
@@ -290,3 +304,35 @@ class _BodyTooLarge(Exception):
     def __init__(self, limit: int) -> None:
         super().__init__(limit)
         self.error = MalformedParameterError(f"body: larger than {limit // 1024} KiB")
+
+
+# The SDK API's calls, with the installation where the path names one.
+_SDK_PATH = re.compile(r"/sdk/v1/([^/]+)(?:/installations/([^/]+))?")
+
+
+class SdkRateLimit:
+    """The SDK API's limits, per installation and per client address, before anything else
+    runs (the fast paths included): a refused call costs ~2 us and no database.
+
+    The address is the connection's, or X-Forwarded-For's from a proxy that uvicorn trusts
+    (FORWARDED_ALLOW_IPS, 127.0.0.1 by default)."""
+
+    def __init__(self, app: ASGIApp, limits: RateLimits) -> None:
+        self.app = app
+        self.limits = limits
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] != "OPTIONS":
+            match = _SDK_PATH.match(scope["path"])
+            if match is not None:
+                client = scope.get("client")
+                try:
+                    self.limits.sdk_call(
+                        api_key=match[1],
+                        install_id=match[2],
+                        address=client[0] if client else None,
+                    )
+                except RateLimited as exc:
+                    await error_response(exc)(scope, receive, send)
+                    return
+        await self.app(scope, receive, send)
