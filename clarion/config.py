@@ -130,17 +130,19 @@ class Settings(BaseSettings):
 
     # API rate limits (docs/rate-limits.md, decision 0040): token buckets of calls per second,
     # each holding one second of calls as its burst; 0 turns a limit off. Server APIs (REST key
-    # and app key): per app key (Live and Dev apart) and per company (its REST key), shared by
-    # every API process through PostgreSQL when scaled out. Well above what an integration
-    # sends: one embedded process accepts ~1,500 transactional sends/s in all, so a key at 500/s
-    # is a runaway loop or a bulk job that should use the bulk routes, and leaves room for the
-    # company's other apps. The dashboard and the admin API are not limited.
-    api_rate_limit: float = Field(default=500.0, ge=0, allow_inf_nan=False)
-    api_company_rate_limit: float = Field(default=1000.0, ge=0, allow_inf_nan=False)
+    # and app key): per app key (Live and Dev apart) and per company (its one REST key), shared
+    # by every API process through PostgreSQL when scaled out. Batch publishes no number for
+    # 1.x (spec §2.2). One API process accepts at most ~1,500 transactional sends/s (decision
+    # 0005), so no integration meets these on the embedded default; scaled out, one key gets
+    # what 1-2 processes serve and one company what ~3 do, the rest staying for the others.
+    # The dashboard and the admin API are not limited.
+    api_rate_limit: float = Field(default=2000.0, ge=0, allow_inf_nan=False)
+    api_company_rate_limit: float = Field(default=5000.0, ge=0, allow_inf_nan=False)
     # SDK API, counted in each API process: per installation (an app start makes 3-5 calls; a
-    # device at 20/s is looping) and per client address (carrier NAT puts thousands of devices
-    # behind one address; behind a proxy elsewhere than 127.0.0.1, set FORWARDED_ALLOW_IPS so
-    # that the address is the device's and not the proxy's).
+    # device at 20/s is looping) and per client address (carrier NAT puts many devices behind
+    # one address). Loopback addresses are not limited: a proxy on this machine that does not
+    # pass the client's address would put every device in one bucket. Behind a proxy elsewhere,
+    # set FORWARDED_ALLOW_IPS so that the address is the device's, not the proxy's.
     sdk_install_rate_limit: float = Field(default=20.0, ge=0, allow_inf_nan=False)
     sdk_address_rate_limit: float = Field(default=1000.0, ge=0, allow_inf_nan=False)
     # Where the server APIs' buckets live: "memory" (this process), "postgres" (shared by the

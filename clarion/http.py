@@ -310,12 +310,18 @@ class _BodyTooLarge(Exception):
 _SDK_PATH = re.compile(r"/sdk/v1/([^/]+)(?:/installations/([^/]+))?")
 
 
+def _loopback(address: str) -> bool:
+    return address.startswith("127.") or address == "::1"
+
+
 class SdkRateLimit:
     """The SDK API's limits, per installation and per client address, before anything else
-    runs (the fast paths included): a refused call costs ~2 us and no database.
+    runs (the fast paths included): a refused call costs a few us and no database.
 
     The address is the connection's, or X-Forwarded-For's from a proxy that uvicorn trusts
-    (FORWARDED_ALLOW_IPS, 127.0.0.1 by default)."""
+    (FORWARDED_ALLOW_IPS, 127.0.0.1 by default). A loopback address has no limit of its own: it
+    is a local proxy that did not pass the client's address (every device would share it), or
+    a tool on this machine."""
 
     def __init__(self, app: ASGIApp, limits: RateLimits) -> None:
         self.app = app
@@ -326,11 +332,12 @@ class SdkRateLimit:
             match = _SDK_PATH.match(scope["path"])
             if match is not None:
                 client = scope.get("client")
+                address = client[0] if client else None
                 try:
                     self.limits.sdk_call(
                         api_key=match[1],
                         install_id=match[2],
-                        address=client[0] if client else None,
+                        address=None if address is None or _loopback(address) else address,
                     )
                 except RateLimited as exc:
                     await error_response(exc)(scope, receive, send)

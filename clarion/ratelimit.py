@@ -125,7 +125,8 @@ class LocalBuckets:
         bucket = self._buckets.get(key)
         if bucket is not None:
             tokens = min(limit.burst, bucket[0] + 1)
-            self._buckets[key] = (tokens, bucket[1], bucket[1] + (limit.burst - tokens) / limit.rate)
+            full_at = bucket[1] + (limit.burst - tokens) / limit.rate
+            self._buckets[key] = (tokens, bucket[1], full_at)
 
 
 # The bucket's tokens now: refilled since it was last written, never past the burst. A clock
@@ -145,7 +146,7 @@ _TAKE = text(
 
 
 class _Lease:
-    __slots__ = ("tokens", "expires", "refused_until")
+    __slots__ = ("expires", "refused_until", "tokens")
 
     def __init__(self) -> None:
         self.tokens = 0
@@ -262,14 +263,12 @@ class RateLimits:
     def sdk_call(self, *, api_key: str, install_id: str | None, address: str | None) -> None:
         """A call of the SDK API: per installation (of the key's app) and per client address."""
         local = self.local
-        install = self.install
+        install = self.install if install_id is not None else None
         install_key = f"i:{api_key}:{install_id}"
-        if install is not None and install_id is not None:
-            if wait := local.take(install_key, install):
-                raise RateLimited(install, wait)
-        address_limit = self.address
-        if address_limit is not None and address is not None:
-            if wait := local.take(f"a:{address}", address_limit):
-                if install is not None and install_id is not None:
-                    local.give_back(install_key, install)
-                raise RateLimited(address_limit, wait)
+        if install is not None and (wait := local.take(install_key, install)):
+            raise RateLimited(install, wait)
+        at_address = self.address if address is not None else None
+        if at_address is not None and (wait := local.take(f"a:{address}", at_address)):
+            if install is not None:
+                local.give_back(install_key, install)
+            raise RateLimited(at_address, wait)

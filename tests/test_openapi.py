@@ -56,7 +56,8 @@ def test_each_operation_declares_the_errors_it_can_answer(document: dict[str, An
         assert "400" in declared, (method, path)  # bad input, or a body over the limit
         assert "401" in declared, (method, path)  # every API route takes a key
         if "{api_key}" in path:
-            assert {"403", "404", "405"} <= declared, (method, path)
+            assert {"403", "404", "405", "429"} <= declared, (method, path)
+            assert "Retry-After" in operation["responses"]["429"]["headers"], (method, path)
         assert operation["x-max-body-bytes"] > 0
 
 

@@ -69,9 +69,7 @@ def start(
 
 
 async def campaigns(client: httpx.AsyncClient, app: ClientApp, key: str = "") -> httpx.Response:
-    return await client.get(
-        f"/1.1/{key or app.api_key}/campaigns/list", headers=app.headers()
-    )
+    return await client.get(f"/1.1/{key or app.api_key}/campaigns/list", headers=app.headers())
 
 
 def assert_refused(response: httpx.Response, what: str) -> None:
@@ -139,7 +137,8 @@ async def test_api_processes_of_one_database_share_the_budget(start: Any, backen
             assert answers.count(429) == 60
             # A round trip per 5 calls, not per call; refusals remembered until the refill.
             shared_a, shared_b = a.limits.shared, b.limits.shared
-            assert shared_a is not None and shared_b is not None
+            assert shared_a is not None
+            assert shared_b is not None
             assert shared_a.round_trips + shared_b.round_trips <= 100 // 5 + 2
             clock.now += 0.5
             after = [(await campaigns(client_b, app)).status_code for _ in range(60)]
@@ -222,3 +221,21 @@ def test_bad_settings_stop_the_start(
         monkeypatch.setenv(name, value)
     with pytest.raises(ValidationError, match=named):
         Settings()
+
+
+async def test_loopback_has_no_address_limit(start: Any) -> None:
+    """A proxy on this machine that does not pass the client's address must not put every
+    device in one bucket: only the installation's limit applies."""
+    clock = Clock()
+    async with start(clock, sdk_install_rate_limit=2, sdk_address_rate_limit=2) as instance:
+        app = await new_app(instance.runtime, None, "ios", configure=False)
+        async with instance.client("127.0.0.1") as local:
+            for n in range(10):
+                put = await local.put(f"/sdk/v1/{app.api_key}/installations/d{n}", json={})
+                assert put.status_code == 200
+            again = await local.put(f"/sdk/v1/{app.api_key}/installations/d1", json={})
+            assert again.status_code == 200
+            assert_refused(
+                await local.put(f"/sdk/v1/{app.api_key}/installations/d1", json={}),
+                "this installation",
+            )
