@@ -6,11 +6,12 @@ Batch's `429 {"code": 60}` with `Retry-After` in whole seconds (at least 1), by 
 
 - Server APIs (REST key + app key): one bucket per app key (Live and Dev apart) and one per
   company (a company has one REST key). Embedded on SQLite they live in this process
-  (`LocalBuckets`, ~1 us a call, no database); scaled out, in PostgreSQL (`SharedBuckets`), so
-  that N API processes share one budget. Each process takes tokens from the shared bucket 50 ms
-  of calls at a time (25 at the default 500/s) and spends them locally for up to a second: a key
-  at its limit costs ~20 round trips a second per process, not one per call, and a refusal is
-  remembered until the bucket refills, so a client hammering past its limit costs none.
+  (`LocalBuckets`, ~2 us a bucket, no database); scaled out, in PostgreSQL (`SharedBuckets`),
+  so that N API processes share one budget. Each process takes tokens from the shared bucket
+  50 ms of calls at a time (100 at the default 2,000/s) and spends them locally for up to a
+  second: a key at its limit costs ~20 round trips (0.7 ms each) a second per process, not one
+  per call, and a refusal is remembered until the bucket refills, so a client hammering past
+  its limit costs none.
 - SDK API: per installation and per client address, in each process (`LocalBuckets`) in every
   mode: the SDK's fast paths answer in ~40 us, a database round trip per call would cost more
   than the call. With N processes behind a balancer, a device gets up to N times its limit.
@@ -39,7 +40,7 @@ from clarion.errors import TooManyRequestsError
 Clock = Callable[[], float]
 
 # A process takes this many seconds of a shared bucket's rate per round trip (at least one
-# token, at most the burst): 25 calls at 500/s.
+# token, at most the burst): 100 calls at 2,000/s.
 CHUNK_SECONDS = 0.05
 # Tokens taken from a shared bucket and not spent within this long are dropped, so that no
 # process can spend a budget it took long ago on top of today's.
