@@ -17,7 +17,8 @@ from clarion.db import transaction, utcnow
 from clarion.runtime import Runtime
 from clarion.sdk.models import Installation
 from tests.conftest import ClientApp
-from tests.test_campaign_runs import Clock, T, add_installs, reached, scheduler
+from tests.support.clock import Clock
+from tests.test_campaign_runs import T, add_installs, reached, scheduler
 from tests.test_campaigns import created, error
 from tests.test_sdk_api import register
 

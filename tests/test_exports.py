@@ -28,7 +28,8 @@ from clarion.exports.tasks import ExportRunner
 from clarion.runtime import Runtime
 from tests.conftest import ClientApp
 from tests.inapp.test_api import created as created_inapp
-from tests.test_campaign_runs import Clock, add_installs
+from tests.support.clock import Clock
+from tests.test_campaign_runs import add_installs
 from tests.test_campaigns import error
 
 if TYPE_CHECKING:

@@ -25,7 +25,8 @@ from clarion.imports.models import ImportRun, ImportSource
 from clarion.imports.tasks import ImportRunner
 from clarion.runtime import Runtime
 from tests.conftest import ClientApp
-from tests.test_campaign_runs import Clock, add_installs
+from tests.support.clock import Clock
+from tests.test_campaign_runs import add_installs
 from tests.test_campaigns import error
 from tests.test_custom_audiences import estimate, patch, view
 

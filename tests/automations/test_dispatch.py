@@ -39,7 +39,8 @@ from clarion.queue import JobQueue
 from clarion.runtime import Runtime
 from clarion.sdk.models import Installation
 from tests.conftest import ClientApp, new_app
-from tests.test_campaign_runs import Clock, add_installs
+from tests.support.clock import Clock
+from tests.test_campaign_runs import add_installs
 from tests.test_campaigns import created
 from tests.test_campaigns import update as update_campaign
 from tests.test_delivery import register
