@@ -31,6 +31,7 @@ from clarion.stats.service import SETTLE, campaign_stats, group_influenced_opens
 from clarion.stats.tasks import attribute_finished_days, attribute_open_days, keep_up
 from clarion.transactional.models import GroupOpenDay
 from tests.conftest import ClientApp
+from tests.support.clock import Clock
 from tests.test_campaigns import created
 
 SENT, OPENED, ERROR = PushEventKind.SENT, PushEventKind.OPENED, PushEventKind.ERROR
@@ -492,6 +493,21 @@ class TestUpkeep:
         days = await stored_days(runtime, token)
         assert days[three_days_ago.date().isoformat()][""][2] is True  # final
         assert days[now.date().isoformat()][""][2] is False  # provisional
+
+    async def test_a_day_turns_final_when_the_upkeeps_clock_says_it_settled(
+        self, api: httpx.AsyncClient, ios_app: ClientApp, runtime: Runtime
+    ) -> None:
+        # A UTC day ends at midnight and is final SETTLE later, by the clock the upkeep is given.
+        token = await draft(api, ios_app)
+        await record(runtime, ios_app, token, [(SENT, DAY, "i-0")])
+        settled = DAY.replace(hour=0) + timedelta(days=1) + SETTLE
+        clock = Clock(settled - timedelta(seconds=1))
+        await keep_up(runtime.sessions, clock=clock)
+        day = DAY.date().isoformat()
+        assert (await stored_days(runtime, token))[day][""][2] is False  # provisional
+        clock.now = settled
+        await keep_up(runtime.sessions, clock=clock)
+        assert (await stored_days(runtime, token))[day][""][2] is True  # final
 
     async def test_a_round_ends_while_a_campaign_keeps_writing_counts(
         self, api: httpx.AsyncClient, ios_app: ClientApp, runtime: Runtime
