@@ -32,6 +32,7 @@ from clarion.stats.tasks import attribute_finished_days, attribute_open_days, ke
 from clarion.transactional.models import GroupOpenDay
 from tests.conftest import ClientApp
 from tests.support.clock import Clock
+from tests.support.waiting import eventually, lock_waited
 from tests.test_campaigns import created
 
 SENT, OPENED, ERROR = PushEventKind.SENT, PushEventKind.OPENED, PushEventKind.ERROR
@@ -182,7 +183,7 @@ class TestCounts:
         assert all(folded for *_, folded in recounted)
 
     async def test_concurrent_folds_count_each_row_once(
-        self, api: httpx.AsyncClient, ios_app: ClientApp, runtime: Runtime
+        self, backend: str, api: httpx.AsyncClient, ios_app: ClientApp, runtime: Runtime
     ) -> None:
         token = await draft(api, ios_app)
         for n in range(6):
@@ -196,8 +197,14 @@ class TestCounts:
                 await fold_event_counts(session)
                 if wait_for is None:
                     first_deleted.set()
-                    # Hold the transaction open while the second fold starts.
-                    await asyncio.sleep(0.3)
+                    # Held open until the second fold waits for the rows this one deleted (on
+                    # SQLite it waits for the one connection: the folds cannot overlap).
+                    if backend == "postgres":
+                        await lock_waited(
+                            runtime.settings.database_url,
+                            statement="DELETE FROM push_event_counts",
+                            what="the second fold waiting for the first one's rows",
+                        )
 
         await asyncio.gather(fold(None), fold(first_deleted))
         assert summed(await count_rows(runtime, token)) == {
@@ -519,21 +526,24 @@ class TestUpkeep:
         now = datetime.now(UTC)
         await record(runtime, ios_app, finished, [(SENT, now - timedelta(days=3), "i-0")])
         writing = True
+        written = [0, 0, 0]
 
-        async def keep_sending(worker: int) -> int:
-            written = 0
+        async def keep_sending(worker: int) -> None:
             while writing:
-                await record(runtime, ios_app, sending, [(SENT, now, f"s-{worker}-{written}")])
-                written += 1
-            return written
+                count = written[worker]
+                await record(runtime, ios_app, sending, [(SENT, now, f"s-{worker}-{count}")])
+                written[worker] += 1
+
+        async def all_writing() -> bool:
+            return all(written)
 
         writers = [asyncio.create_task(keep_sending(worker)) for worker in range(3)]
-        await asyncio.sleep(0.05)
+        await eventually(all_writing, what="each writer's first count row")
         started = asyncio.get_running_loop().time()
         await keep_up(runtime.sessions, budget_seconds=5.0, days=1)
         elapsed = asyncio.get_running_loop().time() - started
         writing = False
-        assert all(await asyncio.gather(*writers))
+        await asyncio.gather(*writers)
 
         assert elapsed < 2.5, f"the round took {elapsed:.1f} s of its 5 s budget"
         days = await stored_days(runtime, finished)

@@ -10,6 +10,10 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 
+import psycopg
+
+from clarion.queue import libpq_url
+
 WAIT_SECONDS = 20.0
 
 
@@ -37,3 +41,24 @@ def until(
         if time.monotonic() > deadline:
             raise AssertionError(f"{what}: not within {timeout} s")
         time.sleep(every)
+
+
+async def lock_waited(database_url: str, *, statement: str = "", what: str) -> None:
+    """Until a session of this PostgreSQL database waits for a lock (pg_stat_activity), one
+    running `statement…` if given: the proof that a test's transaction is contended, which a
+    pause only hopes for."""
+    # Autocommit: a transaction would read pg_stat_activity once and see it frozen.
+    async with await psycopg.AsyncConnection.connect(
+        libpq_url(database_url), autocommit=True
+    ) as watcher:
+
+        async def waiting() -> bool:
+            cursor = await watcher.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                " AND wait_event_type = 'Lock' AND query LIKE %s",
+                (f"{statement}%",),
+            )
+            row = await cursor.fetchone()
+            return row is not None and row[0] > 0
+
+        await eventually(waiting, what=what)
