@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-import time
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -31,6 +30,7 @@ from clarion.runtime import Runtime
 from clarion.sdk.models import Installation
 from tests.conftest import ClientApp
 from tests.support.clock import Clock
+from tests.support.waiting import eventually
 from tests.test_campaigns import create, created, error, get
 
 T = datetime(2030, 6, 1, 10, 0, tzinfo=UTC)
@@ -109,12 +109,11 @@ async def campaign_state(runtime: Runtime, token: str) -> Campaign:
         return campaign
 
 
-async def wait_delivered(runtime: Runtime, token: str, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while any(b.status != BatchStatus.DONE.value for b, _ in await batches_of(runtime, token)):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"campaign {token} still delivering")
-        await asyncio.sleep(0.05)
+async def wait_delivered(runtime: Runtime, token: str) -> None:
+    async def delivered() -> bool:
+        return all(b.status == BatchStatus.DONE.value for b, _ in await batches_of(runtime, token))
+
+    await eventually(delivered, what=f"campaign {token} delivered")
 
 
 async def send_now(api: httpx.AsyncClient, app: ClientApp, runtime: Runtime, **changes: Any) -> str:
