@@ -25,6 +25,7 @@ from clarion.apps.models import App
 from clarion.apps.schemas import ApnsCredentialsIn, AppCreate, FcmCredentialsIn
 from clarion.apps.service import live_access
 from clarion.audiences.resolved import installations_changed
+from clarion.clock import SYSTEM_CLOCK, Clock
 from clarion.config import Settings
 from clarion.dashboard import service as dashboard
 from clarion.dashboard.schemas import UserCreate
@@ -55,19 +56,18 @@ def wait_for_port(host: str, port: int, *, timeout: float) -> None:
 
 
 async def provision_demo(
-    settings: Settings, *, sim_url: str, api_url: str, now: datetime | None = None
+    settings: Settings, *, sim_url: str, api_url: str, clock: Clock = SYSTEM_CLOCK
 ) -> str:
     """Create (once) a company with an iOS, an Android and a Web app wired to the simulators,
     each with one opted-in device of custom id `demo-user`; give it a day of history before
-    `now` (the daily exports' walkthrough exports yesterday); write `var/demo.env` for a shell;
+    today (the daily exports' walkthrough exports yesterday); write `var/demo.env` for a shell;
     return what `make run` prints: every key, and how to use them."""
-    now = now or utcnow()
     demo_file = settings.var_dir / "demo.json"
     if not demo_file.exists():
         demo = await _create_demo(settings, sim_url)
         _write_private(demo_file, json.dumps(demo, indent=2))
     demo = json.loads(demo_file.read_text())
-    await _ensure_yesterday(settings, demo, now)
+    await _ensure_yesterday(settings, demo, clock())
     env_file = settings.var_dir / "demo.env"
     _write_private(env_file, demo_env(demo))
     apps_lines = [

@@ -15,6 +15,7 @@ output with a newline, so that each answer is a line of its own.
 
 from __future__ import annotations
 
+import contextlib
 import html
 import json
 import os
@@ -31,6 +32,7 @@ import httpx
 import pytest
 
 from tests.support.dev import BIN, Dev, dev_environment, running_dev
+from tests.support.waiting import until
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 NOT_A_SCRIPT = "# Not a script:"
@@ -176,19 +178,23 @@ class Terminal:
     def run(self, block: Block) -> str:
         """Paste the block (again, while it only reads and its answers are not there yet)."""
         script = self.dev_ports(block.text)
-        deadline = time.monotonic() + WAIT
-        while True:
-            output = self.paste(script)
-            assert FAILED not in output, f"README.md:{block.line}:\n{script}\n---\n{output}"
-            missing = unmatched(block.expected, output)
-            if not missing:
-                self.outputs[block.line] = output
-                return output
-            if not block.only_reads or time.monotonic() > deadline:
-                raise AssertionError(
-                    f"README.md:{block.line}: answers not seen: {missing}\n{script}\n---\n{output}"
-                )
-            time.sleep(0.1)  # polling interval while the workers deliver; not synchronisation
+        outputs: list[str] = []
+
+        def answered() -> bool:
+            outputs.append(self.paste(script))
+            if FAILED in outputs[-1] or not block.only_reads:
+                return True  # a failure, or a block not to paste twice: said below
+            return not unmatched(block.expected, outputs[-1])
+
+        with contextlib.suppress(AssertionError):  # a timeout: said below, with the answers
+            until(answered, what=f"README.md:{block.line}", timeout=WAIT, every=0.1)
+        assert FAILED not in outputs[-1], f"README.md:{block.line}:\n{script}\n---\n{outputs[-1]}"
+        missing = unmatched(block.expected, outputs[-1])
+        assert not missing, (
+            f"README.md:{block.line}: answers not seen: {missing}\n{script}\n---\n{outputs[-1]}"
+        )
+        self.outputs[block.line] = outputs[-1]
+        return outputs[-1]
 
     def dev_ports(self, text: str) -> str:
         text = text.replace("127.0.0.1:8000", f"127.0.0.1:{self.dev.port}")

@@ -4,12 +4,12 @@ and workers on SQLite) in a directory of its own, for the tests that use it as a
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -18,6 +18,7 @@ from pathlib import Path
 import httpx
 
 from tests.support.simulator import free_port, stop_process_group
+from tests.support.waiting import until
 
 BIN = Path(sys.executable).parent
 # Seconds for `clarion dev` to start the simulators, migrate and provision: ~8 s on a loaded
@@ -62,11 +63,15 @@ def running_dev(directory: Path) -> Iterator[Dev]:
         )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + START_WAIT
-        while not _ready(url):
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"clarion dev did not start:\n{log.read_text()[-4000:]}")
-            time.sleep(0.2)  # polling for readiness, not synchronising with a result
+        with contextlib.suppress(AssertionError):  # a timeout: said below, with the log
+            until(
+                lambda: process.poll() is not None or _ready(url),
+                what="clarion dev answering",
+                timeout=START_WAIT,
+                every=0.2,
+            )
+        if process.poll() is not None or not _ready(url):
+            raise RuntimeError(f"clarion dev did not start:\n{log.read_text()[-4000:]}")
         yield Dev(url, sim_port, directory)
     finally:
         # Its simulators run in their own process group, which `clarion dev` stops on its way out.
