@@ -164,6 +164,9 @@ class Received(NamedTuple):  # a tuple: a frozen dataclass costs ~1 µs more per
 class TokenLog:
     count: int = 0
     messages: deque[Received] = field(default_factory=lambda: deque(maxlen=MESSAGES_KEPT))
+    # Requests answered with a forced failure (`/fail`): what a sender put in an attempt that
+    # was refused, to compare with its retry (Web Push: no body, it is refused still encrypted).
+    refused: deque[Received] = field(default_factory=lambda: deque(maxlen=MESSAGES_KEPT))
 
 
 class ServiceState:
@@ -201,16 +204,24 @@ class ServiceState:
                 return status
         return None
 
-    def take_forced(self, token: str) -> ForcedFailure | None:
+    def take_forced(
+        self, token: str, headers: Headers, body: bytes, now: float
+    ) -> ForcedFailure | None:
         forced = self.forced.get(token)
         if forced is None:
             return None
         forced.remaining -= 1
         if forced.remaining <= 0:
             del self.forced[token]
+        self._log(token).refused.append(Received(headers, body, now))
         return forced
 
     def record(self, token: str, headers: Headers, body: bytes, now: float) -> None:
+        log = self._log(token)
+        log.count += 1
+        log.messages.append(Received(headers, body, now))
+
+    def _log(self, token: str) -> TokenLog:
         log = self.logs.get(token)
         if log is None:
             if len(self.logs) >= TOKENS_TRACKED:
@@ -218,8 +229,7 @@ class ServiceState:
                 # forget the token seen first (dicts keep insertion order).
                 del self.logs[next(iter(self.logs))]
             log = self.logs[token] = TokenLog()
-        log.count += 1
-        log.messages.append(Received(headers, body, now))
+        return log
 
     def stats(self) -> dict[str, int]:
         requests = self.accepted + self.rejected

@@ -1,0 +1,264 @@
+"""A retry of a notification is the same notification (docs/delivery.md, "Duplicates on the
+device", decision 0031): APNs gets the same `apns-id` and collapse id on every attempt, Web Push
+the same `Topic` and notification tag, FCM the caller's collapse key; a caller's key wins. And
+which failures leave a push's outcome unknown (a retry that may reach the device twice).
+
+End to end through the API, the outbox, a worker and the simulators (both backends), where a
+forced 503 or 429 makes the first attempt fail; the simulator keeps the refused attempt's
+headers (`refused`) beside the accepted one's.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import uuid
+from typing import Any
+
+import httpx
+import pytest
+
+from clarion.delivery.providers import FcmProvider, WebPushProvider
+from clarion.delivery.providers import apns as apns_provider
+from clarion.delivery.providers import fcm as fcm_provider
+from clarion.delivery.providers import webpush as webpush_provider
+from clarion.delivery.providers.base import (
+    DeliveryResult,
+    Device,
+    Notification,
+    Outcome,
+    WebPushCredentials,
+    transport_failure,
+)
+from clarion.http2 import HttpResponse, TransportError
+from tests.conftest import ClientApp
+from tests.delivery.test_providers import fcm_token, subscribe, subscription_id
+from tests.test_delivery import apns_token, register, transactional, wait_for_send
+
+CANONICAL_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-5[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}")
+RFC8030_TOPIC = re.compile(r"[A-Za-z0-9_-]{1,32}")  # §5.4: ≤ 32 URL-safe base64 characters
+
+
+def attempts(sim_control: httpx.Client, service: str, token: str) -> list[dict[str, Any]]:
+    """Every attempt the simulator saw for a token, refused ones first (headers lower-cased)."""
+    response = sim_control.get(f"/_sim/{service}/tokens/{token}")
+    response.raise_for_status()
+    log = response.json()
+    return [
+        {**attempt, "headers": {k.lower(): v for k, v in attempt["headers"].items()}}
+        for attempt in [*log["refused"], *log["messages"]]
+    ]
+
+
+def fail_first(sim_control: httpx.Client, service: str, token: str, status: int) -> None:
+    response = sim_control.post(
+        f"/_sim/{service}/tokens/{token}/fail", json={"status": status, "count": 1}
+    )
+    response.raise_for_status()
+
+
+async def delivered_after_one_failure(
+    api: httpx.AsyncClient, app: ClientApp, send_token: str
+) -> None:
+    state = await wait_for_send(api, app, send_token)
+    assert (state["sent"], state["failed"]) == (1, 0), state
+
+
+class TestApns:
+    # 429 without Retry-After: the test's backoff (50 ms), not a minute's wait.
+    @pytest.mark.parametrize("status", [503, 429])
+    async def test_a_retry_keeps_the_apns_id_and_the_collapse_id(
+        self,
+        api: httpx.AsyncClient,
+        ios_app: ClientApp,
+        sim_control: httpx.Client,
+        status: int,
+    ) -> None:
+        token = apns_token()
+        await register(api, ios_app, f"ios-same-{status}", push_token=token, custom_id="sam")
+        fail_first(sim_control, "apns", token, status)
+        send_token = await transactional(api, ios_app, recipients={"custom_ids": ["sam"]})
+        await delivered_after_one_failure(api, ios_app, send_token)
+
+        first, retry = attempts(sim_control, "apns", token)
+        expected_id = str(uuid.uuid5(apns_provider.APNS_ID_NAMESPACE, f"{send_token}/{token}"))
+        assert first["headers"]["apns-id"] == retry["headers"]["apns-id"] == expected_id
+        assert CANONICAL_UUID.fullmatch(expected_id)
+        # No collapse key given: the send's token, which no other send has.
+        assert first["headers"]["apns-collapse-id"] == send_token
+        assert retry["headers"]["apns-collapse-id"] == send_token
+
+    async def test_the_callers_collapse_key_wins_on_every_attempt(
+        self, api: httpx.AsyncClient, ios_app: ClientApp, sim_control: httpx.Client
+    ) -> None:
+        token = apns_token()
+        await register(api, ios_app, "ios-keyed", push_token=token, custom_id="kay")
+        fail_first(sim_control, "apns", token, 503)
+        send_token = await transactional(
+            api,
+            ios_app,
+            recipients={"custom_ids": ["kay"]},
+            gcm_collapse_key={"enabled": True, "key": "scores"},
+        )
+        await delivered_after_one_failure(api, ios_app, send_token)
+
+        collapse_ids = [
+            a["headers"]["apns-collapse-id"] for a in attempts(sim_control, "apns", token)
+        ]
+        assert collapse_ids == ["scores", "scores"]
+
+    async def test_two_sends_to_one_device_never_share_an_id(
+        self, api: httpx.AsyncClient, ios_app: ClientApp, sim_control: httpx.Client
+    ) -> None:
+        token = apns_token()
+        await register(api, ios_app, "ios-twice", push_token=token, custom_id="tom")
+        sends = [
+            await transactional(api, ios_app, recipients={"custom_ids": ["tom"]}) for _ in range(2)
+        ]
+        for send_token in sends:
+            await wait_for_send(api, ios_app, send_token)
+
+        received = attempts(sim_control, "apns", token)
+        assert len(received) == 2
+        assert len({a["headers"]["apns-id"] for a in received}) == 2
+        assert sorted(a["headers"]["apns-collapse-id"] for a in received) == sorted(sends)
+
+
+class TestFcm:
+    async def test_a_retry_keeps_the_callers_collapse_key(
+        self, api: httpx.AsyncClient, android_app: ClientApp, sim_control: httpx.Client
+    ) -> None:
+        token = "fcm-" + secrets.token_urlsafe(40)
+        await register(api, android_app, "droid-keyed", push_token=token, custom_id="kai")
+        fail_first(sim_control, "fcm", token, 503)
+        send_token = await transactional(
+            api,
+            android_app,
+            recipients={"custom_ids": ["kai"]},
+            gcm_collapse_key={"enabled": True, "key": "scores"},
+        )
+        await delivered_after_one_failure(api, android_app, send_token)
+
+        keys = [
+            a["payload"]["message"]["android"]["collapse_key"]
+            for a in attempts(sim_control, "fcm", token)
+        ]
+        assert keys == ["scores", "scores"]
+
+    async def test_no_default_collapse_key(
+        self, fcm: FcmProvider, sim_control: httpx.Client
+    ) -> None:
+        # Decision 0031: FCM keeps at most 4 collapse keys for an offline device, so a key
+        # per send would lose sends; without the caller's key a message stays non-collapsible.
+        token = fcm_token()
+        note = Notification(send_id=str(uuid.uuid4()), title="t", body="b")
+        assert [r.outcome for r in await fcm.send(note, [Device(token)])] == [Outcome.DELIVERED]
+        (accepted,) = attempts(sim_control, "fcm", token)
+        assert "collapse_key" not in accepted["payload"]["message"]["android"]
+
+
+async def subscribe_browser(
+    api: httpx.AsyncClient, web_app: ClientApp, sim_control: httpx.Client
+) -> dict[str, Any]:
+    vapid = (await api.get(f"/sdk/v1/{web_app.api_key}/webpush/vapid-key")).json()
+    response = sim_control.post(
+        "/_sim/webpush/subscriptions",
+        json={"application_server_key": vapid["application_server_key"]},
+    )
+    response.raise_for_status()
+    subscription: dict[str, Any] = response.json()
+    return subscription
+
+
+class TestWebPush:
+    async def test_a_retry_keeps_the_topic_and_the_tag(
+        self, api: httpx.AsyncClient, web_app: ClientApp, sim_control: httpx.Client
+    ) -> None:
+        sub = await subscribe_browser(api, web_app, sim_control)
+        sub_id = sub["endpoint"].rsplit("/", 1)[1]
+        await register(api, web_app, "browser-same", webpush_subscription=sub, custom_id="wes")
+        fail_first(sim_control, "webpush", sub_id, 503)
+        send_token = await transactional(api, web_app, recipients={"custom_ids": ["wes"]})
+        await delivered_after_one_failure(api, web_app, send_token)
+
+        first, retry = attempts(sim_control, "webpush", sub_id)
+        topic = first["headers"]["topic"]
+        assert retry["headers"]["topic"] == topic == webpush_provider.topic(send_token)
+        assert RFC8030_TOPIC.fullmatch(topic)
+        # The browser shows a notification tagged like one it shows in its place, silently.
+        assert retry["payload"]["com.batch"]["ni"] == send_token
+
+    async def test_the_callers_collapse_key_is_the_topic(
+        self, api: httpx.AsyncClient, web_app: ClientApp, sim_control: httpx.Client
+    ) -> None:
+        sub = await subscribe_browser(api, web_app, sim_control)
+        sub_id = sub["endpoint"].rsplit("/", 1)[1]
+        await register(api, web_app, "browser-keyed", webpush_subscription=sub, custom_id="kit")
+        fail_first(sim_control, "webpush", sub_id, 503)
+        send_token = await transactional(
+            api,
+            web_app,
+            recipients={"custom_ids": ["kit"]},
+            gcm_collapse_key={"enabled": True, "key": "scores"},
+        )
+        await delivered_after_one_failure(api, web_app, send_token)
+
+        topics = [a["headers"]["topic"] for a in attempts(sim_control, "webpush", sub_id)]
+        assert topics == ["scores", "scores"]
+
+    async def test_a_key_that_is_no_topic_is_hashed_into_one(
+        self,
+        webpush: WebPushProvider,
+        vapid_credentials: WebPushCredentials,
+        sim_control: httpx.Client,
+    ) -> None:
+        device = subscribe(sim_control, vapid_credentials)
+        key = "Breaking news: " + "x" * 49  # 64 characters, spaces and a colon
+        note = Notification(send_id=str(uuid.uuid4()), title="t", body="b", collapse_key=key)
+        assert [r.outcome for r in await webpush.send(note, [device])] == [Outcome.DELIVERED]
+
+        (accepted,) = attempts(sim_control, "webpush", subscription_id(device))
+        topic = accepted["headers"]["topic"]
+        assert RFC8030_TOPIC.fullmatch(topic)
+        assert len(topic) == 32
+        assert topic == webpush_provider.topic(key) != webpush_provider.topic(key + "!")
+
+
+class TestUnknownOutcome:
+    """A push that left on a stream and got no answer may have been accepted: its retry is
+    marked as a possible re-send. One that never left, or got any answer, is not."""
+
+    @pytest.mark.parametrize("provider", [apns_provider, fcm_provider, webpush_provider])
+    @pytest.mark.parametrize("written", [True, False])
+    def test_a_transport_error_is_unknown_only_once_written(
+        self, provider: Any, written: bool
+    ) -> None:
+        error = TransportError("timeout", curl_code=28, written=written)
+        result: DeliveryResult = provider._map(error)
+        assert (result.outcome, result.unknown_outcome) == (Outcome.RETRY, written)
+        assert result == transport_failure(error)
+
+    @pytest.mark.parametrize("provider", [apns_provider, fcm_provider, webpush_provider])
+    @pytest.mark.parametrize("status", [429, 500, 503])
+    def test_an_answer_that_refuses_is_a_known_outcome(self, provider: Any, status: int) -> None:
+        result: DeliveryResult = provider._map(HttpResponse(status, {}, b""))
+        assert (result.outcome, result.unknown_outcome) == (Outcome.RETRY, False)
+
+    def test_a_web_push_refused_by_the_outbound_policy_is_final(self) -> None:
+        error = TransportError("refused", refused=True)
+        result = webpush_provider._map(error)
+        assert (result.outcome, result.unknown_outcome) == (Outcome.FAILED, False)
+
+
+class TestApnsIds:
+    def test_the_id_is_the_canonical_uuid5_of_the_send_and_the_device(self) -> None:
+        send_id = str(uuid.uuid4())
+        ids = apns_provider.ApnsIds(send_id)
+        for token in (apns_token(), apns_token(), "not-hex"):
+            expected = str(uuid.uuid5(apns_provider.APNS_ID_NAMESPACE, f"{send_id}/{token}"))
+            assert ids.of(token) == expected
+            assert CANONICAL_UUID.fullmatch(expected)
+        # A worker that re-sends after a crash builds its own ApnsIds: the same ids.
+        token = apns_token()
+        assert apns_provider.ApnsIds(send_id).of(token) == ids.of(token)
+        assert apns_provider.ApnsIds(str(uuid.uuid4())).of(token) != ids.of(token)
