@@ -161,9 +161,11 @@ class ApnsProvider:
         ]
         # The send's token when the caller gave no collapse key: a re-send after an unknown
         # outcome then replaces the first copy on the device instead of showing beside it,
-        # and two sends never share one (docs/delivery.md, decision 0031).
-        key = notification.collapse_key or notification.send_id
-        headers.append(("apns-collapse-id", _collapse_id(key)))
+        # and two sends never share one (docs/delivery.md, decision 0031). A background push
+        # shows nothing, so there is nothing to collapse.
+        key = notification.collapse_key or (None if background else notification.send_id)
+        if key:
+            headers.append(("apns-collapse-id", _collapse_id(key)))
         return tuple(headers)
 
 
