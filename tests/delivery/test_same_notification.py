@@ -254,7 +254,8 @@ class TestApnsIds:
     def test_the_id_is_the_canonical_uuid5_of_the_send_and_the_device(self) -> None:
         send_id = str(uuid.uuid4())
         ids = apns_provider.ApnsIds(send_id)
-        for token in (apns_token(), apns_token(), "not-hex"):
+        # 300 tokens: every value of the digit that carries the variant bits, most likely.
+        for token in [*(apns_token() for _ in range(300)), "not-hex", "é"]:
             expected = str(uuid.uuid5(apns_provider.APNS_ID_NAMESPACE, f"{send_id}/{token}"))
             assert ids.of(token) == expected
             assert CANONICAL_UUID.fullmatch(expected)
