@@ -33,7 +33,13 @@ from clarion.delivery.providers.base import (
 from clarion.http2 import HttpResponse, TransportError
 from tests.conftest import ClientApp
 from tests.delivery.test_providers import fcm_token, subscribe, subscription_id
-from tests.test_delivery import apns_token, register, transactional, wait_for_send
+from tests.test_delivery import (
+    apns_token,
+    register,
+    subscribe_browser,
+    transactional,
+    wait_for_send,
+)
 
 CANONICAL_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-5[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}")
 RFC8030_TOPIC = re.compile(r"[A-Za-z0-9_-]{1,32}")  # §5.4: ≤ 32 URL-safe base64 characters
@@ -50,18 +56,62 @@ def attempts(sim_control: httpx.Client, service: str, token: str) -> list[dict[s
     ]
 
 
-def fail_first(sim_control: httpx.Client, service: str, token: str, status: int) -> None:
+KEYED = {"gcm_collapse_key": {"enabled": True, "key": "scores"}}
+
+
+async def retried_send(
+    api: httpx.AsyncClient,
+    app: ClientApp,
+    sim_control: httpx.Client,
+    *,
+    service: str,
+    token: str,
+    registration: dict[str, Any],
+    status: int = 503,
+    **body: Any,
+) -> tuple[str, list[dict[str, Any]]]:
+    """A send to one device whose first attempt the simulator answers with `status`: its token
+    and every attempt the simulator saw, the refused one first."""
+    user = "user-" + secrets.token_hex(4)
+    await register(api, app, f"install-{user}", custom_id=user, **registration)
     response = sim_control.post(
         f"/_sim/{service}/tokens/{token}/fail", json={"status": status, "count": 1}
     )
     response.raise_for_status()
-
-
-async def delivered_after_one_failure(
-    api: httpx.AsyncClient, app: ClientApp, send_token: str
-) -> None:
+    send_token = await transactional(api, app, recipients={"custom_ids": [user]}, **body)
     state = await wait_for_send(api, app, send_token)
     assert (state["sent"], state["failed"]) == (1, 0), state
+    return send_token, attempts(sim_control, service, token)
+
+
+async def retried_to_token(
+    api: httpx.AsyncClient,
+    app: ClientApp,
+    sim_control: httpx.Client,
+    service: str,
+    token: str,
+    **body: Any,
+) -> tuple[str, list[dict[str, Any]]]:
+    """retried_send to an APNs or FCM token."""
+    registration = {"push_token": token}
+    return await retried_send(
+        api, app, sim_control, service=service, token=token, registration=registration, **body
+    )
+
+
+async def retried_web_push(
+    api: httpx.AsyncClient, web_app: ClientApp, sim_control: httpx.Client, **body: Any
+) -> tuple[str, list[dict[str, Any]]]:
+    subscription = await subscribe_browser(api, web_app, sim_control)
+    return await retried_send(
+        api,
+        web_app,
+        sim_control,
+        service="webpush",
+        token=subscription["endpoint"].rsplit("/", 1)[1],
+        registration={"webpush_subscription": subscription},
+        **body,
+    )
 
 
 class TestApns:
@@ -75,12 +125,10 @@ class TestApns:
         status: int,
     ) -> None:
         token = apns_token()
-        await register(api, ios_app, f"ios-same-{status}", push_token=token, custom_id="sam")
-        fail_first(sim_control, "apns", token, status)
-        send_token = await transactional(api, ios_app, recipients={"custom_ids": ["sam"]})
-        await delivered_after_one_failure(api, ios_app, send_token)
+        send_token, (first, retry) = await retried_to_token(
+            api, ios_app, sim_control, "apns", token, status=status
+        )
 
-        first, retry = attempts(sim_control, "apns", token)
         expected_id = str(uuid.uuid5(apns_provider.APNS_ID_NAMESPACE, f"{send_token}/{token}"))
         assert first["headers"]["apns-id"] == retry["headers"]["apns-id"] == expected_id
         assert CANONICAL_UUID.fullmatch(expected_id)
@@ -92,20 +140,8 @@ class TestApns:
         self, api: httpx.AsyncClient, ios_app: ClientApp, sim_control: httpx.Client
     ) -> None:
         token = apns_token()
-        await register(api, ios_app, "ios-keyed", push_token=token, custom_id="kay")
-        fail_first(sim_control, "apns", token, 503)
-        send_token = await transactional(
-            api,
-            ios_app,
-            recipients={"custom_ids": ["kay"]},
-            gcm_collapse_key={"enabled": True, "key": "scores"},
-        )
-        await delivered_after_one_failure(api, ios_app, send_token)
-
-        collapse_ids = [
-            a["headers"]["apns-collapse-id"] for a in attempts(sim_control, "apns", token)
-        ]
-        assert collapse_ids == ["scores", "scores"]
+        _, seen = await retried_to_token(api, ios_app, sim_control, "apns", token, **KEYED)
+        assert [a["headers"]["apns-collapse-id"] for a in seen] == ["scores", "scores"]
 
     async def test_two_sends_to_one_device_never_share_an_id(
         self, api: httpx.AsyncClient, ios_app: ClientApp, sim_control: httpx.Client
@@ -128,21 +164,9 @@ class TestFcm:
     async def test_a_retry_keeps_the_callers_collapse_key(
         self, api: httpx.AsyncClient, android_app: ClientApp, sim_control: httpx.Client
     ) -> None:
-        token = "fcm-" + secrets.token_urlsafe(40)
-        await register(api, android_app, "droid-keyed", push_token=token, custom_id="kai")
-        fail_first(sim_control, "fcm", token, 503)
-        send_token = await transactional(
-            api,
-            android_app,
-            recipients={"custom_ids": ["kai"]},
-            gcm_collapse_key={"enabled": True, "key": "scores"},
-        )
-        await delivered_after_one_failure(api, android_app, send_token)
-
-        keys = [
-            a["payload"]["message"]["android"]["collapse_key"]
-            for a in attempts(sim_control, "fcm", token)
-        ]
+        token = fcm_token()
+        _, seen = await retried_to_token(api, android_app, sim_control, "fcm", token, **KEYED)
+        keys = [a["payload"]["message"]["android"]["collapse_key"] for a in seen]
         assert keys == ["scores", "scores"]
 
     async def test_no_default_collapse_key(
@@ -157,31 +181,12 @@ class TestFcm:
         assert "collapse_key" not in accepted["payload"]["message"]["android"]
 
 
-async def subscribe_browser(
-    api: httpx.AsyncClient, web_app: ClientApp, sim_control: httpx.Client
-) -> dict[str, Any]:
-    vapid = (await api.get(f"/sdk/v1/{web_app.api_key}/webpush/vapid-key")).json()
-    response = sim_control.post(
-        "/_sim/webpush/subscriptions",
-        json={"application_server_key": vapid["application_server_key"]},
-    )
-    response.raise_for_status()
-    subscription: dict[str, Any] = response.json()
-    return subscription
-
-
 class TestWebPush:
     async def test_a_retry_keeps_the_topic_and_the_tag(
         self, api: httpx.AsyncClient, web_app: ClientApp, sim_control: httpx.Client
     ) -> None:
-        sub = await subscribe_browser(api, web_app, sim_control)
-        sub_id = sub["endpoint"].rsplit("/", 1)[1]
-        await register(api, web_app, "browser-same", webpush_subscription=sub, custom_id="wes")
-        fail_first(sim_control, "webpush", sub_id, 503)
-        send_token = await transactional(api, web_app, recipients={"custom_ids": ["wes"]})
-        await delivered_after_one_failure(api, web_app, send_token)
+        send_token, (first, retry) = await retried_web_push(api, web_app, sim_control)
 
-        first, retry = attempts(sim_control, "webpush", sub_id)
         topic = first["headers"]["topic"]
         assert retry["headers"]["topic"] == topic == webpush_provider.topic(send_token)
         assert RFC8030_TOPIC.fullmatch(topic)
@@ -191,20 +196,8 @@ class TestWebPush:
     async def test_the_callers_collapse_key_is_the_topic(
         self, api: httpx.AsyncClient, web_app: ClientApp, sim_control: httpx.Client
     ) -> None:
-        sub = await subscribe_browser(api, web_app, sim_control)
-        sub_id = sub["endpoint"].rsplit("/", 1)[1]
-        await register(api, web_app, "browser-keyed", webpush_subscription=sub, custom_id="kit")
-        fail_first(sim_control, "webpush", sub_id, 503)
-        send_token = await transactional(
-            api,
-            web_app,
-            recipients={"custom_ids": ["kit"]},
-            gcm_collapse_key={"enabled": True, "key": "scores"},
-        )
-        await delivered_after_one_failure(api, web_app, send_token)
-
-        topics = [a["headers"]["topic"] for a in attempts(sim_control, "webpush", sub_id)]
-        assert topics == ["scores", "scores"]
+        _, seen = await retried_web_push(api, web_app, sim_control, **KEYED)
+        assert [a["headers"]["topic"] for a in seen] == ["scores", "scores"]
 
     async def test_a_key_that_is_no_topic_is_hashed_into_one(
         self,
