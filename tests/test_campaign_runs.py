@@ -183,7 +183,7 @@ class TestSchedule:
 
         described = (await get(api, ios_app, token)).json()
         assert described["state"] == "completed"
-        assert described["progress"] == {"targeted": 5, "sent": 5, "errors": 0}
+        assert described["progress"] == {"targeted": 5, "sent": 5, "resent": 0, "errors": 0}
         stats = await api.get(
             f"/1.1/{ios_app.api_key}/campaigns/stats/{token}", headers=ios_app.headers()
         )

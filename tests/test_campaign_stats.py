@@ -282,27 +282,7 @@ class TestFinishedDays:
     async def test_an_ab_campaign_stores_each_version_and_marks_empty_days(
         self, api: httpx.AsyncClient, ios_app: ClientApp, runtime: Runtime
     ) -> None:
-        token = await created(
-            api,
-            ios_app,
-            live=False,
-            messages=[
-                {"language": "en", "body": "A", "version": "a"},
-                {"language": "en", "body": "B", "version": "b"},
-            ],
-        )
-        async with transaction(runtime.sessions) as session:
-            for version in ("a", "b"):
-                session.add(
-                    Send(
-                        token=f"{token}-{version}",
-                        app_id=ios_app.app_id,
-                        kind=SendKind.CAMPAIGN.value,
-                        campaign_token=token,
-                        version=version,
-                        content={},
-                    )
-                )
+        token = await ab_campaign(api, ios_app, runtime)
         await record(runtime, ios_app, token, [(SENT, DAY, "i-a")], send=f"{token}-a")
         await record(runtime, ios_app, token, [(SENT, DAY, "i-b")], send=f"{token}-b")
         await app_opens(runtime, ios_app, [("i-a", DAY + timedelta(minutes=1))])
@@ -324,6 +304,32 @@ class TestFinishedDays:
         assert day.versions["a"].influenced_open == 1
         assert day.versions["b"].influenced_open == 0
         assert (day.versions["a"].sent, day.versions["b"].sent) == (1, 1)
+
+
+async def ab_campaign(api: httpx.AsyncClient, app: ClientApp, runtime: Runtime) -> str:
+    """A draft with versions a and b, and a send of each named `{token}-{version}`."""
+    token = await created(
+        api,
+        app,
+        live=False,
+        messages=[
+            {"language": "en", "body": "A", "version": "a"},
+            {"language": "en", "body": "B", "version": "b"},
+        ],
+    )
+    async with transaction(runtime.sessions) as session:
+        for version in ("a", "b"):
+            session.add(
+                Send(
+                    token=f"{token}-{version}",
+                    app_id=app.app_id,
+                    kind=SendKind.CAMPAIGN.value,
+                    campaign_token=token,
+                    version=version,
+                    content={},
+                )
+            )
+    return token
 
 
 async def stored_days(runtime: Runtime, token: str) -> dict[str, dict[str, Any]]:

@@ -22,7 +22,8 @@ import pytest
 from sqlalchemy import select
 
 from clarion.db import transaction
-from clarion.events.models import InAppEvent, PushEvent
+from clarion.events.models import InAppEvent, PushEvent, PushEventKind
+from clarion.events.service import push_event_row, record_push_events
 from clarion.exports.models import ExportRun
 from clarion.exports.tasks import ExportRunner
 from clarion.runtime import Runtime
@@ -232,6 +233,7 @@ async def logged_push_events(runtime: Runtime, app: ClientApp) -> list[dict[str,
                 "advertising_id": e.advertising_id or "",
                 "platform": e.platform,
                 "error": e.reason or "",
+                "resent": "1" if e.resent else "0",
             }
             for e in events
         ]
@@ -262,7 +264,7 @@ async def test_a_day_of_push_events_lands_as_the_event_log_says(
     data = place.read(name)
     assert data.startswith(
         b"date;event_type;campaign_token;transactional_token;group_id;install_id;"
-        b"custom_id;advertising_id;platform;error\n"
+        b"custom_id;advertising_id;platform;error;resent\n"
     )
     assert parse(data) == await logged_push_events(runtime, ios_app)
     assert sniffed(data, request) == parse(data)
@@ -282,6 +284,56 @@ async def _first_day(runtime: Runtime, app: ClientApp) -> None:
             .where(ExportDestination.app_id == app.app_id)
             .values(first_day=DAY)
         )
+
+
+async def test_a_push_sent_again_after_an_unknown_outcome_is_flagged_in_the_last_column(
+    request: pytest.FixtureRequest,
+    api: httpx.AsyncClient,
+    ios_app: ClientApp,
+    runtime: Runtime,
+    local_root: Path,
+    ca_bundle: Path,
+) -> None:
+    """`resent` comes after every other column, whichever id columns the destination keeps."""
+    at = datetime.combine(DAY, datetime.min.time(), tzinfo=UTC) + timedelta(hours=9)
+    rows = [
+        push_event_row(
+            app_id=ios_app.app_id,
+            kind=kind,
+            occurred_at=at + timedelta(seconds=n),
+            platform="ios",
+            install_id=f"install-{n}",
+            send_token="send-1",
+            campaign_token="c1",
+            reason="BadDeviceToken" if kind is PushEventKind.ERROR else None,
+            resent=resent,
+        )
+        for n, (kind, resent) in enumerate(
+            [
+                (PushEventKind.SENT, False),
+                (PushEventKind.SENT, True),
+                (PushEventKind.ERROR, False),
+            ]
+        )
+    ]
+    async with transaction(runtime.sessions) as session:
+        await record_push_events(session, rows)
+    place = place_on("file", request, local_root / str(ios_app.app_id))
+    await create_destination(api, ios_app, place, id_columns=["install_id"])
+    await _first_day(runtime, ios_app)
+
+    await runner(runtime, Clock(MIDNIGHT + timedelta(hours=3)), local_root, ca_bundle).run_due()
+
+    data = place.read(f"clarion_{ios_app.app_id}_push_events_20261123.csv")
+    assert data.startswith(
+        b"date;event_type;campaign_token;transactional_token;group_id;install_id;platform;"
+        b"error;resent\n"
+    )
+    assert [(r["event_type"], r["install_id"], r["error"], r["resent"]) for r in parse(data)] == [
+        ("push_sent", "install-0", "", "0"),
+        ("push_sent", "install-1", "", "1"),
+        ("push_error", "install-2", "BadDeviceToken", "0"),
+    ]
 
 
 async def test_in_app_events_gzip_and_chosen_id_columns(
