@@ -3,8 +3,9 @@ device", decision 0031): APNs gets the same `apns-id` and collapse id on every a
 the same `Topic` and notification tag, FCM the caller's collapse key; a caller's key wins. And
 which failures leave a push's outcome unknown (a retry that may reach the device twice).
 
-End to end through the API, the outbox, a worker and the simulators (both backends), where a
-forced 503 or 429 makes the first attempt fail; the simulator keeps the refused attempt's
+End to end through the API, the outbox, a worker and the simulators (both backends, and for
+APNs both endpoints as in tests/test_delivery.py), where a forced 503 or 429 makes the first
+attempt fail; the simulator keeps the refused attempt's
 headers (`refused`) beside the accepted one's.
 """
 
@@ -18,11 +19,12 @@ from typing import Any
 import httpx
 import pytest
 
-from clarion.delivery.providers import FcmProvider, WebPushProvider
+from clarion.delivery.providers import ApnsProvider, FcmProvider, WebPushProvider
 from clarion.delivery.providers import apns as apns_provider
 from clarion.delivery.providers import fcm as fcm_provider
 from clarion.delivery.providers import webpush as webpush_provider
 from clarion.delivery.providers.base import (
+    ApnsCredentials,
     DeliveryResult,
     Device,
     Notification,
@@ -30,11 +32,15 @@ from clarion.delivery.providers.base import (
     WebPushCredentials,
     transport_failure,
 )
-from clarion.http2 import HttpResponse, TransportError
+from clarion.http2 import Http2Client, HttpResponse, TransportError
 from tests.conftest import ClientApp
 from tests.delivery.test_providers import fcm_token, subscribe, subscription_id
-from tests.test_delivery import (
+from tests.support.simulator import SimulatorHandle, apns_endpoint, free_port
+from tests.test_delivery import (  # noqa: F401 (the APNs endpoints' hook and fixtures)
+    _apns_endpoint,
+    apns_kind,
     apns_token,
+    pytest_generate_tests,
     register,
     subscribe_browser,
     transactional,
@@ -220,6 +226,43 @@ class TestWebPush:
 class TestUnknownOutcome:
     """A push that left on a stream and got no answer may have been accepted: its retry is
     marked as a possible re-send. One that never left, or got any answer, is not."""
+
+    async def test_a_connection_dropped_mid_stream_leaves_the_outcome_unknown(
+        self,
+        apns_credentials: ApnsCredentials,
+        http_client: Http2Client,
+        sim: SimulatorHandle,
+        sim_control: httpx.Client,
+    ) -> None:
+        # The simulators' h2 listener records the push as delivered, then drops the connection
+        # instead of answering: the device got it, Clarion cannot know.
+        url = apns_endpoint(sim, sim_control, "one-stream")
+        provider = ApnsProvider(apns_credentials, http_client, production_url=url, sandbox_url=url)
+        token = apns_token()
+        note = Notification(send_id=str(uuid.uuid4()), title="t", body="b")
+        sim_control.put("/_sim/connections", json={"drop_rate": 1.0}).raise_for_status()
+        [lost] = await provider.send(note, [Device(token)])
+        sim_control.put("/_sim/connections", json={"drop_rate": 0.0}).raise_for_status()
+        [resent] = await provider.send(note, [Device(token)])
+
+        assert (lost.outcome, lost.unknown_outcome) == (Outcome.RETRY, True)
+        assert resent.outcome is Outcome.DELIVERED
+        # Every copy reached the device as one notification. (More than 2 when the dropped
+        # connection was one libcurl had used before: it then retries the request once on a
+        # fresh connection by itself.)
+        seen = attempts(sim_control, "apns", token)
+        assert len(seen) >= 2
+        for header in ("apns-id", "apns-collapse-id"):
+            assert len({a["headers"][header] for a in seen}) == 1
+
+    async def test_a_push_that_never_left_has_a_known_outcome(
+        self, apns_credentials: ApnsCredentials, http_client: Http2Client
+    ) -> None:
+        url = f"https://127.0.0.1:{free_port()}"  # nothing listens: the connection fails
+        provider = ApnsProvider(apns_credentials, http_client, production_url=url, sandbox_url=url)
+        note = Notification(send_id=str(uuid.uuid4()), title="t", body="b")
+        [result] = await provider.send(note, [Device(apns_token())])
+        assert (result.outcome, result.unknown_outcome) == (Outcome.RETRY, False)
 
     @pytest.mark.parametrize("provider", [apns_provider, fcm_provider, webpush_provider])
     @pytest.mark.parametrize("written", [True, False])
