@@ -163,6 +163,8 @@ def _route(
             return _faults(sim.services[service], _json_object(body))
         case "GET", [service, "tokens", token] if service in SERVICES:
             return _messages(sim.services[service], token)
+        case "GET", [service, "deliveries"] if service in SERVICES:
+            return json_reply(200, sim.services[service].deliveries())
         case "GET", ["connections"]:
             return _connection_rules(sim.connections)
         case "PUT", ["connections"]:

@@ -353,6 +353,23 @@ class TestApns:
             str(n) for n in range(2, 12)
         ]
 
+    def test_counts_tokens_and_repeats_past_the_tracked_logs(
+        self, h2_client: httpx.Client, control: httpx.Client, apns_key: ApnsKey
+    ) -> None:
+        other = "cd" * 32
+        for token in (DEVICE_TOKEN, other, DEVICE_TOKEN):
+            answer = h2_client.post(apns_path(token), headers=apns_key.headers(), json=APNS_BODY)
+            assert answer.status_code == 200
+        control.post(f"/_sim/apns/tokens/{other}/fail", json={"status": 503}).raise_for_status()
+        assert (
+            h2_client.post(apns_path(other), headers=apns_key.headers(), json=APNS_BODY)
+        ).status_code == 503
+        deliveries = control.get("/_sim/apns/deliveries").json()
+        assert deliveries["tokens"] == 2
+        assert deliveries["repeated"] == 1  # the refused push is not a delivery
+        assert sum(count for _at, count in deliveries["arrivals"]) == 3
+        assert all(abs(at - time.time()) < 60 for at, _count in deliveries["arrivals"])
+
 
 def _fcm_error(answer: httpx.Response) -> tuple[int, str, str | None]:
     error = answer.json()["error"]
