@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from clarion.db import transaction
 from clarion.events.models import InAppEvent, PushEvent, PushEventKind
@@ -29,7 +29,8 @@ from clarion.exports.tasks import ExportRunner
 from clarion.runtime import Runtime
 from tests.conftest import ClientApp
 from tests.inapp.test_api import created as created_inapp
-from tests.test_campaign_runs import Clock, add_installs
+from tests.support.clock import Clock
+from tests.test_campaign_runs import add_installs
 from tests.test_campaigns import error
 
 if TYPE_CHECKING:
@@ -633,6 +634,40 @@ def test_the_cli_refuses_a_day_in_the_future_or_not_a_date(
 
 class TestExportApi:
     """Export API 1.0 (spec §11.1): request, poll, download behind X-Authorization."""
+
+    async def test_a_request_whose_worker_died_is_taken_again_by_the_runners_clock(
+        self, api: httpx.AsyncClient, ios_app: ClientApp, runtime: Runtime
+    ) -> None:
+        from clarion.exports.models import ExportRequest
+        from clarion.exports.tasks import STALE_PENDING, process_requests
+
+        base = f"/1.0/{ios_app.api_key}/export"
+        created = await api.post(
+            f"{base}/campaign/c1/ids",
+            headers=ios_app.headers(),
+            json={"from": "2026-11-01", "to": "now"},
+        )
+        assert created.status_code == 201, created.text
+        request_id = created.json()["id"]
+        claimed_at = datetime.now(UTC) + timedelta(days=1)  # by a worker that then died
+        async with transaction(runtime.sessions) as session:
+            await session.execute(
+                update(ExportRequest)
+                .where(ExportRequest.id == request_id)
+                .values(status="PENDING", started_at=claimed_at)
+            )
+
+        async def status() -> str:
+            answer = await api.get(f"{base}/request/{request_id}", headers=ios_app.headers())
+            found: str = answer.json()["status"]
+            return found
+
+        clock = Clock(claimed_at + STALE_PENDING)
+        await process_requests(runtime.sessions, var_dir=runtime.settings.var_dir, clock=clock)
+        assert await status() == "PENDING"  # maybe still being produced
+        clock.advance(timedelta(seconds=1))
+        await process_requests(runtime.sessions, var_dir=runtime.settings.var_dir, clock=clock)
+        assert await status() == "SUCCESS"
 
     async def test_a_campaigns_ids_are_exported_on_request(
         self, api: httpx.AsyncClient, ios_app: ClientApp, runtime: Runtime

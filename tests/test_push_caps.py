@@ -20,9 +20,9 @@ from clarion.queue import JobQueue
 from clarion.runtime import Runtime
 from clarion.sdk.models import Installation
 from tests.conftest import ClientApp
+from tests.support.clock import Clock
 from tests.support.dashboard import sign_in_as
 from tests.test_campaign_runs import (
-    Clock,
     add_installs,
     reached,
     scheduler,

@@ -165,6 +165,9 @@ class Received(NamedTuple):  # a tuple: a frozen dataclass costs ~1 µs more per
 class TokenLog:
     count: int = 0
     messages: deque[Received] = field(default_factory=lambda: deque(maxlen=MESSAGES_KEPT))
+    # Requests answered with a forced failure (`/fail`): what a sender put in an attempt that
+    # was refused, to compare with its retry (Web Push: no body, it is refused still encrypted).
+    refused: deque[Received] = field(default_factory=lambda: deque(maxlen=MESSAGES_KEPT))
 
 
 class ServiceState:
@@ -209,23 +212,20 @@ class ServiceState:
                 return status
         return None
 
-    def take_forced(self, token: str) -> ForcedFailure | None:
+    def take_forced(
+        self, token: str, headers: Headers, body: bytes, now: float
+    ) -> ForcedFailure | None:
         forced = self.forced.get(token)
         if forced is None:
             return None
         forced.remaining -= 1
         if forced.remaining <= 0:
             del self.forced[token]
+        self._log(token).refused.append(Received(headers, body, now))
         return forced
 
     def record(self, token: str, headers: Headers, body: bytes, now: float) -> None:
-        log = self.logs.get(token)
-        if log is None:
-            if len(self.logs) >= TOKENS_TRACKED:
-                # A fan-out benchmark to millions of tokens must not grow memory without bound:
-                # forget the token seen first (dicts keep insertion order).
-                del self.logs[next(iter(self.logs))]
-            log = self.logs[token] = TokenLog()
+        log = self._log(token)
         log.count += 1
         log.messages.append(Received(headers, body, now))
         key = hash(token)
@@ -235,6 +235,16 @@ class ServiceState:
             self.seen.add(key)
         slot = int(now * ARRIVALS_PER_SECOND)
         self.arrivals[slot] = self.arrivals.get(slot, 0) + 1
+
+    def _log(self, token: str) -> TokenLog:
+        log = self.logs.get(token)
+        if log is None:
+            if len(self.logs) >= TOKENS_TRACKED:
+                # A fan-out benchmark to millions of tokens must not grow memory without bound:
+                # forget the token seen first (dicts keep insertion order).
+                del self.logs[next(iter(self.logs))]
+            log = self.logs[token] = TokenLog()
+        return log
 
     def deliveries(self) -> dict[str, Any]:
         """Accepted pushes: distinct tokens, repeats, and [time, count] per 100 ms slot."""
