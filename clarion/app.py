@@ -12,6 +12,7 @@ from clarion.apps.api import router as apps_router
 from clarion.audiences.api import router as audiences_router
 from clarion.campaigns.api import router as campaigns_router
 from clarion.capping.api import router as push_caps_router
+from clarion.clock import SYSTEM_CLOCK, Clock
 from clarion.config import Settings
 from clarion.custom_data.api import router as custom_data_router
 from clarion.dashboard.api import router as dashboard_router
@@ -32,7 +33,7 @@ from clarion.inapp.api import router as inapp_router
 from clarion.inapp.api import sdk_router as inapp_sdk_router
 from clarion.inapp.api import themes_router as inapp_themes_router
 from clarion.openapi import install_openapi
-from clarion.ratelimit import Clock, RateLimits
+from clarion.ratelimit import RateLimits
 from clarion.runtime import Runtime
 from clarion.sdk.api import EventsFastPath, SdkCors
 from clarion.sdk.api import router as sdk_router
@@ -46,7 +47,7 @@ def create_app(
     """`workers`: also run delivery workers and the outbox sweep in this process.
     `rate_limit_clock`: the clock of the rate limits' buckets (tests move it by hand)."""
     runtime = Runtime(settings)
-    rate_limits = RateLimits(settings, runtime.engine, clock=rate_limit_clock)
+    rate_limits = RateLimits(settings, runtime.engine, clock=rate_limit_clock or SYSTEM_CLOCK)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:

@@ -24,20 +24,17 @@ from __future__ import annotations
 
 import asyncio
 import math
-import time
 from collections import OrderedDict
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from sqlalchemy import Float, Integer, String, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.orm import Mapped, mapped_column
 
+from clarion.clock import SYSTEM_CLOCK, Clock
 from clarion.config import RateLimitStore, Settings
 from clarion.db import Base
 from clarion.errors import TooManyRequestsError
-
-Clock = Callable[[], float]
 
 # A process takes this many seconds of a shared bucket's rate per round trip (at least one
 # token, at most the burst): 100 calls at 2,000/s.
@@ -92,8 +89,8 @@ class LocalBuckets:
     are dropped as calls go: memory follows the keys active in the last second or so (an
     installation's bucket refills in a second), not every installation ever seen."""
 
-    def __init__(self, clock: Clock = time.monotonic) -> None:
-        self._clock = clock
+    def __init__(self, clock: Clock = SYSTEM_CLOCK) -> None:
+        self._clock = clock.monotonic
         # key -> (tokens, time of the last refill, time the bucket is full again)
         self._buckets: OrderedDict[str, tuple[float, float, float]] = OrderedDict()
 
@@ -159,10 +156,12 @@ class SharedBuckets:
     """Token buckets in PostgreSQL, shared by every process of the database; each process
     takes tokens a chunk at a time (one UPSERT) and spends them locally (see the module)."""
 
-    def __init__(self, engine: AsyncEngine, clock: Clock = time.time) -> None:
-        # The wall clock, not a monotonic one: several machines' processes share the buckets.
+    def __init__(self, engine: AsyncEngine, clock: Clock = SYSTEM_CLOCK) -> None:
         self._engine = engine
-        self._clock = clock
+        # Leases and remembered refusals are this process's: monotonic time. The buckets are
+        # refilled by the wall clock, which the processes of several machines share.
+        self._clock = clock.monotonic
+        self._wall = clock
         self._leases: dict[str, _Lease] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self.round_trips = 0
@@ -192,7 +191,7 @@ class SharedBuckets:
                         _TAKE,
                         {
                             "key": key,
-                            "now": now,
+                            "now": self._wall().timestamp(),
                             "rate": limit.rate,
                             "burst": limit.burst,
                             "want": want,
@@ -224,18 +223,18 @@ class RateLimits:
         settings: Settings,
         engine: AsyncEngine | None,
         *,
-        clock: Clock | None = None,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self.app_key = Limit.per_second(settings.api_rate_limit, "this API key")
         self.company = Limit.per_second(settings.api_company_rate_limit, "this company")
         self.install = Limit.per_second(settings.sdk_install_rate_limit, "this installation")
         self.address = Limit.per_second(settings.sdk_address_rate_limit, "this address")
-        self.local = LocalBuckets(clock or time.monotonic)
+        self.local = LocalBuckets(clock)
         self.shared: SharedBuckets | None = None
         if settings.resolved_rate_limit_store is RateLimitStore.POSTGRES:
             if engine is None:
                 raise ValueError("the shared rate limit store needs the database's engine")
-            self.shared = SharedBuckets(engine, clock or time.time)
+            self.shared = SharedBuckets(engine, clock)
 
     async def api_call(self, *, app_id: int, is_dev: bool, company_id: int) -> None:
         """A call of the server APIs with an app key (and the company's REST key)."""

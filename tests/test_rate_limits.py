@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -19,24 +20,16 @@ from clarion.config import Settings
 from clarion.ratelimit import RateLimits
 from clarion.runtime import Runtime
 from tests.conftest import ClientApp, make_settings, new_app
+from tests.support.clock import Clock
 from tests.support.simulator import SimulatorHandle
 
+NOW = datetime(2026, 12, 7, 9, 0, tzinfo=UTC)
 ALL_OFF = {
     "api_rate_limit": 0,
     "api_company_rate_limit": 0,
     "sdk_install_rate_limit": 0,
     "sdk_address_rate_limit": 0,
 }
-
-
-class Clock:
-    """Seconds, moved by the test."""
-
-    def __init__(self) -> None:
-        self.now = 1_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 class Instance:
@@ -82,7 +75,7 @@ def assert_refused(response: httpx.Response, what: str) -> None:
 
 
 async def test_burst_over_the_key_limit_is_refused_and_other_keys_go_on(start: Any) -> None:
-    clock = Clock()
+    clock = Clock(NOW)
     async with start(clock, api_rate_limit=5) as instance, instance.client() as client:
         one = await new_app(instance.runtime, None, "ios", configure=False)
         other = await new_app(instance.runtime, None, "ios", configure=False)
@@ -92,9 +85,9 @@ async def test_burst_over_the_key_limit_is_refused_and_other_keys_go_on(start: A
         # Another company's key has its own budget.
         assert [(await campaigns(client, other)).status_code for _ in range(5)] == [200] * 5
         # The bucket refills at the rate: a quarter of a second gives one call, a second five.
-        clock.now += 0.25
+        clock.advance(timedelta(seconds=0.25))
         assert [(await campaigns(client, one)).status_code for _ in range(2)] == [200, 429]
-        clock.now += 1.0
+        clock.advance(timedelta(seconds=1.0))
         assert [(await campaigns(client, one)).status_code for _ in range(6)] == [200] * 5 + [429]
         # An unknown key is refused as such, never counted.
         for _ in range(10):
@@ -102,7 +95,7 @@ async def test_burst_over_the_key_limit_is_refused_and_other_keys_go_on(start: A
 
 
 async def test_company_limit_spans_its_apps_and_the_dev_key_is_a_key(start: Any) -> None:
-    clock = Clock()
+    clock = Clock(NOW)
     async with start(clock, api_rate_limit=2, api_company_rate_limit=3) as instance:
         first = await new_app(instance.runtime, None, "ios", configure=False)
         async with instance.client() as client:
@@ -114,12 +107,12 @@ async def test_company_limit_spans_its_apps_and_the_dev_key_is_a_key(start: Any)
             assert dev.status_code == 403
             # The company has spent 3 of 3: the Dev key's second call is the company's 4th.
             assert_refused(await campaigns(client, first, key=first.dev_api_key), "this company")
-            clock.now += 1.0
+            clock.advance(timedelta(seconds=1.0))
             assert (await campaigns(client, first)).status_code == 200
 
 
 async def test_api_processes_of_one_database_share_the_budget(start: Any, backend: str) -> None:
-    clock = Clock()
+    clock = Clock(NOW)
     # 100/s: each process takes 5 tokens a round trip (50 ms of calls).
     async with (
         start(clock, api_rate_limit=100) as a,
@@ -140,7 +133,7 @@ async def test_api_processes_of_one_database_share_the_budget(start: Any, backen
             assert shared_a is not None
             assert shared_b is not None
             assert shared_a.round_trips + shared_b.round_trips <= 100 // 5 + 2
-            clock.now += 0.5
+            clock.advance(timedelta(seconds=0.5))
             after = [(await campaigns(client_b, app)).status_code for _ in range(60)]
             assert after.count(200) == 50
         else:
@@ -149,7 +142,7 @@ async def test_api_processes_of_one_database_share_the_budget(start: Any, backen
 
 
 async def test_sdk_limits_per_installation_and_per_address(start: Any) -> None:
-    clock = Clock()
+    clock = Clock(NOW)
     async with start(clock, sdk_install_rate_limit=3, sdk_address_rate_limit=5) as instance:
         app = await new_app(instance.runtime, None, "ios", configure=False)
 
@@ -167,12 +160,12 @@ async def test_sdk_limits_per_installation_and_per_address(start: Any) -> None:
             assert_refused(fetch, "this address")
             # Another address is not held back by this one.
             assert (await put(other, "i-3")).status_code == 200
-            clock.now += 1.0
+            clock.advance(timedelta(seconds=1.0))
             assert (await put(phone, "i-1")).status_code == 200
 
 
 async def test_limits_at_zero_are_off(start: Any) -> None:
-    clock = Clock()
+    clock = Clock(NOW)
     async with start(clock) as instance, instance.client() as client:
         app = await new_app(instance.runtime, None, "ios", configure=False)
         for _ in range(30):
@@ -183,7 +176,7 @@ async def test_limits_at_zero_are_off(start: Any) -> None:
 
 
 async def test_the_admin_api_is_not_limited(start: Any) -> None:
-    clock = Clock()
+    clock = Clock(NOW)
     async with start(clock, api_rate_limit=1, api_company_rate_limit=1) as instance:
         app = await new_app(instance.runtime, None, "ios", configure=False)
         async with instance.client() as client:
@@ -194,12 +187,12 @@ async def test_the_admin_api_is_not_limited(start: Any) -> None:
 
 def test_idle_buckets_are_dropped() -> None:
     """Memory follows the installations of the last second, not all those ever seen."""
-    clock = Clock()
+    clock = Clock(NOW)
     limits = RateLimits(Settings(sdk_install_rate_limit=20), engine=None, clock=clock)
     for i in range(1000):
         limits.sdk_call(api_key="K", install_id=str(i), address=None)
     assert len(limits.local) == 1000
-    clock.now += 1.0  # every bucket is full again
+    clock.advance(timedelta(seconds=1.0))  # every bucket is full again
     limits.sdk_call(api_key="K", install_id="new", address=None)
     assert len(limits.local) == 1
 
@@ -226,7 +219,7 @@ def test_bad_settings_stop_the_start(
 async def test_loopback_has_no_address_limit(start: Any) -> None:
     """A proxy on this machine that does not pass the client's address must not put every
     device in one bucket: only the installation's limit applies."""
-    clock = Clock()
+    clock = Clock(NOW)
     async with start(clock, sdk_install_rate_limit=2, sdk_address_rate_limit=2) as instance:
         app = await new_app(instance.runtime, None, "ios", configure=False)
         async with instance.client("127.0.0.1") as local:
