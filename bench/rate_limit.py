@@ -1,12 +1,13 @@
 """What the API rate limits cost per call on the embedded default (SQLite, one process), and that
 they refuse what they should.
 
-Three `clarion serve --no-workers` processes, each on its own SQLite database:
-- "on": the default limits (2,000/s per key, 5,000/s per company, 20/s per installation);
+Four `clarion serve --no-workers` processes, each on its own SQLite database:
+- "on" and "on_again": the default limits (2,000/s per key, 5,000/s per company, 20/s per
+  installation), twice: their difference is the noise floor of the comparison;
 - "off": every limit 0;
 - "tight": 5/s per key and per installation, for the refusal check.
-Timed: sequential keep-alive calls alternating between "on" and "off" in rounds (so that the
-machine's load drifts on both alike), on a server API route (`GET …/campaigns/list`, REST key +
+Timed: sequential keep-alive calls alternating between the servers in rounds (so that the
+machine's load drifts on all alike), on a server API route (`GET …/campaigns/list`, REST key +
 app key) and on the SDK's in-app fetch (its fast path, spread over 1,000 installations so that
 none nears its limit): p50 and p99 of each, and the difference of the p50s. Every timed call
 must be a 200 (no refusal under the limits), and the tight server must answer exactly its burst
@@ -113,16 +114,19 @@ def timed(client: httpx.Client, url: str, headers: dict[str, str], statuses: Cou
     return elapsed
 
 
-def compare(on: Server, off: Server, rounds: int, calls: int) -> dict[str, Any]:
+def compare(on: Server, off: Server, again: Server, rounds: int, calls: int) -> dict[str, Any]:
+    """`again` is a second server with the limits on: the difference between the two servers of
+    one configuration is the noise floor, which the on/off difference must be read against."""
+    labels = {"on": on, "off": off, "on_again": again}
     times: dict[str, dict[str, list[float]]] = {
-        route: {"on": [], "off": []} for route in ("server_api", "sdk_fetch")
+        route: {label: [] for label in labels} for route in ("server_api", "sdk_fetch")
     }
     statuses: Counter[int] = Counter()
     with httpx.Client() as client:
-        for server in (on, off):
+        for server in labels.values():
             register(client, server)
         for _ in range(rounds):
-            for server, label in ((on, "on"), (off, "off")):
+            for label, server in labels.items():
                 headers = {"X-Authorization": server.keys["rest"]}
                 times["server_api"][label] += [
                     timed(client, server.campaigns, headers, statuses) for _ in range(calls)
@@ -130,7 +134,7 @@ def compare(on: Server, off: Server, rounds: int, calls: int) -> dict[str, Any]:
                 times["sdk_fetch"][label] += [
                     timed(client, server.fetch(n % INSTALLS), {}, statuses) for n in range(calls)
                 ]
-    expected = 2 * 2 * rounds * calls
+    expected = 2 * len(labels) * rounds * calls
     if statuses != Counter({200: expected}):
         raise SystemExit(f"every timed call should be a 200: {dict(statuses)}")
     figures: dict[str, Any] = {"timed_calls": expected}
@@ -142,9 +146,12 @@ def compare(on: Server, off: Server, rounds: int, calls: int) -> dict[str, Any]:
         figures[route] = {
             "p50_ms_on": round(p50["on"], 3),
             "p50_ms_off": round(p50["off"], 3),
+            "p50_ms_on_again": round(p50["on_again"], 3),
             "p99_ms_on": round(p99["on"], 3),
             "p99_ms_off": round(p99["off"], 3),
             "p50_added_ms": round(p50["on"] - p50["off"], 3),
+            "p50_added_ms_again": round(p50["on_again"] - p50["off"], 3),
+            "p50_noise_ms": round(p50["on_again"] - p50["on"], 3),
         }
     return figures
 
@@ -260,12 +267,13 @@ def main() -> None:
             Server("on", Path(tmp) / "on", {}),
             Server("off", Path(tmp) / "off", OFF),
             Server("tight", Path(tmp) / "tight", TIGHT),
+            Server("on_again", Path(tmp) / "on_again", {}),
         ]
         for server in servers:
             asyncio.run(server.provision())
         with running(servers):
             figures: dict[str, Any] = {
-                "compare": compare(servers[0], servers[1], args.rounds, args.calls),
+                "compare": compare(servers[0], servers[1], servers[3], args.rounds, args.calls),
                 "refusals": refusals(servers[2]),
             }
     figures["in_process"] = in_process(200_000)
