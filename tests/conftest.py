@@ -7,6 +7,8 @@ from __future__ import annotations
 import os
 import secrets
 import sqlite3
+import time
+from collections import defaultdict
 from collections.abc import AsyncIterator, Iterator
 from contextlib import closing, contextmanager
 from dataclasses import dataclass
@@ -37,11 +39,36 @@ PG_ADMIN_URL = os.environ.get("CLARION_TEST_PG", "postgresql://postgres@127.0.0.
 TOPIC = "com.example.tests"
 
 
+# Seconds spent per module on its own database and Clarion, by step: printed at the end, the
+# price of the isolation (decision 0033).
+ISOLATION_SECONDS: dict[str, list[float]] = defaultdict(list)
+
+
+@contextmanager
+def timed(step: str) -> Iterator[None]:
+    started = time.perf_counter()
+    try:
+        yield
+    finally:
+        ISOLATION_SECONDS[step].append(time.perf_counter() - started)
+
+
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
-    """A shuffled run's seed at the end, beside its result (`-q` hides the header)."""
+    """A shuffled run's seed at the end, beside its result (`-q` hides the header), and what
+    the modules' own databases and Clarions cost."""
+    if ISOLATION_SECONDS:
+        terminalreporter.write_line(
+            "per-module databases and Clarions: "
+            + ", ".join(
+                f"{step} {len(times)} x {sum(times) / len(times):.2f} s = {sum(times):.0f} s"
+                for step, times in ISOLATION_SECONDS.items()
+            )
+        )
     if config.pluginmanager.hasplugin("randomly"):
         seed = config.getoption("randomly_seed")
-        terminalreporter.write_line(f"shuffled: the same order again with -p randomly --randomly-seed={seed}")
+        terminalreporter.write_line(
+            f"shuffled: the same order again with -p randomly --randomly-seed={seed}"
+        )
 
 
 @pytest.fixture(scope="session")
@@ -152,15 +179,21 @@ def cloned_database(backend: str, templates: Templates, folder: Path) -> Iterato
         path = folder / "clarion.db"
         # The backup API rather than a file copy: it copies a consistent database whatever
         # the journal (WAL) holds.
-        with closing(sqlite3.connect(source)) as origin, closing(sqlite3.connect(path)) as copy:
+        with (
+            timed(f"{backend} copy"),
+            closing(sqlite3.connect(source)) as origin,
+            closing(sqlite3.connect(path)) as copy,
+        ):
             origin.backup(copy)
         yield f"sqlite:///{path}"
         return
-    name = _create_pg_database(template=source)
+    with timed(f"{backend} copy"):
+        name = _create_pg_database(template=source)
     try:
         yield _pg_url(name)
     finally:
-        _drop_pg_database(name)
+        with timed(f"{backend} drop"):
+            _drop_pg_database(name)
 
 
 @pytest.fixture(scope="module")
@@ -221,8 +254,13 @@ def settings(
 async def clarion_app(settings: Settings) -> AsyncIterator[FastAPI]:
     """The module's Clarion, workers included, started on the module's database."""
     app = create_app(settings, workers=True)
+    backend = "sqlite" if settings.is_sqlite else "postgres"
+    started = time.perf_counter()
     async with app.router.lifespan_context(app):
+        ISOLATION_SECONDS[f"{backend} start"].append(time.perf_counter() - started)
         yield app
+        started = time.perf_counter()
+    ISOLATION_SECONDS[f"{backend} stop"].append(time.perf_counter() - started)
 
 
 @pytest.fixture(scope="module")
