@@ -22,6 +22,33 @@ from clarion.events.models import PushEvent
 from clarion.runtime import Runtime
 from clarion.sdk.models import Installation
 from tests.conftest import ClientApp, new_app
+from tests.support.simulator import APNS_ENDPOINTS, SimulatorHandle, apns_endpoint
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    # The iOS tests run against both APNs endpoints (tests/support/simulator.py).
+    if "ios_app" in metafunc.fixturenames:
+        metafunc.parametrize("apns_kind", APNS_ENDPOINTS)
+
+
+@pytest.fixture
+def apns_kind() -> str:
+    return "granian"
+
+
+@pytest.fixture(autouse=True)
+def _apns_endpoint(
+    apns_kind: str,
+    runtime: Runtime,
+    sim: SimulatorHandle,
+    sim_control: httpx.Client,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Providers are built per app on first use, from these settings: each test's new app
+    # talks to the endpoint of its parameter.
+    url = apns_endpoint(sim, sim_control, apns_kind)
+    monkeypatch.setattr(runtime.settings, "apns_production_url", url)
+    monkeypatch.setattr(runtime.settings, "apns_sandbox_url", url)
 
 
 async def register(

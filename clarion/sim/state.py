@@ -226,6 +226,28 @@ class ServiceState:
         return {"requests": requests, "accepted": self.accepted, "rejected": self.rejected}
 
 
+@dataclass(slots=True)
+class ConnectionRules:
+    """How the h2 listener's connections behave (clarion/sim/h2conn.py); reset() restores them.
+
+    By default like APNs: a new connection allows 1 stream until it has answered a request,
+    then `streams`. `drop_rate`: the share of requests after which the connection is closed
+    instead of answered (the request was acted on).
+    """
+
+    url: str = ""  # where the listener is, set when it starts
+    initial_streams: int = 1
+    streams: int = 1000
+    drop_rate: float = 0.0
+    connections: int = 0  # accepted since the last reset
+    dropped: int = 0  # connections closed instead of answering
+    refused_streams: int = 0  # streams over a connection's limit, refused (REFUSED_STREAM)
+
+    def reset(self) -> None:
+        self.initial_streams, self.streams, self.drop_rate = 1, 1000, 0.0
+        self.connections = self.dropped = self.refused_streams = 0
+
+
 @dataclass(frozen=True, slots=True)
 class AccessToken:
     project_id: str
@@ -243,6 +265,7 @@ class SimState:
         # exactly as it must when Google answers 401.
         self.access_tokens: dict[str, AccessToken] = {}
         self.sequence = 0  # message ids for FCM names and Web Push locations
+        self.connections = ConnectionRules()
 
     def next_id(self) -> int:
         self.sequence += 1
@@ -251,3 +274,4 @@ class SimState:
     def reset(self) -> None:
         for service in self.services.values():
             service.reset()
+        self.connections.reset()
