@@ -389,7 +389,7 @@ class TestGroups:
         assert await influenced(early) == expected
         async with transaction(runtime.sessions) as session:
             await attribute_open_days(session, now=early)
-        assert await stored_group_days(runtime) == {
+        assert await stored_group_days(runtime, ios_app) == {
             ("welcome", "2026-03-10"): (1, False),
             ("welcome", "2026-03-11"): (1, False),
             ("other", "2026-03-10"): (1, False),
@@ -400,7 +400,7 @@ class TestGroups:
         async with transaction(runtime.sessions) as session:
             while await attribute_finished_days(session, now=later, limit=1000):
                 pass
-        assert (await stored_group_days(runtime))[("welcome", "2026-03-10")] == (1, True)
+        assert (await stored_group_days(runtime, ios_app))[("welcome", "2026-03-10")] == (1, True)
         # A final day is read, not matched again: an app open reported late is not counted.
         await app_opens(runtime, ios_app, [("i-2", DAY + timedelta(minutes=30))])
         assert await influenced(later) == expected
@@ -438,7 +438,7 @@ class TestGroups:
         async with transaction(runtime.sessions) as session:
             while await attribute_finished_days(session, now=now, limit=1000):
                 pass
-        stored = await stored_group_days(runtime)
+        stored = await stored_group_days(runtime, ios_app)
         assert stored[("a", "2026-03-10")] == (0, True)  # before the period: not counted in it
         assert stored[("a", "2026-03-11")] == (1, True)
         assert await read() == expected
@@ -469,9 +469,12 @@ def group_event(
     )
 
 
-async def stored_group_days(runtime: Runtime) -> dict[tuple[str, str], tuple[int, bool]]:
+async def stored_group_days(
+    runtime: Runtime, app: ClientApp
+) -> dict[tuple[str, str], tuple[int, bool]]:
+    """The app's: other tests of the module store days of the same group_ids."""
     async with transaction(runtime.sessions) as session:
-        rows = await session.scalars(select(GroupOpenDay))
+        rows = await session.scalars(select(GroupOpenDay).where(GroupOpenDay.app_id == app.app_id))
         return {(row.group_id, row.day): (row.influenced_open, row.final) for row in rows}
 
 
@@ -552,7 +555,9 @@ class TestUpkeep:
         assert await refresh(limit=2) == 2
 
         async def stored() -> int:
-            groups = [key for key in await stored_group_days(runtime) if key[0] in ("g-1", "g-2")]
+            groups = [
+                key for key in await stored_group_days(runtime, ios_app) if key[0] in ("g-1", "g-2")
+            ]
             return len(groups) + len(await stored_days(runtime, token))
 
         assert await stored() == 2
