@@ -23,6 +23,7 @@ from clarion.runtime import Runtime
 from clarion.sdk.models import Installation
 from tests.conftest import ClientApp, new_app
 from tests.support.simulator import APNS_ENDPOINTS, SimulatorHandle, apns_endpoint
+from tests.support.waiting import eventually
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -551,10 +552,15 @@ class TestProviderDown:
         await register(api, ios_app, "ios-outage", push_token=token, custom_id="oz")
         sim_control.put("/_sim/apns/faults", json={"rates": {"503": 1.0}})
         try:
+            refused = sim_control.get("/_sim/stats").json()["apns"]["rejected"]
             started = time.monotonic()
             send_token = await transactional(api, ios_app, recipients={"custom_ids": ["oz"]})
             assert time.monotonic() - started < 1.0  # the API did not wait for the provider
-            await asyncio.sleep(0.3)  # the first attempt fails during the outage
+
+            async def refused_once() -> bool:  # the first attempt fails during the outage
+                return bool(sim_control.get("/_sim/stats").json()["apns"]["rejected"] > refused)
+
+            await eventually(refused_once, what="an attempt refused during the outage")
         finally:
             sim_control.put("/_sim/apns/faults", json={"rates": {}})
         state = await wait_for_send(api, ios_app, send_token)

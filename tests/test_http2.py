@@ -21,6 +21,7 @@ import pytest
 import trustme
 
 from clarion.http2 import Http2Client, HttpRequest, HttpResponse, TransportError
+from tests.support.waiting import eventually
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -168,6 +169,15 @@ async def _stats(client: Http2Client, server: EchoServer) -> dict[str, Any]:
     response = await client.request(HttpRequest("GET", f"{server.base_url}/_stats", ()))
     stats: dict[str, Any] = json.loads(response.body)
     return stats
+
+
+async def _in_flight(client: Http2Client, server: EchoServer, at_least: int = 1) -> None:
+    """Until the server holds `at_least` slow requests: they are on the wire."""
+
+    async def holding() -> bool:
+        return bool((await _stats(client, server))["in_flight"] >= at_least)
+
+    await eventually(holding, what="slow requests in flight at the server")
 
 
 async def test_request_goes_over_http2_with_its_headers_and_body(
@@ -330,7 +340,7 @@ async def test_survives_a_server_restart(
         assert _echoed(await client.request(HttpRequest("GET", f"{own_echo.base_url}/", ())))
         slow = [HttpRequest("GET", f"{own_echo.base_url}/slow/300", ())] * 50
         in_flight = asyncio.ensure_future(client.request_many(slow))
-        await asyncio.sleep(0.1)
+        await _in_flight(client, own_echo)
 
         await asyncio.to_thread(own_echo.stop, sig)
         await asyncio.to_thread(own_echo.start)
@@ -463,9 +473,17 @@ async def test_cancelled_caller_frees_its_streams(
     try:
         url = ten_stream_echo.base_url
         await client.request(HttpRequest("GET", f"{url}/warm-up", ()))
-        hog = client.request_many([HttpRequest("GET", f"{url}/slow/5000", ())] * 10)
-        with pytest.raises(TimeoutError):
-            await asyncio.wait_for(hog, 0.3)  # all 10 streams the server allows, for 5 s
+        hog = asyncio.ensure_future(
+            client.request_many([HttpRequest("GET", f"{url}/slow/5000", ())] * 10)
+        )
+        probe = Http2Client(ca_file=str(tls.ca))  # the client's own connection is full
+        try:
+            await _in_flight(probe, ten_stream_echo, 10)  # all 10 streams the server allows, 5 s
+        finally:
+            await probe.aclose()
+        hog.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await hog
 
         started = time.monotonic()
         assert _echoed(await client.request(HttpRequest("GET", f"{url}/next", ())))
@@ -480,7 +498,7 @@ async def test_aclose_fails_pending_requests_and_is_idempotent(
     client = Http2Client(ca_file=str(tls.ca))
     slow = [HttpRequest("GET", f"{echo.base_url}/slow/5000", ())] * 20
     pending = asyncio.ensure_future(client.request_many(slow))
-    await asyncio.sleep(0.2)
+    await _in_flight(client, echo)
 
     await client.aclose()
     await client.aclose()

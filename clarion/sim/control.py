@@ -101,7 +101,7 @@ def _set_connection_rules(rules: ConnectionRules, document: dict[str, Any]) -> R
 def _messages(service: ServiceState, token: str) -> Reply:
     log = service.logs.get(token)
     if log is None:
-        return json_reply(200, {"count": 0, "messages": []})
+        return json_reply(200, {"count": 0, "messages": [], "refused": []})
     messages = [
         {
             "headers": dict(m.headers.items()),
@@ -110,7 +110,15 @@ def _messages(service: ServiceState, token: str) -> Reply:
         }
         for m in log.messages
     ]
-    return json_reply(200, {"count": log.count, "messages": messages})
+    refused = [
+        {
+            "headers": dict(m.headers.items()),
+            **({"payload": decode_payload(m.body)} if m.body else {}),
+            "received_at": m.received_at,
+        }
+        for m in log.refused
+    ]
+    return json_reply(200, {"count": log.count, "messages": messages, "refused": refused})
 
 
 def _issue(sim: SimState, kind: str, document: dict[str, Any], origin: str) -> Reply:
@@ -155,6 +163,8 @@ def _route(
             return _faults(sim.services[service], _json_object(body))
         case "GET", [service, "tokens", token] if service in SERVICES:
             return _messages(sim.services[service], token)
+        case "GET", [service, "deliveries"] if service in SERVICES:
+            return json_reply(200, sim.services[service].deliveries())
         case "GET", ["connections"]:
             return _connection_rules(sim.connections)
         case "PUT", ["connections"]:
