@@ -13,12 +13,8 @@ that refuses it at once (NestedSessionError), always on SQLite and on PostgreSQL
 
 from __future__ import annotations
 
-<<<<<<< HEAD
 import asyncio
-from collections.abc import AsyncIterator, Sequence
-=======
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
->>>>>>> main
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any, cast
