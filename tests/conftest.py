@@ -4,6 +4,7 @@ once per session, and wired to the real simulators over TLS."""
 
 from __future__ import annotations
 
+import itertools
 import os
 import secrets
 import sqlite3
@@ -51,6 +52,28 @@ def timed(step: str) -> Iterator[None]:
         yield
     finally:
         ISOLATION_SECONDS[step].append(time.perf_counter() - started)
+
+
+_COLLECTED = pytest.StashKey[int]()
+_collected = itertools.count()
+
+
+def pytest_itemcollected(item: pytest.Item) -> None:
+    item.stash[_COLLECTED] = next(_collected)  # called in file order, before any shuffle
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests marked `in_order` (each continues the one before: tests/test_readme.py pastes the
+    README's blocks into one terminal) keep their file order in a shuffled run, in the places
+    the shuffle gave them."""
+    by_module: dict[str, list[int]] = defaultdict(list)
+    for position, item in enumerate(items):
+        if item.get_closest_marker("in_order") is not None:
+            by_module[item.nodeid.split("::")[0]].append(position)
+    for positions in by_module.values():
+        ordered = sorted((items[p] for p in positions), key=lambda item: item.stash[_COLLECTED])
+        for position, item in zip(positions, ordered, strict=True):
+            items[position] = item
 
 
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
