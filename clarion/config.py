@@ -31,6 +31,10 @@ class Settings(BaseSettings):
     # and closes them on return: a fan-out then started ~180 PostgreSQL backends instead of ~30,
     # each a fork and a cold catalog cache on the database's core.
     database_pool_size: int = Field(default=32, ge=1)
+    # A task that holds a session and opens another gets an error (clarion.db) instead of a
+    # second connection. Always so on SQLite, where the second waits for the first; on
+    # PostgreSQL only when set (the tests set it): decision 0033.
+    check_nested_sessions: bool = False
     # Empty: "memory" on SQLite, "postgres" on PostgreSQL.
     queue: QueueBackend | None = None
     # Fernet key for provider credentials at rest; generated into var/secret.key when unset.

@@ -69,7 +69,9 @@ class Runtime:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.engine: AsyncEngine = create_engine(
-            settings.resolved_database_url, pool_size=settings.database_pool_size
+            settings.resolved_database_url,
+            pool_size=settings.database_pool_size,
+            check_nested=settings.check_nested_sessions,
         )
         self.sessions: async_sessionmaker[AsyncSession] = create_sessionmaker(self.engine)
         self.box = SecretBox.from_settings(settings.secret_key, settings.var_dir)
