@@ -93,7 +93,7 @@ class DatabaseGauges(Collector):
                     .where(CampaignRun.state.in_(ACTIVE_RUN_STATES))
                     .group_by(CampaignRun.state)
                 )
-                runs.update(dict(found.tuples()))
+                runs.update(dict(found.all()))
             self._batches = batches
             self._oldest_age = max(0.0, (now - oldest).total_seconds()) if oldest else 0.0
             self._runs = runs
