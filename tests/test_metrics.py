@@ -4,6 +4,7 @@ PROMETHEUS_MULTIPROC_DIR, one answering for both."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -182,3 +183,17 @@ async def test_two_processes_are_added_up(two_servers: tuple[int, int, int]) -> 
     assert value(samples, "clarion_http_requests_total", **labels) == 5
     # Both processes' pools, summed over the live ones.
     assert value(samples, "clarion_db_pool_size") == 2 * Settings().database_pool_size
+
+
+def test_the_dashboard_shows_every_metric() -> None:
+    dashboard = json.loads(Path("deploy/grafana/clarion.json").read_text())
+    queries = " ".join(t["expr"] for p in dashboard["panels"] for t in p["targets"])
+    families = {
+        "clarion_http_requests_total", "clarion_http_request_duration_seconds",
+        "clarion_sends_accepted_total", "clarion_notifications_total",
+        "clarion_notification_errors_total", "clarion_provider_request_duration_seconds",
+        "clarion_queue_batches", "clarion_queue_oldest_pending_age_seconds",
+        "clarion_campaign_runs", "clarion_file_runs_total", "clarion_file_run_duration_seconds",
+        "clarion_db_pool_connections", "clarion_db_pool_size",
+    }  # fmt: skip
+    assert {name for name in families if name not in queries} == set()
