@@ -25,6 +25,8 @@ from clarion.inapp.api import FetchFastPath
 from clarion.inapp.api import router as inapp_router
 from clarion.inapp.api import sdk_router as inapp_sdk_router
 from clarion.inapp.api import themes_router as inapp_themes_router
+from clarion.metrics import RequestMetrics
+from clarion.monitoring import start_metrics
 from clarion.openapi import install_openapi
 from clarion.runtime import Runtime
 from clarion.sdk.api import EventsFastPath, SdkCors
@@ -40,9 +42,11 @@ def create_app(settings: Settings, *, workers: bool) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await runtime.start(workers=workers)
+        metrics = await start_metrics(settings, runtime.engine, runtime.sessions)
         try:
             yield
         finally:
+            await metrics.stop()
             await runtime.stop()
 
     app = FastAPI(
@@ -94,5 +98,6 @@ def create_app(settings: Settings, *, workers: bool) -> FastAPI:
     # Around the fast path, so that its answers to web pages carry the CORS headers too, and
     # a page of an origin the app does not allow is refused before anything runs.
     app.add_middleware(SdkCors, key_cache=runtime.key_cache, sessions=runtime.sessions)
+    app.add_middleware(RequestMetrics)  # outermost: every call, whoever answers it
 
     return app

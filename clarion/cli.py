@@ -65,6 +65,7 @@ def serve(
 @cli.command()
 def worker() -> None:
     """Run delivery workers, the campaign scheduler and GDPR processing (scaled out)."""
+    from clarion.monitoring import start_metrics
     from clarion.runtime import Runtime, tune_garbage_collector
 
     settings = load_settings()
@@ -73,12 +74,14 @@ def worker() -> None:
     async def main() -> None:
         runtime = Runtime(settings)
         await runtime.start(workers=True, http=False)
+        metrics = await start_metrics(settings, runtime.engine, runtime.sessions)
         loop = asyncio.get_running_loop()
         stop = asyncio.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         typer.echo(f"worker running on {settings.resolved_queue.value} queue; Ctrl-C stops")
         await stop.wait()
+        await metrics.stop()
         await runtime.stop()
 
     asyncio.run(main())

@@ -127,6 +127,14 @@ class Settings(BaseSettings):
     # working here for at most this long. 0 looks every key up on every call.
     auth_cache_seconds: float = Field(default=5.0, ge=0)
 
+    # Prometheus metrics (docs/metrics.md): `/metrics` on this port, apart from the API so
+    # that it is never public by accident; 0 serves none. On the address below (loopback by
+    # default: set 0.0.0.0 for a Prometheus on another machine). With several processes on one
+    # machine, set PROMETHEUS_MULTIPROC_DIR (wiped before they start) and give one of them the
+    # port: it serves the sum of all.
+    metrics_port: int = Field(default=0, ge=0, le=65535)
+    metrics_host: str = "127.0.0.1"
+
     @field_validator("outbound_allow", mode="before")
     @classmethod
     def _allow_list(cls, value: Any) -> Any:

@@ -39,6 +39,7 @@ from clarion.config import Settings
 from clarion.db import in_values, is_postgres, transaction, uses_arrays, utcnow
 from clarion.delivery.models import BATCHES, SENDS, SendKind
 from clarion.inapp.eligibility import version_for, zone_named
+from clarion.metrics import count_sends
 from clarion.queue import BatchJob, JobQueue
 from clarion.sdk.models import Installation
 from clarion.targeting import service as targeting
@@ -262,6 +263,7 @@ class AutomationDispatcher:
                 }
             )
         send_ids = list((await session.execute(_INSERT_SENDS, sends)).scalars())
+        count_sends(session, SendKind.AUTOMATION.value, len(send_ids))
         size = self._settings.batch_size
         chunks: list[dict[str, Any]] = []
         receipts: dict[_CapGroup, list[int]] = defaultdict(list)
