@@ -44,7 +44,7 @@ def pg_settings(sim: SimulatorHandle, tmp_path: Path) -> Iterator[Settings]:
             tmp_path,
             sim,
             batch_size=BATCH,
-            batch_lease_seconds=3.0,
+            delivery_lease_seconds=3.0,
             job_heartbeat_seconds=3.0,
             sweep_interval_seconds=1.0,
             worker_concurrency=1,
