@@ -232,6 +232,9 @@ class Deliverer:
         self._clock = clock
         self.worker_id = str(uuid.uuid4())
         self._lease = timedelta(seconds=settings.delivery_lease_seconds)
+        # The batches leased to this worker (from the claim's commit on, renewed), and those
+        # of them being sent.
+        self._leased: set[int] = set()
         self._held: dict[int, _Held] = {}
         self._wire = _WireSlots(settings.delivery_in_flight)
         # Small enough that a chunk's outcomes come back soon, large enough that a provider
@@ -258,6 +261,7 @@ class Deliverer:
         if task is not None:
             self._deliveries.add(task)
         self._idle.clear()
+        claimed: list[int] = []
         try:
             claimed = await self._claim(batch_ids)
             if not claimed:
@@ -273,6 +277,7 @@ class Deliverer:
                 raise
             await self._queue.enqueue(retries)
         finally:
+            self._leased.difference_update(claimed)  # (each is let go on its way already)
             if task is not None:
                 self._deliveries.discard(task)
             if not self._deliveries:
@@ -305,7 +310,9 @@ class Deliverer:
                 )
                 .returning(BATCHES.c.id)
             )
-            return sorted(claimed)
+            ids = sorted(claimed)
+            self._leased.update(ids)  # renewed from the commit on
+            return ids
 
     async def _close_cancelled(self, session: AsyncSession, batch_ids: list[int]) -> None:
         """In the caller's session: on SQLite a second session would wait for the one connection
@@ -326,6 +333,7 @@ class Deliverer:
             )
         )
         await session.commit()
+        self._leased.difference_update(batch_ids)
 
     async def _release(self, batch_ids: list[int], error: Exception) -> None:
         """Hand failed batches back for a later attempt; at the last attempt, give them up
@@ -335,6 +343,7 @@ class Deliverer:
         sent = [i for i in batch_ids if (held := self._held.get(i)) is not None and held.on_wire]
         for batch_id in batch_ids:
             self._held.pop(batch_id, None)
+            self._leased.discard(batch_id)
         give_up = BATCHES.c.attempt + 1 >= self._settings.retry_max_attempts
         async with transaction(self._sessions) as session:
             await session.execute(
@@ -471,7 +480,10 @@ class Deliverer:
             done=done,
             frozen=frozen,
         )
-        self._held[batch.id] = held
+        if batch.id in self._leased:
+            self._held[batch.id] = held
+        else:
+            held.lost = True  # taken over meanwhile (a renewal found it gone): not sent here
         return held
 
     async def _send(
@@ -723,6 +735,7 @@ class Deliverer:
             if ended is None:
                 continue
             self._held.pop(held.id, None)
+            self._leased.discard(held.id)
             jobs = [
                 BatchJob(batch.id, delay=batch.not_before - now, recipients=None)
                 for batch in retry_batches
@@ -747,6 +760,7 @@ class Deliverer:
         held.lost = True
         held.pending = []
         self._held.pop(held.id, None)
+        self._leased.discard(held.id)
         if held.ended is not None and not held.ended.done():
             held.ended.set_result([])
 
@@ -878,25 +892,23 @@ class Deliverer:
     async def renew_leases(self) -> None:
         """One UPDATE extending the leases of every batch this worker holds (the runtime calls
         it every delivery_lease_renew_seconds); a batch no longer held is given up here."""
-        held = [h for h in self._held.values() if not h.lost and h.end is None]
-        if not held:
+        ids = [i for i in self._leased if (h := self._held.get(i)) is None or h.end is None]
+        if not ids:
             return
         now = self._clock()
         async with transaction(self._sessions) as session:
             kept = set(
                 await session.scalars(
-                    _HOLD,
-                    {
-                        "ids": [h.id for h in held],
-                        "owner": self.worker_id,
-                        "lease": now + self._lease,
-                    },
+                    _HOLD, {"ids": ids, "owner": self.worker_id, "lease": now + self._lease}
                 )
             )
-        for item in held:
-            # (A batch that reached its end meanwhile is no longer held by anyone: not lost.)
-            if item.id not in kept and item.end is None and not item.lost:
-                self._lose(item, unrecorded=len(item.pending))
+        for batch_id in set(ids) - kept:
+            held = self._held.get(batch_id)
+            if held is None:
+                self._leased.discard(batch_id)  # claimed, not yet sent: _hold will see it
+            elif held.end is None and not held.lost:
+                # (A batch that reached its end meanwhile is no longer held by anyone.)
+                self._lose(held, unrecorded=len(held.pending))
 
     async def stop(self) -> None:
         """Stop delivering (SIGTERM, Ctrl-C, a deploy): claim nothing more, let the requests on
@@ -926,6 +938,7 @@ class Deliverer:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self._held.clear()
+        self._leased.clear()
 
     async def sweep_leases(self) -> int:
         """Enqueue the batches whose lease expired (a worker died holding them), each with a

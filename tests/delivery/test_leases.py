@@ -55,7 +55,9 @@ async def pool(runtime: Runtime, sim: SimulatorHandle) -> AsyncIterator[Provider
 
 
 @pytest.fixture
-def workers(runtime: Runtime, pool: ProviderPool, held_queue: JobQueue) -> Callable[..., Deliverer]:
+async def workers(
+    runtime: Runtime, pool: ProviderPool, held_queue: JobQueue
+) -> AsyncIterator[Callable[..., Deliverer]]:
     """Deliverers standing for worker processes (settings overridden per worker)."""
     made: list[Deliverer] = []
 
@@ -65,7 +67,9 @@ def workers(runtime: Runtime, pool: ProviderPool, held_queue: JobQueue) -> Calla
         made.append(deliverer)
         return deliverer
 
-    return make
+    yield make
+    for deliverer in made:
+        await deliverer.abort()
 
 
 async def write_batch(runtime: Runtime, sim_control: httpx.Client, clock: Clock, n: int) -> int:
@@ -165,10 +169,10 @@ async def test_renewal_keeps_a_slow_providers_batch_from_a_second_worker(
 
     delivering = asyncio.create_task(first.deliver_batches([batch_id]))
 
-    async def on_the_wire() -> bool:
-        return int(sim_control.get("/_sim/stats").json()["apns"]["requests"]) >= 10
+    async def claimed() -> bool:
+        return (await batch_of(runtime, batch_id)).lease_owner == first.worker_id
 
-    await until(on_the_wire)
+    await until(claimed)  # and its requests wait 5 s for their answers
     clock.advance(2 * runtime.settings.delivery_lease_seconds)  # the provider is slow
     await first.renew_leases()
     assert (await batch_of(runtime, batch_id)).status == BatchStatus.SENDING.value
@@ -238,10 +242,10 @@ async def test_a_worker_that_lost_its_batch_records_nothing_for_it(
 
     delivering = asyncio.create_task(stalled.deliver_batches([batch_id]))
 
-    async def on_the_wire() -> bool:
-        return int(sim_control.get("/_sim/stats").json()["apns"]["requests"]) >= 8
+    async def claimed() -> bool:
+        return (await batch_of(runtime, batch_id)).lease_owner == stalled.worker_id
 
-    await until(on_the_wire)
+    await until(claimed)  # and its requests wait 5 s for their answers
     # The first worker stalls past its lease (no renewal); the second takes the batch over.
     clock.advance(runtime.settings.delivery_lease_seconds + 1)
     await other.deliver_batches([batch_id])
