@@ -179,8 +179,9 @@ class JobQueue:
     def register_worker(self, handler: BatchHandler, *, concurrency: int) -> None:
         # pgqueuer picks up to twice its batch size of jobs (it wants max_concurrent_tasks of at
         # least 2 x batch_size, run_worker); these slots keep `concurrency` of them delivering
-        # and the others waiting with their batches unclaimed, so that a worker killed mid-send
-        # leaves at most `concurrency` batches sent twice.
+        # and the others waiting with their batches unclaimed (a worker killed mid-send leaves
+        # them to pgqueuer's heartbeat timeout; what it sends twice is bounded by the
+        # Deliverer, decision 0032).
         slots = asyncio.Semaphore(concurrency)
 
         async def send_batch(job: Job) -> None:

@@ -1,6 +1,8 @@
 """What runs in the background for delivery: the Deliverer takes a job's batches (a queue worker),
-claims them, resolves their recipients, sends, and records the outcomes in bulk; and it sweeps the
-outbox for batches no job names (clarion.runtime starts both).
+claims them with a lease it renews, resolves their recipients, sends them a chunk at a time and
+records the outcomes in bulk as they come (a batch's progress with them); it sweeps the outbox
+for batches no job names and for batches of dead workers, and when stopped hands back what it
+holds (clarion.runtime starts and stops it). See docs/decisions/0032-leases-and-progress.md.
 
 The only place that decides what an Outcome means: push_sent, token_deleted (and the token is
 removed), push_error (reason verbatim), or a retry batch after an exponential backoff that
