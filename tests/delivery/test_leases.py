@@ -151,6 +151,19 @@ async def sent_events(runtime: Runtime, batch_id: int) -> list[PushEvent]:
         )
 
 
+async def partly_sent(
+    runtime: Runtime, worker: Deliverer, batch_id: int, recorded: int
+) -> asyncio.Task[None]:
+    """The worker delivering the batch, once it has recorded outcomes of `recorded` recipients."""
+    delivering = asyncio.create_task(worker.deliver_batches([batch_id]))
+
+    async def some_recorded() -> bool:
+        return (await batch_of(runtime, batch_id)).sent >= recorded
+
+    await until(some_recorded)
+    return delivering
+
+
 def slow_provider(sim_control: httpx.Client, delay_ms: int) -> None:
     response = sim_control.put("/_sim/apns/faults", json={"rates": {}, "delay_ms": delay_ms})
     response.raise_for_status()
@@ -198,12 +211,7 @@ async def test_a_dead_workers_batch_is_taken_over_and_only_unrecorded_recipients
     dying = workers(clock, delivery_in_flight=in_flight, progress_flush_results=1)
     taking_over = workers(clock)
 
-    delivering = asyncio.create_task(dying.deliver_batches([batch_id]))
-
-    async def some_recorded() -> bool:
-        return (await batch_of(runtime, batch_id)).sent >= in_flight
-
-    await until(some_recorded)
+    delivering = await partly_sent(runtime, dying, batch_id, in_flight)
     await dying.abort()  # kill -9: no renewal, no recording, nothing handed back
     assert delivering.cancelled()
     recorded = (await batch_of(runtime, batch_id)).sent
@@ -271,12 +279,7 @@ async def test_a_stopped_worker_hands_back_its_batch_and_nothing_is_sent_twice(
     stopping = workers(clock, delivery_in_flight=in_flight, progress_flush_results=1)
     next_one = workers(clock)
 
-    delivering = asyncio.create_task(stopping.deliver_batches([batch_id]))
-
-    async def some_recorded() -> bool:
-        return (await batch_of(runtime, batch_id)).sent >= in_flight
-
-    await until(some_recorded)
+    delivering = await partly_sent(runtime, stopping, batch_id, in_flight)
     await stopping.stop()  # SIGTERM
     await delivering
     handed_back = await batch_of(runtime, batch_id)
