@@ -171,8 +171,9 @@ def _mark(bits: bytearray, index: int | None) -> None:
 class _WireSlots:
     """The requests a worker may have on the wire at once (delivery_in_flight), taken by chunks
     of devices, the batch claimed first served first: its batches are sent one after the other
-    rather than all at once, so a recording touches a few batches (not the 32 a worker holds:
-    measured +20% of CPU a push on PostgreSQL) and a stop or a kill leaves few half-sent.
+    rather than all at once, so a recording touches a few batches (all 32 a worker holds cost
+    73-79 us of CPU a push on PostgreSQL, 61-70 this way, 60-65 before progress was recorded)
+    and a stop or a kill leaves few half-sent.
     Closed when the worker stops: what waits is not sent."""
 
     def __init__(self, size: int) -> None:
