@@ -151,6 +151,11 @@ class _Held:
     lost: bool = False
     on_wire: bool = False  # some request of it was sent
     order: int = 0  # held by this worker before those of higher order: sent first
+    # Set once its progress is written (before its first request goes out): a worker that
+    # takes it over then knows some of it may have been sent.
+    started: asyncio.Future[None] | None = None
+    # The room its pending outcomes hold on the wire, given back once they are recorded.
+    slots: list[tuple[_WireSlots, int]] = field(default_factory=list)
 
     def position(self, recipient: Recipient) -> int | None:
         key: int | str | None = (
@@ -169,15 +174,18 @@ def _mark(bits: bytearray, index: int | None) -> None:
 
 
 class _WireSlots:
-    """The requests a worker may have on the wire at once (delivery_in_flight), taken by chunks
-    of devices, the batch claimed first served first: its batches are sent one after the other
+    """The requests a worker may have sent and not yet recorded (delivery_in_flight): a chunk
+    of devices takes room before it goes on the wire and gives it back once its outcomes are
+    committed, so a kill sends again at most this many per provider, whatever the load. The
+    batch claimed first is served first: its batches are sent one after the other
     rather than all at once, so a recording touches a few batches (all 32 a worker holds cost
     73-79 us of CPU a push on PostgreSQL, 61-70 this way, 60-65 before progress was recorded)
     and a stop or a kill leaves few half-sent.
     Closed when the worker stops: what waits is not sent."""
 
-    def __init__(self, size: int) -> None:
+    def __init__(self, size: int, starved: Callable[[], None]) -> None:
         self.size = size
+        self._starved = starved  # called when a chunk waits: what is sent should be recorded
         self._free = size
         self._waiting: list[tuple[tuple[int, int], int, asyncio.Future[bool]]] = []
         self._asked = 0  # ties broken in the order chunks asked
@@ -191,6 +199,7 @@ class _WireSlots:
             self._free -= n
             return True
         waiter: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._starved()
         self._asked += 1
         heapq.heappush(self._waiting, ((order, self._asked), n, waiter))
         try:
@@ -313,10 +322,15 @@ class Deliverer:
                     status=BatchStatus.SENDING.value,
                     lease_until=now + self._lease,
                     lease_owner=self.worker_id,
-                    # Taken over from a worker that died holding it: what that worker sent
-                    # without recording it is unknown (the SET reads the row as it was).
+                    # Taken over from a worker that died holding it after it began sending it
+                    # (its progress is written before its first request goes out): what that
+                    # worker sent without recording it is unknown. (SET reads the old row.)
                     outcome_unknown=case(
-                        (BATCHES.c.status == BatchStatus.SENDING.value, true()),
+                        (
+                            (BATCHES.c.status == BatchStatus.SENDING.value)
+                            & BATCHES.c.progress.is_not(None),
+                            true(),
+                        ),
                         else_=BATCHES.c.outcome_unknown,
                     ),
                 )
@@ -354,7 +368,9 @@ class Deliverer:
         now = self._clock()
         sent = [i for i in batch_ids if (held := self._held.get(i)) is not None and held.on_wire]
         for batch_id in batch_ids:
-            self._held.pop(batch_id, None)
+            held = self._held.pop(batch_id, None)
+            for wire, n in held.slots if held is not None else ():
+                wire.give(n)
             self._leased.discard(batch_id)
         give_up = BATCHES.c.attempt + 1 >= self._settings.retry_max_attempts
         async with transaction(self._sessions) as session:
@@ -572,14 +588,28 @@ class Deliverer:
             return False
         try:
             if held.lost:
+                wire.give(len(indexes))
+                return False
+            if held.started is None:
+                held.started = asyncio.get_running_loop().create_future()
+                self._record_soon(now=True)
+            await asyncio.shield(held.started)
+            if held.lost:
+                wire.give(len(indexes))
                 return False
             held.on_wire = True
             answer = await self._send_group(
                 held.app, held.send, recipients, indexes, sandbox, rendered
             )
-        finally:
+        except BaseException:
             wire.give(len(indexes))
-        self._results(held, [(recipients[i], r) for i, r in zip(indexes, answer, strict=True)])
+            raise
+        results = [(recipients[i], r) for i, r in zip(indexes, answer, strict=True)]
+        if held.lost:
+            wire.give(len(indexes))
+        else:
+            held.slots.append((wire, len(indexes)))
+            self._results(held, results)
         return True
 
     async def _send_group(
@@ -612,10 +642,15 @@ class Deliverer:
     def _wire(self, platform: str, sandbox: bool) -> _WireSlots:
         wire = self._wires.get((platform, sandbox))
         if wire is None:
-            wire = self._wires[(platform, sandbox)] = _WireSlots(self._settings.delivery_in_flight)
+            wire = self._wires[(platform, sandbox)] = _WireSlots(
+                self._settings.delivery_in_flight, self._starving
+            )
             if self.stopping:
                 wire.close()
         return wire
+
+    def _starving(self) -> None:
+        self._record_soon(now=True)
 
     # Recording -----------------------------------------------------------------------------
 
@@ -657,14 +692,19 @@ class Deliverer:
         """One transaction: the outcomes that came in since the last flush (push events, dead
         tokens removed, the batches' counters and progress), the batches at their end done or
         handed back with their retry batch. Only for the batches this worker still holds."""
-        batches = [h for h in self._held.values() if not h.lost and (h.pending or h.end)]
+        batches = [
+            h
+            for h in self._held.values()
+            if not h.lost and (h.pending or h.end or (h.started and not h.started.done()))
+        ]
         if not batches:
             return
         taken = {h.id: h.pending for h in batches}
+        slots = {h.id: h.slots for h in batches}
         # A batch's end is set once all its results are in: read with them, not later.
         ends = {h.id: h.end for h in batches}
         for held in batches:
-            held.pending = []
+            held.pending, held.slots = [], []
         self._unflushed = 0
         now = self._clock()
         events: list[PushEventRow] = []
@@ -746,14 +786,23 @@ class Deliverer:
             # Not recorded: the outcomes go back to their batches, for the next flush (or the
             # release of the batch); a batch waiting for its end learns why.
             for held in batches:
+                if held.lost:
+                    for wire, n in slots[held.id]:
+                        wire.give(n)
+                    continue
                 held.pending[:0] = taken[held.id]
+                held.slots[:0] = slots[held.id]
                 self._unflushed += len(taken[held.id])
                 if isinstance(exc, Exception) and held.ended is not None and not held.ended.done():
                     held.ended.set_exception(exc)
                     held.end, held.ended = None, None
             raise
+        for wire, n in (item for held in batches for item in slots[held.id]):
+            wire.give(n)  # recorded (or its batch lost): room for the next requests
         for held, bits, deferred, retry_batches in steps:
             held.done, held.deferred, held.frozen = bits, deferred, None
+            if held.started is not None and not held.started.done():
+                held.started.set_result(None)
             ended = ends[held.id]
             if ended is None:
                 continue
@@ -782,6 +831,11 @@ class Deliverer:
         )
         held.lost = True
         held.pending = []
+        if held.started is not None and not held.started.done():
+            held.started.set_result(None)  # its chunks see it lost
+        for wire, n in held.slots:
+            wire.give(n)
+        held.slots = []
         self._held.pop(held.id, None)
         self._leased.discard(held.id)
         if held.ended is not None and not held.ended.done():

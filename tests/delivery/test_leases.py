@@ -256,10 +256,10 @@ async def test_a_worker_that_lost_its_batch_records_nothing_for_it(
 
     delivering = asyncio.create_task(stalled.deliver_batches([batch_id]))
 
-    async def claimed() -> bool:
-        return (await batch_of(runtime, batch_id)).lease_owner == stalled.worker_id
+    async def on_the_wire() -> bool:  # its progress is written just before its requests go
+        return (await batch_of(runtime, batch_id)).progress is not None
 
-    await until(claimed)  # and its requests wait 5 s for their answers
+    await until(on_the_wire)  # and its requests wait 5 s for their answers
     # The first worker stalls past its lease (no renewal); the second takes the batch over.
     clock.advance(runtime.settings.delivery_lease_seconds + 1)
     await other.deliver_batches([batch_id])
