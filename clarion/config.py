@@ -64,14 +64,13 @@ class Settings(BaseSettings):
     lease_sweep_seconds: float = Field(default=1.0, gt=0)
     # Outcomes are recorded while a batch is being sent, every progress_flush_seconds or
     # progress_flush_results outcomes, whichever comes first (one transaction for all the
-    # batches a worker holds); a worker killed mid-batch sends again only what was on the wire
-    # or not yet recorded: ~ delivery_in_flight + rate x flush interval (decision 0032).
+    # batches a worker holds, decision 0032).
     progress_flush_seconds: float = Field(default=0.02, gt=0)
     progress_flush_results: int = Field(default=200, ge=1)
-    # Requests one worker process has on the wire at once, all providers together. It bounds
-    # the pushes a kill -9 sends twice; it also bounds throughput to delivery_in_flight /
-    # round trip (256 over a 50 ms round trip: ~5,000/s a worker), so raise it for a distant
-    # provider (decision 0032).
+    # Requests a worker has sent and not yet recorded, per provider: what a kill -9 sends again
+    # at most (measured 130 a kill on average with 256). It also bounds sending to
+    # delivery_in_flight / (round trip + recording): ~3,600/s a worker against a provider 50 ms
+    # away, so raise it for a distant provider (decision 0032).
     delivery_in_flight: int = Field(default=256, ge=1)
     # A stopping worker (SIGTERM, Ctrl-C) waits this long at most for the requests on the wire
     # to be answered, then hands its batches back (above the HTTP/2 response timeout, 30 s).
