@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import resource
 import tempfile
@@ -115,6 +116,9 @@ def run(lines: int, database_url: str, tmp: Path) -> dict[str, Any]:
             "CLARION_DATABASE_URL": database_url,
             "CLARION_VAR_DIR": str(tmp / "var"),
             "CLARION_SECRET_KEY": secret,
+            # The command's own settings: the S3 server's endpoint_url is on 127.0.0.1 (without
+            # this the run failed at once, and the bench printed a rate over nothing ingested).
+            "CLARION_OUTBOUND_ALLOW": json.dumps(LOCAL_SERVERS_ALLOW),
         }
         command = [str(ROOT / ".venv/bin/clarion"), "imports", "run"]
         command += ["--app-id", str(app_id), "--name", "crm"]
@@ -122,6 +126,11 @@ def run(lines: int, database_url: str, tmp: Path) -> dict[str, Any]:
         seconds = measured.seconds
         peak_rss_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     ingested = measured.last_line
+    nb_ids = asyncio.run(audience_size(settings))
+    if not (ingested["status"] == "succeeded" and ingested["ids_accepted"] == lines == nb_ids):
+        raise SystemExit(
+            f"not every id ingested: {lines:,} lines, run {ingested}, audience of {nb_ids:,}"
+        )
     return {
         "lines": lines,
         "file_mb": round(size / 1e6),
@@ -131,7 +140,7 @@ def run(lines: int, database_url: str, tmp: Path) -> dict[str, Any]:
         "rss_mb_every_0_5_s": rss_summary([s for s in measured.rss_samples_mb if s > 0] or [0.0]),
         "status": ingested["status"],
         "ids_accepted": ingested["ids_accepted"],
-        "audience_nb_ids": asyncio.run(audience_size(settings)),
+        "audience_nb_ids": nb_ids,
     }
 
 

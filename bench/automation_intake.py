@@ -13,11 +13,12 @@ from a client pinned to the other core):
 
 Before printing a rate it checks the database: entries per automation equal what the trigger
 definitions say each event should do (computed here from the definitions, not by Clarion's
-code), every entry of an automation with cancel events is cancelled after phase 3 (reason the
-cancel event's name) and every other entry still pending. The rates are events/s over each
-phase (HTTP, validation, storing the events and the entries), and the server process's CPU time
-per event (on a shared machine the wall-clock rate moves with the neighbours' load), so the
-events/s one dedicated core reaches.
+code), no user entered an automation twice, every entry of an automation with cancel events is
+cancelled after phase 3 (reason the cancel event's name) and every other entry still pending.
+The rates are events/s over each phase (HTTP, validation, storing the events and the entries),
+and the server process's and PostgreSQL's CPU time per event (on a shared machine the
+wall-clock rate moves with the neighbours' load, reported as load_average), so the events/s one
+dedicated core reaches.
 
 Matching reads no installation (server events enter custom user ids): the issue's 1,000,000
 installations would change nothing here, so none are seeded.
@@ -206,6 +207,21 @@ def entry_states(url: str, app_id: int) -> dict[tuple[int, str], int]:
     return {(campaign, state): count for campaign, state, count in rows}
 
 
+def entered_twice(url: str, app_id: int) -> list[tuple[int, str, int]]:
+    """(automation, user, entries) for each user entered more than once into an automation:
+    every user of the bench sends one trigger event, so none should be."""
+    with sa.create_engine(sync_url(url)).connect() as conn:
+        rows = conn.execute(
+            sa.text(
+                "SELECT campaign_id, custom_id, count(*) FROM automation_entries"
+                " WHERE app_id = :app GROUP BY campaign_id, custom_id HAVING count(*) > 1"
+                " LIMIT 10"
+            ),
+            {"app": app_id},
+        ).all()
+    return [(campaign, user, count) for campaign, user, count in rows]
+
+
 def campaign_ids(url: str, app_id: int, tokens: list[str]) -> list[int]:
     with sa.create_engine(sync_url(url)).connect() as conn:
         rows = conn.execute(
@@ -221,6 +237,7 @@ def run(args: argparse.Namespace, url: str, var: Path) -> dict[str, Any]:
         "CLARION_VAR_DIR": str(var),
         "CLARION_SECRET_KEY": Fernet.generate_key().decode(),
     }
+    load_before = round(os.getloadavg()[0], 2)
     clarion_cli(env, "migrate")
     plain, automated = new_app(env, "baseline"), new_app(env, "automations")
     # One company (the first app created it): one REST key.
@@ -277,9 +294,15 @@ def run(args: argparse.Namespace, url: str, var: Path) -> dict[str, Any]:
         os.killpg(server.pid, 15)
         server.wait(timeout=30)
     check(args.calls, ids, entered, after, plain_entries=entry_states(url, plain["id"]))
+    twice = entered_twice(url, automated["id"])
+    if twice:
+        raise SystemExit(f"users entered twice into an automation: {twice}")
     expected = sum(entered.values())
     return {
         "db": args.db,
+        # The machine's load (1-minute average) before and after: the wall-clock rates move
+        # with it, the CPU per event much less.
+        "load_average": [load_before, round(os.getloadavg()[0], 2)],
         "automations": AUTOMATIONS,
         "events_per_call": EVENTS_PER_CALL,
         "calls_per_phase": args.calls,

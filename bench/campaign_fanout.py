@@ -29,10 +29,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from contextlib import ExitStack
@@ -44,16 +41,19 @@ from sqlalchemy import func, select, text
 
 from bench.common import (
     analyze,
-    apns_accepted,
+    check_exactly_once,
     cpu_seconds,
     create_ios_app,
+    deliveries,
     fresh_database,
+    outcomes_logged,
     pin,
     report,
     rss_mb,
     rss_summary,
     simulated_runtime,
     simulator,
+    start_worker,
 )
 from clarion.apps.service import AppAccess, live_access
 from clarion.campaigns import service as campaigns
@@ -62,7 +62,7 @@ from clarion.campaigns.schemas import CampaignBody
 from clarion.campaigns.tasks import CampaignScheduler
 from clarion.capping.models import RECEIPTS
 from clarion.capping.service import label_key
-from clarion.config import QueueBackend, Settings
+from clarion.config import QueueBackend
 from clarion.db import bulk_insert, transaction, utcnow
 from clarion.delivery.models import BATCHES, Send
 from clarion.demo import seed_installations
@@ -226,26 +226,6 @@ async def time_estimate(runtime: Runtime, access: AppAccess) -> dict[str, Any]:
     }
 
 
-def second_worker(settings: Settings) -> subprocess.Popen[bytes]:
-    env = {
-        **os.environ,
-        "CLARION_DATABASE_URL": settings.database_url,
-        "CLARION_VAR_DIR": str(settings.var_dir),
-        "CLARION_SECRET_KEY": settings.secret_key,
-        "CLARION_APNS_PRODUCTION_URL": settings.apns_production_url,
-        "CLARION_APNS_SANDBOX_URL": settings.apns_sandbox_url,
-        "CLARION_PROVIDER_CA_FILE": settings.provider_ca_file,
-    }
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "clarion.cli", "worker"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    pin(0, proc.pid)
-    return proc
-
-
 async def fan_out_only(
     devices: int, database_url: str, sim_url: str, ca: Path, var: Path
 ) -> dict[str, Any]:
@@ -285,16 +265,16 @@ async def run(
     if label_cap:
         await cap_the_label(runtime, access, devices)
 
-    extra = second_worker(runtime.settings) if workers == 2 else None
+    extra = start_worker(runtime.settings) if workers == 2 else None
     tune_garbage_collector()  # as `clarion worker` does
     await runtime.start(workers=True)
     await asyncio.sleep(2)  # let the second process start its workers too
-    accepted_before = apns_accepted(sim_url, ca)
+    before = deliveries(sim_url, ca)
     due = (utcnow() + timedelta(seconds=3)).replace(microsecond=0)
     body = campaign_body(wire_date(due), [LABEL] if label_cap else [])
     async with transaction(runtime.sessions) as session:
         campaign = await campaigns.create_campaign(session, access=access, body=body, now=utcnow())
-        campaign_id = campaign.id
+        campaign_id, campaign_token = campaign.id, campaign.token
 
     rss: list[float] = [rss_mb()]
     cpu0 = cpu_seconds()
@@ -312,23 +292,14 @@ async def run(
             select(CampaignRun).where(CampaignRun.campaign_id == campaign_id)
         )
         assert run_row is not None
-        sent = await session.scalar(
-            select(func.count()).select_from(PushEvent).where(PushEvent.kind == "push_sent")
-        )
-        duplicates = await session.scalar(
-            select(func.count()).select_from(
-                select(PushEvent.install_id)
-                .where(PushEvent.kind == "push_sent")
-                .group_by(PushEvent.install_id)
-                .having(func.count() > 1)
-                .subquery()
-            )
-        )
+    logged = await outcomes_logged(runtime, PushEvent.campaign_token == campaign_token)
     await runtime.stop()
     if extra is not None:
         extra.terminate()
         extra.wait(timeout=30)
-    accepted = apns_accepted(sim_url, ca)
+    checked = check_exactly_once(
+        "campaign fan-out", devices, logged, before, deliveries(sim_url, ca)
+    )
     elapsed = (done - due).total_seconds()
     return {
         "devices": devices,
@@ -338,9 +309,7 @@ async def run(
         "start_delay_s": round((run_row.started_at - due).total_seconds(), 2),
         "fan_out_to_done_s": round(elapsed, 2),
         "notifications_per_s": round(devices / elapsed),
-        "events_sent": sent,
-        "installs_sent_twice": duplicates,
-        "simulator_accepted": accepted - accepted_before,
+        **checked,
         "this_process_cpu_us_per_notification": round(cpu / devices * 1e6, 1),
         "this_process_rss_mb": rss_summary(rss),
     }

@@ -21,7 +21,7 @@ from typing import Any
 import httpx
 import psycopg
 from cryptography.fernet import Fernet
-from sqlalchemy import text
+from sqlalchemy import ColumnElement, func, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from clarion.apps import service as apps
@@ -30,14 +30,17 @@ from clarion.apps.schemas import AppCreate
 from clarion.config import Settings
 from clarion.db import transaction
 from clarion.demo import apns_credentials_from_sim
+from clarion.events.models import PushEvent, PushEventKind
 from clarion.migrate import migrate
 from clarion.runtime import Runtime
 from clarion.security import SecretBox
-from tests.support.simulator import LOCAL_SERVERS_ALLOW
+from tests.support.simulator import LOCAL_SERVERS_ALLOW, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 PG_ADMIN = os.environ.get("CLARION_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
-SIM_PORT = int(os.environ.get("CLARION_BENCH_SIM_PORT", "18643"))
+# A free port unless one is asked for: two simulators on one port (SO_REUSEPORT) share the
+# connections, and each counts only half of a run's pushes.
+SIM_PORT = int(os.environ.get("CLARION_BENCH_SIM_PORT") or free_port())
 TOPIC = "com.example.bench"
 
 
@@ -168,6 +171,38 @@ def serve_clarion(
     return proc
 
 
+def settings_env(settings: Settings) -> dict[str, str]:
+    """The environment that gives a `clarion` process these settings (lists as JSON)."""
+    env = {}
+    for field, value in settings.model_dump(exclude_unset=True).items():
+        if isinstance(value, list):
+            env[f"CLARION_{field.upper()}"] = json.dumps([str(item) for item in value])
+        elif value is not None:
+            env[f"CLARION_{field.upper()}"] = str(value)
+    return env
+
+
+def start_worker(
+    settings: Settings,
+    *,
+    stdout: Any = subprocess.DEVNULL,
+    stderr: Any = None,
+    cpu: int | None = 0,
+) -> subprocess.Popen[bytes]:
+    """`clarion worker` as a deployment runs it: its own process (and process group, so that a
+    signal reaches all of it), its settings from the environment, pinned to `cpu`."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "clarion.cli", "worker"],
+        env={**os.environ, **settings_env(settings)},
+        stdout=stdout,
+        stderr=stderr,
+        start_new_session=True,
+    )
+    if cpu is not None:
+        pin(cpu, proc.pid)
+    return proc
+
+
 def _process_tree(pid: int) -> list[int]:
     out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True)
     children = [int(p) for p in out.stdout.split()]
@@ -181,7 +216,11 @@ def h2load(args: list[str]) -> dict[str, Any]:
     out = subprocess.run(["h2load", *args], capture_output=True, text=True, check=True).stdout
     line = next(ln for ln in out.splitlines() if ln.startswith("finished in"))
     req_s = float(line.split(",")[1].split()[0])
-    return {"req_per_s": req_s, "output": out}
+    took = line.split(",")[0].removeprefix("finished in").strip()  # "1.23s", "523.35ms"
+    units = {"us": 1e-6, "ms": 1e-3, "s": 1.0}
+    unit = next(u for u in units if took.endswith(u) and took[: -len(u)][-1:].isdigit())
+    seconds = float(took[: -len(unit)]) * units[unit]
+    return {"req_per_s": req_s, "seconds": seconds, "output": out}
 
 
 @contextmanager
@@ -257,10 +296,71 @@ def rss_summary(samples: list[float]) -> dict[str, Any]:
     }
 
 
-def apns_accepted(sim_url: str, ca: Path) -> int:
-    """How many pushes the simulator's APNs has accepted since it started."""
-    accepted: int = httpx.get(f"{sim_url}/_sim/stats", verify=str(ca)).json()["apns"]["accepted"]
-    return accepted
+@dataclass(frozen=True)
+class Deliveries:
+    """What the simulator accepted so far (GET /_sim/{service}/deliveries)."""
+
+    tokens: int  # distinct tokens that accepted a push
+    repeated: int  # pushes to a token that had already accepted one
+    arrivals: list[tuple[float, int]]  # (unix time of a 100 ms slot, pushes accepted in it)
+
+    @property
+    def accepted(self) -> int:
+        return self.tokens + self.repeated
+
+
+def deliveries(sim_url: str, ca: Path, service: str = "apns") -> Deliveries:
+    document = httpx.get(f"{sim_url}/_sim/{service}/deliveries", verify=str(ca), timeout=60)
+    document.raise_for_status()
+    body = document.json()
+    arrivals = [(float(at), int(count)) for at, count in body["arrivals"]]
+    return Deliveries(body["tokens"], body["repeated"], arrivals)
+
+
+# The outcomes a delivery logs, one per recipient and attempt that reached an answer.
+OUTCOME_KINDS = (PushEventKind.SENT, PushEventKind.ERROR, PushEventKind.TOKEN_DELETED)
+
+
+async def outcomes_logged(runtime: Runtime, *where: ColumnElement[bool]) -> dict[str, int]:
+    """push_events by outcome kind (and how many are marked re-sent), filtered by `where`."""
+    async with runtime.sessions() as session:
+        rows = await session.execute(
+            select(PushEvent.kind, PushEvent.resent, func.count())
+            .where(PushEvent.kind.in_([k.value for k in OUTCOME_KINDS]), *where)
+            .group_by(PushEvent.kind, PushEvent.resent)
+        )
+        counts = {kind.value: 0 for kind in OUTCOME_KINDS} | {"resent": 0}
+        for kind, resent, count in rows:
+            counts[kind] += count
+            if resent:
+                counts["resent"] += count
+    return counts
+
+
+def check_exactly_once(
+    name: str, recipients: int, logged: dict[str, int], before: Deliveries, after: Deliveries
+) -> dict[str, int]:
+    """Before any rate is printed: every recipient's outcome logged once, the simulator accepted
+    one push per recipient, and no token got two. Otherwise the benchmark fails (exit 1) with
+    every count, since a rate over lost or doubled pushes measures nothing.
+
+    `before` and `after` are the simulator's counts around the measured run; tokens must be
+    distinct per recipient (a benchmark pushing one token many times checks its own way)."""
+    outcomes = sum(logged[kind.value] for kind in OUTCOME_KINDS)
+    counts = {
+        "recipients": recipients,
+        "outcomes_logged": outcomes,
+        "simulator_accepted": after.accepted - before.accepted,
+        "simulator_tokens": after.tokens - before.tokens,
+        "sent_twice": after.repeated - before.repeated,
+        "logged_resent": logged["resent"],
+    }
+    if not (
+        outcomes == counts["simulator_accepted"] == counts["simulator_tokens"] == recipients
+        and counts["sent_twice"] == 0
+    ):
+        raise SystemExit(f"{name}: not every recipient reached exactly once: {counts}")
+    return counts
 
 
 def fresh_database(stack: ExitStack, db: str, tmp: Path) -> str:

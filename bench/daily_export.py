@@ -137,6 +137,10 @@ def run(events: int, installs: int, database_url: str, tmp: Path) -> dict[str, A
             body = s3.client.get_object(Bucket=s3.bucket, Key=key)["Body"]
             lines = sum(chunk.count(b"\n") for chunk in body.iter_chunks(1 << 20))
             figures[name]["file_lines"] = lines  # the header and one line per row
+            # Every event is of DAY, every installation a non-dev one: all in the file.
+            rows = events if name == "push_events" else installs
+            if lines != rows + 1:
+                raise SystemExit(f"{name}: {lines:,} lines for {rows:,} rows and a header")
         # The largest of the waited children: the bigger of the two exports.
         peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
         figures["peak_rss_mb"] = round(peak / 1024)

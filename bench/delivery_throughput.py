@@ -29,11 +29,13 @@ from sqlalchemy import func, insert, select
 
 from bench.common import (
     TOPIC,
-    apns_accepted,
+    check_exactly_once,
     cpu_seconds,
     create_ios_app,
+    deliveries,
     fresh_database,
     h2load,
+    outcomes_logged,
     pin,
     report,
     rss_mb,
@@ -44,7 +46,6 @@ from bench.common import (
 from clarion.db import transaction, utcnow
 from clarion.delivery.models import BatchStatus, DeliveryBatch, Send
 from clarion.demo import seed_installations
-from clarion.events.models import PushEvent
 from clarion.runtime import Runtime, tune_garbage_collector
 from clarion.sdk.models import Installation
 
@@ -107,7 +108,7 @@ async def run(
 ) -> dict[str, Any]:
     runtime, key = await simulated_runtime(database_url, sim_url, ca, var)
     await prepare(runtime, key, devices)
-    accepted_before = apns_accepted(sim_url, ca)
+    before = deliveries(sim_url, ca)
 
     rss: list[float] = [rss_mb()]
     cpu0, t0 = cpu_seconds(), time.monotonic()
@@ -125,18 +126,16 @@ async def run(
         if pending == 0:
             break
     elapsed, cpu = time.monotonic() - t0, cpu_seconds() - cpu0
-    async with runtime.sessions() as session:
-        logged = await session.scalar(select(func.count()).select_from(PushEvent)) or 0
+    logged = await outcomes_logged(runtime)
     await runtime.stop()
-    accepted = apns_accepted(sim_url, ca)
+    checked = check_exactly_once("delivery", devices, logged, before, deliveries(sim_url, ca))
 
     return {
         "database": db,
         "devices": devices,
+        **checked,
         "elapsed_s": round(elapsed, 2),
         "notifications_per_s": round(devices / elapsed),
-        "outcomes_logged": logged,
-        "simulator_accepted": accepted - accepted_before,
         "worker_cpu_us_per_notification": round(cpu / devices * 1e6, 1),
         "worker_rss_mb": rss_summary(rss),
         "_key": key,

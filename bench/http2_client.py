@@ -193,6 +193,8 @@ def main() -> None:
                 rate, cpu_us, failures = runs[-1]
                 print(f"  clarion.http2: {rate:9,.0f} req/s  {cpu_us:5.1f} µs CPU/request", end="")
                 print(f"  ({failures} failures)")
+                if failures:  # a rate over failed requests measures nothing
+                    raise SystemExit(f"{failures} requests did not get a 200")
             rate, cpu_us, _ = sorted(runs)[len(runs) // 2]
             print(
                 f"clarion.http2, {args.connections} connection(s) of at most {args.streams} "

@@ -174,6 +174,9 @@ def measure(binary: str, scratch: Path, requests: int, with_baseline: bool) -> N
         with sim.control_client() as control:
             stats = control.get("/_sim/stats").json()["apns"]
     print(output)
+    if stats["accepted"] != 20_000 + requests or stats["rejected"]:
+        # h2load's req/s counts refused requests too.
+        raise SystemExit(f"the simulator did not accept every request: {stats}")
     print(f"APNs simulator: {rate:,.0f} req/s ({len(PAYLOAD)}-byte payload, {stats})")
     # CPU per request holds up better than req/s when other work shares the core.
     print(f"  {cpu_us:.1f} µs of CPU per request: {1e6 / cpu_us:,.0f} req/s on a core of its own")

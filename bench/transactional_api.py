@@ -26,9 +26,18 @@ from pathlib import Path
 
 import httpx
 
-from bench.common import h2load, pin, report, serve_clarion, simulator
+from bench.common import (
+    Deliveries,
+    deliveries,
+    h2load,
+    pin,
+    report,
+    serve_clarion,
+    simulator,
+)
+from tests.support.simulator import free_port
 
-API_PORT = int(os.environ.get("CLARION_BENCH_API_PORT", "18000"))
+API_PORT = int(os.environ.get("CLARION_BENCH_API_PORT") or free_port())
 TOPIC = "com.example.bench"
 LOG = Path(__file__).parent / "results" / "transactional_api.log"  # the API process's stderr
 
@@ -106,6 +115,45 @@ def latencies(db: Path, since: str) -> list[float]:
     ]
 
 
+def count_sends(db: Path) -> int:
+    with sqlite3.connect(db) as conn:
+        return int(conn.execute("SELECT count(*) FROM sends").fetchone()[0])
+
+
+def check_all_created(status_line: str, created: int, sent: int) -> None:
+    """Only a 201 is an accepted send: every request must have been one, and each a send in
+    the outbox (h2load counts any 2xx, and its req/s counts failures too)."""
+    # "status codes: 10000 2xx, 0 3xx, 0 4xx, 0 5xx"
+    codes = {
+        part.split()[1]: int(part.split()[0]) for part in status_line.split(":", 1)[1].split(",")
+    }
+    if codes.get("2xx") != sent or created != sent:
+        raise SystemExit(
+            f"not every send was accepted: {status_line}; {created} sends in the outbox "
+            f"for {sent} requests"
+        )
+
+
+def check_delivered(db: Path, simulator_saw: Deliveries) -> dict[str, int]:
+    """Every send delivered once: one outcome logged per send, as many pushes accepted (by a
+    simulator that served this run only). All go to one device, so the simulator's per-token
+    repeats say nothing here; a send's outcome logged twice, or an extra push, would."""
+    with sqlite3.connect(db) as conn:
+        sends, outcomes, sends_logged = conn.execute(
+            "SELECT (SELECT count(*) FROM sends), count(*), count(DISTINCT send_token) "
+            "FROM push_events WHERE kind IN ('push_sent', 'push_error', 'token_deleted')"
+        ).fetchone()
+    counts = {
+        "sends_in_all": sends,  # the throughput run's and the latency run's
+        "outcomes_logged": outcomes,
+        "sends_with_an_outcome": sends_logged,
+        "simulator_accepted": simulator_saw.accepted,
+    }
+    if not sends == outcomes == sends_logged == simulator_saw.accepted:
+        raise SystemExit(f"not every send delivered exactly once: {counts}")
+    return counts
+
+
 def drain_then_time_steady_sends(
     db: Path, url: str, body: bytes, rest_key: str, rate: int
 ) -> tuple[float, list[float]]:
@@ -118,7 +166,9 @@ def drain_then_time_steady_sends(
     with httpx.Client(headers={"X-Authorization": rest_key}) as client:
         started = time.monotonic()
         for n in range(rate * 10):
-            client.post(url, content=body, headers={"Content-Type": "application/json"})
+            answer = client.post(url, content=body, headers={"Content-Type": "application/json"})
+            if answer.status_code != 201:
+                raise SystemExit(f"a send was refused: {answer.status_code} {answer.text}")
             delay = started + (n + 1) / rate - time.monotonic()
             if delay > 0:
                 time.sleep(delay)
@@ -182,7 +232,10 @@ def main() -> None:
             status_line = next(
                 ln for ln in result["output"].splitlines() if ln.startswith("status codes")
             )
+            created_201 = count_sends(provision_env_db)
+            check_all_created(status_line, created_201, args.sends)
 
+            delivered: dict[str, int] = {}
             drain_s, lat = (
                 (None, [])
                 if args.api_only
@@ -194,6 +247,8 @@ def main() -> None:
                     args.steady_rate,
                 )
             )
+            if not args.api_only:
+                delivered = check_delivered(provision_env_db, deliveries(sim_url, ca))
         finally:
             os.killpg(api_proc.pid, 15)
             api_proc.wait(timeout=15)
@@ -203,10 +258,13 @@ def main() -> None:
         {
             "sends": args.sends,
             "connections": args.connections,
-            "accepted_per_s": result["req_per_s"],
+            # 201s only (each checked to be a send in the outbox), over h2load's duration.
+            "accepted_per_s": round(created_201 / result["seconds"], 1),
+            "created_201": created_201,
             "workers_in_api_process": not args.api_only,
             "backlog_drained_in_s": round(drain_s, 1) if drain_s is not None else None,
             "h2load_status_codes": status_line,
+            **delivered,
             "latency_sends": len(lat),
             "steady_rate_per_s": args.steady_rate,
             "accepted_to_delivered_ms_p50": round(statistics.median(lat), 1) if lat else None,

@@ -42,6 +42,13 @@ class Settings(BaseSettings):
     fcm_url: str = "https://fcm.googleapis.com"
     # Extra CA bundle trusted for provider TLS (the simulators' CA); the system store otherwise.
     provider_ca_file: str = ""
+    # Provider timeouts (docs/delivery.md, "Timeouts"; decision 0030), each for one phase: a TCP
+    # connection being established, its TLS handshake, and the answer to a request once it is
+    # written on a stream. Time a request waits for a free stream is not counted: a provider
+    # answering in 15 s behind a low stream limit is slow, not silent.
+    provider_connect_timeout_seconds: float = Field(default=10.0, gt=0)
+    provider_tls_timeout_seconds: float = Field(default=10.0, gt=0)
+    provider_response_timeout_seconds: float = Field(default=30.0, gt=0)
 
     # Delivery pipeline
     batch_size: int = Field(default=1000, ge=1, le=10_000)

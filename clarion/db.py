@@ -8,11 +8,12 @@ See docs/decisions/0005-unit-of-work.md.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any, cast
 
+import orjson
 from sqlalchemy import (
     BigInteger,
     ColumnElement,
@@ -170,6 +171,49 @@ async def bulk_insert(
     converted = [tuple(_sqlite_value(value) for value in row) for row in rows]
     marks = ", ".join("?" * len(columns))
     raw.executemany(f"INSERT INTO {table} ({names}) VALUES ({marks}){on_conflict}", converted)
+
+
+def bulk_times(session: AsyncSession) -> Callable[[datetime], Any]:
+    """Timestamps for bulk_insert's rows, each distinct one converted once per call: PostgreSQL's
+    COPY parses a timestamp's text whichever way it comes, and psycopg formatting datetimes was
+    1.8 us of a 2.2 us automation entry row (two per row; a call's rows share a few values).
+    SQLite: the datetime itself (bulk_insert stores it as SQLAlchemy's DateTime does)."""
+    if session.get_bind().dialect.name != "postgresql":
+        return _same
+    converted: dict[datetime, str] = {}
+
+    def convert(at: datetime) -> str:
+        found = converted.get(at)
+        if found is None:
+            found = converted[at] = at.isoformat()
+        return found
+
+    return convert
+
+
+def _same(at: datetime) -> datetime:
+    return at
+
+
+def array_text(values: Iterable[int] | Iterable[str]) -> str:
+    """A PostgreSQL array literal of integers or strings (never NULL), for a parameter cast to
+    its array type (`CAST(:ids AS BIGINT[])`): psycopg dumps a list element by element in
+    Python, ~1 us each (2.3 ms of CPU for 2,400 (automation, user) pairs, 0.6 ms this way).
+    Strings are quoted, their quotes and backslashes escaped."""
+    return "{" + ",".join(_array_element(value) for value in values) + "}"
+
+
+def _array_element(value: int | str) -> str:
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return str(int(value))
+
+
+def json_text(value: Any) -> str | None:
+    """A JSON column's value as bulk_insert takes it, its text (None is SQL NULL), by orjson
+    (~5x json.dumps). What the APIs accept it writes: integers within 64 bits, finite floats
+    (clarion.formats.stored_value refuses the others)."""
+    return None if value is None else orjson.dumps(value).decode()
 
 
 def _sqlite_value(value: Any) -> Any:

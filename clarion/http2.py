@@ -10,7 +10,7 @@ import logging
 import socket
 import ssl
 from collections import defaultdict, deque
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -48,7 +48,15 @@ class HttpResponse:
 
 
 class TransportError(Exception):
-    """No HTTP answer: connection refused or reset, TLS failure, timeout, GOAWAY, client closed."""
+    """No HTTP answer: connection refused or reset, TLS failure, timeout, GOAWAY, client closed.
+
+    `written` says whether the server may have acted on the request: True once libcurl had
+    attached it to a stream (CURLOPT_PREREQFUNCTION ran), whatever came after (no answer within
+    the response timeout, the connection dropped mid-stream); False when it never got that far
+    (DNS, connect or TLS failure or timeout, refused by the guard, invalid, client closed first).
+    A stream the server refused (REFUSED_STREAM, or above a GOAWAY's last stream id) is re-sent
+    by libcurl itself and reaches the caller only as the re-sent request's outcome.
+    """
 
     def __init__(
         self, message: str, *, curl_code: int = 0, refused: bool = False, written: bool = False
@@ -83,11 +91,24 @@ _ERROR_KINDS: dict[int, str] = {
 
 # Errors after which an origin counts as cold again: the next request to it probes alone.
 _CONNECTION_ERRORS = frozenset({7, 16, 35, 52, 55, 56, 92})
+# Errors of a request that never left which say the origin cannot be reached at all (DNS,
+# connect, TLS, a connection lost while being set up): when nothing of the origin's is on a
+# stream, every request to it waiting for a connection fails with it (see _fail_origin).
+_UNREACHABLE_ERRORS = _CONNECTION_ERRORS | {6, 28, 58, 60, 77, 90}
 
 # Sent first in every header list: an empty value removes libcurl's default header, and a caller's
 # own header of the same name still wins. libcurl would otherwise add `Accept: */*`, a form
 # content type to every POST, and `Expect: 100-continue` to large HTTP/1.1 bodies (a 1 s stall).
 _DEFAULT_HEADERS_OFF = ("Accept:", "Content-Type:", "Expect:")
+
+# Requests of one origin handed to libcurl but not yet on a stream: waiting for a connection being
+# set up, or for a stream the server's SETTINGS_MAX_CONCURRENT_STREAMS does not allow yet. The rest
+# wait in the client's own backlog. libcurl learns a server's stream limit and keeps it; it does
+# not say it. Holding back all but this many keeps libcurl's own queue short whatever the limit:
+# a server allowing 1 stream (APNs before it has checked the token) or 10 sees at most this many
+# requests waiting inside libcurl, where each costs ~22 KiB and CPU on every stream released.
+# 2 x 1,000 streams still fill in a few loop iterations (bench/http2_client.py: see decision 0030).
+_WAITING_FOR_A_STREAM = 200
 
 _POLL_IN = pycurl.POLL_IN
 _POLL_OUT = pycurl.POLL_OUT
@@ -171,25 +192,47 @@ class _Batch:
 
 _Queued = tuple[_Batch, int, HttpRequest, str]  # a request waiting to start, with its origin
 
+# A connection, as libcurl's PREREQFUNCTION names it: (server address, server port, local port).
+# pycurl refuses getinfo(CONN_ID) inside a callback. A later connection could reuse the same local
+# port and pass for proven: it then gets what every connection got before slow start, no worse.
+_Conn = tuple[str, int, int]
+_PREREQ_OK: int = pycurl.PREREQFUNC_OK
+_PREREQ_ABORT: int = pycurl.PREREQFUNC_ABORT
+_ABORTED_BY_CALLBACK = 42  # CURLE_ABORTED_BY_CALLBACK: what a PREREQ abort fails the transfer with
+
 
 class _Transfer:
     """A pooled easy handle with its response buffers (a new one costs ~20 setopt calls)."""
 
     __slots__ = (
+        "added_at",
         "batch",
         "body_chunks",
+        "clock",
         "curl",
+        "deferred",
         "guard",
         "header_lines",
         "headers",
         "index",
         "odd_method",
+        "on_written",
+        "opened_at",
+        "opening",
         "origin",
         "probe",
         "refusal",
+        "request",
+        "trial_conn",
+        "written_at",
     )
 
-    def __init__(self, options: Sequence[tuple[int, Any]]) -> None:
+    def __init__(
+        self,
+        options: Sequence[tuple[int, Any]],
+        on_written: Callable[[_Transfer, _Conn], int],
+        clock: Callable[[], float],
+    ) -> None:
         self.curl = pycurl.Curl()
         self.header_lines: list[bytes] = []
         self.body_chunks: list[bytes] = []
@@ -199,6 +242,12 @@ class _Transfer:
         # Called once per connection libcurl opens (not per request), with the address it is
         # about to connect to: IP literals, every resolved address and happy-eyeballs tries.
         self.curl.setopt(pycurl.OPENSOCKETFUNCTION, self._open_socket)
+        # Called when libcurl has a stream for the request and is about to send it (once per
+        # attempt: a stream the server refused is sent again and calls it again). The response
+        # clock starts here, not when the request was handed to libcurl.
+        self.on_written = on_written
+        self.clock = clock
+        self.curl.setopt(pycurl.PREREQFUNCTION, self._prereq)
         self.guard: AddressCheck | None = None
         self.refusal: str | None = None
         for option, value in options:
@@ -209,6 +258,18 @@ class _Transfer:
         self.index = 0
         self.origin = ""
         self.probe = False  # the first request to a cold origin, sent alone
+        self.added_at = 0.0  # loop time it was handed to libcurl
+        self.opened_at = 0.0  # loop time it opened a connection of its own (0: none yet)
+        # That connection's socket, kept until the connect timeout to ask the kernel whether TCP
+        # is up (getpeername): libcurl's CONNECT_TIME stays 0 until its TLS handshake is done too.
+        self.opening: socket.socket | None = None
+        self.written_at = 0.0  # loop time libcurl put it on a stream (0: not yet)
+        self.request: HttpRequest | None = None
+        self.trial_conn: _Conn | None = None  # the new connection it is the first request on
+        self.deferred = False  # held back from a connection on trial: re-queued, never sent
+
+    def _prereq(self, primary_ip: str, local_ip: str, primary_port: int, local_port: int) -> int:
+        return self.on_written(self, (primary_ip, primary_port, local_port))
 
     def _open_socket(self, purpose: int, address: Any) -> Any:
         family, socktype, protocol, sockaddr = address
@@ -218,11 +279,22 @@ class _Transfer:
             if refusal is not None:
                 self.refusal = refusal
                 return pycurl.SOCKET_BAD  # libcurl fails the transfer: CURLE_COULDNT_CONNECT
-        # pycurl hands libcurl a duplicate of the descriptor; this object may close its own.
-        return socket.socket(family, socktype, protocol)
+        # pycurl hands libcurl a duplicate of the descriptor; this object closes its own once
+        # the connect timeout has been checked (or the transfer ends).
+        sock = socket.socket(family, socktype, protocol)
+        self.forget_socket()
+        self.opening = sock
+        self.opened_at = self.clock()
+        return sock
+
+    def forget_socket(self) -> None:
+        if self.opening is not None:
+            self.opening.close()
+            self.opening = None
 
     def prepare(self, request: HttpRequest) -> None:
         curl = self.curl
+        self.request = request
         self.guard = request.guard
         curl.setopt(pycurl.URL, request.url)
         headers = request.headers
@@ -273,8 +345,16 @@ class Http2Client:
         max_connections_per_host: int = 2,
         max_concurrent_streams: int = 1000,
         connect_timeout: float = 10.0,
-        request_timeout: float = 30.0,
+        tls_timeout: float = 10.0,
+        response_timeout: float = 30.0,
     ) -> None:
+        """Timeouts, in seconds (docs/delivery.md, "Timeouts"; decision 0030):
+        - connect: from opening a TCP connection to it being established;
+        - tls: from then to the end of the TLS handshake;
+        - response: from the request being written on a stream to the end of its answer. Time a
+          request waits for a connection or a free stream does not count: it is bounded by the
+          timeouts of the connection being set up and of the requests ahead of it.
+        """
         ca_options = [(pycurl.CAINFO, ca_file)] if ca_file else _system_ca_options()
         self._handle_options: list[tuple[int, Any]] = [
             (pycurl.HTTP_VERSION, pycurl.CURL_HTTP_VERSION_2TLS),
@@ -283,10 +363,12 @@ class Http2Client:
             (pycurl.PIPEWAIT, 1),
             (pycurl.NOSIGNAL, 1),
             (pycurl.PROTOCOLS, pycurl.PROTO_HTTP | pycurl.PROTO_HTTPS),  # no file://, gopher://…
-            (pycurl.CONNECTTIMEOUT_MS, round(connect_timeout * 1000)),
-            # Counted from the moment the request is handed to libcurl, including any wait for a
-            # free stream slot on a connection.
-            (pycurl.TIMEOUT_MS, round(request_timeout * 1000)),
+            # libcurl has one clock for TCP and TLS together: it caps the sum, and the client's
+            # own check (_sweep) holds each part to its own timeout. No CURLOPT_TIMEOUT: it counts
+            # from the moment a request is handed to libcurl, including the wait for a free
+            # stream, so a provider answering in 15 s behind a low stream limit timed requests
+            # out that it then answered (10,000 recipients got 12,000 pushes; issue 22).
+            (pycurl.CONNECTTIMEOUT_MS, round((connect_timeout + tls_timeout) * 1000)),
             *ca_options,
             (pycurl.USERAGENT, "clarion"),
             # libcurl gives each transfer a 64 KiB send buffer by default: 55 KiB of RSS per request
@@ -327,6 +409,28 @@ class Http2Client:
         self._origin_capacity = max_connections_per_host * max_concurrent_streams
         self._max_in_flight = 2 * self._origin_capacity
         self._running: dict[str, int] = defaultdict(int)  # origin -> transfers in libcurl
+        self._written: dict[str, int] = defaultdict(int)  # origin -> of those, on a stream
+        self._connect_timeout = connect_timeout
+        self._tls_timeout = tls_timeout
+        self._response_timeout = response_timeout
+        # The timeouts are checked by one timer for all transfers (_sweep), woken at the first
+        # deadline but at most every 1/20 of the shortest timeout: a request times out up to 5 %
+        # late (1.5 s of 30 s), and a sweep over 4,000 transfers in flight costs ~0.5 ms.
+        self._sweep_every = min(connect_timeout, tls_timeout, response_timeout) / 20
+        self._check: asyncio.TimerHandle | None = None
+        self._check_when = 0.0
+        # Slow start per connection, as per origin (_probing) but for each connection libcurl
+        # opens later (a second one when the first is full, a new one after GOAWAY): until its
+        # SETTINGS arrive libcurl assumes 100 streams on it, and a server allowing fewer
+        # refuses the excess, after which libcurl drops the connection and retries elsewhere
+        # (measured: 800 requests to a 10-stream server opened 11 connections and 11 failed
+        # after 5 retries). So a new connection carries one request (its trial) until it has
+        # answered; a request libcurl puts beside it is stopped before it is sent (the
+        # PREREQFUNCTION aborts it) and waits in the backlog, and the origin's backlog waits
+        # for the trial's answer.
+        self._proven: set[_Conn] = set()  # connections that have answered a request
+        self._trials: dict[_Conn, _Transfer] = {}  # new connection -> its first request, pending
+        self._held: set[str] = set()  # origins waiting for a trial to end
         self._backlog: dict[str, deque[_Queued]] = {}  # origin -> requests waiting, in order
         # Slow start per origin ("https://host:port"). Until the server's first SETTINGS frame
         # arrives libcurl assumes 100 streams per connection and opens that many at once; a
@@ -394,6 +498,9 @@ class Http2Client:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        if self._check is not None:
+            self._check.cancel()
+            self._check = None
         multi = self._multi
         error = TransportError("client closed before an answer came")
         for curl, transfer in list(self._active.items()):
@@ -416,9 +523,14 @@ class Http2Client:
     def _start(
         self, batch: _Batch, index: int, request: HttpRequest, origin: str, probe: bool = False
     ) -> None:
-        transfer = self._idle.pop() if self._idle else _Transfer(self._handle_options)
+        transfer = (
+            self._idle.pop()
+            if self._idle
+            else _Transfer(self._handle_options, self._on_written, self._now)
+        )
         try:
             transfer.prepare(request)
+            transfer.added_at = now = self._now()
             self._multi.add_handle(transfer.curl)
         except (pycurl.error, TypeError, ValueError) as exc:
             self._idle.append(transfer)
@@ -433,12 +545,136 @@ class Http2Client:
         transfer.probe = probe
         self._active[transfer.curl] = transfer
         self._running[origin] += 1
+        self._check_by(now + self._connect_timeout)
 
     def _has_room(self, origin: str) -> bool:
+        running = self._running[origin]
         return (
-            self._running[origin] < self._origin_capacity
+            origin not in self._held
+            and running < self._origin_capacity
+            and running - self._written[origin] < _WAITING_FOR_A_STREAM
             and len(self._active) < self._max_in_flight
         )
+
+    def _now(self) -> float:
+        loop = self._loop
+        assert loop is not None
+        return loop.time()
+
+    def _on_written(self, transfer: _Transfer, conn: _Conn) -> int:
+        # Inside libcurl's socket_action: bookkeeping only, no call into libcurl.
+        if conn not in self._proven:
+            trial = self._trials.get(conn)
+            if trial is None:
+                self._end_trial(transfer)  # re-sent after a refusal, on another connection
+                self._trials[conn] = transfer
+                transfer.trial_conn = conn
+            elif trial is not transfer:
+                transfer.deferred = True
+                self._held.add(transfer.origin)
+                return _PREREQ_ABORT
+        now = self._now()
+        if not transfer.written_at:
+            self._written[transfer.origin] += 1
+        transfer.written_at = now
+        self._check_by(now + self._response_timeout)
+        return _PREREQ_OK
+
+    def _end_trial(self, transfer: _Transfer) -> None:
+        conn = transfer.trial_conn
+        if conn is not None:
+            transfer.trial_conn = None
+            if self._trials.get(conn) is transfer:
+                del self._trials[conn]
+            self._held.discard(transfer.origin)
+
+    def _check_by(self, when: float) -> None:
+        # Deadlines are mostly added in increasing order: one comparison a request.
+        check = self._check
+        if check is None or when < self._check_when:
+            if check is not None:
+                check.cancel()
+            loop = self._loop
+            assert loop is not None
+            self._check = loop.call_at(when, self._sweep)
+            self._check_when = when
+
+    def _sweep(self) -> None:
+        """Fail the transfers past a deadline: written and unanswered past the response timeout,
+        or opening a connection past the connect or TLS timeout."""
+        self._check = None
+        if self._closed:
+            return
+        now = self._now()
+        due_next = float("inf")
+        expired: list[tuple[_Transfer, str]] = []  # with what timed out
+        for transfer in self._active.values():
+            if transfer.written_at:
+                due = transfer.written_at + self._response_timeout
+                what = "response"
+            elif transfer.opening is not None:
+                due = transfer.opened_at + self._connect_timeout
+                what = "connect"
+                if due <= now:
+                    try:
+                        transfer.opening.getpeername()
+                    except OSError:
+                        pass  # not connected: expired below
+                    else:
+                        # TCP is up: the TLS handshake has what is left of libcurl's cap on the
+                        # connection phase (connect + TLS timeouts), at least the TLS timeout.
+                        transfer.forget_socket()
+                        continue
+            else:
+                continue  # waiting for a connection another transfer opens, or for a stream
+            if due <= now:
+                expired.append((transfer, what))
+            elif due < due_next:
+                due_next = due
+        for transfer, what in expired:
+            self._expire(transfer, what)
+        if due_next != float("inf"):
+            self._check_by(max(due_next, now + self._sweep_every))
+        if expired:
+            self._refill()
+
+    def _expire(self, transfer: _Transfer, what: str) -> None:
+        batch, index, origin = transfer.batch, transfer.index, transfer.origin
+        curl = transfer.curl
+        written = bool(transfer.written_at)
+        url = curl.getinfo(pycurl.EFFECTIVE_URL)
+        if written:
+            message = (
+                f"timeout: no answer within {self._response_timeout:g} s of the request being"
+                f" written ({url})"
+            )
+        else:
+            message = f"timeout: TCP connect not done within {self._connect_timeout:g} s ({url})"
+        # Removing a transfer on a stream resets the stream (RST_STREAM CANCEL), freeing the slot.
+        self._release(curl, transfer)
+        if batch is not None:
+            batch.settle(index, TransportError(message, curl_code=28, written=written))
+        if not written:
+            self._fail_origin(origin, message, 28)
+
+    def _fail_origin(self, origin: str, message: str, code: int) -> None:
+        """A connection to `origin` could not be set up. Unless some of its requests are on a
+        stream (another connection works), fail every request waiting to be written to it:
+        libcurl would otherwise let them try one or two at a time, each after the previous
+        attempt's connect timeout (1,000 requests, 2 connections, 10 s: 83 minutes)."""
+        self._warm.discard(origin)
+        if self._written[origin]:
+            return
+        waiting: list[tuple[_Batch | None, int]] = []
+        for curl, transfer in list(self._active.items()):
+            if transfer.origin == origin and not transfer.written_at:
+                waiting.append((transfer.batch, transfer.index))
+                self._release(curl, transfer)
+        for queued in [*self._backlog.pop(origin, ()), *self._probing.pop(origin, ())]:
+            waiting.append((queued[0], queued[1]))
+        for batch, index in waiting:
+            if batch is not None:
+                batch.settle(index, TransportError(message, curl_code=code))
 
     def _wait(self, queued: _Queued) -> None:
         origin = queued[3]
@@ -476,6 +712,14 @@ class Http2Client:
     def _release(self, curl: Any, transfer: _Transfer) -> None:
         del self._active[curl]
         self._running[transfer.origin] -= 1
+        if transfer.written_at:
+            self._written[transfer.origin] -= 1
+            transfer.written_at = 0.0
+        transfer.opened_at = 0.0
+        transfer.forget_socket()
+        if transfer.trial_conn is not None:
+            self._end_trial(transfer)
+        transfer.request = None
         self._multi.remove_handle(curl)
         transfer.header_lines.clear()
         transfer.body_chunks.clear()
@@ -562,15 +806,37 @@ class Http2Client:
                 if transfer.probe:
                     transfer.probe = False
                     self._end_probe(transfer.origin, warm=True)
+                if transfer.trial_conn is not None:
+                    if len(self._proven) >= 100_000:
+                        self._proven.clear()  # connections long closed: worst case, a re-trial
+                    self._proven.add(transfer.trial_conn)
                 self._release(curl, transfer)
                 if batch is not None:
                     batch.settle(index, response)
             for curl, code, message in failed:
+                if curl not in active:
+                    continue  # failed with its origin a moment ago (_fail_origin)
                 transfer = active[curl]
                 batch = transfer.batch
                 index = transfer.index
+                origin = transfer.origin
+                if transfer.deferred:
+                    # Stopped before it was sent: back to the front of the queue.
+                    request = transfer.request
+                    transfer.deferred = False
+                    self._release(curl, transfer)
+                    if batch is not None and request is not None:
+                        self._backlog.setdefault(origin, deque()).appendleft(
+                            (batch, index, request, origin)
+                        )
+                    continue
                 kind = _ERROR_KINDS.get(code, "transport error")
                 url = curl.getinfo(pycurl.EFFECTIVE_URL)
+                # On a stream before the error: the server may have acted on it. A request
+                # refused by the server (REFUSED_STREAM, GOAWAY) is re-sent by libcurl, so what
+                # is left here after a write is a lost connection or reset: unknown outcome.
+                written = bool(transfer.written_at)
+                unreachable = False
                 if transfer.refusal is not None:
                     error = TransportError(
                         f"refused by the outbound policy: {transfer.refusal} ({url})",
@@ -578,12 +844,17 @@ class Http2Client:
                         refused=True,
                     )
                 else:
-                    error = TransportError(f"{kind}: {message} ({url})", curl_code=code)
+                    error = TransportError(
+                        f"{kind}: {message} ({url})", curl_code=code, written=written
+                    )
+                    unreachable = not written and code in _UNREACHABLE_ERRORS
                 if code in _CONNECTION_ERRORS:
-                    self._warm.discard(transfer.origin)
+                    self._warm.discard(origin)
                 self._release(curl, transfer)
                 if batch is not None:
                     batch.settle(index, error)
+                if unreachable:
+                    self._fail_origin(origin, str(error), code)
             if not queued:
                 break
         self._refill()

@@ -32,7 +32,7 @@ from clarion.campaigns.tasks import CampaignScheduler
 from clarion.capping.tasks import PURGE_SECONDS, purge_expired_receipts
 from clarion.config import Settings
 from clarion.db import create_engine, create_sessionmaker, utcnow
-from clarion.delivery.pool import ProviderPool
+from clarion.delivery.pool import ProviderPool, provider_client
 from clarion.delivery.tasks import Deliverer
 from clarion.exports.tasks import ExportRunner
 from clarion.exports.tasks import process_requests as process_export_requests
@@ -122,7 +122,7 @@ class Runtime:
                 "in-app supplies", self.inapp_supplies.flush, every=FLUSH_SECONDS, wait_first=True
             )
         if workers:
-            self._client = Http2Client(ca_file=self.settings.provider_ca_file or None)
+            self._client = provider_client(self.settings)
             self._pool = ProviderPool(self._client, self.settings, self.box)
             self.deliverer = Deliverer(self.sessions, self._pool, self.queue, self.settings)
             self.queue.register_worker(
@@ -231,7 +231,7 @@ class Runtime:
         if self._pool is not None:
             yield self._pool
             return
-        client = Http2Client(ca_file=self.settings.provider_ca_file or None)
+        client = provider_client(self.settings)
         pool = ProviderPool(client, self.settings, self.box)
         try:
             yield pool

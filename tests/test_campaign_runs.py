@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-import time
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -30,6 +29,8 @@ from clarion.queue import JobQueue
 from clarion.runtime import Runtime
 from clarion.sdk.models import Installation
 from tests.conftest import ClientApp
+from tests.support.clock import Clock
+from tests.support.waiting import eventually
 from tests.test_campaigns import create, created, error, get
 
 T = datetime(2030, 6, 1, 10, 0, tzinfo=UTC)
@@ -37,14 +38,6 @@ T = datetime(2030, 6, 1, 10, 0, tzinfo=UTC)
 
 def today() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%d")
-
-
-class Clock:
-    def __init__(self, now: datetime) -> None:
-        self.now = now
-
-    def __call__(self) -> datetime:
-        return self.now
 
 
 def scheduler(
@@ -116,12 +109,11 @@ async def campaign_state(runtime: Runtime, token: str) -> Campaign:
         return campaign
 
 
-async def wait_delivered(runtime: Runtime, token: str, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while any(b.status != BatchStatus.DONE.value for b, _ in await batches_of(runtime, token)):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"campaign {token} still delivering")
-        await asyncio.sleep(0.05)
+async def wait_delivered(runtime: Runtime, token: str) -> None:
+    async def delivered() -> bool:
+        return all(b.status == BatchStatus.DONE.value for b, _ in await batches_of(runtime, token))
+
+    await eventually(delivered, what=f"campaign {token} delivered")
 
 
 async def send_now(api: httpx.AsyncClient, app: ClientApp, runtime: Runtime, **changes: Any) -> str:
@@ -183,7 +175,7 @@ class TestSchedule:
 
         described = (await get(api, ios_app, token)).json()
         assert described["state"] == "completed"
-        assert described["progress"] == {"targeted": 5, "sent": 5, "errors": 0}
+        assert described["progress"] == {"targeted": 5, "sent": 5, "resent": 0, "errors": 0}
         stats = await api.get(
             f"/1.1/{ios_app.api_key}/campaigns/stats/{token}", headers=ios_app.headers()
         )
@@ -346,6 +338,26 @@ class TestLocalTime:
         await scheduler(runtime, Clock(datetime(2030, 6, 1, 21, 0, tzinfo=UTC))).tick()
         assert [run.state for run in await runs_of(runtime, token)] == ["done"]
         assert (await campaign_state(runtime, token)).state == "completed"
+
+    async def test_a_scheduler_started_just_after_boot_reads_the_zones(
+        self, api: httpx.AsyncClient, ios_app: ClientApp, runtime: Runtime
+    ) -> None:
+        # Monotonic time 0, as on a machine booted a moment ago: taking "never read" for "read
+        # at monotonic 0" trusted an empty set of zones for 300 s, and nothing went out.
+        tokyo = await add_installs(runtime, ios_app, 2, timezone="Asia/Tokyo")  # UTC+9
+        token = await created(api, ios_app, push_time=None, local_push_time="2030-06-01T09:00:00")
+        clock = Clock(datetime(2030, 6, 1, 6, 59, tzinfo=UTC), monotonic=0.0)
+        ticking = scheduler(runtime, clock)
+        await ticking.tick()
+        assert await reached(runtime, token) == Counter(i.id for i in tokyo)
+        # Read once, trusted 300 s: a zone that appears meanwhile waits for the next read.
+        paris = await add_installs(runtime, ios_app, 1, timezone="Europe/Paris")  # UTC+2
+        clock.now = datetime(2030, 6, 1, 7, 0, tzinfo=UTC)  # 09:00 in Paris, 60 s later
+        await ticking.tick()
+        assert await reached(runtime, token) == Counter(i.id for i in tokyo)
+        clock.advance(timedelta(seconds=241))
+        await ticking.tick()
+        assert await reached(runtime, token) == Counter(i.id for i in tokyo + paris)
 
 
 class TestRecurrence:

@@ -31,6 +31,8 @@ from clarion.stats.service import SETTLE, campaign_stats, group_influenced_opens
 from clarion.stats.tasks import attribute_finished_days, attribute_open_days, keep_up
 from clarion.transactional.models import GroupOpenDay
 from tests.conftest import ClientApp
+from tests.support.clock import Clock
+from tests.support.waiting import eventually, lock_waited
 from tests.test_campaigns import created
 
 SENT, OPENED, ERROR = PushEventKind.SENT, PushEventKind.OPENED, PushEventKind.ERROR
@@ -181,7 +183,7 @@ class TestCounts:
         assert all(folded for *_, folded in recounted)
 
     async def test_concurrent_folds_count_each_row_once(
-        self, api: httpx.AsyncClient, ios_app: ClientApp, runtime: Runtime
+        self, backend: str, api: httpx.AsyncClient, ios_app: ClientApp, runtime: Runtime
     ) -> None:
         token = await draft(api, ios_app)
         for n in range(6):
@@ -195,8 +197,14 @@ class TestCounts:
                 await fold_event_counts(session)
                 if wait_for is None:
                     first_deleted.set()
-                    # Hold the transaction open while the second fold starts.
-                    await asyncio.sleep(0.3)
+                    # Held open until the second fold waits for the rows this one deleted (on
+                    # SQLite it waits for the one connection: the folds cannot overlap).
+                    if backend == "postgres":
+                        await lock_waited(
+                            runtime.settings.database_url,
+                            statement="DELETE FROM push_event_counts",
+                            what="the second fold waiting for the first one's rows",
+                        )
 
         await asyncio.gather(fold(None), fold(first_deleted))
         assert summed(await count_rows(runtime, token)) == {
@@ -282,27 +290,7 @@ class TestFinishedDays:
     async def test_an_ab_campaign_stores_each_version_and_marks_empty_days(
         self, api: httpx.AsyncClient, ios_app: ClientApp, runtime: Runtime
     ) -> None:
-        token = await created(
-            api,
-            ios_app,
-            live=False,
-            messages=[
-                {"language": "en", "body": "A", "version": "a"},
-                {"language": "en", "body": "B", "version": "b"},
-            ],
-        )
-        async with transaction(runtime.sessions) as session:
-            for version in ("a", "b"):
-                session.add(
-                    Send(
-                        token=f"{token}-{version}",
-                        app_id=ios_app.app_id,
-                        kind=SendKind.CAMPAIGN.value,
-                        campaign_token=token,
-                        version=version,
-                        content={},
-                    )
-                )
+        token = await ab_campaign(api, ios_app, runtime)
         await record(runtime, ios_app, token, [(SENT, DAY, "i-a")], send=f"{token}-a")
         await record(runtime, ios_app, token, [(SENT, DAY, "i-b")], send=f"{token}-b")
         await app_opens(runtime, ios_app, [("i-a", DAY + timedelta(minutes=1))])
@@ -324,6 +312,32 @@ class TestFinishedDays:
         assert day.versions["a"].influenced_open == 1
         assert day.versions["b"].influenced_open == 0
         assert (day.versions["a"].sent, day.versions["b"].sent) == (1, 1)
+
+
+async def ab_campaign(api: httpx.AsyncClient, app: ClientApp, runtime: Runtime) -> str:
+    """A draft with versions a and b, and a send of each named `{token}-{version}`."""
+    token = await created(
+        api,
+        app,
+        live=False,
+        messages=[
+            {"language": "en", "body": "A", "version": "a"},
+            {"language": "en", "body": "B", "version": "b"},
+        ],
+    )
+    async with transaction(runtime.sessions) as session:
+        for version in ("a", "b"):
+            session.add(
+                Send(
+                    token=f"{token}-{version}",
+                    app_id=app.app_id,
+                    kind=SendKind.CAMPAIGN.value,
+                    campaign_token=token,
+                    version=version,
+                    content={},
+                )
+            )
+    return token
 
 
 async def stored_days(runtime: Runtime, token: str) -> dict[str, dict[str, Any]]:
@@ -493,6 +507,21 @@ class TestUpkeep:
         assert days[three_days_ago.date().isoformat()][""][2] is True  # final
         assert days[now.date().isoformat()][""][2] is False  # provisional
 
+    async def test_a_day_turns_final_when_the_upkeeps_clock_says_it_settled(
+        self, api: httpx.AsyncClient, ios_app: ClientApp, runtime: Runtime
+    ) -> None:
+        # A UTC day ends at midnight and is final SETTLE later, by the clock the upkeep is given.
+        token = await draft(api, ios_app)
+        await record(runtime, ios_app, token, [(SENT, DAY, "i-0")])
+        settled = DAY.replace(hour=0) + timedelta(days=1) + SETTLE
+        clock = Clock(settled - timedelta(seconds=1))
+        await keep_up(runtime.sessions, clock=clock)
+        day = DAY.date().isoformat()
+        assert (await stored_days(runtime, token))[day][""][2] is False  # provisional
+        clock.now = settled
+        await keep_up(runtime.sessions, clock=clock)
+        assert (await stored_days(runtime, token))[day][""][2] is True  # final
+
     async def test_a_round_ends_while_a_campaign_keeps_writing_counts(
         self, api: httpx.AsyncClient, ios_app: ClientApp, runtime: Runtime
     ) -> None:
@@ -503,21 +532,24 @@ class TestUpkeep:
         now = datetime.now(UTC)
         await record(runtime, ios_app, finished, [(SENT, now - timedelta(days=3), "i-0")])
         writing = True
+        written = [0, 0, 0]
 
-        async def keep_sending(worker: int) -> int:
-            written = 0
+        async def keep_sending(worker: int) -> None:
             while writing:
-                await record(runtime, ios_app, sending, [(SENT, now, f"s-{worker}-{written}")])
-                written += 1
-            return written
+                count = written[worker]
+                await record(runtime, ios_app, sending, [(SENT, now, f"s-{worker}-{count}")])
+                written[worker] += 1
+
+        async def all_writing() -> bool:
+            return all(written)
 
         writers = [asyncio.create_task(keep_sending(worker)) for worker in range(3)]
-        await asyncio.sleep(0.05)
+        await eventually(all_writing, what="each writer's first count row")
         started = asyncio.get_running_loop().time()
         await keep_up(runtime.sessions, budget_seconds=5.0, days=1)
         elapsed = asyncio.get_running_loop().time() - started
         writing = False
-        assert all(await asyncio.gather(*writers))
+        await asyncio.gather(*writers)
 
         assert elapsed < 2.5, f"the round took {elapsed:.1f} s of its 5 s budget"
         days = await stored_days(runtime, finished)
@@ -540,7 +572,7 @@ class TestUpkeep:
             async with transaction(runtime.sessions) as session:
                 return await attribute_open_days(session, now=now, **bounds)
 
-        round_start = datetime.now(UTC)
+        round_start = now  # days are stamped computed at the time the upkeep is given
         assert await refresh(limit=2) == 2
 
         async def stored() -> int:
@@ -553,4 +585,4 @@ class TestUpkeep:
         assert await stored() == 3
         # A round refreshes each day once: all three were computed since it started.
         assert await refresh(before=round_start, limit=10) == 0
-        assert await refresh(before=datetime.now(UTC), limit=10) == 3
+        assert await refresh(before=now + timedelta(seconds=1), limit=10) == 3

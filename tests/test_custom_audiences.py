@@ -17,7 +17,9 @@ from clarion.db import transaction, utcnow
 from clarion.runtime import Runtime
 from clarion.sdk.models import Installation
 from tests.conftest import ClientApp
-from tests.test_campaign_runs import Clock, T, add_installs, reached, scheduler
+from tests.support.clock import Clock
+from tests.support.waiting import lock_waited
+from tests.test_campaign_runs import T, add_installs, reached, scheduler
 from tests.test_campaigns import created, error
 from tests.test_sdk_api import register
 
@@ -312,8 +314,10 @@ class TestResolution:
                     )
 
             replacing = asyncio.create_task(replace())
-            await asyncio.sleep(0.5)
-            assert not replacing.done()  # waiting for this transaction
+            await lock_waited(
+                runtime.settings.database_url, what="the replace waiting for the install"
+            )
+            assert not replacing.done()
         await asyncio.wait_for(replacing, 10)
         async with runtime.sessions() as session:
             statement = select(func.count()).where(

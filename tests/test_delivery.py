@@ -22,6 +22,34 @@ from clarion.events.models import PushEvent
 from clarion.runtime import Runtime
 from clarion.sdk.models import Installation
 from tests.conftest import ClientApp, new_app
+from tests.support.simulator import APNS_ENDPOINTS, SimulatorHandle, apns_endpoint
+from tests.support.waiting import eventually
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    # The iOS tests run against both APNs endpoints (tests/support/simulator.py).
+    if "ios_app" in metafunc.fixturenames:
+        metafunc.parametrize("apns_kind", APNS_ENDPOINTS)
+
+
+@pytest.fixture
+def apns_kind() -> str:
+    return "granian"
+
+
+@pytest.fixture(autouse=True)
+def _apns_endpoint(
+    apns_kind: str,
+    runtime: Runtime,
+    sim: SimulatorHandle,
+    sim_control: httpx.Client,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Providers are built per app on first use, from these settings: each test's new app
+    # talks to the endpoint of its parameter.
+    url = apns_endpoint(sim, sim_control, apns_kind)
+    monkeypatch.setattr(runtime.settings, "apns_production_url", url)
+    monkeypatch.setattr(runtime.settings, "apns_sandbox_url", url)
 
 
 async def register(
@@ -524,10 +552,15 @@ class TestProviderDown:
         await register(api, ios_app, "ios-outage", push_token=token, custom_id="oz")
         sim_control.put("/_sim/apns/faults", json={"rates": {"503": 1.0}})
         try:
+            refused = sim_control.get("/_sim/stats").json()["apns"]["rejected"]
             started = time.monotonic()
             send_token = await transactional(api, ios_app, recipients={"custom_ids": ["oz"]})
             assert time.monotonic() - started < 1.0  # the API did not wait for the provider
-            await asyncio.sleep(0.3)  # the first attempt fails during the outage
+
+            async def refused_once() -> bool:  # the first attempt fails during the outage
+                return bool(sim_control.get("/_sim/stats").json()["apns"]["rejected"] > refused)
+
+            await eventually(refused_once, what="an attempt refused during the outage")
         finally:
             sim_control.put("/_sim/apns/faults", json={"rates": {}})
         state = await wait_for_send(api, ios_app, send_token)

@@ -17,7 +17,8 @@ import pytest
 
 from clarion.runtime import Runtime
 from tests.conftest import ClientApp
-from tests.test_campaign_runs import Clock, scheduler, wait_delivered
+from tests.support.clock import Clock
+from tests.test_campaign_runs import scheduler, wait_delivered
 from tests.test_campaigns import EXAMPLE, create, error
 from tests.test_delivery import apns_token, received, register, transactional, wait_for_send
 

@@ -19,16 +19,18 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from clarion.db import transaction
-from clarion.events.models import InAppEvent, PushEvent
+from clarion.events.models import InAppEvent, PushEvent, PushEventKind
+from clarion.events.service import push_event_row, record_push_events
 from clarion.exports.models import ExportRun
 from clarion.exports.tasks import ExportRunner
 from clarion.runtime import Runtime
 from tests.conftest import ClientApp
 from tests.inapp.test_api import created as created_inapp
-from tests.test_campaign_runs import Clock, add_installs
+from tests.support.clock import Clock
+from tests.test_campaign_runs import add_installs
 from tests.test_campaigns import error
 
 if TYPE_CHECKING:
@@ -232,6 +234,7 @@ async def logged_push_events(runtime: Runtime, app: ClientApp) -> list[dict[str,
                 "advertising_id": e.advertising_id or "",
                 "platform": e.platform,
                 "error": e.reason or "",
+                "resent": "1" if e.resent else "0",
             }
             for e in events
         ]
@@ -262,7 +265,7 @@ async def test_a_day_of_push_events_lands_as_the_event_log_says(
     data = place.read(name)
     assert data.startswith(
         b"date;event_type;campaign_token;transactional_token;group_id;install_id;"
-        b"custom_id;advertising_id;platform;error\n"
+        b"custom_id;advertising_id;platform;error;resent\n"
     )
     assert parse(data) == await logged_push_events(runtime, ios_app)
     assert sniffed(data, request) == parse(data)
@@ -282,6 +285,56 @@ async def _first_day(runtime: Runtime, app: ClientApp) -> None:
             .where(ExportDestination.app_id == app.app_id)
             .values(first_day=DAY)
         )
+
+
+async def test_a_push_sent_again_after_an_unknown_outcome_is_flagged_in_the_last_column(
+    request: pytest.FixtureRequest,
+    api: httpx.AsyncClient,
+    ios_app: ClientApp,
+    runtime: Runtime,
+    local_root: Path,
+    ca_bundle: Path,
+) -> None:
+    """`resent` comes after every other column, whichever id columns the destination keeps."""
+    at = datetime.combine(DAY, datetime.min.time(), tzinfo=UTC) + timedelta(hours=9)
+    rows = [
+        push_event_row(
+            app_id=ios_app.app_id,
+            kind=kind,
+            occurred_at=at + timedelta(seconds=n),
+            platform="ios",
+            install_id=f"install-{n}",
+            send_token="send-1",
+            campaign_token="c1",
+            reason="BadDeviceToken" if kind is PushEventKind.ERROR else None,
+            resent=resent,
+        )
+        for n, (kind, resent) in enumerate(
+            [
+                (PushEventKind.SENT, False),
+                (PushEventKind.SENT, True),
+                (PushEventKind.ERROR, False),
+            ]
+        )
+    ]
+    async with transaction(runtime.sessions) as session:
+        await record_push_events(session, rows)
+    place = place_on("file", request, local_root / str(ios_app.app_id))
+    await create_destination(api, ios_app, place, id_columns=["install_id"])
+    await _first_day(runtime, ios_app)
+
+    await runner(runtime, Clock(MIDNIGHT + timedelta(hours=3)), local_root, ca_bundle).run_due()
+
+    data = place.read(f"clarion_{ios_app.app_id}_push_events_20261123.csv")
+    assert data.startswith(
+        b"date;event_type;campaign_token;transactional_token;group_id;install_id;platform;"
+        b"error;resent\n"
+    )
+    assert [(r["event_type"], r["install_id"], r["error"], r["resent"]) for r in parse(data)] == [
+        ("push_sent", "install-0", "", "0"),
+        ("push_sent", "install-1", "", "1"),
+        ("push_error", "install-2", "BadDeviceToken", "0"),
+    ]
 
 
 async def test_in_app_events_gzip_and_chosen_id_columns(
@@ -581,6 +634,40 @@ def test_the_cli_refuses_a_day_in_the_future_or_not_a_date(
 
 class TestExportApi:
     """Export API 1.0 (spec §11.1): request, poll, download behind X-Authorization."""
+
+    async def test_a_request_whose_worker_died_is_taken_again_by_the_runners_clock(
+        self, api: httpx.AsyncClient, ios_app: ClientApp, runtime: Runtime
+    ) -> None:
+        from clarion.exports.models import ExportRequest
+        from clarion.exports.tasks import STALE_PENDING, process_requests
+
+        base = f"/1.0/{ios_app.api_key}/export"
+        created = await api.post(
+            f"{base}/campaign/c1/ids",
+            headers=ios_app.headers(),
+            json={"from": "2026-11-01", "to": "now"},
+        )
+        assert created.status_code == 201, created.text
+        request_id = created.json()["id"]
+        claimed_at = datetime.now(UTC) + timedelta(days=1)  # by a worker that then died
+        async with transaction(runtime.sessions) as session:
+            await session.execute(
+                update(ExportRequest)
+                .where(ExportRequest.id == request_id)
+                .values(status="PENDING", started_at=claimed_at)
+            )
+
+        async def status() -> str:
+            answer = await api.get(f"{base}/request/{request_id}", headers=ios_app.headers())
+            found: str = answer.json()["status"]
+            return found
+
+        clock = Clock(claimed_at + STALE_PENDING)
+        await process_requests(runtime.sessions, var_dir=runtime.settings.var_dir, clock=clock)
+        assert await status() == "PENDING"  # maybe still being produced
+        clock.advance(timedelta(seconds=1))
+        await process_requests(runtime.sessions, var_dir=runtime.settings.var_dir, clock=clock)
+        assert await status() == "SUCCESS"
 
     async def test_a_campaigns_ids_are_exported_on_request(
         self, api: httpx.AsyncClient, ios_app: ClientApp, runtime: Runtime

@@ -21,6 +21,7 @@ import pytest
 import trustme
 
 from clarion.http2 import Http2Client, HttpRequest, HttpResponse, TransportError
+from tests.support.waiting import eventually
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -168,6 +169,15 @@ async def _stats(client: Http2Client, server: EchoServer) -> dict[str, Any]:
     response = await client.request(HttpRequest("GET", f"{server.base_url}/_stats", ()))
     stats: dict[str, Any] = json.loads(response.body)
     return stats
+
+
+async def _in_flight(client: Http2Client, server: EchoServer, at_least: int = 1) -> None:
+    """Until the server holds `at_least` slow requests: they are on the wire."""
+
+    async def holding() -> bool:
+        return bool((await _stats(client, server))["in_flight"] >= at_least)
+
+    await eventually(holding, what="slow requests in flight at the server")
 
 
 async def test_request_goes_over_http2_with_its_headers_and_body(
@@ -330,7 +340,7 @@ async def test_survives_a_server_restart(
         assert _echoed(await client.request(HttpRequest("GET", f"{own_echo.base_url}/", ())))
         slow = [HttpRequest("GET", f"{own_echo.base_url}/slow/300", ())] * 50
         in_flight = asyncio.ensure_future(client.request_many(slow))
-        await asyncio.sleep(0.1)
+        await _in_flight(client, own_echo)
 
         await asyncio.to_thread(own_echo.stop, sig)
         await asyncio.to_thread(own_echo.start)
@@ -377,13 +387,83 @@ async def test_untrusted_certificate_raises_transport_error(echo: EchoServer) ->
 
 
 async def test_slow_answer_raises_timeout(tls: TlsFiles, echo: EchoServer) -> None:
-    client = Http2Client(ca_file=str(tls.ca), request_timeout=0.2)
+    client = Http2Client(ca_file=str(tls.ca), response_timeout=0.2)
     try:
         with pytest.raises(TransportError, match="timeout") as caught:
             await client.request(HttpRequest("GET", f"{echo.base_url}/slow/2000", ()))
         assert caught.value.curl_code == 28
+        assert caught.value.written  # the server had it: it may have acted on it
     finally:
         await client.aclose()
+
+
+async def test_requests_waiting_for_a_stream_are_not_timed_out_by_the_wait(
+    tls: TlsFiles, ten_stream_echo: EchoServer
+) -> None:
+    # 40 requests on one connection of 10 streams, each answered 0.6 s after it was written:
+    # the last ones are answered ~2.4 s after they were made, each within the 1 s response
+    # timeout of its own write. libcurl's TIMEOUT_MS, counted from the hand-over, failed 30.
+    client = Http2Client(ca_file=str(tls.ca), max_connections_per_host=1, response_timeout=1.0)
+    try:
+        url = ten_stream_echo.base_url
+        await client.request(HttpRequest("GET", f"{url}/warm-up", ()))
+        results = await client.request_many([HttpRequest("GET", f"{url}/slow/600", ())] * 40)
+
+        assert [r for r in results if not isinstance(r, HttpResponse)] == []
+        assert (await _stats(client, ten_stream_echo))["peak_in_flight"] == 10
+    finally:
+        await client.aclose()
+
+
+@contextmanager
+def _never_accepting(*, backlog_full: bool) -> Iterator[str]:
+    """The URL of a TCP listener nobody accepts on. Its backlog full, SYNs go unanswered:
+    connecting times out. Otherwise the kernel completes TCP and the TLS handshake never gets an
+    answer."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(0 if backlog_full else 16)
+        port = listener.getsockname()[1]
+        fillers = [socket.socket() for _ in range(3 if backlog_full else 0)]
+        try:
+            for filler in fillers:  # Linux queues backlog + 1 connections
+                filler.setblocking(False)
+                filler.connect_ex(("127.0.0.1", port))
+            yield f"https://127.0.0.1:{port}/"
+        finally:
+            for filler in fillers:
+                filler.close()
+
+
+async def test_connect_timeout_fails_the_requests_as_never_written() -> None:
+    client = Http2Client(connect_timeout=0.3, tls_timeout=2.0, response_timeout=2.0)
+    with _never_accepting(backlog_full=True) as url:
+        started = time.monotonic()
+        results = await client.request_many([HttpRequest("GET", url, ())] * 20)
+        elapsed = time.monotonic() - started
+        await client.aclose()
+
+    # All 20 fail with the first connection's timeout, not one or two at a time after it.
+    errors = [r for r in results if isinstance(r, TransportError)]
+    assert len(errors) == 20
+    assert {(e.curl_code, e.written) for e in errors} == {(28, False)}
+    assert "TCP connect" in str(errors[0])
+    assert 0.3 <= elapsed < 1.5
+
+
+async def test_tls_timeout_is_separate_from_the_connect_timeout() -> None:
+    client = Http2Client(connect_timeout=0.3, tls_timeout=0.5, response_timeout=5.0)
+    with _never_accepting(backlog_full=False) as url:
+        started = time.monotonic()
+        [result] = await client.request_many([HttpRequest("GET", url, ())])
+        elapsed = time.monotonic() - started
+        await client.aclose()
+
+    # TCP was up within 0.3 s, so the handshake had the rest of 0.3 + 0.5 s.
+    assert isinstance(result, TransportError)
+    assert (result.curl_code, result.written) == (28, False)
+    assert "TCP connect" not in str(result)
+    assert 0.7 <= elapsed < 2.0
 
 
 async def test_cancelled_caller_frees_its_streams(
@@ -393,9 +473,17 @@ async def test_cancelled_caller_frees_its_streams(
     try:
         url = ten_stream_echo.base_url
         await client.request(HttpRequest("GET", f"{url}/warm-up", ()))
-        hog = client.request_many([HttpRequest("GET", f"{url}/slow/5000", ())] * 10)
-        with pytest.raises(TimeoutError):
-            await asyncio.wait_for(hog, 0.3)  # all 10 streams the server allows, for 5 s
+        hog = asyncio.ensure_future(
+            client.request_many([HttpRequest("GET", f"{url}/slow/5000", ())] * 10)
+        )
+        probe = Http2Client(ca_file=str(tls.ca))  # the client's own connection is full
+        try:
+            await _in_flight(probe, ten_stream_echo, 10)  # all 10 streams the server allows, 5 s
+        finally:
+            await probe.aclose()
+        hog.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await hog
 
         started = time.monotonic()
         assert _echoed(await client.request(HttpRequest("GET", f"{url}/next", ())))
@@ -410,7 +498,7 @@ async def test_aclose_fails_pending_requests_and_is_idempotent(
     client = Http2Client(ca_file=str(tls.ca))
     slow = [HttpRequest("GET", f"{echo.base_url}/slow/5000", ())] * 20
     pending = asyncio.ensure_future(client.request_many(slow))
-    await asyncio.sleep(0.2)
+    await _in_flight(client, echo)
 
     await client.aclose()
     await client.aclose()

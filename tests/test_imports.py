@@ -22,10 +22,12 @@ from sqlalchemy import select, update
 from clarion.db import transaction
 from clarion.imports.idfile import MAX_LINE_BYTES, IdFileParser
 from clarion.imports.models import ImportRun, ImportSource
-from clarion.imports.tasks import ImportRunner
+from clarion.imports.tasks import LEASE, LEASE_RENEWAL_SECONDS, ImportRunner
 from clarion.runtime import Runtime
 from tests.conftest import ClientApp
-from tests.test_campaign_runs import Clock, add_installs
+from tests.support.clock import Clock
+from tests.support.waiting import eventually
+from tests.test_campaign_runs import add_installs
 from tests.test_campaigns import error
 from tests.test_custom_audiences import estimate, patch, view
 
@@ -473,6 +475,52 @@ async def test_sources_are_polled_on_their_interval_by_one_process_at_a_time(
     assert await _my_runs(second, drop) == []
     clock.now += timedelta(seconds=61)  # its lease ran out: taken over
     assert [(run.path or "").rsplit("/", 1)[1] for run in await _my_runs(second, drop)] == ["b.csv"]
+
+
+async def test_a_long_read_keeps_the_source_by_renewing_its_lease_on_the_runners_clock(
+    request: pytest.FixtureRequest,
+    api: httpx.AsyncClient,
+    ios_app: ClientApp,
+    runtime: Runtime,
+    ca_bundle: Path,
+    local_root: Path,
+) -> None:
+    clock = Clock(datetime.now(UTC))
+    drop = folder_on("file", request, local_root / str(ios_app.app_id))
+    drop.put("big.csv", b"id\n" + b"".join(b"user-%07d\n" % n for n in range(60_000)))  # 3 reads
+    await create_source(api, ios_app, drop)
+    runner = make_runner(runtime, ca_bundle, local_root, clock)
+    loop = asyncio.get_running_loop()
+    reads = 0
+
+    async def lease_until() -> datetime | None:
+        async with runtime.sessions() as session:
+            source = await session.scalar(
+                select(ImportSource).where(ImportSource.app_id == ios_app.app_id)
+            )
+            assert source is not None
+            return source.lease_until
+
+    async def renewed() -> None:
+        expected = clock() + LEASE
+
+        async def check() -> bool:
+            return await lease_until() == expected
+
+        await eventually(check, what="the lease renewed during the read", timeout=10)
+
+    def progress(name: str, count: int, size: int | None) -> None:
+        nonlocal reads
+        reads += 1
+        if reads == 1:  # a minute into the read, by the runner's monotonic clock
+            clock.advance(timedelta(seconds=LEASE_RENEWAL_SECONDS + 1))
+        elif reads == 2:  # the renewal runs on the loop: waited for from the reading thread
+            asyncio.run_coroutine_threadsafe(renewed(), loop).result(timeout=15)
+
+    run = one(await runner.run_source(app_id=ios_app.app_id, name="crm", on_progress=progress))
+    assert (run.status, run.error) == ("succeeded", None)
+    assert reads == 3
+    assert await lease_until() is None  # released once polled
 
 
 async def _my_runs(runner: ImportRunner, drop: Drop) -> list[ImportRun]:

@@ -29,8 +29,8 @@ from clarion.outbound import DestinationRefused, OutboundPolicy, WebhookClient, 
 from clarion.runtime import Runtime
 from clarion.storage import Storage, StorageCredentials, StorageError
 from tests.conftest import ClientApp
+from tests.support.clock import Clock
 from tests.support.simulator import LOCAL_SERVERS_POLICY
-from tests.test_campaign_runs import Clock
 from tests.test_campaigns import error
 from tests.test_exports import MIDNIGHT, create_destination, place_on
 from tests.test_exports import _first_day as first_export_day

@@ -20,9 +20,9 @@ from clarion.queue import JobQueue
 from clarion.runtime import Runtime
 from clarion.sdk.models import Installation
 from tests.conftest import ClientApp
+from tests.support.clock import Clock
 from tests.support.dashboard import sign_in_as
 from tests.test_campaign_runs import (
-    Clock,
     add_installs,
     reached,
     scheduler,
@@ -180,7 +180,7 @@ class TestScheduledCampaigns:
         assert pushes_received(sim_control, installs + later) == [1, 1, 1, 1, 1]
         assert await reached(runtime, second) == Counter({later[0].id: 1})
         progress = (await get(api, ios_app, second)).json()["progress"]
-        assert progress == {"targeted": 1, "sent": 1, "errors": 0}
+        assert progress == {"targeted": 1, "sent": 1, "resent": 0, "errors": 0}
         assert (await get(api, ios_app, first)).json()["progress"]["targeted"] == 4
         # A campaign without a capped label is not capped, and leaves no receipt.
         await send_now(api, ios_app, runtime, labels=["spring"])

@@ -16,7 +16,8 @@ from clarion.db import transaction
 from clarion.runtime import Runtime
 from clarion.targeting.query import MAX_CONDITIONS, MAX_DEPTH, MAX_LIST, MAX_VALUES
 from tests.conftest import ClientApp
-from tests.test_campaign_runs import Clock, add_installs, runs_of, scheduler
+from tests.support.clock import Clock
+from tests.test_campaign_runs import add_installs, runs_of, scheduler
 from tests.test_campaigns import EXAMPLE, campaign_count, create, created, error, get, update
 
 T = datetime(2030, 6, 1, 10, 0, tzinfo=UTC)

@@ -10,11 +10,13 @@ from contextlib import asynccontextmanager
 from datetime import timedelta
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from clarion.config import QueueBackend
-from clarion.queue import BatchJob, JobQueue, install_pg_schema, pack_jobs
+from clarion.queue import BatchJob, JobQueue, install_pg_schema, libpq_url, pack_jobs
 from tests.conftest import empty_database
+from tests.support.waiting import eventually
 
 
 def test_small_batches_share_jobs_up_to_the_recipient_budget() -> None:
@@ -44,9 +46,9 @@ def test_full_delayed_and_unsized_batches_ride_alone() -> None:
 @asynccontextmanager
 async def _pg_worker(
     folder: Path, *, concurrency: int
-) -> AsyncIterator[tuple[JobQueue, list[int]]]:
-    """A PostgreSQL job queue with a worker running in this process, and the batch ids it
-    has handled so far."""
+) -> AsyncIterator[tuple[JobQueue, list[int], str]]:
+    """A PostgreSQL job queue with a worker running in this process, the batch ids it has
+    handled so far, and the database's URL."""
     with empty_database("postgres", folder) as url:
         await install_pg_schema(url)
         queue = JobQueue(QueueBackend.POSTGRES, url)
@@ -59,18 +61,37 @@ async def _pg_worker(
         queue.register_worker(handle, concurrency=concurrency)
         worker = asyncio.create_task(queue.run_worker())
         try:
-            await asyncio.sleep(0.3)  # the worker is listening
-            yield queue, handled
+            await _idle_listening(url)
+            yield queue, handled, url
         finally:
             queue.stop()
             await asyncio.wait_for(worker, 10)
             await queue.aclose()
 
 
+async def _idle_listening(url: str) -> None:
+    """Until the worker waits for a NOTIFY: it has LISTENed, no job is left in the queue, and
+    none of its queries is running (the queue's database is this test's alone)."""
+    async with await psycopg.AsyncConnection.connect(libpq_url(url), autocommit=True) as watcher:
+
+        async def idle() -> bool:
+            cursor = await watcher.execute(
+                "SELECT bool_or(query LIKE 'LISTEN%'),"
+                " bool_or(state = 'active' AND pid <> pg_backend_pid()),"
+                " (SELECT count(*) FROM pgqueuer)"
+                " FROM pg_stat_activity WHERE datname = current_database()"
+            )
+            listened, busy, jobs = await cursor.fetchone() or (False, True, 1)
+            return bool(listened) and not busy and jobs == 0
+
+        await eventually(idle, what="the worker idle, listening")
+
+
 async def _handled(handled: list[int], count: int) -> None:
-    deadline = time.monotonic() + 20
-    while len(handled) < count and time.monotonic() < deadline:
-        await asyncio.sleep(0.01)
+    async def all_handled() -> bool:
+        return len(handled) >= count
+
+    await eventually(all_handled, what=f"{count} jobs handled")
 
 
 # pgqueuer's worker waits for NOTIFYs holding its connection, up to 1 s at a time. Enqueues
@@ -82,10 +103,11 @@ async def _handled(handled: list[int], count: int) -> None:
 async def test_enqueues_do_not_wait_for_the_worker_listening_in_the_same_process(
     tmp_path: Path,
 ) -> None:
-    async with _pg_worker(tmp_path, concurrency=4) as (queue, handled):
+    async with _pg_worker(tmp_path, concurrency=4) as (queue, handled, url):
         enqueuing = 0.0
         for batch_id in range(1, 6):
-            await asyncio.sleep(0.3)  # the worker is idle again, listening
+            await _handled(handled, batch_id - 1)
+            await _idle_listening(url)
             started = time.monotonic()
             await queue.enqueue([BatchJob(batch_id, recipients=1000)])
             enqueuing += time.monotonic() - started
@@ -100,7 +122,7 @@ async def test_a_worker_takes_queued_jobs_one_after_another_without_waiting(
     tmp_path: Path,
 ) -> None:
     # One job at a time, two picked at most.
-    async with _pg_worker(tmp_path, concurrency=1) as (queue, handled):
+    async with _pg_worker(tmp_path, concurrency=1) as (queue, handled, _):
         await queue.enqueue([BatchJob(batch_id) for batch_id in range(1, 9)])
         started = time.monotonic()
         await _handled(handled, 8)

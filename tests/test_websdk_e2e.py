@@ -49,6 +49,7 @@ from tests.support.simulator import (
     running_simulator,
     stop_process_group,
 )
+from tests.support.waiting import until
 from tests.test_dashboard_e2e import CHROMIUM, CHROMIUM_ARGS
 
 BUNDLE = REPO_ROOT / "clarion" / "sdk" / "web" / "clarion.js"
@@ -140,11 +141,10 @@ class Clarion:
     def wait_for_rows(self, sql: str, *args: Any, count: int) -> list[tuple[Any, ...]]:
         """The rows once there are `count` of them: for what a closed tab sent, which no page
         is left to observe."""
-        deadline = time.monotonic() + WAIT
-        while len(rows := self.rows(sql, *args)) < count:
-            assert time.monotonic() < deadline, rows
-            time.sleep(0.1)  # polling the database, the only witness left
-        return rows
+        until(
+            lambda: len(self.rows(sql, *args)) >= count, what=f"{count} rows of {sql}", timeout=WAIT
+        )
+        return self.rows(sql, *args)
 
     def rest(self) -> httpx.Client:
         return httpx.Client(
@@ -839,13 +839,12 @@ def _wait_until_served(site: Site, token: str) -> None:
     probe = _path(site, "probe")
     with httpx.Client(base_url=site.clarion.url, timeout=10.0) as sdk:
         assert sdk.put(probe, json={}).status_code == 200
-        deadline = time.monotonic() + WAIT
-        while True:
+
+        def served() -> bool:
             answer = sdk.get(f"{probe}/inapp-messages").json()
-            if token in [m["campaign_token"] for m in answer["messages"]]:
-                return
-            assert time.monotonic() < deadline, answer
-            time.sleep(0.1)  # polling the server's documented refresh, not a result of ours
+            return token in [m["campaign_token"] for m in answer["messages"]]
+
+        until(served, what=f"campaign {token} handed out", timeout=WAIT)
 
 
 # Web Push -------------------------------------------------------------------------------------
@@ -941,12 +940,15 @@ def test_a_push_is_shown_by_the_service_worker_and_its_click_reports_the_open(
             campaign = created.json()["campaign_token"]
         sub_id = subscription["endpoint"].rsplit("/", 1)[1]
         with sim.control_client() as control:
-            deadline = time.monotonic() + WAIT
-            while not (
-                messages := control.get(f"/_sim/webpush/tokens/{sub_id}").json()["messages"]
-            ):
-                assert time.monotonic() < deadline, "the simulator received no push"
-                time.sleep(0.1)  # polling the simulator, the only witness of the delivery
+
+            def delivered() -> list[dict[str, Any]]:
+                found: list[dict[str, Any]] = control.get(f"/_sim/webpush/tokens/{sub_id}").json()[
+                    "messages"
+                ]
+                return found
+
+            until(lambda: bool(delivered()), what="a push at the simulator", timeout=WAIT)
+            messages = delivered()
         payload = messages[-1]["payload"]
         send_token = payload["com.batch"]["i"]
 

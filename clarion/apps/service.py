@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import time
 from dataclasses import dataclass
 
 import orjson
@@ -22,6 +21,7 @@ from clarion.apps.schemas import (
     FcmCredentialsIn,
     WebPushCredentialsIn,
 )
+from clarion.clock import SYSTEM_CLOCK, Clock
 from clarion.delivery.providers.base import ApnsCredentials, FcmCredentials, WebPushCredentials
 from clarion.errors import (
     ApiMisuseError,
@@ -88,8 +88,9 @@ class KeyCache:
     cannot grow the cache.
     """
 
-    def __init__(self, ttl: float) -> None:
+    def __init__(self, ttl: float, *, clock: Clock = SYSTEM_CLOCK) -> None:
         self.ttl = ttl
+        self._clock = clock
         self._entries: dict[str, tuple[float, CompanyAccess | AppAccess]] = {}
 
     def app(self, api_key: str) -> AppAccess | None:
@@ -102,14 +103,14 @@ class KeyCache:
         entry = self._entries.get(digest)
         if entry is None:
             return None
-        if entry[0] < time.monotonic():
+        if entry[0] < self._clock.monotonic():
             del self._entries[digest]
             return None
         return entry[1]
 
     def put(self, digest: str, value: CompanyAccess | AppAccess) -> None:
         if self.ttl > 0:
-            self._entries[digest] = (time.monotonic() + self.ttl, value)
+            self._entries[digest] = (self._clock.monotonic() + self.ttl, value)
 
     def forget(self, *digests: str) -> None:
         for digest in digests:

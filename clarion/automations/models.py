@@ -12,7 +12,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any, cast
 
-from sqlalchemy import BigInteger, ForeignKey, Index, String, Table, text
+from sqlalchemy import BigInteger, Index, String, Table, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from clarion.db import Base, BigIntPK, JsonValue, UtcDateTime
@@ -37,9 +37,26 @@ class AutomationEntry(Base):
             sqlite_where=text("state = 'pending'"),
         ),
         # Cancel events and the once-per-N-days rule look up one user's entries of one
-        # automation: server events by custom user id, SDK events by installation id.
-        Index("ix_automation_entries_custom", "campaign_id", "custom_id", "entered_at"),
-        Index("ix_automation_entries_install", "campaign_id", "install_id", "entered_at"),
+        # automation: server events by custom user id, SDK events by installation id. Partial:
+        # an entry of a server event (no installation) is not written into the installation
+        # index, at entry nor at each state change (cancelled, sent: not HOT updates, every
+        # index takes the new version). Measured on 2,500 entries: 1.4 us an entry of 10.6.
+        Index(
+            "ix_automation_entries_custom",
+            "campaign_id",
+            "custom_id",
+            "entered_at",
+            postgresql_where=text("custom_id IS NOT NULL"),
+            sqlite_where=text("custom_id IS NOT NULL"),
+        ),
+        Index(
+            "ix_automation_entries_install",
+            "campaign_id",
+            "install_id",
+            "entered_at",
+            postgresql_where=text("install_id IS NOT NULL"),
+            sqlite_where=text("install_id IS NOT NULL"),
+        ),
         # Statistics (clarion.stats.automations): an automation's entries of a state finished
         # since a date, with why, read from the index alone; and its pending ones (pausing).
         Index("ix_automation_entries_finished", "campaign_id", "state", "finished_at", "reason"),
@@ -50,7 +67,10 @@ class AutomationEntry(Base):
 
     id: Mapped[int] = mapped_column(BigIntPK, primary_key=True)
     app_id: Mapped[int] = mapped_column()
-    campaign_id: Mapped[int] = mapped_column(ForeignKey("campaigns.id"))
+    # No foreign key (decision 0038): its check is a lookup and a share lock on the campaign per
+    # entry written (3 us of an entry's 10.6 us in PostgreSQL), and campaigns are never deleted
+    # (deleted_at), so it could never refuse an entry written for a campaign the catalogue read.
+    campaign_id: Mapped[int] = mapped_column(BigIntPK)
     # Who entered: a server event (`ue.`) names a custom user id, an SDK event an installation
     # (and the custom id it carried, if any).
     custom_id: Mapped[str | None] = mapped_column(String(512))

@@ -7,6 +7,7 @@ accepted is an entry that exists, and a cancel event accepted is an entry cancel
 from __future__ import annotations
 
 import logging
+import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -24,7 +25,15 @@ from clarion.automations.catalogue import (
 )
 from clarion.automations.models import ENTRIES, AutomationEntry, EntryState
 from clarion.campaigns.models import Campaign, CampaignState
-from clarion.db import UtcDateTime, bulk_insert, is_postgres, rowcount
+from clarion.db import (
+    UtcDateTime,
+    array_text,
+    bulk_insert,
+    bulk_times,
+    is_postgres,
+    json_text,
+    rowcount,
+)
 
 log = logging.getLogger(__name__)
 
@@ -83,8 +92,8 @@ class _Entry:
     entered_at: datetime
     state: str
     reason: str | None = None
-    # Written by this call only.
-    due_at: datetime | None = None
+    # Written by this call only (as bulk_insert takes it: text on PostgreSQL).
+    due_at: Any = None
     timed: bool = True
 
     def attributes(self) -> dict[str, Any]:
@@ -121,7 +130,8 @@ async def enter_stored(
     for row in rows:
         by_app.setdefault(row["app_id"], []).append(row)
     entered = cancelled = 0
-    for app_id, events in by_app.items():
+    # In ascending order: the users' locks of two transactions are then taken in one order.
+    for app_id, events in sorted(by_app.items()):
         done = await enter_events(session, catalogue, app_id=app_id, events=events, now=now)
         entered += done.entered
         cancelled += done.cancelled
@@ -152,19 +162,29 @@ async def enter_events(
     if not relevant:
         return Entered()
     relevant.sort(key=lambda event: event["occurred_at"])  # stable: a call's order for ties
+    postgres = is_postgres(session)
 
     # Which users' entries of which automations matter: those a cancel event may cancel, and
     # those an entry rule counts.
     by_custom_id: set[tuple[int, str]] = set()
     by_install_id: set[tuple[int, str]] = set()
+    # The automations that an event of this call may cancel: only their new entries (and those
+    # of once_per_days ones) are kept as _Entry, indexed by user, for the later events of the
+    # call to see; the others go straight to a row (no object per entry: 2,470 a bench call).
+    cancellable: set[int] = set()
+    counted: set[str] = set()  # the users a once_per_days rule counts
     longest_rule = 0
     for event in relevant:
         for cancel in live.cancelling.get(event["name"], ()):
+            cancellable.add(cancel.campaign_id)
             _add_user(event, cancel.campaign_id, by_custom_id, by_install_id, both=True)
         for rule in live.entering.get(event["name"], ()):
             if rule.once_per_days is not None and rule.matches(event["label"], event["attributes"]):
                 _add_user(event, rule.campaign_id, by_custom_id, by_install_id, both=False)
+                counted.add(event["install_id"] or event["custom_id"])
                 longest_rule = max(longest_rule, rule.once_per_days)
+    if counted and postgres:
+        await _lock_users(session, app_id, counted)
     since = now - timedelta(days=longest_rule)
     known = await _entries_of(session, by_custom_id, by_install_id, since=since)
     by_custom: dict[tuple[int, str], list[_Entry]] = {}
@@ -172,7 +192,9 @@ async def enter_events(
     for entry in known:
         _index(entry, by_custom, by_install)
 
-    written: list[_Entry] = []
+    stamp = bulk_times(session)  # each distinct timestamp formatted once (PostgreSQL)
+    entered_at = stamp(now)
+    written: list[_Entry | tuple[Any, ...]] = []
     cancelled: dict[str, list[int]] = {}  # reason -> ids of entries read
     cancelled_here = 0
     for event in relevant:
@@ -206,18 +228,67 @@ async def enter_events(
             # The event as entries keep it, serialised once for all the automations it enters
             # (json.dumps per entry was a fifth of the bench's matching time).
             kept = kept or _kept(event)
-            entry = _new_entry(event, kept, rule, now)
+            # An event reported late (an SDK's offline queue, a Trigger Events `time` up to
+            # 24 h ago) is due now rather than in the past.
+            due_at = stamp(max(event["occurred_at"] + rule.delay, now))
+            if rule.once_per_days is None and rule.campaign_id not in cancellable:
+                written.append(
+                    (
+                        app_id,
+                        rule.campaign_id,
+                        event["custom_id"],
+                        event["install_id"],
+                        kept[1],
+                        entered_at,
+                        due_at,
+                        not rule.local_time,
+                        _PENDING,
+                        None,
+                        None,
+                    )
+                )
+                continue
+            entry = _new_entry(event, kept, rule, now, due_at)
             written.append(entry)
             _index(entry, by_custom, by_install)
 
+    finished_at = stamp(now)
     await bulk_insert(
         session,
         AutomationEntry.__tablename__,
         _ENTRY_COLUMNS,
-        [_entry_row(app_id, entry, now) for entry in written],
+        [
+            row if isinstance(row, tuple) else _entry_row(app_id, row, entered_at, finished_at)
+            for row in written
+        ],
     )
     await _cancel(session, cancelled, now=now)
     return Entered(len(written), cancelled_here + sum(map(len, cancelled.values())))
+
+
+# pg_advisory_xact_lock's first key for the users' stripes: "entr".
+_LOCK_CLASS = 0x656E7472
+# once_per_days reads a user's entries then writes one: two calls for the same user in two
+# transactions would both read none and both enter (SQLite's one connection serialises them
+# already). A call locks its users' stripes until it commits, at most this many per app: one
+# lock per user was up to 1,000 per call, and PostgreSQL's lock table holds about
+# max_locks_per_transaction (64) times max_connections in all; with 64, two bulk calls of an
+# app entering the same once_per_days automations wait for each other (their entries' read,
+# write and commit), single-user calls seldom (1 in 64).
+_STRIPES = 64
+_LOCK_STRIPES = """SELECT pg_advisory_xact_lock(:kind, stripe)
+FROM unnest(CAST(:stripes AS INTEGER[])) AS stripe"""
+
+
+async def _lock_users(session: AsyncSession, app_id: int, users: set[str]) -> None:
+    """Wait for the other transactions entering these users, and hold them off until this one
+    ends. One statement, the stripes in ascending order (unnest keeps the array's): two calls
+    take their common stripes in the same order, so they wait rather than deadlock (apps are
+    taken in ascending order too, by enter_stored)."""
+    stripes = sorted(
+        {(app_id * _STRIPES + zlib.crc32(user.encode()) % _STRIPES) % 2**31 for user in users}
+    )
+    await session.execute(text(_LOCK_STRIPES), {"kind": _LOCK_CLASS, "stripes": stripes})
 
 
 def _add_user(
@@ -295,8 +366,8 @@ async def _entries_of(
             parameters: dict[str, Any] = dict(states)
             if postgres:
                 sql = _PAIRS_POSTGRES.format(column=user_column)
-                parameters["campaigns"] = [campaign for campaign, _ in some]
-                parameters["users"] = [user for _, user in some]
+                parameters["campaigns"] = array_text(campaign for campaign, _ in some)
+                parameters["users"] = array_text(user for _, user in some)
             else:
                 values = ", ".join(f"(:c{n}, :u{n})" for n in range(len(some)))
                 sql = _PAIRS_SQLITE.format(values=values, column=user_column)
@@ -369,11 +440,15 @@ def _kept(event: Mapping[str, Any]) -> tuple[dict[str, Any], str]:
         "attributes": event["attributes"],
         "tags": event["tags"],
     }
-    return kept, orjson.dumps(kept).decode()
+    return kept, json_text(kept) or "null"
 
 
 def _new_entry(
-    event: Mapping[str, Any], kept: tuple[dict[str, Any], str], rule: Entering, now: datetime
+    event: Mapping[str, Any],
+    kept: tuple[dict[str, Any], str],
+    rule: Entering,
+    now: datetime,
+    due_at: Any,
 ) -> _Entry:
     return _Entry(
         id=None,
@@ -383,15 +458,15 @@ def _new_entry(
         event=kept[0],
         event_text=kept[1],
         entered_at=now,
-        # An event reported late (an SDK's offline queue, a Trigger Events `time` up to 24 h
-        # ago) is due now rather than in the past.
-        due_at=max(event["occurred_at"] + rule.delay, now),
+        due_at=due_at,
         timed=not rule.local_time,
         state=_PENDING,
     )
 
 
-def _entry_row(app_id: int, entry: _Entry, now: datetime) -> tuple[Any, ...]:
+def _entry_row(app_id: int, entry: _Entry, entered_at: Any, finished_at: Any) -> tuple[Any, ...]:
+    """An entry written by this call as bulk_insert takes it (timestamps as the call formatted
+    them); cancelled by a later event of the call, it is written finished."""
     finished = entry.state != _PENDING
     return (
         app_id,
@@ -399,12 +474,12 @@ def _entry_row(app_id: int, entry: _Entry, now: datetime) -> tuple[Any, ...]:
         entry.custom_id,
         entry.install_id,
         entry.event_text,
-        entry.entered_at,
+        entered_at,
         entry.due_at,
         entry.timed,
         entry.state,
         entry.reason,
-        now if finished else None,
+        finished_at if finished else None,
     )
 
 
@@ -430,8 +505,8 @@ async def _cancel(session: AsyncSession, cancelled: dict[str, list[int]], *, now
         await session.execute(
             text(_CANCEL_POSTGRES),
             {
-                "ids": [entry_id for entry_id, _ in pairs],
-                "reasons": [reason for _, reason in pairs],
+                "ids": array_text(entry_id for entry_id, _ in pairs),
+                "reasons": array_text(reason for _, reason in pairs),
                 "cancelled": _CANCELLED,
                 "sent": _SENT,
                 "skipped": EntryState.SKIPPED.value,

@@ -6,8 +6,7 @@ scheduler (clarion.campaigns.tasks) takes and drops the leases and decides what 
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
@@ -22,6 +21,7 @@ from clarion.campaigns.models import Campaign, CampaignReceipt, CampaignRun, Run
 from clarion.campaigns.recurrence import EARLIEST_UTC_OFFSET, occurrence_end
 from clarion.campaigns.schemas import CampaignBody
 from clarion.capping import service as capping
+from clarion.clock import Clock
 from clarion.config import Settings
 from clarion.db import transaction, upsert_insert
 from clarion.delivery.models import BATCHES, Send
@@ -29,8 +29,6 @@ from clarion.errors import from_validation_errors
 from clarion.queue import BatchJob, JobQueue
 from clarion.sdk.models import Installation
 from clarion.targeting import service as targeting
-
-Clock = Callable[[], datetime]
 
 _INSERT_BATCHES = insert(BATCHES).returning(BATCHES.c.id, sort_by_parameter_order=True)
 # How long the time zones of an app's installs are trusted (local-time waves).
@@ -223,7 +221,7 @@ class FanOut:
         # look fresh for the first 300 s after the machine booted, and fan out nothing.
         cached = self._zones.get(app.id)
         zones = cached[1] if cached is not None else set()
-        if cached is None or time.monotonic() - cached[0] > _ZONES_TTL_SECONDS:
+        if cached is None or self._clock.monotonic() - cached[0] > _ZONES_TTL_SECONDS:
             async with self._sessions() as session:
                 zones = {
                     zone or app.default_timezone
@@ -233,7 +231,7 @@ class FanOut:
                         .distinct()
                     )
                 }
-            self._zones[app.id] = (time.monotonic(), zones)
+            self._zones[app.id] = (self._clock.monotonic(), zones)
         return sorted(
             zone
             for zone in zones - done

@@ -367,6 +367,9 @@ class CampaignSummary(BaseModel):
 
 class VersionStats(BaseModel):
     sent: int = 0
+    # Clarion's addition: of `sent`, those sent again after an unknown outcome (a timeout, a
+    # worker that died mid-send), which the device may have received twice (docs/delivery.md).
+    resent: int = 0
     sent_optins: int = 0
     direct_open: int = 0
     influenced_open: int = 0

@@ -336,7 +336,7 @@ async def describe_campaign(
     session: AsyncSession, *, access: AppAccess, token: str
 ) -> dict[str, Any]:
     """The create body plus campaign_token, from_api, dev_only, created_date (spec §4.3), and
-    Clarion's additions: its state and its progress (targeted, sent, errors) so far."""
+    Clarion's additions: its state and its progress (targeted, sent, resent, errors) so far."""
     campaign = await find_campaign(session, access, token)
     failed = campaign.state == CampaignState.FAILED.value
     progress = (
@@ -359,6 +359,7 @@ async def describe_campaign(
         "progress": {
             "targeted": progress.targeted,
             "sent": progress.sent,
+            "resent": progress.resent,
             "errors": progress.failed + progress.tokens_deleted,
         },
     }

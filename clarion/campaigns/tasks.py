@@ -24,7 +24,7 @@ from pydantic import ValidationError
 from sqlalchemy import or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from clarion.campaigns.fanout import Clock, FanOut, Position, RunFailed, reason_of
+from clarion.campaigns.fanout import FanOut, Position, RunFailed, reason_of
 from clarion.campaigns.models import (
     Campaign,
     CampaignRun,
@@ -34,8 +34,9 @@ from clarion.campaigns.models import (
 from clarion.campaigns.recurrence import next_to_run, occurrence_end
 from clarion.campaigns.schemas import CampaignBody
 from clarion.campaigns.service import landing_themes, send_content, settle, stop_campaign
+from clarion.clock import SYSTEM_CLOCK, Clock
 from clarion.config import Settings
-from clarion.db import transaction, utcnow
+from clarion.db import transaction
 from clarion.delivery.models import BATCHES, SENDS, BatchStatus, Send, SendKind
 from clarion.queue import JobQueue
 
@@ -54,7 +55,7 @@ class CampaignScheduler:
         queue: JobQueue,
         settings: Settings,
         *,
-        clock: Clock = utcnow,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self._sessions = sessions
         self._queue = queue

@@ -27,6 +27,7 @@ _ERROR_WINDOW = timedelta(days=30)
 @dataclass
 class Totals:
     sent: int = 0
+    resent: int = 0  # of `sent`, sent again after an unknown outcome
     direct_open: int = 0
     influenced_open: int = 0
     errors: int = 0
@@ -38,6 +39,7 @@ class Totals:
 
     def add(self, stats: VersionStats | Totals) -> None:
         self.sent += stats.sent
+        self.resent += stats.resent
         self.direct_open += stats.direct_open
         self.influenced_open += stats.influenced_open
         self.errors += stats.errors

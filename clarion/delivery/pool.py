@@ -23,6 +23,16 @@ from clarion.outbound import OutboundPolicy
 from clarion.security import SecretBox
 
 
+def provider_client(settings: Settings) -> Http2Client:
+    """The process's HTTP/2 client for the providers, with the operator's timeouts."""
+    return Http2Client(
+        ca_file=settings.provider_ca_file or None,
+        connect_timeout=settings.provider_connect_timeout_seconds,
+        tls_timeout=settings.provider_tls_timeout_seconds,
+        response_timeout=settings.provider_response_timeout_seconds,
+    )
+
+
 class ProviderPool:
     def __init__(self, client: Http2Client, settings: Settings, box: SecretBox) -> None:
         self._client = client

@@ -96,8 +96,15 @@ async def send_test_push(
 
 def batch_totals() -> list[Label[int]]:
     """Sums, over the delivery batches a statement selects, of what they did, labelled targeted,
-    sent, failed and tokens_deleted (0 where there is none). A send's progress is its batches'."""
-    columns = (BATCHES.c.targeted, BATCHES.c.sent, BATCHES.c.failed, BATCHES.c.tokens_deleted)
+    sent, resent (of sent, those sent again after an unknown outcome), failed and
+    tokens_deleted (0 where there is none). A send's progress is its batches'."""
+    columns = (
+        BATCHES.c.targeted,
+        BATCHES.c.sent,
+        BATCHES.c.resent,
+        BATCHES.c.failed,
+        BATCHES.c.tokens_deleted,
+    )
     return [func.coalesce(func.sum(column), 0).label(column.name) for column in columns]
 
 

@@ -80,12 +80,17 @@ class PushEvent(Base):
 COUNTED_KINDS = frozenset(
     {PushEventKind.SENT, PushEventKind.OPENED, PushEventKind.ERROR, PushEventKind.TOKEN_DELETED}
 )
+# Not a kind of event: the count, among a key's `push_sent` events, of those marked `resent`
+# (sent again after an unknown outcome), kept beside the kinds in PushEventCount so that
+# statistics read it as they read `sent`, without scanning the log (docs/delivery.md).
+RESENT_COUNT = "push_resent"
 
 
 class PushEventCount(Base):
     """Push events of campaigns and of transactional group_ids counted by UTC day (and, for a
-    campaign, by send: its A/B version) and kind, written in the transaction that writes the
-    events: statistics read these few rows, not the millions of events they stand for.
+    campaign, by send: its A/B version) and kind (and RESENT_COUNT, the re-sent among the
+    `push_sent`), written in the transaction that writes the events: statistics read these few
+    rows, not the millions of events they stand for.
 
     Append-only, so that concurrent writers never wait on one hot counter row: each batch of
     events adds its rows (`folded` false), and fold_event_counts later replaces a campaign's or

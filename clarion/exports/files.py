@@ -63,6 +63,9 @@ def export_query(
             *_ids(PushEvent, id_columns),
             func.nullif(PushEvent.platform, "").label("platform"),
             func.nullif(PushEvent.reason, "").label("error"),
+            # Added last, as every new column is (docs/exports.md): 1 for a push_sent that was
+            # sent again after an unknown outcome, so the device may have had it twice.
+            case((PushEvent.resent.is_(true()), literal("1")), else_=literal("0")).label("resent"),
         ]
     else:
         event = InAppEvent

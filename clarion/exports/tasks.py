@@ -15,7 +15,6 @@ import asyncio
 import contextlib
 import logging
 import threading
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import date, datetime, timedelta
@@ -25,8 +24,9 @@ from sqlalchemy import select, true, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from clarion.apps.models import App
+from clarion.clock import SYSTEM_CLOCK, Clock
 from clarion.config import Settings
-from clarion.db import insert_ignoring_conflicts, rowcount, transaction, utcnow
+from clarion.db import insert_ignoring_conflicts, rowcount, transaction
 from clarion.errors import MalformedParameterError
 from clarion.exports.files import export_query, request_query, write_export
 from clarion.exports.models import (
@@ -63,7 +63,7 @@ class ExportRunner:
         settings: Settings,
         box: SecretBox,
         *,
-        clock: Callable[[], datetime] = utcnow,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self._sessions = sessions
         self._settings = settings
@@ -144,7 +144,7 @@ class ExportRunner:
         upload = asyncio.create_task(asyncio.to_thread(self._upload, destination, name, iter(tail)))
         renewing = asyncio.create_task(self._keep_lease(run))
         try:
-            started = time.monotonic()
+            started = self._clock.monotonic()
             try:
                 rows = await self._write(destination, day, path)
             except BaseException:
@@ -152,12 +152,12 @@ class ExportRunner:
                 with contextlib.suppress(Exception):
                     await upload
                 raise
-            written = time.monotonic()
+            written = self._clock.monotonic()
             tail.finish()
             uploaded = await upload
             timings = {
                 "write_seconds": round(written - started, 1),
-                "upload_done_seconds": round(time.monotonic() - started, 1),
+                "upload_done_seconds": round(self._clock.monotonic() - started, 1),
             }
         except StorageError as exc:
             return await self._failed(run, str(exc))
@@ -360,10 +360,10 @@ class FileTail:
 
 
 async def process_requests(
-    sessions: async_sessionmaker[AsyncSession], *, var_dir: Path, now: datetime | None = None
+    sessions: async_sessionmaker[AsyncSession], *, var_dir: Path, clock: Clock = SYSTEM_CLOCK
 ) -> int:
     """Produce the files of waiting requests (a worker's loop); returns how many were done."""
-    now = now or utcnow()
+    now = clock()
     async with sessions() as session:
         waiting = list(
             await session.scalars(
@@ -392,17 +392,17 @@ async def process_requests(
                     (ExportRequest.started_at.is_(None))
                     | (ExportRequest.started_at < now - STALE_PENDING),
                 )
-                .values(status=RequestStatus.PENDING.value, started_at=utcnow())
+                .values(status=RequestStatus.PENDING.value, started_at=clock())
             )
             if rowcount(claimed) != 1:
                 continue
-        await _produce_request(sessions, request_id, var_dir)
+        await _produce_request(sessions, request_id, var_dir, clock)
         done += 1
     return done
 
 
 async def _produce_request(
-    sessions: async_sessionmaker[AsyncSession], request_id: str, var_dir: Path
+    sessions: async_sessionmaker[AsyncSession], request_id: str, var_dir: Path, clock: Clock
 ) -> None:
     folder = var_dir / "export-requests"
     folder.mkdir(parents=True, exist_ok=True)
@@ -430,5 +430,5 @@ async def _produce_request(
         await session.execute(
             update(ExportRequest)
             .where(ExportRequest.id == request_id)
-            .values(completed_at=utcnow(), **values)
+            .values(completed_at=clock(), **values)
         )

@@ -8,7 +8,6 @@ import asyncio
 import gzip
 import logging
 import lzma
-import time
 import uuid
 import zlib
 from collections.abc import Callable
@@ -21,8 +20,9 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from clarion.audiences import service as audiences
 from clarion.audiences.models import AudienceKind
 from clarion.audiences.staging import STAGING, IdSpool, drop_staging, load_staging
+from clarion.clock import SYSTEM_CLOCK, Clock
 from clarion.config import Settings
-from clarion.db import insert_ignoring_conflicts, rowcount, transaction, utcnow
+from clarion.db import insert_ignoring_conflicts, rowcount, transaction
 from clarion.imports.idfile import IdFileError, IdFileFormat
 from clarion.imports.models import (
     ImportFile,
@@ -68,7 +68,7 @@ class ImportRunner:
         settings: Settings,
         box: SecretBox,
         *,
-        clock: Callable[[], datetime] = utcnow,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self._sessions = sessions
         self._settings = settings
@@ -226,7 +226,7 @@ class ImportRunner:
             encoding=source.encoding,
         )
         loop = asyncio.get_running_loop()
-        renewed = [time.monotonic()]
+        renewed = [self._clock.monotonic()]
         with IdSpool(self._spool_dir) as spool:
             reader = IdReader(file_format, spool)
 
@@ -234,9 +234,9 @@ class ImportRunner:
                 def advance(count: int) -> None:
                     if on_progress is not None:
                         on_progress(remote.name, count, remote.size)
-                    if time.monotonic() - renewed[0] > LEASE_RENEWAL_SECONDS:
+                    if self._clock.monotonic() - renewed[0] > LEASE_RENEWAL_SECONDS:
                         # A long read keeps the source: renewed from this thread, on the loop.
-                        renewed[0] = time.monotonic()
+                        renewed[0] = self._clock.monotonic()
                         asyncio.run_coroutine_threadsafe(self._renew_lease(source), loop)
 
                 with storage.open_read(remote.path) as stream:

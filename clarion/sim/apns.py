@@ -191,7 +191,7 @@ def handle_push(
     if len(body) > MAX_PAYLOAD:
         return error(413, "PayloadTooLarge")
     if service.forced:
-        forced: ForcedFailure | None = service.take_forced(device_token)
+        forced: ForcedFailure | None = service.take_forced(device_token, headers, body, now)
         if forced is not None:
             return failure(forced.status, forced.reason, forced.retry_after)
     if device_token in service.dead:

@@ -13,15 +13,31 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
-from granian.rsgi import Scope
-
 from clarion.sim import apns, control, fcm, webpush
+from clarion.sim.certs import ensure_certificates
+from clarion.sim.h2conn import ConnectionListener
 from clarion.sim.state import ServiceState, SimState
-from clarion.sim.wire import Reply, json_reply
+from clarion.sim.wire import Headers, Reply, json_reply
 
 ENV_STATE_DIR = "CLARION_SIM_STATE_DIR"
+ENV_HOST = "CLARION_SIM_HOST"  # where the second (h2) listener binds: the simulators' host
 
 FailureRenderer = Callable[[int, str | None, int | None], Reply]
+
+
+class Scope(Protocol):
+    """What is read of a request: granian's RSGI scope, or clarion.sim.h2conn.Scope."""
+
+    @property
+    def path(self) -> str: ...
+    @property
+    def method(self) -> str: ...
+    @property
+    def headers(self) -> Headers: ...
+    @property
+    def client(self) -> str: ...
+    @property
+    def authority(self) -> str | None: ...
 
 
 class HTTPProtocol(Protocol):
@@ -47,9 +63,21 @@ def _origin(scope: Scope) -> str:
 
 
 class SimulatorApp:
-    def __init__(self, sim: SimState) -> None:
+    def __init__(self, sim: SimState, listener: ConnectionListener | None = None) -> None:
         self.sim = sim
         self.apns_verdicts = apns.Verdicts(sim.registry.apns_keys)
+        self.listener = listener
+        if listener is not None:
+            sim.connections.url = listener.url
+
+    def __rsgi_init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        # granian calls this in its worker process with the loop the app runs on.
+        if self.listener is not None:
+            self.listener.start(loop, self.__rsgi__)
+
+    def __rsgi_del__(self, loop: asyncio.AbstractEventLoop) -> None:
+        if self.listener is not None:
+            self.listener.close()
 
     async def __rsgi__(self, scope: Scope, protocol: HTTPProtocol) -> None:
         # Websockets are off (server.py), so every scope is HTTP. Each scope attribute or header
@@ -155,7 +183,15 @@ def create_app() -> SimulatorApp:
     state_dir = os.environ.get(ENV_STATE_DIR)
     if not state_dir:
         raise RuntimeError(f"{ENV_STATE_DIR} must name the simulator's state directory")
-    app = SimulatorApp(SimState(Path(state_dir)))
+    sim = SimState(Path(state_dir))
+    certificates = ensure_certificates(Path(state_dir))
+    listener = ConnectionListener(
+        os.environ.get(ENV_HOST, "127.0.0.1"),
+        str(certificates.cert),
+        str(certificates.key),
+        sim.connections,
+    )
+    app = SimulatorApp(sim, listener)
     # Every push allocates a few container objects (granian's task, coroutine, reply) while the
     # simulator keeps growing long-lived state (messages per token). With CPython's default
     # thresholds the cyclic GC then took 19% of the worker's CPU under load (py-spy, 4,000

@@ -8,7 +8,7 @@ from typing import Any
 import orjson
 
 from clarion.sim import apns, fcm, webpush
-from clarion.sim.state import SERVICES, ForcedFailure, ServiceState, SimState
+from clarion.sim.state import SERVICES, ConnectionRules, ForcedFailure, ServiceState, SimState
 from clarion.sim.wire import Reply, decode_payload, json_reply
 
 PATH_PREFIX = "/_sim/"
@@ -71,10 +71,37 @@ def _faults(service: ServiceState, document: dict[str, Any]) -> Reply:
     return json_reply(200, {"rates": {str(s): r for s, r in parsed.items()}, "delay_ms": delay_ms})
 
 
+def _connection_rules(rules: ConnectionRules) -> Reply:
+    return json_reply(
+        200,
+        {
+            "url": rules.url,
+            "initial_streams": rules.initial_streams,
+            "streams": rules.streams,
+            "drop_rate": rules.drop_rate,
+            "connections": rules.connections,
+            "dropped": rules.dropped,
+            "refused_streams": rules.refused_streams,
+        },
+    )
+
+
+def _set_connection_rules(rules: ConnectionRules, document: dict[str, Any]) -> Reply:
+    initial = _int_field(document, "initial_streams", rules.initial_streams, 1, 1_000_000)
+    streams = _int_field(document, "streams", rules.streams, 1, 1_000_000)
+    drop_rate = document.get("drop_rate", rules.drop_rate)
+    if not isinstance(drop_rate, int | float) or isinstance(drop_rate, bool):
+        raise BadRequest("drop_rate must be between 0 and 1")
+    if not 0 <= drop_rate <= 1:
+        raise BadRequest("drop_rate must be between 0 and 1")
+    rules.initial_streams, rules.streams, rules.drop_rate = initial, streams, float(drop_rate)
+    return _connection_rules(rules)
+
+
 def _messages(service: ServiceState, token: str) -> Reply:
     log = service.logs.get(token)
     if log is None:
-        return json_reply(200, {"count": 0, "messages": []})
+        return json_reply(200, {"count": 0, "messages": [], "refused": []})
     messages = [
         {
             "headers": dict(m.headers.items()),
@@ -83,7 +110,15 @@ def _messages(service: ServiceState, token: str) -> Reply:
         }
         for m in log.messages
     ]
-    return json_reply(200, {"count": log.count, "messages": messages})
+    refused = [
+        {
+            "headers": dict(m.headers.items()),
+            **({"payload": decode_payload(m.body)} if m.body else {}),
+            "received_at": m.received_at,
+        }
+        for m in log.refused
+    ]
+    return json_reply(200, {"count": log.count, "messages": messages, "refused": refused})
 
 
 def _issue(sim: SimState, kind: str, document: dict[str, Any], origin: str) -> Reply:
@@ -128,6 +163,12 @@ def _route(
             return _faults(sim.services[service], _json_object(body))
         case "GET", [service, "tokens", token] if service in SERVICES:
             return _messages(sim.services[service], token)
+        case "GET", [service, "deliveries"] if service in SERVICES:
+            return json_reply(200, sim.services[service].deliveries())
+        case "GET", ["connections"]:
+            return _connection_rules(sim.connections)
+        case "PUT", ["connections"]:
+            return _set_connection_rules(sim.connections, _json_object(body))
         case "GET", ["stats"]:
             return json_reply(200, {name: s.stats() for name, s in sim.services.items()})
         case "POST", ["reset"]:

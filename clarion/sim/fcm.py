@@ -146,7 +146,7 @@ def handle_send(sim: SimState, project_id: str, headers: Headers, body: bytes, n
     if not isinstance(token, str) or _REGISTRATION_TOKEN.fullmatch(token) is None:
         return error(400, "The registration token is not a valid FCM registration token")
     service = sim.fcm
-    forced = service.take_forced(token)
+    forced = service.take_forced(token, headers, body, now)
     if forced is not None:
         return failure(forced.status, forced.reason, forced.retry_after)
     if token in service.dead:

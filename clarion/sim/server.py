@@ -10,7 +10,7 @@ from granian import Granian
 from granian.constants import HTTPModes, Interfaces, SSLProtocols
 from granian.http import HTTP2Settings
 
-from clarion.sim.app import ENV_STATE_DIR
+from clarion.sim.app import ENV_HOST, ENV_STATE_DIR
 from clarion.sim.certs import ensure_certificates
 
 # Apple advertises 1000 concurrent streams; granian's default (200) would throttle Clarion's
@@ -24,6 +24,7 @@ def run(host: str, port: int, state_dir: Path) -> None:
     state_dir.mkdir(parents=True, exist_ok=True)
     certificates = ensure_certificates(state_dir)
     os.environ[ENV_STATE_DIR] = str(state_dir)
+    os.environ[ENV_HOST] = host
     server = Granian(
         "clarion.sim.app:create_app",
         factory=True,

@@ -19,6 +19,7 @@ from clarion.sim.wire import Headers, b64url_decode, b64url_encode
 REGISTRY_FILE = "registry.json"
 MESSAGES_KEPT = 10
 TOKENS_TRACKED = 100_000  # ~1 KB each with their last message
+ARRIVALS_PER_SECOND = 10  # accepted pushes are counted per 100 ms (GET /_sim/{service}/deliveries)
 SERVICES = ("apns", "fcm", "webpush")
 
 
@@ -164,6 +165,9 @@ class Received(NamedTuple):  # a tuple: a frozen dataclass costs ~1 µs more per
 class TokenLog:
     count: int = 0
     messages: deque[Received] = field(default_factory=lambda: deque(maxlen=MESSAGES_KEPT))
+    # Requests answered with a forced failure (`/fail`): what a sender put in an attempt that
+    # was refused, to compare with its retry (Web Push: no body, it is refused still encrypted).
+    refused: deque[Received] = field(default_factory=lambda: deque(maxlen=MESSAGES_KEPT))
 
 
 class ServiceState:
@@ -181,6 +185,13 @@ class ServiceState:
         # Cumulative thresholds, so one random draw picks at most one fault.
         self.fault_thresholds: tuple[tuple[float, int], ...] = ()
         self.delay_ms = 0
+        # Every accepted push, kept compactly so that a benchmark to millions of tokens can
+        # check that none got two (the logs forget tokens past TOKENS_TRACKED) and see when
+        # sending stalled: a hash per token (~70 bytes each, 1,000,000 tokens ~70 MB; a
+        # collision among 10^6 64-bit hashes has odds of ~3 in 10^8) and a count per 100 ms.
+        self.seen: set[int] = set()
+        self.repeated = 0  # accepted pushes to a token that had already accepted one
+        self.arrivals: dict[int, int] = {}
 
     def set_faults(self, rates: dict[int, float], delay_ms: int) -> None:
         thresholds: list[tuple[float, int]] = []
@@ -201,16 +212,31 @@ class ServiceState:
                 return status
         return None
 
-    def take_forced(self, token: str) -> ForcedFailure | None:
+    def take_forced(
+        self, token: str, headers: Headers, body: bytes, now: float
+    ) -> ForcedFailure | None:
         forced = self.forced.get(token)
         if forced is None:
             return None
         forced.remaining -= 1
         if forced.remaining <= 0:
             del self.forced[token]
+        self._log(token).refused.append(Received(headers, body, now))
         return forced
 
     def record(self, token: str, headers: Headers, body: bytes, now: float) -> None:
+        log = self._log(token)
+        log.count += 1
+        log.messages.append(Received(headers, body, now))
+        key = hash(token)
+        if key in self.seen:
+            self.repeated += 1
+        else:
+            self.seen.add(key)
+        slot = int(now * ARRIVALS_PER_SECOND)
+        self.arrivals[slot] = self.arrivals.get(slot, 0) + 1
+
+    def _log(self, token: str) -> TokenLog:
         log = self.logs.get(token)
         if log is None:
             if len(self.logs) >= TOKENS_TRACKED:
@@ -218,12 +244,44 @@ class ServiceState:
                 # forget the token seen first (dicts keep insertion order).
                 del self.logs[next(iter(self.logs))]
             log = self.logs[token] = TokenLog()
-        log.count += 1
-        log.messages.append(Received(headers, body, now))
+        return log
+
+    def deliveries(self) -> dict[str, Any]:
+        """Accepted pushes: distinct tokens, repeats, and [time, count] per 100 ms slot."""
+        return {
+            "tokens": len(self.seen),
+            "repeated": self.repeated,
+            "slot_seconds": 1 / ARRIVALS_PER_SECOND,
+            "arrivals": [
+                [slot / ARRIVALS_PER_SECOND, count] for slot, count in sorted(self.arrivals.items())
+            ],
+        }
 
     def stats(self) -> dict[str, int]:
         requests = self.accepted + self.rejected
         return {"requests": requests, "accepted": self.accepted, "rejected": self.rejected}
+
+
+@dataclass(slots=True)
+class ConnectionRules:
+    """How the h2 listener's connections behave (clarion/sim/h2conn.py); reset() restores them.
+
+    By default like APNs: a new connection allows 1 stream until it has answered a request,
+    then `streams`. `drop_rate`: the share of requests after which the connection is closed
+    instead of answered (the request was acted on).
+    """
+
+    url: str = ""  # where the listener is, set when it starts
+    initial_streams: int = 1
+    streams: int = 1000
+    drop_rate: float = 0.0
+    connections: int = 0  # accepted since the last reset
+    dropped: int = 0  # connections closed instead of answering
+    refused_streams: int = 0  # streams over a connection's limit, refused (REFUSED_STREAM)
+
+    def reset(self) -> None:
+        self.initial_streams, self.streams, self.drop_rate = 1, 1000, 0.0
+        self.connections = self.dropped = self.refused_streams = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -243,6 +301,7 @@ class SimState:
         # exactly as it must when Google answers 401.
         self.access_tokens: dict[str, AccessToken] = {}
         self.sequence = 0  # message ids for FCM names and Web Push locations
+        self.connections = ConnectionRules()
 
     def next_id(self) -> int:
         self.sequence += 1
@@ -251,3 +310,4 @@ class SimState:
     def reset(self) -> None:
         for service in self.services.values():
             service.reset()
+        self.connections.reset()

@@ -124,7 +124,7 @@ def handle_push(
     if problem:
         return error(403, problem)
     service = sim.webpush
-    forced = service.take_forced(subscription_id)
+    forced = service.take_forced(subscription_id, headers, b"", now)
     if forced is not None:
         return failure(forced.status, forced.reason, forced.retry_after)
     if subscription_id in service.dead:

@@ -3,7 +3,7 @@ the influenced opens of transactional group_ids (the dashboard's analytics). No 
 
 Two kinds of figures, read two ways so that a campaign of millions of events reads in
 milliseconds:
-- counted figures (sent, direct opens, errors) are summed from push_event_counts, which
+- counted figures (sent, re-sent, direct opens, errors) are summed from push_event_counts, which
   the event log's writer keeps (clarion.events.service.record_push_events): live and exact;
 - attributed figures (influenced opens, re-engaged installs) match the campaign's sends with
   the app's opens. The workers store them every minute: a finished UTC day's once and for all
@@ -35,6 +35,7 @@ from clarion.delivery.models import Send
 from clarion.dialects import elapsed_seconds
 from clarion.events.models import (
     APP_OPEN_EVENT,
+    RESENT_COUNT,
     PushEvent,
     PushEventCount,
     PushEventKind,
@@ -56,6 +57,7 @@ STAT_OF_KIND: dict[str, tuple[str, ...]] = {
     PushEventKind.OPENED.value: ("direct_open",),
     PushEventKind.ERROR.value: ("errors",),
     PushEventKind.TOKEN_DELETED.value: ("errors",),
+    RESENT_COUNT: ("resent",),
 }
 
 # (UTC day, A/B version or None, a field of VersionStats, count)
@@ -96,10 +98,11 @@ async def campaign_stats(
     automation_days: int = STATS_DAYS,
 ) -> CampaignStats:
     """Per UTC day, and per version for A/B campaigns: sent (campaigns reach opted-in installs
-    only, so sent_optins is the same), direct opens (open reports carrying the send id),
-    influenced opens and reengaged installs (see opens_after_sends), errors (push_error and
-    token_deleted). An automation's also tell what became of its entries over the last
-    days, and its conversions (clarion.stats.automations)."""
+    only, so sent_optins is the same), resent (of sent, those sent again after an unknown
+    outcome), direct opens (open reports carrying the send id), influenced opens and
+    reengaged installs (see opens_after_sends), errors (push_error and token_deleted). An
+    automation's also tell what became of its entries over the last days, and its
+    conversions (clarion.stats.automations)."""
     campaign = await find_campaign(session, access, token)
     now = now or utcnow()
     body = CampaignBody.model_validate(campaign.body)

@@ -5,13 +5,13 @@ starts it."""
 
 from __future__ import annotations
 
-import time
 from datetime import UTC, date, datetime, timedelta
 
 from sqlalchemy import func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from clarion.campaigns.models import Campaign, CampaignOpenDay
+from clarion.clock import SYSTEM_CLOCK, Clock
 from clarion.db import bulk_insert, transaction, utcnow
 from clarion.events.models import PushEventCount, PushEventKind
 from clarion.events.service import fold_event_counts
@@ -38,6 +38,7 @@ async def keep_up(
     *,
     budget_seconds: float = 10.0,
     days: int = DAYS_PER_TRANSACTION,
+    clock: Clock = SYSTEM_CLOCK,
 ) -> None:
     """The workers' statistics upkeep, every stats_interval_seconds: folds the counts written
     since the last round, stores finished days' attributed opens, then refreshes the provisional
@@ -47,23 +48,23 @@ async def keep_up(
     # A fold of fewer than FOLD_SUBJECTS subjects has caught up: a campaign that is sending
     # keeps writing counts, and folding them again at once would repeat the fold until the
     # deadline. (So the fold's batch must stay larger than the few subjects sending at once.)
-    started = utcnow()
-    deadline = time.monotonic() + budget_seconds
-    while time.monotonic() < deadline:
+    started = clock()
+    deadline = clock.monotonic() + budget_seconds
+    while clock.monotonic() < deadline:
         async with transaction(sessions) as session:
             if await fold_event_counts(session, subjects=FOLD_SUBJECTS) < FOLD_SUBJECTS:
                 break
     # Finished days are stored once; open days once a round (those refreshed since `started`
     # are skipped): both loops end when a transaction stores less than it could.
-    while time.monotonic() < deadline:
+    while clock.monotonic() < deadline:
         async with transaction(sessions) as session:
-            if await attribute_finished_days(session, limit=days) < days:
+            if await attribute_finished_days(session, now=clock(), limit=days) < days:
                 break
     # At least one batch of open days a round, however long a backlog above took.
     while True:
         async with transaction(sessions) as session:
-            stored = await attribute_open_days(session, before=started, limit=days)
-        if stored < days or time.monotonic() >= deadline:
+            stored = await attribute_open_days(session, now=clock(), before=started, limit=days)
+        if stored < days or clock.monotonic() >= deadline:
             break
 
 
@@ -82,7 +83,7 @@ async def attribute_finished_days(
     due = await _subject_days(session, first, last)
     done = await _stored_days(session, first, last, final_only=True)
     pending = sorted(subject_day for subject_day in due if _day_key(*subject_day) not in done)
-    await _store(session, pending[:limit], final=True)
+    await _store(session, pending[:limit], final=True, now=now)
     return len(pending[:limit])
 
 
@@ -112,7 +113,7 @@ async def attribute_open_days(
     if before is not None:
         pending = [(at, subject_day) for at, subject_day in pending if at < before]
     chosen = [subject_day for _, subject_day in pending[:limit]]
-    await _store(session, chosen, final=False)
+    await _store(session, chosen, final=False, now=now)
     return len(chosen)
 
 
@@ -186,7 +187,9 @@ async def _subject_days(session: AsyncSession, first: date, last: date) -> set[t
     return {(subject, day) for subject, day in days if first.isoformat() <= day <= last.isoformat()}
 
 
-async def _store(session: AsyncSession, pending: list[tuple[Subject, str]], *, final: bool) -> None:
+async def _store(
+    session: AsyncSession, pending: list[tuple[Subject, str]], *, final: bool, now: datetime
+) -> None:
     if not pending:
         return
     # Counted events of a campaign that no longer exists at all get the marker row only.
@@ -196,7 +199,7 @@ async def _store(session: AsyncSession, pending: list[tuple[Subject, str]], *, f
         )
     )
     campaigns = set(existing)
-    stored_at = utcnow()
+    stored_at = now
     campaign_rows = []
     group_rows = []
     for subject, day in pending:

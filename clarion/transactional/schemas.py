@@ -132,6 +132,8 @@ class SendRead(BaseModel):
     expires_at: datetime | None
     targeted: int
     sent: int
+    # Of `sent`, those sent again after an unknown outcome (docs/delivery.md#counting-re-sends).
+    resent: int
     failed: int
     tokens_deleted: int
     pending_batches: int

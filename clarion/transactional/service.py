@@ -216,6 +216,7 @@ async def describe_send(session: AsyncSession, *, access: AppAccess, token: str)
         expires_at=send.expires_at,
         targeted=progress.targeted,
         sent=progress.sent,
+        resent=progress.resent,
         failed=progress.failed,
         tokens_deleted=progress.tokens_deleted,
         pending_batches=progress.pending,

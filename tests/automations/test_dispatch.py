@@ -39,7 +39,9 @@ from clarion.queue import JobQueue
 from clarion.runtime import Runtime
 from clarion.sdk.models import Installation
 from tests.conftest import ClientApp, new_app
-from tests.test_campaign_runs import Clock, add_installs
+from tests.support.clock import Clock
+from tests.support.waiting import eventually, lock_waited
+from tests.test_campaign_runs import add_installs
 from tests.test_campaigns import created
 from tests.test_campaigns import update as update_campaign
 from tests.test_delivery import register
@@ -161,12 +163,11 @@ async def batches_of(runtime: Runtime, token: str) -> list[DeliveryBatch]:
         )
 
 
-async def wait_delivered(runtime: Runtime, token: str, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while any(b.status != BatchStatus.DONE.value for b in await batches_of(runtime, token)):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"automation {token} still delivering")
-        await asyncio.sleep(0.05)
+async def wait_delivered(runtime: Runtime, token: str) -> None:
+    async def delivered() -> bool:
+        return all(b.status == BatchStatus.DONE.value for b in await batches_of(runtime, token))
+
+    await eventually(delivered, what=f"automation {token} delivered")
 
 
 async def sent_at(
@@ -718,21 +719,15 @@ async def test_a_worker_killed_mid_pass_loses_nothing_and_sends_once(
     settings = runtime.settings.model_copy(update={"automation_poll_seconds": 0.2})
     url = settings.database_url.replace("postgresql+psycopg://", "postgresql://")
 
-    with (
-        psycopg.connect(url) as blocker,
-        psycopg.connect(url, autocommit=True) as watcher,
-    ):
+    with psycopg.connect(url) as blocker:
         blocker.execute("LOCK TABLE sends IN EXCLUSIVE MODE")
         first = start_worker(settings)
         try:
-            deadline = time.monotonic() + 30
-            # (From a connection of its own: a transaction reads pg_stat_activity once.)
-            while not watcher.execute(
-                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
-                " AND query LIKE 'INSERT INTO sends%'"
-            ).fetchone()[0]:  # type: ignore[index]
-                assert time.monotonic() < deadline, "the worker's pass never reached the outbox"
-                await asyncio.sleep(0.05)
+            await lock_waited(
+                settings.database_url,
+                statement="INSERT INTO sends",
+                what="the worker's pass waiting to write to the outbox",
+            )
             os.killpg(first.pid, signal.SIGKILL)
             first.wait(timeout=10)
         finally:
@@ -743,10 +738,11 @@ async def test_a_worker_killed_mid_pass_loses_nothing_and_sends_once(
     assert (await entry_of(runtime, entry_id)).state == "pending"
     second = start_worker(settings)
     try:
-        deadline = time.monotonic() + 30
-        while not pushes(sim_control, alice):
-            assert time.monotonic() < deadline, "the second worker did not send the entry"
-            await asyncio.sleep(0.05)
+
+        async def sent() -> bool:
+            return bool(pushes(sim_control, alice))
+
+        await eventually(sent, what="the second worker sending the entry", timeout=30)
         await wait_delivered(runtime, token)
     finally:
         os.killpg(second.pid, signal.SIGTERM)
@@ -810,11 +806,12 @@ async def test_a_trigger_event_reaches_the_device(
     )
     assert answer.status_code == 202, answer.text
     ticking = dispatcher(runtime, lambda: datetime.now(UTC))
-    deadline = time.monotonic() + 10
-    while not pushes(sim_control, alice):
-        assert time.monotonic() < deadline, "no push for the trigger event"
+
+    async def pushed() -> bool:
         await ticking.tick()
-        await asyncio.sleep(0.05)
+        return bool(pushes(sim_control, alice))
+
+    await eventually(pushed, what="a push for the trigger event", timeout=10)
     [push] = pushes(sim_control, alice)
     assert push["payload"]["aps"]["alert"] == {
         "title": "Your cart",

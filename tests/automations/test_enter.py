@@ -3,8 +3,10 @@ events cancel their entries, and the entry rules hold; all through real API call
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
+import time
 import zipfile
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -12,8 +14,9 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import event, select
+from sqlalchemy import event, select, text
 from sqlalchemy import update as sql_update
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from clarion.automations.catalogue import AutomationCatalogue
 from clarion.automations.models import AutomationEntry
@@ -472,3 +475,53 @@ async def test_events_of_an_app_without_automations_cost_one_check(
     statements.clear()
     await track(api, app, "someone", {"name": "ue.added_to_cart"})
     assert not any("automation_entries" in sql for sql in statements)
+
+
+async def _finished_or_waiting(runtime: Runtime, call: asyncio.Task[None]) -> None:
+    """Until `call` has finished or waits for a lock of this database (PostgreSQL): then the
+    transaction the test holds may commit. Each check is a query, so `call` runs meanwhile."""
+    waiting = text(
+        "SELECT count(*) FROM pg_locks WHERE NOT granted"
+        " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+    )
+    deadline = time.monotonic() + 30
+    async with runtime.engine.connect() as connection:
+        while not call.done() and not await connection.scalar(waiting):
+            assert time.monotonic() < deadline, "the second call neither ended nor waited"
+
+
+async def test_once_per_days_holds_for_two_concurrent_calls_for_one_user(
+    api: httpx.AsyncClient, ios_app: ClientApp, runtime: Runtime, backend: str
+) -> None:
+    """The second call comes while the first has entered the user and not committed: it waits
+    for that commit and then counts the entry (PostgreSQL: the users' locks; SQLite: one
+    connection, so one transaction at a time). Without the lock both read no entry, both enter."""
+    await created(api, ios_app, automation(once_per_days=7))
+
+    async def call(session: AsyncSession) -> None:
+        now = datetime.now(UTC)
+        cart = {
+            "app_id": ios_app.app_id,
+            "name": "ue.added_to_cart",
+            "custom_id": "twice",
+            "install_id": None,
+            "label": None,
+            "attributes": None,
+            "tags": None,
+            "occurred_at": now,
+        }
+        await enter_events(
+            session, runtime.automations, app_id=ios_app.app_id, events=[cart], now=now
+        )
+
+    async def second() -> None:
+        async with transaction(runtime.sessions) as session:
+            await call(session)
+
+    async with transaction(runtime.sessions) as session:
+        await call(session)
+        late = asyncio.create_task(second())
+        if backend == "postgres":
+            await _finished_or_waiting(runtime, late)
+    await late
+    assert [e.custom_id for e in await entries(runtime, ios_app)] == ["twice"]

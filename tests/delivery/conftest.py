@@ -15,7 +15,12 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from clarion.delivery.providers import ApnsProvider, FcmProvider, WebPushProvider
 from clarion.delivery.providers.base import ApnsCredentials, FcmCredentials, WebPushCredentials
 from clarion.http2 import Http2Client
-from tests.support.simulator import LOCAL_SERVERS_POLICY, SimulatorHandle
+from tests.support.simulator import (
+    APNS_ENDPOINTS,
+    LOCAL_SERVERS_POLICY,
+    SimulatorHandle,
+    apns_endpoint,
+)
 
 APNS_TOPIC = "com.example.providers"
 
@@ -85,12 +90,19 @@ def vapid_credentials() -> WebPushCredentials:
     return _vapid_credentials()
 
 
+@pytest.fixture(params=APNS_ENDPOINTS)
+def apns_url(
+    request: pytest.FixtureRequest, sim: SimulatorHandle, sim_control: httpx.Client
+) -> str:
+    return apns_endpoint(sim, sim_control, request.param)
+
+
 @pytest.fixture
 def apns(
-    apns_credentials: ApnsCredentials, http_client: Http2Client, sim: SimulatorHandle
+    apns_credentials: ApnsCredentials, http_client: Http2Client, apns_url: str
 ) -> ApnsProvider:
     return ApnsProvider(
-        apns_credentials, http_client, production_url=sim.base_url, sandbox_url=sim.base_url
+        apns_credentials, http_client, production_url=apns_url, sandbox_url=apns_url
     )
 
 

@@ -35,6 +35,7 @@ from clarion.delivery.providers.base import (
     PushType,
     WebPushCredentials,
 )
+from clarion.delivery.providers.webpush import topic as webpush_topic
 from clarion.http2 import Http2Client
 from tests.support.simulator import LOCAL_SERVERS_POLICY, SimulatorHandle
 
@@ -601,6 +602,7 @@ class TestWebPush:
             "alert": "How's it going?",
             "com.batch": {
                 "i": note.send_id,
+                "ni": note.send_id,  # the notification's tag: a re-sent copy replaces it
                 "od": OPEN_DATA,
                 "da": {"a": "batch.deeplink", "args": {"l": DEEPLINK}},
                 "icu": ICON,
@@ -616,7 +618,7 @@ class TestWebPush:
         assert headers["authorization"].startswith("vapid t=")
         assert headers["authorization"].endswith(f", k={vapid_credentials.vapid_public_key}")
 
-    async def test_defaults_ttl_28_days_and_skips_an_oversized_topic(
+    async def test_defaults_ttl_28_days_and_hashes_an_oversized_topic(
         self,
         webpush: WebPushProvider,
         sim_control: httpx.Client,
@@ -631,7 +633,9 @@ class TestWebPush:
         message = last_message(sim_control, "webpush", subscription_id(device))
         assert message["headers"]["ttl"] == "2419200"
         assert message["headers"]["urgency"] == "normal"
-        assert "topic" not in message["headers"]
+        # 33 characters is no RFC 8030 topic: its hash is (decision 0031).
+        assert message["headers"]["topic"] == webpush_topic("x" * 33)
+        assert len(message["headers"]["topic"]) == 32
         assert "da" not in message["payload"]["com.batch"]
 
     async def test_gone_and_unknown_subscriptions_are_token_invalid(

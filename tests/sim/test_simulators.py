@@ -300,6 +300,23 @@ class TestApns:
         assert statuses[0].json() == {"reason": "ServiceUnavailable"}
         assert control.get("/_sim/stats").json()["apns"]["rejected"] == 2
 
+    def test_forced_failures_keep_what_was_refused(
+        self, h2_client: httpx.Client, control: httpx.Client, apns_key: ApnsKey
+    ) -> None:
+        control.post(
+            f"/_sim/apns/tokens/{DEVICE_TOKEN}/fail", json={"status": 429}
+        ).raise_for_status()
+        for apns_id in ("refused-id", "accepted-id"):
+            h2_client.post(
+                apns_path(), headers=apns_key.headers(**{"apns-id": apns_id}), json=APNS_BODY
+            )
+        log = control.get(f"/_sim/apns/tokens/{DEVICE_TOKEN}").json()
+        assert log["count"] == 1  # accepted only
+        [refused] = log["refused"]
+        assert refused["headers"]["apns-id"] == "refused-id"
+        assert refused["payload"] == APNS_BODY
+        assert log["messages"][-1]["headers"]["apns-id"] == "accepted-id"
+
     @pytest.mark.parametrize(
         ("status", "reason"),
         [(429, "TooManyRequests"), (500, "InternalServerError"), (503, "ServiceUnavailable")],
@@ -335,6 +352,23 @@ class TestApns:
         assert [m["payload"]["aps"]["alert"] for m in received["messages"]] == [
             str(n) for n in range(2, 12)
         ]
+
+    def test_counts_tokens_and_repeats_past_the_tracked_logs(
+        self, h2_client: httpx.Client, control: httpx.Client, apns_key: ApnsKey
+    ) -> None:
+        other = "cd" * 32
+        for token in (DEVICE_TOKEN, other, DEVICE_TOKEN):
+            answer = h2_client.post(apns_path(token), headers=apns_key.headers(), json=APNS_BODY)
+            assert answer.status_code == 200
+        control.post(f"/_sim/apns/tokens/{other}/fail", json={"status": 503}).raise_for_status()
+        assert (
+            h2_client.post(apns_path(other), headers=apns_key.headers(), json=APNS_BODY)
+        ).status_code == 503
+        deliveries = control.get("/_sim/apns/deliveries").json()
+        assert deliveries["tokens"] == 2
+        assert deliveries["repeated"] == 1  # the refused push is not a delivery
+        assert sum(count for _at, count in deliveries["arrivals"]) == 3
+        assert all(abs(at - time.time()) < 60 for at, _count in deliveries["arrivals"])
 
 
 def _fcm_error(answer: httpx.Response) -> tuple[int, str, str | None]:
@@ -581,6 +615,7 @@ class TestControlApi:
         assert control.get(f"/_sim/apns/tokens/{DEVICE_TOKEN}").json() == {
             "count": 0,
             "messages": [],
+            "refused": [],
         }
         assert (
             h2_client.post(apns_path(), headers=apns_key.headers(), json=APNS_BODY).status_code

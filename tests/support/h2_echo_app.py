@@ -3,7 +3,8 @@
 Served by granian in a subprocess (see tests/test_http2.py). Paths:
 - `/status/<code>`: answers <code> with `retry-after: 7` and an `x-echo` JSON header.
 - `/slow/<ms>`: waits <ms> milliseconds, then echoes; counts streams in flight per connection.
-- `/_stats`: the peak number of streams in flight on one connection, and every client address seen.
+- `/_stats`: the peak number of streams in flight on one connection, the number in flight now,
+  and every client address seen.
 - `/_reset`: forgets those statistics.
 - anything else: `{"method", "path", "query", "http_version", "client", "headers", "body"}`.
 """
@@ -39,7 +40,11 @@ async def app(scope: Any, proto: Any) -> None:
     body = await proto()
     path: str = scope.path
     if path == "/_stats":
-        stats = {"peak_in_flight": _peak_in_flight, "clients": sorted(_clients)}
+        stats = {
+            "peak_in_flight": _peak_in_flight,
+            "in_flight": sum(_in_flight.values()),
+            "clients": sorted(_clients),
+        }
         proto.response_bytes(
             200, [("content-type", "application/json")], json.dumps(stats).encode()
         )

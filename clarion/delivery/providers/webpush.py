@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import math
 import re
 import time
@@ -32,6 +33,7 @@ from clarion.delivery.providers.base import (
     ProviderConfigError,
     WebPushCredentials,
     parse_retry_after,
+    transport_failure,
 )
 from clarion.http2 import Http2Client, HttpRequest, HttpResponse, TransportError
 from clarion.outbound import AddressGuard, OutboundPolicy
@@ -48,6 +50,7 @@ MAX_PLAINTEXT = 3993
 MAX_ERROR_TEXT = 500
 
 _TOPIC = re.compile(r"[A-Za-z0-9_\-]{1,32}")  # RFC 8030 §5.4: at most 32 base64url characters
+TOPIC_LENGTH = 32
 _RESERVED_KEYS = frozenset({"title", "alert", "com.batch"})
 _DELIVERED_STATUSES = frozenset({200, 201, 202})
 
@@ -178,15 +181,29 @@ class WebPushProvider:
             ("content-encoding", "aes128gcm"),
             ("content-type", "application/octet-stream"),
         ]
-        topic = notification.collapse_key
-        if topic and _TOPIC.fullmatch(topic):
-            headers.append(("topic", topic))
+        # The send's token when the caller gave no collapse key: a re-send after an unknown
+        # outcome then replaces the first copy while the push service still holds it for an
+        # offline browser, and two sends never share one (docs/delivery.md, decision 0031).
+        headers.append(("topic", topic(notification.collapse_key or notification.send_id)))
         return tuple(headers)
+
+
+def topic(key: str) -> str:
+    """A collapse key as an RFC 8030 Topic: as given when it is one (at most 32 characters of
+    the URL-safe base64 alphabet), else the first 32 characters of its SHA-256 in that
+    alphabet (192 bits: still one topic per key, never refused)."""
+    if _TOPIC.fullmatch(key):
+        return key
+    digest = hashlib.sha256(key.encode()).digest()
+    return base64.urlsafe_b64encode(digest).decode("ascii")[:TOPIC_LENGTH]
 
 
 def build_payload(notification: Notification) -> bytes:
     """The plaintext the Batch Web SDK's service worker reads, identical for every device."""
-    batch: dict[str, Any] = {"i": notification.send_id}
+    # `ni`, the notification's tag, is the send's token: a browser showing a notification with
+    # the tag of one it still shows replaces it without alerting again, so a re-send that
+    # reaches the browser after the first copy shows once (docs/delivery.md).
+    batch: dict[str, Any] = {"i": notification.send_id, "ni": notification.send_id}
     if notification.open_data is not None:
         batch["od"] = dict(notification.open_data)
     if notification.deeplink:
@@ -250,7 +267,9 @@ def _map(response: HttpResponse | TransportError) -> DeliveryResult:
     if isinstance(response, TransportError):
         if response.refused:
             return _refused(str(response))
-        return DeliveryResult(Outcome.RETRY, reason=f"TransportError: {response}")
+        return transport_failure(response)
+    # An answer, even 429 or 5xx, says the push service did not accept the message: a retry
+    # is no re-send.
     status = response.status
     if status in _DELIVERED_STATUSES:
         return DeliveryResult(Outcome.DELIVERED, status=status)
