@@ -58,7 +58,13 @@ _HOLD = (
         BATCHES.c.status == BatchStatus.SENDING.value,
         BATCHES.c.lease_owner == bindparam("owner"),
     )
-    .values(lease_until=bindparam("lease"))
+    # Never shortened: a recording that read the clock before a renewal commits after it.
+    .values(
+        lease_until=case(
+            (BATCHES.c.lease_until > bindparam("lease"), BATCHES.c.lease_until),
+            else_=bindparam("lease"),
+        )
+    )
     .returning(BATCHES.c.id)
 )
 
@@ -71,7 +77,13 @@ _RECORD = (
     .values(
         status=bindparam("to_status"),
         finished_at=bindparam("finished", type_=UtcDateTime),
-        lease_until=bindparam("lease", type_=UtcDateTime),
+        lease_until=case(  # never shortened (see _HOLD); cleared at the batch's end (None)
+            (
+                BATCHES.c.lease_until > bindparam("lease", type_=UtcDateTime),
+                BATCHES.c.lease_until,
+            ),
+            else_=bindparam("lease", type_=UtcDateTime),
+        ),
         lease_owner=bindparam("to_owner", type_=String()),
         last_enqueued_at=func.coalesce(
             bindparam("enqueued", type_=UtcDateTime), BATCHES.c.last_enqueued_at

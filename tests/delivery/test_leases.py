@@ -10,9 +10,8 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -25,19 +24,18 @@ from sqlalchemy import func, select
 from clarion.config import QueueBackend, Settings
 from clarion.db import transaction, utcnow
 from clarion.delivery.models import BatchStatus, DeliveryBatch, Send
-from clarion.delivery.pool import ProviderPool
+from clarion.delivery.pool import ProviderPool, provider_client
 from clarion.delivery.tasks import Deliverer
 from clarion.demo import seed_installations
 from clarion.events.models import PushEvent
-from clarion.http2 import Http2Client
 from clarion.queue import BatchJob, JobQueue, libpq_url
 from clarion.runtime import Runtime
 from clarion.sdk.models import Installation
 from tests.conftest import new_app
-from tests.test_recovery import api_only, count_sent, pg_settings, start_worker
+from tests.test_recovery import api_only, count_sent, pg_settings, send_to_all, start_worker
 
 __all__ = ["api_only", "pg_settings"]  # fixtures of the real-process test, shared
-from tests.support.simulator import SimulatorHandle
+from tests.support.waiting import eventually
 
 
 class Clock:
@@ -52,8 +50,8 @@ class Clock:
 
 
 @pytest.fixture
-async def pool(runtime: Runtime, sim: SimulatorHandle) -> AsyncIterator[ProviderPool]:
-    client = Http2Client(ca_file=str(sim.ca_file))
+async def pool(runtime: Runtime) -> AsyncIterator[ProviderPool]:
+    client = provider_client(runtime.settings)
     pool = ProviderPool(client, runtime.settings, runtime.box)
     yield pool
     await pool.aclose()
@@ -112,14 +110,6 @@ async def batch_of(runtime: Runtime, batch_id: int) -> DeliveryBatch:
         return batch
 
 
-async def until(check: Callable[[], Awaitable[bool]], *, timeout: float = 20.0) -> None:
-    """Waits for a state (polling the database), never for a length of time."""
-    deadline = time.monotonic() + timeout
-    while not await check():
-        assert time.monotonic() < deadline, "the state waited for never came"
-        await asyncio.sleep(0.01)
-
-
 async def tokens_of(runtime: Runtime, batch_id: int) -> list[str]:
     async with runtime.sessions() as session:
         batch = await session.get(DeliveryBatch, batch_id)
@@ -166,7 +156,7 @@ async def partly_sent(
     async def some_recorded() -> bool:
         return (await batch_of(runtime, batch_id)).sent >= recorded
 
-    await until(some_recorded)
+    await eventually(some_recorded, what="some recorded")
     return delivering
 
 
@@ -191,7 +181,7 @@ async def test_renewal_keeps_a_slow_providers_batch_from_a_second_worker(
     async def claimed() -> bool:
         return (await batch_of(runtime, batch_id)).lease_owner == first.worker_id
 
-    await until(claimed)  # and its requests wait 5 s for their answers
+    await eventually(claimed, what="claimed")  # and its requests wait 5 s for their answers
     clock.advance(2 * runtime.settings.delivery_lease_seconds)  # the provider is slow
     await first.renew_leases()
     assert (await batch_of(runtime, batch_id)).status == BatchStatus.SENDING.value
@@ -259,7 +249,7 @@ async def test_a_worker_that_lost_its_batch_records_nothing_for_it(
     async def on_the_wire() -> bool:  # its progress is written just before its requests go
         return (await batch_of(runtime, batch_id)).progress is not None
 
-    await until(on_the_wire)  # and its requests wait 5 s for their answers
+    await eventually(on_the_wire, what="on the wire")  # and its requests wait 5 s for their answers
     # The first worker stalls past its lease (no renewal); the second takes the batch over.
     clock.advance(runtime.settings.delivery_lease_seconds + 1)
     await other.deliver_batches([batch_id])
@@ -386,23 +376,12 @@ async def test_sigterm_of_a_worker_process_mid_send_sends_nothing_twice(
     slow_provider(sim_control, 20)
     first = start_worker(runtime.settings)
     try:
-        transport = httpx.ASGITransport(app=api_only)
-        async with httpx.AsyncClient(transport=transport, base_url="http://t") as api:
-            response = await api.post(
-                f"/1.1/{app.api_key}/transactional/send",
-                headers=app.headers(),
-                json={
-                    "group_id": "sigterm",
-                    "recipients": {"custom_ids": [f"t-{n}" for n in range(devices)]},
-                    "message": {"body": "once"},
-                },
-            )
-        assert response.status_code == 201
+        await send_to_all(api_only, app, "t", devices)
 
         async def sending() -> bool:
             return await count_sent(runtime) >= 250
 
-        await until(sending, timeout=60)
+        await eventually(sending, what="sending", timeout=60)
         os.killpg(first.pid, signal.SIGTERM)
         assert first.wait(timeout=60) == 0
     finally:
@@ -423,7 +402,7 @@ async def test_sigterm_of_a_worker_process_mid_send_sends_nothing_twice(
                     .where(DeliveryBatch.status != BatchStatus.DONE.value)
                 )
 
-        await until(all_done, timeout=60)
+        await eventually(all_done, what="all done", timeout=60)
     finally:
         os.killpg(second.pid, signal.SIGTERM)
         second.wait(timeout=30)

@@ -2,7 +2,7 @@
 recipients may have been sent already (decision 0032)
 
 Revision ID: 7a41c9e2b6d5
-Revises: 5c2e8a7d1f03
+Revises: 8e4b1c7a2d90
 Create Date: 2026-12-06 19:00:00.000000
 """
 
@@ -13,7 +13,7 @@ from alembic import op
 
 
 revision = '7a41c9e2b6d5'
-down_revision = '5c2e8a7d1f03'
+down_revision = '8e4b1c7a2d90'
 branch_labels = None
 depends_on = None
 
