@@ -81,8 +81,14 @@ def worker() -> None:
             loop.add_signal_handler(sig, stop.set)
         typer.echo(f"worker running on {settings.resolved_queue.value} queue; Ctrl-C stops")
         await stop.wait()
-        await metrics.stop()
+        # Stopping lets the requests on the wire be answered, records them and hands the rest
+        # back (up to worker_stop_seconds); a second signal ends the process at once (its
+        # leases expire and other workers take its batches over, decision 0032).
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+        typer.echo("worker stopping: finishing the requests on the wire, handing back the rest")
         await runtime.stop()
+        await metrics.stop()
 
     asyncio.run(main())
 

@@ -63,10 +63,34 @@ class Settings(BaseSettings):
     retry_base_seconds: float = 2.0
     retry_max_seconds: float = 600.0
     retry_max_attempts: int = 8
-    # A batch claimed by a worker that then died is taken over after this lease expires.
+    # The campaign fan-out's lease on a run: a run whose process died is taken over after it.
     batch_lease_seconds: float = 60.0
-    # pgqueuer re-dispatches the job of a worker whose heartbeat stopped after this long.
-    job_heartbeat_seconds: float = 30.0
+    # A worker holds the delivery batches it claimed with a lease that it renews every
+    # delivery_lease_renew_seconds while it is alive (one UPDATE for all of them), and each
+    # worker looks for expired leases every lease_sweep_seconds: a dead worker's batches are
+    # taken over within lease + sweep (8 + 1 s), a live worker's never, however slow the
+    # provider, unless it misses 3 renewals in a row (decision 0032).
+    delivery_lease_seconds: float = Field(default=8.0, gt=0)
+    delivery_lease_renew_seconds: float = Field(default=2.0, gt=0)
+    lease_sweep_seconds: float = Field(default=1.0, gt=0)
+    # Outcomes are recorded while a batch is being sent, every progress_flush_seconds or
+    # progress_flush_results outcomes, whichever comes first (one transaction for all the
+    # batches a worker holds, decision 0032).
+    progress_flush_seconds: float = Field(default=0.02, gt=0)
+    progress_flush_results: int = Field(default=200, ge=1)
+    # Requests a worker has sent and not yet recorded, per provider: what a kill -9 sends again
+    # at most (measured 130 a kill on average with 256). It also bounds sending to
+    # delivery_in_flight / (round trip + recording): ~3,600/s a worker against a provider 50 ms
+    # away, so raise it for a distant provider (decision 0032).
+    delivery_in_flight: int = Field(default=256, ge=1)
+    # A stopping worker (SIGTERM, Ctrl-C) waits this long at most for the requests on the wire
+    # to be answered, then hands its batches back (above the HTTP/2 response timeout, 30 s).
+    worker_stop_seconds: float = Field(default=35.0, ge=0)
+    # pgqueuer re-dispatches the job of a worker whose heartbeat stopped after this long: the
+    # jobs a dead worker had dequeued but not started (up to worker_concurrency of them) wait
+    # that long. A live worker's job dispatched twice claims nothing (the lease), so it is as
+    # short as the lease (beats every 4 s).
+    job_heartbeat_seconds: float = 8.0
     # How often the outbox sweeper re-enqueues batches whose job was lost.
     sweep_interval_seconds: float = 15.0
     # How often the campaign scheduler looks for due campaigns (a campaign starts this late).

@@ -99,6 +99,7 @@ class Runtime:
         self.scheduler: CampaignScheduler | None = None
         self.dispatcher: AutomationDispatcher | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._worker: asyncio.Task[None] | None = None  # the queue's worker loop
         self._callbacks: WebhookClient | None = None  # GDPR requests' callbacks
         # The SDK's in-app fetch (clarion.inapp): catalogues, validators, supplies.
         self.inapp_supplies = SupplyWriter(self.sessions)
@@ -132,8 +133,22 @@ class Runtime:
             # Batches committed before a crash (or whose in-memory job died with the process)
             # are picked up at once.
             await self.deliverer.sweep_outbox(grace_seconds=0)
-            self._tasks.append(asyncio.create_task(self.queue.run_worker(), name="worker"))
+            self._worker = asyncio.create_task(self.queue.run_worker(), name="worker")
             settings = self.settings
+            # The leases of the batches this worker holds, while it is alive; the batches of
+            # workers that died, taken over as soon as their lease expires (decision 0032).
+            self._repeat(
+                "delivery lease renewal",
+                self.deliverer.renew_leases,
+                every=settings.delivery_lease_renew_seconds,
+                wait_first=True,
+            )
+            self._repeat(
+                "delivery lease sweep",
+                self.deliverer.sweep_leases,
+                every=settings.lease_sweep_seconds,
+                wait_first=True,
+            )
             # (Swept once just above.)
             self._repeat(
                 "outbox sweep",
@@ -252,11 +267,26 @@ class Runtime:
 
     async def wait(self) -> None:
         """Until the workers stop (for `clarion worker`)."""
-        if self._tasks:
-            await asyncio.gather(*self._tasks)
+        tasks = [*self._tasks, *([self._worker] if self._worker else [])]
+        if tasks:
+            await asyncio.gather(*tasks)
 
     async def stop(self) -> None:
+        """A worker stops without sending anything twice: it takes no more jobs, lets the
+        requests on the wire be answered, records them and hands the rest back (Deliverer.stop),
+        while its leases are still renewed; then everything else stops."""
         self.queue.stop()
+        if self.deliverer is not None:
+            try:
+                await self.deliverer.stop()
+            except Exception:
+                log.exception("delivery: stopping failed; the leases will expire")
+        if self._worker is not None:
+            # pgqueuer returns once its jobs have returned: those dequeued and not started
+            # hand their batches back at once (Deliverer.deliver_batches).
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._worker, timeout=self.settings.worker_stop_seconds)
+            self._worker = None
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
