@@ -186,29 +186,39 @@ def _mark(bits: bytearray, index: int | None) -> None:
 
 
 class _WireSlots:
-    """The requests a worker may have sent and not yet recorded (delivery_in_flight): a chunk
-    of devices takes room before it goes on the wire and gives it back once its outcomes are
-    committed, so a kill sends again at most this many per provider, whatever the load. The
-    batch claimed first is served first: its batches are sent one after the other
-    rather than all at once, so a recording touches a few batches (all 32 a worker holds cost
-    73-79 us of CPU a push on PostgreSQL, 61-70 this way, 60-65 before progress was recorded)
-    and a stop or a kill leaves few half-sent.
+    """Two limits per provider. Requests on the wire (delivery_on_wire): a chunk of devices
+    takes room before it is sent and gives it back when its answers come. Answers held before
+    their commit (delivery_in_flight): a chunk is sent only while fewer than that many wait, and
+    they are given back once committed. A kill -9 then sends again at most what was on the wire
+    plus delivery_in_flight, whatever the load.
+    The two are apart because a distant provider needs many requests on the wire (at 50 ms a
+    round trip, 17,000 pushes/s is 850 of them): one limit on "sent and not yet recorded" of 256
+    capped a worker at 256 / (round trip + recording), 1,796 pushes/s against a simulator
+    answering 50 ms late.
+    The batch claimed first is served first: its batches are sent one after the other rather
+    than all at once, so a recording touches a few batches (all 32 a worker holds cost 73-79 us
+    of CPU a push on PostgreSQL, 61-70 this way, 60-65 before progress was recorded) and a stop
+    or a kill leaves few half-sent.
     Closed when the worker stops: what waits is not sent."""
 
-    def __init__(self, size: int, starved: Callable[[], None]) -> None:
-        self.size = size
+    def __init__(self, on_wire: int, unrecorded: int, starved: Callable[[], None]) -> None:
         self._starved = starved  # called when a chunk waits: what is sent should be recorded
-        self._free = size
+        self._wire_free = on_wire
+        self._unrecorded_free = unrecorded  # below 0 once more answers wait than allowed
         self._waiting: list[tuple[tuple[int, int], int, asyncio.Future[bool]]] = []
         self._asked = 0  # ties broken in the order chunks asked
         self._closed = False
 
+    def _fits(self, n: int) -> bool:
+        return self._wire_free >= n and self._unrecorded_free > 0
+
     async def take(self, n: int, *, order: int) -> bool:
-        """Waits for room for n requests; False once the worker stops."""
+        """Waits for room on the wire for n requests, and for the answers waiting for their
+        commit to be under the limit; False once the worker stops."""
         if self._closed:
             return False
-        if not self._waiting and self._free >= n:
-            self._free -= n
+        if not self._waiting and self._fits(n):
+            self._wire_free -= n
             return True
         waiter: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         self._starved()
@@ -219,15 +229,30 @@ class _WireSlots:
         except asyncio.CancelledError:
             # Granted meanwhile: the room goes back; still waiting: skipped when its turn comes.
             if waiter.done() and not waiter.cancelled() and waiter.result():
-                self.give(n)
+                self.unsent(n)
             raise
 
+    def answered(self, n: int) -> None:
+        """n requests came back: off the wire, their answers waiting for their commit."""
+        self._wire_free += n
+        self._unrecorded_free -= n
+        self._grant()
+
+    def unsent(self, n: int) -> None:
+        """n requests given room never went out (or their answers are dropped)."""
+        self._wire_free += n
+        self._grant()
+
     def give(self, n: int) -> None:
-        self._free += n
-        while self._waiting and self._free >= self._waiting[0][1]:
+        """n answers were committed (or their batch was lost)."""
+        self._unrecorded_free += n
+        self._grant()
+
+    def _grant(self) -> None:
+        while self._waiting and self._fits(self._waiting[0][1]):
             _, wanted, waiter = heapq.heappop(self._waiting)
             if not waiter.done():
-                self._free -= wanted
+                self._wire_free -= wanted
                 waiter.set_result(True)
 
     def close(self) -> None:
@@ -596,31 +621,33 @@ class Deliverer:
         rendered: tuple[str | None, ...] | None,
     ) -> bool:
         wire = self._wire(held.app.platform, sandbox)
-        if held.lost or not await wire.take(len(indexes), order=held.order):
+        n = len(indexes)
+        if held.lost or not await wire.take(n, order=held.order):
             return False
         try:
             if held.lost:
-                wire.give(len(indexes))
+                wire.unsent(n)
                 return False
             if held.started is None:
                 held.started = asyncio.get_running_loop().create_future()
                 self._record_soon(now=True)
             await asyncio.shield(held.started)
             if held.lost:
-                wire.give(len(indexes))
+                wire.unsent(n)
                 return False
             held.on_wire = True
             answer = await self._send_group(
                 held.app, held.send, recipients, indexes, sandbox, rendered
             )
         except BaseException:
-            wire.give(len(indexes))
+            wire.unsent(n)
             raise
         results = [(recipients[i], r) for i, r in zip(indexes, answer, strict=True)]
         if held.lost:
-            wire.give(len(indexes))
+            wire.unsent(n)
         else:
-            held.slots.append((wire, len(indexes)))
+            wire.answered(n)
+            held.slots.append((wire, n))
             self._results(held, results)
         return True
 
@@ -655,7 +682,7 @@ class Deliverer:
         wire = self._wires.get((platform, sandbox))
         if wire is None:
             wire = self._wires[(platform, sandbox)] = _WireSlots(
-                self._settings.delivery_in_flight, self._starving
+                self._settings.delivery_on_wire, self._settings.delivery_in_flight, self._starving
             )
             if self.stopping:
                 wire.close()

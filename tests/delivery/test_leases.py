@@ -204,7 +204,9 @@ async def test_a_dead_workers_batch_is_taken_over_and_only_unrecorded_recipients
     tokens = await tokens_of(runtime, batch_id)
     slow_provider(sim_control, 100)
     # Outcomes recorded as they come (each result a flush), 4 requests on the wire at a time.
-    dying = workers(clock, delivery_in_flight=in_flight, progress_flush_results=1)
+    dying = workers(
+        clock, delivery_in_flight=in_flight, delivery_on_wire=in_flight, progress_flush_results=1
+    )
     taking_over = workers(clock)
 
     delivering = await partly_sent(runtime, dying, batch_id, in_flight)
@@ -272,7 +274,9 @@ async def test_a_stopped_worker_hands_back_its_batch_and_nothing_is_sent_twice(
     batch_id = await write_batch(runtime, sim_control, clock, n)
     tokens = await tokens_of(runtime, batch_id)
     slow_provider(sim_control, 100)
-    stopping = workers(clock, delivery_in_flight=in_flight, progress_flush_results=1)
+    stopping = workers(
+        clock, delivery_in_flight=in_flight, delivery_on_wire=in_flight, progress_flush_results=1
+    )
     next_one = workers(clock)
 
     delivering = await partly_sent(runtime, stopping, batch_id, in_flight)
