@@ -17,7 +17,7 @@ from typing import Literal
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
-from sqlalchemy import text
+from sqlalchemy import Connection
 
 from clarion.migrate import schema_state
 from clarion.runtime import Runtime
@@ -29,6 +29,10 @@ DATABASE_TIMEOUT_SECONDS = 2.0
 # The schema changes only when someone migrates; a probe every second from several balancers
 # then reads alembic_version once per 5 s, and a process sees a finished migration 5 s late.
 SCHEMA_CACHE_SECONDS = 5.0
+
+
+def _ping(connection: Connection) -> None:
+    connection.exec_driver_sql("SELECT 1")
 
 
 class Probe(BaseModel):
@@ -49,7 +53,9 @@ def probes_router(runtime: Runtime) -> APIRouter:
             async with asyncio.timeout(DATABASE_TIMEOUT_SECONDS):
                 async with runtime.engine.connect() as connection:
                     if schema is not None and now - schema[1] < SCHEMA_CACHE_SECONDS:
-                        await connection.execute(text("SELECT 1"))
+                        # run_sync: the SQLite driver's statements never await (decision 0006),
+                        # which AsyncConnection.execute refuses.
+                        await connection.run_sync(_ping)
                     else:
                         schema = (await connection.run_sync(schema_state), now)
         except Exception as exc:
