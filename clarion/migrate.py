@@ -49,7 +49,7 @@ def _scripts() -> tuple[frozenset[str], frozenset[str]]:
 def schema_state(connection: Connection) -> str:
     """The schema check: "ok" when the database has every migration this code needs, else
     "behind" or "not migrated". A revision this code does not know comes from newer code that
-    migrated first, as a rolling deploy does (docs/deploy.md: migrations only add while old
+    migrated first, as a rolling deploy does (decision 0042: migrations only add while old
     code still runs): this code still works on it, so that is "ok" too."""
     current = frozenset(MigrationContext.configure(connection).get_current_heads())
     heads, known = _scripts()

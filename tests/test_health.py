@@ -41,12 +41,19 @@ def clock() -> Clock:
     return Clock(datetime(2026, 3, 2, 9, 0, tzinfo=UTC))
 
 
+@asynccontextmanager
+async def migrated(backend: str, sim: SimulatorHandle, folder: Path) -> AsyncIterator[Settings]:
+    """The settings of a new database of `backend`, migrated to the head."""
+    with empty_database(backend, folder) as url:
+        settings = make_settings(url, folder / "var", sim)
+        await asyncio.to_thread(migrate, settings)
+        yield settings
+
+
 async def test_ready_until_a_loop_stops_beating(
     backend: str, sim: SimulatorHandle, tmp_path: Path
 ) -> None:
-    with empty_database(backend, tmp_path) as url:
-        settings = make_settings(url, tmp_path / "var", sim)
-        await asyncio.to_thread(migrate, settings)
+    async with migrated(backend, sim, tmp_path) as settings:
         time = clock()
         async with serving(settings, time, workers=True) as api:
             alive = await api.get("/healthz")
@@ -73,10 +80,8 @@ async def test_ready_until_a_loop_stops_beating(
 async def test_not_ready_a_migration_behind(
     backend: str, sim: SimulatorHandle, tmp_path: Path
 ) -> None:
-    with empty_database(backend, tmp_path) as url:
-        settings = make_settings(url, tmp_path / "var", sim)
-        await asyncio.to_thread(migrate, settings)
-        config = alembic_config(url)
+    async with migrated(backend, sim, tmp_path) as settings:
+        config = alembic_config(settings.resolved_database_url)
         await asyncio.to_thread(command.downgrade, config, "-1")
         time = clock()
         async with serving(settings, time, workers=False) as api:
