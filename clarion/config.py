@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -149,6 +149,13 @@ class Settings(BaseSettings):
     # to answer the person (art. 12(3)); a copy kept longer only widens what a leak could take
     # (storage limitation, art. 5(1)(e)).
     gdpr_archive_days: int = Field(default=7, ge=1)
+
+    # Logs (docs/operations.md, "Logs"): "text" for people, "json" for one JSON object a line;
+    # the level of Clarion's own loggers; and a line per HTTP request (method, path with its
+    # key taken out, status, duration), off by default as uvicorn's was.
+    log_format: Literal["text", "json"] = "text"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    access_log: bool = False
 
     # How long a process keeps a successful API key lookup: a key rotated elsewhere keeps
     # working here for at most this long. 0 looks every key up on every call.

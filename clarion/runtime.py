@@ -30,6 +30,7 @@ from clarion.automations.service import enter_stored
 from clarion.automations.tasks import AutomationDispatcher
 from clarion.campaigns.tasks import CampaignScheduler
 from clarion.capping.tasks import PURGE_SECONDS, purge_expired_receipts
+from clarion.clock import SYSTEM_CLOCK, Clock
 from clarion.config import Settings
 from clarion.db import create_engine, create_sessionmaker, utcnow
 from clarion.delivery.pool import ProviderPool, provider_client
@@ -38,6 +39,7 @@ from clarion.exports.tasks import ExportRunner
 from clarion.exports.tasks import process_requests as process_export_requests
 from clarion.gdpr.tasks import ARCHIVE_CHECK_SECONDS, delete_expired_archives
 from clarion.gdpr.tasks import process_pending as process_gdpr_requests
+from clarion.health import Heartbeats, beat
 from clarion.http2 import Http2Client
 from clarion.imports.tasks import ImportRunner
 from clarion.inapp.eligibility import InAppFeed
@@ -66,8 +68,9 @@ def tune_garbage_collector() -> None:
 
 
 class Runtime:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, clock: Clock = SYSTEM_CLOCK) -> None:
         self.settings = settings
+        self.heartbeats = Heartbeats(clock)  # the loops' liveness, read by /readyz
         self.engine: AsyncEngine = create_engine(
             settings.resolved_database_url,
             pool_size=settings.database_pool_size,
@@ -134,6 +137,8 @@ class Runtime:
             # are picked up at once.
             await self.deliverer.sweep_outbox(grace_seconds=0)
             self._worker = asyncio.create_task(self.queue.run_worker(), name="worker")
+            # pgqueuer's consumer has no pass of its own to beat from: stale once it has ended.
+            self.heartbeats.watch("delivery worker", self._worker)
             settings = self.settings
             # The leases of the batches this worker holds, while it is alive; the batches of
             # workers that died, taken over as soon as their lease expires (decision 0032).
@@ -253,10 +258,14 @@ class Runtime:
         hiccup, a storage server down) is logged and the job runs again next time: it must not
         end the loop for the life of the process."""
 
+        self.heartbeats.beat(name, every)  # known to /readyz from now on
+
         async def forever() -> None:
+            self.heartbeats.enter(name, every)
             if wait_first:
                 await asyncio.sleep(every)
             while True:
+                beat()
                 try:
                     await job()
                 except Exception:

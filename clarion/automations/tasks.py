@@ -38,6 +38,7 @@ from clarion.capping.service import Cap, capped, caps_for, lock_caps, record_rec
 from clarion.config import Settings
 from clarion.db import in_values, is_postgres, transaction, uses_arrays, utcnow
 from clarion.delivery.models import BATCHES, SENDS, SendKind
+from clarion.health import beat
 from clarion.inapp.eligibility import version_for, zone_named
 from clarion.metrics import count_sends
 from clarion.queue import BatchJob, JobQueue
@@ -176,6 +177,7 @@ class AutomationDispatcher:
         left none for the next); returns how many entries were claimed in all."""
         total = 0
         while True:
+            beat()  # a backlog of full pages is progress (clarion.health)
             claimed, again = await self.dispatch()
             total += claimed
             if claimed < self._page and not again:

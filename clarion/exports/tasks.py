@@ -40,6 +40,7 @@ from clarion.exports.models import (
 )
 from clarion.exports.service import BACKFILL_DAYS, _get, due_days, file_name, last_complete_day
 from clarion.formats import wire_date
+from clarion.health import beat
 from clarion.imports.service import open_credentials
 from clarion.metrics import note_file_run
 from clarion.outbound import OutboundPolicy
@@ -192,6 +193,7 @@ class ExportRunner:
                     .where(ExportRun.id == run.id, ExportRun.lease_owner == self._owner)
                     .values(lease_until=self._clock() + LEASE)
                 )
+            beat()  # a long export is a loop making progress (clarion.health)
 
     async def _write(self, destination: ExportDestination, day: date, path: Path) -> int:
         async with self._sessions() as session:

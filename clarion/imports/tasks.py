@@ -23,6 +23,7 @@ from clarion.audiences.staging import STAGING, IdSpool, drop_staging, load_stagi
 from clarion.clock import SYSTEM_CLOCK, Clock
 from clarion.config import Settings
 from clarion.db import insert_ignoring_conflicts, rowcount, transaction
+from clarion.health import beat
 from clarion.imports.idfile import IdFileError, IdFileFormat
 from clarion.imports.models import (
     ImportFile,
@@ -325,6 +326,7 @@ class ImportRunner:
                 .where(ImportSource.id == source.id, ImportSource.lease_owner == self._owner)
                 .values(lease_until=self._clock() + LEASE)
             )
+        beat()  # a long import is a loop making progress (clarion.health)
 
     async def _start_run(
         self, source: ImportSource, remote: RemoteFile, audience_name: str
