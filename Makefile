@@ -40,8 +40,12 @@ $(WEB_STAMP): websdk/package-lock.json
 		|| echo "npm ci failed: the Web SDK bundle checks will be skipped"; \
 	else echo "npm not found: the Web SDK bundle checks will be skipped"; fi
 
-test: $(STAMP) $(WEB_STAMP) lint typecheck ## Lint, type-check and run the whole test suite (SQLite and PostgreSQL)
-	$(VENV)/bin/pytest -q
+# Shuffled (pytest-randomly): modules, classes and tests in an order drawn from a seed printed
+# at the end; `make test SEED=N` runs that order again.
+SEED ?= $(shell od -An -N4 -tu4 /dev/urandom | tr -d ' ')
+
+test: $(STAMP) $(WEB_STAMP) lint typecheck ## Lint, type-check and run the whole test suite (SQLite and PostgreSQL), shuffled
+	$(VENV)/bin/pytest -q -p randomly --randomly-seed=$(SEED)
 
 lint: $(STAMP) ## ruff + import-linter architecture contracts
 	$(VENV)/bin/ruff check clarion tests bench

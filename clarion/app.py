@@ -23,6 +23,7 @@ from clarion.gdpr.api import router as gdpr_router
 from clarion.http import (
     BodySizeLimit,
     JsonBodies,
+    RequestIds,
     SdkRateLimit,
     TrailingSlash,
     install_error_handlers,
@@ -32,7 +33,10 @@ from clarion.inapp.api import FetchFastPath
 from clarion.inapp.api import router as inapp_router
 from clarion.inapp.api import sdk_router as inapp_sdk_router
 from clarion.inapp.api import themes_router as inapp_themes_router
+from clarion.metrics import RequestMetrics
+from clarion.monitoring import start_metrics
 from clarion.openapi import install_openapi
+from clarion.probes import probes_router
 from clarion.ratelimit import RateLimits
 from clarion.runtime import Runtime
 from clarion.sdk.api import EventsFastPath, SdkCors
@@ -41,20 +45,21 @@ from clarion.sdk.api import web_router as web_sdk_router
 from clarion.transactional.api import router as transactional_router
 
 
-def create_app(
-    settings: Settings, *, workers: bool, rate_limit_clock: Clock | None = None
-) -> FastAPI:
-    """`workers`: also run delivery workers and the outbox sweep in this process.
-    `rate_limit_clock`: the clock of the rate limits' buckets (tests move it by hand)."""
-    runtime = Runtime(settings)
-    rate_limits = RateLimits(settings, runtime.engine, clock=rate_limit_clock or SYSTEM_CLOCK)
+def create_app(settings: Settings, *, workers: bool, clock: Clock = SYSTEM_CLOCK) -> FastAPI:
+    """`workers`: also run delivery workers and the outbox sweep in this process. `clock`:
+    what /readyz measures the loops' heartbeats and its cache with, and what refills the rate
+    limits' buckets."""
+    runtime = Runtime(settings, clock=clock)
+    rate_limits = RateLimits(settings, runtime.engine, clock=clock)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await runtime.start(workers=workers)
+        metrics = await start_metrics(settings, runtime.engine, runtime.sessions)
         try:
             yield
         finally:
+            await metrics.stop()
             await runtime.stop()
 
     app = FastAPI(
@@ -81,6 +86,7 @@ def create_app(
     app.include_router(gdpr_router)
     app.include_router(apps_router)
     app.include_router(push_caps_router)
+    app.include_router(probes_router(runtime))
 
     # The static files first: the dashboard answers every other /dashboard path.
     app.mount("/dashboard/static", StaticFiles(directory=STATIC_DIR), name="dashboard-static")
@@ -109,5 +115,9 @@ def create_app(
     # Around the fast path, so that its answers to web pages carry the CORS headers too, and
     # a page of an origin the app does not allow is refused before anything runs.
     app.add_middleware(SdkCors, key_cache=runtime.key_cache, sessions=runtime.sessions)
+    app.add_middleware(RequestMetrics)  # every call, whoever answers it
+    # Outermost: every answer carries its request id, and every line logged while serving it
+    # (the metrics' own timing included).
+    app.add_middleware(RequestIds, access=settings.access_log)
 
     return app

@@ -54,7 +54,7 @@ def start(
     @asynccontextmanager
     async def started(clock: Clock, **limits: Any) -> AsyncIterator[Instance]:
         own = make_settings(settings.database_url, tmp_path, sim, **{**ALL_OFF, **limits})
-        app = create_app(own, workers=False, rate_limit_clock=clock)
+        app = create_app(own, workers=False, clock=clock)
         async with app.router.lifespan_context(app):
             yield Instance(app)
 

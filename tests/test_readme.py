@@ -34,6 +34,10 @@ import pytest
 from tests.support.dev import BIN, Dev, dev_environment, running_dev
 from tests.support.waiting import until
 
+# Each block continues the one before, in one terminal, as a reader pastes them: file order
+# even in a shuffled run (tests/conftest.py).
+pytestmark = pytest.mark.in_order
+
 README = Path(__file__).resolve().parent.parent / "README.md"
 NOT_A_SCRIPT = "# Not a script:"
 WAIT = 30.0  # seconds for a block: the CLI commands start Python, ~2 s each at load 9

@@ -98,6 +98,6 @@ def _alive(pid: int) -> bool:
 
 def _ready(url: str) -> bool:
     try:
-        return httpx.get(f"{url}/openapi.json", timeout=2.0).status_code == 200
+        return httpx.get(f"{url}/readyz", timeout=2.0).status_code == 200
     except httpx.TransportError:
         return False

@@ -1,7 +1,7 @@
 """API rate limits shared by the API processes: one token bucket per app key and per company
 
 Revision ID: 3f6a9d2c7b41
-Revises: 8e4b1c7a2d90
+Revises: 7a41c9e2b6d5
 Create Date: 2026-12-07 09:00:00.000000
 """
 
@@ -12,7 +12,7 @@ from alembic import op
 
 
 revision = '3f6a9d2c7b41'
-down_revision = '8e4b1c7a2d90'
+down_revision = '7a41c9e2b6d5'
 branch_labels = None
 depends_on = None
 
