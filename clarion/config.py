@@ -83,14 +83,15 @@ class Settings(BaseSettings):
     # batches a worker holds, decision 0032).
     progress_flush_seconds: float = Field(default=0.02, gt=0)
     progress_flush_results: int = Field(default=200, ge=1)
-    # Answers a worker may hold before their commit, per provider: new requests wait while more
-    # are unrecorded. A kill -9 sends again what was on the wire plus at most this many
-    # (decision 0032). Requests on the wire are not limited by it (a distant provider needs
-    # ~850 in flight for 17,000 pushes/s at 50 ms).
+    # Requests a worker may have sent and not yet recorded, per provider: what a kill -9 sends
+    # again at most. The limit follows the provider's round trip, enough for
+    # delivery_target_rate pushes/s (Little's law), between delivery_in_flight and
+    # delivery_on_wire: 256 against a provider answering at once (~190 re-sent a kill on this
+    # 2-core machine), ~1,000 at 50 ms, where a fixed 256 capped a worker at 1,796 pushes/s
+    # (decision 0032). Tests set both bounds low to catch a batch half-sent.
     delivery_in_flight: int = Field(default=256, ge=1)
-    # Requests a worker may have on the wire per provider: what its HTTP/2 connections carry at
-    # once (2 x 1,000 streams); tests lower it to catch a batch half-sent.
     delivery_on_wire: int = Field(default=2000, ge=1)
+    delivery_target_rate: float = Field(default=20_000.0, gt=0)
     # A stopping worker (SIGTERM, Ctrl-C) waits this long at most for the requests on the wire
     # to be answered, then hands its batches back (above the HTTP/2 response timeout, 30 s).
     worker_stop_seconds: float = Field(default=35.0, ge=0)
