@@ -119,6 +119,13 @@ class Settings(BaseSettings):
     # (storage limitation, art. 5(1)(e)).
     gdpr_archive_days: int = Field(default=7, ge=1)
 
+    # Days of the event log kept (docs/retention.md); 0 keeps every day. 400: the dashboard's
+    # longest period is 365 days and the daily exports look back 31; a day that statistics or an
+    # export still need is kept longer whatever these say (clarion.retention.service).
+    push_events_retention_days: int = Field(default=400, ge=0)
+    inapp_events_retention_days: int = Field(default=400, ge=0)
+    tracked_events_retention_days: int = Field(default=400, ge=0)
+
     # How long a process keeps a successful API key lookup: a key rotated elsewhere keeps
     # working here for at most this long. 0 looks every key up on every call.
     auth_cache_seconds: float = Field(default=5.0, ge=0)
