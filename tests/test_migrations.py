@@ -359,5 +359,10 @@ def test_the_event_log_is_partitioned_by_day_with_its_rows_and_back(new_database
             else [("", 1), ("", 2), ("", 3)]
         )
         assert placed[table] == expected
-    assert sorted(back) == [(1, "push_sent"), (2, "push_sent"), (3, "push_sent"), (4, "push_opened")]
+    assert sorted(back) == [
+        (1, "push_sent"),
+        (2, "push_sent"),
+        (3, "push_sent"),
+        (4, "push_opened"),
+    ]
     assert not [name for name in names if _PARTITION.match(name)]

@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -55,7 +56,9 @@ class Database:
             hour=12
         ) - timedelta(days=days_ago)
 
-    async def ages(self, model: type[PushEvent] | type[InAppEvent] | type[TrackedEvent]) -> list[int]:
+    async def ages(
+        self, model: type[PushEvent] | type[InAppEvent] | type[TrackedEvent]
+    ) -> list[int]:
         async with self.sessions() as session:
             times = await session.scalars(select(model.occurred_at))
             return sorted(((self.at(0) - at).days for at in times), reverse=True)
@@ -126,7 +129,7 @@ async def database(backend: str, tmp_path: Path) -> AsyncIterator[Database]:
             await engine.dispose()
 
 
-def retention(db: Database, clock: Clock, tmp_path: Path, **days: int) -> EventRetention:
+def retention(db: Database, clock: Clock, tmp_path: Path, **days: Any) -> EventRetention:
     settings = Settings(database_url=db.url, var_dir=tmp_path, **days)
     return EventRetention(db.engine, db.sessions, settings, clock=clock, sqlite_batch=2)
 
@@ -152,9 +155,7 @@ async def export_destination(db: Database, *, first_day: date, exported: list[da
         return destination.id
 
 
-async def test_old_days_go_and_the_days_still_read_stay(
-    database: Database, tmp_path: Path
-) -> None:
+async def test_old_days_go_and_the_days_still_read_stay(database: Database, tmp_path: Path) -> None:
     """Push events: 30 days asked, but statistics read 93 (attributed opens over 90 settled
     days): 95 and 120 days old go, 50 stays. In-app events: 1 day asked, but the daily export
     has not produced the day 5 days ago: that day and the later ones stay, older ones go.
@@ -188,9 +189,7 @@ async def test_old_days_go_and_the_days_still_read_stay(
         assert isinstance(push, Upkeep)
         # Every day before the first kept (93 days back) went, the oldest row's first.
         first_kept = db.today - timedelta(days=93)
-        assert push.dropped == [
-            db.today - timedelta(days=n) for n in range(120, 93, -1)
-        ]
+        assert push.dropped == [db.today - timedelta(days=n) for n in range(120, 93, -1)]
         async with db.engine.connect() as connection:
             push_layout = await layout(connection, "push_events")
         assert push_layout.days[0] == first_kept
@@ -198,9 +197,7 @@ async def test_old_days_go_and_the_days_still_read_stay(
 
     # The export catches up: the in-app days then go down to the one day asked.
     async with transaction(db.sessions) as session:
-        await session.execute(
-            update(ExportRun).values(status=ExportStatus.SUCCEEDED.value)
-        )
+        await session.execute(update(ExportRun).values(status=ExportStatus.SUCCEEDED.value))
         destination = await session.scalar(select(ExportDestination.id))
         for n in range(5, 0, -1):
             session.add(
@@ -243,9 +240,9 @@ async def test_partitions_are_made_ahead_and_rows_of_any_time_land(
     database: Database, tmp_path: Path
 ) -> None:
     """PostgreSQL: the migration made the days up to a week ahead; a row later than those goes
-    to `future`, one older than every day to `past`; three days on, a pass has made three more
-    days and moved the row of `future` into its own. SQLite: the rows are simply stored. (The
-older row is older than the first day partition, within the 400 days kept.)"""
+        to `future`, one older than every day to `past`; three days on, a pass has made three more
+        days and moved the row of `future` into its own. SQLite: the rows are simply stored. (The
+    older row is older than the first day partition, within the 400 days kept.)"""
     db = database
     clock = Clock(db.at(0))
     ahead = db.today + timedelta(days=PARTITION_DAYS_AHEAD)
@@ -254,11 +251,15 @@ older row is older than the first day partition, within the 400 days kept.)"""
         await record_push_events(
             session,
             [
-                push_event_row(app_id=db.app_id, kind=PushEventKind.SENT, occurred_at=at, platform="ios")
+                push_event_row(
+                    app_id=db.app_id, kind=PushEventKind.SENT, occurred_at=at, platform="ios"
+                )
                 for at in (later, older)
             ],
         )
-        ids = list(await session.scalars(select(PushEvent.id).order_by(PushEvent.id.desc()).limit(2)))
+        ids = list(
+            await session.scalars(select(PushEvent.id).order_by(PushEvent.id.desc()).limit(2))
+        )
     later_id, older_id = sorted(ids)
     if db.postgres:
         assert await db.partition_of("push_events", later_id) == future_name(
@@ -269,7 +270,8 @@ older row is older than the first day partition, within the 400 days kept.)"""
     done = await retention(db, clock, tmp_path).run()
     async with db.sessions() as session:
         stored = sorted(await session.scalars(select(PushEvent.occurred_at)))
-    assert later in stored and older in stored  # within the 400 days kept
+    assert later in stored
+    assert older in stored
     if not db.postgres:
         return
     assert isinstance(done, dict)
@@ -282,7 +284,8 @@ older row is older than the first day partition, within the 400 days kept.)"""
         async with db.engine.connect() as connection:
             found = await layout(connection, table)
         assert found.days[-1] == ahead + timedelta(days=3)
-        assert found.future is not None and found.future[1] == ahead + timedelta(days=4)
+        assert found.future is not None
+        assert found.future[1] == ahead + timedelta(days=4)
     # A pass with nothing to do changes nothing.
     again = await retention(db, clock, tmp_path).run()
     assert isinstance(again, dict)
@@ -305,4 +308,5 @@ async def test_a_trigger_event_of_23_hours_ago_is_stored(
         stored = await session.scalar(
             select(TrackedEvent.occurred_at).where(TrackedEvent.custom_id == "retention-user")
         )
-    assert stored is not None and abs((stored - at).total_seconds()) < 1
+    assert stored is not None
+    assert abs((stored - at).total_seconds()) < 1

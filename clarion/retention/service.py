@@ -27,9 +27,9 @@ from clarion.stats.automations import MAX_STATS_DAYS
 from clarion.stats.tasks import LOOKBACK_DAYS
 
 # Rows deleted per transaction on SQLite, which has one connection that every API call and
-# worker shares (decision 0006): 2,000 push events (5 indexes) went in ~15 ms on this 2-core
-# machine (bench/event_retention.py --backend sqlite), so a writer waits at most that long.
-SQLITE_BATCH = 2_000
+# worker shares (decision 0006), so a writer may wait for one batch: 1,000 push events (5
+# indexes) took 11-40 ms on this loaded 2-core machine, 2,000 took 25-53 ms, 4,000 42-246 ms.
+SQLITE_BATCH = 1_000
 
 # The statistics upkeep stores a day's attributed opens once the day has settled, up to
 # LOOKBACK_DAYS back, matching its opens with the sends of the day before (INFLUENCE_WINDOW):
@@ -108,9 +108,7 @@ async def delete_before(
     (app_id, occurred_at) index, at most `batch` per transaction so that no writer waits long
     for the connection; returns how many went."""
     model = log.model
-    app_id, occurred_at, row_id = (
-        getattr(model, name) for name in ("app_id", "occurred_at", "id")
-    )
+    app_id, occurred_at, row_id = (getattr(model, name) for name in ("app_id", "occurred_at", "id"))
     before = day_start(day)
     async with sessions() as session:
         apps = list(await session.scalars(select(App.id).order_by(App.id)))

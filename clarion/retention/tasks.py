@@ -56,7 +56,13 @@ class EventRetention:
             )
             for table, upkeep in (done or {}).items():
                 if upkeep.dropped:
-                    log.info("%s: dropped the days %s", table, [str(d) for d in upkeep.dropped])
+                    log.info(
+                        "%s: dropped the days %s (detached in %.3f s, files freed in %.3f s)",
+                        table,
+                        [str(day) for day in upkeep.dropped],
+                        upkeep.detaching,
+                        upkeep.dropping,
+                    )
             return done
         deleted: dict[str, int] = {}
         for event_log in EVENT_LOGS:
