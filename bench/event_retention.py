@@ -249,9 +249,11 @@ def run_sqlite(events: int) -> dict[str, Any]:
             assert total == committed, (total, committed)
             during = _during(latencies, started, ended)
             assert during, "the writer inserted nothing during the deletes"
+            before = [took for began, took in latencies if began + took < started]
             return {
                 "events_deleted": events,
                 "delete_seconds": round(ended - started, 3),
+                "writer_before_delete": _summary(before),
                 "writer_during_delete": _summary(during),
                 "writer_rows_committed": committed,
             }

@@ -12,7 +12,13 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from clarion.clock import SYSTEM_CLOCK, Clock
 from clarion.config import Settings
 from clarion.retention.partitions import Upkeep, keep_partitions
-from clarion.retention.service import EVENT_LOGS, SQLITE_BATCH, delete_before, keep_from
+from clarion.retention.service import (
+    EVENT_LOGS,
+    POSTGRES_BATCH,
+    SQLITE_BATCH,
+    delete_before,
+    keep_from,
+)
 
 log = logging.getLogger(__name__)
 
@@ -38,9 +44,9 @@ class EventRetention:
         self._clock = clock
         self._sqlite_batch = sqlite_batch
 
-    async def run(self) -> dict[str, Upkeep] | dict[str, int] | None:
-        """One pass: on PostgreSQL each table's Upkeep (None when another process is at it), on
-        SQLite the rows deleted per table."""
+    async def run(self) -> dict[str, Upkeep | int] | None:
+        """One pass: each partitioned table's Upkeep, the rows deleted from the others (all of
+        them on SQLite); None when another process is at it."""
         now = self._clock()
         async with self._sessions() as session:
             first: dict[str, date | None] = {
@@ -49,12 +55,17 @@ class EventRetention:
                 )
                 for event_log in EVENT_LOGS
             }
-        if self._engine.dialect.name == "postgresql":
+        postgres = self._engine.dialect.name == "postgresql"
+        done: dict[str, Upkeep | int] = {}
+        if postgres:
             ahead = now.astimezone(UTC).date() + timedelta(days=PARTITION_DAYS_AHEAD)
-            done = await keep_partitions(
-                self._engine, {table: (day, ahead) for table, day in first.items()}
+            partitioned = await keep_partitions(
+                self._engine,
+                {log.table: (first[log.table], ahead) for log in EVENT_LOGS if log.partitioned},
             )
-            for table, upkeep in (done or {}).items():
+            if partitioned is None:
+                return None  # another process is at it
+            for table, upkeep in partitioned.items():
                 if upkeep.dropped:
                     log.info(
                         "%s: dropped the days %s (detached in %.3f s, files freed in %.3f s)",
@@ -63,12 +74,14 @@ class EventRetention:
                         upkeep.detaching,
                         upkeep.dropping,
                     )
-            return done
-        deleted: dict[str, int] = {}
+            done.update(partitioned)
         for event_log in EVENT_LOGS:
             day = first[event_log.table]
-            if day is not None:
-                deleted[event_log.table] = await delete_before(
-                    self._sessions, event_log, day, batch=self._sqlite_batch
+            if day is not None and not (postgres and event_log.partitioned):
+                done[event_log.table] = await delete_before(
+                    self._sessions,
+                    event_log,
+                    day,
+                    batch=POSTGRES_BATCH if postgres else self._sqlite_batch,
                 )
-        return deleted
+        return done

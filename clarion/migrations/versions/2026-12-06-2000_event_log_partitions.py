@@ -1,6 +1,7 @@
-"""The event log partitioned by day on PostgreSQL (decision 0041); SQLite's tables unchanged
+"""Push and in-app events partitioned by day on PostgreSQL (decision 0041); SQLite's tables,
+and tracked_events (read per installation, with no time range), unchanged
 
-Each of push_events, inapp_events and tracked_events becomes a table partitioned by range of
+Each of push_events and inapp_events becomes a table partitioned by range of
 occurred_at with the same columns, id sequence and indexes (built per partition), and a primary
 key of (id, occurred_at): a partitioned table's unique constraints must hold the partition key.
 ids still come from the one sequence, so they stay unique. Partitions: `past` (MINVALUE to the
@@ -30,7 +31,7 @@ down_revision = '8e4b1c7a2d90'
 branch_labels = None
 depends_on = None
 
-TABLES = ('push_events', 'inapp_events', 'tracked_events')
+TABLES = ('push_events', 'inapp_events')
 # Days of partitions at most behind today and ahead of it (the retention's defaults then).
 BEHIND_DAYS = 400
 AHEAD_DAYS = 7
@@ -74,8 +75,8 @@ def _relkind(connection: Connection, table: str) -> str:
 
 
 def _per_table(convert: Callable[[Connection, str], None], *, done_kind: str) -> None:
-    """One transaction per table: a table of 400 day partitions takes ~3,300 locks (each
-    partition and its 7 indexes), and PostgreSQL's lock table holds 6,400 by default
+    """One transaction per table: a table of 400 day partitions takes up to ~3,300 locks (each
+    partition and its indexes), and PostgreSQL's lock table holds 6,400 by default
     (max_locks_per_transaction 64 x max_connections 100), shared by every session. A table
     already converted (a run stopped half-way) is skipped."""
     with op.get_context().autocommit_block():
