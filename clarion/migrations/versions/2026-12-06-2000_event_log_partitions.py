@@ -10,8 +10,8 @@ older rows go to `past`, dropped with the first day once it expires) to 7 days a
 (after that to MAXVALUE); clarion.retention.partitions keeps them from then on.
 
 The rows are copied under a SHARE lock (event writers wait, readers do not): a row written
-during the copy would otherwise be lost with the old table. Measured on this 2-core machine:
-1,000,000 push events in ~25 s.
+during the copy would otherwise be lost with the old table. Measured on this 2-core machine
+(load 2.6): 1,000,000 push events of one day upgraded in 5.2 s, downgraded in 4.8 s.
 
 Revision ID: 3f9d2c6b8a41
 Revises: 8e4b1c7a2d90
