@@ -2,21 +2,31 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# What running Clarion needs (`pip install -e .`): `make run` installs no test tools. The dev
+# install (STAMP, `.[dev]`: pytest, ruff, mypy, the storage servers, Playwright, schemathesis)
+# includes it, so `make run` after `make install` installs nothing more.
+RUN_STAMP := $(VENV)/.installed-run
 
 .DEFAULT_GOAL := help
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
 
+$(RUN_STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e .
+	touch $(RUN_STAMP)
+
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[dev]'
-	touch $(STAMP)
+	touch $(RUN_STAMP) $(STAMP)
 
 install: $(STAMP) ## Create .venv and install Clarion with its dev tools
 
-run: $(STAMP) ## Migrate and start API + workers + scheduler + simulators on SQLite (./var/)
+run: $(RUN_STAMP) ## Install Clarion (no test tools), migrate, start API + workers + scheduler + simulators on SQLite (./var/); keys in var/demo.env
 	$(VENV)/bin/clarion dev
 
 # The Web SDK's build tools, so that `make test` rebuilds the committed bundles and compares them
@@ -30,8 +40,12 @@ $(WEB_STAMP): websdk/package-lock.json
 		|| echo "npm ci failed: the Web SDK bundle checks will be skipped"; \
 	else echo "npm not found: the Web SDK bundle checks will be skipped"; fi
 
-test: $(STAMP) $(WEB_STAMP) lint typecheck ## Lint, type-check and run the whole test suite (SQLite and PostgreSQL)
-	$(VENV)/bin/pytest -q
+# Shuffled (pytest-randomly): modules, classes and tests in an order drawn from a seed printed
+# at the end; `make test SEED=N` runs that order again.
+SEED ?= $(shell od -An -N4 -tu4 /dev/urandom | tr -d ' ')
+
+test: $(STAMP) $(WEB_STAMP) lint typecheck ## Lint, type-check and run the whole test suite (SQLite and PostgreSQL), shuffled
+	$(VENV)/bin/pytest -q -p randomly --randomly-seed=$(SEED)
 
 lint: $(STAMP) ## ruff + import-linter architecture contracts
 	$(VENV)/bin/ruff check clarion tests bench
@@ -45,10 +59,10 @@ fmt: $(STAMP) ## Format the code
 typecheck: $(STAMP) ## mypy --strict
 	$(VENV)/bin/mypy clarion
 
-migrate: $(STAMP) ## Apply database migrations (CLARION_DATABASE_URL)
+migrate: $(RUN_STAMP) ## Apply database migrations (CLARION_DATABASE_URL)
 	$(VENV)/bin/clarion migrate
 
-sim: $(STAMP) ## Start only the APNs / FCM / Web Push simulators
+sim: $(RUN_STAMP) ## Start only the APNs / FCM / Web Push simulators
 	$(VENV)/bin/clarion sim
 
 bench: $(STAMP) ## Run the benchmarks under bench/

@@ -12,6 +12,7 @@ from clarion.apps.api import router as apps_router
 from clarion.audiences.api import router as audiences_router
 from clarion.campaigns.api import router as campaigns_router
 from clarion.capping.api import router as push_caps_router
+from clarion.clock import SYSTEM_CLOCK, Clock
 from clarion.config import Settings
 from clarion.custom_data.api import router as custom_data_router
 from clarion.dashboard.api import router as dashboard_router
@@ -19,13 +20,22 @@ from clarion.dashboard.web import STATIC_DIR
 from clarion.events.api import router as trigger_events_router
 from clarion.exports.api import router as exports_router
 from clarion.gdpr.api import router as gdpr_router
-from clarion.http import BodySizeLimit, JsonBodies, TrailingSlash, install_error_handlers
+from clarion.http import (
+    BodySizeLimit,
+    JsonBodies,
+    RequestIds,
+    TrailingSlash,
+    install_error_handlers,
+)
 from clarion.imports.api import router as imports_router
 from clarion.inapp.api import FetchFastPath
 from clarion.inapp.api import router as inapp_router
 from clarion.inapp.api import sdk_router as inapp_sdk_router
 from clarion.inapp.api import themes_router as inapp_themes_router
+from clarion.metrics import RequestMetrics
+from clarion.monitoring import start_metrics
 from clarion.openapi import install_openapi
+from clarion.probes import probes_router
 from clarion.runtime import Runtime
 from clarion.sdk.api import EventsFastPath, SdkCors
 from clarion.sdk.api import router as sdk_router
@@ -33,16 +43,19 @@ from clarion.sdk.api import web_router as web_sdk_router
 from clarion.transactional.api import router as transactional_router
 
 
-def create_app(settings: Settings, *, workers: bool) -> FastAPI:
-    """`workers`: also run delivery workers and the outbox sweep in this process."""
-    runtime = Runtime(settings)
+def create_app(settings: Settings, *, workers: bool, clock: Clock = SYSTEM_CLOCK) -> FastAPI:
+    """`workers`: also run delivery workers and the outbox sweep in this process. `clock`:
+    what /readyz measures the loops' heartbeats and its cache with."""
+    runtime = Runtime(settings, clock=clock)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await runtime.start(workers=workers)
+        metrics = await start_metrics(settings, runtime.engine, runtime.sessions)
         try:
             yield
         finally:
+            await metrics.stop()
             await runtime.stop()
 
     app = FastAPI(
@@ -68,6 +81,7 @@ def create_app(settings: Settings, *, workers: bool) -> FastAPI:
     app.include_router(gdpr_router)
     app.include_router(apps_router)
     app.include_router(push_caps_router)
+    app.include_router(probes_router(runtime))
 
     # The static files first: the dashboard answers every other /dashboard path.
     app.mount("/dashboard/static", StaticFiles(directory=STATIC_DIR), name="dashboard-static")
@@ -94,5 +108,9 @@ def create_app(settings: Settings, *, workers: bool) -> FastAPI:
     # Around the fast path, so that its answers to web pages carry the CORS headers too, and
     # a page of an origin the app does not allow is refused before anything runs.
     app.add_middleware(SdkCors, key_cache=runtime.key_cache, sessions=runtime.sessions)
+    app.add_middleware(RequestMetrics)  # every call, whoever answers it
+    # Outermost: every answer carries its request id, and every line logged while serving it
+    # (the metrics' own timing included).
+    app.add_middleware(RequestIds, access=settings.access_log)
 
     return app

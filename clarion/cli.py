@@ -20,6 +20,7 @@ from clarion.commands.devices import devices_cli
 from clarion.commands.exports import exports_cli
 from clarion.commands.imports import imports_cli
 from clarion.commands.users import users_cli
+from clarion.logs import configure as configure_logging
 
 cli = typer.Typer(help="Clarion: self-hosted mobile engagement, Batch API 1.x compatible.")
 cli.add_typer(apps_cli, name="apps")
@@ -35,6 +36,7 @@ def migrate() -> None:
     from clarion.migrate import migrate as run_migrations
 
     settings = load_settings()
+    configure_logging(settings)
     run_migrations(settings)
     typer.echo(f"database at {settings.resolved_database_url} is up to date")
 
@@ -54,32 +56,43 @@ def serve(
     from clarion.runtime import tune_garbage_collector
 
     settings = load_settings()
+    configure_logging(settings)
     if settings.is_sqlite:
         run_migrations(settings)  # the embedded default needs no separate step
     with_workers = settings.is_sqlite if workers is None else workers
     app = create_app(settings, workers=with_workers)
     tune_garbage_collector()
-    uvicorn.run(app, host=host, port=port, log_level="info", access_log=False)
+    uvicorn.run(app, host=host, port=port, log_config=None, access_log=False)
 
 
 @cli.command()
 def worker() -> None:
     """Run delivery workers, the campaign scheduler and GDPR processing (scaled out)."""
+    from clarion.monitoring import start_metrics
     from clarion.runtime import Runtime, tune_garbage_collector
 
     settings = load_settings()
+    configure_logging(settings)
     tune_garbage_collector()
 
     async def main() -> None:
         runtime = Runtime(settings)
         await runtime.start(workers=True, http=False)
+        metrics = await start_metrics(settings, runtime.engine, runtime.sessions)
         loop = asyncio.get_running_loop()
         stop = asyncio.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         typer.echo(f"worker running on {settings.resolved_queue.value} queue; Ctrl-C stops")
         await stop.wait()
+        # Stopping lets the requests on the wire be answered, records them and hands the rest
+        # back (up to worker_stop_seconds); a second signal ends the process at once (its
+        # leases expire and other workers take its batches over, decision 0032).
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+        typer.echo("worker stopping: finishing the requests on the wire, handing back the rest")
         await runtime.stop()
+        await metrics.stop()
 
     asyncio.run(main())
 
@@ -131,6 +144,7 @@ def dev(host: str = "127.0.0.1", port: int = 8000, sim_port: int = 8443) -> None
         # the outbound policy refuses (a loopback address) unless the operator allows it.
         os.environ.setdefault("CLARION_OUTBOUND_ALLOW", host)
         settings = load_settings()
+        configure_logging(settings)
         from clarion.migrate import migrate as run_migrations
 
         run_migrations(settings)
@@ -147,7 +161,7 @@ def dev(host: str = "127.0.0.1", port: int = 8000, sim_port: int = 8443) -> None
         web_key = demo_web_key(settings)
         app.include_router(demo_page_router(web_key=web_key, server=f"http://{host}:{port}"))
         tune_garbage_collector()
-        uvicorn.run(app, host=host, port=port, log_level="info", access_log=False)
+        uvicorn.run(app, host=host, port=port, log_config=None, access_log=False)
     finally:
         os.killpg(sim_proc.pid, signal.SIGTERM)
         sim_proc.wait(timeout=10)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -31,6 +31,10 @@ class Settings(BaseSettings):
     # and closes them on return: a fan-out then started ~180 PostgreSQL backends instead of ~30,
     # each a fork and a cold catalog cache on the database's core.
     database_pool_size: int = Field(default=32, ge=1)
+    # A task that holds a session and opens another gets an error (clarion.db) instead of a
+    # second connection. Always so on SQLite, where the second waits for the first; on
+    # PostgreSQL only when set (the tests set it): decision 0033.
+    check_nested_sessions: bool = False
     # Empty: "memory" on SQLite, "postgres" on PostgreSQL.
     queue: QueueBackend | None = None
     # Fernet key for provider credentials at rest; generated into var/secret.key when unset.
@@ -59,10 +63,37 @@ class Settings(BaseSettings):
     retry_base_seconds: float = 2.0
     retry_max_seconds: float = 600.0
     retry_max_attempts: int = 8
-    # A batch claimed by a worker that then died is taken over after this lease expires.
+    # The campaign fan-out's lease on a run: a run whose process died is taken over after it.
     batch_lease_seconds: float = 60.0
-    # pgqueuer re-dispatches the job of a worker whose heartbeat stopped after this long.
-    job_heartbeat_seconds: float = 30.0
+    # A worker holds the delivery batches it claimed with a lease that it renews every
+    # delivery_lease_renew_seconds while it is alive (one UPDATE for all of them), and each
+    # worker looks for expired leases every lease_sweep_seconds: a dead worker's batches are
+    # taken over within lease + sweep (8 + 1 s), a live worker's never, however slow the
+    # provider, unless it misses 3 renewals in a row (decision 0032).
+    delivery_lease_seconds: float = Field(default=8.0, gt=0)
+    delivery_lease_renew_seconds: float = Field(default=2.0, gt=0)
+    lease_sweep_seconds: float = Field(default=1.0, gt=0)
+    # Outcomes are recorded while a batch is being sent, every progress_flush_seconds or
+    # progress_flush_results outcomes, whichever comes first (one transaction for all the
+    # batches a worker holds, decision 0032).
+    progress_flush_seconds: float = Field(default=0.02, gt=0)
+    progress_flush_results: int = Field(default=200, ge=1)
+    # Answers a worker may hold before their commit, per provider: new requests wait while more
+    # are unrecorded. A kill -9 sends again what was on the wire plus at most this many
+    # (decision 0032). Requests on the wire are not limited by it (a distant provider needs
+    # ~850 in flight for 17,000 pushes/s at 50 ms).
+    delivery_in_flight: int = Field(default=256, ge=1)
+    # Requests a worker may have on the wire per provider: what its HTTP/2 connections carry at
+    # once (2 x 1,000 streams); tests lower it to catch a batch half-sent.
+    delivery_on_wire: int = Field(default=2000, ge=1)
+    # A stopping worker (SIGTERM, Ctrl-C) waits this long at most for the requests on the wire
+    # to be answered, then hands its batches back (above the HTTP/2 response timeout, 30 s).
+    worker_stop_seconds: float = Field(default=35.0, ge=0)
+    # pgqueuer re-dispatches the job of a worker whose heartbeat stopped after this long: the
+    # jobs a dead worker had dequeued but not started (up to worker_concurrency of them) wait
+    # that long. A live worker's job dispatched twice claims nothing (the lease), so it is as
+    # short as the lease (beats every 4 s).
+    job_heartbeat_seconds: float = 8.0
     # How often the outbox sweeper re-enqueues batches whose job was lost.
     sweep_interval_seconds: float = 15.0
     # How often the campaign scheduler looks for due campaigns (a campaign starts this late).
@@ -126,9 +157,24 @@ class Settings(BaseSettings):
     inapp_events_retention_days: int = Field(default=400, ge=0)
     tracked_events_retention_days: int = Field(default=400, ge=0)
 
+    # Logs (docs/operations.md, "Logs"): "text" for people, "json" for one JSON object a line;
+    # the level of Clarion's own loggers; and a line per HTTP request (method, path with its
+    # key taken out, status, duration), off by default as uvicorn's was.
+    log_format: Literal["text", "json"] = "text"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    access_log: bool = False
+
     # How long a process keeps a successful API key lookup: a key rotated elsewhere keeps
     # working here for at most this long. 0 looks every key up on every call.
     auth_cache_seconds: float = Field(default=5.0, ge=0)
+
+    # Prometheus metrics (docs/metrics.md): `/metrics` on this port, apart from the API so
+    # that it is never public by accident; 0 serves none. On the address below (loopback by
+    # default: set 0.0.0.0 for a Prometheus on another machine). With several processes on one
+    # machine, set PROMETHEUS_MULTIPROC_DIR (wiped before they start) and give one of them the
+    # port: it serves the sum of all.
+    metrics_port: int = Field(default=0, ge=0, le=65535)
+    metrics_host: str = "127.0.0.1"
 
     @field_validator("outbound_allow", mode="before")
     @classmethod

@@ -4,10 +4,16 @@ SQL functions compiled per dialect and the in-loop SQLite driver: clarion.dialec
 Services never commit: the request's session dependency (clarion.http.get_session) or
 `transaction` below (workers, the send intake, the campaign scheduler) owns the transaction.
 See docs/decisions/0005-unit-of-work.md.
+
+Never open a database session while holding one (docs/conventions.md): on SQLite the second
+waits for the one pooled connection that the first holds. `create_engine` gives engines a pool
+that refuses it at once (NestedSessionError), always on SQLite and on PostgreSQL when asked
+(`check_nested`, CLARION_CHECK_NESTED_SESSIONS; the tests set it): decision 0033.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
@@ -36,6 +42,7 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 from sqlalchemy.orm import DeclarativeBase
+from sqlalchemy.pool import AsyncAdaptedQueuePool, ConnectionPoolEntry
 from sqlalchemy.types import JSON, TypeDecorator, TypeEngine
 
 # Explicit constraint names: stable across SQLite and PostgreSQL, and needed by Alembic's batch
@@ -245,7 +252,62 @@ def sync_url(url: str) -> str:
     )
 
 
-def create_engine(url: str, *, pool_size: int = 10, **kwargs: Any) -> AsyncEngine:
+class NestedSessionError(RuntimeError):
+    """An asyncio task that holds a pooled connection asked the same pool for another."""
+
+
+def _current_task() -> asyncio.Task[Any] | None:
+    try:
+        return asyncio.current_task()
+    except RuntimeError:  # no running event loop: a synchronous caller, not ours to check
+        return None
+
+
+class OneConnectionPerTaskPool(AsyncAdaptedQueuePool):
+    """The async pool, refusing a second connection to a task that holds one.
+
+    On SQLite (one connection) the second checkout would wait for the first, which its own
+    task holds: every API call and worker of the process then waits for pool_timeout (300 s)
+    before the task fails. Refused here, before the wait, with the rule's name. Which task
+    holds which connection is kept per checkout (a dict operation, ~1 µs against ~50 µs for
+    the cheapest statement on SQLite). Tasks a holder starts are other tasks: one that waits
+    for a child needing a connection is not caught (decision 0033)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._holder: dict[ConnectionPoolEntry, asyncio.Task[Any]] = {}
+        self._held: dict[asyncio.Task[Any], int] = {}
+
+    def _do_get(self) -> ConnectionPoolEntry:
+        task = _current_task()
+        if task is not None and task in self._held:
+            raise NestedSessionError(
+                f"task {task.get_name()!r} holds a database connection and asked for another: "
+                "never open a database session while holding one (docs/conventions.md); pass "
+                "the session you hold, or finish it first. On SQLite the second would wait "
+                "for the only connection, held by this task, for pool_timeout."
+            )
+        record = super()._do_get()
+        if task is not None:
+            self._holder[record] = task
+            self._held[task] = self._held.get(task, 0) + 1
+        return record
+
+    def _do_return_conn(self, record: ConnectionPoolEntry) -> None:
+        task = self._holder.pop(record, None)
+        if task is not None:
+            left = self._held.pop(task) - 1
+            if left:
+                self._held[task] = left
+        super()._do_return_conn(record)
+
+
+def create_engine(
+    url: str, *, pool_size: int = 10, check_nested: bool = False, **kwargs: Any
+) -> AsyncEngine:
+    """An async engine. On SQLite a task that holds a session and opens another gets a
+    NestedSessionError instead of a wait of pool_timeout (OneConnectionPerTaskPool); on
+    PostgreSQL too when `check_nested` (a second connection there works, only wastefully)."""
     if url.startswith("sqlite"):
         # Any SQLite URL (sqlite://, sqlite+aiosqlite://) runs on the in-loop driver
         # (clarion.dialects, decision 0006).
@@ -264,6 +326,7 @@ def create_engine(url: str, *, pool_size: int = 10, **kwargs: Any) -> AsyncEngin
             pool_size=1,
             max_overflow=0,
             pool_timeout=300,
+            poolclass=OneConnectionPerTaskPool,
             **kwargs,
         )
 
@@ -287,6 +350,7 @@ def create_engine(url: str, *, pool_size: int = 10, **kwargs: Any) -> AsyncEngin
         pool_size=pool_size,
         max_overflow=max(pool_size // 4, 2),
         connect_args={"options": f"{own_options} -c jit=off".strip()},  # keeps the URL's own
+        **({"poolclass": OneConnectionPerTaskPool} if check_nested else {}),
         **kwargs,
     )
 

@@ -7,13 +7,17 @@ from __future__ import annotations
 
 import json
 import secrets
+import shlex
 import socket
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from datetime import time as dt_time
+from pathlib import Path
 from typing import Any
 
 import httpx
-from sqlalchemy import insert, select
+from sqlalchemy import insert, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from clarion.apps import service as apps
@@ -21,10 +25,13 @@ from clarion.apps.models import App
 from clarion.apps.schemas import ApnsCredentialsIn, AppCreate, FcmCredentialsIn
 from clarion.apps.service import live_access
 from clarion.audiences.resolved import installations_changed
+from clarion.clock import SYSTEM_CLOCK, Clock
 from clarion.config import Settings
 from clarion.dashboard import service as dashboard
 from clarion.dashboard.schemas import UserCreate
-from clarion.db import transaction, utcnow
+from clarion.db import create_engine, create_sessionmaker, transaction, utcnow
+from clarion.events.models import PushEvent, PushEventKind
+from clarion.events.service import push_event_row, record_push_events
 from clarion.inapp import service as inapp
 from clarion.runtime import Runtime
 from clarion.sdk.models import Installation
@@ -32,6 +39,9 @@ from clarion.sdk.models import Installation
 DEMO_TOPIC = "com.example.clarion-demo"
 DEMO_CUSTOM_ID = "demo-user"
 DEMO_ADMIN = "admin@clarion.demo"
+# The group_id of the demo's day of history (_ensure_yesterday).
+DEMO_HISTORY_GROUP = "demo-history"
+DAY = timedelta(days=1)
 
 
 def wait_for_port(host: str, port: int, *, timeout: float) -> None:
@@ -45,16 +55,26 @@ def wait_for_port(host: str, port: int, *, timeout: float) -> None:
     raise TimeoutError(f"nothing answered on {host}:{port} within {timeout} s")
 
 
-async def provision_demo(settings: Settings, *, sim_url: str, api_url: str) -> str:
+async def provision_demo(
+    settings: Settings, *, sim_url: str, api_url: str, clock: Clock = SYSTEM_CLOCK
+) -> str:
     """Create (once) a company with an iOS, an Android and a Web app wired to the simulators,
-    each with one opted-in device of custom id `demo-user`; return how to use them."""
+    each with one opted-in device of custom id `demo-user`; give it a day of history before
+    today (the daily exports' walkthrough exports yesterday); write `var/demo.env` for a shell;
+    return what `make run` prints: every key, and how to use them."""
     demo_file = settings.var_dir / "demo.json"
     if not demo_file.exists():
         demo = await _create_demo(settings, sim_url)
-        demo_file.write_text(json.dumps(demo, indent=2))
-        demo_file.chmod(0o600)  # it holds the demo's API keys
+        _write_private(demo_file, json.dumps(demo, indent=2))
     demo = json.loads(demo_file.read_text())
-    ios = demo["apps"]["ios"]
+    await _ensure_yesterday(settings, demo, clock())
+    env_file = settings.var_dir / "demo.env"
+    _write_private(env_file, demo_env(demo))
+    apps_lines = [
+        f"{PLATFORM_NAMES[platform]:<16} id {app['app_id']}   Live key {app['api_key']}   "
+        f"Dev key {app['dev_api_key']}\n{'':<16} {_DEVICE_LABELS[platform]} {app['token']}"
+        for platform, app in demo["apps"].items()
+    ]
     return "\n".join(
         [
             "",
@@ -62,21 +82,113 @@ async def provision_demo(settings: Settings, *, sim_url: str, api_url: str) -> s
             f"Dashboard        {api_url}/dashboard/   {_dashboard_login(demo)}",
             f"Simulators       {sim_url}   (APNs, FCM, Web Push; CA {settings.provider_ca_file})",
             f"Web SDK demo     {api_url}/demo/   (the demo web app in your browser)",
-            f"Demo keys        {demo_file}",
-            f"REST API key     {demo['rest_api_key']}",
-            f"iOS app key      {ios['api_key']}   device token {ios['token']}",
+            f"REST API key     {demo['rest_api_key']}   (the demo company's, for all three apps)",
+            *apps_lines,
+            f"Demo keys        {demo_file} (JSON), {env_file} (shell: {ENV_NAMES})",
             "",
-            "Send a push to the demo user, then look at what the APNs simulator received:",
-            f"  curl -s -X POST {api_url}/1.1/{ios['api_key']}/transactional/send \\",
-            f"    -H 'X-Authorization: {demo['rest_api_key']}' \\",
-            "    -H 'Content-Type: application/json' \\",
+            "In another terminal, in this folder, load the keys and send the demo user a push",
+            "(the README's commands work as pasted once var/demo.env is loaded):",
+            f"  . {env_file}",
+            f"  curl -s -X POST {api_url}/1.1/$IOS_API_KEY/transactional/send \\",
+            "    -H \"X-Authorization: $REST_API_KEY\" -H 'Content-Type: application/json' \\",
             '    -d \'{"group_id":"welcome","recipients":{"custom_ids":["demo-user"]},'
             '"message":{"title":"Hello","body":"From Clarion"}}\'',
             f"  curl -s --cacert {settings.provider_ca_file} "
-            f"{sim_url}/_sim/apns/tokens/{ios['token']}",
+            f"{sim_url}/_sim/apns/tokens/$IOS_DEVICE_TOKEN",
             "",
         ]
     )
+
+
+PLATFORM_NAMES = {"ios": "iOS app", "android": "Android app", "web": "Web app"}
+_DEVICE_LABELS = {
+    "ios": "device token",
+    "android": "device token",
+    "web": "push endpoint",
+}
+# What `var/demo.env` exports, per app (`IOS_API_KEY`, ...): no CLARION_ prefix, so that
+# loading it never changes the settings of a `clarion` command run in the same shell.
+_ENV_FIELDS = {
+    "APP_ID": "app_id",
+    "API_KEY": "api_key",
+    "DEV_API_KEY": "dev_api_key",
+    "DEVICE_TOKEN": "token",
+}
+ENV_NAMES = "$REST_API_KEY, $IOS_API_KEY, $ANDROID_API_KEY, $WEB_API_KEY, ..."
+
+
+def demo_env(demo: dict[str, Any]) -> str:
+    """The demo's keys as shell `export` lines: `. var/demo.env` in another terminal makes the
+    README's commands work as pasted (`$REST_API_KEY`, `$IOS_API_KEY`, `$IOS_DEVICE_TOKEN`...;
+    the web app's DEVICE_TOKEN is its Web Push endpoint)."""
+    lines = [
+        "# The demo's keys, written by `clarion dev` (make run) at each start: `. var/demo.env`",
+        f"export REST_API_KEY={shlex.quote(demo['rest_api_key'])}",
+    ]
+    for platform, app in demo["apps"].items():
+        for name, field in _ENV_FIELDS.items():
+            lines.append(f"export {platform.upper()}_{name}={shlex.quote(str(app[field]))}")
+    return "\n".join(lines) + "\n"
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write a file only its owner may read (it holds the demo's API keys)."""
+    path.touch(mode=0o600)
+    path.chmod(0o600)
+    path.write_text(text)
+
+
+async def _ensure_yesterday(settings: Settings, demo: dict[str, Any], now: datetime) -> None:
+    """Give the demo user a push sent and opened yesterday (UTC) on each app, unless the demo
+    apps already logged a push event that day.
+
+    Batch's daily exports, which Clarion's follow, produce a file per ended UTC day, never the
+    day in progress (a file made mid-day would be the day's file for good). A demo made today
+    has only today's events, so the README's walkthrough would export a header alone: at each
+    start, the demo gets a day of history before it instead. An installation removed since
+    (a GDPR removal, say) gets none."""
+    day_start = datetime.combine(now.astimezone(UTC).date(), dt_time(0), tzinfo=UTC) - DAY
+    sent_at = day_start + timedelta(hours=9)
+    app_ids = {platform: app["app_id"] for platform, app in demo["apps"].items()}
+    engine = create_engine(settings.resolved_database_url)
+    try:
+        async with transaction(create_sessionmaker(engine)) as session:
+            logged = await session.scalar(
+                select(PushEvent.id)
+                .where(
+                    PushEvent.app_id.in_(app_ids.values()),
+                    PushEvent.occurred_at >= day_start,
+                    PushEvent.occurred_at < day_start + DAY,
+                )
+                .limit(1)
+            )
+            if logged is not None:
+                return
+            installations = await session.scalars(
+                select(Installation).where(
+                    tuple_(Installation.app_id, Installation.install_id).in_(
+                        [(app_id, f"demo-{platform}-1") for platform, app_id in app_ids.items()]
+                    )
+                )
+            )
+            platforms = {app_id: platform for platform, app_id in app_ids.items()}
+            rows = [
+                push_event_row(
+                    app_id=installation.app_id,
+                    kind=kind,
+                    occurred_at=sent_at + timedelta(minutes=minutes),
+                    platform=platforms[installation.app_id],
+                    install_id=installation.install_id,
+                    custom_id=installation.custom_id,
+                    push_token=installation.push_token,
+                    group_id=DEMO_HISTORY_GROUP,
+                )
+                for installation in installations
+                for kind, minutes in ((PushEventKind.SENT, 0), (PushEventKind.OPENED, 5))
+            ]
+            await record_push_events(session, rows)
+    finally:
+        await engine.dispose()
 
 
 def _dashboard_login(demo: dict[str, Any]) -> str:

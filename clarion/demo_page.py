@@ -43,8 +43,9 @@ console (debug mode) shows each call the SDK makes.</p>
 <h2>In-app messages</h2>
 <p>The demo web app has a live in-app campaign shown at the next session, once per browser:
 you saw it (or will see it) on your first visit. To see another, create a campaign with the
-company's REST API key (printed by <code>make run</code>, kept in <code>var/demo.json</code>),
-then open this page in a new tab (a new session):</p>
+company's REST API key: in a terminal, in Clarion's folder, <code>. var/demo.env</code> (written
+by <code>make run</code>) sets <code>$REST_API_KEY</code>, then this command works as pasted;
+open this page in a new tab afterwards (a new session):</p>
 <pre id="curl">%(curl)s</pre>
 <script>
   clarion(function (api) {
@@ -82,7 +83,7 @@ def curl_line(server: str, key: str) -> str:
     }
     return (
         f"curl -X POST {server}/1.1/{key}/in-app-campaigns/create \\\n"
-        "  -H 'X-Authorization: REST_API_KEY' -H 'Content-Type: application/json' \\\n"
+        "  -H \"X-Authorization: $REST_API_KEY\" -H 'Content-Type: application/json' \\\n"
         f"  -d '{json.dumps(body)}'"
     )
 

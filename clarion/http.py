@@ -9,7 +9,10 @@ their jobs (see docs/decisions/0005-unit-of-work.md).
 
 from __future__ import annotations
 
+import logging
 import re
+import secrets
+import time
 from collections.abc import AsyncIterator
 from typing import Annotated
 
@@ -36,7 +39,10 @@ from clarion.errors import (
     NotFoundError,
     from_validation_errors,
 )
+from clarion.logs import annotate, log_context, redact
 from clarion.runtime import Runtime
+
+access_log = logging.getLogger("clarion.access")
 
 
 async def get_runtime(request: Request) -> Runtime:
@@ -75,9 +81,11 @@ async def rest_company(
     runtime: RuntimeDep,
     x_authorization: Annotated[str | None, Security(RestKeyHeader)] = None,
 ) -> CompanyAccess:
-    return await authenticate_company(
+    company = await authenticate_company(
         runtime.sessions, rest_key=x_authorization, cache=runtime.key_cache
     )
+    annotate(company_id=company.id)
+    return company
 
 
 RestCompany = Annotated[CompanyAccess, Depends(rest_company)]
@@ -89,9 +97,11 @@ async def rest_app(
     api_key: Annotated[str, Path()],
 ) -> AppAccess:
     """Batch's server APIs: the REST key in X-Authorization, the app's key in the path."""
-    return await authenticate_app(
+    access = await authenticate_app(
         runtime.sessions, api_key=api_key, company=company, cache=runtime.key_cache
     )
+    annotate(app_id=access.app_id)
+    return access
 
 
 # The app's Live or Dev key. Only the routes Batch gives the Dev key take it (transactional
@@ -112,7 +122,9 @@ RestAppLive = Annotated[AppAccess, Depends(rest_app_live)]
 
 async def sdk_app(runtime: RuntimeDep, api_key: Annotated[str, Path()]) -> AppAccess:
     """The SDK API: only the app's key, which ships inside the app as with Batch."""
-    return await authenticate_app(runtime.sessions, api_key=api_key, cache=runtime.key_cache)
+    access = await authenticate_app(runtime.sessions, api_key=api_key, cache=runtime.key_cache)
+    annotate(app_id=access.app_id)
+    return access
 
 
 SdkApp = Annotated[AppAccess, Depends(sdk_app)]
@@ -290,3 +302,61 @@ class _BodyTooLarge(Exception):
     def __init__(self, limit: int) -> None:
         super().__init__(limit)
         self.error = MalformedParameterError(f"body: larger than {limit // 1024} KiB")
+
+
+# An incoming X-Request-Id is kept when it looks like one (a proxy's or a client's UUID, a
+# trace id): up to 128 of these characters. Anything else (a line break that would forge a log
+# line, kilobytes) is replaced by an id of our own.
+_REQUEST_ID = re.compile(rb"[A-Za-z0-9._:+=/-]{1,128}")
+
+
+class RequestIds:
+    """Outermost: each request gets an id, the incoming X-Request-Id or a new one, carried by
+    every log line written while it is served and echoed in the answer's X-Request-Id; and,
+    with CLARION_ACCESS_LOG, one line per request (the path's key taken out, clarion.logs)."""
+
+    def __init__(self, app: ASGIApp, *, access: bool) -> None:
+        self.app = app
+        self.access = access
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        incoming = next((v for k, v in scope["headers"] if k == b"x-request-id"), b"")
+        # 16 random bytes: unique across processes and restarts without coordination.
+        raw = incoming if _REQUEST_ID.fullmatch(incoming) else secrets.token_hex(16).encode()
+        request_id = raw.decode()
+        status = 500  # what the client sees when the app fails before answering
+        started = time.perf_counter()
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                headers = [*message.get("headers", ()), (b"x-request-id", raw)]
+                message = {**message, "headers": headers}
+            await send(message)
+
+        with log_context(request_id=request_id):
+            try:
+                await self.app(scope, receive, send_with_id)
+            finally:
+                if self.access:
+                    path = redact(scope["path"])
+                    milliseconds = round((time.perf_counter() - started) * 1000, 1)
+                    access_log.info(
+                        "%s %s %d %.1f ms",
+                        scope["method"],
+                        path,
+                        status,
+                        milliseconds,
+                        extra={
+                            "fields": {
+                                "method": scope["method"],
+                                "path": path,
+                                "status": status,
+                                "duration_ms": milliseconds,
+                            }
+                        },
+                    )

@@ -45,6 +45,9 @@ class HttpResponse:
     status: int
     headers: Mapping[str, str]  # lower-case names; repeated headers joined with ", "
     body: bytes
+    # Seconds from the request being written on a stream to its answer: the server's latency
+    # (the provider latency metric), without the time it waited for a free stream.
+    elapsed: float = 0.0
 
 
 class TransportError(Exception):
@@ -792,6 +795,7 @@ class Http2Client:
     def _collect(self) -> None:
         multi = self._multi
         active = self._active
+        now = self._now()
         while True:
             queued, succeeded, failed = multi.info_read()
             for curl in succeeded:
@@ -802,6 +806,7 @@ class Http2Client:
                     curl.getinfo(pycurl.RESPONSE_CODE),
                     _Headers(transfer.header_lines[:]),  # the list is cleared for the next request
                     b"".join(transfer.body_chunks),
+                    now - transfer.written_at if transfer.written_at else 0.0,
                 )
                 if transfer.probe:
                     transfer.probe = False

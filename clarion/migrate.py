@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Connection
 
 from clarion.config import Settings
 from clarion.db import sync_url
@@ -31,3 +35,26 @@ def migrate(settings: Settings) -> None:
     command.upgrade(alembic_config(url), "head")
     if not settings.is_sqlite:
         asyncio.run(install_pg_schema(url))
+
+
+@functools.cache
+def _scripts() -> tuple[frozenset[str], frozenset[str]]:
+    """This code's migration heads, and every revision it knows (the scripts do not change
+    while the process runs)."""
+    scripts = ScriptDirectory.from_config(alembic_config("sqlite://"))
+    known = frozenset(script.revision for script in scripts.walk_revisions())
+    return frozenset(scripts.get_heads()), known
+
+
+def schema_state(connection: Connection) -> str:
+    """The schema check: "ok" when the database has every migration this code needs, else
+    "behind" or "not migrated". A revision this code does not know comes from newer code that
+    migrated first, as a rolling deploy does (decision 0042: migrations only add while old
+    code still runs): this code still works on it, so that is "ok" too."""
+    current = frozenset(MigrationContext.configure(connection).get_current_heads())
+    heads, known = _scripts()
+    if not current:
+        return "not migrated"
+    if current == heads or current - known:
+        return "ok"
+    return "behind"

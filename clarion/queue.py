@@ -38,6 +38,18 @@ class BatchJob:
     delay: timedelta | None = None
     # How many recipients the batch holds, when known: small batches share a job.
     recipients: int | None = None
+    # Which job of the batch this is, for the dedupe key: "" the batch's first (or the
+    # sweep's for a batch with no job), a worker id the one taking over that worker's expired
+    # lease (the dead worker's job keeps its key until pgqueuer's heartbeat timeout, 30 s, and
+    # would otherwise make the take-over a no-op that long), None no key at all (a batch handed
+    # back by a stopping worker, whose own job is still running: rare, and an extra job
+    # claims nothing).
+    after: str | None = ""
+
+    def dedupe_key(self) -> str | None:
+        if self.after is None:
+            return None
+        return f"batch:{self.batch_id}:{self.after}" if self.after else f"batch:{self.batch_id}"
 
 
 def libpq_url(database_url: str) -> str:
@@ -51,20 +63,21 @@ BatchHandler = Callable[[list[int]], Awaitable[None]]
 
 
 def pack_jobs(jobs: Iterable[BatchJob], *, budget: int) -> list[tuple[list[int], timedelta | None]]:
-    """Group due batches into jobs of at most `budget` recipients; delayed or unsized ones
-    (retries, the sweep) go alone. Returns (batch ids, delay) per job."""
+    """Group due batches into jobs of at most `budget` recipients; delayed, unsized or keyed
+    ones (retries, the sweep, take-overs) go alone. Returns (batch ids, delay) per job."""
     packed: list[tuple[list[int], timedelta | None]] = []
     open_ids: list[int] = []
     open_size = 0
     for job in jobs:
-        if job.delay is not None or job.recipients is None or job.recipients >= budget:
+        size = job.recipients
+        if job.delay is not None or size is None or size >= budget or job.after != "":
             packed.append(([job.batch_id], job.delay))
             continue
-        if open_size + job.recipients > budget:
+        if open_size + size > budget:
             packed.append((open_ids, None))
             open_ids, open_size = [], 0
         open_ids.append(job.batch_id)
-        open_size += job.recipients
+        open_size += size
     if open_ids:
         packed.append((open_ids, None))
     return packed
@@ -150,23 +163,25 @@ class JobQueue:
 
     async def _enqueue_now(self, jobs: list[BatchJob]) -> None:
         packed = pack_jobs(jobs, budget=self._job_recipients)
-        # A dedupe key per job (its first batch) makes a second enqueue of a queued or running
+        # A dedupe key per job (its first batch's) makes a second enqueue of a queued or running
         # job a no-op, so the sweep may re-enqueue freely; the batch claim guards the rest.
+        keys = {job.batch_id: job.dedupe_key() for job in jobs}
         async with self._enqueue_lock:
             await self.pgq.qm.queries.enqueue(
                 [SEND_BATCH] * len(packed),
                 [",".join(map(str, ids)).encode() for ids, _ in packed],
                 [0] * len(packed),
                 execute_after=[delay for _, delay in packed],
-                dedupe_key=[f"batch:{ids[0]}" for ids, _ in packed],
+                dedupe_key=[keys[ids[0]] for ids, _ in packed],
                 on_conflict="skip",
             )
 
     def register_worker(self, handler: BatchHandler, *, concurrency: int) -> None:
         # pgqueuer picks up to twice its batch size of jobs (it wants max_concurrent_tasks of at
         # least 2 x batch_size, run_worker); these slots keep `concurrency` of them delivering
-        # and the others waiting with their batches unclaimed, so that a worker killed mid-send
-        # leaves at most `concurrency` batches sent twice.
+        # and the others waiting with their batches unclaimed (a worker killed mid-send leaves
+        # them to pgqueuer's heartbeat timeout; what it sends twice is bounded by the
+        # Deliverer, decision 0032).
         slots = asyncio.Semaphore(concurrency)
 
         async def send_batch(job: Job) -> None:

@@ -30,6 +30,7 @@ from clarion.automations.service import enter_stored
 from clarion.automations.tasks import AutomationDispatcher
 from clarion.campaigns.tasks import CampaignScheduler
 from clarion.capping.tasks import PURGE_SECONDS, purge_expired_receipts
+from clarion.clock import SYSTEM_CLOCK, Clock
 from clarion.config import Settings
 from clarion.db import create_engine, create_sessionmaker, utcnow
 from clarion.delivery.pool import ProviderPool, provider_client
@@ -38,6 +39,7 @@ from clarion.exports.tasks import ExportRunner
 from clarion.exports.tasks import process_requests as process_export_requests
 from clarion.gdpr.tasks import ARCHIVE_CHECK_SECONDS, delete_expired_archives
 from clarion.gdpr.tasks import process_pending as process_gdpr_requests
+from clarion.health import Heartbeats, beat
 from clarion.http2 import Http2Client
 from clarion.imports.tasks import ImportRunner
 from clarion.inapp.eligibility import InAppFeed
@@ -67,10 +69,13 @@ def tune_garbage_collector() -> None:
 
 
 class Runtime:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, clock: Clock = SYSTEM_CLOCK) -> None:
         self.settings = settings
+        self.heartbeats = Heartbeats(clock)  # the loops' liveness, read by /readyz
         self.engine: AsyncEngine = create_engine(
-            settings.resolved_database_url, pool_size=settings.database_pool_size
+            settings.resolved_database_url,
+            pool_size=settings.database_pool_size,
+            check_nested=settings.check_nested_sessions,
         )
         self.sessions: async_sessionmaker[AsyncSession] = create_sessionmaker(self.engine)
         self.box = SecretBox.from_settings(settings.secret_key, settings.var_dir)
@@ -98,6 +103,7 @@ class Runtime:
         self.scheduler: CampaignScheduler | None = None
         self.dispatcher: AutomationDispatcher | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._worker: asyncio.Task[None] | None = None  # the queue's worker loop
         self._callbacks: WebhookClient | None = None  # GDPR requests' callbacks
         # The SDK's in-app fetch (clarion.inapp): catalogues, validators, supplies.
         self.inapp_supplies = SupplyWriter(self.sessions)
@@ -131,8 +137,24 @@ class Runtime:
             # Batches committed before a crash (or whose in-memory job died with the process)
             # are picked up at once.
             await self.deliverer.sweep_outbox(grace_seconds=0)
-            self._tasks.append(asyncio.create_task(self.queue.run_worker(), name="worker"))
+            self._worker = asyncio.create_task(self.queue.run_worker(), name="worker")
+            # pgqueuer's consumer has no pass of its own to beat from: stale once it has ended.
+            self.heartbeats.watch("delivery worker", self._worker)
             settings = self.settings
+            # The leases of the batches this worker holds, while it is alive; the batches of
+            # workers that died, taken over as soon as their lease expires (decision 0032).
+            self._repeat(
+                "delivery lease renewal",
+                self.deliverer.renew_leases,
+                every=settings.delivery_lease_renew_seconds,
+                wait_first=True,
+            )
+            self._repeat(
+                "delivery lease sweep",
+                self.deliverer.sweep_leases,
+                every=settings.lease_sweep_seconds,
+                wait_first=True,
+            )
             # (Swept once just above.)
             self._repeat(
                 "outbox sweep",
@@ -239,10 +261,14 @@ class Runtime:
         hiccup, a storage server down) is logged and the job runs again next time: it must not
         end the loop for the life of the process."""
 
+        self.heartbeats.beat(name, every)  # known to /readyz from now on
+
         async def forever() -> None:
+            self.heartbeats.enter(name, every)
             if wait_first:
                 await asyncio.sleep(every)
             while True:
+                beat()
                 try:
                     await job()
                 except Exception:
@@ -253,11 +279,26 @@ class Runtime:
 
     async def wait(self) -> None:
         """Until the workers stop (for `clarion worker`)."""
-        if self._tasks:
-            await asyncio.gather(*self._tasks)
+        tasks = [*self._tasks, *([self._worker] if self._worker else [])]
+        if tasks:
+            await asyncio.gather(*tasks)
 
     async def stop(self) -> None:
+        """A worker stops without sending anything twice: it takes no more jobs, lets the
+        requests on the wire be answered, records them and hands the rest back (Deliverer.stop),
+        while its leases are still renewed; then everything else stops."""
         self.queue.stop()
+        if self.deliverer is not None:
+            try:
+                await self.deliverer.stop()
+            except Exception:
+                log.exception("delivery: stopping failed; the leases will expire")
+        if self._worker is not None:
+            # pgqueuer returns once its jobs have returned: those dequeued and not started
+            # hand their batches back at once (Deliverer.deliver_batches).
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._worker, timeout=self.settings.worker_stop_seconds)
+            self._worker = None
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:

@@ -403,7 +403,7 @@ class TestGroups:
         assert await influenced(early) == expected
         async with transaction(runtime.sessions) as session:
             await attribute_open_days(session, now=early)
-        assert await stored_group_days(runtime) == {
+        assert await stored_group_days(runtime, ios_app) == {
             ("welcome", "2026-03-10"): (1, False),
             ("welcome", "2026-03-11"): (1, False),
             ("other", "2026-03-10"): (1, False),
@@ -414,7 +414,7 @@ class TestGroups:
         async with transaction(runtime.sessions) as session:
             while await attribute_finished_days(session, now=later, limit=1000):
                 pass
-        assert (await stored_group_days(runtime))[("welcome", "2026-03-10")] == (1, True)
+        assert (await stored_group_days(runtime, ios_app))[("welcome", "2026-03-10")] == (1, True)
         # A final day is read, not matched again: an app open reported late is not counted.
         await app_opens(runtime, ios_app, [("i-2", DAY + timedelta(minutes=30))])
         assert await influenced(later) == expected
@@ -452,7 +452,7 @@ class TestGroups:
         async with transaction(runtime.sessions) as session:
             while await attribute_finished_days(session, now=now, limit=1000):
                 pass
-        stored = await stored_group_days(runtime)
+        stored = await stored_group_days(runtime, ios_app)
         assert stored[("a", "2026-03-10")] == (0, True)  # before the period: not counted in it
         assert stored[("a", "2026-03-11")] == (1, True)
         assert await read() == expected
@@ -483,9 +483,12 @@ def group_event(
     )
 
 
-async def stored_group_days(runtime: Runtime) -> dict[tuple[str, str], tuple[int, bool]]:
+async def stored_group_days(
+    runtime: Runtime, app: ClientApp
+) -> dict[tuple[str, str], tuple[int, bool]]:
+    """The app's: other tests of the module store days of the same group_ids."""
     async with transaction(runtime.sessions) as session:
-        rows = await session.scalars(select(GroupOpenDay))
+        rows = await session.scalars(select(GroupOpenDay).where(GroupOpenDay.app_id == app.app_id))
         return {(row.group_id, row.day): (row.influenced_open, row.final) for row in rows}
 
 
@@ -528,6 +531,9 @@ class TestUpkeep:
         # A sending campaign writes count rows all the time; folding them again and again would
         # hold the upkeep (on SQLite, the one connection) until its deadline, and the finished
         # days after the fold would wait for another round. One day per transaction, as SQLite.
+        # The budget is an hour: a round that folded until its budget would not end while the
+        # writers write, and the timeout below (a hang detector, far above the fraction of a
+        # second a round takes on any machine) would fail the test.
         sending, finished = await draft(api, ios_app), await draft(api, ios_app)
         now = datetime.now(UTC)
         await record(runtime, ios_app, finished, [(SENT, now - timedelta(days=3), "i-0")])
@@ -545,13 +551,14 @@ class TestUpkeep:
 
         writers = [asyncio.create_task(keep_sending(worker)) for worker in range(3)]
         await eventually(all_writing, what="each writer's first count row")
-        started = asyncio.get_running_loop().time()
-        await keep_up(runtime.sessions, budget_seconds=5.0, days=1)
-        elapsed = asyncio.get_running_loop().time() - started
+        before = sum(written)
+        async with asyncio.timeout(120):
+            await keep_up(runtime.sessions, budget_seconds=3600.0, days=1)
+        during = sum(written) - before
         writing = False
         await asyncio.gather(*writers)
 
-        assert elapsed < 2.5, f"the round took {elapsed:.1f} s of its 5 s budget"
+        assert during > 0, "the counts were not written while the round ran"
         days = await stored_days(runtime, finished)
         assert days[(now - timedelta(days=3)).date().isoformat()][""][2] is True  # final
 
@@ -576,7 +583,9 @@ class TestUpkeep:
         assert await refresh(limit=2) == 2
 
         async def stored() -> int:
-            groups = [key for key in await stored_group_days(runtime) if key[0] in ("g-1", "g-2")]
+            groups = [
+                key for key in await stored_group_days(runtime, ios_app) if key[0] in ("g-1", "g-2")
+            ]
             return len(groups) + len(await stored_days(runtime, token))
 
         assert await stored() == 2

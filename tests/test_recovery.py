@@ -28,7 +28,13 @@ from clarion.demo import seed_installations
 from clarion.events.models import PushEvent
 from clarion.migrate import migrate
 from clarion.runtime import Runtime
-from tests.conftest import _create_pg_database, _drop_pg_database, make_settings, new_app
+from tests.conftest import (
+    ClientApp,
+    _create_pg_database,
+    _drop_pg_database,
+    make_settings,
+    new_app,
+)
 from tests.support.simulator import SimulatorHandle
 
 DEVICES = 3000
@@ -44,7 +50,7 @@ def pg_settings(sim: SimulatorHandle, tmp_path: Path) -> Iterator[Settings]:
             tmp_path,
             sim,
             batch_size=BATCH,
-            batch_lease_seconds=3.0,
+            delivery_lease_seconds=3.0,
             job_heartbeat_seconds=3.0,
             sweep_interval_seconds=1.0,
             worker_concurrency=1,
@@ -78,6 +84,22 @@ def start_worker(settings: Settings) -> subprocess.Popen[bytes]:
     )
 
 
+async def send_to_all(api_only: FastAPI, app: ClientApp, prefix: str, devices: int) -> None:
+    """One transactional send to the custom ids prefix-0 .. prefix-(devices - 1)."""
+    transport = httpx.ASGITransport(app=api_only)
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as api:
+        response = await api.post(
+            f"/1.1/{app.api_key}/transactional/send",
+            headers=app.headers(),
+            json={
+                "group_id": "recovery",
+                "recipients": {"custom_ids": [f"{prefix}-{n}" for n in range(devices)]},
+                "message": {"body": "survive"},
+            },
+        )
+    assert response.status_code == 201
+
+
 async def count_sent(runtime: Runtime) -> int:
     async with runtime.sessions() as session:
         return (
@@ -100,18 +122,7 @@ async def test_kill_9_mid_send_loses_nothing(api_only: FastAPI, sim_control: htt
     sim_control.put("/_sim/apns/faults", json={"rates": {}, "delay_ms": 20})
     first = start_worker(runtime.settings)
     try:
-        transport = httpx.ASGITransport(app=api_only)
-        async with httpx.AsyncClient(transport=transport, base_url="http://t") as api:
-            response = await api.post(
-                f"/1.1/{app.api_key}/transactional/send",
-                headers=app.headers(),
-                json={
-                    "group_id": "recovery",
-                    "recipients": {"custom_ids": [f"k-{n}" for n in range(DEVICES)]},
-                    "message": {"body": "survive"},
-                },
-            )
-        assert response.status_code == 201
+        await send_to_all(api_only, app, "k", DEVICES)
 
         deadline = time.monotonic() + 30
         while await count_sent(runtime) < BATCH and time.monotonic() < deadline:

@@ -38,7 +38,9 @@ from clarion.capping.service import Cap, capped, caps_for, lock_caps, record_rec
 from clarion.config import Settings
 from clarion.db import in_values, is_postgres, transaction, uses_arrays, utcnow
 from clarion.delivery.models import BATCHES, SENDS, SendKind
+from clarion.health import beat
 from clarion.inapp.eligibility import version_for, zone_named
+from clarion.metrics import count_sends
 from clarion.queue import BatchJob, JobQueue
 from clarion.sdk.models import Installation
 from clarion.targeting import service as targeting
@@ -175,6 +177,7 @@ class AutomationDispatcher:
         left none for the next); returns how many entries were claimed in all."""
         total = 0
         while True:
+            beat()  # a backlog of full pages is progress (clarion.health)
             claimed, again = await self.dispatch()
             total += claimed
             if claimed < self._page and not again:
@@ -262,6 +265,7 @@ class AutomationDispatcher:
                 }
             )
         send_ids = list((await session.execute(_INSERT_SENDS, sends)).scalars())
+        count_sends(session, SendKind.AUTOMATION.value, len(send_ids))
         size = self._settings.batch_size
         chunks: list[dict[str, Any]] = []
         receipts: dict[_CapGroup, list[int]] = defaultdict(list)

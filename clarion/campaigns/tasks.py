@@ -38,6 +38,7 @@ from clarion.clock import SYSTEM_CLOCK, Clock
 from clarion.config import Settings
 from clarion.db import transaction
 from clarion.delivery.models import BATCHES, SENDS, BatchStatus, Send, SendKind
+from clarion.metrics import count_sends
 from clarion.queue import JobQueue
 
 log = logging.getLogger(__name__)
@@ -162,6 +163,7 @@ class CampaignScheduler:
                 log.warning("campaign %s occurrence %d expired unsent", campaign.token, index)
             else:
                 themes = await landing_themes(session, app_id=campaign.app_id, landing=body.landing)
+                count_sends(session, SendKind.CAMPAIGN.value, len(body.versions))
                 for version in body.versions:
                     session.add(
                         Send(

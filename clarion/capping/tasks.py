@@ -11,6 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from clarion.capping.models import MAX_CAP_HOURS
 from clarion.capping.service import purge_receipts
 from clarion.db import transaction, utcnow
+from clarion.health import beat
 
 # Every hour: a receipt then outlives the longest cap (30 days) by at most an hour, 0.14 % more
 # rows than needed.
@@ -32,6 +33,7 @@ async def purge_expired_receipts(
     before = clock() - timedelta(hours=MAX_CAP_HOURS)
     purged = 0
     while True:
+        beat()  # a long purge is progress (clarion.health)
         async with transaction(sessions) as session:
             deleted = await purge_receipts(session, before=before, limit=batch)
         purged += deleted

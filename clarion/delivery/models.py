@@ -1,8 +1,10 @@
 """The durable outbox: a send (what to say, to whom) and its delivery batches.
 
 A send and all its batches are committed before anything is delivered. A batch holds up to
-CLARION_BATCH_SIZE recipients and moves pending -> sending (leased by one worker) -> done; a
-worker that dies leaves a lease that expires, and the batch is claimed again. Transient failures
+CLARION_BATCH_SIZE recipients and moves pending -> sending (leased by one worker, which renews
+the lease and records outcomes as they come) -> done; a worker that dies leaves a lease that
+expires, and the batch is claimed again for the recipients without an outcome; a worker that
+stops hands it back (pending). See docs/decisions/0032-leases-and-progress.md. Transient failures
 become a new pending batch with a later `not_before`.
 """
 
@@ -12,7 +14,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any, cast
 
-from sqlalchemy import ForeignKey, Index, String, Table
+from sqlalchemy import ForeignKey, Index, LargeBinary, String, Table, false
 from sqlalchemy.orm import Mapped, mapped_column
 
 from clarion.db import Base, BigIntPK, JsonValue, UtcDateTime, utcnow
@@ -92,6 +94,16 @@ class DeliveryBatch(Base):
     # The worker holding the lease (a random id per worker process): only it may renew or
     # finish the batch.
     lease_owner: Mapped[str | None] = mapped_column(String(36))
+    # Progress within the batch while it is sent (decision 0032): bit i set when the outcome of
+    # the i-th recipient of `recipients` (its installations, then its tokens) is recorded; a
+    # batch taken over or handed back sends only the others. Set with the first outcomes, when
+    # `recipients` is also rewritten as resolved ({"installations", "tokens"}) so that the
+    # positions hold.
+    progress: Mapped[bytes | None] = mapped_column(LargeBinary)
+    # Its recipients without a recorded outcome may have reached their device already (a
+    # worker died holding the batch; or a retry of requests written then unanswered): those
+    # accepted now are counted as re-sent.
+    outcome_unknown: Mapped[bool] = mapped_column(default=False, server_default=false())
 
 
 # The tables themselves, for Core statements on hot paths (no ORM unit of work or identity map).

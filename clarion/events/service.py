@@ -28,6 +28,7 @@ from clarion.events.models import (
 from clarion.events.schemas import ServerEventIn
 from clarion.formats import IdType
 from clarion.gdpr.service import blocked_values
+from clarion.metrics import count_notifications
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +93,7 @@ _COUNT_COLUMNS = (
     "count",
     "folded",
 )
-_APP, _KIND, _OCCURRED_AT, _SEND, _GROUP, _CAMPAIGN, _RESENT = (
+_APP, _KIND, _OCCURRED_AT, _SEND, _GROUP, _CAMPAIGN, _RESENT, _PLATFORM, _REASON = (
     PUSH_EVENT_COLUMNS.index(name)
     for name in (
         "app_id",
@@ -102,6 +103,8 @@ _APP, _KIND, _OCCURRED_AT, _SEND, _GROUP, _CAMPAIGN, _RESENT = (
         "group_id",
         "campaign_token",
         "resent",
+        "platform",
+        "reason",
     )
 )
 _COUNTED = frozenset(kind.value for kind in COUNTED_KINDS)
@@ -114,7 +117,10 @@ async def record_push_events(session: AsyncSession, rows: Sequence[PushEventRow]
     `resent` is counted as sent and, under RESENT_COUNT, as re-sent."""
     await bulk_insert(session, PushEvent.__tablename__, PUSH_EVENT_COLUMNS, rows)
     counts: Counter[CountKey] = Counter()
+    # For the metrics (counted when the transaction commits): every outcome passes here.
+    outcomes: Counter[tuple[str, str, str | None, bool]] = Counter()
     for row in rows:
+        outcomes[(row[_PLATFORM], row[_KIND], row[_REASON], row[_RESENT])] += 1
         campaign, group = row[_CAMPAIGN] or "", row[_GROUP] or ""
         if (campaign or group) and row[_KIND] in _COUNTED:
             day = row[_OCCURRED_AT].astimezone(UTC).date().isoformat()
@@ -124,6 +130,7 @@ async def record_push_events(session: AsyncSession, rows: Sequence[PushEventRow]
             if row[_RESENT] and row[_KIND] == PushEventKind.SENT.value:
                 counts[(row[_APP], day, campaign, group, send, RESENT_COUNT)] += 1
     await _add_counts(session, counts, folded=False)
+    count_notifications(session, outcomes)
 
 
 async def _add_counts(session: AsyncSession, counts: Counter[CountKey], *, folded: bool) -> None:

@@ -40,7 +40,9 @@ from clarion.exports.models import (
 )
 from clarion.exports.service import BACKFILL_DAYS, _get, due_days, file_name, last_complete_day
 from clarion.formats import wire_date
+from clarion.health import beat
 from clarion.imports.service import open_credentials
+from clarion.metrics import note_file_run
 from clarion.outbound import OutboundPolicy
 from clarion.security import SecretBox
 from clarion.storage import Storage, StorageError
@@ -131,6 +133,15 @@ class ExportRunner:
     ) -> ExportRun | None:
         """Produce one day's file; None when another process holds it (or, without `force`,
         when it is done or waiting for its next attempt)."""
+        started = self._clock.monotonic()
+        run = await self._run_day(destination, day, force=force)
+        if run is not None:
+            note_file_run("export", run.status, self._clock.monotonic() - started)
+        return run
+
+    async def _run_day(
+        self, destination: ExportDestination, day: date, *, force: bool
+    ) -> ExportRun | None:
         name = file_name(destination, day)
         run = await self._claim(destination, day, force=force)
         if run is None:
@@ -182,6 +193,7 @@ class ExportRunner:
                     .where(ExportRun.id == run.id, ExportRun.lease_owner == self._owner)
                     .values(lease_until=self._clock() + LEASE)
                 )
+            beat()  # a long export is a loop making progress (clarion.health)
 
     async def _write(self, destination: ExportDestination, day: date, path: Path) -> int:
         async with self._sessions() as session:

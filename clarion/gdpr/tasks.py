@@ -27,6 +27,7 @@ from clarion.events.models import InAppEvent, PushEvent, TrackedEvent
 from clarion.formats import IdType
 from clarion.gdpr.models import BlockedId, GdprRequest, RequestStatus, RequestType
 from clarion.gdpr.service import archive_folder
+from clarion.health import beat
 from clarion.outbound import DestinationRefused, WebhookClient
 from clarion.sdk.models import Installation
 
@@ -71,6 +72,7 @@ async def delete_expired_archives(
     deleted = 0
     folder = await asyncio.to_thread(archive_folder, var_dir)
     while True:
+        beat()  # many archives to delete is progress (clarion.health)
         async with sessions() as session:
             due = (
                 await session.execute(
@@ -110,6 +112,7 @@ async def process_pending(
     processes share the work); returns how many were done. Callbacks follow each commit."""
     done = 0
     while done < limit:
+        beat()  # a request removing a large user's data is progress (clarion.health)
         async with transaction(sessions) as session:
             request = await session.scalar(
                 select(GdprRequest)

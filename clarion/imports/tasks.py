@@ -23,6 +23,7 @@ from clarion.audiences.staging import STAGING, IdSpool, drop_staging, load_stagi
 from clarion.clock import SYSTEM_CLOCK, Clock
 from clarion.config import Settings
 from clarion.db import insert_ignoring_conflicts, rowcount, transaction
+from clarion.health import beat
 from clarion.imports.idfile import IdFileError, IdFileFormat
 from clarion.imports.models import (
     ImportFile,
@@ -34,6 +35,7 @@ from clarion.imports.models import (
 )
 from clarion.imports.schemas import audience_pattern
 from clarion.imports.service import READ_CHUNK, IdReader, Progress, _get, open_credentials
+from clarion.metrics import note_file_run
 from clarion.outbound import OutboundPolicy
 from clarion.security import SecretBox
 from clarion.storage import RemoteFile, Storage, StorageError
@@ -93,7 +95,7 @@ class ImportRunner:
         runs: list[ImportRun] = []
         for source_id in due:
             runs.extend(await self._poll_leased(source_id, due_only=True))
-        return runs
+        return _measured(runs)
 
     async def run_source(
         self, *, app_id: int, name: str, on_progress: Progress | None = None
@@ -101,7 +103,9 @@ class ImportRunner:
         """Poll one source now (unless another process is polling it)."""
         async with self._sessions() as session:
             source = await _get(session, app_id, name)
-        return await self._poll_leased(source.id, due_only=False, on_progress=on_progress)
+        return _measured(
+            await self._poll_leased(source.id, due_only=False, on_progress=on_progress)
+        )
 
     async def _poll_leased(
         self, source_id: int, *, due_only: bool, on_progress: Progress | None = None
@@ -322,6 +326,7 @@ class ImportRunner:
                 .where(ImportSource.id == source.id, ImportSource.lease_owner == self._owner)
                 .values(lease_until=self._clock() + LEASE)
             )
+        beat()  # a long import is a loop making progress (clarion.health)
 
     async def _start_run(
         self, source: ImportSource, remote: RemoteFile, audience_name: str
@@ -382,6 +387,15 @@ class ImportRunner:
             if broken and remote is not None:
                 await _mark_broken(session, source.id, remote)
         return run
+
+
+def _measured(runs: list[ImportRun]) -> list[ImportRun]:
+    """Counts the finished runs in the metrics (by status, with their duration)."""
+    for run in runs:
+        if run.finished_at is not None:
+            seconds = (run.finished_at - run.started_at).total_seconds()
+            note_file_run("import", run.status, seconds)
+    return runs
 
 
 async def _apply_changes(

@@ -8,6 +8,7 @@ from fastapi import APIRouter, Path
 
 from clarion.formats import Text
 from clarion.http import RestApp, RestAppLive, RuntimeDep, SessionDep
+from clarion.logs import annotate
 from clarion.transactional import service
 from clarion.transactional.schemas import SendRead, TransactionalAccepted, TransactionalSend
 
@@ -20,7 +21,9 @@ async def send_transactional(
     body: TransactionalSend, access: RestApp, runtime: RuntimeDep
 ) -> TransactionalAccepted:
     # Stored by the intake's group commit (not this request's session): committed on return.
-    return TransactionalAccepted(token=await runtime.send_intake.submit(access=access, body=body))
+    token = await runtime.send_intake.submit(access=access, body=body)
+    annotate(send_token=token)  # on the request's log lines from now on (its access line)
+    return TransactionalAccepted(token=token)
 
 
 @router.get("/1.1/{api_key}/transactional/sends/{token}", response_model=SendRead)
@@ -28,4 +31,5 @@ async def get_transactional_send(
     token: Annotated[Text, Path(max_length=64)], access: RestAppLive, session: SessionDep
 ) -> SendRead:
     """Clarion's addition: what one call targeted, sent and failed (Batch's debug tool)."""
+    annotate(send_token=token)
     return await service.describe_send(session, access=access, token=token)

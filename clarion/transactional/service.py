@@ -32,6 +32,7 @@ from clarion.delivery.personalisation import check_templates
 from clarion.delivery.service import batch_totals
 from clarion.errors import NotFoundError
 from clarion.events.models import PushEvent, PushEventKind
+from clarion.metrics import count_sends
 from clarion.queue import BatchJob, JobQueue
 from clarion.transactional.schemas import (
     RECIPIENT_KINDS,
@@ -158,6 +159,7 @@ class SendIntake:
             send_ids = (
                 await session.execute(_INSERT_SENDS, [pending.row for pending in group])
             ).scalars()
+            count_sends(session, SendKind.TRANSACTIONAL.value, len(group))
             chunks = [
                 (send_id, chunk)
                 for send_id, pending in zip(send_ids, group, strict=True)

@@ -28,6 +28,7 @@ from clarion.delivery.providers.base import (
     Priority,
     ProviderConfigError,
     PushType,
+    measure,
     parse_retry_after,
     transport_failure,
 )
@@ -125,6 +126,7 @@ class ApnsProvider:
             result = _map(response)
             expired = expired or result.reason == "ExpiredProviderToken"
             results.append(result)
+        measure(Platform.IOS, responses, results)
         if expired and self._token == token:
             self._token = ""  # the next send signs a fresh one
         return results

@@ -14,7 +14,8 @@ from email.utils import parsedate_to_datetime
 from enum import StrEnum
 from typing import Any, Protocol
 
-from clarion.http2 import TransportError
+from clarion.http2 import HttpResponse, TransportError
+from clarion.metrics import note_provider_results
 
 
 class Platform(StrEnum):
@@ -133,6 +134,20 @@ def transport_failure(error: TransportError) -> DeliveryResult:
     known when it never left (connect or TLS failure)."""
     return DeliveryResult(
         Outcome.RETRY, reason=f"TransportError: {error}", unknown_outcome=error.written
+    )
+
+
+def measure(
+    platform: Platform,
+    responses: Sequence[HttpResponse | TransportError],
+    results: Sequence[DeliveryResult],
+) -> None:
+    """The metrics of a provider's batch: its answers' latencies, and how many pushes it asks
+    to retry (the retries themselves are new batches, not events)."""
+    note_provider_results(
+        platform.value,
+        [r.elapsed for r in responses if type(r) is HttpResponse],
+        sum(1 for r in results if r.outcome is Outcome.RETRY),
     )
 
 

@@ -29,6 +29,7 @@ from clarion.delivery.providers.base import (
     Priority,
     ProviderConfigError,
     PushType,
+    measure,
     parse_retry_after,
     transport_failure,
 )
@@ -137,6 +138,7 @@ class FcmProvider:
             results.append(result)
         if unauthenticated and self._access_token == access_token:
             self._access_token = None  # revoked or expired early: the next send exchanges anew
+        measure(Platform.ANDROID, responses, results)
         return results
 
     async def aclose(self) -> None:

@@ -32,6 +32,7 @@ from clarion.delivery.providers.base import (
     Priority,
     ProviderConfigError,
     WebPushCredentials,
+    measure,
     parse_retry_after,
     transport_failure,
 )
@@ -133,7 +134,9 @@ class WebPushProvider:
                 # Refused VAPID (a clock or key change at the push service): sign afresh next time.
                 self._vapid.pop(origin, None)
             results[index] = result
-        return [r if r is not None else DeliveryResult(Outcome.FAILED) for r in results]
+        final = [r if r is not None else DeliveryResult(Outcome.FAILED) for r in results]
+        measure(Platform.WEB, responses, final)
+        return final
 
     async def aclose(self) -> None:
         """The HTTP/2 client is shared and closed by its owner; only forget the VAPID headers."""

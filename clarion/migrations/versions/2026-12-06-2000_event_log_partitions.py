@@ -14,7 +14,7 @@ during the copy would otherwise be lost with the old table. Measured on this 2-c
 (load 2.6): 1,000,000 push events of one day upgraded in 5.2 s, downgraded in 4.8 s.
 
 Revision ID: 3f9d2c6b8a41
-Revises: 8e4b1c7a2d90
+Revises: 7a41c9e2b6d5
 Create Date: 2026-12-06 20:00:00.000000
 """
 
@@ -27,7 +27,7 @@ from alembic import op
 from sqlalchemy import Connection, text
 
 revision = '3f9d2c6b8a41'
-down_revision = '8e4b1c7a2d90'
+down_revision = '7a41c9e2b6d5'
 branch_labels = None
 depends_on = None
 
