@@ -390,7 +390,14 @@ async def measure(args: argparse.Namespace, url: str, var: Path) -> dict[str, An
             session, app_id=seeded.access.app_id, now=utcnow(), dialect=runtime.engine.dialect
         )
     criteria = catalogue.criteria
-    env = {"CLARION_DATABASE_URL": url, "CLARION_VAR_DIR": str(var), "CLARION_SECRET_KEY": secret}
+    env = {
+        "CLARION_DATABASE_URL": url,
+        "CLARION_VAR_DIR": str(var),
+        "CLARION_SECRET_KEY": secret,
+        # The 304 run replays at most SAMPLE installations, each ~50 times a second, which the
+        # per-installation rate limit (20/s) would refuse: this measures the fetch, not a device.
+        "CLARION_SDK_INSTALL_RATE_LIMIT": "0",
+    }
     server = serve_clarion(API_PORT, env, workers=False)
     base = f"http://127.0.0.1:{API_PORT}"
     pin(1)

@@ -24,6 +24,7 @@ from clarion.http import (
     BodySizeLimit,
     JsonBodies,
     RequestIds,
+    SdkRateLimit,
     TrailingSlash,
     install_error_handlers,
 )
@@ -36,6 +37,7 @@ from clarion.metrics import RequestMetrics
 from clarion.monitoring import start_metrics
 from clarion.openapi import install_openapi
 from clarion.probes import probes_router
+from clarion.ratelimit import RateLimits
 from clarion.runtime import Runtime
 from clarion.sdk.api import EventsFastPath, SdkCors
 from clarion.sdk.api import router as sdk_router
@@ -45,8 +47,10 @@ from clarion.transactional.api import router as transactional_router
 
 def create_app(settings: Settings, *, workers: bool, clock: Clock = SYSTEM_CLOCK) -> FastAPI:
     """`workers`: also run delivery workers and the outbox sweep in this process. `clock`:
-    what /readyz measures the loops' heartbeats and its cache with."""
+    what /readyz measures the loops' heartbeats and its cache with, and what refills the rate
+    limits' buckets."""
     runtime = Runtime(settings, clock=clock)
+    rate_limits = RateLimits(settings, runtime.engine, clock=clock)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -64,6 +68,7 @@ def create_app(settings: Settings, *, workers: bool, clock: Clock = SYSTEM_CLOCK
         lifespan=lifespan,
     )
     app.state.runtime = runtime
+    app.state.rate_limits = rate_limits  # read by clarion.http.rest_app
     install_error_handlers(app)
     install_openapi(app, settings)
     app.include_router(transactional_router)
@@ -105,6 +110,8 @@ def create_app(settings: Settings, *, workers: bool, clock: Clock = SYSTEM_CLOCK
     )
     # The SDK's in-app fetches are answered before anything else runs (but CORS, below).
     app.add_middleware(FetchFastPath, key_cache=runtime.key_cache, feed=runtime.inapp)
+    # The SDK API's rate limits, before the fast paths, inside CORS (a web page can read the 429).
+    app.add_middleware(SdkRateLimit, limits=rate_limits)
     # Around the fast path, so that its answers to web pages carry the CORS headers too, and
     # a page of an origin the app does not allow is refused before anything runs.
     app.add_middleware(SdkCors, key_cache=runtime.key_cache, sessions=runtime.sessions)

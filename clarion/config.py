@@ -10,7 +10,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
@@ -18,6 +18,11 @@ class QueueBackend(StrEnum):
     # In-process pgqueuer adapter: the embedded default, one process, no extra server.
     MEMORY = "memory"
     # pgqueuer on PostgreSQL: several `clarion serve` / `clarion worker` processes share it.
+    POSTGRES = "postgres"
+
+
+class RateLimitStore(StrEnum):
+    MEMORY = "memory"
     POSTGRES = "postgres"
 
 
@@ -78,14 +83,15 @@ class Settings(BaseSettings):
     # batches a worker holds, decision 0032).
     progress_flush_seconds: float = Field(default=0.02, gt=0)
     progress_flush_results: int = Field(default=200, ge=1)
-    # Answers a worker may hold before their commit, per provider: new requests wait while more
-    # are unrecorded. A kill -9 sends again what was on the wire plus at most this many
-    # (decision 0032). Requests on the wire are not limited by it (a distant provider needs
-    # ~850 in flight for 17,000 pushes/s at 50 ms).
+    # Requests a worker may have sent and not yet recorded, per provider: what a kill -9 sends
+    # again at most. The limit follows the provider's round trip, enough for
+    # delivery_target_rate pushes/s (Little's law), between delivery_in_flight and
+    # delivery_on_wire: 256 against a provider answering at once (~190 re-sent a kill on this
+    # 2-core machine), ~1,000 at 50 ms, where a fixed 256 capped a worker at 1,796 pushes/s
+    # (decision 0032). Tests set both bounds low to catch a batch half-sent.
     delivery_in_flight: int = Field(default=256, ge=1)
-    # Requests a worker may have on the wire per provider: what its HTTP/2 connections carry at
-    # once (2 x 1,000 streams); tests lower it to catch a batch half-sent.
     delivery_on_wire: int = Field(default=2000, ge=1)
+    delivery_target_rate: float = Field(default=20_000.0, gt=0)
     # A stopping worker (SIGTERM, Ctrl-C) waits this long at most for the requests on the wire
     # to be answered, then hands its batches back (above the HTTP/2 response timeout, 30 s).
     worker_stop_seconds: float = Field(default=35.0, ge=0)
@@ -168,6 +174,26 @@ class Settings(BaseSettings):
     # working here for at most this long. 0 looks every key up on every call.
     auth_cache_seconds: float = Field(default=5.0, ge=0)
 
+    # API rate limits (docs/rate-limits.md, decision 0040): token buckets of calls per second,
+    # each holding one second of calls as its burst; 0 turns a limit off. Server APIs (REST key
+    # and app key): per app key (Live and Dev apart) and per company (its one REST key), shared
+    # by every API process through PostgreSQL when scaled out. Batch publishes no number for
+    # 1.x (spec §2.2). One API process accepts at most ~1,500 transactional sends/s (decision
+    # 0005), so no integration meets these on the embedded default; scaled out, one key gets
+    # what 1-2 processes serve and one company what ~3 do, the rest staying for the others.
+    # The dashboard and the admin API are not limited.
+    api_rate_limit: float = Field(default=2000.0, ge=0, allow_inf_nan=False)
+    api_company_rate_limit: float = Field(default=5000.0, ge=0, allow_inf_nan=False)
+    # SDK API, counted in each API process: per installation (an app start makes 3-5 calls; a
+    # device at 20/s is looping) and per client address (carrier NAT puts many devices behind
+    # one address). Loopback addresses are not limited: a proxy on this machine that does not
+    # pass the client's address would put every device in one bucket. Behind a proxy elsewhere,
+    # set FORWARDED_ALLOW_IPS so that the address is the device's, not the proxy's.
+    sdk_install_rate_limit: float = Field(default=20.0, ge=0, allow_inf_nan=False)
+    sdk_address_rate_limit: float = Field(default=1000.0, ge=0, allow_inf_nan=False)
+    # Where the server APIs' buckets live: "memory" (this process), "postgres" (shared by the
+    # processes of CLARION_DATABASE_URL). Empty: "memory" on SQLite, "postgres" on PostgreSQL.
+    rate_limit_store: RateLimitStore | None = None
     # Prometheus metrics (docs/metrics.md): `/metrics` on this port, apart from the API so
     # that it is never public by accident; 0 serves none. On the address below (loopback by
     # default: set 0.0.0.0 for a Prometheus on another machine). With several processes on one
@@ -189,6 +215,21 @@ class Settings(BaseSettings):
                 value = [item.strip() for item in value.split(",") if item.strip()]
         parse_allowed(value)  # a typo fails at start, not at the first refused connection
         return value
+
+    @model_validator(mode="after")
+    def _rate_limit_store(self) -> Settings:
+        if self.rate_limit_store is RateLimitStore.POSTGRES and self.is_sqlite:
+            raise ValueError(
+                "CLARION_RATE_LIMIT_STORE=postgres needs CLARION_DATABASE_URL to be a "
+                "PostgreSQL database (on SQLite, leave it empty or set it to memory)"
+            )
+        return self
+
+    @property
+    def resolved_rate_limit_store(self) -> RateLimitStore:
+        if self.rate_limit_store is not None:
+            return self.rate_limit_store
+        return RateLimitStore.MEMORY if self.is_sqlite else RateLimitStore.POSTGRES
 
     @property
     def resolved_database_url(self) -> str:

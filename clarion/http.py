@@ -40,6 +40,7 @@ from clarion.errors import (
     from_validation_errors,
 )
 from clarion.logs import annotate, log_context, redact
+from clarion.ratelimit import RateLimited, RateLimits
 from clarion.runtime import Runtime
 
 access_log = logging.getLogger("clarion.access")
@@ -92,15 +93,22 @@ RestCompany = Annotated[CompanyAccess, Depends(rest_company)]
 
 
 async def rest_app(
+    request: Request,
     runtime: RuntimeDep,
     company: RestCompany,
     api_key: Annotated[str, Path()],
 ) -> AppAccess:
-    """Batch's server APIs: the REST key in X-Authorization, the app's key in the path."""
+    """Batch's server APIs: the REST key in X-Authorization, the app's key in the path.
+
+    Rate limited per app key and per company once the keys are known (a call with an unknown
+    key is refused before it costs a bucket); the admin API (RestCompany alone) and the
+    dashboard are not."""
     access = await authenticate_app(
         runtime.sessions, api_key=api_key, company=company, cache=runtime.key_cache
     )
     annotate(app_id=access.app_id)
+    limits: RateLimits = request.app.state.rate_limits
+    await limits.api_call(app_id=access.app_id, is_dev=access.is_dev, company_id=company.id)
     return access
 
 
@@ -139,7 +147,12 @@ async def send_answer(
 
 
 def error_response(error: ClarionError) -> JSONResponse:
-    return JSONResponse({"code": error.code, "message": error.message}, status_code=error.status)
+    headers = None
+    if isinstance(error, RateLimited):
+        headers = {"Retry-After": str(error.retry_after)}
+    return JSONResponse(
+        {"code": error.code, "message": error.message}, status_code=error.status, headers=headers
+    )
 
 
 def validation_error(exc: RequestValidationError) -> ClarionError:
@@ -302,6 +315,45 @@ class _BodyTooLarge(Exception):
     def __init__(self, limit: int) -> None:
         super().__init__(limit)
         self.error = MalformedParameterError(f"body: larger than {limit // 1024} KiB")
+
+
+# The SDK API's calls, with the installation where the path names one.
+_SDK_PATH = re.compile(r"/sdk/v1/([^/]+)(?:/installations/([^/]+))?")
+
+
+def _loopback(address: str) -> bool:
+    return address.startswith("127.") or address == "::1"
+
+
+class SdkRateLimit:
+    """The SDK API's limits, per installation and per client address, before anything else
+    runs (the fast paths included): a refused call costs a few us and no database.
+
+    The address is the connection's, or X-Forwarded-For's from a proxy that uvicorn trusts
+    (FORWARDED_ALLOW_IPS, 127.0.0.1 by default). A loopback address has no limit of its own: it
+    is a local proxy that did not pass the client's address (every device would share it), or
+    a tool on this machine."""
+
+    def __init__(self, app: ASGIApp, limits: RateLimits) -> None:
+        self.app = app
+        self.limits = limits
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] != "OPTIONS":
+            match = _SDK_PATH.match(scope["path"])
+            if match is not None:
+                client = scope.get("client")
+                address = client[0] if client else None
+                try:
+                    self.limits.sdk_call(
+                        api_key=match[1],
+                        install_id=match[2],
+                        address=None if address is None or _loopback(address) else address,
+                    )
+                except RateLimited as exc:
+                    await error_response(exc)(scope, receive, send)
+                    return
+        await self.app(scope, receive, send)
 
 
 # An incoming X-Request-Id is kept when it looks like one (a proxy's or a client's UUID, a

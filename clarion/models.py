@@ -13,6 +13,7 @@ from clarion.exports.models import ExportDestination, ExportRun
 from clarion.gdpr.models import BlockedId, GdprRequest
 from clarion.imports.models import ImportFile, ImportFileMember, ImportRun, ImportSource
 from clarion.inapp.models import InAppCampaign, InAppRevision, InAppSupply, InAppTheme
+from clarion.ratelimit import RateLimitBucket
 from clarion.sdk.models import Installation
 from clarion.transactional.models import GroupOpenDay
 
@@ -48,6 +49,7 @@ __all__ = [
     "ProfileAttribute",
     "ProfileTag",
     "PushEvent",
+    "RateLimitBucket",
     "Send",
     "TrackedEvent",
 ]

@@ -41,6 +41,10 @@ _BAD_REQUEST = (
 )
 _NO_KEY = "AUTHENTICATION_INVALID (10): the key is missing, unknown, or of another company."
 _MISUSE = "API_MISUSE (12): the key may not do this (a Dev key on a route that takes the Live key)."
+_RATE_LIMITED = (
+    "TOO_MANY_REQUESTS (60): over the calls per second of the app key or the company (server "
+    "APIs), or of the installation or the client address (SDK API); docs/rate-limits.md."
+)
 _NOT_FOUND = "ROUTE_NOT_FOUND (20): no such object, or no route for this path."
 _NO_METHOD = "ROUTE_NOT_FOUND (20): the path names another route, which takes other methods."
 
@@ -93,12 +97,15 @@ def declare_errors(document: dict[str, Any], body_limit: Callable[[str], int]) -
                 errors["401"] = _NO_KEY
             if "api_key" in parameters:
                 errors["403"] = _MISUSE
+                errors["429"] = _RATE_LIMITED
             if parameters:
                 # A parameter holding an encoded "/" reaches another path, or none.
                 errors["404"] = _NOT_FOUND
                 errors["405"] = _NO_METHOD
             for status, description in errors.items():
                 responses.setdefault(status, _error(description))
+            if "429" in errors:
+                responses["429"]["headers"] = {"Retry-After": _RETRY_AFTER}
             operation["x-max-body-bytes"] = limit
     _nullable_may_be_absent(document)
 
@@ -149,6 +156,12 @@ def _nullable(schema: dict[str, Any]) -> bool:
         or (isinstance(kinds, list) and "null" in kinds)
         or any(_nullable(choice) for choice in schema.get("anyOf", ()))
     )
+
+
+_RETRY_AFTER: dict[str, Any] = {
+    "description": "Seconds to wait before calling again (at least 1).",
+    "schema": {"type": "integer", "minimum": 1},
+}
 
 
 def _error(description: str) -> dict[str, Any]:

@@ -295,7 +295,7 @@ def test_sign_in_failures_gain_the_client_address_and_lose_it_again(new_database
     engine.dispose()
 
 
-BEFORE_EVENT_PARTITIONS = "7a41c9e2b6d5"
+BEFORE_EVENT_PARTITIONS = "3f6a9d2c7b41"
 
 
 def test_the_event_log_is_partitioned_by_day_with_its_rows_and_back(new_database: str) -> None:

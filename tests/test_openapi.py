@@ -57,7 +57,8 @@ def test_each_operation_declares_the_errors_it_can_answer(document: dict[str, An
         # Every API route takes a key, but the health probes (docs/security.md says why).
         assert "401" in declared or path in {"/healthz", "/readyz"}, (method, path)
         if "{api_key}" in path:
-            assert {"403", "404", "405"} <= declared, (method, path)
+            assert {"403", "404", "405", "429"} <= declared, (method, path)
+            assert "Retry-After" in operation["responses"]["429"]["headers"], (method, path)
         assert operation["x-max-body-bytes"] > 0
 
 

@@ -35,7 +35,7 @@ from clarion.runtime import Runtime
 from tests.conftest import ClientApp, empty_database
 from tests.support.clock import Clock
 
-BEFORE_PARTITIONS = "7a41c9e2b6d5"
+BEFORE_PARTITIONS = "3f6a9d2c7b41"
 # Days back (from today) of the rows written before the migration.
 AGES = (0, 2, 5, 50, 95, 120)
 # And a tracked event older than automation statistics read (396 days): tracked events are not

@@ -186,39 +186,56 @@ def _mark(bits: bytearray, index: int | None) -> None:
 
 
 class _WireSlots:
-    """Two limits per provider. Requests on the wire (delivery_on_wire): a chunk of devices
-    takes room before it is sent and gives it back when its answers come. Answers held before
-    their commit (delivery_in_flight): a chunk is sent only while fewer than that many wait, and
-    they are given back once committed. A kill -9 then sends again at most what was on the wire
-    plus delivery_in_flight, whatever the load.
-    The two are apart because a distant provider needs many requests on the wire (at 50 ms a
-    round trip, 17,000 pushes/s is 850 of them): one limit on "sent and not yet recorded" of 256
-    capped a worker at 256 / (round trip + recording), 1,796 pushes/s against a simulator
-    answering 50 ms late.
+    """The requests a worker may have sent and not yet recorded, per provider: a chunk of
+    devices takes room before it goes on the wire and gives it back once its outcomes are
+    committed, so a kill -9 sends again at most this many per provider, whatever the load.
+    A bound on the wire alone was not enough: on a loaded machine the recording lagged
+    200-300 ms behind the answers and a kill sent ~1,670 again (decision 0032).
+
+    The limit follows the provider's round trip (Little's law): enough requests to keep
+    `delivery_target_rate` pushes/s going, never fewer than `delivery_in_flight` (256) nor more
+    than `delivery_on_wire` (2,000). A fixed 256 capped a worker at 256 / (round trip +
+    recording): 1,796 pushes/s against a simulator answering 50 ms late; a fixed 2,000 let a kill
+    send 1,554 again against one answering at once (6.2 % of 100,000 over 4 kills).
+
     The batch claimed first is served first: its batches are sent one after the other rather
     than all at once, so a recording touches a few batches (all 32 a worker holds cost 73-79 us
     of CPU a push on PostgreSQL, 61-70 this way, 60-65 before progress was recorded) and a stop
     or a kill leaves few half-sent.
     Closed when the worker stops: what waits is not sent."""
 
-    def __init__(self, on_wire: int, unrecorded: int, starved: Callable[[], None]) -> None:
+    # Weight of the newest round trip in the moving average: ~20 chunks of memory.
+    _SMOOTHING = 0.05
+
+    def __init__(
+        self, floor: int, ceiling: int, target_rate: float, starved: Callable[[], None]
+    ) -> None:
+        self._floor = floor
+        self._ceiling = max(floor, ceiling)
+        self._target_rate = target_rate
         self._starved = starved  # called when a chunk waits: what is sent should be recorded
-        self._wire_free = on_wire
-        self._unrecorded_free = unrecorded  # below 0 once more answers wait than allowed
+        self.size = floor
+        self._free = floor
+        self._round_trip = 0.0  # seconds, moving average
         self._waiting: list[tuple[tuple[int, int], int, asyncio.Future[bool]]] = []
         self._asked = 0  # ties broken in the order chunks asked
         self._closed = False
 
-    def _fits(self, n: int) -> bool:
-        return self._wire_free >= n and self._unrecorded_free > 0
+    def answered_after(self, seconds: float) -> None:
+        """A chunk's round trip: the limit follows it."""
+        self._round_trip += self._SMOOTHING * (seconds - self._round_trip)
+        wanted = min(self._ceiling, max(self._floor, round(self._target_rate * self._round_trip)))
+        if wanted != self.size:
+            self._free += wanted - self.size
+            self.size = wanted
+            self.give(0)
 
     async def take(self, n: int, *, order: int) -> bool:
-        """Waits for room on the wire for n requests, and for the answers waiting for their
-        commit to be under the limit; False once the worker stops."""
+        """Waits for room for n requests; False once the worker stops."""
         if self._closed:
             return False
-        if not self._waiting and self._fits(n):
-            self._wire_free -= n
+        if not self._waiting and self._free >= n:
+            self._free -= n
             return True
         waiter: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         self._starved()
@@ -229,30 +246,15 @@ class _WireSlots:
         except asyncio.CancelledError:
             # Granted meanwhile: the room goes back; still waiting: skipped when its turn comes.
             if waiter.done() and not waiter.cancelled() and waiter.result():
-                self.unsent(n)
+                self.give(n)
             raise
 
-    def answered(self, n: int) -> None:
-        """n requests came back: off the wire, their answers waiting for their commit."""
-        self._wire_free += n
-        self._unrecorded_free -= n
-        self._grant()
-
-    def unsent(self, n: int) -> None:
-        """n requests given room never went out (or their answers are dropped)."""
-        self._wire_free += n
-        self._grant()
-
     def give(self, n: int) -> None:
-        """n answers were committed (or their batch was lost)."""
-        self._unrecorded_free += n
-        self._grant()
-
-    def _grant(self) -> None:
-        while self._waiting and self._fits(self._waiting[0][1]):
+        self._free += n
+        while self._waiting and self._free >= self._waiting[0][1]:
             _, wanted, waiter = heapq.heappop(self._waiting)
             if not waiter.done():
-                self._wire_free -= wanted
+                self._free -= wanted
                 waiter.set_result(True)
 
     def close(self) -> None:
@@ -626,27 +628,29 @@ class Deliverer:
             return False
         try:
             if held.lost:
-                wire.unsent(n)
+                wire.give(n)
                 return False
             if held.started is None:
                 held.started = asyncio.get_running_loop().create_future()
                 self._record_soon(now=True)
             await asyncio.shield(held.started)
             if held.lost:
-                wire.unsent(n)
+                wire.give(n)
                 return False
             held.on_wire = True
+            loop = asyncio.get_running_loop()
+            sent_at = loop.time()
             answer = await self._send_group(
                 held.app, held.send, recipients, indexes, sandbox, rendered
             )
+            wire.answered_after(loop.time() - sent_at)
         except BaseException:
-            wire.unsent(n)
+            wire.give(n)
             raise
         results = [(recipients[i], r) for i, r in zip(indexes, answer, strict=True)]
         if held.lost:
-            wire.unsent(n)
+            wire.give(n)
         else:
-            wire.answered(n)
             held.slots.append((wire, n))
             self._results(held, results)
         return True
@@ -681,8 +685,12 @@ class Deliverer:
     def _wire(self, platform: str, sandbox: bool) -> _WireSlots:
         wire = self._wires.get((platform, sandbox))
         if wire is None:
+            settings = self._settings
             wire = self._wires[(platform, sandbox)] = _WireSlots(
-                self._settings.delivery_on_wire, self._settings.delivery_in_flight, self._starving
+                settings.delivery_in_flight,
+                settings.delivery_on_wire,
+                settings.delivery_target_rate,
+                self._starving,
             )
             if self.stopping:
                 wire.close()

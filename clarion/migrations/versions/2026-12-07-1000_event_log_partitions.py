@@ -14,8 +14,8 @@ during the copy would otherwise be lost with the old table. Measured on this 2-c
 (load 2.6): 1,000,000 push events of one day upgraded in 5.2 s, downgraded in 4.8 s.
 
 Revision ID: 3f9d2c6b8a41
-Revises: 7a41c9e2b6d5
-Create Date: 2026-12-06 20:00:00.000000
+Revises: 3f6a9d2c7b41
+Create Date: 2026-12-07 10:00:00.000000
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from alembic import op
 from sqlalchemy import Connection, text
 
 revision = '3f9d2c6b8a41'
-down_revision = '7a41c9e2b6d5'
+down_revision = '3f6a9d2c7b41'
 branch_labels = None
 depends_on = None
 
