@@ -31,6 +31,8 @@ RUNS = [
     ["-m", "bench.sdk_events", "--db", "postgres"],
     ["-m", "bench.websdk_setup", "--visits", "50"],
     ["-m", "bench.automation_intake", "--db", "postgres"],
+    ["-m", "bench.event_retention", "--events", "10000000"],
+    ["-m", "bench.event_retention", "--backend", "sqlite", "--events", "200000"],
     ["-m", "bench.rate_limit", "--postgres"],
     ["-m", "bench.delivery_recovery", "--kill", "4", "--installs", "100000"],
     ["-m", "bench.delivery_recovery", "--term", "4", "--installs", "100000"],

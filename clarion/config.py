@@ -156,6 +156,13 @@ class Settings(BaseSettings):
     # (storage limitation, art. 5(1)(e)).
     gdpr_archive_days: int = Field(default=7, ge=1)
 
+    # Days of the event log kept (docs/retention.md); 0 keeps every day. 400: the dashboard's
+    # longest period is 365 days and the daily exports look back 31; a day that statistics or an
+    # export still need is kept longer whatever these say (clarion.retention.service).
+    push_events_retention_days: int = Field(default=400, ge=0)
+    inapp_events_retention_days: int = Field(default=400, ge=0)
+    tracked_events_retention_days: int = Field(default=400, ge=0)
+
     # Logs (docs/operations.md, "Logs"): "text" for people, "json" for one JSON object a line;
     # the level of Clarion's own loggers; and a line per HTTP request (method, path with its
     # key taken out, status, duration), off by default as uvicorn's was.

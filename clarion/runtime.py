@@ -46,6 +46,7 @@ from clarion.inapp.eligibility import InAppFeed
 from clarion.inapp.tasks import FLUSH_SECONDS, POLL_SECONDS, RevisionPoller, SupplyWriter
 from clarion.outbound import OutboundPolicy, WebhookClient
 from clarion.queue import JobQueue
+from clarion.retention.tasks import RETENTION_SECONDS, EventRetention
 from clarion.sdk.service import EventIntake
 from clarion.security import SecretBox
 from clarion.stats.tasks import DAYS_PER_TRANSACTION, DAYS_PER_TRANSACTION_SQLITE, keep_up
@@ -215,6 +216,8 @@ class Runtime:
                 every=PURGE_SECONDS,
                 wait_first=True,
             )
+            retention = EventRetention(self.engine, self.sessions, settings)
+            self._repeat("event retention", retention.run, every=RETENTION_SECONDS)
             self.scheduler = CampaignScheduler(self.sessions, self.queue, self.settings)
             # Fan-outs go on in the background between ticks (CampaignScheduler.aclose ends them).
             self._repeat(

@@ -3,7 +3,9 @@ and the models, compared with the database the migrations build."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -21,10 +23,17 @@ from tests.conftest import empty_database
 BEFORE_EVENT_COUNTS = "c06fd06558ea"
 
 
+# The event log's day partitions on PostgreSQL (clarion.retention.partitions): tables of their
+# own in the catalogue, the models describe their parent.
+_PARTITION = re.compile(r"^(push|inapp)_events_(p|past_|future_)[0-9]{8}$")
+
+
 def _not_the_job_queue(name: str | None, type_: str, parent_names: object) -> bool:
     # pgqueuer's own tables (pgqueuer, pgqueuer_log, pgqueuer_statistics, pgqueuer_schedules:
     # its default names, Clarion sets no prefix), installed by `clarion migrate` on PostgreSQL.
-    return not (type_ == "table" and name is not None and name.startswith("pgqueuer"))
+    if type_ != "table" or name is None:
+        return True
+    return not (name.startswith("pgqueuer") or _PARTITION.match(name))
 
 
 def test_the_models_are_what_the_migrations_build(backend: str, tmp_path: Path) -> None:
@@ -284,3 +293,76 @@ def test_sign_in_failures_gain_the_client_address_and_lose_it_again(new_database
         ["ix_dashboard_sign_in_failures_at", "ix_dashboard_sign_in_failures_email_at"],
     )
     engine.dispose()
+
+
+BEFORE_EVENT_PARTITIONS = "3f6a9d2c7b41"
+
+
+def test_the_event_log_is_partitioned_by_day_with_its_rows_and_back(new_database: str) -> None:
+    """PostgreSQL: push and in-app events become parents partitioned by day, their rows in the
+    partition of their day from the oldest row's, ids and the id sequence kept; the downgrade
+    gives the plain tables back with every row. Tracked events, and SQLite's tables, stay as
+    they are."""
+    config = alembic_config(new_database)
+    command.upgrade(config, BEFORE_EVENT_PARTITIONS)
+    engine = create_engine(sync_url(new_database))
+    postgres = engine.dialect.name == "postgresql"
+    today = datetime.now(UTC).replace(hour=12, minute=0, second=0, microsecond=0)
+    times = [today - timedelta(days=days) for days in (0, 3, 10)]
+
+    def stored(at: datetime) -> str:  # as UtcDateTime stores it on each database
+        return at.isoformat() if postgres else at.strftime("%Y-%m-%d %H:%M:%S.%f")
+
+    with engine.begin() as connection:
+        for at in times:
+            connection.execute(
+                text(
+                    "INSERT INTO push_events (app_id, kind, occurred_at, platform)"
+                    " VALUES (1, 'push_sent', :at, 'ios')"
+                ),
+                {"at": stored(at)},
+            )
+            connection.execute(
+                text(
+                    "INSERT INTO inapp_events (app_id, kind, occurred_at, platform, campaign_id)"
+                    " VALUES (1, 'inapp_shown', :at, 'ios', 'c')"
+                ),
+                {"at": stored(at)},
+            )
+            connection.execute(
+                text("INSERT INTO tracked_events (app_id, occurred_at, name) VALUES (1, :at, 'e')"),
+                {"at": stored(at)},
+            )
+    tables = ("push_events", "inapp_events", "tracked_events")
+    where = "SELECT %s, id FROM {} ORDER BY id" % ("tableoid::regclass::text" if postgres else "''")
+    command.upgrade(config, "head")
+    with engine.begin() as connection:
+        placed = {t: [tuple(r) for r in connection.execute(text(where.format(t)))] for t in tables}
+        # New rows take the next ids of the same sequence.
+        connection.execute(
+            text(
+                "INSERT INTO push_events (app_id, kind, occurred_at, platform)"
+                " VALUES (1, 'push_opened', :at, 'ios')"
+            ),
+            {"at": stored(today)},
+        )
+    command.downgrade(config, BEFORE_EVENT_PARTITIONS)
+    with engine.connect() as connection:
+        back = [tuple(r) for r in connection.execute(text("SELECT id, kind FROM push_events"))]
+        names = inspect(connection).get_table_names()
+    engine.dispose()
+    day, three, ten = (f"{at:%Y%m%d}" for at in times)
+    for table in tables:
+        expected = (
+            [(f"{table}_p{day}", 1), (f"{table}_p{three}", 2), (f"{table}_p{ten}", 3)]
+            if postgres and table != "tracked_events"
+            else [(table if postgres else "", n) for n in (1, 2, 3)]
+        )
+        assert placed[table] == expected
+    assert sorted(back) == [
+        (1, "push_sent"),
+        (2, "push_sent"),
+        (3, "push_sent"),
+        (4, "push_opened"),
+    ]
+    assert not [name for name in names if _PARTITION.match(name)]

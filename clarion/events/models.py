@@ -3,6 +3,12 @@
 Exports and statistics read these by app and UTC day, hence the (app_id, occurred_at) indexes.
 Identity columns are copied onto each row (not joined) so that a row stays true after the
 installation changes or is deleted, as an export of that day must.
+
+On PostgreSQL push_events and inapp_events are partitioned by UTC day of `occurred_at`, and
+their primary key is (id, occurred_at) as a partitioned table's must be; ids come from one
+sequence per table, so `id` alone still names one row (the mapping's key). Their expired days
+are dropped (clarion.retention, docs/retention.md); tracked_events, and SQLite's tables, are
+plain and lose their expired rows by bounded DELETEs.
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ import uuid
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from clarion.apps.service import AppAccess
@@ -21,6 +21,7 @@ from clarion.errors import MalformedParameterError, NotFoundError
 from clarion.exports.models import (
     ID_COLUMNS,
     ExportDestination,
+    ExportKind,
     ExportRequest,
     ExportRun,
     ExportStatus,
@@ -191,6 +192,47 @@ def due_days(destination: ExportDestination, now: datetime) -> list[date]:
 def last_complete_day(now: datetime, delay_minutes: int) -> date:
     """The last UTC day D such that D's end plus the delay is not after `now`."""
     return (now.astimezone(UTC) - timedelta(minutes=delay_minutes)).date() - timedelta(days=1)
+
+
+# What each kind of daily export reads, and the Export API requests that read the same log.
+_REQUESTS_OF = {
+    ExportKind.PUSH_EVENTS: (RequestKind.CAMPAIGN_EVENTS,),
+    ExportKind.INAPP_EVENTS: (RequestKind.INAPP_CAMPAIGN_EVENTS,),
+}
+
+
+async def needed_from(session: AsyncSession, kind: ExportKind, now: datetime) -> date | None:
+    """The first day of the `kind` event log that an export may still read (None: none), so
+    that retention (clarion.retention) keeps it: for each destination of that kind, enabled or
+    not (one re-enabled backfills), its oldest due day not produced yet, or else the first day
+    not due yet; and the first day of each Export API request not produced yet."""
+    needed: list[date] = []
+    destinations = list(
+        await session.scalars(select(ExportDestination).where(ExportDestination.kind == kind))
+    )
+    if destinations:
+        produced = await session.execute(
+            select(ExportRun.destination_id, ExportRun.day).where(
+                ExportRun.destination_id.in_([d.id for d in destinations]),
+                ExportRun.status == ExportStatus.SUCCEEDED.value,
+                # due_days reaches BACKFILL_DAYS back from a day up to a week old (the delay).
+                ExportRun.day >= last_complete_day(now, 0) - timedelta(BACKFILL_DAYS + 8),
+            )
+        )
+        done = {(destination_id, day) for destination_id, day in produced}
+    for destination in destinations:
+        due = [day for day in due_days(destination, now) if (destination.id, day) not in done]
+        upcoming = last_complete_day(now, destination.delay_minutes) + timedelta(days=1)
+        needed.append(max(destination.first_day, min([*due, upcoming])))
+    requested = await session.scalar(
+        select(func.min(ExportRequest.date_from)).where(
+            ExportRequest.kind.in_(_REQUESTS_OF.get(kind, ())),
+            ExportRequest.status.in_((RequestStatus.CREATED.value, RequestStatus.PENDING.value)),
+        )
+    )
+    if requested is not None:
+        needed.append(requested.astimezone(UTC).date())
+    return min(needed, default=None)
 
 
 # Producing files -------------------------------------------------------------------------------

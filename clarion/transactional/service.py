@@ -45,6 +45,7 @@ log = logging.getLogger(__name__)
 
 # Built once: a statement given its values as parameters compiles once and is then cached.
 # Built on the tables, not the mapped classes, so the session runs them as plain Core.
+_CLOCK_SKEW = timedelta(hours=1)  # between processes' clocks, generously
 _INSERT_SENDS = insert(SENDS).returning(SENDS.c.id, sort_by_parameter_order=True)
 _INSERT_BATCHES = insert(BATCHES).returning(BATCHES.c.id, sort_by_parameter_order=True)
 
@@ -207,6 +208,10 @@ async def describe_send(session: AsyncSession, *, access: AppAccess, token: str)
         .where(
             PushEvent.send_token == send.token,
             PushEvent.kind.in_([PushEventKind.ERROR.value, PushEventKind.TOKEN_DELETED.value]),
+            # No event of a send is older than the send (an hour for clocks that differ between
+            # processes): PostgreSQL then reads the day partitions from the send's on, not the
+            # 400 kept (16 ms planned over 411 partitions, 0.24 over 11; decision 0041).
+            PushEvent.occurred_at >= send.created_at - _CLOCK_SKEW,
         )
         .order_by(PushEvent.id.desc())
         .limit(20)
