@@ -23,7 +23,19 @@ from datetime import datetime, timedelta
 from enum import Enum
 from typing import Any
 
-from sqlalchemy import LargeBinary, String, bindparam, case, func, or_, select, true, update
+from sqlalchemy import (
+    ColumnElement,
+    LargeBinary,
+    String,
+    and_,
+    bindparam,
+    case,
+    func,
+    or_,
+    select,
+    true,
+    update,
+)
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from clarion.apps.models import App
@@ -379,16 +391,20 @@ class Deliverer:
             self._leased.update(ids)  # renewed from the commit on
             return ids
 
+    def _still_mine(self, batch_ids: list[int]) -> ColumnElement[bool]:
+        """Those of these batches this worker still holds (being sent, its lease)."""
+        return and_(
+            BATCHES.c.id.in_(batch_ids),
+            BATCHES.c.status == BatchStatus.SENDING.value,
+            BATCHES.c.lease_owner == self.worker_id,
+        )
+
     async def _close_cancelled(self, session: AsyncSession, batch_ids: list[int]) -> None:
         """In the caller's session: on SQLite a second session would wait for the one connection
         that the caller holds (docs/conventions.md, "one session at a time")."""
         await session.execute(
             update(BATCHES)
-            .where(
-                BATCHES.c.id.in_(batch_ids),
-                BATCHES.c.status == BatchStatus.SENDING.value,
-                BATCHES.c.lease_owner == self.worker_id,
-            )
+            .where(self._still_mine(batch_ids))
             .values(
                 status=BatchStatus.DONE.value,
                 finished_at=self._clock(),
@@ -415,11 +431,7 @@ class Deliverer:
         async with transaction(self._sessions) as session:
             await session.execute(
                 update(BATCHES)
-                .where(
-                    BATCHES.c.id.in_(batch_ids),
-                    BATCHES.c.status == BatchStatus.SENDING.value,
-                    BATCHES.c.lease_owner == self.worker_id,
-                )
+                .where(self._still_mine(batch_ids))
                 .values(
                     status=case((give_up, BatchStatus.DONE.value), else_=BatchStatus.PENDING.value),
                     finished_at=case((give_up, now), else_=None),
