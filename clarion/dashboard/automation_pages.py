@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Path, Query, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse, Response
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -34,6 +34,8 @@ from clarion.dashboard.schemas import carry_hidden_fields
 from clarion.dashboard.service import Viewer
 from clarion.dashboard.web import (
     PAGE_SIZE,
+    CampaignToken,
+    Notice,
     PageNumber,
     PageRoute,
     ViewerDep,
@@ -50,8 +52,6 @@ from clarion.stats import automations as automation_statistics
 from clarion.stats import service as campaign_statistics
 
 router = APIRouter(route_class=PageRoute)
-Token = Annotated[Text, Path(max_length=64)]
-Notice = Annotated[Text, Query(max_length=32)]
 
 _NOTICES = {
     "created": "Automation saved as a draft.",
@@ -140,7 +140,7 @@ async def create_automation(
 async def automation_page(
     request: Request,
     app_id: DbInt,
-    token: Token,
+    token: CampaignToken,
     viewer: ViewerDep,
     session: SessionDep,
     days: Annotated[
@@ -184,7 +184,7 @@ async def automation_page(
 
 @router.get("/apps/{app_id}/automations/{token}/edit")
 async def edit_automation(
-    request: Request, app_id: DbInt, token: Token, viewer: ViewerDep, session: SessionDep
+    request: Request, app_id: DbInt, token: CampaignToken, viewer: ViewerDep, session: SessionDep
 ) -> HTMLResponse:
     app, access = await service.company_app(session, viewer, app_id)
     stored = await campaigns.describe_campaign(session, access=access, token=token)
@@ -195,7 +195,7 @@ async def edit_automation(
 
 @router.post("/apps/{app_id}/automations/{token}/edit")
 async def save_automation(
-    request: Request, app_id: DbInt, token: Token, viewer: ViewerDep, session: SessionDep
+    request: Request, app_id: DbInt, token: CampaignToken, viewer: ViewerDep, session: SessionDep
 ) -> Response:
     """Save the editor: as a draft or paused (action draft), active (live), or as it is
     (keep: the default button of an active or paused automation, and Enter)."""
@@ -226,7 +226,7 @@ async def save_automation(
 
 @router.post("/apps/{app_id}/automations/{token}/live")
 async def pause_or_resume(
-    request: Request, app_id: DbInt, token: Token, viewer: ViewerDep, session: SessionDep
+    request: Request, app_id: DbInt, token: CampaignToken, viewer: ViewerDep, session: SessionDep
 ) -> Response:
     """Pause (live=false: pending entries are cancelled, events enter no one) or resume
     (live=true), from the automation's page, without the editor."""
@@ -247,7 +247,7 @@ async def pause_or_resume(
 
 @router.post("/apps/{app_id}/automations/{token}/delete")
 async def delete_automation(
-    app_id: DbInt, token: Token, viewer: ViewerDep, session: SessionDep
+    app_id: DbInt, token: CampaignToken, viewer: ViewerDep, session: SessionDep
 ) -> Response:
     service.require_editor(viewer)
     _, access = await service.company_app(session, viewer, app_id)

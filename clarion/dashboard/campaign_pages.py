@@ -30,6 +30,7 @@ from clarion.dashboard.schemas import (
 )
 from clarion.dashboard.service import Viewer
 from clarion.dashboard.web import (
+    CampaignToken,
     PageNumber,
     PageRoute,
     ViewerDep,
@@ -48,7 +49,6 @@ from clarion.stats import service as campaign_statistics
 from clarion.targeting.schemas import Targeting
 
 router = APIRouter(route_class=PageRoute)
-Token = Annotated[Text, Path(max_length=64)]
 
 # The editor offers this many of the app's audiences as checkboxes (newest first).
 AUDIENCE_CHOICES = 200
@@ -143,7 +143,7 @@ async def create_campaign(
 async def edit_campaign(
     request: Request,
     app_id: DbInt,
-    token: Token,
+    token: CampaignToken,
     viewer: ViewerDep,
     session: SessionDep,
     notice: str = "",
@@ -166,7 +166,7 @@ async def edit_campaign(
 
 @router.post("/apps/{app_id}/campaigns/{token}")
 async def save_campaign(
-    request: Request, app_id: DbInt, token: Token, viewer: ViewerDep, session: SessionDep
+    request: Request, app_id: DbInt, token: CampaignToken, viewer: ViewerDep, session: SessionDep
 ) -> Response:
     """Save the editor (action draft, live or keep), or stop the campaign (action stop)."""
     service.require_editor(viewer)
@@ -207,7 +207,7 @@ async def save_campaign(
 
 @router.post("/apps/{app_id}/campaigns/{token}/delete")
 async def delete_campaign(
-    app_id: DbInt, token: Token, viewer: ViewerDep, session: SessionDep
+    app_id: DbInt, token: CampaignToken, viewer: ViewerDep, session: SessionDep
 ) -> Response:
     service.require_editor(viewer)
     _, access = await service.company_app(session, viewer, app_id)
@@ -239,7 +239,7 @@ async def estimate(
 
 @router.get("/apps/{app_id}/campaigns/{token}/stats")
 async def campaign_stats(
-    request: Request, app_id: DbInt, token: Token, viewer: ViewerDep, session: SessionDep
+    request: Request, app_id: DbInt, token: CampaignToken, viewer: ViewerDep, session: SessionDep
 ) -> Response:
     app, access = await service.company_app(session, viewer, app_id)
     stored = await campaigns.describe_campaign(session, access=access, token=token)
@@ -262,7 +262,7 @@ async def campaign_stats(
 
 @router.get("/apps/{app_id}/campaigns/{token}/progress")
 async def campaign_progress(
-    request: Request, app_id: DbInt, token: Token, viewer: ViewerDep, session: SessionDep
+    request: Request, app_id: DbInt, token: CampaignToken, viewer: ViewerDep, session: SessionDep
 ) -> HTMLResponse:
     """The live progress block, polled by the stats page while the campaign sends."""
     _, access = await service.company_app(session, viewer, app_id)

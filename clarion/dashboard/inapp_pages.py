@@ -32,6 +32,8 @@ from clarion.dashboard.inapp_forms import (
 )
 from clarion.dashboard.service import Viewer
 from clarion.dashboard.web import (
+    CampaignToken,
+    Notice,
     PageNumber,
     PageRoute,
     ViewerDep,
@@ -60,8 +62,6 @@ from clarion.inapp.schemas import (
 )
 
 router = APIRouter(route_class=PageRoute)
-Token = Annotated[Text, Path(max_length=64)]
-Notice = Annotated[Text, Query(max_length=32)]
 ThemeCode = Annotated[Text, Path(max_length=64, pattern=THEME_CODE)]
 
 _NOTICES = {
@@ -152,7 +152,7 @@ async def create_inapp_campaign(
 async def edit_inapp_campaign(
     request: Request,
     app_id: DbInt,
-    token: Token,
+    token: CampaignToken,
     viewer: ViewerDep,
     session: SessionDep,
     notice: Notice = "",
@@ -173,7 +173,7 @@ async def edit_inapp_campaign(
 
 @router.post("/apps/{app_id}/inapp/{token}")
 async def save_inapp_campaign(
-    request: Request, app_id: DbInt, token: Token, viewer: ViewerDep, session: SessionDep
+    request: Request, app_id: DbInt, token: CampaignToken, viewer: ViewerDep, session: SessionDep
 ) -> Response:
     service.require_editor(viewer)
     app, access = await service.company_app(session, viewer, app_id)
@@ -202,7 +202,7 @@ async def save_inapp_campaign(
 
 @router.post("/apps/{app_id}/inapp/{token}/delete")
 async def delete_inapp_campaign(
-    app_id: DbInt, token: Token, viewer: ViewerDep, session: SessionDep
+    app_id: DbInt, token: CampaignToken, viewer: ViewerDep, session: SessionDep
 ) -> Response:
     service.require_editor(viewer)
     _, access = await service.company_app(session, viewer, app_id)
@@ -212,7 +212,7 @@ async def delete_inapp_campaign(
 
 @router.get("/apps/{app_id}/inapp/{token}/stats")
 async def inapp_campaign_stats(
-    request: Request, app_id: DbInt, token: Token, viewer: ViewerDep, session: SessionDep
+    request: Request, app_id: DbInt, token: CampaignToken, viewer: ViewerDep, session: SessionDep
 ) -> HTMLResponse:
     app, access = await service.company_app(session, viewer, app_id)
     stored = await inapp.describe_campaign(session, access=access, token=token)

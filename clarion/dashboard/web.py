@@ -13,6 +13,7 @@ from typing import Annotated, Any, TypeVar
 from urllib.parse import quote
 
 from fastapi import Depends, Query, Request, Response
+from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, RedirectResponse
 from fastapi.routing import APIRoute
@@ -26,7 +27,7 @@ from clarion.dashboard import service
 from clarion.dashboard.service import Viewer
 from clarion.db import utcnow
 from clarion.errors import ApiMisuseError, ClarionError, from_validation_errors
-from clarion.formats import wire_date
+from clarion.formats import Text, wire_date
 from clarion.http import SessionDep, validation_error
 
 M = TypeVar("M", bound=BaseModel)
@@ -144,6 +145,9 @@ def error_page(request: Request, error: ClarionError) -> HTMLResponse:
 
 PAGE_SIZE = 25  # rows of every paginated list
 PageNumber = Annotated[int, Query(ge=1, le=10_000)]
+# A campaign's or automation's token in a page's path, and the notice a redirect names.
+CampaignToken = Annotated[Text, PathParam(max_length=64)]
+Notice = Annotated[Text, Query(max_length=32)]
 
 
 def page_window(page: int) -> dict[str, int]:
