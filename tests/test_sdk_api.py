@@ -168,6 +168,9 @@ class TestInstallations:
         bad_tz = await register(api, ios_app, "x", timezone="Mars/Olympus")
         assert (bad_tz.status_code, bad_tz.json()["code"]) == (400, 31)
         assert "timezone" in bad_tz.json()["message"]
+        long_language = await register(api, ios_app, "x", language="oFd_vk3RHIiK-flLZ_Cb")
+        assert (long_language.status_code, long_language.json()["code"]) == (400, 31)
+        assert "language" in long_language.json()["message"]
         bad_id = await register(api, ios_app, "no spaces please")
         assert (bad_id.status_code, bad_id.json()["code"]) == (400, 31)
         token_on_web = await register(api, web_app, "w", push_token="abcdefgh12345678")

@@ -254,6 +254,9 @@ class TestRefusals:
             ({"tags": {"interests": {"$put": ["a"]}}}, 31, "tags.interests: a list of tags or"),
             ({"tags": {"bad-name": ["a"]}}, 31, "tags.bad-name: names use a-z"),
             ({"language": "not a language"}, 31, "language"),
+            # Well formed but longer than the installation keeps (16): PostgreSQL refused it
+            # with a 500 (found by the API fuzzing).
+            ({"language": "oFd_vk3RHIiK-flLZ_Cb"}, 31, "language"),
             ({"region": "FRA"}, 31, "region"),
             ({"email": "a@b.example"}, 31, "email"),
             ({}, 31, "nothing to edit"),

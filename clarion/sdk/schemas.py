@@ -37,7 +37,9 @@ from clarion.formats import (
 
 _TIMEZONES = frozenset(available_timezones())
 
-Language = Annotated[str, Field(pattern=r"^[a-zA-Z]{2,3}([-_][A-Za-z0-9]{2,8})*$")]
+# At most 16 characters, what an installation keeps (sdk/models.py): a longer well-formed tag
+# failed PostgreSQL's column check as a 500.
+Language = Annotated[str, Field(max_length=16, pattern=r"^[a-zA-Z]{2,3}([-_][A-Za-z0-9]{2,8})*$")]
 # Stored upper-case: targeting compares regions as they are, which keeps indexes and the
 # planner's statistics usable.
 Region = Annotated[str, Field(pattern=r"^[A-Za-z]{2}$|^[0-9]{3}$"), AfterValidator(str.upper)]
