@@ -147,9 +147,15 @@ def port_free(port: int) -> None:
 
 
 def serve_clarion(
-    port: int, env: dict[str, str], *, workers: bool, stderr: Any = subprocess.DEVNULL
+    port: int,
+    env: dict[str, str],
+    *,
+    workers: bool,
+    stderr: Any = subprocess.DEVNULL,
+    cpu: int | None = 0,
 ) -> subprocess.Popen[bytes]:
-    """`clarion serve` in its own process group, pinned to core 0 once it answers."""
+    """`clarion serve` in its own process group, pinned to `cpu` once it answers (None: not
+    pinned, for benchmarks that let several processes share the cores)."""
     proc = subprocess.Popen(
         [
             *[sys.executable, "-m", "clarion.cli", "serve", "--port", str(port)],
@@ -167,7 +173,8 @@ def serve_clarion(
             break
         except httpx.HTTPError:
             time.sleep(0.2)
-    pin(0, proc.pid)
+    if cpu is not None:
+        pin(cpu, proc.pid)
     return proc
 
 

@@ -1,0 +1,584 @@
+"""Scaled out on PostgreSQL (issue 24): the transactional API and a campaign to N installations,
+alone and at the same time, with 1 `clarion serve` + 1 `clarion worker`, then 2 + 2.
+
+One database, seeded once and used by both configurations in turn:
+- an iOS app with N opted-in installations, the campaign's audience (APNs simulator);
+- an Android app with one device, the transactional calls' recipient (FCM simulator): the two
+  simulated services count apart, so each side's exactly-once check reads its own counts.
+
+Each configuration starts its processes as a deployment runs them (`clarion serve --no-workers`
+on ports of their own, `clarion worker`), then measures, resetting the simulator's counts
+between steps once everything is delivered:
+1. the transactional API alone for `--seconds`: calls/s, p50 and p99 latency;
+2. the campaign alone: created with `push_time` now, targeting everyone; fan-out (creation to
+   every batch written), time to last push (creation to the simulator's last accepted push,
+   to 100 ms) and notifications/s (N over that time);
+3. both at once: the API load starts with the campaign and runs until the campaign is done.
+
+The load is bench/http_load.py (closed loop, `--connections` keep-alive HTTP/1.1 connections,
+32 by default, split evenly over the API processes' ports, one generator process per port), in
+rounds of `--round-calls` calls per connection; calls/s is the 201s over the time under load
+(each round from its first call to its last answer), latency over every call. Each step's
+transactional calls carry a `group_id` of their own, and a short warm-up round (not timed) goes
+first in step 1.
+
+Before any rate is printed, for every step: every call answered 201; the tokens answered are
+exactly the step's sends in the database; each send has one outcome logged, `push_sent`; the
+FCM simulator accepted as many pushes; the campaign reached all N installations once
+(check_exactly_once: outcomes logged = pushes the APNs simulator accepted = distinct tokens = N).
+
+Settings, the same in both configurations:
+- `CLARION_API_RATE_LIMIT=0` and `CLARION_API_COMPANY_RATE_LIMIT=0`: the defaults (2,000/s per
+  key, 5,000/s per company) would cap a single key's calls, and this measures capacity;
+- `CLARION_DATABASE_POOL_SIZE` 8 on API processes and 16 on workers (`--api-pool`,
+  `--worker-pool`): at the default 32, 2 + 2 processes may open ~170 connections (deploy.md,
+  "PostgreSQL") and this PostgreSQL allows 100, shared with other sessions;
+- nothing pinned: on a 2-core machine the API processes, workers, PostgreSQL, the simulator and
+  the load generator all share both cores, and pinning would decide the result. The machine's
+  busy share over each step is reported beside the figures.
+
+The single-process configuration runs first, so the scaled-out one finds 2 campaigns' more
+events in the (day-partitioned) event table.
+
+    .venv/bin/python -m bench.scaled_out                                  # 1,000,000 installations
+    .venv/bin/python -m bench.scaled_out --installations 50000 --seconds 15
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from contextlib import ExitStack, suppress
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+from sqlalchemy import func, select
+
+from bench.common import (
+    OUTCOME_KINDS,
+    Deliveries,
+    analyze,
+    check_exactly_once,
+    control,
+    create_ios_app,
+    deliveries,
+    outcomes_logged,
+    pg_database,
+    port_free,
+    report,
+    serve_clarion,
+    settings_env,
+    simulated_runtime,
+    simulator,
+    start_worker,
+)
+from bench.delivery_recovery import READY_LINE
+from clarion.apps import service as apps
+from clarion.apps.schemas import AppCreate, FcmCredentialsIn
+from clarion.apps.service import AppAccess, live_access
+from clarion.campaigns import service as campaigns
+from clarion.campaigns.models import Campaign, CampaignRun, RunState
+from clarion.campaigns.schemas import CampaignBody
+from clarion.config import Settings
+from clarion.db import transaction, utcnow
+from clarion.delivery.models import Send
+from clarion.demo import seed_installations
+from clarion.events.models import PushEvent, PushEventKind
+from clarion.runtime import Runtime
+from tests.support.simulator import free_port
+
+CONFIGURATIONS = {"single": (1, 1), "scaled": (2, 2)}  # name: (API processes, workers)
+TX_RECIPIENT = "tx-0"  # the Android app's one device (seed_installations' custom id)
+LIMITS_OFF = {"api_rate_limit": 0.0, "api_company_rate_limit": 0.0}
+POLL_S = 0.2
+DRAIN_TIMEOUT_S = 900
+
+
+@dataclass
+class Bench:
+    runtime: Runtime
+    sim_url: str
+    ca: Path
+    folder: Path
+    campaign_app: AppAccess
+    tx_app_id: int
+    tx_path: str  # /1.1/{api key}/transactional/send
+    rest_key: str
+    installations: int
+
+
+@dataclass
+class ApiLoad:
+    """The transactional calls of one step: what was answered, and how fast."""
+
+    calls: int = 0
+    seconds: float = 0.0  # under load: each round from its first call to its last answer
+    latencies_ms: list[float] = field(default_factory=list)
+    tokens: Counter[str] = field(default_factory=Counter)  # send tokens answered
+
+    def figures(self) -> dict[str, Any]:
+        ordered = sorted(self.latencies_ms)
+        return {
+            "calls": self.calls,
+            "seconds_under_load": round(self.seconds, 1),
+            "calls_per_s": round(self.calls / self.seconds),
+            "p50_ms": round(statistics.median(ordered), 1),
+            "p99_ms": round(ordered[int(len(ordered) * 0.99) - 1], 1),
+        }
+
+
+def body(group: str) -> str:
+    return json.dumps(
+        {
+            "group_id": group,
+            "recipients": {"custom_ids": [TX_RECIPIENT]},
+            "message": {"title": "Bench", "body": "Your code is 123456"},
+        }
+    )
+
+
+def load_round(
+    bench: Bench, ports: list[int], group: str, connections: int, calls_each: int
+) -> ApiLoad:
+    """One round: `calls_each` calls on each connection, the connections split over `ports`,
+    one bench/http_load.py process per port; fails unless every call was answered 201."""
+    procs = []
+    for n, port in enumerate(ports):
+        share = connections // len(ports) + (n < connections % len(ports))
+        spec = {
+            "host": "127.0.0.1",
+            "port": port,
+            "body": body(group),
+            "headers": {"Content-Type": "application/json", "X-Authorization": bench.rest_key},
+            "connections": [[bench.tx_path]] * share,
+            "calls": [calls_each] * share,
+            "timeout": 600,
+        }
+        spec_file, out = bench.folder / f"load-{port}.json", bench.folder / f"load-{port}-out.json"
+        spec_file.write_text(json.dumps(spec))
+        out.unlink(missing_ok=True)
+        command = [sys.executable, "-m", "bench.http_load", str(spec_file), str(out)]
+        procs.append((subprocess.Popen(command), out, share * calls_each))
+    result = ApiLoad()
+    for proc, out, calls in procs:
+        if proc.wait() != 0:
+            raise SystemExit(f"the load generator failed ({proc.returncode})")
+        answered = json.loads(out.read_text())
+        if answered["statuses"] != {"201": calls} or answered["unanswered"]:
+            raise SystemExit(
+                f"not every call was accepted: {answered['statuses']}, "
+                f"{answered['unanswered']} unanswered; {str(answered['answers'])[:500]}"
+            )
+        result.calls += calls
+        result.seconds = max(result.seconds, answered["seconds"])
+        result.latencies_ms += answered["latencies_ms"]
+        for answer, count in answered["answers"].items():
+            result.tokens[json.loads(answer)["token"]] += count
+    return result
+
+
+def api_load(
+    bench: Bench,
+    ports: list[int],
+    group: str,
+    args: argparse.Namespace,
+    until: Callable[[float], bool],
+) -> ApiLoad:
+    """Rounds of calls until `until(seconds under load)` holds."""
+    total = ApiLoad()
+    while not until(total.seconds):
+        done = load_round(bench, ports, group, args.connections, args.round_calls)
+        total.calls += done.calls
+        total.seconds += done.seconds
+        total.latencies_ms += done.latencies_ms
+        total.tokens += done.tokens
+    return total
+
+
+class Machine:
+    """The share of both cores busy between two readings of /proc/stat."""
+
+    def __init__(self) -> None:
+        self.start = self._read()
+
+    @staticmethod
+    def _read() -> tuple[int, int]:
+        fields = [int(f) for f in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        idle = fields[3] + fields[4]  # idle + iowait
+        return sum(fields) - idle, sum(fields)
+
+    def busy(self) -> float:
+        busy, total = self._read()
+        return round((busy - self.start[0]) / max(1, total - self.start[1]), 2)
+
+
+async def prepare(
+    runtime: Runtime, key: dict[str, str], sim_url: str, ca: Path, folder: Path, installations: int
+) -> Bench:
+    started = time.monotonic()
+    campaign_app = await create_ios_app(runtime, key)
+    await seed_installations(runtime.sessions, app_id=campaign_app.id, count=installations)
+    account = httpx.post(f"{sim_url}/_sim/fcm/service-accounts", json={}, verify=str(ca)).json()
+    async with transaction(runtime.sessions) as session:
+        company, rest_key = await apps.create_company(session, name="Bench transactional")
+        tx_app, keys = await apps.create_app(
+            session,
+            company_id=company.id,
+            app_in=AppCreate(name="bench-tx", platform="android"),
+            box=runtime.box,
+        )
+        apps.set_fcm_credentials(tx_app, FcmCredentialsIn(service_account=account), runtime.box)
+    await seed_installations(runtime.sessions, app_id=tx_app.id, count=1, custom_id_prefix="tx")
+    await analyze(runtime)
+    print(
+        f"seeded {installations:,} installations in {time.monotonic() - started:.0f} s", flush=True
+    )
+    return Bench(
+        runtime,
+        sim_url,
+        ca,
+        folder,
+        live_access(campaign_app),
+        tx_app.id,
+        f"/1.1/{keys.api_key}/transactional/send",
+        rest_key,
+        installations,
+    )
+
+
+def reset_simulator(bench: Bench) -> None:
+    with control(bench.sim_url, bench.ca) as client:
+        client.post("/_sim/reset").raise_for_status()
+
+
+async def transactional_delivered(bench: Bench, group: str, load: ApiLoad) -> dict[str, Any]:
+    """Waits until each of the step's sends has an outcome, then checks that every 201's send
+    was delivered exactly once (see the module's docstring); returns the counts and the
+    accepted-to-delivered latency."""
+    sends_of_group = select(Send.token).where(
+        Send.app_id == bench.tx_app_id, Send.group_id == group
+    )
+    outcomes_per_send = (
+        select(PushEvent.send_token, func.count().label("count"))
+        .where(
+            PushEvent.app_id == bench.tx_app_id,
+            PushEvent.send_token.in_(sends_of_group),
+            PushEvent.kind.in_([kind.value for kind in OUTCOME_KINDS]),
+        )
+        .group_by(PushEvent.send_token)
+    )
+    deadline = time.monotonic() + DRAIN_TIMEOUT_S
+    while True:
+        async with bench.runtime.sessions() as session:
+            sends = set(await session.scalars(sends_of_group))
+            rows = await session.execute(outcomes_per_send)
+            per_send = Counter({row.send_token: row.count for row in rows})
+        if per_send.keys() >= sends or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.5)
+    logged = await outcomes_logged(
+        bench.runtime, PushEvent.app_id == bench.tx_app_id, PushEvent.group_id == group
+    )
+    fcm = deliveries(bench.sim_url, bench.ca, "fcm")
+    counts = {
+        "calls_201": load.calls,
+        "tokens_answered": len(load.tokens),
+        "sends_stored": len(sends),
+        "sends_with_one_outcome": sum(1 for n in per_send.values() if n == 1),
+        "outcomes_logged": sum(per_send.values()),
+        "push_sent_logged": logged[PushEventKind.SENT.value],
+        "fcm_simulator_accepted": fcm.accepted,
+    }
+    if not (
+        set(load.tokens) == sends
+        and max(load.tokens.values()) == 1
+        and load.calls
+        == len(sends)
+        == counts["sends_with_one_outcome"]
+        == counts["outcomes_logged"]
+        == counts["push_sent_logged"]
+        == fcm.accepted
+    ):
+        raise SystemExit(f"{group}: not every 201's send was delivered exactly once: {counts}")
+    return counts | await accepted_to_delivered(bench, group)
+
+
+async def accepted_to_delivered(bench: Bench, group: str) -> dict[str, float]:
+    async with bench.runtime.sessions() as session:
+        rows = await session.execute(
+            select(Send.created_at, PushEvent.occurred_at)
+            .join(PushEvent, PushEvent.send_token == Send.token)
+            .where(
+                Send.app_id == bench.tx_app_id,
+                Send.group_id == group,
+                PushEvent.kind == PushEventKind.SENT.value,
+            )
+        )
+        lags = sorted((done - created).total_seconds() * 1000 for created, done in rows)
+    return {
+        "accepted_to_delivered_p50_ms": round(statistics.median(lags), 1),
+        "accepted_to_delivered_p99_ms": round(lags[int(len(lags) * 0.99) - 1], 1),
+    }
+
+
+@dataclass
+class CampaignProgress:
+    campaign_id: int
+    token: str
+    created_at: float  # unix time (the simulator's clock: same machine)
+    fanned_out_at: float | None = None
+    completed: threading.Event = field(default_factory=threading.Event)
+
+
+async def create_campaign(bench: Bench) -> CampaignProgress:
+    body = CampaignBody.model_validate(
+        {
+            "name": "Scaled out",
+            "live": True,
+            "push_time": "now",
+            "targeting": {},
+            "messages": [{"language": "en", "title": "Bench", "body": "Campaign"}],
+        }
+    )
+    async with transaction(bench.runtime.sessions) as session:
+        campaign = await campaigns.create_campaign(
+            session, access=bench.campaign_app, body=body, now=utcnow()
+        )
+        campaign_id, token = campaign.id, campaign.token
+    return CampaignProgress(campaign_id, token, time.time())
+
+
+async def follow(bench: Bench, progress: CampaignProgress) -> None:
+    """Polls the campaign until it is completed, noting when its fan-out ended."""
+    while True:
+        async with bench.runtime.sessions() as session:
+            state = await session.scalar(
+                select(Campaign.state).where(Campaign.id == progress.campaign_id)
+            )
+            run_state = await session.scalar(
+                select(CampaignRun.state).where(CampaignRun.campaign_id == progress.campaign_id)
+            )
+        if progress.fanned_out_at is None and run_state not in (None, RunState.FANNING_OUT):
+            progress.fanned_out_at = time.time()
+        if state == "completed":
+            progress.completed.set()
+            return
+        await asyncio.sleep(POLL_S)
+
+
+async def campaign_delivered(bench: Bench, progress: CampaignProgress) -> dict[str, Any]:
+    """Every installation reached once (check_exactly_once), then the campaign's figures."""
+    logged = await outcomes_logged(bench.runtime, PushEvent.campaign_token == progress.token)
+    nothing = Deliveries(0, 0, [])  # the simulator's counts were reset before the step
+    apns = deliveries(bench.sim_url, bench.ca)
+    checked = check_exactly_once("campaign", bench.installations, logged, nothing, apns)
+    assert progress.fanned_out_at is not None
+    last_push = apns.arrivals[-1][0] + 0.1  # the end of its 100 ms slot
+    to_last_push = last_push - progress.created_at
+    return {
+        "fan_out_s": round(progress.fanned_out_at - progress.created_at, 1),
+        "time_to_last_push_s": round(to_last_push, 1),
+        "notifications_per_s": round(bench.installations / to_last_push),
+        **checked,
+    }
+
+
+async def step_api(bench: Bench, ports: list[int], name: str, args: argparse.Namespace) -> Any:
+    group = f"{name}-api"
+    reset_simulator(bench)
+    warm_up = await asyncio.to_thread(load_round, bench, ports, group, args.connections, 10)
+    machine = Machine()
+    load = await asyncio.to_thread(
+        api_load, bench, ports, group, args, lambda seconds: seconds >= args.seconds
+    )
+    busy = machine.busy()
+    figures = load.figures()
+    load.calls += warm_up.calls
+    load.tokens += warm_up.tokens
+    return figures | {"machine_busy": busy, **await transactional_delivered(bench, group, load)}
+
+
+async def step_campaign(bench: Bench) -> dict[str, Any]:
+    reset_simulator(bench)
+    machine = Machine()
+    progress = await create_campaign(bench)
+    await follow(bench, progress)
+    busy = machine.busy()
+    return await campaign_delivered(bench, progress) | {"machine_busy": busy}
+
+
+async def step_together(
+    bench: Bench, ports: list[int], name: str, args: argparse.Namespace
+) -> dict[str, Any]:
+    group = f"{name}-together"
+    reset_simulator(bench)
+    machine = Machine()
+    progress = await create_campaign(bench)
+    loading = asyncio.create_task(
+        asyncio.to_thread(
+            api_load, bench, ports, group, args, lambda _: progress.completed.is_set()
+        )
+    )
+    await follow(bench, progress)
+    load = await loading  # its last round ends after the campaign
+    busy = machine.busy()
+    api = load.figures() | await transactional_delivered(bench, group, load)
+    campaign = await campaign_delivered(bench, progress)
+    return {"api": api, "campaign": campaign, "machine_busy": busy}
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM to the process group, SIGKILL if it is still there 60 s later."""
+    with suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+
+
+def start_processes(
+    bench: Bench, name: str, args: argparse.Namespace, stack: ExitStack
+) -> list[int]:
+    """The configuration's `clarion serve` (no workers) and `clarion worker` processes, as a
+    deployment runs them; the API ports once every one answers and every worker runs."""
+    apis, workers = CONFIGURATIONS[name]
+    base = bench.runtime.settings.model_dump(exclude_unset=True) | LIMITS_OFF
+    base["fcm_url"] = bench.sim_url  # the transactional app's pushes
+    api_env = settings_env(Settings(**base, database_pool_size=args.api_pool))
+    worker_settings = Settings(**base, database_pool_size=args.worker_pool)
+    ports = []
+    for n in range(apis):
+        port = free_port()
+        port_free(port)
+        log = stack.enter_context((bench.folder / f"{name}-serve-{n}.log").open("wb"))
+        proc = serve_clarion(port, api_env, workers=False, stderr=log, cpu=None)
+        stack.callback(stop, proc)
+        httpx.get(f"http://127.0.0.1:{port}/healthz").raise_for_status()
+        ports.append(port)
+    logs = []
+    for n in range(workers):
+        log_path = bench.folder / f"{name}-worker-{n}.log"
+        out = stack.enter_context(log_path.open("wb"))
+        proc = start_worker(worker_settings, stdout=out, stderr=subprocess.STDOUT, cpu=None)
+        stack.callback(stop, proc)
+        logs.append((proc, log_path))
+    deadline = time.monotonic() + 120
+    for proc, log_path in logs:
+        while READY_LINE not in log_path.read_text(errors="replace"):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit(f"a worker did not start:\n{log_path.read_text()[-3000:]}")
+            time.sleep(POLL_S)
+    return ports
+
+
+async def configuration(bench: Bench, name: str, args: argparse.Namespace) -> dict[str, Any]:
+    apis, workers = CONFIGURATIONS[name]
+    print(f"== {apis} API + {workers} worker(s), load {os.getloadavg()[0]:.2f}", flush=True)
+    with ExitStack() as stack:
+        ports = start_processes(bench, name, args, stack)
+        figures: dict[str, Any] = {"api_processes": apis, "workers": workers}
+        figures["api_alone"] = await step_api(bench, ports, name, args)
+        print(f"  API alone: {figures['api_alone']}", flush=True)
+        figures["campaign_alone"] = await step_campaign(bench)
+        print(f"  campaign alone: {figures['campaign_alone']}", flush=True)
+        figures["together"] = await step_together(bench, ports, name, args)
+        print(f"  together: {figures['together']}", flush=True)
+    figures["load_average_1_5_15_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    return figures
+
+
+ROWS: list[tuple[str, str, str | None, str | tuple[str, str]]] = [  # figure, step, part, key
+    ("API alone: calls/s", "api_alone", None, "calls_per_s"),
+    ("API alone: p50 / p99 ms", "api_alone", None, ("p50_ms", "p99_ms")),
+    ("API alone: accepted→delivered p50 ms", "api_alone", None, "accepted_to_delivered_p50_ms"),
+    ("campaign alone: fan-out s", "campaign_alone", None, "fan_out_s"),
+    ("campaign alone: time to last push s", "campaign_alone", None, "time_to_last_push_s"),
+    ("campaign alone: notifications/s", "campaign_alone", None, "notifications_per_s"),
+    ("together: API calls/s", "together", "api", "calls_per_s"),
+    ("together: API p50 / p99 ms", "together", "api", ("p50_ms", "p99_ms")),
+    (
+        "together: API accepted→delivered p50 ms",
+        "together",
+        "api",
+        "accepted_to_delivered_p50_ms",
+    ),
+    ("together: campaign fan-out s", "together", "campaign", "fan_out_s"),
+    ("together: campaign time to last push s", "together", "campaign", "time_to_last_push_s"),
+    ("together: campaign notifications/s", "together", "campaign", "notifications_per_s"),
+]
+
+
+def table(results: dict[str, dict[str, Any]]) -> str:
+    def cell(name: str, step: str, part: str | None, key: str | tuple[str, str]) -> str:
+        found = results[name][step]
+        found = found[part] if part else found
+        if isinstance(key, tuple):
+            return " / ".join(f"{found[k]:,}" for k in key)
+        return f"{found[key]:,}"
+
+    lines = ["| figure | single process (1 API + 1 worker) | 2 API + 2 workers |", "|---|---|---|"]
+    for label, step, part, key in ROWS:
+        lines.append(
+            f"| {label} | {cell('single', step, part, key)} | {cell('scaled', step, part, key)} |"
+        )
+    return "\n".join(lines)
+
+
+async def measure(args: argparse.Namespace, stack: ExitStack, folder: Path) -> dict[str, Any]:
+    sim_url, ca = stack.enter_context(simulator(folder / "sim", cpu=None))
+    database_url = stack.enter_context(pg_database())
+    runtime, key = await simulated_runtime(database_url, sim_url, ca, folder)
+    try:
+        bench = await prepare(runtime, key, sim_url, ca, folder, args.installations)
+        results = {name: await configuration(bench, name, args) for name in CONFIGURATIONS}
+    finally:
+        await runtime.engine.dispose()
+    print(table(results))
+    return {
+        "installations": args.installations,
+        "api_seconds_alone": args.seconds,
+        "connections": args.connections,
+        "settings": {
+            "CLARION_API_RATE_LIMIT": 0,
+            "CLARION_API_COMPANY_RATE_LIMIT": 0,
+            "CLARION_DATABASE_POOL_SIZE": {"api": args.api_pool, "worker": args.worker_pool},
+        },
+        **results,
+        "table": table(results),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--installations", type=int, default=1_000_000)
+    parser.add_argument("--seconds", type=float, default=60, help="the API load alone")
+    parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--round-calls", type=int, default=100, help="per connection")
+    parser.add_argument("--api-pool", type=int, default=8)
+    parser.add_argument("--worker-pool", type=int, default=16)
+    args = parser.parse_args()
+    with ExitStack() as stack:
+        folder = Path(stack.enter_context(tempfile.TemporaryDirectory()))
+        figures = asyncio.run(measure(args, stack, folder))
+    report(f"scaled_out_{args.installations}", figures)
+
+
+if __name__ == "__main__":
+    main()
