@@ -13,7 +13,8 @@ between steps once everything is delivered:
 2. the campaign alone: created with `push_time` now, targeting everyone; fan-out (creation to
    every batch written), time to last push (creation to the simulator's last accepted push,
    to 100 ms) and notifications/s (N over that time);
-3. both at once: the API load starts with the campaign and runs until the campaign is done.
+3. both at once: the API load starts with the campaign and runs until the campaign is done
+   (its last round ends after it).
 
 The load is bench/http_load.py (closed loop, `--connections` keep-alive HTTP/1.1 connections,
 32 by default, split evenly over the API processes' ports, one generator process per port), in
@@ -34,8 +35,11 @@ Settings, the same in both configurations:
   `--worker-pool`): at the default 32, 2 + 2 processes may open ~170 connections (deploy.md,
   "PostgreSQL") and this PostgreSQL allows 100, shared with other sessions;
 - nothing pinned: on a 2-core machine the API processes, workers, PostgreSQL, the simulator and
-  the load generator all share both cores, and pinning would decide the result. The machine's
-  busy share over each step is reported beside the figures.
+  the load generator all share both cores, and pinning would decide the result.
+
+Beside the rates, each step reports the CPU seconds of the API processes, the workers and
+PostgreSQL's backends, and the share of the machine's cores busy: on a shared machine the rates
+move with the neighbours' load, the CPU per call (API) or per push (workers) much less.
 
 The single-process configuration runs first, so the scaled-out one finds 2 campaigns' more
 events in the (day-partitioned) event table.
@@ -71,8 +75,10 @@ from bench.common import (
     OUTCOME_KINDS,
     Deliveries,
     analyze,
+    backends_cpu,
     check_exactly_once,
     control,
+    cpu_seconds,
     create_ios_app,
     deliveries,
     outcomes_logged,
@@ -126,6 +132,7 @@ class ApiLoad:
 
     calls: int = 0
     seconds: float = 0.0  # under load: each round from its first call to its last answer
+    wall_seconds: float = 0.0  # with the rounds' starts and ends, when fewer calls are in flight
     latencies_ms: list[float] = field(default_factory=list)
     tokens: Counter[str] = field(default_factory=Counter)  # send tokens answered
 
@@ -134,6 +141,7 @@ class ApiLoad:
         return {
             "calls": self.calls,
             "seconds_under_load": round(self.seconds, 1),
+            "seconds_wall": round(self.wall_seconds, 1),
             "calls_per_s": round(self.calls / self.seconds),
             "p50_ms": round(statistics.median(ordered), 1),
             "p99_ms": round(ordered[int(len(ordered) * 0.99) - 1], 1),
@@ -199,30 +207,58 @@ def api_load(
 ) -> ApiLoad:
     """Rounds of calls until `until(seconds under load)` holds."""
     total = ApiLoad()
+    started = time.monotonic()
     while not until(total.seconds):
         done = load_round(bench, ports, group, args.connections, args.round_calls)
         total.calls += done.calls
         total.seconds += done.seconds
         total.latencies_ms += done.latencies_ms
         total.tokens += done.tokens
+    total.wall_seconds = time.monotonic() - started
     return total
 
 
-class Machine:
-    """The share of both cores busy between two readings of /proc/stat."""
+@dataclass
+class Deployment:
+    """One configuration's running processes."""
 
-    def __init__(self) -> None:
+    ports: list[int]  # the API processes'
+    api_pids: list[int]
+    worker_pids: list[int]
+
+
+class CpuMeter:
+    """CPU seconds over a step: the API processes', the workers', PostgreSQL's backends on the
+    database (those that ended during the step are left out), and the share of the machine's
+    cores busy (its neighbours' work included). On a shared machine the rates move with the
+    neighbours' load; the CPU per call or per push does not."""
+
+    def __init__(self, bench: Bench, deployment: Deployment) -> None:
+        self.bench, self.deployment = bench, deployment
         self.start = self._read()
 
-    @staticmethod
-    def _read() -> tuple[int, int]:
+    def _read(self) -> tuple[float, float, dict[int, float], tuple[int, int]]:
         fields = [int(f) for f in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
         idle = fields[3] + fields[4]  # idle + iowait
-        return sum(fields) - idle, sum(fields)
+        return (
+            sum(cpu_seconds(pid) for pid in self.deployment.api_pids),
+            sum(cpu_seconds(pid) for pid in self.deployment.worker_pids),
+            backends_cpu(self.bench.runtime.settings.database_url),
+            (sum(fields) - idle, sum(fields)),
+        )
 
-    def busy(self) -> float:
-        busy, total = self._read()
-        return round((busy - self.start[0]) / max(1, total - self.start[1]), 2)
+    def used(self) -> dict[str, float]:
+        api, workers, backends, machine = self._read()
+        before = self.start
+        database = sum(cpu - before[2].get(pid, 0.0) for pid, cpu in backends.items())
+        return {
+            "api_cpu_s": round(api - before[0], 1),
+            "workers_cpu_s": round(workers - before[1], 1),
+            "postgres_cpu_s": round(database, 1),
+            "machine_busy": round(
+                (machine[0] - before[3][0]) / max(1, machine[1] - before[3][1]), 2
+            ),
+        }
 
 
 async def prepare(
@@ -396,48 +432,61 @@ async def campaign_delivered(bench: Bench, progress: CampaignProgress) -> dict[s
     }
 
 
-async def step_api(bench: Bench, ports: list[int], name: str, args: argparse.Namespace) -> Any:
+async def step_api(
+    bench: Bench, deployment: Deployment, name: str, args: argparse.Namespace
+) -> dict[str, Any]:
     group = f"{name}-api"
     reset_simulator(bench)
+    ports = deployment.ports
     warm_up = await asyncio.to_thread(load_round, bench, ports, group, args.connections, 10)
-    machine = Machine()
+    meter = CpuMeter(bench, deployment)
     load = await asyncio.to_thread(
         api_load, bench, ports, group, args, lambda seconds: seconds >= args.seconds
     )
-    busy = machine.busy()
-    figures = load.figures()
+    cpu = meter.used()
+    figures = load.figures() | {
+        "api_cpu_ms_per_call": round(cpu["api_cpu_s"] * 1000 / load.calls, 3),
+        "cpu": cpu,
+    }
     load.calls += warm_up.calls
     load.tokens += warm_up.tokens
-    return figures | {"machine_busy": busy, **await transactional_delivered(bench, group, load)}
+    return figures | await transactional_delivered(bench, group, load)
 
 
-async def step_campaign(bench: Bench) -> dict[str, Any]:
+async def step_campaign(bench: Bench, deployment: Deployment) -> dict[str, Any]:
     reset_simulator(bench)
-    machine = Machine()
+    meter = CpuMeter(bench, deployment)
     progress = await create_campaign(bench)
     await follow(bench, progress)
-    busy = machine.busy()
-    return await campaign_delivered(bench, progress) | {"machine_busy": busy}
+    cpu = meter.used()
+    figures = await campaign_delivered(bench, progress)
+    per_push = round(cpu["workers_cpu_s"] * 1e6 / bench.installations, 1)
+    return figures | {"workers_cpu_us_per_push": per_push, "cpu": cpu}
 
 
 async def step_together(
-    bench: Bench, ports: list[int], name: str, args: argparse.Namespace
+    bench: Bench, deployment: Deployment, name: str, args: argparse.Namespace
 ) -> dict[str, Any]:
     group = f"{name}-together"
     reset_simulator(bench)
-    machine = Machine()
+    meter = CpuMeter(bench, deployment)
     progress = await create_campaign(bench)
     loading = asyncio.create_task(
         asyncio.to_thread(
-            api_load, bench, ports, group, args, lambda _: progress.completed.is_set()
+            api_load,
+            bench,
+            deployment.ports,
+            group,
+            args,
+            lambda _: progress.completed.is_set(),
         )
     )
     await follow(bench, progress)
     load = await loading  # its last round ends after the campaign
-    busy = machine.busy()
+    cpu = meter.used()
     api = load.figures() | await transactional_delivered(bench, group, load)
     campaign = await campaign_delivered(bench, progress)
-    return {"api": api, "campaign": campaign, "machine_busy": busy}
+    return {"api": api, "campaign": campaign, "cpu": cpu}
 
 
 def stop(proc: subprocess.Popen[bytes]) -> None:
@@ -453,15 +502,15 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
 
 def start_processes(
     bench: Bench, name: str, args: argparse.Namespace, stack: ExitStack
-) -> list[int]:
+) -> Deployment:
     """The configuration's `clarion serve` (no workers) and `clarion worker` processes, as a
-    deployment runs them; the API ports once every one answers and every worker runs."""
+    deployment runs them, once every one answers and every worker runs."""
     apis, workers = CONFIGURATIONS[name]
     base = bench.runtime.settings.model_dump(exclude_unset=True) | LIMITS_OFF
     base["fcm_url"] = bench.sim_url  # the transactional app's pushes
     api_env = settings_env(Settings(**base, database_pool_size=args.api_pool))
     worker_settings = Settings(**base, database_pool_size=args.worker_pool)
-    ports = []
+    deployment = Deployment([], [], [])
     for n in range(apis):
         port = free_port()
         port_free(port)
@@ -469,7 +518,8 @@ def start_processes(
         proc = serve_clarion(port, api_env, workers=False, stderr=log, cpu=None)
         stack.callback(stop, proc)
         httpx.get(f"http://127.0.0.1:{port}/healthz").raise_for_status()
-        ports.append(port)
+        deployment.ports.append(port)
+        deployment.api_pids.append(proc.pid)
     logs = []
     for n in range(workers):
         log_path = bench.folder / f"{name}-worker-{n}.log"
@@ -477,64 +527,69 @@ def start_processes(
         proc = start_worker(worker_settings, stdout=out, stderr=subprocess.STDOUT, cpu=None)
         stack.callback(stop, proc)
         logs.append((proc, log_path))
+        deployment.worker_pids.append(proc.pid)
     deadline = time.monotonic() + 120
     for proc, log_path in logs:
         while READY_LINE not in log_path.read_text(errors="replace"):
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise SystemExit(f"a worker did not start:\n{log_path.read_text()[-3000:]}")
             time.sleep(POLL_S)
-    return ports
+    return deployment
 
 
 async def configuration(bench: Bench, name: str, args: argparse.Namespace) -> dict[str, Any]:
     apis, workers = CONFIGURATIONS[name]
     print(f"== {apis} API + {workers} worker(s), load {os.getloadavg()[0]:.2f}", flush=True)
     with ExitStack() as stack:
-        ports = start_processes(bench, name, args, stack)
+        deployment = start_processes(bench, name, args, stack)
         figures: dict[str, Any] = {"api_processes": apis, "workers": workers}
-        figures["api_alone"] = await step_api(bench, ports, name, args)
+        figures["api_alone"] = await step_api(bench, deployment, name, args)
         print(f"  API alone: {figures['api_alone']}", flush=True)
-        figures["campaign_alone"] = await step_campaign(bench)
+        figures["campaign_alone"] = await step_campaign(bench, deployment)
         print(f"  campaign alone: {figures['campaign_alone']}", flush=True)
-        figures["together"] = await step_together(bench, ports, name, args)
+        figures["together"] = await step_together(bench, deployment, name, args)
         print(f"  together: {figures['together']}", flush=True)
     figures["load_average_1_5_15_at_end"] = [round(x, 2) for x in os.getloadavg()]
     return figures
 
 
-ROWS: list[tuple[str, str, str | None, str | tuple[str, str]]] = [  # figure, step, part, key
-    ("API alone: calls/s", "api_alone", None, "calls_per_s"),
-    ("API alone: p50 / p99 ms", "api_alone", None, ("p50_ms", "p99_ms")),
-    ("API alone: accepted→delivered p50 ms", "api_alone", None, "accepted_to_delivered_p50_ms"),
-    ("campaign alone: fan-out s", "campaign_alone", None, "fan_out_s"),
-    ("campaign alone: time to last push s", "campaign_alone", None, "time_to_last_push_s"),
-    ("campaign alone: notifications/s", "campaign_alone", None, "notifications_per_s"),
-    ("together: API calls/s", "together", "api", "calls_per_s"),
-    ("together: API p50 / p99 ms", "together", "api", ("p50_ms", "p99_ms")),
+# Each row: its label, and the figures it shows (paths in a configuration's results, " / " apart).
+ROWS = [
+    ("API alone: calls/s", "api_alone.calls_per_s"),
+    ("API alone: p50 / p99 ms", "api_alone.p50_ms api_alone.p99_ms"),
+    ("API alone: accepted→delivered p50 ms", "api_alone.accepted_to_delivered_p50_ms"),
+    ("API alone: API processes' CPU ms per call", "api_alone.api_cpu_ms_per_call"),
+    ("campaign alone: fan-out s", "campaign_alone.fan_out_s"),
+    ("campaign alone: time to last push s", "campaign_alone.time_to_last_push_s"),
+    ("campaign alone: notifications/s", "campaign_alone.notifications_per_s"),
+    ("campaign alone: workers' CPU µs per push", "campaign_alone.workers_cpu_us_per_push"),
+    ("together: API calls/s", "together.api.calls_per_s"),
+    ("together: API p50 / p99 ms", "together.api.p50_ms together.api.p99_ms"),
+    ("together: API accepted→delivered p50 ms", "together.api.accepted_to_delivered_p50_ms"),
+    ("together: campaign fan-out s", "together.campaign.fan_out_s"),
+    ("together: campaign time to last push s", "together.campaign.time_to_last_push_s"),
+    ("together: campaign notifications/s", "together.campaign.notifications_per_s"),
     (
-        "together: API accepted→delivered p50 ms",
-        "together",
-        "api",
-        "accepted_to_delivered_p50_ms",
+        "cores busy: API alone / campaign alone / together",
+        "api_alone.cpu.machine_busy campaign_alone.cpu.machine_busy together.cpu.machine_busy",
     ),
-    ("together: campaign fan-out s", "together", "campaign", "fan_out_s"),
-    ("together: campaign time to last push s", "together", "campaign", "time_to_last_push_s"),
-    ("together: campaign notifications/s", "together", "campaign", "notifications_per_s"),
 ]
 
 
 def table(results: dict[str, dict[str, Any]]) -> str:
-    def cell(name: str, step: str, part: str | None, key: str | tuple[str, str]) -> str:
-        found = results[name][step]
-        found = found[part] if part else found
-        if isinstance(key, tuple):
-            return " / ".join(f"{found[k]:,}" for k in key)
-        return f"{found[key]:,}"
+    def cell(configuration: dict[str, Any], paths: str) -> str:
+        shown = []
+        for path in paths.split():
+            found: Any = configuration
+            for part in path.split("."):
+                found = found[part]
+            shown.append(f"{found:,}")
+        return " / ".join(shown)
 
     lines = ["| figure | single process (1 API + 1 worker) | 2 API + 2 workers |", "|---|---|---|"]
-    for label, step, part, key in ROWS:
+    for label, paths in ROWS:
         lines.append(
-            f"| {label} | {cell('single', step, part, key)} | {cell('scaled', step, part, key)} |"
+            f"| {label} | {cell(results['single'], paths)} | {cell(results['scaled'], paths)} |"
         )
     return "\n".join(lines)
 
