@@ -41,7 +41,8 @@ Beside the rates, each step reports the CPU seconds of the API processes, the wo
 PostgreSQL's backends, and the share of the machine's cores busy: on a shared machine the rates
 move with the neighbours' load, the CPU per call (API) or per push (workers) much less.
 
-The single-process configuration runs first, so the scaled-out one finds 2 campaigns' more
+The processes' logs and the load generator's files stay in bench/results/scaled_out/. The
+single-process configuration runs first, so the scaled-out one finds 2 campaigns' more
 events in the (day-partitioned) event table.
 
     .venv/bin/python -m bench.scaled_out                                  # 1,000,000 installations
@@ -54,6 +55,7 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
 import signal
 import statistics
 import subprocess
@@ -73,6 +75,7 @@ from sqlalchemy import func, select
 
 from bench.common import (
     OUTCOME_KINDS,
+    ROOT,
     Deliveries,
     analyze,
     backends_cpu,
@@ -96,7 +99,7 @@ from clarion.apps import service as apps
 from clarion.apps.schemas import AppCreate, FcmCredentialsIn
 from clarion.apps.service import AppAccess, live_access
 from clarion.campaigns import service as campaigns
-from clarion.campaigns.models import Campaign, CampaignRun, RunState
+from clarion.campaigns.models import Campaign, CampaignRun, CampaignState, RunState
 from clarion.campaigns.schemas import CampaignBody
 from clarion.config import Settings
 from clarion.db import transaction, utcnow
@@ -111,6 +114,7 @@ TX_RECIPIENT = "tx-0"  # the Android app's one device (seed_installations' custo
 LIMITS_OFF = {"api_rate_limit": 0.0, "api_company_rate_limit": 0.0}
 POLL_S = 0.2
 DRAIN_TIMEOUT_S = 900
+FILES = ROOT / "bench" / "results" / "scaled_out"
 
 
 @dataclass
@@ -118,7 +122,7 @@ class Bench:
     runtime: Runtime
     sim_url: str
     ca: Path
-    folder: Path
+    folder: Path  # the load generator's files, the processes' logs (kept after a failure)
     campaign_app: AppAccess
     tx_app_id: int
     tx_path: str  # /1.1/{api key}/transactional/send
@@ -231,15 +235,17 @@ class CpuMeter:
     """CPU seconds over a step: the API processes', the workers', PostgreSQL's backends on the
     database (those that ended during the step are left out), and the share of the machine's
     cores busy (its neighbours' work included). On a shared machine the rates move with the
-    neighbours' load; the CPU per call or per push does not."""
+    neighbours' load, the CPU per call or per push much less."""
 
     def __init__(self, bench: Bench, deployment: Deployment) -> None:
         self.bench, self.deployment = bench, deployment
         self.start = self._read()
 
     def _read(self) -> tuple[float, float, dict[int, float], tuple[int, int]]:
-        fields = [int(f) for f in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-        idle = fields[3] + fields[4]  # idle + iowait
+        # user nice system idle iowait irq softirq steal (the guest times are inside user)
+        line = Path("/proc/stat").read_text().split("\n", 1)[0]
+        fields = [int(f) for f in line.split()[1:9]]
+        idle = fields[3] + fields[4]
         return (
             sum(cpu_seconds(pid) for pid in self.deployment.api_pids),
             sum(cpu_seconds(pid) for pid in self.deployment.worker_pids),
@@ -252,9 +258,9 @@ class CpuMeter:
         before = self.start
         database = sum(cpu - before[2].get(pid, 0.0) for pid, cpu in backends.items())
         return {
-            "api_cpu_s": round(api - before[0], 1),
-            "workers_cpu_s": round(workers - before[1], 1),
-            "postgres_cpu_s": round(database, 1),
+            "api_cpu_s": round(api - before[0], 2),
+            "workers_cpu_s": round(workers - before[1], 2),
+            "postgres_cpu_s": round(database, 2),
             "machine_busy": round(
                 (machine[0] - before[3][0]) / max(1, machine[1] - before[3][1]), 2
             ),
@@ -409,9 +415,12 @@ async def follow(bench: Bench, progress: CampaignProgress) -> None:
             )
         if progress.fanned_out_at is None and run_state not in (None, RunState.FANNING_OUT):
             progress.fanned_out_at = time.time()
-        if state == "completed":
+        if state == CampaignState.COMPLETED:
             progress.completed.set()
             return
+        if state in (CampaignState.STOPPED, CampaignState.FAILED):
+            progress.completed.set()  # ends the API load
+            raise SystemExit(f"the campaign ended {state}")
         await asyncio.sleep(POLL_S)
 
 
@@ -599,7 +608,9 @@ async def measure(args: argparse.Namespace, stack: ExitStack, folder: Path) -> d
     database_url = stack.enter_context(pg_database())
     runtime, key = await simulated_runtime(database_url, sim_url, ca, folder)
     try:
-        bench = await prepare(runtime, key, sim_url, ca, folder, args.installations)
+        shutil.rmtree(FILES, ignore_errors=True)  # the last run's
+        FILES.mkdir(parents=True)
+        bench = await prepare(runtime, key, sim_url, ca, FILES, args.installations)
         results = {name: await configuration(bench, name, args) for name in CONFIGURATIONS}
     finally:
         await runtime.engine.dispose()
