@@ -31,9 +31,10 @@ FCM simulator accepted as many pushes; the campaign reached all N installations 
 Settings, the same in both configurations:
 - `CLARION_API_RATE_LIMIT=0` and `CLARION_API_COMPANY_RATE_LIMIT=0`: the defaults (2,000/s per
   key, 5,000/s per company) would cap a single key's calls, and this measures capacity;
-- `CLARION_DATABASE_POOL_SIZE` 8 on API processes and 16 on workers (`--api-pool`,
+- `CLARION_DATABASE_POOL_SIZE` 6 on API processes and 12 on workers (`--api-pool`,
   `--worker-pool`): at the default 32, 2 + 2 processes may open ~170 connections (deploy.md,
-  "PostgreSQL") and this PostgreSQL allows 100, shared with other sessions;
+  "PostgreSQL"), and this PostgreSQL allows 100, shared with other sessions; 2 + 2 at 6 and 12
+  open at most ~50;
 - nothing pinned: on a 2-core machine the API processes, workers, PostgreSQL, the simulator and
   the load generator all share both cores, and pinning would decide the result.
 
@@ -78,7 +79,6 @@ from bench.common import (
     ROOT,
     Deliveries,
     analyze,
-    backends_cpu,
     check_exactly_once,
     control,
     cpu_seconds,
@@ -95,6 +95,7 @@ from bench.common import (
     start_worker,
 )
 from bench.delivery_recovery import READY_LINE
+from bench.sdk_events import backend_pids
 from clarion.apps import service as apps
 from clarion.apps.schemas import AppCreate, FcmCredentialsIn
 from clarion.apps.service import AppAccess, live_access
@@ -113,7 +114,7 @@ CONFIGURATIONS = {"single": (1, 1), "scaled": (2, 2)}  # name: (API processes, w
 TX_RECIPIENT = "tx-0"  # the Android app's one device (seed_installations' custom id)
 LIMITS_OFF = {"api_rate_limit": 0.0, "api_company_rate_limit": 0.0}
 POLL_S = 0.2
-DRAIN_TIMEOUT_S = 900
+DRAIN_TIMEOUT_S = 3600  # a worker behind the API's intake may take long to catch up
 FILES = ROOT / "bench" / "results" / "scaled_out"
 
 
@@ -231,6 +232,10 @@ class Deployment:
     worker_pids: list[int]
 
 
+# API processes', workers', backends' (by pid) CPU seconds; the machine's busy and all ticks.
+CpuReading = tuple[float, float, dict[int, float], tuple[int, int]]
+
+
 class CpuMeter:
     """CPU seconds over a step: the API processes', the workers', PostgreSQL's backends on the
     database (those that ended during the step are left out), and the share of the machine's
@@ -239,22 +244,31 @@ class CpuMeter:
 
     def __init__(self, bench: Bench, deployment: Deployment) -> None:
         self.bench, self.deployment = bench, deployment
-        self.start = self._read()
+        self.start: CpuReading = (0.0, 0.0, {}, (0, 0))  # set by begin()
 
-    def _read(self) -> tuple[float, float, dict[int, float], tuple[int, int]]:
+    async def _read(self) -> CpuReading:
         # user nice system idle iowait irq softirq steal (the guest times are inside user)
         line = Path("/proc/stat").read_text().split("\n", 1)[0]
         fields = [int(f) for f in line.split()[1:9]]
         idle = fields[3] + fields[4]
+        backends = {}
+        # Through the bench's own pool: PostgreSQL's connections are few and shared.
+        for pid in await backend_pids(self.bench.runtime):
+            with suppress(OSError):  # ended meanwhile
+                backends[pid] = cpu_seconds(pid)
         return (
             sum(cpu_seconds(pid) for pid in self.deployment.api_pids),
             sum(cpu_seconds(pid) for pid in self.deployment.worker_pids),
-            backends_cpu(self.bench.runtime.settings.database_url),
+            backends,
             (sum(fields) - idle, sum(fields)),
         )
 
-    def used(self) -> dict[str, float]:
-        api, workers, backends, machine = self._read()
+    async def begin(self) -> CpuMeter:
+        self.start = await self._read()
+        return self
+
+    async def used(self) -> dict[str, float]:
+        api, workers, backends, machine = await self._read()
         before = self.start
         database = sum(cpu - before[2].get(pid, 0.0) for pid, cpu in backends.items())
         return {
@@ -448,11 +462,11 @@ async def step_api(
     reset_simulator(bench)
     ports = deployment.ports
     warm_up = await asyncio.to_thread(load_round, bench, ports, group, args.connections, 10)
-    meter = CpuMeter(bench, deployment)
+    meter = await CpuMeter(bench, deployment).begin()
     load = await asyncio.to_thread(
         api_load, bench, ports, group, args, lambda seconds: seconds >= args.seconds
     )
-    cpu = meter.used()
+    cpu = await meter.used()
     figures = load.figures() | {
         "api_cpu_ms_per_call": round(cpu["api_cpu_s"] * 1000 / load.calls, 3),
         "cpu": cpu,
@@ -464,10 +478,10 @@ async def step_api(
 
 async def step_campaign(bench: Bench, deployment: Deployment) -> dict[str, Any]:
     reset_simulator(bench)
-    meter = CpuMeter(bench, deployment)
+    meter = await CpuMeter(bench, deployment).begin()
     progress = await create_campaign(bench)
     await follow(bench, progress)
-    cpu = meter.used()
+    cpu = await meter.used()
     figures = await campaign_delivered(bench, progress)
     per_push = round(cpu["workers_cpu_s"] * 1e6 / bench.installations, 1)
     return figures | {"workers_cpu_us_per_push": per_push, "cpu": cpu}
@@ -478,7 +492,7 @@ async def step_together(
 ) -> dict[str, Any]:
     group = f"{name}-together"
     reset_simulator(bench)
-    meter = CpuMeter(bench, deployment)
+    meter = await CpuMeter(bench, deployment).begin()
     progress = await create_campaign(bench)
     loading = asyncio.create_task(
         asyncio.to_thread(
@@ -492,7 +506,7 @@ async def step_together(
     )
     await follow(bench, progress)
     load = await loading  # its last round ends after the campaign
-    cpu = meter.used()
+    cpu = await meter.used()
     api = load.figures() | await transactional_delivered(bench, group, load)
     campaign = await campaign_delivered(bench, progress)
     return {"api": api, "campaign": campaign, "cpu": cpu}
@@ -611,7 +625,10 @@ async def measure(args: argparse.Namespace, stack: ExitStack, folder: Path) -> d
         shutil.rmtree(FILES, ignore_errors=True)  # the last run's
         FILES.mkdir(parents=True)
         bench = await prepare(runtime, key, sim_url, ca, FILES, args.installations)
-        results = {name: await configuration(bench, name, args) for name in CONFIGURATIONS}
+        results = {}
+        for name in CONFIGURATIONS:
+            results[name] = await configuration(bench, name, args)
+            (FILES / "partial.json").write_text(json.dumps(results, indent=2))  # a long run's
     finally:
         await runtime.engine.dispose()
     print(table(results))
@@ -637,8 +654,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=60, help="the API load alone")
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--round-calls", type=int, default=100, help="per connection")
-    parser.add_argument("--api-pool", type=int, default=8)
-    parser.add_argument("--worker-pool", type=int, default=16)
+    parser.add_argument("--api-pool", type=int, default=6)
+    parser.add_argument("--worker-pool", type=int, default=12)
     args = parser.parse_args()
     with ExitStack() as stack:
         folder = Path(stack.enter_context(tempfile.TemporaryDirectory()))
