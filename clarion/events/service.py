@@ -117,10 +117,7 @@ async def record_push_events(session: AsyncSession, rows: Sequence[PushEventRow]
     `resent` is counted as sent and, under RESENT_COUNT, as re-sent."""
     await bulk_insert(session, PushEvent.__tablename__, PUSH_EVENT_COLUMNS, rows)
     counts: Counter[CountKey] = Counter()
-    # For the metrics (counted when the transaction commits): every outcome passes here.
-    outcomes: Counter[tuple[str, str, str | None, bool]] = Counter()
     for row in rows:
-        outcomes[(row[_PLATFORM], row[_KIND], row[_REASON], row[_RESENT])] += 1
         campaign, group = row[_CAMPAIGN] or "", row[_GROUP] or ""
         if (campaign or group) and row[_KIND] in _COUNTED:
             day = row[_OCCURRED_AT].astimezone(UTC).date().isoformat()
@@ -130,7 +127,10 @@ async def record_push_events(session: AsyncSession, rows: Sequence[PushEventRow]
             if row[_RESENT] and row[_KIND] == PushEventKind.SENT.value:
                 counts[(row[_APP], day, campaign, group, send, RESENT_COUNT)] += 1
     await _add_counts(session, counts, folded=False)
-    count_notifications(session, outcomes)
+    # For the metrics (counted when the transaction commits): every outcome passes here.
+    count_notifications(
+        session, ((row[_PLATFORM], row[_KIND], row[_REASON], row[_RESENT]) for row in rows)
+    )
 
 
 async def _add_counts(session: AsyncSession, counts: Counter[CountKey], *, folded: bool) -> None:
