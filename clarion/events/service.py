@@ -9,6 +9,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from operator import itemgetter
 from typing import Any
 
 from sqlalchemy import case, delete, func, insert, literal, select, true, tuple_
@@ -107,6 +108,7 @@ _APP, _KIND, _OCCURRED_AT, _SEND, _GROUP, _CAMPAIGN, _RESENT, _PLATFORM, _REASON
         "reason",
     )
 )
+_OUTCOME = itemgetter(_PLATFORM, _KIND, _REASON, _RESENT)  # what the metrics count a row by
 _COUNTED = frozenset(kind.value for kind in COUNTED_KINDS)
 CountKey = tuple[int, str, str, str, str, str]  # _COUNT_COLUMNS up to kind
 
@@ -128,9 +130,7 @@ async def record_push_events(session: AsyncSession, rows: Sequence[PushEventRow]
                 counts[(row[_APP], day, campaign, group, send, RESENT_COUNT)] += 1
     await _add_counts(session, counts, folded=False)
     # For the metrics (counted when the transaction commits): every outcome passes here.
-    count_notifications(
-        session, ((row[_PLATFORM], row[_KIND], row[_REASON], row[_RESENT]) for row in rows)
-    )
+    count_notifications(session, map(_OUTCOME, rows))
 
 
 async def _add_counts(session: AsyncSession, counts: Counter[CountKey], *, folded: bool) -> None:
