@@ -20,6 +20,7 @@ counts: every send accepted and delivered once, every recipient reached exactly 
 
     .venv/bin/python -m bench.observability_overhead --runs 3
     .venv/bin/python -m bench.observability_overhead --only delivery --devices 200000 --db sqlite
+    .venv/bin/python -m bench.observability_overhead --only api --access-log   # a line per call
 """
 
 from __future__ import annotations
@@ -109,9 +110,14 @@ def observed_env(observed: bool) -> tuple[dict[str, str], int | None]:
 # -- (a) the transactional API ----------------------------------------------------------------
 
 
-def api_run(observed: bool, sends: int, connections: int, sim_url: str, ca: Path) -> float:
-    """Accepted sends/s of one run, once every send is checked delivered once."""
+def api_run(
+    observed: bool, sends: int, connections: int, sim_url: str, ca: Path, *, access_log: bool
+) -> float:
+    """Accepted sends/s of one run, once every send is checked delivered once. `access_log`:
+    the observed runs also write a line per call (CLARION_ACCESS_LOG)."""
     env, metrics_port = observed_env(observed)
+    if observed and access_log:
+        env["CLARION_ACCESS_LOG"] = "true"
     env |= {"CLARION_API_RATE_LIMIT": "0", "CLARION_API_COMPANY_RATE_LIMIT": "0"}
     with tempfile.TemporaryDirectory() as name:
         tmp = Path(name)
@@ -257,6 +263,9 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--devices", type=int, default=200_000)
     parser.add_argument("--db", choices=["sqlite", "postgres"], default="postgres")
+    parser.add_argument(
+        "--access-log", action="store_true", help="observed API runs log every call as well"
+    )
     args = parser.parse_args()
 
     figures: dict[str, Any] = {}
@@ -267,11 +276,19 @@ def main() -> None:
                 "database": "sqlite (the embedded default: API and workers in one process)",
                 "sends": args.sends,
                 "connections": args.connections,
+                "observed_with_access_log": args.access_log,
                 **compare(
                     "api",
                     args.runs,
                     lambda observed: {
-                        "accepted_per_s": api_run(observed, args.sends, args.connections, url, ca)
+                        "accepted_per_s": api_run(
+                            observed,
+                            args.sends,
+                            args.connections,
+                            url,
+                            ca,
+                            access_log=args.access_log,
+                        )
                     },
                     "accepted_per_s",
                 ),
@@ -287,7 +304,7 @@ def main() -> None:
                     "notifications_per_s",
                 ),
             }
-    report("observability_overhead", figures)
+    report("observability_overhead" + (f"_{args.only}" if args.only else ""), figures)
 
 
 if __name__ == "__main__":
