@@ -115,10 +115,10 @@ def log_handler(settings: Settings, stream: IO[str] | None = None) -> logging.Ha
     return handler
 
 
-def configure(settings: Settings, stream: IO[str] | None = None) -> None:
+def configure(settings: Settings) -> None:
     """The process's logging: one handler on stderr for every logger, Clarion's and uvicorn's
     at `CLARION_LOG_LEVEL`, libraries' at WARNING (httpx alone logs every request at INFO)."""
-    handler = log_handler(settings, stream)
+    handler = log_handler(settings)
     root = logging.getLogger()
     for old in root.handlers[:]:
         root.removeHandler(old)
