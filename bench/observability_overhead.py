@@ -112,7 +112,7 @@ def observed_env(observed: bool) -> tuple[dict[str, str], int | None]:
 
 def api_run(
     observed: bool, sends: int, connections: int, sim_url: str, ca: Path, *, access_log: bool
-) -> float:
+) -> dict[str, float]:
     """Accepted sends/s of one run, once every send is checked delivered once. `access_log`:
     the observed runs also write a line per call (CLARION_ACCESS_LOG)."""
     env, metrics_port = observed_env(observed)
@@ -132,6 +132,7 @@ def api_run(
                 '"message": {"title": "Bench", "body": "Hello"}}'
             )
             url = f"http://127.0.0.1:{API_PORT}/1.1/{created['api_key']}/transactional/send"
+            cpu_started = cpu_seconds(api.pid)
             result = h2load(
                 [
                     *["--h1", "-n", str(sends), "-c", str(connections), "-d", str(body)],
@@ -139,6 +140,7 @@ def api_run(
                     *["-H", "Content-Type: application/json", url],
                 ]
             )
+            cpu = cpu_seconds(api.pid) - cpu_started
             status_line = next(
                 ln for ln in result["output"].splitlines() if ln.startswith("status codes")
             )
@@ -169,7 +171,12 @@ def api_run(
         finally:
             os.killpg(api.pid, signal.SIGTERM)
             api.wait(timeout=30)
-    return sends / float(result["seconds"])
+    return {
+        "accepted_per_s": sends / float(result["seconds"]),
+        # What the API process spent meanwhile, its workers' deliveries included: less
+        # sensitive than the rate to what else the machine runs.
+        "api_cpu_us_per_send": cpu / sends * 1e6,
+    }
 
 
 # -- (b) the delivery worker -------------------------------------------------------------------
@@ -280,16 +287,9 @@ def main() -> None:
                 **compare(
                     "api",
                     args.runs,
-                    lambda observed: {
-                        "accepted_per_s": api_run(
-                            observed,
-                            args.sends,
-                            args.connections,
-                            url,
-                            ca,
-                            access_log=args.access_log,
-                        )
-                    },
+                    lambda observed: api_run(
+                        observed, args.sends, args.connections, url, ca, access_log=args.access_log
+                    ),
                     "accepted_per_s",
                 ),
             }
