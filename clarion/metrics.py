@@ -257,9 +257,15 @@ def count_notifications(
     count_on_commit(session, counts.items())
 
 
+_SENDS_BY_KIND: dict[str, Any] = {}  # `labels()` takes a lock and builds a key: once per kind
+
+
 def count_sends(session: Any, kind: str, amount: int) -> None:
     if amount and _counting:
-        count_on_commit(session, [(SENDS_ACCEPTED.labels(kind), amount)])
+        counter = _SENDS_BY_KIND.get(kind)
+        if counter is None:
+            counter = _SENDS_BY_KIND[kind] = SENDS_ACCEPTED.labels(kind)
+        count_on_commit(session, [(counter, amount)])
 
 
 # -- providers ------------------------------------------------------------------------------
