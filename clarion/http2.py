@@ -10,7 +10,7 @@ import logging
 import socket
 import ssl
 from collections import defaultdict, deque
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -38,6 +38,10 @@ class HttpRequest:
     # For destinations users chose (Web Push endpoints, an FCM account's token_uri): checked
     # on each address a connection for this request is opened to, not per request.
     guard: AddressCheck | None = None
+    # A header of this request alone, sent after `headers` (APNs' apns-id, one per device): the
+    # shared headers' lines stay built and checked on the pooled handle, and only this one is
+    # formatted per request (a header list rebuilt whole cost ~4.5 µs a request).
+    own_header: tuple[str, str] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,6 +208,14 @@ _PREREQ_ABORT: int = pycurl.PREREQFUNC_ABORT
 _ABORTED_BY_CALLBACK = 42  # CURLE_ABORTED_BY_CALLBACK: what a PREREQ abort fails the transfer with
 
 
+_UNSET = object()  # a handle option whose value is not known: set by the next request
+
+
+def _check_lines(lines: Iterable[str]) -> None:
+    if any("\n" in line or "\r" in line for line in lines):
+        raise ValueError("header names and values must not contain line breaks")
+
+
 class _Transfer:
     """A pooled easy handle with its response buffers (a new one costs ~20 setopt calls)."""
 
@@ -216,6 +228,7 @@ class _Transfer:
         "deferred",
         "guard",
         "header_lines",
+        "header_list",
         "headers",
         "index",
         "odd_method",
@@ -223,6 +236,8 @@ class _Transfer:
         "opened_at",
         "opening",
         "origin",
+        "own_header",
+        "posted",
         "probe",
         "refusal",
         "request",
@@ -255,7 +270,13 @@ class _Transfer:
         self.refusal: str | None = None
         for option, value in options:
             self.curl.setopt(option, value)
-        self.headers: tuple[tuple[str, str], ...] | None = None  # what HTTPHEADER holds now
+        # What HTTPHEADER holds now: the shared headers, their lines (checked) and the own
+        # header after them (_UNSET: unknown, set again by the next request).
+        self.headers: tuple[tuple[str, str], ...] | None = None
+        self.header_list: list[str] = []
+        self.own_header: object = _UNSET  # tuple[str, str], None or _UNSET
+        # The body POSTFIELDS holds while the method is a plain POST (None: set it again).
+        self.posted: bytes | None = None
         self.odd_method = False  # CUSTOMREQUEST or NOBODY set by the previous request
         self.batch: _Batch | None = None
         self.index = 0
@@ -303,24 +324,42 @@ class _Transfer:
         headers = request.headers
         if type(headers) is not tuple:
             headers = tuple(headers)
-        if headers != self.headers:
+        own = request.own_header
+        if headers is not self.headers and headers != self.headers:
             self.headers = None  # stays unknown if a header is rejected below
+            self.own_header = _UNSET
             lines = [*_DEFAULT_HEADERS_OFF, *[f"{name}: {value}" for name, value in headers]]
-            if any("\n" in line or "\r" in line for line in lines):
-                raise ValueError("header names and values must not contain line breaks")
-            curl.setopt(pycurl.HTTPHEADER, lines)
+            _check_lines(lines)
+            self.header_list = lines
             self.headers = headers
+        if own != self.own_header:
+            self.own_header = _UNSET  # stays unknown if the header is rejected below
+            if own is None:
+                curl.setopt(pycurl.HTTPHEADER, self.header_list)
+            else:
+                line = f"{own[0]}: {own[1]}"
+                _check_lines((line,))
+                curl.setopt(pycurl.HTTPHEADER, [*self.header_list, line])
+            self.own_header = own
         if self.odd_method:
             curl.unsetopt(pycurl.CUSTOMREQUEST)
             curl.setopt(pycurl.NOBODY, 0)
             self.odd_method = False
+            self.posted = None
         method = request.method
         body = request.body
         if method == "POST":
-            curl.setopt(pycurl.POSTFIELDS, body)  # pycurl keeps a reference, no copy
+            # A batch's requests share one body object: set once per pooled handle while it
+            # stays a plain POST (~1 µs a request). pycurl keeps a reference, no copy.
+            if body is not self.posted:
+                self.posted = None
+                curl.setopt(pycurl.POSTFIELDS, body)
+                self.posted = body
         elif method == "GET" and not body:
+            self.posted = None
             curl.setopt(pycurl.HTTPGET, 1)
         else:
+            self.posted = None
             self.odd_method = True
             if method == "HEAD":
                 curl.setopt(pycurl.NOBODY, 1)
