@@ -606,15 +606,22 @@ class Deliverer:
         # rendered texts get one rendering of the payload.
         groups: dict[tuple[bool, str, tuple[str | None, ...] | None], list[int]] = defaultdict(list)
         at_once: list[tuple[Recipient, DeliveryResult]] = []
+        # Read once, not per recipient (ORM attributes); a batch has a few languages.
+        web, content = app.platform == "web", send.content
+        languages: dict[str | None, str] = {}
         for index, (recipient, rendered) in enumerate(zip(recipients, renders, strict=True)):
-            if app.platform == "web" and recipient.p256dh is None:
+            if web and recipient.p256dh is None:
                 at_once.append(
                     (recipient, DeliveryResult(Outcome.FAILED, reason="UnknownSubscription"))
                 )
             elif isinstance(rendered, DeliveryResult):
                 at_once.append((recipient, rendered))
             else:
-                language = language_key(send.content, recipient.language)
+                language = languages.get(recipient.language)
+                if language is None:
+                    language = languages[recipient.language] = language_key(
+                        content, recipient.language
+                    )
                 groups[(recipient.sandbox, language, rendered)].append(index)
         if at_once:
             self._results(held, at_once)
