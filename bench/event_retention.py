@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+from alembic import command
 from sqlalchemy import func, select
 
 from bench.common import fresh_database, report
@@ -46,7 +47,7 @@ from clarion.config import Settings
 from clarion.db import create_engine, create_sessionmaker, sync_url, transaction
 from clarion.events.models import PushEvent, PushEventKind
 from clarion.events.service import push_event_row, record_push_events
-from clarion.migrate import migrate
+from clarion.migrate import alembic_config, migrate
 from clarion.retention.partitions import Upkeep, day_name, keep_partitions, layout
 from clarion.retention.service import EVENT_LOGS, delete_before
 
@@ -175,12 +176,12 @@ def _unlink_gib(directory: Path, *, cached: bool) -> float:
     return time.perf_counter() - started
 
 
-def run_postgres(events: int, cache: str) -> dict[str, Any]:
+def run_postgres(events: int, cache: str, revision: str) -> dict[str, Any]:
     today = datetime.now(UTC).date()
     day = today - timedelta(days=1)  # the migration made its partition
     with ExitStack() as stack, tempfile.TemporaryDirectory() as tmp:
         url = fresh_database(stack, "postgres", Path(tmp))
-        migrate(Settings(database_url=url, var_dir=Path(tmp)))
+        command.upgrade(alembic_config(url), revision)
         raw = sync_url(url).replace("postgresql+psycopg", "postgresql")
         partition = day_name("push_events", day)
         loaded = time.perf_counter()
@@ -263,6 +264,7 @@ def run_postgres(events: int, cache: str) -> dict[str, Any]:
     total = sum(size for size, _path in relations.values())
     return {
         "events_dropped": events,
+        "revision": revision,
         "partition_mb": round(total / 1e6),
         "bytes_per_event": round(total / events, 1),
         "relations_mb": {name: round(size / 1e6, 1) for name, (size, _p) in relations.items()},
@@ -406,9 +408,15 @@ def main() -> None:
         help="PostgreSQL: the day's pages left in the OS page cache after loading (hot), or "
         "evicted as a day written 400 days ago would be (cold)",
     )
+    parser.add_argument(
+        "--revision",
+        default="head",
+        help="PostgreSQL: migrate to this revision (3f9d2c6b8a41: the indexes before 0046)",
+    )
     args = parser.parse_args()
     if args.backend == "postgres":
-        report(f"event_retention_{args.cache}", run_postgres(args.events, args.cache))
+        figures = run_postgres(args.events, args.cache, args.revision)
+        report(f"event_retention_{args.cache}", figures)
     else:
         report("event_retention_sqlite", run_sqlite(args.events))
 
