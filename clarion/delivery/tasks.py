@@ -277,6 +277,16 @@ class _WireSlots:
                 waiter.set_result(False)
 
 
+def _send_log_fields(send: Send) -> dict[str, Any]:
+    """What a delivery's log lines carry (clarion.logs): its app and send, never a device's
+    token (given in `extra` rather than a log context: the progress flusher, a task started
+    from within a send, would keep a context's fields for every later send)."""
+    fields: dict[str, Any] = {"app_id": send.app_id, "send_token": send.token}
+    if send.campaign_token:
+        fields["campaign_token"] = send.campaign_token
+    return fields
+
+
 class Deliverer:
     """One per worker process (`worker_id`, random): claims batches with a lease that it renews
     while it is alive, sends their recipients a chunk at a time within delivery_in_flight,
@@ -691,7 +701,12 @@ class Deliverer:
         except Exception as exc:
             # A provider bug must not wedge the batch: retry it, and after the last attempt the
             # devices get push_error with this reason instead of looping forever.
-            log.exception("provider %s failed on send %s", app.platform, send.token)
+            log.exception(
+                "provider %s failed on send %s",
+                app.platform,
+                send.token,
+                extra={"fields": _send_log_fields(send)},
+            )
             return [DeliveryResult(Outcome.RETRY, reason=f"InternalError: {exc!r}")] * len(indexes)
 
     def _wire(self, platform: str, sandbox: bool) -> _WireSlots:
@@ -887,6 +902,7 @@ class Deliverer:
             held.id,
             self.worker_id,
             unrecorded,
+            extra={"fields": {**_send_log_fields(held.send), "batch_id": held.id}},
         )
         held.lost = True
         held.pending = []
