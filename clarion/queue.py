@@ -39,11 +39,11 @@ class BatchJob:
     # How many recipients the batch holds, when known: small batches share a job.
     recipients: int | None = None
     # Which job of the batch this is, for the dedupe key: "" the batch's first (or the
-    # sweep's for a batch with no job), a worker id the one taking over that worker's expired
-    # lease (the dead worker's job keeps its key until pgqueuer's heartbeat timeout, 30 s, and
+    # sweep's for a batch with no job), a worker id the one taking over that dead worker's
+    # lease (the dead worker's job keeps its key until pgqueuer's heartbeat timeout, 8 s, and
     # would otherwise make the take-over a no-op that long), None no key at all (a batch handed
     # back by a stopping worker, whose own job is still running: rare, and an extra job
-    # claims nothing).
+    # claims nothing). Jobs with a worker id or None are dequeued before new batches.
     after: str | None = ""
 
     def dedupe_key(self) -> str | None:
@@ -198,8 +198,9 @@ class JobQueue:
         concurrency = self._worker_concurrency
         # pgqueuer wants max_concurrent_tasks of at least twice the batch size. A job a worker
         # holds without running it waits with its batches unclaimed, and if the worker is
-        # killed, they wait for the heartbeat timeout and a dequeue after it: up to 15 s here
-        # (decision 0032). So a worker holds only the jobs it runs, taking half as many at once.
+        # killed, they wait for the heartbeat timeout (8 s) and a dequeue after it, which a
+        # worker makes only when it has room (decision 0032). So a worker holds only the jobs
+        # it runs, taking half as many at once.
         batch_size = max(1, concurrency // 2)
         await self.pgq.run(
             batch_size=batch_size,

@@ -71,9 +71,9 @@ async def _pg_worker(
             await queue.aclose()
 
 
-async def _idle_listening(url: str) -> None:
-    """Until the worker waits for a NOTIFY: it has LISTENed, no job is left in the queue, and
-    none of its queries is running (the queue's database is this test's alone)."""
+async def _idle_listening(url: str, *, jobs_left: int = 0) -> None:
+    """Until the worker waits for a NOTIFY: it has LISTENed, `jobs_left` jobs are in the queue,
+    and none of its queries is running (the queue's database is this test's alone)."""
     async with await psycopg.AsyncConnection.connect(libpq_url(url), autocommit=True) as watcher:
 
         async def idle() -> bool:
@@ -84,7 +84,7 @@ async def _idle_listening(url: str) -> None:
                 " FROM pg_stat_activity WHERE datname = current_database()"
             )
             listened, busy, jobs = await cursor.fetchone() or (False, True, 1)
-            return bool(listened) and not busy and jobs == 0
+            return bool(listened) and not busy and jobs == jobs_left
 
         await eventually(idle, what="the worker idle, listening")
 
@@ -149,28 +149,12 @@ async def test_a_worker_holds_only_the_jobs_it_runs(tmp_path: Path) -> None:
     async with _pg_worker(tmp_path, concurrency=4, release=release) as (queue, handled, url):
         await queue.enqueue([BatchJob(batch_id) for batch_id in range(1, 11)])
         await _handled(handled, 4)  # 4 running, each waiting for the release
-        await _idle_listening_with_jobs(url)
+        await _idle_listening(url, jobs_left=10)
         statuses = [status for status, _ in await _jobs(url)]
         release.set()
         await _handled(handled, 10)
 
     assert (statuses.count("picked"), statuses.count("queued")) == (4, 6)
-
-
-async def _idle_listening_with_jobs(url: str) -> None:
-    """Until the worker waits for a NOTIFY or its next poll, none of its queries running."""
-    async with await psycopg.AsyncConnection.connect(libpq_url(url), autocommit=True) as watcher:
-
-        async def idle() -> bool:
-            cursor = await watcher.execute(
-                "SELECT bool_or(state = 'active' AND pid <> pg_backend_pid())"
-                " FROM pg_stat_activity WHERE datname = current_database()"
-                " AND query NOT LIKE 'LISTEN%'"
-            )
-            row = await cursor.fetchone()
-            return row is not None and not row[0]
-
-        await eventually(idle, what="the worker idle")
 
 
 @pytest.mark.postgres
