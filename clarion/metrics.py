@@ -65,6 +65,20 @@ PROVIDER_SECONDS = Histogram(
     ["platform"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
 )
+# A delivery worker killed between a provider's answer and the commit of its outcome sends that
+# push again (decision 0032): this window, and what it is made of.
+DELIVERY_UNRECORDED_SECONDS = Histogram(
+    "clarion_delivery_unrecorded_seconds",
+    "Time from a provider's answer to the commit of its outcome (a notification's progress "
+    "recorded): a worker killed meanwhile sends it again.",
+    buckets=(0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5),
+)
+DELIVERY_RECORDING_SECONDS = Histogram(
+    "clarion_delivery_recording_seconds",
+    "A delivery worker's recording of outcomes, by part: write (the statements), commit.",
+    ["part"],
+    buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.03, 0.05, 0.1, 0.25, 0.5, 1.0),
+)
 FILE_RUNS = Counter(
     "clarion_file_runs",
     "Flat-file imports and daily exports finished, by kind (import, export) and outcome.",
@@ -279,7 +293,22 @@ def observe_many(histogram: Histogram, values: Sequence[float]) -> None:
     if not values:
         return
     tally = Tally(map(partial(bisect_left, histogram._upper_bounds), values))
-    total = sum(values)
+    _add_to_buckets(histogram, tally, sum(values))
+
+
+def observe_counted(histogram: Histogram, counted: Iterable[tuple[float, int]]) -> None:
+    """observe_many of (value, how many times it was seen)."""
+    bounds: list[float] = histogram._upper_bounds
+    tally: Tally[int] = Tally()
+    total = 0.0
+    for value, times in counted:
+        tally[bisect_left(bounds, value)] += times
+        total += value * times
+    if tally:
+        _add_to_buckets(histogram, tally, total)
+
+
+def _add_to_buckets(histogram: Histogram, tally: Tally[int], total: float) -> None:
     buckets = histogram._buckets
     for index, amount in tally.items():
         buckets[index].inc(amount)
@@ -293,6 +322,16 @@ def note_provider_results(platform: str, elapsed: Sequence[float], retried: int)
     observe_many(PROVIDER_SECONDS.labels(platform), elapsed)
     if retried:
         NOTIFICATIONS.labels(platform, "retried").inc(retried)
+
+
+def note_recording(unrecorded: Iterable[tuple[float, int]], write: float, commit: float) -> None:
+    """After a delivery worker recorded outcomes: (seconds from their answer to the commit, how
+    many outcomes), and how long the statements and the commit took."""
+    if not _counting:
+        return
+    observe_counted(DELIVERY_UNRECORDED_SECONDS, unrecorded)
+    DELIVERY_RECORDING_SECONDS.labels("write").observe(write)
+    DELIVERY_RECORDING_SECONDS.labels("commit").observe(commit)
 
 
 # -- imports and exports ------------------------------------------------------------------
