@@ -195,12 +195,13 @@ def start_worker(
     stdout: Any = subprocess.DEVNULL,
     stderr: Any = None,
     cpu: int | None = 0,
+    env: dict[str, str] | None = None,
 ) -> subprocess.Popen[bytes]:
     """`clarion worker` as a deployment runs it: its own process (and process group, so that a
-    signal reaches all of it), its settings from the environment, pinned to `cpu`."""
+    signal reaches all of it), its settings from the environment (and `env`), pinned to `cpu`."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "clarion.cli", "worker"],
-        env={**os.environ, **settings_env(settings)},
+        env={**os.environ, **settings_env(settings), **(env or {})},
         stdout=stdout,
         stderr=stderr,
         start_new_session=True,

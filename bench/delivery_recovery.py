@@ -15,8 +15,9 @@ Reported: lost (recipients with no accepted push); re-sent (pushes the simulator
 token that already had one) beside what Clarion counted (`push_events.resent`,
 `delivery_batches.resent`); for each stop the time until sending resumed at full rate: the later
 of (a) the first 1 s window after the stop with at least 80 % of the pushes/s of the 2 s before
-it (from the simulator's per-100 ms arrival counts) and (b) every batch leased when the stop fell
-done or leased anew (a send that ends first counts as recovered then).
+it (from the simulator's per-100 ms arrival counts) and (b) every batch the stopped worker held
+done or leased by another worker (a send that ends first counts as recovered then). Also: the
+window a kill sends again, from the workers' metrics (answer to commit, and its parts).
 
 Exits 1 when a figure of issue 22 is missed (kill: 0 lost, <= 0.5 % re-sent, each stop recovered
 within 10 s; term: 0 lost, 0 re-sent; faults: everyone reached exactly once within the TTL),
@@ -46,6 +47,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import IO, Any
 
+from prometheus_client import CollectorRegistry
+from prometheus_client.multiprocess import MultiProcessCollector
 from sqlalchemy import func, select
 
 from bench.common import (
@@ -95,10 +98,13 @@ class Stop:
     signal_name: str
     at: float  # unix time (the simulator's clock: same machine)
     accepted_before: int
-    held: dict[int, datetime | None]  # batches leased when the stop fell: id -> lease_until
+    # Batches leased when the stop fell: id -> (owner, lease_until).
+    held: dict[int, tuple[str | None, datetime | None]]
     replacement: Worker
     victim: Worker
-    taken_over_at: float | None = None
+    # Owners seen renewing a lease held at the stop (alive); the others died with the stop.
+    alive: set[str | None] = field(default_factory=set)
+    taken_at: dict[int, float] = field(default_factory=dict)  # done or leased by another
     victim_exited_at: float | None = None
     notes: list[str] = field(default_factory=list)
 
@@ -109,6 +115,9 @@ class Workers:
     def __init__(self, settings: Settings, folder: Path) -> None:
         self.settings = settings
         self.folder = folder
+        # Every worker's metrics, the killed ones' included (files of mapped memory).
+        self.metrics = folder / "metrics"
+        self.metrics.mkdir(exist_ok=True)
         self.all: list[Worker] = []
         self._logs: list[IO[bytes]] = []
 
@@ -116,7 +125,12 @@ class Workers:
         log = self.folder / f"worker-{len(self.all)}.log"
         out = log.open("wb")
         self._logs.append(out)
-        proc = start_worker(self.settings, stdout=out, stderr=subprocess.STDOUT)
+        proc = start_worker(
+            self.settings,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={"PROMETHEUS_MULTIPROC_DIR": str(self.metrics)},
+        )
         worker = Worker(proc, log, time.time())
         self.all.append(worker)
         return worker
@@ -160,30 +174,40 @@ async def wait_ready(workers: Workers, worker: Worker, timeout: float = 120) -> 
         await asyncio.sleep(POLL_S)
 
 
-async def leased(runtime: Runtime) -> dict[int, datetime | None]:
+async def leased(runtime: Runtime) -> dict[int, tuple[str | None, datetime | None]]:
     async with runtime.sessions() as session:
         rows = await session.execute(
-            select(BATCHES.c.id, BATCHES.c.lease_until).where(
+            select(BATCHES.c.id, BATCHES.c.lease_owner, BATCHES.c.lease_until).where(
                 BATCHES.c.status == BatchStatus.SENDING.value
             )
         )
-        return {row.id: row.lease_until for row in rows}
+        return {row.id: (row.lease_owner, row.lease_until) for row in rows}
 
 
-async def taken_over(runtime: Runtime, held: dict[int, datetime | None]) -> bool:
-    """Every batch held at the stop is done, or leased again (a live worker has it)."""
-    if not held:
-        return True
+async def follow(runtime: Runtime, stop: Stop) -> None:
+    """Notes which owners of the batches held at the stop renew them (alive), and when each
+    batch is done or leased by another worker (taken over)."""
+    left = [i for i in stop.held if i not in stop.taken_at]
+    if not left:
+        return
     async with runtime.sessions() as session:
         rows = await session.execute(
-            select(BATCHES.c.id, BATCHES.c.status, BATCHES.c.lease_until).where(
-                BATCHES.c.id.in_(list(held))
-            )
+            select(
+                BATCHES.c.id, BATCHES.c.status, BATCHES.c.lease_owner, BATCHES.c.lease_until
+            ).where(BATCHES.c.id.in_(left))
         )
-        return all(
-            row.status != BatchStatus.SENDING.value or row.lease_until != held[row.id]
-            for row in rows
-        )
+    now = time.time()
+    for row in rows:
+        owner, lease_until = stop.held[row.id]
+        if row.status != BatchStatus.SENDING.value or row.lease_owner != owner:
+            stop.taken_at[row.id] = now
+        elif lease_until is not None and row.lease_until > lease_until:
+            stop.alive.add(owner)  # renewed it: a live worker
+
+
+def dead_batches(stop: Stop) -> list[int]:
+    """The batches held at the stop by workers never seen renewing one: the stopped one."""
+    return [i for i, (owner, _) in stop.held.items() if owner not in stop.alive]
 
 
 def accepted_now(client: Any) -> int:
@@ -281,8 +305,7 @@ async def probe(
         for stop in stops:
             if stop.victim_exited_at is None and stop.victim.proc.poll() is not None:
                 stop.victim_exited_at = time.time()
-            if stop.taken_over_at is None and await taken_over(runtime, stop.held):
-                stop.taken_over_at = time.time()
+            await follow(runtime, stop)
         stopped = {id(stop.victim) for stop in stops}
         for worker in workers.all:
             if worker.proc.poll() is None or id(worker) in stopped or id(worker) in crashed:
@@ -311,8 +334,7 @@ async def probe(
         await asyncio.sleep(POLL_S)
     finished = time.time()
     for stop in stops:  # one last look; batches still held by the dead stay a miss (None)
-        if stop.taken_over_at is None and await taken_over(runtime, stop.held):
-            stop.taken_over_at = finished
+        await follow(runtime, stop)
     after = deliveries(sim_url, ca)
     figures = await tally(runtime, campaign_id, token, args, before, after)
     figures["campaign_state"] = state
@@ -320,9 +342,52 @@ async def probe(
     figures["elapsed_s"] = round(finished - started, 1)
     arrivals = arrival_slots(before, after)
     figures["stops"] = [recovery(stop, arrivals, after, before) for stop in stops]
+    figures["unrecorded_window"] = unrecorded_window(workers.metrics)
     last = max(arrivals) / 10 if arrivals else started
     figures["last_push_after_s"] = round(last - started, 1)
     return figures
+
+
+def unrecorded_window(metrics: Path) -> dict[str, Any]:
+    """What a kill sends again, from the workers' histograms: the time from a provider's answer
+    to its outcome's commit (per outcome), the recording's statements and commit (per
+    recording), and the provider's round trip (per push). Quantiles are bucket bounds."""
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry, path=str(metrics))  # type: ignore[no-untyped-call]
+    wanted = {
+        ("clarion_delivery_unrecorded_seconds", ""): "answer_to_commit",
+        ("clarion_delivery_recording_seconds", "write"): "recording_statements",
+        ("clarion_delivery_recording_seconds", "commit"): "recording_commit",
+        ("clarion_provider_request_duration_seconds", "ios"): "provider_round_trip",
+    }
+    found: dict[str, Any] = {}
+    for family in registry.collect():
+        buckets: dict[str, list[tuple[float, float]]] = {}
+        sums: dict[str, float] = {}
+        for sample in family.samples:
+            label = sample.labels.get("part") or sample.labels.get("platform") or ""
+            if sample.name.endswith("_bucket"):
+                buckets.setdefault(label, []).append((float(sample.labels["le"]), sample.value))
+            elif sample.name.endswith("_sum"):
+                sums[label] = sample.value
+        for label, counts in buckets.items():
+            name = wanted.get((family.name, label))
+            if name is None:
+                continue
+            counts.sort()
+            total = counts[-1][1]
+            if not total:
+                continue
+
+            def quantile(q: float, counts: list[tuple[float, float]] = counts) -> float:
+                return next(bound for bound, seen in counts if seen >= q * counts[-1][1])
+
+            found[name] = {
+                "count": int(total),
+                "mean_ms": round(1000 * sums.get(label, 0.0) / total, 1),
+                **{f"p{round(q * 100)}_ms_at_most": 1000 * quantile(q) for q in (0.5, 0.9, 0.99)},
+            }
+    return found
 
 
 def arrival_slots(before: Deliveries, after: Deliveries) -> dict[int, int]:
@@ -360,7 +425,13 @@ def recovery(
         rate_back = (last_slot + 1) / 10 - stop.at if done and last_slot > stop_slot else None
         if rate_back is not None:
             stop.notes.append("the send ended before a full-rate second")
-    taken = None if stop.taken_over_at is None else stop.taken_over_at - stop.at
+    dead = dead_batches(stop)
+    taken_at = [stop.taken_at.get(i) for i in dead]
+    if any(at is None for at in taken_at):
+        taken = None
+    else:
+        taken = max((at for at in taken_at if at is not None), default=stop.at) - stop.at
+    owners = {stop.held[i][0] for i in dead}
     recovered = None if rate_back is None or taken is None else max(rate_back, taken)
     ready = stop.replacement.ready_at
     return {
@@ -369,7 +440,10 @@ def recovery(
         "pushes_per_s_before": round(reference),
         "rate_back_after_s": None if rate_back is None else round(rate_back, 1),
         "batches_leased_at_stop": len(stop.held),
-        "leased_batches_taken_over_after_s": None if taken is None else round(taken, 1),
+        "stopped_workers_found": len(owners),  # owners of batches held at the stop never renewing
+        "stopped_workers_batches": len(dead),
+        # Until every batch the stopped worker held was done or leased by another worker.
+        "stopped_workers_batches_taken_over_after_s": (None if taken is None else round(taken, 1)),
         "recovered_after_s": None if recovered is None else round(recovered, 1),
         "replacement_ready_after_s": None if ready is None else round(ready - stop.at, 1),
         "stopped_worker_exited_after_s": (

@@ -42,13 +42,17 @@ TOPIC = "com.example.bench"
 LOG = Path(__file__).parent / "results" / "transactional_api.log"  # the API process's stderr
 
 
-def start_api(tmp: Path, sim_url: str, ca: Path, *, workers: bool) -> subprocess.Popen[bytes]:
+def start_api(
+    tmp: Path, sim_url: str, ca: Path, *, workers: bool, extra: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    """`extra`: more of the process's environment (settings a bench compares)."""
     LOG.parent.mkdir(exist_ok=True)
     env = {
         "CLARION_VAR_DIR": str(tmp),
         "CLARION_APNS_PRODUCTION_URL": sim_url,
         "CLARION_APNS_SANDBOX_URL": sim_url,
         "CLARION_PROVIDER_CA_FILE": str(ca),
+        **(extra or {}),
     }
     return serve_clarion(API_PORT, env, workers=workers, stderr=LOG.open("wb"))
 

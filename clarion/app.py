@@ -34,7 +34,7 @@ from clarion.inapp.api import router as inapp_router
 from clarion.inapp.api import sdk_router as inapp_sdk_router
 from clarion.inapp.api import themes_router as inapp_themes_router
 from clarion.metrics import RequestMetrics
-from clarion.monitoring import start_metrics
+from clarion.monitoring import metrics_wanted, start_metrics
 from clarion.openapi import install_openapi
 from clarion.probes import probes_router
 from clarion.ratelimit import RateLimits
@@ -54,13 +54,17 @@ def create_app(settings: Settings, *, workers: bool, clock: Clock = SYSTEM_CLOCK
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        await runtime.start(workers=workers)
+        # Counting from before the workers start until they have stopped: what they deliver
+        # at start (the outbox sweep) and record while stopping is counted too.
         metrics = await start_metrics(settings, runtime.engine, runtime.sessions)
         try:
-            yield
+            await runtime.start(workers=workers)
+            try:
+                yield
+            finally:
+                await runtime.stop()
         finally:
             await metrics.stop()
-            await runtime.stop()
 
     app = FastAPI(
         title="Clarion",
@@ -115,7 +119,8 @@ def create_app(settings: Settings, *, workers: bool, clock: Clock = SYSTEM_CLOCK
     # Around the fast path, so that its answers to web pages carry the CORS headers too, and
     # a page of an origin the app does not allow is refused before anything runs.
     app.add_middleware(SdkCors, key_cache=runtime.key_cache, sessions=runtime.sessions)
-    app.add_middleware(RequestMetrics)  # every call, whoever answers it
+    if metrics_wanted(settings):
+        app.add_middleware(RequestMetrics)  # every call, whoever answers it
     # Outermost: every answer carries its request id, and every line logged while serving it
     # (the metrics' own timing included).
     app.add_middleware(RequestIds, access=settings.access_log)

@@ -77,8 +77,9 @@ def worker() -> None:
 
     async def main() -> None:
         runtime = Runtime(settings)
-        await runtime.start(workers=True, http=False)
+        # Before the start: the batches the outbox sweep finds are delivered at once, counted.
         metrics = await start_metrics(settings, runtime.engine, runtime.sessions)
+        await runtime.start(workers=True, http=False)
         loop = asyncio.get_running_loop()
         stop = asyncio.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):

@@ -40,7 +40,7 @@ from clarion.errors import (
     from_validation_errors,
 )
 from clarion.logs import annotate, log_context, redact
-from clarion.ratelimit import RateLimited, RateLimits
+from clarion.ratelimit import RateLimited, RateLimits, RateLimitStoreUnreachable
 from clarion.runtime import Runtime
 
 access_log = logging.getLogger("clarion.access")
@@ -148,7 +148,7 @@ async def send_answer(
 
 def error_response(error: ClarionError) -> JSONResponse:
     headers = None
-    if isinstance(error, RateLimited):
+    if isinstance(error, RateLimited | RateLimitStoreUnreachable):
         headers = {"Retry-After": str(error.retry_after)}
     return JSONResponse(
         {"code": error.code, "message": error.message}, status_code=error.status, headers=headers

@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from datetime import UTC, datetime
-from typing import Any
+from typing import IO, Any
 
 import orjson
 
@@ -107,12 +107,18 @@ class TextLines(logging.Formatter):
         return line
 
 
+def log_handler(settings: Settings, stream: IO[str] | None = None) -> logging.Handler:
+    """Lines in `settings`' format, keys taken out, on `stream` (stderr by default)."""
+    handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
+    handler.setFormatter(JsonLines() if settings.log_format == "json" else TextLines())
+    handler.addFilter(Redact())
+    return handler
+
+
 def configure(settings: Settings) -> None:
     """The process's logging: one handler on stderr for every logger, Clarion's and uvicorn's
     at `CLARION_LOG_LEVEL`, libraries' at WARNING (httpx alone logs every request at INFO)."""
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonLines() if settings.log_format == "json" else TextLines())
-    handler.addFilter(Redact())
+    handler = log_handler(settings)
     root = logging.getLogger()
     for old in root.handlers[:]:
         root.removeHandler(old)

@@ -28,7 +28,7 @@ from clarion.campaigns.models import CampaignRun, RunState
 from clarion.config import Settings
 from clarion.db import utcnow
 from clarion.delivery.models import BATCHES, BatchStatus
-from clarion.metrics import watch_pool
+from clarion.metrics import start_counting, stop_counting, watch_pool
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +42,13 @@ ACTIVE_RUN_STATES = (RunState.FANNING_OUT.value, RunState.DELIVERING.value)
 
 def multiprocess_dir() -> str | None:
     return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
+
+
+def metrics_wanted(settings: Settings) -> bool:
+    """Whether this process counts: when it serves `/metrics`, or writes its numbers to the
+    multiprocess directory for a sibling that does. Off by default; the operator's switch is
+    CLARION_METRICS_PORT (decision 0045)."""
+    return bool(settings.metrics_port) or multiprocess_dir() is not None
 
 
 class DatabaseGauges(Collector):
@@ -204,13 +211,20 @@ async def start_metrics(
     engine: AsyncEngine,
     sessions: async_sessionmaker[AsyncSession],
 ) -> MetricsEndpoint:
-    """For the life of a process: its pool followed in the gauges, and `/metrics` served when
-    CLARION_METRICS_PORT is set. In multiprocess mode a process that finds the port taken (a
-    sibling serves it) goes on: its values reach the sibling's answer through the directory."""
-    multiprocess = multiprocess_dir() is not None
-    if not settings.metrics_port and not multiprocess:
+    """For the life of a process, when metrics are wanted: counting on, its pool followed in
+    the gauges, and `/metrics` served when CLARION_METRICS_PORT is set. In multiprocess mode a
+    process that finds the port taken (a sibling serves it) goes on: its values reach the
+    sibling's answer through the directory."""
+    if not metrics_wanted(settings):
         return MetricsEndpoint(None, None, None)
-    stop_watching = watch_pool(engine.sync_engine.pool, settings.database_pool_size)
+    multiprocess = multiprocess_dir() is not None
+    start_counting()
+    stop_pool = watch_pool(engine.sync_engine.pool, settings.database_pool_size)
+
+    def stop_watching() -> None:
+        stop_pool()
+        stop_counting()
+
     if not settings.metrics_port:
         return MetricsEndpoint(None, None, stop_watching)
     served = MetricsServer(DatabaseGauges(sessions))

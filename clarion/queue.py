@@ -39,11 +39,11 @@ class BatchJob:
     # How many recipients the batch holds, when known: small batches share a job.
     recipients: int | None = None
     # Which job of the batch this is, for the dedupe key: "" the batch's first (or the
-    # sweep's for a batch with no job), a worker id the one taking over that worker's expired
-    # lease (the dead worker's job keeps its key until pgqueuer's heartbeat timeout, 30 s, and
+    # sweep's for a batch with no job), a worker id the one taking over that dead worker's
+    # lease (the dead worker's job keeps its key until pgqueuer's heartbeat timeout, 8 s, and
     # would otherwise make the take-over a no-op that long), None no key at all (a batch handed
     # back by a stopping worker, whose own job is still running: rare, and an extra job
-    # claims nothing).
+    # claims nothing). Jobs with a worker id or None are dequeued before new batches.
     after: str | None = ""
 
     def dedupe_key(self) -> str | None:
@@ -166,22 +166,22 @@ class JobQueue:
         # A dedupe key per job (its first batch's) makes a second enqueue of a queued or running
         # job a no-op, so the sweep may re-enqueue freely; the batch claim guards the rest.
         keys = {job.batch_id: job.dedupe_key() for job in jobs}
+        # Batches taken over or handed back are dequeued before new ones: a half-sent batch
+        # is finished before another one is begun.
+        resumed = {job.batch_id for job in jobs if job.after != ""}
         async with self._enqueue_lock:
             await self.pgq.qm.queries.enqueue(
                 [SEND_BATCH] * len(packed),
                 [",".join(map(str, ids)).encode() for ids, _ in packed],
-                [0] * len(packed),
+                [1 if ids[0] in resumed else 0 for ids, _ in packed],
                 execute_after=[delay for _, delay in packed],
                 dedupe_key=[keys[ids[0]] for ids, _ in packed],
                 on_conflict="skip",
             )
 
     def register_worker(self, handler: BatchHandler, *, concurrency: int) -> None:
-        # pgqueuer picks up to twice its batch size of jobs (it wants max_concurrent_tasks of at
-        # least 2 x batch_size, run_worker); these slots keep `concurrency` of them delivering
-        # and the others waiting with their batches unclaimed (a worker killed mid-send leaves
-        # them to pgqueuer's heartbeat timeout; what it sends twice is bounded by the
-        # Deliverer, decision 0032).
+        # pgqueuer holds at most `concurrency` jobs (run_worker), all of them delivering; these
+        # slots only matter for a concurrency of 1 (pgqueuer then holds 2).
         slots = asyncio.Semaphore(concurrency)
 
         async def send_batch(job: Job) -> None:
@@ -196,9 +196,15 @@ class JobQueue:
     async def run_worker(self) -> None:
         """Process jobs until stop() is called (or the task is cancelled)."""
         concurrency = self._worker_concurrency
+        # pgqueuer wants max_concurrent_tasks of at least twice the batch size. A job a worker
+        # holds without running it waits with its batches unclaimed, and if the worker is
+        # killed, they wait for the heartbeat timeout (8 s) and a dequeue after it, which a
+        # worker makes only when it has room (decision 0032). So a worker holds only the jobs
+        # it runs, taking half as many at once.
+        batch_size = max(1, concurrency // 2)
         await self.pgq.run(
-            batch_size=concurrency,
-            max_concurrent_tasks=2 * concurrency,
+            batch_size=batch_size,
+            max_concurrent_tasks=max(concurrency, 2 * batch_size),
             # A worker killed mid-batch stops sending heartbeats; its job is picked again
             # after this long (the batch's own lease guards against double claims).
             heartbeat_timeout=self._heartbeat,

@@ -15,6 +15,9 @@ Batch's `429 {"code": 60}` with `Retry-After` in whole seconds (at least 1), by 
 - SDK API: per installation and per client address, in each process (`LocalBuckets`) in every
   mode: the SDK's fast paths answer in ~40 us, a database round trip per call would cost more
   than the call. With N processes behind a balancer, a device gets up to N times its limit.
+- PostgreSQL unreachable: a server API call that needs a round trip is answered Batch's
+  `503 {"code": 2}` with `Retry-After` (UNREACHABLE_RETRY_SECONDS), not a 500, and the process
+  tries the database again for such calls at most once a second (decision 0040).
 
 Why our own buckets rather than the `limits` library, and PostgreSQL rather than Redis:
 docs/decisions/0040-rate-limits.md.
@@ -23,18 +26,22 @@ docs/decisions/0040-rate-limits.md.
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 from collections import OrderedDict
 from dataclasses import dataclass
 
 from sqlalchemy import Float, Integer, String, text
+from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.orm import Mapped, mapped_column
 
 from clarion.clock import SYSTEM_CLOCK, Clock
 from clarion.config import RateLimitStore, Settings
 from clarion.db import Base
-from clarion.errors import TooManyRequestsError
+from clarion.errors import MaintenanceError, TooManyRequestsError
+
+log = logging.getLogger(__name__)
 
 # A process takes this many seconds of a shared bucket's rate per round trip (at least one
 # token, at most the burst): 100 calls at 2,000/s.
@@ -42,6 +49,12 @@ CHUNK_SECONDS = 0.05
 # Tokens taken from a shared bucket and not spent within this long are dropped, so that no
 # process can spend a budget it took long ago on top of today's.
 LEASE_SECONDS = 1.0
+# PostgreSQL unreachable: the Retry-After of the 503 (a restart or a failover takes seconds;
+# Batch advises clients to wait at least 5 s on a 429 too), and how long a process answers
+# such calls without trying the database again, so that an outage does not turn every call
+# into a connection attempt.
+UNREACHABLE_RETRY_SECONDS = 5
+UNREACHABLE_RECHECK_SECONDS = 1.0
 
 
 class RateLimitBucket(Base):
@@ -80,6 +93,14 @@ class RateLimited(TooManyRequestsError):
             f"more than {limit.rate:g} calls per second for {limit.what}: "
             f"retry after {self.retry_after} s"
         )
+
+
+class RateLimitStoreUnreachable(MaintenanceError):
+    """Batch's 503/2: the shared buckets' database did not answer; the call may be retried."""
+
+    def __init__(self) -> None:
+        self.retry_after = UNREACHABLE_RETRY_SECONDS
+        super().__init__(f"the service cannot reach its database: retry after {self.retry_after} s")
 
 
 class LocalBuckets:
@@ -165,6 +186,7 @@ class SharedBuckets:
         self._leases: dict[str, _Lease] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self.round_trips = 0
+        self._unreachable_until: float | None = None  # after a failed round trip
 
     async def take(self, key: str, limit: Limit) -> float:
         lease = self._leases.get(key)
@@ -184,21 +206,35 @@ class SharedBuckets:
                 return 0.0
             if lease.refused_until > now:
                 return lease.refused_until - now
+            if self._unreachable_until is not None and self._unreachable_until > now:
+                raise RateLimitStoreUnreachable
             want = max(1, min(math.floor(limit.burst), math.floor(limit.rate * CHUNK_SECONDS)))
-            async with self._engine.begin() as connection:
-                row = (
-                    await connection.execute(
-                        _TAKE,
-                        {
-                            "key": key,
-                            "now": self._wall().timestamp(),
-                            "rate": limit.rate,
-                            "burst": limit.burst,
-                            "want": want,
-                            "first": min(want, math.floor(limit.burst)),
-                        },
-                    )
-                ).one()
+            try:
+                async with self._engine.begin() as connection:
+                    row = (
+                        await connection.execute(
+                            _TAKE,
+                            {
+                                "key": key,
+                                "now": self._wall().timestamp(),
+                                "rate": limit.rate,
+                                "burst": limit.burst,
+                                "want": want,
+                                "first": min(want, math.floor(limit.burst)),
+                            },
+                        )
+                    ).one()
+            except (OperationalError, InterfaceError) as exc:
+                # Refused, reset, terminated (a restart, a failover): the call fails cleanly
+                # rather than as a 500; failing open would gain nothing, every server API
+                # route needs the same database next (decision 0040).
+                if self._unreachable_until is None:
+                    log.warning("rate limits: PostgreSQL unreachable, answering 503: %s", exc.orig)
+                self._unreachable_until = self._clock() + UNREACHABLE_RECHECK_SECONDS
+                raise RateLimitStoreUnreachable from exc
+            if self._unreachable_until is not None:
+                log.info("rate limits: PostgreSQL reachable again")
+                self._unreachable_until = None
             self.round_trips += 1
             tokens, granted = float(row[0]), int(row[1])
             if granted == 0:

@@ -196,7 +196,9 @@ class _UpgradeReader:
             self._body(node.body, tables=inner, loops=loops)
             return
         if isinstance(node, ast.For) and isinstance(node.target, ast.Name):
-            values = self._text(node.iter, loops)
+            # A loop over what a function returns (the partitions a query lists) names no
+            # table or column of its own: an op call that used its variable would fail here.
+            values = [] if isinstance(node.iter, ast.Call) else self._text(node.iter, loops)
             self._body(node.body, tables=tables, loops={**loops, node.target.id: values})
             return
         if isinstance(node, ast.If):

@@ -211,14 +211,22 @@ async def test_status_and_response_headers_come_back(client: Http2Client, echo: 
 
 async def test_pooled_handles_switch_methods_cleanly(client: Http2Client, echo: EchoServer) -> None:
     # One handle at a time, so each request reuses the handle the previous method left behind.
+    # `same` is one body object: a handle keeps a POST's body while it stays a plain POST.
+    same = b"s"
     for method, body in [
         ("HEAD", b""),
+        ("POST", same),
         ("POST", b"a"),
         ("PUT", b"b"),
+        ("POST", same),
         ("GET", b""),
+        ("POST", same),
         ("DELETE", b""),
         ("POST", b""),
-        ("PATCH", b"c"),
+        ("PATCH", same),
+        ("POST", same),
+        ("HEAD", b""),
+        ("POST", same),
         ("GET", b""),
     ]:
         response = await client.request(HttpRequest(method, f"{echo.base_url}/m", (), body))
@@ -227,6 +235,40 @@ async def test_pooled_handles_switch_methods_cleanly(client: Http2Client, echo: 
             continue
         echoed = _echoed(response)
         assert (echoed["method"], echoed["body"]) == (method, body.decode())
+
+
+async def test_a_requests_own_header_follows_the_shared_ones_on_a_pooled_handle(
+    client: Http2Client, echo: EchoServer
+) -> None:
+    # One request at a time: each reuses the handle (and header list) the previous one left.
+    shared = (("authorization", "bearer abc"), ("apns-topic", "t"))
+    other = (("authorization", "bearer xyz"),)
+    url = f"{echo.base_url}/3/device/ab"
+    for headers, own in [
+        (shared, ("apns-id", "1")),
+        (shared, ("apns-id", "2")),
+        (shared, None),
+        (shared, ("apns-id", "3")),
+        (other, ("apns-id", "3")),
+        (other, None),
+        (shared, ("apns-id", "4")),
+    ]:
+        request = HttpRequest("POST", url, headers, b"{}", own_header=own)
+
+        sent = dict(_echoed(await client.request(request))["headers"])
+
+        assert {name: sent.get(name) for name in ("authorization", "apns-topic", "apns-id")} == {
+            "authorization": dict(headers)["authorization"],
+            "apns-topic": dict(headers).get("apns-topic"),
+            "apns-id": own[1] if own else None,
+        }
+    refused = await client.request_many(
+        [HttpRequest("POST", url, shared, b"{}", own_header=("apns-id", "5\r\nx: y"))]
+    )
+    assert isinstance(refused[0], TransportError)
+    assert "line breaks" in str(refused[0])
+    after = await client.request(HttpRequest("POST", url, shared, b"{}", own_header=None))
+    assert "apns-id" not in dict(_echoed(after)["headers"])
 
 
 async def test_5000_concurrent_requests_share_at_most_two_connections(

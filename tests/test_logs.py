@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import secrets
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -65,15 +66,26 @@ def lines(log: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
 
 
-def test_json_lines_with_request_ids_and_no_keys(tmp_path: Path) -> None:
-    var = tmp_path / "var"
+def new_app(var: Path) -> dict[str, Any]:
     created = subprocess.run(
         [str(BIN / "clarion"), "apps", "create", "--name", "Logs", "--platform", "ios"],
         env=environment(var),
         capture_output=True,
         check=True,
     )
-    app = json.loads(created.stdout)
+    app: dict[str, Any] = json.loads(created.stdout)
+    return app
+
+
+def access_lines(log: Path) -> dict[Any, dict[str, Any]]:
+    return {
+        line.get("request_id"): line for line in lines(log) if line["logger"] == "clarion.access"
+    }
+
+
+def test_json_lines_with_request_ids_and_no_keys(tmp_path: Path) -> None:
+    var = tmp_path / "var"
+    app = new_app(var)
     keys = [app["api_key"], app["dev_api_key"], app["rest_api_key"]]
     log = tmp_path / "serve.log"
     with serving(var, log) as url:
@@ -96,16 +108,13 @@ def test_json_lines_with_request_ids_and_no_keys(tmp_path: Path) -> None:
         odd = httpx.get(f"{url}/healthz", headers={"X-Request-Id": "x" * 200})
         assert re.fullmatch(r"[0-9a-f]{32}", odd.headers["x-request-id"])
 
-        until(
-            lambda: sum(line.get("logger") == "clarion.access" for line in lines(log)) >= 3,
-            what="three access lines",
-        )
+        until(lambda: len(access_lines(log)) >= 3, what="three access lines")
     text = log.read_text()
     for key in [*keys, app["dev_api_key"][:-1] + "X"]:
         assert key not in text
     written = lines(log)  # every line is one JSON object
     assert all({"time", "level", "logger", "message"} <= line.keys() for line in written)
-    by_id = {line.get("request_id"): line for line in written if line["logger"] == "clarion.access"}
+    by_id = access_lines(log)
     assert by_id["req-42"]["app_id"] == app["id"]
     assert by_id["req-42"]["send_token"] == "no-such-send"
     assert by_id["req-42"]["path"] == "/1.1/***/transactional/sends/no-such-send"
@@ -113,6 +122,34 @@ def test_json_lines_with_request_ids_and_no_keys(tmp_path: Path) -> None:
     assert by_id[generated]["path"] == "/1.1/***/transactional/send"
     assert by_id[generated]["status"] == 401
     assert "app_id" not in by_id[generated]
+
+
+def test_the_sdk_fast_paths_lines_carry_the_app(tmp_path: Path) -> None:
+    # The event batches and the in-app fetch are answered before routing (EventsFastPath,
+    # FetchFastPath), without the SdkApp dependency that names the app on the route's lines.
+    var = tmp_path / "var"
+    app = new_app(var)
+    push_token = secrets.token_hex(32)
+    log = tmp_path / "serve.log"
+    with serving(var, log) as url:
+        installation = f"{url}/sdk/v1/{app['api_key']}/installations/fast-1"
+        registered = httpx.put(installation, json={"push_token": push_token, "push_optin": True})
+        assert registered.status_code == 200, registered.text
+        tracked = httpx.post(
+            f"{installation}/events",
+            json={"events": [{"name": "tap"}]},
+            headers={"X-Request-Id": "events"},
+        )
+        assert tracked.status_code == 202, tracked.text
+        fetched = httpx.get(f"{installation}/inapp-messages", headers={"X-Request-Id": "fetch"})
+        assert fetched.status_code == 200, fetched.text
+        until(lambda: {"events", "fetch"} <= access_lines(log).keys(), what="their access lines")
+    by_id = access_lines(log)
+    assert by_id["events"]["app_id"] == by_id["fetch"]["app_id"] == app["id"]
+    assert by_id["events"]["path"] == "/sdk/v1/***/installations/fast-1/events"
+    text = log.read_text()
+    assert app["api_key"] not in text
+    assert push_token not in text
 
 
 def test_redact_what_sits_where_keys_go() -> None:

@@ -14,11 +14,13 @@ from pathlib import Path
 import httpx
 import pytest
 from fastapi import FastAPI
+from prometheus_client import REGISTRY, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from clarion.app import create_app
 from clarion.config import Settings
 from clarion.metrics import REASON_CLASSES, reason_class
+from clarion.monitoring import multiprocess_dir
 from clarion.runtime import Runtime
 from tests.conftest import new_app
 from tests.support.simulator import free_port
@@ -111,6 +113,34 @@ async def test_calls_sends_and_outcomes_are_counted(
     for (name, labels), _ in after.items():
         if name.startswith("clarion_notification_errors"):
             assert dict(labels)["reason"] in REASON_CLASSES
+
+
+async def test_nothing_is_counted_without_metrics(
+    settings: Settings, runtime: Runtime, sim_control: httpx.Client
+) -> None:
+    # The default: neither CLARION_METRICS_PORT nor PROMETHEUS_MULTIPROC_DIR. Before it, an
+    # app that served metrics came and went: its counting stopped with it.
+    assert (settings.metrics_port, multiprocess_dir()) == (0, None)
+    metered = create_app(settings.model_copy(update={"metrics_port": free_port()}), workers=False)
+    async with metered.router.lifespan_context(metered):
+        pass
+    before = parse(generate_latest(REGISTRY).decode())
+    app = create_app(settings, workers=True)
+    ios = await new_app(runtime, sim_control, "ios")
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://clarion.test") as api:
+            await register(api, ios, "quiet", push_token=apns_token(), custom_id="quiet")
+            sent = await transactional(api, ios, recipients={"custom_ids": ["quiet"]})
+            state = await wait_for_send(api, ios, sent)
+            assert state["sent"] == 1
+    after = parse(generate_latest(REGISTRY).decode())
+    changed = {
+        sample: value(after, sample[0], **dict(sample[1]))
+        for sample in after.keys() | before.keys()
+        if sample[0].startswith("clarion_") and after.get(sample) != before.get(sample)
+    }
+    assert changed == {}
 
 
 def test_reasons_fall_in_a_few_classes() -> None:

@@ -45,10 +45,10 @@ def test_full_delayed_and_unsized_batches_ride_alone() -> None:
 
 @asynccontextmanager
 async def _pg_worker(
-    folder: Path, *, concurrency: int
+    folder: Path, *, concurrency: int, release: asyncio.Event | None = None
 ) -> AsyncIterator[tuple[JobQueue, list[int], str]]:
     """A PostgreSQL job queue with a worker running in this process, the batch ids it has
-    handled so far, and the database's URL."""
+    handled so far (`release`: each job then waits for it), and the database's URL."""
     with empty_database("postgres", folder) as url:
         await install_pg_schema(url)
         queue = JobQueue(QueueBackend.POSTGRES, url)
@@ -57,6 +57,8 @@ async def _pg_worker(
 
         async def handle(batch_ids: list[int]) -> None:
             handled.extend(batch_ids)
+            if release is not None:
+                await release.wait()
 
         queue.register_worker(handle, concurrency=concurrency)
         worker = asyncio.create_task(queue.run_worker())
@@ -69,9 +71,9 @@ async def _pg_worker(
             await queue.aclose()
 
 
-async def _idle_listening(url: str) -> None:
-    """Until the worker waits for a NOTIFY: it has LISTENed, no job is left in the queue, and
-    none of its queries is running (the queue's database is this test's alone)."""
+async def _idle_listening(url: str, *, jobs_left: int = 0) -> None:
+    """Until the worker waits for a NOTIFY: it has LISTENed, `jobs_left` jobs are in the queue,
+    and none of its queries is running (the queue's database is this test's alone)."""
     async with await psycopg.AsyncConnection.connect(libpq_url(url), autocommit=True) as watcher:
 
         async def idle() -> bool:
@@ -82,7 +84,7 @@ async def _idle_listening(url: str) -> None:
                 " FROM pg_stat_activity WHERE datname = current_database()"
             )
             listened, busy, jobs = await cursor.fetchone() or (False, True, 1)
-            return bool(listened) and not busy and jobs == 0
+            return bool(listened) and not busy and jobs == jobs_left
 
         await eventually(idle, what="the worker idle, listening")
 
@@ -130,3 +132,48 @@ async def test_a_worker_takes_queued_jobs_one_after_another_without_waiting(
 
     assert sorted(handled) == list(range(1, 9))
     assert draining < 1.0, f"8 jobs took {draining:.3f} s"
+
+
+async def _jobs(url: str) -> list[tuple[str, int]]:
+    """(status, priority) of every job in the queue, by id."""
+    async with await psycopg.AsyncConnection.connect(libpq_url(url), autocommit=True) as conn:
+        cursor = await conn.execute("SELECT status::text, priority FROM pgqueuer ORDER BY id")
+        return [(str(status), int(priority)) for status, priority in await cursor.fetchall()]
+
+
+@pytest.mark.postgres
+async def test_a_worker_holds_only_the_jobs_it_runs(tmp_path: Path) -> None:
+    """A job held and not run waits with its batches unclaimed; if the worker is killed, they
+    wait for pgqueuer's heartbeat timeout and a dequeue after it (decision 0032)."""
+    release = asyncio.Event()
+    async with _pg_worker(tmp_path, concurrency=4, release=release) as (queue, handled, url):
+        await queue.enqueue([BatchJob(batch_id) for batch_id in range(1, 11)])
+        await _handled(handled, 4)  # 4 running, each waiting for the release
+        await _idle_listening(url, jobs_left=10)
+        statuses = [status for status, _ in await _jobs(url)]
+        release.set()
+        await _handled(handled, 10)
+
+    assert (statuses.count("picked"), statuses.count("queued")) == (4, 6)
+
+
+@pytest.mark.postgres
+async def test_batches_taken_over_or_handed_back_are_dequeued_first(tmp_path: Path) -> None:
+    with empty_database("postgres", tmp_path) as url:
+        await install_pg_schema(url)
+        queue = JobQueue(QueueBackend.POSTGRES, url)
+        await queue.start()
+        try:
+            later = timedelta(hours=1)
+            await queue.enqueue(
+                [
+                    BatchJob(1, delay=later),  # a new batch
+                    BatchJob(2, delay=later, after="dead-worker"),  # a take-over
+                    BatchJob(3, delay=later, after=None),  # handed back by a stopping worker
+                ]
+            )
+            jobs = await _jobs(url)
+        finally:
+            await queue.aclose()
+
+    assert [priority for _, priority in jobs] == [0, 1, 1]

@@ -4,13 +4,14 @@ installation and per address. Buckets refill on an injected clock: no test waits
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import httpx
+import psycopg
 import pytest
 from fastapi import FastAPI
 from pydantic import ValidationError
@@ -19,7 +20,7 @@ from clarion.app import create_app
 from clarion.config import Settings
 from clarion.ratelimit import RateLimits
 from clarion.runtime import Runtime
-from tests.conftest import ClientApp, make_settings, new_app
+from tests.conftest import PG_ADMIN_URL, ClientApp, make_settings, new_app
 from tests.support.clock import Clock
 from tests.support.simulator import SimulatorHandle
 
@@ -232,3 +233,51 @@ async def test_loopback_has_no_address_limit(start: Any) -> None:
                 await local.put(f"/sdk/v1/{app.api_key}/installations/d1", json={}),
                 "this installation",
             )
+
+
+@contextmanager
+def unreachable(database_url: str) -> Iterator[None]:
+    """PostgreSQL refuses new connections to the database and ends those it has (as in a
+    restart), until the block ends."""
+    name = database_url.rsplit("/", 1)[1]
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as admin:
+        admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
+        try:
+            admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE datname = %s AND pid <> pg_backend_pid()",
+                (name,),
+            )
+            yield
+        finally:
+            admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+
+
+async def test_postgresql_unreachable_is_a_503_with_retry_after(
+    start: Any, settings: Settings, backend: str
+) -> None:
+    if backend != "postgres":
+        pytest.skip("the shared buckets are PostgreSQL's; in memory no call needs the database")
+    clock = Clock(NOW)
+    # 5/s: a round trip takes one token, so every call needs one.
+    async with start(clock, api_rate_limit=5) as instance, instance.client() as client:
+        app = await new_app(instance.runtime, None, "ios", configure=False)
+        assert (await campaigns(client, app)).status_code == 200  # its keys now cached
+        with unreachable(settings.database_url):
+            down = await campaigns(client, app)
+            assert down.status_code == 503, down.text
+            assert down.headers["Retry-After"] == "5"
+            body = down.json()
+            assert body["code"] == 2
+            assert body["message"].startswith("MAINTENANCE_ERROR: ")
+            # A second later it tries again: a new connection, refused this time.
+            clock.advance(timedelta(seconds=1))
+            assert (await campaigns(client, app)).status_code == 503
+        # Back, but this process tries again only a second after the failed round trip.
+        assert (await campaigns(client, app)).status_code == 503
+        shared = instance.limits.shared
+        assert shared is not None
+        round_trips = shared.round_trips
+        clock.advance(timedelta(seconds=1))
+        assert (await campaigns(client, app)).status_code == 200
+        assert shared.round_trips == round_trips + 1

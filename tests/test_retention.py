@@ -318,3 +318,45 @@ async def test_a_trigger_event_of_23_hours_ago_is_stored(
         )
     assert stored is not None
     assert abs((stored - at).total_seconds()) < 1
+
+
+async def test_day_partitions_carry_the_lean_push_event_indexes(
+    database: Database, tmp_path: Path
+) -> None:
+    """Decision 0046: on every day of push events, migrated or created ahead since, a campaign's
+    rows only are indexed by campaign, and an install by a hash of its id; the parent's
+    indexes are valid (each partition's built and attached)."""
+    if not database.postgres:
+        pytest.skip("SQLite's tables have no partitions")
+    clock = Clock(datetime.combine(database.today, datetime.min.time(), tzinfo=UTC))
+    clock.advance(timedelta(days=3))  # three days ahead to create
+    await retention(database, clock, tmp_path).run()
+    migrated = day_name("push_events", database.today - timedelta(days=2))
+    created = day_name("push_events", database.today + timedelta(days=PARTITION_DAYS_AHEAD + 3))
+    async with database.sessions() as session:
+        invalid = await session.scalar(
+            text(
+                "SELECT count(*) FROM pg_index WHERE NOT indisvalid"
+                " AND indrelid = 'push_events'::regclass"
+            )
+        )
+        indexes = {
+            partition: sorted(
+                definition.split(" USING ", 1)[1]
+                for definition in await session.scalars(
+                    text("SELECT indexdef FROM pg_indexes WHERE tablename = :table"),
+                    {"table": partition},
+                )
+            )
+            for partition in (migrated, created)
+        }
+    assert invalid == 0
+    expected = [
+        "btree (app_id, group_id, kind, occurred_at) WHERE (group_id IS NOT NULL)",
+        "btree (app_id, occurred_at)",
+        "btree (campaign_token, kind, occurred_at) WHERE (campaign_token IS NOT NULL)",
+        "btree (id, occurred_at)",
+        "btree (send_token)",
+        "hash (install_id)",
+    ]
+    assert indexes == {migrated: expected, created: expected}

@@ -297,9 +297,10 @@ async def _push_events(
 ) -> list[PushView]:
     """The latest RECENT push events (opt-ins, sends, opens, errors) of these installs, newest
     first. Every push event of a delivery names its install, so the user's installs find them
-    all. Each install's latest are a range of ix_push_events_app_install (app_id, install_id,
-    occurred_at), taken apart and then merged: one ORDER BY over all the installs let the
-    databases walk the app's whole push log backwards for a user with no recent push."""
+    all. Each install's latest are looked up by ix_push_events_install (a hash of install_id on
+    PostgreSQL: an install has a few events a day), taken apart and then merged: one ORDER BY
+    over all the installs let the databases walk the app's whole push log backwards for a user
+    with no recent push."""
     if not install_ids:
         return []
     latest_of_each = [

@@ -33,6 +33,7 @@ from sqlalchemy import (
     func,
     or_,
     select,
+    text,
     true,
     update,
 )
@@ -41,8 +42,9 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from clarion.apps.models import App
 from clarion.config import Settings
 from clarion.custom_data.service import attributes_of
-from clarion.db import UtcDateTime, transaction, utcnow
+from clarion.db import UtcDateTime, is_postgres, rowcount, transaction, utcnow
 from clarion.delivery.content import build_notification, language_key, personalised_fields
+from clarion.delivery.liveness import LivenessLock, gone
 from clarion.delivery.models import BATCHES, BatchStatus, DeliveryBatch, Send
 from clarion.delivery.personalisation import TemplateLimitError
 from clarion.delivery.pool import ProviderPool
@@ -50,6 +52,7 @@ from clarion.delivery.providers.base import DeliveryResult, Outcome, ProviderCon
 from clarion.delivery.service import STOPPED, Recipient, resolve_recipients
 from clarion.events.models import PushEventKind
 from clarion.events.service import PushEventRow, push_event_row, record_push_events
+from clarion.metrics import note_recording
 from clarion.queue import BatchJob, JobQueue
 from clarion.sdk.models import Installation
 
@@ -119,6 +122,16 @@ _FREEZE = (
 
 _GIVEN = ("custom_ids", "install_ids", "advertising_ids")
 
+# A recording commits without waiting for its WAL to reach the disk (PostgreSQL). It is visible
+# to every session at once, and only a crash of PostgreSQL itself (not of a worker) can lose it
+# (the last ~0.6 s: 3 x wal_writer_delay), which makes those outcomes' batches go back to an
+# earlier progress: sent again and counted as re-sent, never lost. A later commit that waits
+# (a job enqueued, a campaign completed) flushes the WAL before it, so nothing durable ever
+# follows a lost recording. The first progress of a batch is the exception: it says that the
+# batch may have been sent (a take-over then counts re-sends), so it waits for the disk before
+# the batch's first request goes out.
+_NO_DISK_WAIT = text("SET LOCAL synchronous_commit = off")
+
 # Groups of devices (one per environment, language and rendered text) a batch sends at once:
 # a personalised push is often a group of one, and a batch of 1,000 such groups sent one after
 # the other waits 1,000 round trips (measured: 2.9 s p50 late for 1,000 automation pushes/s,
@@ -168,6 +181,8 @@ class _Held:
     done: bytearray  # a bit per position: its outcome is recorded
     frozen: dict[str, Any] | None  # the resolved recipients to write with the first outcomes
     pending: list[tuple[Recipient, DeliveryResult]] = field(default_factory=list)
+    # When the pending outcomes came in (loop time, how many): measured until their commit.
+    answered: list[tuple[float, int]] = field(default_factory=list)
     # Transient failures (429, 5xx, unanswered): one retry batch at the batch's end.
     deferred: list[tuple[Recipient, DeliveryResult]] = field(default_factory=list)
     end: _End | None = None
@@ -277,6 +292,16 @@ class _WireSlots:
                 waiter.set_result(False)
 
 
+def _send_log_fields(send: Send) -> dict[str, Any]:
+    """What a delivery's log lines carry (clarion.logs): its app and send, never a device's
+    token (given in `extra` rather than a log context: the progress flusher, a task started
+    from within a send, would keep a context's fields for every later send)."""
+    fields: dict[str, Any] = {"app_id": send.app_id, "send_token": send.token}
+    if send.campaign_token:
+        fields["campaign_token"] = send.campaign_token
+    return fields
+
+
 class Deliverer:
     """One per worker process (`worker_id`, random): claims batches with a lease that it renews
     while it is alive, sends their recipients a chunk at a time within delivery_in_flight,
@@ -301,6 +326,18 @@ class Deliverer:
         self._clock = clock
         self.worker_id = str(uuid.uuid4())
         self._lease = timedelta(seconds=settings.delivery_lease_seconds)
+        # On PostgreSQL, held from the first claim to the end (liveness.py): a worker whose lock
+        # is free and whose leases were not renewed for `_quiet` is gone, its batches taken
+        # over then rather than when their lease runs out.
+        self._liveness = (
+            None
+            if settings.is_sqlite
+            else LivenessLock(settings.resolved_database_url, self.worker_id)
+        )
+        self._liveness_checked = asyncio.Lock()
+        # A live worker renews every delivery_lease_renew_seconds (the batches it sends at
+        # every recording, 20 ms): quiet for 1.5 renewals, it is late, or gone.
+        self._quiet = timedelta(seconds=1.5 * settings.delivery_lease_renew_seconds)
         # The batches leased to this worker (from the claim's commit on, renewed), and those
         # of them being sent.
         self._leased: set[int] = set()
@@ -335,6 +372,7 @@ class Deliverer:
         self._idle.clear()
         claimed: list[int] = []
         try:
+            await self._alive(check=False)
             claimed = await self._claim(batch_ids)
             if not claimed:
                 return
@@ -354,6 +392,14 @@ class Deliverer:
                 self._deliveries.discard(task)
             if not self._deliveries:
                 self._idle.set()
+
+    async def _alive(self, *, check: bool) -> None:
+        """This worker's liveness lock held (taken before its first claim; `check`: its
+        connection checked, and the lock taken again if PostgreSQL ended it)."""
+        if self._liveness is None or (self._liveness.held and not check):
+            return
+        async with self._liveness_checked:
+            await self._liveness.hold()
 
     async def _claim(self, batch_ids: list[int]) -> list[int]:
         now = self._clock()
@@ -596,15 +642,22 @@ class Deliverer:
         # rendered texts get one rendering of the payload.
         groups: dict[tuple[bool, str, tuple[str | None, ...] | None], list[int]] = defaultdict(list)
         at_once: list[tuple[Recipient, DeliveryResult]] = []
+        # Read once, not per recipient (ORM attributes); a batch has a few languages.
+        web, content = app.platform == "web", send.content
+        languages: dict[str | None, str] = {}
         for index, (recipient, rendered) in enumerate(zip(recipients, renders, strict=True)):
-            if app.platform == "web" and recipient.p256dh is None:
+            if web and recipient.p256dh is None:
                 at_once.append(
                     (recipient, DeliveryResult(Outcome.FAILED, reason="UnknownSubscription"))
                 )
             elif isinstance(rendered, DeliveryResult):
                 at_once.append((recipient, rendered))
             else:
-                language = language_key(send.content, recipient.language)
+                language = languages.get(recipient.language)
+                if language is None:
+                    language = languages[recipient.language] = language_key(
+                        content, recipient.language
+                    )
                 groups[(recipient.sandbox, language, rendered)].append(index)
         if at_once:
             self._results(held, at_once)
@@ -691,7 +744,12 @@ class Deliverer:
         except Exception as exc:
             # A provider bug must not wedge the batch: retry it, and after the last attempt the
             # devices get push_error with this reason instead of looping forever.
-            log.exception("provider %s failed on send %s", app.platform, send.token)
+            log.exception(
+                "provider %s failed on send %s",
+                app.platform,
+                send.token,
+                extra={"fields": _send_log_fields(send)},
+            )
             return [DeliveryResult(Outcome.RETRY, reason=f"InternalError: {exc!r}")] * len(indexes)
 
     def _wire(self, platform: str, sandbox: bool) -> _WireSlots:
@@ -717,6 +775,7 @@ class Deliverer:
         if held.lost:
             return
         held.pending.extend(results)
+        held.answered.append((asyncio.get_running_loop().time(), len(results)))
         self._unflushed += len(results)
         self._record_soon(now=self._unflushed >= self._settings.progress_flush_results)
 
@@ -760,11 +819,16 @@ class Deliverer:
             return
         taken = {h.id: h.pending for h in batches}
         slots = {h.id: h.slots for h in batches}
+        answered = {h.id: h.answered for h in batches}
         # A batch's end is set once all its results are in: read with them, not later.
         ends = {h.id: h.end for h in batches}
         for held in batches:
-            held.pending, held.slots = [], []
+            held.pending, held.slots, held.answered = [], [], []
         self._unflushed = 0
+        # A batch's first progress is written before its first request goes out (_send_chunk).
+        first_progress = any(h.started is not None and not h.started.done() for h in batches)
+        loop = asyncio.get_running_loop()
+        began = written = loop.time()
         now = self._clock()
         events: list[PushEventRow] = []
         dead_installations: list[int] = []
@@ -775,6 +839,8 @@ class Deliverer:
         ] = []
         try:
             async with transaction(self._sessions) as session:
+                if not first_progress and is_postgres(session):
+                    await session.execute(_NO_DISK_WAIT)
                 held_ids = set(
                     await session.scalars(
                         _HOLD,
@@ -841,6 +907,7 @@ class Deliverer:
                 if rows:
                     await session.execute(_RECORD, rows)
                 await session.flush()
+                written = loop.time()
         except BaseException as exc:
             # Not recorded: the outcomes go back to their batches, for the next flush (or the
             # release of the batch); a batch waiting for its end learns why.
@@ -851,13 +918,20 @@ class Deliverer:
                     continue
                 held.pending[:0] = taken[held.id]
                 held.slots[:0] = slots[held.id]
+                held.answered[:0] = answered[held.id]
                 self._unflushed += len(taken[held.id])
                 if isinstance(exc, Exception) and held.ended is not None and not held.ended.done():
                     held.ended.set_exception(exc)
                     held.end, held.ended = None, None
             raise
+        committed = loop.time()
         for wire, n in (item for held in batches for item in slots[held.id]):
             wire.give(n)  # recorded (or its batch lost): room for the next requests
+        note_recording(
+            ((committed - at, n) for held, *_ in steps for at, n in answered[held.id]),
+            written - began,
+            committed - written,
+        )
         for held, bits, deferred, retry_batches in steps:
             held.done, held.deferred, held.frozen = bits, deferred, None
             if held.started is not None and not held.started.done():
@@ -887,9 +961,10 @@ class Deliverer:
             held.id,
             self.worker_id,
             unrecorded,
+            extra={"fields": {**_send_log_fields(held.send), "batch_id": held.id}},
         )
         held.lost = True
-        held.pending = []
+        held.pending, held.answered = [], []
         if held.started is not None and not held.started.done():
             held.started.set_result(None)  # its chunks see it lost
         for wire, n in held.slots:
@@ -1031,6 +1106,7 @@ class Deliverer:
         ids = [i for i in self._leased if (h := self._held.get(i)) is None or h.end is None]
         if not ids:
             return
+        await self._alive(check=True)
         now = self._clock()
         async with transaction(self._sessions) as session:
             kept = set(
@@ -1077,12 +1153,20 @@ class Deliverer:
                 await task
         self._held.clear()
         self._leased.clear()
+        if self._liveness is not None:
+            # As a dying process's socket closing would: other workers take over what this
+            # one still held once its leases have been quiet for _quiet.
+            await self._liveness.release()
 
     async def sweep_leases(self) -> int:
         """Enqueue the batches whose lease expired (a worker died holding them), each with a
-        job of its own: taken over within delivery_lease_seconds + lease_sweep_seconds."""
+        job of its own: taken over within delivery_lease_seconds + lease_sweep_seconds. On
+        PostgreSQL the leases of a worker that is gone (its liveness lock is free) expire once
+        they have been quiet for 1.5 renewals: taken over ~3-4 s after a kill."""
         now = self._clock()
-        async with self._sessions() as session:
+        async with transaction(self._sessions) as session:
+            if self._liveness is not None:
+                await self._expire_gone(session, now)
             expired = (
                 await session.execute(
                     select(DeliveryBatch.id, DeliveryBatch.lease_owner)
@@ -1100,6 +1184,40 @@ class Deliverer:
         if expired:
             log.info("%d batches of dead workers re-enqueued", len(expired))
         return len(expired)
+
+    async def _expire_gone(self, session: AsyncSession, now: datetime) -> None:
+        """Expires, in the caller's transaction, the quiet leases of workers that are gone."""
+        quiet = now + self._lease - self._quiet  # renewed last before quiet - lease
+        owners = list(
+            await session.scalars(
+                select(BATCHES.c.lease_owner)
+                .distinct()
+                .where(
+                    BATCHES.c.status == BatchStatus.SENDING.value,
+                    BATCHES.c.lease_until >= now,
+                    BATCHES.c.lease_until < quiet,
+                    BATCHES.c.lease_owner != self.worker_id,
+                )
+            )
+        )
+        dead = await gone(session, [owner for owner in owners if owner])
+        if not dead:
+            return
+        expired = await session.execute(
+            update(BATCHES)
+            .where(
+                BATCHES.c.status == BatchStatus.SENDING.value,
+                BATCHES.c.lease_owner.in_(dead),
+                BATCHES.c.lease_until < quiet,
+            )
+            .values(lease_until=now - self._lease)  # past for any worker's clock
+        )
+        log.warning(
+            "delivery workers %s are gone (their PostgreSQL session ended): %d batches of theirs "
+            "taken over",
+            ", ".join(dead),
+            rowcount(expired),
+        )
 
     async def sweep_outbox(self, *, grace_seconds: float | None = None) -> int:
         """Re-enqueue pending batches whose job was lost, and batches of dead workers; returns

@@ -9,6 +9,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from operator import itemgetter
 from typing import Any
 
 from sqlalchemy import case, delete, func, insert, literal, select, true, tuple_
@@ -107,6 +108,7 @@ _APP, _KIND, _OCCURRED_AT, _SEND, _GROUP, _CAMPAIGN, _RESENT, _PLATFORM, _REASON
         "reason",
     )
 )
+_OUTCOME = itemgetter(_PLATFORM, _KIND, _REASON, _RESENT)  # what the metrics count a row by
 _COUNTED = frozenset(kind.value for kind in COUNTED_KINDS)
 CountKey = tuple[int, str, str, str, str, str]  # _COUNT_COLUMNS up to kind
 
@@ -117,10 +119,7 @@ async def record_push_events(session: AsyncSession, rows: Sequence[PushEventRow]
     `resent` is counted as sent and, under RESENT_COUNT, as re-sent."""
     await bulk_insert(session, PushEvent.__tablename__, PUSH_EVENT_COLUMNS, rows)
     counts: Counter[CountKey] = Counter()
-    # For the metrics (counted when the transaction commits): every outcome passes here.
-    outcomes: Counter[tuple[str, str, str | None, bool]] = Counter()
     for row in rows:
-        outcomes[(row[_PLATFORM], row[_KIND], row[_REASON], row[_RESENT])] += 1
         campaign, group = row[_CAMPAIGN] or "", row[_GROUP] or ""
         if (campaign or group) and row[_KIND] in _COUNTED:
             day = row[_OCCURRED_AT].astimezone(UTC).date().isoformat()
@@ -130,7 +129,8 @@ async def record_push_events(session: AsyncSession, rows: Sequence[PushEventRow]
             if row[_RESENT] and row[_KIND] == PushEventKind.SENT.value:
                 counts[(row[_APP], day, campaign, group, send, RESENT_COUNT)] += 1
     await _add_counts(session, counts, folded=False)
-    count_notifications(session, outcomes)
+    # For the metrics (counted when the transaction commits): every outcome passes here.
+    count_notifications(session, map(_OUTCOME, rows))
 
 
 async def _add_counts(session: AsyncSession, counts: Counter[CountKey], *, folded: bool) -> None:

@@ -34,6 +34,7 @@ from clarion.inapp.schemas import (
     ThemeBody,
     ThemeRead,
 )
+from clarion.logs import annotate
 from clarion.sdk.service import check_install_id
 
 router = APIRouter(prefix="/1.1/{api_key}/in-app-campaigns", tags=["in-app"])
@@ -202,6 +203,7 @@ class FetchFastPath:
         access = self.key_cache.app(api_key)
         if access is None:
             return False
+        annotate(app_id=access.app_id)  # on the request's log lines, as SdkApp does for routes
         try:
             check_install_id(install_id)
             answer = await self.feed.fetch(

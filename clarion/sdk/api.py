@@ -18,6 +18,7 @@ from clarion.db import utcnow
 from clarion.errors import ApiMisuseError, ClarionError, NotFoundError
 from clarion.formats import Text
 from clarion.http import RuntimeDep, SdkApp, SessionDep, error_response, send_answer
+from clarion.logs import annotate
 from clarion.sdk import service
 from clarion.sdk.schemas import (
     Accepted,
@@ -171,6 +172,7 @@ class EventsFastPath:
         if access is None:
             await self.app(scope, receive, send)
             return
+        annotate(app_id=access.app_id)  # on the request's log lines, as SdkApp does for routes
         messages: list[Message] = []
         body = b""
         while True:
@@ -309,6 +311,7 @@ class SdkCors:
                 access = await authenticate_app(
                     self.sessions, api_key=api_key, cache=self.key_cache
                 )
+            annotate(app_id=access.app_id)
             if origin.decode("latin-1") not in access.allowed_origins and not _same_origin(
                 scope, origin
             ):

@@ -78,7 +78,7 @@ class Subject:
 
         A campaign's token alone (tokens are unique across apps): with the app as well,
         SQLite, which has no statistics, reads the app's events by time
-        (ix_push_events_app_time) rather than the campaign's (ix_push_events_campaign_kind)."""
+        (ix_push_events_app_time) rather than the campaign's (ix_push_events_of_campaigns)."""
         if self.campaign_token:
             return event.campaign_token == self.campaign_token
         # A campaign's events are the campaign's, whatever group_id they may carry (as counted).
@@ -268,7 +268,7 @@ async def opens_after_sends(
             subject.owns(sent),
             sent.occurred_at >= start - INFLUENCE_WINDOW,
             sent.occurred_at < end,
-            # The open looked up by install (ix_push_events_app_install): given the subject
+            # The open looked up by install (ix_push_events_install): given the subject
             # (campaign token or group) as well, SQLite would read all its opens for each send.
             ~select(direct.id)
             .where(
@@ -281,7 +281,7 @@ async def opens_after_sends(
         )
     else:
         # The subject's opens of the day (its index), each with the send that it opened, looked
-        # up by install (ix_push_events_app_install). The send needs no subject filter of its
+        # up by install (ix_push_events_install). The send needs no subject filter of its
         # own: a send token (a transactional call, or one A/B version of a campaign run) is a
         # UUID of one app's one send.
         opened = aliased(PushEvent)

@@ -19,7 +19,7 @@ import httpx
 import psycopg
 import pytest
 from fastapi import FastAPI
-from sqlalchemy import func, select
+from sqlalchemy import event, func, select
 
 from clarion.config import QueueBackend, Settings
 from clarion.db import transaction, utcnow
@@ -234,6 +234,95 @@ async def test_a_dead_workers_batch_is_taken_over_and_only_unrecorded_recipients
     counts = received(sim_control, tokens)
     assert min(counts.values()) == 1
     assert sum(counts.values()) - n <= in_flight
+
+
+async def test_a_dead_workers_batch_is_taken_over_once_quiet_and_a_live_ones_is_not(
+    runtime: Runtime,
+    sim_control: httpx.Client,
+    workers: Callable[..., Deliverer],
+) -> None:
+    """On PostgreSQL a worker's lock goes with its session: a dead worker's batch is taken over
+    once its lease has not been renewed for 1.5 renewals (3 s), not when the lease runs out
+    (8 s); a live worker's, renewed no later, is kept: its lock is held. On SQLite (one
+    process) the lease alone decides."""
+    clock = Clock()
+    dead_batch = await write_batch(runtime, sim_control, clock, 8)
+    live_batch = await write_batch(runtime, sim_control, clock, 8)
+    slow_provider(sim_control, 2000)  # both on the wire for 2 s
+    dying, living, sweeper = workers(clock), workers(clock), workers(clock)
+    delivering = [
+        asyncio.create_task(dying.deliver_batches([dead_batch])),
+        asyncio.create_task(living.deliver_batches([live_batch])),
+    ]
+
+    async def on_the_wire() -> bool:  # progress is written just before the first request
+        batches = [await batch_of(runtime, i) for i in (dead_batch, live_batch)]
+        return all(batch.progress is not None for batch in batches)
+
+    await eventually(on_the_wire, what="both on the wire")
+    await dying.abort()  # kill -9: its PostgreSQL session ends with the process
+    quiet = 1.5 * runtime.settings.delivery_lease_renew_seconds
+    assert quiet + 1 < runtime.settings.delivery_lease_seconds
+    clock.advance(quiet - 0.5)
+    assert await sweeper.sweep_leases() == 0  # renewed lately: maybe only late
+    clock.advance(1)  # neither renewed for 1.5 renewals; only one of them is alive
+
+    taken = await sweeper.sweep_leases()
+
+    live = await batch_of(runtime, live_batch)
+    assert (live.lease_owner, live.status) == (living.worker_id, BatchStatus.SENDING.value)
+    if runtime.settings.is_sqlite:
+        assert taken == 0  # its lease still runs
+        clock.advance(runtime.settings.delivery_lease_seconds)
+        await living.renew_leases()
+        assert await sweeper.sweep_leases() == 1
+    else:
+        assert taken == 1
+    slow_provider(sim_control, 0)
+    await sweeper.deliver_batches([dead_batch])
+    await delivering[1]
+    dead, live = await batch_of(runtime, dead_batch), await batch_of(runtime, live_batch)
+    assert (dead.status, dead.sent, dead.resent) == (BatchStatus.DONE.value, 8, 8)
+    assert (live.status, live.sent, live.resent) == (BatchStatus.DONE.value, 8, 0)
+
+
+async def test_only_a_batchs_first_progress_waits_for_the_disk(
+    runtime: Runtime,
+    sim_control: httpx.Client,
+    workers: Callable[..., Deliverer],
+) -> None:
+    """PostgreSQL: recordings commit without waiting for the WAL's fsync (a crash of PostgreSQL
+    can only make them sent again), except the first, which says that the batch may have been
+    sent: it is on disk before the first request goes out."""
+    if runtime.settings.is_sqlite:
+        pytest.skip("PostgreSQL's synchronous_commit")
+    clock = Clock()
+    batch_id = await write_batch(runtime, sim_control, clock, 6)
+    worker = workers(clock, delivery_in_flight=2, delivery_on_wire=2, progress_flush_results=1)
+    # Each of the worker's renewals and recordings begins with the renewal (_HOLD); what ran
+    # just before it on its connection says whether the transaction waits for the disk.
+    before_hold: list[str] = []
+    last: dict[int, str] = {}
+
+    def seen(conn: Any, _cursor: Any, statement: str, parameters: Any, *_: Any) -> None:
+        if statement.startswith("UPDATE delivery_batches SET lease_until") and (
+            isinstance(parameters, dict) and parameters.get("owner") == worker.worker_id
+        ):
+            before_hold.append(last.get(id(conn), ""))
+        last[id(conn)] = statement
+
+    sync_engine = runtime.engine.sync_engine
+    event.listen(sync_engine, "before_cursor_execute", seen)
+    try:
+        await worker.deliver_batches([batch_id])
+    finally:
+        event.remove(sync_engine, "before_cursor_execute", seen)
+
+    assert (await batch_of(runtime, batch_id)).sent == 6
+    no_wait = "SET LOCAL synchronous_commit = off"
+    assert len(before_hold) >= 3, before_hold
+    assert before_hold[0] != no_wait  # the first progress: durable before the first request
+    assert before_hold[1:] == [no_wait] * (len(before_hold) - 1)
 
 
 async def test_a_worker_that_lost_its_batch_records_nothing_for_it(

@@ -27,7 +27,8 @@ def h2_client(simulator: SimulatorHandle) -> Iterator[httpx.Client]:
 
 @pytest.fixture(autouse=True)
 def _reset_simulator(request: pytest.FixtureRequest) -> Iterator[None]:
-    """Faults and dead tokens must not leak from one test into the next."""
+    """Faults, dead tokens and counts must not leak from one test into the next: every test
+    that used the shared simulator (through `control` or only through `h2_client`) resets it."""
     yield
-    if "control" in request.fixturenames:
+    if "simulator" in request.fixturenames:
         request.getfixturevalue("control").post("/_sim/reset").raise_for_status()

@@ -111,8 +111,9 @@ class ApnsProvider:
             HttpRequest(
                 "POST",
                 prefix + _path_token(d.token),
-                (*headers, ("apns-id", ids.of(d.token))),
+                headers,
                 payload,
+                own_header=("apns-id", ids.of(d.token)),
             )
             for d in devices
         ]

@@ -15,7 +15,7 @@ from enum import StrEnum
 from typing import Any, Protocol
 
 from clarion.http2 import HttpResponse, TransportError
-from clarion.metrics import note_provider_results
+from clarion.metrics import is_counting, note_provider_results
 
 
 class Platform(StrEnum):
@@ -144,6 +144,8 @@ def measure(
 ) -> None:
     """The metrics of a provider's batch: its answers' latencies, and how many pushes it asks
     to retry (the retries themselves are new batches, not events)."""
+    if not is_counting():
+        return
     note_provider_results(
         platform.value,
         [r.elapsed for r in responses if type(r) is HttpResponse],
