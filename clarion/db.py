@@ -35,6 +35,7 @@ from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Dialect, make_url
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -235,6 +236,22 @@ def sqlite_time(value: datetime) -> str:
 def rowcount(result: Any) -> int:
     """Rows a statement changed (0 where the driver cannot tell: it reports -1)."""
     return max(int(getattr(result, "rowcount", 0) or 0), 0)
+
+
+# PostgreSQL's answers that say "the same transaction may well succeed if run again": a
+# deadlock (two transactions locked rows in different orders; PostgreSQL aborts one of them)
+# and a serialization failure.
+_RETRYABLE_SQLSTATES = frozenset({"40P01", "40001"})
+
+
+def is_retryable(error: BaseException) -> bool:
+    """Whether a failed transaction may be run again as it was: a deadlock or serialization
+    failure, or a connection that was lost (the pool replaces it)."""
+    if not isinstance(error, DBAPIError):
+        return False
+    if error.connection_invalidated:
+        return True
+    return getattr(error.orig, "sqlstate", None) in _RETRYABLE_SQLSTATES
 
 
 def utcnow() -> datetime:

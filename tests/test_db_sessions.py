@@ -12,8 +12,9 @@ from datetime import UTC, datetime
 import httpx
 import pytest
 from sqlalchemy import select, text, update
+from sqlalchemy.exc import DBAPIError
 
-from clarion.db import NestedSessionError, transaction, utcnow
+from clarion.db import NestedSessionError, is_retryable, transaction, utcnow
 from clarion.delivery.models import BatchStatus, DeliveryBatch, Send
 from clarion.runtime import Runtime
 from tests.conftest import ClientApp
@@ -95,3 +96,39 @@ async def test_a_retry_batch_of_a_stopped_send_closes_without_waiting(
             await asyncio.sleep(0.05)
     assert closed.last_reason == "Stopped"
     assert sim_control.get(f"/_sim/apns/tokens/{refused}").json()["count"] == 0
+
+
+async def test_a_deadlock_is_retryable_and_a_broken_rule_is_not(runtime: Runtime) -> None:
+    """A delivery worker's recording that PostgreSQL aborts as a deadlock is tried again rather
+    than failing its batches (which would send their unrecorded outcomes again): is_retryable
+    must tell a real deadlock from an error that would fail again."""
+    if runtime.settings.is_sqlite:
+        pytest.skip("SQLite has one connection: two transactions cannot deadlock")
+    async with transaction(runtime.sessions) as session:
+        await session.execute(
+            text("CREATE TABLE IF NOT EXISTS deadlock_probe (id int PRIMARY KEY)")
+        )
+        await session.execute(text("DELETE FROM deadlock_probe"))
+        await session.execute(text("INSERT INTO deadlock_probe VALUES (1), (2)"))
+    both_hold_one = asyncio.Barrier(2)
+
+    async def lock_in_order(first: int, second: int) -> None:
+        async with transaction(runtime.sessions) as session:
+            lock = text("SELECT id FROM deadlock_probe WHERE id = :id FOR UPDATE")
+            await session.execute(lock, {"id": first})
+            await both_hold_one.wait()
+            await session.execute(lock, {"id": second})
+
+    async with asyncio.timeout(PATIENCE):
+        outcomes = await asyncio.gather(
+            lock_in_order(1, 2), lock_in_order(2, 1), return_exceptions=True
+        )
+    failures = [outcome for outcome in outcomes if isinstance(outcome, BaseException)]
+    assert len(failures) == 1  # PostgreSQL aborted one of the two, the other went on
+    assert is_retryable(failures[0])
+
+    with pytest.raises(DBAPIError) as duplicate:
+        async with transaction(runtime.sessions) as session:
+            await session.execute(text("INSERT INTO deadlock_probe VALUES (1)"))
+    assert not is_retryable(duplicate.value)
+    assert not is_retryable(RuntimeError("not the database"))
