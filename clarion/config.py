@@ -6,6 +6,8 @@ Read once at the edges (app factory, worker start, CLI) and passed down; see doc
 from __future__ import annotations
 
 import json
+import re
+import socket
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -92,6 +94,13 @@ class Settings(BaseSettings):
     delivery_in_flight: int = Field(default=256, ge=1)
     delivery_on_wire: int = Field(default=2000, ge=1)
     delivery_target_rate: float = Field(default=20_000.0, gt=0)
+    # Where a worker writes its providers' answers the moment they come (clarion.delivery.journal,
+    # decision 0047), so that a worker killed before recording them sends again only what was on
+    # the wire. Workers of one machine share a subfolder named after it; empty:
+    # <var_dir>/delivery-journal; off: no journal (a take-over counts every push it sends as
+    # re-sent).
+    delivery_journal: bool = True
+    delivery_journal_dir: Path | None = None
     # A stopping worker (SIGTERM, Ctrl-C) waits this long at most for the requests on the wire
     # to be answered, then hands its batches back (above the HTTP/2 response timeout, 30 s).
     worker_stop_seconds: float = Field(default=35.0, ge=0)
@@ -244,6 +253,16 @@ class Settings(BaseSettings):
     @property
     def resolved_export_local_roots(self) -> tuple[Path, ...]:
         return tuple(self.export_local_roots) or (self.var_dir / "exports",)
+
+    @property
+    def delivery_journal_folder(self) -> Path | None:
+        """A folder of this machine's own, even where the folder above is a shared mount: a
+        worker of another machine could read a journal its writer's page cache had not yet
+        flushed there, and miss requests that went out."""
+        if not self.delivery_journal:
+            return None
+        machine = re.sub(r"[^A-Za-z0-9.-]", "_", socket.gethostname())[:64] or "localhost"
+        return (self.delivery_journal_dir or self.var_dir / "delivery-journal") / machine
 
     @property
     def is_sqlite(self) -> bool:

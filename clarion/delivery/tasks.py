@@ -44,6 +44,7 @@ from clarion.config import Settings
 from clarion.custom_data.service import attributes_of
 from clarion.db import UtcDateTime, is_postgres, is_retryable, rowcount, transaction, utcnow
 from clarion.delivery.content import build_notification, language_key, personalised_fields
+from clarion.delivery.journal import AnswerJournal, journal_key
 from clarion.delivery.liveness import LivenessLock, gone
 from clarion.delivery.models import BATCHES, BatchStatus, DeliveryBatch, Send
 from clarion.delivery.personalisation import TemplateLimitError
@@ -142,6 +143,11 @@ _RETRYABLE_FLUSHES = 5
 # 0.5 s together); all 1,000 at once, in each of a worker's 32 jobs, hold 32,000 tasks.
 _GROUPS_AT_ONCE = 250
 
+# A batch's journal left behind (finished by a worker of another machine, or its send deleted)
+# is removed after a day: a take-over comes seconds after a death, a handed-back batch's turn
+# minutes after.
+_JOURNAL_KEEP_SECONDS = 86_400.0
+
 
 @dataclass(slots=True)
 class _Tally:
@@ -178,7 +184,8 @@ class _Held:
     send: Send
     app: App
     trigger_events: dict[str, Any] | None
-    # Taken over from a dead worker (or a retry of unanswered requests): accepted = re-sent.
+    # Taken over from a dead worker (or a retry of unanswered requests): accepted = re-sent,
+    # for every recipient, or (a take-over that found the batch's journal) for `unanswered`.
     resend: bool
     raw_tokens: frozenset[str]
     positions: dict[int | str, int]
@@ -199,6 +206,13 @@ class _Held:
     started: asyncio.Future[None] | None = None
     # The room its pending outcomes hold on the wire, given back once they are recorded.
     slots: list[tuple[_WireSlots, int]] = field(default_factory=list)
+    # Positions a dead worker put on the wire and got no answer for (its journal): with
+    # `resend`, the only ones whose pushes are sent again. None: all of them may be.
+    unanswered: set[int] | None = None
+
+    @property
+    def journal_key(self) -> str:
+        return journal_key(self.id, self.send.token)
 
     def position(self, recipient: Recipient) -> int | None:
         key: int | str | None = (
@@ -209,6 +223,12 @@ class _Held:
     def recorded(self, recipient: Recipient) -> bool:
         index = self.position(recipient)
         return index is not None and bool(self.done[index >> 3] & (1 << (index & 7)))
+
+    def resent_if_accepted(self, recipient: Recipient) -> bool:
+        """Whether an accepted push to this recipient is one sent again."""
+        if not self.resend:
+            return False
+        return self.unanswered is None or self.position(recipient) in self.unanswered
 
 
 def _mark(bits: bytearray, index: int | None) -> None:
@@ -339,6 +359,7 @@ class Deliverer:
             else LivenessLock(settings.resolved_database_url, self.worker_id)
         )
         self._liveness_checked = asyncio.Lock()
+        self._journal = AnswerJournal(settings.delivery_journal_folder)
         # A live worker renews every delivery_lease_renew_seconds (the batches it sends at
         # every recording, 20 ms): quiet for 1.5 renewals, it is late, or gone.
         self._quiet = timedelta(seconds=1.5 * settings.delivery_lease_renew_seconds)
@@ -481,6 +502,8 @@ class Deliverer:
             held = self._held.pop(batch_id, None)
             for wire, n in held.slots if held is not None else ():
                 wire.give(n)
+            if held is not None:
+                self._journal.let_go(held.journal_key)  # for the next attempt
             self._leased.discard(batch_id)
         give_up = BATCHES.c.attempt + 1 >= self._settings.retry_max_attempts
         async with transaction(self._sessions) as session:
@@ -536,11 +559,17 @@ class Deliverer:
                 for batch in batches
             ]
             work = [
-                (self._hold(batch, send, app, recipients), recipients)
-                for (batch, send, app), recipients in zip(
-                    targets, await resolve_recipients(session, targets), strict=True
+                (held, [r for r in recipients if not held.recorded(r)])
+                for held, recipients in (
+                    (self._hold(batch, send, app, recipients), recipients)
+                    for (batch, send, app), recipients in zip(
+                        targets, await resolve_recipients(session, targets), strict=True
+                    )
                 )
             ]
+            for index, (held, recipients) in enumerate(work):
+                if held.resend and not held.lost:
+                    work[index] = (held, await self._replay_journal(held, recipients))
             # Personalised sends need their users' attributes: one query per such batch. A
             # Dev-key send renders with none (the defaults): its recipients are debug installs,
             # which claim any custom id they like, so rendering their profile would hand the
@@ -560,7 +589,7 @@ class Deliverer:
             *(
                 self._send(
                     held,
-                    [r for r in recipients if not held.recorded(r)],
+                    recipients,
                     now,
                     attributes.get(held.id),
                     held.trigger_events,
@@ -621,6 +650,35 @@ class Deliverer:
         else:
             held.lost = True  # taken over meanwhile (a renewal found it gone): not sent here
         return held
+
+    async def _replay_journal(self, held: _Held, recipients: list[Recipient]) -> list[Recipient]:
+        """A batch taken over: the answers its journal on this machine holds (a worker killed
+        before recording them) are recorded as they were, not sent again, and only the
+        positions it put on the wire without an answer count as re-sent. Returns the
+        recipients left to send."""
+        journaled = await asyncio.to_thread(self._journal.read, held.journal_key)
+        if journaled is None:
+            return recipients
+        if not journaled.resend:
+            held.unanswered = journaled.unanswered
+        left: list[Recipient] = []
+        answered: list[tuple[Recipient, DeliveryResult]] = []
+        for recipient in recipients:
+            index = held.position(recipient)
+            result = None if index is None else journaled.answers.get(index)
+            if result is None:
+                left.append(recipient)
+            else:
+                answered.append((recipient, result))
+        if answered:
+            log.info(
+                "batch %s taken over: %d answers from its journal recorded, not sent again",
+                held.id,
+                len(answered),
+                extra={"fields": {**_send_log_fields(held.send), "batch_id": held.id}},
+            )
+            self._results(held, answered)
+        return left
 
     async def _send(
         self,
@@ -712,11 +770,20 @@ class Deliverer:
                 wire.give(n)
                 return False
             held.on_wire = True
+            # Journaled before the requests are written, and their answers the moment they
+            # come: a worker that takes the batch over after a kill sends again only these
+            # positions' unanswered requests (journal.py).
+            positions = [p for i in indexes if (p := held.position(recipients[i])) is not None]
+            self._journal.on_wire(
+                held.journal_key, positions, resend=held.resend and held.unanswered is None
+            )
             loop = asyncio.get_running_loop()
             sent_at = loop.time()
             answer = await self._send_group(
                 held.app, held.send, recipients, indexes, sandbox, rendered
             )
+            if len(positions) == n:
+                self._journal.answered(held.journal_key, positions, answer)
             wire.answered_after(loop.time() - sent_at)
         except BaseException:
             wire.give(n)
@@ -956,6 +1023,7 @@ class Deliverer:
                 continue
             self._held.pop(held.id, None)
             self._leased.discard(held.id)
+            self._journal.forget(held.journal_key)  # every answer is recorded
             jobs = [
                 BatchJob(batch.id, delay=batch.not_before - now, recipients=None)
                 for batch in retry_batches
@@ -980,6 +1048,7 @@ class Deliverer:
         )
         held.lost = True
         held.pending, held.answered = [], []
+        self._journal.let_go(held.journal_key)  # for the worker that took it over
         if held.started is not None and not held.started.done():
             held.started.set_result(None)  # its chunks see it lost
         for wire, n in held.slots:
@@ -1012,7 +1081,7 @@ class Deliverer:
             resent = False
             if outcome is Outcome.DELIVERED:
                 kind, tally.sent = PushEventKind.SENT, tally.sent + 1
-                resent = held.resend
+                resent = held.resent_if_accepted(recipient)
                 tally.resent += resent
             elif outcome is Outcome.TOKEN_INVALID:
                 kind, tally.deleted = PushEventKind.TOKEN_DELETED, tally.deleted + 1
@@ -1065,7 +1134,7 @@ class Deliverer:
             some = [
                 (r, result)
                 for r, result in to_retry
-                if (held.resend or result.unknown_outcome) is unknown
+                if (held.resent_if_accepted(r) or result.unknown_outcome) is unknown
             ]
             if not some:
                 continue
@@ -1168,6 +1237,7 @@ class Deliverer:
                 await task
         self._held.clear()
         self._leased.clear()
+        self._journal.close()
         if self._liveness is not None:
             # As a dying process's socket closing would: other workers take over what this
             # one still held once its leases have been quiet for _quiet.
@@ -1266,6 +1336,7 @@ class Deliverer:
         await self._queue.enqueue([BatchJob(batch_id) for batch_id in ids])
         if ids:
             log.info("outbox sweep re-enqueued %d batches", len(ids))
+        await asyncio.to_thread(self._journal.sweep, _JOURNAL_KEEP_SECONDS)
         return len(ids) + await self.sweep_leases()
 
 
