@@ -85,13 +85,15 @@ class Settings(BaseSettings):
     # batches a worker holds, decision 0032).
     progress_flush_seconds: float = Field(default=0.02, gt=0)
     progress_flush_results: int = Field(default=200, ge=1)
-    # Requests a worker may have sent and not yet recorded, per provider: what a kill -9 sends
-    # again at most. The limit follows the provider's round trip, enough for
-    # delivery_target_rate pushes/s (Little's law), between delivery_in_flight and
-    # delivery_on_wire: 256 against a provider answering at once (~190 re-sent a kill on this
-    # 2-core machine), ~1,000 at 50 ms, where a fixed 256 capped a worker at 1,796 pushes/s
-    # (decision 0032). Tests set both bounds low to catch a batch half-sent.
-    delivery_in_flight: int = Field(default=256, ge=1)
+    # Requests a worker may have on the wire without an answer in the batch's journal (or, with
+    # no journal, without a committed outcome), per provider: what a kill -9 sends again at
+    # most. The limit follows the provider's least round trip, enough for delivery_target_rate
+    # pushes/s (Little's law), between delivery_in_flight and delivery_on_wire: 128 against a
+    # provider answering at once (4 kills of a worker sent 1,002 of 100,000 again with 256-400
+    # held until the commit), ~1,000 at 50 ms, where a fixed 256 capped a worker at 1,796
+    # pushes/s (decisions 0032, 0047). A provider call carries a quarter of delivery_in_flight,
+    # 32 devices at most. Tests set both bounds low to catch a batch half-sent.
+    delivery_in_flight: int = Field(default=128, ge=1)
     delivery_on_wire: int = Field(default=2000, ge=1)
     delivery_target_rate: float = Field(default=20_000.0, gt=0)
     # Where a worker writes its providers' answers the moment they come (clarion.delivery.journal,

@@ -70,6 +70,10 @@ class AnswerJournal:
         if folder is not None:
             folder.mkdir(parents=True, exist_ok=True, mode=0o700)
 
+    @property
+    def enabled(self) -> bool:
+        return self._folder is not None
+
     def _path(self, key: str) -> Path:
         assert self._folder is not None
         return self._folder / f"{key}{_SUFFIX}"
@@ -98,16 +102,16 @@ class AnswerJournal:
 
     def answered(
         self, key: str, positions: Sequence[int], results: Sequence[DeliveryResult]
-    ) -> None:
+    ) -> bool:
         """These positions' answers, a line for each distinct result (a chunk's are mostly
-        one: accepted)."""
+        one: accepted). Whether they are written (a take-over will not send them again)."""
         fd = self._files.get(key)
         if fd is None:
-            return
+            return False
         alike: dict[DeliveryResult, list[int]] = defaultdict(list)
         for position, result in zip(positions, results, strict=True):
             alike[result].append(position)
-        self._write(
+        return self._write(
             key,
             fd,
             "".join(
@@ -127,17 +131,18 @@ class AnswerJournal:
             ),
         )
 
-    def _write(self, key: str, fd: int, text: str) -> None:
+    def _write(self, key: str, fd: int, text: str) -> bool:
         data = text.encode()
         try:
             if os.write(fd, data) == len(data):
-                return
+                return True
             raise OSError("short write (disk full?)")
         except OSError as exc:
             # A journal missing lines would make a take-over send pushes without counting them
             # as re-sent: no journal at all is the safe fallback.
             log.warning("delivery journal %s dropped: %s", key, exc)
             self.forget(key)
+            return False
 
     def read(self, key: str) -> Journaled | None:
         """The batch's journal on this machine (blocking: call it off the event loop); None when

@@ -16,7 +16,7 @@ import heapq
 import logging
 import random
 import uuid
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -237,17 +237,21 @@ def _mark(bits: bytearray, index: int | None) -> None:
 
 
 class _WireSlots:
-    """The requests a worker may have sent and not yet recorded, per provider: a chunk of
-    devices takes room before it goes on the wire and gives it back once its outcomes are
-    committed, so a kill -9 sends again at most this many per provider, whatever the load.
-    A bound on the wire alone was not enough: on a loaded machine the recording lagged
-    200-300 ms behind the answers and a kill sent ~1,670 again (decision 0032).
+    """The requests a worker has on the wire without an answer it can rely on, per provider: a
+    chunk of devices takes room before it goes on the wire and gives it back once its answers
+    are in the batch's journal (journal.py), or, with no journal, once they are committed. So a
+    kill -9 sends again at most this many per provider, whatever the load. Held until the
+    commit in all cases, the room also had to cover the recording's lag (351 ms from answer to
+    commit on a loaded 2-core machine), and what a kill sent again was the whole window:
+    1,002 of 100,000 for 4 kills with 256 to 400 in it (decision 0047).
 
     The limit follows the provider's round trip (Little's law): enough requests to keep
-    `delivery_target_rate` pushes/s going, never fewer than `delivery_in_flight` (256) nor more
-    than `delivery_on_wire` (2,000). A fixed 256 capped a worker at 256 / (round trip +
-    recording): 1,796 pushes/s against a simulator answering 50 ms late; a fixed 2,000 let a kill
-    send 1,554 again against one answering at once (6.2 % of 100,000 over 4 kills).
+    `delivery_target_rate` pushes/s going, never fewer than `delivery_in_flight` (128) nor more
+    than `delivery_on_wire` (2,000). The round trip is the least of the last 100 chunks': each
+    one also counts the time the worker's own loop took to get to it, which grows with what is
+    in flight, so an average sized the window up to its ceiling on a saturated machine (110-190
+    ms against a simulator answering at once), while the least stays near the provider's own.
+    A fixed 256 capped a worker at 1,796 pushes/s against a simulator answering 50 ms late.
 
     The batch claimed first is served first: its batches are sent one after the other rather
     than all at once, so a recording touches a few batches (all 32 a worker holds cost 73-79 us
@@ -255,8 +259,10 @@ class _WireSlots:
     or a kill leaves few half-sent.
     Closed when the worker stops: what waits is not sent."""
 
-    # Weight of the newest round trip in the moving average: ~20 chunks of memory.
-    _SMOOTHING = 0.05
+    # Chunks whose round trips the least is taken over: ~0.5 s of sending at 6,400 pushes/s,
+    # 1.25 s at the floor against a provider 50 ms away.
+    _RECENT = 100
+    _ENOUGH = 16  # 4 rounds of the floor's 4 chunks: 0.2 s against a provider 50 ms away
 
     def __init__(
         self, floor: int, ceiling: int, target_rate: float, starved: Callable[[], None]
@@ -267,15 +273,28 @@ class _WireSlots:
         self._starved = starved  # called when a chunk waits: what is sent should be recorded
         self.size = floor
         self._free = floor
-        self._round_trip = 0.0  # seconds, moving average
+        # The recent chunks: when each was answered (loop time), its round trip, its devices.
+        self._recent: deque[tuple[float, float, int]] = deque(maxlen=self._RECENT)
         self._waiting: list[tuple[tuple[int, int], int, asyncio.Future[bool]]] = []
         self._asked = 0  # ties broken in the order chunks asked
         self._closed = False
 
-    def answered_after(self, seconds: float) -> None:
-        """A chunk's round trip: the limit follows it."""
-        self._round_trip += self._SMOOTHING * (seconds - self._round_trip)
-        wanted = min(self._ceiling, max(self._floor, round(self._target_rate * self._round_trip)))
+    def answered(self, at: float, seconds: float, devices: int) -> None:
+        """A chunk of `devices` answered at loop time `at`, `seconds` after it was written:
+        the limit follows the recent chunks once there are enough of them (the first ones
+        include the connection's set-up: 0.1-0.45 s measured, which sized a window at its
+        ceiling for the worker's first second)."""
+        self._recent.append((at, seconds, devices))
+        if len(self._recent) < self._ENOUGH:
+            return
+        least = min(trip for _, trip, _ in self._recent)
+        # Twice the rate reached lets the window double each time it is what limits sending
+        # (a distant provider); a worker short of CPU reaches a rate its floor already
+        # carries, and a larger window would only queue requests a kill sends again.
+        span = at - self._recent[0][0]
+        reached = sum(n for _, _, n in self._recent) / span if span > 0 else self._target_rate
+        rate = min(self._target_rate, 2 * reached)
+        wanted = min(self._ceiling, max(self._floor, round(rate * least)))
         if wanted != self.size:
             self._free += wanted - self.size
             self.size = wanted
@@ -373,7 +392,7 @@ class Deliverer:
         self._wires: dict[tuple[str, bool], _WireSlots] = {}
         # Small enough that a chunk's outcomes come back soon, large enough that a provider
         # call (payload, headers, JWT) is paid for many devices: 32 with 256 on the wire.
-        self._chunk = max(1, min(64, settings.delivery_in_flight // 8))
+        self._chunk = max(1, min(32, settings.delivery_in_flight // 4))
         self._unflushed = 0
         # Recordings in a row that failed on a deadlock or a lost connection (is_retryable):
         # the batches at their end keep waiting for the next one rather than fail, since a
@@ -782,17 +801,20 @@ class Deliverer:
             answer = await self._send_group(
                 held.app, held.send, recipients, indexes, sandbox, rendered
             )
-            if len(positions) == n:
-                self._journal.answered(held.journal_key, positions, answer)
-            wire.answered_after(loop.time() - sent_at)
+            journaled = len(positions) == n and self._journal.answered(
+                held.journal_key, positions, answer
+            )
+            answered_at = loop.time()
+            wire.answered(answered_at, answered_at - sent_at, n)
         except BaseException:
             wire.give(n)
             raise
         results = [(recipients[i], r) for i, r in zip(indexes, answer, strict=True)]
-        if held.lost:
-            wire.give(n)
+        if held.lost or journaled:
+            wire.give(n)  # a kill would not send these again: room for the next requests
         else:
-            held.slots.append((wire, n))
+            held.slots.append((wire, n))  # room given back once they are committed
+        if not held.lost:
             self._results(held, results)
         return True
 
@@ -843,7 +865,10 @@ class Deliverer:
         return wire
 
     def _starving(self) -> None:
-        self._record_soon(now=True)
+        # Room held until a commit comes back sooner with one; with a journal, room comes back
+        # with the answers, and a recording at every wait cost 80-100 small transactions a
+        # second at 20,000 pushes/s.
+        self._record_soon(now=not self._journal.enabled)
 
     # Recording -----------------------------------------------------------------------------
 

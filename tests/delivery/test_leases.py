@@ -8,6 +8,7 @@ claims nor sweeps their batches. A worker that dies is one that stops renewing a
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import uuid
@@ -303,6 +304,18 @@ async def test_a_dead_workers_batch_is_taken_over_once_quiet_and_a_live_ones_is_
     assert (live.status, live.sent, live.resent) == (BatchStatus.DONE.value, 8, 0)
 
 
+@contextlib.asynccontextmanager
+async def recordings_held_back(runtime: Runtime) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+    """PostgreSQL: no push event can be written until the block commits. A batch's first
+    progress writes none and commits; every recording of outcomes waits."""
+    if runtime.settings.is_sqlite:
+        pytest.skip("the recording is held back by a PostgreSQL table lock")
+    url = libpq_url(runtime.settings.resolved_database_url)
+    async with await psycopg.AsyncConnection.connect(url) as blocker:
+        await blocker.execute("LOCK TABLE push_events IN EXCLUSIVE MODE")
+        yield blocker
+
+
 @pytest.mark.parametrize("journal", [True, False], ids=["journal", "no journal"])
 async def test_answers_a_killed_worker_had_not_recorded_are_not_sent_again(
     runtime: Runtime,
@@ -314,8 +327,6 @@ async def test_answers_a_killed_worker_had_not_recorded_are_not_sent_again(
     """A worker killed after its answers came in and before it recorded them: the worker that
     takes the batch over finds them in the journal (journal.py), records them and sends nothing
     again; without a journal every recipient gets the push twice, counted as re-sent."""
-    if runtime.settings.is_sqlite:
-        pytest.skip("the recording is held back by a PostgreSQL table lock")
     clock = Clock()
     n = 12
     batch_id = await write_batch(runtime, sim_control, clock, n)
@@ -330,11 +341,7 @@ async def test_answers_a_killed_worker_had_not_recorded_are_not_sent_again(
         assert send is not None
         key = journal_key(batch_id, send.token)
 
-    url = libpq_url(runtime.settings.resolved_database_url)
-    async with await psycopg.AsyncConnection.connect(url) as blocker:
-        # The batch's first progress writes no event and commits; the recording of the answers
-        # waits for this lock, so the worker dies with all of them unrecorded.
-        await blocker.execute("LOCK TABLE push_events IN EXCLUSIVE MODE")
+    async with recordings_held_back(runtime) as blocker:  # the worker dies with all unrecorded
         delivering = asyncio.create_task(dying.deliver_batches([batch_id]))
 
         async def all_answered() -> bool:
@@ -347,9 +354,10 @@ async def test_answers_a_killed_worker_had_not_recorded_are_not_sent_again(
             return journaled is not None and len(journaled.answers) == n
 
         await eventually(all_answered, what="every push answered")
-        dying_aborted = asyncio.create_task(dying.abort())  # kill -9: nothing recorded
+        # kill -9: its recording, waiting for the lock, is cancelled in the server before the
+        # lock goes (psycopg cancels the query of a cancelled task).
+        await dying.abort()
         await blocker.commit()
-        await dying_aborted
     assert delivering.cancelled()
     assert (await batch_of(runtime, batch_id)).sent == 0
 
@@ -369,6 +377,35 @@ async def test_answers_a_killed_worker_had_not_recorded_are_not_sent_again(
     else:
         assert received(sim_control, tokens) == dict.fromkeys(tokens, 2)
         assert (batch.resent, sum(e.resent for e in events)) == (n, n)
+
+
+async def test_with_a_journal_room_on_the_wire_comes_back_with_the_answers(
+    runtime: Runtime,
+    sim_control: httpx.Client,
+    workers: Callable[..., Deliverer],
+) -> None:
+    """Room for 4 requests, and the database not recording: the answers are in the journal,
+    so a kill would not send them again, and the next requests go out without waiting for the
+    commit (decision 0047); the recording follows once the database is back."""
+    clock = Clock()
+    n, in_flight = 12, 4
+    batch_id = await write_batch(runtime, sim_control, clock, n)
+    tokens = await tokens_of(runtime, batch_id)
+    worker = workers(clock, delivery_in_flight=in_flight, delivery_on_wire=in_flight)
+
+    async with recordings_held_back(runtime):
+        delivering = asyncio.create_task(worker.deliver_batches([batch_id]))
+
+        async def all_sent() -> bool:
+            return sum(received(sim_control, tokens).values()) == n
+
+        await eventually(all_sent, what="all sent while nothing is recorded")
+        assert (await batch_of(runtime, batch_id)).sent == 0
+    await delivering
+
+    batch = await batch_of(runtime, batch_id)
+    assert (batch.status, batch.sent, batch.resent) == (BatchStatus.DONE.value, n, 0)
+    assert received(sim_control, tokens) == dict.fromkeys(tokens, 1)
 
 
 async def test_only_a_batchs_first_progress_waits_for_the_disk(
