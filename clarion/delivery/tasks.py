@@ -188,6 +188,7 @@ class _Held:
     # for every recipient, or (a take-over that found the batch's journal) for `unanswered`.
     resend: bool
     raw_tokens: frozenset[str]
+    journal_key: str  # its file in the answer journal (hashed once: written at every chunk)
     positions: dict[int | str, int]
     done: bytearray  # a bit per position: its outcome is recorded
     frozen: dict[str, Any] | None  # the resolved recipients to write with the first outcomes
@@ -209,10 +210,6 @@ class _Held:
     # Positions a dead worker put on the wire and got no answer for (its journal): with
     # `resend`, the only ones whose pushes are sent again. None: all of them may be.
     unanswered: set[int] | None = None
-
-    @property
-    def journal_key(self) -> str:
-        return journal_key(self.id, self.send.token)
 
     def position(self, recipient: Recipient) -> int | None:
         key: int | str | None = (
@@ -658,6 +655,7 @@ class Deliverer:
             trigger_events=wanted.get("events"),
             resend=batch.outcome_unknown,
             raw_tokens=raw_tokens,
+            journal_key=journal_key(batch.id, send.token),
             positions=positions,
             done=done,
             frozen=frozen,
