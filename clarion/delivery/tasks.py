@@ -1328,9 +1328,9 @@ class Deliverer:
         )
 
     async def sweep_outbox(self, *, grace_seconds: float | None = None) -> int:
-        """Re-enqueue pending batches whose job was lost, and batches of dead workers; returns
-        how many. Safe to run anywhere, any time: the per-batch dedupe key and the claim make
-        extra enqueues harmless."""
+        """Re-enqueue pending batches whose job was lost (no queued or running job names them),
+        and batches of dead workers; returns how many. Safe to run anywhere, any time: the
+        per-batch dedupe key and the claim make extra enqueues harmless."""
         now = self._clock()
         grace = timedelta(
             seconds=self._settings.sweep_interval_seconds
@@ -1351,11 +1351,14 @@ class Deliverer:
                 )
             )
             if ids:
+                # Also for those found waiting in the queue: the next sweep looks further on.
                 await session.execute(
                     update(DeliveryBatch)
                     .where(DeliveryBatch.id.in_(ids))
                     .values(last_enqueued_at=now)
                 )
+        waiting = await self._queue.holding(ids)
+        ids = [batch_id for batch_id in ids if batch_id not in waiting]
         await self._queue.enqueue([BatchJob(batch_id) for batch_id in ids])
         if ids:
             log.info("outbox sweep re-enqueued %d batches", len(ids))
