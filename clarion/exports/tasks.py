@@ -393,6 +393,7 @@ async def process_requests(
         )
     done = 0
     for request_id in waiting:
+        claimed_at = clock()
         async with transaction(sessions) as session:
             claimed = await session.execute(
                 update(ExportRequest)
@@ -404,17 +405,21 @@ async def process_requests(
                     (ExportRequest.started_at.is_(None))
                     | (ExportRequest.started_at < now - STALE_PENDING),
                 )
-                .values(status=RequestStatus.PENDING.value, started_at=clock())
+                .values(status=RequestStatus.PENDING.value, started_at=claimed_at)
             )
             if rowcount(claimed) != 1:
                 continue
-        await _produce_request(sessions, request_id, var_dir, clock)
+        await _produce_request(sessions, request_id, claimed_at, var_dir, clock)
         done += 1
     return done
 
 
 async def _produce_request(
-    sessions: async_sessionmaker[AsyncSession], request_id: str, var_dir: Path, clock: Clock
+    sessions: async_sessionmaker[AsyncSession],
+    request_id: str,
+    claimed_at: datetime,
+    var_dir: Path,
+    clock: Clock,
 ) -> None:
     folder = var_dir / "export-requests"
     folder.mkdir(parents=True, exist_ok=True)
@@ -439,8 +444,12 @@ async def _produce_request(
             (folder / name).unlink(missing_ok=True)
             values = {"status": RequestStatus.ERROR.value, "error": f"{type(exc).__name__}"}
     async with transaction(sessions) as session:
-        await session.execute(
+        # Only while the claim is still this one: a worker slower than STALE_PENDING has been
+        # taken over, and the request's outcome is the newer claim's.
+        finished = await session.execute(
             update(ExportRequest)
-            .where(ExportRequest.id == request_id)
+            .where(ExportRequest.id == request_id, ExportRequest.started_at == claimed_at)
             .values(completed_at=clock(), **values)
         )
+    if rowcount(finished) != 1:
+        log.warning("export request %s was taken over while being produced", request_id)

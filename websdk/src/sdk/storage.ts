@@ -28,6 +28,15 @@ function request<T>(req: IDBRequest<T>): Promise<T> {
   });
 }
 
+/** Resolves once the transaction has committed: a put's own success comes before that, and a
+ * page unloaded in between (a reload right after a "no") would lose the write. */
+function committed(tx: IDBTransaction): Promise<void> {
+  return new Promise((resolve, reject) => {
+    tx.oncomplete = () => resolve();
+    tx.onerror = tx.onabort = () => reject(tx.error);
+  });
+}
+
 /** IndexedDB if it opens, else memory (`fellBack` says which, for debug mode). */
 export async function openStore(): Promise<{ store: Store; fellBack: boolean }> {
   let db: IDBDatabase;
@@ -52,7 +61,9 @@ export async function openStore(): Promise<{ store: Store; fellBack: boolean }> 
       },
       async set(key: string, value: unknown) {
         try {
-          await request(tx("readwrite").put(value, key));
+          const write = db.transaction("kv", "readwrite");
+          write.objectStore("kv").put(value, key);
+          await committed(write);
         } catch {
           await memory.set(key, value);
         }

@@ -346,8 +346,9 @@ function prompt(ui: Ui, name: UiName, conf: Conf): Part {
   };
   const refuse = () => {
     remove();
-    ui.log(`ui ${name}: refused`);
-    void ui.remember(name, Date.now());
+    // Logged once the "no" is stored, so that what reads the log (a test reloading the page,
+    // a developer) knows the next page will hold the prompt back.
+    void ui.remember(name, Date.now()).finally(() => ui.log(`ui ${name}: refused`));
   };
   const draw = () => {
     const attach = String(conf["attach"] ?? "top center");
