@@ -18,7 +18,6 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
-from enum import IntEnum
 from typing import Any
 
 import psycopg
@@ -34,16 +33,6 @@ log = logging.getLogger(__name__)
 SEND_BATCH = "delivery.send_batch"
 
 
-class Lane(IntEnum):
-    """A job's pgqueuer priority (higher is dequeued first). Measured at 1,000,000 installs
-    with one lane, a transactional send waited 391 s (p50) behind the campaign's batches
-    (docs/deploy.md); with this one, it waits for a worker's next free slot."""
-
-    BULK = 0  # a campaign's fan-out: nobody waits for one batch in particular
-    PROMPT = 1  # transactional sends, automations, retries: someone is waiting for these
-    RESUMED = 2  # taken over or handed back: a half-sent batch is finished first
-
-
 @dataclass(frozen=True, slots=True)
 class BatchJob:
     batch_id: int
@@ -57,7 +46,6 @@ class BatchJob:
     # back by a stopping worker, whose own job is still running: rare, and an extra job
     # claims nothing). Jobs with a worker id or None are dequeued before new batches.
     after: str | None = ""
-    lane: Lane = Lane.PROMPT
 
     def dedupe_key(self) -> str | None:
         if self.after is None:
@@ -76,23 +64,23 @@ BatchHandler = Callable[[list[int]], Awaitable[None]]
 
 
 def pack_jobs(jobs: Iterable[BatchJob], *, budget: int) -> list[tuple[list[int], timedelta | None]]:
-    """Group due batches of one lane into jobs of at most `budget` recipients; delayed,
-    unsized or keyed ones (retries, the sweep, take-overs) go alone. Returns (batch ids,
-    delay) per job."""
+    """Group due batches into jobs of at most `budget` recipients; delayed, unsized or keyed
+    ones (retries, the sweep, take-overs) go alone. Returns (batch ids, delay) per job."""
     packed: list[tuple[list[int], timedelta | None]] = []
-    open_ids: dict[Lane, list[int]] = {}
-    open_size: dict[Lane, int] = {}
+    open_ids: list[int] = []
+    open_size = 0
     for job in jobs:
         size = job.recipients
         if job.delay is not None or size is None or size >= budget or job.after != "":
             packed.append(([job.batch_id], job.delay))
             continue
-        if open_size.get(job.lane, 0) + size > budget:
-            packed.append((open_ids.pop(job.lane), None))
-            open_size[job.lane] = 0
-        open_ids.setdefault(job.lane, []).append(job.batch_id)
-        open_size[job.lane] = open_size.get(job.lane, 0) + size
-    packed.extend((ids, None) for ids in open_ids.values())
+        if open_size + size > budget:
+            packed.append((open_ids, None))
+            open_ids, open_size = [], 0
+        open_ids.append(job.batch_id)
+        open_size += size
+    if open_ids:
+        packed.append((open_ids, None))
     return packed
 
 
@@ -181,14 +169,16 @@ class JobQueue:
         # A dedupe key per job (its first batch's) makes a second enqueue of a queued or running
         # job a no-op, so the sweep may re-enqueue freely; the batch claim guards the rest.
         keys = {job.batch_id: job.dedupe_key() for job in jobs}
-        lanes = {job.batch_id: Lane.RESUMED if job.after != "" else job.lane for job in jobs}
+        # Batches taken over or handed back are dequeued before new ones: a half-sent batch
+        # is finished before another one is begun.
+        resumed = {job.batch_id for job in jobs if job.after != ""}
         async with self._enqueue_lock:
             if self.backend is QueueBackend.MEMORY:
-                self._held_in_memory.update(lanes.keys())
+                self._held_in_memory.update(keys.keys())
             await self.pgq.qm.queries.enqueue(
                 [SEND_BATCH] * len(packed),
                 [",".join(map(str, ids)).encode() for ids, _ in packed],
-                [int(max(lanes[i] for i in ids)) for ids, _ in packed],
+                [1 if ids[0] in resumed else 0 for ids, _ in packed],
                 execute_after=[delay for _, delay in packed],
                 dedupe_key=[keys[ids[0]] for ids, _ in packed],
                 on_conflict="skip",

@@ -15,7 +15,7 @@ import psycopg
 import pytest
 
 from clarion.config import QueueBackend
-from clarion.queue import BatchJob, JobQueue, Lane, install_pg_schema, libpq_url, pack_jobs
+from clarion.queue import BatchJob, JobQueue, install_pg_schema, libpq_url, pack_jobs
 from tests.conftest import empty_database
 from tests.support.waiting import eventually
 
@@ -177,23 +177,7 @@ async def test_batches_taken_over_or_handed_back_are_dequeued_first(tmp_path: Pa
         finally:
             await queue.aclose()
 
-    assert [priority for _, priority in jobs] == [1, 2, 2]
-
-
-@pytest.mark.postgres
-async def test_a_transactional_batch_passes_the_campaigns_batches_waiting(tmp_path: Path) -> None:
-    """At 1,000,000 installations with one lane, a transactional send waited 391 s (p50)."""
-    release = asyncio.Event()
-    async with _pg_worker(tmp_path, concurrency=1, release=release) as (queue, handled, _):
-        await queue.enqueue([BatchJob(i, recipients=1000, lane=Lane.BULK) for i in range(1, 6)])
-        await _handled(handled, 1)  # the campaign's first batch is being sent
-        await queue.enqueue([BatchJob(99, recipients=1)])  # a transactional send
-        release.set()
-        await _handled(handled, 6)
-
-    # Behind at most the batch the worker had already taken (it holds one more than it runs).
-    assert 99 in handled[:3], handled
-    assert handled[-3:] == [3, 4, 5]
+    assert [priority for _, priority in jobs] == [0, 1, 1]
 
 
 @pytest.mark.parametrize(
