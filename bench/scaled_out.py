@@ -48,6 +48,7 @@ events in the (day-partitioned) event table.
 
     .venv/bin/python -m bench.scaled_out                                  # 1,000,000 installations
     .venv/bin/python -m bench.scaled_out --installations 50000 --seconds 15
+    .venv/bin/python -m bench.scaled_out --configurations scaled,single   # 2 + 2 first
 """
 
 from __future__ import annotations
@@ -603,7 +604,9 @@ ROWS = [
 
 
 def table(results: dict[str, dict[str, Any]]) -> str:
-    def cell(configuration: dict[str, Any], paths: str) -> str:
+    def cell(configuration: dict[str, Any] | None, paths: str) -> str:
+        if configuration is None:
+            return "not run"
         shown = []
         for path in paths.split():
             found: Any = configuration
@@ -615,7 +618,8 @@ def table(results: dict[str, dict[str, Any]]) -> str:
     lines = ["| figure | single process (1 API + 1 worker) | 2 API + 2 workers |", "|---|---|---|"]
     for label, paths in ROWS:
         lines.append(
-            f"| {label} | {cell(results['single'], paths)} | {cell(results['scaled'], paths)} |"
+            f"| {label} | {cell(results.get('single'), paths)}"
+            f" | {cell(results.get('scaled'), paths)} |"
         )
     return "\n".join(lines)
 
@@ -629,7 +633,7 @@ async def measure(args: argparse.Namespace, stack: ExitStack, folder: Path) -> d
         FILES.mkdir(parents=True)
         bench = await prepare(runtime, key, sim_url, ca, FILES, args.installations)
         results = {}
-        for name in CONFIGURATIONS:
+        for name in args.configurations.split(","):
             results[name] = await configuration(bench, name, args)
             (FILES / "partial.json").write_text(json.dumps(results, indent=2))  # a long run's
     finally:
@@ -659,6 +663,11 @@ def main() -> None:
     parser.add_argument("--round-calls", type=int, default=100, help="per connection")
     parser.add_argument("--api-pool", type=int, default=6)
     parser.add_argument("--worker-pool", type=int, default=12)
+    parser.add_argument(
+        "--configurations",
+        default=",".join(CONFIGURATIONS),
+        help="which to run, in this order (single, scaled)",
+    )
     args = parser.parse_args()
     with ExitStack() as stack:
         folder = Path(stack.enter_context(tempfile.TemporaryDirectory()))
