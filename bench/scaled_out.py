@@ -32,9 +32,9 @@ Settings, the same in both configurations:
 - `CLARION_API_RATE_LIMIT=0` and `CLARION_API_COMPANY_RATE_LIMIT=0`: the defaults (2,000/s per
   key, 5,000/s per company) would cap a single key's calls, and this measures capacity;
 - `CLARION_DATABASE_POOL_SIZE` 6 on API processes and 12 on workers (`--api-pool`,
-  `--worker-pool`): at the default 32, 2 + 2 processes may open ~170 connections (deploy.md,
+  `--worker-pool`): at the default 32, 2 + 2 processes may open ~180 connections (deploy.md,
   "PostgreSQL"), and this PostgreSQL allows 100, shared with other sessions; 2 + 2 at 6 and 12
-  open at most ~50;
+  open at most ~60;
 - nothing pinned: on a 2-core machine the API processes, workers, PostgreSQL, the simulator and
   the load generator all share both cores, and pinning would decide the result.
 

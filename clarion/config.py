@@ -63,7 +63,8 @@ class Settings(BaseSettings):
 
     # Delivery pipeline
     batch_size: int = Field(default=1000, ge=1, le=10_000)
-    # Jobs one worker process delivers at once. On PostgreSQL a job spends much of its time
+    # Jobs one worker process delivers at once, in each of its two lanes (campaign batches and
+    # the rest, clarion.queue.Lane). On PostgreSQL a job spends much of its time
     # waiting on the database; measured with 1,000-recipient jobs: 8 → 5,300/s, 16 → 7,800/s,
     # 32 → 9,400/s (bench/delivery_throughput.py), for ~20 MB more memory.
     worker_concurrency: int = Field(default=32, ge=1)

@@ -18,6 +18,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
+from enum import Enum
 from typing import Any
 
 import psycopg
@@ -30,7 +31,18 @@ from clarion.config import QueueBackend
 
 log = logging.getLogger(__name__)
 
-SEND_BATCH = "delivery.send_batch"
+
+class Lane(Enum):
+    """Which consumer of a worker takes a job: each lane has its own pgqueuer entrypoint and its
+    own `worker_concurrency` slots in every worker, so a transactional send never waits behind
+    the campaign batches enqueued before it (391 s p50 with one lane, at 1,000,000
+    installations), and a campaign is never starved by transactional sends (a priority instead
+    of slots left 980 of its 1,000 jobs unstarted after 9 minutes). Decision 0003."""
+
+    # Transactional sends, automations, retries, take-overs and the sweep's. The entrypoint's
+    # name predates the lanes: every version of Clarion consumes it (a rolling deploy).
+    PROMPT = "delivery.send_batch"
+    BULK = "delivery.send_bulk"  # a campaign's batches, as the fan-out writes them
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +58,7 @@ class BatchJob:
     # back by a stopping worker, whose own job is still running: rare, and an extra job
     # claims nothing). Jobs with a worker id or None are dequeued before new batches.
     after: str | None = ""
+    lane: Lane = Lane.PROMPT
 
     def dedupe_key(self) -> str | None:
         if self.after is None:
@@ -129,7 +142,7 @@ class JobQueue:
         self._job_recipients = job_recipients
         self._heartbeat = timedelta(seconds=heartbeat_seconds)
         self._database_url = database_url
-        self._pgq: PgQueuer | None = None
+        self._lanes: dict[Lane, PgQueuer] = {}
         self._connections: list[psycopg.AsyncConnection[Any]] = []
         self._enqueue_lock = asyncio.Lock()
         # Jobs handed to enqueue() in the same turn of the event loop are packed together.
@@ -139,12 +152,13 @@ class JobQueue:
         self._held_in_memory: Counter[int] = Counter()
 
     async def start(self) -> None:
-        if self.backend is QueueBackend.MEMORY:
-            self._pgq = PgQueuer.in_memory()
-            return
-        listening = await self._connect()
-        querying = await self._connect()
-        self._pgq = PgQueuer(_ListenerApart(listening, querying))
+        for lane in Lane:
+            if self.backend is QueueBackend.MEMORY:
+                self._lanes[lane] = PgQueuer.in_memory()
+            else:
+                listening = await self._connect()
+                querying = await self._connect()
+                self._lanes[lane] = PgQueuer(_ListenerApart(listening, querying))
 
     async def _connect(self) -> psycopg.AsyncConnection[Any]:
         # pgqueuer needs autocommit connections; LISTEN/NOTIFY wakes idle workers at once.
@@ -153,11 +167,10 @@ class JobQueue:
         self._connections.append(conn)
         return conn
 
-    @property
-    def pgq(self) -> PgQueuer:
-        if self._pgq is None:
+    def lane(self, lane: Lane) -> PgQueuer:
+        if lane not in self._lanes:
             raise RuntimeError("JobQueue.start() was not called")
-        return self._pgq
+        return self._lanes[lane]
 
     async def enqueue(self, jobs: list[BatchJob]) -> None:
         """Returns once the jobs are in the queue (for PostgreSQL: committed)."""
@@ -165,6 +178,11 @@ class JobQueue:
             await self._batcher.submit(*jobs)
 
     async def _enqueue_now(self, jobs: list[BatchJob]) -> None:
+        for lane in Lane:
+            if in_lane := [job for job in jobs if job.lane is lane]:
+                await self._enqueue_lane(lane, in_lane)
+
+    async def _enqueue_lane(self, lane: Lane, jobs: list[BatchJob]) -> None:
         packed = pack_jobs(jobs, budget=self._job_recipients)
         # A dedupe key per job (its first batch's) makes a second enqueue of a queued or running
         # job a no-op, so the sweep may re-enqueue freely; the batch claim guards the rest.
@@ -175,8 +193,8 @@ class JobQueue:
         async with self._enqueue_lock:
             if self.backend is QueueBackend.MEMORY:
                 self._held_in_memory.update(keys.keys())
-            await self.pgq.qm.queries.enqueue(
-                [SEND_BATCH] * len(packed),
+            await self.lane(lane).qm.queries.enqueue(
+                [lane.value] * len(packed),
                 [",".join(map(str, ids)).encode() for ids, _ in packed],
                 [1 if ids[0] in resumed else 0 for ids, _ in packed],
                 execute_after=[delay for _, delay in packed],
@@ -185,6 +203,11 @@ class JobQueue:
             )
 
     def register_worker(self, handler: BatchHandler, *, concurrency: int) -> None:
+        for lane in Lane:
+            self._register_lane(lane, handler, concurrency)
+        self._worker_concurrency = concurrency
+
+    def _register_lane(self, lane: Lane, handler: BatchHandler, concurrency: int) -> None:
         # pgqueuer holds at most `concurrency` jobs (run_worker), all of them delivering; these
         # slots only matter for a concurrency of 1 (pgqueuer then holds 2).
         slots = asyncio.Semaphore(concurrency)
@@ -203,8 +226,7 @@ class JobQueue:
                         if self._held_in_memory[batch_id] <= 0:
                             del self._held_in_memory[batch_id]
 
-        self.pgq.entrypoint(SEND_BATCH, concurrency_limit=0)(send_batch)
-        self._worker_concurrency = concurrency
+        self.lane(lane).entrypoint(lane.value, concurrency_limit=0)(send_batch)
 
     async def holding(self, batch_ids: Sequence[int]) -> set[int]:
         """Those of `batch_ids` that a queued or running job names: their wake-up call is not
@@ -216,16 +238,16 @@ class JobQueue:
             return set()
         if self.backend is QueueBackend.MEMORY:
             return {batch_id for batch_id in batch_ids if batch_id in self._held_in_memory}
-        queries = self.pgq.qm.queries
+        queries = self.lane(Lane.PROMPT).qm.queries
         # One scan of the queue table: a few thousand rows in normal running, ~100k at worst.
         rows = await queries.driver.fetch(
             f"""SELECT DISTINCT named.id
                 FROM {queries.qbe.settings.qualified.queue_table},
                      unnest(string_to_array(convert_from(payload, 'UTF8'), ',')::bigint[])
                        AS named(id)
-                WHERE entrypoint = $1 AND status IN ('queued', 'picked')
+                WHERE entrypoint = ANY($1::text[]) AND status IN ('queued', 'picked')
                   AND named.id = ANY($2::bigint[])""",
-            SEND_BATCH,
+            [lane.value for lane in Lane],
             list(batch_ids),
         )
         return {int(str(row["id"])) for row in rows}
@@ -239,18 +261,23 @@ class JobQueue:
         # worker makes only when it has room (decision 0032). So a worker holds only the jobs
         # it runs, taking half as many at once.
         batch_size = max(1, concurrency // 2)
-        await self.pgq.run(
-            batch_size=batch_size,
-            max_concurrent_tasks=max(concurrency, 2 * batch_size),
-            # A worker killed mid-batch stops sending heartbeats; its job is picked again
-            # after this long (the batch's own lease guards against double claims).
-            heartbeat_timeout=self._heartbeat,
-            dequeue_timeout=timedelta(seconds=5),
-        )
+        async with asyncio.TaskGroup() as lanes:
+            for lane in Lane:
+                lanes.create_task(
+                    self.lane(lane).run(
+                        batch_size=batch_size,
+                        max_concurrent_tasks=max(concurrency, 2 * batch_size),
+                        # A worker killed mid-batch stops sending heartbeats; its job is picked
+                        # again after this long (the batch's lease guards against double claims).
+                        heartbeat_timeout=self._heartbeat,
+                        dequeue_timeout=timedelta(seconds=5),
+                    ),
+                    name=f"worker {lane.name.lower()}",
+                )
 
     def stop(self) -> None:
-        if self._pgq is not None:
-            self._pgq.shutdown.set()
+        for pgq in self._lanes.values():
+            pgq.shutdown.set()
 
     async def aclose(self) -> None:
         self.stop()

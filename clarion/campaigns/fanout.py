@@ -26,7 +26,7 @@ from clarion.config import Settings
 from clarion.db import transaction, upsert_insert
 from clarion.delivery.models import BATCHES, Send
 from clarion.errors import from_validation_errors
-from clarion.queue import BatchJob, JobQueue
+from clarion.queue import BatchJob, JobQueue, Lane
 from clarion.sdk.models import Installation
 from clarion.targeting import service as targeting
 
@@ -320,7 +320,7 @@ class FanOut:
             )
         ).scalars()
         return [
-            BatchJob(batch_id, recipients=len(chunk))
+            BatchJob(batch_id, recipients=len(chunk), lane=Lane.BULK)
             for batch_id, (_, chunk) in zip(batch_ids, chunks, strict=True)
         ]
 

@@ -46,7 +46,7 @@ from clarion.db import UtcDateTime, is_postgres, is_retryable, rowcount, transac
 from clarion.delivery.content import build_notification, language_key, personalised_fields
 from clarion.delivery.journal import AnswerJournal, journal_key
 from clarion.delivery.liveness import LivenessLock, gone
-from clarion.delivery.models import BATCHES, BatchStatus, DeliveryBatch, Send
+from clarion.delivery.models import BATCHES, BatchStatus, DeliveryBatch, Send, SendKind
 from clarion.delivery.personalisation import TemplateLimitError
 from clarion.delivery.pool import ProviderPool
 from clarion.delivery.providers.base import DeliveryResult, Outcome, ProviderConfigError
@@ -54,7 +54,7 @@ from clarion.delivery.service import STOPPED, Recipient, resolve_recipients
 from clarion.events.models import PushEventKind
 from clarion.events.service import PushEventRow, push_event_row, record_push_events
 from clarion.metrics import note_recording
-from clarion.queue import BatchJob, JobQueue
+from clarion.queue import BatchJob, JobQueue, Lane
 from clarion.sdk.models import Installation
 
 log = logging.getLogger(__name__)
@@ -1047,8 +1047,11 @@ class Deliverer:
             self._held.pop(held.id, None)
             self._leased.discard(held.id)
             self._journal.forget(held.journal_key)  # every answer is recorded
+            # A campaign's retries stay in its lane (15 % of a campaign failing would otherwise
+            # queue ahead of transactional sends).
+            lane = Lane.BULK if held.send.kind == SendKind.CAMPAIGN else Lane.PROMPT
             jobs = [
-                BatchJob(batch.id, delay=batch.not_before - now, recipients=None)
+                BatchJob(batch.id, delay=batch.not_before - now, recipients=None, lane=lane)
                 for batch in retry_batches
             ]
             if ended is _End.HAND_BACK:

@@ -9,7 +9,7 @@ from collections.abc import Callable
 import httpx
 
 from clarion.delivery.tasks import Deliverer
-from clarion.queue import BatchJob, JobQueue
+from clarion.queue import BatchJob, JobQueue, Lane
 from clarion.runtime import Runtime
 from tests.delivery.test_leases import Clock, pool, workers, write_batch
 
@@ -32,7 +32,7 @@ async def test_the_outbox_sweep_enqueues_a_lost_batch_and_not_one_waiting_in_the
     await held_queue.enqueue([BatchJob(packed_with, recipients=1), BatchJob(waiting, recipients=1)])
 
     async def jobs() -> int:
-        return sum(row.count for row in await held_queue.pgq.qm.queries.queue_size())
+        return sum(row.count for row in await held_queue.lane(Lane.PROMPT).qm.queries.queue_size())
 
     assert await jobs() == 1
     deliverer = workers(clock)
