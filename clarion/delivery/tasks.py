@@ -52,7 +52,7 @@ from clarion.delivery.pool import ProviderPool
 from clarion.delivery.providers.base import DeliveryResult, Outcome, ProviderConfigError
 from clarion.delivery.service import STOPPED, Recipient, resolve_recipients
 from clarion.events.models import PushEventKind
-from clarion.events.service import PushEventRow, push_event_row, record_push_events
+from clarion.events.service import PushEventRow, SendEvents, record_push_events
 from clarion.metrics import note_recording
 from clarion.queue import BatchJob, JobQueue, Lane
 from clarion.sdk.models import Installation
@@ -192,6 +192,7 @@ class _Held:
     positions: dict[int | str, int]
     done: bytearray  # a bit per position: its outcome is recorded
     frozen: dict[str, Any] | None  # the resolved recipients to write with the first outcomes
+    events: SendEvents  # its devices' event rows
     pending: list[tuple[Recipient, DeliveryResult]] = field(default_factory=list)
     # When the pending outcomes came in (loop time, how many): measured until their commit.
     answered: list[tuple[float, int]] = field(default_factory=list)
@@ -272,6 +273,12 @@ class _WireSlots:
         self._free = floor
         # The recent chunks: when each was answered (loop time), its round trip, its devices.
         self._recent: deque[tuple[float, float, int]] = deque(maxlen=self._RECENT)
+        # Kept as chunks come and go rather than summed over the 100 at every answer (~1 µs
+        # a push): their devices, and the least round trip (the chunks that may still become
+        # the least, in order: each with its number and trip, the trips increasing).
+        self._recent_devices = 0
+        self._answers = 0
+        self._least: deque[tuple[int, float]] = deque()
         self._waiting: list[tuple[tuple[int, int], int, asyncio.Future[bool]]] = []
         self._asked = 0  # ties broken in the order chunks asked
         self._closed = False
@@ -281,15 +288,26 @@ class _WireSlots:
         the limit follows the recent chunks once there are enough of them (the first ones
         include the connection's set-up: 0.1-0.45 s measured, which sized a window at its
         ceiling for the worker's first second)."""
-        self._recent.append((at, seconds, devices))
-        if len(self._recent) < self._ENOUGH:
+        recent = self._recent
+        if len(recent) == self._RECENT:
+            self._recent_devices -= recent[0][2]
+        recent.append((at, seconds, devices))
+        self._recent_devices += devices
+        self._answers += 1
+        least_trips = self._least
+        while least_trips and least_trips[-1][1] >= seconds:
+            least_trips.pop()
+        least_trips.append((self._answers, seconds))
+        if least_trips[0][0] <= self._answers - self._RECENT:
+            least_trips.popleft()
+        if len(recent) < self._ENOUGH:
             return
-        least = min(trip for _, trip, _ in self._recent)
+        least = least_trips[0][1]
         # Twice the rate reached lets the window double each time it is what limits sending
         # (a distant provider); a worker short of CPU reaches a rate its floor already
         # carries, and a larger window would only queue requests a kill sends again.
-        span = at - self._recent[0][0]
-        reached = sum(n for _, _, n in self._recent) / span if span > 0 else self._target_rate
+        span = at - recent[0][0]
+        reached = self._recent_devices / span if span > 0 else self._target_rate
         rate = min(self._target_rate, 2 * reached)
         wanted = min(self._ceiling, max(self._floor, round(rate * least)))
         if wanted != self.size:
@@ -659,6 +677,14 @@ class Deliverer:
             positions=positions,
             done=done,
             frozen=frozen,
+            # The send token rides on campaign events too: it names the A/B version of the send.
+            events=SendEvents(
+                app_id=app.id,
+                platform=app.platform,
+                send_token=send.token,
+                group_id=send.group_id,
+                campaign_token=send.campaign_token,
+            ),
         )
         self._holds += 1
         held.order = self._holds
@@ -1117,9 +1143,7 @@ class Deliverer:
                 kind, tally.failed = PushEventKind.ERROR, tally.failed + 1
             tally.recorded += 1
             _mark(bits, held.position(recipient))
-            events.append(
-                self._event(held.app, held.send, recipient, kind, now, result.reason, resent=resent)
-            )
+            events.append(_event(held, recipient, kind, now, result.reason, resent))
         return tally
 
     def _retry_batches(
@@ -1136,7 +1160,7 @@ class Deliverer:
         after the send's time to live."""
         if not to_retry:
             return []
-        batch, send, app = held, held.send, held.app
+        batch, send = held, held.send
         delay = max(
             retry_delay(
                 batch.attempt,
@@ -1152,7 +1176,7 @@ class Deliverer:
             for recipient, result in to_retry:
                 tally.failed += 1
                 events.append(
-                    self._event(app, send, recipient, PushEventKind.ERROR, now, result.reason)
+                    _event(held, recipient, PushEventKind.ERROR, now, result.reason, False)
                 )
             return []
         retries: list[DeliveryBatch] = []
@@ -1179,34 +1203,6 @@ class Deliverer:
                 )
             )
         return retries
-
-    @staticmethod
-    def _event(
-        app: App,
-        send: Send,
-        recipient: Recipient,
-        kind: PushEventKind,
-        at: datetime,
-        reason: str | None,
-        *,
-        resent: bool = False,
-    ) -> PushEventRow:
-        # The send token rides on campaign events too: it names the A/B version of the send.
-        return push_event_row(
-            app_id=app.id,
-            kind=kind,
-            occurred_at=at,
-            platform=app.platform,
-            install_id=recipient.install_id,
-            custom_id=recipient.custom_id,
-            advertising_id=recipient.advertising_id,
-            push_token=recipient.token,
-            send_token=send.token,
-            group_id=send.group_id,
-            campaign_token=send.campaign_token,
-            reason=None if kind in (PushEventKind.SENT,) else reason,
-            resent=resent,
-        )
 
     # Leases --------------------------------------------------------------------------------
 
@@ -1367,6 +1363,26 @@ class Deliverer:
             log.info("outbox sweep re-enqueued %d batches", len(ids))
         await asyncio.to_thread(self._journal.sweep, _JOURNAL_KEEP_SECONDS)
         return len(ids) + await self.sweep_leases()
+
+
+def _event(
+    held: _Held,
+    recipient: Recipient,
+    kind: PushEventKind,
+    at: datetime,
+    reason: str | None,
+    resent: bool,
+) -> PushEventRow:
+    return held.events.row(
+        kind,
+        at,
+        recipient.install_id,
+        recipient.custom_id,
+        recipient.advertising_id,
+        recipient.token,
+        None if kind is PushEventKind.SENT else reason,
+        resent,
+    )
 
 
 def _resolved_recipients(
