@@ -190,10 +190,14 @@ class JobQueue:
         # Batches taken over or handed back are dequeued before new ones: a half-sent batch
         # is finished before another one is begun.
         resumed = {job.batch_id for job in jobs if job.after != ""}
+        in_memory = self.backend is QueueBackend.MEMORY
         async with self._enqueue_lock:
-            if self.backend is QueueBackend.MEMORY:
-                self._held_in_memory.update(keys.keys())
-            await self.lane(lane).qm.queries.enqueue(
+            if in_memory:
+                # Counted before the jobs can run (a job that ran and finished first would
+                # leave its count behind), and taken back for the jobs skipped as duplicates.
+                for ids, _ in packed:
+                    self._held_in_memory.update(ids)
+            job_ids = await self.lane(lane).qm.queries.enqueue(
                 [lane.value] * len(packed),
                 [",".join(map(str, ids)).encode() for ids, _ in packed],
                 [1 if ids[0] in resumed else 0 for ids, _ in packed],
@@ -201,6 +205,10 @@ class JobQueue:
                 dedupe_key=[keys[ids[0]] for ids, _ in packed],
                 on_conflict="skip",
             )
+            if in_memory:
+                for (ids, _), job_id in zip(packed, job_ids, strict=True):
+                    if job_id is None:
+                        self._let_go_in_memory(ids)
 
     def register_worker(self, handler: BatchHandler, *, concurrency: int) -> None:
         for lane in Lane:
@@ -221,12 +229,16 @@ class JobQueue:
                     await handler(batch_ids)
             finally:
                 if self.backend is QueueBackend.MEMORY:
-                    self._held_in_memory.subtract(batch_ids)
-                    for batch_id in batch_ids:
-                        if self._held_in_memory[batch_id] <= 0:
-                            del self._held_in_memory[batch_id]
+                    self._let_go_in_memory(batch_ids)
 
         self.lane(lane).entrypoint(lane.value, concurrency_limit=0)(send_batch)
+
+    def _let_go_in_memory(self, batch_ids: Iterable[int]) -> None:
+        held = self._held_in_memory
+        for batch_id in batch_ids:
+            held[batch_id] -= 1
+            if held[batch_id] <= 0:
+                del held[batch_id]
 
     async def holding(self, batch_ids: Sequence[int]) -> set[int]:
         """Those of `batch_ids` that a queued or running job names: their wake-up call is not
