@@ -71,8 +71,10 @@ class Settings(BaseSettings):
     retry_base_seconds: float = 2.0
     retry_max_seconds: float = 600.0
     retry_max_attempts: int = 8
-    # The campaign fan-out's lease on a run: a run whose process died is taken over after it.
-    batch_lease_seconds: float = 60.0
+    # A campaign fan-out's lease on its run, renewed every quarter of it while its process
+    # lives (and at each page it writes): a run whose process died is taken over within the
+    # lease and a scheduler tick (8 + 1 s), as a dead worker's delivery batches are.
+    fan_out_lease_seconds: float = Field(default=8.0, gt=0)
     # A worker holds the delivery batches it claimed with a lease that it renews every
     # delivery_lease_renew_seconds while it is alive (one UPDATE for all of them), and each
     # worker looks for expired leases every lease_sweep_seconds: a dead worker's batches are

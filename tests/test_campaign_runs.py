@@ -9,12 +9,13 @@ from __future__ import annotations
 import asyncio
 import secrets
 from collections import Counter
+from collections.abc import Awaitable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import delete, insert, select, text, update
 
 from clarion.audiences.resolved import installations_changed
 from clarion.campaigns.fanout import version_of
@@ -253,6 +254,70 @@ class TestExactlyOnce:
             )
         await scheduler(runtime, clock, queue=held_queue).tick()
         assert set((await reached(runtime, token)).values()) == {1}
+
+    async def test_a_live_fan_out_held_up_by_the_database_keeps_its_run(
+        self, api: httpx.AsyncClient, ios_app: ClientApp, runtime: Runtime, held_queue: JobQueue
+    ) -> None:
+        """The fan-out's lease is short (8 s by default, so that a dead process's run resumes
+        within seconds, as its delivery batches do) and so is renewed while its process lives,
+        even during a page that waits on the database: here, on a lock of the installations
+        table. Another scheduler then leaves the run be."""
+        if runtime.settings.is_sqlite:
+            pytest.skip("one process on SQLite: no other one to take the run over meanwhile")
+        installs = await add_installs(runtime, ios_app, 10)
+        token = await created(api, ios_app, push_time="2030-06-01T10:00:00")
+        clock = Clock(T)
+        # A quarter-second lease (renewed every 62 ms) in the test clock's seconds.
+        live = scheduler(runtime, clock, queue=held_queue, fan_out_lease_seconds=0.25)
+        other = scheduler(runtime, clock, queue=held_queue, fan_out_lease_seconds=0.25)
+
+        async def lease_until() -> datetime | None:
+            return (await runs_of(runtime, token))[0].lease_until
+
+        locked, free = asyncio.Event(), asyncio.Event()
+
+        async def hold_installations() -> None:
+            # In a task of its own: this test's task opens sessions meanwhile.
+            async with transaction(runtime.sessions) as blocker:
+                await blocker.execute(text("LOCK TABLE installations IN ACCESS EXCLUSIVE MODE"))
+                locked.set()
+                await free.wait()
+
+        holder = asyncio.create_task(hold_installations())
+        try:
+            await locked.wait()
+            await live.tick(wait=False)
+            await eventually(lambda: _is_after(lease_until(), T), what="the fan-out took its run")
+            clock.advance(timedelta(seconds=1))  # its first lease ran out meanwhile
+            await eventually(
+                lambda: _is_after(lease_until(), clock.now),
+                what="the live fan-out renewed its lease during the held-up page",
+            )
+            owner = (await runs_of(runtime, token))[0].lease_owner
+            # It finds no run to take (one it took would wait on the table, and time out).
+            await asyncio.wait_for(other.tick(), 10)
+            assert (await runs_of(runtime, token))[0].lease_owner == owner
+            free.set()
+            await holder
+            await eventually(
+                lambda: _reached_all(runtime, token, len(installs)),
+                what="the fan-out went on once the table was free",
+            )
+        finally:
+            free.set()
+            await holder
+            await live.aclose()
+            await other.aclose()
+        assert await reached(runtime, token) == Counter({i.id: 1 for i in installs})
+
+
+async def _is_after(until: Awaitable[datetime | None], moment: datetime) -> bool:
+    found = await until
+    return found is not None and found > moment
+
+
+async def _reached_all(runtime: Runtime, token: str, count: int) -> bool:
+    return len(await reached(runtime, token)) == count
 
 
 class TestDowntime:

@@ -112,7 +112,7 @@ class FanOut:
         self._settings = settings
         self._owner = owner
         self._clock = clock
-        self._lease = timedelta(seconds=settings.batch_lease_seconds)
+        self._lease = timedelta(seconds=settings.fan_out_lease_seconds)
         self._page = settings.batch_size * 10
         self._zones: dict[int, tuple[float, set[str]]] = {}  # app id -> (read at, zones)
 

@@ -63,7 +63,7 @@ class CampaignScheduler:
         self._settings = settings
         self._clock = clock
         self._owner = uuid.uuid4().hex  # this scheduler, as a lease holder
-        self._lease = timedelta(seconds=settings.batch_lease_seconds)
+        self._lease = timedelta(seconds=settings.fan_out_lease_seconds)
         self._fan_outs: dict[int, asyncio.Task[None]] = {}  # run id -> task, in this process
         self._writer = FanOut(sessions, queue, settings, owner=self._owner, clock=clock)
         self._failures: dict[int, int] = {}  # run id -> fan-outs failed in a row, here
@@ -214,7 +214,7 @@ class CampaignScheduler:
             if position is None:
                 return
             try:
-                await self._writer.run(run_id, position)
+                await self._write_pages(run_id, position)
             except RunFailed as failed:
                 await self._fail_run(run_id, failed)
                 return
@@ -225,6 +225,34 @@ class CampaignScheduler:
             await self._drop_lease(run_id)
         except Exception as exc:  # the database itself failed (taking or dropping the lease)
             self._log_retry(run_id, exc, "once its lease has run out")
+
+    async def _write_pages(self, run_id: int, position: Position) -> None:
+        renewing = asyncio.create_task(
+            self._renew_lease_forever(run_id), name=f"fan-out-{run_id} lease"
+        )
+        try:
+            await self._writer.run(run_id, position)
+        finally:
+            renewing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await renewing
+
+    async def _renew_lease_forever(self, run_id: int) -> None:
+        """While this process writes the run's pages: a page held up (a cap's lock, a slow
+        database) does not let the lease run out under a live writer."""
+        every = self._lease.total_seconds() / 4
+        while True:
+            await asyncio.sleep(every)
+            try:
+                async with transaction(self._sessions) as session:
+                    await session.execute(
+                        update(CampaignRun)
+                        .where(CampaignRun.id == run_id, CampaignRun.lease_owner == self._owner)
+                        .values(lease_until=self._clock() + self._lease)
+                    )
+            except Exception:
+                # The next renewal may succeed; the page's own write renews it too.
+                log.warning("renewing the lease of campaign run %d failed", run_id, exc_info=True)
 
     async def _retry_later(self, run_id: int, exc: Exception) -> None:
         """A failure that may pass: the run keeps its lease, unowned, for a growing delay."""
