@@ -150,15 +150,24 @@ class JobQueue:
         self._worker_concurrency = 8
         # In memory, the batches that a queued or running job names (see holding()).
         self._held_in_memory: Counter[int] = Counter()
+        self._consuming = True
 
-    async def start(self) -> None:
+    async def start(self, *, consume: bool = True) -> None:
+        """`consume`: this process runs workers. One that only enqueues (an API process on
+        PostgreSQL) holds one connection for both lanes rather than four: it never listens,
+        and its enqueues are short."""
+        self._consuming = consume
+        shared = None
         for lane in Lane:
             if self.backend is QueueBackend.MEMORY:
                 self._lanes[lane] = PgQueuer.in_memory()
-            else:
+            elif consume:
                 listening = await self._connect()
                 querying = await self._connect()
                 self._lanes[lane] = PgQueuer(_ListenerApart(listening, querying))
+            else:
+                shared = shared or await self._connect()
+                self._lanes[lane] = PgQueuer(_ListenerApart(shared, shared))
 
     async def _connect(self) -> psycopg.AsyncConnection[Any]:
         # pgqueuer needs autocommit connections; LISTEN/NOTIFY wakes idle workers at once.
@@ -211,6 +220,8 @@ class JobQueue:
                         self._let_go_in_memory(ids)
 
     def register_worker(self, handler: BatchHandler, *, concurrency: int) -> None:
+        if not self._consuming:
+            raise RuntimeError("this JobQueue was started to enqueue only (consume=False)")
         for lane in Lane:
             self._register_lane(lane, handler, concurrency)
         self._worker_concurrency = concurrency

@@ -120,7 +120,7 @@ class Runtime:
 
     async def start(self, *, workers: bool, http: bool = True) -> None:
         """`http`: the process serves the API (`clarion serve`), not only workers."""
-        await self.queue.start()
+        await self.queue.start(consume=workers)
         if http:
             # What the SDK's in-app fetch holds in memory follows changes made in any process.
             self._repeat("in-app revisions", self.inapp_revisions.tick, every=POLL_SECONDS)

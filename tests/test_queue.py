@@ -250,3 +250,42 @@ async def test_the_queue_tells_which_batches_a_waiting_job_names(
 
     assert named == {1, 2, 3}
     assert left == set()
+
+
+@pytest.mark.postgres
+async def test_a_process_that_only_enqueues_holds_one_queue_connection(tmp_path: Path) -> None:
+    """An API process on PostgreSQL never listens nor dequeues: one connection for both lanes
+    (a worker holds four), and its jobs reach the queue all the same."""
+    with empty_database("postgres", tmp_path) as url:
+        await install_pg_schema(url)
+
+        async def connections() -> int:
+            async with await psycopg.AsyncConnection.connect(libpq_url(url)) as conn:
+                cursor = await conn.execute(
+                    "SELECT count(*) FROM pg_stat_activity "
+                    "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                )
+                row = await cursor.fetchone()
+                assert row is not None
+                return int(row[0])
+
+        held: list[int] = []
+        for consume in (False, True):
+            queue = JobQueue(QueueBackend.POSTGRES, url)
+            await queue.start(consume=consume)
+            try:
+                held.append(await connections())
+                if not consume:
+                    await queue.enqueue([BatchJob(7), BatchJob(8, lane=Lane.BULK)])
+                    waiting = await queue.holding([7, 8])
+                    with pytest.raises(RuntimeError, match="enqueue only"):
+                        queue.register_worker(_nothing, concurrency=1)
+            finally:
+                await queue.aclose()
+
+    assert held == [1, 4]
+    assert waiting == {7, 8}
+
+
+async def _nothing(batch_ids: list[int]) -> None:
+    return None
