@@ -669,6 +669,64 @@ class TestExportApi:
         await process_requests(runtime.sessions, var_dir=runtime.settings.var_dir, clock=clock)
         assert await status() == "SUCCESS"
 
+    async def test_a_worker_taken_over_leaves_the_file_of_the_claim_that_took_it_over(
+        self, api: httpx.AsyncClient, ios_app: ClientApp, runtime: Runtime
+    ) -> None:
+        """A worker slower than STALE_PENDING finishes after the worker that took its request
+        over: what it wrote is not the request's file, and the file the request names is the
+        newer claim's, as it was produced."""
+        from clarion.exports.models import ExportRequest
+        from clarion.exports.tasks import STALE_PENDING, _produce_request
+
+        await seed_events(runtime, ios_app)
+        base = f"/1.0/{ios_app.api_key}/export"
+        created = await api.post(
+            f"{base}/campaign/c1/ids",
+            headers=ios_app.headers(),
+            json={"from": "2026-11-01", "to": "now", "events": ["push_open", "push_sent"]},
+        )
+        assert created.status_code == 201, created.text
+        request_id = created.json()["id"]
+        stalled = datetime.now(UTC)  # the first claim, whose worker then stalled
+        newer = stalled + STALE_PENDING + timedelta(seconds=1)
+        async with transaction(runtime.sessions) as session:
+            await session.execute(
+                update(ExportRequest)
+                .where(ExportRequest.id == request_id)
+                .values(status="PENDING", started_at=newer)
+            )
+        var_dir = runtime.settings.var_dir
+        await _produce_request(runtime.sessions, request_id, newer, var_dir, Clock(newer))
+
+        async def download() -> list[dict[str, str]]:
+            status = await api.get(f"{base}/request/{request_id}", headers=ios_app.headers())
+            assert status.json()["status"] == "SUCCESS"
+            answer = await api.get(
+                status.json()["file_url"].replace("http://clarion.test", ""),
+                headers=ios_app.headers(),
+            )
+            assert answer.status_code == 200, answer.text
+            return parse(answer.content)
+
+        produced = await download()
+        async with transaction(runtime.sessions) as session:  # so that a later file differs
+            session.add(
+                PushEvent(
+                    app_id=ios_app.app_id,
+                    kind="push_sent",
+                    occurred_at=datetime.combine(DAY, datetime.min.time(), tzinfo=UTC),
+                    platform="ios",
+                    install_id="install-late",
+                    campaign_token="c1",
+                )
+            )
+        later = newer + timedelta(seconds=1)
+        await _produce_request(runtime.sessions, request_id, stalled, var_dir, Clock(later))
+
+        assert await download() == produced
+        files = sorted(path.name for path in (var_dir / "export-requests").glob(f"*{request_id}*"))
+        assert len(files) == 1, files
+
     async def test_a_campaigns_ids_are_exported_on_request(
         self, api: httpx.AsyncClient, ios_app: ClientApp, runtime: Runtime
     ) -> None:

@@ -426,7 +426,9 @@ async def _produce_request(
     async with sessions() as session:
         request = await session.get(ExportRequest, request_id)
         assert request is not None
-        name = f"{request.kind}-{request.target}-{request.id}.csv"
+        # A file of this claim's own: a worker slower than STALE_PENDING, taken over, must
+        # neither overwrite nor (failing) remove the file of the claim that took it over.
+        name = f"{request.kind}-{request.target}-{request.id}-{claimed_at:%Y%m%dT%H%M%S%f}.csv"
         query = request_query(
             RequestKind(request.kind),
             app_id=request.app_id,
@@ -453,3 +455,4 @@ async def _produce_request(
         )
     if rowcount(finished) != 1:
         log.warning("export request %s was taken over while being produced", request_id)
+        (folder / name).unlink(missing_ok=True)  # the newer claim's file is the request's
