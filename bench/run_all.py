@@ -37,6 +37,13 @@ RUNS = [
     ["-m", "bench.delivery_recovery", "--kill", "4", "--installs", "100000"],
     ["-m", "bench.delivery_recovery", "--term", "4", "--installs", "100000"],
     ["-m", "bench.delivery_recovery", "--faults", "15", "--installs", "100000"],
+    ["-m", "bench.slow_provider"],
+    ["-m", "bench.audience_targeting", "--devices", "1000000"],
+    ["-m", "bench.audience_file_ingest", "--lines", "10000000"],
+    ["-m", "bench.daily_export", "--events", "10000000", "--installs", "1000000"],
+    ["-m", "bench.storage_read", "--mb", "100"],
+    ["-m", "bench.observability_overhead", "--runs", "3"],
+    ["-m", "bench.scaled_out", "--installations", "1000000"],
     ["bench/sim_ceiling.py", "--baseline"],
     ["bench/http2_client.py", "--requests", "200000"],
 ]
