@@ -632,6 +632,22 @@ def test_the_cli_refuses_a_day_in_the_future_or_not_a_date(
     assert message in done.stderr
 
 
+async def _campaign_ids_requested(
+    api: httpx.AsyncClient, app: ClientApp, runtime: Runtime
+) -> tuple[str, str]:
+    """Seeded events, and an export request of campaign c1's ids: the Export API's base path
+    and the request's id."""
+    await seed_events(runtime, app)
+    base = f"/1.0/{app.api_key}/export"
+    created = await api.post(
+        f"{base}/campaign/c1/ids",
+        headers=app.headers(),
+        json={"from": "2026-11-01", "to": "now", "events": ["push_open", "push_sent"]},
+    )
+    assert created.status_code == 201, created.text
+    return base, str(created.json()["id"])
+
+
 class TestExportApi:
     """Export API 1.0 (spec §11.1): request, poll, download behind X-Authorization."""
 
@@ -678,15 +694,7 @@ class TestExportApi:
         from clarion.exports.models import ExportRequest
         from clarion.exports.tasks import STALE_PENDING, _produce_request
 
-        await seed_events(runtime, ios_app)
-        base = f"/1.0/{ios_app.api_key}/export"
-        created = await api.post(
-            f"{base}/campaign/c1/ids",
-            headers=ios_app.headers(),
-            json={"from": "2026-11-01", "to": "now", "events": ["push_open", "push_sent"]},
-        )
-        assert created.status_code == 201, created.text
-        request_id = created.json()["id"]
+        base, request_id = await _campaign_ids_requested(api, ios_app, runtime)
         stalled = datetime.now(UTC)  # the first claim, whose worker then stalled
         newer = stalled + STALE_PENDING + timedelta(seconds=1)
         async with transaction(runtime.sessions) as session:
@@ -732,15 +740,7 @@ class TestExportApi:
     ) -> None:
         from clarion.exports.tasks import process_requests
 
-        await seed_events(runtime, ios_app)
-        base = f"/1.0/{ios_app.api_key}/export"
-        created = await api.post(
-            f"{base}/campaign/c1/ids",
-            headers=ios_app.headers(),
-            json={"from": "2026-11-01", "to": "now", "events": ["push_open", "push_sent"]},
-        )
-        assert created.status_code == 201, created.text
-        request_id = created.json()["id"]
+        base, request_id = await _campaign_ids_requested(api, ios_app, runtime)
         waiting = await api.get(f"{base}/request/{request_id}", headers=ios_app.headers())
         assert (waiting.json()["status"], waiting.json().get("file_url")) == ("CREATED", None)
 
