@@ -84,6 +84,46 @@ _HOLD = (
     .returning(BATCHES.c.id)
 )
 
+# Statements a job runs, built once with their values bound at execution: built per job, the
+# claim and the three loads cost ~0.6 ms of a one-recipient job's ~4.3 ms of worker CPU
+# (py-spy on a backlog of transactional sends, one job each), the query objects alone.
+# The claim: the given batches that are due and free (pending, or sending with an expired lease).
+_CLAIM = (
+    update(BATCHES)
+    .where(
+        BATCHES.c.id.in_(bindparam("ids", expanding=True)),
+        BATCHES.c.not_before <= bindparam("now", type_=UtcDateTime),
+        or_(
+            BATCHES.c.status == BatchStatus.PENDING.value,
+            (BATCHES.c.status == BatchStatus.SENDING.value)
+            & (BATCHES.c.lease_until < bindparam("now", type_=UtcDateTime)),
+        ),
+    )
+    .values(
+        status=BatchStatus.SENDING.value,
+        lease_until=bindparam("lease", type_=UtcDateTime),
+        lease_owner=bindparam("owner", type_=String()),
+        # Taken over from a worker that died holding it after it began sending it (its
+        # progress is written before its first request goes out): what that worker sent
+        # without recording it is unknown. (SET reads the old row.)
+        outcome_unknown=case(
+            (
+                (BATCHES.c.status == BatchStatus.SENDING.value) & BATCHES.c.progress.is_not(None),
+                true(),
+            ),
+            else_=BATCHES.c.outcome_unknown,
+        ),
+    )
+    .returning(BATCHES.c.id)
+)
+_BATCHES_BY_ID = (
+    select(DeliveryBatch)
+    .where(DeliveryBatch.id.in_(bindparam("ids", expanding=True)))
+    .order_by(DeliveryBatch.id)
+)
+_SENDS_BY_ID = select(Send).where(Send.id.in_(bindparam("ids", expanding=True)))
+_APPS_BY_ID = select(App).where(App.id.in_(bindparam("ids", expanding=True)))
+
 # What a flush records of each batch (executemany: one row per batch): its counters grow by
 # what was recorded, its progress is written whole (a bit per recipient: 125 bytes for 1,000),
 # and a batch at its end is done or handed back (pending, lease cleared, progress kept).
@@ -469,33 +509,8 @@ class Deliverer:
         now = self._clock()
         async with transaction(self._sessions) as session:
             claimed = await session.scalars(
-                update(BATCHES)
-                .where(
-                    BATCHES.c.id.in_(batch_ids),
-                    BATCHES.c.not_before <= now,
-                    or_(
-                        BATCHES.c.status == BatchStatus.PENDING.value,
-                        (BATCHES.c.status == BatchStatus.SENDING.value)
-                        & (BATCHES.c.lease_until < now),
-                    ),
-                )
-                .values(
-                    status=BatchStatus.SENDING.value,
-                    lease_until=now + self._lease,
-                    lease_owner=self.worker_id,
-                    # Taken over from a worker that died holding it after it began sending it
-                    # (its progress is written before its first request goes out): what that
-                    # worker sent without recording it is unknown. (SET reads the old row.)
-                    outcome_unknown=case(
-                        (
-                            (BATCHES.c.status == BatchStatus.SENDING.value)
-                            & BATCHES.c.progress.is_not(None),
-                            true(),
-                        ),
-                        else_=BATCHES.c.outcome_unknown,
-                    ),
-                )
-                .returning(BATCHES.c.id)
+                _CLAIM,
+                {"ids": batch_ids, "now": now, "lease": now + self._lease, "owner": self.worker_id},
             )
             ids = sorted(claimed)
             self._leased.update(ids)  # renewed from the commit on
@@ -560,17 +575,11 @@ class Deliverer:
 
     async def _deliver_claimed(self, batch_ids: list[int]) -> list[BatchJob]:
         async with self._sessions() as session:
-            batches = (
-                await session.scalars(
-                    select(DeliveryBatch)
-                    .where(DeliveryBatch.id.in_(batch_ids))
-                    .order_by(DeliveryBatch.id)
-                )
-            ).all()
+            batches = (await session.scalars(_BATCHES_BY_ID, {"ids": batch_ids})).all()
             sends = {
                 send.id: send
                 for send in await session.scalars(
-                    select(Send).where(Send.id.in_({batch.send_id for batch in batches}))
+                    _SENDS_BY_ID, {"ids": sorted({batch.send_id for batch in batches})}
                 )
             }
             # Batches of a send stopped after they were claimed (or retries written after the
@@ -585,7 +594,7 @@ class Deliverer:
             apps = {
                 app.id: app
                 for app in await session.scalars(
-                    select(App).where(App.id.in_({send.app_id for send in sends.values()}))
+                    _APPS_BY_ID, {"ids": sorted({send.app_id for send in sends.values()})}
                 )
             }
             targets = [
