@@ -16,6 +16,7 @@ RUNS = [
     ["-m", "bench.delivery_throughput", "--devices", "1000000", "--db", "postgres"],
     ["-m", "bench.transactional_api", "--sends", "10000", "--connections", "32"],
     ["-m", "bench.transactional_api", "--sends", "10000", "--connections", "32", "--api-only"],
+    ["-m", "bench.transactional_backlog", "--sends", "3000"],
     ["-m", "bench.custom_data", "--db", "postgres", "--calls", "20"],
     ["-m", "bench.campaign_fanout", "--devices", "1000000", "--db", "postgres"],
     ["-m", "bench.campaign_fanout", "--devices", "1000000", "--db", "postgres", "--workers", "2"],
