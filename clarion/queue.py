@@ -73,7 +73,7 @@ def libpq_url(database_url: str) -> str:
     )
 
 
-BatchHandler = Callable[[list[int]], Awaitable[None]]
+BatchHandler = Callable[[list[int], Lane], Awaitable[None]]  # a job's batches, its lane
 
 
 def pack_jobs(jobs: Iterable[BatchJob], *, budget: int) -> list[tuple[list[int], timedelta | None]]:
@@ -237,7 +237,7 @@ class JobQueue:
             batch_ids = [int(batch_id) for batch_id in job.payload.split(b",")]
             try:
                 async with slots:
-                    await handler(batch_ids)
+                    await handler(batch_ids, lane)
             finally:
                 if self.backend is QueueBackend.MEMORY:
                     self._let_go_in_memory(batch_ids)

@@ -61,7 +61,7 @@ async def _pg_worker(
         await queue.start()
         handled: list[int] = []
 
-        async def handle(batch_ids: list[int]) -> None:
+        async def handle(batch_ids: list[int], lane: Lane) -> None:
             handled.extend(batch_ids)
             if release is not None and (hold is None or hold.intersection(batch_ids)):
                 await release.wait()
@@ -236,7 +236,7 @@ async def test_the_queue_tells_which_batches_a_waiting_job_names(
             named = await queue.holding([1, 2, 3, 4])
             handled: list[int] = []
 
-            async def handle(batch_ids: list[int]) -> None:
+            async def handle(batch_ids: list[int], lane: Lane) -> None:
                 handled.extend(batch_ids)
 
             queue.register_worker(handle, concurrency=2)
@@ -287,5 +287,5 @@ async def test_a_process_that_only_enqueues_holds_one_queue_connection(tmp_path:
     assert waiting == {7, 8}
 
 
-async def _nothing(batch_ids: list[int]) -> None:
+async def _nothing(batch_ids: list[int], lane: Lane) -> None:
     return None
