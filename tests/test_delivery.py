@@ -14,11 +14,12 @@ from typing import Any
 import httpx
 import orjson
 import pytest
-from sqlalchemy import select, update
+from sqlalchemy import event, select, update
 
 from clarion.db import transaction
 from clarion.delivery.models import BatchStatus, DeliveryBatch, Send
 from clarion.events.models import PushEvent
+from clarion.queue import Lane
 from clarion.runtime import Runtime
 from clarion.sdk.models import Installation
 from tests.conftest import ClientApp, new_app
@@ -496,6 +497,65 @@ class TestSharedJobs:
                 user,
                 send_token,
             )
+
+    async def test_jobs_started_together_share_one_claim_and_the_lanes_pass_apart(
+        self,
+        api: httpx.AsyncClient,
+        ios_app: ClientApp,
+        runtime: Runtime,
+        sim_control: httpx.Client,
+    ) -> None:
+        """pgqueuer starts up to half a worker's slots at once: the jobs of a lane started in
+        the same turn are claimed and loaded in one pass (a job's five queries cost most of a
+        small job's CPU), and a campaign's job passes apart from transactional ones."""
+        deliverer = runtime.deliverer
+        assert deliverer is not None
+        tokens = {f"together-{n}": apns_token() for n in range(3)}
+        for user, token in tokens.items():
+            await register(api, ios_app, f"install-{user}", push_token=token, custom_id=user)
+        batch_ids: list[int] = []
+        async with transaction(runtime.sessions) as session:  # written, not enqueued
+            for user in tokens:
+                send = Send(
+                    token=secrets.token_hex(16),
+                    app_id=ios_app.app_id,
+                    kind="transactional",
+                    content={"message": {"title": "Hi", "body": user}},
+                )
+                session.add(send)
+                await session.flush()
+                batch = DeliveryBatch(send_id=send.id, recipients={"custom_ids": [user]})
+                session.add(batch)
+                await session.flush()
+                batch_ids.append(batch.id)
+        claims: list[list[int]] = []
+
+        def claim_seen(
+            conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, many: bool
+        ) -> None:
+            if statement.lstrip().startswith("UPDATE delivery_batches") and "not_before <=" in (
+                statement
+            ):
+                values = parameters.values() if isinstance(parameters, dict) else parameters
+                ours = sorted(v for v in values if type(v) is int and v in batch_ids)
+                if ours:
+                    claims.append(ours)
+
+        engine = runtime.engine.sync_engine
+        event.listen(engine, "before_cursor_execute", claim_seen)
+        try:
+            first, second, campaign = batch_ids
+            await asyncio.gather(
+                deliverer.deliver_batches([first], Lane.PROMPT),
+                deliverer.deliver_batches([second], Lane.PROMPT),
+                deliverer.deliver_batches([campaign], Lane.BULK),
+            )
+        finally:
+            event.remove(engine, "before_cursor_execute", claim_seen)
+
+        assert sorted(claims) == [[first, second], [campaign]]
+        for token in tokens.values():
+            assert received(sim_control, "apns", token)["count"] == 1
 
 
 class TestUnexpectedFailure:
