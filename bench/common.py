@@ -12,7 +12,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +29,7 @@ from clarion.apps.models import App
 from clarion.apps.schemas import AppCreate
 from clarion.config import Settings
 from clarion.db import transaction
+from clarion.delivery.models import BatchStatus, DeliveryBatch
 from clarion.demo import apns_credentials_from_sim
 from clarion.events.models import PushEvent, PushEventKind
 from clarion.migrate import migrate
@@ -343,6 +344,25 @@ async def outcomes_logged(runtime: Runtime, *where: ColumnElement[bool]) -> dict
             if resent:
                 counts["resent"] += count
     return counts
+
+
+async def until_every_batch_is_done(
+    runtime: Runtime, *, every: float, each: Callable[[], None] | None = None
+) -> None:
+    """Polls (every `every` seconds, calling `each` first) until no delivery batch is left to
+    send."""
+    while True:
+        await asyncio.sleep(every)
+        if each is not None:
+            each()
+        async with runtime.sessions() as session:
+            pending = await session.scalar(
+                select(func.count())
+                .select_from(DeliveryBatch)
+                .where(DeliveryBatch.status != BatchStatus.DONE.value)
+            )
+        if pending == 0:
+            return
 
 
 def check_exactly_once(

@@ -25,7 +25,7 @@ from typing import Any
 
 import httpx
 import jwt
-from sqlalchemy import func, insert, select
+from sqlalchemy import insert, select
 
 from bench.common import (
     TOPIC,
@@ -42,9 +42,10 @@ from bench.common import (
     rss_summary,
     simulated_runtime,
     simulator,
+    until_every_batch_is_done,
 )
 from clarion.db import transaction, utcnow
-from clarion.delivery.models import BatchStatus, DeliveryBatch, Send
+from clarion.delivery.models import DeliveryBatch, Send
 from clarion.demo import seed_installations
 from clarion.runtime import Runtime, tune_garbage_collector
 from clarion.sdk.models import Installation
@@ -114,17 +115,7 @@ async def run(
     cpu0, t0 = cpu_seconds(), time.monotonic()
     tune_garbage_collector()  # as `clarion worker` does
     await runtime.start(workers=True)
-    while True:
-        await asyncio.sleep(0.5)
-        rss.append(rss_mb())
-        async with runtime.sessions() as session:
-            pending = await session.scalar(
-                select(func.count())
-                .select_from(DeliveryBatch)
-                .where(DeliveryBatch.status != BatchStatus.DONE.value)
-            )
-        if pending == 0:
-            break
+    await until_every_batch_is_done(runtime, every=0.5, each=lambda: rss.append(rss_mb()))
     elapsed, cpu = time.monotonic() - t0, cpu_seconds() - cpu0
     logged = await outcomes_logged(runtime)
     await runtime.stop()

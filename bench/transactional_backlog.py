@@ -23,7 +23,7 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 
 from bench.common import (
     check_exactly_once,
@@ -36,6 +36,7 @@ from bench.common import (
     report,
     simulated_runtime,
     simulator,
+    until_every_batch_is_done,
 )
 from clarion.db import transaction, utcnow
 from clarion.delivery.models import BatchStatus, DeliveryBatch, Send
@@ -88,16 +89,7 @@ async def run(sends: int, database_url: str, sim_url: str, ca: Path, var: Path) 
     tune_garbage_collector()  # as `clarion worker` does
     cpu0, t0 = cpu_seconds(), time.monotonic()
     await runtime.start(workers=True)
-    while True:
-        await asyncio.sleep(0.25)
-        async with runtime.sessions() as session:
-            pending = await session.scalar(
-                select(func.count())
-                .select_from(DeliveryBatch)
-                .where(DeliveryBatch.status != BatchStatus.DONE.value)
-            )
-        if pending == 0:
-            break
+    await until_every_batch_is_done(runtime, every=0.25)
     elapsed, cpu = time.monotonic() - t0, cpu_seconds() - cpu0
     logged = await outcomes_logged(runtime)
     await runtime.stop()
