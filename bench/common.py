@@ -346,6 +346,17 @@ async def outcomes_logged(runtime: Runtime, *where: ColumnElement[bool]) -> dict
     return counts
 
 
+async def batches_left(runtime: Runtime) -> int:
+    """Delivery batches not done yet."""
+    async with runtime.sessions() as session:
+        count = await session.scalar(
+            select(func.count())
+            .select_from(DeliveryBatch)
+            .where(DeliveryBatch.status != BatchStatus.DONE.value)
+        )
+    return int(count or 0)
+
+
 async def until_every_batch_is_done(
     runtime: Runtime, *, every: float, each: Callable[[], None] | None = None
 ) -> None:
@@ -355,13 +366,7 @@ async def until_every_batch_is_done(
         await asyncio.sleep(every)
         if each is not None:
             each()
-        async with runtime.sessions() as session:
-            pending = await session.scalar(
-                select(func.count())
-                .select_from(DeliveryBatch)
-                .where(DeliveryBatch.status != BatchStatus.DONE.value)
-            )
-        if pending == 0:
+        if not await batches_left(runtime):
             return
 
 

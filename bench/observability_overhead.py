@@ -40,7 +40,6 @@ from typing import Any
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
-from sqlalchemy import func, select
 
 from bench.common import (
     Deliveries,
@@ -56,6 +55,7 @@ from bench.common import (
     simulated_runtime,
     simulator,
     start_worker,
+    until_every_batch_is_done,
 )
 from bench.delivery_throughput import prepare
 from bench.transactional_api import (
@@ -67,8 +67,6 @@ from bench.transactional_api import (
     provision,
     start_api,
 )
-from clarion.delivery.models import BatchStatus, DeliveryBatch
-from clarion.runtime import Runtime
 from tests.support.simulator import free_port
 
 CONFIGURATIONS = ("plain", "observed")
@@ -201,8 +199,7 @@ async def delivery_run(
         if not line.startswith(b"worker running"):
             raise SystemExit(f"the worker did not start: {line!r}, {(var / 'worker.log')}")
         started, cpu_started = time.monotonic(), cpu_seconds(worker.pid)
-        while await left(runtime):
-            await asyncio.sleep(0.25)
+        await until_every_batch_is_done(runtime, every=0.25)
         elapsed, cpu = time.monotonic() - started, cpu_seconds(worker.pid) - cpu_started
         if metrics_port is not None:
             outcome = (("outcome", "sent"), ("platform", "ios"))
@@ -218,16 +215,6 @@ async def delivery_run(
         "notifications_per_s": devices / elapsed,
         "worker_cpu_us_per_notification": cpu / devices * 1e6,
     }
-
-
-async def left(runtime: Runtime) -> int:
-    async with runtime.sessions() as session:
-        count = await session.scalar(
-            select(func.count())
-            .select_from(DeliveryBatch)
-            .where(DeliveryBatch.status != BatchStatus.DONE.value)
-        )
-    return int(count or 0)
 
 
 def one_delivery(observed: bool, devices: int, db: str, sim_url: str, ca: Path) -> dict[str, float]:
