@@ -17,7 +17,7 @@ import logging
 import random
 import uuid
 from collections import defaultdict, deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import Enum
@@ -475,12 +475,19 @@ class Deliverer:
         if self.stopping:
             await self._hand_back_unclaimed(batch_ids)
             return
+        with self._delivering():
+            await self._passes[lane].submit(*batch_ids)
+
+    @contextlib.contextmanager
+    def _delivering(self) -> Iterator[None]:
+        """The current task counts as a delivery while inside: stop() waits for it (_idle) and
+        abort() cancels it."""
         task = asyncio.current_task()
         if task is not None:
             self._deliveries.add(task)
         self._idle.clear()
         try:
-            await self._passes[lane].submit(*batch_ids)
+            yield
         finally:
             if task is not None:
                 self._deliveries.discard(task)
@@ -497,32 +504,27 @@ class Deliverer:
         if self.stopping:
             await self._hand_back_unclaimed(batch_ids)
             return
-        task = asyncio.current_task()
-        if task is not None:
-            self._deliveries.add(task)  # abort() cancels it with the jobs
-        self._idle.clear()
         claimed: list[int] = []
-        try:
-            await self._alive(check=False)
-            claimed = await self._claim(sorted(set(batch_ids)))
-            if not claimed:
-                return
+        with self._delivering():  # abort() cancels the pass with its jobs
             try:
-                retries = await self._deliver_claimed(claimed)
-            except Exception as exc:
-                # Not a provider outcome (those are results): the database or a bug. Hand the
-                # batches back now rather than leave them leased, and count the attempt so
-                # they cannot loop.
-                log.exception("delivery of batches %s failed; releasing them for a retry", claimed)
-                await self._release(claimed, exc)
-                raise
-            await self._queue.enqueue(retries)
-        finally:
-            self._leased.difference_update(claimed)  # (each is let go on its way already)
-            if task is not None:
-                self._deliveries.discard(task)
-            if not self._deliveries:
-                self._idle.set()
+                await self._alive(check=False)
+                claimed = await self._claim(sorted(set(batch_ids)))
+                if not claimed:
+                    return
+                try:
+                    retries = await self._deliver_claimed(claimed)
+                except Exception as exc:
+                    # Not a provider outcome (those are results): the database or a bug. Hand
+                    # the batches back now rather than leave them leased, and count the attempt
+                    # so they cannot loop.
+                    log.exception(
+                        "delivery of batches %s failed; releasing them for a retry", claimed
+                    )
+                    await self._release(claimed, exc)
+                    raise
+                await self._queue.enqueue(retries)
+            finally:
+                self._leased.difference_update(claimed)  # (each is let go on its way already)
 
     async def _alive(self, *, check: bool) -> None:
         """This worker's liveness lock held (taken before its first claim; `check`: its
