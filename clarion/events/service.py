@@ -76,27 +76,17 @@ def push_event_row(
     ).row(kind, occurred_at, install_id, custom_id, advertising_id, push_token, reason, resent)
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
 class SendEvents:
     """The event rows of one send's devices: what the send gives every row is read once, and
     a row costs one tuple (a worker writes one per push; push_event_row's keywords and the ORM
     attributes it was given cost ~2 µs a row)."""
 
-    __slots__ = ("_app_id", "_campaign_token", "_group_id", "_platform", "_send_token")
-
-    def __init__(
-        self,
-        *,
-        app_id: int,
-        platform: str,
-        send_token: str | None,
-        group_id: str | None,
-        campaign_token: str | None,
-    ) -> None:
-        self._app_id = app_id
-        self._platform = platform
-        self._send_token = send_token
-        self._group_id = group_id
-        self._campaign_token = campaign_token
+    app_id: int
+    platform: str
+    send_token: str | None
+    group_id: str | None
+    campaign_token: str | None
 
     def row(
         self,
@@ -110,17 +100,17 @@ class SendEvents:
         resent: bool,
     ) -> PushEventRow:
         return (
-            self._app_id,
+            self.app_id,
             kind.value,
             occurred_at,
-            self._platform,
+            self.platform,
             install_id,
             custom_id,
             advertising_id,
             push_token,
-            self._send_token,
-            self._group_id,
-            self._campaign_token,
+            self.send_token,
+            self.group_id,
+            self.campaign_token,
             reason[:1024] if reason else reason,
             resent,
         )
